@@ -1,0 +1,149 @@
+"""What every connector shares: raw messages, located feed errors, parse outcomes.
+
+A connector turns a file into ``RawMessage`` units (one HL7 message, one FHIR Bundle or NDJSON
+line, one PN13 message, one CSV row group...) with ``split``, then each raw message into facts
+with ``parse``. The raw bytes are kept by the caller *before* parsing so that nothing is lost:
+a message that fails becomes a ``FeedError`` naming the document, the message and the position
+(HL7 segment and field, JSON path, line and column, XML element) and what was expected; the
+caller sends it to the dead-letter store and goes on with the rest of the batch.
+
+Library exceptions (hl7, pydantic, fhir.resources, xml, csv) are caught inside the connector and
+re-raised as ``FeedError``; they never reach a user raw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from engine.facts import AnyFact
+
+__all__ = [
+    "Connector",
+    "FeedError",
+    "ParseOutcome",
+    "RawMessage",
+    "read_text",
+]
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """One unit of inbound data, as received.
+
+    ``message_id`` is the feed's own id when it has one (HL7 MSH-10, Bundle.id, PN13
+    Phast-id_message) — ingest is idempotent on (feed, message_id) — else a content hash.
+    ``position`` locates the unit inside its document (``message 3``, ``line 12``).
+    """
+
+    feed: str
+    document: str
+    content: bytes
+    message_id: str
+    position: str | None = None
+    encoding: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+class FeedError(Exception):
+    """A located, human-readable error in an inbound document.
+
+    ``str(error)`` reads like ``adt.hl7: message MSG0001: PID-7: expected a date YYYYMMDD[HHMM],
+    got '2024-13-45'``.
+    """
+
+    def __init__(
+        self,
+        document: str,
+        position: str | None,
+        expected: str,
+        *,
+        message_id: str | None = None,
+        found: str | None = None,
+    ) -> None:
+        self.document = document
+        self.position = position
+        self.expected = expected
+        self.message_id = message_id
+        self.found = found
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = [self.document]
+        if self.message_id:
+            where.append(f"message {self.message_id}")
+        if self.position:
+            where.append(self.position)
+        text = f"{': '.join(where)}: expected {self.expected}"
+        if self.found is not None:
+            text += f", got {_shorten(self.found)!r}"
+        return text
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class ParseOutcome:
+    """The facts a message gave, and the non-fatal errors met on the way.
+
+    A fatal error is raised as ``FeedError``; a non-fatal one (one bad OBX among ten, one bad
+    entry in a Bundle) is collected in ``errors`` while the rest of the message still loads.
+    """
+
+    facts: list[AnyFact] = field(default_factory=list)
+    errors: list[FeedError] = field(default_factory=list)
+
+    def extend(self, other: ParseOutcome) -> None:
+        self.facts.extend(other.facts)
+        self.errors.extend(other.errors)
+
+
+class Connector(Protocol):
+    """A feed's connector: a module exposing these names is one."""
+
+    feed: str
+
+    def sniff(self, head: bytes, name: str) -> bool:
+        """Whether a document starting with ``head`` (and called ``name``) is in this feed."""
+
+    def split(self, document: str, content: bytes) -> Iterator[RawMessage]:
+        """Cut a document into raw messages; never raises on bad content (parse does)."""
+
+    def parse(self, raw: RawMessage) -> ParseOutcome:
+        """Turn one raw message into facts, or raise ``FeedError``."""
+
+
+def read_text(content: bytes, document: str, encodings: Sequence[str] = ("utf-8",)) -> tuple[
+    str, str
+]:
+    """Decode bytes with the first encoding that works; return (text, encoding used).
+
+    Raises ``FeedError`` naming the byte offset when none does.
+    """
+    last: UnicodeDecodeError | None = None
+    for encoding in encodings:
+        try:
+            return content.decode(encoding), encoding
+        except UnicodeDecodeError as error:
+            last = error
+    position = f"byte {last.start}" if last else None
+    raise FeedError(document, position, f"text in {' or '.join(encodings)}")
+
+
+def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Every regular file under the given paths, sorted, hidden files skipped."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(
+                p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+            )
+        else:
+            yield path
