@@ -1,0 +1,180 @@
+"""The ``vigie`` command line: one entry point, one sub-command per job.
+
+Exit codes: 0 success; 1 the job ran and found problems (rejected messages); 2 usage error or a
+sub-command not available yet; 3 the store could not be opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from api.ingest import IngestReport, ParsedMessage, ingest, read_feed
+from connectors.registry import FORMATS
+from engine.factset import FactSet
+from engine.quality import quality_report, render_text
+from engine.store import FactStore, StoreError
+
+__all__ = ["main"]
+
+_LATER = {
+    "batch": "the batch evaluator (issue: evaluation engine)",
+    "rules": "the rule language (issue 3)",
+    "serve": "the service (issue: API)",
+    "metrics": "the metrics (issue: API)",
+    "replay": "replay (issue: evaluation engine)",
+}
+
+
+def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("generate", help="write a synthetic hospital's feeds and ground truth")
+    p.add_argument("--beds", type=int, default=200)
+    p.add_argument("--days", type=int, default=7)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--format", choices=("fhir", "hl7", "csv"), default="fhir")
+    p.add_argument(
+        "--start",
+        type=datetime.fromisoformat,
+        default=None,
+        help="first day of the period (ISO date; default: a fixed date)",
+    )
+    p.add_argument("--out", type=Path, required=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vigie", description="Vigie: clinical pharmacy decision support (SADP)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="generate a small hospital, ingest it, report quality")
+    demo.add_argument("--beds", type=int, default=60)
+    demo.add_argument("--days", type=int, default=7)
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--format", choices=("fhir", "hl7", "csv"), default="hl7")
+    _add_generate(sub)
+    ing = sub.add_parser("ingest", help="load feeds into the store")
+    ing.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    ing.add_argument("--format", choices=("auto", *FORMATS), default="auto")
+    quality = sub.add_parser("quality", help="data-quality report on feeds or on the store")
+    quality.add_argument(
+        "--input",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="files or folders to read (default: the store)",
+    )
+    quality.add_argument("--format", choices=("auto", *FORMATS), default="auto")
+    quality.add_argument("--json", action="store_true", help="print the report as JSON")
+    for name, what in _LATER.items():
+        later = sub.add_parser(name, help=f"not available yet: {what}")
+        later.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _print_ingest(report: IngestReport, max_errors: int = 20) -> None:
+    for file in report.files:
+        messages = ", ".join(f"{k} {v}" for k, v in sorted(file.messages.items())) or "none"
+        print(f"{file.path} [{file.format or '?'}]: messages: {messages}")
+    facts = report.total_facts()
+    print("Loaded facts: " + (", ".join(f"{k} {v:,}" for k, v in sorted(facts.items())) or "none"))
+    messages = report.total_messages()
+    print("Messages: " + (", ".join(f"{k} {v:,}" for k, v in sorted(messages.items())) or "none"))
+    errors = report.errors()
+    if errors:
+        print(f"Errors ({len(errors):,}; kept in the dead-letter store):")
+        for error in errors[:max_errors]:
+            print(f"  {error}")
+        if len(errors) > max_errors:
+            print(f"  ... {len(errors) - max_errors:,} more")
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    store = FactStore()
+    report = ingest(args.paths, store, args.format)
+    print(f"Store: {store.safe_url}")
+    _print_ingest(report)
+    return (
+        1
+        if report.total_messages()["rejected"] or any(f.format is None for f in report.files)
+        else 0
+    )
+
+
+def _cmd_quality(args: argparse.Namespace) -> int:
+    if args.input:
+        parsed: list[ParsedMessage] = list(read_feed(args.input, args.format))
+        facts = FactSet(f for p in parsed if p.outcome for f in p.outcome.facts)
+        messages = Counter(p.status for p in parsed)
+        errors = [str(p.fatal) for p in parsed if p.fatal]
+        errors += [str(e) for p in parsed if p.outcome for e in p.outcome.errors]
+    else:
+        store = FactStore()
+        facts = FactSet(store.iter_facts())
+        messages = Counter(store.raw_counts())
+        errors = [d.error for d in store.dead_letters()]
+    report = quality_report(facts, dict(messages), errors)
+    if args.json:
+        print(json.dumps(report.as_dict(), default=str, ensure_ascii=False, indent=2))
+    else:
+        print(render_text(report))
+    return 0
+
+
+def _generate(args: argparse.Namespace, out: Path) -> None:
+    from connectors.synthetic import generate
+
+    summary = generate(
+        args.beds, args.days, args.seed, args.format, out, start=getattr(args, "start", None)
+    )
+    print(summary.describe() if hasattr(summary, "describe") else summary)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    _generate(args, args.out)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    store = FactStore()
+    with tempfile.TemporaryDirectory(prefix="vigie-demo-") as folder:
+        out = Path(folder)
+        print(f"Generating a {args.beds}-bed hospital over {args.days} days ({args.format})...")
+        _generate(args, out)
+        print(f"\nIngesting into {store.safe_url} ...")
+        report = ingest([out], store, args.format)
+        _print_ingest(report, max_errors=5)
+    print("\nData quality of the store:")
+    facts = FactSet(store.iter_facts())
+    print(render_text(quality_report(facts, store.raw_counts(), [])))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command in _LATER:
+        print(
+            f"vigie {args.command}: not available yet; it comes with {_LATER[args.command]}.",
+            file=sys.stderr,
+        )
+        return 2
+    commands = {
+        "ingest": _cmd_ingest,
+        "quality": _cmd_quality,
+        "generate": _cmd_generate,
+        "demo": _cmd_demo,
+    }
+    try:
+        return commands[args.command](args)
+    except StoreError as error:
+        print(f"vigie: {error}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

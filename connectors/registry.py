@@ -1,0 +1,45 @@
+"""Which connector reads which feed, and format detection for ``--format auto``."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from connectors.base import Connector
+
+__all__ = ["FORMATS", "UnknownFormat", "connector_for", "detect_format"]
+
+# feed name -> module implementing the Connector protocol
+FORMATS: dict[str, str] = {
+    "fhir": "connectors.fhir",
+    "hl7": "connectors.hl7v2",
+    "hprim": "connectors.hprim",
+    "pn13": "connectors.pn13",
+    "csv": "connectors.tabular",
+}
+
+# Sniffing order: the most specific signatures first.
+_SNIFF_ORDER = ("hprim", "hl7", "pn13", "fhir", "csv")
+
+
+class UnknownFormat(ValueError):
+    """No connector recognises a document."""
+
+
+def connector_for(fmt: str) -> Connector:
+    """The connector module of a format name (``fhir``, ``hl7``, ``hprim``, ``pn13``, ``csv``)."""
+    if fmt not in FORMATS:
+        raise UnknownFormat(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    module: Connector = importlib.import_module(FORMATS[fmt])  # type: ignore[assignment]
+    return module
+
+
+def detect_format(path: Path, head: bytes) -> str:
+    """The format of a document from its first bytes and name, or ``UnknownFormat``."""
+    for fmt in _SNIFF_ORDER:
+        if connector_for(fmt).sniff(head, path.name):
+            return fmt
+    raise UnknownFormat(
+        f"{path}: format not recognised (expected HL7 v2 'MSH|', HPRIM 'H|', FHIR JSON/NDJSON, "
+        "PN13 XML or a mapped CSV); use --format"
+    )

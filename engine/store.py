@@ -1,0 +1,309 @@
+"""The fact store: raw inbound messages, dead letters and facts, in SQLite or PostgreSQL.
+
+The store is chosen by a SQLAlchemy URL: ``VIGIE_DATABASE_URL`` if set, else a SQLite file in
+the user's data directory, so every command and the service share it.
+
+- ``raw_message`` keeps every inbound unit *before* it is parsed (bytes, hash, feed, document),
+  unique on (feed, message_id): ingest is idempotent — the same message sent twice is recorded
+  once; a corrected message with the same id replaces the facts it gave.
+- ``dead_letter`` keeps each error with the message it came from; nothing is lost.
+- ``fact`` keeps each fact as its JSON form, keyed by (kind, fact_id), indexed by patient.
+
+>>> store = FactStore("sqlite://")
+>>> store.counts()["lab"]
+0
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_data_dir
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    func,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from engine.facts import FACT_KINDS, AnyFact, Fact
+
+__all__ = [
+    "DeadLetter",
+    "FactStore",
+    "RawRecord",
+    "StoreError",
+    "default_database_url",
+]
+
+
+class StoreError(Exception):
+    """The store could not be reached or written; wraps the database library's error."""
+
+
+def default_database_url() -> str:
+    """``VIGIE_DATABASE_URL``, else ``sqlite:///<user data dir>/vigie.db``."""
+    url = os.environ.get("VIGIE_DATABASE_URL")
+    if url:
+        return url
+    directory = Path(user_data_dir("vigie", appauthor=False))
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory / 'vigie.db'}"
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class RawMessageRow(_Base):
+    __tablename__ = "raw_message"
+    __table_args__ = (UniqueConstraint("feed", "message_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    feed: Mapped[str] = mapped_column(String(32))
+    message_id: Mapped[str] = mapped_column(String(512))
+    document: Mapped[str] = mapped_column(Text)
+    position: Mapped[str | None] = mapped_column(Text)
+    encoding: Mapped[str | None] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(String(64))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="received")
+    fact_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class DeadLetterRow(_Base):
+    __tablename__ = "dead_letter"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    raw_message_id: Mapped[int] = mapped_column(ForeignKey("raw_message.id"), index=True)
+    error: Mapped[str] = mapped_column(Text)
+    position: Mapped[str | None] = mapped_column(Text)
+    fatal: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FactRow(_Base):
+    __tablename__ = "fact"
+    __table_args__ = (Index("ix_fact_patient_kind", "patient_id", "kind"),)
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    fact_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(128))
+    raw_message_id: Mapped[int | None] = mapped_column(ForeignKey("raw_message.id"), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """The outcome of recording a raw message: its row id and whether it was already known."""
+
+    id: int
+    duplicate: bool
+    replaced: bool
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    feed: str
+    document: str
+    message_id: str
+    error: str
+    position: str | None
+    fatal: bool
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class FactStore:
+    """Facts and raw messages in one SQL database (SQLite file or PostgreSQL)."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or default_database_url()
+        try:
+            self.safe_url = make_url(self.url).render_as_string(hide_password=True)
+            self.engine: Engine = create_engine(self.url)
+        except (SQLAlchemyError, ValueError) as error:
+            raise StoreError(f"cannot open the store {self.url.split('@')[-1]}: {error}") from error
+        try:
+            _Base.metadata.create_all(self.engine)
+        except SQLAlchemyError as error:
+            self.engine.dispose()
+            cause = getattr(error, "orig", None) or error
+            raise StoreError(f"cannot open the store {self.safe_url}: {cause}".strip()) from error
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.engine.dispose()
+
+    def __enter__(self) -> FactStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # Raw messages and dead letters -------------------------------------------------------
+
+    def record_raw(self, session: Session, raw: Any) -> RawRecord:
+        """Keep a raw message before parsing; tell whether it is a duplicate or a correction.
+
+        ``raw`` is a ``connectors.base.RawMessage`` (duck-typed: the engine does not import
+        connectors).
+        """
+        existing = session.execute(
+            select(RawMessageRow).where(
+                RawMessageRow.feed == raw.feed, RawMessageRow.message_id == raw.message_id
+            )
+        ).scalar_one_or_none()
+        if existing is not None and existing.sha256 == raw.sha256:
+            return RawRecord(existing.id, duplicate=True, replaced=False)
+        if existing is not None:
+            self._forget_outcome(session, existing.id)
+            existing.content, existing.sha256 = raw.content, raw.sha256
+            existing.document, existing.position = raw.document, raw.position
+            existing.received_at, existing.status = _now(), "received"
+            return RawRecord(existing.id, duplicate=False, replaced=True)
+        row = RawMessageRow(
+            feed=raw.feed,
+            message_id=raw.message_id,
+            document=raw.document,
+            position=raw.position,
+            encoding=raw.encoding,
+            sha256=raw.sha256,
+            content=raw.content,
+            received_at=_now(),
+            status="received",
+            fact_count=0,
+        )
+        session.add(row)
+        session.flush()
+        return RawRecord(row.id, duplicate=False, replaced=False)
+
+    def _forget_outcome(self, session: Session, raw_id: int) -> None:
+        session.execute(delete(FactRow).where(FactRow.raw_message_id == raw_id))
+        session.execute(delete(DeadLetterRow).where(DeadLetterRow.raw_message_id == raw_id))
+
+    def record_errors(
+        self, session: Session, raw_id: int, errors: Iterable[tuple[str, str | None, bool]]
+    ) -> None:
+        """Dead-letter entries (message, position, fatal) for one raw message."""
+        session.add_all(
+            DeadLetterRow(
+                raw_message_id=raw_id, error=text, position=position, fatal=fatal, created_at=_now()
+            )
+            for text, position, fatal in errors
+        )
+
+    def mark(self, session: Session, raw_id: int, status: str, fact_count: int) -> None:
+        row = session.get(RawMessageRow, raw_id)
+        if row is not None:
+            row.status, row.fact_count = status, fact_count
+
+    # Facts --------------------------------------------------------------------------------
+
+    def save_facts(self, session: Session, facts: Sequence[Fact], raw_id: int | None) -> None:
+        """Insert or replace facts by (kind, fact_id)."""
+        if not facts:
+            return
+        rows = {
+            (fact.kind, fact.fact_id): {
+                "kind": fact.kind,
+                "fact_id": fact.fact_id,
+                "patient_id": fact.patient_id,
+                "raw_message_id": raw_id,
+                "payload": fact.model_dump(mode="json"),
+            }
+            for fact in facts
+        }
+        statement = self._upsert()
+        session.execute(statement, list(rows.values()))
+
+    def _upsert(self) -> Any:
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(FactRow)
+        return statement.on_conflict_do_update(
+            index_elements=["kind", "fact_id"],
+            set_={
+                "patient_id": statement.excluded.patient_id,
+                "raw_message_id": statement.excluded.raw_message_id,
+                "payload": statement.excluded.payload,
+            },
+        )
+
+    def iter_facts(
+        self, kinds: Iterable[str] | None = None, patient_id: str | None = None
+    ) -> Iterator[AnyFact]:
+        """Stored facts, optionally of some kinds or one patient, in a stable order."""
+        query = select(FactRow.kind, FactRow.payload).order_by(FactRow.kind, FactRow.fact_id)
+        if kinds is not None:
+            query = query.where(FactRow.kind.in_(list(kinds)))
+        if patient_id is not None:
+            query = query.where(FactRow.patient_id == patient_id)
+        with self.session() as session:
+            for kind, payload in session.execute(query).yield_per(5000):
+                yield FACT_KINDS[kind].model_validate(payload)  # type: ignore[misc]
+
+    def counts(self) -> dict[str, int]:
+        """Facts per kind, every kind listed."""
+        query = select(FactRow.kind, func.count()).group_by(FactRow.kind)
+        with self.session() as session:
+            found = dict(session.execute(query).all())
+        return {kind: int(found.get(kind, 0)) for kind in FACT_KINDS}
+
+    def raw_counts(self) -> dict[str, int]:
+        """Raw messages per status (loaded, partial, rejected, ignored)."""
+        query = select(RawMessageRow.status, func.count()).group_by(RawMessageRow.status)
+        with self.session() as session:
+            return {status: int(n) for status, n in session.execute(query).all()}
+
+    def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        query = (
+            select(
+                RawMessageRow.feed,
+                RawMessageRow.document,
+                RawMessageRow.message_id,
+                DeadLetterRow.error,
+                DeadLetterRow.position,
+                DeadLetterRow.fatal,
+            )
+            .join(RawMessageRow, RawMessageRow.id == DeadLetterRow.raw_message_id)
+            .order_by(DeadLetterRow.id)
+            .limit(limit)
+        )
+        with self.session() as session:
+            return [DeadLetter(*row) for row in session.execute(query).all()]
+
+    def raw_content(self, feed: str, message_id: str) -> bytes | None:
+        query = select(RawMessageRow.content).where(
+            RawMessageRow.feed == feed, RawMessageRow.message_id == message_id
+        )
+        with self.session() as session:
+            return session.execute(query).scalar_one_or_none()
+
+    def reset(self) -> None:
+        """Drop and recreate every table (demo and tests only)."""
+        _Base.metadata.drop_all(self.engine)
+        _Base.metadata.create_all(self.engine)

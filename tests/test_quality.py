@@ -1,0 +1,48 @@
+from engine.facts import Flag, FlagCode
+from engine.factset import FactSet
+from engine.quality import quality_report, render_text
+from tests.factories import lab, order, patient, weight
+
+
+def _facts() -> FactSet:
+    unknown = (Flag(code=FlagCode.UNKNOWN_UNIT, detail="furlongs"),)
+    unmapped = (Flag(code=FlagCode.UNMAPPED_CODE, detail="LOCAL KAL"),)
+    return FactSet(
+        [
+            patient("p1"),
+            patient("p2"),
+            patient("p3"),
+            lab("p1", "potassium", 12.0, fid="k-high"),
+            lab("p1", "creatinine", -5.0, unit="µmol/L", fid="crea-neg"),
+            lab("p2", "creatinine", 80.0, unit="µmol/L", fid="crea-ok"),
+            lab("p2", "potassium", None, unit="furlongs", fid="k-unit", flags=unknown),
+            lab("p3", None, 4.0, code="KAL", fid="u1", flags=unmapped),
+            lab("p3", None, 4.2, code="KAL", fid="u2", flags=unmapped),
+            weight("p1", 350.0),
+            weight("p2", 70.0),
+            order("p1", "o1", "N02BE01"),
+            order("p2", "o2", None, dose=None),
+            order("p3", "o3", "B01AB05", per_day=None),
+        ]
+    )
+
+
+def test_report_finds_each_kind_of_problem() -> None:
+    report = quality_report(_facts(), {"loaded": 3}, ["x.hl7: PID-7: expected a date"])
+    assert report.counts["lab"] == 6 and report.patients == 3
+    assert report.unmapped_codes[0]["code"] == "KAL" and report.unmapped_codes[0]["count"] == 2
+    assert {(u["concept"], u["unit"]) for u in report.unknown_units} == {("potassium", "furlongs")}
+    implausible = {(v["concept"], v["value"]) for v in report.implausible_values}
+    assert implausible == {("potassium", 12.0), ("creatinine", -5.0), ("weight", 350.0)}
+    assert report.orders_without_dose == 1 and report.orders_without_frequency == 1
+    assert report.orders_without_atc == 1
+    assert report.patients_without_weight == 1  # p3
+    # p1 has only a (implausible but numeric) creatinine; p3 none
+    assert report.patients_without_creatinine == 1
+    assert report.error_count == 1
+
+
+def test_text_rendering_names_the_problems() -> None:
+    text = render_text(quality_report(_facts()))
+    assert "KAL" in text and "furlongs" in text and "350.0" in text
+    assert "Orders without dose: 1" in text
