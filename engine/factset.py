@@ -150,8 +150,10 @@ class PatientRecord:
                 self.pregnancies.append(fact)
 
     def sort(self) -> None:
-        for series in (*self.labs.values(), *self.observations.values()):
-            series.sort(key=lambda fact: (fact.time, fact.fact_id))
+        for labs in self.labs.values():
+            labs.sort(key=lambda fact: (fact.time, fact.fact_id))
+        for observations in self.observations.values():
+            observations.sort(key=lambda fact: (fact.time, fact.fact_id))
         self.stays.sort(key=lambda stay: (stay.admit_time or datetime.min, stay.stay_id))
         self.administrations.sort(key=lambda adm: (adm.time, adm.fact_id))
 
