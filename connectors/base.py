@@ -121,9 +121,9 @@ class Connector(Protocol):
         """Turn one raw message into facts, or raise ``FeedError``."""
 
 
-def read_text(content: bytes, document: str, encodings: Sequence[str] = ("utf-8",)) -> tuple[
-    str, str
-]:
+def read_text(
+    content: bytes, document: str, encodings: Sequence[str] = ("utf-8",)
+) -> tuple[str, str]:
     """Decode bytes with the first encoding that works; return (text, encoding used).
 
     Raises ``FeedError`` naming the byte offset when none does.
