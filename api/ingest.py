@@ -73,7 +73,13 @@ def _parse(connector: Connector, raw: RawMessage) -> ParsedMessage:
     except FeedError as error:
         return ParsedMessage(raw, None, error)
     except Exception as error:  # a connector bug must not stop the batch nor lose the message
-        log.exception("connector %s failed on message %s", raw.feed, raw.message_id)
+        # No traceback in the log: exception texts may quote patient data.
+        log.error(
+            "connector %s failed on message %s: %s",
+            raw.feed,
+            raw.message_id,
+            error.__class__.__name__,
+        )
         internal = FeedError(
             raw.document,
             raw.position,

@@ -36,7 +36,8 @@ def connector_for(fmt: str) -> Connector:
 
 def detect_format(path: Path, head: bytes) -> str:
     """The format of a document from its first bytes and name, or ``UnknownFormat``."""
-    for fmt in _SNIFF_ORDER:
+    others = [fmt for fmt in FORMATS if fmt not in _SNIFF_ORDER]
+    for fmt in (*others, *_SNIFF_ORDER):
         if connector_for(fmt).sniff(head, path.name):
             return fmt
     raise UnknownFormat(

@@ -1,0 +1,50 @@
+"""A minimal connector for pipeline tests: one message per line, ``pid;concept;value``.
+
+A line ``boom`` simulates a connector bug (a non-FeedError exception).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from connectors.base import FeedError, ParseOutcome, RawMessage
+from engine.facts import Coding, LabResult, Source
+from tests.factories import T0
+
+feed = "fake"
+
+
+def sniff(head: bytes, name: str) -> bool:
+    return name.endswith(".fake")
+
+
+def split(document: str, content: bytes) -> Iterator[RawMessage]:
+    for number, line in enumerate(content.splitlines(), start=1):
+        if line.strip():
+            yield RawMessage(
+                feed, document, line, message_id=f"{document}:{number}", position=f"line {number}"
+            )
+
+
+def parse(raw: RawMessage) -> ParseOutcome:
+    text = raw.content.decode()
+    if text == "boom":
+        raise KeyError("internal")
+    parts = text.split(";")
+    if len(parts) != 3:
+        raise FeedError(raw.document, raw.position, "3 fields 'pid;concept;value'", found=text)
+    pid, concept, value = parts
+    source = Source(
+        feed=feed, document=raw.document, message_id=raw.message_id, position=raw.position
+    )
+    lab = LabResult(
+        fact_id=raw.message_id,
+        patient_id=pid,
+        source=source,
+        concept=concept,
+        code=Coding(system="LOCAL", code=concept),
+        value=float(value),
+        unit="mmol/L",
+        time=T0,
+    )
+    return ParseOutcome(facts=[lab])
