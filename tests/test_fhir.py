@@ -1,0 +1,567 @@
+"""The FHIR R4 connector: reference bundles and NDJSON, French prescriptions, goldens, bad input.
+
+Regenerate the golden files (then read the diff before trusting it):
+``.venv/bin/python -m tests.test_fhir --regenerate``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connectors import fhir
+from connectors.base import FeedError, RawMessage
+from engine.facts import (
+    AnyFact,
+    FlagCode,
+    LabResult,
+    MedicationOrder,
+    Observation,
+    Patient,
+    Pregnancy,
+)
+
+GOLDEN = Path(__file__).parent / "golden" / "fhir"
+FR_BUNDLES = "fr-medication-ig/fhir_bundles"
+# Inputs checked against tests/golden/fhir/<name>.json: three French prescriptions (plain,
+# PN13 translation with a compound infusion, PRN with patient vitals) and a hand-written NDJSON
+# covering every fact kind and the flags.
+GOLDEN_INPUTS = (
+    f"{FR_BUNDLES}/Bundle-HAS-06-1-Presc-Methotrexate.json",
+    f"{FR_BUNDLES}/Bundle-TradPN13FHIR-Presc-perfusion-6-composants.json",
+    f"{FR_BUNDLES}/Bundle-TradPN13FHIR-Presc-Paracetamol-SiDouleur.json",
+    "golden:mixed-resources.ndjson",
+)
+
+
+@dataclass
+class Loaded:
+    """What a document gave: facts, and every error (fatal per message, or per entry)."""
+
+    facts: list[AnyFact]
+    errors: list[FeedError]
+
+    def of(self, kind: type[AnyFact]) -> list[Any]:
+        return [fact for fact in self.facts if isinstance(fact, kind)]
+
+
+def load_bytes(name: str, content: bytes, validate: bool = True) -> Loaded:
+    loaded = Loaded([], [])
+    for raw in fhir.split(name, content):
+        try:
+            outcome = fhir.parse(raw, validate=validate)
+        except FeedError as error:
+            loaded.errors.append(error)
+            continue
+        loaded.facts.extend(outcome.facts)
+        loaded.errors.extend(outcome.errors)
+    return loaded
+
+
+def load(path: Path, validate: bool = True) -> Loaded:
+    return load_bytes(path.name, path.read_bytes(), validate)
+
+
+def resources(path: Path) -> list[dict[str, Any]]:
+    """The resources of a reference file, read with json (independently of the connector)."""
+    if path.suffix == ".ndjson":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [entry["resource"] for entry in json.loads(path.read_text())["entry"]]
+
+
+def is_laboratory(observation: dict[str, Any]) -> bool:
+    return any(
+        coding.get("code") == "laboratory"
+        for category in observation.get("category", [])
+        for coding in category.get("coding", [])
+    )
+
+
+def resource_counts(items: Iterable[dict[str, Any]]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for resource in items:
+        kind = resource["resourceType"]
+        counts[kind] += 1
+        if kind == "Observation" and is_laboratory(resource):
+            counts["laboratory"] += 1
+    return counts
+
+
+def reference_files(shared: Path) -> list[Path]:
+    return [
+        *sorted((shared / "fhir/synthea-r4").glob("*_*.json")),
+        *sorted((shared / "fhir/synthea-bulk-10").glob("*.ndjson")),
+        *sorted((shared / FR_BUNDLES).glob("*.json")),
+    ]
+
+
+@pytest.fixture(scope="module")
+def validated(shared_data: Path) -> dict[Path, Loaded]:
+    return {path: load(path) for path in reference_files(shared_data)}
+
+
+# Reference data ------------------------------------------------------------------------------
+
+
+def test_every_synthea_bundle_loads_one_fact_per_resource(
+    shared_data: Path, validated: dict[Path, Loaded]
+) -> None:
+    bundles = sorted((shared_data / "fhir/synthea-r4").glob("*_*.json"))
+    assert len(bundles) == 12
+    for path in bundles:
+        loaded, counts = validated[path], resource_counts(resources(path))
+        assert loaded.errors == [], path.name
+        assert len(loaded.of(Patient)) == counts["Patient"] == 1
+        assert len(loaded.of(MedicationOrder)) == counts["MedicationRequest"], path.name
+        assert len(loaded.of(LabResult)) == counts["laboratory"], path.name
+
+
+def test_synthea_patient_ids_resolve_from_urn_uuid_references(
+    shared_data: Path, validated: dict[Path, Loaded]
+) -> None:
+    for path in sorted((shared_data / "fhir/synthea-r4").glob("*_*.json")):
+        (patient,) = validated[path].of(Patient)
+        (resource,) = [r for r in resources(path) if r["resourceType"] == "Patient"]
+        assert patient.patient_id == resource["id"]
+        assert {fact.patient_id for fact in validated[path].facts} == {patient.patient_id}
+
+
+def test_bulk_ndjson_loads_entirely(shared_data: Path, validated: dict[Path, Loaded]) -> None:
+    bulk = sorted((shared_data / "fhir/synthea-bulk-10").glob("*.ndjson"))
+    facts = [fact for path in bulk for fact in validated[path].facts]
+    counts = resource_counts(r for path in bulk for r in resources(path))
+    kinds = Counter(fact.kind for fact in facts)
+    assert [e for path in bulk for e in validated[path].errors] == []
+    assert kinds["patient"] == counts["Patient"]
+    assert kinds["medication_order"] == counts["MedicationRequest"]
+    assert kinds["stay"] == counts["Encounter"]
+    assert kinds["condition"] == counts["Condition"]
+    assert kinds["allergy"] == counts["AllergyIntolerance"]
+    patients = {fact.patient_id for fact in facts if fact.kind == "patient"}
+    assert {fact.patient_id for fact in facts} == patients  # every Patient/<id> resolves
+
+
+def test_creatinine_is_converted_and_egfr_kept(validated: dict[Path, Loaded]) -> None:
+    (coleman,) = [loaded for path, loaded in validated.items() if "Coleman_Ortiz" in path.name]
+    creatinine = [lab for lab in coleman.of(LabResult) if lab.concept == "creatinine"]
+    assert creatinine and all(lab.unit == "µmol/L" for lab in creatinine)
+    for lab in creatinine:
+        assert lab.value == pytest.approx(float(lab.original_value) * 88.42, abs=1e-3)
+        assert lab.source.position.endswith(".resource.valueQuantity")
+    egfr = [lab.value for lab in coleman.of(LabResult) if lab.concept == "egfr" and lab.value]
+    assert min(egfr) < 30
+
+
+def test_unmapped_lab_codes_are_kept_and_flagged(validated: dict[Path, Loaded]) -> None:
+    labs = [lab for loaded in validated.values() for lab in loaded.of(LabResult)]
+    unmapped = [lab for lab in labs if lab.concept is None]
+    assert unmapped and len(unmapped) < len(labs)
+    assert all(FlagCode.UNMAPPED_CODE in {f.code for f in lab.flags} for lab in unmapped)
+    assert all(lab.original_value is not None for lab in unmapped)
+
+
+def test_fact_ids_are_unique_within_their_kind(validated: dict[Path, Loaded]) -> None:
+    for path, loaded in validated.items():
+        ids = Counter((fact.kind, fact.fact_id) for fact in loaded.facts)
+        assert max(ids.values(), default=1) == 1, path.name
+    synthea = Counter(
+        (fact.kind, fact.fact_id)
+        for path, loaded in validated.items()
+        if "synthea" in str(path)
+        for fact in loaded.facts
+    )
+    assert max(synthea.values()) == 1
+
+
+def test_reingesting_gives_the_same_facts(shared_data: Path) -> None:
+    path = shared_data / FR_BUNDLES / "Bundle-Presc-Capecitabine-Dose-Calculee.json"
+    assert load(path).facts == load(path).facts
+
+
+# French prescriptions -----------------------------------------------------------------------
+
+
+def test_every_french_bundle_loads(shared_data: Path, validated: dict[Path, Loaded]) -> None:
+    bundles = sorted((shared_data / FR_BUNDLES).glob("*.json"))
+    assert len(bundles) == 85
+    for path in bundles:
+        assert validated[path].errors == [], path.name
+        requests = resource_counts(resources(path))["MedicationRequest"]
+        assert len(validated[path].of(MedicationOrder)) >= requests, path.name
+
+
+def orders(validated: dict[Path, Loaded], name: str) -> list[MedicationOrder]:
+    (loaded,) = [loaded for path, loaded in validated.items() if path.name == name]
+    result: list[MedicationOrder] = loaded.of(MedicationOrder)
+    return result
+
+
+def test_methotrexate_weekly(validated: dict[Path, Loaded]) -> None:
+    (tablets,) = orders(validated, "Bundle-HAS-06-1-Presc-Methotrexate.json")
+    assert (tablets.dose, tablets.dose_unit, tablets.original_dose_unit) == (
+        2,
+        "tablet",
+        "comprimé",
+    )
+    assert tablets.frequency_per_day == pytest.approx(1 / 7)
+    assert tablets.daily_dose == pytest.approx(2 / 7)
+    assert tablets.atc == "L04AX03"
+    (milligrams,) = orders(validated, "Bundle-HAS-06-2-Presc-Methotrexate.json")
+    assert (milligrams.dose, milligrams.dose_unit) == (20, "mg")
+    assert milligrams.daily_dose == pytest.approx(20 / 7)
+
+
+def test_enoxaparin_ucd_edqm_route_and_unit(validated: dict[Path, Loaded]) -> None:
+    (order,) = orders(validated, "Bundle-HAS-29-Presc-LOVENOX.json")
+    assert order.drug.code == "3400892669465" and order.atc == "B01AB05"  # UCD
+    assert (order.dose, order.dose_unit, order.frequency_per_day) == (1, "syringe", 1)
+    assert (order.route, order.original_route) == ("sc", "Voie sous-cutanée")
+
+
+def test_timing_variants(validated: dict[Path, Loaded]) -> None:
+    (ropinirole,) = orders(validated, "Bundle-HAS-09-Presc-Ropinirole.json")
+    assert ropinirole.frequency_per_day == 3  # three timeOfDay
+    (glucophage,) = orders(validated, "Bundle-HAS-27-1-presc-GLUCOPHAGE.json")
+    assert glucophage.frequency_per_day == 2  # when MORN, EVE
+    (amiodarone,) = orders(validated, "Bundle-HAS-23-2-Presc-Amiodarone.json")
+    assert amiodarone.frequency_per_day == pytest.approx(5 / 7)
+    assert amiodarone.end == datetime(2025, 8, 22, 9, 33)  # authoredOn + boundsDuration 1 month
+    (capecitabine,) = orders(validated, "Bundle-Presc-Capecitabine-Dose-Calculee.json")
+    assert (capecitabine.dose, capecitabine.dose_unit) == (1800, "mg")  # 'ordered', not 1000 mg/m²
+    assert capecitabine.start == datetime(2021, 10, 15, 20, 6)
+    assert capecitabine.route == "oral"
+
+
+def test_prn_keeps_its_maximum_frequency(validated: dict[Path, Loaded]) -> None:
+    (order,) = orders(validated, "Bundle-TradPN13FHIR-Presc-Paracetamol-SiDouleur.json")
+    assert order.as_needed and order.frequency_per_day == 4  # at most once every 6 h
+    assert (order.dose, order.daily_dose, order.route) == (1000, 4000, "oral")
+    assert order.patient_id == "patient-TradPN13FHIR-Presc-Paracetamol-SiDouleur"  # '#id' ref
+
+
+def test_several_dosage_instructions_give_one_line_each(validated: dict[Path, Loaded]) -> None:
+    morning, noon = orders(validated, "Bundle-HAS-20-Presc-Hydrocortisone.json")
+    assert (morning.dose, noon.dose) == (20, 10)
+    assert morning.order_id.endswith("/dosage[0]") and noon.order_id.endswith("/dosage[1]")
+    assert morning.daily_dose + noon.daily_dose == 30
+    pca, bolus = orders(validated, "Bundle-TradPN13FHIR-Presc-Morphine-PCA.json")
+    assert (pca.daily_dose, pca.dose_unit, pca.dose) == (120, "mg", None)  # 5 mg/h continuous
+    assert bolus.as_needed and bolus.frequency_per_day == 12
+
+
+def test_compound_infusion_gives_one_line_per_ingredient(validated: dict[Path, Loaded]) -> None:
+    lines = orders(validated, "Bundle-Presc-MiniperfCefotaxime-En20min-Pdt3j.json")
+    assert [line.label for line in lines] == ["CEFOTAXINE", "GLUCOSE"]
+    assert all(line.dose is None and line.route == "iv" for line in lines)
+
+
+def test_vitals_become_observations(validated: dict[Path, Loaded]) -> None:
+    (loaded,) = [v for p, v in validated.items() if "TradPN13FHIR-Presc-Paracetamol.json" in p.name]
+    vitals = {obs.concept: obs.value for obs in loaded.of(Observation)}
+    assert vitals == {"height": 189, "weight": 120}
+
+
+# Golden files -------------------------------------------------------------------------------
+
+
+def golden_input(spec: str, shared: Path) -> Path:
+    return GOLDEN / spec.removeprefix("golden:") if spec.startswith("golden:") else shared / spec
+
+
+def golden_document(spec: str, shared: Path) -> dict[str, Any]:
+    loaded = load(golden_input(spec, shared))
+    return {
+        "input": spec,
+        "facts": [
+            {"kind": fact.kind, **fact.model_dump(mode="json", exclude_defaults=True)}
+            for fact in loaded.facts
+        ],
+        "errors": [str(error) for error in loaded.errors],
+    }
+
+
+def golden_path(spec: str) -> Path:
+    return GOLDEN / (Path(spec.removeprefix("golden:")).stem + ".json")
+
+
+@pytest.mark.parametrize("spec", GOLDEN_INPUTS)
+def test_golden(spec: str, shared_data: Path) -> None:
+    expected = json.loads(golden_path(spec).read_text(encoding="utf-8"))
+    assert golden_document(spec, shared_data) == expected
+
+
+def regenerate_goldens() -> None:
+    from tests.conftest import SHARED_DATA
+
+    for spec in GOLDEN_INPUTS:
+        document = golden_document(spec, SHARED_DATA)
+        text = json.dumps(document, ensure_ascii=False, indent=1, sort_keys=True)
+        golden_path(spec).write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {golden_path(spec)}")
+
+
+# Fast path ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_fast_path_gives_the_validated_facts(
+    shared_data: Path, validated: dict[Path, Loaded]
+) -> None:
+    for path in reference_files(shared_data):
+        fast = load(path, validate=False)
+        assert fast.errors == validated[path].errors == [], path.name
+        assert fast.facts == validated[path].facts, path.name
+
+
+# Bad input ----------------------------------------------------------------------------------
+
+PATIENT = {"resourceType": "Patient", "id": "p1", "birthDate": "1960-01-01"}
+CREATININE = {
+    "resourceType": "Observation",
+    "id": "o1",
+    "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "2160-0"}]},
+    "subject": {"reference": "Patient/p1"},
+    "effectiveDateTime": "2024-01-02T08:00:00Z",
+    "valueQuantity": {"value": 1.2, "unit": "mg/dL"},
+}
+
+
+def bundle(*items: dict[str, Any]) -> bytes:
+    entries = [{"fullUrl": f"urn:uuid:{i}", "resource": item} for i, item in enumerate(items)]
+    return orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries})
+
+
+def with_(resource: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    return {**resource, **changes}
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["validated", "fast"])
+def test_truncated_json_names_line_and_column(validate: bool) -> None:
+    content = b'{\n  "resourceType": "Bundle",\n  "entry": [\n    {"resource": {'
+    (raw,) = fhir.split("cut.json", content)
+    with pytest.raises(FeedError) as caught:
+        fhir.parse(raw, validate=validate)
+    assert caught.value.document == "cut.json"
+    assert caught.value.position == "line 4, column 19"
+    assert "valid JSON" in caught.value.expected
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["validated", "fast"])
+def test_wrong_resource_type(validate: bool) -> None:
+    (raw,) = fhir.split("x.json", b'{"resourceType": "Bundel", "id": "b1"}')
+    with pytest.raises(FeedError, match="resourceType: expected a FHIR R4 resource type"):
+        fhir.parse(raw, validate=validate)
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["validated", "fast"])
+def test_bad_entries_are_located_and_the_others_still_load(validate: bool) -> None:
+    content = bundle(
+        PATIENT,
+        {"resourceType": "Observasion", "id": "bad"},
+        with_(CREATININE, id="o2", effectiveDateTime="2024-13-45"),
+        with_(CREATININE, id="o3", valueQuantity={"value": 5, "unit": "furlongs"}),
+        CREATININE,
+    )
+    (raw,) = fhir.split("b.json", content)
+    outcome = fhir.parse(raw, validate=validate)
+    positions = [error.position for error in outcome.errors]
+    assert positions == [
+        "Bundle.entry[1].resource: resourceType",
+        "Bundle.entry[2].resource.effectiveDateTime",
+    ]
+    assert all(error.document == "b.json" and error.message_id for error in outcome.errors)
+    assert "2024-13-45" in str(outcome.errors[1])
+    kinds = [(fact.kind, fact.fact_id) for fact in outcome.facts]
+    assert kinds == [
+        ("patient", "fhir:Patient/p1"),
+        ("lab", "fhir:Observation/o3"),
+        ("lab", "fhir:Observation/o1"),
+    ]
+    furlongs = outcome.facts[1]
+    assert isinstance(furlongs, LabResult)
+    assert furlongs.value is None and furlongs.original_unit == "furlongs"
+    assert [flag.code for flag in furlongs.flags] == [FlagCode.UNKNOWN_UNIT]
+
+
+def test_validation_error_names_the_json_path() -> None:
+    request = {
+        "resourceType": "MedicationRequest",
+        "id": "mr1",
+        "status": "active",
+        "intent": "order",
+        "medicationCodeableConcept": {"text": "paracetamol"},
+        "subject": {"reference": "Patient/p1"},
+        "dosageInstruction": [{"timing": {"repeat": {"frequency": "twice"}}}],
+    }
+    (raw,) = fhir.split("mr.json", bundle(PATIENT, PATIENT, PATIENT, request))
+    outcome = fhir.parse(raw, validate=True)
+    (error,) = outcome.errors
+    assert error.position == "Bundle.entry[3].resource.dosageInstruction[0].timing.repeat.frequency"
+    assert len(outcome.facts) == 3
+    fast = fhir.parse(raw, validate=False)
+    assert [e.position for e in fast.errors] == [error.position]
+
+
+def test_non_utf8_bytes_are_located() -> None:
+    content = b'{"resourceType": "Patient", "id": "p\xe9"}'
+    (raw,) = fhir.split("latin1.json", content)
+    with pytest.raises(FeedError) as caught:
+        fhir.parse(raw)
+    assert caught.value.position == "byte 36" and caught.value.expected == "UTF-8 text"
+
+
+def test_ndjson_bad_line_does_not_stop_the_others() -> None:
+    lines = [orjson.dumps(PATIENT), b'{"resourceType": "Observation", "id": ', orjson.dumps(
+        CREATININE)]  # fmt: skip
+    loaded = load_bytes("bulk.ndjson", b"\n".join(lines) + b"\n")
+    assert [fact.kind for fact in loaded.facts] == ["patient", "lab"]
+    (error,) = loaded.errors
+    assert error.position.startswith("line 2, column")
+    assert [fact.source.position for fact in loaded.facts] == [
+        "line 1",
+        "line 3: Observation.valueQuantity",
+    ]
+
+
+# Splitting and sniffing ---------------------------------------------------------------------
+
+
+def test_split_names_messages() -> None:
+    ndjson = b'{"resourceType":"Patient","id":"a"}\n\n{"id":"b","resourceType":"Patient"}\n'
+    raws = list(fhir.split("Patient.ndjson", ndjson))
+    assert [(r.message_id, r.position) for r in raws] == [
+        ("Patient/a", "line 1"),
+        ("Patient/b", "line 3"),
+    ]
+    (bundle_raw,) = fhir.split("b.json", b'{"resourceType":"Bundle","id":"B1","type":"batch"}')
+    assert bundle_raw.message_id == "B1"
+    (anonymous,) = fhir.split("b.json", b'{"resourceType":"Bundle","type":"batch"}')
+    assert anonymous.message_id.startswith("sha256:")
+    assert len(list(fhir.split("x.json", ndjson))) == 2  # NDJSON recognised by content too
+
+
+def test_sniff() -> None:
+    assert fhir.sniff(b'\xef\xbb\xbf{\n "resourceType": "Bundle"', "b.json")
+    assert fhir.sniff(b'{"resourceType":"Patient","id":"a"}\n', "x.ndjson")
+    assert not fhir.sniff(b"MSH|^~\\&|", "a.hl7")
+    assert not fhir.sniff(b'{"name": "x"}', "config.json")
+
+
+def test_pregnancy_status_observation() -> None:
+    status = {
+        "resourceType": "Observation",
+        "id": "preg",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "82810-3"}]},
+        "subject": {"reference": "urn:uuid:0"},
+        "effectiveDateTime": "2024-03-01",
+        "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct",
+                                             "code": "77386006"}]},
+    }  # fmt: skip
+    loaded = load_bytes("p.json", bundle(PATIENT, status))
+    (pregnancy,) = loaded.of(Pregnancy)
+    assert (pregnancy.status, pregnancy.patient_id) == ("pregnant", "p1")
+
+
+# Fuzzing --------------------------------------------------------------------------------------
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)  # orjson's range
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+)
+_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=3),
+    max_leaves=12,
+)  # fmt: skip
+_KEYS = st.sampled_from(
+    ["subject", "code", "valueQuantity", "dosageInstruction", "effectiveDateTime", "status",
+     "medicationCodeableConcept", "medicationReference", "period", "component", "category",
+     "referenceRange", "contained", "patient", "location", "birthDate", "gender", "entry", "id"]
+)  # fmt: skip
+_TYPES = st.sampled_from(
+    ["Patient", "Encounter", "MedicationRequest", "MedicationAdministration", "Observation",
+     "Condition", "AllergyIntolerance", "Bundle", "Medication"]
+)  # fmt: skip
+
+
+def parse_or_feed_error(raw: RawMessage, validate: bool) -> None:
+    try:
+        outcome = fhir.parse(raw, validate=validate)
+    except FeedError as error:
+        assert error.document == raw.document
+        return
+    assert all(error.position for error in outcome.errors)
+
+
+@pytest.mark.property
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(content=st.binary(max_size=200), validate=st.booleans())
+def test_random_bytes_give_facts_or_feed_errors(content: bytes, validate: bool) -> None:
+    for raw in fhir.split("fuzz.json", content):
+        parse_or_feed_error(raw, validate)
+
+
+@pytest.mark.property
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=_TYPES,
+    fields=st.dictionaries(_KEYS, _JSON, max_size=6),
+    as_entry=st.booleans(),
+    validate=st.booleans(),
+)
+def test_fhir_ish_json_gives_facts_or_feed_errors(
+    kind: str, fields: dict[str, Any], as_entry: bool, validate: bool
+) -> None:
+    resource = {"resourceType": kind, **fields}
+    content = bundle(PATIENT, resource) if as_entry else orjson.dumps(resource)
+    for raw in fhir.split("fuzz.json", content):
+        parse_or_feed_error(raw, validate)
+
+
+@pytest.mark.property
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), validate=st.booleans())
+def test_mutated_reference_resources_give_facts_or_feed_errors(
+    data: st.DataObject, validate: bool
+) -> None:
+    source = GOLDEN / "mixed-resources.ndjson"
+    lines = [orjson.loads(line) for line in source.read_bytes().splitlines()]
+    resource = data.draw(st.sampled_from(lines))
+    mutated = mutate(resource, data)
+    (raw,) = fhir.split("mutated.json", orjson.dumps(mutated))
+    parse_or_feed_error(raw, validate)
+
+
+def mutate(node: Any, data: st.DataObject, depth: int = 0) -> Any:
+    """Replace one subtree (drawn by Hypothesis) with random JSON."""
+    if depth > 0 and data.draw(st.integers(0, 3)) == 0:
+        return data.draw(_JSON)
+    if isinstance(node, dict) and node:
+        key = data.draw(st.sampled_from(sorted(node)))
+        return {**node, key: mutate(node[key], data, depth + 1)}
+    if isinstance(node, list) and node:
+        index = data.draw(st.integers(0, len(node) - 1))
+        return [*node[:index], mutate(node[index], data, depth + 1), *node[index + 1 :]]
+    return data.draw(_JSON)
+
+
+if __name__ == "__main__":
+    if "--regenerate" in sys.argv:
+        regenerate_goldens()
