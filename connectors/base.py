@@ -14,10 +14,14 @@ re-raised as ``FeedError``; they never reach a user raw.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.facts import AnyFact
 
@@ -26,7 +30,9 @@ __all__ = [
     "FeedError",
     "ParseOutcome",
     "RawMessage",
+    "as_utc",
     "read_text",
+    "site_timezone",
 ]
 
 
@@ -147,3 +153,27 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             )
         else:
             yield path
+
+
+@cache
+def site_timezone() -> ZoneInfo:
+    """The hospital's time zone (``VIGIE_TIMEZONE``, default Europe/Paris).
+
+    Feeds that send times without an offset (HL7 v2 and HPRIM usually, PN13, CSV exports) are
+    read in this zone.
+    """
+    name = os.environ.get("VIGIE_TIMEZONE", "Europe/Paris")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        raise ValueError(f"VIGIE_TIMEZONE={name!r} is not a known time zone") from error
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A fact time: naive, in UTC. Times without an offset are taken in the site's zone.
+
+    Every fact time is naive UTC so that feeds with and without offsets compare correctly.
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=site_timezone())
+    return moment.astimezone(UTC).replace(tzinfo=None)

@@ -1,0 +1,566 @@
+"""HPRIM Santé 2.x lab results (H/P/OBR/OBX/C/A/L records) → Patient and LabResult facts.
+
+An HPRIM file holds one message per H..L group. The header fixes the delimiters: in
+``H|~^\\&`` the character after ``H`` separates fields, then come the component separator
+(``~``), the repeat separator (``^``), the escape character and the sub-component separator —
+the 2nd and 3rd are swapped compared with HL7 v2, so they are always read from the header.
+Lines longer than 220 characters go on in an ``A|`` record whose text is glued, as is, to the
+end of the previous line (``...~Cliniq`` + ``A|ue HP~L|...`` reads ``...~Clinique HP~L|...``).
+
+Field numbers follow the HPRIM Santé specification, where the record type is field 1: the
+patient id is ``P`` field 3, the result value ``OBX`` field 6, its unit field 7, the reference
+range field 8, the abnormal flag field 9, the observation time field 15. Positions read
+``line 7, OBX[2] field 6`` (document line, 2nd OBX of the message).
+
+Lab codes are local to each laboratory: they map to concepts only through the terminology
+tables (``lab_codes.csv`` or a site's ``site_lab_codes.csv``, system ``HPRIM`` then ``LOCAL``),
+never by label. An unmapped code still gives a LabResult — concept ``None``, value kept, and an
+``unmapped_code`` flag.
+
+>>> raw = next(split("demo.hpr", b"H|~^\\\\&|F.HPR||LAB||ORU|||ME||P|H2.2~C|202401020800\\r"
+...     b"P|1|P42|||DOE~JOHN||19500101|F\\rOBR|1||S1||||202401020700\\r"
+...     b"OBX|1|NM|K~Potassium~L||5,9|mmol/l|3.5 - 5|H|||F|||202401020750\\rL|1\\r"))
+>>> [fact.kind for fact in parse(raw).facts]
+['patient', 'lab']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from connectors.base import FeedError, ParseOutcome, RawMessage
+from connectors.terminology import Terminology, UnknownUnit, default_terminology, normalise_system
+from engine.facts import AnyFact, Coding, Flag, FlagCode, LabResult, Patient, Sex, Source
+
+__all__ = [
+    "Delimiters",
+    "Record",
+    "feed",
+    "parse",
+    "parse_message",
+    "read_records",
+    "sniff",
+    "split",
+]
+
+feed = "hprim"
+
+_HEADER = re.compile(rb"^(?:\xef\xbb\xbf)?H([^A-Za-z0-9\s])([^A-Za-z0-9\s]{4})\1")
+_HEADER_LINE = re.compile(rb"^(?:\xef\xbb\xbf)?H[^A-Za-z0-9\s]")
+_EOL = re.compile(rb"\r\n|\r|\n")
+_TEXT_EOL = re.compile(r"\r\n|\r|\n")
+_POSITION_LINE = re.compile(r"^line (\d+)")
+# C0 controls other than tab: a UTF-16 or binary file decodes as Latin-1 but is not text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x19\x1b-\x1f]")
+_NUMBER = re.compile(r"^[+-]?(\d+([.,]\d*)?|[.,]\d+)$")
+_RANGE = re.compile(r"^\s*(?P<low>[+-]?\d+(?:[.,]\d+)?)\s*-\s*(?P<high>[+-]?\d+(?:[.,]\d+)?)\s*$")
+_BOUND = re.compile(r"^\s*(?P<op><=?|>=?)\s*(?P<value>[+-]?\d+(?:[.,]\d+)?)\s*$")
+_DATE_FORMATS = {8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
+_SEXES = {"M": Sex.MALE, "F": Sex.FEMALE, "U": Sex.UNKNOWN, "I": Sex.UNKNOWN, "O": Sex.OTHER}
+_KNOWN_RECORDS = frozenset({"H", "P", "OBR", "OBX", "C", "L", "A"})
+# Records of HPRIM Santé that carry no clinical fact for us (invoicing, acts, payments).
+_IGNORED_RECORDS = frozenset({"FAC", "ACT", "REG", "AP", "AC"})
+_LAB_SYSTEMS = ("HPRIM", "LOCAL")
+_TEXT_ENCODINGS = ("utf-8", "latin-1")
+
+
+# Document → raw messages -------------------------------------------------------------------
+
+
+def sniff(head: bytes, name: str) -> bool:
+    """An HPRIM document starts with ``H`` and its five delimiters, e.g. ``H|~^\\&|``."""
+    return bool(_HEADER.match(head.lstrip(b" \t\r\n")))
+
+
+def split(document: str, content: bytes) -> Iterator[RawMessage]:
+    """One raw message per H..L group; text before the first H is a message of its own."""
+    starts = [
+        (offset, number)
+        for number, (offset, line) in enumerate(_byte_lines(content), 1)
+        if _HEADER_LINE.match(line)
+    ]
+    if not starts or starts[0][0] > 0:
+        starts.insert(0, (0, 1))
+    bounds = [offset for offset, _ in starts[1:]] + [len(content)]
+    for (begin, line), end in zip(starts, bounds, strict=True):
+        chunk = content[begin:end]
+        if chunk.strip():
+            digest = hashlib.sha256(chunk).hexdigest()[:16]
+            yield RawMessage(feed, document, chunk, digest, position=f"line {line}")
+
+
+def _byte_lines(content: bytes) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, line) for each line, whatever the line ending (CR, LF or CRLF)."""
+    position = 0
+    while position < len(content):
+        match = _EOL.search(content, position)
+        end, following = (match.start(), match.end()) if match else (len(content),) * 2
+        yield position, content[position:end]
+        position = following
+
+
+# Raw message → records ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delimiters:
+    field: str
+    component: str
+    repeat: str
+    escape: str
+    subcomponent: str
+
+    def unescape(self, text: str) -> str:
+        """Resolve the HL7-style escapes (``\\F\\``, ``\\S\\``...) written with our escape."""
+        if self.escape not in text:
+            return text
+        e = self.escape
+        table = {
+            "F": self.field,
+            "S": self.component,
+            "R": self.repeat,
+            "E": e,
+            "T": self.subcomponent,
+        }
+        pattern = re.escape(e) + "([FSRET])" + re.escape(e)
+        return re.sub(pattern, lambda m: table[m.group(1)], text)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One logical record (continuations joined), fields numbered as in the HPRIM spec."""
+
+    kind: str
+    fields: tuple[str, ...]
+    line: int
+    index: int
+
+    def field(self, number: int) -> str:
+        return self.fields[number - 1] if 0 < number <= len(self.fields) else ""
+
+    def where(self, number: int | None = None) -> str:
+        name = f"line {self.line}, {self.kind}[{self.index}]"
+        return name if number is None else f"{name} field {number}"
+
+
+@dataclass
+class _Message:
+    """What parsing one message needs to share: where it is, its delimiters, what it made."""
+
+    raw: RawMessage
+    delimiters: Delimiters
+    terminology: Terminology
+    outcome: ParseOutcome = field(default_factory=ParseOutcome)
+    patient: Patient | None = None
+    request: Record | None = None
+    lab_ids: set[str] = field(default_factory=set)
+
+    def error(self, where: str | None, expected: str, found: str | None = None) -> FeedError:
+        return FeedError(
+            self.raw.document, where, expected, message_id=self.raw.message_id, found=found
+        )
+
+    def problem(self, where: str | None, expected: str, found: str | None = None) -> None:
+        self.outcome.errors.append(self.error(where, expected, found))
+
+    def source(self, record: Record) -> Source:
+        return Source(
+            feed=feed,
+            document=self.raw.document,
+            message_id=self.raw.message_id,
+            position=record.where(),
+        )
+
+    def components(self, record: Record, number: int) -> list[str]:
+        """Components of the first repetition of a field, unescaped."""
+        first = record.field(number).split(self.delimiters.repeat)[0]
+        return [self.delimiters.unescape(c) for c in first.split(self.delimiters.component)]
+
+    def first(self, record: Record, number: int) -> str:
+        return self.components(record, number)[0].strip()
+
+
+def _decode(raw: RawMessage) -> str:
+    text = None
+    for encoding in _TEXT_ENCODINGS:
+        try:
+            text = raw.content.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    assert text is not None  # Latin-1 decodes any byte string
+    text = text.lstrip("\ufeff").rstrip("\x1a")
+    control = _CONTROL.search(text)
+    if control:
+        line = _first_line(raw) + len(_TEXT_EOL.findall(text[: control.start()]))
+        raise FeedError(
+            raw.document,
+            f"line {line}",
+            "HPRIM text in UTF-8 or Latin-1 "
+            f"(found control character U+{ord(control.group()):04X}: UTF-16 or "
+            "binary content?)",
+            message_id=raw.message_id,
+        )
+    return text
+
+
+def _first_line(raw: RawMessage) -> int:
+    match = _POSITION_LINE.match(raw.position or "")
+    return int(match.group(1)) if match else 1
+
+
+def _delimiters(raw: RawMessage, line: str, number: int) -> Delimiters:
+    match = _HEADER.match(line.encode("latin-1", "replace"))
+    if not match or len(set(line[1:6])) != 5:
+        raise FeedError(
+            raw.document,
+            f"line {number}, H field 2",
+            "an H record starting with its five distinct delimiters, e.g. "
+            "'H|~^\\&' (field, component, repeat, escape, sub-component)",
+            message_id=raw.message_id,
+            found=line[:12],
+        )
+    return Delimiters(*line[1:6])
+
+
+def _physical_lines(raw: RawMessage, text: str) -> list[tuple[int, str]]:
+    first = _first_line(raw)
+    return [(first + i, line) for i, line in enumerate(_TEXT_EOL.split(text)) if line.strip()]
+
+
+def read_records(raw: RawMessage) -> list[Record]:
+    """The logical records of a raw message (continuations joined), for inspection."""
+    lines = _physical_lines(raw, _decode(raw))
+    if not lines:
+        return []
+    number, header = lines[0]
+    message = _Message(raw, _delimiters(raw, header, number), default_terminology())
+    return _records(message, lines)
+
+
+def _records(message: _Message, lines: list[tuple[int, str]]) -> list[Record]:
+    """Logical records: each ``A`` continuation is glued to the line before it."""
+    fs = message.delimiters.field
+    joined: list[tuple[int, str]] = []
+    for number, line in lines:
+        if line.startswith("A" + fs):
+            if not joined:
+                message.problem(f"line {number}", "an A continuation after another record")
+                continue
+            start, previous = joined[-1]
+            joined[-1] = (start, previous + line[2:])
+        else:
+            joined.append((number, line))
+    counts: dict[str, int] = {}
+    records = []
+    for number, line in joined:
+        fields = tuple(line.split(fs))
+        kind = fields[0].strip().upper()
+        counts[kind] = counts.get(kind, 0) + 1
+        records.append(Record(kind, fields, number, counts[kind]))
+    return records
+
+
+# Records → facts ---------------------------------------------------------------------------
+
+
+def parse(raw: RawMessage) -> ParseOutcome:
+    """Facts of one H..L message; raises ``FeedError`` when the header is unusable."""
+    return parse_message(raw, default_terminology())
+
+
+def parse_message(raw: RawMessage, terminology: Terminology) -> ParseOutcome:
+    """``parse`` with an explicit terminology (a site's own mapping tables)."""
+    lines = _physical_lines(raw, _decode(raw))
+    if not lines:
+        raise FeedError(
+            raw.document,
+            raw.position,
+            "an HPRIM message (H record)",
+            message_id=raw.message_id,
+            found="",
+        )
+    number, header = lines[0]
+    if not header.startswith("H"):
+        raise FeedError(
+            raw.document,
+            f"line {number}",
+            "an H header record first",
+            message_id=raw.message_id,
+            found=header[:20],
+        )
+    message = _Message(raw, _delimiters(raw, header, number), terminology)
+    records = _records(message, lines)
+    _check_header(message, records[0])
+    ended = False
+    for record in records[1:]:
+        if ended:
+            message.problem(
+                record.where(), "nothing after the L record ending the message", found=record.kind
+            )
+        ended = ended or record.kind == "L"
+        _read_record(message, record)
+    if not ended:
+        message.problem(
+            f"line {records[-1].line}",
+            "an L record ending the message "
+            "(the message looks truncated; what came before it was loaded)",
+        )
+    message.outcome.facts = _unique(message.outcome.facts)
+    return message.outcome
+
+
+def _unique(facts: list[AnyFact]) -> list[AnyFact]:
+    """One fact per (kind, id): a patient repeated in a message keeps its first P record."""
+    unique: dict[tuple[str, str], AnyFact] = {}
+    for fact in facts:
+        unique.setdefault((fact.kind, fact.fact_id), fact)
+    return list(unique.values())
+
+
+def _check_header(message: _Message, header: Record) -> None:
+    version = message.first(header, 13)
+    if version and not version.upper().startswith("H2"):
+        message.problem(header.where(13), "HPRIM Santé version H2.x", found=version)
+    stamp = header.field(14).strip()
+    if stamp:
+        _datetime(message, header, 14, stamp)
+
+
+def _read_record(message: _Message, record: Record) -> None:
+    if record.kind == "P":
+        _read_patient(message, record)
+    elif record.kind == "OBR":
+        message.request = record
+    elif record.kind == "OBX":
+        _read_result(message, record)
+    elif record.kind == "H":
+        message.problem(record.where(), "one H header per message")
+    elif record.kind not in _KNOWN_RECORDS | _IGNORED_RECORDS:
+        message.problem(
+            record.where(1), "a record type H, P, OBR, OBX, C, A or L", found=record.kind
+        )
+
+
+def _read_patient(message: _Message, record: Record) -> None:
+    message.request = None
+    patient_id = message.first(record, 3)
+    if not patient_id:
+        message.patient = None
+        message.problem(
+            record.where(3), "a patient identifier; this patient's results are not loaded"
+        )
+        return
+    born_text = message.first(record, 8)
+    born = _datetime(message, record, 8, born_text) if born_text else None
+    sex_text = message.first(record, 9).upper()
+    sex = _SEXES.get(sex_text, Sex.UNKNOWN)
+    if sex_text and sex_text not in _SEXES:
+        message.problem(record.where(9), "a sex M, F or U", found=sex_text)
+    message.patient = Patient(
+        fact_id=f"hprim:patient:{patient_id}",
+        patient_id=patient_id,
+        source=message.source(record),
+        birth_date=born.date() if born else None,
+        sex=sex,
+    )
+    message.outcome.facts.append(message.patient)
+
+
+def _read_result(message: _Message, record: Record) -> None:
+    if message.patient is None:
+        message.problem(record.where(), "a P record (with a patient id) before the results")
+        return
+    try:
+        message.outcome.facts.append(_lab_result(message, message.patient, record))
+    except FeedError as error:
+        message.outcome.errors.append(error)
+
+
+def _lab_result(message: _Message, patient: Patient, record: Record) -> LabResult:
+    code, label, system_hint = [*message.components(record, 4), "", ""][:3]
+    code = code.strip()
+    if not code:
+        raise message.error(record.where(4), "a result code (code~label~system)")
+    time = _result_time(message, record)
+    system, concept_name = _lookup(message.terminology, system_hint.strip(), code)
+    flags: list[Flag] = []
+    if concept_name is None:
+        flags.append(
+            Flag(
+                code=FlagCode.UNMAPPED_CODE,
+                detail=f"{system} lab code {code!r} {label.strip()!r} is not mapped",
+            )
+        )
+    quantity = _Quantity.read(message, record, concept_name, system, code, flags)
+    return LabResult(
+        fact_id=_lab_id(message, patient, code),
+        patient_id=patient.patient_id,
+        source=message.source(record),
+        concept=concept_name,
+        code=Coding(system=system, code=code, display=label.strip() or None),
+        value=quantity.value,
+        unit=quantity.unit,
+        original_value=quantity.original_value,
+        original_unit=quantity.original_unit,
+        time=time,
+        reference_low=quantity.low,
+        reference_high=quantity.high,
+        abnormal_flag=message.first(record, 9) or None,
+        flags=tuple(flags),
+    )
+
+
+def _lookup(terminology: Terminology, hint: str, code: str) -> tuple[str, str | None]:
+    """(code system, concept) for a result code; local codes try ``HPRIM`` then ``LOCAL``."""
+    short = normalise_system(hint) if hint and hint.upper() != "L" else None
+    for system in (short,) if short else _LAB_SYSTEMS:
+        concept = terminology.lab_concept(system, code)
+        if concept is not None:
+            return system, concept.name
+    return short or _LAB_SYSTEMS[0], None
+
+
+def _result_time(message: _Message, record: Record) -> datetime:
+    """OBX field 15, else the sampling time of the request (OBR field 8)."""
+    text = message.first(record, 15)
+    if text:
+        when = _parse_datetime(text)
+        if when is None:
+            raise message.error(
+                record.where(15),
+                "a date YYYYMMDD[HHMM[SS]] (a result without its time is not loaded)",
+                found=text,
+            )
+        return when
+    request = message.request
+    sampled = message.first(request, 8) if request else ""
+    when = _datetime(message, request, 8, sampled) if request and sampled else None
+    if when is None:
+        raise message.error(
+            record.where(15),
+            "an observation time (OBX field 15, or the sampling time in OBR field 8)",
+        )
+    return when
+
+
+def _lab_id(message: _Message, patient: Patient, code: str) -> str:
+    """Stable across re-sent results: patient, request (specimen/order numbers) and code."""
+    request = message.request
+    numbers = []
+    if request is not None:
+        numbers = [c.strip() for n in (3, 4) for c in message.components(request, n)]
+    request_key = "/".join(n for n in numbers if n)
+    if not request_key:
+        request_key = f"{message.raw.message_id}-OBR{request.index if request else 0}"
+    fact_id = f"hprim:{patient.patient_id}:{request_key}:{code}"
+    repeat = 1
+    while fact_id in message.lab_ids:
+        repeat += 1
+        fact_id = f"hprim:{patient.patient_id}:{request_key}:{code}#{repeat}"
+    message.lab_ids.add(fact_id)
+    return fact_id
+
+
+@dataclass
+class _Quantity:
+    """A result value and reference range, converted to the concept's canonical unit."""
+
+    value: float | None
+    unit: str | None
+    original_value: str | None
+    original_unit: str | None
+    low: float | None = None
+    high: float | None = None
+
+    @classmethod
+    def read(
+        cls,
+        message: _Message,
+        record: Record,
+        concept: str | None,
+        system: str,
+        code: str,
+        flags: list[Flag],
+    ) -> _Quantity:
+        raw_value = message.delimiters.unescape(record.field(6)).strip()
+        raw_unit = message.first(record, 7) or None
+        number = _number(raw_value) if message.first(record, 3).upper() in ("NM", "") else None
+        if number is None:
+            if raw_value:
+                flags.append(
+                    Flag(
+                        code=FlagCode.NON_NUMERIC_VALUE,
+                        detail=f"result {raw_value!r} is not a number",
+                    )
+                )
+            return cls(None, None, raw_value or None, raw_unit)
+        low, high = _reference_range(message, record)
+        if concept is None:
+            unit = message.terminology.canonical_unit(raw_unit) or None
+            return cls(number, unit, raw_value, raw_unit, low, high)
+        unit_in = raw_unit or message.terminology.implied_unit(system, code)
+        try:
+            value, unit = message.terminology.to_canonical(concept, number, unit_in)
+        except UnknownUnit as error:
+            flags.append(Flag(code=FlagCode.UNKNOWN_UNIT, detail=str(error)))
+            return cls(None, None, raw_value, raw_unit, low, high)
+        convert = message.terminology.to_canonical
+        return cls(
+            value,
+            unit,
+            raw_value,
+            raw_unit,
+            None if low is None else convert(concept, low, unit_in)[0],
+            None if high is None else convert(concept, high, unit_in)[0],
+        )
+
+
+def _number(text: str) -> float | None:
+    return float(text.replace(",", ".")) if _NUMBER.match(text) else None
+
+
+def _reference_range(message: _Message, record: Record) -> tuple[float | None, float | None]:
+    """``10 - 40``, ``3,5-5,0``, ``< 5`` or ``>= 60``; a reversed range is reported, not used."""
+    text = message.first(record, 8)
+    if not text:
+        return None, None
+    both = _RANGE.match(text)
+    if both:
+        low, high = (float(both.group(g).replace(",", ".")) for g in ("low", "high"))
+        if low <= high:
+            return low, high
+        message.problem(
+            record.where(8), "a reference range 'low - high' with low <= high", found=text
+        )
+        return None, None
+    bound = _BOUND.match(text)
+    if bound:
+        value = float(bound.group("value").replace(",", "."))
+        return (None, value) if bound.group("op").startswith("<") else (value, None)
+    message.problem(
+        record.where(8), "a reference range such as '10 - 40', '< 5' or '> 60'", found=text
+    )
+    return None, None
+
+
+def _datetime(message: _Message, record: Record, number: int, text: str) -> datetime | None:
+    """YYYYMMDD[HH[MM[SS]]]; a bad value is reported (non-fatal) and read as unknown."""
+    value = _parse_datetime(text)
+    if value is None:
+        message.problem(record.where(number), "a date YYYYMMDD[HHMM[SS]]", found=text)
+    return value
+
+
+def _parse_datetime(text: str) -> datetime | None:
+    pattern = _DATE_FORMATS.get(len(text))
+    if pattern is None or not text.isdigit():
+        return None
+    try:
+        return datetime.strptime(text, pattern)
+    except ValueError:
+        return None
