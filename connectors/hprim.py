@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from connectors.base import FeedError, ParseOutcome, RawMessage
+from connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
 from connectors.terminology import Terminology, UnknownUnit, default_terminology, normalise_system
 from engine.facts import AnyFact, Coding, Flag, FlagCode, LabResult, Patient, Sex, Source
 
@@ -436,7 +436,7 @@ def _result_time(message: _Message, record: Record) -> datetime:
                 "a date YYYYMMDD[HHMM[SS]] (a result without its time is not loaded)",
                 found=text,
             )
-        return when
+        return as_utc(when)
     request = message.request
     sampled = message.first(request, 8) if request else ""
     when = _datetime(message, request, 8, sampled) if request and sampled else None
@@ -445,7 +445,7 @@ def _result_time(message: _Message, record: Record) -> datetime:
             record.where(15),
             "an observation time (OBX field 15, or the sampling time in OBR field 8)",
         )
-    return when
+    return as_utc(when)
 
 
 def _lab_id(message: _Message, patient: Patient, code: str) -> str:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from connectors.base import FeedError, ParseOutcome, RawMessage
+from connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
 from connectors.terminology import Terminology, UnknownUnit, default_terminology, normalise_system
 from engine.facts import (
     AnyFact,
@@ -371,7 +371,7 @@ def _read_prescription_message(context: _Context, message: Element) -> None:
     for prescription in message.all("Prescription") or [
         _required(context, message, "Prescription")
     ]:
-        authored = _datetime(context, prescription.child("Dh_prescription"))
+        authored = _event_time(context, prescription.child("Dh_prescription"))
         if stay is not None and stay_id:
             context.add(_stay(context, stay, stay_id, patient, prescription))
         for rens in prescription.all("Rens_compl"):
@@ -434,7 +434,7 @@ def _read_measure(
         context.problem(rens, "a <Code_rens_compl> saying what is measured")
         return
     number = _number(context, value_element.child("Nombre"))
-    when = _datetime(context, rens.child("Dh_rens_compl")) or authored
+    when = _event_time(context, rens.child("Dh_rens_compl")) or authored
     if number is None:
         return
     if when is None:
@@ -568,8 +568,8 @@ def _line_fields(context: _Context, line: Element) -> _LineFields:
     return _LineFields(
         route_code=route_code or None,
         route=context.terminology.route(ROUTE_SYSTEM, route_code),
-        start=_datetime(context, line.child("Dh_début")),
-        end=_datetime(context, line.child("Dh_fin")),
+        start=_event_time(context, line.child("Dh_début")),
+        end=_event_time(context, line.child("Dh_fin")),
         status=_status(context, line),
         prescriber=(prescriber.value("Identifiant") if prescriber is not None else "")
         or line.value("Id_prescripteur")
@@ -956,6 +956,12 @@ def _datetime(context: _Context, element: Element | None) -> datetime | None:
         pass
     context.problem(element, "a date-time YYYYMMDD[HHMM[SS]]", text)
     return None
+
+
+def _event_time(context: _Context, element: Element | None) -> datetime | None:
+    """A time of care: PN13 sends local times without offset; facts hold naive UTC."""
+    local = _datetime(context, element)
+    return as_utc(local) if local else None
 
 
 def _text(value: float) -> str:

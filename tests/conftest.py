@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# Fact times are naive UTC; feeds without offsets are read in the site's zone. The suite reads
+# them as UTC so that expected values equal the times written in the fixtures; the conversion
+# itself is tested in test_base.py.
+os.environ["VIGIE_TIMEZONE"] = "UTC"
+
 SHARED_DATA = Path(
     os.environ.get("VIGIE_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data")
 )
