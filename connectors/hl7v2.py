@@ -1,0 +1,159 @@
+"""HL7 v2 connector (feed ``hl7v2``): ADT, ORU^R01, RDE/OMP/ORM and RAS messages → facts.
+
+A file holds one message or a batch (several MSH, optional FHS/BHS wrappers, segments ended
+by ``\\r``, ``\\n`` or ``\\r\\n``, MLLP block bytes tolerated). ``split`` cuts it into one
+``RawMessage`` per message (id MSH-10, else a content hash; position ``message N``; encoding
+from MSH-18, else UTF-8 when valid, else Latin-1) and never raises. ``parse`` turns one into
+facts:
+
+======================  ===================================================================
+ADT (every trigger)     Patient (PID), Stay (PV1), Observation/LabResult (OBX)
+ORU^R01                 Patient, LabResult/Observation per OBX
+RDE^O11/O25, OMP^O09,   Patient, MedicationOrder per ORC group with RXE or RXO, OBX results
+ORM^O01
+RAS^O17                 Patient, MedicationAdministration per RXA
+anything else           nothing: ``Hl7Outcome.ignored`` says why; no error, so ingest
+                        records the message as *ignored*, never as a dead letter
+======================  ===================================================================
+
+A message that cannot be read (no MSH, wrong separators, truncated, undecodable, no patient
+id) raises ``FeedError``; a bad field inside a readable message (a malformed date, a bad
+number in one OBX) is a located non-fatal error in ``errors`` and the rest still loads.
+See ``hl7v2_clinical`` and ``hl7v2_pharmacy`` for the field-by-field choices.
+
+>>> raw = next(split("k.hl7", b"MSH|^~\\\\&|LAB||||20240102||ORU^R01|M1|P|2.5\\r"
+...     b"PID|1||P1^^^H^PI||DOE^JO||19500101|F\\r"
+...     b"OBX|1|NM|2823-3^Potassium^LN||5.9|mmol/L|3.5-5.1|H|||F|||202401020800\\r"))
+>>> [(fact.kind, getattr(fact, "value", None)) for fact in parse(raw).facts]
+[('patient', None), ('lab', 5.9)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from connectors.base import RawMessage
+from connectors.hl7v2_clinical import (
+    FEED,
+    Context,
+    load_patients,
+    load_results,
+    load_stay,
+    patient_ids_of,
+)
+from connectors.hl7v2_framing import (
+    MLLP_START,
+    charset_encoding,
+    content_hash_id,
+    cut_messages,
+    declared_charset,
+    guess_encoding,
+    read_header,
+)
+from connectors.hl7v2_message import Hl7Message, Hl7Outcome
+from connectors.hl7v2_pharmacy import load_administrations, load_orders
+from connectors.terminology import Terminology, default_terminology
+
+__all__ = [
+    "SUPPORTED_MESSAGES",
+    "Hl7Outcome",
+    "feed",
+    "parse",
+    "sniff",
+    "split",
+]
+
+feed = FEED
+
+_ORDER_MESSAGES = frozenset({"RDE^O11", "RDE^O25", "OMP^O09", "ORM^O01"})
+SUPPORTED_MESSAGES = ("ADT^*", "ORU^R01", *sorted(_ORDER_MESSAGES), "RAS^O17")
+_SNIFF_HEADS = (b"MSH", b"FHS", b"BHS")
+
+
+def sniff(head: bytes, name: str) -> bool:
+    """An HL7 v2 document starts (after BOM, MLLP byte, blanks) with MSH, FHS or BHS + '|'."""
+    body = head.lstrip(b"\xef\xbb\xbf").lstrip(bytes([MLLP_START]) + b" \t\r\n")
+    return body[:3] in _SNIFF_HEADS and body[3:4] == b"|"
+
+
+def split(document: str, content: bytes) -> Iterator[RawMessage]:
+    """One RawMessage per message of the document; never raises.
+
+    A repeated MSH-10 with different content inside one document gets ``#N`` appended (N the
+    message's rank), since ingest would otherwise take the second for a correction of the first.
+    """
+    seen: dict[str, bytes] = {}
+    for piece in cut_messages(content):
+        header = read_header(piece.content)
+        message_id = header.control_id or content_hash_id(piece.content)
+        if message_id in seen and seen[message_id] != piece.content:
+            message_id = f"{message_id}#{piece.number}"
+        seen[message_id] = piece.content
+        yield RawMessage(
+            feed=FEED,
+            document=document,
+            content=piece.content,
+            message_id=message_id,
+            position=f"message {piece.number}",
+            encoding=charset_encoding(header.charset) or guess_encoding(piece.content),
+        )
+
+
+def parse(raw: RawMessage, terminology: Terminology | None = None) -> Hl7Outcome:
+    """Facts of one message; raises ``FeedError`` when the message cannot be read at all."""
+    message = Hl7Message(raw)
+    outcome = Hl7Outcome(message_type=message.message_type, notes=list(message.notes))
+    _check_charset(message, raw, outcome)
+    loader = _loader(message)
+    if loader is None:
+        outcome.ignored = f"ignored message type {message.message_type}"
+        return outcome
+    if message.message_code == "ADT" and message.first("PID") is None:
+        outcome.ignored = f"{message.message_type} without PID: no patient facts"
+        return outcome
+    ctx = Context(message, terminology or default_terminology(), outcome)
+    ctx.patients = patient_ids_of(message)
+    load_patients(ctx)
+    loader(ctx)
+    return outcome
+
+
+def _loader(message: Hl7Message) -> Callable[[Context], None] | None:
+    kind = message.message_type
+    if message.message_code == "ADT":
+        return _load_adt
+    if kind == "ORU^R01":
+        return _load_lab_report
+    if kind in _ORDER_MESSAGES:
+        return _load_order_message
+    if kind == "RAS^O17":
+        return load_administrations
+    return None
+
+
+def _load_adt(ctx: Context) -> None:
+    load_stay(ctx)
+    load_results(ctx, message_time_fallback=True)
+
+
+def _load_lab_report(ctx: Context) -> None:
+    load_results(ctx, message_time_fallback=False)
+
+
+def _load_order_message(ctx: Context) -> None:
+    load_orders(ctx)
+    load_results(ctx, message_time_fallback=True)
+
+
+def _check_charset(message: Hl7Message, raw: RawMessage, outcome: Hl7Outcome) -> None:
+    """An MSH-18 we do not know is reported; the message was decoded by the UTF-8/Latin-1 guess."""
+    charset = declared_charset(raw.content)
+    if charset and charset_encoding(charset) is None:
+        outcome.errors.append(
+            message.error(
+                "MSH-18",
+                "a known character set (ASCII, 8859/1, 8859/15, UNICODE UTF-8); "
+                f"decoded as {message.encoding}",
+                charset,
+            )
+        )
