@@ -79,13 +79,17 @@ def sniff(head: bytes, name: str) -> bool:
 def split(document: str, content: bytes) -> Iterator[RawMessage]:
     """One RawMessage per message of the document; never raises.
 
-    A repeated MSH-10 with different content inside one document gets ``#N`` appended (N the
+    The message id is MSH-10 prefixed by the sender (MSH-3^MSH-4): HL7 makes MSH-10 unique per
+    sending system only, and ingest takes a known id with new content for a correction.
+    A repeated id with different content inside one document gets ``#N`` appended (N the
     message's rank), since ingest would otherwise take the second for a correction of the first.
     """
     seen: dict[str, bytes] = {}
     for piece in cut_messages(content):
         header = read_header(piece.content)
         message_id = header.control_id or content_hash_id(piece.content)
+        if header.control_id and header.sender:
+            message_id = f"{header.sender}|{header.control_id}"
         if message_id in seen and seen[message_id] != piece.content:
             message_id = f"{message_id}#{piece.number}"
         seen[message_id] = piece.content

@@ -160,10 +160,11 @@ def content_hash_id(content: bytes) -> str:
 
 @dataclass(frozen=True)
 class MshHeader:
-    """What ``split`` needs from MSH before decoding: MSH-10 and MSH-18, as text."""
+    """What ``split`` needs from MSH before decoding: MSH-3/4, MSH-10 and MSH-18, as text."""
 
     control_id: str | None
     charset: str | None
+    sender: str | None = None  # MSH-3 and MSH-4 (first components), e.g. "LAB^CHU"
 
 
 def read_header(content: bytes) -> MshHeader:
@@ -174,9 +175,12 @@ def read_header(content: bytes) -> MshHeader:
     control_id = fields[9].strip().decode("latin-1") if len(fields) > 9 else ""
     charset = fields[17].decode("latin-1") if len(fields) > 17 else ""
     encoding_chars = fields[1].decode("latin-1") if len(fields) > 1 else ""
+    sender_parts = [fields[i].decode("latin-1") if len(fields) > i else "" for i in (2, 3)]
     for separator in encoding_chars[:2]:  # component, repetition
         charset = charset.split(separator, 1)[0]
-    return MshHeader(control_id or None, charset.strip() or None)
+        sender_parts = [part.split(separator, 1)[0] for part in sender_parts]
+    sender = "^".join(part.strip() for part in sender_parts).strip("^")
+    return MshHeader(control_id or None, charset.strip() or None, sender or None)
 
 
 def declared_charset(content: bytes) -> str | None:

@@ -41,6 +41,11 @@ GOLDEN_INPUTS = sorted(p.name for p in GOLDEN.glob("*.hl7"))
 FACT_TYPES = (Patient, Stay, MedicationOrder, MedicationAdministration, LabResult, Observation)
 
 
+def control_id(message_id: str | None) -> str:
+    """MSH-10 out of a message id (the connector prefixes it with the sender MSH-3^MSH-4)."""
+    return (message_id or "").rsplit("|", 1)[-1]
+
+
 # Helpers -------------------------------------------------------------------------------------
 
 
@@ -215,7 +220,7 @@ def test_reference_oru_without_patient_id_is_rejected_located(shared_data: Path)
     )
     ((_, error),) = messages(path.name, path.read_bytes())
     assert isinstance(error, FeedError)
-    assert error.position == "PID-3" and error.message_id == "NIST-LOI_5.0_1.1-NG"
+    assert error.position == "PID-3" and control_id(error.message_id) == "NIST-LOI_5.0_1.1-NG"
 
 
 def test_java_escaped_encoding_characters_are_repaired(shared_data: Path) -> None:
@@ -289,7 +294,12 @@ def test_adt_weight_height_and_stay() -> None:
 
 def test_batch_transfer_then_discharge_update_one_stay_and_truncated_last_is_rejected() -> None:
     results = messages(*golden_input("batch_adt_mllp.hl7"))
-    assert [raw.message_id for raw, _ in results] == ["ADT0002", "ADT0003", "SIU0001", "LAB0099"]
+    assert [control_id(raw.message_id) for raw, _ in results] == [
+        "ADT0002",
+        "ADT0003",
+        "SIU0001",
+        "LAB0099",
+    ]
     transfer, discharge, appointment, truncated = (outcome for _, outcome in results)
     (moved,) = facts_of(transfer, Stay)
     (left,) = facts_of(discharge, Stay)
@@ -374,7 +384,7 @@ def test_segment_separators(separator: str) -> None:
     second = MSH_ORU.replace("|M1|", "|M2|")
     content = separator.join([MSH_ORU, PID, OBX_K, second, PID, OBX_NA]).encode()
     results = messages("b.hl7", content)
-    assert [raw.message_id for raw, _ in results] == ["M1", "M2"]
+    assert [control_id(raw.message_id) for raw, _ in results] == ["M1", "M2"]
     assert [raw.position for raw, _ in results] == ["message 1", "message 2"]
     assert [len(facts_of(outcome, LabResult)) for _, outcome in results] == [1, 1]
 
@@ -385,7 +395,7 @@ def test_mllp_framing_and_bom() -> None:
         b"\xef\xbb\xbf\x0b" + body + b"\x1c\r\x0b" + body.replace(b"|M1|", b"|M2|") + b"\x1c\r"
     )
     results = messages("mllp.hl7", content)
-    assert [raw.message_id for raw, _ in results] == ["M1", "M2"]
+    assert [control_id(raw.message_id) for raw, _ in results] == ["M1", "M2"]
     assert all(len(facts_of(outcome, LabResult)) == 1 for _, outcome in results)
 
 
@@ -396,7 +406,7 @@ def test_message_id_falls_back_to_a_content_hash_and_duplicates_are_kept_apart()
     again = next(hl7v2.split("a.hl7", hl7_text(no_id, PID, OBX_K)))
     assert again.message_id == raw.message_id  # stable: re-ingesting gives the same id
     twice = hl7_text(MSH_ORU, PID, OBX_K) + hl7_text(MSH_ORU, PID, OBX_NA)
-    assert [r.message_id for r in hl7v2.split("d.hl7", twice)] == ["M1", "M1#2"]
+    assert [control_id(r.message_id) for r in hl7v2.split("d.hl7", twice)] == ["M1", "M1#2"]
 
 
 def test_results_of_several_patients_in_one_oru_go_to_their_own_patient() -> None:
@@ -502,7 +512,9 @@ def test_bad_obx_is_non_fatal_and_the_others_load() -> None:
     assert set(errors) == {"OBX[2]-5", "OBX[3]-14"}
     assert errors["OBX[2]-5"].found == "13,9" and "number" in errors["OBX[2]-5"].expected
     assert errors["OBX[3]-14"].found == "20241306074000" and "YYYY" in errors["OBX[3]-14"].expected
-    assert "obx.hl7: message M1: OBX[3]-14: expected an HL7 date/time" in str(errors["OBX[3]-14"])
+    assert "obx.hl7: message LAB^CHU|M1: OBX[3]-14: expected an HL7 date/time" in str(
+        errors["OBX[3]-14"]
+    )
 
 
 def test_bad_birth_date_is_located_and_the_patient_still_loads() -> None:
