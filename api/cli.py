@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from api.ingest import IngestReport, ParsedMessage, ingest, read_feed
+from connectors.base import FeedError
 from connectors.registry import FORMATS
 from engine.factset import FactSet
 from engine.quality import quality_report, render_text
@@ -61,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="load feeds into the store")
     ing.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     ing.add_argument("--format", choices=("auto", *FORMATS), default="auto")
+    ing.add_argument(
+        "--mapping",
+        type=Path,
+        metavar="FILE",
+        help="mapping file (TOML) for CSV exports (default: $VIGIE_CSV_MAPPING, "
+        "else the synthetic hospital's layout)",
+    )
     quality = sub.add_parser("quality", help="data-quality report on feeds or on the store")
     quality.add_argument(
         "--input",
@@ -70,10 +78,10 @@ def _parser() -> argparse.ArgumentParser:
         help="files or folders to read (default: the store)",
     )
     quality.add_argument("--format", choices=("auto", *FORMATS), default="auto")
+    quality.add_argument("--mapping", type=Path, metavar="FILE", help="CSV mapping file (TOML)")
     quality.add_argument("--json", action="store_true", help="print the report as JSON")
     for name, what in _LATER.items():
-        later = sub.add_parser(name, help=f"not available yet: {what}")
-        later.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.add_parser(name, help=f"not available yet: {what}")
     return parser
 
 
@@ -85,6 +93,8 @@ def _print_ingest(report: IngestReport, max_errors: int = 20) -> None:
     print("Loaded facts: " + (", ".join(f"{k} {v:,}" for k, v in sorted(facts.items())) or "none"))
     messages = report.total_messages()
     print("Messages: " + (", ".join(f"{k} {v:,}" for k, v in sorted(messages.items())) or "none"))
+    for skipped in report.skipped():
+        print(f"Skipped: {skipped}")
     errors = report.errors()
     if errors:
         print(f"Errors ({len(errors):,}; kept in the dead-letter store):")
@@ -94,19 +104,25 @@ def _print_ingest(report: IngestReport, max_errors: int = 20) -> None:
             print(f"  ... {len(errors) - max_errors:,} more")
 
 
+def _configure_mapping(args: argparse.Namespace) -> None:
+    if getattr(args, "mapping", None) is not None:
+        from connectors import tabular
+
+        tabular.configure(args.mapping)
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    store = FactStore()
-    report = ingest(args.paths, store, args.format)
-    print(f"Store: {store.safe_url}")
+    _configure_mapping(args)
+    with FactStore() as store:
+        report = ingest(args.paths, store, args.format)
+        print(f"Store: {store.safe_url}")
     _print_ingest(report)
-    return (
-        1
-        if report.total_messages()["rejected"] or any(f.format is None for f in report.files)
-        else 0
-    )
+    unread = any(f.format is None and not f.skipped for f in report.files)
+    return 1 if report.total_messages()["rejected"] or unread else 0
 
 
 def _cmd_quality(args: argparse.Namespace) -> int:
+    _configure_mapping(args)
     if args.input:
         parsed: list[ParsedMessage] = list(read_feed(args.input, args.format))
         facts = FactSet(f for p in parsed if p.outcome for f in p.outcome.facts)
@@ -114,10 +130,10 @@ def _cmd_quality(args: argparse.Namespace) -> int:
         errors = [str(p.fatal) for p in parsed if p.fatal]
         errors += [str(e) for p in parsed if p.outcome for e in p.outcome.errors]
     else:
-        store = FactStore()
-        facts = FactSet(store.iter_facts())
-        messages = Counter(store.raw_counts())
-        errors = [d.error for d in store.dead_letters()]
+        with FactStore() as store:
+            facts = FactSet(store.iter_facts())
+            messages = Counter(store.raw_counts())
+            errors = [d.error for d in store.dead_letters()]
     report = quality_report(facts, dict(messages), errors)
     if args.json:
         print(json.dumps(report.as_dict(), default=str, ensure_ascii=False, indent=2))
@@ -156,13 +172,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command in _LATER:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _LATER:
         print(
-            f"vigie {args.command}: not available yet; it comes with {_LATER[args.command]}.",
-            file=sys.stderr,
+            f"vigie {argv[0]}: not available yet; it comes with {_LATER[argv[0]]}.", file=sys.stderr
         )
         return 2
+    args = _parser().parse_args(argv)
     commands = {
         "ingest": _cmd_ingest,
         "quality": _cmd_quality,
@@ -174,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as error:
         print(f"vigie: {error}", file=sys.stderr)
         return 3
+    except FeedError as error:  # a bad mapping file or site table: located, never a traceback
+        print(f"vigie: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ class FileReport:
     messages: Counter[str] = field(default_factory=Counter)
     facts: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    skipped: str | None = None  # why the file was not read (not a recognised feed)
 
 
 @dataclass
@@ -65,6 +66,9 @@ class IngestReport:
 
     def errors(self) -> list[str]:
         return [error for f in self.files for error in f.errors]
+
+    def skipped(self) -> list[str]:
+        return [f.skipped for f in self.files if f.skipped]
 
 
 def _parse(connector: Connector, raw: RawMessage) -> ParsedMessage:
@@ -97,8 +101,11 @@ def _connector(path: Path, fmt: str, report: FileReport) -> Connector | None:
                 fmt = detect_format(path, handle.read(_HEAD_BYTES))
         report.format = fmt
         return connector_for(fmt)
-    except (UnknownFormat, OSError) as error:
-        report.errors.append(str(error))
+    except UnknownFormat as error:
+        report.skipped = str(error)
+        return None
+    except OSError as error:
+        report.errors.append(f"{path}: cannot read: {error.strerror}")
         return None
 
 
