@@ -121,6 +121,16 @@ class Patient(Fact):
     birth_date: date | None = None
     sex: Sex = Sex.UNKNOWN
 
+    def merged_over(self, older: Patient) -> Patient:
+        """This record completed by an older one: feeds often send sparse demographics
+        (a lab result's PID without birth date) that must not erase what an admission gave."""
+        return self.model_copy(
+            update={
+                "birth_date": self.birth_date or older.birth_date,
+                "sex": older.sex if self.sex == Sex.UNKNOWN else self.sex,
+            }
+        )
+
 
 class Stay(Fact):
     """A hospital stay (FHIR Encounter, HL7 PV1 visit): where the patient is and since when."""

@@ -170,13 +170,18 @@ class FactSet:
     """An immutable collection of facts with its columnar and per-patient views.
 
     Facts with the same (kind, fact_id) replace each other, the last one winning — the same
-    rule the store applies, so a re-sent message updates rather than duplicates.
+    rule the store applies, so a re-sent message updates rather than duplicates. Patients are
+    merged instead: a sparse record keeps the birth date and sex an earlier one gave.
     """
 
     def __init__(self, facts: Iterable[AnyFact]) -> None:
         unique: dict[tuple[str, str], AnyFact] = {}
         for fact in facts:
-            unique[(fact.kind, fact.fact_id)] = fact
+            key = (fact.kind, fact.fact_id)
+            older = unique.get(key)
+            if isinstance(fact, Patient) and isinstance(older, Patient):
+                fact = fact.merged_over(older)
+            unique[key] = fact
         self._by_kind: dict[str, list[AnyFact]] = defaultdict(list)
         for fact in unique.values():
             self._by_kind[fact.kind].append(fact)

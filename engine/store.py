@@ -44,7 +44,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from engine.facts import FACT_KINDS, AnyFact, Fact
+from engine.facts import FACT_KINDS, AnyFact, Fact, Patient
 
 __all__ = [
     "DeadLetter",
@@ -228,6 +228,7 @@ class FactStore:
         """Insert or replace facts by (kind, fact_id)."""
         if not facts:
             return
+        facts = self._merge_patients(session, facts)
         rows = {
             (fact.kind, fact.fact_id): {
                 "kind": fact.kind,
@@ -240,6 +241,25 @@ class FactStore:
         }
         statement = self._upsert()
         session.execute(statement, list(rows.values()))
+
+    def _merge_patients(self, session: Session, facts: Sequence[Fact]) -> list[Fact]:
+        """Complete sparse patient records with what the store already knows (see Patient)."""
+        patients = {f.fact_id: f for f in facts if isinstance(f, Patient)}
+        if not patients:
+            return list(facts)
+        query = select(FactRow.fact_id, FactRow.payload).where(
+            FactRow.kind == Patient.kind, FactRow.fact_id.in_(list(patients))
+        )
+        stored = {fid: Patient.model_validate(p) for fid, p in session.execute(query).all()}
+        merged: list[Fact] = []
+        for fact in facts:
+            older = stored.get(fact.fact_id) if isinstance(fact, Patient) else None
+            if isinstance(fact, Patient) and older is not None:
+                fact = fact.merged_over(older)
+            if isinstance(fact, Patient):
+                stored[fact.fact_id] = fact
+            merged.append(fact)
+        return merged
 
     def _upsert(self) -> Any:
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite

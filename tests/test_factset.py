@@ -51,3 +51,12 @@ def test_fact_row_flattens_source_coding_and_flags() -> None:
     assert row["source_position"] == "line 2"
     assert row["flags"] == ["unmapped_code"]
     assert set(row) == set(fact_columns("medication_order"))
+
+
+def test_sparse_patient_is_merged_over_the_fuller_one() -> None:
+    from engine.facts import Sex
+
+    full = patient("p1")
+    sparse = full.model_copy(update={"birth_date": None, "sex": Sex.UNKNOWN})
+    record = FactSet([full, sparse]).patient("p1").patient
+    assert (record.birth_date, record.sex) == (full.birth_date, full.sex)

@@ -68,3 +68,19 @@ def test_bad_url_is_a_store_error_without_password() -> None:
     with pytest.raises(StoreError) as caught:
         FactStore("postgresql+psycopg://u:secret@127.0.0.1:1/nowhere")
     assert "secret" not in str(caught.value)
+
+
+def test_sparse_patient_record_does_not_erase_demographics(store: FactStore) -> None:
+    from engine.facts import Sex
+
+    full = patient("p1")
+    sparse = full.model_copy(update={"birth_date": None, "sex": Sex.UNKNOWN})
+    with store.session() as session:
+        raw = store.record_raw(session, _raw("ADT1"))
+        store.save_facts(session, [full], raw.id)
+        session.commit()
+        later = store.record_raw(session, _raw("ORU1"))
+        store.save_facts(session, [sparse], later.id)
+        session.commit()
+    (stored,) = store.iter_facts(kinds=["patient"])
+    assert (stored.birth_date, stored.sex) == (full.birth_date, full.sex)
