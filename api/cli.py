@@ -85,14 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _counts(counts: Counter[str]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())) or "none"
+
+
 def _print_ingest(report: IngestReport, max_errors: int = 20) -> None:
     for file in report.files:
-        messages = ", ".join(f"{k} {v}" for k, v in sorted(file.messages.items())) or "none"
-        print(f"{file.path} [{file.format or '?'}]: messages: {messages}")
-    facts = report.total_facts()
-    print("Loaded facts: " + (", ".join(f"{k} {v:,}" for k, v in sorted(facts.items())) or "none"))
-    messages = report.total_messages()
-    print("Messages: " + (", ".join(f"{k} {v:,}" for k, v in sorted(messages.items())) or "none"))
+        print(f"{file.path} [{file.format or '?'}]: messages: {_counts(file.messages)}")
+    print(f"Loaded facts: {_counts(report.total_facts())}")
+    print(f"Messages: {_counts(report.total_messages())}")
     for skipped in report.skipped():
         print(f"Skipped: {skipped}")
     errors = report.errors()

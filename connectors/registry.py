@@ -30,7 +30,7 @@ def connector_for(fmt: str) -> Connector:
     """The connector module of a format name (``fhir``, ``hl7``, ``hprim``, ``pn13``, ``csv``)."""
     if fmt not in FORMATS:
         raise UnknownFormat(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    module: Connector = importlib.import_module(FORMATS[fmt])  # type: ignore[assignment]
+    module: Connector = importlib.import_module(FORMATS[fmt])
     return module
 
 
