@@ -92,7 +92,10 @@ def _counts(counts: Counter[str]) -> str:
 def _print_ingest(report: IngestReport, max_errors: int = 20) -> None:
     for file in report.files:
         print(f"{file.path} [{file.format or '?'}]: messages: {_counts(file.messages)}")
-    print(f"Loaded facts: {_counts(report.total_facts())}")
+    print(
+        f"Facts read (a record re-sent in several messages counts each time): "
+        f"{_counts(report.total_facts())}"
+    )
     print(f"Messages: {_counts(report.total_messages())}")
     for skipped in report.skipped():
         print(f"Skipped: {skipped}")
@@ -143,13 +146,15 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace, out: Path) -> None:
+def _generate(args: argparse.Namespace, out: Path) -> list[Path]:
+    """Write a synthetic hospital; return its feed files (not its ground truth)."""
     from connectors.synthetic import generate
 
     summary = generate(
         args.beds, args.days, args.seed, args.format, out, start=getattr(args, "start", None)
     )
-    print(summary.describe() if hasattr(summary, "describe") else summary)
+    print(summary.describe())
+    return summary.feed_files
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -162,9 +167,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="vigie-demo-") as folder:
         out = Path(folder)
         print(f"Generating a {args.beds}-bed hospital over {args.days} days ({args.format})...")
-        _generate(args, out)
+        feeds = _generate(args, out)
         print(f"\nIngesting into {store.safe_url} ...")
-        report = ingest([out], store, args.format)
+        report = ingest(feeds, store, args.format)
         _print_ingest(report, max_errors=5)
     print("\nData quality of the store:")
     facts = FactSet(store.iter_facts())

@@ -47,6 +47,9 @@ DEFAULT_START = datetime(2025, 1, 6)  # a fixed Monday: output must not depend o
 CHUNK_BEDS = 2500
 
 
+METADATA_FILES = frozenset({"hospital.json", "truth.json", "truth.csv"})
+
+
 @dataclass
 class GenerationSummary:
     beds: int
@@ -63,6 +66,11 @@ class GenerationSummary:
     @property
     def facts(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def feed_files(self) -> list[Path]:
+        """The files a hospital's feeds would carry: what `vigie ingest` should read."""
+        return [path for path in self.files if path.name not in METADATA_FILES]
 
     def describe(self) -> str:
         lines = [
