@@ -87,3 +87,43 @@ def test_quality_json_on_files(shared_data: Path, capsys) -> None:
 def test_commands_of_later_issues_say_so(capsys) -> None:
     assert main(["batch", "--as-of", "2024-01-01", "--out", "x.json"]) == 2
     assert "not available yet" in capsys.readouterr().err
+
+
+def test_demo_generates_ingests_and_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    monkeypatch.setenv("VIGIE_DATABASE_URL", url)
+    assert main(["demo", "--beds", "20", "--days", "3", "--format", "fhir"]) == 0
+    out = capsys.readouterr().out
+    assert "Data quality of the store" in out and "Errors: 0" in out
+    with FactStore(url) as store:
+        counts = store.counts()
+        assert counts["patient"] > 0 and counts["medication_order"] > 0 and counts["lab"] > 0
+        assert store.raw_counts().get("rejected", 0) == 0
+
+
+def test_generate_writes_feeds_and_truth(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "h"
+    assert (
+        main(
+            [
+                "generate",
+                "--beds",
+                "20",
+                "--days",
+                "2",
+                "--seed",
+                "7",
+                "--format",
+                "csv",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert {"hospital.json", "truth.json", "patients.csv", "labs.csv"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert "20 beds" in capsys.readouterr().out
