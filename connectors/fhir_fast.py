@@ -20,7 +20,9 @@ Choices worth knowing:
   concept an ``Observation``; an unmapped code gives a ``LabResult`` with ``concept=None`` and an
   ``unmapped_code`` flag when the category is ``laboratory``, and no fact otherwise (vital signs,
   surveys, social history...: nothing a rule reads). Components are read the same way but only
-  when mapped. Pregnancy status (LOINC 82810-3, 11449-6) gives a ``Pregnancy`` fact. Cancelled
+  when mapped. Pregnancy status (LOINC 82810-3, 11449-6) gives a ``Pregnancy`` fact, with the
+  estimated due date of its 11778-8 component; an 11778-8 Observation alone gives a pregnant
+  ``Pregnancy`` with that date (due dates are calendar days, never shifted). Cancelled
   and entered-in-error observations, refuted conditions and allergies give no fact.
 - A value with a comparator (``<5``) or without a number keeps its text and gets a
   ``non_numeric_value`` flag; a unit the tables cannot convert gives ``value=None`` and an
@@ -481,13 +483,16 @@ _STAY_STATUS = {
 def _stay(entry: ResourceEntry) -> list[AnyFact]:
     resource = entry.resource
     period = _obj(resource, "period", "") or {}
+    places = _places(entry)
+    ward = _ward_place(places)
     return [
         Stay(
             fact_id=entry.fact_id(),
             patient_id=entry.patient_id("subject"),
             source=entry.source(),
             stay_id=entry.resource_id,
-            ward=_ward(resource),
+            ward=ward.name if ward else _ward_otherwise(resource),
+            bed=_bed(places, ward),
             admit_time=_datetime(period, "start", "period"),
             discharge_time=_datetime(period, "end", "period"),
             status=_coded(resource, "status", "", _STAY_STATUS, "unknown"),
@@ -495,15 +500,86 @@ def _stay(entry: ResourceEntry) -> list[AnyFact]:
     ]
 
 
-def _ward(resource: dict[str, Any]) -> str | None:
-    """The ward as available: the first location, else the service provider, else the class."""
-    for path, location in _objects(resource, "location", ""):
+# Encounter.location[].status values of places the patient is not in now.
+_PAST_OR_FUTURE_PLACE = frozenset({"completed", "planned"})
+_BED_TYPES = ("bd", "ro")  # bed, room (location-physical-type)
+_WARD_TYPE = "wa"
+
+
+@dataclass(frozen=True)
+class _Place:
+    """An Encounter.location[] entry: its name and physical type (``wa``, ``ro``, ``bd``...)."""
+
+    name: str
+    physical_type: str | None
+
+
+def _places(entry: ResourceEntry) -> list[_Place]:
+    """The locations of the stay, those the patient has left (or not reached) set aside.
+
+    A location's physical type is read on the Encounter, else on the Location resource when the
+    message holds it; its name is the reference's display, else the Location's name, else its id.
+    """
+    current: list[_Place] = []
+    other: list[_Place] = []
+    for path, location in _objects(entry.resource, "location", ""):
         reference = _obj(location, "location", path)
-        if reference is not None:
-            name = _text(reference, "display", _join(path, "location"))
-            target = _text(reference, "reference", _join(path, "location"))
-            if name or target:
-                return name or reference_id(target or "")
+        if reference is None:
+            continue
+        ref_path = _join(path, "location")
+        target = _text(reference, "reference", ref_path)
+        resolved = entry.context.index.resolve(target) if target else None
+        name = _text(reference, "display", ref_path) or _location_name(resolved, target)
+        if not name:
+            continue
+        physical = _concept_code(location, "physicalType", path)
+        if physical is None:
+            physical = _location_type(resolved)
+        place = _Place(name, physical)
+        past = _text(location, "status", path) in _PAST_OR_FUTURE_PLACE
+        (other if past else current).append(place)
+    return current or other
+
+
+def _location_name(resolved: dict[str, Any] | None, reference: str | None) -> str | None:
+    name = resolved.get("name") if resolved is not None else None
+    if isinstance(name, str) and name:
+        return name
+    return reference_id(reference) if reference else None
+
+
+def _location_type(resolved: dict[str, Any] | None) -> str | None:
+    """A Location resource's physical type; a malformed one is that resource's own problem
+    (reported on its entry), so the stay is read without it."""
+    if resolved is None:
+        return None
+    try:
+        return _concept_code(resolved, "physicalType", "")
+    except EntryProblem:
+        return None
+
+
+def _ward_place(places: list[_Place]) -> _Place | None:
+    """The ward-level location (``wa``), else the first that is not a bed or a room."""
+    for place in places:
+        if place.physical_type == _WARD_TYPE:
+            return place
+    return next((p for p in places if p.physical_type not in _BED_TYPES), None)
+
+
+def _bed(places: list[_Place], ward: _Place | None) -> str | None:
+    """The bed (``bd``) or room (``ro``) location, ``room/bed`` with both as HL7 PV1-3 gives
+    them; without physical types, the second location."""
+    typed = {p.physical_type: p.name for p in places if p.physical_type in _BED_TYPES}
+    if typed:
+        room, bed = typed.get("ro"), typed.get("bd")
+        return f"{room}/{bed}" if room and bed else bed or room
+    others = [p for p in places[1:] if p is not ward and p.physical_type is None]
+    return others[0].name if others else None
+
+
+def _ward_otherwise(resource: dict[str, Any]) -> str | None:
+    """Without a location: the service provider, else the encounter class."""
     provider = _obj(resource, "serviceProvider", "")
     if provider is not None:
         name = _text(provider, "display", "serviceProvider")
@@ -518,6 +594,8 @@ def _ward(resource: dict[str, Any]) -> str | None:
 # Observations ------------------------------------------------------------------------------
 
 _PREGNANCY_CODES = frozenset({"82810-3", "11449-6"})
+# Estimated due date: by any method, from the last menstrual period, from the ovulation date.
+_DUE_DATE_CODES = frozenset({"11778-8", "11779-6", "11780-4"})
 _PREGNANCY_ANSWERS = {
     "77386006": "pregnant",  # SNOMED Pregnant
     "LA15173-0": "pregnant",
@@ -613,8 +691,10 @@ def _observation(entry: ResourceEntry) -> list[AnyFact]:
     if _text(resource, "status", "") in _SKIPPED_STATUS:
         return []
     codings = _codings(_obj(resource, "code", ""), "code")
-    if any(c.code in _PREGNANCY_CODES and normalise_system(c.system) == "LOINC" for c in codings):
+    if _has_loinc(codings, _PREGNANCY_CODES):
         return [_pregnancy(entry)]
+    if _has_loinc(codings, _DUE_DATE_CODES):
+        return _due_date_alone(entry)
     time = _time(resource)
     facts: list[AnyFact] = []
     components = list(_objects(resource, "component", ""))
@@ -746,7 +826,12 @@ def _range_end(
     return converted[0] if converted else None
 
 
+def _has_loinc(codings: list[Coding], codes: frozenset[str]) -> bool:
+    return any(c.code in codes and normalise_system(c.system) == "LOINC" for c in codings)
+
+
 def _pregnancy(entry: ResourceEntry) -> Pregnancy:
+    """A pregnancy status Observation, with the due date its component gives (11778-8)."""
     resource = entry.resource
     answer = _obj(resource, "valueCodeableConcept", "")
     codes = [c.code for c in _codings(answer, "valueCodeableConcept")]
@@ -761,7 +846,44 @@ def _pregnancy(entry: ResourceEntry) -> Pregnancy:
         flags=flags,
         status=status,
         recorded=_time(resource),
+        estimated_due_date=_component_due_date(resource),
     )
+
+
+def _component_due_date(resource: dict[str, Any]) -> date | None:
+    for path, component in _objects(resource, "component", ""):
+        codings = _codings(_obj(component, "code", path), _join(path, "code"))
+        if _has_loinc(codings, _DUE_DATE_CODES):
+            return _calendar_date(component, path)
+    return None
+
+
+def _due_date_alone(entry: ResourceEntry) -> list[AnyFact]:
+    """An estimated due date Observation by itself: it is only given for a pregnancy."""
+    due = _calendar_date(entry.resource, "")
+    if due is None:
+        return []
+    pregnancy = Pregnancy(
+        fact_id=entry.fact_id(),
+        patient_id=entry.patient_id("subject"),
+        source=entry.source("valueDateTime"),
+        status="pregnant",
+        recorded=_time(entry.resource),
+        estimated_due_date=due,
+    )
+    return [pregnancy]
+
+
+def _calendar_date(node: dict[str, Any], path: str) -> date | None:
+    """A due date (``valueDateTime``) as the calendar day written, never shifted to UTC."""
+    value = _text(node, "valueDateTime", path)
+    if value is None:
+        return None
+    if parse_fhir_datetime(value) is None:
+        raise EntryProblem(_join(path, "valueDateTime"), _DATETIME_EXPECTED, value)
+    day = parse_fhir_datetime(value[:10])
+    assert day is not None  # the date part of a valid dateTime
+    return day.date()
 
 
 # Conditions and allergies ------------------------------------------------------------------

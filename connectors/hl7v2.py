@@ -7,11 +7,12 @@ from MSH-18, else UTF-8 when valid, else Latin-1) and never raises. ``parse`` tu
 facts:
 
 ======================  ===================================================================
-ADT (every trigger)     Patient (PID), Stay (PV1), Observation/LabResult (OBX)
-ORU^R01                 Patient, LabResult/Observation per OBX
+ADT (every trigger)     Patient (PID), Stay (PV1), Observation/LabResult/Pregnancy (OBX)
+ORU^R01                 Patient, LabResult/Observation/Pregnancy per OBX
 RDE^O11/O25, OMP^O09,   Patient, MedicationOrder per ORC group with RXE or RXO, OBX results
 ORM^O01
 RAS^O17                 Patient, MedicationAdministration per RXA
+any of the above        Condition per DG1, Allergy per AL1
 anything else           nothing: ``Hl7Outcome.ignored`` says why; no error, so ingest
                         records the message as *ignored*, never as a dead letter
 ======================  ===================================================================
@@ -19,7 +20,10 @@ anything else           nothing: ``Hl7Outcome.ignored`` says why; no error, so i
 A message that cannot be read (no MSH, wrong separators, truncated, undecodable, no patient
 id) raises ``FeedError``; a bad field inside a readable message (a malformed date, a bad
 number in one OBX) is a located non-fatal error in ``errors`` and the rest still loads.
-See ``hl7v2_clinical`` and ``hl7v2_pharmacy`` for the field-by-field choices.
+Every event time (OBX-14, OBR-7, PV1-44/45, TQ1-7/8, ORC-9/15, RXA-3, DG1-5, AL1-6...) honours
+a ``+/-ZZZZ`` offset and is read in the site's zone without one (``connectors.base.as_utc``);
+birth and due dates are calendar dates, never shifted. See ``hl7v2_clinical``,
+``hl7v2_history`` and ``hl7v2_pharmacy`` for the field-by-field choices.
 
 >>> raw = next(split("k.hl7", b"MSH|^~\\\\&|LAB||||20240102||ORU^R01|M1|P|2.5\\r"
 ...     b"PID|1||P1^^^H^PI||DOE^JO||19500101|F\\r"
@@ -50,6 +54,7 @@ from connectors.hl7v2_framing import (
     guess_encoding,
     read_header,
 )
+from connectors.hl7v2_history import load_history
 from connectors.hl7v2_message import Hl7Message, Hl7Outcome
 from connectors.hl7v2_pharmacy import load_administrations, load_orders
 from connectors.terminology import Terminology, default_terminology
@@ -119,6 +124,7 @@ def parse(raw: RawMessage, terminology: Terminology | None = None) -> Hl7Outcome
     ctx.patients = patient_ids_of(message)
     load_patients(ctx)
     loader(ctx)
+    load_history(ctx)
     return outcome
 
 

@@ -1,4 +1,4 @@
-"""HL7 v2 → Patient, Stay, LabResult and Observation facts (PID, PV1, OBR/OBX).
+"""HL7 v2 → Patient, Stay, LabResult, Observation and Pregnancy facts (PID, PV1, OBR/OBX).
 
 Choices, so that the same message always gives the same facts:
 
@@ -17,6 +17,16 @@ Choices, so that the same message always gives the same facts:
 - Every OBX becomes a fact: an ``Observation`` when its code maps to an observation concept
   (weight, height, QTc), else a ``LabResult``. The value is converted to the concept's
   canonical unit; an unknown unit, a non-numeric value or an unmapped code is kept and flagged.
+- A result's fact id does not depend on the message: it is the patient, the order's filler
+  number (OBR-3, else the placer number OBR-2), the OBX-3 code and the OBX-4 sub-id; without an
+  order number the observation time stands in for the order. A corrected result (OBX-11 ``C``)
+  sent in a new message therefore replaces the original. The message id stays in ``source``.
+- Pregnancy OBX (LOINC 82810-3 / 11449-6 status with a coded answer; 11778-8, 11779-6, 11780-4
+  estimated due date) give a ``Pregnancy``, never a lab result. A due date joins the status
+  OBX of the same patient before it (else after it); a due date alone says the patient is
+  pregnant. Due dates are calendar dates as written, like birth dates.
+
+DG1 and AL1 are read in ``hl7v2_history``.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, cast
 
 from pydantic import ValidationError
@@ -37,7 +47,7 @@ from connectors.hl7v2_message import (
     SegmentRef,
     parse_number,
 )
-from connectors.terminology import Concept, Terminology, UnknownUnit
+from connectors.terminology import Concept, Terminology, UnknownUnit, normalise_system
 from engine.facts import (
     AnyFact,
     Coding,
@@ -47,6 +57,7 @@ from engine.facts import (
     LabResult,
     Observation,
     Patient,
+    Pregnancy,
     Sex,
     Source,
     Stay,
@@ -58,8 +69,11 @@ __all__ = [
     "load_patients",
     "load_results",
     "load_stay",
+    "order_number",
     "parse_reference_range",
     "patient_ids_of",
+    "result_key",
+    "time_or_error",
     "visit_number",
 ]
 
@@ -114,6 +128,20 @@ _RANGE = re.compile(
 )
 _BOUND = re.compile(rf"\s*(?P<op><=?|>=?|≤|≥)\s*(?P<value>{_NUM})(?:\s*[^0-9\s].*)?\Z")
 
+# A new patient or a new order ends the OBR an OBX belongs to.
+_ORDER_GROUP_STARTS = frozenset({"PID", "ORC"})
+_PREGNANCY_STATUS_CODES = frozenset({"82810-3", "11449-6"})
+# Estimated due date: by any method, from the last menstrual period, from the ovulation date.
+_DUE_DATE_CODES = frozenset({"11778-8", "11779-6", "11780-4"})
+_PREGNANCY_ANSWERS = {
+    "LA15173-0": "pregnant",
+    "LA26683-5": "not-pregnant",
+    "LA4489-6": "unknown",
+    "77386006": "pregnant",  # SNOMED CT Pregnant
+    "60001007": "not-pregnant",  # SNOMED CT Not pregnant
+    "261665006": "unknown",  # SNOMED CT Unknown
+}
+
 
 @dataclass
 class Context:
@@ -123,6 +151,7 @@ class Context:
     terminology: Terminology
     outcome: Hl7Outcome
     patients: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    used_ids: set[str] = dataclasses.field(default_factory=set)
 
     def patient_for(self, segment: SegmentRef) -> str:
         """The patient a segment belongs to: the last PID before it (ORU_R01 may carry several)."""
@@ -143,6 +172,14 @@ class Context:
 
     def fact_id(self, *parts: str) -> str:
         return ":".join((FEED, *parts))
+
+    def unique_id(self, fact_id: str, segment: SegmentRef) -> str:
+        """``fact_id``, or when this message already gave it (two OBX with one code and sub-id
+        under one order, a diagnosis sent twice) the id told apart by the segment: both load."""
+        if fact_id in self.used_ids:
+            fact_id = f"{fact_id}:{segment.label}"
+        self.used_ids.add(fact_id)
+        return fact_id
 
     def add(self, cls: type[Fact], owner: SegmentRef, position: str, **fields: Any) -> None:
         """Build a fact and keep it; a validation failure becomes a located non-fatal error.
@@ -244,8 +281,8 @@ def load_stay(ctx: Context) -> None:
     pv1 = message.first("PV1")
     if pv1 is None:
         return
-    admit = _time_or_error(ctx, pv1, 44)
-    discharge = _time_or_error(ctx, pv1, 45)
+    admit = time_or_error(ctx, pv1, 44)
+    discharge = time_or_error(ctx, pv1, 45)
     trigger = message.trigger or message.value(message.first("EVN"), 1)
     if trigger == "A03" and discharge is None:
         discharge = _event_time(ctx)
@@ -288,13 +325,14 @@ def _event_time(ctx: Context) -> datetime | None:
     """When an ADT event happened: EVN-6, else EVN-2, else MSH-7."""
     evn = ctx.message.first("EVN")
     for segment, field in ((evn, 6), (evn, 2), (ctx.message.msh, 7)):
-        moment = _time_or_error(ctx, segment, field)
+        moment = time_or_error(ctx, segment, field)
         if moment is not None:
             return moment
     return None
 
 
-def _time_or_error(ctx: Context, segment: SegmentRef | None, field: int) -> datetime | None:
+def time_or_error(ctx: Context, segment: SegmentRef | None, field: int) -> datetime | None:
+    """A fact time; a malformed one is reported and the fact loads without it."""
     try:
         return ctx.message.dtm(segment, field)
     except FeedError as error:
@@ -311,25 +349,74 @@ class _ResultValue:
     text: str  # as received, for original_value
 
 
+@dataclass
+class _PregnancyReading:
+    """A pregnancy OBX as read; ``status`` is None for a due date not yet joined to a status."""
+
+    obx: SegmentRef
+    patient_id: str
+    key: str
+    recorded: datetime
+    status: str | None = None
+    due: date | None = None
+    flags: tuple[Flag, ...] = ()
+
+
+@dataclass(frozen=True)
+class _ResultGroup:
+    """The OBR the next OBX belong to, and its order number (read once per OBR)."""
+
+    obr: SegmentRef | None = None
+    order: str = ""
+
+
 def load_results(ctx: Context, message_time_fallback: bool) -> None:
     """Every OBX of the message; a bad OBX is a non-fatal error, the others still load.
 
     ``message_time_fallback``: OBX without OBX-14 nor OBR-7 take MSH-7 (admission weight in an
     ADT); for lab results a missing time is an error, since rules window on it.
     """
-    obr: SegmentRef | None = None
+    group = _ResultGroup()
+    pregnancies: list[_PregnancyReading] = []
     for segment in ctx.message.segments:
-        if segment.name == "OBR":
-            obr = segment
+        if segment.name in _ORDER_GROUP_STARTS:
+            group = _ResultGroup()
+        elif segment.name == "OBR":
+            group = _ResultGroup(segment, order_number(ctx.message, segment))
         elif segment.name == "OBX":
             try:
-                _load_result(ctx, segment, obr, message_time_fallback)
+                _load_result(ctx, segment, group, message_time_fallback, pregnancies)
             except FeedError as error:
                 ctx.fail(error)
+    _load_pregnancies(ctx, pregnancies)
+
+
+def order_number(message: Hl7Message, obr: SegmentRef | None) -> str:
+    """The order a result answers: filler number OBR-3, else placer number OBR-2."""
+    return message.entity_id(obr, 3) or message.entity_id(obr, 2)
+
+
+def result_key(ctx: Context, obx: SegmentRef, order: str, code: Coding, time: datetime) -> str:
+    """What makes an OBX the same result from one message to the next.
+
+    The patient, the order number (``order_number``), the code and the OBX-4 sub-id; without
+    an order number, the observation time. Never the message id: a corrected result comes in
+    a new message and must replace the original.
+    """
+    anchor = order or f"@{time:%Y%m%d%H%M%S}"
+    parts = [ctx.patient_for(obx), anchor, f"{normalise_system(code.system)}|{code.code}"]
+    sub_id = ctx.message.value(obx, 4)
+    if sub_id:
+        parts.append(sub_id)
+    return ":".join(parts)
 
 
 def _load_result(
-    ctx: Context, obx: SegmentRef, obr: SegmentRef | None, message_time_fallback: bool
+    ctx: Context,
+    obx: SegmentRef,
+    group: _ResultGroup,
+    message_time_fallback: bool,
+    pregnancies: list[_PregnancyReading],
 ) -> None:
     message = ctx.message
     status = message.value(obx, 11).upper()
@@ -346,14 +433,20 @@ def _load_result(
         return
     if code is None:
         raise message.field_error(obx, 3, "an observation identifier (code^text^system)")
+    time = _result_time(ctx, obx, group.obr, message_time_fallback)
+    if _is_pregnancy_code(code):
+        pregnancies.append(_pregnancy_reading(ctx, obx, group.order, code, time))
+        return
     concept = ctx.terminology.lab_concept(code.system, code.code)
-    time = _result_time(ctx, obx, obr, message_time_fallback)
     value = _result_value(ctx, obx, value_type, numeric_text=concept is not None)
     unit = _unit_as_sent(message, obx)
     fields = _quantity(ctx, obx, concept, code, value, unit)
-    fields.update(fact_id=ctx.fact_id(message.message_id, obx.label), code=code, time=time)
+    is_observation = concept is not None and concept.kind == "observation"
+    key = result_key(ctx, obx, group.order, code, time)
+    fact_id = ctx.fact_id("observation" if is_observation else "lab", key)
+    fields.update(fact_id=ctx.unique_id(fact_id, obx), code=code, time=time)
     position = obx.position(5)
-    if concept is not None and concept.kind == "observation":
+    if is_observation:
         ctx.add(Observation, obx, position, **fields)
         return
     ctx.add(
@@ -515,3 +608,70 @@ def _reference(
     except UnknownUnit:
         return {}
     return {"reference_low": low, "reference_high": high}
+
+
+# Pregnancy (OBX) -----------------------------------------------------------------------------
+
+
+def _is_pregnancy_code(code: Coding) -> bool:
+    known = code.code in _PREGNANCY_STATUS_CODES or code.code in _DUE_DATE_CODES
+    return known and normalise_system(code.system) == "LOINC"
+
+
+def _pregnancy_reading(
+    ctx: Context, obx: SegmentRef, order: str, code: Coding, time: datetime
+) -> _PregnancyReading:
+    """A status or a due date OBX; a malformed due date is a located ``FeedError``."""
+    key = result_key(ctx, obx, order, code, time)
+    reading = _PregnancyReading(obx, ctx.patient_for(obx), key, time)
+    if code.code in _DUE_DATE_CODES:
+        reading.due = ctx.message.calendar_date(obx, 5)
+        return reading
+    reading.status, reading.flags = _pregnancy_status(ctx.message, obx)
+    return reading
+
+
+def _pregnancy_status(message: Hl7Message, obx: SegmentRef) -> tuple[str, tuple[Flag, ...]]:
+    """OBX-5 coded answer (or its alternate code) → status; an unknown answer is flagged."""
+    for component in (1, 4):
+        answer = message.value(obx, 5, component)
+        if answer in _PREGNANCY_ANSWERS:
+            return _PREGNANCY_ANSWERS[answer], ()
+    shown = message.value(obx, 5, 1) or message.value(obx, 5, 2)
+    detail = f"{obx.position(5)}: pregnancy status answer {shown!r} not mapped"
+    return "unknown", (Flag(code=FlagCode.UNMAPPED_CODE, detail=detail),)
+
+
+def _load_pregnancies(ctx: Context, readings: list[_PregnancyReading]) -> None:
+    """One Pregnancy per status OBX, with the due date that goes with it; lone due dates too."""
+    statuses = [reading for reading in readings if reading.status is not None]
+    for due in (reading for reading in readings if reading.status is None):
+        partner = _status_for(statuses, due)
+        if partner is None:
+            due.status = "pregnant"  # an estimated due date is only given for a pregnancy
+            statuses.append(due)
+        else:
+            partner.due = due.due
+    for reading in sorted(statuses, key=lambda r: r.obx.ordinal):
+        fact_id = ctx.fact_id("pregnancy", reading.key)
+        ctx.add(
+            Pregnancy,
+            reading.obx,
+            reading.obx.position(5),
+            fact_id=ctx.unique_id(fact_id, reading.obx),
+            flags=reading.flags,
+            status=reading.status,
+            recorded=reading.recorded,
+            estimated_due_date=reading.due,
+        )
+
+
+def _status_for(
+    statuses: list[_PregnancyReading], due: _PregnancyReading
+) -> _PregnancyReading | None:
+    """The same patient's status OBX without a due date: the last before, else the first after."""
+    free = [s for s in statuses if s.patient_id == due.patient_id and s.due is None]
+    before = [s for s in free if s.obx.ordinal < due.obx.ordinal]
+    if before:
+        return before[-1]
+    return free[0] if free else None

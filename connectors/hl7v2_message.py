@@ -351,8 +351,27 @@ class Hl7Message:
 
     def birth_date(self, segment: SegmentRef, field: int) -> date | None:
         """A birth date: the calendar date as written, never shifted by a time zone."""
-        moment = self._parse_dtm(segment, field, 1)
+        return self.calendar_date(segment, field)
+
+    def calendar_date(
+        self, segment: SegmentRef | None, field: int, component: int = 1
+    ) -> date | None:
+        """A day that is not an instant (birth date, estimated due date): the date as written.
+
+        An offset, if any, is ignored: shifting to UTC could move the day. ``FeedError``
+        located when malformed.
+        """
+        moment = self._parse_dtm(segment, field, component)
         return moment.date() if moment else None
+
+    def entity_id(self, segment: SegmentRef | None, field: int) -> str:
+        """An EI (order number, diagnosis id): the id, with its namespace when sent.
+
+        EI.1 is unique only within the assigning application EI.2, so both make the key.
+        """
+        identifier = self.value(segment, field, 1)
+        namespace = self.value(segment, field, 2)
+        return f"{identifier}^{namespace}" if identifier and namespace else identifier
 
     def _parse_dtm(self, segment: SegmentRef | None, field: int, component: int) -> datetime | None:
         text = self.value(segment, field, component)

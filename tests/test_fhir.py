@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from engine.facts import (
     Observation,
     Patient,
     Pregnancy,
+    Stay,
 )
 
 GOLDEN = Path(__file__).parent / "golden" / "fhir"
@@ -473,6 +474,109 @@ def test_pregnancy_status_observation() -> None:
     loaded = load_bytes("p.json", bundle(PATIENT, status))
     (pregnancy,) = loaded.of(Pregnancy)
     assert (pregnancy.status, pregnancy.patient_id) == ("pregnant", "p1")
+
+
+PHYSICAL_TYPE = "http://terminology.hl7.org/CodeSystem/location-physical-type"
+
+
+def place(
+    reference: str, display: str | None = None, kind: str | None = None, status: str | None = None
+) -> dict[str, Any]:
+    item: dict[str, Any] = {"location": {"reference": f"Location/{reference}"}}
+    if display:
+        item["location"]["display"] = display
+    if kind:
+        item["physicalType"] = {"coding": [{"system": PHYSICAL_TYPE, "code": kind}]}
+    if status:
+        item["status"] = status
+    return item  # fmt: skip
+
+
+def encounter(*locations: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    encounter_class = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"}
+    return {
+        "resourceType": "Encounter",
+        "id": "e1",
+        "status": "in-progress",
+        "class": encounter_class,
+        "subject": {"reference": "Patient/p1"},
+        "location": list(locations),
+        **extra,
+    }
+
+
+def location(rid: str, name: str, kind: str) -> dict[str, Any]:
+    return {"resourceType": "Location", "id": rid, "name": name,
+            "physicalType": {"coding": [{"system": PHYSICAL_TYPE, "code": kind}]}}  # fmt: skip
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["validated", "fast"])
+@pytest.mark.parametrize(
+    ("resources", "ward", "bed"),
+    [
+        # as the synthetic hospital writes it: ward and bed typed on the Encounter
+        ([encounter(place("MED-1", "MED-1", "wa"), place("MED-1-004", "004", "bd"))],
+         "MED-1", "004"),
+        # types and names only on the Location resources of the Bundle, bed listed first
+        ([encounter(place("b7"), place("w1")), location("w1", "Cardiologie", "wa"),
+          location("b7", "Lit 7", "bd")], "Cardiologie", "Lit 7"),
+        # no types: the ward is the first location, the bed the second
+        ([encounter(place("w", "Pneumologie"), place("b", "12-A"))], "Pneumologie", "12-A"),
+        # one untyped location (Synthea): the ward, no bed
+        ([encounter(place("w", "Cardiologie"))], "Cardiologie", None),
+        # the ward the patient left is not the current one; room and bed read as HL7 gives them
+        ([encounter(place("u", "Urgences", "wa", "completed"), place("o", "Obst", "wa", "active"),
+                    place("r", "Ch 3", "ro"), place("b", "Lit 1", "bd"))], "Obst", "Ch 3/Lit 1"),
+        # only a bed: the ward comes from the service provider
+        ([encounter(place("b", "Lit 2", "bd"), serviceProvider={"display": "Gériatrie"})],
+         "Gériatrie", "Lit 2"),
+    ],
+)  # fmt: skip
+def test_encounter_ward_and_bed_from_its_locations(
+    resources: list[dict[str, Any]], ward: str, bed: str | None, validate: bool
+) -> None:
+    loaded = load_bytes("e.json", bundle(PATIENT, *resources), validate)
+    assert not loaded.errors, [str(e) for e in loaded.errors]
+    (stay,) = loaded.of(Stay)
+    assert (stay.ward, stay.bed) == (ward, bed)
+
+
+PREGNANT = {
+    "resourceType": "Observation", "id": "preg", "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "82810-3"}]},
+    "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2024-03-01T10:00:00+01:00",
+    "valueCodeableConcept": {"coding": [{"system": "http://loinc.org", "code": "LA15173-0"}]},
+}  # fmt: skip
+
+
+def due_date(value: str) -> dict[str, Any]:
+    return {"code": {"coding": [{"system": "http://loinc.org", "code": "11778-8"}]},
+            "valueDateTime": value}  # fmt: skip
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["validated", "fast"])
+def test_pregnancy_due_date_from_a_component_or_its_own_observation(validate: bool) -> None:
+    with_due = with_(PREGNANT, component=[due_date("2024-09-20")])
+    alone = with_(PREGNANT, id="edd", code={"coding": [{"system": "http://loinc.org",
+                                                          "code": "11778-8"}]},
+                  valueCodeableConcept=None, valueDateTime="2024-09-21T00:00:00+02:00")  # fmt: skip
+    del alone["valueCodeableConcept"]
+    loaded = load_bytes("p.json", bundle(PATIENT, with_due, alone), validate)
+    assert not loaded.errors, [str(e) for e in loaded.errors]
+    dates = {p.fact_id: (p.status, p.estimated_due_date) for p in loaded.of(Pregnancy)}
+    assert dates == {
+        "fhir:Observation/preg": ("pregnant", date(2024, 9, 20)),
+        "fhir:Observation/edd": ("pregnant", date(2024, 9, 21)),  # the day written, not UTC's
+    }
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["validated", "fast"])
+def test_malformed_due_date_is_located(validate: bool) -> None:
+    malformed = with_(PREGNANT, component=[due_date("20/09/2024")])
+    loaded = load_bytes("p.json", bundle(PATIENT, malformed), validate)
+    (error,) = loaded.errors
+    assert error.position is not None and "component[0].valueDateTime" in error.position
+    assert loaded.of(Patient) and not loaded.of(Pregnancy)
 
 
 # Fuzzing --------------------------------------------------------------------------------------

@@ -23,22 +23,37 @@ from connectors.base import FeedError, RawMessage, site_timezone
 from connectors.hl7v2_message import Hl7Message, parse_dtm
 from connectors.hl7v2_pharmacy import frequency_per_day
 from engine.facts import (
+    Allergy,
+    Condition,
     FlagCode,
     LabResult,
     MedicationAdministration,
     MedicationOrder,
     Observation,
     Patient,
+    Pregnancy,
     Sex,
     Stay,
 )
+from engine.factset import FactSet
 from tests.conftest import SHARED_DATA
 
 GOLDEN = Path(__file__).parent / "golden" / "hl7v2"
 SAMPLE_DIR = SHARED_DATA / "hl7v2"
 SAMPLES = sorted(str(p.relative_to(SAMPLE_DIR)) for p in SAMPLE_DIR.rglob("*.hl7"))
 GOLDEN_INPUTS = sorted(p.name for p in GOLDEN.glob("*.hl7"))
-FACT_TYPES = (Patient, Stay, MedicationOrder, MedicationAdministration, LabResult, Observation)
+HISTORY_GOLDEN = "adt_oru_history_pregnancy.hl7"
+FACT_TYPES = (
+    Patient,
+    Stay,
+    MedicationOrder,
+    MedicationAdministration,
+    LabResult,
+    Observation,
+    Condition,
+    Allergy,
+    Pregnancy,
+)
 
 
 def control_id(message_id: str | None) -> str:
@@ -323,6 +338,49 @@ def test_omp_prn_text_route_and_ras_administration() -> None:
     assert (given_dose.dose, given_dose.route, given_dose.status) == (500.0, "oral", "completed")
 
 
+def test_diagnoses_allergies_and_pregnancy_in_adt_and_oru() -> None:
+    admission, report = (outcome for _, outcome in messages(*golden_input(HISTORY_GOLDEN)))
+    conditions = {c.source.position: c for c in facts_of(admission, Condition)}
+    assert {p: c.icd10 for p, c in conditions.items()} == {
+        "DG1[1]-3": "O09.9",  # CIM10
+        "DG1[2]-3": "N18.4",  # I10
+        "DG1[3]-3": "E11.9",  # ICD10, sent as E119
+        "DG1[4]-3": "I10",  # SNOMED CT through the table
+        "DG1[5]-3": "K92.0",  # system from the v2.3 coding method DG1-2
+        "DG1[7]-3": "I50.9",  # DG1[6] is deleted (DG1-21 D)
+    }
+    assert conditions["DG1[1]-3"].onset == datetime(2024, 6, 12, 7, 45)  # +0200 honoured
+    assert conditions["DG1[3]-3"].onset is None  # malformed date reported, diagnosis kept
+    allergies = {a.source.position: a for a in facts_of(admission, Allergy)}
+    penicillin, paracetamol, eggs, local = (allergies[f"AL1[{n}]-3"] for n in range(1, 5))
+    assert (penicillin.atc, penicillin.criticality) == (("J01C",), "high")
+    assert penicillin.recorded == datetime(2015, 3, 10)
+    assert "N02BE01" in paracetamol.atc and paracetamol.criticality == "low"
+    assert (eggs.atc, eggs.flags, eggs.criticality) == ((), (), "low")  # food: no drug ruled out
+    assert local.atc == () and local.flags[0].code is FlagCode.UNMAPPED_CODE
+    assert len(allergies) == 4  # AL1[5] says "no known drug allergy"
+    assert [e.position for e in admission.errors] == ["DG1[3]-5", "DG1[8]-3", "AL1[6]-3"]
+    (pregnancy,) = facts_of(admission, Pregnancy)
+    assert (pregnancy.status, pregnancy.estimated_due_date) == ("pregnant", date(2024, 11, 5))
+    assert pregnancy.recorded == datetime(2024, 6, 12, 8, 5)
+    not_pregnant, unmapped = facts_of(report, Pregnancy)
+    assert not_pregnant.status == "not-pregnant" and not_pregnant.estimated_due_date is None
+    assert unmapped.status == "unknown" and unmapped.flags[0].code is FlagCode.UNMAPPED_CODE
+    for outcome in (admission, report):  # pregnancy OBX are not also lab results
+        codes = {lab.code.code for lab in facts_of(outcome, LabResult)}
+        assert not codes & {"82810-3", "11778-8"}
+    assert [lab.concept for lab in facts_of(report, LabResult)] == ["potassium"]
+
+
+def test_a_due_date_alone_says_pregnant_and_a_bad_one_is_located() -> None:
+    due = "OBX|1|DT|11778-8^EDD^LN||20250301||||||F|||20241001080000"
+    bad = "OBX|2|DT|11778-8^EDD^LN||2025-03-01||||||F|||20241002080000"
+    outcome = only("edd.hl7", hl7_text(MSH_ORU, PID, due, bad))
+    (pregnancy,) = facts_of(outcome, Pregnancy)
+    assert (pregnancy.status, pregnancy.estimated_due_date) == ("pregnant", date(2025, 3, 1))
+    assert [(e.position, e.found) for e in outcome.errors] == [("OBX[2]-5", "2025-03-01")]
+
+
 # Encodings -----------------------------------------------------------------------------------
 
 NAMES = "PID|1||IPP9^^^CHU^PI||HÉRAULT^Zoé||19800101|F"
@@ -434,6 +492,106 @@ def test_times_without_offset_are_read_in_the_site_zone(monkeypatch: pytest.Monk
     assert lab.time == datetime(2024, 3, 6, 6, 40)  # 07:40 in Paris (winter) is 06:40 UTC
     (patient,) = facts_of(outcome, Patient)
     assert patient.birth_date == date(1950, 1, 1)  # never shifted to the previous day
+
+
+def test_explicit_offsets_are_honoured_for_every_event_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Site zone Paris, times sent in New York (-0500) or Réunion (+0400): the offset wins."""
+    monkeypatch.setenv("VIGIE_TIMEZONE", "Europe/Paris")
+    site_timezone.cache_clear()
+    pid = "PID|1||IPP1^^^CHU^PI||DOE^Jo||195001012330+1400|F"
+    adt = hl7_text(
+        "MSH|^~\\&|SIH|CHU|||20240305101500-0500||ADT^A03|A1|P|2.5",
+        pid,
+        "PV1|1|I|MED^1^2||||||||||||||||V1" + "|" * 25 + "20240301080000-0500|20240305100000+0400",
+        "OBX|1|NM|29463-7^Poids^LN||70|kg|||||F|||20240301090000-0500",
+        "DG1|1||I10^HTA^I10||20240301083000-0500|F",
+        "AL1|1|DA|J01C^Pénicillines^WHOATC|SV||20240301120000+0400",
+    )
+    rde = hl7_text(
+        "MSH|^~\\&|PHARMA|CHU|||20240305120000||RDE^O11|R1|P|2.5",
+        pid,
+        "ORC|NW|P1|||||||20240305115500-0500",
+        "RXE||C03CA01^FUROSEMIDE^WHOATC|40||mg",
+        "TQ1|1||BID||||20240305180000+0400|20240312180000-0500",
+        "OBR|1|DEM1|BIO1|IONO^Iono^L|||20240306070500-0500",
+        "OBX|1|NM|2823-3^Potassium^LN||4.2|mmol/L|||||F",
+        "ORC|NW|P2" + "|" * 13 + "20240305110000+0100",  # ORC-15
+        "RXE||C03CA01^FUROSEMIDE^WHOATC|40||mg",
+    )
+    ras = hl7_text(
+        "MSH|^~\\&|PHARMA|CHU|||20240308143000||RAS^O17|S1|P|2.5",
+        pid,
+        "ORC|RE|P1",
+        "RXA|0|1|20240308140500-0500|20240308140500-0500|C03CA01^FUROSEMIDE^WHOATC|40|mg",
+    )
+    try:
+        adt_outcome, rde_outcome, ras_outcome = (
+            only(name, content)
+            for name, content in (("a.hl7", adt), ("r.hl7", rde), ("s.hl7", ras))
+        )
+    finally:
+        monkeypatch.undo()
+        site_timezone.cache_clear()
+    (stay,) = facts_of(adt_outcome, Stay)
+    assert (stay.admit_time, stay.discharge_time) == (
+        datetime(2024, 3, 1, 13, 0),
+        datetime(2024, 3, 5, 6, 0),
+    )
+    assert facts_of(adt_outcome, Observation)[0].time == datetime(2024, 3, 1, 14, 0)
+    assert facts_of(adt_outcome, Condition)[0].onset == datetime(2024, 3, 1, 13, 30)
+    assert facts_of(adt_outcome, Allergy)[0].recorded == datetime(2024, 3, 1, 8, 0)
+    first, second = facts_of(rde_outcome, MedicationOrder)
+    assert (first.start, first.end) == (datetime(2024, 3, 5, 14, 0), datetime(2024, 3, 12, 23, 0))
+    assert second.start == datetime(2024, 3, 5, 10, 0)
+    assert facts_of(rde_outcome, LabResult)[0].time == datetime(2024, 3, 6, 12, 5)  # OBR-7
+    assert facts_of(ras_outcome, MedicationAdministration)[0].time == datetime(2024, 3, 8, 19, 5)
+    for outcome in (adt_outcome, rde_outcome, ras_outcome):
+        (patient,) = facts_of(outcome, Patient)
+        assert patient.birth_date == date(1950, 1, 1)  # a birth date is never shifted
+
+
+def test_order_time_orc9_honours_its_offset() -> None:
+    rde = hl7_text(
+        "MSH|^~\\&|PHARMA|CHU|||20240305120000||RDE^O11|R1|P|2.5",
+        PID,
+        "ORC|NW|P1|||||||20240305115500-0500",
+        "RXE||C03CA01^FUROSEMIDE^WHOATC|40||mg",
+    )
+    (order,) = facts_of(only("r.hl7", rde), MedicationOrder)
+    assert order.start == datetime(2024, 3, 5, 16, 55)
+
+
+def test_a_corrected_result_in_a_new_message_replaces_the_original() -> None:
+    obr = "OBR|1|DEM7|BIO7^LABO|IONO^Ionogramme^L|||20240306070500"
+    original = hl7_text(MSH_ORU, PID, "ORC|RE|DEM7|BIO7^LABO", obr, OBX_K, OBX_NA)
+    corrected = hl7_text(
+        MSH_ORU.replace("|M1|", "|M2|").replace("20240306081200", "20240306093000"),
+        PID,
+        "ORC|RE|DEM7|BIO7^LABO",
+        obr,
+        OBX_K.replace("|5.9|", "|6.4|").replace("|F|||", "|C|||"),
+    )
+    first, second = only("m1.hl7", original), only("m2.hl7", corrected)
+    facts = FactSet([*first.facts, *second.facts])
+    potassium, sodium = sorted(facts.of_kind("lab"), key=lambda lab: lab.concept)
+    assert (potassium.concept, potassium.value) == ("potassium", 6.4)
+    assert control_id(potassium.source.message_id) == "M2"  # the message is in the source
+    assert sodium.value == 139.0  # not re-sent: untouched
+
+
+def test_results_without_an_order_number_are_identified_by_their_time() -> None:
+    weight = "OBX|1|NM|29463-7^Poids^LN||70|kg|||||F|||20240305100000"
+    msh = "MSH|^~\\&|SIH|CHU|||20240305101500||ADT^A08|{}|P|2.5"
+    sent = [
+        hl7_text(msh.format("A1"), PID, weight),
+        hl7_text(msh.format("A2"), PID, weight.replace("|70|", "|71.5|")),  # corrected
+        hl7_text(msh.format("A3"), PID, weight.replace("20240305100000", "20240312100000")),
+    ]
+    facts = FactSet(f for content in sent for f in only("adt.hl7", content).facts)
+    weights = sorted(facts.of_kind("observation"), key=lambda o: o.time)
+    assert [(w.value, w.time.day) for w in weights] == [(71.5, 5), (70.0, 12)]
 
 
 def test_reparsing_gives_the_same_fact_ids() -> None:

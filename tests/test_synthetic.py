@@ -5,11 +5,12 @@ facts as ``connectors.synthetic.canonical`` (the perfect reading), compared on a
 of the fields each format carries:
 
 - csv: every kind and field of the layout.
-- fhir: every kind; Encounter bed (a Location reference) and the pregnancy's due date (an
-  Observation component) are not read by ``connectors.fhir`` yet (see FHIR_NOT_READ).
+- fhir: every kind; the Encounter bed (a Location reference) and the pregnancy's due date (an
+  Observation component) are checked on one seed (test_round_trip_fhir_bed_and_due_date),
+  the property test still skips them (FHIR_NOT_READ).
 - hl7: patients, stays, orders, labs, weights/heights; administrations are not exported (no
-  RAS); DG1, AL1 and the pregnancy OBX are exported but not read by ``connectors.hl7v2`` yet
-  (xfail, strict: it starts failing when the connector learns them).
+  RAS); DG1, AL1 and the pregnancy OBX are checked on one seed
+  (test_round_trip_hl7_clinical_segments).
 """
 
 from __future__ import annotations
@@ -439,17 +440,9 @@ def test_round_trip_hl7(tmp_path_factory: pytest.TempPathFactory, seed: int) -> 
     _compare("hl7", seed, tmp_path_factory.mktemp("rt"), kinds=HL7_KINDS)
 
 
-@pytest.mark.xfail(
-    reason="connectors.hl7v2 does not read DG1, AL1 nor the pregnancy OBX yet", strict=True
-)
 def test_round_trip_hl7_clinical_segments(tmp_path: Path) -> None:
     _compare("hl7", 3, tmp_path, kinds=HL7_NOT_READ)
 
 
-@pytest.mark.xfail(
-    reason="connectors.fhir reads neither the Encounter bed location nor the "
-    "pregnancy due-date component yet",
-    strict=True,
-)
 def test_round_trip_fhir_bed_and_due_date(tmp_path: Path) -> None:
     _compare("fhir", 3, tmp_path, kinds={"stay", "pregnancy"})
