@@ -26,7 +26,6 @@ __all__ = ["main"]
 
 _LATER = {
     "batch": "the batch evaluator (issue: evaluation engine)",
-    "rules": "the rule language (issue 3)",
     "serve": "the service (issue: API)",
     "metrics": "the metrics (issue: API)",
     "replay": "replay (issue: evaluation engine)",
@@ -46,6 +45,41 @@ def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="first day of the period (ISO date; default: a fixed date)",
     )
     p.add_argument("--out", type=Path, required=True)
+
+
+def _add_rules(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rules = sub.add_parser("rules", help="check, test and import rule packs")
+    actions = rules.add_subparsers(dest="rules_command", required=True)
+    check = actions.add_parser("check", help="compile packs and print every diagnostic")
+    check.add_argument("packs", nargs="+", type=Path, metavar="PACK")
+    check.add_argument("--show-ir", action="store_true", help="print the compiled IR (JSON)")
+    test = actions.add_parser("test", help="run rule test cases against packs")
+    test.add_argument("paths", nargs="+", type=Path, metavar="PACK_OR_TESTS")
+    ansm = actions.add_parser("import-ansm", help="generate the ANSM interaction pack")
+    ansm.add_argument(
+        "--thesaurus",
+        type=Path,
+        metavar="DIR",
+        help="folder of the thesaurus JSON (default: ../shared/data/...)",
+    )
+    ansm.add_argument("--out", type=Path, default=Path("rules/packs/ansm-interactions.rules"))
+    ansm.add_argument(
+        "--report", type=Path, default=Path("rules/packs/ansm-interactions-report.md")
+    )
+
+
+def _cmd_rules(args: argparse.Namespace) -> int:
+    if args.rules_command == "check":
+        from rules import check_command
+
+        return check_command(args.packs, show_ir=args.show_ir)
+    if args.rules_command == "import-ansm":
+        from rules.ansm import import_command
+
+        return import_command(args.thesaurus, args.out, args.report)
+    from rules import test_command  # type: ignore[attr-defined]
+
+    return int(test_command(args.paths))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     quality.add_argument("--format", choices=("auto", *FORMATS), default="auto")
     quality.add_argument("--mapping", type=Path, metavar="FILE", help="CSV mapping file (TOML)")
     quality.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_rules(sub)
     for name, what in _LATER.items():
         sub.add_parser(name, help=f"not available yet: {what}")
     return parser
@@ -190,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quality": _cmd_quality,
         "generate": _cmd_generate,
         "demo": _cmd_demo,
+        "rules": _cmd_rules,
     }
     try:
         return commands[args.command](args)
