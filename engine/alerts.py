@@ -1,0 +1,92 @@
+"""The alert: what the evaluator returns, in the output contract of ARCHITECTURE.md.
+
+An alert explains itself: the rule (id, version, source file and line), the SFPC problem and
+intervention codes, the drug lines involved, and the evidence — each fact that made it fire with
+where it came from (feed, document, message, position).
+
+Identity (``Alert.id``) is stable: rule id + patient + the sorted order ids of the matched drug
+lines, hashed, so re-evaluation updates an alert instead of duplicating it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from engine.facts import Source
+
+__all__ = ["Alert", "AlertDrug", "CodedValue", "Evidence", "RuleRef", "alert_id"]
+
+Severity = Literal["critical", "major", "moderate", "minor"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CodedValue(_Frozen):
+    code: str
+    display: str
+
+
+class AlertDrug(_Frozen):
+    order_id: str
+    atc: str | None
+    label: str | None
+
+
+class Evidence(_Frozen):
+    """One fact (or derived value) behind an alert.
+
+    ``kind`` is a fact kind (``lab``, ``medication_order``...) or ``derived`` for computed values
+    (clearance, eGFR, age, daily dose, MME) — then ``code`` names it and ``inputs`` lists the
+    facts it was computed from.
+    """
+
+    name: str  # the rule's binding or expression it backs (``k``, ``clearance``...)
+    kind: str
+    code: str | None = None
+    value: float | str | None = None
+    unit: str | None = None
+    time: datetime | None = None
+    fact_id: str | None = None
+    source: Source | None = None
+    inputs: tuple[Evidence, ...] = ()
+
+
+class RuleRef(_Frozen):
+    id: str
+    version: int
+    pack: str
+    pack_version: str
+    file: str
+    line: int
+
+
+class Alert(_Frozen):
+    id: str
+    patient_id: str
+    stay_id: str | None = None
+    ward: str | None = None
+    rule_id: str
+    rule: RuleRef
+    title: str
+    problem: CodedValue
+    intervention: CodedValue
+    severity: Severity
+    level: int
+    priority: float | None = None
+    drugs: tuple[AlertDrug, ...] = ()
+    evidence: tuple[Evidence, ...] = ()
+    message: str
+    reference: str | None = None
+    as_of: datetime
+
+
+def alert_id(rule_id: str, patient_id: str, order_ids: list[str]) -> str:
+    """Stable identity: same rule, patient and drug lines → same id, whatever else changed."""
+    key = "\x1f".join([rule_id, patient_id, *sorted(order_ids)])
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
