@@ -77,9 +77,9 @@ def _cmd_rules(args: argparse.Namespace) -> int:
         from rules.ansm import import_command
 
         return import_command(args.thesaurus, args.out, args.report)
-    from rules import test_command  # type: ignore[attr-defined]
+    from api.rule_tests import test_command
 
-    return int(test_command(args.paths))
+    return test_command(args.paths)
 
 
 def _parser() -> argparse.ArgumentParser:
