@@ -1,7 +1,9 @@
 """Ingest: documents → raw messages (kept first) → connector → facts or dead letters → store.
 
 ``read_feed`` walks files and yields each raw message with what its connector made of it; it
-never stops on a bad message. ``ingest`` stores them; ``vigie quality`` reads them in memory.
+never stops on a bad message; ``vigie quality`` reads feeds through it, in memory. ``ingest``
+stores them in batches: the raw messages of a batch are committed before they are parsed, then
+the facts, dead letters and statuses they gave are written in a few bulk statements.
 A connector bug (an exception that is not a ``FeedError``) is caught too: the message is
 dead-lettered as an internal error naming the message, and the batch goes on.
 """
@@ -14,10 +16,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy.orm import Session
-
 from connectors.base import Connector, FeedError, ParseOutcome, RawMessage, iter_files
 from connectors.registry import UnknownFormat, connector_for, detect_format
+from engine.facts import Fact
 from engine.store import FactStore
 
 __all__ = ["FileReport", "IngestReport", "ParsedMessage", "ingest", "read_feed"]
@@ -109,18 +110,19 @@ def _connector(path: Path, fmt: str, report: FileReport) -> Connector | None:
         return None
 
 
-def read_feed(
-    paths: Iterable[Path], fmt: str = "auto", reports: list[FileReport] | None = None
-) -> Iterator[ParsedMessage]:
-    """Every raw message of every file under ``paths``, parsed, in file order.
+@dataclass(frozen=True)
+class _Pending:
+    """A raw message cut from a file, not parsed yet."""
 
-    A ``FileReport`` per file is appended to ``reports`` when given (format, errors of files
-    that could not be read at all).
-    """
+    report: FileReport
+    connector: Connector
+    raw: RawMessage
+
+
+def _iter_raw(paths: Iterable[Path], fmt: str, reports: list[FileReport]) -> Iterator[_Pending]:
     for path in iter_files(paths):
         report = FileReport(str(path), None)
-        if reports is not None:
-            reports.append(report)
+        reports.append(report)
         connector = _connector(path, fmt, report)
         if connector is None:
             continue
@@ -130,13 +132,22 @@ def read_feed(
             report.errors.append(f"{path}: cannot read: {error.strerror}")
             continue
         for raw in connector.split(path.name, content):
-            yield _parse(connector, raw)
+            yield _Pending(report, connector, raw)
 
 
-def _tally(report: FileReport, parsed: ParsedMessage, duplicate: bool) -> None:
-    if duplicate:
-        report.messages["duplicate"] += 1
-        return
+def read_feed(
+    paths: Iterable[Path], fmt: str = "auto", reports: list[FileReport] | None = None
+) -> Iterator[ParsedMessage]:
+    """Every raw message of every file under ``paths``, parsed, in file order.
+
+    A ``FileReport`` per file is appended to ``reports`` when given (format, errors of files
+    that could not be read at all, files skipped as not being a feed).
+    """
+    for pending in _iter_raw(paths, fmt, [] if reports is None else reports):
+        yield _parse(pending.connector, pending.raw)
+
+
+def _tally(report: FileReport, parsed: ParsedMessage) -> None:
     report.messages[parsed.status] += 1
     if parsed.fatal is not None:
         report.errors.append(str(parsed.fatal))
@@ -145,37 +156,56 @@ def _tally(report: FileReport, parsed: ParsedMessage, duplicate: bool) -> None:
         report.errors.extend(str(error) for error in parsed.outcome.errors)
 
 
-def _store_one(store: FactStore, session: Session, parsed: ParsedMessage) -> bool:
-    """Record one parsed message; return whether it was a duplicate."""
-    record = store.record_raw(session, parsed.raw)
-    if record.duplicate:
-        return True
-    outcome = parsed.outcome
-    facts = outcome.facts if outcome else []
-    errors = [parsed.fatal] if parsed.fatal else (outcome.errors if outcome else [])
-    store.save_facts(session, facts, record.id)
-    store.record_errors(
-        session,
-        record.id,
-        ((str(e), e.position, parsed.fatal is not None) for e in errors),
-    )
-    store.mark(session, record.id, parsed.status, len(facts))
-    return False
+def _store_batch(store: FactStore, batch: list[_Pending]) -> None:
+    """Keep the raw messages (committed first), then parse and store what they gave."""
+    if not batch:
+        return
+    with store.session() as session:
+        records = store.record_raws(session, [pending.raw for pending in batch])
+        session.commit()  # the raw data is safe before any parser touches it
+        facts: list[tuple[Fact, int | None]] = []
+        letters: list[tuple[int, str, str | None, bool]] = []
+        outcomes: list[tuple[int, str, int]] = []
+        for pending, record in zip(batch, records, strict=True):
+            if record.duplicate:
+                pending.report.messages["duplicate"] += 1
+                continue
+            parsed = _parse(pending.connector, pending.raw)
+            _tally(pending.report, parsed)
+            given = parsed.outcome.facts if parsed.outcome else []
+            errors = (
+                [parsed.fatal]
+                if parsed.fatal
+                else (parsed.outcome.errors if parsed.outcome else [])
+            )
+            facts.extend((fact, record.id) for fact in given)
+            letters.extend(
+                (record.id, str(e), e.position, parsed.fatal is not None) for e in errors
+            )
+            outcomes.append((record.id, parsed.status, len(given)))
+        store.save_fact_rows(session, facts)
+        store.record_dead_letters(session, letters)
+        store.record_outcomes(session, outcomes)
+        session.commit()
 
 
 def ingest(
-    paths: Iterable[Path], store: FactStore, fmt: str = "auto", commit_every: int = 500
+    paths: Iterable[Path], store: FactStore, fmt: str = "auto", batch_size: int = 500
 ) -> IngestReport:
-    """Load documents into the store; idempotent on (feed, message id)."""
+    """Load documents into the store, in batches; idempotent on (feed, message id).
+
+    A batch is cut early where a message id repeats, so that a re-sent or corrected message is
+    compared with what the store holds, exactly as if messages were stored one by one.
+    """
     report = IngestReport()
-    pending = 0
-    with store.session() as session:
-        for parsed in read_feed(paths, fmt, report.files):
-            file_report = report.files[-1]
-            _tally(file_report, parsed, _store_one(store, session, parsed))
-            pending += 1
-            if pending >= commit_every:
-                session.commit()
-                pending = 0
-        session.commit()
+    batch: list[_Pending] = []
+    keys: set[tuple[str, str]] = set()
+    for pending in _iter_raw(paths, fmt, report.files):
+        key = (pending.raw.feed, pending.raw.message_id)
+        if key in keys or len(batch) >= batch_size:
+            _store_batch(store, batch)
+            batch, keys = [], set()
+        batch.append(pending)
+        keys.add(key)
+    _store_batch(store, batch)
     return report

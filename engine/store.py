@@ -37,7 +37,10 @@ from sqlalchemy import (
     create_engine,
     delete,
     func,
+    insert,
     select,
+    tuple_,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
@@ -202,6 +205,80 @@ class FactStore:
         session.flush()
         return RawRecord(row.id, duplicate=False, replaced=False)
 
+    def record_raws(self, session: Session, raws: Sequence[Any]) -> list[RawRecord]:
+        """``record_raw`` for a batch: one lookup and one insert for all of them.
+
+        The (feed, message_id) keys must be distinct within the batch (the caller cuts batches
+        where a key repeats, so that a repeat is compared with what the store already holds).
+        """
+        keys = [(raw.feed, raw.message_id) for raw in raws]
+        known = self._known_raws(session, keys)
+        records: list[RawRecord | None] = [None] * len(raws)
+        inserts: list[tuple[int, dict[str, Any]]] = []
+        for index, raw in enumerate(raws):
+            found = known.get((raw.feed, raw.message_id))
+            if found is None:
+                inserts.append((index, self._raw_row(raw)))
+            elif found[1] == raw.sha256:
+                records[index] = RawRecord(found[0], duplicate=True, replaced=False)
+            else:
+                self._replace_raw(session, found[0], raw)
+                records[index] = RawRecord(found[0], duplicate=False, replaced=True)
+        if inserts:
+            statement = insert(RawMessageRow).returning(
+                RawMessageRow.id, sort_by_parameter_order=True
+            )
+            ids = session.execute(statement, [row for _, row in inserts]).scalars().all()
+            for (index, _), raw_id in zip(inserts, ids, strict=True):
+                records[index] = RawRecord(raw_id, duplicate=False, replaced=False)
+        return [record for record in records if record is not None]
+
+    def _known_raws(
+        self, session: Session, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[int, str]]:
+        known: dict[tuple[str, str], tuple[int, str]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            query = select(
+                RawMessageRow.feed,
+                RawMessageRow.message_id,
+                RawMessageRow.id,
+                RawMessageRow.sha256,
+            ).where(tuple_(RawMessageRow.feed, RawMessageRow.message_id).in_(chunk))
+            for feed, message_id, raw_id, sha in session.execute(query).all():
+                known[(feed, message_id)] = (raw_id, sha)
+        return known
+
+    @staticmethod
+    def _raw_row(raw: Any) -> dict[str, Any]:
+        return {
+            "feed": raw.feed,
+            "message_id": raw.message_id,
+            "document": raw.document,
+            "position": raw.position,
+            "encoding": raw.encoding,
+            "sha256": raw.sha256,
+            "content": raw.content,
+            "received_at": _now(),
+            "status": "received",
+            "fact_count": 0,
+        }
+
+    def _replace_raw(self, session: Session, raw_id: int, raw: Any) -> None:
+        """A correction: forget what the old version gave and keep the new content."""
+        self._forget_outcome(session, raw_id)
+        values = self._raw_row(raw)
+        del values["feed"], values["message_id"]
+        session.execute(update(RawMessageRow).where(RawMessageRow.id == raw_id).values(values))
+
+    def record_outcomes(self, session: Session, outcomes: Sequence[tuple[int, str, int]]) -> None:
+        """Status and fact count of many raw messages: (raw id, status, facts)."""
+        if outcomes:
+            session.execute(
+                update(RawMessageRow),
+                [{"id": i, "status": status, "fact_count": n} for i, status, n in outcomes],
+            )
+
     def _forget_outcome(self, session: Session, raw_id: int) -> None:
         session.execute(delete(FactRow).where(FactRow.raw_message_id == raw_id))
         session.execute(delete(DeadLetterRow).where(DeadLetterRow.raw_message_id == raw_id))
@@ -210,12 +287,27 @@ class FactStore:
         self, session: Session, raw_id: int, errors: Iterable[tuple[str, str | None, bool]]
     ) -> None:
         """Dead-letter entries (message, position, fatal) for one raw message."""
-        session.add_all(
-            DeadLetterRow(
-                raw_message_id=raw_id, error=text, position=position, fatal=fatal, created_at=_now()
+        self.record_dead_letters(session, [(raw_id, *error) for error in errors])
+
+    def record_dead_letters(
+        self, session: Session, letters: Sequence[tuple[int, str, str | None, bool]]
+    ) -> None:
+        """Dead-letter entries for many messages: (raw id, error, position, fatal)."""
+        if letters:
+            now = _now()
+            session.execute(
+                insert(DeadLetterRow),
+                [
+                    {
+                        "raw_message_id": raw_id,
+                        "error": text,
+                        "position": position,
+                        "fatal": fatal,
+                        "created_at": now,
+                    }
+                    for raw_id, text, position, fatal in letters
+                ],
             )
-            for text, position, fatal in errors
-        )
 
     def mark(self, session: Session, raw_id: int, status: str, fact_count: int) -> None:
         row = session.get(RawMessageRow, raw_id)
@@ -226,10 +318,18 @@ class FactStore:
 
     def save_facts(self, session: Session, facts: Sequence[Fact], raw_id: int | None) -> None:
         """Insert or replace facts by (kind, fact_id)."""
-        if not facts:
+        self.save_fact_rows(session, [(fact, raw_id) for fact in facts])
+
+    def save_fact_rows(self, session: Session, rows: Sequence[tuple[Fact, int | None]]) -> None:
+        """Insert or replace facts (each with the raw message it came from) in one statement.
+
+        When a batch holds the same (kind, fact_id) twice, the later one wins, as it would if
+        the messages were stored one by one.
+        """
+        if not rows:
             return
-        facts = self._merge_patients(session, facts)
-        rows = {
+        merged = self._merge_patients(session, [fact for fact, _ in rows])
+        unique = {
             (fact.kind, fact.fact_id): {
                 "kind": fact.kind,
                 "fact_id": fact.fact_id,
@@ -237,10 +337,9 @@ class FactStore:
                 "raw_message_id": raw_id,
                 "payload": fact.model_dump(mode="json"),
             }
-            for fact in facts
+            for fact, (_, raw_id) in zip(merged, rows, strict=True)
         }
-        statement = self._upsert()
-        session.execute(statement, list(rows.values()))
+        session.execute(self._upsert(), list(unique.values()))
 
     def _merge_patients(self, session: Session, facts: Sequence[Fact]) -> list[Fact]:
         """Complete sparse patient records with what the store already knows (see Patient)."""
