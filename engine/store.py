@@ -39,7 +39,6 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -236,17 +235,21 @@ class FactStore:
     def _known_raws(
         self, session: Session, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], tuple[int, str]]:
+        """(id, sha256) of the raw messages already stored, by (feed, message_id)."""
+        by_feed: dict[str, list[str]] = {}
+        for feed, message_id in keys:
+            by_feed.setdefault(feed, []).append(message_id)
         known: dict[tuple[str, str], tuple[int, str]] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            query = select(
-                RawMessageRow.feed,
-                RawMessageRow.message_id,
-                RawMessageRow.id,
-                RawMessageRow.sha256,
-            ).where(tuple_(RawMessageRow.feed, RawMessageRow.message_id).in_(chunk))
-            for feed, message_id, raw_id, sha in session.execute(query).all():
-                known[(feed, message_id)] = (raw_id, sha)
+        for feed, ids in by_feed.items():
+            for start in range(0, len(ids), 500):
+                query = select(
+                    RawMessageRow.message_id, RawMessageRow.id, RawMessageRow.sha256
+                ).where(
+                    RawMessageRow.feed == feed,
+                    RawMessageRow.message_id.in_(ids[start : start + 500]),
+                )
+                for message_id, raw_id, sha in session.execute(query).all():
+                    known[(feed, message_id)] = (raw_id, sha)
         return known
 
     @staticmethod
