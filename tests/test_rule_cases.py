@@ -14,18 +14,14 @@ from typing import Any
 
 import pytest
 
-from api.rule_tests import (
+from api.rule_cases import (
     TESTS_FOLDER,
     CaseFileError,
-    PackCache,
     RuleTestCase,
-    coverage_gaps,
     load_test_file,
     parse_relative_time,
-    run_case,
-    run_tests,
-    test_command,
 )
+from api.rule_tests import PackCache, coverage_gaps, run_case, run_tests, test_command
 from engine.alerts import Alert, AlertDrug, CodedValue, RuleRef, alert_id
 from engine.facts import LabResult, MedicationOrder, Observation, Patient
 
