@@ -48,6 +48,7 @@ class QualityReport:
     orders_without_dose: int = 0
     orders_without_frequency: int = 0
     orders_without_atc: int = 0
+    orders_without_route: int = 0
     patients_without_weight: int = 0
     patients_without_creatinine: int = 0
     messages: dict[str, int] = field(default_factory=dict)
@@ -160,6 +161,7 @@ def quality_report(
         orders_without_dose=orders.filter(pl.col("dose").is_null()).height,
         orders_without_frequency=orders.filter(pl.col("frequency_per_day").is_null()).height,
         orders_without_atc=orders.filter(pl.col("atc").is_null()).height,
+        orders_without_route=orders.filter(pl.col("route").is_null()).height,
         patients_without_weight=_patients_without(facts, "observation", "weight", patients),
         patients_without_creatinine=_patients_without(facts, "lab", "creatinine", patients),
         messages=dict(messages or {}),
@@ -186,7 +188,8 @@ def render_text(report: QualityReport) -> str:
     r = report
     lines.append(
         f"Orders without dose: {r.orders_without_dose:,}; "
-        f"without frequency: {r.orders_without_frequency:,}; without ATC: {r.orders_without_atc:,}"
+        f"without frequency: {r.orders_without_frequency:,}; without ATC: {r.orders_without_atc:,}; "
+        f"without route: {r.orders_without_route:,}"
     )
     lines.append(
         f"Patients without weight: {r.patients_without_weight:,}; "

@@ -36,6 +36,7 @@ def test_report_finds_each_kind_of_problem() -> None:
     assert implausible == {("potassium", 12.0), ("creatinine", -5.0), ("weight", 350.0)}
     assert report.orders_without_dose == 1 and report.orders_without_frequency == 1
     assert report.orders_without_atc == 1
+    assert report.orders_without_route == 0  # route-based rules (IV vancomycin) need it
     assert report.patients_without_weight == 1  # p3
     # p1 has only a (implausible but numeric) creatinine; p3 none
     assert report.patients_without_creatinine == 1
