@@ -2,10 +2,10 @@
 
 A JSON document (a Bundle of any type, or one resource) is one ``RawMessage``; an NDJSON
 document gives one ``RawMessage`` per line (position ``line N``). Resources become facts as
-described in ``connectors.fhir_fast``: Patient → Patient, Encounter → Stay, MedicationRequest →
-MedicationOrder, MedicationAdministration → MedicationAdministration, Observation → LabResult /
-Observation / Pregnancy, Condition → Condition, AllergyIntolerance → Allergy. Other resource
-types are read (and validated) but give no facts.
+described in ``connectors.fhir_fast`` and its siblings: Patient → Patient, Encounter → Stay,
+MedicationRequest → MedicationOrder, MedicationAdministration → MedicationAdministration,
+Observation → LabResult / Observation / Pregnancy, Condition → Condition, AllergyIntolerance →
+Allergy. Other resource types are read (and validated) but give no facts.
 
 Two paths give the same facts for valid input:
 
@@ -33,8 +33,9 @@ from typing import Any
 import orjson
 import pydantic
 
-from connectors import fhir_fast, fhir_medication
+from connectors import fhir_encounter, fhir_fast, fhir_medication, fhir_observation
 from connectors.base import FeedError, ParseOutcome, RawMessage
+from connectors.fhir_facts import memo_for
 from connectors.fhir_fast import (
     RESOURCE_TYPES,
     EntryProblem,
@@ -100,7 +101,7 @@ def _split_lines(document: str, content: bytes) -> Iterator[RawMessage]:
 def _line_id(line: bytes) -> str:
     match = _LINE_HEAD.match(line)
     if match is not None:
-        return f"{match[1].decode()}/{match[2].decode()}"
+        return (match[1] + b"/" + match[2]).decode()
     return _document_id(line)
 
 
@@ -129,7 +130,8 @@ def parse(raw: RawMessage, validate: bool | None = None) -> ParseOutcome:
     validate = VALIDATE if validate is None else validate
     document = _load(raw)
     kind = _resource_type(document, raw, _root(raw))
-    context = MessageContext(raw.document, raw.message_id, default_terminology(), ResourceIndex())
+    terminology = memo_for(default_terminology())
+    context = MessageContext(raw.document, raw.message_id, terminology, ResourceIndex(), validate)
     assert isinstance(document, dict)  # _resource_type checked it
     if kind == "Bundle":
         return _bundle(document, raw, context, validate)
@@ -262,8 +264,8 @@ def _resource(
 ) -> list[AnyFact]:
     """One resource's facts, or a FeedError located inside it."""
     kind = resource["resourceType"]
-    raw_like = _Located(context.document, context.message_id)
     if validate:
+        raw_like = _Located(context.document, context.message_id)
         problem = _validation_problem(resource, kind, where, raw_like)
         if problem is not None:
             raise problem
@@ -281,7 +283,12 @@ def _resource(
                         message_id=context.message_id) from None  # fmt: skip
 
 
-_EXTRACTORS = {**fhir_fast.EXTRACTORS, **fhir_medication.EXTRACTORS}
+_EXTRACTORS = {
+    **fhir_fast.EXTRACTORS,
+    **fhir_encounter.EXTRACTORS,
+    **fhir_observation.EXTRACTORS,
+    **fhir_medication.EXTRACTORS,
+}
 
 
 def resource_facts(

@@ -1,10 +1,12 @@
 """Facts from FHIR R4 resources held as plain JSON dicts: the shared reader.
 
-``connectors.fhir`` calls these extractors on every resource, after validating it with
+``connectors.fhir`` calls the extractors on every resource, after validating it with
 ``fhir.resources`` (the validated path) or without validation (the fast path, for bulk NDJSON
 loads): both paths therefore give the same facts for a valid resource, and a test holds them
-together over the reference files. Medication resources are read in ``connectors.fhir_medication``
-with the same typed readers.
+together over the reference files. This module holds the typed readers, the message context and
+the Patient, Condition and AllergyIntolerance extractors; Encounters are read in
+``connectors.fhir_encounter``, Observations in ``connectors.fhir_observation`` and medication
+resources in ``connectors.fhir_medication``, with the same readers.
 
 Because the fast path sees unvalidated JSON, every field is read through typed getters that raise
 ``EntryProblem`` (a FHIR path relative to the resource, what was expected, what was found) on a
@@ -16,17 +18,7 @@ Choices worth knowing:
   naive datetimes); a time without offset and a partial date (``2020-05``) are taken as given.
 - Patient ids are FHIR logical ids; references (``Patient/x``, ``urn:uuid:x`` via the Bundle's
   fullUrls, ``#x``) resolve through the message to the Patient's ``id``.
-- Observations: a code mapped to a ``lab`` concept gives a ``LabResult``, to an ``observation``
-  concept an ``Observation``; an unmapped code gives a ``LabResult`` with ``concept=None`` and an
-  ``unmapped_code`` flag when the category is ``laboratory``, and no fact otherwise (vital signs,
-  surveys, social history...: nothing a rule reads). Components are read the same way but only
-  when mapped. Pregnancy status (LOINC 82810-3, 11449-6) gives a ``Pregnancy`` fact, with the
-  estimated due date of its 11778-8 component; an 11778-8 Observation alone gives a pregnant
-  ``Pregnancy`` with that date (due dates are calendar days, never shifted). Cancelled
-  and entered-in-error observations, refuted conditions and allergies give no fact.
-- A value with a comparator (``<5``) or without a number keeps its text and gets a
-  ``non_numeric_value`` flag; a unit the tables cannot convert gives ``value=None`` and an
-  ``unknown_unit`` flag.
+- Refuted and entered-in-error conditions and allergies give no fact.
 """
 
 from __future__ import annotations
@@ -37,11 +29,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+from pydantic import BaseModel
 
-from connectors.terminology import Concept, Terminology, UnknownUnit, normalise_system
+from connectors.fhir_facts import TerminologyMemo, coding, flag, normalised_system, trusted_fact
 from engine.facts import (
     Allergy,
     AnyFact,
@@ -49,13 +42,9 @@ from engine.facts import (
     Condition,
     Flag,
     FlagCode,
-    LabResult,
-    Observation,
     Patient,
-    Pregnancy,
     Sex,
     Source,
-    Stay,
 )
 
 __all__ = [
@@ -71,6 +60,7 @@ __all__ = [
 ]
 
 FEED = "fhir"
+_Fact = TypeVar("_Fact", bound=BaseModel)
 
 # The concrete resource types of FHIR R4B (the version ``fhir.resources`` validates against).
 _R4B_RESOURCE_NAMES = """
@@ -121,10 +111,15 @@ def _show(value: object) -> str:
 # Locations -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+# The classes built for every resource (Where, MessageContext, ResourceEntry) are slotted
+# dataclasses, not frozen ones: a frozen dataclass costs four times as much to build.
+
+
+@dataclass(slots=True)
 class Where:
     """Where a resource sits in its message: ``Bundle.entry[3].resource``, ``line 7`` or the
-    resource type for a single-resource file; ``at`` locates a field inside it."""
+    resource type for a single-resource file; ``at`` locates a field inside it (``line 7:
+    Encounter.period``, ``Bundle.entry[3].resource.period``)."""
 
     base: str
     field_prefix: str
@@ -170,10 +165,14 @@ def _items(node: dict[str, Any], key: str, path: str) -> list[Any]:
 
 
 def _objects(node: dict[str, Any], key: str, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    for index, item in enumerate(_items(node, key, path)):
+    items = _items(node, key, path)
+    if not items:
+        return
+    array_path = _join(path, key)
+    for index, item in enumerate(items):
         if not isinstance(item, dict):
-            raise EntryProblem(f"{_join(path, key)}[{index}]", "a JSON object", item)
-        yield f"{_join(path, key)}[{index}]", item
+            raise EntryProblem(f"{array_path}[{index}]", "a JSON object", item)
+        yield f"{array_path}[{index}]", item
 
 
 def _first(node: dict[str, Any], key: str, path: str) -> tuple[str, dict[str, Any]] | None:
@@ -225,27 +224,40 @@ _DATETIME = re.compile(
 _DATETIME_EXPECTED = "a FHIR dateTime (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss+hh:mm)"
 
 
+# The usual instant (seconds, at most 6 fraction digits, an offset): fromisoformat reads it as is.
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})")
+
+
 @lru_cache(maxsize=16384)  # bulk files repeat their timestamps (order authored = visit start)
 def parse_fhir_datetime(text: str) -> datetime | None:
-    """A FHIR date/dateTime/instant as a naive UTC datetime, or ``None`` when invalid.
+    """A FHIR date/dateTime/instant as a naive UTC datetime, or ``None`` when invalid (a time
+    that UTC cannot hold, such as year 1 at +01:00, included).
 
     >>> parse_fhir_datetime("2021-08-02T17:26:27.603+02:00")
     datetime.datetime(2021, 8, 2, 15, 26, 27, 603000)
     >>> parse_fhir_datetime("2020-05")
     datetime.datetime(2020, 5, 1, 0, 0)
     """
+    try:
+        if _INSTANT.fullmatch(text):
+            return datetime.fromisoformat(text).astimezone(UTC).replace(tzinfo=None)
+        return _partial_datetime(text)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _partial_datetime(text: str) -> datetime | None:
+    """A date, a partial date or a dateTime without seconds or offset, or with a long fraction;
+    raises ``ValueError`` on an impossible date or time."""
     match = _DATETIME.fullmatch(text)
     if match is None:
         return None
     year, month, day, hour, _, second, fraction, offset = match.groups()
-    try:
-        if hour is None:
-            return datetime(int(year), int(month or 1), int(day or 1))
-        if second is None or (fraction and len(fraction) > 6):
-            text = _normalised_time(match)
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
+    if hour is None:
+        return datetime(int(year), int(month or 1), int(day or 1))
+    if second is None or (fraction and len(fraction) > 6):
+        text = _normalised_time(match)
+    moment = datetime.fromisoformat(text)
     if offset:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
@@ -259,9 +271,11 @@ def _normalised_time(match: re.Match[str]) -> str:
 
 
 def _datetime(node: dict[str, Any], key: str, path: str) -> datetime | None:
-    value = _text(node, key, path)
+    value = node.get(key)
     if value is None:
         return None
+    if not isinstance(value, str):
+        raise EntryProblem(_join(path, key), "a string", value)
     moment = parse_fhir_datetime(value)
     if moment is None:
         raise EntryProblem(_join(path, key), _DATETIME_EXPECTED, value)
@@ -298,8 +312,8 @@ def _concept_code(node: dict[str, Any], key: str, path: str) -> str | None:
     concept = _obj(node, key, path)
     if concept is None:
         return None
-    for coding_path, coding in _objects(concept, "coding", _join(path, key)):
-        code = _text(coding, "code", coding_path)
+    for coding_path, item in _objects(concept, "coding", _join(path, key)):
+        code = _text(item, "code", coding_path)
         if code:
             return code
     return None
@@ -320,6 +334,8 @@ def reference_id(reference: str) -> str:
         return reference[9 if reference.startswith("urn:uuid:") else 8 :]
     if "?" in reference:  # a conditional reference: no id, kept whole so it stays consistent
         return reference
+    if "/_history/" not in reference and not reference.endswith("/"):
+        return reference.rpartition("/")[2]  # the usual Type/id or base/Type/id
     parts = reference.rstrip("/").split("/")
     if len(parts) >= 4 and parts[-2] == "_history":
         parts = parts[:-2]
@@ -349,6 +365,9 @@ class ResourceIndex:
             # Some producers (the French IG examples) point at Bundle entries with '#id'.
             self._by_reference.setdefault(f"#{rid}", resource)
 
+    def __bool__(self) -> bool:
+        return bool(self._by_reference)  # an NDJSON line's index is empty
+
     def resolve(self, reference: str) -> dict[str, Any] | None:
         if not self._by_reference:  # an NDJSON line: nothing to resolve against
             return None
@@ -366,17 +385,22 @@ class ResourceIndex:
         return self._logical_ids.get(id(resource)) or _content_id(resource)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class MessageContext:
-    """What every resource of a message shares."""
+    """What every resource of a message shares.
+
+    ``validated`` facts are built through pydantic validation (the validated path); the fast
+    path builds them straight from the typed readers' values (see ``connectors.fhir_facts``).
+    """
 
     document: str
     message_id: str
-    terminology: Terminology
+    terminology: TerminologyMemo
     index: ResourceIndex
+    validated: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ResourceEntry:
     """One resource being read: the resource, where it sits, its message."""
 
@@ -386,11 +410,19 @@ class ResourceEntry:
     where: Where
     context: MessageContext
 
+    def fact(self, model: type[_Fact], **fields: Any) -> _Fact:
+        """A fact of this resource: validated on the validated path, trusted on the fast one."""
+        if self.context.validated:
+            return model(**fields)
+        return trusted_fact(model, fields)
+
     def source(self, path: str = "") -> Source:
-        return Source(
+        context = self.context
+        return self.fact(
+            Source,
             feed=FEED,
-            document=self.context.document,
-            message_id=self.context.message_id,
+            document=context.document,
+            message_id=context.message_id,
             position=self.where.at(path),
         )
 
@@ -398,7 +430,7 @@ class ResourceEntry:
         return f"fhir:{self.resource_type}/{self.resource_id}{suffix}"
 
     @property
-    def terminology(self) -> Terminology:
+    def terminology(self) -> TerminologyMemo:
         return self.context.terminology
 
     def referenced_id(self, key: str) -> str | None:
@@ -408,8 +440,9 @@ class ResourceEntry:
             return None
         text = _text(reference, "reference", key)
         if text:
-            target = self.context.index.resolve(text)
-            return self.context.index.logical_id(target) if target else reference_id(text)
+            index = self.context.index
+            target = index.resolve(text) if index else None
+            return index.logical_id(target) if target else reference_id(text)
         identifier = _obj(reference, "identifier", key)
         if identifier is not None:
             return _text(identifier, "value", _join(key, "identifier"))
@@ -426,24 +459,45 @@ class ResourceEntry:
 
 
 def _codings(concept: dict[str, Any] | None, path: str) -> list[Coding]:
+    """The codings of a CodeableConcept that have a code. Hot on bulk loads, so the JSON path of
+    an item is only spelled out when that item has a wrong shape."""
     if concept is None:
         return []
     codings = []
-    for coding_path, coding in _objects(concept, "coding", path):
-        code = _text(coding, "code", coding_path)
-        if code and code.strip():
-            system = _text(coding, "system", coding_path)
-            display = _text(coding, "display", coding_path)
-            codings.append(Coding(system=system, code=code, display=display))
+    for index, item in enumerate(_items(concept, "coding", path)):
+        if not isinstance(item, dict):
+            raise EntryProblem(_coding_path(path, index), "a JSON object", item)
+        code = item.get("code")
+        if code is None:
+            continue
+        if not isinstance(code, str):
+            raise EntryProblem(_coding_path(path, index) + ".code", "a string", code)
+        if not code.strip():
+            continue
+        system, display = item.get("system"), item.get("display")
+        if not (system is None or isinstance(system, str)):
+            raise EntryProblem(_coding_path(path, index) + ".system", "a string", system)
+        if not (display is None or isinstance(display, str)):
+            raise EntryProblem(_coding_path(path, index) + ".display", "a string", display)
+        codings.append(coding(system, code, display))
     return codings
 
 
+def _coding_path(path: str, index: int) -> str:
+    return f"{_join(path, 'coding')}[{index}]"
+
+
+def _text_coding(text: str) -> Coding:
+    """A code known only by its text (a local label): kept as the code and its display."""
+    return coding(None, text, text)
+
+
 def _unmapped(what: str, codings: list[Coding]) -> Flag:
-    codes = ", ".join(f"{normalise_system(c.system)}|{c.code}" for c in codings) or "no code"
-    return Flag(code=FlagCode.UNMAPPED_CODE, detail=f"{what} not mapped: {codes}")
+    codes = ", ".join(f"{normalised_system(c.system)}|{c.code}" for c in codings) or "no code"
+    return flag(FlagCode.UNMAPPED_CODE, f"{what} not mapped: {codes}")
 
 
-# Patient and Encounter ---------------------------------------------------------------------
+# Patients --------------------------------------------------------------------------------
 
 _SEX: dict[str, str] = {
     "male": Sex.MALE,
@@ -457,7 +511,8 @@ def _patient(entry: ResourceEntry) -> list[AnyFact]:
     resource = entry.resource
     sex = _coded(resource, "gender", "", _SEX, Sex.UNKNOWN)
     return [
-        Patient(
+        entry.fact(
+            Patient,
             fact_id=entry.fact_id(),
             patient_id=entry.resource_id,
             source=entry.source(),
@@ -465,425 +520,6 @@ def _patient(entry: ResourceEntry) -> list[AnyFact]:
             sex=Sex(sex),
         )
     ]
-
-
-_STAY_STATUS = {
-    "planned": "planned",
-    "arrived": "planned",
-    "triaged": "planned",
-    "in-progress": "in-progress",
-    "onleave": "in-progress",
-    "finished": "finished",
-    "cancelled": "cancelled",
-    "entered-in-error": "cancelled",
-    "unknown": "unknown",
-}
-
-
-def _stay(entry: ResourceEntry) -> list[AnyFact]:
-    resource = entry.resource
-    period = _obj(resource, "period", "") or {}
-    places = _places(entry)
-    ward = _ward_place(places)
-    return [
-        Stay(
-            fact_id=entry.fact_id(),
-            patient_id=entry.patient_id("subject"),
-            source=entry.source(),
-            stay_id=entry.resource_id,
-            ward=ward.name if ward else _ward_otherwise(resource),
-            bed=_bed(places, ward),
-            admit_time=_datetime(period, "start", "period"),
-            discharge_time=_datetime(period, "end", "period"),
-            status=_coded(resource, "status", "", _STAY_STATUS, "unknown"),
-        )
-    ]
-
-
-# Encounter.location[].status values of places the patient is not in now.
-_PAST_OR_FUTURE_PLACE = frozenset({"completed", "planned"})
-_BED_TYPES = ("bd", "ro")  # bed, room (location-physical-type)
-_WARD_TYPE = "wa"
-
-
-@dataclass(frozen=True)
-class _Place:
-    """An Encounter.location[] entry: its name and physical type (``wa``, ``ro``, ``bd``...)."""
-
-    name: str
-    physical_type: str | None
-
-
-def _places(entry: ResourceEntry) -> list[_Place]:
-    """The locations of the stay, those the patient has left (or not reached) set aside.
-
-    A location's physical type is read on the Encounter, else on the Location resource when the
-    message holds it; its name is the reference's display, else the Location's name, else its id.
-    """
-    current: list[_Place] = []
-    other: list[_Place] = []
-    for path, location in _objects(entry.resource, "location", ""):
-        reference = _obj(location, "location", path)
-        if reference is None:
-            continue
-        ref_path = _join(path, "location")
-        target = _text(reference, "reference", ref_path)
-        resolved = entry.context.index.resolve(target) if target else None
-        name = _text(reference, "display", ref_path) or _location_name(resolved, target)
-        if not name:
-            continue
-        physical = _concept_code(location, "physicalType", path)
-        if physical is None:
-            physical = _location_type(resolved)
-        place = _Place(name, physical)
-        past = _text(location, "status", path) in _PAST_OR_FUTURE_PLACE
-        (other if past else current).append(place)
-    return current or other
-
-
-def _location_name(resolved: dict[str, Any] | None, reference: str | None) -> str | None:
-    name = resolved.get("name") if resolved is not None else None
-    if isinstance(name, str) and name:
-        return name
-    return reference_id(reference) if reference else None
-
-
-def _location_type(resolved: dict[str, Any] | None) -> str | None:
-    """A Location resource's physical type; a malformed one is that resource's own problem
-    (reported on its entry), so the stay is read without it."""
-    if resolved is None:
-        return None
-    try:
-        return _concept_code(resolved, "physicalType", "")
-    except EntryProblem:
-        return None
-
-
-def _ward_place(places: list[_Place]) -> _Place | None:
-    """The ward-level location (``wa``), else the first that is not a bed or a room."""
-    for place in places:
-        if place.physical_type == _WARD_TYPE:
-            return place
-    return next((p for p in places if p.physical_type not in _BED_TYPES), None)
-
-
-def _bed(places: list[_Place], ward: _Place | None) -> str | None:
-    """The bed (``bd``) or room (``ro``) location, ``room/bed`` with both as HL7 PV1-3 gives
-    them; without physical types, the second location."""
-    typed = {p.physical_type: p.name for p in places if p.physical_type in _BED_TYPES}
-    if typed:
-        room, bed = typed.get("ro"), typed.get("bd")
-        return f"{room}/{bed}" if room and bed else bed or room
-    others = [p for p in places[1:] if p is not ward and p.physical_type is None]
-    return others[0].name if others else None
-
-
-def _ward_otherwise(resource: dict[str, Any]) -> str | None:
-    """Without a location: the service provider, else the encounter class."""
-    provider = _obj(resource, "serviceProvider", "")
-    if provider is not None:
-        name = _text(provider, "display", "serviceProvider")
-        if name:
-            return name
-    encounter_class = _obj(resource, "class", "")
-    if encounter_class is not None:
-        return _text(encounter_class, "display", "class") or _text(encounter_class, "code", "class")
-    return None
-
-
-# Observations ------------------------------------------------------------------------------
-
-_PREGNANCY_CODES = frozenset({"82810-3", "11449-6"})
-# Estimated due date: by any method, from the last menstrual period, from the ovulation date.
-_DUE_DATE_CODES = frozenset({"11778-8", "11779-6", "11780-4"})
-_PREGNANCY_ANSWERS = {
-    "77386006": "pregnant",  # SNOMED Pregnant
-    "LA15173-0": "pregnant",
-    "60001007": "not-pregnant",  # SNOMED Not pregnant
-    "LA26683-5": "not-pregnant",
-    "261665006": "unknown",
-    "LA4489-6": "unknown",
-}
-_SKIPPED_STATUS = frozenset({"cancelled", "entered-in-error"})
-
-
-@dataclass(frozen=True)
-class _Reading:
-    """A value[x] as read: the number when there is one, its unit and the text as received."""
-
-    field: str
-    number: float | None
-    units: tuple[str, ...]
-    original_value: str | None
-    original_unit: str | None
-    flags: tuple[Flag, ...] = ()
-
-
-def _reading(node: dict[str, Any], path: str) -> _Reading | None:
-    """The value[x] of an Observation or component, or ``None`` when it has none."""
-    quantity = _obj(node, "valueQuantity", path)
-    if quantity is not None:
-        return _quantity_reading(quantity, _join(path, "valueQuantity"))
-    number = _number(node, "valueInteger", path)
-    if number is not None:
-        return _Reading(_join(path, "valueInteger"), number, (), _number_text(node), None)
-    for key in ("valueString", "valueCodeableConcept", "valueBoolean", "valueRange"):
-        if key in node:
-            value = node[key]
-            shown = value if isinstance(value, str) else _show(value)
-            detail = f"{key} is not a number"
-            flag = Flag(code=FlagCode.NON_NUMERIC_VALUE, detail=detail)
-            return _Reading(_join(path, key), None, (), shown, None, (flag,))
-    return None
-
-
-def _quantity_reading(quantity: dict[str, Any], path: str) -> _Reading:
-    number = _number(quantity, "value", path)
-    code, unit = _text(quantity, "code", path), _text(quantity, "unit", path)
-    comparator = _text(quantity, "comparator", path)
-    original = None if number is None else _number_text(quantity)
-    flags: tuple[Flag, ...] = ()
-    if comparator and original is not None:
-        original = comparator + original
-        detail = f"value given as {original}, not an exact number"
-        flags, number = (Flag(code=FlagCode.NON_NUMERIC_VALUE, detail=detail),), None
-    elif number is None:
-        flags = (Flag(code=FlagCode.NON_NUMERIC_VALUE, detail="quantity without a value"),)
-    units = tuple(u for u in (code, unit) if u)
-    return _Reading(path, number, units, original, unit or code, flags)
-
-
-def _canonical(
-    terminology: Terminology, concept: Concept, number: float | None, units: tuple[str, ...]
-) -> tuple[float, str] | None:
-    """The number in the concept's canonical unit, trying the UCUM code then the label."""
-    if number is None:
-        return None
-    for unit in units:
-        try:
-            return terminology.to_canonical(concept.name, number, unit)
-        except UnknownUnit:
-            continue
-    return None
-
-
-def _time(resource: dict[str, Any]) -> datetime:
-    time = (
-        _datetime(resource, "effectiveDateTime", "")
-        or _period_start(resource, "effectivePeriod", "")
-        or _datetime(resource, "effectiveInstant", "")
-        or _datetime(resource, "issued", "")
-    )
-    if time is None:
-        raise EntryProblem("effective[x]", "the time of the observation (effective[x] or issued)")
-    return time
-
-
-def _is_laboratory(resource: dict[str, Any]) -> bool:
-    for path, category in _objects(resource, "category", ""):
-        if any(c.code == "laboratory" for c in _codings(category, path)):
-            return True
-    return False
-
-
-def _observation(entry: ResourceEntry) -> list[AnyFact]:
-    resource = entry.resource
-    if _text(resource, "status", "") in _SKIPPED_STATUS:
-        return []
-    codings = _codings(_obj(resource, "code", ""), "code")
-    if _has_loinc(codings, _PREGNANCY_CODES):
-        return [_pregnancy(entry)]
-    if _has_loinc(codings, _DUE_DATE_CODES):
-        return _due_date_alone(entry)
-    time = _time(resource)
-    facts: list[AnyFact] = []
-    components = list(_objects(resource, "component", ""))
-    reading = _reading(resource, "")
-    if reading is not None or not components:
-        laboratory = _is_laboratory(resource)
-        fact = _measurement(entry, resource, "", codings, reading, time, laboratory)
-        facts.extend([fact] if fact else [])
-    for index, (path, component) in enumerate(components):
-        component_codings = _codings(_obj(component, "code", path), _join(path, "code"))
-        component_reading = _reading(component, path)
-        suffix = f"/component[{index}]"
-        fact = _measurement(
-            entry, component, path, component_codings, component_reading, time, False, suffix
-        )
-        facts.extend([fact] if fact else [])
-    return facts
-
-
-def _measurement(
-    entry: ResourceEntry,
-    node: dict[str, Any],
-    path: str,
-    codings: list[Coding],
-    reading: _Reading | None,
-    time: datetime,
-    laboratory: bool,
-    suffix: str = "",
-) -> LabResult | Observation | None:
-    """A LabResult or Observation from a coded value; ``None`` for an unmapped non-lab code."""
-    terminology = entry.terminology
-    concept, coding = None, codings[0] if codings else None
-    for candidate in codings:
-        concept = terminology.lab_concept(candidate.system, candidate.code)
-        if concept is not None:
-            coding = candidate
-            break
-    if coding is None or (concept is None and not laboratory):
-        return None
-    reading = reading or _Reading(
-        _join(path, "value[x]"), None, (), None, None,
-        (Flag(code=FlagCode.NON_NUMERIC_VALUE, detail="no value[x]"),),
-    )  # fmt: skip
-    units = reading.units or _implied(terminology, coding)
-    value, unit, flags = _normalised(terminology, concept, reading, units)
-    fields = {
-        "fact_id": entry.fact_id(suffix),
-        "patient_id": entry.patient_id("subject"),
-        "source": entry.source(reading.field),
-        "flags": reading.flags + flags,
-        "concept": concept.name if concept else None,
-        "code": coding,
-        "value": value,
-        "unit": unit,
-        "original_value": reading.original_value,
-        "original_unit": reading.original_unit,
-        "time": time,
-    }
-    if concept is not None and concept.kind == "observation":
-        return Observation(**fields)
-    return LabResult(**fields, **_lab_extras(entry, node, path, concept, units))
-
-
-def _implied(terminology: Terminology, coding: Coding) -> tuple[str, ...]:
-    unit = terminology.implied_unit(coding.system, coding.code)
-    return (unit,) if unit else ()
-
-
-def _normalised(
-    terminology: Terminology, concept: Concept | None, reading: _Reading, units: tuple[str, ...]
-) -> tuple[float | None, str | None, tuple[Flag, ...]]:
-    if concept is None:
-        flag = Flag(code=FlagCode.UNMAPPED_CODE, detail="laboratory code not mapped to a concept")
-        unit = terminology.canonical_unit(units[0]) if units else None
-        return reading.number, unit, (flag,)
-    if reading.number is None:
-        return None, concept.unit, ()
-    converted = _canonical(terminology, concept, reading.number, units)
-    if converted is None:
-        detail = f"unit {reading.original_unit!r} cannot be converted to {concept.unit}"
-        return None, concept.unit, (Flag(code=FlagCode.UNKNOWN_UNIT, detail=detail),)
-    return converted[0], converted[1], ()
-
-
-def _lab_extras(
-    entry: ResourceEntry,
-    node: dict[str, Any],
-    path: str,
-    concept: Concept | None,
-    units: tuple[str, ...],
-) -> dict[str, Any]:
-    low = high = None
-    first = _first(node, "referenceRange", path)
-    if first is not None:
-        range_path, reference_range = first
-        low = _range_end(entry.terminology, concept, reference_range, "low", range_path, units)
-        high = _range_end(entry.terminology, concept, reference_range, "high", range_path, units)
-    return {
-        "reference_low": low,
-        "reference_high": high,
-        "abnormal_flag": _interpretation(node, path),
-    }
-
-
-def _interpretation(node: dict[str, Any], path: str) -> str | None:
-    first = _first(node, "interpretation", path)
-    if first is None:
-        return None
-    item_path, item = first
-    return next((c.code for c in _codings(item, item_path)), None) or _text(item, "text", item_path)
-
-
-def _range_end(
-    terminology: Terminology,
-    concept: Concept | None,
-    reference_range: dict[str, Any],
-    end: str,
-    path: str,
-    units: tuple[str, ...],
-) -> float | None:
-    quantity = _obj(reference_range, end, path)
-    if quantity is None:
-        return None
-    number = _number(quantity, "value", _join(path, end))
-    own = tuple(u for u in (_text(quantity, "code", path), _text(quantity, "unit", path)) if u)
-    if concept is None:
-        return number
-    converted = _canonical(terminology, concept, number, own or units)
-    return converted[0] if converted else None
-
-
-def _has_loinc(codings: list[Coding], codes: frozenset[str]) -> bool:
-    return any(c.code in codes and normalise_system(c.system) == "LOINC" for c in codings)
-
-
-def _pregnancy(entry: ResourceEntry) -> Pregnancy:
-    """A pregnancy status Observation, with the due date its component gives (11778-8)."""
-    resource = entry.resource
-    answer = _obj(resource, "valueCodeableConcept", "")
-    codes = [c.code for c in _codings(answer, "valueCodeableConcept")]
-    status = next((_PREGNANCY_ANSWERS[c] for c in codes if c in _PREGNANCY_ANSWERS), "unknown")
-    flags: tuple[Flag, ...] = ()
-    if status == "unknown" and codes:
-        flags = (_unmapped("pregnancy status answer", _codings(answer, "valueCodeableConcept")),)
-    return Pregnancy(
-        fact_id=entry.fact_id(),
-        patient_id=entry.patient_id("subject"),
-        source=entry.source("valueCodeableConcept" if answer else ""),
-        flags=flags,
-        status=status,
-        recorded=_time(resource),
-        estimated_due_date=_component_due_date(resource),
-    )
-
-
-def _component_due_date(resource: dict[str, Any]) -> date | None:
-    for path, component in _objects(resource, "component", ""):
-        codings = _codings(_obj(component, "code", path), _join(path, "code"))
-        if _has_loinc(codings, _DUE_DATE_CODES):
-            return _calendar_date(component, path)
-    return None
-
-
-def _due_date_alone(entry: ResourceEntry) -> list[AnyFact]:
-    """An estimated due date Observation by itself: it is only given for a pregnancy."""
-    due = _calendar_date(entry.resource, "")
-    if due is None:
-        return []
-    pregnancy = Pregnancy(
-        fact_id=entry.fact_id(),
-        patient_id=entry.patient_id("subject"),
-        source=entry.source("valueDateTime"),
-        status="pregnant",
-        recorded=_time(entry.resource),
-        estimated_due_date=due,
-    )
-    return [pregnancy]
-
-
-def _calendar_date(node: dict[str, Any], path: str) -> date | None:
-    """A due date (``valueDateTime``) as the calendar day written, never shifted to UTC."""
-    value = _text(node, "valueDateTime", path)
-    if value is None:
-        return None
-    if parse_fhir_datetime(value) is None:
-        raise EntryProblem(_join(path, "valueDateTime"), _DATETIME_EXPECTED, value)
-    day = parse_fhir_datetime(value[:10])
-    assert day is not None  # the date part of a valid dateTime
-    return day.date()
 
 
 # Conditions and allergies ------------------------------------------------------------------
@@ -916,7 +552,7 @@ def _condition(entry: ResourceEntry) -> list[AnyFact]:
     code = _obj(resource, "code", "")
     codings = _codings(code, "code")
     terminology = entry.terminology
-    icd10 = next((c for c in codings if normalise_system(c.system) == "ICD10"), None)
+    icd10 = next((c for c in codings if normalised_system(c.system) == "ICD10"), None)
     text = _text(code, "text", "code") if code else None
     coding = icd10 or (codings[0] if codings else None)
     # ICD-10 as sent (normalised), else through the SNOMED → ICD-10 table
@@ -925,7 +561,7 @@ def _condition(entry: ResourceEntry) -> list[AnyFact]:
     if coding is None:
         if not text:
             raise EntryProblem("code", "a coded or named condition", code)
-        coding = Coding(system=None, code=text, display=text)
+        coding = _text_coding(text)
         flags = (_unmapped("condition", [coding]),)
     abatement = _datetime(resource, "abatementDateTime", "")
     abatement_period = _obj(resource, "abatementPeriod", "")
@@ -933,7 +569,8 @@ def _condition(entry: ResourceEntry) -> list[AnyFact]:
         abatement = _datetime(abatement_period, "end", "abatementPeriod")
     onset = _datetime(resource, "onsetDateTime", "") or _period_start(resource, "onsetPeriod", "")
     return [
-        Condition(
+        entry.fact(
+            Condition,
             fact_id=entry.fact_id(),
             patient_id=entry.patient_id("subject"),
             source=entry.source("code"),
@@ -948,10 +585,6 @@ def _condition(entry: ResourceEntry) -> list[AnyFact]:
 
 
 _CRITICALITY = {"low": "low", "high": "high", "unable-to-assess": "unable-to-assess"}
-
-
-def _allergy_atc(terminology: Terminology, coding: Coding) -> tuple[str, ...]:
-    return terminology.allergy_atc(coding.system, coding.code)
 
 
 def _allergy(entry: ResourceEntry) -> list[AnyFact]:
@@ -969,14 +602,15 @@ def _allergy(entry: ResourceEntry) -> list[AnyFact]:
     if not codings:
         if not text:
             raise EntryProblem("code", "the substance of the allergy", concept)
-        codings = [Coding(system=None, code=text, display=text)]
+        codings = [_text_coding(text)]
     terminology = entry.terminology
     atc = tuple(
         dict.fromkeys(a for c in codings for a in terminology.allergy_atc(c.system, c.code))
     )
     known_non_drug = any(terminology.allergy_is_drug(c.system, c.code) is False for c in codings)
     return [
-        Allergy(
+        entry.fact(
+            Allergy,
             fact_id=entry.fact_id(),
             patient_id=entry.patient_id("patient"),
             source=entry.source(path),
@@ -993,8 +627,6 @@ def _allergy(entry: ResourceEntry) -> list[AnyFact]:
 
 EXTRACTORS: dict[str, Callable[[ResourceEntry], list[AnyFact]]] = {
     "Patient": _patient,
-    "Encounter": _stay,
-    "Observation": _observation,
     "Condition": _condition,
     "AllergyIntolerance": _allergy,
 }

@@ -22,10 +22,10 @@ read with the typed readers of ``connectors.fhir_fast`` (see there for the share
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
+from connectors.fhir_facts import TerminologyMemo, coding, flag
 from connectors.fhir_fast import (
     EntryProblem,
     ResourceEntry,
@@ -47,14 +47,12 @@ from connectors.fhir_fast import (
     _unmapped,
     reference_id,
 )
-from connectors.terminology import Terminology
 from engine.facts import AnyFact, Coding, Flag, FlagCode, MedicationAdministration, MedicationOrder
 
 __all__ = ["EXTRACTORS"]
 
 
-@dataclass(frozen=True)
-class _Drug:
+class _Drug(NamedTuple):
     """One drug of an order: its code as received, ATC, label; ``suffix`` names an ingredient."""
 
     coding: Coding
@@ -66,17 +64,19 @@ class _Drug:
 
 
 def _drug_from_concept(
-    concept: dict[str, Any], path: str, terminology: Terminology, suffix: str = ""
+    concept: dict[str, Any], path: str, terminology: TerminologyMemo, suffix: str = ""
 ) -> _Drug | None:
     codings = _codings(concept, path)
     text = _text(concept, "text", path)
     if not codings:
         if not text:
             return None
-        codings = [Coding(system=None, code=text, display=text)]
-    atc = next(
-        (a for c in codings if (a := terminology.drug_atc(c.system, c.code)) is not None), None
-    )
+        codings = [coding(None, text, text)]
+    atc = None
+    for candidate in codings:
+        atc = terminology.drug_atc(candidate.system, candidate.code)
+        if atc is not None:
+            break
     flags = () if atc else (_unmapped("drug", codings),)
     label = text or codings[0].display
     return _Drug(codings[0], atc, label, suffix, bool(suffix), flags)
@@ -87,10 +87,10 @@ def _unresolved_drug(reference: dict[str, Any], path: str) -> _Drug:
     display = _text(reference, "display", path)
     detail = f"medication reference {text!r} not found in the message"
     return _Drug(
-        Coding(system=None, code=text or display or "unknown", display=display),
+        coding(None, text or display or "unknown", display),
         None,
         display,
-        flags=(Flag(code=FlagCode.UNMAPPED_CODE, detail=detail),),
+        flags=(flag(FlagCode.UNMAPPED_CODE, detail),),
     )
 
 
@@ -181,8 +181,7 @@ _MEAL_EVENTS = {"AC": 3, "PC": 3, "C": 3}
 _UCUM = "http://unitsofmeasure.org"
 
 
-@dataclass(frozen=True)
-class _Dosing:
+class _Dosing(NamedTuple):
     """What one dosageInstruction says (all None for an order without one)."""
 
     path: str = ""
@@ -199,7 +198,7 @@ class _Dosing:
     flags: tuple[Flag, ...] = ()
 
 
-def _dose_unit(quantity: dict[str, Any], path: str, terminology: Terminology) -> str | None:
+def _dose_unit(quantity: dict[str, Any], path: str, terminology: TerminologyMemo) -> str | None:
     """The dose unit in one spelling: UCUM/EDQM code or label through the unit aliases."""
     code, unit = _text(quantity, "code", path), _text(quantity, "unit", path)
     for candidate in (code, unit):
@@ -235,7 +234,7 @@ def _dose_quantity(item: dict[str, Any], path: str) -> tuple[str, dict[str, Any]
 
 
 def _rate_per_day(
-    item: dict[str, Any], path: str, terminology: Terminology
+    item: dict[str, Any], path: str, terminology: TerminologyMemo
 ) -> tuple[float, str | None, str] | None:
     """An infusion rate as an amount per day, its unit and a text (``5 mg/h``)."""
     ratio = _obj(item, "rateRatio", path)
@@ -293,7 +292,7 @@ def _frequency_text(dosage: dict[str, Any], repeat: dict[str, Any], path: str) -
 
 
 def _route(
-    dosage: dict[str, Any], path: str, terminology: Terminology
+    dosage: dict[str, Any], path: str, terminology: TerminologyMemo
 ) -> tuple[str | None, str | None, tuple[Flag, ...]]:
     concept = _obj(dosage, "route", path)
     if concept is None:
@@ -310,11 +309,11 @@ def _route(
     ) or terminology.route(None, text)
     original = text or next((c.display or c.code for c in codings), None)
     if route is None and (codings or text):
-        return None, original, (_unmapped("route", codings or [Coding(code=text or "")]),)
+        return None, original, (_unmapped("route", codings or [coding(None, text or "")]),)
     return route, original, ()
 
 
-def _dosing(dosage: dict[str, Any], path: str, terminology: Terminology) -> _Dosing:
+def _dosing(dosage: dict[str, Any], path: str, terminology: TerminologyMemo) -> _Dosing:
     timing = _obj(dosage, "timing", path) or {}
     repeat = _obj(timing, "repeat", _join(path, "timing")) or {}
     repeat_path = _join(path, "timing.repeat")
@@ -339,9 +338,9 @@ def _dosing(dosage: dict[str, Any], path: str, terminology: Terminology) -> _Dos
     if rate is not None and "frequency" not in repeat and "period" not in repeat:
         daily, dose_unit, frequency_text = rate  # a continuous infusion: rate x 24 h
     if dose is None and daily is None:
-        flags += (Flag(code=FlagCode.MISSING_DOSE, detail=f"no dose in {path}"),)
+        flags += (flag(FlagCode.MISSING_DOSE, f"no dose in {path}"),)
     if frequency is None and not as_needed and daily is None:
-        flags += (Flag(code=FlagCode.MISSING_FREQUENCY, detail=f"no frequency in {path}"),)
+        flags += (flag(FlagCode.MISSING_FREQUENCY, f"no frequency in {path}"),)
     return _Dosing(
         path, dose, dose_unit, original_dose, original_unit, frequency, frequency_text, daily,
         as_needed, route, original_route, flags,
@@ -350,8 +349,8 @@ def _dosing(dosage: dict[str, Any], path: str, terminology: Terminology) -> _Dos
 
 _NO_DOSING = _Dosing(
     flags=(
-        Flag(code=FlagCode.MISSING_DOSE, detail="no dosageInstruction"),
-        Flag(code=FlagCode.MISSING_FREQUENCY, detail="no dosageInstruction"),
+        flag(FlagCode.MISSING_DOSE, "no dosageInstruction"),
+        flag(FlagCode.MISSING_FREQUENCY, "no dosageInstruction"),
     )
 )
 
@@ -468,10 +467,11 @@ def _order(
     flags = drug.flags + dosing.flags
     if drug.is_ingredient:  # the dose given is the whole preparation's, not this ingredient's
         dose_fields = {key: None for key in dose_fields}
-        if not any(flag.code is FlagCode.MISSING_DOSE for flag in flags):
+        if not any(remark.code is FlagCode.MISSING_DOSE for remark in flags):
             detail = "dose given for the whole preparation, not per ingredient"
-            flags += (Flag(code=FlagCode.MISSING_DOSE, detail=detail),)
-    return MedicationOrder(
+            flags += (flag(FlagCode.MISSING_DOSE, detail),)
+    return entry.fact(
+        MedicationOrder,
         fact_id=entry.fact_id(suffix),
         source=entry.source(dosing.path),
         flags=flags,
@@ -522,7 +522,8 @@ def _medication_administration(entry: ResourceEntry) -> list[AnyFact]:
         "dose_unit": _dose_unit(quantity, "dosage.dose", entry.terminology) if quantity else None,
     }
     return [
-        MedicationAdministration(
+        entry.fact(
+            MedicationAdministration,
             fact_id=entry.fact_id(drug.suffix),
             source=entry.source(),
             flags=drug.flags + route_flags,

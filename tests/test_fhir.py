@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from connectors import fhir
 from connectors.base import FeedError, RawMessage
 from engine.facts import (
+    FACT_KINDS,
     AnyFact,
     FlagCode,
     LabResult,
@@ -323,6 +324,35 @@ def test_fast_path_gives_the_validated_facts(
         fast = load(path, validate=False)
         assert fast.errors == validated[path].errors == [], path.name
         assert fast.facts == validated[path].facts, path.name
+        # What model equality does not see: field order, the fields set, an int for a float.
+        for built, checked in zip(fast.facts, validated[path].facts, strict=True):
+            assert built.model_dump_json() == checked.model_dump_json(), path.name
+            assert built.model_fields_set == checked.model_fields_set, path.name
+
+
+def fast_path_inputs(shared: Path) -> list[Path]:
+    """Every reference file, and the hand-written NDJSON that has every fact kind and flag."""
+    return [*reference_files(shared), GOLDEN / "mixed-resources.ndjson"]
+
+
+@pytest.mark.slow
+def test_fast_path_builds_valid_models(shared_data: Path) -> None:
+    """The fast path builds facts without pydantic validation: validation must accept each one
+    as it is (and model_dump must not warn about a value of the wrong type)."""
+    kinds: set[str] = set()
+    for path in fast_path_inputs(shared_data):
+        for fact in load(path, validate=False).facts:
+            assert type(fact).model_validate(fact.model_dump()) == fact, (path.name, fact)
+            kinds.add(fact.kind)
+    assert kinds == set(FACT_KINDS)
+
+
+def test_fast_path_matches_the_goldens(shared_data: Path) -> None:
+    path = GOLDEN / "mixed-resources.ndjson"
+    fast, checked = load(path, validate=False), load(path)
+    assert fast.facts == checked.facts
+    for built, expected in zip(fast.facts, checked.facts, strict=True):
+        assert built.model_dump_json() == expected.model_dump_json()
 
 
 # Bad input ----------------------------------------------------------------------------------
@@ -577,6 +607,25 @@ def test_malformed_due_date_is_located(validate: bool) -> None:
     (error,) = loaded.errors
     assert error.position is not None and "component[0].valueDateTime" in error.position
     assert loaded.of(Patient) and not loaded.of(Pregnancy)
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["validated", "fast"])
+def test_time_beyond_utc_range_is_located(validate: bool) -> None:
+    """Year 1 at +01:00 is a valid FHIR dateTime that UTC cannot hold: a located error, not an
+    OverflowError escaping the connector."""
+    encounter = {
+        "resourceType": "Encounter",
+        "id": "e1",
+        "status": "finished",
+        "class": {"code": "IMP"},
+        "subject": {"reference": "Patient/p1"},
+        "period": {"start": "0001-01-01T00:00:00+01:00"},
+    }
+    loaded = load_bytes("e.json", bundle(PATIENT, encounter), validate)
+    (error,) = loaded.errors
+    assert error.position == "Bundle.entry[1].resource.period.start"
+    assert error.found == "0001-01-01T00:00:00+01:00"
+    assert loaded.of(Patient) and not loaded.of(Stay)
 
 
 # Fuzzing --------------------------------------------------------------------------------------

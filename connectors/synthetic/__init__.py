@@ -15,7 +15,7 @@ Same seed, same bytes. Work is done per chunk of wards with numpy/polars columns
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,7 +121,7 @@ def hospital_tables(
     start: datetime | None = None,
     rates: Mapping[str, float] | None = None,
     chunk_beds: int = CHUNK_BEDS,
-):
+) -> Iterator[tuple[list[Ward], dict[str, pl.DataFrame]]]:
     """Yield (wards, tables) per chunk; the tables are polars frames in the CSV layout."""
     period = _period(start, days)
     formulary = load_formulary()
@@ -132,7 +132,7 @@ def hospital_tables(
         yield wards, build_chunk(rng, wards, period, formulary, full_rates, ids)
 
 
-def _exporter(fmt: str, out: Path, wards: list[Ward]):
+def _exporter(fmt: str, out: Path, wards: list[Ward]) -> CsvExporter | FhirExporter | Hl7Exporter:
     if fmt == "csv":
         return CsvExporter(out)
     if fmt == "fhir":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime
+from typing import Any
 
 import polars as pl
 
@@ -44,7 +45,7 @@ def _d(seconds: int) -> date:
     return datetime.fromtimestamp(seconds, UTC).date()
 
 
-def _rows(frame: pl.DataFrame) -> Iterator[dict]:
+def _rows(frame: pl.DataFrame) -> Iterator[dict[str, Any]]:
     yield from frame.iter_rows(named=True)
 
 

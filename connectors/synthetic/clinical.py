@@ -175,8 +175,8 @@ def conditions(
     indication = formulary.indication[orders.drug]
     has = indication != ""
     pairs = np.unique(np.rec.fromarrays([orders.stay[has], indication[has]]))
-    chronic_stay = pairs.f0.astype(np.int64)
-    chronic_code = pairs.f1.astype("<U6")
+    chronic_stay = pairs["f0"].astype(np.int64)
+    chronic_code = pairs["f1"].astype("<U6")
     keep = chronic_code != main[chronic_stay]
     chronic_stay, chronic_code = chronic_stay[keep], chronic_code[keep]
     onset_chronic = stays.admit[chronic_stay] - (

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from connectors.synthetic.arrays import FloatArray
+
 __all__ = ["TAGS", "WARD_KINDS", "Formulary", "load_formulary", "schedule_texts"]
 
 DATA = Path(__file__).parent / "formulary.csv"
@@ -60,10 +62,10 @@ class Formulary:
     keys: np.ndarray
     atc: np.ndarray
     label: np.ndarray
-    dose: np.ndarray
+    dose: FloatArray
     unit: np.ndarray
-    frequency: np.ndarray
-    period: np.ndarray
+    frequency: FloatArray
+    period: FloatArray
     period_unit: np.ndarray
     per_kg: np.ndarray
     route: np.ndarray
@@ -76,7 +78,7 @@ class Formulary:
     tags: dict[str, np.ndarray]
 
     @property
-    def per_day(self) -> np.ndarray:
+    def per_day(self) -> FloatArray:
         return self.frequency / _period_days(self.period, self.period_unit)
 
     def index(self, key: str) -> int:
@@ -86,7 +88,7 @@ class Formulary:
         return len(self.keys)
 
 
-def _period_days(period: np.ndarray, unit: np.ndarray) -> np.ndarray:
+def _period_days(period: FloatArray, unit: np.ndarray) -> FloatArray:
     scale = np.where(unit == "h", 1 / 24, np.where(unit == "wk", 7.0, 1.0))
     return period * scale
 

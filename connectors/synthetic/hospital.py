@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from connectors.synthetic.arrays import BoolArray, FloatArray, IntArray
 from connectors.synthetic.formulary import WARD_KINDS
 
 __all__ = [
@@ -133,8 +134,8 @@ class Period:
         return self.start - self.history_days * DAY
 
 
-def _largest_remainder(total: int, shares: np.ndarray) -> np.ndarray:
-    raw = shares / shares.sum() * total
+def _largest_remainder(total: int, shares: FloatArray) -> IntArray:
+    raw: FloatArray = shares / shares.sum() * total
     counts = np.floor(raw).astype(int)
     order = np.argsort(-(raw - counts), kind="stable")
     counts[order[: total - counts.sum()]] += 1
@@ -167,13 +168,13 @@ class Stays:
     ward: np.ndarray  # ward code
     kind: np.ndarray  # ward kind
     bed: np.ndarray  # bed label within the ward, '001'...
-    admit: np.ndarray  # epoch seconds
-    discharge: np.ndarray  # epoch seconds; -1 while still in the bed at the period end
+    admit: IntArray  # epoch seconds
+    discharge: IntArray  # epoch seconds; -1 while still in the bed at the period end
     sex: np.ndarray  # 'F' / 'M'
-    birth: np.ndarray  # epoch seconds (midnight)
-    height: np.ndarray  # cm
-    weight: np.ndarray  # kg at admission
-    creatinine: np.ndarray  # baseline, µmol/L
+    birth: IntArray  # epoch seconds (midnight)
+    height: FloatArray  # cm
+    weight: FloatArray  # kg at admission
+    creatinine: FloatArray  # baseline, µmol/L
     extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -248,11 +249,11 @@ def generate_stays(rng: np.random.Generator, wards: list[Ward], period: Period) 
             )
         )
     cols = [np.concatenate(c) for c in zip(*parts, strict=True)]
-    ward, kind, bed, admit, discharge, sex, age = cols
+    ward_code, kind, bed, admit, discharge, sex, age = cols
     birth_day = (admit // DAY) - np.round(age * YEAR_DAYS).astype(np.int64)
     n = len(admit)
     stays = Stays(
-        ward,
+        ward_code,
         kind,
         bed,
         admit,
@@ -277,10 +278,11 @@ def anthropometrics(rng: np.random.Generator, stays: Stays) -> None:
     )
     bmi = np.exp(rng.normal(np.log(np.where(age >= 80, 24.0, 26.0)), 0.17, n))
     stays.height = np.round(np.clip(height, 140, 205))
-    stays.weight = np.round(np.clip(bmi * (stays.height / 100) ** 2, 36, 180), 1)
+    weight: FloatArray = np.clip(bmi * (stays.height / 100) ** 2, 36, 180)
+    stays.weight = np.round(weight, 1)
 
 
-def ckd_epi_2021(creatinine: np.ndarray, age: np.ndarray, female: np.ndarray) -> np.ndarray:
+def ckd_epi_2021(creatinine: FloatArray, age: FloatArray, female: BoolArray) -> FloatArray:
     """eGFR (mL/min/1.73 m²) by CKD-EPI 2021 from creatinine in µmol/L."""
     scr = creatinine / 88.42
     kappa = np.where(female, 0.7, 0.9)
@@ -292,7 +294,7 @@ def ckd_epi_2021(creatinine: np.ndarray, age: np.ndarray, female: np.ndarray) ->
     return egfr * np.where(female, 1.012, 1.0)
 
 
-def creatinine_for_egfr(egfr: np.ndarray, age: np.ndarray, female: np.ndarray) -> np.ndarray:
+def creatinine_for_egfr(egfr: FloatArray, age: FloatArray, female: BoolArray) -> FloatArray:
     """The creatinine (µmol/L) giving ``egfr`` by CKD-EPI 2021 (inverse of the above)."""
     kappa = np.where(female, 0.7, 0.9)
     alpha = np.where(female, -0.241, -0.302)
@@ -303,16 +305,16 @@ def creatinine_for_egfr(egfr: np.ndarray, age: np.ndarray, female: np.ndarray) -
 
 
 def cockcroft_gault(
-    creatinine: np.ndarray, age: np.ndarray, weight: np.ndarray, female: np.ndarray
-) -> np.ndarray:
+    creatinine: FloatArray, age: FloatArray, weight: FloatArray, female: BoolArray
+) -> FloatArray:
     """Creatinine clearance (mL/min); creatinine in µmol/L, age in whole years."""
     scr = creatinine / 88.42
     return (140 - np.floor(age)) * weight * np.where(female, 0.85, 1.0) / (72 * scr)
 
 
 def creatinine_for_crcl(
-    crcl: np.ndarray, age: np.ndarray, weight: np.ndarray, female: np.ndarray
-) -> np.ndarray:
+    crcl: FloatArray, age: FloatArray, weight: FloatArray, female: BoolArray
+) -> FloatArray:
     return (140 - np.floor(age)) * weight * np.where(female, 0.85, 1.0) / (72 * crcl) * 88.42
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from connectors.synthetic.arrays import IntArray
 from connectors.synthetic.formulary import Formulary
 from connectors.synthetic.hospital import (
     DAY,
@@ -162,10 +163,10 @@ class Labs:
         return len(self.stay)
 
 
-def _ragged_cumsum(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def _ragged_cumsum(values: IntArray, counts: IntArray) -> IntArray:
     total = np.cumsum(values)
     starts = np.repeat(np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-    offsets = np.concatenate([[0], total])[starts]
+    offsets: IntArray = np.concatenate([[0], total])[starts]
     return total - offsets
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from connectors.synthetic.arrays import FloatArray, IntArray
 from connectors.synthetic.formulary import WARD_KINDS, Formulary
 from connectors.synthetic.hospital import DAY, HOUR, WARD_PROFILES, Period, Stays
 
@@ -26,14 +27,14 @@ PRN_KEYS = ("tramadol", "zopiclone", "zolpidem", "oxazepam", "alprazolam", "nefo
 class Orders:
     """Columns of medication lines; ``end`` is -1 when the line has no end date."""
 
-    stay: np.ndarray  # index into Stays
-    drug: np.ndarray  # formulary row
-    dose: np.ndarray
-    frequency: np.ndarray  # administrations per period
-    period: np.ndarray
+    stay: IntArray  # index into Stays
+    drug: IntArray  # formulary row
+    dose: FloatArray
+    frequency: IntArray  # administrations per period
+    period: FloatArray
     period_unit: np.ndarray
-    start: np.ndarray
-    end: np.ndarray
+    start: IntArray
+    end: IntArray
     status: np.ndarray
     as_needed: np.ndarray
     scenario: np.ndarray  # bool: written by an injected situation
@@ -41,7 +42,7 @@ class Orders:
     def __len__(self) -> int:
         return len(self.stay)
 
-    def per_day(self) -> np.ndarray:
+    def per_day(self) -> FloatArray:
         scale = np.where(
             self.period_unit == "h", 1 / 24, np.where(self.period_unit == "wk", 7.0, 1.0)
         )
@@ -100,7 +101,7 @@ def _sample_lines(
     return stay_index, top[take]
 
 
-def _dose(formulary: Formulary, drug: np.ndarray, weight: np.ndarray) -> np.ndarray:
+def _dose(formulary: Formulary, drug: IntArray, weight: FloatArray) -> FloatArray:
     dose = formulary.dose[drug].copy()
     per_kg = formulary.per_kg[drug]
     raw = dose * weight

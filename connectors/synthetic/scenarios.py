@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from connectors.synthetic.catalogue import CONTROL_RATIO, DEFAULT_RATE, SCENARIOS, Scenario
+from connectors.synthetic.catalogue import CONTROL_RATIO, DEFAULT_RATE, SCENARIOS, Line, Scenario
 from connectors.synthetic.formulary import Formulary
 from connectors.synthetic.hospital import (
     DAY,
@@ -101,6 +101,10 @@ def _eligible(
     return ok
 
 
+# stay, drug, dose, frequency, period, period unit, start, end, status, as needed
+_OrderRow = tuple[int, int, float, int, float, str, int, int, str, bool]
+
+
 class _Writer:
     """Collects the rows scenarios write, then hands them over as columns."""
 
@@ -108,7 +112,7 @@ class _Writer:
         self, rng: np.random.Generator, stays: Stays, period: Period, formulary: Formulary
     ) -> None:
         self.rng, self.stays, self.period, self.formulary = rng, stays, period, formulary
-        self.order_rows: list[tuple] = []
+        self.order_rows: list[_OrderRow] = []
         self.lab_rows: list[tuple[int, int, int, float]] = []
         self.suppress: list[tuple[int, int]] = []
         self.allergies: list[tuple[int, str, int]] = []
@@ -149,15 +153,16 @@ class _Writer:
         if s.renal is not None:
             kind, lo, hi = s.renal
             target = np.array([self.uniform(lo, hi)])
-            age = np.array([(anchor - st.birth[i]) / (DAY * YEAR_DAYS)])
+            age_at_anchor = np.array([(anchor - st.birth[i]) / (DAY * YEAR_DAYS)])
             female = np.array([st.sex[i] == "F"])
             if kind == "crcl":
-                creat = creatinine_for_crcl(target, age, np.array([st.weight[i]]), female)
+                weight = np.array([st.weight[i]])
+                creat = creatinine_for_crcl(target, age_at_anchor, weight, female)
             else:
-                creat = creatinine_for_egfr(target, age, female)
+                creat = creatinine_for_egfr(target, age_at_anchor, female)
             st.creatinine[i] = float(np.clip(creat[0], 35, 1500))
 
-    def _prescribe(self, situation: Situation, line, i: int, anchor: int) -> None:
+    def _prescribe(self, situation: Situation, line: Line, i: int, anchor: int) -> None:
         st, f = self.stays, self.formulary
         drug = f.index(line.drug)
         start = max(anchor + int(line.at * HOUR), int(st.admit[i]) + 600) // 60 * 60
@@ -229,7 +234,7 @@ class _Writer:
 
     def plan(self, chosen: np.ndarray) -> Plan:
         rows = self.order_rows
-        cols = list(zip(*rows, strict=True)) if rows else [[]] * 10
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 10
         orders = Orders(
             stay=np.array(cols[0], dtype=np.int64),
             drug=np.array(cols[1], dtype=np.int64),
@@ -243,8 +248,8 @@ class _Writer:
             as_needed=np.array(cols[9], dtype=bool),
             scenario=np.ones(len(rows), dtype=bool),
         )
-        lab_cols = list(zip(*self.lab_rows, strict=True)) if self.lab_rows else [[]] * 4
-        sup = list(zip(*self.suppress, strict=True)) if self.suppress else [[]] * 2
+        lab_cols = list(zip(*self.lab_rows, strict=True)) if self.lab_rows else [()] * 4
+        sup = list(zip(*self.suppress, strict=True)) if self.suppress else [()] * 2
         labs = ScenarioLabs(
             np.array(lab_cols[0], dtype=np.int64),
             np.array(lab_cols[1], dtype=np.int64),

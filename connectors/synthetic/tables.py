@@ -78,7 +78,7 @@ class IdCounters:
 
 def _opt(values: np.ndarray) -> pl.Series:
     """Epoch seconds with -1 meaning none → nullable Int64."""
-    return pl.Series(values, dtype=pl.Int64).set(pl.Series(values < 0), None)  # type: ignore[arg-type]
+    return pl.Series(values, dtype=pl.Int64).set(pl.Series(values < 0), None)
 
 
 def _patients_and_stays(stays: Stays, pid: np.ndarray, sid: np.ndarray) -> tuple[pl.DataFrame, ...]:

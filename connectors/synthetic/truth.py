@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 import orjson
@@ -268,7 +269,7 @@ def truth_frame(
 
 
 def truth_meta(period: Period, rates: dict[str, float]) -> dict[str, object]:
-    rules = {}
+    rules: dict[str, dict[str, Any]] = {}
     for s in SCENARIOS:
         entry = rules.setdefault(
             s.rule,
