@@ -9,10 +9,10 @@ Allergy. Other resource types are read (and validated) but give no facts.
 
 Two paths give the same facts for valid input:
 
-- validated (the default, ``VALIDATE = True``): each resource is first validated with the
+- validated: each resource is first validated with the
   ``fhir.resources`` R4B models; a resource that fails is a located ``FeedError`` for that entry
   (``Bundle.entry[3].resource.dosageInstruction[0].timing``) and the other entries still load;
-- fast (``parse(raw, validate=False)``): plain dict walking on orjson output, for bulk loads.
+- fast: plain dict walking on orjson output, for bulk loads.
   The extractor's typed getters still reject wrong shapes with a located error.
 
 Patient ids are FHIR logical ids: ``Patient/<id>``, ``urn:uuid:<id>`` (through the Bundle's
@@ -26,6 +26,7 @@ fullUrls) and ``#<id>`` all resolve to the Patient's ``id``.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -47,11 +48,28 @@ from connectors.fhir_fast import (
 from connectors.terminology import default_terminology
 from engine.facts import AnyFact
 
-__all__ = ["VALIDATE", "feed", "parse", "resource_facts", "sniff", "split"]
+__all__ = ["feed", "parse", "resource_facts", "sniff", "split", "validation_mode"]
 
 feed = "fhir"
 
-VALIDATE = True
+VALIDATION_MODES = ("documents", "always", "never")
+
+
+def validation_mode() -> str:
+    """``VIGIE_FHIR_VALIDATE``: ``documents`` (default: Bundles and single-resource files are
+    validated, Bulk NDJSON lines take the fast path, which gives the same facts), ``always`` or
+    ``never``."""
+    mode = os.environ.get("VIGIE_FHIR_VALIDATE", "documents")
+    if mode not in VALIDATION_MODES:
+        raise ValueError(f"VIGIE_FHIR_VALIDATE={mode!r}: expected one of {VALIDATION_MODES}")
+    return mode
+
+
+def _validates(raw: RawMessage) -> bool:
+    mode = validation_mode()
+    if mode == "documents":
+        return not (raw.position or "").startswith("line ")
+    return mode == "always"
 """Default of ``parse``: validate every resource with ``fhir.resources`` (R4B) first."""
 
 _BOM = b"\xef\xbb\xbf"
@@ -127,7 +145,7 @@ def parse(raw: RawMessage, validate: bool | None = None) -> ParseOutcome:
     Raises ``FeedError`` when the message as a whole is unreadable (bad JSON, not a FHIR
     resource) or when its single resource is invalid.
     """
-    validate = VALIDATE if validate is None else validate
+    validate = _validates(raw) if validate is None else validate
     document = _load(raw)
     kind = _resource_type(document, raw, _root(raw))
     terminology = memo_for(default_terminology())

@@ -718,3 +718,18 @@ def mutate(node: Any, data: st.DataObject, depth: int = 0) -> Any:
 if __name__ == "__main__":
     if "--regenerate" in sys.argv:
         regenerate_goldens()
+
+
+def test_validation_mode_validates_documents_and_fast_paths_bulk_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bundle = RawMessage("fhir", "b.json", b"{}", "Bundle/1")
+    line = RawMessage("fhir", "Observation.ndjson", b"{}", "Observation/1", position="line 3")
+    assert fhir._validates(bundle) and not fhir._validates(line)
+    monkeypatch.setenv("VIGIE_FHIR_VALIDATE", "always")
+    assert fhir._validates(line)
+    monkeypatch.setenv("VIGIE_FHIR_VALIDATE", "never")
+    assert not fhir._validates(bundle)
+    monkeypatch.setenv("VIGIE_FHIR_VALIDATE", "sometimes")
+    with pytest.raises(ValueError, match="VIGIE_FHIR_VALIDATE='sometimes'"):
+        fhir.validation_mode()
