@@ -12,7 +12,8 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from api.ingest import IngestReport, ParsedMessage, ingest, read_feed
@@ -21,6 +22,9 @@ from connectors.registry import FORMATS
 from engine.factset import FactSet
 from engine.quality import quality_report, render_text
 from engine.store import FactStore, StoreError
+
+if TYPE_CHECKING:
+    from connectors.synthetic import GenerationSummary
 
 __all__ = ["main"]
 
@@ -181,15 +185,15 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace, out: Path) -> list[Path]:
-    """Write a synthetic hospital; return its feed files (not its ground truth)."""
+def _generate(args: argparse.Namespace, out: Path) -> GenerationSummary:
+    """Write a synthetic hospital and say what it holds."""
     from connectors.synthetic import generate
 
     summary = generate(
         args.beds, args.days, args.seed, args.format, out, start=getattr(args, "start", None)
     )
     print(summary.describe())
-    return summary.feed_files
+    return summary
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -197,18 +201,62 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_packs() -> list[Path]:
+    import rules
+
+    folder = Path(rules.__file__).parent / "packs"
+    return [folder / "default.rules", folder / "ansm-interactions.rules"]
+
+
+def _print_alerts(facts: FactSet, as_of: datetime, shown: int = 12) -> None:
+    """Evaluate the default packs on every patient and print the worklist's head."""
+    from engine import evaluate
+    from rules import compile_files
+
+    alerts = []
+    for pack in compile_files(_default_packs()):
+        if pack.ir is None:
+            print(f"{pack.path}: does not compile (run vigie rules check)")
+            continue
+        alerts += evaluate(pack.ir, facts, as_of)
+    rank = {"critical": 0, "major": 1, "moderate": 2, "minor": 3}
+    alerts.sort(key=lambda a: (rank[a.severity], a.rule_id, a.patient_id))
+    by_severity = Counter(a.severity for a in alerts)
+    print(
+        f"\nAlerts as of {as_of:%Y-%m-%d %H:%M} UTC: {len(alerts):,} "
+        f"({', '.join(f'{s} {by_severity[s]}' for s in rank if by_severity[s])}) "
+        f"for {len({a.patient_id for a in alerts}):,} patients"
+    )
+    for rule_id, n in Counter(a.rule_id for a in alerts).most_common(10):
+        print(f"  {n:>5}  {rule_id}")
+    print(f"First {min(shown, len(alerts))} of the worklist:")
+    for alert in alerts[:shown]:
+        where = (
+            alert.evidence[0].source.describe()
+            if alert.evidence and alert.evidence[0].source
+            else "derived"
+        )
+        print(
+            f"  [{alert.severity}] {alert.rule_id} patient {alert.patient_id}"
+            f" ({alert.ward or '?'}): {alert.message}\n      rule {alert.rule.file}:"
+            f"{alert.rule.line}; first evidence from {where}"
+        )
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     store = FactStore()
     with tempfile.TemporaryDirectory(prefix="vigie-demo-") as folder:
         out = Path(folder)
         print(f"Generating a {args.beds}-bed hospital over {args.days} days ({args.format})...")
-        feeds = _generate(args, out)
+        summary = _generate(args, out)
         print(f"\nIngesting into {store.safe_url} ...")
-        report = ingest(feeds, store, args.format)
+        report = ingest(summary.feed_files, store, args.format)
         _print_ingest(report, max_errors=5)
     print("\nData quality of the store:")
     facts = FactSet(store.iter_facts())
     print(render_text(quality_report(facts, store.raw_counts(), [])))
+    _print_alerts(facts, summary.start + timedelta(days=args.days))
+    store.close()
     return 0
 
 

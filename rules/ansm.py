@@ -160,6 +160,7 @@ class Interaction:
     info: str
     mechanism: str
     position: int
+    conditional: bool = False  # the entry has several levels, each under its own condition
 
 
 @dataclass
@@ -243,7 +244,8 @@ def _entry_interactions(entry: Any, position: int, entries: list[Any]) -> Iterat
             known = ", ".join(sorted(_LEVEL_NAMES))
             raise ThesaurusError(THESAURUS_FILE, f"{where}.level", f"one of: {known}")
         info = _spaced(str(item.get("info") or ""), description)
-        yield Interaction(code, main, plus, info, _one_line(mechanism), position)
+        conditional = len(levels) > 1
+        yield Interaction(code, main, plus, info, _one_line(mechanism), position, conditional)
 
 
 def _one_line(text: str) -> str:
@@ -496,6 +498,14 @@ class GeneratedRule:
     second_name: str
     info: str
     mechanism: str
+    conditional: bool = False
+
+    @property
+    def sensitivity(self) -> int:
+        """The level's sensitivity; a conditional one (its condition - a dose, a route, one member
+        of a class - is only in the text, not checked) never at level 1: it would fire on every
+        pair of the two classes (e.g. a CI meant for sodium oxybate + opioids, on all sedatives)."""
+        return max(self.level.sensitivity, 2) if self.conditional else self.level.sensitivity
 
 
 @dataclass(frozen=True)
@@ -599,6 +609,7 @@ def _rule(
         _one_line(second_name),
         interaction.info,
         interaction.mechanism,
+        interaction.conditional,
     )
 
 
@@ -618,7 +629,10 @@ _PACK_HEADER = """\
 # and dose adjustment, not for stopping), moderate, level 2 (off by default);
 # à prendre en compte → 6.1, intervention 5, minor, level 3 (off by default).
 # Conditions ANSM attaches to an entry (doses, routes, age) are not checked: they are in the
-# message. Each pair is generated once even though the thesaurus lists it under both names.
+# message. An entry with several levels (CI at anti-inflammatory doses, AD below...) has a
+# condition on each: its rules are "sous conditions" and at least level 2 (off by default), since
+# at level 1 they would fire on every pair of the two classes. Each pair is generated once even
+# though the thesaurus lists it under both names.
 
 pack "{name}" version "{version}"
 """
@@ -658,7 +672,7 @@ def _rule_lines(result: AnsmImport, rule: GeneratedRule) -> list[str]:
     return [
         f"rule {rule.rule_id} {_string(title)}",
         f"  problem {level.problem} intervention {level.intervention} "
-        f"severity {level.severity} level {level.sensitivity}",
+        f"severity {level.severity} level {rule.sensitivity}",
         f"  reference {_string(REFERENCE)}",
         "  when",
         f"    a = active drug in {first_set}",
@@ -671,7 +685,8 @@ def _message(rule: GeneratedRule) -> str:
     text = rule.mechanism
     if rule.info:
         text = f"{rule.info.rstrip('. ')}. {rule.mechanism}" if rule.mechanism else rule.info
-    return f"{rule.level.label} (ANSM) : {_truncate(text, MESSAGE_LIMIT)}"
+    condition = " sous conditions (à vérifier)" if rule.conditional else ""
+    return f"{rule.level.label}{condition} (ANSM) : {_truncate(text, MESSAGE_LIMIT)}"
 
 
 def _truncate(text: str, limit: int) -> str:

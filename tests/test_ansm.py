@@ -162,14 +162,21 @@ def test_rule_clauses_follow_the_level(pack_text: str) -> None:
     }
     pattern = re.compile(
         r"^rule ansm\.(\w+)\.\S+ \"[^\n]*\"\n  problem (\S+) intervention (\d) "
-        r"severity (\w+) level (\d)",
+        r"severity (\w+) level (\d)\n.*\n.*\n.*\n.*\n  say \"([^\n]*)\"",
         re.M,
     )
     seen = set()
     for match in pattern.finditer(pack_text):
-        assert match.groups()[1:] == expected[match[1]]
-        seen.add(match[1])
-    assert seen == set(expected)
+        problem, intervention, severity, level, message = match.groups()[1:]
+        want = expected[match[1]]
+        assert (problem, intervention, severity) == want[:3]
+        conditional = "sous conditions" in message
+        # An entry with several levels has a condition on each (dose, route, one class member)
+        # that the rule cannot check: never on by default.
+        assert int(level) == (max(int(want[3]), 2) if conditional else int(want[3]))
+        seen.add((match[1], conditional))
+    assert {level for level, _ in seen} == set(expected)
+    assert ("ci", True) in seen and ("ci", False) in seen
 
 
 def test_a_class_paired_with_its_own_members_uses_one_set(pack_text: str) -> None:
