@@ -13,8 +13,8 @@ import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from api.ingest import IngestReport, ParsedMessage, ingest, read_feed
 from connectors.base import FeedError
@@ -201,24 +201,23 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_packs() -> list[Path]:
-    import rules
-
-    folder = Path(rules.__file__).parent / "packs"
-    return [folder / "default.rules", folder / "ansm-interactions.rules"]
+DEFAULT_PACKS = ("default.rules", "ansm-interactions.rules")
 
 
 def _print_alerts(facts: FactSet, as_of: datetime, shown: int = 12) -> None:
     """Evaluate the default packs on every patient and print the worklist's head."""
+    import rules
     from engine import evaluate
-    from rules import compile_files
 
     alerts = []
-    for pack in compile_files(_default_packs()):
-        if pack.ir is None:
-            print(f"{pack.path}: does not compile (run vigie rules check)")
+    for name in DEFAULT_PACKS:
+        shown = f"rules/packs/{name}"  # how alerts name the rule's file, wherever installed
+        text = (Path(rules.__file__).parent / "packs" / name).read_text(encoding="utf-8")
+        ir, _ = rules.compile_pack(text, shown)
+        if ir is None:
+            print(f"{shown}: does not compile (run vigie rules check {shown})")
             continue
-        alerts += evaluate(pack.ir, facts, as_of)
+        alerts += evaluate(ir, facts, as_of)
     rank = {"critical": 0, "major": 1, "moderate": 2, "minor": 3}
     alerts.sort(key=lambda a: (rank[a.severity], a.rule_id, a.patient_id))
     by_severity = Counter(a.severity for a in alerts)
