@@ -211,11 +211,11 @@ def _print_alerts(facts: FactSet, as_of: datetime, shown: int = 12) -> None:
 
     alerts = []
     for name in DEFAULT_PACKS:
-        shown = f"rules/packs/{name}"  # how alerts name the rule's file, wherever installed
+        label = f"rules/packs/{name}"  # how alerts name the rule's file, wherever installed
         text = (Path(rules.__file__).parent / "packs" / name).read_text(encoding="utf-8")
-        ir, _ = rules.compile_pack(text, shown)
+        ir, _ = rules.compile_pack(text, label)
         if ir is None:
-            print(f"{shown}: does not compile (run vigie rules check {shown})")
+            print(f"{label}: does not compile (run vigie rules check {label})")
             continue
         alerts += evaluate(ir, facts, as_of)
     rank = {"critical": 0, "major": 1, "moderate": 2, "minor": 3}
