@@ -97,6 +97,7 @@ def test_demo_generates_ingests_and_reports(
     assert main(["demo", "--beds", "20", "--days", "3", "--format", "fhir"]) == 0
     out = capsys.readouterr().out
     assert "Data quality of the store" in out and "Errors: 0" in out
+    assert "Alerts as of 2025-01-09 00:00 UTC" in out
     with FactStore(url) as store:
         counts = store.counts()
         assert counts["patient"] > 0 and counts["medication_order"] > 0 and counts["lab"] > 0
