@@ -1,0 +1,389 @@
+"""Derived clinical values: age, renal function, daily dose and morphine equivalents.
+
+Pure functions on plain numbers, so the rule evaluator, the batch evaluator and the tests share
+one definition. Inputs are in the canonical units of ``engine.facts`` (creatinine µmol/L, weight
+kg); a missing or meaningless input gives ``None`` (unknown), never a guess.
+
+References:
+
+- Cockcroft DW, Gault MH. Prediction of creatinine clearance from serum creatinine.
+  Nephron 1976;16:31-41 — in SI units the constant 1.23 (men) or 1.04 (women) replaces
+  ``1 / 72`` with creatinine in mg/dL (× 88.42 µmol/L per mg/dL, × 0.85 for women).
+- Inker LA et al. New creatinine- and cystatin C-based equations to estimate GFR without race
+  (CKD-EPI 2021). N Engl J Med 2021;385:1737-49.
+- CDC Clinical Practice Guideline for Prescribing Opioids for Pain, 2022 (MMWR Recomm Rep
+  2022;71(3)), table of morphine milligram equivalent conversion factors.
+
+>>> round(cockcroft_gault(age=70, weight_kg=60, creatinine_umol_l=100, sex="F"), 2)
+43.68
+>>> round(ckd_epi_2021(creatinine_umol_l=88.42, age=50, sex="M"))
+92
+>>> total_daily_dose([(1000.0, "mg"), (500.0, "mg")])
+Amount(value=1500.0, unit='mg', lower_bound=False)
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+
+__all__ = [
+    "AMOUNT_UNITS",
+    "CREATININE_UMOL_PER_MG_DL",
+    "MME_FACTORS",
+    "Amount",
+    "age_in_years",
+    "amount_arithmetic",
+    "amount_in",
+    "ckd_epi_2021",
+    "cockcroft_gault",
+    "compare_amounts",
+    "mme_factor",
+    "morphine_equivalents",
+    "total_daily_dose",
+]
+
+CREATININE_UMOL_PER_MG_DL = 88.42
+
+# Drug amounts are summed and compared in one unit per dimension: masses in mg, IU, MME.
+AMOUNT_UNITS: dict[str, tuple[str, float]] = {
+    "mg": ("mg", 1.0),
+    "µg": ("mg", 0.001),
+    "μg": ("mg", 0.001),  # the Greek mu, as some feeds send it
+    "ug": ("mg", 0.001),
+    "mcg": ("mg", 0.001),
+    "g": ("mg", 1000.0),
+    "kg": ("mg", 1_000_000.0),
+    "IU": ("IU", 1.0),
+    "UI": ("IU", 1.0),
+    "MME": ("MME", 1.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Amount:
+    """A drug amount whose unit is only known at run time (``d.daily_dose``, ``mme``...).
+
+    ``unit`` is ``None`` for a sum over no line (zero, comparable with any unit).
+    ``lower_bound`` says the true amount may be larger: some line's dose was not known in a
+    comparable unit, so only "the known part already exceeds the threshold" can be concluded.
+    """
+
+    value: float
+    unit: str | None
+    lower_bound: bool = False
+
+
+def amount_in(amount: Amount, unit: str) -> float | None:
+    """The amount's value in ``unit`` (mg, µg, g, IU, MME), or None when the units differ.
+
+    >>> amount_in(Amount(2.0, "g"), "mg")
+    2000.0
+    >>> amount_in(Amount(4000.0, "IU"), "mg") is None
+    True
+    """
+    if amount.unit is None:
+        return amount.value
+    if amount.unit == unit:
+        return amount.value
+    source = AMOUNT_UNITS.get(amount.unit)
+    target = AMOUNT_UNITS.get(unit)
+    if source is None or target is None or source[0] != target[0]:
+        return None
+    return amount.value * source[1] / target[1]
+
+
+_COMPARISONS: dict[str, Callable[[float, float], bool]] = {
+    "lt": operator.lt,
+    "le": operator.le,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "eq": operator.eq,
+    "ne": operator.ne,
+}
+
+
+def _base_unit(amount: Amount) -> str | None:
+    known = AMOUNT_UNITS.get(amount.unit or "")
+    return known[0] if known else amount.unit
+
+
+def _base_unit_of(value: Amount | float) -> str | None:
+    return _base_unit(value) if isinstance(value, Amount) else None
+
+
+def _as_float(value: Amount | float, unit: str | None) -> float | None:
+    if not isinstance(value, Amount):
+        return float(value)
+    return amount_in(value, unit) if unit else value.value
+
+
+def compare_amounts(
+    op: str,
+    left: Amount | float,
+    right: Amount | float,
+    left_unit: str | None = None,
+    right_unit: str | None = None,
+) -> bool | None:
+    """Compare where one side (or both) is a drug amount; ``*_unit`` are the static units of
+    plain numbers (``mg``, ``IU``, ``MME``). Units that cannot be converted give unknown.
+
+    A lower bound concludes only when the known part already passes a ``>``/``>=`` (a ``<``/
+    ``<=`` with the amount on the right); any other use of a lower bound is unknown.
+
+    >>> compare_amounts("gt", Amount(4.5, "g"), 4000.0, None, "mg")
+    True
+    >>> compare_amounts("gt", Amount(3000.0, "mg", lower_bound=True), 4000.0, None, "mg") is None
+    True
+    >>> compare_amounts("ge", Amount(5000.0, "mg", lower_bound=True), 4000.0, None, "mg")
+    True
+    >>> compare_amounts("lt", Amount(5000.0, "mg", lower_bound=True), 4000.0, None, "mg") is None
+    True
+    >>> compare_amounts("gt", Amount(4000.0, "IU"), 60.0, None, "mg") is None
+    True
+    """
+    left_amount, right_amount = isinstance(left, Amount), isinstance(right, Amount)
+    if left_amount and right_amount:
+        assert isinstance(left, Amount) and isinstance(right, Amount)
+        if left.lower_bound or right.lower_bound:
+            return None
+        unit = _base_unit(left) or _base_unit(right)
+        x, y = _as_float(left, unit), _as_float(right, unit)
+    else:
+        x = _as_float(left, right_unit or _base_unit_of(left))
+        y = _as_float(right, left_unit or _base_unit_of(right))
+    if x is None or y is None:
+        return None
+    result = _COMPARISONS[op](x, y)
+    lower_left = isinstance(left, Amount) and left.lower_bound
+    lower_right = isinstance(right, Amount) and right.lower_bound
+    if lower_left or lower_right:
+        concludes = (lower_left and op in ("gt", "ge")) or (lower_right and op in ("lt", "le"))
+        return True if concludes and result else None
+    return result
+
+
+def amount_arithmetic(
+    op: str,
+    left: Amount | float,
+    right: Amount | float,
+    left_unit: str | None = None,
+    right_unit: str | None = None,
+) -> Amount | float | None:
+    """``add``/``sub``/``mul``/``div`` with a drug amount: exact amounts only.
+
+    >>> amount_arithmetic("mul", Amount(500.0, "mg"), 2.0)
+    Amount(value=1000.0, unit='mg', lower_bound=False)
+    >>> amount_arithmetic("div", Amount(1.0, "g"), Amount(500.0, "mg"))
+    2.0
+    >>> amount_arithmetic("add", Amount(1.0, "g", lower_bound=True), 1.0, None, "mg") is None
+    True
+    """
+    if any(isinstance(v, Amount) and v.lower_bound for v in (left, right)):
+        return None
+    amount = left if isinstance(left, Amount) else right
+    assert isinstance(amount, Amount)
+    unit = _base_unit(amount)
+    if op in ("add", "sub") or (isinstance(left, Amount) and isinstance(right, Amount)):
+        x = (
+            _as_float(left, unit)
+            if isinstance(left, Amount)
+            else _as_float(Amount(left, left_unit), unit)
+        )
+        y = (
+            _as_float(right, unit)
+            if isinstance(right, Amount)
+            else _as_float(Amount(right, right_unit), unit)
+        )
+    else:
+        x, y = _as_float(left, unit), _as_float(right, unit)
+    if x is None or y is None or (op == "div" and y == 0):
+        return None
+    if op == "div" and isinstance(right, Amount):
+        return x / y if isinstance(left, Amount) else None
+    value = {"add": x + y, "sub": x - y, "mul": x * y}.get(op, x / y if y else 0.0)
+    return Amount(value, unit)
+
+
+def age_in_years(birth_date: date, at: date | datetime) -> int:
+    """Completed years between ``birth_date`` and ``at`` (the evaluation time).
+
+    >>> age_in_years(date(1950, 6, 15), datetime(2024, 6, 14, 23, 0))
+    73
+    >>> age_in_years(date(1950, 6, 15), date(2024, 6, 15))
+    74
+    """
+    day = at.date() if isinstance(at, datetime) else at
+    years = day.year - birth_date.year
+    if (day.month, day.day) < (birth_date.month, birth_date.day):
+        years -= 1
+    return years
+
+
+def cockcroft_gault(
+    *, age: float, weight_kg: float, creatinine_umol_l: float, sex: str
+) -> float | None:
+    """Creatinine clearance (mL/min): (140 − age) × weight × (1.23 men, 1.04 women) / creatinine.
+
+    Unknown (None) for a sex other than ``F``/``M`` or a non-positive creatinine.
+
+    >>> round(cockcroft_gault(age=60, weight_kg=80, creatinine_umol_l=120, sex="M"), 1)
+    65.6
+    >>> cockcroft_gault(age=60, weight_kg=80, creatinine_umol_l=120, sex="U") is None
+    True
+    """
+    factor = {"M": 1.23, "F": 1.04}.get(sex)
+    if factor is None or creatinine_umol_l <= 0:
+        return None
+    return (140 - age) * weight_kg * factor / creatinine_umol_l
+
+
+def ckd_epi_2021(*, creatinine_umol_l: float, age: float, sex: str) -> float | None:
+    """eGFR (mL/min/1.73 m²) by the race-free CKD-EPI 2021 creatinine equation.
+
+    142 × min(S/κ, 1)^α × max(S/κ, 1)^−1.200 × 0.9938^age × 1.012 (women), with S the
+    creatinine in mg/dL, κ 0.7 (women) or 0.9 (men), α −0.241 (women) or −0.302 (men).
+
+    >>> round(ckd_epi_2021(creatinine_umol_l=0.7 * 88.42, age=40, sex="F"))
+    112
+    >>> ckd_epi_2021(creatinine_umol_l=80, age=40, sex="O") is None
+    True
+    """
+    if sex not in ("F", "M") or creatinine_umol_l <= 0:
+        return None
+    female = sex == "F"
+    kappa, alpha = (0.7, -0.241) if female else (0.9, -0.302)
+    ratio = creatinine_umol_l / CREATININE_UMOL_PER_MG_DL / kappa
+    egfr: float = 142 * min(ratio, 1.0) ** alpha * max(ratio, 1.0) ** -1.200 * 0.9938**age
+    return egfr * 1.012 if female else egfr
+
+
+def total_daily_dose(lines: Iterable[tuple[float | None, str | None]]) -> Amount | None:
+    """Sum of daily doses (value, unit) over lines: masses in mg, IU kept.
+
+    A line without daily dose or in another unit (tablet, mL) makes the sum a lower bound;
+    mass and IU lines mixed make it unknown (None); no line gives 0.
+
+    >>> total_daily_dose([(1.0, "g"), (500.0, "mg")])
+    Amount(value=1500.0, unit='mg', lower_bound=False)
+    >>> total_daily_dose([(1000.0, "mg"), (None, "mg"), (2.0, "tablet")])
+    Amount(value=1000.0, unit='mg', lower_bound=True)
+    >>> total_daily_dose([(1000.0, "mg"), (4000.0, "IU")]) is None
+    True
+    >>> total_daily_dose([])
+    Amount(value=0.0, unit=None, lower_bound=False)
+    """
+    total = 0.0
+    unit: str | None = None
+    lower_bound = False
+    for value, line_unit in lines:
+        known = AMOUNT_UNITS.get(line_unit or "")
+        if value is None or known is None or known[0] == "MME":
+            lower_bound = True
+            continue
+        if unit is not None and unit != known[0]:
+            return None
+        unit = known[0]
+        total += value * known[1]
+    return Amount(total, unit, lower_bound)
+
+
+# CDC 2022 factors per mg a day of the line's daily dose (fentanyl: per µg/h, see below).
+MME_FACTORS: dict[str, float] = {
+    "N02AA01": 1.0,  # morphine
+    "N02AA59": 0.15,  # codeine, combinations
+    "N02AJ06": 0.15,
+    "N02AJ07": 0.15,
+    "N02AJ09": 0.15,
+    "R05DA04": 0.15,
+    "N02AX02": 0.2,  # tramadol
+    "N02AJ13": 0.2,
+    "N02AJ14": 0.2,
+    "N02AX06": 0.4,  # tapentadol
+    "N02AA05": 1.5,  # oxycodone
+    "N02AA55": 1.5,
+    "N02AJ17": 1.5,
+    "N02AA08": 1.0,  # hydrocodone
+    "R05DA03": 1.0,
+    "N02AA11": 3.0,  # oxymorphone
+    "N02AA03": 5.0,  # hydromorphone
+    "N07BC02": 4.7,  # methadone
+    "N02AC52": 4.7,
+}
+FENTANYL = "N02AB03"
+FENTANYL_TRANSDERMAL_FACTOR = 2.4  # per µg/h of the patch
+_PER_HOUR_MICROGRAMS = frozenset({"µg/h", "μg/h", "ug/h", "mcg/h"})
+
+
+def is_opioid_line(atc: str | None) -> bool:
+    """Lines that count towards MME: the N02A opioids and the factor table's other codes."""
+    return atc is not None and (atc.startswith("N02A") or atc in MME_FACTORS)
+
+
+def mme_factor(atc: str | None, route: str | None) -> float | None:
+    """The CDC 2022 factor of an opioid line, or None when it has none (a lower bound then).
+
+    >>> mme_factor("N02AA05", "oral")
+    1.5
+    >>> mme_factor("N02AB03", "iv") is None
+    True
+    """
+    if atc == FENTANYL:
+        return FENTANYL_TRANSDERMAL_FACTOR if route == "transdermal" else None
+    return MME_FACTORS.get(atc or "")
+
+
+def line_mme(
+    atc: str | None,
+    route: str | None,
+    dose: float | None,
+    dose_unit: str | None,
+    daily_dose: float | None,
+) -> float | None:
+    """MME per day of one opioid line, or None when it cannot be computed.
+
+    >>> line_mme("N02AA05", "oral", 10.0, "mg", 20.0)
+    30.0
+    >>> line_mme("N02AB03", "transdermal", 25.0, "µg/h", 8.33)
+    60.0
+    """
+    factor = mme_factor(atc, route)
+    if factor is None:
+        return None
+    if atc == FENTANYL:
+        if dose is None or dose_unit not in _PER_HOUR_MICROGRAMS:
+            return None
+        return dose * factor
+    if daily_dose is None:
+        return None
+    milligrams = amount_in(Amount(daily_dose, dose_unit), "mg") if dose_unit else None
+    return None if milligrams is None else milligrams * factor
+
+
+def morphine_equivalents(
+    lines: Iterable[tuple[str | None, str | None, float | None, str | None, float | None]],
+) -> Amount:
+    """Σ MME per day over opioid lines given as (atc, route, dose, dose_unit, daily_dose).
+
+    Lines that are not opioids are ignored; an opioid line without a usable dose or factor
+    makes the sum a lower bound.
+
+    >>> morphine_equivalents([("N02AA01", "oral", 30.0, "mg", 60.0),
+    ...                       ("N02AX02", "oral", 100.0, "mg", 300.0)])
+    Amount(value=120.0, unit='MME', lower_bound=False)
+    >>> morphine_equivalents([("N02AB03", "iv", 50.0, "µg", 100.0)])
+    Amount(value=0.0, unit='MME', lower_bound=True)
+    """
+    total = 0.0
+    lower_bound = False
+    for atc, route, dose, dose_unit, daily_dose in lines:
+        if not is_opioid_line(atc):
+            continue
+        mme = line_mme(atc, route, dose, dose_unit, daily_dose)
+        if mme is None:
+            lower_bound = True
+        else:
+            total += mme
+    return Amount(total, "MME", lower_bound)

@@ -1,0 +1,570 @@
+"""The per-patient evaluator: Kleene logic, windows, drug combinations, evidence, identity."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import date, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import engine
+from engine import FactSet, PackError, PatientRecord, RuleRuntimeError, compile_ir, evaluate
+from engine.facts import (
+    AnyFact,
+    Coding,
+    Condition,
+    LabResult,
+    MedicationOrder,
+    Patient,
+    Sex,
+    Source,
+    Stay,
+)
+from rules import compile_pack
+
+REPO = Path(__file__).parents[1]
+NOW = datetime(2024, 3, 4, 12, 0)
+HEADER = 'pack "test" version "1.0.0"\n'
+RULE = 'rule t.r "Test"\n  problem 7 intervention 2 severity major\n  when\n'
+
+
+def compile_text(body: str) -> dict[str, Any]:
+    ir, diagnostics = compile_pack(HEADER + body, "test.rules")
+    assert ir is not None, [d.message for d in diagnostics]
+    return ir
+
+
+def one_rule(when: str, say: str = "ok", extra: str = "") -> dict[str, Any]:
+    lines = "\n".join(f"    {line}" for line in when.strip().splitlines())
+    return compile_text(f'{extra}\n{RULE}{lines}\n  say "{say}"\n')
+
+
+@cache
+def default_ir() -> dict[str, Any]:
+    return compile_text_file(REPO / "rules/packs/default.rules")
+
+
+@cache
+def ansm_ir() -> dict[str, Any]:
+    return compile_text_file(REPO / "rules/packs/ansm-interactions.rules")
+
+
+def compile_text_file(path: Path) -> dict[str, Any]:
+    ir, diagnostics = compile_pack(path.read_text(encoding="utf-8"), str(path))
+    assert ir is not None, [d.message for d in diagnostics if d.is_error]
+    return ir
+
+
+def src(position: str) -> Source:
+    return Source(feed="hl7v2", document="lab.hl7", message_id="MSG1", position=position)
+
+
+def patient(pid: str = "p1", born: date = date(1950, 1, 1), sex: Sex = Sex.FEMALE) -> Patient:
+    return Patient(fact_id=pid, patient_id=pid, source=src("PID"), birth_date=born, sex=sex)
+
+
+def lab(
+    concept: str,
+    value: float | None,
+    time: datetime,
+    unit: str = "mmol/L",
+    pid: str = "p1",
+    fid: str | None = None,
+) -> LabResult:
+    return LabResult(
+        fact_id=fid or f"{concept}-{time:%m%d%H%M}",
+        patient_id=pid,
+        source=src("OBX[1]-5"),
+        concept=concept,
+        code=Coding(system="LOINC", code="x"),
+        value=value,
+        unit=unit,
+        time=time,
+    )
+
+
+def drug(
+    oid: str,
+    atc: str | None,
+    *,
+    pid: str = "p1",
+    start: datetime | None = datetime(2024, 3, 1),
+    end: datetime | None = None,
+    status: str = "active",
+    dose: float | None = 10.0,
+    unit: str | None = "mg",
+    per_day: float | None = 1.0,
+    route: str | None = "oral",
+    label: str | None = None,
+) -> MedicationOrder:
+    return MedicationOrder(
+        fact_id=oid,
+        patient_id=pid,
+        source=src("RXE"),
+        order_id=oid,
+        drug=Coding(system="ATC", code=atc or "X", display=label or oid),
+        atc=atc,
+        label=label or oid,
+        dose=dose,
+        dose_unit=unit,
+        frequency_per_day=per_day,
+        daily_dose=None if dose is None or per_day is None else dose * per_day,
+        route=route,
+        start=start,
+        end=end,
+        status=status,  # type: ignore[arg-type]
+    )
+
+
+def fired(ir: dict[str, Any], facts: list[AnyFact], at: datetime = NOW, **kw: Any) -> bool:
+    return bool(evaluate(ir, FactSet(facts), at, **kw))
+
+
+# Kleene logic, as a grid -------------------------------------------------------------------------
+
+# X is "latest potassium > 5.0 mmol/L", Y is "latest sodium < 130 mmol/L": true, false or unknown
+# (no result) depending on the facts given.
+T, F, U = True, False, None
+X = "latest potassium > 5.0 mmol/L"
+Y = "latest sodium < 130 mmol/L"
+KLEENE = [
+    # expression, x, y, expected
+    *[(f"({X}) and ({Y})", x, y, e) for x, y, e in [
+        (T, T, T), (T, F, F), (T, U, U), (F, T, F), (F, F, F), (F, U, F),
+        (U, T, U), (U, F, F), (U, U, U)]],
+    *[(f"({X}) or ({Y})", x, y, e) for x, y, e in [
+        (T, T, T), (T, F, T), (T, U, T), (F, T, T), (F, F, F), (F, U, U),
+        (U, T, T), (U, F, U), (U, U, U)]],
+    *[(f"not ({X})", x, None, e) for x, e in [(T, F), (F, T), (U, U)]],
+    *[("known (latest potassium)", x, None, e) for x, e in [(T, T), (F, T), (U, F)]],
+    *[("(latest potassium otherwise 9 mmol/L) > 5.0 mmol/L", x, None, e)
+      for x, e in [(T, T), (F, F), (U, T)]],
+]  # fmt: skip
+
+
+def _kleene_facts(x: bool | None, y: bool | None) -> list[AnyFact]:
+    facts: list[AnyFact] = [patient()]
+    if x is not None:
+        facts.append(lab("potassium", 6.0 if x else 4.0, NOW - timedelta(hours=1)))
+    if y is not None:
+        facts.append(lab("sodium", 120.0 if y else 140.0, NOW - timedelta(hours=1)))
+    return facts
+
+
+@pytest.mark.parametrize(("expression", "x", "y", "expected"), KLEENE)
+def test_kleene_truth_table(
+    expression: str, x: bool | None, y: bool | None, expected: bool | None
+) -> None:
+    facts = _kleene_facts(x, y)
+    # A rule fires only on true; the negated rule fires only on false: unknown fires neither.
+    assert fired(one_rule(expression), facts) is (expected is True)
+    assert fired(one_rule(f"not ({expression})"), facts) is (expected is False)
+
+
+def test_unknown_never_fires_even_negated_comparisons() -> None:
+    facts: list[AnyFact] = [patient()]
+    assert not fired(one_rule("latest potassium > 5 mmol/L"), facts)
+    assert not fired(one_rule("latest potassium <= 5 mmol/L"), facts)
+    assert fired(one_rule("no potassium within 48 h"), facts)
+
+
+# Windows and boundaries --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("age", "inside"),
+    [
+        (timedelta(hours=48), True),  # the start is inclusive
+        (timedelta(hours=48, minutes=1), False),
+        (timedelta(0), True),  # the evaluation time is inclusive
+        (-timedelta(minutes=1), False),  # a fact dated after as-of is never read
+    ],
+)
+def test_within_window_boundaries(age: timedelta, inside: bool) -> None:
+    ir = one_rule("latest potassium within 48 h > 5.5 mmol/L")
+    assert fired(ir, [lab("potassium", 6.0, NOW - age)]) is inside
+
+
+def test_future_facts_are_never_read() -> None:
+    ir = one_rule("latest potassium > 5.5 mmol/L")
+    facts: list[AnyFact] = [
+        lab("potassium", 4.0, NOW - timedelta(hours=2)),
+        lab("potassium", 6.5, NOW + timedelta(hours=2)),
+    ]
+    assert not fired(ir, facts)
+    assert fired(ir, facts, NOW + timedelta(hours=2))
+
+
+def test_before_is_exclusive_and_min_max_select() -> None:
+    ir = one_rule(
+        """
+        c = latest creatinine within 48 h
+        low = min creatinine within 48 h before c.time
+        c - low >= 26.5 µmol/L
+        """,
+        say="{c} {low}",
+    )
+    t = NOW - timedelta(hours=1)
+    facts: list[AnyFact] = [
+        lab("creatinine", 80.0, t - timedelta(hours=30), "µmol/L"),
+        lab("creatinine", 95.0, t - timedelta(hours=10), "µmol/L"),
+        lab("creatinine", 110.0, t, "µmol/L"),
+    ]
+    (alert,) = evaluate(ir, FactSet(facts), NOW)
+    assert alert.message == "110 µmol/L 80 µmol/L"
+    # Only the latest creatinine itself: the window before it is empty, so unknown.
+    assert not fired(ir, facts[2:])
+
+
+def test_latest_skips_non_numeric_results_and_ties_take_largest_id() -> None:
+    ir = one_rule("k = latest potassium\nk > 0 mmol/L", say="{k}")
+    t = NOW - timedelta(hours=1)
+    facts: list[AnyFact] = [
+        lab("potassium", 4.1, t, fid="a"),
+        lab("potassium", 4.2, t, fid="b"),
+        lab("potassium", None, t + timedelta(minutes=5), fid="c"),
+    ]
+    (alert,) = evaluate(ir, FactSet(facts), NOW)
+    assert alert.message == "4.2 mmol/L"
+
+
+def test_count_and_none_include_non_numeric_results() -> None:
+    t = NOW - timedelta(hours=1)
+    facts: list[AnyFact] = [lab("inr", None, t, unit="1")]
+    assert fired(one_rule("count inr within 7 d == 1"), facts)
+    assert not fired(one_rule("no inr within 7 d"), facts)
+
+
+# Drug lines --------------------------------------------------------------------------------------
+
+
+def test_active_order_semantics() -> None:
+    ir = one_rule("d = active drug in atc C09A")
+    at = NOW
+    cases = [
+        (drug("o", "C09AA05"), True),
+        (drug("o", "C09AA05", start=at), True),  # start ≤ as-of
+        (drug("o", "C09AA05", start=at + timedelta(minutes=1)), False),
+        (drug("o", "C09AA05", end=at), False),  # end > as-of required
+        (drug("o", "C09AA05", end=at + timedelta(minutes=1)), True),
+        (drug("o", "C09AA05", start=None), True),
+        (drug("o", "C09AA05", status="on-hold"), False),
+        (drug("o", "C09AA05", status="cancelled"), False),
+        # a line that has since ended was active over its period (exports carry final status)
+        (drug("o", "C09AA05", status="completed", end=at + timedelta(days=1)), True),
+        (drug("o", "C09AA05", status="completed", end=None), False),
+        (drug("o", "C09BA05"), False),  # C09B is not under the C09A prefix
+        (drug("o", "C03CA01"), False),
+        (drug("o", None), False),
+    ]
+    for line, expected in cases:
+        assert fired(ir, [line], at) is expected, line
+
+
+def test_route_lists_exclude_lines_without_route() -> None:
+    ir = one_rule("v = active drug in atc J01XA01 route iv")
+    assert fired(ir, [drug("v", "J01XA01", route="iv")])
+    assert not fired(ir, [drug("v", "J01XA01", route="oral")])
+    assert not fired(ir, [drug("v", "J01XA01", route=None)])
+
+
+def test_pairs_never_bind_one_line_twice_and_report_a_same_set_pair_once() -> None:
+    ir = one_rule(
+        "a = active drug in atc N06AB\nb = active drug in atc N06AB", say="{a.label}+{b.label}"
+    )
+    one = [drug("o1", "N06AB04")]
+    assert evaluate(ir, FactSet(one), NOW) == []
+    two = [drug("o1", "N06AB04"), drug("o2", "N06AB06")]
+    (alert,) = evaluate(ir, FactSet(two), NOW)
+    assert alert.message == "o1+o2"
+    assert [d.order_id for d in alert.drugs] == ["o1", "o2"]
+    three = [*two, drug("o3", "N06AB10")]
+    alerts = evaluate(ir, FactSet(three), NOW)
+    assert sorted(tuple(d.order_id for d in a.drugs) for a in alerts) == [
+        ("o1", "o2"),
+        ("o1", "o3"),
+        ("o2", "o3"),
+    ]
+
+
+def test_pair_over_two_sets_is_reported_once_in_binding_order() -> None:
+    ir = one_rule(
+        "d = active drug in atc B01AF\nother = active drug in atc B01A",
+        say="{d.label}/{other.label}",
+    )
+    facts = [drug("riva", "B01AF01"), drug("apix", "B01AF02")]
+    alerts = evaluate(ir, FactSet(facts), NOW)
+    assert [a.message for a in alerts] == ["apix/riva"]  # lines in order id order
+
+
+def test_daily_dose_lower_bound_semantics() -> None:
+    ir = one_rule("p = daily dose of atc N02BE01\np > 4 g", say="{p}")
+    negated = one_rule("p = daily dose of atc N02BE01\nnot (p > 4 g)")
+    known = [drug("a", "N02BE01", dose=1000, per_day=3)]
+    unknown_line = drug("b", "N02BE01", dose=None)
+    # 3 g known plus a line without dose: "> 4 g" is unknown, so neither rule fires
+    assert not fired(ir, [*known, unknown_line])
+    assert not fired(negated, [*known, unknown_line])
+    # 5 g known plus an unknown line: already above 4 g, true whatever the other line gives
+    more = [drug("a", "N02BE01", dose=1000, per_day=5), unknown_line]
+    (alert,) = evaluate(ir, FactSet(more), NOW)
+    assert alert.message == "≥ 5000 mg"
+    # a tablet line is a lower bound too; masses convert (g → mg)
+    assert fired(ir, [drug("a", "N02BE01", dose=2.5, unit="g", per_day=2)])
+    assert not fired(ir, [drug("a", "N02BE01", dose=1, unit="tablet", per_day=6)])
+    assert fired(negated, [patient()])  # no line: 0 mg, not above 4 g
+
+
+def test_drug_amount_against_iu_and_mg() -> None:
+    ir = one_rule("h = active drug in atc B01AB05\nh.daily_dose > 6000 IU or h.daily_dose > 60 mg")
+    assert fired(ir, [drug("e", "B01AB05", dose=4000, unit="IU", per_day=2)])
+    assert fired(ir, [drug("e", "B01AB05", dose=40, unit="mg", per_day=2)])
+    assert not fired(ir, [drug("e", "B01AB05", dose=4000, unit="IU", per_day=1)])
+
+
+# Alerts: identity, evidence, messages, severity --------------------------------------------------
+
+
+def hyperkalaemia_facts(k: float = 5.9) -> list[AnyFact]:
+    return [
+        patient(),
+        drug("ORD1", "C09AA05", label="ramipril 5 mg"),
+        lab("potassium", k, datetime(2024, 3, 4, 8, 0), fid="LAB1"),
+        Stay(
+            fact_id="S1",
+            patient_id="p1",
+            source=src("PV1"),
+            stay_id="S1",
+            ward="CARDIO",
+            admit_time=datetime(2024, 3, 1),
+            status="in-progress",
+        ),
+    ]
+
+
+def test_default_hyperkalaemia_alert_explains_itself() -> None:
+    (alert,) = evaluate(default_ir(), FactSet(hyperkalaemia_facts()), NOW)
+    assert alert.rule_id == "bio.hyperkalaemia"
+    assert alert.message == "K+ 5.9 mmol/L le 2024-03-04 08:00 sous ramipril 5 mg"
+    assert alert.severity == "major"
+    assert (alert.stay_id, alert.ward) == ("S1", "CARDIO")
+    assert alert.rule.file.endswith("default.rules") and alert.rule.line > 0
+    assert (alert.problem.code, alert.intervention.code) == ("7", "2")
+    assert [(d.order_id, d.atc, d.label) for d in alert.drugs] == [
+        ("ORD1", "C09AA05", "ramipril 5 mg")
+    ]
+    by_name = {e.name: e for e in alert.evidence}
+    k = by_name["k"]
+    assert (k.kind, k.code, k.value, k.unit, k.fact_id) == (
+        "lab",
+        "potassium",
+        5.9,
+        "mmol/L",
+        "LAB1",
+    )
+    assert k.time == datetime(2024, 3, 4, 8, 0)
+    assert k.source is not None and k.source.position == "OBX[1]-5"
+    assert by_name["d"].kind == "medication_order" and by_name["d"].source is not None
+
+
+def test_escalation_sets_severity() -> None:
+    (alert,) = evaluate(default_ir(), FactSet(hyperkalaemia_facts(6.3)), NOW)
+    assert alert.severity == "critical"
+
+
+def test_alert_ids_are_stable_across_reevaluation() -> None:
+    facts = hyperkalaemia_facts()
+    first = evaluate(default_ir(), FactSet(facts), NOW)
+    later = evaluate(
+        default_ir(),
+        FactSet([*facts, lab("potassium", 6.1, NOW - timedelta(hours=1), fid="LAB2")]),
+        NOW + timedelta(hours=1),
+    )
+    assert [a.id for a in first] == [a.id for a in later]
+    assert first[0].id == engine.alert_id("bio.hyperkalaemia", "p1", ["ORD1"])
+    assert later[0].message.startswith("K+ 6.1 mmol/L")
+
+
+def test_clearance_evidence_nests_its_inputs() -> None:
+    weight = engine.facts.Observation(
+        fact_id="W1",
+        patient_id="p1",
+        source=src("OBX[2]-5"),
+        concept="weight",
+        code=Coding(code="29463-7"),
+        value=60.0,
+        unit="kg",
+        time=datetime(2024, 3, 2),
+    )
+    facts: list[AnyFact] = [
+        patient(born=date(1954, 1, 1)),  # 70 years old on NOW
+        weight,
+        lab("creatinine", 100.0, datetime(2024, 3, 3), "µmol/L", fid="CREA"),
+    ]
+    ir = one_rule("crcl = clearance within 7 d\ncrcl < 50 mL/min", say="{crcl}")
+    (alert,) = evaluate(ir, FactSet(facts), NOW)
+    assert alert.message == "43.7 mL/min"  # (140 − 70) × 60 × 1.04 / 100 = 43.68
+    (crcl,) = [e for e in alert.evidence if e.name == "crcl"]
+    assert crcl.kind == "derived" and crcl.code == "clearance"
+    assert crcl.value == pytest.approx(43.68)
+    inputs = {e.name: e for e in crcl.inputs}
+    assert inputs["creatinine"].fact_id == "CREA" and inputs["weight"].fact_id == "W1"
+    assert inputs["age"].value == 70 and inputs["age"].inputs[0].kind == "patient"
+
+
+def test_message_formats_unknown_as_question_mark() -> None:
+    ir = one_rule("age >= 0", say="{clearance} {age} ans")
+    (alert,) = evaluate(ir, FactSet([patient(born=date(1950, 1, 1))]), NOW)
+    assert alert.message == "? 74 ans"
+
+
+def test_conditions_and_allergies() -> None:
+    onset = datetime(2024, 1, 1)
+    cond = Condition(
+        fact_id="C1",
+        patient_id="p1",
+        source=src("DG1"),
+        code=Coding(code="K92.1"),
+        icd10="K92.1",
+        onset=onset,
+    )
+    ir = one_rule("has condition in icd10 K92.0..K92.2")
+    assert fired(ir, [cond])
+    assert not fired(ir, [cond], onset - timedelta(days=1))  # not yet known
+    assert not fired(one_rule("has condition in icd10 K92.1 within 7 d"), [cond])
+    allergy = engine.facts.Allergy(
+        fact_id="A1", patient_id="p1", source=src("AL1"), substance=Coding(code="x"), atc=("J01C",)
+    )
+    ir = one_rule("d = active drug\nhas allergy to d", say="{d.atc}")
+    assert [a.message for a in evaluate(ir, FactSet([allergy, drug("amox", "J01CA04")]), NOW)] == [
+        "J01CA04"
+    ]
+    assert not fired(ir, [allergy, drug("cef", "J01DB01")])
+
+
+# Configuration and errors ------------------------------------------------------------------------
+
+
+def test_cursors_move_thresholds_inside_their_range() -> None:
+    facts = hyperkalaemia_facts(5.7)
+    assert fired(default_ir(), facts)
+    assert not fired(default_ir(), facts, cursors={"k_max": 6.0})
+    with pytest.raises(PackError, match=r"k_max = 7.0 is outside its range 5.0 .. 6.5 mmol/L"):
+        evaluate(default_ir(), FactSet(facts), NOW, cursors={"k_max": 7.0})
+    with pytest.raises(PackError, match="unknown parameter"):
+        evaluate(default_ir(), FactSet(facts), NOW, cursors={"k_maxx": 6.0})
+
+
+def test_levels_and_enable_disable_lists() -> None:
+    ir = compile_text(
+        f'{RULE}    age >= 0\n  say "one"\n'
+        'rule t.two "Two"\n  problem 7 intervention 2 severity minor level 2\n'
+        '  when\n    age >= 0\n  say "two"\n'
+    )
+    facts: list[AnyFact] = [patient()]
+    assert [a.rule_id for a in evaluate(ir, FactSet(facts), NOW)] == ["t.r"]
+    assert [a.rule_id for a in evaluate(ir, FactSet(facts), NOW, level=2)] == ["t.r", "t.two"]
+    assert [a.rule_id for a in evaluate(ir, FactSet(facts), NOW, enabled=["t.two"],
+                                        disabled=["t.r"])] == ["t.two"]  # fmt: skip
+    with pytest.raises(PackError, match="unknown rule id"):
+        evaluate(ir, FactSet(facts), NOW, disabled=["t.nope"])
+
+
+def test_runtime_failures_name_the_rule_and_line() -> None:
+    ir = copy.deepcopy(one_rule("latest potassium > 5 mmol/L"))
+    # Sabotage the IR: compare a lab value with a text (the checker would never allow it).
+    ir["rules"][0]["condition"]["args"][1] = {
+        "op": "const", "args": [], "value": "high", "type": "text", "span": [5, 30],
+    }  # fmt: skip
+    facts: list[AnyFact] = [lab("potassium", 6.0, NOW)]
+    with pytest.raises(RuleRuntimeError) as raised:
+        evaluate(ir, FactSet(facts), NOW)
+    error = raised.value
+    assert error.rule_id == "t.r" and error.file == "test.rules" and error.patient_id == "p1"
+    assert "t.r" in str(error) and "TypeError" in str(error)
+
+
+def test_bad_ir_is_a_pack_error() -> None:
+    with pytest.raises(PackError, match="IR version"):
+        compile_ir({"ir_version": 99})
+    broken = copy.deepcopy(one_rule("latest potassium > 5 mmol/L"))
+    broken["rules"][0]["condition"]["op"] = "frobnicate"
+    with pytest.raises(PackError, match="frobnicate"):
+        compile_ir(broken)
+
+
+def test_ir_round_trips_through_json_and_patient_record_input() -> None:
+    ir = json.loads(json.dumps(default_ir()))
+    record = PatientRecord("p1")
+    for fact in hyperkalaemia_facts():
+        record.add(fact)
+    (alert,) = evaluate(compile_ir(ir), record, NOW)
+    assert alert.rule_id == "bio.hyperkalaemia"
+
+
+def test_aware_as_of_is_converted_to_utc() -> None:
+    from datetime import timezone
+
+    aware = datetime(2024, 3, 4, 13, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert evaluate(default_ir(), FactSet(hyperkalaemia_facts()), aware)[0].as_of == NOW
+
+
+def test_engine_never_imports_lark_or_rules() -> None:
+    for module in ("compile", "evaluate", "live", "derived"):
+        text = (REPO / "engine" / f"{module}.py").read_text(encoding="utf-8")
+        assert "import lark" not in text and "from rules" not in text and "import rules" not in text
+    assert engine.evaluate is evaluate  # the package attribute is the function
+
+
+# Whole packs on a synthetic hospital -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_default_and_ansm_packs_on_a_synthetic_hospital() -> None:
+    import polars as pl
+
+    from connectors.synthetic import hospital_tables
+    from connectors.synthetic.canonical import tables_to_facts
+
+    rates = {
+        rule: 0.03 for rule in ("bio.hyperkalaemia", "coag.vka_inr_high", "renal.metformin_egfr")
+    }
+    facts: list[AnyFact] = []
+    truths = []
+    for _, tables in hospital_tables(120, 7, seed=11, rates=rates):
+        facts.extend(tables_to_facts(tables))
+        truths.append(tables["truth"])
+    hospital = FactSet(facts)
+    default, ansm = compile_ir(default_ir()), compile_ir(ansm_ir())
+    end = datetime(2025, 1, 12, 12)
+    assert isinstance(evaluate(default, hospital, end), list)
+    assert isinstance(evaluate(ansm, hospital, end, level=3), list)
+
+    truth = pl.concat(truths).filter(pl.col("rule_id").is_in(list(rates)))
+    checked = 0
+    for row in truth.iter_rows(named=True):
+        start = datetime(1970, 1, 1) + timedelta(seconds=row["window_start"])
+        at = start + timedelta(minutes=1)
+        alerts = [
+            a
+            for a in evaluate(default, hospital.patient(row["patient_id"]), at)
+            if a.rule_id == row["rule_id"]
+        ]
+        assert bool(alerts) == (row["expected"] == "positive"), row
+        if alerts:
+            assert alerts[0].severity == row["severity"], row
+        checked += 1
+    assert {r for r in truth["rule_id"]} == set(rates) and checked >= 6
+
+
+def test_module_doctests() -> None:
+    import doctest
+    import sys
+
+    for name in ("engine.compile", "engine.evaluate", "engine.live"):
+        result = doctest.testmod(sys.modules[name])
+        assert result.attempted > 0 and result.failed == 0, name
