@@ -730,6 +730,7 @@ def _explain(
     bindings = [
         line_evidence(b.name, line) for b, line in zip(rule.drug_bindings, combo, strict=True)
     ]
+    lines = _alert_lines(ctx.record.orders, combo, trace)
     return Alert.model_construct(
         id=alert_id(rule.id, ctx.record.patient_id, list(identity)),
         patient_id=ctx.record.patient_id,
@@ -745,13 +746,36 @@ def _explain(
         priority=None,
         drugs=tuple(
             AlertDrug.model_construct(order_id=o.order_id, atc=o.atc, label=line_label(o))
-            for o in combo
+            for o in lines
         ),
         evidence=_unique([*bindings, *trace]),
         message=message,
         reference=rule.reference,
         as_of=ctx.as_of,
     )
+
+
+def _alert_lines(
+    orders: Sequence[MedicationOrder], combo: Sequence[MedicationOrder], trace: Sequence[Evidence]
+) -> list[MedicationOrder]:
+    """The bound lines, then the lines a derived value read (the paracetamol lines summed into
+    a daily dose, the opioids of an MME): the pharmacist sees every line the alert is about,
+    while the alert's identity stays on the bound lines."""
+    wanted: list[str] = []
+    pending = [item for item in trace if item.kind == "derived"]
+    while pending:  # lines read by a derived value; context lines (a PPI, a steroid) stay out
+        item = pending.pop(0)
+        if item.kind == MedicationOrder.kind and item.fact_id is not None:
+            wanted.append(item.fact_id)
+        pending.extend(item.inputs)
+    by_fact = {line.fact_id: line for line in orders}
+    lines = list(combo)
+    seen = {line.fact_id for line in combo}
+    for fact_id in wanted:
+        if fact_id not in seen and fact_id in by_fact:
+            seen.add(fact_id)
+            lines.append(by_fact[fact_id])
+    return lines
 
 
 def _unique(evidence: Iterable[Evidence]) -> tuple[Evidence, ...]:
