@@ -128,3 +128,17 @@ def test_generate_writes_feeds_and_truth(tmp_path: Path, capsys) -> None:
         p.name for p in out.iterdir()
     }
     assert "20 beds" in capsys.readouterr().out
+
+
+def test_rules_check_exit_codes(capsys) -> None:
+    assert main(["rules", "check", "rules/packs/default.rules"]) == 0
+    assert main(["rules", "check", "tests/data/rules/mistakes.rules"]) == 1
+    err = capsys.readouterr().err
+    assert "error[R012]" in err and "did you mean" in err and "^" in err
+
+
+@pytest.mark.slow
+def test_rules_test_passes_on_the_default_pack(capsys) -> None:
+    assert main(["rules", "test", "rules/packs/default.rules"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "FAIL" not in out
