@@ -220,10 +220,10 @@ def _print_alerts(facts: FactSet, as_of: datetime, shown: int = 12) -> None:
         alerts += evaluate(ir, facts, as_of)
     rank = {"critical": 0, "major": 1, "moderate": 2, "minor": 3}
     alerts.sort(key=lambda a: (rank[a.severity], a.rule_id, a.patient_id))
-    by_severity = Counter(a.severity for a in alerts)
+    by_severity: Counter[str] = Counter(a.severity for a in alerts)
     print(
         f"\nAlerts as of {as_of:%Y-%m-%d %H:%M} UTC: {len(alerts):,} "
-        f"({', '.join(f'{s} {by_severity[s]}' for s in rank if by_severity[s])}) "
+        f"({', '.join(f'{s} {by_severity[s]}' for s in rank if by_severity[s]) or 'none'}) "
         f"for {len({a.patient_id for a in alerts}):,} patients"
     )
     for rule_id, n in Counter(a.rule_id for a in alerts).most_common(10):

@@ -70,6 +70,8 @@ def _validates(raw: RawMessage) -> bool:
     if mode == "documents":
         return not (raw.position or "").startswith("line ")
     return mode == "always"
+
+
 """Default of ``parse``: validate every resource with ``fhir.resources`` (R4B) first."""
 
 _BOM = b"\xef\xbb\xbf"

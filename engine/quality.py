@@ -188,8 +188,8 @@ def render_text(report: QualityReport) -> str:
     r = report
     lines.append(
         f"Orders without dose: {r.orders_without_dose:,}; "
-        f"without frequency: {r.orders_without_frequency:,}; without ATC: {r.orders_without_atc:,}; "
-        f"without route: {r.orders_without_route:,}"
+        f"without frequency: {r.orders_without_frequency:,}; "
+        f"without ATC: {r.orders_without_atc:,}; without route: {r.orders_without_route:,}"
     )
     lines.append(
         f"Patients without weight: {r.patients_without_weight:,}; "
