@@ -133,6 +133,13 @@ class DeadLetter:
     fatal: bool
 
 
+def _connect_args(url: str) -> dict[str, Any]:
+    """psycopg prepares a statement after a few runs and may keep the plan it made while the
+    tables were empty (sequential scans), which made a large first ingest crawl: no automatic
+    prepared statements for the store's bulk lookups."""
+    return {"prepare_threshold": None} if make_url(url).drivername == "postgresql+psycopg" else {}
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -144,7 +151,7 @@ class FactStore:
         self.url = url or default_database_url()
         try:
             self.safe_url = make_url(self.url).render_as_string(hide_password=True)
-            self.engine: Engine = create_engine(self.url)
+            self.engine: Engine = create_engine(self.url, connect_args=_connect_args(self.url))
         except (SQLAlchemyError, ValueError) as error:
             raise StoreError(f"cannot open the store {self.url.split('@')[-1]}: {error}") from error
         try:
