@@ -1,0 +1,616 @@
+"""IR expression nodes → closures ``(Context) -> value``, compiled once per rule.
+
+Every node of a rule's condition, escalations, value bindings and message becomes a closure
+over the run-time queries of ``engine.runtime``, so that evaluating a patient never walks the
+JSON tree again. Values follow the IR's types: ``bool`` is ``True``/``False``/``None``
+(Kleene's unknown), numbers are floats (drug amounts and MME are ``engine.derived.Amount``),
+times naive UTC datetimes. ``None`` is *unknown* everywhere. Rules and packs are assembled by
+``engine.compile``.
+
+>>> from engine.runtime import CodeSets
+>>> compiler = ExprCompiler(Scope(CodeSets({}), frozenset(), frozenset()))
+>>> unknown = compiler.compile({"op": "and", "type": "bool", "args": [
+...     {"op": "const", "type": "bool", "value": True, "args": []},
+...     {"op": "const", "type": "bool", "value": None, "args": []}]})
+>>> print(unknown(None))
+None
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from engine.derived import (
+    Amount,
+    amount_arithmetic,
+    compare_amounts,
+    morphine_equivalents,
+    total_daily_dose,
+)
+from engine.errors import PackError, RuleRuntimeError
+from engine.runtime import (
+    MEASURE_ATTRS,
+    ORDER_ATTRS,
+    Closure,
+    CodeSets,
+    Context,
+    Measure,
+    WindowBounds,
+    WindowFn,
+    age_value,
+    amount_evidence,
+    clearance_value,
+    derived_evidence,
+    egfr_computed,
+    has_allergy,
+    has_condition,
+    has_pregnancy,
+    lab_count,
+    lab_select,
+    line_daily_dose,
+    line_evidence,
+    patient_evidence,
+)
+
+__all__ = ["ExprCompiler", "Scope", "expand_routes"]
+
+# Expression compiler -----------------------------------------------------------------------------
+
+
+def _fail(node: Mapping[str, Any], error: Exception) -> RuleRuntimeError:
+    return RuleRuntimeError(
+        f"{node.get('op')}: {type(error).__name__}: {error}", span=node.get("span")
+    )
+
+
+_MISSING = object()
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "lt": operator.lt,
+    "le": operator.le,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "eq": operator.eq,
+    "ne": operator.ne,
+}
+_ARITH: dict[str, Callable[[Any, Any], Any]] = {
+    "add": operator.add,
+    "sub": operator.sub,
+    "mul": operator.mul,
+    "div": operator.truediv,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What names mean inside one rule while compiling it."""
+
+    sets: CodeSets
+    params: Collection[str]  # the pack's parameter names (values come with the selection)
+    drugs: frozenset[str]
+    values: dict[str, tuple[Closure, bool]] = field(default_factory=dict)  # name → (fn, combo?)
+
+
+def _amount_capable(node: Mapping[str, Any]) -> bool:
+    """Number nodes whose run-time value may be an ``Amount`` (drug amounts, MME)."""
+    return node.get("type") == "number" and node.get("unit") in (None, "MME")
+
+
+class ExprCompiler:
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+    def compile(self, node: Mapping[str, Any], label: str | None = None) -> Closure:
+        op = node.get("op")
+        builder = getattr(self, f"_op_{op}", None)
+        if builder is None:
+            raise PackError(f"unknown IR operation {op!r} at {node.get('span')}")
+        fn: Closure = builder(node, label)
+        return fn
+
+    def _args(self, node: Mapping[str, Any]) -> list[Closure]:
+        return [self.compile(arg) for arg in node.get("args", ())]
+
+    # Values and names
+
+    def _op_const(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        value = node["value"]
+        if node["type"] == "number":
+            value = float(value)
+        return lambda ctx: value
+
+    def _op_param(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        name = node["name"]
+        if name not in self.scope.params:
+            raise PackError(f"unknown parameter {name!r} at {node.get('span')}")
+        return lambda ctx: ctx.params[name]
+
+    def _op_convert(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        (x,) = self._args(node)
+        factor = float(node["factor"])
+
+        def convert(ctx: Context) -> Any:
+            v = x(ctx)
+            if v is None:
+                return None
+            if isinstance(v, Amount):
+                return None if v.lower_bound else v.value * factor
+            return v * factor
+
+        return convert
+
+    def _op_var(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        name = node["name"]
+        if name in self.scope.drugs:
+            return lambda ctx: ctx.bound[name]
+        if name not in self.scope.values:
+            raise PackError(f"unknown name {name!r} at {node.get('span')}")
+        expr, combo = self.scope.values[name]
+        if combo:
+
+            def combo_var(ctx: Context) -> Any:
+                value = ctx.combo_values.get(name, _MISSING)
+                if value is _MISSING:
+                    value = ctx.combo_values[name] = expr(ctx)
+                return value
+
+            return combo_var
+
+        def shared_var(ctx: Context) -> Any:
+            value = ctx.values.get(name, _MISSING)
+            if value is _MISSING:
+                value = ctx.values[name] = expr(ctx)
+            return value
+
+        return shared_var
+
+    def _op_now(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        return lambda ctx: ctx.as_of
+
+    def _op_attr(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        (arg,) = node["args"]
+        x = self.compile(arg)
+        name = node["name"]
+        getter = (ORDER_ATTRS if arg["type"] == "order" else MEASURE_ATTRS).get(name)
+        if getter is None:
+            raise PackError(f"unknown attribute {name!r} of {arg['type']} at {node.get('span')}")
+
+        def attr(ctx: Context) -> Any:
+            v = x(ctx)
+            return None if v is None else getter(ctx, v)
+
+        return attr
+
+    # Logic
+
+    def _op_and(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        args = self._args(node)
+
+        def kleene_and(ctx: Context) -> bool | None:
+            unknown = False
+            for arg in args:
+                v = arg(ctx)
+                if v is False:
+                    return False
+                if v is None:
+                    unknown = True
+            return None if unknown else True
+
+        return kleene_and
+
+    def _op_or(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        args = self._args(node)
+
+        def kleene_or(ctx: Context) -> bool | None:
+            unknown = False
+            for arg in args:
+                v = arg(ctx)
+                if v is True:
+                    return True
+                if v is None:
+                    unknown = True
+            return None if unknown else False
+
+        return kleene_or
+
+    def _op_not(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        (x,) = self._args(node)
+
+        def kleene_not(ctx: Context) -> bool | None:
+            v = x(ctx)
+            return None if v is None else not v
+
+        return kleene_not
+
+    def _op_known(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        (x,) = self._args(node)
+
+        def known(ctx: Context) -> bool:
+            v = x(ctx)
+            return v is not None and not (isinstance(v, Amount) and v.lower_bound)
+
+        return known
+
+    def _op_otherwise(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        x, y = self._args(node)
+
+        def otherwise(ctx: Context) -> Any:
+            v = x(ctx)
+            return y(ctx) if v is None else v
+
+        return otherwise
+
+    # Comparisons
+
+    def _compare(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        op = node["op"]
+        left, right = node["args"]
+        a, b = self.compile(left), self.compile(right)
+        test = _COMPARE[op]
+        if _amount_capable(left) or _amount_capable(right):
+            return _amount_comparison(node, op, a, b, left.get("unit"), right.get("unit"))
+
+        def compare(ctx: Context) -> bool | None:
+            x = a(ctx)
+            if x is None:
+                return None
+            y = b(ctx)
+            if y is None:
+                return None
+            try:
+                return test(x, y)
+            except TypeError as error:
+                raise _fail(node, error) from error
+
+        return compare
+
+    _op_lt = _op_le = _op_gt = _op_ge = _op_eq = _op_ne = _compare
+
+    def _op_between(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        x, low, high = node["args"]
+        fx, flow, fhigh = self.compile(x), self.compile(low), self.compile(high)
+        if any(_amount_capable(n) for n in (x, low, high)):
+            units = (low.get("unit"), high.get("unit"))
+            at_least = _amount_comparison(node, "ge", fx, flow, x.get("unit"), units[0])
+            below = _amount_comparison(node, "lt", fx, fhigh, x.get("unit"), units[1])
+            return lambda ctx: _and2(at_least(ctx), below(ctx))
+
+        def between(ctx: Context) -> bool | None:
+            v, lo, hi = fx(ctx), flow(ctx), fhigh(ctx)
+            if v is None or lo is None or hi is None:
+                return None
+            try:
+                return bool(lo <= v < hi)
+            except TypeError as error:
+                raise _fail(node, error) from error
+
+        return between
+
+    def _op_in_set(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        (arg,) = node["args"]
+        x = self.compile(arg)
+        name = node["set"]
+        system = self.scope.sets.system.get(name)
+        if system is None:
+            raise PackError(f"unknown set {name!r} at {node.get('span')}")
+        sets = self.scope.sets
+        if system == "route":
+            routes = sets.routes[name]
+            return lambda ctx: _none_or(x(ctx), lambda v: v in routes)
+        if arg["type"] == "order":
+
+            def line_in_set(ctx: Context) -> bool | None:
+                line = x(ctx)
+                if line is None or line.atc is None:
+                    return None
+                return name in sets.matching(system, line.atc)
+
+            return line_in_set
+        return lambda ctx: _none_or(x(ctx), lambda v: name in sets.matching(system, v))
+
+    # Arithmetic
+
+    def _arith(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        op = node["op"]
+        left, right = node["args"]
+        a, b = self.compile(left), self.compile(right)
+        units = (left.get("unit"), right.get("unit"))
+        apply = _ARITH[op]
+        timed = "time" in (left["type"], right["type"])
+
+        def arith(ctx: Context) -> Any:
+            x = a(ctx)
+            if x is None:
+                return None
+            y = b(ctx)
+            if y is None:
+                return None
+            try:
+                if timed:
+                    return _time_arith(op, x, y)
+                if isinstance(x, Amount) or isinstance(y, Amount):
+                    return amount_arithmetic(op, x, y, *units)
+                if op == "div" and y == 0:
+                    return None
+                return apply(x, y)
+            except (TypeError, OverflowError, ValueError) as error:
+                raise _fail(node, error) from error
+
+        return arith
+
+    _op_add = _op_sub = _op_mul = _op_div = _arith
+
+    def _op_neg(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        (x,) = self._args(node)
+
+        def neg(ctx: Context) -> Any:
+            v = x(ctx)
+            if isinstance(v, Amount):
+                return None if v.lower_bound else Amount(-v.value, v.unit)
+            return None if v is None else -v
+
+        return neg
+
+    # Drug queries
+
+    def _routes(self, routes: Sequence[str] | None) -> frozenset[str] | None:
+        return expand_routes(routes, self.scope.sets)
+
+    def _op_any_drug(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        set_name, routes = node.get("set"), self._routes(node.get("routes"))
+        name = label or (set_name or "drug")
+
+        def any_drug(ctx: Context) -> bool:
+            lines = ctx.lines(set_name, routes)
+            if ctx.trace is not None:
+                for line in lines:
+                    ctx.trace.append(line_evidence(name, line))
+            return bool(lines)
+
+        return any_drug
+
+    def _op_count_drugs(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        set_name, routes = node.get("set"), self._routes(node.get("routes"))
+        name = label or (set_name or "drugs")
+
+        def count_drugs(ctx: Context) -> float:
+            lines = ctx.lines(set_name, routes)
+            if ctx.trace is not None:
+                ctx.trace.append(
+                    derived_evidence(
+                        name,
+                        "count_drugs",
+                        float(len(lines)),
+                        None,
+                        [line_evidence(name, line) for line in lines],
+                    )
+                )
+            return float(len(lines))
+
+        return count_drugs
+
+    def _op_daily_dose(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        set_name = node["set"]
+        name = label or f"daily dose of {set_name}"
+
+        def daily_dose(ctx: Context) -> Amount | None:
+            lines = ctx.lines(set_name, None)
+            total = total_daily_dose((line_daily_dose(o), o.dose_unit) for o in lines)
+            if ctx.trace is not None:
+                ctx.trace.append(amount_evidence(name, "daily_dose", total, lines))
+            return total
+
+        return daily_dose
+
+    def _op_mme(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        name = label or "mme"
+
+        def mme(ctx: Context) -> Amount:
+            lines = ctx.active_lines()
+            total = morphine_equivalents(
+                (o.atc, o.route, o.dose, o.dose_unit, line_daily_dose(o)) for o in lines
+            )
+            if ctx.trace is not None:
+                opioid = [
+                    o for o in lines if o.atc and o.atc.startswith(("N02A", "N07BC", "R05DA"))
+                ]
+                ctx.trace.append(amount_evidence(name, "mme", total, opioid))
+            return total
+
+        return mme
+
+    # Lab and observation queries
+
+    def _window(self, window: Mapping[str, Any] | None) -> WindowFn:
+        return _compile_window(window, self)
+
+    def _op_lab(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        return lab_select(
+            node["fact_kind"],
+            node["concept"],
+            node["select"],
+            self._window(node.get("window")),
+            label or node["concept"],
+        )
+
+    def _op_lab_count(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        count = lab_count(node, self._window(node.get("window")), label)
+        return lambda ctx: _none_or(count(ctx), float)
+
+    def _op_lab_none(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        count = lab_count(node, self._window(node.get("window")), label)
+        return lambda ctx: _none_or(count(ctx), lambda n: n == 0)
+
+    # Clinical queries
+
+    def _op_has_condition(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        set_name, active_only = node["set"], bool(node.get("active_only"))
+        window = self._window(node.get("window")) if node.get("window") else None
+        return has_condition(self.scope.sets, set_name, active_only, window, label or set_name)
+
+    def _op_has_allergy(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        (x,) = self._args(node)
+        return has_allergy(x, label or "allergy")
+
+    def _op_has_pregnancy(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        return has_pregnancy(self._window(node.get("window")), label or "pregnancy")
+
+    def _op_age(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        name = label or "age"
+
+        def age(ctx: Context) -> float | None:
+            return age_value(ctx, name)
+
+        return age
+
+    def _op_sex(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        name = label or "sex"
+
+        def sex(ctx: Context) -> str | None:
+            patient = ctx.record.patient
+            if patient is None:
+                return None
+            if ctx.trace is not None:
+                ctx.trace.append(
+                    derived_evidence(
+                        name, "sex", patient.sex.value, None, [patient_evidence(patient)]
+                    )
+                )
+            return patient.sex.value
+
+        return sex
+
+    def _op_weight(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        return self._observation(node, "weight", label)
+
+    def _op_height(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        return self._observation(node, "height", label)
+
+    def _observation(self, node: Mapping[str, Any], concept: str, label: str | None) -> Closure:
+        select = lab_select(
+            "observation", concept, "latest", self._window(node.get("window")), label or concept
+        )
+        return lambda ctx: _none_or(select(ctx), _value)
+
+    def _op_clearance(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        creatinine = lab_select("lab", "creatinine", "latest", self._window(node.get("window")))
+        weight = lab_select("observation", "weight", "latest", _compile_window(None, self))
+        name = label or "clearance"
+
+        def clearance(ctx: Context) -> float | None:
+            return clearance_value(ctx, creatinine, weight, name)
+
+        return clearance
+
+    def _op_egfr(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        window = self._window(node.get("window"))
+        reported = lab_select("lab", "egfr", "latest", window, label or "egfr")
+        creatinine = lab_select("lab", "creatinine", "latest", window)
+        name = label or "egfr"
+
+        def egfr(ctx: Context) -> float | None:
+            result = reported(ctx)
+            if result is not None:
+                return result.value
+            return egfr_computed(ctx, creatinine, name)
+
+        return egfr
+
+
+def _and2(x: bool | None, y: bool | None) -> bool | None:
+    if x is False or y is False:
+        return False
+    return None if x is None or y is None else True
+
+
+def _none_or(value: Any, fn: Callable[[Any], Any]) -> Any:
+    return None if value is None else fn(value)
+
+
+def _value(fact: Measure) -> float | None:
+    return fact.value
+
+
+def expand_routes(routes: Sequence[str] | None, sets: CodeSets) -> frozenset[str] | None:
+    if routes is None:
+        return None
+    expanded: set[str] = set()
+    for route in routes:
+        expanded.update(sets.routes.get(route, (route,)))
+    return frozenset(expanded)
+
+
+def _amount_comparison(
+    node: Mapping[str, Any],
+    op: str,
+    a: Closure,
+    b: Closure,
+    left_unit: str | None,
+    right_unit: str | None,
+) -> Closure:
+    def compare(ctx: Context) -> bool | None:
+        x = a(ctx)
+        if x is None:
+            return None
+        y = b(ctx)
+        if y is None:
+            return None
+        try:
+            return compare_amounts(op, x, y, left_unit, right_unit)
+        except TypeError as error:
+            raise _fail(node, error) from error
+
+    return compare
+
+
+def _time_arith(op: str, x: Any, y: Any) -> Any:
+    """time ± duration (s) → time; time − time → duration (s)."""
+    if isinstance(x, datetime) and isinstance(y, datetime):
+        return (x - y).total_seconds() if op == "sub" else None
+    if isinstance(x, datetime):
+        delta = timedelta(seconds=float(y))
+        return x + delta if op == "add" else x - delta if op == "sub" else None
+    if isinstance(y, datetime) and op == "add":
+        return y + timedelta(seconds=float(x))
+    return None
+
+
+def _compile_window(window: Mapping[str, Any] | None, compiler: ExprCompiler) -> WindowFn:
+    """A window as (start inclusive, end, end inclusive) — None when a bound is unknown.
+
+    The end is ``before`` (exclusive) or the evaluation time (inclusive), never later than the
+    evaluation time (facts dated after it are never read); the start is the nominal end minus
+    ``within``, or ``since``.
+    """
+    if window is None:
+        return lambda ctx: (None, ctx.as_of, True)
+    parts = {k: compiler.compile(window[k]) if window.get(k) else None for k in window}
+    within, since, before = parts.get("within"), parts.get("since"), parts.get("before")
+
+    def bounds(ctx: Context) -> WindowBounds | None:
+        end, inclusive = ctx.as_of, True
+        nominal = end
+        if before is not None:
+            b = before(ctx)
+            if b is None:
+                return None
+            nominal = b
+            if b <= end:
+                end, inclusive = b, False
+        start: datetime | None = None
+        if within is not None:
+            w = within(ctx)
+            if w is None:
+                return None
+            start = nominal - timedelta(seconds=float(w))
+        if since is not None:
+            s = since(ctx)
+            if s is None:
+                return None
+            start = s if start is None else max(start, s)
+        return (start, end, inclusive)
+
+    return bounds

@@ -1,0 +1,592 @@
+"""What compiled closures read at run time: the evaluation context and the queries.
+
+The ``Context`` is one patient as of one time, with the caches every rule evaluated on it
+shares; ``CodeSets`` answers set membership (ATC and ICD-10 by prefix, routes by equality).
+The queries (lab series by bisection, clinical queries, derived values) record the evidence
+they read when the context is tracing. The expression compiler (``engine.expressions``) builds
+closures over these; the driver (``engine.evaluate``) creates the context and runs the rules.
+
+>>> sets = CodeSets({"acei": {"system": "atc", "terms": [{"include": ["C09A"], "exclude": []}]},
+...     "oral": {"system": "route", "terms": [{"include": ["oral", "po"]}]}})
+>>> sorted(sets.atc("C09AA05")), sets.atc("C03CA01"), sorted(sets.routes["oral"])
+(['acei'], frozenset(), ['oral', 'po'])
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from engine.alerts import Evidence
+from engine.derived import Amount, age_in_years, ckd_epi_2021, cockcroft_gault
+from engine.errors import PackError
+from engine.facts import (
+    Allergy,
+    Condition,
+    LabResult,
+    MedicationOrder,
+    Observation,
+    Patient,
+    Pregnancy,
+)
+from engine.factset import PatientRecord
+
+__all__ = [
+    "MEASURE_ATTRS",
+    "ORDER_ATTRS",
+    "Closure",
+    "CodeSets",
+    "Context",
+    "Measure",
+    "WindowBounds",
+    "WindowFn",
+    "age_value",
+    "amount_evidence",
+    "clearance_value",
+    "derived_evidence",
+    "egfr_computed",
+    "fact_evidence",
+    "has_allergy",
+    "has_condition",
+    "has_pregnancy",
+    "is_active",
+    "lab_count",
+    "lab_select",
+    "line_amount",
+    "line_daily_dose",
+    "line_evidence",
+    "line_label",
+    "measure_evidence",
+    "patient_evidence",
+]
+
+Closure = Callable[["Context"], Any]
+Measure = LabResult | Observation
+WindowBounds = tuple[datetime | None, datetime, bool]  # start (incl.), end, end inclusive?
+WindowFn = Callable[["Context"], WindowBounds | None]
+
+
+# Sets --------------------------------------------------------------------------------------------
+
+
+class CodeSets:
+    """Prefix membership for ``atc`` and ``icd10`` sets, equality for ``route`` sets.
+
+    A code is in a set when one of its terms includes a prefix of the code and excludes none.
+    ``matching(code)`` gives every set of the system containing the code, cached per code.
+    """
+
+    def __init__(self, sets: Mapping[str, Mapping[str, Any]]) -> None:
+        self.system: dict[str, str] = {}
+        self.routes: dict[str, frozenset[str]] = {}
+        self._prefixes: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
+            "atc": {},
+            "icd10": {},
+        }
+        self._cache: dict[str, dict[str, frozenset[str]]] = {"atc": {}, "icd10": {}}
+        for name, spec in sets.items():
+            system = spec["system"]
+            self.system[name] = system
+            if system == "route":
+                self.routes[name] = frozenset(r for t in spec["terms"] for r in t["include"])
+            elif system in self._prefixes:
+                for term in spec["terms"]:
+                    excludes = tuple(term.get("exclude") or ())
+                    for prefix in term["include"]:
+                        self._prefixes[system].setdefault(prefix, []).append((name, excludes))
+            else:
+                raise PackError(f"set {name}: unknown system {system!r}")
+
+    def matching(self, system: str, code: str) -> frozenset[str]:
+        cache = self._cache[system]
+        found = cache.get(code)
+        if found is None:
+            found = cache[code] = self._match(system, code)
+        return found
+
+    def _match(self, system: str, code: str) -> frozenset[str]:
+        prefixes = self._prefixes[system]
+        names: set[str] = set()
+        for end in range(1, len(code) + 1):
+            for name, excludes in prefixes.get(code[:end], ()):
+                if not any(code.startswith(e) for e in excludes):
+                    names.add(name)
+        return frozenset(names)
+
+    def atc(self, code: str | None) -> frozenset[str]:
+        return self.matching("atc", code) if code else frozenset()
+
+
+# Evaluation context ------------------------------------------------------------------------------
+
+
+class Context:
+    """One patient as of one time, with the caches shared by every rule evaluated on it.
+
+    ``bound`` holds the current combination of drug lines, ``values`` the value bindings that do
+    not depend on it (kept across combinations), ``combo_values`` those that do. ``trace``, when
+    not None, collects the evidence each query reads (only while explaining a firing rule).
+    """
+
+    __slots__ = (
+        "_active",
+        "_lines",
+        "as_of",
+        "bound",
+        "combo_values",
+        "params",
+        "record",
+        "sets",
+        "trace",
+        "values",
+    )
+
+    def __init__(
+        self, record: PatientRecord, as_of: datetime, sets: CodeSets, params: Mapping[str, float]
+    ) -> None:
+        self.record = record
+        self.as_of = as_of
+        self.sets = sets
+        self.params = params
+        self.trace: list[Evidence] | None = None
+        self.bound: dict[str, MedicationOrder] = {}
+        self.values: dict[str, Any] = {}
+        self.combo_values: dict[str, Any] = {}
+        self._active: list[MedicationOrder] | None = None
+        self._lines: dict[tuple[str | None, frozenset[str] | None], list[MedicationOrder]] = {}
+
+    def active_lines(self) -> list[MedicationOrder]:
+        """Active order lines, in a stable order (order id) so that results never depend on
+        the order in which facts arrived."""
+        if self._active is None:
+            at = self.as_of
+            self._active = sorted(
+                (o for o in self.record.orders if is_active(o, at)), key=_line_key
+            )
+        return self._active
+
+    def lines(self, set_name: str | None, routes: frozenset[str] | None) -> list[MedicationOrder]:
+        """Active lines whose ATC is in the set (any line: None) and route in ``routes``."""
+        key = (set_name, routes)
+        found = self._lines.get(key)
+        if found is None:
+            atc = self.sets.atc
+            found = [
+                o
+                for o in self.active_lines()
+                if (set_name is None or set_name in atc(o.atc))
+                and (routes is None or (o.route is not None and o.route in routes))
+            ]
+            self._lines[key] = found
+        return found
+
+    def active_set_names(self) -> set[str]:
+        names: set[str] = set()
+        atc = self.sets.atc
+        for line in self.active_lines():
+            names.update(atc(line.atc))
+        return names
+
+    def note(self, evidence: Evidence) -> None:
+        if self.trace is not None:
+            self.trace.append(evidence)
+
+
+# A line that ended (completed, stopped) was active over its period: exports and replays see the
+# final status, so the period decides. Other statuses (on-hold, cancelled, draft) never are.
+_ENDED = frozenset({"completed", "stopped"})
+
+
+def is_active(line: MedicationOrder, at: datetime) -> bool:
+    """Whether an order line is active at ``at``: started (or no start), not yet ended (or no
+    end), and either ``active`` or ``completed``/``stopped`` with a known end after ``at``."""
+    if line.start is not None and line.start > at:
+        return False
+    if line.end is not None:
+        return line.end > at and (line.status == "active" or line.status in _ENDED)
+    return line.status == "active"
+
+
+def _line_key(line: MedicationOrder) -> tuple[str, str]:
+    return (line.order_id, line.fact_id)
+
+
+def line_label(line: MedicationOrder) -> str | None:
+    return line.label or line.drug.display or line.drug.code
+
+
+def _time_of(fact: Measure) -> datetime:
+    return fact.time
+
+
+# Evidence ----------------------------------------------------------------------------------------
+
+
+def measure_evidence(name: str, fact: Measure) -> Evidence:
+    return Evidence.model_construct(
+        name=name,
+        kind=fact.kind,
+        code=fact.concept,
+        value=fact.value,
+        unit=fact.unit,
+        time=fact.time,
+        fact_id=fact.fact_id,
+        source=fact.source,
+        inputs=(),
+    )
+
+
+def line_evidence(name: str, line: MedicationOrder) -> Evidence:
+    return Evidence.model_construct(
+        name=name,
+        kind=line.kind,
+        code=line.atc,
+        value=line_label(line),
+        unit=None,
+        time=line.start,
+        fact_id=line.fact_id,
+        source=line.source,
+        inputs=(),
+    )
+
+
+def fact_evidence(name: str, fact: Patient | Condition | Allergy | Pregnancy) -> Evidence:
+    code: str | None
+    value: str | None
+    time: datetime | None = None
+    if isinstance(fact, Patient):
+        code, value = "birth_date", fact.birth_date.isoformat() if fact.birth_date else None
+    elif isinstance(fact, Condition):
+        code, value, time = fact.icd10, fact.code.display, fact.onset
+    elif isinstance(fact, Allergy):
+        code, value, time = ",".join(fact.atc), fact.substance.display, fact.recorded
+    else:
+        code, value, time = "pregnancy", fact.status, fact.recorded
+    return Evidence.model_construct(
+        name=name,
+        kind=fact.kind,
+        code=code,
+        value=value,
+        unit=None,
+        time=time,
+        fact_id=fact.fact_id,
+        source=fact.source,
+        inputs=(),
+    )
+
+
+def derived_evidence(
+    name: str,
+    code: str,
+    value: float | str | None,
+    unit: str | None,
+    inputs: Iterable[Evidence],
+    time: datetime | None = None,
+) -> Evidence:
+    return Evidence.model_construct(
+        name=name,
+        kind="derived",
+        code=code,
+        value=value,
+        unit=unit,
+        time=time,
+        fact_id=None,
+        source=None,
+        inputs=tuple(inputs),
+    )
+
+
+# Attributes
+
+
+def line_daily_dose(line: MedicationOrder) -> float | None:
+    if line.daily_dose is not None:
+        return line.daily_dose
+    if line.dose is not None and line.frequency_per_day is not None:
+        return line.dose * line.frequency_per_day
+    return None
+
+
+def line_amount(value: float | None, unit: str | None) -> Amount | None:
+    return None if value is None or unit is None else Amount(value, unit)
+
+
+def _duration(ctx: Context, line: MedicationOrder) -> float | None:
+    return None if line.start is None else (ctx.as_of - line.start).total_seconds()
+
+
+ORDER_ATTRS: dict[str, Callable[[Context, Any], Any]] = {
+    "start": lambda ctx, o: o.start,
+    "end": lambda ctx, o: o.end,
+    "duration": _duration,
+    "route": lambda ctx, o: o.route,
+    "label": lambda ctx, o: line_label(o),
+    "order_id": lambda ctx, o: o.order_id,
+    "atc": lambda ctx, o: o.atc,
+    "dose": lambda ctx, o: line_amount(o.dose, o.dose_unit),
+    "daily_dose": lambda ctx, o: line_amount(line_daily_dose(o), o.dose_unit),
+    "frequency": lambda ctx, o: o.frequency_per_day,
+}
+MEASURE_ATTRS: dict[str, Callable[[Context, Any], Any]] = {
+    "value": lambda ctx, f: f.value,
+    "time": lambda ctx, f: f.time,
+    "high": lambda ctx, f: getattr(f, "reference_high", None),
+    "low": lambda ctx, f: getattr(f, "reference_low", None),
+    "unit": lambda ctx, f: f.unit,
+}
+
+
+def amount_evidence(
+    name: str, code: str, total: Amount | None, lines: Iterable[MedicationOrder]
+) -> Evidence:
+    value = None if total is None else total.value
+    unit = None if total is None else (total.unit or "mg")
+    if total is not None and total.lower_bound:
+        code += " (lower bound)"
+    return derived_evidence(name, code, value, unit, [line_evidence(name, o) for o in lines])
+
+
+def _series(ctx: Context, fact_kind: str, concept: str) -> list[Any]:
+    store = ctx.record.labs if fact_kind == "lab" else ctx.record.observations
+    return store.get(concept) or []
+
+
+def _slice(series: Sequence[Measure], bounds: WindowBounds) -> tuple[int, int]:
+    start, end, inclusive = bounds
+    hi = (bisect_right if inclusive else bisect_left)(series, end, key=_time_of)
+    lo = 0 if start is None else bisect_left(series, start, 0, hi, key=_time_of)
+    return lo, hi
+
+
+def lab_select(
+    fact_kind: str, concept: str, select: str, window: WindowFn, label: str | None = None
+) -> Callable[[Context], Measure | None]:
+    """latest / first / min / max numeric result in the window (None when there is none)."""
+    pick = _PICKERS[select]
+
+    def lab(ctx: Context) -> Measure | None:
+        series = _series(ctx, fact_kind, concept)
+        if not series:
+            return None
+        bounds = window(ctx)
+        if bounds is None:
+            return None
+        lo, hi = _slice(series, bounds)
+        found = pick(series, lo, hi)
+        if found is not None and label is not None and ctx.trace is not None:
+            ctx.trace.append(measure_evidence(label, found))
+        return found
+
+    return lab
+
+
+def _pick_latest(series: Sequence[Measure], lo: int, hi: int) -> Measure | None:
+    for i in range(hi - 1, lo - 1, -1):
+        if series[i].value is not None:
+            return series[i]
+    return None
+
+
+def _pick_first(series: Sequence[Measure], lo: int, hi: int) -> Measure | None:
+    for i in range(lo, hi):
+        if series[i].value is not None:
+            return series[i]
+    return None
+
+
+def _pick_extreme(smallest: bool) -> Callable[[Sequence[Measure], int, int], Measure | None]:
+    def pick(series: Sequence[Measure], lo: int, hi: int) -> Measure | None:
+        best: Measure | None = None
+        best_value = 0.0
+        for i in range(lo, hi):  # ties go to the latest: iterate forward, replace on equal
+            v = series[i].value
+            if v is not None and (
+                best is None or (v <= best_value if smallest else v >= best_value)
+            ):
+                best, best_value = series[i], v
+        return best
+
+    return pick
+
+
+_PICKERS = {
+    "latest": _pick_latest,
+    "first": _pick_first,
+    "min": _pick_extreme(True),
+    "max": _pick_extreme(False),
+}
+
+
+def lab_count(
+    node: Mapping[str, Any], window: WindowFn, label: str | None
+) -> Callable[[Context], int | None]:
+    fact_kind, concept = node["fact_kind"], node["concept"]
+    name = label or concept
+
+    def count(ctx: Context) -> int | None:
+        bounds = window(ctx)
+        if bounds is None:
+            return None
+        series = _series(ctx, fact_kind, concept)
+        lo, hi = _slice(series, bounds) if series else (0, 0)
+        if ctx.trace is not None:
+            inputs = [measure_evidence(name, f) for f in series[lo:hi]]
+            ctx.trace.append(
+                derived_evidence(name, f"count {concept}", float(hi - lo), None, inputs, bounds[0])
+            )
+        return hi - lo
+
+    return count
+
+
+# Clinical queries
+
+
+def _visible(moment: datetime | None, ctx: Context) -> bool:
+    return moment is None or moment <= ctx.as_of
+
+
+def _in_window(moment: datetime | None, bounds: WindowBounds) -> bool:
+    start, end, inclusive = bounds
+    if moment is None or (start is not None and moment < start):
+        return False
+    return moment <= end if inclusive else moment < end
+
+
+def has_condition(
+    sets: CodeSets, set_name: str, active_only: bool, window: WindowFn | None, label: str
+) -> Closure:
+    def has_condition(ctx: Context) -> bool | None:
+        bounds = window(ctx) if window is not None else None
+        if window is not None and bounds is None:
+            return None
+        found = sorted(
+            (
+                c
+                for c in ctx.record.conditions
+                if c.icd10
+                and set_name in sets.matching("icd10", c.icd10)
+                and (not active_only or c.clinical_status == "active")
+                and _visible(c.onset, ctx)
+                and (bounds is None or _in_window(c.onset, bounds))
+            ),
+            key=lambda c: c.fact_id,
+        )
+        if ctx.trace is not None:
+            ctx.trace.extend(fact_evidence(label, c) for c in found)
+        return bool(found)
+
+    return has_condition
+
+
+def has_allergy(line_fn: Closure, label: str) -> Closure:
+    def has_allergy(ctx: Context) -> bool:
+        line = line_fn(ctx)
+        atc = None if line is None else line.atc
+        if not atc:
+            return False
+        found = sorted(
+            (
+                a
+                for a in ctx.record.allergies
+                if a.clinical_status in ("active", "unknown")
+                and _visible(a.recorded, ctx)
+                and any(atc.startswith(prefix) for prefix in a.atc if prefix)
+            ),
+            key=lambda a: a.fact_id,
+        )
+        if ctx.trace is not None:
+            ctx.trace.extend(fact_evidence(label, a) for a in found)
+        return bool(found)
+
+    return has_allergy
+
+
+def has_pregnancy(window: WindowFn, label: str) -> Closure:
+    def has_pregnancy(ctx: Context) -> bool | None:
+        bounds = window(ctx)
+        if bounds is None:
+            return None
+        recorded = [p for p in ctx.record.pregnancies if _in_window(p.recorded, bounds)]
+        if not recorded:
+            return False
+        latest = max(recorded, key=lambda p: (p.recorded, p.fact_id))
+        if latest.status == "pregnant" and ctx.trace is not None:
+            ctx.trace.append(fact_evidence(label, latest))
+        return latest.status == "pregnant"
+
+    return has_pregnancy
+
+
+def patient_evidence(patient: Patient) -> Evidence:
+    return fact_evidence("patient", patient)
+
+
+def age_value(ctx: Context, name: str) -> float | None:
+    patient = ctx.record.patient
+    if patient is None or patient.birth_date is None:
+        return None
+    years = float(age_in_years(patient.birth_date, ctx.as_of))
+    if ctx.trace is not None:
+        ctx.trace.append(derived_evidence(name, "age", years, "years", [patient_evidence(patient)]))
+    return years
+
+
+def _sex_fm(ctx: Context) -> str | None:
+    patient = ctx.record.patient
+    sex = None if patient is None else patient.sex.value
+    return sex if sex in ("F", "M") else None
+
+
+def clearance_value(
+    ctx: Context,
+    creatinine_fn: Callable[[Context], Measure | None],
+    weight_fn: Callable[[Context], Measure | None],
+    name: str,
+) -> float | None:
+    patient, sex = ctx.record.patient, _sex_fm(ctx)
+    if patient is None or patient.birth_date is None or sex is None:
+        return None
+    creatinine, weight = creatinine_fn(ctx), weight_fn(ctx)
+    if creatinine is None or weight is None or creatinine.value is None or weight.value is None:
+        return None
+    age = age_in_years(patient.birth_date, ctx.as_of)
+    value = cockcroft_gault(
+        age=age, weight_kg=weight.value, creatinine_umol_l=creatinine.value, sex=sex
+    )
+    if value is not None and ctx.trace is not None:
+        inputs = [
+            measure_evidence("creatinine", creatinine),
+            measure_evidence("weight", weight),
+            derived_evidence("age", "age", float(age), "years", [patient_evidence(patient)]),
+        ]
+        ctx.trace.append(
+            derived_evidence(name, "clearance", value, "mL/min", inputs, creatinine.time)
+        )
+    return value
+
+
+def egfr_computed(
+    ctx: Context, creatinine_fn: Callable[[Context], Measure | None], name: str
+) -> float | None:
+    patient, sex = ctx.record.patient, _sex_fm(ctx)
+    if patient is None or patient.birth_date is None or sex is None:
+        return None
+    creatinine = creatinine_fn(ctx)
+    if creatinine is None or creatinine.value is None:
+        return None
+    age = age_in_years(patient.birth_date, ctx.as_of)
+    value = ckd_epi_2021(creatinine_umol_l=creatinine.value, age=age, sex=sex)
+    if value is not None and ctx.trace is not None:
+        inputs = [
+            measure_evidence("creatinine", creatinine),
+            derived_evidence("age", "age", float(age), "years", [patient_evidence(patient)]),
+        ]
+        ctx.trace.append(
+            derived_evidence(
+                name, "egfr (CKD-EPI 2021)", value, "mL/min/1.73m2", inputs, creatinine.time
+            )
+        )
+    return value
