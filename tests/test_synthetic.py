@@ -137,6 +137,8 @@ def test_truth_covers_at_least_20_rules_both_ways(big_hospital: dict[str, pl.Dat
     orders = set(big_hospital["orders"]["order_id"])
     for ids in truth["order_ids"]:
         assert set(ids.split(";")) <= orders
+    for ids in truth["context_order_ids"].drop_nulls():
+        assert set(ids.split(";")) <= orders
     positives = truth.filter(pl.col("expected") == "positive")
     assert (
         positives["window_end"].is_null() | (positives["window_end"] > positives["window_start"])

@@ -4,16 +4,12 @@ A hospital with every covered rule injected a few times (positives and near-miss
 generated in each format, read back in memory through ``api.ingest.read_feed`` and evaluated
 with the default pack; every truth row is checked a minute after its window opens, in its
 middle and a minute before it closes (``tests/truth_scoring.py``). The same hospital as
-canonical facts (what a perfect connector would give) must score exactly the same.
-
-Known discrepancies (``KNOWN``) are failures already diagnosed in another module: each is
-excused from the main check only for the rows and times it explains, still checked for what it
-does not explain, and tested on its own as a strict xfail so that its fix is noticed.
+canonical facts (what a perfect connector would give) must score exactly the same. Every
+positive is found and every control is silent: no failure is excused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
@@ -33,7 +29,6 @@ from tests.truth_scoring import (
     CHECKPOINTS,
     Score,
     TruthRow,
-    Verdict,
     read_truth_json,
     score,
     truth_rows,
@@ -48,81 +43,6 @@ PACK = REPO / "rules" / "packs" / "default.rules"
 BEDS, DAYS, SEED = 800, 10, 7
 RATES = dict.fromkeys(covered_rules(), 0.006)
 DATA_END = DEFAULT_START + timedelta(days=DAYS)
-
-
-# Known discrepancies ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Known:
-    """A diagnosed failure: which verdicts it explains, and what must still hold for them."""
-
-    name: str
-    reason: str
-    explains: Callable[[Verdict], bool]
-    still: Callable[[Verdict], bool] = field(default=lambda verdict: True)
-
-
-def _names_only_truth_lines(verdict: Verdict) -> bool:
-    """An alert of the expected severity about some of the injected lines and no others."""
-    wanted = set(verdict.row.order_ids)
-    return any(
-        ids and set(ids) <= wanted and severity == verdict.row.severity
-        for ids, severity in verdict.alerts
-    )
-
-
-# The rule's look-back on the injected result; the truth's "latest" window has none.
-RULE_LOOKBACK = {
-    "renal.nephrotoxic_aki": timedelta(hours=48),  # latest creatinine within 48 h
-    "bio.heparin_platelets": timedelta(hours=72),  # latest platelets within 72 h
-    "bio.statin_ck": timedelta(days=7),  # latest ck within 7 d
-    "bio.digoxin": timedelta(days=7),  # latest digoxin within 7 d
-}
-
-
-def _past_rule_lookback(verdict: Verdict) -> bool:
-    lookback = RULE_LOOKBACK.get(verdict.row.rule_id)
-    return (
-        lookback is not None
-        and verdict.row.positive
-        and verdict.at - verdict.row.window_start > lookback
-    )
-
-
-KNOWN = (
-    Known(
-        "iv_to_oral_oral_line",
-        "generator: infect.iv_to_oral lists the oral co-medication (amlodipine, a core line) "
-        "in order_ids, but the rule only tests 'any active drug route oral' and binds the IV "
-        "antibiotic alone, so the alert's drugs never include the oral line",
-        lambda v: v.row.rule_id == "infect.iv_to_oral" and v.row.positive,
-        still=_names_only_truth_lines,
-    ),
-    Known(
-        "latest_window_without_lookback",
-        "generator: catalogue windows Window('latest', INF, ...) for renal.nephrotoxic_aki, "
-        "bio.heparin_platelets, bio.statin_ck and bio.digoxin (digoxin level) hold until the "
-        "next result, but the rules read the latest result within 48 h / 72 h / 7 d / 7 d: "
-        "past that look-back the truth still expects an alert",
-        _past_rule_lookback,
-    ),
-    Known(
-        "vka_no_inr_control_after_the_data",
-        "generator: the coag.vka_no_inr control (INR every 6.5 days) gets the positive-style "
-        "window 'last INR + 7 days' onwards, which starts after the end of the data and is "
-        "exactly when the rule must fire; the window in which it must stay silent is lost",
-        lambda v: (
-            v.row.rule_id == "coag.vka_no_inr"
-            and not v.row.positive
-            and v.row.window_start >= DATA_END
-        ),
-    ),
-)
-
-
-def _excused(verdict: Verdict) -> bool:
-    return any(known.explains(verdict) for known in KNOWN)
 
 
 # Fixtures -----------------------------------------------------------------------------------
@@ -140,7 +60,7 @@ class Hospital:
 
     def score(self) -> Score:
         if self._score is None:
-            self._score = score(pack(), self.facts, self.rows, self.data_end, CHECKPOINTS, _excused)
+            self._score = score(pack(), self.facts, self.rows, self.data_end, CHECKPOINTS)
         return self._score
 
 
@@ -194,6 +114,21 @@ def test_truth_covers_every_variant_of_every_covered_rule(canonical: Hospital) -
     assert set(covered_rules()) <= {rule.id for rule in pack().rules}
 
 
+def test_truth_names_the_alerted_lines_apart_from_the_context(canonical: Hospital) -> None:
+    """Only infect.iv_to_oral has a context line: the oral line that makes "takes other drugs
+    by mouth" true, which the rule binds to nothing and its alert does not name."""
+    for row in canonical.rows:
+        assert row.order_ids, row.describe()
+        assert not set(row.order_ids) & set(row.context_order_ids), row.describe()
+        assert len(row.context_order_ids) == (row.rule_id == "infect.iv_to_oral"), row.describe()
+
+
+def test_every_window_opens_within_the_data(canonical: Hospital) -> None:
+    """A window opening after the data ends would check nothing the data shows."""
+    late = [row.describe() for row in canonical.rows if row.window_start >= DATA_END]
+    assert late == [], "\n".join(late[:10])
+
+
 def test_feed_reads_without_errors(fed: Hospital) -> None:
     assert fed.feed_errors == [], fed.feed_errors[:5]
     assert fed.data_end == DATA_END
@@ -202,13 +137,7 @@ def test_feed_reads_without_errors(fed: Hospital) -> None:
 def _assert_truth_met(hospital: Hospital) -> None:
     result = hospital.score()
     assert result.failures == [], "\n" + result.report()
-    unexplained = [
-        v.explain()
-        for v in result.verdicts
-        for known in KNOWN
-        if not v.ok and known.explains(v) and not known.still(v)
-    ]
-    assert unexplained == [], "\n" + "\n".join(unexplained)
+    assert all(v.ok for v in result.verdicts)
 
 
 def test_default_pack_finds_the_truth_in_canonical_facts(canonical: Hospital) -> None:
@@ -229,22 +158,3 @@ def test_feed_scores_exactly_like_canonical_facts(fed: Hospital, canonical: Hosp
         if alerts != got[row, point]
     ]
     assert differing == [], "\n".join(differing[:20])
-
-
-def test_every_known_discrepancy_still_occurs(canonical: Hospital) -> None:
-    failing = [v for v in canonical.score().verdicts if not v.ok]
-    occurring = {k.name for k in KNOWN if any(k.explains(v) for v in failing)}
-    assert occurring == {k.name for k in KNOWN}
-
-
-@pytest.mark.parametrize(
-    "known",
-    [
-        pytest.param(k, id=k.name, marks=pytest.mark.xfail(strict=True, reason=k.reason))
-        for k in KNOWN
-    ],
-)
-def test_known_discrepancy_is_fixed(fed: Hospital, known: Known) -> None:
-    explained = [v for v in fed.score().verdicts if known.explains(v)]
-    failing = [v.explain() for v in explained if not v.ok]
-    assert explained and failing == [], "\n".join(failing[:10])

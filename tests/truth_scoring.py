@@ -2,8 +2,9 @@
 
 Each truth row (``connectors.synthetic.truth``) is an injected situation: a *positive* the rule
 must report while its window holds (an alert of that rule for that patient, with the expected
-severity, whose drug lines include the order ids the truth names), or a *control* (a near miss)
-it must keep silent on. A row is checked at named checkpoints inside its window (``CHECKPOINTS``:
+severity, whose drug lines include the order ids the truth names and none of its context lines,
+the lines that only make the situation hold), or a *control* (a near miss) it must keep silent
+on. A row is checked at named checkpoints inside its window (``CHECKPOINTS``:
 a minute after it opens, its middle, a minute before it closes); an open window
 (``window_end`` null: "still holding at the end of the data") is read up to the end of the
 data. Each patient is evaluated once per distinct time, through its ``PatientRecord``.
@@ -58,6 +59,8 @@ class TruthRow:
     window_start: datetime
     window_end: datetime | None  # None: still holding at the end of the data
     severity: str = ""
+    # Lines that make the situation hold without the alert naming them.
+    context_order_ids: tuple[str, ...] = ()
 
     @property
     def positive(self) -> bool:
@@ -76,9 +79,10 @@ class TruthRow:
 
     def describe(self) -> str:
         end = f"{self.window_end:%Y-%m-%d %H:%M}" if self.window_end else "open"
+        context = "".join(f"context {order} " for order in self.context_order_ids)
         return (
             f"{self.rule_id} {self.expected} {self.variant} patient {self.patient_id} "
-            f"stay {self.stay_id} orders {','.join(self.order_ids) or '-'} "
+            f"stay {self.stay_id} orders {','.join(self.order_ids) or '-'} {context}"
             f"window {self.window_start:%Y-%m-%d %H:%M}..{end}"
         )
 
@@ -111,6 +115,7 @@ def _row(record: Mapping[str, Any], start: datetime, end: datetime | None) -> Tr
         window_start=start,
         window_end=end,
         severity=record["severity"],
+        context_order_ids=_order_ids(record.get("context_order_ids")),
     )
 
 
@@ -148,9 +153,14 @@ class Verdict:
 
     @property
     def matching(self) -> tuple[tuple[tuple[str, ...], str], ...]:
-        """The rule's alerts whose drug lines include every order id the truth names."""
-        wanted = set(self.row.order_ids)
-        return tuple(alert for alert in self.alerts if wanted <= set(alert[0]))
+        """The rule's alerts whose drug lines include every order id the truth names and none
+        of its context lines."""
+        wanted, context = set(self.row.order_ids), set(self.row.context_order_ids)
+        return tuple(
+            alert
+            for alert in self.alerts
+            if wanted <= set(alert[0]) and not context & set(alert[0])
+        )
 
     @property
     def ok(self) -> bool:

@@ -173,7 +173,7 @@ def _write_truth(
     meta["evaluation_period"] = {"start": _iso(period.start), "end": _iso(period.end)}
     rows = (
         frame.with_columns(
-            pl.col("order_ids").str.split(";"),
+            pl.col("order_ids", "context_order_ids").str.split(";"),
             pl.col("key_values").map_elements(orjson.loads, return_dtype=pl.Object),
         ).to_dicts()
         if len(frame)

@@ -27,7 +27,10 @@ class Line:
     schedule: tuple[int, float, str] | None = None  # frequency, period, unit
     at: float = 0.0
     hours: float | None = None  # planned duration; None: until discharge (or no end)
-    core: bool = True  # part of the situation (listed in the truth, bounds its window)
+    core: bool = True  # part of the situation (bounds its window)
+    # A core line the rule's alert names (the truth's ``order_ids``); False for a context line
+    # that only makes the situation hold (the truth's ``context_order_ids``).
+    named: bool = True
     prn: bool = False
 
 
@@ -50,9 +53,13 @@ class Window:
     ``lines``: while all core lines overlap. ``latest``: from the injected result until the next
     result of that concept, ``hours`` after it, or a core line's end. ``any``: from the result
     for ``hours`` (a "within" window). ``state``: the patient's renal state with the core lines
-    (from the first result of ``concept`` within ``hours`` before the lines start, or after).
-    ``delay``: ``hours`` after the first core line starts, while core lines run. ``no_inr``: a
-    VKA running ≥ 3 days and 7 days without INR.
+    (from the first result of ``concept`` within ``hours`` before the lines start, or after,
+    until no result is left within ``hours`` or a core line ends). ``delay``: ``hours`` after
+    the first core line starts, while core lines run. ``no_inr``: a VKA running ≥ 3 days and
+    ``hours`` without a result of ``concept`` (a control: while one is still that recent).
+
+    ``hours`` is the rule's look-back in the pack ("latest creatinine within 48 h"): past it
+    the rule no longer reads the injected result, so the situation no longer holds.
     """
 
     kind: str
@@ -96,99 +103,100 @@ def _c(rule: str, variant: str, lines: tuple[Line, ...], window: Window, **kw: o
 
 L = Line
 LINES = Window("lines")
-EGFR7 = Window("state", 7 * 24, "creatinine")
-CRCL = Window("state", INF, "creatinine")
+# "egfr within 7 d" and "clearance within 7 d": both read the latest creatinine of 7 days.
+RENAL = Window("state", 7 * 24, "creatinine")
 MACROGOL = L("macrogol", core=False)
 
 
 def _renal() -> list[Scenario]:
     met_hi, met_lo = L("metformin"), L("metformin", dose=500)
+    aki = Window("latest", 48, "creatinine")  # the rule reads the latest creatinine of 48 h
     return [
-        _p("renal.metformin_egfr", "egfr_below_30", (met_hi,), EGFR7, renal=("egfr", 17, 27)),
+        _p("renal.metformin_egfr", "egfr_below_30", (met_hi,), RENAL, renal=("egfr", 17, 27)),
         _c(
             "renal.metformin_egfr",
             "egfr_just_above_30",
             (met_lo,),
-            EGFR7,
+            RENAL,
             renal=("egfr", 31.5, 33.5),
         ),
-        _p("renal.metformin_dose", "2000mg_egfr_30_45", (met_hi,), EGFR7, renal=("egfr", 34, 42)),
-        _c("renal.metformin_dose", "1000mg_egfr_30_45", (met_lo,), EGFR7, renal=("egfr", 34, 42)),
+        _p("renal.metformin_dose", "2000mg_egfr_30_45", (met_hi,), RENAL, renal=("egfr", 34, 42)),
+        _c("renal.metformin_dose", "1000mg_egfr_30_45", (met_lo,), RENAL, renal=("egfr", 34, 42)),
         _p(
             "renal.dabigatran",
             "crcl_below_30",
             (L("dabigatran", dose=110),),
-            CRCL,
+            RENAL,
             renal=("crcl", 17, 27),
         ),
         _c(
             "renal.dabigatran",
             "crcl_just_above_30",
             (L("dabigatran", dose=110),),
-            CRCL,
+            RENAL,
             renal=("crcl", 32.5, 36),
         ),
         _p(
             "renal.xaban",
             "apixaban_crcl_below_15",
             (L("apixaban", dose=2.5),),
-            CRCL,
+            RENAL,
             renal=("crcl", 8, 13),
         ),
         _p(
             "renal.xaban",
             "rivaroxaban_crcl_below_15",
             (L("rivaroxaban", dose=15),),
-            CRCL,
+            RENAL,
             renal=("crcl", 8, 13),
         ),
         _c(
             "renal.xaban",
             "apixaban_crcl_just_above_15",
             (L("apixaban", dose=2.5),),
-            CRCL,
+            RENAL,
             renal=("crcl", 16.5, 19),
         ),
         _p(
             "renal.lmwh_curative",
             "enoxaparin_bid_crcl_below_30",
             (L("enoxaparin_cur"),),
-            CRCL,
+            RENAL,
             renal=("crcl", 17, 27),
         ),
         _c(
             "renal.lmwh_curative",
             "enoxaparin_bid_crcl_just_above_30",
             (L("enoxaparin_cur"),),
-            CRCL,
+            RENAL,
             renal=("crcl", 32.5, 36),
         ),
         _p(
             "renal.gabapentinoid",
             "pregabalin_300mg",
             (L("pregabalin", dose=150),),
-            CRCL,
+            RENAL,
             renal=("crcl", 17, 27),
         ),
         _p(
             "renal.gabapentinoid",
             "gabapentin_1200mg",
             (L("gabapentin", dose=400),),
-            CRCL,
+            RENAL,
             renal=("crcl", 17, 27),
         ),
         _c(
             "renal.gabapentinoid",
             "pregabalin_150mg",
             (L("pregabalin", dose=75),),
-            CRCL,
+            RENAL,
             renal=("crcl", 17, 27),
         ),
         _p(
             "renal.nephrotoxic_aki",
             "ramipril_doubling",
             (L("ramipril"),),
-            Window("latest", INF, "creatinine"),
+            aki,
             lab=Lab("creatinine", (1.7, 2.3), scale="baseline", decimals=0),
             min_renal=45,
         ),
@@ -196,7 +204,7 @@ def _renal() -> list[Scenario]:
             "renal.nephrotoxic_aki",
             "furosemide_doubling",
             (L("furosemide"),),
-            Window("latest", INF, "creatinine"),
+            aki,
             lab=Lab("creatinine", (1.7, 2.3), scale="baseline", decimals=0),
             min_renal=45,
         ),
@@ -204,7 +212,7 @@ def _renal() -> list[Scenario]:
             "renal.nephrotoxic_aki",
             "irbesartan_rise_below_26",
             (L("irbesartan"),),
-            Window("latest", INF, "creatinine"),
+            aki,
             lab=Lab("creatinine", (12, 18), scale="add", decimals=0),
             min_renal=45,
         ),
@@ -212,7 +220,7 @@ def _renal() -> list[Scenario]:
             "renal.nephrotoxic_aki",
             "doubling_without_nephrotoxic",
             (L("amlodipine"),),
-            Window("latest", INF, "creatinine"),
+            aki,
             lab=Lab("creatinine", (1.7, 2.3), scale="baseline", decimals=0),
             min_renal=45,
         ),
@@ -302,7 +310,7 @@ def _biology() -> list[Scenario]:
             "bio.digoxin",
             "level_above_2",
             (L("digoxin"),),
-            Window("latest", INF, "digoxin"),
+            Window("latest", 7 * 24, "digoxin"),
             lab=Lab("digoxin", (2.2, 3.5), decimals=2),
             min_renal=40,
         ),
@@ -318,7 +326,7 @@ def _biology() -> list[Scenario]:
             "bio.digoxin",
             "level_at_2",
             (L("digoxin"),),
-            Window("latest", INF, "digoxin"),
+            Window("latest", 7 * 24, "digoxin"),
             lab=Lab("digoxin", (1.7, 2.0), decimals=2),
             min_renal=40,
         ),
@@ -371,7 +379,7 @@ def _biology() -> list[Scenario]:
             "bio.heparin_platelets",
             "platelets_below_100",
             (L("enoxaparin_prev"),),
-            Window("latest", INF, "platelets"),
+            Window("latest", 72, "platelets"),
             lab=Lab("platelets", (60, 95), at=(96, 200), decimals=0),
             need_days=10,
         ),
@@ -379,7 +387,7 @@ def _biology() -> list[Scenario]:
             "bio.heparin_platelets",
             "fall_below_50pct",
             (L("enoxaparin_prev"),),
-            Window("latest", INF, "platelets"),
+            Window("latest", 72, "platelets"),
             lab=Lab("platelets", (0.6, 0.6), at=(96, 200), scale="baseline", decimals=0),
             need_days=10,
             min_platelets=185,
@@ -402,21 +410,21 @@ def _biology() -> list[Scenario]:
             "bio.statin_ck",
             "atorvastatin",
             (L("atorvastatin"),),
-            Window("latest", INF, "ck"),
+            Window("latest", 7 * 24, "ck"),
             lab=Lab("ck", (11, 40), scale="uln", decimals=0),
         ),
         _p(
             "bio.statin_ck",
             "simvastatin",
             (L("simvastatin"),),
-            Window("latest", INF, "ck"),
+            Window("latest", 7 * 24, "ck"),
             lab=Lab("ck", (11, 40), scale="uln", decimals=0),
         ),
         _c(
             "bio.statin_ck",
             "ck_9x",
             (L("rosuvastatin"),),
-            Window("latest", INF, "ck"),
+            Window("latest", 7 * 24, "ck"),
             lab=Lab("ck", (8.5, 9.7), scale="uln", decimals=0),
         ),
         _p(
@@ -467,7 +475,7 @@ def _anticoagulation() -> list[Scenario]:
             "coag.vka_no_inr",
             "fluindione_one_inr",
             (L("fluindione"),),
-            Window("no_inr"),
+            Window("no_inr", 7 * 24, "inr"),
             need_days=9,
             suppress=("inr",),
             inr_every_days=INF,
@@ -476,7 +484,7 @@ def _anticoagulation() -> list[Scenario]:
             "coag.vka_no_inr",
             "inr_every_6_5_days",
             (L("warfarin"),),
-            Window("no_inr"),
+            Window("no_inr", 7 * 24, "inr"),
             need_days=9,
             suppress=("inr",),
             inr_every_days=6.5,
@@ -530,6 +538,11 @@ def _anticoagulation() -> list[Scenario]:
     ]
 
 
+# "Any active drug route oral" binds no line: the alert names the IV antibiotic alone, and the
+# oral line is context that makes the situation hold.
+ORAL_CONTEXT = L("amlodipine", at=-1, named=False)
+
+
 def _monitoring() -> list[Scenario]:
     iv_course = dict(need_days=6)
     return [
@@ -578,21 +591,21 @@ def _monitoring() -> list[Scenario]:
         _p(
             "infect.iv_to_oral",
             "levofloxacin_iv_5d",
-            (L("levofloxacin_iv", hours=120), L("amlodipine", at=-1)),
+            (L("levofloxacin_iv", hours=120), ORAL_CONTEXT),
             Window("delay", 72),
             need_days=6,
         ),
         _p(
             "infect.iv_to_oral",
             "metronidazole_iv_5d",
-            (L("metronidazole_iv", hours=120), L("amlodipine", at=-1)),
+            (L("metronidazole_iv", hours=120), ORAL_CONTEXT),
             Window("delay", 72),
             need_days=6,
         ),
         _c(
             "infect.iv_to_oral",
             "ciprofloxacin_iv_60h",
-            (L("ciprofloxacin_iv", hours=60), L("amlodipine", at=-1)),
+            (L("ciprofloxacin_iv", hours=60), ORAL_CONTEXT),
             Window("delay", 72),
             need_days=6,
         ),
@@ -843,7 +856,7 @@ def _combinations() -> list[Scenario]:
             "elderly.nsaid_renal",
             "ibuprofen_crcl_below_50",
             (L("ibuprofen", hours=120),),
-            Window("state", INF, "creatinine"),
+            RENAL,
             age=(66, 120),
             renal=("crcl", 32, 45),
         ),
@@ -851,7 +864,7 @@ def _combinations() -> list[Scenario]:
             "elderly.nsaid_renal",
             "ibuprofen_crcl_above_50",
             (L("ibuprofen", hours=120),),
-            Window("state", INF, "creatinine"),
+            RENAL,
             age=(66, 120),
             renal=("crcl", 53, 60),
         ),

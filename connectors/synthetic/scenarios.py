@@ -39,11 +39,12 @@ class Situation:
     scenario: Scenario
     stay: int
     anchor: int
-    core_orders: list[int]  # rows of Plan.orders
-    core_spans: list[tuple[int, int]]  # (start, end or -1)
+    core_orders: list[int]  # rows of Plan.orders the rule's alert names
+    core_spans: list[tuple[int, int]]  # (start, end or -1) of every core line, in line order
     lab_time: int | None = None
     lab_value: float | None = None
     daily_doses: dict[str, float] = field(default_factory=dict)
+    context_orders: list[int] = field(default_factory=list)  # core rows the alert does not name
 
 
 @dataclass
@@ -186,7 +187,7 @@ class _Writer:
             (i, drug, dose, frequency, period, unit, start, end, status, line.prn)
         )
         if line.core:
-            situation.core_orders.append(row)
+            (situation.core_orders if line.named else situation.context_orders).append(row)
             situation.core_spans.append((start, end))
             per_day = frequency / (period * {"h": 1 / 24, "d": 1.0, "wk": 7.0}[unit])
             situation.daily_doses[line.drug] = round(dose * per_day, 4)

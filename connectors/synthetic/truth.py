@@ -2,9 +2,13 @@
 
 Windows are computed from the data actually written (the injected result, the next result of
 the same concept, the lines' real start and end after discharge capping), with the semantics
-named in ``catalogue.Window`` and recorded per rule in ``truth.json``. Controls (near misses)
-carry the window in which the rule must *not* fire. The truth is exhaustive for the covered
-rules over the evaluation period: background stays are generated so as never to meet them.
+named in ``catalogue.Window`` and recorded per rule in ``truth.json``; a window's look-back is
+the rule's own, so the truth stops expecting an alert when the rule stops reading the result.
+Controls (near misses) carry the window in which the rule must *not* fire. A row names the lines
+the rule's alert must name (``order_ids``) apart from the context lines that only make the
+situation hold and bound its window (``context_order_ids``: "takes other drugs by mouth"). The
+truth is exhaustive for the covered rules over the evaluation period: background stays are
+generated so as never to meet them.
 """
 
 from __future__ import annotations
@@ -31,9 +35,18 @@ from connectors.synthetic.hospital import (
 from connectors.synthetic.labs import CONCEPTS, Labs
 from connectors.synthetic.scenarios import Plan, Situation
 
-__all__ = ["RULE_SEVERITY", "TRUTH_SCHEMA", "WINDOW_SEMANTICS", "truth_frame", "truth_meta"]
+__all__ = [
+    "RULE_SEVERITY",
+    "TRUTH_FIELDS",
+    "TRUTH_SCHEMA",
+    "WINDOW_SEMANTICS",
+    "truth_frame",
+    "truth_meta",
+]
 
 NONE = -1
+# How long a VKA runs before the rule expects an INR ("v.duration >= 3 d").
+VKA_SETTLING = 3 * DAY
 
 RULE_SEVERITY = {
     "renal.metformin_egfr": "major",
@@ -80,9 +93,25 @@ WINDOW_SEMANTICS = {
     "look-back (hours) after it, or the end of an involved line",
     "any": "from the injected result for the look-back (hours): 'a value within W'",
     "state": "renal state: from when a creatinine within the look-back exists while the lines "
-    "are active, until a line ends",
+    "are active, until a line ends or no creatinine is left within the look-back",
     "delay": "from 'hours' after the first involved line starts until a line ends",
-    "no_inr": "VKA active for >= 3 days and no INR in the previous 7 days",
+    "no_inr": "positive: from when the VKA has run >= 3 days with no INR within the look-back, "
+    "until the next INR or the line ends; control: from when the VKA has run 3 days until "
+    "that moment (the last INR + the look-back) or the line ends",
+}
+
+TRUTH_FIELDS = {
+    "rule_id": "the rule of the default pack",
+    "expected": "positive: the rule must report the situation throughout its window; control: "
+    "a near miss, the rule must stay silent throughout its window",
+    "order_ids": "the lines the rule's alert must name (it may name others, never a context line)",
+    "context_order_ids": "lines the alert does not name but that make the situation hold and "
+    "bound its window (e.g. an oral line for 'takes other drugs by mouth'); null when none",
+    "window_start": "when the situation starts to hold (UTC)",
+    "window_end": "when it stops holding, even after the end of the data when the data say "
+    "so (a look-back running out); null = still holding at the end of the data",
+    "severity": "the alert's expected severity",
+    "key_values": "the values that make the situation (doses, lab value, renal function, age)",
 }
 
 TRUTH_SCHEMA = {
@@ -93,6 +122,7 @@ TRUTH_SCHEMA = {
     "stay_id": pl.Utf8,
     "ward": pl.Utf8,
     "order_ids": pl.Utf8,
+    "context_order_ids": pl.Utf8,
     "window_start": pl.Int64,
     "window_end": pl.Int64,
     "severity": pl.Utf8,
@@ -134,14 +164,15 @@ def _window(sit: Situation, index: _LabIndex) -> tuple[int, int]:
     w: Window = sit.scenario.window
     starts = [s for s, _ in sit.core_spans]
     line_end = _min_end(sit.core_spans)
+    lookback = w.hours * HOUR
     if w.kind == "lines":
         return max(starts), line_end
     if w.kind in ("latest", "any"):
         assert sit.lab_time is not None
         t = sit.lab_time
         end = line_end
-        if not math.isinf(w.hours):
-            end = _cap(end, t + int(w.hours * HOUR))
+        if not math.isinf(lookback):
+            end = _cap(end, t + int(lookback))
         if w.kind == "latest":
             times, _ = index.get(sit.stay, w.concept)
             later = bisect_right(times, t)
@@ -151,29 +182,50 @@ def _window(sit: Situation, index: _LabIndex) -> tuple[int, int]:
     if w.kind == "state":
         times, _ = index.get(sit.stay, w.concept)
         begin = max(starts)
-        lookback = -math.inf if math.isinf(w.hours) else begin - w.hours * HOUR
-        before = [x for x in times if lookback <= x <= begin]
-        if before:
-            return begin, line_end
-        after = bisect_right(times, begin)
-        return (times[after], line_end) if after < len(times) else (NONE, NONE)
+        if any(begin - lookback <= x <= begin for x in times):
+            start = begin
+        else:
+            after = bisect_right(times, begin)
+            if after == len(times):
+                return NONE, NONE
+            start = times[after]
+        return start, _cap(line_end, _stale(times, start, lookback))
     if w.kind == "delay":
-        return sit.core_spans[0][0] + int(w.hours * HOUR), line_end
+        return sit.core_spans[0][0] + int(lookback), line_end
     if w.kind == "no_inr":
-        return _no_inr_start(sit, index), line_end
+        return _no_inr_window(sit, index, int(lookback), line_end)
     raise ValueError(f"unknown window kind {w.kind}")
 
 
-def _no_inr_start(sit: Situation, index: _LabIndex) -> int:
-    begin = sit.core_spans[0][0] + 3 * DAY
+def _stale(times: list[int], at: int, lookback: float) -> int:
+    """When, from ``at`` on, no result is left within the look-back (NONE: never)."""
+    if math.isinf(lookback):
+        return NONE
+    k = bisect_right(times, at) - 1
+    while k + 1 < len(times) and times[k + 1] - times[k] <= lookback:
+        k += 1
+    return times[k] + int(lookback)
+
+
+def _no_inr_window(
+    sit: Situation, index: _LabIndex, lookback: int, line_end: int
+) -> tuple[int, int]:
+    """A positive holds from the first moment the VKA has run long enough with no INR within
+    the look-back until the next INR; a control is the time before that moment, in which
+    every check finds a recent INR."""
+    settled = sit.core_spans[0][0] + VKA_SETTLING
     times, _ = index.get(sit.stay, "inr")
+    onset = settled
     moved = True
     while moved:
         moved = False
         for t in times:
-            if t <= begin < t + 7 * DAY:
-                begin, moved = t + 7 * DAY, True
-    return begin
+            if t <= onset < t + lookback:
+                onset, moved = t + lookback, True
+    if not sit.scenario.positive:
+        return settled, _cap(line_end, onset)
+    later = bisect_right(times, onset)
+    return onset, line_end if later == len(times) else _cap(line_end, times[later])
 
 
 def _nonempty(start: int, end: int) -> bool:
@@ -256,6 +308,10 @@ def truth_frame(
                 "stay_id": stay_ids[sit.stay],
                 "ward": stays.ward[sit.stay],
                 "order_ids": ";".join(order_ids[order_offset + r] for r in sit.core_orders),
+                "context_order_ids": ";".join(
+                    order_ids[order_offset + r] for r in sit.context_orders
+                )
+                or None,
                 "window_start": start,
                 "window_end": None if end == NONE else end,
                 "severity": _severity(sit),
@@ -286,4 +342,8 @@ def truth_meta(period: Period, rates: dict[str, float]) -> dict[str, object]:
         entry["variants"].append(
             {"variant": s.variant, "expected": "positive" if s.positive else "control"}
         )
-    return {"evaluation_period": {"start": period.start, "end": period.end}, "rules": rules}
+    return {
+        "evaluation_period": {"start": period.start, "end": period.end},
+        "fields": TRUTH_FIELDS,
+        "rules": rules,
+    }
