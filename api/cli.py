@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from api.ingest import IngestReport, ParsedMessage, ingest, read_feed
-from connectors.base import FeedError
+from connectors.base import FeedError, site_timezone
 from connectors.registry import FORMATS
 from engine.factset import FactSet
 from engine.quality import quality_report, render_text
@@ -138,6 +138,8 @@ def _print_ingest(report: IngestReport, max_errors: int = 20) -> None:
     print(f"Messages: {_counts(report.total_messages())}")
     for skipped in report.skipped():
         print(f"Skipped: {skipped}")
+    for unreadable in report.unreadable():
+        print(f"Not read: {unreadable}")
     errors = report.errors()
     if errors:
         print(f"Errors ({len(errors):,}; kept in the dead-letter store):")
@@ -160,8 +162,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         report = ingest(args.paths, store, args.format)
         print(f"Store: {store.safe_url}")
     _print_ingest(report)
-    unread = any(f.format is None and not f.skipped for f in report.files)
-    return 1 if report.total_messages()["rejected"] or unread else 0
+    return 1 if report.total_messages()["rejected"] or report.unreadable() else 0
 
 
 def _cmd_quality(args: argparse.Namespace) -> int:
@@ -267,6 +268,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     args = _parser().parse_args(argv)
+    try:
+        site_timezone()
+    except ValueError as error:  # a configuration mistake: say so once, before any work
+        print(f"vigie: {error}", file=sys.stderr)
+        return 2
     commands = {
         "ingest": _cmd_ingest,
         "quality": _cmd_quality,

@@ -53,6 +53,7 @@ class FileReport:
     facts: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     skipped: str | None = None  # why the file was not read (not a recognised feed)
+    unreadable: str | None = None  # the file could not be opened (missing, no permission)
 
 
 @dataclass
@@ -70,6 +71,9 @@ class IngestReport:
 
     def skipped(self) -> list[str]:
         return [f.skipped for f in self.files if f.skipped]
+
+    def unreadable(self) -> list[str]:
+        return [f.unreadable for f in self.files if f.unreadable]
 
 
 def _parse(connector: Connector, raw: RawMessage) -> ParsedMessage:
@@ -106,7 +110,7 @@ def _connector(path: Path, fmt: str, report: FileReport) -> Connector | None:
         report.skipped = str(error)
         return None
     except OSError as error:
-        report.errors.append(f"{path}: cannot read: {error.strerror}")
+        report.unreadable = f"{path}: cannot read: {error.strerror}"
         return None
 
 
@@ -129,7 +133,7 @@ def _iter_raw(paths: Iterable[Path], fmt: str, reports: list[FileReport]) -> Ite
         try:
             content = path.read_bytes()
         except OSError as error:
-            report.errors.append(f"{path}: cannot read: {error.strerror}")
+            report.unreadable = f"{path}: cannot read: {error.strerror}"
             continue
         for raw in connector.split(path.name, content):
             yield _Pending(report, connector, raw)

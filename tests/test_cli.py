@@ -142,3 +142,26 @@ def test_rules_test_passes_on_the_default_pack(capsys) -> None:
     assert main(["rules", "test", "rules/packs/default.rules"]) == 0
     out = capsys.readouterr().out
     assert "PASS" in out and "FAIL" not in out
+
+
+def test_missing_file_is_reported_and_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("VIGIE_DATABASE_URL", f"sqlite:///{tmp_path / 'v.db'}")
+    assert main(["ingest", str(tmp_path / "missing.hl7")]) == 1
+    out = capsys.readouterr().out
+    assert "Not read:" in out and "missing.hl7: cannot read" in out
+    assert "dead-letter" not in out  # nothing was received, so nothing is dead-lettered
+
+
+def test_bad_time_zone_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from connectors import base
+
+    monkeypatch.setenv("VIGIE_TIMEZONE", "Mars/Olympus")
+    base.site_timezone.cache_clear()
+    try:
+        assert main(["quality", "--input", "tests/data/csv"]) == 2
+        assert "VIGIE_TIMEZONE='Mars/Olympus'" in capsys.readouterr().err
+    finally:
+        monkeypatch.setenv("VIGIE_TIMEZONE", "UTC")
+        base.site_timezone.cache_clear()
