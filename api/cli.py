@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from api.ingest import IngestReport, ParsedMessage, ingest, read_feed
 from connectors.base import FeedError, site_timezone
+from connectors.fhir import validation_mode
+from connectors.hl7v2_message import selected_parser
 from connectors.registry import FORMATS
 from engine.factset import FactSet
 from engine.quality import quality_report, render_text
@@ -270,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         site_timezone()
+        selected_parser()
+        validation_mode()
     except ValueError as error:  # a configuration mistake: say so once, before any work
         print(f"vigie: {error}", file=sys.stderr)
         return 2

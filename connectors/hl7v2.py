@@ -55,7 +55,7 @@ from connectors.hl7v2_framing import (
     read_header,
 )
 from connectors.hl7v2_history import load_history
-from connectors.hl7v2_message import Hl7Message, Hl7Outcome
+from connectors.hl7v2_message import Hl7Message, Hl7Outcome, read_message
 from connectors.hl7v2_pharmacy import load_administrations, load_orders
 from connectors.terminology import Terminology, default_terminology
 
@@ -110,7 +110,7 @@ def split(document: str, content: bytes) -> Iterator[RawMessage]:
 
 def parse(raw: RawMessage, terminology: Terminology | None = None) -> Hl7Outcome:
     """Facts of one message; raises ``FeedError`` when the message cannot be read at all."""
-    message = Hl7Message(raw)
+    message = read_message(raw)
     outcome = Hl7Outcome(message_type=message.message_type, notes=list(message.notes))
     _check_charset(message, raw, outcome)
     loader = _loader(message)

@@ -7,14 +7,19 @@ segments and fields, and gives field access by segment and field number with pos
 
 Fields are split on the field separator up front and into repetitions, components and
 subcomponents only when read. python-hl7's ``hl7.parse`` builds the whole tree of every
-segment, which costs about 2.5 ms per message, several times the ingest budget; the tests
+segment, about 4x slower over a whole ingest (``benchmarks/bench_hl7_ingest.py``); the tests
 hold this reader to python-hl7's on the reference messages and on random ones
 (``tests/test_hl7v2.py::test_field_access_agrees_with_python_hl7``).
+
+``read_message`` picks the reader named by ``VIGIE_HL7_PARSER``: ``lazy`` (this class, the
+default) or ``python-hl7`` (``connectors.hl7v2_hl7lib.Hl7libMessage``, same checks and
+interface, fields read from python-hl7's tree); both give the same facts and errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -29,12 +34,20 @@ from connectors.hl7v2_framing import (
 )
 
 __all__ = [
+    "HL7_PARSERS",
     "Hl7Message",
     "Hl7Outcome",
     "SegmentRef",
     "parse_dtm",
     "parse_number",
+    "read_message",
+    "selected_parser",
 ]
+
+# VIGIE_HL7_PARSER: "lazy" (this module's reader, the default: about 4x faster) or
+# "python-hl7" (``connectors.hl7v2_hl7lib``: the tree built by ``hl7.parse``).
+HL7_PARSERS = ("lazy", "python-hl7")
+_PARSER_VARIABLE = "VIGIE_HL7_PARSER"
 
 DTM_FORMAT = "an HL7 date/time YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]"
 NUMBER_FORMAT = "a number (HL7 NM: optional sign, digits, decimal point)"
@@ -225,6 +238,10 @@ class Hl7Message:
                     f"{self.separator!r}",
                     line[:40],
                 )
+        return self._segments(lines)
+
+    def _segments(self, lines: list[str]) -> list[SegmentRef]:
+        """Checked segment lines cut into fields (the python-hl7 reader overrides this)."""
         counts: dict[str, int] = {}
         refs = []
         for ordinal, line in enumerate(lines, start=1):
@@ -382,6 +399,29 @@ class Hl7Message:
         except ValueError:
             position = segment.position(field, component if component > 1 else None)
             raise self.error(position, DTM_FORMAT, text) from None
+
+
+def selected_parser() -> str:
+    """The reader chosen by ``VIGIE_HL7_PARSER``; ``ValueError`` naming the choices if unknown.
+
+    Read on every call, not cached: it costs nothing next to a parse, and a test or a
+    long-running service can switch it.
+    """
+    name = os.environ.get(_PARSER_VARIABLE, "").strip() or HL7_PARSERS[0]
+    if name not in HL7_PARSERS:
+        choices = " or ".join(repr(choice) for choice in HL7_PARSERS)
+        raise ValueError(f"{_PARSER_VARIABLE}={name!r} is not a known HL7 v2 parser: use {choices}")
+    return name
+
+
+def read_message(raw: RawMessage) -> Hl7Message:
+    """One message read by the selected reader; ``FeedError`` if it cannot be read."""
+    if selected_parser() == "python-hl7":
+        # Imported here: that module subclasses Hl7Message, so it imports this one.
+        from connectors.hl7v2_hl7lib import Hl7libMessage
+
+        return Hl7libMessage(raw)
+    return Hl7Message(raw)
 
 
 def _valid_encoding_chars(chars: str, separator: str) -> bool:

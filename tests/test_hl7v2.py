@@ -3,12 +3,17 @@
 Golden files: ``tests/golden/hl7v2/<name>.hl7`` are inputs, ``<name>.json`` what each message
 gives (facts, non-fatal errors, fatal error, ignored). Regenerate, then read the diff before
 trusting it: ``VIGIE_REGENERATE_GOLDEN=1 .venv/bin/pytest tests/test_hl7v2.py -k golden``.
+
+Every example-based test runs under both readers (``VIGIE_HL7_PARSER=lazy`` and
+``python-hl7``, see ``pytest_generate_tests``); the Hypothesis tests run on the default reader,
+plus one quick fuzz of the python-hl7 one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,8 @@ from hypothesis import strategies as st
 
 from connectors import hl7v2
 from connectors.base import FeedError, RawMessage, site_timezone
-from connectors.hl7v2_message import Hl7Message, parse_dtm
+from connectors.hl7v2_hl7lib import Hl7libMessage
+from connectors.hl7v2_message import HL7_PARSERS, Hl7Message, parse_dtm, read_message
 from connectors.hl7v2_pharmacy import frequency_per_day
 from engine.facts import (
     Allergy,
@@ -101,6 +107,113 @@ def assert_located(error: FeedError, document: str) -> None:
     assert error.message_id
     assert error.position, str(error)
     assert "expected" in str(error)
+
+
+# Both readers ------------------------------------------------------------------------------
+
+PARSER_VARIABLE = "VIGIE_HL7_PARSER"
+# Tests that choose their reader themselves, or check the lazy one against python-hl7.
+_ONE_READER_TESTS = frozenset(
+    {
+        "test_both_readers_give_identical_facts_and_errors",
+        "test_field_access_agrees_with_python_hl7",
+        "test_reader_selection",
+        "test_a_python_hl7_failure_is_a_located_feed_error",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Example-based tests run under both readers; Hypothesis ones on the default only."""
+    if metafunc.definition.get_closest_marker("property") is not None:
+        return
+    if metafunc.function.__name__ in _ONE_READER_TESTS:
+        return
+    metafunc.parametrize("hl7_parser", HL7_PARSERS, indirect=True)
+
+
+# Module scope: Hypothesis rejects function-scoped fixtures, and this one is autouse. Pytest
+# regroups the tests by reader, so the variable switches only a few times.
+@pytest.fixture(scope="module", autouse=True)
+def hl7_parser(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The reader a test runs under: its parameter, else the default (``lazy``)."""
+    name = str(getattr(request, "param", HL7_PARSERS[0]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(PARSER_VARIABLE, name)
+        yield name
+
+
+def test_reader_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = next(hl7v2.split("k.hl7", hl7_text(MSH_ORU, PID, OBX_K)))
+    monkeypatch.delenv(PARSER_VARIABLE, raising=False)
+    assert type(read_message(raw)) is Hl7Message
+    monkeypatch.setenv(PARSER_VARIABLE, "python-hl7")
+    assert type(read_message(raw)) is Hl7libMessage
+    monkeypatch.setenv(PARSER_VARIABLE, "lazy")
+    assert type(read_message(raw)) is Hl7Message
+    monkeypatch.setenv(PARSER_VARIABLE, "hl7apy")
+    with pytest.raises(ValueError, match=r"VIGIE_HL7_PARSER='hl7apy'.*'lazy' or 'python-hl7'"):
+        hl7v2.parse(raw)
+
+
+def test_a_python_hl7_failure_is_a_located_feed_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # After the reader's own checks python-hl7 has not been seen to fail, so make it fail on
+    # one segment: the error is located there and names python-hl7's exception.
+    real_parse = hl7.parse
+
+    def failing_parse(text: str) -> Any:
+        if "\rZXX|" in text:
+            raise hl7.ParseException("cannot read ZXX")
+        return real_parse(text)
+
+    monkeypatch.setattr(hl7, "parse", failing_parse)
+    monkeypatch.setenv(PARSER_VARIABLE, "python-hl7")
+    raw = next(hl7v2.split("b.hl7", hl7_text(MSH_ORU, PID, "ZXX|1", OBX_K)))
+    with pytest.raises(FeedError) as caught:
+        hl7v2.parse(raw)
+    assert_located(caught.value, "b.hl7")
+    assert caught.value.position == "segment 3"
+    assert "a message python-hl7 can read" in str(caught.value)
+    assert "ParseException: cannot read ZXX" in str(caught.value)
+
+
+def reading(document: str, content: bytes) -> list[Any]:
+    """Everything a document gives: facts, notes, errors with their positions, fatal errors."""
+    form: list[Any] = []
+    for _, outcome in messages(document, content):
+        if isinstance(outcome, FeedError):
+            form.append(("fatal", str(outcome), outcome.position))
+            continue
+        facts = [fact.model_dump(mode="json") for fact in outcome.facts]
+        errors = [(str(error), error.position) for error in outcome.errors]
+        form.append((outcome.message_type, outcome.ignored, outcome.notes, facts, errors))
+    return form
+
+
+def readings_by_reader(document: str, content: bytes) -> dict[str, list[Any]]:
+    with pytest.MonkeyPatch.context() as patch:
+        results = {}
+        for name in HL7_PARSERS:
+            patch.setenv(PARSER_VARIABLE, name)
+            results[name] = reading(document, content)
+    return results
+
+
+def test_both_readers_give_identical_facts_and_errors(shared_data: Path) -> None:
+    paths = sorted((shared_data / "hl7v2").rglob("*.hl7")) + sorted(GOLDEN.glob("*.hl7"))
+    assert len(paths) > 150
+    counts = {"facts": 0, "errors": 0, "fatal": 0}
+    for path in paths:
+        by_reader = readings_by_reader(path.name, path.read_bytes())
+        assert by_reader["python-hl7"] == by_reader["lazy"], str(path)
+        for entry in by_reader["lazy"]:
+            if entry[0] == "fatal":
+                counts["fatal"] += 1
+            else:
+                counts["facts"] += len(entry[3])
+                counts["errors"] += len(entry[4])
+    # The comparison covered facts, non-fatal errors and fatal errors alike.
+    assert counts["facts"] > 300 and counts["errors"] > 0 and counts["fatal"] > 0, counts
 
 
 # Every reference sample ----------------------------------------------------------------------
@@ -949,3 +1062,12 @@ def test_random_input_parses_or_raises_feed_error(content: bytes) -> None:
 @given(st.text(alphabet="MSHPIDOBX|^~\\&\r\n0123456789", max_size=300))
 def test_random_hl7_like_text_parses_or_raises_feed_error(text: str) -> None:
     _parse_everything(("MSH|^~\\&|" + text).encode())
+
+
+@pytest.mark.property
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(mutated_messages(), field_mutations()))
+def test_python_hl7_reader_on_mutated_messages_gives_facts_or_feed_error(content: bytes) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(PARSER_VARIABLE, "python-hl7")
+        _parse_everything(content)
