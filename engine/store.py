@@ -182,34 +182,8 @@ class FactStore:
         ``raw`` is a ``connectors.base.RawMessage`` (duck-typed: the engine does not import
         connectors).
         """
-        existing = session.execute(
-            select(RawMessageRow).where(
-                RawMessageRow.feed == raw.feed, RawMessageRow.message_id == raw.message_id
-            )
-        ).scalar_one_or_none()
-        if existing is not None and existing.sha256 == raw.sha256:
-            return RawRecord(existing.id, duplicate=True, replaced=False)
-        if existing is not None:
-            self._forget_outcome(session, existing.id)
-            existing.content, existing.sha256 = raw.content, raw.sha256
-            existing.document, existing.position = raw.document, raw.position
-            existing.received_at, existing.status = _now(), "received"
-            return RawRecord(existing.id, duplicate=False, replaced=True)
-        row = RawMessageRow(
-            feed=raw.feed,
-            message_id=raw.message_id,
-            document=raw.document,
-            position=raw.position,
-            encoding=raw.encoding,
-            sha256=raw.sha256,
-            content=raw.content,
-            received_at=_now(),
-            status="received",
-            fact_count=0,
-        )
-        session.add(row)
-        session.flush()
-        return RawRecord(row.id, duplicate=False, replaced=False)
+        (record,) = self.record_raws(session, [raw])
+        return record
 
     def record_raws(self, session: Session, raws: Sequence[Any]) -> list[RawRecord]:
         """``record_raw`` for a batch: one lookup and one insert for all of them.
@@ -320,9 +294,7 @@ class FactStore:
             )
 
     def mark(self, session: Session, raw_id: int, status: str, fact_count: int) -> None:
-        row = session.get(RawMessageRow, raw_id)
-        if row is not None:
-            row.status, row.fact_count = status, fact_count
+        self.record_outcomes(session, [(raw_id, status, fact_count)])
 
     # Facts --------------------------------------------------------------------------------
 

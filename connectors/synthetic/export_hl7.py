@@ -98,6 +98,23 @@ def _segments_per_stay(frame: pl.DataFrame, segment: pl.Expr, name: str) -> pl.D
     )
 
 
+def _numeric_obx() -> list[str | pl.Expr]:
+    """An OBX from its value type on: LOINC code, value, UCUM unit, final, observation time."""
+    return [
+        "|NM|",
+        pl.col("code"),
+        "^",
+        pl.col("_display"),
+        "^LN||",
+        pl.col("value").cast(pl.Utf8),
+        "|",
+        pl.col("unit"),
+        "^^UCUM|||||F|||",
+        as_hl7("time"),
+        CR,
+    ]
+
+
 def _admissions(t: dict[str, pl.DataFrame]) -> pl.DataFrame:
     stays = t["stays"].join(t["patients"], on="patient_id", how="left")
     first = (
@@ -105,21 +122,7 @@ def _admissions(t: dict[str, pl.DataFrame]) -> pl.DataFrame:
     )
     vitals = _segments_per_stay(
         first,
-        _j(
-            "OBX|",
-            pl.col("code").replace({"29463-7": "1", "8302-2": "2"}),
-            "|NM|",
-            pl.col("code"),
-            "^",
-            pl.col("_display"),
-            "^LN||",
-            pl.col("value").cast(pl.Utf8),
-            "|",
-            pl.col("unit"),
-            "^^UCUM|||||F|||",
-            as_hl7("time"),
-            CR,
-        ),
+        _j("OBX|", pl.col("code").replace({"29463-7": "1", "8302-2": "2"}), *_numeric_obx()),
         "vitals",
     )
     cond = t["conditions"].with_columns(pl.int_range(1, pl.len() + 1).over("_stay_id").alias("n"))
@@ -306,19 +309,7 @@ def _results(t: dict[str, pl.DataFrame]) -> pl.DataFrame:
         "_stay_id",
         "time",
         pl.col("observation_id").alias("lab_id"),
-        _j(
-            "|NM|",
-            pl.col("code"),
-            "^",
-            pl.col("_display"),
-            "^LN||",
-            pl.col("value").cast(pl.Utf8),
-            "|",
-            pl.col("unit"),
-            "^^UCUM|||||F|||",
-            as_hl7("time"),
-            CR,
-        ).alias("obx"),
+        _j(*_numeric_obx()).alias("obx"),
     )
     rows = pl.concat([labs, weights]).with_columns(
         pl.int_range(1, pl.len() + 1).over(["_stay_id", "time"]).alias("n")
