@@ -16,17 +16,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from api.ingest import IngestReport, ParsedMessage, ingest, read_feed
-from connectors.base import FeedError, site_timezone
-from connectors.fhir import validation_mode
-from connectors.hl7v2_message import selected_parser
-from connectors.registry import FORMATS
-from engine.factset import FactSet
-from engine.quality import quality_report, render_text
-from engine.store import FactStore, StoreError
+from vigie.api.ingest import IngestReport, ParsedMessage, ingest, read_feed
+from vigie.connectors.base import FeedError, site_timezone
+from vigie.connectors.fhir.connector import validation_mode
+from vigie.connectors.hl7v2.readers import selected_parser
+from vigie.connectors.registry import FORMATS
+from vigie.engine.factset import FactSet
+from vigie.engine.quality import quality_report, render_text
+from vigie.store import FactStore, StoreError
 
 if TYPE_CHECKING:
-    from connectors.synthetic import GenerationSummary
+    from vigie.synthetic import GenerationSummary
 
 __all__ = ["main"]
 
@@ -76,14 +76,14 @@ def _add_rules(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _cmd_rules(args: argparse.Namespace) -> int:
     if args.rules_command == "check":
-        from rules import check_command
+        from vigie.rules import check_command
 
         return check_command(args.packs, show_ir=args.show_ir)
     if args.rules_command == "import-ansm":
-        from rules.ansm import import_command
+        from vigie.rules.packs.ansm import import_command
 
         return import_command(args.thesaurus, args.out, args.report)
-    from api.rule_tests import test_command
+    from vigie.rules.testing.runner import test_command
 
     return test_command(args.paths)
 
@@ -153,7 +153,7 @@ def _print_ingest(report: IngestReport, max_errors: int = 20) -> None:
 
 def _configure_mapping(args: argparse.Namespace) -> None:
     if getattr(args, "mapping", None) is not None:
-        from connectors import tabular
+        from vigie.connectors.tabular import connector as tabular
 
         tabular.configure(args.mapping)
 
@@ -190,7 +190,7 @@ def _cmd_quality(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace, out: Path) -> GenerationSummary:
     """Write a synthetic hospital and say what it holds."""
-    from connectors.synthetic import generate
+    from vigie.synthetic import generate
 
     summary = generate(
         args.beds, args.days, args.seed, args.format, out, start=getattr(args, "start", None)
@@ -209,8 +209,8 @@ DEFAULT_PACKS = ("default.rules", "ansm-interactions.rules")
 
 def _print_alerts(facts: FactSet, as_of: datetime, shown: int = 12) -> None:
     """Evaluate the default packs on every patient and print the worklist's head."""
-    import rules
-    from engine import evaluate
+    from vigie import rules
+    from vigie.engine import evaluate
 
     alerts = []
     for name in DEFAULT_PACKS:

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from connectors.base import Connector, FeedError, ParseOutcome, RawMessage, iter_files
-from connectors.registry import UnknownFormat, connector_for, detect_format
-from engine.facts import Fact
-from engine.store import FactStore
+from vigie.connectors.base import Connector, FeedError, ParseOutcome, RawMessage, iter_files
+from vigie.connectors.registry import UnknownFormat, connector_for, detect_format
+from vigie.facts import Fact
+from vigie.store import FactStore
 
 __all__ = ["FileReport", "IngestReport", "ParsedMessage", "ingest", "read_feed"]
 

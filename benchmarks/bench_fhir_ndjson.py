@@ -12,10 +12,10 @@ import os
 import time
 from pathlib import Path
 
-from connectors import fhir
-from connectors.base import FeedError
-from connectors.fhir_fast import parse_fhir_datetime
-from connectors.terminology import default_terminology
+from vigie.connectors.base import FeedError
+from vigie.connectors.fhir import connector as fhir
+from vigie.connectors.fhir.fast import parse_fhir_datetime
+from vigie.terminology import default_terminology
 
 TARGET_FACTS_PER_SECOND = 50_000
 DATA = Path(os.environ.get("VIGIE_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))

@@ -22,7 +22,7 @@ TARGET_SECONDS = 120.0
 
 
 def _one(fmt: str, beds: int, days: int, seed: int) -> dict[str, object]:
-    from connectors.synthetic import generate
+    from vigie.synthetic import generate
 
     with tempfile.TemporaryDirectory(prefix=f"vigie-bench-{fmt}-") as folder:
         began = time.perf_counter()

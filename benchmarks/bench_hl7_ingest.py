@@ -18,9 +18,9 @@ import random
 import time
 from datetime import datetime, timedelta
 
-from connectors import hl7v2
-from connectors.hl7v2_message import HL7_PARSERS
-from connectors.terminology import default_terminology
+from vigie.connectors.hl7v2 import connector as hl7v2
+from vigie.connectors.hl7v2.readers import HL7_PARSERS
+from vigie.terminology import default_terminology
 
 TARGET_FACTS_PER_SECOND = 20_000
 

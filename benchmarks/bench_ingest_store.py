@@ -21,9 +21,9 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from api.ingest import ingest
-from connectors.synthetic import generate
-from engine.store import FactStore
+from vigie.api.ingest import ingest
+from vigie.store import FactStore
+from vigie.synthetic import generate
 
 TARGET_FACTS_PER_SECOND = 10_000
 POSTGRES = os.environ.get(

@@ -20,11 +20,11 @@ import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from engine import FactSet, LiveEvaluator, compile_ir, evaluate
-from engine.compile import CompiledPack
-from engine.facts import AnyFact, Coding, LabResult, MedicationOrder, Observation, Patient, Sex
-from engine.facts import Source as FactSource
-from rules import compile_pack
+from vigie.engine import FactSet, LiveEvaluator, compile_ir, evaluate
+from vigie.engine.compile import CompiledPack
+from vigie.facts import AnyFact, Coding, LabResult, MedicationOrder, Observation, Patient, Sex
+from vigie.facts import Source as FactSource
+from vigie.rules import compile_pack
 
 TARGET_SECONDS = 50e-6
 REPO = Path(__file__).parents[1]

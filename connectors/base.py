@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from engine.facts import AnyFact
+from vigie.facts import AnyFact
 
 __all__ = [
     "Connector",

@@ -32,9 +32,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
-from connectors.terminology import Terminology, UnknownUnit, default_terminology, normalise_system
-from engine.facts import AnyFact, Coding, Flag, FlagCode, LabResult, Patient, Sex, Source
+from vigie.connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
+from vigie.facts import AnyFact, Coding, Flag, FlagCode, LabResult, Patient, Sex, Source
+from vigie.terminology import Terminology, UnknownUnit, default_terminology, normalise_system
 
 __all__ = [
     "Delimiters",

@@ -40,9 +40,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
-from connectors.terminology import Terminology, UnknownUnit, default_terminology, normalise_system
-from engine.facts import (
+from vigie.connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
+from vigie.facts import (
     AnyFact,
     Coding,
     Flag,
@@ -55,6 +54,7 @@ from engine.facts import (
     Source,
     Stay,
 )
+from vigie.terminology import Terminology, UnknownUnit, default_terminology, normalise_system
 
 __all__ = ["Element", "feed", "parse", "parse_message", "read_xml", "sniff", "split", "ucd13"]
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from connectors.base import Connector
+from vigie.connectors.base import Connector
 
 __all__ = ["FORMATS", "UnknownFormat", "connector_for", "detect_format"]
 
 # feed name -> module implementing the Connector protocol
 FORMATS: dict[str, str] = {
-    "fhir": "connectors.fhir",
-    "hl7": "connectors.hl7v2",
-    "hprim": "connectors.hprim",
-    "pn13": "connectors.pn13",
-    "csv": "connectors.tabular",
+    "fhir": "vigie.connectors.fhir.connector",
+    "hl7": "vigie.connectors.hl7v2.connector",
+    "hprim": "vigie.connectors.hprim",
+    "pn13": "vigie.connectors.pn13",
+    "csv": "vigie.connectors.tabular.connector",
 }
 
 # Sniffing order: the most specific signatures first.

@@ -3,15 +3,15 @@
 Entry points: ``compile_ir(ir)`` compiles a rule pack's IR (from ``rules.compile_pack``) once;
 ``evaluate(pack, facts, as_of)`` returns the explained alerts of a ``FactSet`` or one
 ``PatientRecord`` as of a time; ``LiveEvaluator(pack)`` re-evaluates incrementally as facts
-arrive (``add``) and as time passes (``tick``). ``engine.evaluate`` is the function (the module
-of the same name is reached with ``from engine.evaluate import ...``).
+arrive (``add``) and as time passes (``tick``). ``vigie.engine.evaluate`` is the function (the
+module of the same name is reached with ``from vigie.engine.evaluate import ...``).
 """
 
-from engine.alerts import Alert, AlertDrug, Evidence, alert_id
-from engine.compile import CompiledPack, EngineError, PackError, RuleRuntimeError, compile_ir
-from engine.evaluate import evaluate  # binds the function over the submodule attribute
-from engine.factset import FactSet, PatientRecord
-from engine.live import AlertDiff, LiveEvaluator
+from vigie.engine.alerts import Alert, AlertDrug, Evidence, alert_id
+from vigie.engine.compile import CompiledPack, EngineError, PackError, RuleRuntimeError, compile_ir
+from vigie.engine.evaluate import evaluate  # binds the function over the submodule attribute
+from vigie.engine.factset import FactSet, PatientRecord
+from vigie.engine.live import AlertDiff, LiveEvaluator
 
 __all__ = [
     "Alert",

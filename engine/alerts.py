@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from engine.facts import Source
+from vigie.facts import Source
 
 __all__ = ["Alert", "AlertDrug", "CodedValue", "Evidence", "RuleRef", "alert_id"]
 

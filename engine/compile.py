@@ -1,15 +1,16 @@
 """IR → closures: a rule pack compiled once into Python functions of an evaluation context.
 
-Stages, each importing only earlier ones: ``engine.errors`` → ``engine.runtime`` (context,
-queries, code sets) → ``engine.expressions`` (expression nodes) → this module (rules, packs,
-selections) → ``engine.evaluate`` (the driver).
+Stages, each importing only earlier ones: ``vigie.engine.errors`` → ``vigie.engine.runtime``
+(context,
+queries, code sets) → ``vigie.engine.expressions`` (expression nodes) → this module (rules, packs,
+selections) → ``vigie.engine.evaluate`` (the driver).
 
 The rule language's compiler (``rules/``) and the engine meet only at the JSON IR described in
 ``docs/rules-design.md``; this module reads that IR (never lark, never ``rules``) and turns
 every expression node into a closure ``(Context) -> value`` once per pack, so that evaluating a
 patient never walks the JSON tree again. Values follow the IR's types: ``bool`` is
 ``True``/``False``/``None`` (Kleene's unknown), numbers are floats (drug amounts and MME are
-``engine.derived.Amount``), times naive UTC datetimes, drug lines ``MedicationOrder`` and lab
+``vigie.engine.derived.Amount``), times naive UTC datetimes, drug lines ``MedicationOrder`` and lab
 results ``LabResult``/``Observation``. ``None`` is *unknown* everywhere.
 
 Sets become prefix indexes (an ATC code's matching sets are computed once per code and cached),
@@ -33,10 +34,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.alerts import CodedValue, RuleRef
-from engine.errors import EngineError, PackError, RuleRuntimeError
-from engine.expressions import ExprCompiler, Scope, expand_routes
-from engine.runtime import Closure, CodeSets
+from vigie.engine.alerts import CodedValue, RuleRef
+from vigie.engine.errors import EngineError, PackError, RuleRuntimeError
+from vigie.engine.expressions import ExprCompiler, Scope, expand_routes
+from vigie.engine.runtime import Closure, CodeSets
 
 __all__ = [
     "CodeSets",

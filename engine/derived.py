@@ -1,7 +1,7 @@
 """Derived clinical values: age, renal function, daily dose and morphine equivalents.
 
 Pure functions on plain numbers, so the rule evaluator, the batch evaluator and the tests share
-one definition. Inputs are in the canonical units of ``engine.facts`` (creatinine µmol/L, weight
+one definition. Inputs are in the canonical units of ``vigie.facts`` (creatinine µmol/L, weight
 kg); a missing or meaningless input gives ``None`` (unknown), never a guess.
 
 References:

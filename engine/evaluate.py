@@ -1,12 +1,12 @@
 """Evaluate a compiled pack for one patient (or a whole fact set) as of a time.
 
 The driver of the engine: it selects a pack's rules, builds one evaluation ``Context`` per
-patient (``engine.runtime``, with the queries the compiled closures call), iterates drug-line
+patient (``vigie.engine.runtime``, with the queries the compiled closures call), iterates drug-line
 combinations, builds explained ``Alert`` objects and formats messages. ``Context`` and
 ``is_active`` are re-exported here for the live evaluator.
 
 >>> from datetime import datetime
->>> from engine.facts import Coding, LabResult, MedicationOrder, Patient, Source
+>>> from vigie.facts import Coding, LabResult, MedicationOrder, Patient, Source
 >>> ir = {"ir_version": 1, "pack": {"name": "demo", "version": "1.0.0", "file": "demo.rules",
 ...       "sha256": "0"}, "params": {}, "sets": {"acei": {"system": "atc", "source": {},
 ...       "terms": [{"include": ["C09A"], "exclude": []}]}}, "rules": [{"id": "demo.k",
@@ -33,7 +33,7 @@ combinations, builds explained ``Alert`` objects and formats messages. ``Context
 ...     LabResult(fact_id="l1", patient_id="p1", source=src, concept="potassium",
 ...               code=Coding(code="2823-3"), value=5.9, unit="mmol/L",
 ...               time=datetime(2024, 1, 2, 8))]
->>> from engine.factset import FactSet
+>>> from vigie.engine.factset import FactSet
 >>> [alert.message for alert in evaluate(ir, FactSet(facts), datetime(2024, 1, 2, 9))]
 ['K+ 5.9 mmol/L']
 """
@@ -48,8 +48,8 @@ from functools import cache
 from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from engine.alerts import Alert, AlertDrug, Evidence, Severity, alert_id
-from engine.compile import (
+from vigie.engine.alerts import Alert, AlertDrug, Evidence, Severity, alert_id
+from vigie.engine.compile import (
     CompiledPack,
     CompiledRule,
     MessagePart,
@@ -58,10 +58,10 @@ from engine.compile import (
     Selection,
     compile_ir,
 )
-from engine.derived import Amount
-from engine.facts import LabResult, MedicationOrder, Observation, Stay
-from engine.factset import FactSet, PatientRecord
-from engine.runtime import Context, is_active, line_evidence, line_label
+from vigie.engine.derived import Amount
+from vigie.engine.factset import FactSet, PatientRecord
+from vigie.engine.runtime import Context, is_active, line_evidence, line_label
+from vigie.facts import LabResult, MedicationOrder, Observation, Stay
 
 __all__ = [
     "Context",

@@ -1,13 +1,13 @@
 """IR expression nodes → closures ``(Context) -> value``, compiled once per rule.
 
 Every node of a rule's condition, escalations, value bindings and message becomes a closure
-over the run-time queries of ``engine.runtime``, so that evaluating a patient never walks the
+over the run-time queries of ``vigie.engine.runtime``, so that evaluating a patient never walks the
 JSON tree again. Values follow the IR's types: ``bool`` is ``True``/``False``/``None``
-(Kleene's unknown), numbers are floats (drug amounts and MME are ``engine.derived.Amount``),
+(Kleene's unknown), numbers are floats (drug amounts and MME are ``vigie.engine.derived.Amount``),
 times naive UTC datetimes. ``None`` is *unknown* everywhere. Rules and packs are assembled by
-``engine.compile``.
+``vigie.engine.compile``.
 
->>> from engine.runtime import CodeSets
+>>> from vigie.engine.runtime import CodeSets
 >>> compiler = ExprCompiler(Scope(CodeSets({}), frozenset(), frozenset()))
 >>> unknown = compiler.compile({"op": "and", "type": "bool", "args": [
 ...     {"op": "const", "type": "bool", "value": True, "args": []},
@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from engine.derived import (
+from vigie.engine.derived import (
     Amount,
     amount_arithmetic,
     compare_amounts,
     morphine_equivalents,
     total_daily_dose,
 )
-from engine.errors import PackError, RuleRuntimeError
-from engine.runtime import (
+from vigie.engine.errors import PackError, RuleRuntimeError
+from vigie.engine.runtime import (
     MEASURE_ATTRS,
     ORDER_ATTRS,
     Closure,

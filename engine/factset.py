@@ -3,7 +3,7 @@
 Both are built from one list of fact models, so they cannot disagree on content:
 
 >>> from datetime import datetime
->>> from engine.facts import Coding, LabResult, Source
+>>> from vigie.facts import Coding, LabResult, Source
 >>> src = Source(feed="csv", document="labs.csv", position="line 2")
 >>> k = LabResult(fact_id="l1", patient_id="p1", source=src, concept="potassium",
 ...               code=Coding(system="LOINC", code="2823-3"), value=5.9, unit="mmol/L",
@@ -28,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from engine.facts import (
+from vigie.facts import (
     FACT_KINDS,
     Allergy,
     AnyFact,

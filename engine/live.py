@@ -11,7 +11,7 @@ the patient's current stay. After ``tick(t)`` the current alerts are exactly tho
 
 Diffs combine: an alert that appears then resolves within one batch is no change at all.
 
->>> from engine.alerts import Alert
+>>> from vigie.engine.alerts import Alert
 >>> AlertDiff().merge(AlertDiff(new=[])).new
 []
 """
@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.alerts import Alert
-from engine.compile import CompiledPack, CompiledRule, Selection
-from engine.evaluate import Context, current_stay, evaluate_rule, normalise_time, select
-from engine.facts import (
+from vigie.engine.alerts import Alert
+from vigie.engine.compile import CompiledPack, CompiledRule, Selection
+from vigie.engine.evaluate import Context, current_stay, evaluate_rule, normalise_time, select
+from vigie.engine.factset import PatientRecord
+from vigie.facts import (
     Allergy,
     AnyFact,
     Condition,
@@ -40,7 +41,6 @@ from engine.facts import (
     Pregnancy,
     Stay,
 )
-from engine.factset import PatientRecord
 
 __all__ = ["AlertDiff", "LiveEvaluator"]
 

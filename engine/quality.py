@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from engine.factset import FactSet
+from vigie.engine.factset import FactSet
 
 __all__ = ["PLAUSIBILITY", "QualityReport", "quality_report", "render_text"]
 

@@ -3,8 +3,8 @@
 The ``Context`` is one patient as of one time, with the caches every rule evaluated on it
 shares; ``CodeSets`` answers set membership (ATC and ICD-10 by prefix, routes by equality).
 The queries (lab series by bisection, clinical queries, derived values) record the evidence
-they read when the context is tracing. The expression compiler (``engine.expressions``) builds
-closures over these; the driver (``engine.evaluate``) creates the context and runs the rules.
+they read when the context is tracing. The expression compiler (``vigie.engine.expressions``) builds
+closures over these; the driver (``vigie.engine.evaluate``) creates the context and runs the rules.
 
 >>> sets = CodeSets({"acei": {"system": "atc", "terms": [{"include": ["C09A"], "exclude": []}]},
 ...     "oral": {"system": "route", "terms": [{"include": ["oral", "po"]}]}})
@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from engine.alerts import Evidence
-from engine.derived import Amount, age_in_years, ckd_epi_2021, cockcroft_gault
-from engine.errors import PackError
-from engine.facts import (
+from vigie.engine.alerts import Evidence
+from vigie.engine.derived import Amount, age_in_years, ckd_epi_2021, cockcroft_gault
+from vigie.engine.errors import PackError
+from vigie.engine.factset import PatientRecord
+from vigie.facts import (
     Allergy,
     Condition,
     LabResult,
@@ -31,7 +32,6 @@ from engine.facts import (
     Patient,
     Pregnancy,
 )
-from engine.factset import PatientRecord
 
 __all__ = [
     "MEASURE_ATTRS",

@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from rules.check import CheckResult, check
-from rules.concepts import Catalogue
-from rules.diagnostics import Diagnostic, error, render, render_all, sort_diagnostics
-from rules.errors import RuleCheckError, RuleError, RuleSyntaxError
-from rules.ir import IR_VERSION, build_ir, dumps_ir
-from rules.nodes import Span
-from rules.parser import parse, parse_recovering
+from vigie.rules.check import CheckResult, check
+from vigie.rules.concepts import Catalogue
+from vigie.rules.diagnostics import Diagnostic, error, render, render_all, sort_diagnostics
+from vigie.rules.errors import RuleCheckError, RuleError, RuleSyntaxError
+from vigie.rules.ir import IR_VERSION, build_ir, dumps_ir
+from vigie.rules.nodes import Span
+from vigie.rules.parser import parse, parse_recovering
 
 __all__ = [
     "IR_VERSION",

@@ -5,7 +5,7 @@ what the IR stage needs: the resolved sets (ATC/ICD-10 prefixes, route names), t
 with their range, the definitions, each rule's clauses, and the expression ``Annotations``
 (types, literals in canonical units, conversions, name resolutions).
 
->>> from rules.parser import parse
+>>> from vigie.rules.parser import parse
 >>> result = check(parse('pack "p" version "1.0.0"\\nset x = atc C9A\\n', "p.rules"))
 >>> [d.code for d in result.diagnostics]
 ['R050']
@@ -17,8 +17,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 
-from rules import nodes as n
-from rules.check_expressions import (
+from vigie.rules import nodes as n
+from vigie.rules.check_expressions import (
     Annotations,
     ExpressionChecker,
     PackSymbols,
@@ -26,11 +26,11 @@ from rules.check_expressions import (
     Resolution,
     Scope,
 )
-from rules.concepts import Catalogue, default_catalogue
-from rules.diagnostics import Diagnostic, close_matches, error, sort_diagnostics, warning
-from rules.parser import placeholder_is_well_formed
-from rules.types import DERIVED, ERROR, LAB_ATTRIBUTES, ORDER_ATTRIBUTES, Kind, Type, quantity
-from rules.units import unit_factor, unit_info
+from vigie.rules.concepts import Catalogue, default_catalogue
+from vigie.rules.diagnostics import Diagnostic, close_matches, error, sort_diagnostics, warning
+from vigie.rules.parser import placeholder_is_well_formed
+from vigie.rules.types import DERIVED, ERROR, LAB_ATTRIBUTES, ORDER_ATTRIBUTES, Kind, Type, quantity
+from vigie.rules.units import unit_factor, unit_info
 
 __all__ = [
     "INTERVENTION_CODES",

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rules import nodes as n
-from rules.concepts import Catalogue
-from rules.diagnostics import Diagnostic, close_matches, error
-from rules.types import (
+from vigie.rules import nodes as n
+from vigie.rules.concepts import Catalogue
+from vigie.rules.diagnostics import Diagnostic, close_matches, error
+from vigie.rules.types import (
     BARE_NUMBER_CONCEPTS,
     BOOL,
     DERIVED,
@@ -37,7 +37,7 @@ from rules.types import (
     lab_type,
     quantity,
 )
-from rules.units import concept_factor, known_units, unit_factor, unit_info
+from vigie.rules.units import concept_factor, known_units, unit_factor, unit_info
 
 __all__ = [
     "Annotations",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 __all__ = ["TERMINOLOGY_DIR", "Catalogue", "LabConcept", "default_catalogue"]
 
-TERMINOLOGY_DIR = Path(__file__).resolve().parents[1] / "connectors" / "terminology"
+TERMINOLOGY_DIR = Path(__file__).resolve().parents[1] / "terminology"
 
 
 @dataclass(frozen=True)

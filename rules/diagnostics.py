@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from rules.nodes import Span
+from vigie.rules.nodes import Span
 
 __all__ = [
     "CODES",

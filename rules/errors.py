@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rules.diagnostics import Diagnostic
+from vigie.rules.diagnostics import Diagnostic
 
 __all__ = ["RuleCheckError", "RuleError", "RuleSyntaxError"]
 

@@ -15,11 +15,11 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from rules import nodes as n
-from rules.check import INTERVENTION_CODES, PROBLEM_CODES, CheckResult, RuleInfo
-from rules.check_expressions import Annotations
-from rules.concepts import Catalogue, default_catalogue
-from rules.types import DERIVED, WINDOWED_DERIVED, Kind, Type
+from vigie.rules import nodes as n
+from vigie.rules.check import INTERVENTION_CODES, PROBLEM_CODES, CheckResult, RuleInfo
+from vigie.rules.check_expressions import Annotations
+from vigie.rules.concepts import Catalogue, default_catalogue
+from vigie.rules.types import DERIVED, WINDOWED_DERIVED, Kind, Type
 
 __all__ = ["IR_OPS", "IR_VERSION", "build_ir", "dumps_ir", "iter_ir_nodes"]
 

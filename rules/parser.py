@@ -1,4 +1,4 @@
-"""Text → syntax tree (``rules.nodes``), with lark's errors turned into the language's own.
+"""Text → syntax tree (``vigie.rules.nodes``), with lark's errors turned into the language's own.
 
 ``parse`` raises ``RuleSyntaxError`` carrying every syntax error of the pack; ``parse_recovering``
 returns the tree of what did parse plus those diagnostics, so that the checker can report the
@@ -32,9 +32,9 @@ from lark.exceptions import (
 from lark.lexer import PatternStr
 from lark.tree import Meta
 
-from rules import nodes as n
-from rules.diagnostics import Diagnostic, error, source_lines
-from rules.errors import RuleSyntaxError
+from vigie.rules import nodes as n
+from vigie.rules.diagnostics import Diagnostic, error, source_lines
+from vigie.rules.errors import RuleSyntaxError
 
 __all__ = [
     "ParseResult",

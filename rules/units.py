@@ -6,7 +6,7 @@ compared with a lab is converted to the lab concept's canonical unit: first with
 terminology's per-concept factor (``unit_conversions.csv``: creatinine mg/dL → µmol/L is a
 molar-mass question no generic table answers), then within one dimension.
 
->>> from rules.concepts import default_catalogue
+>>> from vigie.rules.concepts import default_catalogue
 >>> round(concept_factor(default_catalogue(), "creatinine", "mg/dL"), 4)
 88.42
 >>> unit_factor("d", "h")
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rules.concepts import Catalogue
+from vigie.rules.concepts import Catalogue
 
 __all__ = [
     "BASE_UNITS",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from engine.facts import (
+from vigie.facts import (
     Coding,
     Flag,
     FlagCode,

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from connectors.base import FeedError, ParseOutcome, RawMessage
-from engine.facts import Coding, LabResult, Source
 from tests.factories import T0
+from vigie.connectors.base import FeedError, ParseOutcome, RawMessage
+from vigie.facts import Coding, LabResult, Source
 
 feed = "fake"
 

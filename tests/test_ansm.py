@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rules import compile_pack
-from rules.ansm import (
+from vigie.rules import compile_pack
+from vigie.rules.packs.ansm import (
     THESAURUS_FILE,
     AnsmImport,
     ThesaurusError,

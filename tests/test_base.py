@@ -2,8 +2,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from connectors import base
-from connectors.base import FeedError, as_utc, read_text
+from vigie.connectors import base
+from vigie.connectors.base import FeedError, as_utc, read_text
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from api.cli import main
-from engine.store import FactStore
+from vigie.api.cli import main
+from vigie.store import FactStore
 
 
 def _resource_counts(folder: Path) -> Counter[str]:
@@ -155,7 +155,7 @@ def test_missing_file_is_reported_and_fails(
 
 
 def test_bad_time_zone_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from connectors import base
+    from vigie.connectors import base
 
     monkeypatch.setenv("VIGIE_TIMEZONE", "Mars/Olympus")
     base.site_timezone.cache_clear()

@@ -7,8 +7,8 @@ from datetime import date, datetime
 
 import pytest
 
-import engine.derived
-from engine.derived import (
+from vigie.engine import derived
+from vigie.engine.derived import (
     Amount,
     age_in_years,
     amount_arithmetic,
@@ -23,7 +23,7 @@ from engine.derived import (
 
 
 def test_doctests() -> None:
-    result = doctest.testmod(engine.derived)
+    result = doctest.testmod(derived)
     assert result.attempted > 20 and result.failed == 0
 
 

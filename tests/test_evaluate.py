@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-import engine
-from engine import FactSet, PackError, PatientRecord, RuleRuntimeError, compile_ir, evaluate
-from engine.facts import (
+from vigie import engine
+from vigie import facts as fact_model
+from vigie.engine import FactSet, PackError, PatientRecord, RuleRuntimeError, compile_ir, evaluate
+from vigie.facts import (
     AnyFact,
     Coding,
     Condition,
@@ -24,7 +25,7 @@ from engine.facts import (
     Source,
     Stay,
 )
-from rules import compile_pack
+from vigie.rules import compile_pack
 
 REPO = Path(__file__).parents[1]
 NOW = datetime(2024, 3, 4, 12, 0)
@@ -390,7 +391,7 @@ def test_alert_ids_are_stable_across_reevaluation() -> None:
 
 
 def test_clearance_evidence_nests_its_inputs() -> None:
-    weight = engine.facts.Observation(
+    weight = fact_model.Observation(
         fact_id="W1",
         patient_id="p1",
         source=src("OBX[2]-5"),
@@ -436,7 +437,7 @@ def test_conditions_and_allergies() -> None:
     assert fired(ir, [cond])
     assert not fired(ir, [cond], onset - timedelta(days=1))  # not yet known
     assert not fired(one_rule("has condition in icd10 K92.1 within 7 d"), [cond])
-    allergy = engine.facts.Allergy(
+    allergy = fact_model.Allergy(
         fact_id="A1", patient_id="p1", source=src("AL1"), substance=Coding(code="x"), atc=("J01C",)
     )
     ir = one_rule("d = active drug\nhas allergy to d", say="{d.atc}")
@@ -528,8 +529,8 @@ def test_engine_never_imports_lark_or_rules() -> None:
 def test_default_and_ansm_packs_on_a_synthetic_hospital() -> None:
     import polars as pl
 
-    from connectors.synthetic import hospital_tables
-    from connectors.synthetic.canonical import tables_to_facts
+    from vigie.synthetic import hospital_tables
+    from vigie.synthetic.canonical import tables_to_facts
 
     rates = {
         rule: 0.03 for rule in ("bio.hyperkalaemia", "coag.vka_inr_high", "renal.metformin_egfr")
@@ -566,6 +567,6 @@ def test_module_doctests() -> None:
     import doctest
     import sys
 
-    for name in ("engine.compile", "engine.evaluate", "engine.live"):
+    for name in ("vigie.engine.compile", "vigie.engine.evaluate", "vigie.engine.live"):
         result = doctest.testmod(sys.modules[name])
         assert result.attempted > 0 and result.failed == 0, name

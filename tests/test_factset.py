@@ -2,9 +2,9 @@ from datetime import timedelta
 
 import polars as pl
 
-from engine.facts import FACT_KINDS
-from engine.factset import FactSet, fact_columns, fact_row
 from tests.factories import T0, lab, order, patient, weight
+from vigie.engine.factset import FactSet, fact_columns, fact_row
+from vigie.facts import FACT_KINDS
 
 
 def test_every_kind_has_a_frame_schema_matching_its_rows() -> None:
@@ -54,7 +54,7 @@ def test_fact_row_flattens_source_coding_and_flags() -> None:
 
 
 def test_sparse_patient_is_merged_over_the_fuller_one() -> None:
-    from engine.facts import Sex
+    from vigie.facts import Sex
 
     full = patient("p1")
     sparse = full.model_copy(update={"birth_date": None, "sex": Sex.UNKNOWN})

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors import fhir
-from connectors.base import FeedError, RawMessage
-from engine.facts import (
+from vigie.connectors.base import FeedError, RawMessage
+from vigie.connectors.fhir import connector as fhir
+from vigie.facts import (
     FACT_KINDS,
     AnyFact,
     FlagCode,

@@ -23,12 +23,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors import hl7v2
-from connectors.base import FeedError, RawMessage, site_timezone
-from connectors.hl7v2_hl7lib import Hl7libMessage
-from connectors.hl7v2_message import HL7_PARSERS, Hl7Message, parse_dtm, read_message
-from connectors.hl7v2_pharmacy import frequency_per_day
-from engine.facts import (
+from tests.conftest import SHARED_DATA
+from vigie.connectors.base import FeedError, RawMessage, site_timezone
+from vigie.connectors.hl7v2 import connector as hl7v2
+from vigie.connectors.hl7v2.hl7lib_reader import Hl7libMessage
+from vigie.connectors.hl7v2.message import Hl7Message, parse_dtm
+from vigie.connectors.hl7v2.pharmacy import frequency_per_day
+from vigie.connectors.hl7v2.readers import HL7_PARSERS, read_message
+from vigie.engine.factset import FactSet
+from vigie.facts import (
     Allergy,
     Condition,
     FlagCode,
@@ -41,8 +44,6 @@ from engine.facts import (
     Sex,
     Stay,
 )
-from engine.factset import FactSet
-from tests.conftest import SHARED_DATA
 
 GOLDEN = Path(__file__).parent / "golden" / "hl7v2"
 SAMPLE_DIR = SHARED_DATA / "hl7v2"

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors import hprim
-from connectors.base import FeedError, ParseOutcome, RawMessage
-from connectors.terminology import Terminology
-from engine.facts import Fact, FlagCode, LabResult, Patient, Sex
+from vigie.connectors import hprim
+from vigie.connectors.base import FeedError, ParseOutcome, RawMessage
+from vigie.facts import Fact, FlagCode, LabResult, Patient, Sex
+from vigie.terminology import Terminology
 
 GOLDEN = Path(__file__).parent / "golden" / "hprim"
 ORU_21 = "libhprim_test_oru_h2.1.hpr"

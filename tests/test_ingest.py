@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from api.ingest import ingest, read_feed
-from connectors import registry
-from engine.store import FactStore
+from vigie.api.ingest import ingest, read_feed
+from vigie.connectors import registry
+from vigie.store import FactStore
 
 
 @pytest.fixture(autouse=True)

@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import engine.live
-from engine import Alert, FactSet, LiveEvaluator, compile_ir, evaluate
-from engine.compile import CompiledPack
-from engine.facts import (
+from vigie.engine import Alert, FactSet, LiveEvaluator, compile_ir, evaluate
+from vigie.engine import live as live_module
+from vigie.engine.compile import CompiledPack
+from vigie.engine.live import AlertDiff
+from vigie.facts import (
     Allergy,
     AnyFact,
     Coding,
@@ -28,8 +29,7 @@ from engine.facts import (
     Source,
     Stay,
 )
-from engine.live import AlertDiff
-from rules import compile_pack
+from vigie.rules import compile_pack
 
 REPO = Path(__file__).parents[1]
 T0 = datetime(2024, 3, 1, 0, 0)
@@ -127,13 +127,13 @@ def test_add_reevaluates_only_dependent_rules(monkeypatch: pytest.MonkeyPatch) -
     for oid, atc in [("o1", "C09AA05"), ("o2", "B01AA03"), ("o3", "N06AB04"), ("o4", "A10BA02")]:
         live.add(order(oid, atc))
     seen: list[str] = []
-    real = engine.live.evaluate_rule
+    real = live_module.evaluate_rule
 
     def spy(rule: Any, ctx: Any, stay: Any) -> list[Alert]:
         seen.append(rule.id)
         return real(rule, ctx, stay)
 
-    monkeypatch.setattr(engine.live, "evaluate_rule", spy)
+    monkeypatch.setattr(live_module, "evaluate_rule", spy)
     live.add(lab("potassium", 4.0, T0 + timedelta(days=1, hours=1), "K1"))
     assert seen and set(seen) <= {"bio.hyperkalaemia", "bio.hypokalaemia_qt", "bio.digoxin"}
     seen.clear()

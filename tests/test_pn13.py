@@ -4,7 +4,7 @@ The FHIR side is read straight from the translation Bundles
 (``shared_data/fr-medication-ig/fhir_bundles/Bundle-TradPN13FHIR-*.json``: the MedicationRequest's
 medication, ``dosageInstruction`` doseAndRate, ``timing.repeat`` and route), so that this test
 does not depend on the FHIR connector; ``test_agrees_with_the_fhir_connector`` also compares
-with ``connectors.fhir`` facts for the single-drug bundles.
+with ``vigie.connectors.fhir.connector`` facts for the single-drug bundles.
 
 Golden files: ``tests/golden/pn13/<sample>.json``; regenerate after a deliberate change with
 ``VIGIE_REGENERATE_GOLDEN=1 .venv/bin/pytest tests/test_pn13.py -k golden`` and review the diff.
@@ -25,9 +25,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors import pn13
-from connectors.base import FeedError, ParseOutcome
-from engine.facts import Fact, FlagCode, MedicationOrder, Observation, Patient, Sex, Stay
+from vigie.connectors import pn13
+from vigie.connectors.base import FeedError, ParseOutcome
+from vigie.facts import Fact, FlagCode, MedicationOrder, Observation, Patient, Sex, Stay
 
 GOLDEN = Path(__file__).parent / "golden" / "pn13"
 PCA = GOLDEN / "PN13-prescription-DC__02__Morphine_PCA.xml"
@@ -330,7 +330,7 @@ def test_message_ids_and_fact_ids_are_stable(shared_data: Path) -> None:
 
 
 def test_agrees_with_the_fhir_connector(shared_data: Path) -> None:
-    from connectors import fhir
+    from vigie.connectors.fhir import connector as fhir
 
     for name in (DOLIPRANE, PARACETAMOL, METFORMIN):
         bundle = shared_data / "fr-medication-ig" / "fhir_bundles" / TRANSLATIONS[name]

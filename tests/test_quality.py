@@ -1,7 +1,7 @@
-from engine.facts import Flag, FlagCode
-from engine.factset import FactSet
-from engine.quality import quality_report, render_text
 from tests.factories import lab, order, patient, weight
+from vigie.engine.factset import FactSet
+from vigie.engine.quality import quality_report, render_text
+from vigie.facts import Flag, FlagCode
 
 
 def _facts() -> FactSet:

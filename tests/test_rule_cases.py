@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from api.rule_cases import (
+from vigie.engine.alerts import Alert, AlertDrug, CodedValue, RuleRef, alert_id
+from vigie.facts import LabResult, MedicationOrder, Observation, Patient
+from vigie.rules.testing.cases import (
     TESTS_FOLDER,
     CaseFileError,
     RuleTestCase,
     load_test_file,
     parse_relative_time,
 )
-from api.rule_tests import PackCache, coverage_gaps, run_case, run_tests, test_command
-from engine.alerts import Alert, AlertDrug, CodedValue, RuleRef, alert_id
-from engine.facts import LabResult, MedicationOrder, Observation, Patient
+from vigie.rules.testing.runner import PackCache, coverage_gaps, run_case, run_tests, test_command
 
 DEFAULT_PACK = (TESTS_FOLDER.parent / "packs" / "default.rules").resolve()
 CASE_FILES = sorted(TESTS_FOLDER.glob("*.yaml"))

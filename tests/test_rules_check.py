@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from rules import check_command, compile_files, compile_pack, render
-from rules.diagnostics import CODES, Diagnostic
-from rules.ir import iter_ir_nodes
+from vigie.rules import check_command, compile_files, compile_pack, render
+from vigie.rules.diagnostics import CODES, Diagnostic
+from vigie.rules.ir import iter_ir_nodes
 
 DATA = Path(__file__).parent / "data" / "rules"
 GOLDEN = Path(__file__).parent / "golden" / "rules"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import rules
+from vigie import rules
 
 ROOT = Path(__file__).parents[1]
 DOC = ROOT / "docs" / "rules.md"

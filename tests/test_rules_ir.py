@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from rules import compile_pack, dumps_ir
-from rules.ir import IR_OPS, iter_ir_nodes
+from vigie.rules import compile_pack, dumps_ir
+from vigie.rules.ir import IR_OPS, iter_ir_nodes
 
 ROOT = Path(__file__).parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "rules"

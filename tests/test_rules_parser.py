@@ -19,11 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rules import compile_pack, parse
-from rules import nodes as n
-from rules.diagnostics import Diagnostic, source_lines
-from rules.errors import RuleSyntaxError
-from rules.parser import GRAMMAR, keywords, parse_recovering
+from vigie.rules import compile_pack, parse
+from vigie.rules import nodes as n
+from vigie.rules.diagnostics import Diagnostic, source_lines
+from vigie.rules.errors import RuleSyntaxError
+from vigie.rules.parser import GRAMMAR, keywords, parse_recovering
 
 GOLDEN = Path(__file__).parent / "golden" / "rules"
 DEFAULT_PACK = Path(__file__).parents[1] / "rules" / "packs" / "default.rules"

@@ -3,9 +3,9 @@ from datetime import timedelta
 
 import pytest
 
-from connectors.base import RawMessage
-from engine.store import FactStore, StoreError
 from tests.factories import T0, lab, patient
+from vigie.connectors.base import RawMessage
+from vigie.store import FactStore, StoreError
 
 
 def _raw(message_id: str, content: bytes = b"MSH|...") -> RawMessage:
@@ -71,7 +71,7 @@ def test_bad_url_is_a_store_error_without_password() -> None:
 
 
 def test_sparse_patient_record_does_not_erase_demographics(store: FactStore) -> None:
-    from engine.facts import Sex
+    from vigie.facts import Sex
 
     full = patient("p1")
     sparse = full.model_copy(update={"birth_date": None, "sex": Sex.UNKNOWN})

@@ -1,7 +1,7 @@
 """The synthetic hospital: shape, determinism, ground truth, formats, round trips.
 
 Round trips: generate → export in a format → parse with that format's connector gives the same
-facts as ``connectors.synthetic.canonical`` (the perfect reading), compared on a normalised key
+facts as ``vigie.synthetic.canonical`` (the perfect reading), compared on a normalised key
 of the fields each format carries:
 
 - csv: every kind and field of the layout.
@@ -30,14 +30,18 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from connectors.synthetic import generate, hospital_tables
-from connectors.synthetic.canonical import tables_to_facts
-from connectors.synthetic.catalogue import covered_rules
-from connectors.synthetic.hospital import allocate_wards
-from engine.facts import AnyFact
+from vigie.facts import AnyFact
+from vigie.synthetic import generate, hospital_tables
+from vigie.synthetic.canonical import tables_to_facts
+from vigie.synthetic.catalogue import covered_rules
+from vigie.synthetic.hospital import allocate_wards
 
 HIGH_RATES = dict.fromkeys(covered_rules(), 0.05)
-CONNECTORS = {"csv": "connectors.tabular", "fhir": "connectors.fhir", "hl7": "connectors.hl7v2"}
+CONNECTORS = {
+    "csv": "vigie.connectors.tabular.connector",
+    "fhir": "vigie.connectors.fhir.connector",
+    "hl7": "vigie.connectors.hl7v2.connector",
+}
 SIDE_FILES = {"hospital.json", "truth.json", "truth.csv"}
 # The only genuine gap left in the round trips: the HL7 export writes no RAS (administration)
 # messages, so the HL7 reading has no administrations to compare. FHIR reads every kind and field.

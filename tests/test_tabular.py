@@ -20,19 +20,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors import base, tabular
-from connectors.base import FeedError, ParseOutcome, RawMessage
-from connectors.mappings import (
+from vigie.connectors import base
+from vigie.connectors.base import FeedError, ParseOutcome, RawMessage
+from vigie.connectors.tabular import connector as tabular
+from vigie.connectors.tabular.canonical import format_number
+from vigie.connectors.tabular.connector import TabularConnector, write_canonical_csv
+from vigie.connectors.tabular.mapping import (
     EXAMPLE_MAPPING,
     KINDS,
     SYNTHETIC_MAPPING,
     MappingError,
     load_mapping,
 )
-from connectors.mappings.canonical import format_number
-from connectors.tabular import TabularConnector, write_canonical_csv
-from connectors.terminology import default_terminology
-from engine.facts import (
+from vigie.facts import (
     Allergy,
     Coding,
     Condition,
@@ -47,6 +47,8 @@ from engine.facts import (
     Source,
     Stay,
 )
+from vigie.terminology import default_terminology
+from vigie.terminology.tables import DATA_DIR as TERMINOLOGY_DIR
 
 HERE = Path(__file__).parent
 FRENCH_EXPORT = HERE / "data" / "csv" / "french-dpi"
@@ -518,9 +520,7 @@ def _lab_codes(kind: str) -> list[tuple[str, str, str, str]]:
     term = default_terminology()
     rows = (
         line
-        for line in (Path(tabular.__file__).parent / "terminology" / "lab_codes.csv")
-        .read_text(encoding="utf-8")
-        .splitlines()
+        for line in (TERMINOLOGY_DIR / "lab_codes.csv").read_text(encoding="utf-8").splitlines()
         if not line.startswith("#")
     )
     found = []

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.terminology import (
+from vigie.terminology import (
     DATA_DIR,
     Terminology,
     UnknownUnit,
@@ -24,7 +24,7 @@ from connectors.terminology import (
     normalise_system,
     ucd13,
 )
-from connectors.terminology.build_tables import build
+from vigie.terminology.build_tables import build
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 SNOMED = "http://snomed.info/sct"

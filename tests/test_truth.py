@@ -1,7 +1,7 @@
 """End to end: the default pack finds what the synthetic hospital injected, in every format.
 
 A hospital with every covered rule injected a few times (positives and near-miss controls) is
-generated in each format, read back in memory through ``api.ingest.read_feed`` and evaluated
+generated in each format, read back in memory through ``vigie.api.ingest.read_feed`` and evaluated
 with the default pack; every truth row is checked a minute after its window opens, in its
 middle and a minute before it closes (``tests/truth_scoring.py``). The same hospital as
 canonical facts (what a perfect connector would give) must score exactly the same. Every
@@ -18,13 +18,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from api.ingest import read_feed
-from connectors.synthetic import DEFAULT_START, FORMATS, generate, hospital_tables
-from connectors.synthetic.canonical import tables_to_facts
-from connectors.synthetic.catalogue import SCENARIOS, covered_rules
-from engine import CompiledPack, FactSet, compile_ir
-from engine.facts import AnyFact
-from rules import compile_pack
 from tests.truth_scoring import (
     CHECKPOINTS,
     Score,
@@ -33,6 +26,13 @@ from tests.truth_scoring import (
     score,
     truth_rows,
 )
+from vigie.api.ingest import read_feed
+from vigie.engine import CompiledPack, FactSet, compile_ir
+from vigie.facts import AnyFact
+from vigie.rules import compile_pack
+from vigie.synthetic import DEFAULT_START, FORMATS, generate, hospital_tables
+from vigie.synthetic.canonical import tables_to_facts
+from vigie.synthetic.catalogue import SCENARIOS, covered_rules
 
 pytestmark = pytest.mark.slow
 

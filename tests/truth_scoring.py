@@ -1,6 +1,6 @@
 """Score a rule pack's alerts against the synthetic hospital's ground truth.
 
-Each truth row (``connectors.synthetic.truth``) is an injected situation: a *positive* the rule
+Each truth row (``vigie.synthetic.truth``) is an injected situation: a *positive* the rule
 must report while its window holds (an alert of that rule for that patient, with the expected
 severity, whose drug lines include the order ids the truth names and none of its context lines,
 the lines that only make the situation hold), or a *control* (a near miss) it must keep silent
@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from engine import Alert, CompiledPack, FactSet, evaluate
+from vigie.engine import Alert, CompiledPack, FactSet, evaluate
 
 __all__ = [
     "CHECKPOINTS",

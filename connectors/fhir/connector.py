@@ -1,0 +1,388 @@
+"""The FHIR R4 connector: Bundles, single resources and Bulk FHIR NDJSON into facts.
+
+A JSON document (a Bundle of any type, or one resource) is one ``RawMessage``; an NDJSON
+document gives one ``RawMessage`` per line (position ``line N``). Resources become facts as
+described in ``vigie.connectors.fhir.fast`` and its siblings: Patient → Patient, Encounter → Stay,
+MedicationRequest → MedicationOrder, MedicationAdministration → MedicationAdministration,
+Observation → LabResult / Observation / Pregnancy, Condition → Condition, AllergyIntolerance →
+Allergy. Other resource types are read (and validated) but give no facts.
+
+Two paths give the same facts for valid input:
+
+- validated: each resource is first validated with the
+  ``fhir.resources`` R4B models; a resource that fails is a located ``FeedError`` for that entry
+  (``Bundle.entry[3].resource.dosageInstruction[0].timing``) and the other entries still load;
+- fast: plain dict walking on orjson output, for bulk loads.
+  The extractor's typed getters still reject wrong shapes with a located error.
+
+Patient ids are FHIR logical ids: ``Patient/<id>``, ``urn:uuid:<id>`` (through the Bundle's
+fullUrls) and ``#<id>`` all resolve to the Patient's ``id``.
+
+>>> raw = RawMessage("fhir", "p.json", b'{"resourceType": "Patient", "id": "p1"}', "Patient/p1")
+>>> [f.patient_id for f in parse(raw).facts]
+['p1']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pydantic
+
+from vigie.connectors.base import FeedError, ParseOutcome, RawMessage
+from vigie.connectors.fhir import encounter as fhir_encounter
+from vigie.connectors.fhir import fast as fhir_fast
+from vigie.connectors.fhir import medication as fhir_medication
+from vigie.connectors.fhir import observation as fhir_observation
+from vigie.connectors.fhir.fast import (
+    RESOURCE_TYPES,
+    EntryProblem,
+    MessageContext,
+    ResourceEntry,
+    ResourceIndex,
+    Where,
+)
+from vigie.connectors.fhir.fast_facts import memo_for
+from vigie.facts import AnyFact
+from vigie.terminology import default_terminology
+
+__all__ = ["feed", "parse", "resource_facts", "sniff", "split", "validation_mode"]
+
+feed = "fhir"
+
+VALIDATION_MODES = ("documents", "always", "never")
+
+
+def validation_mode() -> str:
+    """``VIGIE_FHIR_VALIDATE``: ``documents`` (default: Bundles and single-resource files are
+    validated, Bulk NDJSON lines take the fast path, which gives the same facts), ``always`` or
+    ``never``."""
+    mode = os.environ.get("VIGIE_FHIR_VALIDATE", "documents")
+    if mode not in VALIDATION_MODES:
+        raise ValueError(f"VIGIE_FHIR_VALIDATE={mode!r}: expected one of {VALIDATION_MODES}")
+    return mode
+
+
+def _validates(raw: RawMessage) -> bool:
+    mode = validation_mode()
+    if mode == "documents":
+        return not (raw.position or "").startswith("line ")
+    return mode == "always"
+
+
+"""Default of ``parse``: validate every resource with ``fhir.resources`` (R4B) first."""
+
+_BOM = b"\xef\xbb\xbf"
+_NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".ndjson.txt")
+# The usual head of a Bulk FHIR line; lets split name a line without parsing it.
+_LINE_HEAD = re.compile(
+    rb'\s*\{\s*"resourceType"\s*:\s*"([A-Za-z]{1,64})"\s*,\s*"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"'
+)
+
+
+# Splitting -----------------------------------------------------------------------------------
+
+
+def sniff(head: bytes, name: str) -> bool:
+    """A JSON object naming a ``resourceType`` near its start (Bundle, resource or NDJSON)."""
+    text = head.removeprefix(_BOM).lstrip()
+    return text.startswith(b"{") and b'"resourceType"' in text[:4096]
+
+
+def split(document: str, content: bytes) -> Iterator[RawMessage]:
+    """One message per JSON document, or per line of an NDJSON document."""
+    if _is_ndjson(document, content):
+        yield from _split_lines(document, content)
+        return
+    yield RawMessage(feed, document, content, _document_id(content))
+
+
+def _is_ndjson(document: str, content: bytes) -> bool:
+    if document.lower().endswith(_NDJSON_SUFFIXES):
+        return True
+    first, _, rest = content.removeprefix(_BOM).lstrip().partition(b"\n")
+    if not rest.strip() or not first.startswith(b"{"):
+        return False
+    try:  # a pretty-printed document's first line is not a JSON value by itself
+        return isinstance(orjson.loads(first), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _split_lines(document: str, content: bytes) -> Iterator[RawMessage]:
+    for number, line in enumerate(content.removeprefix(_BOM).split(b"\n"), start=1):
+        line = line.strip()
+        if line:
+            yield RawMessage(feed, document, line, _line_id(line), position=f"line {number}")
+
+
+def _line_id(line: bytes) -> str:
+    match = _LINE_HEAD.match(line)
+    if match is not None:
+        return (match[1] + b"/" + match[2]).decode()
+    return _document_id(line)
+
+
+def _document_id(content: bytes) -> str:
+    """Bundle.id, ``Type/id`` for a single resource, else the content hash."""
+    try:
+        document = orjson.loads(content.removeprefix(_BOM))
+    except orjson.JSONDecodeError:
+        document = None
+    if isinstance(document, dict):
+        kind, rid = document.get("resourceType"), document.get("id")
+        if isinstance(kind, str) and isinstance(rid, str) and rid:
+            return rid if kind == "Bundle" else f"{kind}/{rid}"
+    return "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+# Parsing ------------------------------------------------------------------------------------
+
+
+def parse(raw: RawMessage, validate: bool | None = None) -> ParseOutcome:
+    """The facts of one message; a Bundle's bad entries are collected, the rest still load.
+
+    Raises ``FeedError`` when the message as a whole is unreadable (bad JSON, not a FHIR
+    resource) or when its single resource is invalid.
+    """
+    validate = _validates(raw) if validate is None else validate
+    document = _load(raw)
+    kind = _resource_type(document, raw, _root(raw))
+    terminology = memo_for(default_terminology())
+    context = MessageContext(raw.document, raw.message_id, terminology, ResourceIndex(), validate)
+    assert isinstance(document, dict)  # _resource_type checked it
+    if kind == "Bundle":
+        return _bundle(document, raw, context, validate)
+    if raw.position and raw.position.startswith("line "):
+        where = Where.on_line(raw.position, kind)
+    else:
+        where = Where.alone(kind)
+    return ParseOutcome(facts=_resource(document, where, context, validate))
+
+
+def _root(raw: RawMessage) -> str:
+    return raw.position or "document root"
+
+
+def _load(raw: RawMessage) -> object:
+    """The message's JSON; a decoding error names the line and column (or the bad byte)."""
+    content = raw.content.removeprefix(_BOM)
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError as error:
+        offset = _invalid_utf8_offset(content)
+        if offset is not None:
+            position = _within(raw, f"byte {offset}")
+            raise FeedError(
+                raw.document, position, "UTF-8 text", message_id=raw.message_id,
+                found=repr(content[offset : offset + 4]),
+            ) from None  # fmt: skip
+        line, column = _line_column(raw, error)
+        raise FeedError(
+            raw.document, f"line {line}, column {column}", f"valid JSON ({error.msg})",
+            message_id=raw.message_id,
+        ) from None  # fmt: skip
+
+
+def _invalid_utf8_offset(content: bytes) -> int | None:
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start
+    return None
+
+
+def _within(raw: RawMessage, where: str) -> str:
+    return f"{raw.position}, {where}" if raw.position else where
+
+
+def _line_column(raw: RawMessage, error: orjson.JSONDecodeError) -> tuple[int, int]:
+    """Line and column in the document (an NDJSON message is one line of it)."""
+    if raw.position and raw.position.startswith("line "):
+        return int(raw.position.removeprefix("line ")), error.colno
+    return error.lineno, error.colno
+
+
+def _resource_type(document: object, raw: RawMessage, position: str) -> str:
+    if not isinstance(document, dict):
+        raise FeedError(
+            raw.document, position, "a FHIR resource (a JSON object with a resourceType)",
+            message_id=raw.message_id, found=_kind_of(document),
+        )  # fmt: skip
+    kind = document.get("resourceType")
+    if not isinstance(kind, str) or kind not in RESOURCE_TYPES:
+        where = "resourceType" if position == "document root" else f"{position}: resourceType"
+        raise FeedError(
+            raw.document, where, "a FHIR R4 resource type (Bundle, Patient, MedicationRequest...)",
+            message_id=raw.message_id, found=str(kind),
+        )  # fmt: skip
+    return kind
+
+
+def _kind_of(value: object) -> str:
+    return {list: "a JSON array", str: "a string", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _bundle(
+    bundle: dict[str, Any], raw: RawMessage, context: MessageContext, validate: bool
+) -> ParseOutcome:
+    outcome = ParseOutcome()
+    entries = bundle.get("entry", [])
+    if not isinstance(entries, list):
+        raise FeedError(
+            raw.document, "Bundle.entry", "a JSON array of entries", message_id=raw.message_id,
+            found=_kind_of(entries),
+        )  # fmt: skip
+    if validate:
+        shell = {key: value for key, value in bundle.items() if key != "entry"}
+        problem = _validation_problem(shell, "Bundle", Where.alone("Bundle"), raw)
+        if problem is not None:
+            outcome.errors.append(problem)
+    readable = []
+    for index, entry in enumerate(entries):
+        try:
+            resource = _entry_resource(entry, index, raw, context)
+        except FeedError as error:
+            outcome.errors.append(error)
+            continue
+        if resource is not None:
+            readable.append((index, resource))
+    for index, resource in readable:
+        try:
+            outcome.facts.extend(_resource(resource, Where.in_bundle(index), context, validate))
+        except FeedError as error:
+            outcome.errors.append(error)
+    return outcome
+
+
+def _entry_resource(
+    entry: object, index: int, raw: RawMessage, context: MessageContext
+) -> dict[str, Any] | None:
+    """An entry's resource, indexed under its fullUrl; ``None`` for a request-only entry."""
+    path = f"Bundle.entry[{index}]"
+    if not isinstance(entry, dict):
+        raise FeedError(raw.document, path, "a JSON object", message_id=raw.message_id,
+                        found=_kind_of(entry))  # fmt: skip
+    resource = entry.get("resource")
+    if resource is None and ("request" in entry or "response" in entry):
+        return None  # e.g. a DELETE in a transaction: nothing to read
+    if not isinstance(resource, dict):
+        raise FeedError(raw.document, f"{path}.resource", "a FHIR resource",
+                        message_id=raw.message_id, found=_kind_of(resource))  # fmt: skip
+    _resource_type(resource, raw, f"{path}.resource")
+    full_url = entry.get("fullUrl")
+    context.index.add(resource, full_url if isinstance(full_url, str) else None)
+    return resource
+
+
+def _resource(
+    resource: dict[str, Any], where: Where, context: MessageContext, validate: bool
+) -> list[AnyFact]:
+    """One resource's facts, or a FeedError located inside it."""
+    kind = resource["resourceType"]
+    if validate:
+        raw_like = _Located(context.document, context.message_id)
+        problem = _validation_problem(resource, kind, where, raw_like)
+        if problem is not None:
+            raise problem
+    try:
+        return resource_facts(resource, where, context)
+    except EntryProblem as problem:
+        raise FeedError(
+            context.document, where.at(problem.path), problem.expected,
+            message_id=context.message_id, found=problem.found,
+        ) from None  # fmt: skip
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as error:
+        # A shape the typed getters did not foresee: still a located error, never a crash.
+        expected = f"a well-formed {kind} resource ({type(error).__name__}: {error})"
+        raise FeedError(context.document, where.base, expected,
+                        message_id=context.message_id) from None  # fmt: skip
+
+
+_EXTRACTORS = {
+    **fhir_fast.EXTRACTORS,
+    **fhir_encounter.EXTRACTORS,
+    **fhir_observation.EXTRACTORS,
+    **fhir_medication.EXTRACTORS,
+}
+
+
+def resource_facts(
+    resource: dict[str, Any], where: Where, context: MessageContext
+) -> list[AnyFact]:
+    """The facts one resource gives, without validation (none for the types Vigie ignores).
+
+    Raises ``EntryProblem`` on a field of the wrong shape.
+    """
+    kind = resource.get("resourceType")
+    extractor = _EXTRACTORS.get(kind) if isinstance(kind, str) else None
+    if extractor is None:
+        return []
+    assert isinstance(kind, str)
+    rid = context.index.logical_id(resource)
+    return extractor(ResourceEntry(resource, kind, rid, where, context))
+
+
+class _Located:
+    """The document and message names a validation error needs."""
+
+    def __init__(self, document: str, message_id: str) -> None:
+        self.document, self.message_id = document, message_id
+
+
+# Validation with fhir.resources ---------------------------------------------------------------
+
+
+def _validation_problem(
+    resource: dict[str, Any], kind: str, where: Where, raw: RawMessage | _Located
+) -> FeedError | None:
+    """The first problem ``fhir.resources`` finds in a resource (R4B), as a located error."""
+    from fhir.resources.R4B import get_fhir_model_class  # slow import: the fast path skips it
+
+    try:
+        get_fhir_model_class(kind).model_validate(resource)
+    except pydantic.ValidationError as error:
+        return _located_validation_error(error, where, raw)
+    except (ValueError, TypeError, RecursionError) as error:
+        expected = f"a valid FHIR R4B {kind} ({type(error).__name__}: {error})"
+        return FeedError(raw.document, where.base, expected, message_id=raw.message_id)
+    return None
+
+
+def _located_validation_error(
+    error: pydantic.ValidationError, where: Where, raw: RawMessage | _Located
+) -> FeedError:
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    expected = _expectation(first)
+    if len(problems) > 1:
+        expected += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+    value = first.get("input")
+    found = value if isinstance(value, str | int | float) else None
+    return FeedError(
+        raw.document, where.at(_loc_path(first["loc"])), expected, message_id=raw.message_id,
+        found=None if found is None else str(found),
+    )  # fmt: skip
+
+
+def _loc_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _expectation(problem: Any) -> str:
+    kind, message = problem["type"], str(problem["msg"]).removeprefix("Value error, ")
+    if kind == "missing":
+        return "a value (required field)"
+    if kind == "extra_forbidden":
+        return "no such element in FHIR R4B"
+    return f"valid FHIR ({message.rstrip('.')})"

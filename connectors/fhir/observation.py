@@ -1,0 +1,344 @@
+"""Lab results, observations and pregnancies from FHIR R4 Observation resources.
+
+Read with the typed readers of ``vigie.connectors.fhir.fast`` (see there for the shared
+conventions).
+
+- A code mapped to a ``lab`` concept gives a ``LabResult``, to an ``observation`` concept an
+  ``Observation``; an unmapped code gives a ``LabResult`` with ``concept=None`` and an
+  ``unmapped_code`` flag when the category is ``laboratory``, and no fact otherwise (vital signs,
+  surveys, social history...: nothing a rule reads). Components are read the same way but only
+  when mapped.
+- Pregnancy status (LOINC 82810-3, 11449-6) gives a ``Pregnancy`` fact, with the estimated due
+  date of its 11778-8 component; an 11778-8 Observation alone gives a pregnant ``Pregnancy``
+  with that date (due dates are calendar days, never shifted). Cancelled and entered-in-error
+  observations give no fact.
+- A value with a comparator (``<5``) or without a number keeps its text and gets a
+  ``non_numeric_value`` flag; a unit the tables cannot convert gives ``value=None`` and an
+  ``unknown_unit`` flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from typing import Any, NamedTuple
+
+from vigie.connectors.fhir.fast import (
+    _DATETIME_EXPECTED,
+    EntryProblem,
+    ResourceEntry,
+    _codings,
+    _datetime,
+    _first,
+    _join,
+    _number,
+    _number_text,
+    _obj,
+    _objects,
+    _period_start,
+    _show,
+    _text,
+    _unmapped,
+    parse_fhir_datetime,
+)
+from vigie.connectors.fhir.fast_facts import TerminologyMemo, flag, normalised_system
+from vigie.facts import AnyFact, Coding, Flag, FlagCode, LabResult, Observation, Pregnancy
+from vigie.terminology import Concept, UnknownUnit
+
+__all__ = ["EXTRACTORS"]
+
+_PREGNANCY_CODES = frozenset({"82810-3", "11449-6"})
+# Estimated due date: by any method, from the last menstrual period, from the ovulation date.
+_DUE_DATE_CODES = frozenset({"11778-8", "11779-6", "11780-4"})
+_PREGNANCY_ANSWERS = {
+    "77386006": "pregnant",  # SNOMED Pregnant
+    "LA15173-0": "pregnant",
+    "60001007": "not-pregnant",  # SNOMED Not pregnant
+    "LA26683-5": "not-pregnant",
+    "261665006": "unknown",
+    "LA4489-6": "unknown",
+}
+_SKIPPED_STATUS = frozenset({"cancelled", "entered-in-error"})
+
+
+class _Reading(NamedTuple):
+    """A value[x] as read: the number when there is one, its unit and the text as received."""
+
+    field: str
+    number: float | None
+    units: tuple[str, ...]
+    original_value: str | None
+    original_unit: str | None
+    flags: tuple[Flag, ...] = ()
+
+
+def _reading(node: dict[str, Any], path: str) -> _Reading | None:
+    """The value[x] of an Observation or component, or ``None`` when it has none."""
+    quantity = _obj(node, "valueQuantity", path)
+    if quantity is not None:
+        return _quantity_reading(quantity, _join(path, "valueQuantity"))
+    number = _number(node, "valueInteger", path)
+    if number is not None:
+        return _Reading(_join(path, "valueInteger"), number, (), _number_text(node), None)
+    for key in ("valueString", "valueCodeableConcept", "valueBoolean", "valueRange"):
+        if key in node:
+            value = node[key]
+            shown = value if isinstance(value, str) else _show(value)
+            detail = f"{key} is not a number"
+            remark = flag(FlagCode.NON_NUMERIC_VALUE, detail)
+            return _Reading(_join(path, key), None, (), shown, None, (remark,))
+    return None
+
+
+def _quantity_reading(quantity: dict[str, Any], path: str) -> _Reading:
+    number = _number(quantity, "value", path)
+    code, unit = _text(quantity, "code", path), _text(quantity, "unit", path)
+    comparator = _text(quantity, "comparator", path)
+    original = None if number is None else _number_text(quantity)
+    flags: tuple[Flag, ...] = ()
+    if comparator and original is not None:
+        original = comparator + original
+        detail = f"value given as {original}, not an exact number"
+        flags, number = (flag(FlagCode.NON_NUMERIC_VALUE, detail),), None
+    elif number is None:
+        flags = (flag(FlagCode.NON_NUMERIC_VALUE, "quantity without a value"),)
+    units = tuple(u for u in (code, unit) if u)
+    return _Reading(path, number, units, original, unit or code, flags)
+
+
+def _canonical(
+    terminology: TerminologyMemo, concept: Concept, number: float | None, units: tuple[str, ...]
+) -> tuple[float, str] | None:
+    """The number in the concept's canonical unit, trying the UCUM code then the label."""
+    if number is None:
+        return None
+    for unit in units:
+        try:
+            return terminology.to_canonical(concept.name, number, unit)
+        except UnknownUnit:
+            continue
+    return None
+
+
+def _time(resource: dict[str, Any]) -> datetime:
+    time = (
+        _datetime(resource, "effectiveDateTime", "")
+        or _period_start(resource, "effectivePeriod", "")
+        or _datetime(resource, "effectiveInstant", "")
+        or _datetime(resource, "issued", "")
+    )
+    if time is None:
+        raise EntryProblem("effective[x]", "the time of the observation (effective[x] or issued)")
+    return time
+
+
+def _is_laboratory(resource: dict[str, Any]) -> bool:
+    for path, category in _objects(resource, "category", ""):
+        if any(c.code == "laboratory" for c in _codings(category, path)):
+            return True
+    return False
+
+
+def _observation(entry: ResourceEntry) -> list[AnyFact]:
+    resource = entry.resource
+    if _text(resource, "status", "") in _SKIPPED_STATUS:
+        return []
+    codings = _codings(_obj(resource, "code", ""), "code")
+    if _has_loinc(codings, _PREGNANCY_CODES):
+        return [_pregnancy(entry)]
+    if _has_loinc(codings, _DUE_DATE_CODES):
+        return _due_date_alone(entry)
+    time = _time(resource)
+    facts: list[AnyFact] = []
+    components = list(_objects(resource, "component", ""))
+    reading = _reading(resource, "")
+    if reading is not None or not components:
+        laboratory = _is_laboratory(resource)
+        fact = _measurement(entry, resource, "", codings, reading, time, laboratory)
+        facts.extend([fact] if fact else [])
+    for index, (path, component) in enumerate(components):
+        component_codings = _codings(_obj(component, "code", path), _join(path, "code"))
+        component_reading = _reading(component, path)
+        suffix = f"/component[{index}]"
+        fact = _measurement(
+            entry, component, path, component_codings, component_reading, time, False, suffix
+        )
+        facts.extend([fact] if fact else [])
+    return facts
+
+
+def _measurement(
+    entry: ResourceEntry,
+    node: dict[str, Any],
+    path: str,
+    codings: list[Coding],
+    reading: _Reading | None,
+    time: datetime,
+    laboratory: bool,
+    suffix: str = "",
+) -> LabResult | Observation | None:
+    """A LabResult or Observation from a coded value; ``None`` for an unmapped non-lab code."""
+    terminology = entry.terminology
+    concept, coding = None, codings[0] if codings else None
+    for candidate in codings:
+        concept = terminology.lab_concept(candidate.system, candidate.code)
+        if concept is not None:
+            coding = candidate
+            break
+    if coding is None or (concept is None and not laboratory):
+        return None
+    reading = reading or _Reading(
+        _join(path, "value[x]"), None, (), None, None,
+        (flag(FlagCode.NON_NUMERIC_VALUE, "no value[x]"),),
+    )  # fmt: skip
+    units = reading.units or _implied(terminology, coding)
+    value, unit, flags = _normalised(terminology, concept, reading, units)
+    fields = {
+        "fact_id": entry.fact_id(suffix),
+        "patient_id": entry.patient_id("subject"),
+        "source": entry.source(reading.field),
+        "flags": reading.flags + flags,
+        "concept": concept.name if concept else None,
+        "code": coding,
+        "value": value,
+        "unit": unit,
+        "original_value": reading.original_value,
+        "original_unit": reading.original_unit,
+        "time": time,
+    }
+    if concept is not None and concept.kind == "observation":
+        return entry.fact(Observation, **fields)
+    return entry.fact(LabResult, **fields, **_lab_extras(entry, node, path, concept, units))
+
+
+def _implied(terminology: TerminologyMemo, coding: Coding) -> tuple[str, ...]:
+    unit = terminology.implied_unit(coding.system, coding.code)
+    return (unit,) if unit else ()
+
+
+def _normalised(
+    terminology: TerminologyMemo, concept: Concept | None, reading: _Reading, units: tuple[str, ...]
+) -> tuple[float | None, str | None, tuple[Flag, ...]]:
+    if concept is None:
+        remark = flag(FlagCode.UNMAPPED_CODE, "laboratory code not mapped to a concept")
+        unit = terminology.canonical_unit(units[0]) if units else None
+        return reading.number, unit, (remark,)
+    if reading.number is None:
+        return None, concept.unit, ()
+    converted = _canonical(terminology, concept, reading.number, units)
+    if converted is None:
+        detail = f"unit {reading.original_unit!r} cannot be converted to {concept.unit}"
+        return None, concept.unit, (flag(FlagCode.UNKNOWN_UNIT, detail),)
+    return converted[0], converted[1], ()
+
+
+def _lab_extras(
+    entry: ResourceEntry,
+    node: dict[str, Any],
+    path: str,
+    concept: Concept | None,
+    units: tuple[str, ...],
+) -> dict[str, Any]:
+    low = high = None
+    first = _first(node, "referenceRange", path)
+    if first is not None:
+        range_path, reference_range = first
+        low = _range_end(entry.terminology, concept, reference_range, "low", range_path, units)
+        high = _range_end(entry.terminology, concept, reference_range, "high", range_path, units)
+    return {
+        "reference_low": low,
+        "reference_high": high,
+        "abnormal_flag": _interpretation(node, path),
+    }
+
+
+def _interpretation(node: dict[str, Any], path: str) -> str | None:
+    first = _first(node, "interpretation", path)
+    if first is None:
+        return None
+    item_path, item = first
+    return next((c.code for c in _codings(item, item_path)), None) or _text(item, "text", item_path)
+
+
+def _range_end(
+    terminology: TerminologyMemo,
+    concept: Concept | None,
+    reference_range: dict[str, Any],
+    end: str,
+    path: str,
+    units: tuple[str, ...],
+) -> float | None:
+    quantity = _obj(reference_range, end, path)
+    if quantity is None:
+        return None
+    number = _number(quantity, "value", _join(path, end))
+    own = tuple(u for u in (_text(quantity, "code", path), _text(quantity, "unit", path)) if u)
+    if concept is None:
+        return number
+    converted = _canonical(terminology, concept, number, own or units)
+    return converted[0] if converted else None
+
+
+def _has_loinc(codings: list[Coding], codes: frozenset[str]) -> bool:
+    return any(c.code in codes and normalised_system(c.system) == "LOINC" for c in codings)
+
+
+def _pregnancy(entry: ResourceEntry) -> Pregnancy:
+    """A pregnancy status Observation, with the due date its component gives (11778-8)."""
+    resource = entry.resource
+    answer = _obj(resource, "valueCodeableConcept", "")
+    codes = [c.code for c in _codings(answer, "valueCodeableConcept")]
+    status = next((_PREGNANCY_ANSWERS[c] for c in codes if c in _PREGNANCY_ANSWERS), "unknown")
+    flags: tuple[Flag, ...] = ()
+    if status == "unknown" and codes:
+        flags = (_unmapped("pregnancy status answer", _codings(answer, "valueCodeableConcept")),)
+    return entry.fact(
+        Pregnancy,
+        fact_id=entry.fact_id(),
+        patient_id=entry.patient_id("subject"),
+        source=entry.source("valueCodeableConcept" if answer else ""),
+        flags=flags,
+        status=status,
+        recorded=_time(resource),
+        estimated_due_date=_component_due_date(resource),
+    )
+
+
+def _component_due_date(resource: dict[str, Any]) -> date | None:
+    for path, component in _objects(resource, "component", ""):
+        codings = _codings(_obj(component, "code", path), _join(path, "code"))
+        if _has_loinc(codings, _DUE_DATE_CODES):
+            return _calendar_date(component, path)
+    return None
+
+
+def _due_date_alone(entry: ResourceEntry) -> list[AnyFact]:
+    """An estimated due date Observation by itself: it is only given for a pregnancy."""
+    due = _calendar_date(entry.resource, "")
+    if due is None:
+        return []
+    pregnancy = entry.fact(
+        Pregnancy,
+        fact_id=entry.fact_id(),
+        patient_id=entry.patient_id("subject"),
+        source=entry.source("valueDateTime"),
+        status="pregnant",
+        recorded=_time(entry.resource),
+        estimated_due_date=due,
+    )
+    return [pregnancy]
+
+
+def _calendar_date(node: dict[str, Any], path: str) -> date | None:
+    """A due date (``valueDateTime``) as the calendar day written, never shifted to UTC."""
+    value = _text(node, "valueDateTime", path)
+    if value is None:
+        return None
+    if parse_fhir_datetime(value) is None:
+        raise EntryProblem(_join(path, "valueDateTime"), _DATETIME_EXPECTED, value)
+    day = parse_fhir_datetime(value[:10])
+    assert day is not None  # the date part of a valid dateTime
+    return day.date()
+
+
+EXTRACTORS: dict[str, Callable[[ResourceEntry], list[AnyFact]]] = {"Observation": _observation}

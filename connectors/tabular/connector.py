@@ -1,0 +1,953 @@
+"""CSV exports read through a mapping file (``feed = "csv"``).
+
+Many French DPIs can only export tables. A **mapping file** (TOML) says what each export file
+means; the connector applies it. ``connectors/mappings/example-dpi.toml`` is the commented
+example to copy for a new DPI, ``vigie-synthetic.toml`` the mapping of Vigie's own canonical
+layout (see ``write_canonical_csv``). The format, in short::
+
+    name = "my-dpi"                 # used in messages
+    [defaults]                      # dialect for every file (each [kind] may override it)
+    delimiter = ";"                 # one character; "\\t" for tabs
+    encoding = "latin-1"            # utf-8 (default), latin-1, cp1252, or a list tried in order
+    decimal = ","                   # "." (default) or ","
+    date_formats = ["%d/%m/%Y %H:%M", "%d/%m/%Y"]   # strptime formats, or "iso" (default)
+    rows_per_message = 1000         # rows per raw message (1 = one message per row)
+    list_separator = "|"            # between several ATC codes in one cell
+
+    [routes]                        # shared local tables (orders, administrations)
+    "per os" = "oral"               # route label -> canonical route
+    [drug_codes]                    # local drug code -> ATC
+    "100234" = "C09AA05"
+    # drug_table = "site-drugs.csv" # or a site CSV (code,atc), path relative to the mapping
+
+    [labs]                          # one section per fact kind ([[labs]] for several files)
+    file = ["BIO_*.csv"]            # file-name patterns (case-insensitive glob)
+    [labs.columns]                  # fact field = "CSV column" (or ["COL1", "COL2"] joined by -)
+    patient_id = "IPP"
+    [labs.constants]                # a field's value when it has no column or the cell is empty
+    code_system = "LOCAL"
+    [labs.codes]                    # local lab code -> concept (or {concept=..., unit=...})
+    K = "potassium"
+    [labs.values.abnormal_flag]     # translate a field's cell values
+    "+" = "H"
+
+Kinds and their fields are ``vigie.connectors.tabular.mapping.KINDS`` (the fields of each kind are
+the columns of the canonical layout, plus a few extras): patients, stays, orders, administrations,
+labs, observations, conditions, allergies, pregnancies. Local tables per kind: ``codes``
+(labs/observations: concept; conditions: ICD-10), ``units`` (unit spelling -> unit),
+``drug_codes``/``drug_table``, ``routes``, ``dose_units``, ``frequencies`` (``"3/j" = 3``,
+``"1/sem" = 0.142857``), ``substance_codes`` (allergies: code -> ATC or list of ATC),
+``values.<field>`` (``"H" = "M"``). A mistake is a ``MappingError`` naming the file and key.
+
+How rows become facts:
+
+- ``split`` cuts a file into row groups, each keeping the header; ``message_id`` is
+  ``<file>:<first line>-<last line>:<content hash>``: stable when the same file is re-ingested,
+  new when a daily export under the same name changes. ``position`` is ``line N``.
+- ``parse`` reads each row. A bad cell (bad date, bad number, missing required value, bytes not
+  in the declared encoding) is a non-fatal error such as ``orders.csv: line 12, column 'start':
+  expected a date like 2024-03-01T08:00, got '32/13/2024'``; the other rows load. A required
+  column missing from the header is fatal; a mapped optional column missing is reported once
+  per message and left empty.
+- Labs and observations: concept from the mapping's ``codes`` table, else the terminology;
+  value converted with ``to_canonical``; unmapped code, unknown unit or non-numeric value:
+  fact kept with ``value=None`` and a flag; the cell text is kept in ``original_value/unit``.
+- Drugs: ATC column if filled, else ``drug_atc(system, code)``, else the mapping's
+  ``drug_codes``; unmapped: kept and flagged. Routes: mapping ``routes``, else the terminology.
+- Times become naive UTC (``vigie.connectors.base.as_utc``): a time without an offset is in the
+  site's zone (``VIGIE_TIMEZONE``). Dates (birth date, due date) stay dates.
+- Rows without an id column get an id derived from what identifies them (patient, code and
+  time for a lab: ``lab-<hash>``), stable on re-ingest; a corrected value replaces the fact.
+
+The module itself is a connector with the default mapping (``$VIGIE_CSV_MAPPING`` or the
+synthetic one); ``configure(path)`` changes it, ``TabularConnector(mapping)`` is another one.
+
+>>> connector = TabularConnector()
+>>> content = b"patient_id,birth_date,sex\\np1,1940-05-01,F\\n"
+>>> [raw] = connector.split("patients.csv", content)
+>>> raw.position, connector.parse(raw).facts[0].sex.value
+('line 2', 'F')
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from vigie.connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
+from vigie.connectors.tabular.canonical import CANONICAL_FILES, write_canonical_csv
+from vigie.connectors.tabular.mapping import (
+    ISO,
+    SYNTHETIC_MAPPING,
+    CsvFormat,
+    FileMapping,
+    LocalConcept,
+    MappingError,
+    TabularMapping,
+    is_atc,
+    load_mapping,
+    parse_number,
+)
+from vigie.facts import (
+    Allergy,
+    Coding,
+    Condition,
+    Fact,
+    Flag,
+    FlagCode,
+    LabResult,
+    MedicationAdministration,
+    MedicationOrder,
+    Observation,
+    Patient,
+    Pregnancy,
+    Source,
+    Stay,
+)
+from vigie.terminology import (
+    Terminology,
+    UnknownUnit,
+    default_terminology,
+)
+
+__all__ = [
+    "CANONICAL_FILES",
+    "MappingError",
+    "TabularConnector",
+    "TabularMapping",
+    "configure",
+    "default_connector",
+    "feed",
+    "load_mapping",
+    "parse",
+    "parse_number",
+    "sniff",
+    "split",
+    "write_canonical_csv",
+]
+
+feed = "csv"
+
+_EXAMPLE_TIME = datetime(2024, 3, 1, 8, 0)
+_TRUE = {"true", "1", "yes", "y", "oui", "o", "vrai"}
+_FALSE = {"false", "0", "no", "n", "non", "faux"}
+_LINE = re.compile(r"[^\n]*\n|[^\n]+")
+
+
+# Records: CSV rows with their physical line numbers ------------------------------------------
+#
+# Files are read as latin-1 first: it maps every byte to one character, so splitting never
+# fails and the bytes of each row group are kept exactly; CSV syntax (delimiters, quotes,
+# newlines) is ASCII in utf-8, latin-1 and cp1252 alike. Cells are then decoded with the
+# encoding the mapping declares, one by one, so a badly encoded cell is a located error.
+
+
+@dataclass(frozen=True)
+class _Record:
+    line: int  # first physical line, 1-based
+    end: int  # last physical line (a quoted cell may hold newlines)
+    cells: list[str]  # latin-1 view of the bytes
+
+    @property
+    def blank(self) -> bool:
+        return not any(cell.strip() for cell in self.cells)
+
+
+class _BrokenRecord(Exception):
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(reason)
+        self.line, self.reason = line, reason
+
+
+def _physical_lines(text: str) -> list[str]:
+    return _LINE.findall(text)
+
+
+def _records(lines: Sequence[str], delimiter: str, first_line: int = 1) -> Iterator[_Record]:
+    reader = csv.reader(iter(lines), delimiter=delimiter)
+    start = first_line
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise _BrokenRecord(start, str(error)) from None
+        end = first_line + reader.line_num - 1
+        yield _Record(start, end, cells)
+        start = end + 1
+
+
+def _decode(cell: str, encodings: Sequence[str]) -> str | None:
+    """A latin-1 view cell in the declared encoding, or ``None`` when its bytes are not."""
+    raw = cell.encode("latin-1")
+    for encoding in encodings:
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+def _decode_header(record: _Record, fmt: CsvFormat) -> list[str] | None:
+    names = [_decode(cell, fmt.encodings) for cell in record.cells]
+    if any(name is None for name in names):
+        return None
+    return [str(name).lstrip("\ufeff").strip() for name in names]
+
+
+# Identifying which mapped file a document is --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layout:
+    spec: FileMapping
+    header: _Record
+    names: list[str] | None  # decoded column names, None when not in the declared encoding
+
+    @property
+    def fits(self) -> bool:
+        return self.names is not None and self.spec.required_columns() <= set(self.names)
+
+
+def _layout(spec: FileMapping, lines: Sequence[str]) -> _Layout | None:
+    try:
+        header = next(_records(lines[:1], spec.format.delimiter), None)
+    except _BrokenRecord:
+        return None
+    if header is None:
+        return None
+    return _Layout(spec, header, _decode_header(header, spec.format))
+
+
+def _identify(mapping: TabularMapping, document: str, lines: Sequence[str]) -> _Layout | None:
+    """Which file of the mapping a document is: by name and header, else by header alone."""
+    by_name = [f for f in mapping.files if f.matches_name(document)]
+    layouts = [layout for f in by_name if (layout := _layout(f, lines))]
+    for layout in layouts:
+        if layout.fits:
+            return layout
+    if layouts:  # named like a mapped file: parse will say which column is missing
+        return layouts[0]
+    full = [
+        layout
+        for f in mapping.files
+        if (layout := _layout(f, lines)) and f.all_columns() <= set(layout.names or ())
+    ]
+    return max(full, key=lambda layout: len(layout.spec.all_columns()), default=None)
+
+
+# Cells ----------------------------------------------------------------------------------------
+
+
+def _parse_datetime(text: str, formats: Sequence[str]) -> datetime | None:
+    for fmt in formats:
+        try:
+            return datetime.fromisoformat(text) if fmt == ISO else datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+    return None
+
+
+def _date_example(formats: Sequence[str], day_only: bool = False) -> str:
+    def one(fmt: str) -> str:
+        if fmt == ISO:
+            return "2024-03-01" if day_only else "2024-03-01T08:00"
+        return _EXAMPLE_TIME.strftime(fmt)
+
+    return " or ".join(dict.fromkeys(one(fmt) for fmt in formats))
+
+
+_IDENTITY = {
+    "administrations": ("patient_id", "order_id", "drug_system", "drug_code", "time"),
+    "labs": ("patient_id", "code_system", "code", "time"),
+    "observations": ("patient_id", "code_system", "code", "time"),
+    "conditions": ("patient_id", "code_system", "code", "onset"),
+    "allergies": ("patient_id", "substance_system", "substance_code"),
+    "pregnancies": ("patient_id", "recorded"),
+}
+
+
+class _Row:
+    """One CSV row read through a file mapping: typed cells, located errors."""
+
+    def __init__(
+        self,
+        spec: FileMapping,
+        columns: dict[str, int],
+        record: _Record,
+        line: int,
+        raw: RawMessage,
+        terminology: Terminology,
+    ) -> None:
+        self.spec, self.columns, self.record = spec, columns, record
+        self.line, self.raw, self.terminology = line, raw, terminology
+        self._texts: dict[str, str | None] = {}
+        self.source = Source(
+            feed=feed, document=raw.document, message_id=raw.message_id, position=f"line {line}"
+        )
+
+    # Errors and raw text ---------------------------------------------------------------
+
+    def where(self, field: str) -> str:
+        cols = self.spec.columns.get(field)
+        if not cols:
+            return f"line {self.line}, constant '{field}'"
+        return f"line {self.line}, column " + "+".join(repr(c) for c in cols)
+
+    def error(self, field: str, expected: str, found: str | None = None) -> FeedError:
+        return FeedError(self.raw.document, self.where(field), expected, found=found)
+
+    def cell(self, column: str) -> str | None:
+        index = self.columns.get(column)
+        if index is None or index >= len(self.record.cells):
+            return None
+        raw = self.record.cells[index]
+        # Mappings only allow ASCII-compatible encodings: ASCII cells need no decoding.
+        text = raw if raw.isascii() else _decode(raw, self.spec.format.encodings)
+        if text is None:
+            shown = self.record.cells[index].encode("latin-1").decode("ascii", "backslashreplace")
+            expected = f"text in {' or '.join(self.spec.format.encodings)}"
+            raise FeedError(
+                self.raw.document, f"line {self.line}, column {column!r}", expected, found=shown
+            )
+        return text.strip() or None
+
+    def cell_text(self, field: str) -> str | None:
+        """The cell(s) of a field as written (several columns joined by ``-``), or None."""
+        if field not in self._texts:
+            parts = [self.cell(c) for c in self.spec.columns.get(field, ())]
+            self._texts[field] = "-".join(p for p in parts if p) or None
+        return self._texts[field]
+
+    def constant(self, field: str) -> Any:
+        return self.spec.constants.get(field)
+
+    # Typed values ----------------------------------------------------------------------
+
+    def text(self, field: str) -> str | None:
+        text = self.cell_text(field)
+        if text is None:
+            value = self.constant(field)
+            return None if value is None else str(value)
+        translated = self.spec.values[field].get(text) if field in self.spec.values else None
+        return text if translated is None else str(translated)
+
+    def required(self, field: str) -> str:
+        text = self.text(field)
+        if text is None:
+            raise self.error(field, f"a value for '{field}'", "")
+        return text
+
+    def number(self, field: str) -> float | None:
+        text = self.cell_text(field)
+        if text is None:
+            value = self.constant(field)
+            return None if value is None else float(value)
+        number = parse_number(text, self.spec.format.decimal)
+        if number is None:
+            mark = "a decimal comma" if self.spec.format.decimal == "," else "a decimal point"
+            raise self.error(
+                field, f"a number with {mark}, such as 1{self.spec.format.decimal}5", text
+            )
+        return number
+
+    def when(self, field: str) -> datetime | None:
+        text = self.cell_text(field)
+        if text is None:
+            return None
+        value = _parse_datetime(text, self.spec.format.date_formats)
+        if value is None:
+            raise self.error(
+                field, f"a date like {_date_example(self.spec.format.date_formats)}", text
+            )
+        return as_utc(value)  # fact times are naive UTC; no offset means the site's zone
+
+    def required_when(self, field: str) -> datetime:
+        value = self.when(field)
+        if value is None:
+            raise self.error(field, f"a date for '{field}'", "")
+        return value
+
+    def day(self, field: str) -> date | None:
+        text = self.cell_text(field)
+        if text is None:
+            return None
+        formats = self.spec.format.date_formats
+        value = _parse_datetime(text, formats)
+        if value is None:
+            raise self.error(field, f"a date like {_date_example(formats, day_only=True)}", text)
+        return value.date()
+
+    def flag(self, field: str) -> bool | None:
+        text = self.cell_text(field)
+        if text is None:
+            value = self.constant(field)
+            return None if value is None else bool(value)
+        table = self.spec.values.get(field)
+        translated = table.get(text) if table else None
+        if isinstance(translated, bool):
+            return translated
+        if text.casefold() in _TRUE | _FALSE:
+            return text.casefold() in _TRUE
+        raise self.error(field, "yes or no (true/false, 1/0, oui/non, or a [values] entry)", text)
+
+    def choice(self, field: str) -> str | None:
+        text = self.cell_text(field)
+        if text is None:
+            value = self.constant(field)
+            return None if value is None else str(value)
+        table = self.spec.values.get(field)
+        translated = table.get(text) if table else None
+        if translated is not None:
+            return str(translated)
+        choices = self.spec.schema.fields[field].choices
+        for choice in choices:
+            if text.casefold() == choice.casefold():
+                return choice
+        raise self.error(field, f"one of {', '.join(choices)} (or a [values] entry)", text)
+
+    def atc_list(self, field: str) -> tuple[str, ...]:
+        text = self.text(field)
+        if text is None:
+            return ()
+        sep = self.spec.format.list_separator
+        codes = tuple(part.strip().upper() for part in text.split(sep) if part.strip())
+        for code in codes:
+            if not is_atc(code):
+                raise self.error(field, "an ATC code such as C09AA05", code)
+        return codes
+
+    def content_id(self, prefix: str) -> str:
+        """An id for exports without an id column, from what identifies the row's fact.
+
+        Only identifying fields count (patient, code, time), so a corrected value or status
+        in a later export replaces the fact instead of adding a second one.
+        """
+        cells = [f"{f}={self.text(f) or ''}" for f in _IDENTITY[self.spec.kind]]
+        digest = hashlib.sha256("\x1f".join([self.spec.kind, *cells]).encode()).hexdigest()
+        return f"{prefix}-{digest[:16]}"
+
+
+# Facts from rows ------------------------------------------------------------------------------
+
+
+def _flag(code: FlagCode, detail: str) -> Flag:
+    return Flag(code=code, detail=detail)
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    """Keyword arguments without the empty ones, so the fact models' defaults apply."""
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def _patient(row: _Row) -> Patient:
+    pid = row.required("patient_id")
+    fields = _given(birth_date=row.day("birth_date"), sex=row.choice("sex"))
+    return Patient(fact_id=pid, patient_id=pid, source=row.source, **fields)
+
+
+def _stay(row: _Row) -> Stay:
+    stay_id = row.required("stay_id")
+    fields = _given(
+        ward=row.text("ward"),
+        bed=row.text("bed"),
+        admit_time=row.when("admit_time"),
+        discharge_time=row.when("discharge_time"),
+        status=row.choice("status"),
+    )
+    return Stay(
+        fact_id=stay_id,
+        patient_id=row.required("patient_id"),
+        source=row.source,
+        stay_id=stay_id,
+        **fields,
+    )
+
+
+def _drug(row: _Row) -> tuple[Coding, str | None, list[Flag]]:
+    system, code, label = row.text("drug_system"), row.required("drug_code"), row.text("label")
+    atc = (row.atc_list("atc") or (None,))[0]
+    if atc is None:
+        found = row.terminology.drug_atc(system, code)
+        atc = found if found and is_atc(found) else row.spec.drug_codes.get(code)
+    flags = []
+    # A code the tables know to have no ATC (a device, a vaccine) is mapped, not flagged.
+    if atc is None and not row.terminology.drug_known(system, code):
+        detail = (
+            f"drug {system or 'LOCAL'}|{code} ({label or 'no label'}) has no ATC: not in the "
+            f"terminology nor in [{row.spec.key}.drug_codes]"
+        )
+        flags.append(_flag(FlagCode.UNMAPPED_CODE, detail))
+    return Coding(system=system, code=code, display=label), atc, flags
+
+
+def _route(row: _Row) -> tuple[str | None, str | None, list[Flag]]:
+    text = row.text("route")
+    if text is None:
+        return None, None, []
+    route = row.spec.routes.get(text) or row.terminology.route(row.text("route_system"), text)
+    if route is None:
+        detail = f"route {text!r} is not in [{row.spec.key}.routes] nor in the terminology"
+        return None, text, [_flag(FlagCode.UNMAPPED_CODE, detail)]
+    return route, text, []
+
+
+def _dose(row: _Row) -> tuple[float | None, str | None, list[Flag]]:
+    dose, unit = row.number("dose"), row.text("dose_unit")
+    unit = row.spec.dose_units.get(unit) or unit
+    flags = [] if dose is not None else [_flag(FlagCode.MISSING_DOSE, "no dose in the row")]
+    return dose, unit, flags
+
+
+def _frequency(row: _Row) -> tuple[float | None, list[Flag]]:
+    per_day, text = row.number("frequency_per_day"), row.text("frequency_text")
+    if per_day is None and text is not None:
+        per_day = row.spec.frequencies.get(text)
+        if per_day is None:
+            detail = f"frequency {text!r} is not in [{row.spec.key}.frequencies]"
+            return None, [_flag(FlagCode.MISSING_FREQUENCY, detail)]
+    if per_day is None:
+        return None, [_flag(FlagCode.MISSING_FREQUENCY, "no frequency in the row")]
+    return float(per_day), []
+
+
+def _order(row: _Row) -> MedicationOrder:
+    order_id = row.required("order_id")
+    drug, atc, drug_flags = _drug(row)
+    dose, dose_unit, dose_flags = _dose(row)
+    per_day, frequency_flags = _frequency(row)
+    route, original_route, route_flags = _route(row)
+    fields = _given(
+        stay_id=row.text("stay_id"),
+        atc=atc,
+        label=row.text("label"),
+        dose=dose,
+        dose_unit=dose_unit,
+        original_dose=row.cell_text("dose"),
+        original_dose_unit=row.cell_text("dose_unit"),
+        frequency_per_day=per_day,
+        frequency_text=row.text("frequency_text"),
+        daily_dose=dose * per_day if dose is not None and per_day is not None else None,
+        as_needed=row.flag("as_needed"),
+        route=route,
+        original_route=original_route,
+        start=row.when("start"),
+        end=row.when("end"),
+        status=row.choice("status"),
+        prescriber=row.text("prescriber"),
+    )
+    flags = (*drug_flags, *dose_flags, *frequency_flags, *route_flags)
+    return MedicationOrder(
+        fact_id=order_id,
+        patient_id=row.required("patient_id"),
+        source=row.source,
+        flags=flags,
+        order_id=order_id,
+        drug=drug,
+        **fields,
+    )
+
+
+def _administration(row: _Row) -> MedicationAdministration:
+    admin_id = row.text("administration_id") or row.content_id("administration")
+    drug, atc, drug_flags = _drug(row)
+    dose, dose_unit, _ = _dose(row)  # an administration's dose is optional, not a defect
+    route, _, route_flags = _route(row)
+    fields = _given(
+        order_id=row.text("order_id"),
+        atc=atc,
+        label=row.text("label"),
+        dose=dose,
+        dose_unit=dose_unit,
+        route=route,
+        status=row.choice("status"),
+    )
+    return MedicationAdministration(
+        fact_id=admin_id,
+        patient_id=row.required("patient_id"),
+        source=row.source,
+        flags=(*drug_flags, *route_flags),
+        administration_id=admin_id,
+        drug=drug,
+        time=row.required_when("time"),
+        **fields,
+    )
+
+
+@dataclass(frozen=True)
+class _Measure:
+    """A lab/observation value: canonical value and unit, or the reason it has none."""
+
+    value: float | None
+    unit: str | None
+    flags: tuple[Flag, ...]
+    convert: Callable[[float], float | None]
+
+
+def _concept(row: _Row, system: str | None, code: str) -> tuple[str | None, str | None]:
+    local: LocalConcept | None = row.spec.codes.get(code)
+    if local is not None:
+        return local.concept, local.unit
+    concept = row.terminology.lab_concept(system, code)
+    if concept is None:
+        return None, None
+    return concept.name, row.terminology.implied_unit(system, code)
+
+
+def _measure(row: _Row, concept: str | None, implied: str | None, code: str) -> _Measure:
+    text, cell_unit = row.text("value"), row.text("unit")
+    unit = row.spec.units.get(cell_unit) or cell_unit or implied
+    term = row.terminology
+
+    def convert(value: float) -> float | None:
+        try:
+            return term.to_canonical(concept, value, unit)[0] if concept else None
+        except UnknownUnit:
+            return None
+
+    if concept is None:
+        detail = f"code {row.text('code_system') or 'LOCAL'}|{code} is not in [{row.spec.key}"
+        flag = _flag(FlagCode.UNMAPPED_CODE, detail + ".codes] nor in the terminology")
+        return _Measure(None, None, (flag,), convert)
+    number = None if text is None else parse_number(text, row.spec.format.decimal)
+    if number is None:
+        flag = _flag(FlagCode.NON_NUMERIC_VALUE, f"{concept} result {text or ''!r} is not a number")
+        return _Measure(None, None, (flag,), convert)
+    try:
+        value, canonical = term.to_canonical(concept, number, unit)
+    except UnknownUnit as error:
+        return _Measure(None, None, (_flag(FlagCode.UNKNOWN_UNIT, str(error)),), convert)
+    return _Measure(value, canonical, (), convert)
+
+
+def _measurement(row: _Row, prefix: str) -> tuple[dict[str, Any], _Measure]:
+    """The fields labs and observations share, and the measure (to convert a lab's range)."""
+    system, code = row.text("code_system"), row.required("code")
+    time = row.required_when("time")
+    concept, implied = _concept(row, system, code)
+    measure = _measure(row, concept, implied, code)
+    fields = {
+        "fact_id": row.text(f"{prefix}_id") or row.content_id(prefix),
+        "patient_id": row.required("patient_id"),
+        "source": row.source,
+        "flags": measure.flags,
+        "concept": concept,
+        "code": Coding(system=system, code=code, display=row.text("display")),
+        "time": time,
+    }
+    return fields | _given(
+        value=measure.value,
+        unit=measure.unit,
+        original_value=row.cell_text("value"),
+        original_unit=row.cell_text("unit"),
+    ), measure
+
+
+def _lab(row: _Row) -> LabResult:
+    fields, measure = _measurement(row, "lab")
+    # The reference range is converted like the value, so both are in the canonical unit.
+    low, high = row.number("reference_low"), row.number("reference_high")
+    return LabResult(
+        **fields,
+        **_given(
+            reference_low=None if low is None else measure.convert(low),
+            reference_high=None if high is None else measure.convert(high),
+            abnormal_flag=row.text("abnormal_flag"),
+        ),
+    )
+
+
+def _observation(row: _Row) -> Observation:
+    return Observation(**_measurement(row, "observation")[0])
+
+
+def _condition(row: _Row) -> Condition:
+    system, code = row.text("code_system"), row.required("code")
+    icd10 = row.terminology.icd10(system, code) or row.spec.codes.get(code)
+    flags = []
+    if icd10 is None:
+        where = f"[{row.spec.key}.codes]"
+        detail = f"condition {system or 'LOCAL'}|{code} has no ICD-10: not in {where}"
+        flags.append(_flag(FlagCode.UNMAPPED_CODE, detail))
+    fid = row.text("condition_id") or row.content_id("condition")
+    return Condition(
+        fact_id=fid,
+        patient_id=row.required("patient_id"),
+        source=row.source,
+        flags=tuple(flags),
+        code=Coding(system=system, code=code, display=row.text("display")),
+        **_given(
+            icd10=icd10,
+            onset=row.when("onset"),
+            abatement=row.when("abatement"),
+            clinical_status=row.choice("clinical_status"),
+        ),
+    )
+
+
+def _allergy(row: _Row) -> Allergy:
+    system, code = row.text("substance_system"), row.required("substance_code")
+    atc = row.atc_list("atc") or row.terminology.allergy_atc(system, code)
+    atc = atc or row.spec.substance_codes.get(code) or ()
+    flags = []
+    if not atc:
+        detail = (
+            f"allergy substance {system or 'LOCAL'}|{code} has no ATC: not in the terminology "
+            f"nor in [{row.spec.key}.substance_codes]"
+        )
+        flags.append(_flag(FlagCode.UNMAPPED_CODE, detail))
+    fid = row.text("allergy_id") or row.content_id("allergy")
+    return Allergy(
+        fact_id=fid,
+        patient_id=row.required("patient_id"),
+        source=row.source,
+        flags=tuple(flags),
+        substance=Coding(system=system, code=code, display=row.text("substance_display")),
+        atc=tuple(atc),
+        **_given(
+            criticality=row.choice("criticality"),
+            recorded=row.when("recorded"),
+            clinical_status=row.choice("clinical_status"),
+        ),
+    )
+
+
+def _pregnancy(row: _Row) -> Pregnancy:
+    fid = row.text("pregnancy_id") or row.content_id("pregnancy")
+    return Pregnancy(
+        fact_id=fid,
+        patient_id=row.required("patient_id"),
+        source=row.source,
+        recorded=row.required_when("recorded"),
+        **_given(status=row.choice("status"), estimated_due_date=row.day("estimated_due_date")),
+    )
+
+
+_BUILDERS: dict[str, Callable[[_Row], Fact]] = {
+    "patients": _patient,
+    "stays": _stay,
+    "orders": _order,
+    "administrations": _administration,
+    "labs": _lab,
+    "observations": _observation,
+    "conditions": _condition,
+    "allergies": _allergy,
+    "pregnancies": _pregnancy,
+}
+
+
+# The connector --------------------------------------------------------------------------------
+
+
+class TabularConnector:
+    """A CSV connector bound to one mapping (the synthetic layout by default).
+
+    ``rows_per_message`` overrides the mapping's row-group size (1 = one message per row).
+    """
+
+    feed = feed
+
+    def __init__(
+        self,
+        mapping: TabularMapping | str | Path | None = None,
+        terminology: Terminology | None = None,
+        rows_per_message: int | None = None,
+    ) -> None:
+        self.terminology = terminology or default_terminology()
+        if mapping is None or isinstance(mapping, str | Path):
+            mapping = load_mapping(mapping or SYNTHETIC_MAPPING, self.terminology)
+        self.mapping = mapping
+        self.rows_per_message = rows_per_message
+
+    def sniff(self, head: bytes, name: str) -> bool:
+        """A mapped file: its header fits a mapped layout (the name helps, but is not needed)."""
+        lines = _physical_lines(head.decode("latin-1"))[:1]
+        layout = _identify(self.mapping, name, lines) if lines else None
+        return layout is not None and (layout.fits or len(layout.header.cells) > 1)
+
+    def split(self, document: str, content: bytes) -> Iterator[RawMessage]:
+        """Row groups, each with the header; never raises (``parse`` reports bad content)."""
+        lines = _physical_lines(content.decode("latin-1"))
+        layout = _identify(self.mapping, document, lines) if lines else None
+        if layout is None:  # empty or unrecognised: one message, so parse can say why
+            yield self._message(document, [], lines, 1, max(len(lines), 1), None)
+            return
+        fmt = layout.spec.format
+        size = self.rows_per_message or fmt.rows_per_message
+        header = lines[: layout.header.end]
+        for first, last in _row_groups(lines, layout.header.end, fmt.delimiter, size):
+            rows = lines[first - 1 : last]
+            yield self._message(document, header, rows, first, last, fmt.encodings[0])
+
+    def _message(
+        self,
+        document: str,
+        header: list[str],
+        rows: list[str],
+        first: int,
+        last: int,
+        encoding: str | None,
+    ) -> RawMessage:
+        content = "".join(header + rows).encode("latin-1")
+        digest = hashlib.sha256(content).hexdigest()[:12]
+        name = Path(document).name
+        return RawMessage(
+            feed=feed,
+            document=document,
+            content=content,
+            message_id=f"{name}:{first}-{last}:{digest}",
+            position=f"line {first}",
+            encoding=encoding,
+        )
+
+    def parse(self, raw: RawMessage) -> ParseOutcome:
+        """Facts from the rows; a bad row is a located non-fatal error, a bad header is fatal."""
+        lines = _physical_lines(raw.content.decode("latin-1"))
+        layout = _identify(self.mapping, raw.document, lines) if lines else None
+        if layout is None:
+            raise self._unrecognised(raw, lines)
+        columns, outcome = self._columns(raw, layout)
+        offset = _first_line(raw.position, layout.header.end + 1) - (layout.header.end + 1)
+        build = _BUILDERS[layout.spec.kind]
+        delimiter = layout.spec.format.delimiter
+        try:
+            rows = _records(lines[layout.header.end :], delimiter, layout.header.end + 1)
+            for record in rows:
+                if not record.blank:
+                    self._row(raw, layout, columns, record, record.line + offset, build, outcome)
+        except _BrokenRecord as broken:
+            where = f"line {broken.line + offset}"
+            expected = "well-formed CSV (closed quotes, no bare carriage return)"
+            outcome.errors.append(FeedError(raw.document, where, expected, found=broken.reason))
+        return outcome
+
+    def _row(
+        self,
+        raw: RawMessage,
+        layout: _Layout,
+        columns: dict[str, int],
+        record: _Record,
+        line: int,
+        build: Callable[[_Row], Fact],
+        outcome: ParseOutcome,
+    ) -> None:
+        try:
+            _check_width(raw, layout, record, line)
+            fact = build(_Row(layout.spec, columns, record, line, raw, self.terminology))
+        except FeedError as error:
+            outcome.errors.append(error)
+        except ValidationError as error:  # a model constraint the mapping checks did not cover
+            problem = error.errors()[0]
+            expected = f"a valid {layout.spec.kind} row ({problem['loc']}: {problem['msg']})"
+            outcome.errors.append(FeedError(raw.document, f"line {line}", expected))
+        else:
+            outcome.facts.append(fact)  # type: ignore[arg-type]
+
+    def _unrecognised(self, raw: RawMessage, lines: list[str]) -> FeedError:
+        files = "; ".join(f"{f.key}: {', '.join(f.patterns)}" for f in self.mapping.files)
+        expected = f"a header row of a file of mapping {self.mapping.name!r} ({files})"
+        found = lines[0].rstrip("\r\n") if lines else ""
+        return FeedError(raw.document, "line 1", expected, found=found)
+
+    def _columns(self, raw: RawMessage, layout: _Layout) -> tuple[dict[str, int], ParseOutcome]:
+        """Column positions by name; a missing required column is fatal, another is reported."""
+        spec, names = layout.spec, layout.names
+        if names is None:
+            expected = f"a header in {' or '.join(spec.format.encodings)}"
+            raise FeedError(raw.document, "line 1", expected)
+        index: dict[str, int] = {}
+        for position, name in enumerate(names):
+            index.setdefault(name, position)
+        outcome = ParseOutcome()
+        required = spec.required_columns()
+        for field, cols in spec.columns.items():
+            for column in cols:
+                if column in index:
+                    continue
+                expected = (
+                    f"a column {column!r} for '{field}' "
+                    f"(mapping {Path(self.mapping.path).name} [{spec.key}.columns])"
+                )
+                error = FeedError(raw.document, "line 1", expected, found=",".join(names))
+                if column in required:
+                    raise error
+                outcome.errors.append(error)
+        return index, outcome
+
+
+def _row_groups(
+    lines: Sequence[str], header_end: int, delimiter: str, size: int
+) -> Iterator[tuple[int, int]]:
+    """(first, last) physical lines of each group of ``size`` rows (blank lines ride along)."""
+    first, count, last = header_end + 1, 0, header_end
+    try:
+        for record in _records(lines[header_end:], delimiter, header_end + 1):
+            last = record.end
+            count += 0 if record.blank else 1
+            if count == size:
+                yield first, last
+                first, count = last + 1, 0
+    except _BrokenRecord as broken:  # the rest goes in one message; parse locates the problem
+        if broken.line > first:
+            yield first, broken.line - 1
+        yield broken.line, len(lines)
+        return
+    if count:
+        yield first, last
+
+
+def _check_width(raw: RawMessage, layout: _Layout, record: _Record, line: int) -> None:
+    """Extra filled cells mean an unquoted delimiter shifted the row: refuse to guess."""
+    width = len(layout.header.cells)
+    if len(record.cells) > width and any(c.strip() for c in record.cells[width:]):
+        delimiter = layout.spec.format.delimiter
+        expected = f"{width} cells like the header (an unquoted {delimiter!r} inside a cell?)"
+        found = f"{len(record.cells)} cells"
+        raise FeedError(raw.document, f"line {line}", expected, found=found)
+
+
+def _first_line(position: str | None, default: int) -> int:
+    match = re.fullmatch(r"line (\d+)", position or "")
+    return int(match.group(1)) if match else default
+
+
+# The module as a connector, with a default mapping -------------------------------------------
+
+_active: dict[str, TabularConnector] = {}
+
+
+def configure(
+    mapping: TabularMapping | str | Path | None = None, rows_per_message: int | None = None
+) -> TabularConnector:
+    """Set the mapping the module-level ``sniff``/``split``/``parse`` use (``--mapping FILE``)."""
+    _active["default"] = TabularConnector(mapping, rows_per_message=rows_per_message)
+    return _active["default"]
+
+
+def default_connector() -> TabularConnector:
+    """The configured connector; first use loads ``$VIGIE_CSV_MAPPING`` or the synthetic one."""
+    if "default" not in _active:
+        configure(os.environ.get("VIGIE_CSV_MAPPING") or None)
+    return _active["default"]
+
+
+def sniff(head: bytes, name: str) -> bool:
+    return default_connector().sniff(head, name)
+
+
+def split(document: str, content: bytes) -> Iterator[RawMessage]:
+    return default_connector().split(document, content)
+
+
+def parse(raw: RawMessage) -> ParseOutcome:
+    return default_connector().parse(raw)
