@@ -28,9 +28,10 @@ from vigie.facts import (
     Source,
     Stay,
 )
+from vigie.synthetic.generator import hospital_tables
 from vigie.terminology import default_terminology
 
-__all__ = ["canonical_facts", "tables_to_facts"]
+__all__ = ["canonical_facts", "canonical_hospital", "tables_to_facts"]
 
 _SOURCE = Source(feed="synthetic", document="memory")
 
@@ -192,6 +193,23 @@ def tables_to_facts(tables: Mapping[str, pl.DataFrame]) -> list[AnyFact]:
     return facts
 
 
+def canonical_hospital(
+    beds: int,
+    days: int,
+    seed: int,
+    start: datetime | None = None,
+    rates: Mapping[str, float] | None = None,
+) -> tuple[list[AnyFact], pl.DataFrame]:
+    """Every fact of a (small) synthetic hospital, as a perfect connector would read it, and its
+    ground truth (the rows of ``truth.csv``)."""
+    facts: list[AnyFact] = []
+    truths: list[pl.DataFrame] = []
+    for _, tables in hospital_tables(beds, days, seed, start, rates):
+        facts.extend(tables_to_facts(tables))
+        truths.append(tables["truth"])
+    return facts, pl.concat(truths)
+
+
 def canonical_facts(
     beds: int,
     days: int,
@@ -200,9 +218,4 @@ def canonical_facts(
     rates: Mapping[str, float] | None = None,
 ) -> list[AnyFact]:
     """Every fact of a (small) synthetic hospital, as a perfect connector would read it."""
-    from vigie.synthetic import hospital_tables
-
-    facts: list[AnyFact] = []
-    for _, tables in hospital_tables(beds, days, seed, start, rates):
-        facts.extend(tables_to_facts(tables))
-    return facts
+    return canonical_hospital(beds, days, seed, start, rates)[0]

@@ -86,10 +86,6 @@ def _pv1(discharge: bool = False) -> pl.Expr:
     )
 
 
-def _obx_nm(code: str, display: str, value: pl.Expr, unit: str, time: pl.Expr) -> pl.Expr:
-    return _j(f"|NM|{code}^{display}^LN||", value, f"|{unit}^^UCUM|||||F|||", time, CR)
-
-
 def _segments_per_stay(frame: pl.DataFrame, segment: pl.Expr, name: str) -> pl.DataFrame:
     return (
         frame.select(pl.col("_stay_id").alias("stay_id"), segment.alias("seg"))

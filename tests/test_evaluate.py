@@ -526,24 +526,19 @@ def test_the_package_attribute_evaluate_is_the_function() -> None:
 def test_default_and_ansm_packs_on_a_synthetic_hospital() -> None:
     import polars as pl
 
-    from vigie.synthetic import hospital_tables
-    from vigie.synthetic.canonical import tables_to_facts
+    from vigie.synthetic.canonical import canonical_hospital
 
     rates = {
         rule: 0.03 for rule in ("bio.hyperkalaemia", "coag.vka_inr_high", "renal.metformin_egfr")
     }
-    facts: list[AnyFact] = []
-    truths = []
-    for _, tables in hospital_tables(120, 7, seed=11, rates=rates):
-        facts.extend(tables_to_facts(tables))
-        truths.append(tables["truth"])
+    facts, truth = canonical_hospital(120, 7, seed=11, rates=rates)
     hospital = FactSet(facts)
     default, ansm = compile_ir(default_ir()), compile_ir(ansm_ir())
     end = datetime(2025, 1, 12, 12)
     assert isinstance(evaluate(default, hospital, end), list)
     assert isinstance(evaluate(ansm, hospital, end, level=3), list)
 
-    truth = pl.concat(truths).filter(pl.col("rule_id").is_in(list(rates)))
+    truth = truth.filter(pl.col("rule_id").is_in(list(rates)))
     checked = 0
     for row in truth.iter_rows(named=True):
         start = datetime(1970, 1, 1) + timedelta(seconds=row["window_start"])

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from vigie.facts import AnyFact
 from vigie.synthetic import generate, hospital_tables
-from vigie.synthetic.canonical import tables_to_facts
+from vigie.synthetic.canonical import canonical_facts
 from vigie.synthetic.catalogue import covered_rules
 from vigie.synthetic.hospital import allocate_wards
 
@@ -404,9 +404,7 @@ def _compare(
 ) -> None:
     out = tmp / f"{fmt}-{seed}"
     generate(20, 3, seed=seed, fmt=fmt, out=out, rates=HIGH_RATES)
-    expected = [
-        f for _, t in hospital_tables(20, 3, seed, rates=HIGH_RATES) for f in tables_to_facts(t)
-    ]
+    expected = canonical_facts(20, 3, seed, rates=HIGH_RATES)
     got = [f for f in _read_back(fmt, out) if getattr(f, "concept", "") is not None]
     assert not {f.kind for f in got} & not_exported
     for kind in ({f.kind for f in expected} | {f.kind for f in got}) - not_exported:

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from tests.truth_scoring import (
@@ -30,8 +29,8 @@ from vigie.api.ingest import read_feed
 from vigie.engine import CompiledPack, FactSet, compile_ir
 from vigie.facts import AnyFact
 from vigie.rules import compile_pack
-from vigie.synthetic import DEFAULT_START, FORMATS, generate, hospital_tables
-from vigie.synthetic.canonical import tables_to_facts
+from vigie.synthetic import DEFAULT_START, FORMATS, generate
+from vigie.synthetic.canonical import canonical_hospital
 from vigie.synthetic.catalogue import SCENARIOS, covered_rules
 
 pytestmark = pytest.mark.slow
@@ -73,12 +72,8 @@ def pack() -> CompiledPack:
 
 @pytest.fixture(scope="module")
 def canonical() -> Hospital:
-    facts: list[AnyFact] = []
-    truths = []
-    for _, tables in hospital_tables(BEDS, DAYS, SEED, rates=RATES):
-        facts.extend(tables_to_facts(tables))
-        truths.append(tables["truth"])
-    return Hospital(FactSet(facts), truth_rows(pl.concat(truths)), DATA_END)
+    facts, truth = canonical_hospital(BEDS, DAYS, SEED, rates=RATES)
+    return Hospital(FactSet(facts), truth_rows(truth), DATA_END)
 
 
 def _through_format(fmt: str, out: Path) -> Hospital:

@@ -185,50 +185,38 @@ class RuleScore:
     positives: int = 0
     controls_silent: int = 0
     controls: int = 0
-    excused: int = 0  # rows with a failing checkpoint that a known discrepancy explains
 
-    def add(self, row: TruthRow, met: bool, excused: bool) -> None:
+    def add(self, row: TruthRow, met: bool) -> None:
         if row.positive:
             self.positives += 1
             self.positives_found += met
         else:
             self.controls += 1
             self.controls_silent += met
-        self.excused += excused
 
     def __iadd__(self, other: RuleScore) -> RuleScore:
         self.positives_found += other.positives_found
         self.positives += other.positives
         self.controls_silent += other.controls_silent
         self.controls += other.controls
-        self.excused += other.excused
         return self
 
     def line(self, name: str) -> str:
         return (
             f"{name:28} {self.positives_found:>7} / {self.positives:<6} "
-            f"{self.controls_silent:>7} / {self.controls:<6} {self.excused:>6}"
+            f"{self.controls_silent:>7} / {self.controls:<6}"
         )
-
-
-def _never(verdict: Verdict) -> bool:
-    return False
 
 
 @dataclass
 class Score:
-    """The verdicts of a pack on a truth; ``excused`` names failures already known (each one
-    reported and tested on its own), which then neither count as failures nor as met."""
+    """The verdicts of a pack on a truth: every row at each of its checkpoints."""
 
     verdicts: list[Verdict]
-    excused: Callable[[Verdict], bool] = _never
-
-    def _is_excused(self, verdict: Verdict) -> bool:
-        return not verdict.ok and self.excused(verdict)
 
     @property
     def failures(self) -> list[Verdict]:
-        return [v for v in self.verdicts if not v.ok and not self.excused(v)]
+        return [v for v in self.verdicts if not v.ok]
 
     def by_row(self) -> dict[TruthRow, list[Verdict]]:
         rows: dict[TruthRow, list[Verdict]] = defaultdict(list)
@@ -239,9 +227,7 @@ class Score:
     def by_rule(self) -> dict[str, RuleScore]:
         rules: dict[str, RuleScore] = defaultdict(RuleScore)
         for row, verdicts in self.by_row().items():
-            excused = any(self._is_excused(v) for v in verdicts)
-            met = all(v.ok for v in verdicts)
-            rules[row.rule_id].add(row, met, excused)
+            rules[row.rule_id].add(row, all(v.ok for v in verdicts))
         return dict(sorted(rules.items()))
 
     def outcomes(self) -> dict[tuple[TruthRow, str], tuple[tuple[tuple[str, ...], str], ...]]:
@@ -249,7 +235,7 @@ class Score:
         return {(v.row, v.checkpoint): v.alerts for v in self.verdicts}
 
     def table(self) -> str:
-        lines = [f"{'rule':28} {'positives found':>16} {'controls silent':>16} {'known':>6}"]
+        lines = [f"{'rule':28} {'positives found':>16} {'controls silent':>16}"]
         total = RuleScore()
         for rule, rule_score in self.by_rule().items():
             lines.append(rule_score.line(rule))
@@ -300,7 +286,6 @@ def score(
     rows: Iterable[TruthRow],
     data_end: datetime,
     checkpoints: Iterable[str] = ("middle",),
-    excused: Callable[[Verdict], bool] = _never,
 ) -> Score:
     """Judge each row at each checkpoint, evaluating each patient once per distinct time."""
     patients = facts.patients()
@@ -315,4 +300,4 @@ def score(
                 record = patients.get(row.patient_id)
                 cache[key] = [] if record is None else evaluate(pack, record, at)
             verdicts.append(Verdict(row, name, at, _rule_alerts(cache[key], row.rule_id)))
-    return Score(verdicts, excused)
+    return Score(verdicts)
