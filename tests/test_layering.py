@@ -181,9 +181,9 @@ def test_connectors_share_only_their_common_modules() -> None:
         if parts[:2] != ["vigie", "connectors"] or len(parts) < 3 or parts[2] not in FEEDS:
             continue
         target = edge.target.split(".")
-        if target[:2] == ["vigie", "connectors"] and len(target) > 2 and target[2] in FEEDS:
-            if target[2] != parts[2]:
-                wrong.append(f"{_where(edge)}: {parts[2]} imports {edge.target}")
+        other_feed = len(target) > 2 and target[2] in FEEDS and target[2] != parts[2]
+        if target[:2] == ["vigie", "connectors"] and other_feed:
+            wrong.append(f"{_where(edge)}: {parts[2]} imports {edge.target}")
     assert not wrong, "\n".join(wrong)
 
 

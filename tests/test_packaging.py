@@ -71,8 +71,9 @@ def test_unpacked_wheel_runs_from_anywhere(wheel: Path, tmp_path: Path) -> None:
             cwd=cwd, env=env, capture_output=True, text=True, check=False,
         )  # fmt: skip
 
+    code = "import vigie.engine, vigie.connectors; print(vigie.engine.__file__)"
     where = subprocess.run(
-        [sys.executable, "-c", "import vigie.engine, vigie.connectors; print(vigie.engine.__file__)"],
+        [sys.executable, "-c", code],
         cwd=cwd, env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert where.startswith(str(site)), where
