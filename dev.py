@@ -32,7 +32,7 @@ def _run(*command: str | Path, **kwargs: object) -> int:
 
 
 def setup() -> None:
-    """Create .venv and install the project with its dev and spark extras if needed."""
+    """Create .venv and install the project with its dev extra (test and lint tools) if needed."""
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted:
         return
