@@ -1,4 +1,4 @@
-"""Write the canonical CSV layout read by ``connectors/mappings/vigie-synthetic.toml``.
+"""Write the canonical CSV layout read by ``connectors/tabular/mappings/vigie-synthetic.toml``.
 
 One file per kind (``patients.csv``, ``stays.csv``, ``orders.csv``, ...), UTF-8, comma
 delimiter, dot decimals, ISO 8601 times in UTC with a ``+00:00`` offset, dates ``YYYY-MM-DD``.

@@ -1,7 +1,7 @@
 """CSV exports read through a mapping file (``feed = "csv"``).
 
 Many French DPIs can only export tables. A **mapping file** (TOML) says what each export file
-means; the connector applies it. ``connectors/mappings/example-dpi.toml`` is the commented
+means; the connector applies it. ``connectors/tabular/mappings/example-dpi.toml`` is the commented
 example to copy for a new DPI, ``vigie-synthetic.toml`` the mapping of Vigie's own canonical
 layout (see ``write_canonical_csv``). The format, in short::
 

@@ -15,10 +15,10 @@ précaution d'emploi (PE)      6.2      5 (suivi)     moderate  2
 
 Names are mapped to ATC codes in this order:
 
-1. ``data/ansm_classes.csv`` (reviewed): a class is its member substances from the thesaurus'
+1. ``ansm_classes.csv`` (reviewed): a class is its member substances from the thesaurus'
    substance → class index, or an ATC class where it is exactly one, or nothing (food, device,
    route-defined class) with the reason.
-2. ``data/ansm_substances.csv`` (reviewed): substances the BDPM cannot map (most often because
+2. ``ansm_substances.csv`` (reviewed): substances the BDPM cannot map (most often because
    their French products carry no ATC), with WHO ATC codes, or none with the reason.
 3. The BDPM through ``Terminology.substance_atc``: the codes of the substance's single-substance
    products, plus combination codes specific to it (shared by at most three substances and
