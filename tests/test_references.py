@@ -1,0 +1,94 @@
+"""Files and modules that the code and the docs mention exist.
+
+A docstring that cites ``connectors/terminology/labs.csv`` or ``engine.facts`` after they moved
+sends a newcomer nowhere. Every repository path (``folder/file.ext``) and every ``vigie.``
+module path written in the sources, docs and README must resolve.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+SHARED = ROOT.parent / "shared"
+
+# Paths written as examples, not as references (each with the reason).
+NOT_REFERENCES = {
+    "no/such/file.yaml": "the runner's doctest of a missing test file",
+    "../packs/default.rules": "a test file's pack path, relative to rules/tests/",
+}
+
+_PATH = re.compile(
+    r"(?<![\w./-])((?:\.\./)?[A-Za-z_][\w.-]*/[\w./-]*"
+    r"\.(?:py|csv|toml|rules|lark|yaml|md|json|gz|hl7|ndjson|xml|ini|txt))\b"
+)
+_MODULE = re.compile(r"(?<![\w./-])(vigie(?:\.[A-Za-z_]\w*)+)")
+_FILE_SUFFIXES = frozenset({"db", "toml", "rules", "json", "csv", "md", "py"})
+
+
+def _documents() -> list[Path]:
+    listed = subprocess.run(
+        ["git", "ls-files", "*.py", "*.md", "*.toml", "*.rules", "*.yaml", "*.lark"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    return [ROOT / name for name in listed if not name.startswith("tests/golden/")]
+
+
+def _mentions(pattern: re.Pattern[str]) -> list[tuple[str, str]]:
+    found = []
+    for path in _documents():
+        if not path.exists():  # deleted in the working tree, not yet in git
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for match in pattern.finditer(line):
+                found.append((f"{path.relative_to(ROOT)}:{number}", match.group(1)))
+    return found
+
+
+def _path_exists(where: str, reference: str) -> bool:
+    document = ROOT / where.split(":")[0]
+    bases = (ROOT, document.parent, ROOT.parent, SHARED, SHARED / "data")
+    return any((base / reference).exists() for base in bases)
+
+
+def test_every_mentioned_path_exists() -> None:
+    missing = [
+        f"{where}: {reference}"
+        for where, reference in _mentions(_PATH)
+        if reference not in NOT_REFERENCES and "*" not in reference
+        if not _path_exists(where, reference)
+    ]
+    assert not missing, "\n".join(missing)
+
+
+def _resolves(dotted: str) -> bool:
+    """A module, or an attribute path under the longest importable module prefix."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(target, name):
+                return False
+            target = getattr(target, name)
+        return True
+    return False
+
+
+@pytest.mark.slow
+def test_every_mentioned_vigie_module_exists() -> None:
+    missing = sorted(
+        {
+            f"{where}: {dotted}"
+            for where, dotted in _mentions(_MODULE)
+            if dotted.rpartition(".")[2] not in _FILE_SUFFIXES and not _resolves(dotted)
+        }
+    )
+    assert not missing, "\n".join(missing)
