@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from vigie.terminology.units import MmeFactor, default_unit_tables
+
 __all__ = [
     "AMOUNT_UNITS",
     "CREATININE_UMOL_PER_MG_DL",
@@ -45,21 +47,22 @@ __all__ = [
     "total_daily_dose",
 ]
 
-CREATININE_UMOL_PER_MG_DL = 88.42
+_UNITS = default_unit_tables()
+CREATININE_UMOL_PER_MG_DL = _UNITS.required_conversion("creatinine", "mg/dL", "µmol/L")
+
+
+def _amount_units() -> dict[str, tuple[str, float]]:
+    """Every spelling of a dose unit (``units.csv``, ``dose=yes``) → (base unit, factor)."""
+    found: dict[str, tuple[str, float]] = {}
+    for unit in _UNITS.units.values():
+        if unit.dose:
+            for spelling in sorted(_UNITS.spellings_of(unit.symbol)):
+                found[spelling] = (_UNITS.base_units[unit.dimension], unit.factor)
+    return found
+
 
 # Drug amounts are summed and compared in one unit per dimension: masses in mg, IU, MME.
-AMOUNT_UNITS: dict[str, tuple[str, float]] = {
-    "mg": ("mg", 1.0),
-    "µg": ("mg", 0.001),
-    "μg": ("mg", 0.001),  # the Greek mu, as some feeds send it
-    "ug": ("mg", 0.001),
-    "mcg": ("mg", 0.001),
-    "g": ("mg", 1000.0),
-    "kg": ("mg", 1_000_000.0),
-    "IU": ("IU", 1.0),
-    "UI": ("IU", 1.0),
-    "MME": ("MME", 1.0),
-}
+AMOUNT_UNITS: dict[str, tuple[str, float]] = _amount_units()
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,36 +293,26 @@ def total_daily_dose(lines: Iterable[tuple[float | None, str | None]]) -> Amount
     return Amount(total, unit, lower_bound)
 
 
-# CDC 2022 factors per mg a day of the line's daily dose (fentanyl: per µg/h, see below).
+# CDC 2022 factors (``mme_factors.csv``): per mg a day of the line's daily dose, or per µg/h of
+# the dose for a patch (``MME_RATES``, transdermal fentanyl).
+_MME: dict[str, MmeFactor] = dict(_UNITS.mme_factors)
 MME_FACTORS: dict[str, float] = {
-    "N02AA01": 1.0,  # morphine
-    "N02AA59": 0.15,  # codeine, combinations
-    "N02AJ06": 0.15,
-    "N02AJ07": 0.15,
-    "N02AJ09": 0.15,
-    "R05DA04": 0.15,
-    "N02AX02": 0.2,  # tramadol
-    "N02AJ13": 0.2,
-    "N02AJ14": 0.2,
-    "N02AX06": 0.4,  # tapentadol
-    "N02AA05": 1.5,  # oxycodone
-    "N02AA55": 1.5,
-    "N02AJ17": 1.5,
-    "N02AA08": 1.0,  # hydrocodone
-    "R05DA03": 1.0,
-    "N02AA11": 3.0,  # oxymorphone
-    "N02AA03": 5.0,  # hydromorphone
-    "N07BC02": 4.7,  # methadone
-    "N02AC52": 4.7,
+    atc: entry.factor for atc, entry in _MME.items() if entry.per == "mg/d" and entry.route is None
 }
-FENTANYL = "N02AB03"
-FENTANYL_TRANSDERMAL_FACTOR = 2.4  # per µg/h of the patch
-_PER_HOUR_MICROGRAMS = frozenset({"µg/h", "μg/h", "ug/h", "mcg/h"})
+
+
+def _rate_spellings(rate: str) -> frozenset[str]:
+    """``µg/h`` → every way a dose in µg/h is written (``ug/h``, ``mcg/h``, Greek mu)."""
+    amount, _, per = rate.partition("/")
+    return frozenset(f"{spelling}/{per}" for spelling in _UNITS.spellings_of(amount))
+
+
+_RATE_UNITS = {entry.per: _rate_spellings(entry.per) for entry in _MME.values()}
 
 
 def is_opioid_line(atc: str | None) -> bool:
     """Lines that count towards MME: the N02A opioids and the factor table's other codes."""
-    return atc is not None and (atc.startswith("N02A") or atc in MME_FACTORS)
+    return atc is not None and (atc.startswith("N02A") or atc in _MME)
 
 
 def mme_factor(atc: str | None, route: str | None) -> float | None:
@@ -330,9 +323,10 @@ def mme_factor(atc: str | None, route: str | None) -> float | None:
     >>> mme_factor("N02AB03", "iv") is None
     True
     """
-    if atc == FENTANYL:
-        return FENTANYL_TRANSDERMAL_FACTOR if route == "transdermal" else None
-    return MME_FACTORS.get(atc or "")
+    entry = _MME.get(atc or "")
+    if entry is None or (entry.route is not None and route != entry.route):
+        return None
+    return entry.factor
 
 
 def line_mme(
@@ -352,8 +346,9 @@ def line_mme(
     factor = mme_factor(atc, route)
     if factor is None:
         return None
-    if atc == FENTANYL:
-        if dose is None or dose_unit not in _PER_HOUR_MICROGRAMS:
+    per = _MME[atc or ""].per
+    if per != "mg/d":  # a rate (a patch's µg/h): the factor applies to the dose itself
+        if dose is None or dose_unit not in _RATE_UNITS[per]:
             return None
         return dose * factor
     if daily_dose is None:

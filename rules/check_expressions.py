@@ -37,7 +37,7 @@ from vigie.rules.types import (
     lab_type,
     quantity,
 )
-from vigie.rules.units import concept_factor, known_units, unit_factor, unit_info
+from vigie.rules.units import BASE_UNITS, concept_factor, known_units, unit_factor, unit_info
 
 __all__ = [
     "Annotations",
@@ -48,6 +48,9 @@ __all__ = [
     "Scope",
     "round_constant",
 ]
+
+# A drug amount (``d.daily_dose``...) compares with a mass or a number of IU, in the base unit.
+_DRUG_AMOUNT_DIMENSIONS = frozenset({"mass", "international_unit"})
 
 
 @dataclass(frozen=True)
@@ -513,7 +516,8 @@ class ExpressionChecker:
         if left.dimension == right.dimension == "dose":
             return DOSE
         other_node, other = (right_node, right) if left.dimension == "dose" else (left_node, left)
-        base = {"mass": "mg", "international_unit": "IU"}.get(other.dimension or "")
+        dimension = other.dimension or ""
+        base = BASE_UNITS.get(dimension) if dimension in _DRUG_AMOUNT_DIMENSIONS else None
         if base is None or other.unit is None:
             if other.bare:
                 message = "a unit is needed: a drug amount is compared in mg, g, µg or IU"

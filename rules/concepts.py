@@ -1,10 +1,10 @@
-"""The checker's window on the terminology tables, read by path so the engine never imports
-``connectors``.
+"""The checker's window on the terminology tables.
 
-It reads, from ``connectors/terminology/`` (or any directory with the same files):
-``labs.csv`` (lab and observation concepts with their canonical unit and French label),
-``unit_conversions.csv`` (per-concept factors to the canonical unit), ``unit_aliases.csv``
-(spellings → one spelling) and ``routes.csv`` (canonical route names).
+It reads, from ``terminology/`` (or any directory with the same files) through the terminology's
+CSV reader (``vigie.terminology.units``): ``labs.csv`` (lab and observation concepts with their
+canonical unit and French label), ``unit_conversions.csv`` (per-concept factors to the canonical
+unit), ``unit_aliases.csv`` (spellings → one spelling) and ``routes.csv`` (canonical route
+names).
 
 >>> catalogue = default_catalogue()
 >>> catalogue.concepts["creatinine"].unit
@@ -15,16 +15,21 @@ It reads, from ``connectors/terminology/`` (or any directory with the same files
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from vigie.terminology.units import (
+    DATA_DIR,
+    read_rows,
+    read_unit_aliases,
+    read_unit_conversions,
+)
+
 __all__ = ["TERMINOLOGY_DIR", "Catalogue", "LabConcept", "default_catalogue"]
 
-TERMINOLOGY_DIR = Path(__file__).resolve().parents[1] / "terminology"
+TERMINOLOGY_DIR = DATA_DIR
 
 
 @dataclass(frozen=True)
@@ -49,19 +54,15 @@ class Catalogue:
     def from_directory(cls, directory: Path) -> Catalogue:
         concepts = {
             r["concept"]: LabConcept(r["concept"], r["kind"], r["unit"], r["label"])
-            for r in _rows(directory / "labs.csv")
+            for r in read_rows("labs.csv", directory)
         }
-        aliases = {
-            r["alias"].strip(): r["unit"].strip() for r in _rows(directory / "unit_aliases.csv")
-        }
+        aliases = read_unit_aliases(directory)
         conversions = {
-            (r["concept"], _spell(aliases, r["from_unit"]), _spell(aliases, r["to_unit"])): float(
-                r["factor"]
-            )
-            for r in _rows(directory / "unit_conversions.csv")
-            if (r.get("use") or "").strip() != "feeds"  # label fixes for data, not for rules
+            (c.concept, _spell(aliases, c.from_unit), _spell(aliases, c.to_unit)): c.factor
+            for c in read_unit_conversions(directory)
+            if c.use != "feeds"  # label fixes for data, not for rules
         }
-        route_rows = _rows(directory / "routes.csv")
+        route_rows = read_rows("routes.csv", directory)
         routes = frozenset(r["route"].strip() for r in route_rows)
         spellings = {
             r["code"].strip().lower(): r["route"].strip()
@@ -100,13 +101,6 @@ class Catalogue:
 def _spell(aliases: dict[str, str], unit: str) -> str:
     text = unit.strip()
     return aliases.get(text, aliases.get(text.lower(), text))
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    """CSV rows, ``#`` lines being comments (sources and notes) as in the terminology tables."""
-    text = path.read_text(encoding="utf-8")
-    lines = [line for line in io.StringIO(text) if not line.startswith("#")]
-    return list(csv.DictReader(lines))
 
 
 @cache

@@ -1,4 +1,5 @@
-"""Terminology and units as data files, with their loader (``vigie.terminology.tables``)."""
+"""Terminology and units as data files, with their loaders: ``vigie.terminology.tables`` (codes,
+feeds' units) and ``vigie.terminology.units`` (the unit tables the rules and the engine read)."""
 
 from vigie.terminology.tables import (
     ATC_SYSTEMS,
@@ -12,6 +13,7 @@ from vigie.terminology.tables import (
     normalise_system,
     ucd13,
 )
+from vigie.terminology.units import UnitTables, default_unit_tables
 
 __all__ = [
     "ATC_SYSTEMS",
@@ -19,8 +21,10 @@ __all__ = [
     "LOINC",
     "Concept",
     "Terminology",
+    "UnitTables",
     "UnknownUnit",
     "default_terminology",
+    "default_unit_tables",
     "normalise_icd10",
     "normalise_system",
     "ucd13",
