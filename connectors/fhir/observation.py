@@ -12,9 +12,11 @@ conventions).
   date of its 11778-8 component; an 11778-8 Observation alone gives a pregnant ``Pregnancy``
   with that date (due dates are calendar days, never shifted). Cancelled and entered-in-error
   observations give no fact.
-- A value with a comparator (``<5``) or without a number keeps its text and gets a
-  ``non_numeric_value`` flag; a unit the tables cannot convert gives ``value=None`` and an
-  ``unknown_unit`` flag.
+- Values, units, reference ranges and interpretations are normalised by
+  ``vigie.connectors.labs`` like every feed's: a Quantity's UCUM code is tried before its label,
+  a comparator (``<5``) makes the value a bound (kept as text, flagged ``non_numeric_value``),
+  a range end's own unit wins over the value's, the first interpretation coding (else its text)
+  is the abnormal flag.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ from vigie.connectors.fhir.fast import (
     _unmapped,
     parse_fhir_datetime,
 )
-from vigie.connectors.fhir.fast_facts import TerminologyMemo, flag, normalised_system
-from vigie.facts import AnyFact, Coding, Flag, FlagCode, LabResult, Observation, Pregnancy
-from vigie.terminology import Concept, UnknownUnit
+from vigie.connectors.fhir.fast_facts import normalised_system
+from vigie.connectors.labs import Reading, ReferenceRange, match_code, normalise
+from vigie.facts import AnyFact, Coding, Flag, LabResult, Observation, Pregnancy
 
 __all__ = ["EXTRACTORS"]
 
@@ -61,63 +63,41 @@ _PREGNANCY_ANSWERS = {
 _SKIPPED_STATUS = frozenset({"cancelled", "entered-in-error"})
 
 
-class _Reading(NamedTuple):
-    """A value[x] as read: the number when there is one, its unit and the text as received."""
+class _Value(NamedTuple):
+    """A value[x] as read, and the path of the field it sits in."""
 
     field: str
-    number: float | None
-    units: tuple[str, ...]
-    original_value: str | None
-    original_unit: str | None
-    flags: tuple[Flag, ...] = ()
+    reading: Reading
 
 
-def _reading(node: dict[str, Any], path: str) -> _Reading | None:
+def _reading(node: dict[str, Any], path: str) -> _Value | None:
     """The value[x] of an Observation or component, or ``None`` when it has none."""
     quantity = _obj(node, "valueQuantity", path)
     if quantity is not None:
-        return _quantity_reading(quantity, _join(path, "valueQuantity"))
+        return _Value(_join(path, "valueQuantity"), _quantity_reading(quantity, path))
     number = _number(node, "valueInteger", path)
     if number is not None:
-        return _Reading(_join(path, "valueInteger"), number, (), _number_text(node), None)
+        return _Value(_join(path, "valueInteger"), Reading(_number_text(node), number, None))
     for key in ("valueString", "valueCodeableConcept", "valueBoolean", "valueRange"):
         if key in node:
             value = node[key]
             shown = value if isinstance(value, str) else _show(value)
-            detail = f"{key} is not a number"
-            remark = flag(FlagCode.NON_NUMERIC_VALUE, detail)
-            return _Reading(_join(path, key), None, (), shown, None, (remark,))
+            return _Value(_join(path, key), Reading(shown, None, None))
     return None
 
 
-def _quantity_reading(quantity: dict[str, Any], path: str) -> _Reading:
+def _quantity_reading(quantity: dict[str, Any], path: str) -> Reading:
+    """A Quantity: a comparator (``<5``) makes it a bound, not a number; the UCUM code is tried
+    before the label to convert it."""
+    path = _join(path, "valueQuantity")
     number = _number(quantity, "value", path)
     code, unit = _text(quantity, "code", path), _text(quantity, "unit", path)
     comparator = _text(quantity, "comparator", path)
-    original = None if number is None else _number_text(quantity)
-    flags: tuple[Flag, ...] = ()
-    if comparator and original is not None:
-        original = comparator + original
-        detail = f"value given as {original}, not an exact number"
-        flags, number = (flag(FlagCode.NON_NUMERIC_VALUE, detail),), None
-    elif number is None:
-        flags = (flag(FlagCode.NON_NUMERIC_VALUE, "quantity without a value"),)
-    units = tuple(u for u in (code, unit) if u)
-    return _Reading(path, number, units, original, unit or code, flags)
-
-
-def _canonical(
-    terminology: TerminologyMemo, concept: Concept, number: float | None, units: tuple[str, ...]
-) -> tuple[float, str] | None:
-    """The number in the concept's canonical unit, trying the UCUM code then the label."""
-    if number is None:
-        return None
-    for unit in units:
-        try:
-            return terminology.to_canonical(concept.name, number, unit)
-        except UnknownUnit:
-            continue
-    return None
+    text = None if number is None else _number_text(quantity)
+    if comparator and text is not None:
+        text, number = comparator + text, None
+    spellings = tuple(u for u in (code, unit) if u)
+    return Reading(text, number, unit or code, spellings)
 
 
 def _time(resource: dict[str, Any]) -> datetime:
@@ -172,84 +152,45 @@ def _measurement(
     node: dict[str, Any],
     path: str,
     codings: list[Coding],
-    reading: _Reading | None,
+    value: _Value | None,
     time: datetime,
     laboratory: bool,
     suffix: str = "",
 ) -> LabResult | Observation | None:
     """A LabResult or Observation from a coded value; ``None`` for an unmapped non-lab code."""
-    terminology = entry.terminology
-    concept, coding = None, codings[0] if codings else None
-    for candidate in codings:
-        concept = terminology.lab_concept(candidate.system, candidate.code)
-        if concept is not None:
-            coding = candidate
-            break
-    if coding is None or (concept is None and not laboratory):
+    if not codings:
         return None
-    reading = reading or _Reading(
-        _join(path, "value[x]"), None, (), None, None,
-        (flag(FlagCode.NON_NUMERIC_VALUE, "no value[x]"),),
-    )  # fmt: skip
-    units = reading.units or _implied(terminology, coding)
-    value, unit, flags = _normalised(terminology, concept, reading, units)
-    fields = {
+    terminology = entry.terminology
+    match = match_code(terminology, codings)
+    if match.concept is None and not laboratory:
+        return None
+    value = value or _Value(_join(path, "value[x]"), Reading(None, None, None))
+    measurement = normalise(
+        terminology,
+        match,
+        value.reading,
+        reference=_reference_range(node, path),
+        abnormal_flag=_interpretation(node, path),
+    )
+    fields = measurement.fields() | {
         "fact_id": entry.fact_id(suffix),
         "patient_id": entry.patient_id("subject"),
-        "source": entry.source(reading.field),
-        "flags": reading.flags + flags,
-        "concept": concept.name if concept else None,
-        "code": coding,
-        "value": value,
-        "unit": unit,
-        "original_value": reading.original_value,
-        "original_unit": reading.original_unit,
+        "source": entry.source(value.field),
+        "code": match.coding,
         "time": time,
     }
-    if concept is not None and concept.kind == "observation":
-        return entry.fact(Observation, **fields)
-    return entry.fact(LabResult, **fields, **_lab_extras(entry, node, path, concept, units))
+    return entry.fact(measurement.model, **fields)
 
 
-def _implied(terminology: TerminologyMemo, coding: Coding) -> tuple[str, ...]:
-    unit = terminology.implied_unit(coding.system, coding.code)
-    return (unit,) if unit else ()
-
-
-def _normalised(
-    terminology: TerminologyMemo, concept: Concept | None, reading: _Reading, units: tuple[str, ...]
-) -> tuple[float | None, str | None, tuple[Flag, ...]]:
-    if concept is None:
-        remark = flag(FlagCode.UNMAPPED_CODE, "laboratory code not mapped to a concept")
-        unit = terminology.canonical_unit(units[0]) if units else None
-        return reading.number, unit, (remark,)
-    if reading.number is None:
-        return None, concept.unit, ()
-    converted = _canonical(terminology, concept, reading.number, units)
-    if converted is None:
-        detail = f"unit {reading.original_unit!r} cannot be converted to {concept.unit}"
-        return None, concept.unit, (flag(FlagCode.UNKNOWN_UNIT, detail),)
-    return converted[0], converted[1], ()
-
-
-def _lab_extras(
-    entry: ResourceEntry,
-    node: dict[str, Any],
-    path: str,
-    concept: Concept | None,
-    units: tuple[str, ...],
-) -> dict[str, Any]:
-    low = high = None
+def _reference_range(node: dict[str, Any], path: str) -> ReferenceRange | None:
+    """The first referenceRange: its low and high, in their own unit when they give one."""
     first = _first(node, "referenceRange", path)
-    if first is not None:
-        range_path, reference_range = first
-        low = _range_end(entry.terminology, concept, reference_range, "low", range_path, units)
-        high = _range_end(entry.terminology, concept, reference_range, "high", range_path, units)
-    return {
-        "reference_low": low,
-        "reference_high": high,
-        "abnormal_flag": _interpretation(node, path),
-    }
+    if first is None:
+        return None
+    range_path, reference_range = first
+    low, low_units = _range_end(reference_range, "low", range_path)
+    high, high_units = _range_end(reference_range, "high", range_path)
+    return ReferenceRange(low, high, low_units or high_units)
 
 
 def _interpretation(node: dict[str, Any], path: str) -> str | None:
@@ -261,22 +202,14 @@ def _interpretation(node: dict[str, Any], path: str) -> str | None:
 
 
 def _range_end(
-    terminology: TerminologyMemo,
-    concept: Concept | None,
-    reference_range: dict[str, Any],
-    end: str,
-    path: str,
-    units: tuple[str, ...],
-) -> float | None:
+    reference_range: dict[str, Any], end: str, path: str
+) -> tuple[float | None, tuple[str, ...]]:
     quantity = _obj(reference_range, end, path)
     if quantity is None:
-        return None
+        return None, ()
     number = _number(quantity, "value", _join(path, end))
     own = tuple(u for u in (_text(quantity, "code", path), _text(quantity, "unit", path)) if u)
-    if concept is None:
-        return number
-    converted = _canonical(terminology, concept, number, own or units)
-    return converted[0] if converted else None
+    return number, own
 
 
 def _has_loinc(codings: list[Coding], codes: frozenset[str]) -> bool:

@@ -32,7 +32,6 @@ DG1 and AL1 are read in ``hl7v2_history``.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, cast
@@ -47,21 +46,28 @@ from vigie.connectors.hl7v2.message import (
     SegmentRef,
     parse_number,
 )
+from vigie.connectors.labs import (
+    FlagPositions,
+    Reading,
+    decimal_point,
+    match_code,
+    normalise,
+    parse_reference_range,
+    read_value,
+)
 from vigie.facts import (
     AnyFact,
     Coding,
     Fact,
     Flag,
     FlagCode,
-    LabResult,
-    Observation,
     Patient,
     Pregnancy,
     Sex,
     Source,
     Stay,
 )
-from vigie.terminology import Concept, Terminology, UnknownUnit, normalise_system
+from vigie.terminology import Terminology, normalise_system
 
 __all__ = [
     "FEED",
@@ -70,7 +76,6 @@ __all__ = [
     "load_results",
     "load_stay",
     "order_number",
-    "parse_reference_range",
     "patient_ids_of",
     "result_key",
     "time_or_error",
@@ -121,12 +126,6 @@ _BINARY_TYPES = frozenset({"ED", "RP"})
 _CODED_TYPES = frozenset({"CE", "CWE", "CNE", "CF"})
 # Report text lines often come without OBX-3: nothing to map them to, so not an error.
 _NARRATIVE_TYPES = frozenset({"TX", "FT"})
-
-_NUM = r"[+-]?[0-9]+(?:[.,][0-9]+)?"
-_RANGE = re.compile(
-    rf"\s*(?P<low>{_NUM})\s*(?:-|–|_|\.\.|to|à)\s*(?P<high>{_NUM})(?:\s*[^0-9\s].*)?\Z"
-)
-_BOUND = re.compile(rf"\s*(?P<op><=?|>=?|≤|≥)\s*(?P<value>{_NUM})(?:\s*[^0-9\s].*)?\Z")
 
 # A new patient or a new order ends the OBR an OBX belongs to.
 _ORDER_GROUP_STARTS = frozenset({"PID", "ORC"})
@@ -343,12 +342,6 @@ def time_or_error(ctx: Context, segment: SegmentRef | None, field: int) -> datet
 # Results (OBX) -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _ResultValue:
-    number: float | None
-    text: str  # as received, for original_value
-
-
 @dataclass
 class _PregnancyReading:
     """A pregnancy OBX as read; ``status`` is None for a due date not yet joined to a status."""
@@ -437,26 +430,19 @@ def _load_result(
     if _is_pregnancy_code(code):
         pregnancies.append(_pregnancy_reading(ctx, obx, group.order, code, time))
         return
-    concept = ctx.terminology.lab_concept(code.system, code.code)
-    value = _result_value(ctx, obx, value_type, numeric_text=concept is not None)
-    unit = _unit_as_sent(message, obx)
-    fields = _quantity(ctx, obx, concept, code, value, unit)
-    is_observation = concept is not None and concept.kind == "observation"
-    key = result_key(ctx, obx, group.order, code, time)
-    fact_id = ctx.fact_id("observation" if is_observation else "lab", key)
-    fields.update(fact_id=ctx.unique_id(fact_id, obx), code=code, time=time)
-    position = obx.position(5)
-    if is_observation:
-        ctx.add(Observation, obx, position, **fields)
-        return
-    ctx.add(
-        LabResult,
-        obx,
-        position,
-        abnormal_flag=message.value(obx, 8) or None,
-        **fields,
-        **_reference(ctx, obx, concept, code, value, unit),
+    measurement = normalise(
+        ctx.terminology,
+        match_code(ctx.terminology, [code]),
+        _result_value(ctx, obx, value_type),
+        reference=parse_reference_range(message.value(obx, 7)),
+        abnormal_flag=message.value(obx, 8),
+        positions=FlagPositions(obx.position(3), obx.position(5), obx.position(6)),
     )
+    key = result_key(ctx, obx, group.order, code, time)
+    fact_id = ctx.unique_id(ctx.fact_id(measurement.kind, key), obx)
+    position = obx.position(5)
+    fields = measurement.fields() | {"fact_id": fact_id, "code": code, "time": time}
+    ctx.add(measurement.model, obx, position, **fields)
 
 
 def _observation_code(message: Hl7Message, obx: SegmentRef) -> Coding | None:
@@ -484,34 +470,30 @@ def _result_time(
     return moment
 
 
-def _result_value(
-    ctx: Context, obx: SegmentRef, value_type: str, numeric_text: bool
-) -> _ResultValue:
-    """OBX-5 read by its value type: NM strictly, SN when plain, text kept as text."""
+def _result_value(ctx: Context, obx: SegmentRef, value_type: str) -> Reading:
+    """OBX-5 read by its value type: NM strictly, SN when plain, text kept as text (and read as
+    a number when it is one: many labs send numbers as ST); the unit is OBX-6."""
     message = ctx.message
+    unit = message.value(obx, 6, 1) or message.value(obx, 6, 2) or None
     if value_type == "NM":
         if message.repetition_count(obx, 5) > 1:
             raise message.field_error(obx, 5, "a single number (NM), not repetitions")
         text = message.value(obx, 5)
         try:
-            return _ResultValue(parse_number(text), text)
+            return Reading(text, parse_number(text), unit)
         except ValueError:
             raise message.field_error(obx, 5, NUMBER_FORMAT) from None
     if value_type == "SN":
-        return _structured_numeric(message, obx)
+        return _structured_numeric(message, obx, unit)
     if value_type in _CODED_TYPES:
-        text = message.value(obx, 5, 2) or message.value(obx, 5, 1)
-        return _ResultValue(None, text)
+        return Reading(message.value(obx, 5, 2) or message.value(obx, 5, 1), None, unit)
     text = message.value(obx, 5) if message.repetition_count(obx, 5) == 1 else ""
-    if numeric_text and value_type in ("", "ST") and text:
-        try:
-            return _ResultValue(parse_number(text), text)
-        except ValueError:
-            pass
-    return _ResultValue(None, text or message.raw_field(obx, 5))
+    if value_type in ("", "ST") and text:
+        return read_value(text, unit, decimal_point)
+    return Reading(text or message.raw_field(obx, 5), None, unit)
 
 
-def _structured_numeric(message: Hl7Message, obx: SegmentRef) -> _ResultValue:
+def _structured_numeric(message: Hl7Message, obx: SegmentRef, unit: str | None) -> Reading:
     """SN: comparator^num1^separator^num2. Only '=' or no comparator with one number is a value."""
     parts = [message.value(obx, 5, component) for component in range(1, 5)]
     comparator, first, separator, second = parts
@@ -523,91 +505,8 @@ def _structured_numeric(message: Hl7Message, obx: SegmentRef) -> _ResultValue:
             obx, 5, "a structured numeric (SN) such as '^182' or '<^0.5'", component=2
         ) from None
     if comparator in ("", "=") and not separator and not second:
-        return _ResultValue(number, text.lstrip("="))
-    return _ResultValue(None, text)
-
-
-def _unit_as_sent(message: Hl7Message, obx: SegmentRef) -> str | None:
-    return message.value(obx, 6, 1) or message.value(obx, 6, 2) or None
-
-
-def _quantity(
-    ctx: Context,
-    obx: SegmentRef,
-    concept: Concept | None,
-    code: Coding,
-    value: _ResultValue,
-    unit: str | None,
-) -> dict[str, Any]:
-    """Value and unit: canonical for a mapped concept; as sent, flagged, otherwise."""
-    terminology = ctx.terminology
-    fields: dict[str, Any] = {
-        "concept": concept.name if concept else None,
-        "original_value": value.text,
-        "original_unit": unit,
-    }
-    if concept is None:
-        flag = Flag(
-            code=FlagCode.UNMAPPED_CODE,
-            detail=f"{obx.position(3)}: no concept for {code.system or 'LOCAL'} code {code.code!r}",
-        )
-        canonical = terminology.canonical_unit(unit) if unit else None
-        return fields | {"value": value.number, "unit": canonical, "flags": (flag,)}
-    if value.number is None:
-        flag = Flag(
-            code=FlagCode.NON_NUMERIC_VALUE,
-            detail=f"{obx.position(5)}: {value.text!r} is not a number",
-        )
-        return fields | {"flags": (flag,)}
-    unit = unit or terminology.implied_unit(code.system, code.code)
-    try:
-        number, canonical = terminology.to_canonical(concept.name, value.number, unit)
-    except UnknownUnit as error:
-        flag = Flag(code=FlagCode.UNKNOWN_UNIT, detail=f"{obx.position(6)}: {error}")
-        return fields | {"flags": (flag,)}
-    return fields | {"value": number, "unit": canonical}
-
-
-def parse_reference_range(text: str) -> tuple[float | None, float | None] | None:
-    """``3.5-5.1`` → (3.5, 5.1); ``<5`` → (None, 5); ``>60`` → (60, None); None if unreadable."""
-    match = _RANGE.match(text)
-    if match:
-        return _decimal(match["low"]), _decimal(match["high"])
-    match = _BOUND.match(text)
-    if match:
-        bound = _decimal(match["value"])
-        return (None, bound) if match["op"] in ("<", "<=", "≤") else (bound, None)
-    return None
-
-
-def _decimal(text: str) -> float:
-    return float(text.replace(",", "."))
-
-
-def _reference(
-    ctx: Context,
-    obx: SegmentRef,
-    concept: Concept | None,
-    code: Coding,
-    value: _ResultValue,
-    unit: str | None,
-) -> dict[str, float | None]:
-    """OBX-7 bounds, in the same unit as the value (converted alongside it)."""
-    text = ctx.message.value(obx, 7)
-    bounds = parse_reference_range(text) if text and value.number is not None else None
-    if bounds is None:
-        return {}
-    if concept is None:
-        return {"reference_low": bounds[0], "reference_high": bounds[1]}
-    unit = unit or ctx.terminology.implied_unit(code.system, code.code)
-    try:
-        low, high = (
-            None if bound is None else ctx.terminology.to_canonical(concept.name, bound, unit)[0]
-            for bound in bounds
-        )
-    except UnknownUnit:
-        return {}
-    return {"reference_low": low, "reference_high": high}
+        return Reading(text.lstrip("="), number, unit)
+    return Reading(text, None, unit)
 
 
 # Pregnancy (OBX) -----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from vigie.connectors.hl7v2.framing import (
     declared_charset,
     locate_byte,
 )
+from vigie.connectors.labs import decimal_point
 
 __all__ = [
     "Hl7Message",
@@ -53,8 +54,6 @@ _DTM = re.compile(
     r"(?:(?P<minute>[0-9]{2})(?:(?P<second>[0-9]{2})(?P<fraction>\.[0-9]{1,4})?)?)?)?)?)?"
     r"(?P<offset>[+-][0-9]{4})?\Z"
 )
-# ASCII digits only: \d would also accept Arabic-Indic or full-width digits.
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
 _ESCAPE_NAMES = {"F": "field", "S": "component", "T": "subcomponent", "R": "repetition"}
 _JAVA_ESCAPED_MSH = "MSH|^~\\\\&|"
 
@@ -92,9 +91,10 @@ def parse_dtm(text: str) -> datetime:
 
 def parse_number(text: str) -> float:
     """An HL7 NM value; raises ``ValueError`` when not one (no exponent, no decimal comma)."""
-    if _NUMBER.match(text) is None:
+    number = decimal_point(text)
+    if number is None:
         raise ValueError(text)
-    return float(text)
+    return number
 
 
 @dataclass(frozen=True)

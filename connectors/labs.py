@@ -1,0 +1,354 @@
+"""Lab results and measurements, normalised the same way whatever the feed.
+
+Every connector finds, in its own format, a result's code(s), its value as text, its unit, its
+reference range and its abnormal flag; this module turns them into the fields of a
+``LabResult`` or an ``Observation`` (weight, height, QTc go through the same concept tables).
+A connector overrides only what its format decides: where each piece sits, its number syntax
+(``NumberSyntax``: HL7 NM, a decimal comma in a CSV export...), which codes to try, and the fact
+kind of an unmapped code. The one behaviour:
+
+- **Code → concept**: the first code the tables map wins (FHIR may send several codings, an
+  HPRIM local code is tried as ``HPRIM`` then ``LOCAL``); the code also gives the unit it
+  implies when the message sends none (LOINC 2160-0 is creatinine in mg/dL). A mapped concept
+  decides the kind (``lab`` → ``LabResult``, ``observation`` → ``Observation``).
+- **Unmapped code**: the fact is kept with ``concept=None`` and an ``unmapped_code`` flag; its
+  number and reference range stay as received, its unit in its canonical spelling (``mmol/l``
+  → ``mmol/L``): nothing is converted, since nothing says what the code measures.
+- **Mapped code**: the value is converted to the concept's canonical unit (creatinine mg/dL ×
+  88.42 → µmol/L, ``unit_conversions.csv``), from the unit sent or else the implied one.
+- **Unknown unit** (sent or implied, it cannot be converted; no unit at all counts as
+  unknown): ``value`` and ``unit`` are ``None``, an ``unknown_unit`` flag names the unit; the
+  concept's unit is never assumed.
+- **Non-numeric value** (text, a bound such as ``<5``, no value at all) of a mapped code:
+  ``value`` is ``None`` and a ``non_numeric_value`` flag says why; ``unit`` is the canonical
+  unit when the unit converts, since the reference range is still given in it. An unmapped
+  code's text value gets no such flag: nothing says it should be a number.
+- **Original value and unit** are always the text as received.
+- **Reference range**: converted exactly like the value (same unit, or the range's own unit
+  when the format gives one); ``None`` bounds when that unit is unknown. Text ranges read
+  ``3.5-5.1``, ``3,5 - 5,1 mmol/L``, ``10 à 40``, ``<5`` (high only), ``>=60`` (low only);
+  anything else, a reversed range included, is unreadable (``parse_reference_range`` gives
+  ``None``; the connector decides whether to report it).
+- **Abnormal flag**: the code as sent (HL7 table 0078, FHIR ObservationInterpretation, HPRIM
+  field 9 share ``L``, ``H``, ``LL``, ``HH``, ``N``, ``A``...), stripped; never derived from
+  the range.
+
+Flag details say what is wrong; a format whose fields have names finer than the fact's
+``source`` (HL7: the unit is ``OBX[2]-6``, the value ``OBX[2]-5``) passes ``FlagPositions`` and
+each detail starts with the field it is about. Otherwise the same result gives the same facts
+from every feed.
+
+>>> from vigie.terminology import default_terminology
+>>> from vigie.facts import Coding
+>>> tables = default_terminology()
+>>> match = match_code(tables, [Coding(system="LN", code="2160-0")])
+>>> result = normalise(tables, match, read_value("1.2", "mg/dL", decimal_point),
+...                    reference=parse_reference_range("0.6-1.1"))
+>>> result.concept, result.value, result.unit, result.reference_low, result.reference_high
+('creatinine', 106.104, 'µmol/L', 53.052, 97.262)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal, Protocol
+
+from vigie.facts import Coding, Flag, FlagCode, LabResult, Observation
+from vigie.terminology import Concept, UnknownUnit
+
+__all__ = [
+    "CodeMatch",
+    "FlagPositions",
+    "LabTables",
+    "Measurement",
+    "NumberSyntax",
+    "Reading",
+    "ReferenceRange",
+    "decimal_point",
+    "decimal_point_or_comma",
+    "match_code",
+    "normalise",
+    "parse_reference_range",
+    "read_value",
+]
+
+NumberSyntax = Callable[[str], float | None]
+"""How a format writes a number: the text → the number, or ``None`` when it is not one."""
+
+Kind = Literal["lab", "observation"]
+
+# ASCII digits only: \d would also accept Arabic-Indic or full-width digits.
+_DECIMAL_POINT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
+_DECIMAL_POINT_OR_COMMA = re.compile(r"[+-]?(?:[0-9]+(?:[.,][0-9]*)?|[.,][0-9]+)\Z")
+_NUM = r"[+-]?[0-9]+(?:[.,][0-9]+)?"
+# A range, then optional text that does not start with a digit (a unit, a comment).
+_RANGE = re.compile(
+    rf"(?P<low>{_NUM})\s*(?:-|–|_|\.\.|to|à)\s*(?P<high>{_NUM})(?:\s*[^0-9\s].*)?\Z"
+)
+_BOUND = re.compile(rf"(?P<op><=?|>=?|≤|≥)\s*(?P<value>{_NUM})(?:\s*[^0-9\s].*)?\Z")
+_UPPER_BOUNDS = frozenset({"<", "<=", "≤"})
+
+
+def decimal_point(text: str) -> float | None:
+    """A number with an optional sign and a decimal point (HL7 NM, JSON-like text)."""
+    return float(text) if _DECIMAL_POINT.match(text) else None
+
+
+def decimal_point_or_comma(text: str) -> float | None:
+    """A number with a decimal point or comma, spaces around it allowed (HPRIM, PN13)."""
+    text = text.strip()
+    return float(text.replace(",", ".")) if _DECIMAL_POINT_OR_COMMA.match(text) else None
+
+
+class LabTables(Protocol):
+    """The terminology lookups normalisation needs (a ``Terminology`` or a memo of one)."""
+
+    def lab_concept(self, system: str | None, code: str) -> Concept | None: ...
+
+    def implied_unit(self, system: str | None, code: str) -> str | None: ...
+
+    def canonical_unit(self, unit: str | None) -> str: ...
+
+    def to_canonical(self, concept: str, value: float, unit: str | None) -> tuple[float, str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CodeMatch:
+    """The code a result is filed under, its concept (``None``: unmapped), its implied unit."""
+
+    coding: Coding
+    concept: Concept | None
+    implied_unit: str | None = None
+
+
+def match_code(tables: LabTables, codings: Sequence[Coding]) -> CodeMatch:
+    """The first coding the tables map, else the first coding (unmapped). Needs one coding."""
+    for coding in codings:
+        concept = tables.lab_concept(coding.system, coding.code)
+        if concept is not None:
+            return CodeMatch(coding, concept, tables.implied_unit(coding.system, coding.code))
+    return CodeMatch(codings[0], None)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A value as the message gives it.
+
+    ``text`` is the value as received (``None``: no value), ``number`` what it reads as in the
+    format's syntax (``None``: not a number), ``unit`` the unit as received. ``unit_spellings``
+    are the spellings to convert from, in order, when the format has several (FHIR's UCUM code
+    and label); by default the unit itself.
+    """
+
+    text: str | None
+    number: float | None
+    unit: str | None
+    unit_spellings: tuple[str, ...] | None = None
+
+    @property
+    def spellings(self) -> tuple[str, ...]:
+        if self.unit_spellings is not None:
+            return self.unit_spellings
+        return (self.unit,) if self.unit else ()
+
+
+def read_value(text: str | None, unit: str | None, syntax: NumberSyntax) -> Reading:
+    """A value's text read with the format's number syntax (empty text and unit: none)."""
+    text = text or None
+    return Reading(text, None if text is None else syntax(text), unit or None)
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceRange:
+    """Bounds as received; ``units`` the range's own unit spellings, if it has one."""
+
+    low: float | None
+    high: float | None
+    units: tuple[str, ...] = ()
+
+
+def parse_reference_range(text: str | None) -> ReferenceRange | None:
+    """``3.5-5.1`` → 3.5..5.1; ``<5`` → ..5; ``>60`` → 60..; ``None`` when unreadable.
+
+    >>> parse_reference_range("3,5 - 5,1 mmol/L"), parse_reference_range(">= 60")
+    (ReferenceRange(low=3.5, high=5.1, units=()), ReferenceRange(low=60.0, high=None, units=()))
+    >>> parse_reference_range("5-3") is None
+    True
+    """
+    text = (text or "").strip()
+    match = _RANGE.match(text)
+    if match:
+        low, high = _decimal(match["low"]), _decimal(match["high"])
+        return ReferenceRange(low, high) if low <= high else None
+    match = _BOUND.match(text)
+    if match:
+        bound = _decimal(match["value"])
+        if match["op"] in _UPPER_BOUNDS:
+            return ReferenceRange(None, bound)
+        return ReferenceRange(bound, None)
+    return None
+
+
+def _decimal(text: str) -> float:
+    return float(text.replace(",", "."))
+
+
+@dataclass(frozen=True, slots=True)
+class FlagPositions:
+    """Where the code, the value and the unit sit, to start flag details with (``OBX[1]-6``)."""
+
+    code: str
+    value: str
+    unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """A normalised result: the fields of its fact but the identity, code, time and source."""
+
+    kind: Kind
+    concept: str | None
+    value: float | None
+    unit: str | None
+    original_value: str | None
+    original_unit: str | None
+    reference_low: float | None
+    reference_high: float | None
+    abnormal_flag: str | None
+    flags: tuple[Flag, ...]
+
+    @property
+    def model(self) -> type[LabResult] | type[Observation]:
+        return LabResult if self.kind == "lab" else Observation
+
+    def fields(self) -> dict[str, Any]:
+        """Keyword arguments for ``model`` (an Observation has no range nor abnormal flag)."""
+        fields = {
+            "flags": self.flags,
+            "concept": self.concept,
+            "value": self.value,
+            "unit": self.unit,
+            "original_value": self.original_value,
+            "original_unit": self.original_unit,
+        }
+        if self.kind == "lab":
+            fields["reference_low"] = self.reference_low
+            fields["reference_high"] = self.reference_high
+            fields["abnormal_flag"] = self.abnormal_flag
+        return fields
+
+
+def normalise(
+    tables: LabTables,
+    match: CodeMatch,
+    reading: Reading,
+    *,
+    reference: ReferenceRange | None = None,
+    abnormal_flag: str | None = None,
+    unmapped_kind: Kind = "lab",
+    positions: FlagPositions | None = None,
+) -> Measurement:
+    """The one normalisation of a result (see the module docstring)."""
+    flag = (abnormal_flag or "").strip() or None
+    reference = reference or ReferenceRange(None, None)
+    if match.concept is None:
+        detail = f"code {match.coding.code!r} is not mapped to a lab or observation concept"
+        remark = _flag(FlagCode.UNMAPPED_CODE, _at(positions.code if positions else None, detail))
+        return _unmapped(tables, reading, reference, flag, unmapped_kind, remark)
+    concept = match.concept
+    spellings = reading.spellings or ((match.implied_unit,) if match.implied_unit else ())
+    conversion = _conversion(tables, concept.name, spellings, reading.number)
+    unit, value = conversion if conversion else (None, None)
+    flags: tuple[Flag, ...] = ()
+    if reading.number is None:
+        flags = (_non_numeric(reading.text, positions.value if positions else None),)
+    elif unit is None:
+        shown = reading.unit or (spellings[0] if spellings else None)
+        detail = str(UnknownUnit(concept.name, shown, concept.unit))
+        flags = (_flag(FlagCode.UNKNOWN_UNIT, _at(positions.unit if positions else None, detail)),)
+    low, high = _converted_range(tables, concept, reference, unit)
+    return Measurement(
+        kind="lab" if concept.kind == "lab" else "observation",
+        concept=concept.name,
+        value=value,
+        unit=None if unit is None else concept.unit,
+        original_value=reading.text,
+        original_unit=reading.unit,
+        reference_low=low,
+        reference_high=high,
+        abnormal_flag=flag,
+        flags=flags,
+    )
+
+
+def _unmapped(
+    tables: LabTables,
+    reading: Reading,
+    reference: ReferenceRange,
+    abnormal_flag: str | None,
+    kind: Kind,
+    remark: Flag,
+) -> Measurement:
+    spellings = reading.spellings
+    return Measurement(
+        kind=kind,
+        concept=None,
+        value=reading.number,
+        unit=tables.canonical_unit(spellings[0]) or None if spellings else None,
+        original_value=reading.text,
+        original_unit=reading.unit,
+        reference_low=reference.low,
+        reference_high=reference.high,
+        abnormal_flag=abnormal_flag,
+        flags=(remark,),
+    )
+
+
+def _conversion(
+    tables: LabTables, concept: str, spellings: Iterable[str], number: float | None
+) -> tuple[str, float | None] | None:
+    """The first spelling the tables convert to the concept's unit, with the number converted;
+    ``None`` when no spelling converts."""
+    for spelling in spellings:
+        try:
+            converted, _ = tables.to_canonical(concept, 0.0 if number is None else number, spelling)
+        except UnknownUnit:
+            continue
+        return spelling, None if number is None else converted
+    return None
+
+
+def _convert(tables: LabTables, concept: Concept, number: float, unit: str) -> float:
+    return tables.to_canonical(concept.name, number, unit)[0]
+
+
+def _converted_range(
+    tables: LabTables, concept: Concept, reference: ReferenceRange, unit: str | None
+) -> tuple[float | None, float | None]:
+    if reference.units:
+        own = _conversion(tables, concept.name, reference.units, None)
+        unit = own[0] if own else None
+    if unit is None:
+        return None, None
+    low, high = reference.low, reference.high
+    return (
+        None if low is None else _convert(tables, concept, low, unit),
+        None if high is None else _convert(tables, concept, high, unit),
+    )
+
+
+def _non_numeric(text: str | None, position: str | None) -> Flag:
+    detail = "no value" if text is None else f"{text!r} is not a number"
+    return _flag(FlagCode.NON_NUMERIC_VALUE, _at(position, detail))
+
+
+def _at(position: str | None, detail: str) -> str:
+    return f"{position}: {detail}" if position else detail
+
+
+@lru_cache(maxsize=4096)  # feeds repeat the same few flags; a Flag is frozen, so shareable
+def _flag(code: FlagCode, detail: str) -> Flag:
+    return Flag(code=code, detail=detail)
