@@ -1,4 +1,5 @@
-"""HPRIM Santé 2.x lab results (H/P/OBR/OBX/C/A/L records) → Patient and LabResult facts.
+"""HPRIM Santé 2.x lab results (H/P/OBR/OBX/C/A/L records) → Patient and LabResult facts
+(an Observation when the code maps to one, such as the weight a lab sends for a clearance).
 
 An HPRIM file holds one message per H..L group. The header fixes the delimiters: in
 ``H|~^\\&`` the character after ``H`` separates fields, then come the component separator
@@ -14,8 +15,10 @@ range field 8, the abnormal flag field 9, the observation time field 15. Positio
 
 Lab codes are local to each laboratory: they map to concepts only through the terminology
 tables (``lab_codes.csv`` or a site's ``site_lab_codes.csv``, system ``HPRIM`` then ``LOCAL``),
-never by label. An unmapped code still gives a LabResult — concept ``None``, value kept, and an
-``unmapped_code`` flag.
+never by label. Values, units, ranges and flags are normalised by ``vigie.connectors.labs`` like
+every feed's (a decimal comma or point; an unmapped code still gives a LabResult — concept
+``None``, value kept, and an ``unmapped_code`` flag); an unreadable or reversed reference range is
+reported and left out.
 
 >>> raw = next(split("demo.hpr", b"H|~^\\\\&|F.HPR||LAB||ORU|||ME||P|H2.2~C|202401020800\\r"
 ...     b"P|1|P42|||DOE~JOHN||19500101|F\\rOBR|1||S1||||202401020700\\r"
@@ -33,8 +36,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from vigie.connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
-from vigie.facts import AnyFact, Coding, Flag, FlagCode, LabResult, Patient, Sex, Source
-from vigie.terminology import Terminology, UnknownUnit, default_terminology, normalise_system
+from vigie.connectors.labs import (
+    Reading,
+    ReferenceRange,
+    decimal_point_or_comma,
+    match_code,
+    normalise,
+    parse_reference_range,
+    read_value,
+)
+from vigie.facts import AnyFact, Coding, LabResult, Observation, Patient, Sex, Source
+from vigie.terminology import Terminology, default_terminology, normalise_system
 
 __all__ = [
     "Delimiters",
@@ -56,9 +68,6 @@ _TEXT_EOL = re.compile(r"\r\n|\r|\n")
 _POSITION_LINE = re.compile(r"^line (\d+)")
 # C0 controls other than tab: a UTF-16 or binary file decodes as Latin-1 but is not text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x19\x1b-\x1f]")
-_NUMBER = re.compile(r"^[+-]?(\d+([.,]\d*)?|[.,]\d+)$")
-_RANGE = re.compile(r"^\s*(?P<low>[+-]?\d+(?:[.,]\d+)?)\s*-\s*(?P<high>[+-]?\d+(?:[.,]\d+)?)\s*$")
-_BOUND = re.compile(r"^\s*(?P<op><=?|>=?)\s*(?P<value>[+-]?\d+(?:[.,]\d+)?)\s*$")
 _DATE_FORMATS = {8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
 _SEXES = {"M": Sex.MALE, "F": Sex.FEMALE, "U": Sex.UNKNOWN, "I": Sex.UNKNOWN, "O": Sex.OTHER}
 _KNOWN_RECORDS = frozenset({"H", "P", "OBR", "OBX", "C", "L", "A"})
@@ -381,48 +390,48 @@ def _read_result(message: _Message, record: Record) -> None:
         message.outcome.errors.append(error)
 
 
-def _lab_result(message: _Message, patient: Patient, record: Record) -> LabResult:
+def _lab_result(message: _Message, patient: Patient, record: Record) -> LabResult | Observation:
     code, label, system_hint = [*message.components(record, 4), "", ""][:3]
-    code = code.strip()
+    code, label = code.strip(), label.strip() or None
     if not code:
         raise message.error(record.where(4), "a result code (code~label~system)")
     time = _result_time(message, record)
-    system, concept_name = _lookup(message.terminology, system_hint.strip(), code)
-    flags: list[Flag] = []
-    if concept_name is None:
-        flags.append(
-            Flag(
-                code=FlagCode.UNMAPPED_CODE,
-                detail=f"{system} lab code {code!r} {label.strip()!r} is not mapped",
-            )
-        )
-    quantity = _Quantity.read(message, record, concept_name, system, code, flags)
-    return LabResult(
-        fact_id=_lab_id(message, patient, code),
-        patient_id=patient.patient_id,
-        source=message.source(record),
-        concept=concept_name,
-        code=Coding(system=system, code=code, display=label.strip() or None),
-        value=quantity.value,
-        unit=quantity.unit,
-        original_value=quantity.original_value,
-        original_unit=quantity.original_unit,
-        time=time,
-        reference_low=quantity.low,
-        reference_high=quantity.high,
-        abnormal_flag=message.first(record, 9) or None,
-        flags=tuple(flags),
+    short = normalise_system(system_hint) if system_hint.strip().upper() not in ("", "L") else None
+    codings = [Coding(system=system, code=code, display=label) for system in (short,) if system]
+    codings = codings or [
+        Coding(system=system, code=code, display=label) for system in _LAB_SYSTEMS
+    ]
+    match = match_code(message.terminology, codings)
+    measurement = normalise(
+        message.terminology,
+        match,
+        _reading(message, record),
+        reference=_reference_range(message, record),
+        abnormal_flag=message.first(record, 9),
     )
+    fields = measurement.fields() | {
+        "fact_id": _lab_id(message, patient, code),
+        "patient_id": patient.patient_id,
+        "source": message.source(record),
+        "code": match.coding,
+        "time": time,
+    }
+    return measurement.model(**fields)
 
 
-def _lookup(terminology: Terminology, hint: str, code: str) -> tuple[str, str | None]:
-    """(code system, concept) for a result code; local codes try ``HPRIM`` then ``LOCAL``."""
+def _codings(hint: str, code: str, label: str | None) -> list[Coding]:
+    """The code in the system its third component names, else as ``HPRIM`` then ``LOCAL``."""
     short = normalise_system(hint) if hint and hint.upper() != "L" else None
-    for system in (short,) if short else _LAB_SYSTEMS:
-        concept = terminology.lab_concept(system, code)
-        if concept is not None:
-            return system, concept.name
-    return short or _LAB_SYSTEMS[0], None
+    return [Coding(system=system, code=code, display=label) for system in (short or _LAB_SYSTEMS)]
+
+
+def _reading(message: _Message, record: Record) -> Reading:
+    """Field 6 (a number when the value type, field 3, is NM or empty) and its unit, field 7."""
+    text = message.delimiters.unescape(record.field(6)).strip()
+    unit = message.first(record, 7)
+    if message.first(record, 3).upper() in ("NM", ""):
+        return read_value(text, unit, decimal_point_or_comma)
+    return Reading(text or None, None, unit or None)
 
 
 def _result_time(message: _Message, record: Record) -> datetime:
@@ -466,86 +475,19 @@ def _lab_id(message: _Message, patient: Patient, code: str) -> str:
     return fact_id
 
 
-@dataclass
-class _Quantity:
-    """A result value and reference range, converted to the concept's canonical unit."""
-
-    value: float | None
-    unit: str | None
-    original_value: str | None
-    original_unit: str | None
-    low: float | None = None
-    high: float | None = None
-
-    @classmethod
-    def read(
-        cls,
-        message: _Message,
-        record: Record,
-        concept: str | None,
-        system: str,
-        code: str,
-        flags: list[Flag],
-    ) -> _Quantity:
-        raw_value = message.delimiters.unescape(record.field(6)).strip()
-        raw_unit = message.first(record, 7) or None
-        number = _number(raw_value) if message.first(record, 3).upper() in ("NM", "") else None
-        if number is None:
-            if raw_value:
-                flags.append(
-                    Flag(
-                        code=FlagCode.NON_NUMERIC_VALUE,
-                        detail=f"result {raw_value!r} is not a number",
-                    )
-                )
-            return cls(None, None, raw_value or None, raw_unit)
-        low, high = _reference_range(message, record)
-        if concept is None:
-            unit = message.terminology.canonical_unit(raw_unit) or None
-            return cls(number, unit, raw_value, raw_unit, low, high)
-        unit_in = raw_unit or message.terminology.implied_unit(system, code)
-        try:
-            value, unit = message.terminology.to_canonical(concept, number, unit_in)
-        except UnknownUnit as error:
-            flags.append(Flag(code=FlagCode.UNKNOWN_UNIT, detail=str(error)))
-            return cls(None, None, raw_value, raw_unit, low, high)
-        convert = message.terminology.to_canonical
-        return cls(
-            value,
-            unit,
-            raw_value,
-            raw_unit,
-            None if low is None else convert(concept, low, unit_in)[0],
-            None if high is None else convert(concept, high, unit_in)[0],
-        )
-
-
-def _number(text: str) -> float | None:
-    return float(text.replace(",", ".")) if _NUMBER.match(text) else None
-
-
-def _reference_range(message: _Message, record: Record) -> tuple[float | None, float | None]:
-    """``10 - 40``, ``3,5-5,0``, ``< 5`` or ``>= 60``; a reversed range is reported, not used."""
+def _reference_range(message: _Message, record: Record) -> ReferenceRange | None:
+    """Field 8: ``10 - 40``, ``3,5-5,0``, ``< 5`` or ``>= 60``; anything else is reported."""
     text = message.first(record, 8)
     if not text:
-        return None, None
-    both = _RANGE.match(text)
-    if both:
-        low, high = (float(both.group(g).replace(",", ".")) for g in ("low", "high"))
-        if low <= high:
-            return low, high
+        return None
+    reference = parse_reference_range(text)
+    if reference is None:
         message.problem(
-            record.where(8), "a reference range 'low - high' with low <= high", found=text
+            record.where(8),
+            "a reference range such as '10 - 40' (low <= high), '< 5' or '> 60'",
+            found=text,
         )
-        return None, None
-    bound = _BOUND.match(text)
-    if bound:
-        value = float(bound.group("value").replace(",", "."))
-        return (None, value) if bound.group("op").startswith("<") else (value, None)
-    message.problem(
-        record.where(8), "a reference range such as '10 - 40', '< 5' or '> 60'", found=text
-    )
-    return None, None
+    return reference
 
 
 def _datetime(message: _Message, record: Record, number: int, text: str) -> datetime | None:

@@ -19,10 +19,10 @@ kind of an unmapped code. The one behaviour:
 - **Unknown unit** (sent or implied, it cannot be converted; no unit at all counts as
   unknown): ``value`` and ``unit`` are ``None``, an ``unknown_unit`` flag names the unit; the
   concept's unit is never assumed.
-- **Non-numeric value** (text, a bound such as ``<5``, no value at all) of a mapped code:
-  ``value`` is ``None`` and a ``non_numeric_value`` flag says why; ``unit`` is the canonical
-  unit when the unit converts, since the reference range is still given in it. An unmapped
-  code's text value gets no such flag: nothing says it should be a number.
+- **Non-numeric value** (text, a bound such as ``<5``, no value at all): ``value`` is ``None``
+  and a ``non_numeric_value`` flag says why, for a mapped or an unmapped code (after the
+  ``unmapped_code`` flag): a ``None`` value always has its flag. For a mapped code ``unit`` is
+  the canonical unit when the unit converts, since the reference range is still given in it.
 - **Original value and unit** are always the text as received.
 - **Reference range**: converted exactly like the value (same unit, or the range's own unit
   when the format gives one); ``None`` bounds when that unit is unknown. Text ranges read
@@ -205,6 +205,10 @@ class FlagPositions:
     unit: str
 
 
+NOWHERE = FlagPositions("", "", "")
+"""No positions: flag details without a field name."""
+
+
 @dataclass(frozen=True, slots=True)
 class Measurement:
     """A normalised result: the fields of its fact but the identity, code, time and source."""
@@ -249,26 +253,36 @@ def normalise(
     reference: ReferenceRange | None = None,
     abnormal_flag: str | None = None,
     unmapped_kind: Kind = "lab",
-    positions: FlagPositions | None = None,
+    positions: FlagPositions = NOWHERE,
 ) -> Measurement:
     """The one normalisation of a result (see the module docstring)."""
-    flag = (abnormal_flag or "").strip() or None
     reference = reference or ReferenceRange(None, None)
+    flag = (abnormal_flag or "").strip() or None
     if match.concept is None:
-        detail = f"code {match.coding.code!r} is not mapped to a lab or observation concept"
-        remark = _flag(FlagCode.UNMAPPED_CODE, _at(positions.code if positions else None, detail))
-        return _unmapped(tables, reading, reference, flag, unmapped_kind, remark)
-    concept = match.concept
+        return _unmapped(tables, match, reading, reference, flag, unmapped_kind, positions)
+    return _mapped(tables, match.concept, match, reading, reference, flag, positions)
+
+
+def _mapped(
+    tables: LabTables,
+    concept: Concept,
+    match: CodeMatch,
+    reading: Reading,
+    reference: ReferenceRange,
+    abnormal_flag: str | None,
+    positions: FlagPositions,
+) -> Measurement:
+    """Value and range in the concept's unit, from the unit sent or else the implied one."""
     spellings = reading.spellings or ((match.implied_unit,) if match.implied_unit else ())
     conversion = _conversion(tables, concept.name, spellings, reading.number)
     unit, value = conversion if conversion else (None, None)
     flags: tuple[Flag, ...] = ()
     if reading.number is None:
-        flags = (_non_numeric(reading.text, positions.value if positions else None),)
+        flags = (_non_numeric(reading.text, positions.value),)
     elif unit is None:
         shown = reading.unit or (spellings[0] if spellings else None)
         detail = str(UnknownUnit(concept.name, shown, concept.unit))
-        flags = (_flag(FlagCode.UNKNOWN_UNIT, _at(positions.unit if positions else None, detail)),)
+        flags = (_flag(FlagCode.UNKNOWN_UNIT, _at(positions.unit, detail)),)
     low, high = _converted_range(tables, concept, reference, unit)
     return Measurement(
         kind="lab" if concept.kind == "lab" else "observation",
@@ -279,19 +293,25 @@ def normalise(
         original_unit=reading.unit,
         reference_low=low,
         reference_high=high,
-        abnormal_flag=flag,
+        abnormal_flag=abnormal_flag,
         flags=flags,
     )
 
 
 def _unmapped(
     tables: LabTables,
+    match: CodeMatch,
     reading: Reading,
     reference: ReferenceRange,
     abnormal_flag: str | None,
     kind: Kind,
-    remark: Flag,
+    positions: FlagPositions,
 ) -> Measurement:
+    """Everything as received, the unit in its canonical spelling: nothing to convert to."""
+    detail = f"code {match.coding.code!r} is not mapped to a lab or observation concept"
+    flags = (_flag(FlagCode.UNMAPPED_CODE, _at(positions.code, detail)),)
+    if reading.number is None:
+        flags += (_non_numeric(reading.text, positions.value),)
     spellings = reading.spellings
     return Measurement(
         kind=kind,
@@ -303,7 +323,7 @@ def _unmapped(
         reference_low=reference.low,
         reference_high=reference.high,
         abnormal_flag=abnormal_flag,
-        flags=(remark,),
+        flags=flags,
     )
 
 
@@ -340,12 +360,12 @@ def _converted_range(
     )
 
 
-def _non_numeric(text: str | None, position: str | None) -> Flag:
+def _non_numeric(text: str | None, position: str) -> Flag:
     detail = "no value" if text is None else f"{text!r} is not a number"
     return _flag(FlagCode.NON_NUMERIC_VALUE, _at(position, detail))
 
 
-def _at(position: str | None, detail: str) -> str:
+def _at(position: str, detail: str) -> str:
     return f"{position}: {detail}" if position else detail
 
 

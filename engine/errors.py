@@ -1,6 +1,6 @@
-"""The engine's exceptions: one tree, so nothing else escapes ``compile_ir`` or ``evaluate``.
+"""The engine's exceptions: one tree, so nothing else escapes ``load_pack`` or ``evaluate``.
 
-``PackError`` is raised while compiling a pack or selecting its rules (a stage before any
+``PackError`` is raised while loading a pack or selecting its rules (a stage before any
 patient); ``RuleRuntimeError`` while evaluating, located on the rule's source line and patient.
 
 >>> print(RuleRuntimeError("gt: TypeError: bad operands", span=(12, 8)).located(
@@ -16,7 +16,7 @@ __all__ = ["EngineError", "PackError", "RuleRuntimeError"]
 
 
 class EngineError(Exception):
-    """Root of the engine's errors: nothing else escapes ``evaluate`` or ``compile_ir``."""
+    """Root of the engine's errors: nothing else escapes ``evaluate`` or ``load_pack``."""
 
 
 class PackError(EngineError):

@@ -1,7 +1,7 @@
-"""Evaluate a compiled pack for one patient (or a whole fact set) as of a time.
+"""Evaluate a loaded pack for one patient (or a whole fact set) as of a time.
 
 The driver of the engine: it selects a pack's rules, builds one evaluation ``Context`` per
-patient (``vigie.engine.runtime``, with the queries the compiled closures call), iterates drug-line
+patient (``vigie.engine.runtime``, with the queries the pack's closures call), iterates drug-line
 combinations, builds explained ``Alert`` objects and formats messages. ``Context`` and
 ``is_active`` are re-exported here for the live evaluator.
 
@@ -49,17 +49,17 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from vigie.engine.alerts import Alert, AlertDrug, Evidence, Severity, alert_id
-from vigie.engine.compile import (
-    CompiledPack,
-    CompiledRule,
+from vigie.engine.derived import Amount
+from vigie.engine.factset import FactSet, PatientRecord
+from vigie.engine.load import (
+    LoadedPack,
+    LoadedRule,
     MessagePart,
     PackError,
     RuleRuntimeError,
     Selection,
-    compile_ir,
+    load_pack,
 )
-from vigie.engine.derived import Amount
-from vigie.engine.factset import FactSet, PatientRecord
 from vigie.engine.runtime import Context, is_active, line_evidence, line_label
 from vigie.facts import LabResult, MedicationOrder, Observation, Stay
 
@@ -89,7 +89,7 @@ def normalise_time(moment: datetime) -> datetime:
 
 
 def evaluate(
-    pack: CompiledPack | Mapping[str, Any],
+    pack: LoadedPack | Mapping[str, Any],
     facts: FactSet | PatientRecord,
     as_of: datetime,
     *,
@@ -100,7 +100,7 @@ def evaluate(
 ) -> list[Alert]:
     """The alerts of a pack on some facts as of a time, in rule order then identity.
 
-    ``pack`` is a ``CompiledPack`` or an IR dict (compiled here); ``facts`` a ``FactSet``
+    ``pack`` is a ``LoadedPack`` or an IR dict (loaded here); ``facts`` a ``FactSet``
     (every patient) or one ``PatientRecord``. ``cursors`` move parameters inside their range,
     ``level`` selects rules up to that sensitivity level, ``enabled``/``disabled`` list rule ids
     turned on or off whatever their level. Errors are ``EngineError``s (``PackError`` for a bad
@@ -123,19 +123,19 @@ def evaluate(
 
 
 def select(
-    pack: CompiledPack | Mapping[str, Any],
+    pack: LoadedPack | Mapping[str, Any],
     *,
     cursors: Mapping[str, float] | None = None,
     level: int = 1,
     enabled: Iterable[str] = (),
     disabled: Iterable[str] = (),
 ) -> Selection:
-    """The selection (rules on, parameter values) of a compiled pack or an IR dict."""
-    if not isinstance(pack, CompiledPack):
+    """The selection (rules on, parameter values) of a loaded pack or an IR dict."""
+    if not isinstance(pack, LoadedPack):
         ir = getattr(pack, "ir", pack)  # ``rules.CompiledPack`` carries its IR
         if not isinstance(ir, Mapping):
-            raise PackError(f"expected a compiled pack or an IR dict, got {type(pack).__name__}")
-        pack = compile_ir(ir)
+            raise PackError(f"expected a loaded pack or an IR dict, got {type(pack).__name__}")
+        pack = load_pack(ir)
     return pack.select(cursors=cursors, level=level, enabled=enabled, disabled=disabled)
 
 
@@ -143,7 +143,7 @@ def evaluate_patient(
     selection: Selection,
     record: PatientRecord,
     as_of: datetime,
-    rules: Iterable[CompiledRule] | None = None,
+    rules: Iterable[LoadedRule] | None = None,
 ) -> dict[int, list[Alert]]:
     """Alerts per rule index for one patient; ``rules`` restricts to those (live updates),
     otherwise the rules that some active line (or none) can trigger are evaluated."""
@@ -173,7 +173,7 @@ def current_stay(record: PatientRecord, as_of: datetime) -> Stay | None:
     return max(current, key=lambda s: (s.admit_time or datetime.min, s.stay_id))
 
 
-def evaluate_rule(rule: CompiledRule, ctx: Context, stay: Stay | None) -> list[Alert]:
+def evaluate_rule(rule: LoadedRule, ctx: Context, stay: Stay | None) -> list[Alert]:
     """Every alert of one rule for the context's patient (wrapped errors, never raw ones)."""
     pools: list[list[MedicationOrder]] = []
     for binding in rule.drug_bindings:
@@ -199,7 +199,7 @@ def evaluate_rule(rule: CompiledRule, ctx: Context, stay: Stay | None) -> list[A
 
 
 def _fire(
-    rule: CompiledRule, ctx: Context, pools: list[list[MedicationOrder]], stay: Stay | None
+    rule: LoadedRule, ctx: Context, pools: list[list[MedicationOrder]], stay: Stay | None
 ) -> list[Alert]:
     names = [binding.name for binding in rule.drug_bindings]
     alerts: list[Alert] = []
@@ -221,7 +221,7 @@ def _fire(
 
 
 def _explain(
-    rule: CompiledRule,
+    rule: LoadedRule,
     ctx: Context,
     combo: Sequence[MedicationOrder],
     identity: tuple[str, ...],
