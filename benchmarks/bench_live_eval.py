@@ -20,8 +20,8 @@ import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from vigie.engine import FactSet, LiveEvaluator, compile_ir, evaluate
-from vigie.engine.compile import CompiledPack
+from vigie.engine import FactSet, LiveEvaluator, evaluate, load_pack
+from vigie.engine.load import LoadedPack
 from vigie.facts import AnyFact, Coding, LabResult, MedicationOrder, Observation, Patient, Sex
 from vigie.facts import Source as FactSource
 from vigie.rules import compile_pack
@@ -55,11 +55,11 @@ LABS = (  # concept, unit, value
 )
 
 
-def load_pack(name: str) -> CompiledPack:
+def pack_file(name: str) -> LoadedPack:
     path = REPO / "rules" / "packs" / name
     ir, _ = compile_pack(path.read_text(encoding="utf-8"), str(path))
     assert ir is not None, f"{path} does not compile"
-    return compile_ir(ir)
+    return load_pack(ir)
 
 
 def patient_facts() -> list[AnyFact]:
@@ -92,7 +92,7 @@ def lab(fid: str, concept: str, unit: str | None, value: float, time: datetime) 
     )  # fmt: skip
 
 
-def time_adds(pack: CompiledPack, adds: int, value: float) -> float:
+def time_adds(pack: LoadedPack, adds: int, value: float) -> float:
     """Median seconds of one ``add`` of a potassium result (facts built beforehand)."""
     live = LiveEvaluator(pack, now=START)
     for fact in patient_facts():
@@ -110,7 +110,7 @@ def time_adds(pack: CompiledPack, adds: int, value: float) -> float:
     return statistics.median(samples)
 
 
-def time_full(packs: list[CompiledPack], repeat: int) -> float:
+def time_full(packs: list[LoadedPack], repeat: int) -> float:
     record = FactSet(patient_facts()).patient("P1")
     at = START + timedelta(days=7)
     best = float("inf")
@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--adds", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    default, ansm = load_pack("default.rules"), load_pack("ansm-interactions.rules")
+    default, ansm = pack_file("default.rules"), pack_file("ansm-interactions.rules")
     normal = min(time_adds(default, args.adds, 4.4) for _ in range(args.repeat))
     high = min(time_adds(default, args.adds, 5.9) for _ in range(args.repeat))
     print(

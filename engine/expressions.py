@@ -1,15 +1,15 @@
-"""IR expression nodes → closures ``(Context) -> value``, compiled once per rule.
+"""IR expression nodes → closures ``(Context) -> value``, built once per rule.
 
 Every node of a rule's condition, escalations, value bindings and message becomes a closure
 over the run-time queries of ``vigie.engine.runtime``, so that evaluating a patient never walks the
 JSON tree again. Values follow the IR's types: ``bool`` is ``True``/``False``/``None``
 (Kleene's unknown), numbers are floats (drug amounts and MME are ``vigie.engine.derived.Amount``),
 times naive UTC datetimes. ``None`` is *unknown* everywhere. Rules and packs are assembled by
-``vigie.engine.compile``.
+``vigie.engine.load``.
 
 >>> from vigie.engine.runtime import CodeSets
->>> compiler = ExprCompiler(Scope(CodeSets({}), frozenset(), frozenset()))
->>> unknown = compiler.compile({"op": "and", "type": "bool", "args": [
+>>> builder = ClosureBuilder(Scope(CodeSets({}), frozenset(), frozenset()))
+>>> unknown = builder.build({"op": "and", "type": "bool", "args": [
 ...     {"op": "const", "type": "bool", "value": True, "args": []},
 ...     {"op": "const", "type": "bool", "value": None, "args": []}]})
 >>> print(unknown(None))
@@ -56,9 +56,9 @@ from vigie.engine.runtime import (
     patient_evidence,
 )
 
-__all__ = ["ExprCompiler", "Scope", "expand_routes"]
+__all__ = ["ClosureBuilder", "Scope", "expand_routes"]
 
-# Expression compiler -----------------------------------------------------------------------------
+# Closure builder ---------------------------------------------------------------------------------
 
 
 def _fail(node: Mapping[str, Any], error: Exception) -> RuleRuntimeError:
@@ -86,7 +86,7 @@ _ARITH: dict[str, Callable[[Any, Any], Any]] = {
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """What names mean inside one rule while compiling it."""
+    """What names mean inside one rule while building its closures."""
 
     sets: CodeSets
     params: Collection[str]  # the pack's parameter names (values come with the selection)
@@ -99,11 +99,11 @@ def _amount_capable(node: Mapping[str, Any]) -> bool:
     return node.get("type") == "number" and node.get("unit") in (None, "MME")
 
 
-class ExprCompiler:
+class ClosureBuilder:
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
 
-    def compile(self, node: Mapping[str, Any], label: str | None = None) -> Closure:
+    def build(self, node: Mapping[str, Any], label: str | None = None) -> Closure:
         op = node.get("op")
         builder = getattr(self, f"_op_{op}", None)
         if builder is None:
@@ -112,7 +112,7 @@ class ExprCompiler:
         return fn
 
     def _args(self, node: Mapping[str, Any]) -> list[Closure]:
-        return [self.compile(arg) for arg in node.get("args", ())]
+        return [self.build(arg) for arg in node.get("args", ())]
 
     # Values and names
 
@@ -172,7 +172,7 @@ class ExprCompiler:
 
     def _op_attr(self, node: Mapping[str, Any], label: str | None) -> Closure:
         (arg,) = node["args"]
-        x = self.compile(arg)
+        x = self.build(arg)
         name = node["name"]
         getter = (ORDER_ATTRS if arg["type"] == "order" else MEASURE_ATTRS).get(name)
         if getter is None:
@@ -248,7 +248,7 @@ class ExprCompiler:
     def _compare(self, node: Mapping[str, Any], label: str | None) -> Closure:
         op = node["op"]
         left, right = node["args"]
-        a, b = self.compile(left), self.compile(right)
+        a, b = self.build(left), self.build(right)
         test = _COMPARE[op]
         if _amount_capable(left) or _amount_capable(right):
             return _amount_comparison(node, op, a, b, left.get("unit"), right.get("unit"))
@@ -271,7 +271,7 @@ class ExprCompiler:
 
     def _op_between(self, node: Mapping[str, Any], label: str | None) -> Closure:
         x, low, high = node["args"]
-        fx, flow, fhigh = self.compile(x), self.compile(low), self.compile(high)
+        fx, flow, fhigh = self.build(x), self.build(low), self.build(high)
         if any(_amount_capable(n) for n in (x, low, high)):
             units = (low.get("unit"), high.get("unit"))
             at_least = _amount_comparison(node, "ge", fx, flow, x.get("unit"), units[0])
@@ -291,7 +291,7 @@ class ExprCompiler:
 
     def _op_in_set(self, node: Mapping[str, Any], label: str | None) -> Closure:
         (arg,) = node["args"]
-        x = self.compile(arg)
+        x = self.build(arg)
         name = node["set"]
         system = self.scope.sets.system.get(name)
         if system is None:
@@ -316,7 +316,7 @@ class ExprCompiler:
     def _arith(self, node: Mapping[str, Any], label: str | None) -> Closure:
         op = node["op"]
         left, right = node["args"]
-        a, b = self.compile(left), self.compile(right)
+        a, b = self.build(left), self.build(right)
         units = (left.get("unit"), right.get("unit"))
         apply = _ARITH[op]
         timed = "time" in (left["type"], right["type"])
@@ -425,7 +425,7 @@ class ExprCompiler:
     # Lab and observation queries
 
     def _window(self, window: Mapping[str, Any] | None) -> WindowFn:
-        return _compile_window(window, self)
+        return _build_window(window, self)
 
     def _op_lab(self, node: Mapping[str, Any], label: str | None) -> Closure:
         return lab_select(
@@ -497,7 +497,7 @@ class ExprCompiler:
 
     def _op_clearance(self, node: Mapping[str, Any], label: str | None) -> Closure:
         creatinine = lab_select("lab", "creatinine", "latest", self._window(node.get("window")))
-        weight = lab_select("observation", "weight", "latest", _compile_window(None, self))
+        weight = lab_select("observation", "weight", "latest", _build_window(None, self))
         name = label or "clearance"
 
         def clearance(ctx: Context) -> float | None:
@@ -578,7 +578,7 @@ def _time_arith(op: str, x: Any, y: Any) -> Any:
     return None
 
 
-def _compile_window(window: Mapping[str, Any] | None, compiler: ExprCompiler) -> WindowFn:
+def _build_window(window: Mapping[str, Any] | None, builder: ClosureBuilder) -> WindowFn:
     """A window as (start inclusive, end, end inclusive) — None when a bound is unknown.
 
     The end is ``before`` (exclusive) or the evaluation time (inclusive), never later than the
@@ -587,7 +587,7 @@ def _compile_window(window: Mapping[str, Any] | None, compiler: ExprCompiler) ->
     """
     if window is None:
         return lambda ctx: (None, ctx.as_of, True)
-    parts = {k: compiler.compile(window[k]) if window.get(k) else None for k in window}
+    parts = {k: builder.build(window[k]) if window.get(k) else None for k in window}
     within, since, before = parts.get("within"), parts.get("since"), parts.get("before")
 
     def bounds(ctx: Context) -> WindowBounds | None:

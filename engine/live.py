@@ -26,9 +26,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vigie.engine.alerts import Alert
-from vigie.engine.compile import CompiledPack, CompiledRule, Selection
 from vigie.engine.evaluate import Context, current_stay, evaluate_rule, normalise_time, select
 from vigie.engine.factset import PatientRecord
+from vigie.engine.load import LoadedPack, LoadedRule, Selection
 from vigie.facts import (
     Allergy,
     AnyFact,
@@ -127,7 +127,7 @@ class LiveEvaluator:
 
     def __init__(
         self,
-        pack: CompiledPack | Mapping[str, Any],
+        pack: LoadedPack | Mapping[str, Any],
         *,
         cursors: Mapping[str, float] | None = None,
         level: int = 1,
@@ -141,7 +141,7 @@ class LiveEvaluator:
         self.now: datetime | None = normalise_time(now) if now else None
         self._patients: dict[str, _PatientState] = {}
         self._owner: dict[tuple[str, str], str] = {}  # (kind, fact id) → patient id
-        self._dependents: dict[tuple[str, str | None], tuple[CompiledRule, ...]] = {}
+        self._dependents: dict[tuple[str, str | None], tuple[LoadedRule, ...]] = {}
         self._order: dict[int, int] = {r.index: i for i, r in enumerate(self.selection.rules)}
         self._clock_rules = tuple(r for r in self.selection.rules if r.clock_dependent)
         self._sequence = 0
@@ -252,8 +252,8 @@ class LiveEvaluator:
             heapq.heappush(state.pending, (visible, self._sequence, fact.kind, _concept(fact)))
         return {(fact.kind, _concept(fact))}
 
-    def _rules_for(self, keys: Iterable[tuple[str, str | None]]) -> list[CompiledRule]:
-        found: dict[int, CompiledRule] = {}
+    def _rules_for(self, keys: Iterable[tuple[str, str | None]]) -> list[LoadedRule]:
+        found: dict[int, LoadedRule] = {}
         for kind, concept in keys:
             dependents = self._dependents.get((kind, concept))
             if dependents is None:
@@ -271,7 +271,7 @@ class LiveEvaluator:
         if since is None or rewound or at < since:
             # The alerts may reflect a later time (the clock went back, a replay) or an add
             # evaluated before the last tick: start again from the facts.
-            rules: Sequence[CompiledRule] = self.selection.rules
+            rules: Sequence[LoadedRule] = self.selection.rules
             self._requeue(state, at)
         elif at == since and state.latest in (None, at):
             return AlertDiff()
@@ -309,7 +309,7 @@ class LiveEvaluator:
     def _reevaluate(
         self,
         state: _PatientState,
-        rules: Sequence[CompiledRule],
+        rules: Sequence[LoadedRule],
         at: datetime,
         restay: bool = False,
     ) -> AlertDiff:

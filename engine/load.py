@@ -1,9 +1,10 @@
-"""IR → closures: a rule pack compiled once into Python functions of an evaluation context.
+"""IR → closures: a rule pack loaded once into Python functions of an evaluation context.
 
 Stages, each importing only earlier ones: ``vigie.engine.errors`` → ``vigie.engine.runtime``
-(context,
-queries, code sets) → ``vigie.engine.expressions`` (expression nodes) → this module (rules, packs,
-selections) → ``vigie.engine.evaluate`` (the driver).
+(context, queries, code sets) → ``vigie.engine.expressions`` (expression nodes) → this module
+(rules, packs, selections) → ``vigie.engine.evaluate`` (the driver). The rule language compiles
+text to IR (``vigie.rules.compile_pack``); the engine loads that IR into closures
+(``load_pack``).
 
 The rule language's compiler (``rules/``) and the engine meet only at the JSON IR described in
 ``docs/rules-design.md``; this module reads that IR (never lark, never ``rules``) and turns
@@ -17,7 +18,7 @@ Sets become prefix indexes (an ATC code's matching sets are computed once per co
 parameters take site values (``cursors``) checked against their range, and a selection picks
 the rules of a sensitivity level and the site's enable/disable lists.
 
->>> pack = compile_ir({"ir_version": 1, "pack": {"name": "demo", "version": "1.0.0",
+>>> pack = load_pack({"ir_version": 1, "pack": {"name": "demo", "version": "1.0.0",
 ...     "file": "demo.rules", "sha256": "0"}, "sets": {}, "params": {"k_max": {"value": 5.5,
 ...     "unit": "mmol/L", "dimension": "molar_concentration", "min": 5.0, "max": 6.5,
 ...     "label": None, "source": {"file": "demo.rules", "line": 2}}}, "rules": []})
@@ -36,21 +37,21 @@ from typing import Any
 
 from vigie.engine.alerts import CodedValue, RuleRef
 from vigie.engine.errors import EngineError, PackError, RuleRuntimeError
-from vigie.engine.expressions import ExprCompiler, Scope, expand_routes
+from vigie.engine.expressions import ClosureBuilder, Scope, expand_routes
 from vigie.engine.runtime import Closure, CodeSets
 
 __all__ = [
     "CodeSets",
-    "CompiledPack",
-    "CompiledRule",
     "DrugBinding",
     "EngineError",
+    "LoadedPack",
+    "LoadedRule",
     "MessagePart",
     "PackError",
     "ParamSpec",
     "RuleRuntimeError",
     "Selection",
-    "compile_ir",
+    "load_pack",
 ]
 
 SUPPORTED_IR_VERSION = 1
@@ -101,7 +102,7 @@ class MessagePart:
 
 
 @dataclass(frozen=True, slots=True)
-class CompiledRule:
+class LoadedRule:
     index: int
     id: str
     version: int
@@ -164,16 +165,16 @@ def _clock_dependent(rule: Mapping[str, Any]) -> bool:
     return False
 
 
-def _compile_rule(
+def _load_rule(
     index: int,
     rule: Mapping[str, Any],
     pack: Mapping[str, Any],
     sets: CodeSets,
     params: Mapping[str, ParamSpec],
-) -> CompiledRule:
+) -> LoadedRule:
     drugs = [b for b in rule["bindings"] if b["kind"] == "drug"]
     scope = Scope(sets, params, frozenset(b["name"] for b in drugs))
-    compiler = ExprCompiler(scope)
+    builder = ClosureBuilder(scope)
     combo_names = set(scope.drugs)
     for binding in rule["bindings"]:
         if binding["kind"] != "value":
@@ -181,7 +182,7 @@ def _compile_rule(
         combo = bool(_var_names(binding["expr"]) & combo_names)
         if combo:
             combo_names.add(binding["name"])
-        scope.values[binding["name"]] = (compiler.compile(binding["expr"], binding["name"]), combo)
+        scope.values[binding["name"]] = (builder.build(binding["expr"], binding["name"]), combo)
     for binding in drugs:
         if binding.get("set") is not None and binding["set"] not in sets.system:
             raise PackError(f"rule {rule['id']}: unknown set {binding['set']!r}")
@@ -193,12 +194,12 @@ def _compile_rule(
         MessagePart(part["text"])
         if "text" in part
         else MessagePart(
-            None, compiler.compile(part["expr"]), part["expr"]["type"], part["expr"].get("unit")
+            None, builder.build(part["expr"]), part["expr"]["type"], part["expr"].get("unit")
         )
         for part in rule["message"]
     )
     depends = rule.get("depends_on") or {}
-    return CompiledRule(
+    return LoadedRule(
         index=index,
         id=rule["id"],
         version=int(rule.get("version", 1)),
@@ -219,9 +220,9 @@ def _compile_rule(
         problem=CodedValue(**rule["problem"]),
         intervention=CodedValue(**rule["intervention"]),
         drug_bindings=drug_bindings,
-        condition=compiler.compile(rule["condition"]),
+        condition=builder.build(rule["condition"]),
         escalations=tuple(
-            (e["severity"], compiler.compile(e["condition"])) for e in rule["escalations"]
+            (e["severity"], builder.build(e["condition"])) for e in rule["escalations"]
         ),
         message=message,
         kinds=frozenset(depends.get("kinds", ())),
@@ -238,22 +239,22 @@ def _compile_rule(
 class Selection:
     """The rules a site runs and the parameter values it uses, indexed for candidate lookup."""
 
-    pack: CompiledPack
+    pack: LoadedPack
     params: Mapping[str, float]
-    rules: tuple[CompiledRule, ...]
+    rules: tuple[LoadedRule, ...]
     level: int
-    always: tuple[CompiledRule, ...] = field(init=False)
-    by_trigger: Mapping[str, tuple[CompiledRule, ...]] = field(init=False)
+    always: tuple[LoadedRule, ...] = field(init=False)
+    by_trigger: Mapping[str, tuple[LoadedRule, ...]] = field(init=False)
 
     def __post_init__(self) -> None:
-        by_trigger: dict[str, list[CompiledRule]] = {}
+        by_trigger: dict[str, list[LoadedRule]] = {}
         for rule in self.rules:
             if rule.trigger_set is not None:
                 by_trigger.setdefault(rule.trigger_set, []).append(rule)
         object.__setattr__(self, "always", tuple(r for r in self.rules if r.trigger_set is None))
         object.__setattr__(self, "by_trigger", {k: tuple(v) for k, v in by_trigger.items()})
 
-    def candidates(self, set_names: Iterable[str]) -> list[CompiledRule]:
+    def candidates(self, set_names: Iterable[str]) -> list[LoadedRule]:
         """Rules that may fire when lines of these sets are present (sorted by rule order)."""
         found = list(self.always)
         for name in set_names:
@@ -263,17 +264,17 @@ class Selection:
 
 
 @dataclass(frozen=True)
-class CompiledPack:
+class LoadedPack:
     name: str
     version: str
     sha256: str | None
     file: str | None
-    rules: tuple[CompiledRule, ...]
+    rules: tuple[LoadedRule, ...]
     params: Mapping[str, ParamSpec]
     sets: CodeSets
     _selections: dict[Any, Selection] = field(default_factory=dict, repr=False, compare=False)
 
-    def rule(self, rule_id: str) -> CompiledRule:
+    def rule(self, rule_id: str) -> LoadedRule:
         for rule in self.rules:
             if rule.id == rule_id:
                 return rule
@@ -327,8 +328,8 @@ class CompiledPack:
         return Selection(self, params, rules, level)
 
 
-def compile_ir(ir: Mapping[str, Any]) -> CompiledPack:
-    """Compile an IR dict (as written by ``rules.compile_pack``) into closures, once."""
+def load_pack(ir: Mapping[str, Any]) -> LoadedPack:
+    """Load an IR dict (as written by ``rules.compile_pack``) into closures, once."""
     try:
         version = ir.get("ir_version")
         if version != SUPPORTED_IR_VERSION:
@@ -336,14 +337,12 @@ def compile_ir(ir: Mapping[str, Any]) -> CompiledPack:
         pack = ir["pack"]
         sets = CodeSets(ir.get("sets") or {})
         params = {name: _param(name, spec) for name, spec in (ir.get("params") or {}).items()}
-        rules = tuple(
-            _compile_rule(i, rule, pack, sets, params) for i, rule in enumerate(ir["rules"])
-        )
+        rules = tuple(_load_rule(i, rule, pack, sets, params) for i, rule in enumerate(ir["rules"]))
     except PackError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise PackError(f"malformed IR: {type(error).__name__}: {error}") from error
-    return CompiledPack(
+    return LoadedPack(
         name=pack["name"],
         version=pack["version"],
         sha256=pack.get("sha256"),

@@ -1,9 +1,9 @@
-"""What compiled closures read at run time: the evaluation context and the queries.
+"""What the pack's closures read at run time: the evaluation context and the queries.
 
 The ``Context`` is one patient as of one time, with the caches every rule evaluated on it
 shares; ``CodeSets`` answers set membership (ATC and ICD-10 by prefix, routes by equality).
 The queries (lab series by bisection, clinical queries, derived values) record the evidence
-they read when the context is tracing. The expression compiler (``vigie.engine.expressions``) builds
+they read when the context is tracing. The closure builder (``vigie.engine.expressions``) builds
 closures over these; the driver (``vigie.engine.evaluate``) creates the context and runs the rules.
 
 >>> sets = CodeSets({"acei": {"system": "atc", "terms": [{"include": ["C09A"], "exclude": []}]},

@@ -13,7 +13,7 @@ import pytest
 
 from vigie import engine
 from vigie import facts as fact_model
-from vigie.engine import FactSet, PackError, PatientRecord, RuleRuntimeError, compile_ir, evaluate
+from vigie.engine import FactSet, PackError, PatientRecord, RuleRuntimeError, evaluate, load_pack
 from vigie.facts import (
     AnyFact,
     Coding,
@@ -491,11 +491,11 @@ def test_runtime_failures_name_the_rule_and_line() -> None:
 
 def test_bad_ir_is_a_pack_error() -> None:
     with pytest.raises(PackError, match="IR version"):
-        compile_ir({"ir_version": 99})
+        load_pack({"ir_version": 99})
     broken = copy.deepcopy(one_rule("latest potassium > 5 mmol/L"))
     broken["rules"][0]["condition"]["op"] = "frobnicate"
     with pytest.raises(PackError, match="frobnicate"):
-        compile_ir(broken)
+        load_pack(broken)
 
 
 def test_ir_round_trips_through_json_and_patient_record_input() -> None:
@@ -503,7 +503,7 @@ def test_ir_round_trips_through_json_and_patient_record_input() -> None:
     record = PatientRecord("p1")
     for fact in hyperkalaemia_facts():
         record.add(fact)
-    (alert,) = evaluate(compile_ir(ir), record, NOW)
+    (alert,) = evaluate(load_pack(ir), record, NOW)
     assert alert.rule_id == "bio.hyperkalaemia"
 
 
@@ -533,7 +533,7 @@ def test_default_and_ansm_packs_on_a_synthetic_hospital() -> None:
     }
     facts, truth = canonical_hospital(120, 7, seed=11, rates=rates)
     hospital = FactSet(facts)
-    default, ansm = compile_ir(default_ir()), compile_ir(ansm_ir())
+    default, ansm = load_pack(default_ir()), load_pack(ansm_ir())
     end = datetime(2025, 1, 12, 12)
     assert isinstance(evaluate(default, hospital, end), list)
     assert isinstance(evaluate(ansm, hospital, end, level=3), list)
@@ -559,6 +559,6 @@ def test_module_doctests() -> None:
     import doctest
     import sys
 
-    for name in ("vigie.engine.compile", "vigie.engine.evaluate", "vigie.engine.live"):
+    for name in ("vigie.engine.load", "vigie.engine.evaluate", "vigie.engine.live"):
         result = doctest.testmod(sys.modules[name])
         assert result.attempted > 0 and result.failed == 0, name

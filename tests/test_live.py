@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vigie.engine import Alert, FactSet, LiveEvaluator, compile_ir, evaluate
+from vigie.engine import Alert, FactSet, LiveEvaluator, evaluate, load_pack
 from vigie.engine import live as live_module
-from vigie.engine.compile import CompiledPack
 from vigie.engine.live import AlertDiff
+from vigie.engine.load import LoadedPack
 from vigie.facts import (
     Allergy,
     AnyFact,
@@ -37,11 +37,11 @@ SRC = Source(feed="test", document="live.hl7", position="OBX[1]-5")
 
 
 @cache
-def default_pack() -> CompiledPack:
+def default_pack() -> LoadedPack:
     path = REPO / "rules/packs/default.rules"
     ir, _ = compile_pack(path.read_text(encoding="utf-8"), str(path))
     assert ir is not None
-    return compile_ir(ir)
+    return load_pack(ir)
 
 
 def order(oid: str, atc: str, start: datetime = T0, **fields: Any) -> MedicationOrder:

@@ -26,7 +26,7 @@ from tests.truth_scoring import (
     truth_rows,
 )
 from vigie.api.ingest import read_feed
-from vigie.engine import CompiledPack, FactSet, compile_ir
+from vigie.engine import FactSet, LoadedPack, load_pack
 from vigie.facts import AnyFact
 from vigie.rules import compile_pack
 from vigie.synthetic import DEFAULT_START, FORMATS, generate
@@ -64,10 +64,10 @@ class Hospital:
 
 
 @cache
-def pack() -> CompiledPack:
+def pack() -> LoadedPack:
     ir, diagnostics = compile_pack(PACK.read_text(encoding="utf-8"), "rules/packs/default.rules")
     assert ir is not None, [str(d) for d in diagnostics]
-    return compile_ir(ir)
+    return load_pack(ir)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from vigie.engine import Alert, CompiledPack, FactSet, evaluate
+from vigie.engine import Alert, FactSet, LoadedPack, evaluate
 
 __all__ = [
     "CHECKPOINTS",
@@ -281,7 +281,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
 
 
 def score(
-    pack: CompiledPack,
+    pack: LoadedPack,
     facts: FactSet,
     rows: Iterable[TruthRow],
     data_end: datetime,
