@@ -41,22 +41,21 @@ from datetime import datetime
 from typing import Literal
 
 from vigie.connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
+from vigie.connectors.labs import Reading, decimal_point_or_comma, match_code, normalise
 from vigie.facts import (
     AnyFact,
     Coding,
     Flag,
     FlagCode,
-    LabResult,
     MedicationOrder,
-    Observation,
     Patient,
     Sex,
     Source,
     Stay,
 )
-from vigie.terminology import Terminology, UnknownUnit, default_terminology, normalise_system
+from vigie.terminology import Terminology, default_terminology, normalise_system
 
-__all__ = ["Element", "feed", "parse", "parse_message", "read_xml", "sniff", "split", "ucd13"]
+__all__ = ["Element", "feed", "parse", "parse_message", "sniff", "split", "ucd13"]
 
 feed = "pn13"
 
@@ -69,7 +68,6 @@ _DECLARED_ENCODING = re.compile(
     rb"^(?:\xef\xbb\xbf)?\s*<\?xml[^>]*encoding\s*=\s*[\"']([A-Za-z0-9._-]+)"
 )
 _MESSAGE_ID = re.compile(rb"Phast-id_message\s*=\s*[\"']([^\"']*)[\"']")
-_NUMBER = re.compile(r"^\s*[+-]?(\d+([.,]\d*)?|[.,]\d+)\s*$")
 _RATE = re.compile(r"^\s*(?P<unit>[^/]+?)\s*/\s*(?P<per>h|heure|min|mn|j|jour|24\s*h)\s*$", re.I)
 _DATE_FORMATS = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
 _SEXES = {"M": Sex.MALE, "F": Sex.FEMALE, "I": Sex.UNKNOWN, "U": Sex.UNKNOWN, "O": Sex.OTHER}
@@ -184,11 +182,6 @@ class _Refused(Exception):
     def __init__(self, what: str) -> None:
         super().__init__(what)
         self.what = what
-
-
-def read_xml(raw: RawMessage) -> Element:
-    """The element tree of a raw message, or a ``FeedError`` at the line and column."""
-    return _read_xml(raw)[0]
 
 
 def _read_xml(raw: RawMessage) -> tuple[Element, list[FeedError]]:
@@ -433,64 +426,30 @@ def _read_measure(
     if code_element is None or not code_element.text.strip():
         context.problem(rens, "a <Code_rens_compl> saying what is measured")
         return
-    number = _number(context, value_element.child("Nombre"))
+    number_element = value_element.child("Nombre")
+    number = _number(context, number_element)
     when = _event_time(context, rens.child("Dh_rens_compl")) or authored
-    if number is None:
+    if number is None or number_element is None:
         return
     if when is None:
         context.problem(rens, "a <Dh_rens_compl> (or the prescription's <Dh_prescription>)")
         return
-    context.add(
-        _measure_fact(
-            context,
-            rens,
-            patient,
-            code_element.text.strip(),
-            number,
-            value_element.value("Unité") or None,
-            when,
-        )
+    code = Coding(system=RENS_COMPL_SYSTEM, code=code_element.text.strip())
+    reading = Reading(number_element.text.strip(), number, value_element.value("Unité") or None)
+    measurement = normalise(
+        context.terminology,
+        match_code(context.terminology, [code]),
+        reading,
+        unmapped_kind="observation",
     )
-
-
-def _measure_fact(
-    context: _Context,
-    rens: Element,
-    patient: Patient,
-    code: str,
-    number: float,
-    unit: str | None,
-    when: datetime,
-) -> Observation | LabResult:
-    terminology = context.terminology
-    concept = terminology.lab_concept(RENS_COMPL_SYSTEM, code)
-    flags: list[Flag] = []
-    value: float | None = number
-    canonical: str | None = terminology.canonical_unit(unit) or None
-    if concept is None:
-        flags.append(
-            Flag(code=FlagCode.UNMAPPED_CODE, detail=f"PN13 Rens_compl code {code!r} is not mapped")
-        )
-    else:
-        try:
-            value, canonical = terminology.to_canonical(concept.name, number, unit)
-        except UnknownUnit as error:
-            value, canonical = None, None
-            flags.append(Flag(code=FlagCode.UNKNOWN_UNIT, detail=str(error)))
-    kind = LabResult if concept is not None and concept.kind == "lab" else Observation
-    return kind(
-        fact_id=f"pn13:measure:{patient.patient_id}:{code}:{when.isoformat()}",
-        patient_id=patient.patient_id,
-        source=context.source(rens),
-        concept=concept.name if concept else None,
-        code=Coding(system=RENS_COMPL_SYSTEM, code=code),
-        value=value,
-        unit=canonical,
-        original_value=_text(number),
-        original_unit=unit,
-        time=when,
-        flags=tuple(flags),
-    )
+    fields = measurement.fields() | {
+        "fact_id": f"pn13:measure:{patient.patient_id}:{code.code}:{when.isoformat()}",
+        "patient_id": patient.patient_id,
+        "source": context.source(rens),
+        "code": code,
+        "time": when,
+    }
+    context.add(measurement.model(**fields))
 
 
 # Order lines -------------------------------------------------------------------------------
@@ -928,10 +887,10 @@ def _number(context: _Context, element: Element | None) -> float | None:
     text = element.text.strip() if element is not None else ""
     if element is None or not text:
         return None
-    if not _NUMBER.match(text):
+    number = decimal_point_or_comma(text)
+    if number is None:
         context.problem(element, "a number", text)
-        return None
-    return float(text.replace(",", "."))
+    return number
 
 
 def _positive(context: _Context, element: Element | None) -> float | None:
