@@ -391,17 +391,11 @@ def _read_result(message: _Message, record: Record) -> None:
 
 
 def _lab_result(message: _Message, patient: Patient, record: Record) -> LabResult | Observation:
-    code, label, system_hint = [*message.components(record, 4), "", ""][:3]
-    code, label = code.strip(), label.strip() or None
+    code, label, hint = (part.strip() for part in [*message.components(record, 4), "", ""][:3])
     if not code:
         raise message.error(record.where(4), "a result code (code~label~system)")
     time = _result_time(message, record)
-    short = normalise_system(system_hint) if system_hint.strip().upper() not in ("", "L") else None
-    codings = [Coding(system=system, code=code, display=label) for system in (short,) if system]
-    codings = codings or [
-        Coding(system=system, code=code, display=label) for system in _LAB_SYSTEMS
-    ]
-    match = match_code(message.terminology, codings)
+    match = match_code(message.terminology, _codings(hint, code, label or None))
     measurement = normalise(
         message.terminology,
         match,
@@ -422,7 +416,8 @@ def _lab_result(message: _Message, patient: Patient, record: Record) -> LabResul
 def _codings(hint: str, code: str, label: str | None) -> list[Coding]:
     """The code in the system its third component names, else as ``HPRIM`` then ``LOCAL``."""
     short = normalise_system(hint) if hint and hint.upper() != "L" else None
-    return [Coding(system=system, code=code, display=label) for system in (short or _LAB_SYSTEMS)]
+    systems = (short,) if short else _LAB_SYSTEMS
+    return [Coding(system=system, code=code, display=label) for system in systems]
 
 
 def _reading(message: _Message, record: Record) -> Reading:

@@ -309,7 +309,7 @@ def _unmapped(
 ) -> Measurement:
     """Everything as received, the unit in its canonical spelling: nothing to convert to."""
     detail = f"code {match.coding.code!r} is not mapped to a lab or observation concept"
-    flags = (_flag(FlagCode.UNMAPPED_CODE, _at(positions.code, detail)),)
+    flags: tuple[Flag, ...] = (_flag(FlagCode.UNMAPPED_CODE, _at(positions.code, detail)),)
     if reading.number is None:
         flags += (_non_numeric(reading.text, positions.value),)
     spellings = reading.spellings

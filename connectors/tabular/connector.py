@@ -49,9 +49,12 @@ How rows become facts:
   expected a date like 2024-03-01T08:00, got '32/13/2024'``; the other rows load. A required
   column missing from the header is fatal; a mapped optional column missing is reported once
   per message and left empty.
-- Labs and observations: concept from the mapping's ``codes`` table, else the terminology;
-  value converted with ``to_canonical``; unmapped code, unknown unit or non-numeric value:
-  fact kept with ``value=None`` and a flag; the cell text is kept in ``original_value/unit``.
+- Labs and observations: concept from the mapping's ``codes`` table, else the terminology; the
+  value read in the mapping's number syntax, then normalised by ``vigie.connectors.labs`` like
+  every feed's (converted to the concept's unit with the range; an unmapped code keeps its
+  value as sent, an unknown unit or a non-numeric value gives ``value=None``, each flagged);
+  the cell text is kept in ``original_value/unit``. A row's concept decides whether it is a
+  LabResult or an Observation; an unmapped code takes its file's kind.
 - Drugs: ATC column if filled, else ``drug_atc(system, code)``, else the mapping's
   ``drug_codes``; unmapped: kept and flagged. Routes: mapping ``routes``, else the terminology.
 - Times become naive UTC (``vigie.connectors.base.as_utc``): a time without an offset is in the
@@ -79,11 +82,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from vigie.connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
+from vigie.connectors.labs import CodeMatch, Reading, ReferenceRange, match_code, normalise
 from vigie.connectors.tabular.canonical import CANONICAL_FILES, write_canonical_csv
 from vigie.connectors.tabular.mapping import (
     ISO,
@@ -113,11 +117,7 @@ from vigie.facts import (
     Source,
     Stay,
 )
-from vigie.terminology import (
-    Terminology,
-    UnknownUnit,
-    default_terminology,
-)
+from vigie.terminology import Terminology, default_terminology
 
 __all__ = [
     "CANONICAL_FILES",
@@ -584,91 +584,56 @@ def _administration(row: _Row) -> MedicationAdministration:
     )
 
 
-@dataclass(frozen=True)
-class _Measure:
-    """A lab/observation value: canonical value and unit, or the reason it has none."""
-
-    value: float | None
-    unit: str | None
-    flags: tuple[Flag, ...]
-    convert: Callable[[float], float | None]
-
-
-def _concept(row: _Row, system: str | None, code: str) -> tuple[str | None, str | None]:
-    local: LocalConcept | None = row.spec.codes.get(code)
+def _code_match(row: _Row, coding: Coding) -> CodeMatch:
+    """The mapping's ``codes`` table first (local code → concept and the unit it implies), then
+    the terminology."""
+    local: LocalConcept | None = row.spec.codes.get(coding.code)
     if local is not None:
-        return local.concept, local.unit
-    concept = row.terminology.lab_concept(system, code)
-    if concept is None:
-        return None, None
-    return concept.name, row.terminology.implied_unit(system, code)
+        return CodeMatch(coding, row.terminology.concepts[local.concept], local.unit)
+    return match_code(row.terminology, [coding])
 
 
-def _measure(row: _Row, concept: str | None, implied: str | None, code: str) -> _Measure:
-    text, cell_unit = row.text("value"), row.text("unit")
-    unit = row.spec.units.get(cell_unit) or cell_unit or implied
-    term = row.terminology
-
-    def convert(value: float) -> float | None:
-        try:
-            return term.to_canonical(concept, value, unit)[0] if concept else None
-        except UnknownUnit:
-            return None
-
-    if concept is None:
-        detail = f"code {row.text('code_system') or 'LOCAL'}|{code} is not in [{row.spec.key}"
-        flag = _flag(FlagCode.UNMAPPED_CODE, detail + ".codes] nor in the terminology")
-        return _Measure(None, None, (flag,), convert)
+def _reading(row: _Row) -> Reading:
+    """The value cell in the mapping's number syntax; the unit through its ``units`` table."""
+    text, unit = row.text("value"), row.text("unit")
     number = None if text is None else parse_number(text, row.spec.format.decimal)
-    if number is None:
-        flag = _flag(FlagCode.NON_NUMERIC_VALUE, f"{concept} result {text or ''!r} is not a number")
-        return _Measure(None, None, (flag,), convert)
-    try:
-        value, canonical = term.to_canonical(concept, number, unit)
-    except UnknownUnit as error:
-        return _Measure(None, None, (_flag(FlagCode.UNKNOWN_UNIT, str(error)),), convert)
-    return _Measure(value, canonical, (), convert)
+    spelling = row.spec.units.get(unit) or unit
+    spellings = (spelling,) if spelling else ()
+    return Reading(row.cell_text("value"), number, row.cell_text("unit"), spellings)
 
 
-def _measurement(row: _Row, prefix: str) -> tuple[dict[str, Any], _Measure]:
-    """The fields labs and observations share, and the measure (to convert a lab's range)."""
+def _measured(row: _Row, prefix: Literal["lab", "observation"]) -> LabResult | Observation:
+    """A lab or observation row; the concept decides the kind, ``prefix`` when unmapped."""
     system, code = row.text("code_system"), row.required("code")
+    coding = Coding(system=system, code=code, display=row.text("display"))
     time = row.required_when("time")
-    concept, implied = _concept(row, system, code)
-    measure = _measure(row, concept, implied, code)
-    fields = {
+    reference = None
+    if prefix == "lab":
+        reference = ReferenceRange(row.number("reference_low"), row.number("reference_high"))
+    measurement = normalise(
+        row.terminology,
+        _code_match(row, coding),
+        _reading(row),
+        reference=reference,
+        abnormal_flag=row.text("abnormal_flag") if prefix == "lab" else None,
+        unmapped_kind=prefix,
+    )
+    fields = measurement.fields() | {
         "fact_id": row.text(f"{prefix}_id") or row.content_id(prefix),
         "patient_id": row.required("patient_id"),
         "source": row.source,
-        "flags": measure.flags,
-        "concept": concept,
-        "code": Coding(system=system, code=code, display=row.text("display")),
+        "code": coding,
         "time": time,
     }
-    return fields | _given(
-        value=measure.value,
-        unit=measure.unit,
-        original_value=row.cell_text("value"),
-        original_unit=row.cell_text("unit"),
-    ), measure
+    return measurement.model(**fields)
 
 
-def _lab(row: _Row) -> LabResult:
-    fields, measure = _measurement(row, "lab")
-    # The reference range is converted like the value, so both are in the canonical unit.
-    low, high = row.number("reference_low"), row.number("reference_high")
-    return LabResult(
-        **fields,
-        **_given(
-            reference_low=None if low is None else measure.convert(low),
-            reference_high=None if high is None else measure.convert(high),
-            abnormal_flag=row.text("abnormal_flag"),
-        ),
-    )
+def _lab(row: _Row) -> LabResult | Observation:
+    return _measured(row, "lab")
 
 
-def _observation(row: _Row) -> Observation:
-    return Observation(**_measurement(row, "observation")[0])
+def _observation(row: _Row) -> LabResult | Observation:
+    return _measured(row, "observation")
 
 
 def _condition(row: _Row) -> Condition:
