@@ -8,7 +8,8 @@ combinations, builds explained ``Alert`` objects and formats messages. ``Context
 >>> from datetime import datetime
 >>> from vigie.facts import Coding, LabResult, MedicationOrder, Patient, Source
 >>> ir = {"ir_version": 1, "pack": {"name": "demo", "version": "1.0.0", "file": "demo.rules",
-...       "sha256": "0"}, "params": {}, "sets": {"acei": {"system": "atc", "source": {},
+...       "sha256": "0"}, "params": {}, "sets": {"acei": {"system": "atc",
+...       "source": {"file": "demo.rules", "line": 2},
 ...       "terms": [{"include": ["C09A"], "exclude": []}]}}, "rules": [{"id": "demo.k",
 ...       "version": 1, "title": "K+", "severity": "major", "level": 1, "reference": None,
 ...       "problem": {"code": "7", "display": "p"}, "intervention": {"code": "2", "display": "i"},
@@ -17,14 +18,17 @@ combinations, builds explained ``Alert`` objects and formats messages. ``Context
 ...       "bindings": [{"name": "d", "kind": "drug", "set": "acei", "routes": None, "span": [5, 5]},
 ...                    {"name": "k", "kind": "value", "span": [6, 5], "expr": {"op": "lab",
 ...                     "args": [], "concept": "potassium", "fact_kind": "lab",
-...                     "select": "latest", "window": None, "type": "lab", "unit": "mmol/L"}}],
-...       "condition": {"op": "gt", "type": "bool", "args": [
-...           {"op": "attr", "name": "value", "type": "number", "unit": "mmol/L",
-...            "args": [{"op": "var", "name": "k", "type": "lab", "unit": "mmol/L", "args": []}]},
-...           {"op": "const", "value": 5.5, "type": "number", "unit": "mmol/L", "args": []}]},
+...                     "select": "latest", "window": None, "type": "lab", "unit": "mmol/L",
+...                     "span": [6, 9]}}],
+...       "condition": {"op": "gt", "type": "bool", "span": [7, 5], "args": [
+...           {"op": "attr", "name": "value", "type": "number", "unit": "mmol/L", "span": [7, 5],
+...            "args": [{"op": "var", "name": "k", "type": "lab", "unit": "mmol/L",
+...                      "span": [7, 5], "args": []}]},
+...           {"op": "const", "value": 5.5, "type": "number", "unit": "mmol/L", "span": [7, 9],
+...            "args": []}]},
 ...       "escalations": [], "message": [{"text": "K+ "}, {"expr": {"op": "attr", "name": "value",
-...           "type": "number", "unit": "mmol/L", "args": [{"op": "var", "name": "k",
-...           "type": "lab", "args": []}]}}]}]}
+...           "type": "number", "unit": "mmol/L", "span": [8, 10], "args": [{"op": "var",
+...           "name": "k", "type": "lab", "unit": "mmol/L", "span": [8, 10], "args": []}]}}]}]}
 >>> src = Source(feed="csv", document="labs.csv", position="line 2")
 >>> facts = [
 ...     MedicationOrder(fact_id="o1", patient_id="p1", source=src, order_id="o1",

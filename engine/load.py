@@ -35,10 +35,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from vigie.engine.alerts import CodedValue, RuleRef
 from vigie.engine.errors import EngineError, PackError, RuleRuntimeError
 from vigie.engine.expressions import ClosureBuilder, Scope, expand_routes
 from vigie.engine.runtime import Closure, CodeSets
+from vigie.ir_schema import IR_VERSION, ir_adapter, json_path
 
 __all__ = [
     "CodeSets",
@@ -51,10 +54,11 @@ __all__ = [
     "ParamSpec",
     "RuleRuntimeError",
     "Selection",
+    "check_ir",
     "load_pack",
 ]
 
-SUPPORTED_IR_VERSION = 1
+SUPPORTED_IR_VERSION = IR_VERSION
 
 
 # Parameters --------------------------------------------------------------------------------------
@@ -329,11 +333,13 @@ class LoadedPack:
 
 
 def load_pack(ir: Mapping[str, Any]) -> LoadedPack:
-    """Load an IR dict (as written by ``rules.compile_pack``) into closures, once."""
+    """Load an IR dict (as written by ``rules.compile_pack``) into closures, once.
+
+    The IR is first checked against its schema (``vigie.ir_schema``): a malformed one is a
+    ``PackError`` that says where, e.g. ``malformed IR at rules[0].condition.args[1]: ...``.
+    """
+    check_ir(ir)
     try:
-        version = ir.get("ir_version")
-        if version != SUPPORTED_IR_VERSION:
-            raise PackError(f"IR version {version!r} is not supported (expected 1)")
         pack = ir["pack"]
         sets = CodeSets(ir.get("sets") or {})
         params = {name: _param(name, spec) for name, spec in (ir.get("params") or {}).items()}
@@ -351,6 +357,32 @@ def load_pack(ir: Mapping[str, Any]) -> LoadedPack:
         params=params,
         sets=sets,
     )
+
+
+def check_ir(ir: Mapping[str, Any]) -> None:
+    """The IR's version, then its shape against ``vigie.ir_schema``; ``PackError`` if wrong."""
+    version = ir.get("ir_version") if isinstance(ir, Mapping) else None
+    if version != SUPPORTED_IR_VERSION:
+        raise PackError(
+            f"IR version {version!r} is not supported (expected {SUPPORTED_IR_VERSION})"
+        )
+    try:
+        ir_adapter().validate_python(ir)
+    except ValidationError as error:
+        raise PackError(_schema_error(ir, error)) from None
+
+
+def _schema_error(ir: Mapping[str, Any], error: ValidationError) -> str:
+    """The first problem with its JSON path; pydantic's list of expected tags is left out."""
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    context = first.get("ctx") or {}
+    if first["type"] == "union_tag_invalid":
+        detail = f"unknown {context['discriminator'].strip(chr(39))} {context['tag']!r}"
+    else:
+        detail = first["msg"]
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"malformed IR at {json_path(ir, first['loc'])}: {detail}{more}"
 
 
 def _param(name: str, spec: Mapping[str, Any]) -> ParamSpec:

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from vigie.rules.check import CheckResult, check
 from vigie.rules.concepts import Catalogue
@@ -72,7 +72,7 @@ def compile_pack(
     diagnostics = sort_diagnostics([*parsed.diagnostics, *result.diagnostics])
     if any(d.is_error for d in diagnostics):
         return None, diagnostics
-    return build_ir(result, text, file, catalogue), diagnostics
+    return cast(IR, build_ir(result, text, file, catalogue)), diagnostics
 
 
 def compile_pack_or_raise(text: str, file: str = "<string>") -> IR:

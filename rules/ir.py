@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
+from vigie.ir_schema import EXPRESSION_OPS, IR, IR_VERSION, Param, Rule, SetSystem
 from vigie.rules import nodes as n
 from vigie.rules.check import INTERVENTION_CODES, PROBLEM_CODES, CheckResult, RuleInfo
 from vigie.rules.check_expressions import Annotations
@@ -23,20 +24,9 @@ from vigie.rules.types import DERIVED, WINDOWED_DERIVED, Kind, Type
 
 __all__ = ["IR_OPS", "IR_VERSION", "build_ir", "dumps_ir", "iter_ir_nodes"]
 
-IR_VERSION = 1
-# Every expression op the IR may contain (docs/rules-design.md documents each one).
-IR_OPS = frozenset(
-    {
-        "const", "param", "convert", "var", "attr",
-        "and", "or", "not", "known",
-        "lt", "le", "gt", "ge", "eq", "ne", "between", "in_set",
-        "add", "sub", "mul", "div", "neg", "otherwise",
-        "any_drug", "count_drugs", "daily_dose", "mme",
-        "lab", "lab_count", "lab_none",
-        "has_condition", "has_allergy", "has_pregnancy",
-        "age", "sex", "weight", "height", "clearance", "egfr", "now",
-    }
-)  # fmt: skip
+# Every expression op the IR may contain (docs/rules-design.md documents each one; the schema,
+# ``vigie.ir_schema``, states each one's fields).
+IR_OPS = EXPRESSION_OPS
 IRNode = dict[str, Any]
 
 _COMPARISONS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
@@ -56,10 +46,8 @@ _DRUG_OPS = {"any_drug", "count_drugs", "daily_dose"}
 _FACT_OPS = {"has_condition": "condition", "has_allergy": "allergy", "has_pregnancy": "pregnancy"}
 
 
-def build_ir(
-    result: CheckResult, source: str, file: str, catalogue: Catalogue | None = None
-) -> IRNode:
-    """The IR of a pack that checked without errors."""
+def build_ir(result: CheckResult, source: str, file: str, catalogue: Catalogue | None = None) -> IR:
+    """The IR of a pack that checked without errors, in the shape of ``vigie.ir_schema.IR``."""
     if not result.ok:
         raise ValueError("build_ir needs a pack without errors")
     lowering = _Lowering(result, catalogue or default_catalogue())
@@ -67,14 +55,14 @@ def build_ir(
     return {
         "ir_version": IR_VERSION,
         "pack": {
-            "name": header.name if header else None,
-            "version": header.version if header else None,
+            "name": header.name if header else "",
+            "version": header.version if header else "",
             "file": file,
             "sha256": hashlib.sha256(source.encode("utf-8")).hexdigest(),
         },
         "sets": {
             name: {
-                "system": s.system,
+                "system": cast(SetSystem, s.system),
                 "terms": [{"include": list(inc), "exclude": list(exc)} for inc, exc in s.terms],
                 "source": {"file": s.span.file, "line": s.span.line},
             }
@@ -102,7 +90,7 @@ def iter_ir_nodes(value: Any) -> Iterator[IRNode]:
             yield from iter_ir_nodes(item)
 
 
-def _param(info: Any) -> IRNode:
+def _param(info: Any) -> Param:
     decl: n.ParamDecl = info.decl
     unit = None if info.type.bare else info.type.unit
     return {
@@ -124,7 +112,7 @@ class _Lowering:
 
     # Rules ----------------------------------------------------------------
 
-    def rule(self, rule: RuleInfo) -> IRNode:
+    def rule(self, rule: RuleInfo) -> Rule:
         decl = rule.decl
         conditions = [self.expr(s.expr, {}) for s in rule.statements if isinstance(s, n.Condition)]
         out: IRNode = {
@@ -149,7 +137,7 @@ class _Lowering:
             "message": self.message(rule),
         }
         out["depends_on"] = _depends_on(out, self.catalogue)
-        return out
+        return cast(Rule, out)  # expression nodes are built as dicts: the schema test checks them
 
     def binding(self, statement: n.Binding) -> IRNode:
         value = statement.value
