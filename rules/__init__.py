@@ -1,8 +1,8 @@
 """The Vigie rule language: text → syntax tree → checked pack → IR (JSON).
 
 Stages, one module each: ``grammar.lark`` and ``parser`` (text → ``nodes``), ``check`` (names,
-types, units, codes, structure → diagnostics), ``ir`` (checked tree → JSON-ready dict). The
-evaluator (``rules/compile.py``, ``engine/``) reads only the IR.
+types, units, codes, structure → diagnostics), ``ir`` (checked tree → JSON-ready dict, in the
+shape of ``vigie.ir_schema``). The engine loads only the IR (``vigie.engine.load_pack``).
 
 >>> ir, diagnostics = compile_pack('''
 ... pack "demo" version "1.0.0"

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vigie import rules
+from vigie.engine import evaluate as engine_evaluate
 from vigie.engine.alerts import Alert
 from vigie.engine.factset import FactSet
 from vigie.rules.units import unit_factor
@@ -101,25 +102,10 @@ class CaseResult:
 Evaluate = Callable[..., list[Alert]]
 
 
-def _evaluator() -> Evaluate:
-    """``vigie.engine.evaluate``: the module ``engine/evaluate.py`` or a function of ``engine``."""
-    import importlib
-
-    module = importlib.import_module("vigie.engine.evaluate")
-    function = getattr(module, "evaluate", module)
-    if not callable(function):
-        raise ImportError("engine.evaluate has no evaluate function")
-    return function  # type: ignore[no-any-return]
-
-
 def run_case(case: RuleTestCase, packs: PackCache, evaluate: Evaluate | None = None) -> CaseResult:
     """Evaluate one case against its packs and compare with what it expects."""
     result = CaseResult(case)
-    try:
-        evaluate = evaluate or _evaluator()
-    except ImportError as exc:
-        result.error = f"the evaluator is not available: {exc}"
-        return result
+    evaluate = evaluate or engine_evaluate
     compiled = [packs.get(ref.path) for ref in case.packs]
     broken = [(ref, c) for ref, c in zip(case.packs, compiled, strict=True) if c.ir is None]
     if broken:
