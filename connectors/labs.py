@@ -54,7 +54,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from vigie.facts import Coding, Flag, FlagCode, LabResult, Observation
 from vigie.terminology import Concept, UnknownUnit
@@ -257,21 +257,41 @@ def normalise(
 ) -> Measurement:
     """The one normalisation of a result (see the module docstring)."""
     reference = reference or ReferenceRange(None, None)
-    flag = (abnormal_flag or "").strip() or None
     if match.concept is None:
-        return _unmapped(tables, match, reading, reference, flag, unmapped_kind, positions)
-    return _mapped(tables, match.concept, match, reading, reference, flag, positions)
+        found = _as_received(tables, match, reading, reference, unmapped_kind, positions)
+    else:
+        found = _converted(tables, match.concept, match, reading, reference, positions)
+    return Measurement(
+        kind=found.kind,
+        concept=match.concept.name if match.concept else None,
+        value=found.value,
+        unit=found.unit,
+        original_value=reading.text,
+        original_unit=reading.unit,
+        reference_low=found.low,
+        reference_high=found.high,
+        abnormal_flag=(abnormal_flag or "").strip() or None,
+        flags=found.flags,
+    )
 
 
-def _mapped(
+class _Normalised(NamedTuple):
+    kind: Kind
+    value: float | None
+    unit: str | None
+    low: float | None
+    high: float | None
+    flags: tuple[Flag, ...]
+
+
+def _converted(
     tables: LabTables,
     concept: Concept,
     match: CodeMatch,
     reading: Reading,
     reference: ReferenceRange,
-    abnormal_flag: str | None,
     positions: FlagPositions,
-) -> Measurement:
+) -> _Normalised:
     """Value and range in the concept's unit, from the unit sent or else the implied one."""
     spellings = reading.spellings or ((match.implied_unit,) if match.implied_unit else ())
     conversion = _conversion(tables, concept.name, spellings, reading.number)
@@ -284,47 +304,26 @@ def _mapped(
         detail = str(UnknownUnit(concept.name, shown, concept.unit))
         flags = (_flag(FlagCode.UNKNOWN_UNIT, _at(positions.unit, detail)),)
     low, high = _converted_range(tables, concept, reference, unit)
-    return Measurement(
-        kind="lab" if concept.kind == "lab" else "observation",
-        concept=concept.name,
-        value=value,
-        unit=None if unit is None else concept.unit,
-        original_value=reading.text,
-        original_unit=reading.unit,
-        reference_low=low,
-        reference_high=high,
-        abnormal_flag=abnormal_flag,
-        flags=flags,
-    )
+    kind: Kind = "lab" if concept.kind == "lab" else "observation"
+    return _Normalised(kind, value, None if unit is None else concept.unit, low, high, flags)
 
 
-def _unmapped(
+def _as_received(
     tables: LabTables,
     match: CodeMatch,
     reading: Reading,
     reference: ReferenceRange,
-    abnormal_flag: str | None,
     kind: Kind,
     positions: FlagPositions,
-) -> Measurement:
-    """Everything as received, the unit in its canonical spelling: nothing to convert to."""
+) -> _Normalised:
+    """An unmapped code: everything as received, the unit in its canonical spelling."""
     detail = f"code {match.coding.code!r} is not mapped to a lab or observation concept"
     flags: tuple[Flag, ...] = (_flag(FlagCode.UNMAPPED_CODE, _at(positions.code, detail)),)
     if reading.number is None:
         flags += (_non_numeric(reading.text, positions.value),)
     spellings = reading.spellings
-    return Measurement(
-        kind=kind,
-        concept=None,
-        value=reading.number,
-        unit=tables.canonical_unit(spellings[0]) or None if spellings else None,
-        original_value=reading.text,
-        original_unit=reading.unit,
-        reference_low=reference.low,
-        reference_high=reference.high,
-        abnormal_flag=abnormal_flag,
-        flags=flags,
-    )
+    unit = tables.canonical_unit(spellings[0]) or None if spellings else None
+    return _Normalised(kind, reading.number, unit, reference.low, reference.high, flags)
 
 
 def _conversion(

@@ -17,6 +17,7 @@ as much as reading the resource. Three things make it cheaper:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache, lru_cache
 from typing import Any, TypeVar
 
@@ -122,6 +123,19 @@ def _remember(answers: dict[_Key, _Answer], key: _Key, answer: _Answer) -> _Answ
     return answer
 
 
+def _ask(
+    answers: dict[_Key, _Answer],
+    question: Callable[[str | None, str], _Answer],
+    system: str | None,
+    code: str,
+) -> _Answer:
+    """The remembered answer to ``question(system, code)``, asked the first time only."""
+    key = (system, code)
+    if key in answers:
+        return answers[key]
+    return _remember(answers, key, question(system, code))
+
+
 class TerminologyMemo:
     """The lookups the FHIR extractors make, memoised per (system, code): a Terminology's tables
     do not change once loaded, and a bulk file asks the same few hundred questions over and over.
@@ -139,49 +153,27 @@ class TerminologyMemo:
         self._units: dict[_Key, str] = {}
 
     def lab_concept(self, system: str | None, code: str) -> Concept | None:
-        key = (system, code)
-        if key in self._concepts:
-            return self._concepts[key]
-        return _remember(self._concepts, key, self.terminology.lab_concept(system, code))
+        return _ask(self._concepts, self.terminology.lab_concept, system, code)
 
     def implied_unit(self, system: str | None, code: str) -> str | None:
-        key = (system, code)
-        if key in self._implied_units:
-            return self._implied_units[key]
-        return _remember(self._implied_units, key, self.terminology.implied_unit(system, code))
+        return _ask(self._implied_units, self.terminology.implied_unit, system, code)
 
     def drug_atc(self, system: str | None, code: str) -> str | None:
-        key = (system, code)
-        if key in self._atc:
-            return self._atc[key]
-        return _remember(self._atc, key, self.terminology.drug_atc(system, code))
+        return _ask(self._atc, self.terminology.drug_atc, system, code)
 
     def icd10(self, system: str | None, code: str) -> str | None:
-        key = (system, code)
-        if key in self._icd10:
-            return self._icd10[key]
-        return _remember(self._icd10, key, self.terminology.icd10(system, code))
+        return _ask(self._icd10, self.terminology.icd10, system, code)
 
     def allergy_atc(self, system: str | None, code: str) -> tuple[str, ...]:
-        key = (system, code)
-        if key in self._allergy_atc:
-            return self._allergy_atc[key]
-        return _remember(self._allergy_atc, key, self.terminology.allergy_atc(system, code))
+        return _ask(self._allergy_atc, self.terminology.allergy_atc, system, code)
 
     def allergy_is_drug(self, system: str | None, code: str) -> bool | None:
-        key = (system, code)
-        if key in self._allergy_is_drug:
-            return self._allergy_is_drug[key]
-        answer = self.terminology.allergy_is_drug(system, code)
-        return _remember(self._allergy_is_drug, key, answer)
+        return _ask(self._allergy_is_drug, self.terminology.allergy_is_drug, system, code)
 
     def route(self, system: str | None, code_or_text: str | None) -> str | None:
         if not code_or_text:
             return None
-        key = (system, code_or_text)
-        if key in self._routes:
-            return self._routes[key]
-        return _remember(self._routes, key, self.terminology.route(system, code_or_text))
+        return _ask(self._routes, self.terminology.route, system, code_or_text)
 
     def canonical_unit(self, unit: str | None) -> str:
         if unit is None:

@@ -32,6 +32,8 @@ AL1 (v2.5):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from vigie.connectors.base import FeedError
 from vigie.connectors.hl7v2.clinical import Context, time_or_error, visit_number
 from vigie.connectors.hl7v2.message import Hl7Message, SegmentRef
@@ -67,11 +69,7 @@ def load_history(ctx: Context) -> None:
 
 def load_conditions(ctx: Context) -> None:
     """A Condition per DG1; a bad one is a located non-fatal error."""
-    for dg1 in ctx.message.all("DG1"):
-        try:
-            _load_condition(ctx, dg1)
-        except FeedError as error:
-            ctx.fail(error)
+    _load_each(ctx, "DG1", _load_condition)
 
 
 def _load_condition(ctx: Context, dg1: SegmentRef) -> None:
@@ -128,9 +126,14 @@ def _condition_key(ctx: Context, dg1: SegmentRef, icd10: str | None, coding: Cod
 
 def load_allergies(ctx: Context) -> None:
     """An Allergy per AL1; a bad one is a located non-fatal error."""
-    for al1 in ctx.message.all("AL1"):
+    _load_each(ctx, "AL1", _load_allergy)
+
+
+def _load_each(ctx: Context, name: str, load: Callable[[Context, SegmentRef], None]) -> None:
+    """``load`` on every segment called ``name``; a located error is kept, the rest goes on."""
+    for segment in ctx.message.all(name):
         try:
-            _load_allergy(ctx, al1)
+            load(ctx, segment)
         except FeedError as error:
             ctx.fail(error)
 

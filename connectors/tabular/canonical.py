@@ -168,17 +168,8 @@ def _lab_row(fact: LabResult, term: Terminology) -> dict[str, Any]:
         # The range is in the canonical unit: the written value and unit must be too.
         unit = term.concepts[fact.concept].unit
         value = value if fact.value is None else fact.value
-    return {
-        "lab_id": fact.fact_id,
-        "patient_id": fact.patient_id,
-        "code_system": fact.code.system,
-        "code": fact.code.code,
-        "value": value,
-        "unit": unit,
-        "time": fact.time,
-        "reference_low": fact.reference_low,
-        "reference_high": fact.reference_high,
-    }
+    range_cells = {"reference_low": fact.reference_low, "reference_high": fact.reference_high}
+    return _measure_row(fact, "lab_id", value, unit) | range_cells
 
 
 def _is_canonical(term: Terminology, concept: str, unit: str | None) -> bool:
@@ -189,9 +180,15 @@ def _is_canonical(term: Terminology, concept: str, unit: str | None) -> bool:
 
 
 def _observation_row(fact: Observation, term: Terminology) -> dict[str, Any]:
-    value, unit = _value_cells(fact, term)
+    return _measure_row(fact, "observation_id", *_value_cells(fact, term))
+
+
+def _measure_row(
+    fact: LabResult | Observation, id_column: str, value: Any, unit: str | None
+) -> dict[str, Any]:
+    """The cells labs and observations share, in the layout's column order."""
     return {
-        "observation_id": fact.fact_id,
+        id_column: fact.fact_id,
         "patient_id": fact.patient_id,
         "code_system": fact.code.system,
         "code": fact.code.code,

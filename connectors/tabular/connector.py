@@ -82,7 +82,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 
@@ -141,6 +141,7 @@ _EXAMPLE_TIME = datetime(2024, 3, 1, 8, 0)
 _TRUE = {"true", "1", "yes", "y", "oui", "o", "vrai"}
 _FALSE = {"false", "0", "no", "n", "non", "faux"}
 _LINE = re.compile(r"[^\n]*\n|[^\n]+")
+_Value = TypeVar("_Value")
 
 
 # Records: CSV rows with their physical line numbers ------------------------------------------
@@ -332,13 +333,17 @@ class _Row:
     def constant(self, field: str) -> Any:
         return self.spec.constants.get(field)
 
+    def constant_as(self, field: str, convert: Callable[[Any], _Value]) -> _Value | None:
+        """A field's constant (when its cell is empty or it has no column), converted."""
+        value = self.constant(field)
+        return None if value is None else convert(value)
+
     # Typed values ----------------------------------------------------------------------
 
     def text(self, field: str) -> str | None:
         text = self.cell_text(field)
         if text is None:
-            value = self.constant(field)
-            return None if value is None else str(value)
+            return self.constant_as(field, str)
         translated = self.spec.values[field].get(text) if field in self.spec.values else None
         return text if translated is None else str(translated)
 
@@ -351,8 +356,7 @@ class _Row:
     def number(self, field: str) -> float | None:
         text = self.cell_text(field)
         if text is None:
-            value = self.constant(field)
-            return None if value is None else float(value)
+            return self.constant_as(field, float)
         number = parse_number(text, self.spec.format.decimal)
         if number is None:
             mark = "a decimal comma" if self.spec.format.decimal == "," else "a decimal point"
@@ -362,15 +366,8 @@ class _Row:
         return number
 
     def when(self, field: str) -> datetime | None:
-        text = self.cell_text(field)
-        if text is None:
-            return None
-        value = _parse_datetime(text, self.spec.format.date_formats)
-        if value is None:
-            raise self.error(
-                field, f"a date like {_date_example(self.spec.format.date_formats)}", text
-            )
-        return as_utc(value)  # fact times are naive UTC; no offset means the site's zone
+        value = self._datetime(field, day_only=False)
+        return None if value is None else as_utc(value)  # naive UTC; no offset: the site's zone
 
     def required_when(self, field: str) -> datetime:
         value = self.when(field)
@@ -379,20 +376,23 @@ class _Row:
         return value
 
     def day(self, field: str) -> date | None:
+        value = self._datetime(field, day_only=True)
+        return None if value is None else value.date()
+
+    def _datetime(self, field: str, day_only: bool) -> datetime | None:
         text = self.cell_text(field)
         if text is None:
             return None
         formats = self.spec.format.date_formats
         value = _parse_datetime(text, formats)
         if value is None:
-            raise self.error(field, f"a date like {_date_example(formats, day_only=True)}", text)
-        return value.date()
+            raise self.error(field, f"a date like {_date_example(formats, day_only)}", text)
+        return value
 
     def flag(self, field: str) -> bool | None:
         text = self.cell_text(field)
         if text is None:
-            value = self.constant(field)
-            return None if value is None else bool(value)
+            return self.constant_as(field, bool)
         table = self.spec.values.get(field)
         translated = table.get(text) if table else None
         if isinstance(translated, bool):
@@ -404,8 +404,7 @@ class _Row:
     def choice(self, field: str) -> str | None:
         text = self.cell_text(field)
         if text is None:
-            value = self.constant(field)
-            return None if value is None else str(value)
+            return self.constant_as(field, str)
         table = self.spec.values.get(field)
         translated = table.get(text) if table else None
         if translated is not None:
