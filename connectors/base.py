@@ -14,16 +14,15 @@ re-raised as ``FeedError``; they never reach a user raw.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 from typing import Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from vigie.errors import VigieError
 from vigie.facts import AnyFact
+from vigie.settings import site_timezone
 
 __all__ = [
     "Connector",
@@ -57,7 +56,7 @@ class RawMessage:
         return hashlib.sha256(self.content).hexdigest()
 
 
-class FeedError(Exception):
+class FeedError(VigieError):
     """A located, human-readable error in an inbound document.
 
     ``str(error)`` reads like ``adt.hl7: message MSG0001: PID-7: expected a date YYYYMMDD[HHMM],
@@ -155,22 +154,9 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
-@cache
-def site_timezone() -> ZoneInfo:
-    """The hospital's time zone (``VIGIE_TIMEZONE``, default Europe/Paris).
-
-    Feeds that send times without an offset (HL7 v2 and HPRIM usually, PN13, CSV exports) are
-    read in this zone.
-    """
-    name = os.environ.get("VIGIE_TIMEZONE", "Europe/Paris")
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as error:
-        raise ValueError(f"VIGIE_TIMEZONE={name!r} is not a known time zone") from error
-
-
 def as_utc(moment: datetime) -> datetime:
-    """A fact time: naive, in UTC. Times without an offset are taken in the site's zone.
+    """A fact time: naive, in UTC. Times without an offset are taken in the site's zone
+    (``vigie.settings.site_timezone``, re-exported here; ``ConfigurationError`` if unknown).
 
     Every fact time is naive UTC so that feeds with and without offsets compare correctly.
     """

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from vigie.errors import VigieError
+
 __all__ = ["EngineError", "PackError", "RuleRuntimeError"]
 
 
-class EngineError(Exception):
+class EngineError(VigieError):
     """Root of the engine's errors: nothing else escapes ``evaluate`` or ``load_pack``."""
 
 

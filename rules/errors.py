@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from vigie.errors import VigieError
 from vigie.rules.diagnostics import Diagnostic
 
 __all__ = ["RuleCheckError", "RuleError", "RuleSyntaxError"]
 
 
-class RuleError(Exception):
+class RuleError(VigieError):
     """A pack that cannot be compiled; ``diagnostics`` says why and where."""
 
     def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:

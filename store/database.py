@@ -16,7 +16,6 @@ the user's data directory, so every command and the service share it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +45,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from vigie import settings
+from vigie.errors import VigieError
 from vigie.facts import FACT_KINDS, AnyFact, Fact, Patient
 
 __all__ = [
@@ -57,13 +58,13 @@ __all__ = [
 ]
 
 
-class StoreError(Exception):
+class StoreError(VigieError):
     """The store could not be reached or written; wraps the database library's error."""
 
 
 def default_database_url() -> str:
     """``VIGIE_DATABASE_URL``, else ``sqlite:///<user data dir>/vigie.db``."""
-    url = os.environ.get("VIGIE_DATABASE_URL")
+    url: str | None = settings.value("database_url")
     if url:
         return url
     directory = Path(user_data_dir("vigie", appauthor=False))
