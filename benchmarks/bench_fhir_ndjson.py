@@ -8,17 +8,17 @@ the fast path. Run: ``.venv/bin/python benchmarks/bench_fhir_ndjson.py [--copies
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
+from vigie import settings
 from vigie.connectors.base import FeedError
 from vigie.connectors.fhir import connector as fhir
 from vigie.connectors.fhir.fast import parse_fhir_datetime
 from vigie.terminology import default_terminology
 
 TARGET_FACTS_PER_SECOND = 50_000
-DATA = Path(os.environ.get("VIGIE_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
+DATA: Path = settings.value("shared_data")
 BULK = DATA / "fhir" / "synthea-bulk-10"
 
 

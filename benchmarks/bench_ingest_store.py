@@ -21,14 +21,13 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
+from vigie import settings
 from vigie.api.ingest import ingest
 from vigie.store import FactStore
 from vigie.synthetic import generate
 
 TARGET_FACTS_PER_SECOND = 10_000
-POSTGRES = os.environ.get(
-    "VIGIE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+POSTGRES: str = settings.value("test_postgres_url")
 
 
 @contextmanager

@@ -45,12 +45,9 @@ combinations, builds explained ``Alert`` objects and formats messages. ``Context
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any, cast
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from vigie.engine.alerts import Alert, AlertDrug, Evidence, Severity, alert_id
 from vigie.engine.derived import Amount
@@ -66,6 +63,7 @@ from vigie.engine.load import (
 )
 from vigie.engine.runtime import Context, is_active, line_evidence, line_label
 from vigie.facts import LabResult, MedicationOrder, Observation, Stay
+from vigie.settings import site_timezone
 
 __all__ = [
     "Context",
@@ -388,16 +386,6 @@ def format_duration(seconds: float) -> str:
     if abs(seconds) >= 3600:
         return f"{format_number(seconds / 3600.0)} h"
     return f"{format_number(seconds)} s"
-
-
-@cache
-def site_timezone() -> ZoneInfo:
-    """The hospital's time zone for messages (``VIGIE_TIMEZONE``, default Europe/Paris);
-    fact times are naive UTC."""
-    try:
-        return ZoneInfo(os.environ.get("VIGIE_TIMEZONE", "Europe/Paris"))
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
 
 
 def format_time(moment: datetime) -> str:

@@ -43,7 +43,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import os
 import re
 import unicodedata
 from collections import defaultdict
@@ -51,6 +50,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from vigie import settings
 
 __all__ = [
     "ATC_SYSTEMS",
@@ -386,5 +387,5 @@ def _load_substances(directory: Path) -> dict[str, tuple[frozenset[str], frozens
 @cache
 def default_terminology() -> Terminology:
     """The shipped tables, plus the site tables in ``$VIGIE_SITE_TABLES`` if set."""
-    site = os.environ.get("VIGIE_SITE_TABLES")
-    return Terminology(site_dir=Path(site) if site else None)
+    site: Path | None = settings.value("site_tables")
+    return Terminology(site_dir=site)

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from vigie import settings
+
 # Fact times are naive UTC; feeds without offsets are read in the site's zone. The suite reads
 # them as UTC so that expected values equal the times written in the fixtures; the conversion
 # itself is tested in test_base.py.
 os.environ["VIGIE_TIMEZONE"] = "UTC"
+settings.reload()
 
-SHARED_DATA = Path(
-    os.environ.get("VIGIE_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data")
-)
+SHARED_DATA: Path = settings.value("shared_data")
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +27,7 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-POSTGRES_URL = os.environ.get(
-    "VIGIE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL: str = settings.value("test_postgres_url")
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ fullUrls) and ``#<id>`` all resolve to the Patient's ``id``.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import orjson
 import pydantic
 
+from vigie import settings
 from vigie.connectors.base import FeedError, ParseOutcome, RawMessage
 from vigie.connectors.fhir import encounter as fhir_encounter
 from vigie.connectors.fhir import fast as fhir_fast
@@ -55,16 +55,14 @@ __all__ = ["feed", "parse", "resource_facts", "sniff", "split", "validation_mode
 
 feed = "fhir"
 
-VALIDATION_MODES = ("documents", "always", "never")
+VALIDATION_MODES: tuple[str, ...] = settings.choices("fhir_validate")  # documents, always, never
 
 
 def validation_mode() -> str:
     """``VIGIE_FHIR_VALIDATE``: ``documents`` (default: Bundles and single-resource files are
     validated, Bulk NDJSON lines take the fast path, which gives the same facts), ``always`` or
-    ``never``."""
-    mode = os.environ.get("VIGIE_FHIR_VALIDATE", "documents")
-    if mode not in VALIDATION_MODES:
-        raise ValueError(f"VIGIE_FHIR_VALIDATE={mode!r}: expected one of {VALIDATION_MODES}")
+    ``never``; ``ConfigurationError`` (a ``ValueError``) otherwise."""
+    mode: str = settings.value("fhir_validate")
     return mode
 
 

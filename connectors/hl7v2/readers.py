@@ -7,28 +7,24 @@ reads every field from the tree ``hl7.parse`` builds. Both give the same facts a
 
 from __future__ import annotations
 
-import os
-
+from vigie import settings
 from vigie.connectors.base import RawMessage
 from vigie.connectors.hl7v2.hl7lib_reader import Hl7libMessage
 from vigie.connectors.hl7v2.message import Hl7Message
 
 __all__ = ["HL7_PARSERS", "read_message", "selected_parser"]
 
-HL7_PARSERS = ("lazy", "python-hl7")
-_PARSER_VARIABLE = "VIGIE_HL7_PARSER"
+HL7_PARSERS: tuple[str, ...] = settings.choices("hl7_parser")  # ("lazy", "python-hl7")
 
 
 def selected_parser() -> str:
-    """The reader chosen by ``VIGIE_HL7_PARSER``; ``ValueError`` naming the choices if unknown.
+    """The reader chosen by ``VIGIE_HL7_PARSER``; ``ConfigurationError`` (a ``ValueError``)
+    naming the choices if unknown.
 
     Read on every call, not cached: it costs nothing next to a parse, and a test or a
     long-running service can switch it.
     """
-    name = os.environ.get(_PARSER_VARIABLE, "").strip() or HL7_PARSERS[0]
-    if name not in HL7_PARSERS:
-        choices = " or ".join(repr(choice) for choice in HL7_PARSERS)
-        raise ValueError(f"{_PARSER_VARIABLE}={name!r} is not a known HL7 v2 parser: use {choices}")
+    name: str = settings.value("hl7_parser")
     return name
 
 

