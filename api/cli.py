@@ -1,7 +1,9 @@
 """The ``vigie`` command line: one entry point, one sub-command per job.
 
-Exit codes: 0 success; 1 the job ran and found problems (rejected messages); 2 usage error or a
-sub-command not available yet; 3 the store could not be opened.
+Exit codes are ``ExitCode`` (listed by ``vigie --help`` with the settings). A Vigie error is
+one line on stderr with its exit code, never a traceback: a bad setting (``ConfigurationError``),
+the store (``StoreError``), a bad mapping file or site table (``FeedError``), any other
+``VigieError``.
 """
 
 from __future__ import annotations
@@ -10,25 +12,46 @@ import argparse
 import json
 import sys
 import tempfile
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vigie import settings
 from vigie.api.ingest import IngestReport, ParsedMessage, ingest, read_feed
-from vigie.connectors.base import FeedError, site_timezone
-from vigie.connectors.fhir.connector import validation_mode
-from vigie.connectors.hl7v2.readers import selected_parser
+from vigie.connectors.base import FeedError
 from vigie.connectors.registry import FORMATS
 from vigie.engine.factset import FactSet
 from vigie.engine.quality import quality_report, render_text
+from vigie.errors import ConfigurationError, VigieError
 from vigie.store import FactStore, StoreError
 
 if TYPE_CHECKING:
     from vigie.synthetic import GenerationSummary
 
-__all__ = ["main"]
+__all__ = ["EXIT_CODE_MEANINGS", "ExitCode", "main"]
+
+
+class ExitCode(IntEnum):
+    """What ``vigie`` returns (sub-commands return these values, as plain ints too)."""
+
+    OK = 0
+    PROBLEMS = 1
+    USAGE = 2
+    STORE = 3
+
+
+EXIT_CODE_MEANINGS = {
+    ExitCode.OK: "success",
+    ExitCode.PROBLEMS: "the job ran and found problems: rejected or unreadable input, a pack "
+    "that does not compile, a failing rule test, an error in the rules or the engine",
+    ExitCode.USAGE: "bad arguments or configuration: a command not available yet, a bad "
+    "setting, mapping file or site table",
+    ExitCode.STORE: "the store could not be opened or written",
+}
 
 _LATER = {
     "batch": "the batch evaluator (issue: evaluation engine)",
@@ -88,9 +111,25 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     return test_command(args.paths)
 
 
+def _epilog() -> str:
+    """The settings and the exit codes, for ``vigie --help``; both from their declarations."""
+    lines = ["settings (environment variables; an empty one counts as unset):"]
+    for setting in settings.describe():
+        lines.append(f"  {setting.variable} ({setting.kind}; default: {setting.default})")
+        lines += textwrap.wrap(setting.doc, 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    lines += ["", "exit codes:"]
+    for code in ExitCode:
+        meaning = f"  {code.value}  {code.name}: {EXIT_CODE_MEANINGS[code]}"
+        lines += textwrap.wrap(meaning, 96, subsequent_indent=" " * 5)
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vigie", description="Vigie: clinical pharmacy decision support (SADP)."
+        prog="vigie",
+        description="Vigie: clinical pharmacy decision support (SADP).",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="generate a small hospital, ingest it, report quality")
@@ -164,7 +203,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         report = ingest(args.paths, store, args.format)
         print(f"Store: {store.safe_url}")
     _print_ingest(report)
-    return 1 if report.total_messages()["rejected"] or report.unreadable() else 0
+    problems = report.total_messages()["rejected"] or report.unreadable()
+    return ExitCode.PROBLEMS if problems else ExitCode.OK
 
 
 def _cmd_quality(args: argparse.Namespace) -> int:
@@ -185,7 +225,7 @@ def _cmd_quality(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), default=str, ensure_ascii=False, indent=2))
     else:
         print(render_text(report))
-    return 0
+    return ExitCode.OK
 
 
 def _generate(args: argparse.Namespace, out: Path) -> GenerationSummary:
@@ -201,7 +241,7 @@ def _generate(args: argparse.Namespace, out: Path) -> GenerationSummary:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     _generate(args, args.out)
-    return 0
+    return ExitCode.OK
 
 
 DEFAULT_PACKS = ("default.rules", "ansm-interactions.rules")
@@ -259,7 +299,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(render_text(quality_report(facts, store.raw_counts(), [])))
     _print_alerts(facts, summary.start + timedelta(days=args.days))
     store.close()
-    return 0
+    return ExitCode.OK
+
+
+def _check_settings() -> None:
+    """Read every setting now, so that a bad one is one error before any work, not one per
+    message; the hospital's time zone is read again (a long-lived caller may have changed it)."""
+    settings.reload()
+    settings.current()
+    settings.site_timezone()
+
+
+def _exit_code(error: VigieError) -> ExitCode:
+    if isinstance(error, StoreError):
+        return ExitCode.STORE
+    if isinstance(error, ConfigurationError | FeedError):  # a setting, mapping file, site table
+        return ExitCode.USAGE
+    return ExitCode.PROBLEMS
+
+
+def _describe(error: VigieError) -> str:
+    """One line for the user: what went wrong, without a traceback."""
+    prefix = "configuration error: " if isinstance(error, ConfigurationError) else ""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return f"vigie: {prefix}{text}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -268,15 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"vigie {argv[0]}: not available yet; it comes with {_LATER[argv[0]]}.", file=sys.stderr
         )
-        return 2
+        return ExitCode.USAGE
     args = _parser().parse_args(argv)
-    try:
-        site_timezone()
-        selected_parser()
-        validation_mode()
-    except ValueError as error:  # a configuration mistake: say so once, before any work
-        print(f"vigie: {error}", file=sys.stderr)
-        return 2
     commands = {
         "ingest": _cmd_ingest,
         "quality": _cmd_quality,
@@ -285,13 +341,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rules": _cmd_rules,
     }
     try:
+        _check_settings()
         return commands[args.command](args)
-    except StoreError as error:
-        print(f"vigie: {error}", file=sys.stderr)
-        return 3
-    except FeedError as error:  # a bad mapping file or site table: located, never a traceback
-        print(f"vigie: {error}", file=sys.stderr)
-        return 2
+    except VigieError as error:
+        print(_describe(error), file=sys.stderr)
+        return _exit_code(error)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ never stops on a bad message; ``vigie quality`` reads feeds through it, in memor
 stores them in batches: the raw messages of a batch are committed before they are parsed, then
 the facts, dead letters and statuses they gave are written in a few bulk statements.
 A connector bug (an exception that is not a ``FeedError``) is caught too: the message is
-dead-lettered as an internal error naming the message, and the batch goes on.
+dead-lettered as an internal error naming the message, and the batch goes on. A
+``ConfigurationError`` (a setting changed to a bad value under way) is not the message's fault:
+it stops the ingest.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from vigie.connectors.base import Connector, FeedError, ParseOutcome, RawMessage, iter_files
 from vigie.connectors.registry import UnknownFormat, connector_for, detect_format
+from vigie.errors import ConfigurationError
 from vigie.facts import Fact
 from vigie.store import FactStore
 
@@ -81,6 +84,8 @@ def _parse(connector: Connector, raw: RawMessage) -> ParsedMessage:
         return ParsedMessage(raw, connector.parse(raw))
     except FeedError as error:
         return ParsedMessage(raw, None, error)
+    except ConfigurationError:
+        raise
     except Exception as error:  # a connector bug must not stop the batch nor lose the message
         # No traceback in the log: exception texts may quote patient data.
         log.error(

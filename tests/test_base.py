@@ -4,6 +4,7 @@ import pytest
 
 from vigie.connectors import base
 from vigie.connectors.base import FeedError, as_utc, read_text
+from vigie.errors import ConfigurationError
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def test_times_without_offset_are_read_in_the_site_zone(paris: None) -> None:
 def test_unknown_zone_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIGIE_TIMEZONE", "Mars/Olympus")
     base.site_timezone.cache_clear()
-    with pytest.raises(ValueError, match="VIGIE_TIMEZONE='Mars/Olympus'"):
+    with pytest.raises(ConfigurationError, match="VIGIE_TIMEZONE='Mars/Olympus': expected"):
         as_utc(datetime(2024, 1, 1))
     base.site_timezone.cache_clear()
 

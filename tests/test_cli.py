@@ -161,7 +161,63 @@ def test_bad_time_zone_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch,
     base.site_timezone.cache_clear()
     try:
         assert main(["quality", "--input", "tests/data/csv"]) == 2
-        assert "VIGIE_TIMEZONE='Mars/Olympus'" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert err.startswith("vigie: configuration error: VIGIE_TIMEZONE='Mars/Olympus'")
     finally:
         monkeypatch.setenv("VIGIE_TIMEZONE", "UTC")
         base.site_timezone.cache_clear()
+
+
+def test_help_lists_every_setting_and_the_exit_codes(capsys) -> None:
+    from vigie import settings
+    from vigie.api.cli import EXIT_CODE_MEANINGS, ExitCode
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--help"])
+    assert stopped.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # the help wraps long lines
+    for setting in settings.describe():
+        assert f"{setting.variable} ({setting.kind}; default: {setting.default})" in out
+        assert " ".join(setting.doc.split()) in out
+    for code in ExitCode:
+        assert f"{code.value} {code.name}: {' '.join(EXIT_CODE_MEANINGS[code].split())}" in out
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("VIGIE_HL7_PARSER", "hl7apy"), ("VIGIE_FHIR_VALIDATE", "sometimes")],
+)
+def test_a_bad_setting_is_one_line_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, capsys, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["quality", "--input", "tests/data/csv"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"vigie: configuration error: {variable}={value!r}: expected ")
+
+
+def test_a_store_that_cannot_be_opened_is_one_line_and_exit_3(
+    monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("VIGIE_DATABASE_URL", f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
+    assert main(["quality"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("vigie: cannot open the store") and len(err.splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_any_vigie_error_of_a_command_is_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from vigie.api import cli
+    from vigie.engine.errors import PackError
+
+    def failing(args: object) -> int:
+        raise PackError("the pack needs rule bio.k\nwhich it does not have")
+
+    monkeypatch.setattr(cli, "_cmd_quality", failing)
+    assert main(["quality"]) == 1
+    assert capsys.readouterr().err == ("vigie: the pack needs rule bio.k which it does not have\n")
