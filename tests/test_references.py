@@ -1,6 +1,6 @@
 """Files and modules that the code and the docs mention exist.
 
-A docstring that cites ``connectors/terminology/labs.csv`` or ``engine.facts`` after they moved
+A docstring that cites a file or a module by a name it no longer has
 sends a newcomer nowhere. Every repository path (``folder/file.ext``) and every ``vigie.``
 module path written in the sources, docs and README must resolve.
 """
