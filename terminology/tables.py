@@ -40,18 +40,16 @@ Nothing is guessed: an unmapped code returns ``None`` and an unknown unit raises
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from vigie import settings
+from vigie.terminology.units import read_rows, read_unit_aliases, read_unit_conversions
 
 __all__ = [
     "ATC_SYSTEMS",
@@ -183,16 +181,6 @@ class _CodeEntry:
     implied_unit: str | None
 
 
-def _rows(name: str, directory: Path = DATA_DIR) -> Iterator[dict[str, str]]:
-    """Rows of a CSV data file (``#`` lines are comments, e.g. the source citation)."""
-    path = directory / name
-    if not path.exists() and (directory / f"{name}.gz").exists():
-        path = directory / f"{name}.gz"
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    lines = (line for line in io.StringIO(raw.decode("utf-8")) if not line.startswith("#"))
-    yield from csv.DictReader(lines)
-
-
 class Terminology:
     """Loaded mapping tables. Use ``default_terminology()`` for the shipped tables.
 
@@ -204,22 +192,22 @@ class Terminology:
     def __init__(self, data_dir: Path = DATA_DIR, site_dir: Path | None = None) -> None:
         self.concepts = {
             r["concept"]: Concept(r["concept"], r["kind"], r["unit"], r["label"])
-            for r in _rows("labs.csv", data_dir)
+            for r in read_rows("labs.csv", data_dir)
         }
         self._codes: dict[tuple[str, str], _CodeEntry] = {}
-        self._load_codes(_rows("lab_codes.csv", data_dir))
-        self._aliases = {r["alias"].strip(): r["unit"] for r in _rows("unit_aliases.csv", data_dir)}
+        self._load_codes(read_rows("lab_codes.csv", data_dir))
+        self._aliases = read_unit_aliases(data_dir)
         self._conversions: dict[tuple[str, str, str], float] = {}
-        for r in _rows("unit_conversions.csv", data_dir):
-            key = (r["concept"], self.canonical_unit(r["from_unit"]), r["to_unit"])
-            self._conversions[key] = float(r["factor"])
+        for row in read_unit_conversions(data_dir):  # feeds use every row, "use=feeds" ones too
+            key = (row.concept, self.canonical_unit(row.from_unit), row.to_unit)
+            self._conversions[key] = row.factor
         self._routes = {
             (normalise_system(r["system"]), r["code"].strip().lower()): r["route"]
-            for r in _rows("routes.csv", data_dir)
+            for r in read_rows("routes.csv", data_dir)
         }
         self._drugs: dict[tuple[str, str], str] = {}  # "" = known code without ATC
         for name in _drug_tables(data_dir):
-            self._load_drugs(_rows(name, data_dir))
+            self._load_drugs(read_rows(name, data_dir))
         self._allergens: dict[tuple[str, str], tuple[str, ...]] = {
             (normalise_system(r["system"]), r["code"].strip()): tuple(r["atc"].split())
             for r in _optional_rows("allergy_atc.csv", data_dir)
@@ -234,21 +222,21 @@ class Terminology:
         if site_dir is not None:
             self._load_site(site_dir)
 
-    def _load_codes(self, rows: Iterator[dict[str, str]]) -> None:
+    def _load_codes(self, rows: Iterable[dict[str, str]]) -> None:
         for r in rows:
             key = (normalise_system(r["system"]), r["code"].strip())
             self._codes[key] = _CodeEntry(r["concept"], r.get("implied_unit") or None)
 
-    def _load_drugs(self, rows: Iterator[dict[str, str]]) -> None:
+    def _load_drugs(self, rows: Iterable[dict[str, str]]) -> None:
         for r in rows:
             key = _drug_key(normalise_system(r["system"]), r["code"])
             self._drugs[key] = (r.get("atc") or "").strip().upper()
 
     def _load_site(self, site_dir: Path) -> None:
         if (site_dir / "site_lab_codes.csv").exists():
-            self._load_codes(_rows("site_lab_codes.csv", site_dir))
+            self._load_codes(read_rows("site_lab_codes.csv", site_dir))
         if (site_dir / "site_drugs.csv").exists():
-            self._load_drugs(_rows("site_drugs.csv", site_dir))
+            self._load_drugs(read_rows("site_drugs.csv", site_dir))
 
     # Labs and observations -------------------------------------------------------------
 
@@ -350,7 +338,7 @@ class Terminology:
 def _optional_rows(name: str, directory: Path) -> Iterator[dict[str, str]]:
     """Rows of a table that a test or site data directory may leave out."""
     if (directory / name).exists() or (directory / f"{name}.gz").exists():
-        yield from _rows(name, directory)
+        yield from read_rows(name, directory)
 
 
 def _drug_tables(directory: Path) -> list[str]:
