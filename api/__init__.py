@@ -1,3 +1,3 @@
-"""The command line (``vigie``, in ``cli``) and the ingest pipeline it drives (``ingest``)."""
+"""The command line (``vigie``, in ``cli``); the HTTP service comes beside it."""
 
 __all__: list[str] = []

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vigie import settings
-from vigie.api.ingest import IngestReport, ParsedMessage, ingest, read_feed
+from vigie.ingest import IngestReport, ParsedMessage, ingest, read_feed
 from vigie.connectors.base import FeedError
 from vigie.connectors.registry import FORMATS
 from vigie.engine.factset import FactSet

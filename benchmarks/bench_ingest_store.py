@@ -22,7 +22,7 @@ from pathlib import Path
 from sqlalchemy import create_engine
 
 from vigie import settings
-from vigie.api.ingest import ingest
+from vigie.ingest import ingest
 from vigie.store import FactStore
 from vigie.synthetic import generate
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vigie.api.ingest import ingest, read_feed
+from vigie.ingest import ingest, read_feed
 from vigie.connectors import registry
 from vigie.store import FactStore
 

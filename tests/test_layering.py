@@ -37,6 +37,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     ),
     "vigie.engine": frozenset({"vigie", "vigie.facts", "vigie.terminology"}),
     "vigie.synthetic": frozenset({"vigie", "vigie.facts", "vigie.terminology"}),
+    "vigie.ingest": frozenset(
+        {"vigie", "vigie.facts", "vigie.terminology", "vigie.connectors", "vigie.store"}
+    ),
     "vigie.api": frozenset(
         {
             "vigie",
@@ -44,6 +47,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "vigie.terminology",
             "vigie.connectors",
             "vigie.store",
+            "vigie.ingest",
             "vigie.rules",
             "vigie.rules.packs",
             "vigie.rules.testing",
@@ -61,6 +65,7 @@ FORBIDDEN_LIBRARIES: dict[str, frozenset[str]] = {
     "vigie.terminology": frozenset({"lark", "polars", "sqlalchemy", "fastapi"}),
     "vigie.connectors": frozenset({"lark", "polars", "sqlalchemy", "fastapi"}),
     "vigie.store": frozenset({"lark", "polars", "fastapi", "hl7", "fhir"}),
+    "vigie.ingest": frozenset({"lark", "polars", "fastapi"}),
     "vigie.rules": frozenset({"polars", "sqlalchemy", "fastapi", "hl7", "fhir"}),
     "vigie.rules.packs": frozenset({"polars", "sqlalchemy", "fastapi", "hl7", "fhir"}),
     "vigie.engine": frozenset({"lark", "sqlalchemy", "fastapi", "hl7", "fhir"}),

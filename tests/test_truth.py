@@ -1,7 +1,7 @@
 """End to end: the default pack finds what the synthetic hospital injected, in every format.
 
 A hospital with every covered rule injected a few times (positives and near-miss controls) is
-generated in each format, read back in memory through ``vigie.api.ingest.read_feed`` and evaluated
+generated in each format, read back in memory through ``vigie.ingest.read_feed`` and evaluated
 with the default pack; every truth row is checked a minute after its window opens, in its
 middle and a minute before it closes (``tests/truth_scoring.py``). The same hospital as
 canonical facts (what a perfect connector would give) must score exactly the same. Every
@@ -25,7 +25,7 @@ from tests.truth_scoring import (
     score,
     truth_rows,
 )
-from vigie.api.ingest import read_feed
+from vigie.ingest import read_feed
 from vigie.engine import FactSet, LoadedPack, load_pack
 from vigie.facts import AnyFact
 from vigie.rules import compile_pack

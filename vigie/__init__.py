@@ -9,12 +9,18 @@ this folder point at them), so that nothing lands in site-packages under a bare 
 ``vigie.connectors``        one package or module per feed: ``hl7v2``, ``fhir``, ``tabular``
                             (CSV exports), ``hprim``, ``pn13``
 ``vigie.store``             raw messages, dead letters and facts in SQLite or PostgreSQL
+``vigie.ingest``            feed files → raw messages → connectors → facts → store
 ``vigie.rules``             the rule language (grammar → parser → check → IR), the packs and
                             the rule-test runner
 ``vigie.engine``            the evaluator reading the IR, alerts, the data-quality report
 ``vigie.synthetic``         the synthetic hospital generator
-``vigie.api``               the command line and the ingest pipeline
+``vigie.api``               the command line (and the HTTP service to come)
 ==========================  ================================================================
+
+This folder's own modules are what every package shares, and import nothing of the project:
+``vigie.settings`` (every ``VIGIE_*`` variable, with its type, default and doc),
+``vigie.errors`` (``VigieError``, the root of every error Vigie raises) and
+``vigie.ir_schema`` (the compiled rules' intermediate form, between ``rules`` and ``engine``).
 """
 
 __version__ = "0.1.0"
