@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vigie import settings
-from vigie.ingest import IngestReport, ParsedMessage, ingest, read_feed
 from vigie.connectors.base import FeedError
 from vigie.connectors.registry import FORMATS
 from vigie.engine.factset import FactSet
 from vigie.engine.quality import quality_report, render_text
 from vigie.errors import ConfigurationError, VigieError
+from vigie.ingest import IngestReport, ParsedMessage, ingest, read_feed
 from vigie.store import FactStore, StoreError
 
 if TYPE_CHECKING:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from vigie.ingest import ingest, read_feed
 from vigie.connectors import registry
+from vigie.ingest import ingest, read_feed
 from vigie.store import FactStore
 
 

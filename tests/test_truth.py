@@ -25,9 +25,9 @@ from tests.truth_scoring import (
     score,
     truth_rows,
 )
-from vigie.ingest import read_feed
 from vigie.engine import FactSet, LoadedPack, load_pack
 from vigie.facts import AnyFact
+from vigie.ingest import read_feed
 from vigie.rules import compile_pack
 from vigie.synthetic import DEFAULT_START, FORMATS, generate
 from vigie.synthetic.canonical import canonical_hospital
