@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 from vigie.connectors.base import Connector
+from vigie.errors import VigieError
 
 __all__ = ["FORMATS", "UnknownFormat", "connector_for", "detect_format"]
 
@@ -22,7 +23,7 @@ FORMATS: dict[str, str] = {
 _SNIFF_ORDER = ("hprim", "hl7", "pn13", "fhir", "csv")
 
 
-class UnknownFormat(ValueError):
+class UnknownFormat(VigieError, ValueError):
     """No connector recognises a document."""
 
 

@@ -49,6 +49,7 @@ from functools import cache
 from pathlib import Path
 
 from vigie import settings
+from vigie.errors import VigieError
 from vigie.terminology.units import read_rows, read_unit_aliases, read_unit_conversions
 
 __all__ = [
@@ -157,7 +158,7 @@ def _substance_key(name: str) -> str:
     return " ".join(plain.upper().split())
 
 
-class UnknownUnit(ValueError):
+class UnknownUnit(VigieError, ValueError):
     """A unit the tables cannot convert to the concept's canonical unit."""
 
     def __init__(self, concept: str, unit: str | None, canonical: str) -> None:

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from vigie import settings
+from vigie.errors import VigieError
 from vigie.terminology import Terminology, default_terminology
 from vigie.terminology.tables import DATA_DIR as TERMINOLOGY_DIR
 
@@ -115,7 +116,7 @@ _LEVEL_NAMES = {
 }
 
 
-class ThesaurusError(ValueError):
+class ThesaurusError(VigieError, ValueError):
     """A thesaurus file or entry that cannot be read: file, JSON position, what was expected."""
 
     def __init__(self, file: str, position: str, expected: str) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from vigie import rules
+from vigie.errors import VigieError
 from vigie.facts import (
     Allergy,
     AnyFact,
@@ -81,7 +82,7 @@ ROUTES = (
 # Errors -----------------------------------------------------------------------------------------
 
 
-class CaseFileError(Exception):
+class CaseFileError(VigieError):
     """A malformed test file, located: file, line, case and key."""
 
     def __init__(
