@@ -12,7 +12,6 @@ plus one quick fuzz of the python-hl7 one.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SHARED_DATA
+from vigie import settings as vigie_settings
 from vigie.connectors.base import FeedError, RawMessage, site_timezone
 from vigie.connectors.hl7v2 import connector as hl7v2
 from vigie.connectors.hl7v2.hl7lib_reader import Hl7libMessage
@@ -924,7 +924,7 @@ def golden_form(document: str, content: bytes) -> list[dict[str, Any]]:
 def test_golden(name: str) -> None:
     actual = golden_form(*golden_input(name))
     expected_path = GOLDEN / f"{Path(name).stem}.json"
-    if os.environ.get("VIGIE_REGENERATE_GOLDEN"):
+    if vigie_settings.value("regenerate_golden"):
         text = json.dumps(actual, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
         expected_path.write_text(text, encoding="utf-8")
     expected = json.loads(expected_path.read_text(encoding="utf-8"))

@@ -8,7 +8,6 @@ sample. After a deliberate change, regenerate them with
 from __future__ import annotations
 
 import json
-import os
 from datetime import date, datetime
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vigie import settings as vigie_settings
 from vigie.connectors import hprim
 from vigie.connectors.base import FeedError, ParseOutcome, RawMessage
 from vigie.facts import Fact, FlagCode, LabResult, Patient, Sex
@@ -351,7 +351,7 @@ def golden_form(outcome: ParseOutcome) -> dict[str, object]:
 def test_golden(shared_data: Path, name: str) -> None:
     actual = golden_form(load(name, sample(shared_data, name)))
     path = GOLDEN / f"{Path(name).stem}.json"
-    if os.environ.get("VIGIE_REGENERATE_GOLDEN"):
+    if vigie_settings.value("regenerate_golden"):
         path.write_text(json.dumps(actual, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     assert actual == json.loads(path.read_text(encoding="utf-8"))
 

@@ -15,7 +15,6 @@ PCA, from the same IG's pages, stored in ISO-8859-1) whose FHIR translation is a
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vigie import settings as vigie_settings
 from vigie.connectors import pn13
 from vigie.connectors.base import FeedError, ParseOutcome
 from vigie.facts import Fact, FlagCode, MedicationOrder, Observation, Patient, Sex, Stay
@@ -518,7 +518,7 @@ def golden_form(outcome: ParseOutcome) -> dict[str, object]:
 def test_golden(shared_data: Path, name: str) -> None:
     actual = golden_form(load(xml_path(shared_data, name)))
     path = GOLDEN / f"{Path(name).stem}.json"
-    if os.environ.get("VIGIE_REGENERATE_GOLDEN"):
+    if vigie_settings.value("regenerate_golden"):
         path.write_text(json.dumps(actual, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     assert actual == json.loads(path.read_text(encoding="utf-8"))
 

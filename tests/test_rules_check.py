@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from vigie import settings as vigie_settings
 from vigie.rules import check_command, compile_files, compile_pack, render
 from vigie.rules.diagnostics import CODES, Diagnostic
 from vigie.rules.ir import iter_ir_nodes
@@ -23,7 +23,7 @@ DATA = Path(__file__).parent / "data" / "rules"
 GOLDEN = Path(__file__).parent / "golden" / "rules"
 MISTAKES = DATA / "mistakes.rules"
 DEFAULT_PACK = Path(__file__).parents[1] / "rules" / "packs" / "default.rules"
-REGENERATE = os.environ.get("VIGIE_REGENERATE_GOLDEN") == "1"
+REGENERATE = vigie_settings.value("regenerate_golden")
 HEADER = 'pack "t" version "1.0.0"\n'
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from vigie import settings as vigie_settings
 from vigie.rules import compile_pack, dumps_ir
 from vigie.rules.ir import IR_OPS, iter_ir_nodes
 
@@ -25,7 +26,7 @@ ROOT = Path(__file__).parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "rules"
 DEFAULT_PACK = ROOT / "rules" / "packs" / "default.rules"
 DESIGN = ROOT / "docs" / "rules-design.md"
-REGENERATE = os.environ.get("VIGIE_REGENERATE_GOLDEN") == "1"
+REGENERATE = vigie_settings.value("regenerate_golden")
 
 
 def compile_file(path: Path, name: str | None = None) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vigie import settings as vigie_settings
 from vigie.rules import compile_pack, parse
 from vigie.rules import nodes as n
 from vigie.rules.diagnostics import Diagnostic, source_lines
@@ -27,7 +27,7 @@ from vigie.rules.parser import GRAMMAR, keywords, parse_recovering
 
 GOLDEN = Path(__file__).parent / "golden" / "rules"
 DEFAULT_PACK = Path(__file__).parents[1] / "rules" / "packs" / "default.rules"
-REGENERATE = os.environ.get("VIGIE_REGENERATE_GOLDEN") == "1"
+REGENERATE = vigie_settings.value("regenerate_golden")
 HEADER = 'pack "t" version "1.0.0"\n'
 
 
