@@ -8,6 +8,7 @@ distributions). The wheel is built, unpacked away from the repository, and run f
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,12 +20,31 @@ ROOT = Path(__file__).parents[1]
 PACKAGE_FOLDERS = sorted(p.name for p in (ROOT / "vigie").iterdir() if p.is_symlink())
 
 
+def _tracked_copy(target: Path) -> Path:
+    """The files git tracks, as they are in the working tree (links kept): what a clone holds,
+    and the build writes its ``build/`` there, not in the repository."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source, copy = ROOT / name, target / name
+        if not source.exists() and not source.is_symlink():
+            continue  # deleted in the working tree
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            copy.symlink_to(os.readlink(source))
+        else:
+            shutil.copy2(source, copy)
+    return target
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    tree = _tracked_copy(tmp_path_factory.mktemp("clone"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-         "--disable-pip-version-check", "-w", str(out), str(ROOT)],
+         "--disable-pip-version-check", "-w", str(out), str(tree)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     (built,) = out.glob("vigie-*.whl")
