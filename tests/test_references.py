@@ -92,3 +92,41 @@ def test_every_mentioned_vigie_module_exists() -> None:
         }
     )
     assert not missing, "\n".join(missing)
+
+
+_ROW = re.compile(r"^\| `([\w./-]+/)` \| (.*) \|$")
+_FILE_TOKEN = re.compile(r"`([\w.*-]+(?:/[\w.*-]+)*/?)`")
+_FILE_SUFFIX = re.compile(r"\.(py|csv|toml|rules|lark|yaml|md|json)$")
+
+
+def _layout_rows() -> dict[str, str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return {m.group(1): m.group(2) for line in section.splitlines() if (m := _ROW.match(line))}
+
+
+def test_readme_layout_names_every_folder_and_only_what_exists() -> None:
+    rows = _layout_rows()
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
+    folders = {name.split("/")[0] + "/" for name in tracked if "/" in name}
+    packages = {
+        str(Path(name).parent) + "/"
+        for name in tracked
+        if name.endswith("/__init__.py") and not name.startswith("tests/")
+    }
+    wanted = (folders | packages) - {".ci/"}
+    assert not wanted - set(rows), f"folders missing from README's Layout: {wanted - set(rows)}"
+    wrong = []
+    for folder, text in rows.items():
+        base = ROOT / folder
+        if not base.is_dir():
+            wrong.append(f"{folder}: no such folder")
+            continue
+        for token in _FILE_TOKEN.findall(text):
+            if not (token.endswith("/") or _FILE_SUFFIX.search(token)):
+                continue  # a class, a command, a variable
+            if not (list(base.glob(f"**/{token}")) or list(ROOT.glob(token))):
+                wrong.append(f"{folder}: {token} not found")
+    assert not wrong, "\n".join(wrong)
