@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -115,13 +114,22 @@ class LabTables(Protocol):
     def to_canonical(self, concept: str, value: float, unit: str | None) -> tuple[float, str]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class CodeMatch:
-    """The code a result is filed under, its concept (``None``: unmapped), its implied unit."""
+class CodeMatch(NamedTuple):
+    """The code a result is filed under and its concept (``None``: unmapped).
+
+    The unit the code implies is looked up in the tables when needed (no unit sent), unless
+    ``implied_unit`` gives it (a CSV mapping's local code table does).
+    """
 
     coding: Coding
     concept: Concept | None
     implied_unit: str | None = None
+    implied_by_tables: bool = False
+
+    def unit_implied(self, tables: LabTables) -> str | None:
+        if self.implied_by_tables:
+            return tables.implied_unit(self.coding.system, self.coding.code)
+        return self.implied_unit
 
 
 def match_code(tables: LabTables, codings: Sequence[Coding]) -> CodeMatch:
@@ -129,12 +137,11 @@ def match_code(tables: LabTables, codings: Sequence[Coding]) -> CodeMatch:
     for coding in codings:
         concept = tables.lab_concept(coding.system, coding.code)
         if concept is not None:
-            return CodeMatch(coding, concept, tables.implied_unit(coding.system, coding.code))
+            return CodeMatch(coding, concept, implied_by_tables=True)
     return CodeMatch(codings[0], None)
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
     """A value as the message gives it.
 
     ``text`` is the value as received (``None``: no value), ``number`` what it reads as in the
@@ -161,8 +168,7 @@ def read_value(text: str | None, unit: str | None, syntax: NumberSyntax) -> Read
     return Reading(text, None if text is None else syntax(text), unit or None)
 
 
-@dataclass(frozen=True, slots=True)
-class ReferenceRange:
+class ReferenceRange(NamedTuple):
     """Bounds as received; ``units`` the range's own unit spellings, if it has one."""
 
     low: float | None
@@ -196,21 +202,22 @@ def _decimal(text: str) -> float:
     return float(text.replace(",", "."))
 
 
-@dataclass(frozen=True, slots=True)
-class FlagPositions:
-    """Where the code, the value and the unit sit, to start flag details with (``OBX[1]-6``)."""
+class FlagPositions(NamedTuple):
+    """Where the code, the value and the unit sit, to start flag details with: ``prefix`` and
+    each part's suffix (``OBX[1]-`` and ``3``, ``5``, ``6``), joined only when a flag needs it.
+    """
 
-    code: str
-    value: str
-    unit: str
+    prefix: str
+    code: str = ""
+    value: str = ""
+    unit: str = ""
 
 
-NOWHERE = FlagPositions("", "", "")
+NOWHERE = FlagPositions("")
 """No positions: flag details without a field name."""
 
 
-@dataclass(frozen=True, slots=True)
-class Measurement:
+class Measurement(NamedTuple):
     """A normalised result: the fields of its fact but the identity, code, time and source."""
 
     kind: Kind
@@ -261,27 +268,23 @@ def normalise(
         found = _as_received(tables, match, reading, reference, unmapped_kind, positions)
     else:
         found = _converted(tables, match.concept, match, reading, reference, positions)
+    kind, value, unit, low, high, flags = found
     return Measurement(
-        kind=found.kind,
-        concept=match.concept.name if match.concept else None,
-        value=found.value,
-        unit=found.unit,
-        original_value=reading.text,
-        original_unit=reading.unit,
-        reference_low=found.low,
-        reference_high=found.high,
-        abnormal_flag=(abnormal_flag or "").strip() or None,
-        flags=found.flags,
+        kind,
+        match.concept.name if match.concept else None,
+        value,
+        unit,
+        reading.text,
+        reading.unit,
+        low,
+        high,
+        (abnormal_flag or "").strip() or None,
+        flags,
     )
 
 
-class _Normalised(NamedTuple):
-    kind: Kind
-    value: float | None
-    unit: str | None
-    low: float | None
-    high: float | None
-    flags: tuple[Flag, ...]
+# kind, value, unit, reference low and high, flags
+_Normalised = tuple[Kind, float | None, str | None, float | None, float | None, tuple[Flag, ...]]
 
 
 def _converted(
@@ -293,19 +296,22 @@ def _converted(
     positions: FlagPositions,
 ) -> _Normalised:
     """Value and range in the concept's unit, from the unit sent or else the implied one."""
-    spellings = reading.spellings or ((match.implied_unit,) if match.implied_unit else ())
+    spellings = reading.spellings
+    if not spellings:
+        implied = match.unit_implied(tables)
+        spellings = (implied,) if implied else ()
     conversion = _conversion(tables, concept.name, spellings, reading.number)
     unit, value = conversion if conversion else (None, None)
     flags: tuple[Flag, ...] = ()
     if reading.number is None:
-        flags = (_non_numeric(reading.text, positions.value),)
+        flags = (_non_numeric(reading.text, positions),)
     elif unit is None:
         shown = reading.unit or (spellings[0] if spellings else None)
         detail = str(UnknownUnit(concept.name, shown, concept.unit))
-        flags = (_flag(FlagCode.UNKNOWN_UNIT, _at(positions.unit, detail)),)
+        flags = (_flag(FlagCode.UNKNOWN_UNIT, _at(positions, positions.unit, detail)),)
     low, high = _converted_range(tables, concept, reference, unit)
     kind: Kind = "lab" if concept.kind == "lab" else "observation"
-    return _Normalised(kind, value, None if unit is None else concept.unit, low, high, flags)
+    return kind, value, None if unit is None else concept.unit, low, high, flags
 
 
 def _as_received(
@@ -318,12 +324,14 @@ def _as_received(
 ) -> _Normalised:
     """An unmapped code: everything as received, the unit in its canonical spelling."""
     detail = f"code {match.coding.code!r} is not mapped to a lab or observation concept"
-    flags: tuple[Flag, ...] = (_flag(FlagCode.UNMAPPED_CODE, _at(positions.code, detail)),)
+    flags: tuple[Flag, ...] = (
+        _flag(FlagCode.UNMAPPED_CODE, _at(positions, positions.code, detail)),
+    )
     if reading.number is None:
-        flags += (_non_numeric(reading.text, positions.value),)
+        flags += (_non_numeric(reading.text, positions),)
     spellings = reading.spellings
     unit = tables.canonical_unit(spellings[0]) or None if spellings else None
-    return _Normalised(kind, reading.number, unit, reference.low, reference.high, flags)
+    return kind, reading.number, unit, reference.low, reference.high, flags
 
 
 def _conversion(
@@ -359,13 +367,13 @@ def _converted_range(
     )
 
 
-def _non_numeric(text: str | None, position: str) -> Flag:
+def _non_numeric(text: str | None, positions: FlagPositions) -> Flag:
     detail = "no value" if text is None else f"{text!r} is not a number"
-    return _flag(FlagCode.NON_NUMERIC_VALUE, _at(position, detail))
+    return _flag(FlagCode.NON_NUMERIC_VALUE, _at(positions, positions.value, detail))
 
 
-def _at(position: str, detail: str) -> str:
-    return f"{position}: {detail}" if position else detail
+def _at(positions: FlagPositions, part: str, detail: str) -> str:
+    return f"{positions.prefix}{part}: {detail}" if positions.prefix else detail
 
 
 @lru_cache(maxsize=4096)  # feeds repeat the same few flags; a Flag is frozen, so shareable

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any, cast
 
 from pydantic import ValidationError
@@ -436,13 +437,19 @@ def _load_result(
         _result_value(ctx, obx, value_type),
         reference=parse_reference_range(message.value(obx, 7)),
         abnormal_flag=message.value(obx, 8),
-        positions=FlagPositions(obx.position(3), obx.position(5), obx.position(6)),
+        positions=_obx_positions(obx.occurrence),
     )
     key = result_key(ctx, obx, group.order, code, time)
     fact_id = ctx.unique_id(ctx.fact_id(measurement.kind, key), obx)
     position = obx.position(5)
     fields = measurement.fields() | {"fact_id": fact_id, "code": code, "time": time}
     ctx.add(measurement.model, obx, position, **fields)
+
+
+@lru_cache(maxsize=256)
+def _obx_positions(occurrence: int) -> FlagPositions:
+    """OBX-3 (code), OBX-5 (value), OBX-6 (unit) of the n-th OBX, for flag details."""
+    return FlagPositions(f"OBX[{occurrence}]-", "3", "5", "6")
 
 
 def _observation_code(message: Hl7Message, obx: SegmentRef) -> Coding | None:
