@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -86,6 +85,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 
+from vigie import settings
 from vigie.connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
 from vigie.connectors.labs import CodeMatch, Reading, ReferenceRange, match_code, normalise
 from vigie.connectors.tabular.canonical import CANONICAL_FILES, write_canonical_csv
@@ -901,7 +901,7 @@ def configure(
 def default_connector() -> TabularConnector:
     """The configured connector; first use loads ``$VIGIE_CSV_MAPPING`` or the synthetic one."""
     if "default" not in _active:
-        configure(os.environ.get("VIGIE_CSV_MAPPING") or None)
+        configure(settings.value("csv_mapping"))
     return _active["default"]
 
 
