@@ -21,11 +21,17 @@ SHARED = ROOT.parent / "shared"
 NOT_REFERENCES = {
     "no/such/file.yaml": "the runner's doctest of a missing test file",
     "../packs/default.rules": "a test file's pack path, relative to rules/tests/",
+    "mg/": "a dose unit cut by a line end in an ANSM text",
+    "build/": "the folder a wheel build writes, not a repository folder",
+    "mappings/": "README's connectors/tabular/ row names its subfolder (the Layout test checks it)",
 }
 
 _PATH = re.compile(
     r"(?<![\w./-])((?:\.\./)?[A-Za-z_][\w.-]*/[\w./-]*"
     r"\.(?:py|csv|toml|rules|lark|yaml|md|json|gz|hl7|ndjson|xml|ini|txt))\b"
+)
+_FOLDER = re.compile(
+    r"(?:(?<=[\s(`'\"])|^)((?:\.\./)?[a-z_][a-z0-9_.-]*(?:/[a-z0-9_.-]+)*/)(?=[\s)`'\",.:;]|$)"
 )
 _MODULE = re.compile(r"(?<![\w./-])(vigie(?:\.[A-Za-z_]\w*)+)")
 _FILE_SUFFIXES = frozenset({"db", "toml", "rules", "json", "csv", "md", "py"})
@@ -48,6 +54,15 @@ def _mentions(pattern: re.Pattern[str]) -> list[tuple[str, str]]:
             for match in pattern.finditer(line):
                 found.append((f"{path.relative_to(ROOT)}:{number}", match.group(1)))
     return found
+
+
+def test_every_mentioned_folder_exists() -> None:
+    missing = [
+        f"{where}: {reference}"
+        for where, reference in _mentions(_FOLDER)
+        if reference not in NOT_REFERENCES and not _path_exists(where, reference)
+    ]
+    assert not missing, "\n".join(missing)
 
 
 def _path_exists(where: str, reference: str) -> bool:
