@@ -114,7 +114,7 @@ class _Lowering:
 
     def rule(self, rule: RuleInfo) -> Rule:
         decl = rule.decl
-        conditions = [self.expr(s.expr, {}) for s in rule.statements if isinstance(s, n.Condition)]
+        conditions = [self.expr(s.expr, {}) for s in rule.statements if isinstance(s, n.Guard)]
         out: IRNode = {
             "id": decl.rule_id.name,
             "version": rule.version,

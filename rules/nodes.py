@@ -26,13 +26,13 @@ __all__ = [
     "Clause",
     "Code",
     "Compare",
-    "Condition",
     "CountDrugs",
     "DailyDose",
     "Decl",
     "DefineDecl",
     "EscalateClause",
     "Expr",
+    "Guard",
     "HasAllergy",
     "HasCondition",
     "HasPregnancy",
@@ -336,11 +336,14 @@ class Binding(Node):
 
 
 @dataclass(frozen=True)
-class Condition(Node):
+class Guard(Node):
+    """A ``when`` line that must hold (``k > k_max``); not a clinical condition (diagnosis),
+    which is ``HasCondition``."""
+
     expr: Expr
 
 
-Statement = Binding | Condition
+Statement = Binding | Guard
 
 
 @dataclass(frozen=True)

@@ -386,8 +386,8 @@ class _ToNodes(Transformer[Token, Any]):
     def binding(self, meta: Meta, name: Token, value: n.Expr) -> n.Binding:
         return n.Binding(self._ident(name), value, span=self._s(meta))
 
-    def condition(self, meta: Meta, expr: n.Expr) -> n.Condition:
-        return n.Condition(expr, span=self._s(meta))
+    def condition(self, meta: Meta, expr: n.Expr) -> n.Guard:
+        return n.Guard(expr, span=self._s(meta))
 
     def version_clause(self, meta: Meta, number: Token) -> n.VersionClause:
         return n.VersionClause(str(number), span=self._s(meta))

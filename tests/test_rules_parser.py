@@ -48,7 +48,7 @@ def when_statements(body: str) -> tuple[n.Statement, ...]:
 
 def only_expr(body: str) -> n.Expr:
     (statement,) = when_statements(body)
-    assert isinstance(statement, n.Condition)
+    assert isinstance(statement, n.Guard)
     return statement.expr
 
 
@@ -122,7 +122,7 @@ def test_statement_continues_after_operator_or_before_and_or() -> None:
     )
     assert len(statements) == 3
     middle = statements[1]
-    assert isinstance(middle, n.Condition) and isinstance(middle.expr, n.BoolOp)
+    assert isinstance(middle, n.Guard) and isinstance(middle.expr, n.BoolOp)
     assert middle.expr.op == "or"
 
 
