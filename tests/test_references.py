@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from vigie import settings
+
 ROOT = Path(__file__).parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED_DATA = Path(settings.value("shared_data"))  # ../shared/data unless VIGIE_SHARED_DATA
 
 # Paths written as examples, not as references (each with the reason).
 NOT_REFERENCES = {
@@ -67,7 +69,7 @@ def test_every_mentioned_folder_exists() -> None:
 
 def _path_exists(where: str, reference: str) -> bool:
     document = ROOT / where.split(":")[0]
-    bases = (ROOT, document.parent, ROOT.parent, SHARED, SHARED / "data")
+    bases = (ROOT, document.parent, SHARED_DATA, SHARED_DATA.parent, SHARED_DATA.parent.parent)
     return any((base / reference).exists() for base in bases)
 
 
