@@ -20,6 +20,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from platformdirs import user_data_dir
+
 from vigie import settings
 from vigie.connectors.base import FeedError
 from vigie.connectors.registry import FORMATS
@@ -137,6 +139,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=7)
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--format", choices=("fhir", "hl7", "csv"), default="hl7")
+    demo.add_argument(
+        "--store",
+        metavar="URL",
+        help="an empty store to load the demo into (default: the demo's own SQLite file, emptied "
+        "first; never VIGIE_DATABASE_URL's store)",
+    )
     _add_generate(sub)
     ing = sub.add_parser("ingest", help="load feeds into the store")
     ing.add_argument("paths", nargs="+", type=Path, metavar="PATH")
@@ -285,20 +293,46 @@ def _print_alerts(facts: FactSet, as_of: datetime, shown: int = 12) -> None:
         )
 
 
+def _demo_store(args: argparse.Namespace) -> FactStore | None:
+    """The demo's store: its own SQLite file for these parameters, emptied first, or the empty
+    store ``--store`` names. Never one that holds other data (``None``: refused, said why)."""
+    if args.store is None:
+        folder = Path(user_data_dir("vigie", appauthor=False)) / "demo"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"demo-{args.format}-{args.beds}beds-{args.days}days-seed{args.seed}.db"
+        store = FactStore(f"sqlite:///{folder / name}")
+        store.reset()  # the demo's own file: a rerun starts from an empty hospital
+        return store
+    store = FactStore(args.store)
+    held = sum(store.raw_counts().values()) + sum(store.counts().values())
+    if held:
+        print(
+            f"vigie demo: {store.safe_url} already holds data ({held:,} messages and facts); "
+            "the demo loads only into an empty store: name another --store, or none for the "
+            "demo's own",
+            file=sys.stderr,
+        )
+        store.close()
+        return None
+    return store
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    store = FactStore()
-    with tempfile.TemporaryDirectory(prefix="vigie-demo-") as folder:
+    store = _demo_store(args)
+    if store is None:
+        return ExitCode.USAGE
+    with store, tempfile.TemporaryDirectory(prefix="vigie-demo-") as folder:
         out = Path(folder)
         print(f"Generating a {args.beds}-bed hospital over {args.days} days ({args.format})...")
         summary = _generate(args, out)
         print(f"\nIngesting into {store.safe_url} ...")
         report = ingest(summary.feed_files, store, args.format)
         _print_ingest(report, max_errors=5)
-    print("\nData quality of the store:")
-    facts = FactSet(store.iter_facts())
-    print(render_text(quality_report(facts, store.raw_counts(), [])))
+        print("\nData quality of the store:")
+        facts = FactSet(store.iter_facts())
+        print(render_text(quality_report(facts, store.raw_counts(), [])))
     _print_alerts(facts, summary.start + timedelta(days=args.days))
-    store.close()
+    print(f"\nThe demo's store stays for a look: VIGIE_DATABASE_URL={store.safe_url} vigie quality")
     return ExitCode.OK
 
 

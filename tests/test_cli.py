@@ -89,19 +89,69 @@ def test_commands_of_later_issues_say_so(capsys) -> None:
     assert "not available yet" in capsys.readouterr().err
 
 
-def test_demo_generates_ingests_and_reports(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:
-    url = f"sqlite:///{tmp_path / 'demo.db'}"
-    monkeypatch.setenv("VIGIE_DATABASE_URL", url)
+@pytest.fixture
+def data_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's data folder (where the demo keeps its own store), in the test's tmp folder."""
+    home = tmp_path / "data-home"
+    monkeypatch.setenv("XDG_DATA_HOME", str(home))
+    return home
+
+
+def _demo_stores(home: Path) -> list[Path]:
+    return sorted((home / "vigie" / "demo").glob("*.db"))
+
+
+def test_demo_generates_ingests_and_reports(data_home: Path, capsys) -> None:
     assert main(["demo", "--beds", "20", "--days", "3", "--format", "fhir"]) == 0
     out = capsys.readouterr().out
     assert "Data quality of the store" in out and "Errors: 0" in out
     assert "Alerts as of 2025-01-09 00:00 UTC" in out
-    with FactStore(url) as store:
+    (demo,) = _demo_stores(data_home)
+    assert str(demo) in out  # says where its store is, for a look afterwards
+    with FactStore(f"sqlite:///{demo}") as store:
         counts = store.counts()
         assert counts["patient"] > 0 and counts["medication_order"] > 0 and counts["lab"] > 0
         assert store.raw_counts().get("rejected", 0) == 0
+
+
+def _hospital(url: str) -> tuple[dict[str, int], set[str]]:
+    with FactStore(url) as store:
+        patients = {f.patient_id for f in store.iter_facts() if f.kind == "patient"}
+        return store.counts(), patients
+
+
+def test_demo_never_writes_into_the_configured_store(
+    tmp_path: Path, data_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``VIGIE_DATABASE_URL``'s store (the hospital's) is not the demo's: left untouched."""
+    url = f"sqlite:///{tmp_path / 'hospital.db'}"
+    monkeypatch.setenv("VIGIE_DATABASE_URL", url)
+    feeds = tmp_path / "feeds"
+    assert main(["generate", "--beds", "4", "--days", "1", "--seed", "3", "--out", str(feeds)]) == 0
+    assert main(["ingest", str(feeds)]) == 0
+    before = _hospital(url)
+    assert main(["demo", "--beds", "6", "--days", "2"]) == 0
+    assert _hospital(url) == before
+
+
+def test_two_demos_never_mix_their_hospitals(data_home: Path) -> None:
+    assert main(["demo", "--beds", "6", "--days", "2", "--seed", "1"]) == 0
+    assert main(["demo", "--beds", "6", "--days", "2", "--seed", "2"]) == 0
+    first, second = (_hospital(f"sqlite:///{path}") for path in _demo_stores(data_home))
+    assert first[1] and second[1] and first != second
+    assert main(["demo", "--beds", "6", "--days", "2", "--seed", "1"]) == 0  # a rerun: no double
+    assert _hospital(f"sqlite:///{_demo_stores(data_home)[0]}") == first
+
+
+def test_demo_refuses_a_store_that_holds_data(tmp_path: Path, data_home: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    assert main(["demo", "--beds", "6", "--days", "2", "--store", url]) == 0  # empty: accepted
+    loaded = _hospital(url)
+    assert loaded[1]
+    capsys.readouterr()
+    assert main(["demo", "--beds", "6", "--days", "2", "--seed", "5", "--store", url]) == 2
+    assert "already holds data" in capsys.readouterr().err
+    assert _hospital(url) == loaded
 
 
 def test_generate_writes_feeds_and_truth(tmp_path: Path, capsys) -> None:
