@@ -42,6 +42,7 @@ def test_raw_messages_are_idempotent_and_corrections_replace(store: FactStore) -
         first = store.record_raw(session, _raw("M1"))
         store.save_facts(session, [lab("p1", "potassium", 5.1, fid="k")], first.id)
         store.record_errors(session, first.id, [("bad OBX", "OBX[2]-5", False)])
+        store.mark(session, first.id, "loaded", 1)
         again = store.record_raw(session, _raw("M1"))
         assert again.duplicate and again.id == first.id
         corrected = store.record_raw(session, _raw("M1", b"MSH|corrected"))
