@@ -179,14 +179,20 @@ def _counts(counts: Counter[str]) -> str:
 
 def _print_ingest(report: IngestReport, max_errors: int = 20) -> None:
     for file in report.files:
-        print(f"{file.path} [{file.format or '?'}]: messages: {_counts(file.messages)}")
+        if not file.skipped:
+            print(f"{file.path} [{file.format or '?'}]: messages: {_counts(file.messages)}")
     print(
         f"Facts read (a record re-sent in several messages counts each time): "
         f"{_counts(report.total_facts())}"
     )
     print(f"Messages: {_counts(report.total_messages())}")
-    for skipped in report.skipped():
-        print(f"Skipped: {skipped}")
+    rejected, skipped = report.rejected(), report.skipped()
+    read = len(report.files) - len(rejected) - len(skipped) - len(report.unreadable())
+    print(f"Files: {read:,} read, {len(rejected):,} rejected, {len(skipped):,} skipped (not feeds)")
+    for why in rejected:
+        print(f"Rejected: {why}")
+    for why in skipped:
+        print(f"Skipped: {why}")
     for unreadable in report.unreadable():
         print(f"Not read: {unreadable}")
     errors = report.errors()
@@ -211,7 +217,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         report = ingest(args.paths, store, args.format)
         print(f"Store: {store.safe_url}")
     _print_ingest(report)
-    problems = report.total_messages()["rejected"] or report.unreadable()
+    problems = report.total_messages()["rejected"] or report.unreadable() or report.rejected()
     return ExitCode.PROBLEMS if problems else ExitCode.OK
 
 

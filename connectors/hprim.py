@@ -82,7 +82,7 @@ _TEXT_ENCODINGS = ("utf-8", "latin-1")
 
 def sniff(head: bytes, name: str) -> bool:
     """An HPRIM document starts with ``H`` and its five delimiters, e.g. ``H|~^\\&|``."""
-    return bool(_HEADER.match(head.lstrip(b" \t\r\n")))
+    return bool(_HEADER.match(head[:4096].lstrip(b" \t\r\n")))
 
 
 def split(document: str, content: bytes) -> Iterator[RawMessage]:

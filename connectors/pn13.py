@@ -119,6 +119,7 @@ _SMS_CODE = re.compile(r"^1\d{11}$")
 
 def sniff(head: bytes, name: str) -> bool:
     """A PN13 document is XML with a ``<Messages>`` root holding ``M_...`` messages."""
+    head = head[:4096]
     return b"<Messages" in head and (b"SIPh" in head or b"<M_" in head)
 
 

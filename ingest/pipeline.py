@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vigie.connectors.base import Connector, FeedError, ParseOutcome, RawMessage, iter_files
-from vigie.connectors.registry import UnknownFormat, connector_for, detect_format
+from vigie.connectors.registry import UnknownFormat, connector_for, detect_format, is_metadata
 from vigie.errors import ConfigurationError
 from vigie.facts import Fact
 from vigie.store import FactStore
@@ -27,7 +27,6 @@ from vigie.store import FactStore
 __all__ = ["FileReport", "IngestReport", "ParsedMessage", "ingest", "read_feed"]
 
 log = logging.getLogger(__name__)
-_HEAD_BYTES = 4096
 
 
 @dataclass
@@ -55,7 +54,8 @@ class FileReport:
     messages: Counter[str] = field(default_factory=Counter)
     facts: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
-    skipped: str | None = None  # why the file was not read (not a recognised feed)
+    skipped: str | None = None  # why a file met in a folder is not a feed (README, truth.json)
+    rejected: str | None = None  # located error: a feed candidate no connector recognises
     unreadable: str | None = None  # the file could not be opened (missing, no permission)
 
 
@@ -74,6 +74,9 @@ class IngestReport:
 
     def skipped(self) -> list[str]:
         return [f.skipped for f in self.files if f.skipped]
+
+    def rejected(self) -> list[str]:
+        return [f.rejected for f in self.files if f.rejected]
 
     def unreadable(self) -> list[str]:
         return [f.unreadable for f in self.files if f.unreadable]
@@ -104,19 +107,25 @@ def _parse(connector: Connector, raw: RawMessage) -> ParsedMessage:
         return ParsedMessage(raw, None, internal)
 
 
-def _connector(path: Path, fmt: str, report: FileReport) -> Connector | None:
+def _connector(path: Path, fmt: str, content: bytes, report: FileReport) -> Connector | None:
     try:
         if fmt == "auto":
-            with path.open("rb") as handle:
-                fmt = detect_format(path, handle.read(_HEAD_BYTES))
+            fmt = detect_format(path, content)
         report.format = fmt
         return connector_for(fmt)
     except UnknownFormat as error:
-        report.skipped = str(error)
+        report.rejected = str(error)
         return None
-    except OSError as error:
-        report.unreadable = f"{path}: cannot read: {error.strerror}"
-        return None
+
+
+def _candidates(paths: Iterable[Path]) -> Iterator[tuple[Path, bool]]:
+    """Each file with whether it is a feed candidate (see ``vigie.connectors.registry``):
+    a file named by the caller always is; one met in a folder is unless it is metadata."""
+    for path in paths:
+        if path.is_dir():
+            yield from ((found, not is_metadata(found.name)) for found in iter_files([path]))
+        else:
+            yield path, True
 
 
 @dataclass(frozen=True)
@@ -129,16 +138,19 @@ class _Pending:
 
 
 def _iter_raw(paths: Iterable[Path], fmt: str, reports: list[FileReport]) -> Iterator[_Pending]:
-    for path in iter_files(paths):
+    for path, candidate in _candidates(paths):
         report = FileReport(str(path), None)
         reports.append(report)
-        connector = _connector(path, fmt, report)
-        if connector is None:
+        if not candidate:
+            report.skipped = f"{path}: not a feed (documentation or metadata), not read"
             continue
         try:
             content = path.read_bytes()
         except OSError as error:
             report.unreadable = f"{path}: cannot read: {error.strerror}"
+            continue
+        connector = _connector(path, fmt, content, report)
+        if connector is None:
             continue
         for raw in connector.split(path.name, content):
             yield _Pending(report, connector, raw)
@@ -150,7 +162,8 @@ def read_feed(
     """Every raw message of every file under ``paths``, parsed, in file order.
 
     A ``FileReport`` per file is appended to ``reports`` when given (format, errors of files
-    that could not be read at all, files skipped as not being a feed).
+    that could not be read at all, files rejected as no recognised feed, documentation and
+    metadata files of a folder skipped as not being feeds).
     """
     for pending in _iter_raw(paths, fmt, [] if reports is None else reports):
         yield _parse(pending.connector, pending.raw)

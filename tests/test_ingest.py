@@ -59,4 +59,5 @@ def test_auto_format_detection_and_unknown_files(tmp_path: Path) -> None:
     by_name = {Path(r.path).name: r for r in reports}
     assert by_name["labs.fake"].format == "fake"
     assert by_name["notes.txt"].format is None
-    assert "format not recognised" in by_name["notes.txt"].skipped
+    assert by_name["notes.txt"].skipped is None
+    assert "expected a feed" in by_name["notes.txt"].rejected

@@ -76,6 +76,7 @@ def _validates(raw: RawMessage) -> bool:
 """Default of ``parse``: validate every resource with ``fhir.resources`` (R4B) first."""
 
 _BOM = b"\xef\xbb\xbf"
+_SNIFF_BYTES = 4096
 _NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".ndjson.txt")
 # The usual head of a Bulk FHIR line; lets split name a line without parsing it.
 _LINE_HEAD = re.compile(
@@ -87,9 +88,26 @@ _LINE_HEAD = re.compile(
 
 
 def sniff(head: bytes, name: str) -> bool:
-    """A JSON object naming a ``resourceType`` near its start (Bundle, resource or NDJSON)."""
-    text = head.removeprefix(_BOM).lstrip()
-    return text.startswith(b"{") and b'"resourceType"' in text[:4096]
+    """A JSON object with a ``resourceType`` (Bundle, resource, or NDJSON of resources).
+
+    ``head`` is the whole document when the caller has it (``vigie ingest`` does): a
+    ``resourceType`` within the first 4 KB is enough; otherwise the document (or, for NDJSON,
+    its first line) is parsed, since JSON keys may come in any order.
+    """
+    text = head[:_SNIFF_BYTES].removeprefix(_BOM).lstrip()
+    if not text.startswith(b"{"):
+        return False
+    return b'"resourceType"' in text or _names_resource_type(head.removeprefix(_BOM))
+
+
+def _names_resource_type(content: bytes) -> bool:
+    for candidate in (content, content.lstrip().split(b"\n", 1)[0]):
+        try:
+            document = orjson.loads(candidate)
+        except orjson.JSONDecodeError:
+            continue
+        return isinstance(document, dict) and "resourceType" in document
+    return False
 
 
 def split(document: str, content: bytes) -> Iterator[RawMessage]:

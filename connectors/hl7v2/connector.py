@@ -34,6 +34,7 @@ birth and due dates are calendar dates, never shifted. See ``hl7v2_clinical``,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 from vigie.connectors.base import RawMessage
@@ -46,7 +47,6 @@ from vigie.connectors.hl7v2.clinical import (
     patient_ids_of,
 )
 from vigie.connectors.hl7v2.framing import (
-    MLLP_START,
     charset_encoding,
     content_hash_id,
     cut_messages,
@@ -73,13 +73,18 @@ feed = FEED
 
 _ORDER_MESSAGES = frozenset({"RDE^O11", "RDE^O25", "OMP^O09", "ORM^O01"})
 SUPPORTED_MESSAGES = ("ADT^*", "ORU^R01", *sorted(_ORDER_MESSAGES), "RAS^O17")
-_SNIFF_HEADS = (b"MSH", b"FHS", b"BHS")
+_SNIFF_BYTES = 4096
+_SNIFF_LINE = re.compile(rb"(?:\A|[\r\n])(?:\xef\xbb\xbf)?[\x0b \t]*(?:MSH|FHS|BHS)\|")
 
 
 def sniff(head: bytes, name: str) -> bool:
-    """An HL7 v2 document starts (after BOM, MLLP byte, blanks) with MSH, FHS or BHS + '|'."""
-    body = head.lstrip(b"\xef\xbb\xbf").lstrip(bytes([MLLP_START]) + b" \t\r\n")
-    return body[:3] in _SNIFF_HEADS and body[3:4] == b"|"
+    """An HL7 v2 document has, in its first 4 KB, a line starting (after BOM, MLLP byte,
+    blanks) with MSH, FHS or BHS + '|'.
+
+    Not only its first line: a banner before the first MSH is still HL7 v2; ``split`` hands
+    the banner to ``parse``, which rejects it with a located error, and the messages load.
+    """
+    return _SNIFF_LINE.search(head[:_SNIFF_BYTES]) is not None
 
 
 def split(document: str, content: bytes) -> Iterator[RawMessage]:

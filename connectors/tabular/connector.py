@@ -141,6 +141,7 @@ _EXAMPLE_TIME = datetime(2024, 3, 1, 8, 0)
 _TRUE = {"true", "1", "yes", "y", "oui", "o", "vrai"}
 _FALSE = {"false", "0", "no", "n", "non", "faux"}
 _LINE = re.compile(r"[^\n]*\n|[^\n]+")
+_SNIFF_BYTES = 4096
 _Value = TypeVar("_Value")
 
 
@@ -735,7 +736,8 @@ class TabularConnector:
 
     def sniff(self, head: bytes, name: str) -> bool:
         """A mapped file: its header fits a mapped layout (the name helps, but is not needed)."""
-        lines = _physical_lines(head.decode("latin-1"))[:1]
+        first_line = head[: _SNIFF_BYTES + 1].split(b"\n", 1)[0]
+        lines = _physical_lines(first_line.decode("latin-1"))
         layout = _identify(self.mapping, name, lines) if lines else None
         return layout is not None and (layout.fits or len(layout.header.cells) > 1)
 
