@@ -355,6 +355,21 @@ def test_broken_csv_is_located_and_earlier_rows_load() -> None:
     assert str(outcome.errors[0]).startswith("orders.csv: line 4: expected well-formed CSV")
 
 
+def test_unclosed_quote_is_located_instead_of_swallowing_the_rest() -> None:
+    quoted = order_line("o2").replace("PARACETAMOL", '"PARACETAMOL 500')  # never closed
+    text = orders_csv(2) + quoted + "\n" + order_line("o3") + "\n" + order_line("o4") + "\n"
+    for rows in (None, 1):
+        outcome = read_text("orders.csv", text, TabularConnector(rows_per_message=rows))
+        assert [f.order_id for f in outcome.facts] == ["o0", "o1"]
+        (error,) = outcome.errors
+        assert str(error) == (
+            "orders.csv: line 4, field 7 (label): expected a closing '\"' for the quote opened "
+            "in this field (lines 4 to 6 are not read: the quote runs to the end of the file), "
+            "got "
+            "'\"PARACETAMOL 500,500,mg,3,3/j,false,oral,2024-03-01T08:00,,…'"
+        )
+
+
 def test_unrecognised_and_empty_documents(synthetic: TabularConnector) -> None:
     for name, content in (("notes.csv", b"a,b,c\n1,2,3\n"), ("orders.csv", b"")):
         [raw] = synthetic.split(name, content)

@@ -165,9 +165,24 @@ class _Record:
 
 
 class _BrokenRecord(Exception):
-    def __init__(self, line: int, reason: str) -> None:
+    def __init__(self, line: int, reason: str, field: int | None = None, end: int = 0) -> None:
         super().__init__(reason)
         self.line, self.reason = line, reason
+        self.field, self.end = field, end  # an unclosed quote: its field, the last line
+
+
+def _unclosed_quote(lines: Sequence[str], delimiter: str) -> bool:
+    """Whether a record that runs to the end of the document does so inside a quoted cell.
+
+    The lenient reader ends such a cell at the end of the data and keeps every line after the
+    quote in it; the strict one says so.
+    """
+    try:
+        for _ in csv.reader(iter(lines), delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as error:
+        return "unexpected end of data" in str(error)
+    return False
 
 
 def _physical_lines(text: str) -> list[str]:
@@ -185,7 +200,13 @@ def _records(lines: Sequence[str], delimiter: str, first_line: int = 1) -> Itera
         except csv.Error as error:
             raise _BrokenRecord(start, str(error)) from None
         end = first_line + reader.line_num - 1
-        yield _Record(start, end, cells)
+        record = _Record(start, end, cells)
+        if end == first_line + len(lines) - 1 and cells:
+            rest = lines[start - first_line :]
+            if _unclosed_quote(rest, delimiter):
+                found = '"' + cells[-1].split("\n", 1)[0].rstrip("\r")
+                raise _BrokenRecord(start, found, field=len(cells), end=end)
+        yield record
         start = end + 1
 
 
@@ -792,9 +813,7 @@ class TabularConnector:
                 if not record.blank:
                     self._row(raw, layout, columns, record, record.line + offset, build, outcome)
         except _BrokenRecord as broken:
-            where = f"line {broken.line + offset}"
-            expected = "well-formed CSV (closed quotes, no bare carriage return)"
-            outcome.errors.append(FeedError(raw.document, where, expected, found=broken.reason))
+            outcome.errors.append(_broken_error(raw, layout, broken, offset))
         return outcome
 
     def _row(
@@ -870,6 +889,26 @@ def _row_groups(
         return
     if count:
         yield first, last
+
+
+def _broken_error(
+    raw: RawMessage, layout: _Layout, broken: _BrokenRecord, offset: int
+) -> FeedError:
+    """The located error of a record the CSV reader could not cut."""
+    where = f"line {broken.line + offset}"
+    if broken.field is None:
+        expected = "well-formed CSV (closed quotes, no bare carriage return)"
+        return FeedError(raw.document, where, expected, found=broken.reason)
+    names = layout.names or []
+    name = f" ({names[broken.field - 1]})" if broken.field <= len(names) else ""
+    where += f", field {broken.field}{name}"
+    first, last = broken.line + offset, broken.end + offset
+    span = f"line {first} is" if first == last else f"lines {first} to {last} are"
+    expected = (
+        f"a closing '\"' for the quote opened in this field ({span} not read: the quote runs "
+        "to the end of the file)"
+    )
+    return FeedError(raw.document, where, expected, found=broken.reason)
 
 
 def _check_width(raw: RawMessage, layout: _Layout, record: _Record, line: int) -> None:
