@@ -4,6 +4,13 @@ Used by the command line (``vigie ingest``, ``vigie quality``, ``vigie demo``) a
 service's feed endpoints; see ``vigie.ingest.pipeline``.
 """
 
-from vigie.ingest.pipeline import FileReport, IngestReport, ParsedMessage, ingest, read_feed
+from vigie.ingest.pipeline import (
+    FileReport,
+    IngestReport,
+    ParsedMessage,
+    ingest,
+    read_feed,
+    recover,
+)
 
-__all__ = ["FileReport", "IngestReport", "ParsedMessage", "ingest", "read_feed"]
+__all__ = ["FileReport", "IngestReport", "ParsedMessage", "ingest", "read_feed", "recover"]

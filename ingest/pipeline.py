@@ -3,7 +3,11 @@
 ``read_feed`` walks files and yields each raw message with what its connector made of it; it
 never stops on a bad message; ``vigie quality`` reads feeds through it, in memory. ``ingest``
 stores them in batches: the raw messages of a batch are committed before they are parsed, then
-the facts, dead letters and statuses they gave are written in a few bulk statements.
+the facts, dead letters and statuses they gave are written in a few bulk statements. A message
+the database refuses is dead-lettered alone (see ``FactStore.save_outcomes``). Messages left
+``received`` by a process killed between those two commits are parsed again, from the stored
+bytes, by the next ``ingest`` or by ``recover`` (which a service calls at start); a message
+that was dead-lettered is parsed again when it is sent again.
 A connector bug (an exception that is not a ``FeedError``) is caught too: the message is
 dead-lettered as an internal error naming the message, and the batch goes on. A
 ``ConfigurationError`` (a setting changed to a bad value under way) is not the message's fault:
@@ -19,12 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vigie.connectors.base import Connector, FeedError, ParseOutcome, RawMessage, iter_files
-from vigie.connectors.registry import UnknownFormat, connector_for, detect_format, is_metadata
+from vigie.connectors.registry import (
+    FORMATS,
+    UnknownFormat,
+    connector_for,
+    detect_format,
+    is_metadata,
+)
 from vigie.errors import ConfigurationError
-from vigie.facts import Fact
-from vigie.store import FactStore
+from vigie.store import FactStore, MessageOutcome
 
-__all__ = ["FileReport", "IngestReport", "ParsedMessage", "ingest", "read_feed"]
+__all__ = ["FileReport", "IngestReport", "ParsedMessage", "ingest", "read_feed", "recover"]
 
 log = logging.getLogger(__name__)
 
@@ -178,37 +187,104 @@ def _tally(report: FileReport, parsed: ParsedMessage) -> None:
         report.errors.extend(str(error) for error in parsed.outcome.errors)
 
 
+def _outcome(raw_id: int, parsed: ParsedMessage) -> MessageOutcome:
+    given = parsed.outcome.facts if parsed.outcome else []
+    errors = [parsed.fatal] if parsed.fatal else (parsed.outcome.errors if parsed.outcome else [])
+    fatal = parsed.fatal is not None
+    raw = parsed.raw
+    located = [(str(error), error.position, fatal) for error in errors]
+    return MessageOutcome(
+        raw_id, raw.document, raw.message_id, raw.position, parsed.status, given, located
+    )
+
+
+def _refused(report: FileReport, text: str) -> None:
+    report.messages["rejected"] += 1
+    report.errors.append(text)
+
+
 def _store_batch(store: FactStore, batch: list[_Pending]) -> None:
     """Keep the raw messages (committed first), then parse and store what they gave."""
     if not batch:
         return
-    with store.session() as session:
-        records = store.record_raws(session, [pending.raw for pending in batch])
-        session.commit()  # the raw data is safe before any parser touches it
-        facts: list[tuple[Fact, int | None]] = []
-        letters: list[tuple[int, str, str | None, bool]] = []
-        outcomes: list[tuple[int, str, int]] = []
-        for pending, record in zip(batch, records, strict=True):
-            if record.duplicate:
-                pending.report.messages["duplicate"] += 1
-                continue
-            parsed = _parse(pending.connector, pending.raw)
-            _tally(pending.report, parsed)
-            given = parsed.outcome.facts if parsed.outcome else []
-            errors = (
-                [parsed.fatal]
-                if parsed.fatal
-                else (parsed.outcome.errors if parsed.outcome else [])
+    records = store.keep_raws([pending.raw for pending in batch])
+    parsed: list[tuple[FileReport, ParsedMessage, MessageOutcome]] = []
+    for pending, record in zip(batch, records, strict=True):
+        if not record.duplicate and record.refused is None:
+            message = _parse(pending.connector, pending.raw)
+            parsed.append((pending.report, message, _outcome(record.id, message)))
+    refused = store.save_outcomes([outcome for _, _, outcome in parsed])
+    messages = iter(parsed)
+    for pending, record in zip(batch, records, strict=True):  # tallied in file order
+        if record.duplicate:
+            pending.report.messages["duplicate"] += 1
+        elif record.refused is not None:
+            _refused(pending.report, record.refused)
+        else:
+            _tally_stored(refused, *next(messages))
+
+
+def _tally_stored(
+    refused: dict[int, str], report: FileReport, message: ParsedMessage, outcome: MessageOutcome
+) -> None:
+    if outcome.raw_id in refused:
+        _refused(report, refused[outcome.raw_id])
+    else:
+        _tally(report, message)
+
+
+def _feed_connectors() -> dict[str, Connector]:
+    """Connectors by the feed name their raw messages carry (``hl7v2`` for format ``hl7``)."""
+    connectors = (connector_for(fmt) for fmt in FORMATS)
+    return {connector.feed: connector for connector in connectors}
+
+
+def recover(store: FactStore, batch_size: int = 500) -> IngestReport:
+    """Parse again every message the store kept but never finished, from its stored bytes.
+
+    A process killed between the two commits of a batch leaves its raw messages ``received``;
+    ``ingest`` calls this first, and a long-lived service calls it at start, before any other
+    ingest runs. A message of a feed no connector reads is dead-lettered (it stays in the store;
+    sending it again retries it).
+    """
+    report = IngestReport()
+    by_document: dict[tuple[str, str], FileReport] = {}
+    connectors: dict[str, Connector] | None = None
+    while unfinished := store.unfinished(batch_size):
+        connectors = connectors if connectors is not None else _feed_connectors()
+        parsed = []
+        for stored in unfinished:
+            file = by_document.get((stored.feed, stored.document))
+            if file is None:
+                file = FileReport(f"{stored.document} (unfinished, from the store)", stored.feed)
+                by_document[(stored.feed, stored.document)] = file
+                report.files.append(file)
+            raw = RawMessage(
+                stored.feed,
+                stored.document,
+                stored.content,
+                stored.message_id,
+                stored.position,
+                stored.encoding,
             )
-            facts.extend((fact, record.id) for fact in given)
-            letters.extend(
-                (record.id, str(e), e.position, parsed.fatal is not None) for e in errors
-            )
-            outcomes.append((record.id, parsed.status, len(given)))
-        store.save_fact_rows(session, facts)
-        store.record_dead_letters(session, letters)
-        store.record_outcomes(session, outcomes)
-        session.commit()
+            message = _recovered(connectors.get(stored.feed), raw)
+            parsed.append((file, message, _outcome(stored.id, message)))
+        refused = store.save_outcomes([outcome for _, _, outcome in parsed])
+        for file, message, outcome in parsed:
+            _tally_stored(refused, file, message, outcome)
+    return report
+
+
+def _recovered(connector: Connector | None, raw: RawMessage) -> ParsedMessage:
+    if connector is not None:
+        return _parse(connector, raw)
+    unread = FeedError(
+        raw.document,
+        raw.position,
+        f"a feed Vigie reads (no connector for {raw.feed!r})",
+        message_id=raw.message_id,
+    )
+    return ParsedMessage(raw, None, unread)
 
 
 def ingest(
@@ -216,10 +292,13 @@ def ingest(
 ) -> IngestReport:
     """Load documents into the store, in batches; idempotent on (feed, message id).
 
+    Messages a previous run left unfinished are parsed again first (``recover``), from the
+    bytes the store kept; their reports come first, then one per file.
+
     A batch is cut early where a message id repeats, so that a re-sent or corrected message is
     compared with what the store holds, exactly as if messages were stored one by one.
     """
-    report = IngestReport()
+    report = recover(store, batch_size)
     batch: list[_Pending] = []
     keys: set[tuple[str, str]] = set()
     for pending in _iter_raw(paths, fmt, report.files):

@@ -1,6 +1,7 @@
 """A minimal connector for pipeline tests: one message per line, ``pid;concept;value``.
 
-A line ``boom`` simulates a connector bug (a non-FeedError exception).
+A line ``boom`` simulates a connector bug (a non-FeedError exception). A line may end with
+``#ID`` to give its message id (as an HL7 MSH-10 would), else the id is ``document:line``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ def sniff(head: bytes, name: str) -> bool:
 def split(document: str, content: bytes) -> Iterator[RawMessage]:
     for number, line in enumerate(content.splitlines(), start=1):
         if line.strip():
-            yield RawMessage(
-                feed, document, line, message_id=f"{document}:{number}", position=f"line {number}"
-            )
+            line, _, given = line.partition(b"#")
+            message_id = given.decode() or f"{document}:{number}"
+            yield RawMessage(feed, document, line, message_id=message_id, position=f"line {number}")
 
 
 def parse(raw: RawMessage) -> ParseOutcome:
