@@ -1072,3 +1072,47 @@ def test_python_hl7_reader_on_mutated_messages_gives_facts_or_feed_error(content
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(PARSER_VARIABLE, "python-hl7")
         _parse_everything(content)
+
+
+# Truncated documents --------------------------------------------------------------------------
+# A document that ends without a segment terminator (CR, LF or the MLLP end block) inside an OBX
+# whose OBX-11 (result status, required by HL7 v2) is missing or empty was cut short: the message
+# is rejected, located at the last field present. A terminated segment may omit trailing fields
+# (HL7 allows it), and so may a complete OBX at the end of a file without a final CR (several
+# reference files end so): neither is truncation.
+
+_CUT = hl7_text(MSH_ORU, PID)
+_TIMED = hl7_text(MSH_ORU, PID, "OBR|1||||||20240306074000")  # OBR-7: the results' time
+
+
+@pytest.mark.parametrize(
+    ("tail", "position"),
+    [
+        (b"OBX|1|NM|2823-3^Pot", "OBX[1]-3"),  # cut in the observation id
+        (b"OBX|1|NM|2823-3^Potassium^LN||5.", "OBX[1]-5"),  # cut in the value: never a 5.0
+        (b"OBX|1|NM|2823-3^Potassium^LN||5.9|mmol/L|3.5-5.1|H|||", "OBX[1]-11"),
+    ],
+)
+def test_a_file_cut_inside_an_obx_is_a_located_error(tail: bytes, position: str) -> None:
+    second = _CUT.replace(b"|M1|", b"|M2|") + tail
+    (_, ok), (raw, error) = messages("cut.hl7", _CUT + OBX_K.encode() + b"\r" + second)
+    assert not isinstance(ok, FeedError) and facts_of(ok, LabResult)
+    assert isinstance(error, FeedError), "the cut message must not load"
+    assert raw.position == "message 2"
+    assert error.position == position
+    assert "OBX-11" in error.expected and "truncated" in error.expected
+    assert str(error).startswith(f"cut.hl7: message LAB^CHU|M2: {position}: expected ")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        _TIMED + b"OBX|1|NM|2823-3^Potassium^LN||5.9\r",  # terminated: trailing fields omitted
+        _TIMED + b"OBX|1|NM|2823-3^Potassium^LN||5.9|mmol/L|||||F",  # complete, no final CR
+        _TIMED + b"OBX|1|NM|2823-3^Potassium^LN||5.9|mmol/L|||||F|||20240306074000",
+        b"\x0b" + _TIMED + b"OBX|1|NM|2823-3^Potassium^LN||5.9\x1c\r",  # MLLP end block
+    ],
+)
+def test_omitted_trailing_fields_are_not_truncation(content: bytes) -> None:
+    outcome = only("ok.hl7", content)
+    assert [f.value for f in facts_of(outcome, LabResult)] == [5.9]

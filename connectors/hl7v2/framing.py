@@ -80,12 +80,18 @@ class _Group:
 
 def _lines(content: bytes) -> Iterator[tuple[int, int]]:
     """(start, end) byte spans of the lines of a document, separators excluded."""
+    for start, end, _ in _terminated_lines(content):
+        yield start, end
+
+
+def _terminated_lines(content: bytes) -> Iterator[tuple[int, int, int]]:
+    """(start, end, after) of each line: ``after`` is past its separator, if it has one."""
     start = 0
     for match in _SEGMENT_BREAK.finditer(content):
-        yield start, match.start()
+        yield start, match.start(), match.end()
         start = match.end()
     if start < len(content):
-        yield start, len(content)
+        yield start, len(content), len(content)
 
 
 def _segment_start(content: bytes, start: int, end: int) -> int:
@@ -106,23 +112,23 @@ def _group_start(content: bytes, line_start: int, segment_start: int) -> int:
 def _groups(content: bytes) -> list[_Group]:
     groups: list[_Group] = []
     current: _Group | None = None
-    for start, end in _lines(content):
+    for start, end, after in _terminated_lines(content):
         seg = _segment_start(content, start, end)
         if seg >= end:
             if current is not None:
-                current.end = end
+                current.end = after
             continue
         head = content[seg : seg + 3]
         if head in _WRAPPERS:
             current = None
         elif head == b"MSH":
-            current = _Group(_group_start(content, start, seg), end, True)
+            current = _Group(_group_start(content, start, seg), after, True)
             groups.append(current)
         elif current is None:
-            current = _Group(start, end, False)
+            current = _Group(start, after, False)
             groups.append(current)
         else:
-            current.end = end
+            current.end = after
     return groups
 
 
@@ -130,7 +136,9 @@ def cut_messages(content: bytes) -> list[MessageSlice]:
     """Cut a document into messages at each MSH; batch wrappers (FHS/BHS/BTS/FTS) dropped.
 
     Lines before the first MSH that are not wrappers form a slice of their own (``parse``
-    rejects it with a located error) so that nothing is silently lost.
+    rejects it with a located error) so that nothing is silently lost. Each slice keeps the
+    terminator of its last line, as received: a message without one ends its document
+    mid-segment, which ``parse`` needs to tell a truncated OBX from omitted trailing fields.
     """
     if content.startswith(_UTF8_BOM):
         content = content[len(_UTF8_BOM) :]

@@ -137,6 +137,7 @@ class Hl7Message:
             self._by_name.setdefault(segment.name, []).append(segment)
         self.msh = self.segments[0]
         self._check_msh()
+        self._check_complete(raw.content)
 
     # Errors ------------------------------------------------------------------------------
 
@@ -243,6 +244,26 @@ class Hl7Message:
                 fields.insert(1, self.separator)
             refs.append(SegmentRef(name, counts[name], ordinal, fields))
         return refs
+
+    def _check_complete(self, content: bytes) -> None:
+        """A message cut short: its bytes end without a segment terminator (CR, LF, MLLP end
+        block) inside an OBX that lacks OBX-11, the result status HL7 v2 requires.
+
+        A terminated segment may omit trailing fields, and a complete OBX may end a file
+        without a final CR: neither is truncation. ``split`` keeps each message's terminator.
+        """
+        last = self.segments[-1]
+        if last.name != "OBX" or content.rstrip(b" \t")[-1:] in (b"\r", b"\n", b"\x1c"):
+            return
+        if len(last.fields) > 11 and last.fields[11].strip():
+            return
+        present = len(last.fields) - 1
+        raise self.error(
+            last.position(present),
+            f"a complete OBX: the message ends inside OBX-{present} without a segment "
+            "terminator, and OBX-11 (result status, required) is missing: the file is truncated",
+            self.separator.join(last.fields)[-40:],
+        )
 
     def _check_msh(self) -> None:
         msh = self.msh
