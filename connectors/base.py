@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from vigie.errors import VigieError
-from vigie.facts import AnyFact
+from vigie.facts import AnyFact, Retraction
 from vigie.settings import site_timezone
 
 __all__ = [
@@ -101,14 +101,20 @@ class ParseOutcome:
 
     A fatal error is raised as ``FeedError``; a non-fatal one (one bad OBX among ten, one bad
     entry in a Bundle) is collected in ``errors`` while the rest of the message still loads.
+    ``retractions`` are facts the message withdraws (see ``Retraction``); ``version_time`` is
+    when the sender recorded this version of the message (naive UTC, see ``Source``): of two
+    versions of one message (same feed and id), the later decides, whatever their arrival order.
     """
 
     facts: list[AnyFact] = field(default_factory=list)
     errors: list[FeedError] = field(default_factory=list)
+    retractions: list[Retraction] = field(default_factory=list)
+    version_time: datetime | None = None
 
     def extend(self, other: ParseOutcome) -> None:
         self.facts.extend(other.facts)
         self.errors.extend(other.errors)
+        self.retractions.extend(other.retractions)
 
 
 class Connector(Protocol):

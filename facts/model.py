@@ -42,6 +42,7 @@ __all__ = [
     "Observation",
     "Patient",
     "Pregnancy",
+    "Retraction",
     "Sex",
     "Source",
     "Stay",
@@ -59,12 +60,18 @@ class Source(_Frozen):
     ``document`` the file name (or channel); ``message_id`` the message or resource id when the
     feed has one; ``position`` the place inside it: an HL7 segment and field (``OBX[2]-5``), a
     FHIR path (``Bundle.entry[3].resource.valueQuantity``), an XML path, or a CSV ``line 12``.
+
+    ``version_time`` is when the sender recorded this version of the fact (naive UTC): HL7 EVN-2,
+    else MSH-7; FHIR ``meta.lastUpdated``, else the Bundle's ``timestamp``; the PN13 or HPRIM
+    message date. Of two versions of one fact the later ``version_time`` wins, whatever order
+    they arrive in; ``None`` (a feed without one) leaves arrival order to decide.
     """
 
     feed: str
     document: str
     message_id: str | None = None
     position: str | None = None
+    version_time: datetime | None = None
 
     def describe(self) -> str:
         parts = [self.feed, self.document]
@@ -254,6 +261,18 @@ class Pregnancy(Fact):
     status: Literal["pregnant", "not-pregnant", "unknown"] = "pregnant"
     recorded: datetime
     estimated_due_date: date | None = None
+
+
+class Retraction(_Frozen):
+    """A fact withdrawn by its sender: HL7 OBX-11 ``D`` (deleted) or ``W`` (wrong), FHIR
+    ``entered-in-error``. The store marks the fact retracted (it stops reaching the rules) unless
+    it holds a later version of it; ``source`` says which message withdrew it and when.
+    """
+
+    kind: str
+    fact_id: str
+    patient_id: str
+    source: Source
 
 
 AnyFact = (
