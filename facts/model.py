@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from enum import StrEnum
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 __all__ = [
     "FACT_KINDS",
@@ -72,6 +72,14 @@ class Source(_Frozen):
     message_id: str | None = None
     position: str | None = None
     version_time: datetime | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unknown_version(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No ``version_time`` key when there is none: stored payloads stay as they were."""
+        data: dict[str, Any] = handler(self)
+        if data.get("version_time") is None:
+            data.pop("version_time", None)
+        return data
 
     def describe(self) -> str:
         parts = [self.feed, self.document]
