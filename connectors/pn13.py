@@ -24,6 +24,24 @@ ConceptMaps (hl7.fhir.fr.medication):
 - Several elements (morning 1, evening 2) add up: ``frequency_per_day`` and ``daily_dose`` are
   sums; ``dose`` is kept only when all elements give the same one.
 
+Message identity and versions (issue 7): a document is one raw message, named after the
+prescription it is a version of, ``<Ipp>|<Phast-id_message>`` (``5000001820|10723``). The
+Interop'Santé PN13→FHIR ConceptMap maps ``Messages@Phast-id_message`` to
+``MedicationRequest.groupIdentifier`` (the prescription) and ``Id_élément_prescr`` to
+``MedicationRequest.identifier`` (the line), both in a system "to be assigned according to the
+emitting system": the id is the sender's, and no PN13 message carries its emitter (none of the
+six reference messages, in ``Messages`` attributes or elsewhere). The patient's ``Ipp`` scopes
+it instead, so that two applications' counters only meet on the same patient. The two examples
+sharing ``10723`` are one prescription (same patient, stay, ``Dh_prescription``, emission time
+and line ``31626``) coded by substance (DC) in one and by product (UCD) in the other; both
+translate to the same FHIR identifiers, so they are two versions of one message here, never two
+prescriptions. A document without ``Phast-id_message`` (two of the examples) is named by a
+content hash. The version time (``ParseOutcome.version_time`` and every fact's
+``Source.version_time``) is ``Phast-dh_émission``, else the latest ``Dh_prescription``, in UTC.
+A line is stopped by ``Cré_arr_mod_val`` ``A`` (status ``stopped``: the order existed); PN13 as
+shown by the examples and the ConceptMap (where ``Cré_arr_mod_val`` is "unmatched") has no code
+saying a line was entered in error, so this connector retracts nothing.
+
 Errors name the XML element and line: ``line 21, /Messages/M_Prescription_médicaments/
 Prescription/Elément_prescr_médic[2]/Dh_début: expected a date-time YYYYMMDD[HHMM[SS]]``.
 The parser is the standard library's expat (what ElementTree runs on) so that each element keeps
@@ -68,6 +86,8 @@ _DECLARED_ENCODING = re.compile(
     rb"^(?:\xef\xbb\xbf)?\s*<\?xml[^>]*encoding\s*=\s*[\"']([A-Za-z0-9._-]+)"
 )
 _MESSAGE_ID = re.compile(rb"Phast-id_message\s*=\s*[\"']([^\"']*)[\"']")
+_IPP = re.compile(rb"<(?:[\w.-]+:)?Ipp>([^<]*)</(?:[\w.-]+:)?Ipp>")
+_EMISSION = "Phast-dh_émission"
 _RATE = re.compile(r"^\s*(?P<unit>[^/]+?)\s*/\s*(?P<per>h|heure|min|mn|j|jour|24\s*h)\s*$", re.I)
 _DATE_FORMATS = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
 _SEXES = {"M": Sex.MALE, "F": Sex.FEMALE, "I": Sex.UNKNOWN, "U": Sex.UNKNOWN, "O": Sex.OTHER}
@@ -126,14 +146,20 @@ def sniff(head: bytes, name: str) -> bool:
 def split(document: str, content: bytes) -> Iterator[RawMessage]:
     """The whole ``<Messages>`` document is one raw message (XML is cut only once parsed).
 
-    The id is ``Phast-id_message`` plus a content hash: senders reuse message ids (two of the
-    Interop'Santé examples share ``10723``), and ingest is idempotent on the id.
+    Its id names the prescription it is a version of: ``<Ipp>|<Phast-id_message>``, e.g.
+    ``5000001820|10723`` (see the module's docstring, "Message identity"); a document without
+    ``Phast-id_message`` or ``Ipp`` has no such identity and is named by a content hash.
     """
-    digest = hashlib.sha256(content).hexdigest()
-    match = _MESSAGE_ID.search(content[:4096])
-    own = match.group(1).decode("latin-1").strip() if match else ""
-    message_id = f"{own}/{digest[:8]}" if own else digest[:16]
+    own = _first_text(_MESSAGE_ID, content[:4096])
+    patient = _first_text(_IPP, content)
+    digest = hashlib.sha256(content).hexdigest()[:16]
+    message_id = f"{patient}|{own}" if own and patient else digest
     yield RawMessage(feed, document, content, message_id)
+
+
+def _first_text(pattern: re.Pattern[bytes], content: bytes) -> str:
+    match = pattern.search(content)
+    return match.group(1).decode("latin-1").strip() if match else ""
 
 
 # XML with line numbers ---------------------------------------------------------------------
@@ -322,6 +348,7 @@ class _Context:
             document=self.raw.document,
             message_id=self.raw.message_id,
             position=f"{element.path} (line {element.line})",
+            version_time=self.outcome.version_time,
         )
 
     def add(self, fact: AnyFact) -> None:
@@ -343,6 +370,7 @@ def parse_message(raw: RawMessage, terminology: Terminology) -> ParseOutcome:
     messages = [c for c in root.children if c.tag.startswith("M_")]
     if not messages:
         raise context.error(root, f"at least one <{PRESCRIPTION}> message")
+    context.outcome.version_time = _version_time(context, root, messages)
     for message in messages:
         if message.tag != PRESCRIPTION:
             context.problem(
@@ -356,6 +384,25 @@ def parse_message(raw: RawMessage, terminology: Terminology) -> ParseOutcome:
     if not context.outcome.facts and context.outcome.errors:
         raise context.outcome.errors[0]
     return context.outcome
+
+
+def _version_time(context: _Context, root: Element, messages: list[Element]) -> datetime | None:
+    """When the sender wrote this version: ``Phast-dh_émission``, else the latest
+    ``Dh_prescription`` (the two Interop'Santé examples without the attribute have one)."""
+    emitted = root.attrib.get(_EMISSION, "").strip()
+    if emitted:
+        local = _parse_datetime(emitted)
+        if local is not None:
+            return as_utc(local)
+        context.problem(root, f"a {_EMISSION} date-time YYYYMMDD[HHMM[SS]]", emitted)
+    prescribed = [
+        _parse_datetime(prescription.value("Dh_prescription"))  # reported when read
+        for message in messages
+        if message.tag == PRESCRIPTION
+        for prescription in message.all("Prescription")
+    ]
+    latest = max((when for when in prescribed if when is not None), default=None)
+    return as_utc(latest) if latest else None
 
 
 def _read_prescription_message(context: _Context, message: Element) -> None:
@@ -492,7 +539,9 @@ def _read_order_line(
     common = _line_fields(context, line)
     posology = _read_posology(context, line)
     for index, component in enumerate(components, 1):
-        fact_id = f"pn13:order:{order_id}" + (f":{index}" if len(components) > 1 else "")
+        # Senders may number order lines per prescription ('id1'): the id is the patient's.
+        fact_id = f"pn13:order:{patient.patient_id}:{order_id}"
+        fact_id += f":{index}" if len(components) > 1 else ""
         context.add(
             _order(
                 context,
@@ -907,6 +956,13 @@ def _datetime(context: _Context, element: Element | None) -> datetime | None:
     text = element.text.strip() if element is not None else ""
     if element is None or not text:
         return None
+    value = _parse_datetime(text)
+    if value is None:
+        context.problem(element, "a date-time YYYYMMDD[HHMM[SS]]", text)
+    return value
+
+
+def _parse_datetime(text: str) -> datetime | None:
     digits = text[:14] if len(text) == 16 else text
     pattern = _DATE_FORMATS.get(len(digits))
     try:
@@ -914,7 +970,6 @@ def _datetime(context: _Context, element: Element | None) -> datetime | None:
             return datetime.strptime(digits, pattern)
     except ValueError:
         pass
-    context.problem(element, "a date-time YYYYMMDD[HHMM[SS]]", text)
     return None
 
 

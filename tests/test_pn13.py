@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from vigie import settings as vigie_settings
 from vigie.connectors import pn13
-from vigie.connectors.base import FeedError, ParseOutcome
+from vigie.connectors.base import FeedError, ParseOutcome, RawMessage
 from vigie.facts import Fact, FlagCode, MedicationOrder, Observation, Patient, Sex, Stay
 
 GOLDEN = Path(__file__).parent / "golden" / "pn13"
@@ -59,10 +59,8 @@ def xml_path(shared_data: Path, name: str) -> Path:
 
 
 def load(path: Path, name: str | None = None) -> ParseOutcome:
-    outcome = ParseOutcome()
-    for raw in pn13.split(name or path.name, path.read_bytes()):
-        outcome.extend(pn13.parse(raw))
-    return outcome
+    [raw] = pn13.split(name or path.name, path.read_bytes())  # a document is one message
+    return pn13.parse(raw)
 
 
 def load_bytes(content: bytes, name: str = "bad.xml") -> ParseOutcome:
@@ -272,7 +270,8 @@ def test_weight_and_height_are_observations(shared_data: Path) -> None:
 def test_compound_infusion_gives_one_order_per_component(shared_data: Path) -> None:
     outcome = load(xml_path(shared_data, COMPOUND))
     components = orders(outcome)
-    assert [o.fact_id for o in components] == [f"pn13:order:6166:{i}" for i in range(1, 7)]
+    expected = [f"pn13:order:123456789123:6166:{i}" for i in range(1, 7)]  # the patient's line
+    assert [o.fact_id for o in components] == expected
     assert {o.order_id for o in components} == {"6166"}
     potassium = components[1]
     assert potassium.drug.display.startswith("POTASSIUM CHLORURE 1 g")
@@ -313,18 +312,122 @@ def test_real_latin1_document_and_continuous_rate() -> None:
     assert FlagCode.MISSING_DOSE not in {flag.code for flag in order.flags}
 
 
-def test_message_ids_and_fact_ids_are_stable(shared_data: Path) -> None:
-    first = [
-        raw.message_id
-        for raw in pn13.split("a.xml", xml_path(shared_data, PARACETAMOL).read_bytes())
-    ]
-    other = [
-        raw.message_id
-        for raw in pn13.split("b.xml", xml_path(shared_data, PARACETAMOL_DC).read_bytes())
-    ]
-    # the two examples share Phast-id_message 10723: the content hash keeps them apart
-    assert first[0].startswith("10723/") and other[0].startswith("10723/")
-    assert first != other
+def split_one(path: Path, name: str | None = None) -> RawMessage:
+    [raw] = pn13.split(name or path.name, path.read_bytes())
+    return raw
+
+
+def test_message_id_is_the_patient_and_the_prescription(shared_data: Path) -> None:
+    """``<Ipp>`` and ``<Messages Phast-id_message=...>`` as written in the reference files."""
+    expected = {
+        PARACETAMOL: "5000001820|10723",
+        PARACETAMOL_DC: "5000001820|10723",
+        METFORMIN: "6032486|10543744",
+        PCA.name: "6032486|10543745",
+    }
+    for name, message_id in expected.items():
+        assert split_one(xml_path(shared_data, name)).message_id == message_id
+        assert split_one(xml_path(shared_data, name), "renamed.xml").message_id == message_id
+
+
+def test_the_two_10723_examples_are_one_prescription(shared_data: Path) -> None:
+    """Same patient, stay, prescription time, emission time and line; only the drug's coding
+    differs (substance code 1181 in DC, UCD13 3400890006262 in the other): two versions of one
+    message, which is what their FHIR translations say (groupIdentifier 10723, line 31626)."""
+    dc, product = (load(xml_path(shared_data, n)) for n in (PARACETAMOL_DC, PARACETAMOL))
+    assert [o.fact_id for o in orders(dc)] == [o.fact_id for o in orders(product)]
+    assert (orders(dc)[0].drug.code, orders(product)[0].drug.code) == ("1181", "3400890006262")
+    assert dc.version_time == product.version_time == datetime(2022, 4, 11, 16, 42, 53)
+    bundles = shared_data / "fr-medication-ig" / "fhir_bundles"
+    for name in TRANSLATIONS.values():
+        if "Paracetamol" in name:
+            bundle = json.loads((bundles / name).read_text())
+            [request] = [
+                e["resource"]
+                for e in bundle["entry"]
+                if e["resource"]["resourceType"] == "MedicationRequest"
+            ]
+            assert request["groupIdentifier"]["value"] == "10723"
+            assert request["identifier"][0]["value"] == "31626"
+
+
+def test_without_phast_id_message_the_id_is_a_content_hash(shared_data: Path) -> None:
+    content = xml_path(shared_data, DOLIPRANE).read_bytes()
+    assert b"Phast-id_message" not in content
+    [raw] = pn13.split("a.xml", content)
+    [changed] = pn13.split("a.xml", content.replace(b"<Nombre>1</Nombre>", b"<Nombre>2</Nombre>"))
+    assert raw.message_id != changed.message_id
+    assert raw.message_id == next(pn13.split("b.xml", content)).message_id
+
+
+def test_version_time_is_the_emission_time(shared_data: Path) -> None:
+    """``Phast-dh_émission`` (tests read times as UTC: see conftest), on every fact too."""
+    expected = {
+        PARACETAMOL_DC: datetime(2022, 4, 11, 16, 42, 53),  # Phast-dh_émission="20220411164253"
+        METFORMIN: datetime(2025, 5, 2, 14, 55, 43),  # Phast-dh_émission="20250502145543"
+        PCA.name: datetime(2025, 5, 7, 15, 38, 1),  # Phast-dh_émission="20250507153801"
+        # no Phast-dh_émission: the latest <Dh_prescription>
+        DOLIPRANE: datetime(2007, 12, 27, 10, 33),  # 20071227103300
+        COMPOUND: datetime(2023, 5, 3, 11, 30),  # 2023050311300000 (with hundredths)
+    }
+    for name, when in expected.items():
+        outcome = load(xml_path(shared_data, name))
+        assert outcome.version_time == when, name
+        assert {fact.source.version_time for fact in outcome.facts} == {when}, name
+
+
+def test_version_time_is_read_in_the_site_zone(
+    shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIGIE_TIMEZONE", "Europe/Paris")  # April 2022: UTC+2
+    vigie_settings.site_timezone.cache_clear()
+    try:
+        outcome = load(xml_path(shared_data, PARACETAMOL_DC))
+    finally:
+        monkeypatch.undo()
+        vigie_settings.site_timezone.cache_clear()
+    assert outcome.version_time == datetime(2022, 4, 11, 14, 42, 53)
+
+
+def test_a_bad_emission_time_is_reported_and_falls_back(shared_data: Path) -> None:
+    content = xml_path(shared_data, PARACETAMOL_DC).read_bytes()
+    outcome = load_bytes(content.replace(b'"20220411164253"', b'"2022-04-11"', 1))
+    assert outcome.version_time == datetime(2022, 4, 11, 16, 42, 53)  # <Dh_prescription>
+    [error] = outcome.errors
+    assert error.position == "line 2, /Messages" and error.found == "2022-04-11"
+
+
+def test_a_correction_is_a_new_version_of_the_same_message(shared_data: Path) -> None:
+    """The prescriber changes the dose: the sender sends the prescription again, later."""
+    original = xml_path(shared_data, PARACETAMOL_DC).read_bytes()
+    corrected = correction_of(original)
+    [first], [second] = pn13.split("in.xml", original), pn13.split("in.xml", corrected)
+    assert first.message_id == second.message_id == "5000001820|10723"
+    assert first.sha256 != second.sha256
+    before, after = pn13.parse(first), pn13.parse(second)
+    assert (before.version_time, after.version_time) == (
+        datetime(2022, 4, 11, 16, 42, 53),
+        datetime(2022, 4, 11, 17, 5),
+    )
+    assert [o.fact_id for o in orders(before)] == [o.fact_id for o in orders(after)]
+    assert [o.dose for o in orders(before)] == [1000]
+    assert [o.dose for o in orders(after)] == [500]
+
+
+def correction_of(original: bytes) -> bytes:
+    """The DC paracetamol message, sent again at 17:05 with 500 mg a dose (was 1000 mg)."""
+    corrected = original.replace(b'Phast-dh_\xc3\xa9mission="20220411164253"', CORRECTED_AT)
+    corrected = corrected.replace(b"<Cr\xc3\xa9_arr_mod_val>C<", b"<Cr\xc3\xa9_arr_mod_val>M<")
+    # the component's quantity and the posology's, both 1000.0 mg
+    corrected = corrected.replace(b"<Nombre>1000.0</Nombre>", b"<Nombre>500.0</Nombre>")
+    assert corrected.count(b"<Nombre>500.0</Nombre>") == 2 and CORRECTED_AT in corrected
+    return corrected
+
+
+CORRECTED_AT = 'Phast-dh_émission="20220411170500"'.encode()
+
+
+def test_fact_ids_do_not_depend_on_the_file_name(shared_data: Path) -> None:
     ids = [f.fact_id for f in load(xml_path(shared_data, COMPOUND)).facts]
     assert ids == [f.fact_id for f in load(xml_path(shared_data, COMPOUND), "renamed.xml").facts]
 
