@@ -186,6 +186,12 @@ def _print_ingest(report: IngestReport, max_errors: int = 20) -> None:
         f"{_counts(report.total_facts())}"
     )
     print(f"Messages: {_counts(report.total_messages())}")
+    if report.total_corrections():
+        print(
+            f"Corrections: {report.total_corrections():,} new versions of messages already "
+            "stored (every version kept; the one with the latest sender time applies, "
+            "'superseded' counts versions older than the one stored)"
+        )
     rejected, skipped = report.rejected(), report.skipped()
     read = len(report.files) - len(rejected) - len(skipped) - len(report.unreadable())
     print(f"Files: {read:,} read, {len(rejected):,} rejected, {len(skipped):,} skipped (not feeds)")

@@ -31,7 +31,7 @@ from vigie.connectors.registry import (
     is_metadata,
 )
 from vigie.errors import ConfigurationError
-from vigie.store import FactStore, MessageOutcome
+from vigie.store import FactStore, MessageOutcome, SavedBatch
 
 __all__ = ["FileReport", "IngestReport", "ParsedMessage", "ingest", "read_feed", "recover"]
 
@@ -63,6 +63,7 @@ class FileReport:
     messages: Counter[str] = field(default_factory=Counter)
     facts: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    corrections: int = 0  # new versions of messages the store already held (history kept)
     skipped: str | None = None  # why a file met in a folder is not a feed (README, truth.json)
     rejected: str | None = None  # located error: a feed candidate no connector recognises
     unreadable: str | None = None  # the file could not be opened (missing, no permission)
@@ -77,6 +78,9 @@ class IngestReport:
 
     def total_messages(self) -> Counter[str]:
         return sum((f.messages for f in self.files), Counter())
+
+    def total_corrections(self) -> int:
+        return sum(f.corrections for f in self.files)
 
     def errors(self) -> list[str]:
         return [error for f in self.files for error in f.errors]
@@ -193,8 +197,18 @@ def _outcome(raw_id: int, parsed: ParsedMessage) -> MessageOutcome:
     fatal = parsed.fatal is not None
     raw = parsed.raw
     located = [(str(error), error.position, fatal) for error in errors]
+    retractions = parsed.outcome.retractions if parsed.outcome else []
+    version = parsed.outcome.version_time if parsed.outcome else None
     return MessageOutcome(
-        raw_id, raw.document, raw.message_id, raw.position, parsed.status, given, located
+        raw_id,
+        raw.document,
+        raw.message_id,
+        raw.position,
+        parsed.status,
+        given,
+        located,
+        retractions,
+        version,
     )
 
 
@@ -213,24 +227,34 @@ def _store_batch(store: FactStore, batch: list[_Pending]) -> None:
         if not record.duplicate and record.refused is None:
             message = _parse(pending.connector, pending.raw)
             parsed.append((pending.report, message, _outcome(record.id, message)))
-    refused = store.save_outcomes([outcome for _, _, outcome in parsed])
+    saved = store.save_outcomes([outcome for _, _, outcome in parsed])
     messages = iter(parsed)
     for pending, record in zip(batch, records, strict=True):  # tallied in file order
+        pending.report.corrections += record.replaced and not record.duplicate
         if record.duplicate:
             pending.report.messages["duplicate"] += 1
         elif record.refused is not None:
             _refused(pending.report, record.refused)
         else:
-            _tally_stored(refused, *next(messages))
+            _tally_stored(saved, *next(messages))
 
 
 def _tally_stored(
-    refused: dict[int, str], report: FileReport, message: ParsedMessage, outcome: MessageOutcome
+    saved: SavedBatch, report: FileReport, message: ParsedMessage, outcome: MessageOutcome
 ) -> None:
-    if outcome.raw_id in refused:
-        _refused(report, refused[outcome.raw_id])
+    if outcome.raw_id in saved.refused:
+        _refused(report, saved.refused[outcome.raw_id])
+    elif outcome.raw_id in saved.superseded:  # an older version than the one stored
+        report.messages["superseded"] += 1
+        report.errors.extend(str(error) for error in _errors(message))
     else:
         _tally(report, message)
+
+
+def _errors(parsed: ParsedMessage) -> list[FeedError]:
+    if parsed.fatal is not None:
+        return [parsed.fatal]
+    return list(parsed.outcome.errors) if parsed.outcome else []
 
 
 def _feed_connectors() -> dict[str, Connector]:
@@ -250,7 +274,7 @@ def recover(store: FactStore, batch_size: int = 500) -> IngestReport:
     report = IngestReport()
     by_document: dict[tuple[str, str], FileReport] = {}
     connectors: dict[str, Connector] | None = None
-    while unfinished := store.unfinished(batch_size):
+    while unfinished := store.claim_unfinished(batch_size):
         connectors = connectors if connectors is not None else _feed_connectors()
         parsed = []
         for stored in unfinished:
@@ -269,9 +293,9 @@ def recover(store: FactStore, batch_size: int = 500) -> IngestReport:
             )
             message = _recovered(connectors.get(stored.feed), raw)
             parsed.append((file, message, _outcome(stored.id, message)))
-        refused = store.save_outcomes([outcome for _, _, outcome in parsed])
+        saved = store.save_outcomes([outcome for _, _, outcome in parsed])
         for file, message, outcome in parsed:
-            _tally_stored(refused, file, message, outcome)
+            _tally_stored(saved, file, message, outcome)
     return report
 
 
@@ -287,26 +311,50 @@ def _recovered(connector: Connector | None, raw: RawMessage) -> ParsedMessage:
     return ParsedMessage(raw, None, unread)
 
 
+BATCH_BYTES = 1 << 20
+"""Raw bytes per ingest batch (1 MiB): what bounds the facts a batch holds in memory."""
+
+
 def ingest(
-    paths: Iterable[Path], store: FactStore, fmt: str = "auto", batch_size: int = 500
+    paths: Iterable[Path],
+    store: FactStore,
+    fmt: str = "auto",
+    batch_size: int = 500,
+    batch_bytes: int = BATCH_BYTES,
 ) -> IngestReport:
     """Load documents into the store, in batches; idempotent on (feed, message id).
 
     Messages a previous run left unfinished are parsed again first (``recover``), from the
     bytes the store kept; their reports come first, then one per file.
 
-    A batch is cut early where a message id repeats, so that a re-sent or corrected message is
-    compared with what the store holds, exactly as if messages were stored one by one.
+    A batch holds at most ``batch_size`` messages and ``batch_bytes`` raw bytes (a larger
+    message goes alone): a message's facts are read from its bytes, so the facts a batch holds
+    in memory, parsed, are bounded by its size whatever the feed packs into one message (a
+    thousand CSV rows, an HL7 batch, a FHIR Bundle). A batch is also cut early where a message
+    id repeats, so that a re-sent or corrected message is compared with what the store holds,
+    exactly as if messages were stored one by one.
     """
     report = recover(store, batch_size)
+    for batch in _batches(_iter_raw(paths, fmt, report.files), batch_size, batch_bytes):
+        _store_batch(store, batch)
+    return report
+
+
+def _batches(
+    pending: Iterable[_Pending], batch_size: int, batch_bytes: int
+) -> Iterator[list[_Pending]]:
+    """Messages in file order, cut into batches (see ``ingest``)."""
     batch: list[_Pending] = []
     keys: set[tuple[str, str]] = set()
-    for pending in _iter_raw(paths, fmt, report.files):
-        key = (pending.raw.feed, pending.raw.message_id)
-        if key in keys or len(batch) >= batch_size:
-            _store_batch(store, batch)
-            batch, keys = [], set()
-        batch.append(pending)
+    size = 0
+    for message in pending:
+        key, length = (message.raw.feed, message.raw.message_id), len(message.raw.content)
+        full = len(batch) >= batch_size or size + length > batch_bytes
+        if batch and (key in keys or full):
+            yield batch
+            batch, keys, size = [], set(), 0
+        batch.append(message)
         keys.add(key)
-    _store_batch(store, batch)
-    return report
+        size += length
+    if batch:
+        yield batch

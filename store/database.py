@@ -4,13 +4,25 @@ The store is chosen by a SQLAlchemy URL: ``VIGIE_DATABASE_URL`` if set, else a S
 the user's data directory, so every command and the service share it.
 
 - ``raw_message`` keeps every inbound unit *before* it is parsed (bytes, hash, feed, document),
-  unique on (feed, message_id), with its status: ``received`` until what it gave is stored,
-  then ``loaded``, ``ignored``, ``partial`` or ``rejected``. Ingest is idempotent — the same
-  message sent twice is recorded once; a corrected message with the same id replaces the facts
-  it gave; a message sent again that was never finished (``received``: a crash) or that was
+  one row per version: unique on (feed, message_id, sha256), with its status: ``received``
+  until what it gave is stored, then ``loaded``, ``ignored``, ``partial``, ``rejected`` or
+  ``superseded``. Ingest is idempotent — the same message sent twice is recorded once; a
+  message sent again that was never finished (``received``: a crash) or that was
   dead-lettered (``partial``, ``rejected``) is parsed again, never taken for a duplicate.
+- Versions: the same (feed, message_id) with a different content is a new version of that
+  message (a correction), kept beside the earlier ones (the history of raw versions). Of the
+  versions, the one with the latest ``version_time`` (the sender's time; arrival order when
+  either has none) is current: its facts replace every fact the other versions gave — a fact a
+  correction no longer gives is removed — and the others become ``superseded``. An older
+  version that arrives late is kept as ``superseded`` without effect. A version that gave no
+  fact because it could not be read (``rejected``) never supersedes a readable one.
 - ``dead_letter`` keeps each error with the message it came from; nothing is lost.
-- ``fact`` keeps each fact as its JSON form, keyed by (kind, fact_id), indexed by patient.
+- ``fact`` keeps each fact as its JSON form, keyed by (kind, fact_id), indexed by patient, with
+  the ``version_time`` of its source: between two messages giving one fact, the later
+  ``version_time`` wins whatever the arrival order (an A01 admission received after the A03
+  discharge of the same stay does not reopen it). A retracted fact (HL7 OBX-11 ``D``, FHIR
+  ``entered-in-error``) is kept as a tombstone row (``retracted``), which the rules never see
+  and which an older version of the fact arriving later does not bring back.
 
 A message the database cannot hold (a key longer than its column, a NUL byte, which PostgreSQL
 refuses in text) is refused alone: it is dead-lettered with the reason, never its content, and
@@ -26,6 +38,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -48,17 +62,20 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    inspect,
+    or_,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, Session, mapped_column
 
 from vigie import settings
 from vigie.errors import VigieError
-from vigie.facts import FACT_KINDS, AnyFact, Fact, Patient
+from vigie.facts import FACT_KINDS, AnyFact, Fact, Patient, Retraction
+from vigie.store import concurrency
 
 __all__ = [
     "DONE_STATUSES",
@@ -66,6 +83,8 @@ __all__ = [
     "FactStore",
     "MessageOutcome",
     "RawRecord",
+    "RawVersion",
+    "SavedBatch",
     "StoreError",
     "StoredRaw",
     "default_database_url",
@@ -75,7 +94,17 @@ log = logging.getLogger(__name__)
 
 # A message in one of these states was fully processed without error: sent again, it is a
 # duplicate. Any other (received: never finished; partial, rejected: dead-lettered) is retried.
-DONE_STATUSES = frozenset({"loaded", "ignored"})
+DONE_STATUSES = frozenset({"loaded", "ignored", "superseded"})
+
+# A version in one of these states gave what it holds to the store (a version that could not be
+# read at all, ``rejected``, never supersedes one that could).
+_APPLIED = ("loaded", "partial", "ignored")
+SCHEMA_VERSION = 2
+
+# How long a keep waits for another live ingest to finish a message it kept, then takes it over
+# (a process that hangs must not stop the others), and how often it looks again.
+_WAIT_FOR_RUN = 60.0
+_POLL = 0.05
 
 
 class StoreError(VigieError):
@@ -98,7 +127,7 @@ class _Base(DeclarativeBase):
 
 class RawMessageRow(_Base):
     __tablename__ = "raw_message"
-    __table_args__ = (UniqueConstraint("feed", "message_id"),)
+    __table_args__ = (UniqueConstraint("feed", "message_id", "sha256"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     feed: Mapped[str] = mapped_column(String(32))
@@ -111,6 +140,22 @@ class RawMessageRow(_Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16), default="received")
     fact_count: Mapped[int] = mapped_column(Integer, default=0)
+    version_time: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The ingest run that kept it (or took it over) and parses it while it is ``received``.
+    ingest_run: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class IngestRunRow(_Base):
+    """A process's store that keeps or recovers messages (see ``vigie.store.concurrency``):
+    deleted when the store is closed; a row whose process is gone is a run that was killed."""
+
+    __tablename__ = "ingest_run"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    process_start: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class DeadLetterRow(_Base):
@@ -133,12 +178,24 @@ class FactRow(_Base):
     patient_id: Mapped[str] = mapped_column(String(128))
     raw_message_id: Mapped[int | None] = mapped_column(ForeignKey("raw_message.id"), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    version_time: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    retracted: Mapped[bool] = mapped_column(default=False)
+
+
+class StoreMetaRow(_Base):
+    """What made the store: the schema version, checked when the store is opened."""
+
+    __tablename__ = "store_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 @dataclass(frozen=True)
 class RawRecord:
     """The outcome of recording a raw message: its row id and whether it was already known.
 
+    ``replaced`` says it is a new version (another content) of a message the store knows.
     ``refused`` is the dead-letter text of a message the store could not keep under its own id
     (kept under a stand-in id, rejected, not to be parsed).
     """
@@ -154,6 +211,8 @@ class MessageOutcome:
     """What parsing one stored raw message gave: status, facts, errors (text, position, fatal).
 
     ``document``, ``message_id`` and ``position`` locate the message in a refusal's text.
+    ``retractions`` are the facts it withdraws; ``version_time`` is the sender's time of this
+    version of the message (see the module's docstring).
     """
 
     raw_id: int
@@ -163,6 +222,17 @@ class MessageOutcome:
     status: str
     facts: Sequence[Fact] = ()
     errors: Sequence[tuple[str, str | None, bool]] = field(default_factory=list)
+    retractions: Sequence[Retraction] = ()
+    version_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SavedBatch:
+    """What ``save_outcomes`` did beyond storing: messages it refused (raw id → dead-letter
+    text) and versions it kept as history only, being older than the version the store holds."""
+
+    refused: dict[int, str] = field(default_factory=dict)
+    superseded: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -179,6 +249,18 @@ class StoredRaw:
 
 
 @dataclass(frozen=True)
+class RawVersion:
+    """One version of a message as received: its status says whether it is the one applied."""
+
+    id: int
+    sha256: str
+    status: str
+    version_time: datetime | None
+    received_at: datetime
+    content: bytes
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     feed: str
     document: str
@@ -186,13 +268,6 @@ class DeadLetter:
     error: str
     position: str | None
     fatal: bool
-
-
-def _connect_args(url: str) -> dict[str, Any]:
-    """psycopg prepares a statement after a few runs and may keep the plan it made while the
-    tables were empty (sequential scans), which made a large first ingest crawl: no automatic
-    prepared statements for the store's bulk lookups."""
-    return {"prepare_threshold": None} if make_url(url).drivername == "postgresql+psycopg" else {}
 
 
 def _now() -> datetime:
@@ -208,6 +283,17 @@ def _length(column: InstrumentedAttribute[str]) -> int:
 _MESSAGE_ID_MAX = _length(RawMessageRow.message_id)
 _FACT_ID_MAX = _length(FactRow.fact_id)
 _PATIENT_ID_MAX = _length(FactRow.patient_id)
+
+# A kept message's fields, as a recovery reads them back, oldest first.
+_STORED_RAW = select(
+    RawMessageRow.id,
+    RawMessageRow.feed,
+    RawMessageRow.document,
+    RawMessageRow.content,
+    RawMessageRow.message_id,
+    RawMessageRow.position,
+    RawMessageRow.encoding,
+).order_by(RawMessageRow.id)
 
 
 def _key_problem(name: str, value: str, limit: int) -> str | None:
@@ -254,6 +340,11 @@ def _database_problem(error: SQLAlchemyError) -> str:
     return f"the store refused the message ({cause.__class__.__name__}: {primary[:200]})"
 
 
+def _later(one: datetime | None, other: datetime | None) -> bool:
+    """Whether ``one`` is a strictly later version time than ``other`` (both known)."""
+    return one is not None and other is not None and one > other
+
+
 def _stand_in_id(message_id: str) -> str:
     """The key a message whose own id cannot be stored is kept under (the same at every send)."""
     digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
@@ -267,18 +358,60 @@ class FactStore:
         self.url = url or default_database_url()
         try:
             self.safe_url = make_url(self.url).render_as_string(hide_password=True)
-            self.engine: Engine = create_engine(self.url, connect_args=_connect_args(self.url))
+            driver = make_url(self.url).drivername
+            self.engine: Engine = create_engine(
+                self.url, connect_args=concurrency.connect_args(driver)
+            )
         except (SQLAlchemyError, ValueError) as error:
             raise StoreError(f"cannot open the store {self.url.split('@')[-1]}: {error}") from error
+        concurrency.serialise_writes(self.engine)
+        self._writer = self.engine.execution_options(**concurrency.WRITE)
+        self._run: int | None = None  # this store's ingest run, once it keeps or claims
+        self._run_connection: Connection | None = None  # PostgreSQL: holds the run's lock
         try:
-            _Base.metadata.create_all(self.engine)
+            self._create_tables()
+            found = self._schema_version()
         except SQLAlchemyError as error:
             self.engine.dispose()
             cause = getattr(error, "orig", None) or error
             raise StoreError(f"cannot open the store {self.safe_url}: {cause}".strip()) from error
+        if found != SCHEMA_VERSION:
+            self.engine.dispose()
+            raise StoreError(
+                f"cannot open the store {self.safe_url}: it was made by an earlier Vigie "
+                f"(store schema {found}, expected {SCHEMA_VERSION}); Vigie has no schema "
+                "migrations yet: ingest into a new store (VIGIE_DATABASE_URL) or delete this one"
+            )
+
+    def _schema_version(self) -> int:
+        """The store's schema version, recorded when its tables are created; a store from
+        before versions were recorded (no ``version_time`` column) is schema 1."""
+        columns = {column["name"] for column in inspect(self.engine).get_columns("fact")}
+        if "version_time" not in columns:
+            return 1
+        with self._write_session() as session:
+            found = session.get(StoreMetaRow, "schema_version")
+            if found is None:
+                session.add(StoreMetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
+                try:
+                    session.commit()
+                except IntegrityError:  # another process opening the new store wrote it first
+                    session.rollback()
+                    found = session.get(StoreMetaRow, "schema_version")
+            return SCHEMA_VERSION if found is None else int(found.value)
+
+    def _create_tables(self) -> None:
+        """Create what is missing, one process at a time (two opening a new store at once)."""
+        with self._writer.begin() as connection:
+            _Base.metadata.create_all(connection)
+            columns = {c["name"] for c in inspect(connection).get_columns("raw_message")}
+            if "ingest_run" not in columns:  # a store of the day before: a nullable column
+                connection.exec_driver_sql("ALTER TABLE raw_message ADD COLUMN ingest_run INTEGER")
 
     def close(self) -> None:
-        """Release the connection pool."""
+        """End this store's ingest run (its unfinished messages become recoverable) and
+        release the connection pool."""
+        self._end_run()
         self.engine.dispose()
 
     def __enter__(self) -> FactStore:
@@ -289,6 +422,11 @@ class FactStore:
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
+
+    def _write_session(self) -> Session:
+        """A session whose transactions take the store's write lock first (one writer at a
+        time, see ``vigie.store.concurrency``)."""
+        return Session(self._writer, expire_on_commit=False)
 
     # Raw messages and dead letters -------------------------------------------------------
 
@@ -306,8 +444,9 @@ class FactStore:
 
         The (feed, message_id) keys must be distinct within the batch (the caller cuts batches
         where a key repeats, so that a repeat is compared with what the store already holds).
-        A known message with the same content is a duplicate only when it was fully processed
-        (``DONE_STATUSES``); else what it gave is forgotten and it is to be parsed again.
+        A known version (same content) is a duplicate only when it was fully processed
+        (``DONE_STATUSES``); else what it gave is forgotten and it is to be parsed again. A new
+        content under a known id is a new version, kept beside the others (``replaced``).
         """
         refusals = [_key_problem("message id", raw.message_id, _MESSAGE_ID_MAX) for raw in raws]
         keys = [
@@ -318,23 +457,22 @@ class FactStore:
         records: list[RawRecord | None] = [None] * len(raws)
         inserts: list[tuple[int, dict[str, Any]]] = []
         for index, (raw, key) in enumerate(zip(raws, keys, strict=True)):
-            found = known.get(key)
-            if found is None:
+            versions = known.get(key, {})
+            found = versions.get(raw.sha256)
+            if found is None:  # new, or a new version of a known message
                 inserts.append((index, self._raw_row(raw, key[1])))
-            elif found[1] == raw.sha256 and found[2] in DONE_STATUSES:
+            elif found[1] in DONE_STATUSES:
                 records[index] = RawRecord(found[0], duplicate=True, replaced=False)
-            else:  # a correction, or a retry of what was never finished or was dead-lettered
-                self._replace_raw(session, found[0], raw, key[1])
-                records[index] = RawRecord(
-                    found[0], duplicate=False, replaced=found[1] != raw.sha256
-                )
+            else:  # a retry of what was never finished or was dead-lettered
+                self._retry_raw(session, found[0], raw)
+                records[index] = RawRecord(found[0], duplicate=False, replaced=len(versions) > 1)
         if inserts:
             statement = insert(RawMessageRow).returning(
                 RawMessageRow.id, sort_by_parameter_order=True
             )
             ids = session.execute(statement, [row for _, row in inserts]).scalars().all()
             for (index, _), raw_id in zip(inserts, ids, strict=True):
-                records[index] = RawRecord(raw_id, duplicate=False, replaced=False)
+                records[index] = RawRecord(raw_id, duplicate=False, replaced=keys[index] in known)
         done = [record for record in records if record is not None]
         return self._refuse_keys(session, raws, done, refusals)
 
@@ -360,12 +498,12 @@ class FactStore:
 
     def _known_raws(
         self, session: Session, keys: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[int, str, str]]:
-        """(id, sha256, status) of the raw messages already stored, by (feed, message_id)."""
+    ) -> dict[tuple[str, str], dict[str, tuple[int, str]]]:
+        """The versions already stored, by (feed, message_id): {sha256: (id, status)}."""
         by_feed: dict[str, list[str]] = {}
         for feed, message_id in keys:
             by_feed.setdefault(feed, []).append(message_id)
-        known: dict[tuple[str, str], tuple[int, str, str]] = {}
+        known: dict[tuple[str, str], dict[str, tuple[int, str]]] = {}
         for feed, ids in by_feed.items():
             for start in range(0, len(ids), 500):
                 query = select(
@@ -378,7 +516,7 @@ class FactStore:
                     RawMessageRow.message_id.in_(ids[start : start + 500]),
                 )
                 for message_id, raw_id, sha, status in session.execute(query).all():
-                    known[(feed, message_id)] = (raw_id, sha, status)
+                    known.setdefault((feed, message_id), {})[sha] = (raw_id, status)
         return known
 
     @staticmethod
@@ -396,31 +534,45 @@ class FactStore:
             "fact_count": 0,
         }
 
-    def _replace_raw(self, session: Session, raw_id: int, raw: Any, message_id: str) -> None:
-        """A correction or a retry: forget what the old version gave, keep the new content."""
+    def _retry_raw(self, session: Session, raw_id: int, raw: Any) -> None:
+        """A retry of a version never finished or dead-lettered: forget what it gave."""
         self._forget_outcome(session, raw_id)
-        values = self._raw_row(raw, message_id)
-        del values["feed"], values["message_id"]
+        values = {"document": _text(raw.document), "position": raw.position and _text(raw.position)}
+        values |= {"status": "received", "fact_count": 0, "received_at": _now()}
         session.execute(update(RawMessageRow).where(RawMessageRow.id == raw_id).values(values))
 
     # What an ingest calls: each method its own transaction, database errors wrapped ---------
 
     def keep_raws(self, raws: Sequence[Any]) -> list[RawRecord]:
         """Record a batch of raw messages (``record_raws``) and commit: they are safe before any
-        parser touches them."""
-        with self._writing("keep the raw messages") as session:
-            records = self.record_raws(session, raws)
-            session.commit()
-        return records
+        parser touches them, and this store's ingest run parses them.
 
-    def save_outcomes(self, outcomes: Sequence[MessageOutcome]) -> dict[int, str]:
+        A message that another live run kept and has not finished is waited for (polling, up to
+        ``_WAIT_FOR_RUN`` seconds, then taken over): once that run has stored what it gave, it
+        is a duplicate here, so that a message is parsed once and the facts of a file land in
+        its order even when two processes ingest it at once.
+        """
+        run = self._start_run()
+        deadline = time.monotonic() + _WAIT_FOR_RUN
+        while True:
+            with self._writing("keep the raw messages") as session:
+                if time.monotonic() > deadline or not self._kept_elsewhere(session, raws):
+                    records = self.record_raws(session, raws)
+                    self._own(session, run, [r.id for r in records if not r.duplicate])
+                    session.commit()
+                    return records
+            time.sleep(_POLL)
+
+    def save_outcomes(self, outcomes: Sequence[MessageOutcome]) -> SavedBatch:
         """Store what a batch of messages gave and their statuses, in one transaction.
 
         A message the store cannot hold is rejected alone: its facts are not written, it gets a
         fatal dead letter with the reason and the rest of the batch lands. Returns those
-        refusals' texts by raw id. Keys are checked first (the same on SQLite and PostgreSQL);
-        any other database error makes the batch be written again message by message, each in
-        a savepoint, so that only the culprit is refused.
+        refusals' texts by raw id, and the versions kept as history only (older than the
+        version stored, see the module's docstring). Keys are checked first (the same on SQLite
+        and PostgreSQL); any other database error makes the batch be written again message by
+        message, each in a savepoint, so that only the culprit is refused. A message another
+        ingest took over meanwhile (this one taken for killed) is left to it.
         """
         refused = {
             outcome.raw_id: self._rejected(outcome, problem)
@@ -429,18 +581,76 @@ class FactStore:
         }
         accepted = [outcome for outcome in outcomes if outcome.raw_id not in refused]
         with self._writing("store the facts") as session:
+            taken = self._taken_over(session, [outcome.raw_id for outcome in outcomes])
+            accepted = [outcome for outcome in accepted if outcome.raw_id not in taken]
+            refused = {raw_id: out for raw_id, out in refused.items() if raw_id not in taken}
             try:
+                accepted, superseded = self._versions(session, accepted)
                 self._write_outcomes(session, [*accepted, *refused.values()])
                 session.commit()
             except SQLAlchemyError:
                 session.rollback()
+                accepted, superseded = self._versions(session, accepted)
                 refused |= self._write_one_by_one(session, accepted)
                 self._write_outcomes(session, list(refused.values()))
                 session.commit()
         texts = {raw_id: rejection.errors[0][0] for raw_id, rejection in refused.items()}
         for text in texts.values():
             log.warning("%s", text)
-        return texts
+        return SavedBatch(texts, frozenset(superseded - refused.keys()))
+
+    def _versions(
+        self, session: Session, outcomes: Sequence[MessageOutcome]
+    ) -> tuple[list[MessageOutcome], set[int]]:
+        """Settle each outcome against the other versions of its message (see the module's
+        docstring): the outcomes to write — an older version turned into a ``superseded`` one
+        without facts — and the raw ids of those older versions. The versions a newer one
+        supersedes lose their facts and become ``superseded`` here, in the same transaction,
+        with their dead letters: a version that failed is settled by the one that replaces it
+        (its bytes stay in the history)."""
+        ids = [outcome.raw_id for outcome in outcomes]
+        siblings: dict[int, list[tuple[int, str, datetime | None]]] = {}
+        this, other = RawMessageRow.__table__.alias("this"), RawMessageRow.__table__.alias("other")
+        for start in range(0, len(ids), 500):
+            query = (
+                select(this.c.id, other.c.id, other.c.status, other.c.version_time)
+                .join(
+                    other,
+                    (other.c.feed == this.c.feed) & (other.c.message_id == this.c.message_id),
+                )
+                .where(
+                    this.c.id.in_(ids[start : start + 500]),
+                    other.c.id != this.c.id,
+                    other.c.status.in_((*_APPLIED, "rejected")),
+                )
+            )
+            for raw_id, sibling, status, version in session.execute(query).all():
+                siblings.setdefault(raw_id, []).append((sibling, status, version))
+        settled: list[MessageOutcome] = []
+        older: set[int] = set()
+        replaced: list[int] = []
+        for outcome in outcomes:
+            found = siblings.get(outcome.raw_id, [])
+            if not found or outcome.status == "rejected":
+                settled.append(outcome)
+            elif any(
+                status in _APPLIED and _later(version, outcome.version_time)
+                for _, status, version in found
+            ):
+                older.add(outcome.raw_id)
+                settled.append(replace(outcome, status="superseded", facts=(), retractions=()))
+            else:
+                replaced.extend(sibling for sibling, _, _ in found)
+                settled.append(outcome)
+        if replaced:
+            session.execute(delete(FactRow).where(FactRow.raw_message_id.in_(replaced)))
+            session.execute(delete(DeadLetterRow).where(DeadLetterRow.raw_message_id.in_(replaced)))
+            session.execute(
+                update(RawMessageRow)
+                .where(RawMessageRow.id.in_(replaced))
+                .values(status="superseded", fact_count=0)
+            )
+        return settled, older
 
     def _write_one_by_one(
         self, session: Session, outcomes: Sequence[MessageOutcome]
@@ -451,15 +661,20 @@ class FactStore:
                 with session.begin_nested():
                     self._write_outcomes(session, [outcome])
             except SQLAlchemyError as error:
+                if concurrency.is_transient(error):  # not the message's fault: stop, retry later
+                    raise
                 refused[outcome.raw_id] = self._rejected(outcome, _database_problem(error))
         return refused
 
     def _write_outcomes(self, session: Session, outcomes: Sequence[MessageOutcome]) -> None:
         self.save_fact_rows(session, [(f, o.raw_id) for o in outcomes for f in o.facts])
+        self.retract(session, [(r, o.raw_id) for o in outcomes for r in o.retractions])
         self.record_dead_letters(
             session, [(o.raw_id, *error) for o in outcomes for error in o.errors]
         )
-        self.record_outcomes(session, [(o.raw_id, o.status, len(o.facts)) for o in outcomes])
+        self.record_outcomes(
+            session, [(o.raw_id, o.status, len(o.facts), o.version_time) for o in outcomes]
+        )
 
     @staticmethod
     def _rejected(outcome: MessageOutcome, problem: str) -> MessageOutcome:
@@ -470,9 +685,10 @@ class FactStore:
 
     @contextmanager
     def _writing(self, what: str) -> Iterator[Session]:
-        """A session whose database errors become one ``StoreError`` naming the store."""
+        """A writer's session (``_write_session``) whose database errors become one
+        ``StoreError`` naming the store."""
         try:
-            with self.session() as session:
+            with self._write_session() as session:
                 yield session
         except SQLAlchemyError as error:
             raise StoreError(
@@ -481,30 +697,154 @@ class FactStore:
 
     def unfinished(self, limit: int = 500) -> list[StoredRaw]:
         """Raw messages kept but never finished (``received``: a crash between the commit of a
-        batch's raw messages and that of what they gave), oldest first, at most ``limit``."""
-        query = (
-            select(
-                RawMessageRow.id,
-                RawMessageRow.feed,
-                RawMessageRow.document,
-                RawMessageRow.content,
-                RawMessageRow.message_id,
-                RawMessageRow.position,
-                RawMessageRow.encoding,
-            )
-            .where(RawMessageRow.status == "received")
-            .order_by(RawMessageRow.id)
-            .limit(limit)
-        )
+        batch's raw messages and that of what they gave, or a live ingest under way), oldest
+        first, at most ``limit``."""
+        query = _STORED_RAW.where(RawMessageRow.status == "received")
         with self._writing("read the unfinished messages") as session:
-            return [StoredRaw(*row) for row in session.execute(query).all()]
+            return [StoredRaw(*row) for row in session.execute(query.limit(limit)).all()]
 
-    def record_outcomes(self, session: Session, outcomes: Sequence[tuple[int, str, int]]) -> None:
-        """Status and fact count of many raw messages: (raw id, status, facts)."""
+    def claim_unfinished(self, limit: int = 500) -> list[StoredRaw]:
+        """Take over, for this store's ingest run, at most ``limit`` unfinished messages whose
+        run is over (killed, or closed before it stored them; those of live runs are theirs),
+        oldest first, and forget the runs that were killed."""
+        run = self._start_run()
+        with self._writing("claim the unfinished messages") as session:
+            unfinished = RawMessageRow.status == "received"
+            runs = set(session.execute(select(IngestRunRow.id)).scalars())
+            owners = select(RawMessageRow.ingest_run).where(unfinished).distinct()
+            owners_found = {owner for owner in session.execute(owners).scalars() if owner}
+            live = self._live_runs(session, runs | owners_found)
+            if runs - live:
+                session.execute(delete(IngestRunRow).where(IngestRunRow.id.in_(runs - live)))
+            others = RawMessageRow.ingest_run.not_in(live - {run})
+            mine = or_(RawMessageRow.ingest_run.is_(None), others)
+            ids = select(RawMessageRow.id).where(unfinished, mine).order_by(RawMessageRow.id)
+            claimed = list(session.execute(ids.limit(limit)).scalars())
+            self._own(session, run, claimed)
+            rows = session.execute(_STORED_RAW.where(RawMessageRow.id.in_(claimed))).all()
+            session.commit()
+        return [StoredRaw(*row) for row in rows]
+
+    # Ingest runs: which process parses a kept message (see ``vigie.store.concurrency``) -------
+
+    def _start_run(self) -> int:
+        """This store's ingest run, registered at its first keep or claim, until ``close``."""
+        if self._run is not None:
+            return self._run
+        pid = os.getpid()
+        row = {"host": concurrency.host_name(), "pid": pid, "started_at": _now()}
+        row["process_start"] = concurrency.process_start(pid)
+        register = insert(IngestRunRow).values(row).returning(IngestRunRow.id)
+        try:
+            if self.engine.dialect.name != "postgresql":
+                with self._writer.begin() as connection:
+                    self._run = connection.execute(register).scalar_one()
+                return self._run
+            # The run's lock is taken before its row is visible, and held by a connection of
+            # its own for the store's life: another process sees the run alive until then.
+            self._run_connection = self.engine.connect()
+            run = self._run_connection.execute(register).scalar_one()
+            self._run_connection.execute(concurrency.run_lock(run, hold=True))
+            self._run_connection.commit()
+        except SQLAlchemyError as error:
+            self._end_run()
+            raise StoreError(
+                f"cannot start an ingest in {self.safe_url}: {_database_problem(error)}"
+            ) from error
+        self._run = run
+        return run
+
+    def _end_run(self) -> None:
+        run, connection = self._run, self._run_connection
+        self._run, self._run_connection = None, None
+        try:
+            if run is not None:
+                with self._writer.begin() as writing:
+                    writing.execute(delete(IngestRunRow).where(IngestRunRow.id == run))
+        except SQLAlchemyError as error:  # the run counts as over once its process is gone
+            log.warning("ingest run %s not closed in %s: %s", run, self.safe_url, error.code)
+        finally:
+            if connection is not None:
+                connection.invalidate()  # closed: PostgreSQL releases the run's lock
+                connection.close()
+
+    def _live_runs(self, session: Session, runs: Iterable[int]) -> set[int]:
+        """Of these runs, those whose process still runs (this store's own is)."""
+        others = sorted(set(runs) - {self._run})
+        live = {run for run in runs if run == self._run}
+        if self.engine.dialect.name == "postgresql":
+            held = (
+                run for run in others if not session.scalar(concurrency.run_lock(run, hold=False))
+            )
+            return live | set(held)
+        here = concurrency.host_name()
+        query = select(
+            IngestRunRow.id, IngestRunRow.host, IngestRunRow.pid, IngestRunRow.process_start
+        ).where(IngestRunRow.id.in_(others))
+        for run, host, pid, started in session.execute(query).all():
+            # A SQLite file is one host's store: a run of another host is taken for over (at
+            # worst, a message is parsed twice; the first run's late outcome is then dropped).
+            if host == here and concurrency.process_alive(pid, started):
+                live.add(run)
+        return live
+
+    def _kept_elsewhere(self, session: Session, raws: Sequence[Any]) -> bool:
+        """Whether another live run has kept one of these messages and not finished it."""
+        by_feed: dict[str, list[str]] = {}
+        for raw in raws:  # a message id the store cannot hold is refused at once, never kept
+            if _key_problem("message id", raw.message_id, _MESSAGE_ID_MAX) is None:
+                by_feed.setdefault(raw.feed, []).append(raw.message_id)
+        owners: set[int] = set()
+        for feed, ids in by_feed.items():
+            for start in range(0, len(ids), 500):
+                query = select(RawMessageRow.ingest_run).where(
+                    RawMessageRow.feed == feed,
+                    RawMessageRow.message_id.in_(ids[start : start + 500]),
+                    RawMessageRow.status == "received",
+                    RawMessageRow.ingest_run.is_not(None),
+                    RawMessageRow.ingest_run != self._run,
+                )
+                owners.update(
+                    owner for owner in session.execute(query.distinct()).scalars() if owner
+                )
+        return bool(owners and self._live_runs(session, owners))
+
+    @staticmethod
+    def _own(session: Session, run: int, raw_ids: Sequence[int]) -> None:
+        for start in range(0, len(raw_ids), 500):
+            chunk = raw_ids[start : start + 500]
+            session.execute(
+                update(RawMessageRow).where(RawMessageRow.id.in_(chunk)).values(ingest_run=run)
+            )
+
+    def _taken_over(self, session: Session, raw_ids: Sequence[int]) -> set[int]:
+        """Of these messages, those another run has taken over since this one kept them (it
+        was taken for killed): what this run parsed is not to be stored."""
+        if self._run is None:
+            return set()
+        taken: set[int] = set()
+        for start in range(0, len(raw_ids), 500):
+            query = select(RawMessageRow.id).where(
+                RawMessageRow.id.in_(raw_ids[start : start + 500]),
+                RawMessageRow.ingest_run.is_not(None),
+                RawMessageRow.ingest_run != self._run,
+            )
+            taken.update(session.execute(query).scalars())
+        if taken:
+            log.info("%d messages taken over by another ingest: theirs to store", len(taken))
+        return taken
+
+    def record_outcomes(
+        self, session: Session, outcomes: Sequence[tuple[int, str, int, datetime | None]]
+    ) -> None:
+        """Status, fact count and version time of raw messages: (raw id, status, facts, time)."""
         if outcomes:
             session.execute(
                 update(RawMessageRow),
-                [{"id": i, "status": status, "fact_count": n} for i, status, n in outcomes],
+                [
+                    {"id": i, "status": status, "fact_count": n, "version_time": version}
+                    for i, status, n, version in outcomes
+                ],
             )
 
     def _forget_outcome(self, session: Session, raw_id: int) -> None:
@@ -538,7 +878,7 @@ class FactStore:
             )
 
     def mark(self, session: Session, raw_id: int, status: str, fact_count: int) -> None:
-        self.record_outcomes(session, [(raw_id, status, fact_count)])
+        self.record_outcomes(session, [(raw_id, status, fact_count, None)])
 
     # Facts --------------------------------------------------------------------------------
 
@@ -549,23 +889,51 @@ class FactStore:
     def save_fact_rows(self, session: Session, rows: Sequence[tuple[Fact, int | None]]) -> None:
         """Insert or replace facts (each with the raw message it came from) in one statement.
 
-        When a batch holds the same (kind, fact_id) twice, the later one wins, as it would if
-        the messages were stored one by one.
+        A stored fact with a later ``source.version_time`` is kept (see the module's
+        docstring). When a batch holds the same (kind, fact_id) twice, the later version wins,
+        the later one in the batch when their times tie or are unknown, as it would if the
+        messages were stored one by one.
         """
         if not rows:
             return
         merged = self._merge_patients(session, [fact for fact, _ in rows])
-        unique = {
-            (fact.kind, fact.fact_id): {
+        unique: dict[tuple[str, str], dict[str, Any]] = {}
+        for fact, (_, raw_id) in zip(merged, rows, strict=True):
+            key, version = (fact.kind, fact.fact_id), fact.source.version_time
+            if key in unique and _later(unique[key]["version_time"], version):
+                continue
+            unique[key] = {
                 "kind": fact.kind,
                 "fact_id": fact.fact_id,
                 "patient_id": fact.patient_id,
                 "raw_message_id": raw_id,
                 "payload": fact.model_dump(mode="json"),
+                "version_time": version,
+                "retracted": False,
             }
-            for fact, (_, raw_id) in zip(merged, rows, strict=True)
-        }
-        session.execute(self._upsert(), list(unique.values()))
+        session.execute(self._upsert(("payload",)), [unique[key] for key in sorted(unique)])
+
+    def retract(self, session: Session, rows: Sequence[tuple[Retraction, int | None]]) -> None:
+        """Mark facts retracted by their sender (each with the raw message that withdrew it),
+        unless the store holds a later version; a fact not stored yet gets a tombstone, so that
+        an older version arriving later stays withdrawn."""
+        if not rows:
+            return
+        unique: dict[tuple[str, str], dict[str, Any]] = {}
+        for retraction, raw_id in rows:
+            key, version = (retraction.kind, retraction.fact_id), retraction.source.version_time
+            if key in unique and _later(unique[key]["version_time"], version):
+                continue
+            unique[key] = {
+                "kind": retraction.kind,
+                "fact_id": retraction.fact_id,
+                "patient_id": retraction.patient_id,
+                "raw_message_id": raw_id,
+                "payload": {"retracted_by": retraction.source.model_dump(mode="json")},
+                "version_time": version,
+                "retracted": True,
+            }
+        session.execute(self._upsert(()), list(unique.values()))
 
     def _merge_patients(self, session: Session, facts: Sequence[Fact]) -> list[Fact]:
         """Complete sparse patient records with what the store already knows (see Patient)."""
@@ -573,7 +941,9 @@ class FactStore:
         if not patients:
             return list(facts)
         query = select(FactRow.fact_id, FactRow.payload).where(
-            FactRow.kind == Patient.kind, FactRow.fact_id.in_(list(patients))
+            FactRow.kind == Patient.kind,
+            FactRow.fact_id.in_(list(patients)),
+            FactRow.retracted.is_(False),
         )
         stored = {fid: Patient.model_validate(p) for fid, p in session.execute(query).all()}
         merged: list[Fact] = []
@@ -586,23 +956,33 @@ class FactStore:
             merged.append(fact)
         return merged
 
-    def _upsert(self) -> Any:
+    def _upsert(self, replaced: Sequence[str]) -> Any:
+        """Insert, or update a stored fact unless it holds a later version time; ``replaced``
+        names the columns updated beside the key, owner, version and retraction (a retraction
+        keeps the payload of the fact it withdraws)."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         statement = dialect.insert(FactRow)
+        excluded, stored = statement.excluded, FactRow.__table__.c
+        columns = ("patient_id", "raw_message_id", "version_time", "retracted", *replaced)
         return statement.on_conflict_do_update(
             index_elements=["kind", "fact_id"],
-            set_={
-                "patient_id": statement.excluded.patient_id,
-                "raw_message_id": statement.excluded.raw_message_id,
-                "payload": statement.excluded.payload,
-            },
+            set_={column: excluded[column] for column in columns},
+            where=(
+                stored.version_time.is_(None)
+                | excluded.version_time.is_(None)
+                | (excluded.version_time >= stored.version_time)
+            ),
         )
 
     def iter_facts(
         self, kinds: Iterable[str] | None = None, patient_id: str | None = None
     ) -> Iterator[AnyFact]:
         """Stored facts, optionally of some kinds or one patient, in a stable order."""
-        query = select(FactRow.kind, FactRow.payload).order_by(FactRow.kind, FactRow.fact_id)
+        query = (
+            select(FactRow.kind, FactRow.payload)
+            .where(FactRow.retracted.is_(False))
+            .order_by(FactRow.kind, FactRow.fact_id)
+        )
         if kinds is not None:
             query = query.where(FactRow.kind.in_(list(kinds)))
         if patient_id is not None:
@@ -612,8 +992,12 @@ class FactStore:
                 yield FACT_KINDS[kind].model_validate(payload)  # type: ignore[misc]
 
     def counts(self) -> dict[str, int]:
-        """Facts per kind, every kind listed."""
-        query = select(FactRow.kind, func.count()).group_by(FactRow.kind)
+        """Facts per kind (retracted ones left out), every kind listed."""
+        query = (
+            select(FactRow.kind, func.count())
+            .where(FactRow.retracted.is_(False))
+            .group_by(FactRow.kind)
+        )
         with self.session() as session:
             found = dict(session.execute(query).all())
         return {kind: int(found.get(kind, 0)) for kind in FACT_KINDS}
@@ -642,12 +1026,35 @@ class FactStore:
         with self.session() as session:
             return [DeadLetter(*row) for row in session.execute(query).all()]
 
+    def retracted_count(self) -> int:
+        """Facts withdrawn by their sender (kept as tombstones, never given to the rules)."""
+        query = select(func.count()).select_from(FactRow).where(FactRow.retracted.is_(True))
+        with self.session() as session:
+            return int(session.execute(query).scalar_one())
+
     def raw_content(self, feed: str, message_id: str) -> bytes | None:
-        query = select(RawMessageRow.content).where(
-            RawMessageRow.feed == feed, RawMessageRow.message_id == message_id
+        """The bytes of a message's current version (the latest received when none applies)."""
+        versions = self.raw_versions(feed, message_id)
+        current = [v for v in versions if v.status in _APPLIED] or versions
+        return current[-1].content if current else None
+
+    def raw_versions(self, feed: str, message_id: str) -> list[RawVersion]:
+        """Every version of a message the store received, in arrival order (the history of
+        corrections, with the superseded ones)."""
+        query = (
+            select(
+                RawMessageRow.id,
+                RawMessageRow.sha256,
+                RawMessageRow.status,
+                RawMessageRow.version_time,
+                RawMessageRow.received_at,
+                RawMessageRow.content,
+            )
+            .where(RawMessageRow.feed == feed, RawMessageRow.message_id == message_id)
+            .order_by(RawMessageRow.id)
         )
         with self.session() as session:
-            return session.execute(query).scalar_one_or_none()
+            return [RawVersion(*row) for row in session.execute(query).all()]
 
     def reset(self) -> None:
         """Drop and recreate every table (demo and tests only)."""

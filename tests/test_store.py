@@ -1,11 +1,14 @@
+import sqlite3
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from tests.factories import T0, lab, patient
 from vigie.connectors.base import RawMessage
-from vigie.store import FactStore, StoreError
+from vigie.facts import LabResult, Retraction, Source
+from vigie.store import FactStore, MessageOutcome, RawRecord, SavedBatch, StoreError
 
 
 def _raw(message_id: str, content: bytes = b"MSH|...") -> RawMessage:
@@ -37,21 +40,97 @@ def test_facts_round_trip_and_replace_by_id(store: FactStore) -> None:
     assert list(store.iter_facts(patient_id="nobody")) == []
 
 
-def test_raw_messages_are_idempotent_and_corrections_replace(store: FactStore) -> None:
+def _version(value: float, at: datetime | None, fid: str = "k") -> LabResult:
+    """A potassium result as a message version recorded at ``at`` gives it."""
+    fact = lab("p1", "potassium", value, fid=fid)
+    return fact.model_copy(update={"source": fact.source.model_copy(update={"version_time": at})})
+
+
+def _send(
+    store: FactStore, content: bytes, facts: list[LabResult], at: datetime | None
+) -> tuple[RawRecord, SavedBatch]:
+    """What an ingest does with one message M1: keep it, then save what it gave."""
+    (record,) = store.keep_raws([_raw("M1", content)])
+    if record.duplicate:
+        return record, SavedBatch()
+    outcome = MessageOutcome(record.id, "a.hl7", "M1", None, "loaded", facts, [], version_time=at)
+    return record, store.save_outcomes([outcome])
+
+
+def test_raw_messages_are_idempotent(store: FactStore) -> None:
+    first, _ = _send(store, b"MSH|1", [_version(5.1, T0)], T0)
+    again, saved = _send(store, b"MSH|1", [_version(5.1, T0)], T0)
+    assert again.duplicate and again.id == first.id and saved == SavedBatch()
+    assert [v.status for v in store.raw_versions("hl7v2", "M1")] == ["loaded"]
+
+
+def test_a_correction_replaces_what_the_version_it_corrects_gave(store: FactStore) -> None:
+    _send(store, b"MSH|1", [_version(5.1, T0), _version(4.0, T0, fid="na")], T0)
+    later = T0 + timedelta(hours=1)
+    corrected, saved = _send(store, b"MSH|2", [_version(5.6, later)], later)
+    assert corrected.replaced and not corrected.duplicate and not saved.superseded
+    # the fact the correction no longer gives is gone, the other has the corrected value
+    assert [(f.fact_id, f.value) for f in store.iter_facts()] == [("k", 5.6)]
+    versions = store.raw_versions("hl7v2", "M1")  # history: both versions kept
+    assert [(v.content, v.status) for v in versions] == [
+        (b"MSH|1", "superseded"),
+        (b"MSH|2", "loaded"),
+    ]
+    assert store.raw_content("hl7v2", "M1") == b"MSH|2"
+
+
+def test_an_older_version_arriving_late_is_history_only(store: FactStore) -> None:
+    later = T0 + timedelta(hours=1)
+    _send(store, b"MSH|2", [_version(5.6, later)], later)
+    old, saved = _send(store, b"MSH|1", [_version(5.1, T0), _version(4.0, T0, fid="na")], T0)
+    assert saved.superseded == {old.id}
+    assert [(f.fact_id, f.value) for f in store.iter_facts()] == [("k", 5.6)]
+    assert store.raw_content("hl7v2", "M1") == b"MSH|2"
+    assert [v.status for v in store.raw_versions("hl7v2", "M1")] == ["loaded", "superseded"]
+    again, _ = _send(store, b"MSH|1", [], T0)  # sent once more: a duplicate, not a retry
+    assert again.duplicate
+
+
+def test_without_sender_times_the_later_arrival_wins(store: FactStore) -> None:
+    _send(store, b"MSH|1", [_version(5.1, None)], None)
+    _send(store, b"MSH|2", [_version(5.6, None)], None)
+    assert [f.value for f in store.iter_facts()] == [5.6]
+
+
+def test_a_fact_keeps_its_latest_version_whatever_the_message(store: FactStore) -> None:
+    """Two different messages give one fact: the later sender time wins, not the arrival."""
+    later = T0 + timedelta(hours=2)
     with store.session() as session:
-        first = store.record_raw(session, _raw("M1"))
-        store.save_facts(session, [lab("p1", "potassium", 5.1, fid="k")], first.id)
-        store.record_errors(session, first.id, [("bad OBX", "OBX[2]-5", False)])
-        store.mark(session, first.id, "loaded", 1)
-        again = store.record_raw(session, _raw("M1"))
-        assert again.duplicate and again.id == first.id
-        corrected = store.record_raw(session, _raw("M1", b"MSH|corrected"))
-        assert corrected.replaced and not corrected.duplicate
+        newer = store.record_raw(session, _raw("ORU2"))
+        store.save_facts(session, [_version(6.1, later)], newer.id)
+        older = store.record_raw(session, _raw("ORU1"))
+        store.save_facts(session, [_version(5.0, T0)], older.id)
         session.commit()
-    # the correction dropped what the first version gave
-    assert store.counts()["lab"] == 0
-    assert store.dead_letters() == []
-    assert store.raw_content("hl7v2", "M1") == b"MSH|corrected"
+    assert [f.value for f in store.iter_facts()] == [6.1]
+
+
+def test_a_retraction_withdraws_a_fact_and_an_older_version_does_not_bring_it_back(
+    store: FactStore,
+) -> None:
+    later = T0 + timedelta(hours=1)
+    withdrawn = Retraction(
+        kind="lab",
+        fact_id="k",
+        patient_id="p1",
+        source=Source(feed="hl7v2", document="a.hl7", version_time=later),
+    )
+    with store.session() as session:
+        raw = store.record_raw(session, _raw("ORU1"))
+        store.save_facts(session, [_version(5.1, T0)], raw.id)
+        store.retract(session, [(withdrawn, raw.id)])
+        store.save_facts(session, [_version(5.1, T0)], raw.id)  # the original, re-sent late
+        session.commit()
+    assert list(store.iter_facts()) == []
+    assert store.counts()["lab"] == 0 and store.retracted_count() == 1
+    with store.session() as session:  # a later version of the fact stands again
+        store.save_facts(session, [_version(5.3, later + timedelta(hours=1))], raw.id)
+        session.commit()
+    assert [f.value for f in store.iter_facts()] == [5.3]
 
 
 def test_dead_letters_keep_message_and_position(store: FactStore) -> None:
@@ -85,3 +164,22 @@ def test_sparse_patient_record_does_not_erase_demographics(store: FactStore) -> 
         session.commit()
     (stored,) = store.iter_facts(kinds=["patient"])
     assert (stored.birth_date, stored.sex) == (full.birth_date, full.sex)
+
+
+def test_a_store_from_before_message_versions_is_refused_clearly(tmp_path: Path) -> None:
+    """A store made by an earlier Vigie (fact rows without version time) is not written into:
+    its facts could not be ordered; the error says what to do."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TABLE fact (kind VARCHAR(32), fact_id VARCHAR(512), patient_id VARCHAR(128),"
+            " raw_message_id INTEGER, payload JSON, PRIMARY KEY (kind, fact_id))"
+        )
+    with pytest.raises(StoreError, match="earlier Vigie .*schema 1, expected 2.*new store"):
+        FactStore(f"sqlite:///{path}")
+
+
+def test_a_new_store_records_its_schema_version(store_url: str) -> None:
+    FactStore(store_url).close()
+    with FactStore(store_url) as reopened:  # opened again: the recorded version is checked
+        assert reopened.counts()["lab"] == 0
