@@ -18,6 +18,31 @@ Two paths give the same facts for valid input:
 Patient ids are FHIR logical ids: ``Patient/<id>``, ``urn:uuid:<id>`` (through the Bundle's
 fullUrls) and ``#<id>`` all resolve to the Patient's ``id``.
 
+Message ids (``RawMessage.message_id``; the store keeps one message per feed and id, and a
+different content under a known id is a new version of that message, never a silent
+replacement). A Bundle's ``id`` names it only within its sender: converters and servers reuse
+ids (the Microsoft FHIR converter's reference Bundles of unrelated HL7 messages share one). So:
+
+- a Bundle with an ``identifier`` that has a ``system``: ``identifier|<system>|<value>``;
+- else a Bundle with a sender, its ``meta.source`` or, for a ``message`` Bundle, its
+  MessageHeader's ``source.endpoint``: ``<sender>|Bundle/<id>``;
+- else no identity: the content hash (``sha256:...``). The same bytes are a duplicate, any other
+  content another message; corrections of such data are made per resource, through fact ids and
+  version times.
+- a single resource (a file, an NDJSON line): ``Type/id``, the server's logical id, as
+  ``<meta.source>|Type/id`` when it names its source.
+
+Event time: every fact's ``Source.version_time`` is its resource's ``meta.lastUpdated``, else the
+Bundle's ``timestamp``, else the Bundle's ``meta.lastUpdated`` (instants, read as naive UTC); the
+message's ``ParseOutcome.version_time`` is the Bundle's own, else the latest of its resources'.
+
+Withdrawn data: a resource with status ``entered-in-error`` (or a Condition or
+AllergyIntolerance verified ``entered-in-error`` or ``refuted``) gives no fact but a
+``Retraction`` of each fact it would give standing (same kinds and fact ids). A Bundle entry
+whose request is a ``DELETE`` retracts the same way when it carries the resource; without it,
+only a Patient's fact can be named: deleting another resource Vigie reads is a located non-fatal
+error saying the deletion is not applied.
+
 >>> raw = RawMessage("fhir", "p.json", b'{"resourceType": "Patient", "id": "p1"}', "Patient/p1")
 >>> [f.patient_id for f in parse(raw).facts]
 ['p1']
@@ -28,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -46,9 +72,12 @@ from vigie.connectors.fhir.fast import (
     ResourceEntry,
     ResourceIndex,
     Where,
+    _instant,
+    version_time,
+    withdrawn,
 )
 from vigie.connectors.fhir.fast_facts import memo_for
-from vigie.facts import AnyFact
+from vigie.facts import AnyFact, Retraction, Source
 from vigie.terminology import default_terminology
 
 __all__ = ["feed", "parse", "resource_facts", "sniff", "split", "validation_mode"]
@@ -78,6 +107,8 @@ def _validates(raw: RawMessage) -> bool:
 _BOM = b"\xef\xbb\xbf"
 _SNIFF_BYTES = 4096
 _NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".ndjson.txt")
+# Message ids longer than this are hashed (the store holds ids up to 512 characters).
+_LONGEST_IDENTITY = 256
 # The usual head of a Bulk FHIR line; lets split name a line without parsing it.
 _LINE_HEAD = re.compile(
     rb'\s*\{\s*"resourceType"\s*:\s*"([A-Za-z]{1,64})"\s*,\s*"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"'
@@ -138,23 +169,72 @@ def _split_lines(document: str, content: bytes) -> Iterator[RawMessage]:
 
 
 def _line_id(line: bytes) -> str:
+    """``Type/id`` read from the line's head without parsing it, when the line names no
+    ``meta.source`` (a line without the word ``"source"`` has none); else as a document."""
     match = _LINE_HEAD.match(line)
-    if match is not None:
+    if match is not None and match[1] != b"Bundle" and b'"source"' not in line:
         return (match[1] + b"/" + match[2]).decode()
     return _document_id(line)
 
 
 def _document_id(content: bytes) -> str:
-    """Bundle.id, ``Type/id`` for a single resource, else the content hash."""
+    """The message's identity (see the module docstring), else its content hash."""
     try:
         document = orjson.loads(content.removeprefix(_BOM))
     except orjson.JSONDecodeError:
         document = None
-    if isinstance(document, dict):
-        kind, rid = document.get("resourceType"), document.get("id")
-        if isinstance(kind, str) and isinstance(rid, str) and rid:
-            return rid if kind == "Bundle" else f"{kind}/{rid}"
-    return "sha256:" + hashlib.sha256(content).hexdigest()
+    identity = _identity(document) if isinstance(document, dict) else None
+    if identity is None:
+        return "sha256:" + hashlib.sha256(content).hexdigest()
+    if len(identity) > _LONGEST_IDENTITY:  # the same identity still gives the same id
+        return "identity-sha256:" + hashlib.sha256(identity.encode()).hexdigest()
+    return identity
+
+
+def _identity(document: dict[str, Any]) -> str | None:
+    kind, rid = document.get("resourceType"), document.get("id")
+    if kind == "Bundle":
+        return _bundle_identity(document)
+    if not isinstance(kind, str) or not _filled(rid):
+        return None
+    sender = _meta_source(document)
+    return f"{sender}|{kind}/{rid}" if sender else f"{kind}/{rid}"
+
+
+def _bundle_identity(bundle: dict[str, Any]) -> str | None:
+    """``identifier|system|value``, else ``sender|Bundle/id``, else none (``Bundle.id`` alone
+    is no identity: converters and servers reuse it for unrelated Bundles)."""
+    identifier = bundle.get("identifier")
+    if isinstance(identifier, dict):
+        system, value = identifier.get("system"), identifier.get("value")
+        if _filled(system) and _filled(value):
+            return f"identifier|{system}|{value}"
+    sender = _meta_source(bundle) or _message_sender(bundle)
+    rid = bundle.get("id")
+    return f"{sender}|Bundle/{rid}" if sender and _filled(rid) else None
+
+
+def _meta_source(resource: dict[str, Any]) -> str | None:
+    meta = resource.get("meta")
+    source = meta.get("source") if isinstance(meta, dict) else None
+    return source if _filled(source) else None
+
+
+def _message_sender(bundle: dict[str, Any]) -> str | None:
+    """A message Bundle's sender: ``source.endpoint`` of its MessageHeader (the first entry)."""
+    entries = bundle.get("entry")
+    if bundle.get("type") != "message" or not isinstance(entries, list) or not entries:
+        return None
+    header = entries[0].get("resource") if isinstance(entries[0], dict) else None
+    if not isinstance(header, dict) or header.get("resourceType") != "MessageHeader":
+        return None
+    source = header.get("source")
+    endpoint = source.get("endpoint") if isinstance(source, dict) else None
+    return endpoint if _filled(endpoint) else None
+
+
+def _filled(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 # Parsing ------------------------------------------------------------------------------------
@@ -178,7 +258,7 @@ def parse(raw: RawMessage, validate: bool | None = None) -> ParseOutcome:
         where = Where.on_line(raw.position, kind)
     else:
         where = Where.alone(kind)
-    return ParseOutcome(facts=_resource(document, where, context, validate))
+    return _resource(document, where, context, validate)
 
 
 def _root(raw: RawMessage) -> str:
@@ -256,26 +336,103 @@ def _bundle(
             raw.document, "Bundle.entry", "a JSON array of entries", message_id=raw.message_id,
             found=_kind_of(entries),
         )  # fmt: skip
+    _read_message_time(bundle, raw, context, outcome)
     if validate:
         shell = {key: value for key, value in bundle.items() if key != "entry"}
         problem = _validation_problem(shell, "Bundle", Where.alone("Bundle"), raw)
-        if problem is not None:
+        if problem is not None and problem.position not in _positions(outcome.errors):
             outcome.errors.append(problem)
     readable = []
     for index, entry in enumerate(entries):
         try:
             resource = _entry_resource(entry, index, raw, context)
+            deleted = _deletes(entry)
+            if deleted and resource is None:
+                outcome.retractions.extend(_deletion(entry, index, context))
         except FeedError as error:
             outcome.errors.append(error)
             continue
         if resource is not None:
-            readable.append((index, resource))
-    for index, resource in readable:
+            readable.append((index, resource, deleted))
+    latest = None
+    for index, resource, deleted in readable:
         try:
-            outcome.facts.extend(_resource(resource, Where.in_bundle(index), context, validate))
+            read = _resource(resource, Where.in_bundle(index), context, validate, deleted)
         except FeedError as error:
             outcome.errors.append(error)
+            continue
+        outcome.extend(read)
+        if read.version_time is not None and (latest is None or read.version_time > latest):
+            latest = read.version_time
+    outcome.version_time = context.version_time or latest
     return outcome
+
+
+def _read_message_time(
+    bundle: dict[str, Any], raw: RawMessage, context: MessageContext, outcome: ParseOutcome
+) -> None:
+    """The Bundle's own version time (``timestamp``, else ``meta.lastUpdated``) into the
+    context; a malformed one is a non-fatal error and leaves the message without one."""
+    try:
+        context.version_time = _instant(bundle, "timestamp", "") or version_time(bundle)
+    except EntryProblem as problem:
+        outcome.errors.append(
+            FeedError(
+                raw.document, Where.alone("Bundle").at(problem.path), problem.expected,
+                message_id=raw.message_id, found=problem.found,
+            )
+        )  # fmt: skip
+
+
+def _positions(errors: list[FeedError]) -> set[str | None]:
+    return {error.position for error in errors}
+
+
+def _deletes(entry: object) -> bool:
+    """Whether a Bundle entry deletes its resource (a transaction's or history's DELETE)."""
+    request = entry.get("request") if isinstance(entry, dict) else None
+    return isinstance(request, dict) and request.get("method") == "DELETE"
+
+
+# request.url of a DELETE: [base/]Type/id (a conditional delete has a '?' and names no id).
+_DELETED_URL = re.compile(r"(?:[^?]*/)?([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})")
+
+
+def _deletion(entry: dict[str, Any], index: int, context: MessageContext) -> list[Retraction]:
+    """The retractions a DELETE without its resource implies, when its facts can be named.
+
+    Only a Patient's can: the others' fact ids or patient depend on the resource's content
+    (an Observation's kind and components, an order's dosages, every subject), so their
+    deletion is a located error saying it is not applied; types Vigie reads no facts from
+    need nothing.
+    """
+    path = f"Bundle.entry[{index}].request.url"
+    url = entry["request"].get("url")
+    match = _DELETED_URL.fullmatch(url) if isinstance(url, str) else None
+    if match is None:
+        raise FeedError(
+            context.document, path, "the deleted resource as Type/id (a conditional DELETE is "
+            "not applied)", message_id=context.message_id, found=_shown(url),
+        )  # fmt: skip
+    kind, rid = match[1], match[2]
+    if kind not in _EXTRACTORS:
+        return []
+    if kind != "Patient":
+        raise FeedError(
+            context.document, path, f"the {kind} itself with status entered-in-error (a DELETE "
+            f"of a {kind} is not applied: its facts cannot be named without its content)",
+            message_id=context.message_id, found=url,
+        )  # fmt: skip
+    entry_like = ResourceEntry({}, kind, rid, Where.in_bundle(index), context)
+    source = Source(
+        feed=feed, document=context.document, message_id=context.message_id, position=path,
+        version_time=context.version_time,
+    )  # fmt: skip
+    return [Retraction(kind="patient", fact_id=entry_like.fact_id(), patient_id=rid, source=source)]
+
+
+def _shown(value: object) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def _entry_resource(
@@ -299,9 +456,14 @@ def _entry_resource(
 
 
 def _resource(
-    resource: dict[str, Any], where: Where, context: MessageContext, validate: bool
-) -> list[AnyFact]:
-    """One resource's facts, or a FeedError located inside it."""
+    resource: dict[str, Any],
+    where: Where,
+    context: MessageContext,
+    validate: bool,
+    deleted: bool = False,
+) -> ParseOutcome:
+    """One resource's facts (or retractions, when withdrawn or deleted) and its version time,
+    or a FeedError located inside it."""
     kind = resource["resourceType"]
     if validate:
         raw_like = _Located(context.document, context.message_id)
@@ -309,7 +471,12 @@ def _resource(
         if problem is not None:
             raise problem
     try:
-        return resource_facts(resource, where, context)
+        own_time = version_time(resource)
+        facts = resource_facts(resource, where, context, own_time or context.version_time)
+        if deleted or withdrawn(resource):
+            position = _withdrawing_field(resource, where, deleted)
+            return ParseOutcome(retractions=_retractions(facts, position), version_time=own_time)
+        return ParseOutcome(facts=facts, version_time=own_time)
     except EntryProblem as problem:
         raise FeedError(
             context.document, where.at(problem.path), problem.expected,
@@ -331,9 +498,14 @@ _EXTRACTORS = {
 
 
 def resource_facts(
-    resource: dict[str, Any], where: Where, context: MessageContext
+    resource: dict[str, Any],
+    where: Where,
+    context: MessageContext,
+    version: datetime | None = None,
 ) -> list[AnyFact]:
-    """The facts one resource gives, without validation (none for the types Vigie ignores).
+    """The facts one resource gives, without validation (none for the types Vigie ignores),
+    with ``version`` as their version time; a withdrawn resource (``withdrawn``) gives the facts
+    it would give standing, which the connector retracts.
 
     Raises ``EntryProblem`` on a field of the wrong shape.
     """
@@ -343,7 +515,31 @@ def resource_facts(
         return []
     assert isinstance(kind, str)
     rid = context.index.logical_id(resource)
-    return extractor(ResourceEntry(resource, kind, rid, where, context))
+    return extractor(ResourceEntry(resource, kind, rid, where, context, version))
+
+
+def _withdrawing_field(resource: dict[str, Any], where: Where, deleted: bool) -> str:
+    """Where a resource is withdrawn: its entry's DELETE request, its status or its
+    verificationStatus."""
+    if deleted:
+        return where.base.removesuffix(".resource") + ".request"
+    if resource.get("status") == "entered-in-error":
+        return where.at("status")
+    return where.at("verificationStatus")
+
+
+def _retractions(facts: list[AnyFact], position: str) -> list[Retraction]:
+    """The facts a withdrawn resource would give, as retractions of the same kind and id."""
+    return [
+        Retraction(
+            kind=fact.kind, fact_id=fact.fact_id, patient_id=fact.patient_id,
+            source=Source(
+                feed=feed, document=fact.source.document, message_id=fact.source.message_id,
+                position=position, version_time=fact.source.version_time,
+            ),
+        )
+        for fact in facts
+    ]  # fmt: skip
 
 
 class _Located:

@@ -41,7 +41,7 @@ _STAY_STATUS = {
     "onleave": "in-progress",
     "finished": "finished",
     "cancelled": "cancelled",
-    "entered-in-error": "cancelled",
+    "entered-in-error": "cancelled",  # only read to name the facts it retracts
     "unknown": "unknown",
 }
 

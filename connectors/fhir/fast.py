@@ -18,7 +18,10 @@ Choices worth knowing:
   naive datetimes); a time without offset and a partial date (``2020-05``) are taken as given.
 - Patient ids are FHIR logical ids; references (``Patient/x``, ``urn:uuid:x`` via the Bundle's
   fullUrls, ``#x``) resolve through the message to the Patient's ``id``.
-- Refuted and entered-in-error conditions and allergies give no fact.
+- A resource its sender withdrew (``withdrawn``: status ``entered-in-error``; a Condition or
+  AllergyIntolerance verified ``entered-in-error`` or ``refuted``) is still read, so that the
+  connector can retract the facts it would give under the same fact ids.
+- ``Source.version_time`` is the resource's ``meta.lastUpdated``, else its message's time.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel
 
+from vigie.connectors.base import as_utc
 from vigie.connectors.fhir.fast_facts import (
     TerminologyMemo,
     coding,
@@ -62,7 +66,10 @@ __all__ = [
     "ResourceIndex",
     "Where",
     "parse_fhir_datetime",
+    "parse_fhir_instant",
     "reference_id",
+    "version_time",
+    "withdrawn",
 ]
 
 FEED = "fhir"
@@ -288,6 +295,58 @@ def _datetime(node: dict[str, Any], key: str, path: str) -> datetime | None:
     return moment
 
 
+# A FHIR instant: seconds and an offset are required (the validated path rejects the rest too).
+_FHIR_INSTANT = re.compile(
+    r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})"
+)
+_INSTANT_EXPECTED = "a FHIR instant (YYYY-MM-DDThh:mm:ss[.sss]+hh:mm, or Z)"
+
+
+@lru_cache(maxsize=4096)  # a message's resources share their Bundle's or server's times
+def parse_fhir_instant(text: str) -> datetime | None:
+    """A FHIR instant (``meta.lastUpdated``, ``Bundle.timestamp``) as a naive UTC datetime, or
+    ``None`` when it is not one (no offset, no seconds, an impossible time).
+
+    >>> parse_fhir_instant("2005-01-10T04:05:14+05:30")
+    datetime.datetime(2005, 1, 9, 22, 35, 14)
+    >>> parse_fhir_instant("2005-01-10T04:05:14") is None
+    True
+    """
+    match = _FHIR_INSTANT.fullmatch(text)
+    if match is None:
+        return None
+    moment, fraction, offset = match.groups()
+    if fraction:
+        moment += "." + fraction[:6]
+    try:
+        return as_utc(datetime.fromisoformat(moment + offset))
+    except (ValueError, OverflowError):
+        return None
+
+
+def _instant(node: dict[str, Any], key: str, path: str) -> datetime | None:
+    value = _text(node, key, path)
+    if value is None:
+        return None
+    moment = parse_fhir_instant(value)
+    if moment is None:
+        raise EntryProblem(_join(path, key), _INSTANT_EXPECTED, value)
+    return moment
+
+
+def version_time(resource: dict[str, Any]) -> datetime | None:
+    """When the server recorded this version of a resource (``meta.lastUpdated``), naive UTC.
+
+    Raises ``EntryProblem`` on a malformed ``meta`` or instant.
+    """
+    meta = resource.get("meta")
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        raise EntryProblem("meta", "a JSON object", meta)
+    return _instant(meta, "lastUpdated", "meta")
+
+
 def _date(node: dict[str, Any], key: str, path: str) -> date | None:
     value = _text(node, key, path)
     if value is None:
@@ -397,7 +456,8 @@ class MessageContext:
 
     ``validated`` facts are built through pydantic validation (the validated path); the fast
     path builds them straight from the typed readers' values (see
-    ``vigie.connectors.fhir.fast_facts``).
+    ``vigie.connectors.fhir.fast_facts``). ``version_time`` is the message's own (a Bundle's
+    ``timestamp``, else its ``meta.lastUpdated``): the version time of a resource that has none.
     """
 
     document: str
@@ -405,17 +465,20 @@ class MessageContext:
     terminology: TerminologyMemo
     index: ResourceIndex
     validated: bool = True
+    version_time: datetime | None = None
 
 
 @dataclass(slots=True)
 class ResourceEntry:
-    """One resource being read: the resource, where it sits, its message."""
+    """One resource being read: the resource, where it sits, its message, and when this version
+    of it was recorded (its ``meta.lastUpdated``, else its message's time)."""
 
     resource: dict[str, Any]
     resource_type: str
     resource_id: str
     where: Where
     context: MessageContext
+    version_time: datetime | None = None
 
     def fact(self, model: type[_Fact], **fields: Any) -> _Fact:
         """A fact of this resource: validated on the validated path, trusted on the fast one."""
@@ -431,6 +494,7 @@ class ResourceEntry:
             document=context.document,
             message_id=context.message_id,
             position=self.where.at(path),
+            version_time=self.version_time,
         )
 
     def fact_id(self, suffix: str = "") -> str:
@@ -539,7 +603,22 @@ _CLINICAL_STATUS = {
     "remission": "resolved",
     "resolved": "resolved",
 }
-_REFUTED = frozenset({"refuted", "entered-in-error"})
+# A refuted condition was ruled out: like one entered in error, what it said must not stand.
+_WITHDRAWN_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+
+
+def withdrawn(resource: dict[str, Any]) -> bool:
+    """Whether the sender withdrew what this resource says: a status ``entered-in-error``
+    (Observation, MedicationRequest, MedicationAdministration, Encounter...), or a
+    ``verificationStatus`` (Condition, AllergyIntolerance) ``entered-in-error`` or ``refuted``.
+
+    Raises ``EntryProblem`` on a malformed ``verificationStatus``.
+    """
+    if resource.get("status") == "entered-in-error":
+        return True
+    if "verificationStatus" not in resource:
+        return False
+    return _concept_code(resource, "verificationStatus", "") in _WITHDRAWN_VERIFICATION
 
 
 def _clinical_status(resource: dict[str, Any]) -> str:
@@ -554,8 +633,6 @@ def _clinical_status(resource: dict[str, Any]) -> str:
 
 def _condition(entry: ResourceEntry) -> list[AnyFact]:
     resource = entry.resource
-    if _concept_code(resource, "verificationStatus", "") in _REFUTED:
-        return []
     code = _obj(resource, "code", "")
     codings = _codings(code, "code")
     terminology = entry.terminology
@@ -596,8 +673,6 @@ _CRITICALITY = {"low": "low", "high": "high", "unable-to-assess": "unable-to-ass
 
 def _allergy(entry: ResourceEntry) -> list[AnyFact]:
     resource = entry.resource
-    if _concept_code(resource, "verificationStatus", "") in _REFUTED:
-        return []
     path, concept = "code", _obj(resource, "code", "")
     if concept is None:  # the substance may only be named in the reaction
         first = _first(resource, "reaction", "")

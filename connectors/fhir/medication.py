@@ -412,7 +412,7 @@ _ORDER_STATUS = {
     "stopped": "stopped",
     "cancelled": "cancelled",
     "draft": "draft",
-    "entered-in-error": "cancelled",
+    "entered-in-error": "cancelled",  # only read to name the facts it retracts
     "unknown": "unknown",
 }
 
@@ -498,7 +498,7 @@ _ADMINISTRATION_STATUS = {
     "in-progress": "in-progress",
     "on-hold": "unknown",
     "stopped": "unknown",
-    "entered-in-error": "unknown",
+    "entered-in-error": "unknown",  # only read to name the facts it retracts
     "unknown": "unknown",
 }
 

@@ -10,8 +10,9 @@ conventions).
   when mapped.
 - Pregnancy status (LOINC 82810-3, 11449-6) gives a ``Pregnancy`` fact, with the estimated due
   date of its 11778-8 component; an 11778-8 Observation alone gives a pregnant ``Pregnancy``
-  with that date (due dates are calendar days, never shifted). Cancelled and entered-in-error
-  observations give no fact.
+  with that date (due dates are calendar days, never shifted). Cancelled observations give no
+  fact; entered-in-error ones are read like the others, and the connector turns their facts into
+  retractions (``vigie.connectors.fhir.fast.withdrawn``).
 - Values, units, reference ranges and interpretations are normalised by
   ``vigie.connectors.labs`` like every feed's: a Quantity's UCUM code is tried before its label,
   a comparator (``<5``) makes the value a bound (kept as text, flagged ``non_numeric_value``),
@@ -60,7 +61,7 @@ _PREGNANCY_ANSWERS = {
     "261665006": "unknown",
     "LA4489-6": "unknown",
 }
-_SKIPPED_STATUS = frozenset({"cancelled", "entered-in-error"})
+_SKIPPED_STATUS = frozenset({"cancelled"})
 
 
 class _Value(NamedTuple):
