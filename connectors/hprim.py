@@ -20,6 +20,22 @@ every feed's (a decimal comma or point; an unmapped code still gives a LabResult
 ``None``, value kept, and an ``unmapped_code`` flag); an unreadable or reversed reference range is
 reported and left out.
 
+Message identity and versions (issue 7). An H..L message is named after what it reports on,
+scoped by its sender: ``<H field 5>|<patient>:<request>[,...]``, e.g.
+``PO|398:idechantillo/20428E9575`` — the sender's id (H field 5, ``PO~LABM``: id then name, as
+in the ASTM E1394 header HPRIM Santé derives from: 3 file name, 5 sender, 7 message type,
+10 receiver, 12 processing mode, 13 version, 14 date and time), then each patient (P field 3)
+with the numbers of each of his requests (OBR fields 3 and 4, the key of the lab facts' ids).
+A laboratory sending a request's results again (completed, corrected) sends a new version of
+the same message: its results replace the earlier ones'. A message with a request without
+numbers, or without a sender, has no such identity and is named by a content hash (its facts
+still meet earlier ones by fact id). The version time is H field 14 (``201204292059``). The
+shared data's README notes only HPRIM's delimiters; the HPRIM Santé 2.x text is not among the
+reference data: the OBX record mirrors HL7 v2's (field N here is HL7's OBX-(N-1)), so the
+result status, field 12, is read with HL7 v2's table 0085 (to be checked against that text):
+``D`` (deleted) and ``W`` (wrong) withdraw the result named by its code and request — a
+``Retraction``, not a fact; the two reference messages only use ``F`` (final).
+
 >>> raw = next(split("demo.hpr", b"H|~^\\\\&|F.HPR||LAB||ORU|||ME||P|H2.2~C|202401020800\\r"
 ...     b"P|1|P42|||DOE~JOHN||19500101|F\\rOBR|1||S1||||202401020700\\r"
 ...     b"OBX|1|NM|K~Potassium~L||5,9|mmol/l|3.5 - 5|H|||F|||202401020750\\rL|1\\r"))
@@ -31,12 +47,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from vigie.connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
 from vigie.connectors.labs import (
+    CodeMatch,
     Reading,
     ReferenceRange,
     decimal_point_or_comma,
@@ -45,7 +62,16 @@ from vigie.connectors.labs import (
     parse_reference_range,
     read_value,
 )
-from vigie.facts import AnyFact, Coding, LabResult, Observation, Patient, Sex, Source
+from vigie.facts import (
+    AnyFact,
+    Coding,
+    LabResult,
+    Observation,
+    Patient,
+    Retraction,
+    Sex,
+    Source,
+)
 from vigie.terminology import Terminology, default_terminology, normalise_system
 
 __all__ = [
@@ -74,7 +100,11 @@ _KNOWN_RECORDS = frozenset({"H", "P", "OBR", "OBX", "C", "L", "A"})
 # Records of HPRIM Santé that carry no clinical fact for us (invoicing, acts, payments).
 _IGNORED_RECORDS = frozenset({"FAC", "ACT", "REG", "AP", "AC"})
 _LAB_SYSTEMS = ("HPRIM", "LOCAL")
+# Result status (OBX field 12, where HL7 v2 has OBX-11): D deleted, W wrong (e.g. another
+# patient's); see the module's docstring.
+_WITHDRAWN = frozenset({"D", "W"})
 _TEXT_ENCODINGS = ("utf-8", "latin-1")
+_LONGEST_NAMED = 200  # characters of request names in a message id (the store holds 512)
 
 
 # Document → raw messages -------------------------------------------------------------------
@@ -98,8 +128,43 @@ def split(document: str, content: bytes) -> Iterator[RawMessage]:
     for (begin, line), end in zip(starts, bounds, strict=True):
         chunk = content[begin:end]
         if chunk.strip():
-            digest = hashlib.sha256(chunk).hexdigest()[:16]
-            yield RawMessage(feed, document, chunk, digest, position=f"line {line}")
+            message_id = _message_id(chunk, line)
+            yield RawMessage(feed, document, chunk, message_id, position=f"line {line}")
+
+
+def _message_id(chunk: bytes, line: int) -> str:
+    """``<sender>|<patient>:<request>[,...]`` when every request of the message has numbers
+    (see the module's docstring), else a content hash."""
+    digest = hashlib.sha256(chunk).hexdigest()[:16]
+    try:
+        identity = _identity(RawMessage(feed, "", chunk, digest, position=f"line {line}"))
+    except FeedError:  # not readable as HPRIM: parse will say why
+        return digest
+    return identity or digest
+
+
+def _identity(raw: RawMessage) -> str:
+    lines = _physical_lines(raw, _decode(raw))
+    if not lines or not lines[0][1].startswith("H"):
+        return ""
+    delimiters = _delimiters(raw, lines[0][1], lines[0][0])
+    records = _join_records(delimiters.field, lines, lambda *problem: None)
+    sender = [c.strip() for c in _components(delimiters, records[0], 5) if c.strip()]
+    requests, patient = set(), ""
+    for record in records[1:]:
+        if record.kind == "P":
+            patient = _components(delimiters, record, 3)[0].strip()
+        elif record.kind == "OBR":
+            key = _request_key(delimiters, record)
+            if not (patient and key):
+                return ""
+            requests.add(f"{patient}:{key}")
+    if not (sender and requests):
+        return ""
+    named = ",".join(sorted(requests))
+    if len(named) > _LONGEST_NAMED:  # many requests: their digest keeps the id storable
+        named = "requests:" + hashlib.sha256(named.encode()).hexdigest()[:16]
+    return f"{sender[0]}|{named}"
 
 
 def _byte_lines(content: bytes) -> Iterator[tuple[int, bytes]]:
@@ -182,12 +247,12 @@ class _Message:
             document=self.raw.document,
             message_id=self.raw.message_id,
             position=record.where(),
+            version_time=self.outcome.version_time,
         )
 
     def components(self, record: Record, number: int) -> list[str]:
         """Components of the first repetition of a field, unescaped."""
-        first = record.field(number).split(self.delimiters.repeat)[0]
-        return [self.delimiters.unescape(c) for c in first.split(self.delimiters.component)]
+        return _components(self.delimiters, record, number)
 
     def first(self, record: Record, number: int) -> str:
         return self.components(record, number)[0].strip()
@@ -251,14 +316,24 @@ def read_records(raw: RawMessage) -> list[Record]:
     return _records(message, lines)
 
 
+def _components(delimiters: Delimiters, record: Record, number: int) -> list[str]:
+    first = record.field(number).split(delimiters.repeat)[0]
+    return [delimiters.unescape(c) for c in first.split(delimiters.component)]
+
+
 def _records(message: _Message, lines: list[tuple[int, str]]) -> list[Record]:
     """Logical records: each ``A`` continuation is glued to the line before it."""
-    fs = message.delimiters.field
+    return _join_records(message.delimiters.field, lines, message.problem)
+
+
+def _join_records(
+    fs: str, lines: list[tuple[int, str]], problem: Callable[[str, str], None]
+) -> list[Record]:
     joined: list[tuple[int, str]] = []
     for number, line in lines:
         if line.startswith("A" + fs):
             if not joined:
-                message.problem(f"line {number}", "an A continuation after another record")
+                problem(f"line {number}", "an A continuation after another record")
                 continue
             start, previous = joined[-1]
             joined[-1] = (start, previous + line[2:])
@@ -336,8 +411,8 @@ def _check_header(message: _Message, header: Record) -> None:
     if version and not version.upper().startswith("H2"):
         message.problem(header.where(13), "HPRIM Santé version H2.x", found=version)
     stamp = header.field(14).strip()
-    if stamp:
-        _datetime(message, header, 14, stamp)
+    when = _datetime(message, header, 14, stamp) if stamp else None
+    message.outcome.version_time = as_utc(when) if when else None
 
 
 def _read_record(message: _Message, record: Record) -> None:
@@ -385,17 +460,38 @@ def _read_result(message: _Message, record: Record) -> None:
         message.problem(record.where(), "a P record (with a patient id) before the results")
         return
     try:
-        message.outcome.facts.append(_lab_result(message, message.patient, record))
+        if message.first(record, 12).upper() in _WITHDRAWN:
+            message.outcome.retractions.append(_retraction(message, message.patient, record))
+        else:
+            message.outcome.facts.append(_lab_result(message, message.patient, record))
     except FeedError as error:
         message.outcome.errors.append(error)
 
 
-def _lab_result(message: _Message, patient: Patient, record: Record) -> LabResult | Observation:
+def _result_code(message: _Message, record: Record) -> tuple[str, CodeMatch]:
+    """OBX field 4 (code~label~system) and what the terminology files it under."""
     code, label, hint = (part.strip() for part in [*message.components(record, 4), "", ""][:3])
     if not code:
         raise message.error(record.where(4), "a result code (code~label~system)")
+    return code, match_code(message.terminology, _codings(hint, code, label or None))
+
+
+def _retraction(message: _Message, patient: Patient, record: Record) -> Retraction:
+    """A result its laboratory withdraws (status ``D`` or ``W``): the fact that its code and
+    request name, of the kind its code files it under."""
+    code, match = _result_code(message, record)
+    kind = normalise(message.terminology, match, Reading(None, None, None)).model.kind
+    return Retraction(
+        kind=kind,
+        fact_id=_lab_id(message, patient, code),
+        patient_id=patient.patient_id,
+        source=message.source(record),
+    )
+
+
+def _lab_result(message: _Message, patient: Patient, record: Record) -> LabResult | Observation:
+    code, match = _result_code(message, record)
     time = _result_time(message, record)
-    match = match_code(message.terminology, _codings(hint, code, label or None))
     measurement = normalise(
         message.terminology,
         match,
@@ -455,10 +551,7 @@ def _result_time(message: _Message, record: Record) -> datetime:
 def _lab_id(message: _Message, patient: Patient, code: str) -> str:
     """Stable across re-sent results: patient, request (specimen/order numbers) and code."""
     request = message.request
-    numbers = []
-    if request is not None:
-        numbers = [c.strip() for n in (3, 4) for c in message.components(request, n)]
-    request_key = "/".join(n for n in numbers if n)
+    request_key = _request_key(message.delimiters, request) if request else ""
     if not request_key:
         request_key = f"{message.raw.message_id}-OBR{request.index if request else 0}"
     fact_id = f"hprim:{patient.patient_id}:{request_key}:{code}"
@@ -468,6 +561,13 @@ def _lab_id(message: _Message, patient: Patient, code: str) -> str:
         fact_id = f"hprim:{patient.patient_id}:{request_key}:{code}#{repeat}"
     message.lab_ids.add(fact_id)
     return fact_id
+
+
+def _request_key(delimiters: Delimiters, request: Record) -> str:
+    """The request's numbers, OBR fields 3 and 4 (specimen and request, as the requester and
+    the laboratory number them), e.g. ``idechantillo/20428E9575``."""
+    numbers = [c.strip() for n in (3, 4) for c in _components(delimiters, request, n)]
+    return "/".join(n for n in numbers if n)
 
 
 def _reference_range(message: _Message, record: Record) -> ReferenceRange | None:

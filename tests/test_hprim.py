@@ -7,6 +7,7 @@ sample. After a deliberate change, regenerate them with
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import date, datetime
 from pathlib import Path
@@ -206,6 +207,107 @@ def test_fact_ids_are_stable_and_unique(shared_data: Path) -> None:
     assert first == again
     assert len(set(first)) == len(first)
     assert "hprim:398:idechantillo/20428E9575:OT1" in first
+
+
+# Message identity and versions ------------------------------------------------------------
+
+
+def test_message_id_is_the_sender_and_the_requests(shared_data: Path) -> None:
+    """Read from the samples: H field 5 (sender id~name), P field 3, OBR fields 3 and 4."""
+    # H|~^\&|Test1.HPR||PO~LABM|...; P|1|398|...; OBR|1|idechantillo~|~20428E9575|...
+    [oru] = hprim.split(ORU_21, sample(shared_data, ORU_21))
+    assert oru.message_id == "PO|398:idechantillo/20428E9575"
+    # H|~^\&|TEST.HPR||code~labo|...; P|1|01234|...; OBR|1|~|227dc251e1~70528100180|...
+    [truncated] = hprim.split(TRUNCATED_22, sample(shared_data, TRUNCATED_22))
+    assert truncated.message_id == "code|01234:227dc251e1/70528100180"
+    [renamed] = hprim.split("renamed.hpr", sample(shared_data, ORU_21))
+    assert renamed.message_id == oru.message_id
+
+
+def test_message_id_names_every_request() -> None:
+    content = message(PATIENT, "OBR|1||S2", "OBR|2||S1", "P|2|P7", "OBR|1|A~B|C")
+    [raw] = hprim.split("x.hpr", content)
+    assert raw.message_id == "LAB|P42:S1,P42:S2,P7:A/B/C"
+
+
+def test_without_a_request_number_or_a_sender_the_id_is_a_content_hash() -> None:
+    for content in (
+        message(PATIENT, "OBR|1||", "OBX|1|NM|K~K~L||4|mmol/l|||||F|||202401020750"),
+        message(PATIENT, REQUEST).replace(b"||LAB||", b"||||"),
+        message(PATIENT),
+    ):
+        [raw] = hprim.split("x.hpr", content)
+        assert raw.message_id == hashlib.sha256(content).hexdigest()[:16]
+
+
+def test_many_requests_give_a_storable_id() -> None:
+    requests = [f"OBR|{n}||SPECIMEN-NUMBER-{n:04}" for n in range(100)]
+    [raw] = hprim.split("x.hpr", message(PATIENT, *requests))
+    assert raw.message_id.startswith("LAB|requests:") and len(raw.message_id) < 40
+
+
+def test_version_time_is_the_header_date(shared_data: Path) -> None:
+    """H field 14 of the 2.1 sample, ``201204292059`` (tests read times as UTC)."""
+    [raw] = hprim.split(ORU_21, sample(shared_data, ORU_21))
+    outcome = hprim.parse(raw)
+    assert outcome.version_time == datetime(2012, 4, 29, 20, 59)
+    assert {fact.source.version_time for fact in outcome.facts} == {outcome.version_time}
+    # the 2.2 sample's field 14 is '200700', not a date: reported, and no version time
+    [raw] = hprim.split(TRUNCATED_22, sample(shared_data, TRUNCATED_22))
+    assert hprim.parse(raw).version_time is None
+
+
+def correction_of(original: bytes) -> bytes:
+    """The 2.1 sample sent again the next day: TGO corrected from 16 to 18 UI/l (status C)."""
+    corrected = original.replace(b"P|H2.1~C|201204292059", b"P|H2.1~C|201204300815")
+    corrected = corrected.replace(
+        b"OBX|1|NM|OT1~TGO ADVIA~L||16|UI/l|10 - 40|N|||F|",
+        b"OBX|1|NM|OT1~TGO ADVIA~L||18|UI/l|10 - 40|N|||C|",
+    )
+    assert corrected.count(b"||18|UI/l") == 1 and b"201204300815" in corrected
+    return corrected
+
+
+def test_a_correction_is_a_new_version_of_the_same_message(shared_data: Path) -> None:
+    original = sample(shared_data, ORU_21)
+    [first] = hprim.split(ORU_21, original)
+    [second] = hprim.split("next-day.hpr", correction_of(original))
+    assert first.message_id == second.message_id and first.sha256 != second.sha256
+    before, after = hprim.parse(first), hprim.parse(second)
+    assert (before.version_time, after.version_time) == (
+        datetime(2012, 4, 29, 20, 59),
+        datetime(2012, 4, 30, 8, 15),
+    )
+    assert (labs(before)["OT1"].value, labs(after)["OT1"].value) == (16, 18)
+    assert labs(before)["OT1"].fact_id == labs(after)["OT1"].fact_id
+
+
+@pytest.mark.parametrize("status", ["D", "W"])
+def test_a_deleted_or_wrong_result_is_a_retraction(shared_data: Path, status: str) -> None:
+    original = sample(shared_data, ORU_21)
+    withdrawn = original.replace(
+        b"||16|UI/l|10 - 40|N|||F|", f"||16|UI/l|10 - 40|N|||{status}|".encode()
+    )
+    assert withdrawn != original
+    [raw] = hprim.split(ORU_21, withdrawn)
+    outcome = hprim.parse(raw)
+    [retraction] = outcome.retractions
+    assert (retraction.kind, retraction.fact_id, retraction.patient_id) == (
+        "lab",
+        labs(load(ORU_21, original))["OT1"].fact_id,
+        "398",
+    )
+    assert retraction.source.position == "line 5, OBX[1]"
+    assert retraction.source.version_time == datetime(2012, 4, 29, 20, 59)
+    assert "OT1" not in labs(outcome) and "HT" in labs(outcome)
+
+
+def test_final_and_corrected_results_are_facts(shared_data: Path) -> None:
+    for status in ("F", "C", "P"):
+        content = message(PATIENT, REQUEST, f"OBX|1|NM|K~K~L||4|mmol/l|||||{status}|||202401020750")
+        [raw] = hprim.split("x.hpr", content)
+        outcome = hprim.parse(raw)
+        assert (len(labs(outcome)), outcome.retractions) == (1, []), status
 
 
 # Mapping through the terminology ------------------------------------------------------------
