@@ -53,7 +53,7 @@ class ParsedMessage:
         assert self.outcome is not None
         if self.outcome.errors:
             return "partial"
-        return "loaded" if self.outcome.facts else "ignored"
+        return "loaded" if self.outcome.facts or self.outcome.retractions else "ignored"
 
 
 @dataclass

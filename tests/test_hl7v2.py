@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import SHARED_DATA
 from vigie import settings as vigie_settings
-from vigie.connectors.base import FeedError, RawMessage, site_timezone
+from vigie.connectors.base import FeedError, RawMessage, as_utc, site_timezone
 from vigie.connectors.hl7v2 import connector as hl7v2
 from vigie.connectors.hl7v2.hl7lib_reader import Hl7libMessage
 from vigie.connectors.hl7v2.message import Hl7Message, parse_dtm
@@ -817,13 +817,36 @@ def test_other_message_types_are_ignored_not_errors() -> None:
         assert not outcome.facts and not outcome.errors
 
 
-def test_withdrawn_and_image_results_are_skipped_with_a_note() -> None:
+@pytest.mark.parametrize("status", ["D", "W"])
+def test_a_deleted_or_wrong_result_retracts_the_result_it_names(status: str) -> None:
+    """HL7 table 0085: OBX-11 D deletes the OBX record, W posts the original as wrong. The
+    withdrawal names the same result (patient, order, code, sub-id): the same fact id."""
+    (sent,) = facts_of(only("k.hl7", hl7_text(MSH_ORU, PID, OBX_K)), LabResult)
+    withdrawn = OBX_K.replace("|F|", f"|{status}|")
     outcome = only(
-        "n.hl7",
-        hl7_text(MSH_ORU, PID, OBX_K.replace("|F|", "|W|"), "OBX|2|ED|X^Img^L||^IM^JPEG^Base64^AA"),
+        "n.hl7", hl7_text(MSH_ORU, PID, withdrawn, "OBX|2|ED|X^Img^L||^IM^JPEG^Base64^AA")
     )
     assert not facts_of(outcome, LabResult) and not outcome.errors
-    assert len(outcome.notes) == 2
+    (retraction,) = outcome.retractions
+    assert (retraction.kind, retraction.fact_id) == ("lab", sent.fact_id)
+    assert retraction.patient_id == sent.patient_id
+    assert retraction.source.position == "OBX[1]-11"
+    assert len(outcome.notes) == 1  # the image OBX
+
+
+def test_a_result_that_cannot_be_obtained_is_skipped_with_a_note() -> None:
+    outcome = only("x.hl7", hl7_text(MSH_ORU, PID, OBX_K.replace("|F|", "|X|")))
+    assert not outcome.facts and not outcome.retractions and not outcome.errors
+    assert len(outcome.notes) == 1
+
+
+def test_facts_carry_the_message_time_as_their_version() -> None:
+    """EVN-2 (recorded date/time) when present, else MSH-7; naive UTC (site zone UTC here)."""
+    msh_time = MSH_ORU.split("|")[6]
+    outcome = only("k.hl7", hl7_text(MSH_ORU, PID, OBX_K))
+    expected = as_utc(datetime.strptime(msh_time, "%Y%m%d%H%M%S"))
+    assert outcome.version_time == expected
+    assert {fact.source.version_time for fact in outcome.facts} == {expected}
 
 
 # Units of the pieces -------------------------------------------------------------------------

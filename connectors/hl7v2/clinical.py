@@ -64,6 +64,7 @@ from vigie.facts import (
     FlagCode,
     Patient,
     Pregnancy,
+    Retraction,
     Sex,
     Source,
     Stay,
@@ -120,8 +121,11 @@ _STAY_STATUS = {
     "A38": "cancelled",
 }
 
-# OBX-11 result statuses that carry no usable result: D deleted, W wrong, X cannot be obtained.
-_WITHDRAWN = frozenset({"D", "W", "X"})
+# OBX-11 result statuses (HL7 table 0085) that withdraw a result sent before: D deletes the OBX
+# record, W posts the original as wrong (e.g. sent for the wrong patient). X (cannot be obtained)
+# carries no result either, but withdraws nothing.
+_RETRACTING = frozenset({"D", "W"})
+_WITHDRAWN = frozenset({"X"})
 # Encapsulated data and references (images, PDFs, URLs) are not results the engine can use.
 _BINARY_TYPES = frozenset({"ED", "RP"})
 _CODED_TYPES = frozenset({"CE", "CWE", "CNE", "CF"})
@@ -168,6 +172,7 @@ class Context:
             document=self.message.document,
             message_id=self.message.message_id,
             position=position,
+            version_time=self.outcome.version_time,
         )
 
     def fact_id(self, *parts: str) -> str:
@@ -331,6 +336,20 @@ def _event_time(ctx: Context) -> datetime | None:
     return None
 
 
+def version_time(message: Hl7Message) -> datetime | None:
+    """When the sender recorded this message's content: EVN-2 (recorded date/time), else MSH-7
+    (the message's date/time). A malformed one is None here: where it serves as a fact time
+    it is reported there."""
+    for segment, field in ((message.first("EVN"), 2), (message.msh, 7)):
+        try:
+            moment = message.dtm(segment, field)
+        except FeedError:
+            continue
+        if moment is not None:
+            return moment
+    return None
+
+
 def time_or_error(ctx: Context, segment: SegmentRef | None, field: int) -> datetime | None:
     """A fact time; a malformed one is reported and the fact loads without it."""
     try:
@@ -415,6 +434,9 @@ def _load_result(
     message = ctx.message
     status = message.value(obx, 11).upper()
     value_type = message.value(obx, 2).upper()
+    if status in _RETRACTING:
+        _retract_result(ctx, obx, group, message_time_fallback)
+        return
     if status in _WITHDRAWN or value_type in _BINARY_TYPES:
         ctx.note(f"{obx.label}: skipped (value type {value_type!r}, status {status!r})")
         return
@@ -444,6 +466,39 @@ def _load_result(
     position = obx.position(5)
     fields = measurement.fields() | {"fact_id": fact_id, "code": code, "time": time}
     ctx.add(measurement.model, obx, position, **fields)
+
+
+def _retract_result(
+    ctx: Context, obx: SegmentRef, group: _ResultGroup, message_time_fallback: bool
+) -> None:
+    """An OBX with status D or W withdraws the result it names: the same patient, order, code
+    and sub-id (or observation time without an order) give the same fact id as when it was
+    sent, so the store can mark that fact retracted."""
+    message = ctx.message
+    code = _observation_code(message, obx)
+    if code is None:
+        raise message.field_error(obx, 3, "the identifier of the result OBX-11 withdraws")
+    if _is_pregnancy_code(code):
+        ctx.note(f"{obx.label}: withdrawn pregnancy status, not applied")
+        return
+    time = message.dtm(obx, 14) or message.dtm(group.obr, 7)
+    if time is None and message_time_fallback:
+        time = message.dtm(message.msh, 7)
+    if time is None and not group.order:
+        raise message.field_error(
+            obx, 14, "the time of the result OBX-11 withdraws (OBX-14, OBR-7, or an order)"
+        )
+    concept = match_code(ctx.terminology, [code]).concept
+    kind = "lab" if concept is None or concept.kind == "lab" else "observation"
+    key = result_key(ctx, obx, group.order, code, time or datetime.min)
+    fact_id = ctx.unique_id(ctx.fact_id(kind, key), obx)
+    retraction = Retraction(
+        kind=kind,
+        fact_id=fact_id,
+        patient_id=ctx.patient_for(obx),
+        source=ctx.source(obx.position(11)),
+    )
+    ctx.outcome.retractions.append(retraction)
 
 
 @lru_cache(maxsize=256)

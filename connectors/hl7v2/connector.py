@@ -45,6 +45,7 @@ from vigie.connectors.hl7v2.clinical import (
     load_results,
     load_stay,
     patient_ids_of,
+    version_time,
 )
 from vigie.connectors.hl7v2.framing import (
     charset_encoding,
@@ -126,6 +127,7 @@ def parse(raw: RawMessage, terminology: Terminology | None = None) -> Hl7Outcome
     if message.message_code == "ADT" and message.first("PID") is None:
         outcome.ignored = f"{message.message_type} without PID: no patient facts"
         return outcome
+    outcome.version_time = version_time(message)
     ctx = Context(message, terminology or default_terminology(), outcome)
     ctx.patients = patient_ids_of(message)
     load_patients(ctx)
