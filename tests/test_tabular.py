@@ -200,10 +200,11 @@ def test_split_keeps_header_and_locates_groups() -> None:
     connector = TabularConnector(rows_per_message=2)
     raws = list(connector.split("orders.csv", orders_csv(5).encode()))
     assert [r.position for r in raws] == ["line 2", "line 4", "line 6"]
-    assert [r.message_id.rsplit(":", 1)[0] for r in raws] == [
-        "orders.csv:2-3",
-        "orders.csv:4-5",
-        "orders.csv:6-6",
+    # <mapping name>|<file name>#<row group>: the mapping names the DPI (vigie-synthetic.toml)
+    assert [r.message_id for r in raws] == [
+        "vigie-synthetic|orders.csv#1",
+        "vigie-synthetic|orders.csv#2",
+        "vigie-synthetic|orders.csv#3",
     ]
     assert all(r.content.decode().startswith(ORDERS_HEADER + "\n") for r in raws)
     facts = [f for r in raws for f in connector.parse(r).facts]
@@ -216,12 +217,108 @@ def test_default_row_group_is_a_thousand_rows(synthetic: TabularConnector) -> No
     assert [r.position for r in raws] == ["line 2", "line 1002", "line 2002"]
 
 
-def test_message_ids_are_stable_and_follow_content(synthetic: TabularConnector) -> None:
+def test_a_re_export_under_the_same_name_is_a_new_version(synthetic: TabularConnector) -> None:
     content = orders_csv(3).encode()
-    first = [r.message_id for r in synthetic.split("orders.csv", content)]
-    assert first == [r.message_id for r in synthetic.split("orders.csv", content)]
-    changed = content.replace(b"dr\n", b"dr2\n", 1)
-    assert first != [r.message_id for r in synthetic.split("orders.csv", changed)]
+    [first] = synthetic.split("exports/orders.csv", content)
+    [again] = synthetic.split("orders.csv", content)
+    assert (first.message_id, first.sha256) == (again.message_id, again.sha256)  # a duplicate
+    [changed] = synthetic.split("orders.csv", content.replace(b"dr\n", b"dr2\n", 1))
+    assert changed.message_id == first.message_id and changed.sha256 != first.sha256
+    [other] = synthetic.split("orders_20240302.csv", content)
+    assert other.message_id != first.message_id  # another export
+
+
+# Versions: version_time and record_status columns -------------------------------------------
+
+VERSIONED_MAPPING = """
+name = "dpi-x"
+[orders]
+file = "ORDERS*.csv"
+[orders.columns]
+order_id = "ID"
+patient_id = "IPP"
+drug_code = "CODE"
+dose = "DOSE"
+version_time = "UPDATED"
+record_status = "STATE"
+[orders.values.record_status]
+"OK" = "current"
+"CANCELLED" = "entered-in-error"
+"""
+VERSIONED_ROWS = "ID,IPP,CODE,DOSE,UPDATED,STATE\n{rows}"
+
+
+@pytest.fixture
+def versioned(tmp_path: Path) -> TabularConnector:
+    path = tmp_path / "versioned.toml"
+    path.write_text(VERSIONED_MAPPING, encoding="utf-8")
+    return TabularConnector(path)
+
+
+def parse_text(connector: TabularConnector, name: str, text: str) -> tuple[RawMessage, Any]:
+    [raw] = connector.split(name, text.encode())
+    return raw, connector.parse(raw)
+
+
+def test_version_time_is_the_rows_column(versioned: TabularConnector) -> None:
+    rows = "o1,p1,N02BE01,500,2024-03-01T08:00,OK\no2,p1,N02BE01,1000,2024-03-01T09:30,OK\n"
+    raw, outcome = parse_text(versioned, "ORDERS_1.csv", VERSIONED_ROWS.format(rows=rows))
+    assert raw.message_id == "dpi-x|ORDERS_1.csv#1"
+    times = [order.source.version_time for order in outcome.facts]
+    assert times == [datetime(2024, 3, 1, 8, 0), datetime(2024, 3, 1, 9, 30)]
+    assert outcome.version_time == datetime(2024, 3, 1, 9, 30)  # the group's latest row
+
+
+def test_without_a_version_time_column_there_is_none(synthetic: TabularConnector) -> None:
+    [raw] = synthetic.split("orders.csv", orders_csv(2).encode())
+    outcome = synthetic.parse(raw)
+    assert outcome.version_time is None
+    assert {order.source.version_time for order in outcome.facts} == {None}
+
+
+def test_a_cancelled_row_is_a_retraction(versioned: TabularConnector) -> None:
+    rows = "o1,p1,N02BE01,500,2024-03-01T08:00,OK\no2,p1,N02BE01,1000,2024-03-02T10:00,CANCELLED\n"
+    _, outcome = parse_text(versioned, "ORDERS_1.csv", VERSIONED_ROWS.format(rows=rows))
+    assert [order.fact_id for order in outcome.facts] == ["o1"]
+    [retraction] = outcome.retractions
+    assert (retraction.kind, retraction.fact_id, retraction.patient_id) == (
+        "medication_order",
+        "o2",
+        "p1",
+    )
+    assert retraction.source.position == "line 3"
+    assert retraction.source.version_time == datetime(2024, 3, 2, 10, 0)
+
+
+def test_a_record_status_the_mapping_does_not_know_is_located(
+    versioned: TabularConnector,
+) -> None:
+    rows = "o1,p1,N02BE01,500,2024-03-01T08:00,GONE\n"
+    _, outcome = parse_text(versioned, "ORDERS_1.csv", VERSIONED_ROWS.format(rows=rows))
+    assert (outcome.facts, outcome.retractions) == ([], [])
+    [error] = outcome.errors
+    assert error.position == "line 2, column 'STATE'" and error.found == "GONE"
+    assert "current, entered-in-error, deleted" in error.expected
+
+
+def test_a_bad_version_time_is_located(versioned: TabularConnector) -> None:
+    rows = "o1,p1,N02BE01,500,yesterday,OK\n"
+    _, outcome = parse_text(versioned, "ORDERS_1.csv", VERSIONED_ROWS.format(rows=rows))
+    [error] = outcome.errors
+    assert error.position == "line 2, column 'UPDATED'" and error.found == "yesterday"
+
+
+def test_a_corrected_re_export_is_a_later_version(versioned: TabularConnector) -> None:
+    original = VERSIONED_ROWS.format(rows="o1,p1,N02BE01,500,2024-03-01T08:00,OK\n")
+    corrected = VERSIONED_ROWS.format(rows="o1,p1,N02BE01,250,2024-03-01T11:00,OK\n")
+    first, before = parse_text(versioned, "ORDERS_1.csv", original)
+    second, after = parse_text(versioned, "ORDERS_1.csv", corrected)
+    assert first.message_id == second.message_id and first.sha256 != second.sha256
+    assert (before.version_time, after.version_time) == (
+        datetime(2024, 3, 1, 8, 0),
+        datetime(2024, 3, 1, 11, 0),
+    )
+    assert [(o.fact_id, o.dose) for o in after.facts] == [("o1", 250)]
 
 
 def test_one_message_per_row() -> None:

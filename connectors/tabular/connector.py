@@ -42,8 +42,8 @@ labs, observations, conditions, allergies, pregnancies. Local tables per kind: `
 How rows become facts:
 
 - ``split`` cuts a file into row groups, each keeping the header; ``message_id`` is
-  ``<file>:<first line>-<last line>:<content hash>``: stable when the same file is re-ingested,
-  new when a daily export under the same name changes. ``position`` is ``line N``.
+  ``<mapping name>|<file name>#<group number>`` (see "Versions" below); ``position`` is
+  ``line N``. A file no mapped layout fits is one message named by its content.
 - ``parse`` reads each row. A bad cell (bad date, bad number, missing required value, bytes not
   in the declared encoding) is a non-fatal error such as ``orders.csv: line 12, column 'start':
   expected a date like 2024-03-01T08:00, got '32/13/2024'``; the other rows load. A required
@@ -61,6 +61,20 @@ How rows become facts:
   site's zone (``VIGIE_TIMEZONE``). Dates (birth date, due date) stay dates.
 - Rows without an id column get an id derived from what identifies them (patient, code and
   time for a lab: ``lab-<hash>``), stable on re-ingest; a corrected value replaces the fact.
+
+Versions (issue 7). An export file is a snapshot of what the DPI holds, and its name says which
+export it is (daily exports carry their date: ``BIOLOGIE_20240301.csv``). The same file name,
+exported again with changed rows, is therefore a new version of the same export: each row group
+keeps its id (the mapping, which names the DPI, scopes it), and the store replaces the facts of
+the earlier version's group with the later one's — a corrected row replaces its fact, a row no
+longer exported loses it. Which version is later is the mapping's ``version_time`` column (the
+latest of a group's rows: the DPI's update or export time), else arrival order; each fact's
+``Source.version_time`` is its row's. A ``record_status`` column whose value is (or translates
+through ``[kind.values.record_status]`` to) ``entered-in-error`` or ``deleted`` gives a
+``Retraction`` of the row's fact instead of the fact. Limits: a re-export with fewer row groups
+leaves the facts of the groups it no longer has (the rows' ids still meet theirs, so a corrected
+row replaces its fact wherever it moved), and two different exports under one name replace each
+other (a DPI writing only the day's changes into a fixed name needs dated names).
 
 The module itself is a connector with the default mapping (``$VIGIE_CSV_MAPPING`` or the
 synthetic one); ``configure(path)`` changes it, ``TabularConnector(mapping)`` is another one.
@@ -114,6 +128,7 @@ from vigie.facts import (
     Observation,
     Patient,
     Pregnancy,
+    Retraction,
     Source,
     Stay,
 )
@@ -142,6 +157,7 @@ _TRUE = {"true", "1", "yes", "y", "oui", "o", "vrai"}
 _FALSE = {"false", "0", "no", "n", "non", "faux"}
 _LINE = re.compile(r"[^\n]*\n|[^\n]+")
 _SNIFF_BYTES = 4096
+_WITHDRAWN = frozenset({"entered-in-error", "deleted"})  # a row's record_status retracting it
 _Value = TypeVar("_Value")
 
 
@@ -315,9 +331,21 @@ class _Row:
         self.spec, self.columns, self.record = spec, columns, record
         self.line, self.raw, self.terminology = line, raw, terminology
         self._texts: dict[str, str | None] = {}
-        self.source = Source(
-            feed=feed, document=raw.document, message_id=raw.message_id, position=f"line {line}"
-        )
+        self._source: Source | None = None
+
+    @property
+    def source(self) -> Source:
+        """Where the row is, and when the DPI wrote this version of it: the mapped
+        ``version_time`` cell (a row's update time or the export's time), if any."""
+        if self._source is None:
+            self._source = Source(
+                feed=feed,
+                document=self.raw.document,
+                message_id=self.raw.message_id,
+                position=f"line {self.line}",
+                version_time=self.when("version_time"),
+            )
+        return self._source
 
     # Errors and raw text ---------------------------------------------------------------
 
@@ -772,9 +800,10 @@ class TabularConnector:
         fmt = layout.spec.format
         size = self.rows_per_message or fmt.rows_per_message
         header = lines[: layout.header.end]
-        for first, last in _row_groups(lines, layout.header.end, fmt.delimiter, size):
+        groups = _row_groups(lines, layout.header.end, fmt.delimiter, size)
+        for number, (first, last) in enumerate(groups, 1):
             rows = lines[first - 1 : last]
-            yield self._message(document, header, rows, first, last, fmt.encodings[0])
+            yield self._message(document, header, rows, first, last, fmt.encodings[0], number)
 
     def _message(
         self,
@@ -784,15 +813,19 @@ class TabularConnector:
         first: int,
         last: int,
         encoding: str | None,
+        group: int | None = None,
     ) -> RawMessage:
         content = "".join(header + rows).encode("latin-1")
-        digest = hashlib.sha256(content).hexdigest()[:12]
         name = Path(document).name
+        if group is None:  # not a file of the mapping: no identity but its content
+            message_id = f"{name}:{first}-{last}:{hashlib.sha256(content).hexdigest()[:12]}"
+        else:  # see the module's docstring, "Versions"
+            message_id = f"{self.mapping.name}|{name}#{group}"
         return RawMessage(
             feed=feed,
             document=document,
             content=content,
-            message_id=f"{name}:{first}-{last}:{digest}",
+            message_id=message_id,
             position=f"line {first}",
             encoding=encoding,
         )
@@ -814,6 +847,7 @@ class TabularConnector:
                     self._row(raw, layout, columns, record, record.line + offset, build, outcome)
         except _BrokenRecord as broken:
             outcome.errors.append(_broken_error(raw, layout, broken, offset))
+        outcome.version_time = _latest_version(outcome)
         return outcome
 
     def _row(
@@ -828,7 +862,9 @@ class TabularConnector:
     ) -> None:
         try:
             _check_width(raw, layout, record, line)
-            fact = build(_Row(layout.spec, columns, record, line, raw, self.terminology))
+            row = _Row(layout.spec, columns, record, line, raw, self.terminology)
+            fact = build(row)
+            withdrawn = row.choice("record_status") in _WITHDRAWN
         except FeedError as error:
             outcome.errors.append(error)
         except ValidationError as error:  # a model constraint the mapping checks did not cover
@@ -836,7 +872,10 @@ class TabularConnector:
             expected = f"a valid {layout.spec.kind} row ({problem['loc']}: {problem['msg']})"
             outcome.errors.append(FeedError(raw.document, f"line {line}", expected))
         else:
-            outcome.facts.append(fact)  # type: ignore[arg-type]
+            if withdrawn:  # the row says its fact was entered in error or deleted
+                outcome.retractions.append(_retraction(fact))
+            else:
+                outcome.facts.append(fact)  # type: ignore[arg-type]
 
     def _unrecognised(self, raw: RawMessage, lines: list[str]) -> FeedError:
         files = "; ".join(f"{f.key}: {', '.join(f.patterns)}" for f in self.mapping.files)
@@ -919,6 +958,18 @@ def _check_width(raw: RawMessage, layout: _Layout, record: _Record, line: int) -
         expected = f"{width} cells like the header (an unquoted {delimiter!r} inside a cell?)"
         found = f"{len(record.cells)} cells"
         raise FeedError(raw.document, f"line {line}", expected, found=found)
+
+
+def _retraction(fact: Fact) -> Retraction:
+    return Retraction(
+        kind=fact.kind, fact_id=fact.fact_id, patient_id=fact.patient_id, source=fact.source
+    )
+
+
+def _latest_version(outcome: ParseOutcome) -> datetime | None:
+    """A row group's version time: the latest of its rows' (the export's, when all share it)."""
+    sources = [f.source for f in outcome.facts] + [r.source for r in outcome.retractions]
+    return max((s.version_time for s in sources if s.version_time), default=None)
 
 
 def _first_line(position: str | None, default: int) -> int:

@@ -115,6 +115,13 @@ class KindSchema:
     tables: frozenset[str] = frozenset()
 
 
+# Fields every kind accepts, for versions (see the connector's docstring, "Versions"): when the
+# DPI wrote this version of the row (or exported it), and a status saying the row's fact was
+# entered in error or deleted (``current`` otherwise; local values through [kind.values]).
+_VERSION_TYPES: dict[str, FieldType] = {"version_time": "datetime", "record_status": "enum"}
+_VERSION_CHOICES = {"record_status": ("current", "entered-in-error", "deleted")}
+
+
 def _choices(model: type[Fact], name: str) -> tuple[str, ...]:
     """The allowed values of a Literal field, read from the fact model so both stay in sync."""
     return tuple(typing.get_args(model.model_fields[name].annotation))
@@ -130,8 +137,9 @@ def _schema(
     tables: str = "",
     choices: Mapping[str, tuple[str, ...]] | None = None,
 ) -> KindSchema:
-    types, choices = types or {}, choices or {}
-    names = canonical.split() + extra.split()
+    types = {**(types or {}), **_VERSION_TYPES}
+    choices = {**(choices or {}), **_VERSION_CHOICES}
+    names = canonical.split() + extra.split() + list(_VERSION_TYPES)
     fields = {
         n: FieldSchema(n, types.get(n, "text"), n in required.split(), choices.get(n, ()))
         for n in names
