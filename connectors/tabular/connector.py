@@ -90,8 +90,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -156,6 +157,7 @@ _EXAMPLE_TIME = datetime(2024, 3, 1, 8, 0)
 _TRUE = {"true", "1", "yes", "y", "oui", "o", "vrai"}
 _FALSE = {"false", "0", "no", "n", "non", "faux"}
 _LINE = re.compile(r"[^\n]*\n|[^\n]+")
+_LINE_BYTES = re.compile(rb"[^\n]*\n|[^\n]+")
 _SNIFF_BYTES = 4096
 _WITHDRAWN = frozenset({"entered-in-error", "deleted"})  # a row's record_status retracting it
 _Value = TypeVar("_Value")
@@ -205,10 +207,54 @@ def _physical_lines(text: str) -> list[str]:
     return _LINE.findall(text)
 
 
-def _records(lines: Sequence[str], delimiter: str, first_line: int = 1) -> Iterator[_Record]:
-    reader = csv.reader(iter(lines), delimiter=delimiter)
+def _lines_from(content: bytes, start: int) -> Iterator[str]:
+    """The physical lines of ``content`` from byte ``start``, one at a time (latin-1 view)."""
+    return (match.group().decode("latin-1") for match in _LINE_BYTES.finditer(content, start))
+
+
+def _line_count(content: bytes, start: int) -> int:
+    """How many physical lines ``content`` holds from byte ``start``."""
+    unterminated = len(content) > start and not content.endswith(b"\n")
+    return content.count(b"\n", start) + unterminated
+
+
+class _LineFeed:
+    """Lines handed to the CSV reader one at a time, one read ahead so that the record ending
+    the document is known as such; the lines of the current record are kept (to read it again
+    strictly) and ``offset`` counts the characters handed out (bytes, in the latin-1 view)."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self._lines = iter(lines)
+        self._ahead = next(self._lines, None)
+        self.record: list[str] = []
+        self.offset = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = self._ahead
+        if line is None:
+            raise StopIteration
+        self._ahead = next(self._lines, None)
+        self.record.append(line)
+        self.offset += len(line)
+        return line
+
+    @property
+    def exhausted(self) -> bool:
+        return self._ahead is None
+
+
+def _records(
+    lines: Iterable[str] | _LineFeed, delimiter: str, first_line: int = 1
+) -> Iterator[_Record]:
+    """The CSV records of ``lines``, read lazily; a ``_LineFeed`` given tells where each ends."""
+    feed = lines if isinstance(lines, _LineFeed) else _LineFeed(lines)
+    reader = csv.reader(feed, delimiter=delimiter)
     start = first_line
     while True:
+        feed.record = []
         try:
             cells = next(reader)
         except StopIteration:
@@ -216,13 +262,10 @@ def _records(lines: Sequence[str], delimiter: str, first_line: int = 1) -> Itera
         except csv.Error as error:
             raise _BrokenRecord(start, str(error)) from None
         end = first_line + reader.line_num - 1
-        record = _Record(start, end, cells)
-        if end == first_line + len(lines) - 1 and cells:
-            rest = lines[start - first_line :]
-            if _unclosed_quote(rest, delimiter):
-                found = '"' + cells[-1].split("\n", 1)[0].rstrip("\r")
-                raise _BrokenRecord(start, found, field=len(cells), end=end)
-        yield record
+        if feed.exhausted and cells and _unclosed_quote(feed.record, delimiter):
+            found = '"' + cells[-1].split("\n", 1)[0].rstrip("\r")
+            raise _BrokenRecord(start, found, field=len(cells), end=end)
+        yield _Record(start, end, cells)
         start = end + 1
 
 
@@ -791,31 +834,33 @@ class TabularConnector:
         return layout is not None and (layout.fits or len(layout.header.cells) > 1)
 
     def split(self, document: str, content: bytes) -> Iterator[RawMessage]:
-        """Row groups, each with the header; never raises (``parse`` reports bad content)."""
-        lines = _physical_lines(content.decode("latin-1"))
+        """Row groups, each with the header; never raises (``parse`` reports bad content).
+
+        The document is read one line at a time and each group is a slice of its bytes, so
+        splitting holds one row group beside the document, never a copy of it.
+        """
+        lines = list(itertools.islice(_lines_from(content, 0), 1))  # the header line
         layout = _identify(self.mapping, document, lines) if lines else None
         if layout is None:  # empty or unrecognised: one message, so parse can say why
-            yield self._message(document, [], lines, 1, max(len(lines), 1), None)
+            yield self._message(document, content, 1, max(_line_count(content, 0), 1), None)
             return
         fmt = layout.spec.format
         size = self.rows_per_message or fmt.rows_per_message
-        header = lines[: layout.header.end]
-        groups = _row_groups(lines, layout.header.end, fmt.delimiter, size)
-        for number, (first, last) in enumerate(groups, 1):
-            rows = lines[first - 1 : last]
-            yield self._message(document, header, rows, first, last, fmt.encodings[0], number)
+        header = len(lines[0])  # bytes: the header is the first physical line
+        groups = _row_groups(content, header, fmt.delimiter, size)
+        for number, (first, last, start, stop) in enumerate(groups, 1):
+            group = content[:header] + content[start:stop]
+            yield self._message(document, group, first, last, fmt.encodings[0], number)
 
     def _message(
         self,
         document: str,
-        header: list[str],
-        rows: list[str],
+        content: bytes,
         first: int,
         last: int,
         encoding: str | None,
         group: int | None = None,
     ) -> RawMessage:
-        content = "".join(header + rows).encode("latin-1")
         name = Path(document).name
         if group is None:  # not a file of the mapping: no identity but its content
             message_id = f"{name}:{first}-{last}:{hashlib.sha256(content).hexdigest()[:12]}"
@@ -910,24 +955,28 @@ class TabularConnector:
 
 
 def _row_groups(
-    lines: Sequence[str], header_end: int, delimiter: str, size: int
-) -> Iterator[tuple[int, int]]:
-    """(first, last) physical lines of each group of ``size`` rows (blank lines ride along)."""
-    first, count, last = header_end + 1, 0, header_end
+    content: bytes, header: int, delimiter: str, size: int
+) -> Iterator[tuple[int, int, int, int]]:
+    """Each group of ``size`` rows after the header line (``header`` bytes long): its first and
+    last physical lines and its bytes (start, stop); blank lines ride along."""
+    feed = _LineFeed(_lines_from(content, header))
+    first, count, last = 2, 0, 1
+    start = stop = header
     try:
-        for record in _records(lines[header_end:], delimiter, header_end + 1):
-            last = record.end
+        for record in _records(feed, delimiter, 2):
+            last, stop = record.end, header + feed.offset
             count += 0 if record.blank else 1
             if count == size:
-                yield first, last
-                first, count = last + 1, 0
+                yield first, last, start, stop
+                first, count, start = last + 1, 0, stop
     except _BrokenRecord as broken:  # the rest goes in one message; parse locates the problem
+        cut = header + feed.offset - sum(len(line) for line in feed.record)
         if broken.line > first:
-            yield first, broken.line - 1
-        yield broken.line, len(lines)
+            yield first, broken.line - 1, start, cut
+        yield broken.line, broken.line - 1 + _line_count(content, cut), cut, len(content)
         return
     if count:
-        yield first, last
+        yield first, last, start, stop
 
 
 def _broken_error(
