@@ -26,9 +26,9 @@ from vigie import settings
 from vigie.connectors.base import FeedError
 from vigie.connectors.registry import FORMATS
 from vigie.engine.factset import FactSet
-from vigie.engine.quality import quality_report, render_text
+from vigie.engine.quality import QualityTally, quality_report, render_text
 from vigie.errors import ConfigurationError, VigieError
-from vigie.ingest import IngestReport, ParsedMessage, ingest, read_feed
+from vigie.ingest import IngestReport, ingest, read_feed
 from vigie.store import FactStore, StoreError
 
 if TYPE_CHECKING:
@@ -229,18 +229,21 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def _cmd_quality(args: argparse.Namespace) -> int:
     _configure_mapping(args)
-    if args.input:
-        parsed: list[ParsedMessage] = list(read_feed(args.input, args.format))
-        facts = FactSet(f for p in parsed if p.outcome for f in p.outcome.facts)
-        messages = Counter(p.status for p in parsed)
-        errors = [str(p.fatal) for p in parsed if p.fatal]
-        errors += [str(e) for p in parsed if p.outcome for e in p.outcome.errors]
+    tally = QualityTally()
+    if args.input:  # message by message: the feed's facts are never all in memory
+        for parsed in read_feed(args.input, args.format):
+            tally.messages[parsed.status] += 1
+            if parsed.fatal is not None:
+                tally.add_errors([parsed.fatal], fatal=True)
+            if parsed.outcome is not None:
+                tally.add_facts(parsed.outcome.facts)
+                tally.add_errors(parsed.outcome.errors)
     else:
         with FactStore() as store:
-            facts = FactSet(store.iter_facts())
-            messages = Counter(store.raw_counts())
-            errors = [d.error for d in store.dead_letters()]
-    report = quality_report(facts, dict(messages), errors)
+            tally.add_facts(store.iter_facts())
+            tally.messages.update(store.raw_counts())
+            tally.add_errors([d.error for d in store.dead_letters()])
+    report = tally.report()
     if args.json:
         print(json.dumps(report.as_dict(), default=str, ensure_ascii=False, indent=2))
     else:

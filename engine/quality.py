@@ -1,23 +1,33 @@
 """The data-quality report a pharmacist and an interface engineer read before trusting alerts.
 
-It is computed on the columnar view (polars), so it runs on a whole hospital in seconds:
-counts per fact kind, unmapped codes with their frequency, unknown units, implausible values
+Counts per fact kind, unmapped codes with their frequency, unknown units, implausible values
 (limits in ``plausibility.csv``), orders without dose or frequency, patients without weight or
-creatinine, and — when given — the ingest outcome (messages per status, errors).
+creatinine, and — when given — the ingest outcome (messages per status, errors). It is tallied
+as facts stream by (``QualityTally``), keeping a few fields per fact rather than the facts, so
+that it runs on a whole hospital's feeds in bounded memory.
 """
 
 from __future__ import annotations
 
 import csv
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import polars as pl
+from vigie.facts import (
+    FACT_KINDS,
+    AnyFact,
+    Coding,
+    FlagCode,
+    LabResult,
+    MedicationOrder,
+    Observation,
+)
 
-from vigie.engine.factset import FactSet
-
-__all__ = ["PLAUSIBILITY", "QualityReport", "quality_report", "render_text"]
+__all__ = ["PLAUSIBILITY", "QualityReport", "QualityTally", "quality_report", "render_text"]
 
 _CODED_KINDS = {
     "lab": "code",
@@ -59,115 +69,233 @@ class QualityReport:
         return asdict(self)
 
 
-def _flagged(frame: pl.DataFrame, flag: str) -> pl.DataFrame:
-    return frame.filter(pl.col("flags").list.contains(flag))
+@dataclass(slots=True)
+class _Noted:
+    """What one fact adds to the report beyond its patient (most facts add nothing more)."""
+
+    patient_id: str
+    unmapped: tuple[str | None, str | None, str | None] | None = None  # system, code, display
+    unknown_unit: tuple[str | None, str | None] | None = None  # concept, unit as sent
+    implausible: dict[str, Any] | None = None  # the row the report lists
+    order_gaps: tuple[bool, bool, bool, bool] | None = None  # no dose, frequency, ATC, route
+    measured: str | None = None  # weight or creatinine with a value
 
 
-def _unmapped_codes(facts: FactSet, limit: int) -> list[dict[str, Any]]:
-    parts = []
-    for kind, prefix in _CODED_KINDS.items():
-        frame = _flagged(facts.frame(kind), "unmapped_code")
-        parts.append(
-            frame.select(
-                pl.lit(kind).alias("kind"),
-                pl.col(f"{prefix}_system").alias("system"),
-                pl.col(f"{prefix}_code").alias("code"),
-                pl.col(f"{prefix}_display").alias("display"),
+_Contribution = str | _Noted  # a patient id alone, or what more the fact adds
+
+
+class QualityTally:
+    """The report computed as facts stream by: what each fact adds is kept in a few fields,
+    never the fact, so a whole feed is reported on in bounded memory.
+
+    Facts with the same (kind, fact_id) replace each other, the last one winning, in the place
+    of the first (the rule of ``FactSet`` and of the store): counts are of distinct facts.
+
+    >>> from datetime import datetime
+    >>> from vigie.facts import Source
+    >>> def potassium(value: float) -> LabResult:
+    ...     return LabResult(fact_id="k1", patient_id="p1", concept="potassium", value=value,
+    ...                      source=Source(feed="csv", document="labs.csv", position="line 2"),
+    ...                      code=Coding(system="LOINC", code="2823-3"), unit="mmol/L",
+    ...                      time=datetime(2024, 1, 2, 8))
+    >>> tally = QualityTally()
+    >>> tally.add_fact(potassium(42.0))
+    >>> [row["value"] for row in tally.report().implausible_values]
+    [42.0]
+    >>> tally.add_fact(potassium(4.2))  # k1 sent again, corrected: it replaces the first
+    >>> report = tally.report()
+    >>> report.counts["lab"], report.implausible_values
+    (1, [])
+    """
+
+    def __init__(self, limit: int = 50) -> None:
+        self.limit = limit
+        self._facts: dict[str, dict[str, _Contribution]] = {kind: {} for kind in FACT_KINDS}
+        self._patient_ids: dict[str, str] = {}  # one string per patient, shared by its facts
+        self.messages: Counter[str] = Counter()
+        self._errors: dict[bool, list[str]] = {True: [], False: []}  # fatal first, as read
+        self._error_count = 0
+
+    def add_fact(self, fact: AnyFact) -> None:
+        patient_id = self._patient_ids.setdefault(fact.patient_id, fact.patient_id)
+        noted = _Noted(patient_id)
+        _note_code(noted, fact)
+        if isinstance(fact, LabResult | Observation):
+            _note_measurement(noted, fact)
+        elif isinstance(fact, MedicationOrder):
+            noted.order_gaps = (
+                fact.dose is None,
+                fact.frequency_per_day is None,
+                fact.atc is None,
+                fact.route is None,
             )
-        )
-    grouped = (
-        pl.concat(parts)
-        .group_by("kind", "system", "code")
-        .agg(pl.len().alias("count"), pl.col("display").drop_nulls().first())
-        .sort(["count", "kind", "code"], descending=[True, False, False], nulls_last=True)
-    )
-    return grouped.head(limit).to_dicts()
+        plain = noted == _Noted(patient_id)
+        self._facts[fact.kind][fact.fact_id] = patient_id if plain else noted
 
+    def add_facts(self, facts: Iterable[AnyFact]) -> None:
+        for fact in facts:
+            self.add_fact(fact)
 
-def _unknown_units(facts: FactSet, limit: int) -> list[dict[str, Any]]:
-    parts = [
-        _flagged(facts.frame(kind), "unknown_unit").select(
-            pl.lit(kind).alias("kind"), "concept", pl.col("original_unit").alias("unit")
-        )
-        for kind in ("lab", "observation")
-    ]
-    grouped = (
-        pl.concat(parts)
-        .group_by("kind", "concept", "unit")
-        .agg(pl.len().alias("count"))
-        .sort(["count", "concept"], descending=[True, False], nulls_last=True)
-    )
-    return grouped.head(limit).to_dicts()
+    def add_errors(self, errors: Sequence[object], fatal: bool = False) -> None:
+        """Errors of the ingest, as read; only the first ``limit`` are kept (as text)."""
+        kept = self._errors[fatal]
+        kept.extend(str(error) for error in errors[: max(self.limit - len(kept), 0)])
+        self._error_count += len(errors)
 
-
-def _implausible(facts: FactSet, limit: int) -> list[dict[str, Any]]:
-    bounds = pl.DataFrame(
-        {
-            "concept": list(PLAUSIBILITY),
-            "low": [low for low, _ in PLAUSIBILITY.values()],
-            "high": [high for _, high in PLAUSIBILITY.values()],
+    def report(self) -> QualityReport:
+        contributions = {kind: list(facts.values()) for kind, facts in self._facts.items()}
+        noted = {
+            kind: [c for c in cs if isinstance(c, _Noted)] for kind, cs in contributions.items()
         }
-    )
-    parts = [
-        facts.frame(kind).select(
-            "patient_id",
-            "concept",
-            "value",
-            "unit",
-            "time",
-            "source_document",
-            "source_message_id",
-            "source_position",
+        patients = {_patient(c) for cs in contributions.values() for c in cs}
+        orders = [c.order_gaps for c in noted["medication_order"] if c.order_gaps]
+        errors = self._errors[True] + self._errors[False]
+        return QualityReport(
+            counts={kind: len(cs) for kind, cs in contributions.items()},
+            patients=len(patients),
+            unmapped_codes=_unmapped_codes(noted, self.limit),
+            unknown_units=_unknown_units(noted, self.limit),
+            implausible_values=_implausible(noted, self.limit),
+            orders_without_dose=sum(gaps[0] for gaps in orders),
+            orders_without_frequency=sum(gaps[1] for gaps in orders),
+            orders_without_atc=sum(gaps[2] for gaps in orders),
+            orders_without_route=sum(gaps[3] for gaps in orders),
+            patients_without_weight=len(patients - _measured(noted["observation"], "weight")),
+            patients_without_creatinine=len(patients - _measured(noted["lab"], "creatinine")),
+            messages=dict(self.messages),
+            errors=errors[: self.limit],
+            error_count=self._error_count,
         )
-        for kind in ("lab", "observation")
-    ]
-    found = (
-        pl.concat(parts)
-        .join(bounds, on="concept")
-        .filter((pl.col("value") < pl.col("low")) | (pl.col("value") > pl.col("high")))
-        .sort("concept", "time")
+
+
+def _patient(contribution: _Contribution) -> str:
+    return contribution if isinstance(contribution, str) else contribution.patient_id
+
+
+def _note_code(noted: _Noted, fact: AnyFact) -> None:
+    field_name = _CODED_KINDS.get(fact.kind)
+    if field_name is None or not _flagged(fact, FlagCode.UNMAPPED_CODE):
+        return
+    coding: Coding | None = getattr(fact, field_name)
+    noted.unmapped = (
+        (None, None, None) if coding is None else (coding.system, coding.code, coding.display)
     )
-    return found.head(limit).to_dicts()
 
 
-def _patients_without(facts: FactSet, kind: str, concept: str, patients: pl.Series) -> int:
-    having = facts.frame(kind).filter(
-        (pl.col("concept") == concept) & pl.col("value").is_not_null()
-    )["patient_id"]
-    return int((~patients.is_in(having.implode())).sum())
+def _note_measurement(noted: _Noted, fact: LabResult | Observation) -> None:
+    if _flagged(fact, FlagCode.UNKNOWN_UNIT):
+        noted.unknown_unit = (fact.concept, fact.original_unit)
+    if fact.value is None or fact.concept is None:
+        return
+    if fact.concept == _MEASURED[fact.kind]:
+        noted.measured = fact.concept
+    bounds = PLAUSIBILITY.get(fact.concept)
+    if bounds is not None and _outside(fact.value, *bounds):
+        noted.implausible = {
+            "patient_id": fact.patient_id,
+            "concept": fact.concept,
+            "value": fact.value,
+            "unit": fact.unit,
+            "time": fact.time,
+            "source_document": fact.source.document,
+            "source_message_id": fact.source.message_id,
+            "source_position": fact.source.position,
+            "low": bounds[0],
+            "high": bounds[1],
+        }
 
 
-def _all_patients(facts: FactSet) -> pl.Series:
-    ids = [facts.frame(kind)["patient_id"] for kind in facts.counts()]
-    return pl.concat(ids).unique().sort()
+# Weight is an observation, creatinine a lab: a patient without either is reported.
+_MEASURED = {"observation": "weight", "lab": "creatinine"}
+
+
+def _outside(value: float, low: float, high: float) -> bool:
+    """Out of the plausible range; NaN is (it is no measurement)."""
+    return math.isnan(value) or value < low or value > high
+
+
+def _flagged(fact: AnyFact, code: FlagCode) -> bool:
+    return any(flag.code == code for flag in fact.flags)
+
+
+def _unmapped_codes(noted: dict[str, list[_Noted]], limit: int) -> list[dict[str, Any]]:
+    """Unmapped codes by kind, system and code, most frequent first, with the first label."""
+    counts: Counter[tuple[str, str | None, str | None]] = Counter()
+    labels: dict[tuple[str, str | None, str | None], str | None] = {}
+    for kind in _CODED_KINDS:
+        for contribution in noted[kind]:
+            if contribution.unmapped is not None:
+                system, code, display = contribution.unmapped
+                counts[kind, system, code] += 1
+                if labels.get((kind, system, code)) is None:
+                    labels[kind, system, code] = display
+    ranked = sorted(
+        counts.items(),
+        key=lambda item: (
+            -item[1],
+            item[0][0],
+            *_last_if_none(item[0][2]),
+            *_last_if_none(item[0][1]),
+        ),
+    )
+    return [
+        {
+            "kind": kind,
+            "system": system,
+            "code": code,
+            "count": count,
+            "display": labels[kind, system, code],
+        }
+        for (kind, system, code), count in ranked[:limit]
+    ]
+
+
+def _unknown_units(noted: dict[str, list[_Noted]], limit: int) -> list[dict[str, Any]]:
+    """Unknown units by kind, concept and unit as sent, most frequent first."""
+    counts: Counter[tuple[str, str | None, str | None]] = Counter()
+    for kind in ("lab", "observation"):
+        counts.update((kind, *c.unknown_unit) for c in noted[kind] if c.unknown_unit)
+    ranked = sorted(
+        counts.items(),
+        key=lambda item: (
+            -item[1],
+            *_last_if_none(item[0][1]),
+            item[0][0],
+            *_last_if_none(item[0][2]),
+        ),
+    )
+    return [
+        {"kind": kind, "concept": concept, "unit": unit, "count": count}
+        for (kind, concept, unit), count in ranked[:limit]
+    ]
+
+
+def _implausible(noted: dict[str, list[_Noted]], limit: int) -> list[dict[str, Any]]:
+    rows = [c.implausible for kind in ("lab", "observation") for c in noted[kind] if c.implausible]
+    return sorted(rows, key=lambda row: (row["concept"], row["time"]))[:limit]
+
+
+def _measured(noted: list[_Noted], concept: str) -> set[str]:
+    return {c.patient_id for c in noted if c.measured == concept}
+
+
+def _last_if_none(text: str | None) -> tuple[bool, str]:
+    """A sort key part putting a missing value after every text."""
+    return (text is None, text or "")
 
 
 def quality_report(
-    facts: FactSet,
+    facts: Iterable[AnyFact],
     messages: dict[str, int] | None = None,
     errors: list[str] | None = None,
     limit: int = 50,
 ) -> QualityReport:
     """Compute the report; ``messages`` and ``errors`` come from ingest when available."""
-    orders = facts.frame("medication_order")
-    patients = _all_patients(facts)
-    errors = errors or []
-    return QualityReport(
-        counts=facts.counts(),
-        patients=patients.len(),
-        unmapped_codes=_unmapped_codes(facts, limit),
-        unknown_units=_unknown_units(facts, limit),
-        implausible_values=_implausible(facts, limit),
-        orders_without_dose=orders.filter(pl.col("dose").is_null()).height,
-        orders_without_frequency=orders.filter(pl.col("frequency_per_day").is_null()).height,
-        orders_without_atc=orders.filter(pl.col("atc").is_null()).height,
-        orders_without_route=orders.filter(pl.col("route").is_null()).height,
-        patients_without_weight=_patients_without(facts, "observation", "weight", patients),
-        patients_without_creatinine=_patients_without(facts, "lab", "creatinine", patients),
-        messages=dict(messages or {}),
-        errors=errors[:limit],
-        error_count=len(errors),
-    )
+    tally = QualityTally(limit)
+    tally.add_facts(facts)
+    tally.messages.update(messages or {})
+    tally.add_errors(errors or [])
+    return tally.report()
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
