@@ -116,7 +116,8 @@ def sniff(head: bytes, name: str) -> bool:
 
 
 def split(document: str, content: bytes) -> Iterator[RawMessage]:
-    """One raw message per H..L group; text before the first H is a message of its own."""
+    """One raw message per H..L group; text before the first H is a message of its own; an
+    empty document is one message (``parse`` rejects it)."""
     starts = [
         (offset, number)
         for number, (offset, line) in enumerate(_byte_lines(content), 1)
@@ -125,11 +126,10 @@ def split(document: str, content: bytes) -> Iterator[RawMessage]:
     if not starts or starts[0][0] > 0:
         starts.insert(0, (0, 1))
     bounds = [offset for offset, _ in starts[1:]] + [len(content)]
-    for (begin, line), end in zip(starts, bounds, strict=True):
-        chunk = content[begin:end]
-        if chunk.strip():
-            message_id = _message_id(chunk, line)
-            yield RawMessage(feed, document, chunk, message_id, position=f"line {line}")
+    chunks = [(content[b:e], line) for (b, line), e in zip(starts, bounds, strict=True)]
+    # An empty (or blank) document is one message too, so that parse rejects it, located.
+    for chunk, line in [c for c in chunks if c[0].strip()] or [(content, 1)]:
+        yield RawMessage(feed, document, chunk, _message_id(chunk, line), position=f"line {line}")
 
 
 def _message_id(chunk: bytes, line: int) -> str:

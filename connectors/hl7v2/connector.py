@@ -48,6 +48,7 @@ from vigie.connectors.hl7v2.clinical import (
     version_time,
 )
 from vigie.connectors.hl7v2.framing import (
+    MessageSlice,
     charset_encoding,
     content_hash_id,
     cut_messages,
@@ -97,7 +98,8 @@ def split(document: str, content: bytes) -> Iterator[RawMessage]:
     message's rank), since ingest would otherwise take the second for a correction of the first.
     """
     seen: dict[str, bytes] = {}
-    for piece in cut_messages(content):
+    # An empty (or blank) document is one message too, so that parse rejects it, located.
+    for piece in cut_messages(content) or [MessageSlice(1, content, is_message=False)]:
         header = read_header(piece.content)
         message_id = header.control_id or content_hash_id(piece.content)
         if header.control_id and header.sender:
