@@ -50,6 +50,7 @@ from every feed.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
@@ -93,13 +94,20 @@ _UPPER_BOUNDS = frozenset({"<", "<=", "≤"})
 
 def decimal_point(text: str) -> float | None:
     """A number with an optional sign and a decimal point (HL7 NM, JSON-like text)."""
-    return float(text) if _DECIMAL_POINT.match(text) else None
+    return _finite(float(text)) if _DECIMAL_POINT.match(text) else None
 
 
 def decimal_point_or_comma(text: str) -> float | None:
     """A number with a decimal point or comma, spaces around it allowed (HPRIM, PN13)."""
     text = text.strip()
-    return float(text.replace(",", ".")) if _DECIMAL_POINT_OR_COMMA.match(text) else None
+    if not _DECIMAL_POINT_OR_COMMA.match(text):
+        return None
+    return _finite(float(text.replace(",", ".")))
+
+
+def _finite(number: float) -> float | None:
+    """``None`` for digits beyond a float's range (they read as infinity): not a number."""
+    return number if math.isfinite(number) else None
 
 
 class LabTables(Protocol):
