@@ -161,6 +161,14 @@ _LINE_BYTES = re.compile(rb"[^\n]*\n|[^\n]+")
 _SNIFF_BYTES = 4096
 _WITHDRAWN = frozenset({"entered-in-error", "deleted"})  # a row's record_status retracting it
 _Value = TypeVar("_Value")
+# What the store can hold as a key (README, Store): a row breaking it is refused alone here,
+# rather than the store refusing its whole row group.
+_MAX_PATIENT_ID = 128
+_MAX_FACT_ID = 512
+
+# The csv module refuses cells over 128 KiB and the reader cannot go on after that: the rows
+# after a huge cell would be lost. The document is already in memory: no limit is needed.
+csv.field_size_limit(2**31 - 1)
 
 
 # Records: CSV rows with their physical line numbers ------------------------------------------
@@ -909,6 +917,7 @@ class TabularConnector:
             _check_width(raw, layout, record, line)
             row = _Row(layout.spec, columns, record, line, raw, self.terminology)
             fact = build(row)
+            _check_keys(raw, fact, line)
             withdrawn = row.choice("record_status") in _WITHDRAWN
         except FeedError as error:
             outcome.errors.append(error)
@@ -1007,6 +1016,18 @@ def _check_width(raw: RawMessage, layout: _Layout, record: _Record, line: int) -
         expected = f"{width} cells like the header (an unquoted {delimiter!r} inside a cell?)"
         found = f"{len(record.cells)} cells"
         raise FeedError(raw.document, f"line {line}", expected, found=found)
+
+
+def _check_keys(raw: RawMessage, fact: Fact, line: int) -> None:
+    """Keys the store cannot hold (too long, a NUL byte) fail the row, not its row group."""
+    for name, value, limit in (
+        ("patient id", fact.patient_id, _MAX_PATIENT_ID),
+        ("fact id", fact.fact_id, _MAX_FACT_ID),
+    ):
+        if len(value) > limit or "\x00" in value:
+            expected = f"a {name} of at most {limit} characters, without NUL byte"
+            found = f"{len(value)} characters" + (", a NUL byte" if "\x00" in value else "")
+            raise FeedError(raw.document, f"line {line}", expected, found=found)
 
 
 def _retraction(fact: Fact) -> Retraction:
