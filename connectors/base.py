@@ -25,10 +25,12 @@ from vigie.facts import AnyFact, Retraction
 from vigie.settings import site_timezone
 
 __all__ = [
+    "UTC_RANGE",
     "Connector",
     "FeedError",
     "ParseOutcome",
     "RawMessage",
+    "TimeOutOfRange",
     "as_utc",
     "read_text",
     "site_timezone",
@@ -165,7 +167,19 @@ def as_utc(moment: datetime) -> datetime:
     (``vigie.settings.site_timezone``, re-exported here; ``ConfigurationError`` if unknown).
 
     Every fact time is naive UTC so that feeds with and without offsets compare correctly.
+    A time that falls outside years 1 to 9999 once in UTC (0001-01-01 00:00 in Paris) raises
+    ``TimeOutOfRange``, which connectors turn into a located error.
     """
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=site_timezone())
-    return moment.astimezone(UTC).replace(tzinfo=None)
+    try:
+        return moment.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        raise TimeOutOfRange(f"{moment.isoformat()} is outside years 1 to 9999 in UTC") from None
+
+
+class TimeOutOfRange(VigieError, ValueError):
+    """A time that no UTC date-time can hold (years 1 to 9999)."""
+
+
+UTC_RANGE = "within years 1 to 9999 in UTC"

@@ -51,7 +51,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from vigie.connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
+from vigie.connectors.base import (
+    UTC_RANGE,
+    FeedError,
+    ParseOutcome,
+    RawMessage,
+    TimeOutOfRange,
+    as_utc,
+)
 from vigie.connectors.labs import (
     CodeMatch,
     Reading,
@@ -466,6 +473,8 @@ def _read_result(message: _Message, record: Record) -> None:
             message.outcome.facts.append(_lab_result(message, message.patient, record))
     except FeedError as error:
         message.outcome.errors.append(error)
+    except TimeOutOfRange:  # field 15, or the request's sampling time standing for it
+        message.problem(record.where(15), f"an observation time {UTC_RANGE}")
 
 
 def _result_code(message: _Message, record: Record) -> tuple[str, CodeMatch]:

@@ -58,7 +58,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from vigie.connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
+from vigie.connectors.base import (
+    UTC_RANGE,
+    FeedError,
+    ParseOutcome,
+    RawMessage,
+    TimeOutOfRange,
+    as_utc,
+)
 from vigie.connectors.labs import Reading, decimal_point_or_comma, match_code, normalise
 from vigie.facts import (
     AnyFact,
@@ -976,7 +983,13 @@ def _parse_datetime(text: str) -> datetime | None:
 def _event_time(context: _Context, element: Element | None) -> datetime | None:
     """A time of care: PN13 sends local times without offset; facts hold naive UTC."""
     local = _datetime(context, element)
-    return as_utc(local) if local else None
+    if local is None or element is None:
+        return None
+    try:
+        return as_utc(local)
+    except TimeOutOfRange:
+        context.problem(element, f"a date-time {UTC_RANGE}", element.text.strip())
+        return None
 
 
 def _text(value: float) -> str:

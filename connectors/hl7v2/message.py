@@ -23,7 +23,14 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
-from vigie.connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
+from vigie.connectors.base import (
+    UTC_RANGE,
+    FeedError,
+    ParseOutcome,
+    RawMessage,
+    TimeOutOfRange,
+    as_utc,
+)
 from vigie.connectors.hl7v2.framing import (
     MLLP_END,
     MLLP_START,
@@ -376,7 +383,14 @@ class Hl7Message:
         None when empty; ``FeedError`` located when malformed.
         """
         moment = self._parse_dtm(segment, field, component)
-        return as_utc(moment) if moment is not None else None
+        if moment is None or segment is None:
+            return None
+        try:
+            return as_utc(moment)
+        except TimeOutOfRange:
+            position = segment.position(field, component if component > 1 else None)
+            text = self.value(segment, field, component)
+            raise self.error(position, f"{DTM_FORMAT} {UTC_RANGE}", text) from None
 
     def birth_date(self, segment: SegmentRef, field: int) -> date | None:
         """A birth date: the calendar date as written, never shifted by a time zone."""

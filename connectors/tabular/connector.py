@@ -101,7 +101,14 @@ from typing import Any, Literal, TypeVar
 from pydantic import ValidationError
 
 from vigie import settings
-from vigie.connectors.base import FeedError, ParseOutcome, RawMessage, as_utc
+from vigie.connectors.base import (
+    UTC_RANGE,
+    FeedError,
+    ParseOutcome,
+    RawMessage,
+    TimeOutOfRange,
+    as_utc,
+)
 from vigie.connectors.labs import CodeMatch, Reading, ReferenceRange, match_code, normalise
 from vigie.connectors.tabular.canonical import CANONICAL_FILES, write_canonical_csv
 from vigie.connectors.tabular.mapping import (
@@ -468,7 +475,10 @@ class _Row:
 
     def when(self, field: str) -> datetime | None:
         value = self._datetime(field, day_only=False)
-        return None if value is None else as_utc(value)  # naive UTC; no offset: the site's zone
+        try:
+            return None if value is None else as_utc(value)  # no offset: the site's zone
+        except TimeOutOfRange:
+            raise self.error(field, f"a date-time {UTC_RANGE}", self.cell_text(field)) from None
 
     def required_when(self, field: str) -> datetime:
         value = self.when(field)
