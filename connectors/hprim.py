@@ -419,7 +419,10 @@ def _check_header(message: _Message, header: Record) -> None:
         message.problem(header.where(13), "HPRIM Santé version H2.x", found=version)
     stamp = header.field(14).strip()
     when = _datetime(message, header, 14, stamp) if stamp else None
-    message.outcome.version_time = as_utc(when) if when else None
+    try:
+        message.outcome.version_time = as_utc(when) if when else None
+    except TimeOutOfRange:
+        message.problem(header.where(14), f"a date {UTC_RANGE}", found=stamp)
 
 
 def _read_record(message: _Message, record: Record) -> None:

@@ -400,7 +400,7 @@ def _version_time(context: _Context, root: Element, messages: list[Element]) -> 
     if emitted:
         local = _parse_datetime(emitted)
         if local is not None:
-            return as_utc(local)
+            return _version_utc(context, root, local)
         context.problem(root, f"a {_EMISSION} date-time YYYYMMDD[HHMM[SS]]", emitted)
     prescribed = [
         _parse_datetime(prescription.value("Dh_prescription"))  # reported when read
@@ -409,7 +409,15 @@ def _version_time(context: _Context, root: Element, messages: list[Element]) -> 
         for prescription in message.all("Prescription")
     ]
     latest = max((when for when in prescribed if when is not None), default=None)
-    return as_utc(latest) if latest else None
+    return _version_utc(context, root, latest) if latest else None
+
+
+def _version_utc(context: _Context, root: Element, local: datetime) -> datetime | None:
+    try:
+        return as_utc(local)
+    except TimeOutOfRange:
+        context.problem(root, f"a version time {UTC_RANGE}", local.isoformat())
+        return None
 
 
 def _read_prescription_message(context: _Context, message: Element) -> None:
