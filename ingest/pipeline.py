@@ -1,8 +1,8 @@
 """Ingest: documents → raw messages (kept first) → connector → facts or dead letters → store.
 
 ``read_feed`` walks files and yields each raw message with what its connector made of it; it
-never stops on a bad message; ``vigie quality`` reads feeds through it, in memory. ``ingest``
-stores them in batches: the raw messages of a batch are committed before they are parsed, then
+never stops on a bad message; ``vigie quality`` tallies feeds through it, message by message.
+``ingest`` stores them in batches (bounded in messages and in raw bytes): the raw messages of a batch are committed before they are parsed, then
 the facts, dead letters and statuses they gave are written in a few bulk statements. A message
 the database refuses is dead-lettered alone (see ``FactStore.save_outcomes``). Messages left
 ``received`` by a process killed between those two commits are parsed again, from the stored
