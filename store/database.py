@@ -23,6 +23,14 @@ the user's data directory, so every command and the service share it.
   discharge of the same stay does not reopen it). A retracted fact (HL7 OBX-11 ``D``, FHIR
   ``entered-in-error``) is kept as a tombstone row (``retracted``), which the rules never see
   and which an older version of the fact arriving later does not bring back.
+- ``ingest_run`` lists the open stores that keep or recover messages, one per process: a
+  ``received`` message belongs to the run that kept it (``raw_message.ingest_run``) until that
+  run has stored what it gave.
+
+Several processes may ingest into one store at once (see ``vigie.store.concurrency``): write
+transactions are serialised, one at a time per store, while parsing runs in parallel; a
+message another live run is parsing is waited for (``keep_raws``), and only the unfinished
+messages of runs that are over are taken over (``claim_unfinished``).
 
 A message the database cannot hold (a key longer than its column, a NUL byte, which PostgreSQL
 refuses in text) is refused alone: it is dead-lettered with the reason, never its content, and
