@@ -109,6 +109,14 @@ def test_french_export_matches_golden() -> None:
     assert french_export_as_json() == expected
 
 
+def test_french_export_message_ids(french: TabularConnector) -> None:
+    """``name = "example-dpi"`` (example-dpi.toml), the file's name, its only row group (each
+    file of the export holds fewer rows than ``rows_per_message``)."""
+    for path in sorted(FRENCH_EXPORT.glob("*.csv")):
+        ids = [raw.message_id for raw in french.split(str(path), path.read_bytes())]
+        assert ids == [f"example-dpi|{path.name}#1"], path.name
+
+
 def test_french_export_key_values(french: TabularConnector) -> None:
     """The golden file's most important values, stated here so that a regeneration is read."""
     labs, errors = read_file(french, FRENCH_EXPORT / "BIOLOGIE_20240301.csv")
