@@ -175,7 +175,7 @@ def test_a_store_from_before_message_versions_is_refused_clearly(tmp_path: Path)
             "CREATE TABLE fact (kind VARCHAR(32), fact_id VARCHAR(512), patient_id VARCHAR(128),"
             " raw_message_id INTEGER, payload JSON, PRIMARY KEY (kind, fact_id))"
         )
-    with pytest.raises(StoreError, match="earlier Vigie .*schema 1, expected 2.*new store"):
+    with pytest.raises(StoreError, match=r"earlier Vigie .*schema 1, expected 2.*new store"):
         FactStore(f"sqlite:///{path}")
 
 
