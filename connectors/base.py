@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from vigie.errors import VigieError
-from vigie.facts import AnyFact, Retraction
+from vigie.facts import AnyFact, Fact, Retraction
 from vigie.settings import site_timezone
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "RawMessage",
     "TimeOutOfRange",
     "as_utc",
+    "key_problem",
     "read_text",
     "site_timezone",
 ]
@@ -176,6 +177,29 @@ def as_utc(moment: datetime) -> datetime:
         return moment.astimezone(UTC).replace(tzinfo=None)
     except OverflowError:
         raise TimeOutOfRange(f"{moment.isoformat()} is outside years 1 to 9999 in UTC") from None
+
+
+# What the store can hold as a key (README, Store), the same on SQLite and PostgreSQL.
+MAX_PATIENT_ID = 128
+MAX_FACT_ID = 512
+
+
+def key_problem(fact: Fact) -> tuple[str, str] | None:
+    """(expected, found) when the store cannot hold a fact's keys: a patient id over 128
+    characters, a fact id over 512, a NUL byte in either.
+
+    The store refuses such a message whole; a connector whose message holds several patients
+    or entries (a CSV row group, a PN13 document, a FHIR Bundle) checks each fact, so that one
+    bad key fails its row or entry only.
+    """
+    for name, value, limit in (
+        ("patient id", fact.patient_id, MAX_PATIENT_ID),
+        ("fact id", fact.fact_id, MAX_FACT_ID),
+    ):
+        if len(value) > limit or "\x00" in value:
+            found = f"{len(value)} characters" + (", a NUL byte" if "\x00" in value else "")
+            return f"a {name} of at most {limit} characters, without NUL byte", found
+    return None
 
 
 class TimeOutOfRange(VigieError, ValueError):

@@ -65,6 +65,7 @@ from vigie.connectors.base import (
     RawMessage,
     TimeOutOfRange,
     as_utc,
+    key_problem,
 )
 from vigie.connectors.labs import Reading, decimal_point_or_comma, match_code, normalise
 from vigie.facts import (
@@ -359,7 +360,14 @@ class _Context:
         )
 
     def add(self, fact: AnyFact) -> None:
-        self.outcome.facts.append(fact)
+        """Keep a fact, or report it when the store could not hold its keys (the document is
+        one message: one such fact must not make the store refuse all of it)."""
+        problem = key_problem(fact)
+        if problem is None:
+            self.outcome.facts.append(fact)
+        else:
+            error = _feed_error(self.raw, fact.source.position, problem[0], problem[1])
+            self.outcome.errors.append(error)
 
 
 def parse(raw: RawMessage) -> ParseOutcome:

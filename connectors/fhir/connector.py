@@ -60,7 +60,7 @@ import orjson
 import pydantic
 
 from vigie import settings
-from vigie.connectors.base import FeedError, ParseOutcome, RawMessage
+from vigie.connectors.base import FeedError, ParseOutcome, RawMessage, key_problem
 from vigie.connectors.fhir import encounter as fhir_encounter
 from vigie.connectors.fhir import fast as fhir_fast
 from vigie.connectors.fhir import medication as fhir_medication
@@ -358,6 +358,7 @@ def _bundle(
     for index, resource, deleted in readable:
         try:
             read = _resource(resource, Where.in_bundle(index), context, validate, deleted)
+            _check_keys(read, Where.in_bundle(index), raw)
         except FeedError as error:
             outcome.errors.append(error)
             continue
@@ -366,6 +367,16 @@ def _bundle(
             latest = read.version_time
     outcome.version_time = context.version_time or latest
     return outcome
+
+
+def _check_keys(read: ParseOutcome, where: Where, raw: RawMessage) -> None:
+    """An entry whose facts have keys the store cannot hold fails alone, not its Bundle."""
+    for fact in read.facts:
+        problem = key_problem(fact)
+        if problem is not None:
+            raise FeedError(
+                raw.document, where.base, problem[0], message_id=raw.message_id, found=problem[1]
+            )
 
 
 def _read_message_time(

@@ -108,6 +108,7 @@ from vigie.connectors.base import (
     RawMessage,
     TimeOutOfRange,
     as_utc,
+    key_problem,
 )
 from vigie.connectors.labs import CodeMatch, Reading, ReferenceRange, match_code, normalise
 from vigie.connectors.tabular.canonical import CANONICAL_FILES, write_canonical_csv
@@ -168,11 +169,6 @@ _LINE_BYTES = re.compile(rb"[^\n]*\n|[^\n]+")
 _SNIFF_BYTES = 4096
 _WITHDRAWN = frozenset({"entered-in-error", "deleted"})  # a row's record_status retracting it
 _Value = TypeVar("_Value")
-# What the store can hold as a key (README, Store): a row breaking it is refused alone here,
-# rather than the store refusing its whole row group.
-_MAX_PATIENT_ID = 128
-_MAX_FACT_ID = 512
-
 # The csv module refuses cells over 128 KiB and the reader cannot go on after that: the rows
 # after a huge cell would be lost. The document is already in memory: no limit is needed.
 csv.field_size_limit(2**31 - 1)
@@ -1030,14 +1026,9 @@ def _check_width(raw: RawMessage, layout: _Layout, record: _Record, line: int) -
 
 def _check_keys(raw: RawMessage, fact: Fact, line: int) -> None:
     """Keys the store cannot hold (too long, a NUL byte) fail the row, not its row group."""
-    for name, value, limit in (
-        ("patient id", fact.patient_id, _MAX_PATIENT_ID),
-        ("fact id", fact.fact_id, _MAX_FACT_ID),
-    ):
-        if len(value) > limit or "\x00" in value:
-            expected = f"a {name} of at most {limit} characters, without NUL byte"
-            found = f"{len(value)} characters" + (", a NUL byte" if "\x00" in value else "")
-            raise FeedError(raw.document, f"line {line}", expected, found=found)
+    problem = key_problem(fact)
+    if problem is not None:
+        raise FeedError(raw.document, f"line {line}", problem[0], found=problem[1])
 
 
 def _retraction(fact: Fact) -> Retraction:

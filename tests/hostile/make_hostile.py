@@ -314,6 +314,27 @@ def hl7_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         dead_letters=[{"where": "PID-7"}],
         lands={"HL7-ABS-8": n},
     )
+    add(
+        "long-ids.hl7",
+        "\n".join(
+            [
+                hl7_message("LONG-1", "HL7-LONG-1"),
+                hl7_message("LONG-2", "P" * 200),
+                hl7_message("L" * 600, "HL7-LONG-3"),
+                hl7_message("LONG-4", "HL7-LONG-4"),
+            ]
+        ).encode(),
+        "absurd values",
+        "four messages: good; a PID-3 of 200 characters (the store holds 128); an MSH-10 of "
+        "600 characters (a message id over 512); good: each bad one is dead-lettered alone",
+        messages=4,
+        loaded=2,
+        dead=2,
+        rejected=2,
+        dead_letters=[{"where": "message 2"}, {"where": "message 3"}],
+        lands={"HL7-LONG-1": n, "HL7-LONG-4": n},
+        absent=["HL7-LONG-3"],
+    )
     first = hl7_message("DUP-1", "HL7-DUP-1")
     changed = hl7_message("DUP-1", "HL7-DUP-1", **{"OBX1-5": "6.1"})
     add(
@@ -757,6 +778,25 @@ def fhir_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         dead_letters=[{"where": "line 1"}],
         lands={"FH-ABS-6": 1},
     )
+    long_bundle = _bundle(
+        [
+            *pair("FH-LONGB-1"),
+            _fhir_creatinine("FH-LONGB-2") | {"subject": {"reference": f"Patient/{'P' * 200}"}},
+        ],
+        "b-long",
+    )
+    add(
+        "long-ids-bundle.json",
+        json.dumps(long_bundle).encode(),
+        "absurd values",
+        "a Bundle: a patient and a creatinine, and a creatinine whose subject reference names "
+        "a patient id of 200 characters (the store holds 128): that entry is a located error, "
+        "the others load (the Bundle is one message: it must not be refused whole)",
+        messages=1,
+        dead=1,
+        dead_letters=[{"where": "entry[2]"}],
+        lands={"FH-LONGB-1": 2},
+    )
     one = _fhir_patient("FH-DUP-1")
     other = _fhir_patient("FH-DUP-1") | {
         "gender": "female" if one.get("gender") == "male" else "male"
@@ -1078,6 +1118,27 @@ def pn13_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         messages=1,
         either=1,
         lands={"PN-VT-1": n},
+    )
+    long_ids = pn13_document(
+        pn13_message("PN-LONG-1"),
+        pn13_message("PN-LONG-2", {"<Ipp>PN-LONG-2</Ipp>": f"<Ipp>{'P' * 200}</Ipp>"}),
+        pn13_message("PN-LONG-3", {"<Id_élément_prescr>id1<": f"<Id_élément_prescr>{'L' * 600}<"}),
+        pn13_message("PN-LONG-4"),
+    )
+    add(
+        "long-ids.xml",
+        long_ids.encode(),
+        "absurd values",
+        "four messages: good; an Ipp of 200 characters (the store holds 128); an order line id "
+        "of 600 characters (a fact id over the store's 512); good. The two bad ones are located "
+        "errors, the others load (the document is one message: it must not be refused whole)",
+        messages=1,
+        dead=1,
+        dead_letters=[
+            {"where": "M_Prescription_médicaments[2]"},
+            {"where": "Elément_prescr_médic"},
+        ],
+        lands={"PN-LONG-1": n, "PN-LONG-3": n - 1, "PN-LONG-4": n},
     )
     dup = pn13_message("PN-DUP-1")
     add(
