@@ -204,6 +204,7 @@ def hl7_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         dead=1,
         rejected=1,
         lands={f"HL7-GARB-{i}": n for i in (1, 2)},
+        dead_letters=[{"where": "segment 1"}],
     )
     binary = _garbage(8, 400, bytes(range(256))).replace(b"MSH", b"msh")
     add(
@@ -217,6 +218,7 @@ def hl7_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         dead=1,
         lands={"HL7-GARB-2": n},
         absent=["HL7-GARB-1"],
+        dead_letters=[{"where": "byte"}],
     )
     add(
         "empty.hl7",
@@ -236,6 +238,7 @@ def hl7_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         messages=1,
         dead=1,
         rejected=1,
+        dead_letters=[{"where": "segment 1"}],
     )
     latin = hl7_message("ENC-2", "HL7-ENC-2", **{"OBX1-3": "2823-3^Potassium sérique^LN"})
     add(
@@ -455,6 +458,7 @@ def hprim_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         messages=1,
         dead=1,
         rejected=1,
+        dead_letters=[{"where": "line 1"}],
     )
     msgs = good("U16", 1)
     add(
@@ -466,6 +470,7 @@ def hprim_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         dead=1,
         rejected=1,
         absent=["HPR-U16-1"],
+        dead_letters=[{"where": "line 1"}],
     )
     msgs = good("BOM", 2)
     add(
@@ -482,11 +487,13 @@ def hprim_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         "nul.hpr",
         (msgs[0] + msgs[1].replace("|16|", "|1\x006|") + msgs[2]).encode("latin-1"),
         "NUL",
-        "three messages, a NUL byte inside the first OBX value of the second",
+        "three messages, a NUL byte inside the first OBX value of the second (nine records a "
+        "message, one a line: that OBX is line 9 + 5)",
         messages=3,
         loaded=2,
         dead=1,
         lands={"HPR-NUL-1": n, "HPR-NUL-3": n},
+        dead_letters=[{"where": "line 14"}],
     )
     absurd = [
         hprim_message("HPR-ABS-1", **{"P-8": "00000101"}),
@@ -746,6 +753,7 @@ def fhir_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         dead=1,
         rejected=1,
         absent=["FH-DEEPB"],
+        dead_letters=[{"where": "line 1"}],
     )
     absurd = [
         _fhir_patient("FH-ABS-1") | {"birthDate": "0000-01-01"},
@@ -1034,6 +1042,7 @@ def pn13_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         messages=1,
         dead=1,
         rejected=1,
+        dead_letters=[{"where": "line 2"}],
     )
     xxe_head = head.replace(
         "<Messages",
@@ -1066,6 +1075,7 @@ def pn13_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         dead=1,
         rejected=1,
         secret=ETC_PASSWD,
+        dead_letters=[{"where": "line 2"}],
     )
     xxe_param = head.replace(
         "<Messages", f'<!DOCTYPE Messages SYSTEM "file://{ETC_PASSWD}">\n<Messages', 1
@@ -1080,6 +1090,7 @@ def pn13_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         rejected=1,
         secret=ETC_PASSWD,
         absent=["PN-XXE-3"],
+        dead_letters=[{"where": "line 2"}],
     )
     absurd = pn13_document(
         pn13_message(
