@@ -527,8 +527,7 @@ class FactStore:
                     known.setdefault((feed, message_id), {})[sha] = (raw_id, status)
         return known
 
-    @staticmethod
-    def _raw_row(raw: Any, message_id: str) -> dict[str, Any]:
+    def _raw_row(self, raw: Any, message_id: str) -> dict[str, Any]:
         return {
             "feed": raw.feed,
             "message_id": message_id,
@@ -540,6 +539,7 @@ class FactStore:
             "received_at": _now(),
             "status": "received",
             "fact_count": 0,
+            "ingest_run": self._run,  # the run that keeps it parses it
         }
 
     def _retry_raw(self, session: Session, raw_id: int, raw: Any) -> None:
@@ -547,6 +547,7 @@ class FactStore:
         self._forget_outcome(session, raw_id)
         values = {"document": _text(raw.document), "position": raw.position and _text(raw.position)}
         values |= {"status": "received", "fact_count": 0, "received_at": _now()}
+        values["ingest_run"] = self._run  # taken over (see ``keep_raws``)
         session.execute(update(RawMessageRow).where(RawMessageRow.id == raw_id).values(values))
 
     # What an ingest calls: each method its own transaction, database errors wrapped ---------
@@ -560,13 +561,12 @@ class FactStore:
         is a duplicate here, so that a message is parsed once and the facts of a file land in
         its order even when two processes ingest it at once.
         """
-        run = self._start_run()
+        self._start_run()
         deadline = time.monotonic() + _WAIT_FOR_RUN
         while True:
             with self._writing("keep the raw messages") as session:
                 if time.monotonic() > deadline or not self._kept_elsewhere(session, raws):
-                    records = self.record_raws(session, raws)
-                    self._own(session, run, [r.id for r in records if not r.duplicate])
+                    records = self.record_raws(session, raws)  # owned by this run
                     session.commit()
                     return records
             time.sleep(_POLL)
@@ -686,10 +686,13 @@ class FactStore:
 
     @staticmethod
     def _rejected(outcome: MessageOutcome, problem: str) -> MessageOutcome:
-        """The outcome of a message the store refused: no fact, one fatal dead letter."""
-        text = _refusal(outcome.document, outcome.message_id, outcome.position, problem)
-        errors = [(text, outcome.position, True)]
-        return replace(outcome, status="rejected", facts=(), errors=errors)
+        """The outcome of a message the store refused: no fact, one fatal dead letter, located
+        at the message's place in its document, or at the whole document when it is one
+        message (a FHIR Bundle, a PN13 document)."""
+        position = outcome.position or "whole document"
+        text = _refusal(outcome.document, outcome.message_id, position, problem)
+        errors = [(text, position, True)]
+        return replace(outcome, status="rejected", facts=(), errors=errors, retractions=())
 
     @contextmanager
     def _writing(self, what: str) -> Iterator[Session]:

@@ -7,6 +7,7 @@ A dead-lettered message sent again is retried (parsed and stored again), never c
 silent duplicate: the report says "rejected" again and the dead letters are not doubled.
 """
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +133,23 @@ def test_any_database_error_on_one_message_dead_letters_only_it(
     assert letter.position == "line 3" and letter.fatal
     assert "the store refused the message" in letter.error and "poisoned row" in letter.error
     assert "INSERT" not in letter.error and "parameters" not in letter.error
+
+
+def test_a_refused_whole_document_message_is_located_at_the_document(
+    tmp_path: Path, store: FactStore, store_url: str
+) -> None:
+    """A FHIR Bundle is one message with no place inside its file: its dead letter names the
+    whole document, never no position at all."""
+    _refuse_poison(store_url)
+    bundle = tmp_path / "poison.json"
+    patient = {"resourceType": "Patient", "id": "poison", "gender": "female"}
+    bundle.write_text(
+        '{"resourceType": "Bundle", "type": "collection", "entry": [{"resource": '
+        + json.dumps(patient)
+        + "}]}"
+    )
+    report = ingest([bundle], store, fmt="fhir")
+    assert report.total_messages() == {"rejected": 1}
+    (letter,) = store.dead_letters()
+    assert letter.position == "whole document"
+    assert letter.error.startswith("poison.json: message ") and "whole document" in letter.error
