@@ -328,10 +328,11 @@ def ingest(
     Messages a previous run left unfinished are parsed again first (``recover``), from the
     bytes the store kept; their reports come first, then one per file.
 
-    A batch holds at most ``batch_size`` messages and ``batch_bytes`` raw bytes (a larger
-    message goes alone): a message's facts are read from its bytes, so the facts a batch holds
-    in memory, parsed, are bounded by its size whatever the feed packs into one message (a
-    thousand CSV rows, an HL7 batch, a FHIR Bundle). A batch is also cut early where a message
+    A batch holds at most ``batch_size`` messages and ``batch_bytes`` raw bytes: a message's
+    facts are read from its bytes, so the facts a batch holds in memory, parsed, grow with its
+    bytes rather than with its messages (a CSV message is a thousand rows, an HL7 one a few
+    segments). A message over the bound (a large FHIR Bundle) goes alone, whole, so that one
+    message is never cut. A batch is also cut early where a message
     id repeats, so that a re-sent or corrected message is compared with what the store holds,
     exactly as if messages were stored one by one.
     """
