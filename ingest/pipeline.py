@@ -8,7 +8,9 @@ the facts, dead letters and statuses they gave are written in a few bulk stateme
 the database refuses is dead-lettered alone (see ``FactStore.save_outcomes``). Messages left
 ``received`` by a process killed between those two commits are parsed again, from the stored
 bytes, by the next ``ingest`` or by ``recover`` (which a service calls at start); a message
-that was dead-lettered is parsed again when it is sent again.
+that was dead-lettered is parsed again when it is sent again. Several ingests may run at once
+on one store: each takes over only the unfinished messages of ingests that are over, and a
+message another one is parsing is waited for, then a duplicate (see ``FactStore.keep_raws``).
 A connector bug (an exception that is not a ``FeedError``) is caught too: the message is
 dead-lettered as an internal error naming the message, and the batch goes on. A
 ``ConfigurationError`` (a setting changed to a bad value under way) is not the message's fault:
@@ -268,9 +270,10 @@ def recover(store: FactStore, batch_size: int = 500) -> IngestReport:
     """Parse again every message the store kept but never finished, from its stored bytes.
 
     A process killed between the two commits of a batch leaves its raw messages ``received``;
-    ``ingest`` calls this first, and a long-lived service calls it at start, before any other
-    ingest runs. A message of a feed no connector reads is dead-lettered (it stays in the store;
-    sending it again retries it).
+    ``ingest`` calls this first, and a long-lived service calls it at start. Only the messages
+    of ingest runs that are over are taken (``FactStore.claim_unfinished``): those of an ingest
+    running at the same time, in another process, are its own. A message of a feed no connector
+    reads is dead-lettered (it stays in the store; sending it again retries it).
     """
     report = IngestReport()
     by_document: dict[tuple[str, str], FileReport] = {}
