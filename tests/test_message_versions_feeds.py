@@ -182,3 +182,27 @@ def test_csv_a_cancelled_row_is_withdrawn(
     for store in in_both_orders(store_url, tmp_path, *contents, CSV_NAME, "csv"):
         assert csv_orders(store) == []
         assert store.retracted_count() == 1
+
+
+def test_csv_exports_that_only_add_rows_keep_every_file(store_url: str, tmp_path: Path) -> None:
+    """A DPI writing each run's new rows under one fixed name declares exports = "add": a
+    later file does not replace the earlier one; a row sent again with a later time still
+    replaces its fact through the row's id. (With the default, "replace", o1 would be gone
+    after the second file: see test_csv_only_the_corrected_export_remains.)"""
+    path = tmp_path / "dpi-add.toml"
+    path.write_text(CSV_MAPPING.replace("[orders]\n", '[orders]\nexports = "add"\n'), "utf-8")
+    tabular.configure(path)
+    try:
+        runs = [
+            "o1,p1,N02BE01,500,2024-03-01T08:00,OK\n",
+            "o2,p1,N02BE01,1000,2024-03-01T12:00,OK\n",
+            "o1,p1,N02BE01,250,2024-03-01T13:00,OK\n",
+        ]
+        with FactStore(store_url) as store:
+            send(store, tmp_path, "ORDERS.csv", (CSV_HEADER + runs[0]).encode(), "csv")
+            send(store, tmp_path, "ORDERS.csv", (CSV_HEADER + runs[1]).encode(), "csv")
+            assert csv_orders(store) == [("o1", 500), ("o2", 1000)]
+            send(store, tmp_path, "ORDERS.csv", (CSV_HEADER + runs[2]).encode(), "csv")
+            assert csv_orders(store) == [("o1", 250), ("o2", 1000)]
+    finally:
+        tabular.configure(None)

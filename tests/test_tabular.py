@@ -557,6 +557,10 @@ drug_code = "CODE"
         ("[orders\nfile = 'x'", "bad.toml: expected valid TOML"),
         ("name = 'empty'\n", "bad.toml: expected at least one section"),
         (GOOD_ORDERS.replace('file = "rx*.csv"', ""), "bad.toml: orders.file: expected"),
+        (
+            "[defaults]\nexports = 'sometimes'\n" + GOOD_ORDERS,
+            'defaults.exports: expected "replace" (snapshots) or "add" (new rows only)',
+        ),
     ],
 )
 def test_mapping_errors_name_the_file_and_key(tmp_path: Path, toml: str, message: str) -> None:

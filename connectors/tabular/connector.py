@@ -12,6 +12,8 @@ layout (see ``write_canonical_csv``). The format, in short::
     decimal = ","                   # "." (default) or ","
     date_formats = ["%d/%m/%Y %H:%M", "%d/%m/%Y"]   # strptime formats, or "iso" (default)
     rows_per_message = 1000         # rows per raw message (1 = one message per row)
+    exports = "replace"             # a file re-exported under its name replaces its earlier
+                                    # version ("add": files only add rows; see "Versions")
     list_separator = "|"            # between several ATC codes in one cell
 
     [routes]                        # shared local tables (orders, administrations)
@@ -74,7 +76,10 @@ through ``[kind.values.record_status]`` to) ``entered-in-error`` or ``deleted`` 
 ``Retraction`` of the row's fact instead of the fact. Limits: a re-export with fewer row groups
 leaves the facts of the groups it no longer has (the rows' ids still meet theirs, so a corrected
 row replaces its fact wherever it moved), and two different exports under one name replace each
-other (a DPI writing only the day's changes into a fixed name needs dated names).
+other. A DPI that writes only each run's new rows, or a sliding window (the last 48 hours), under
+one fixed name declares ``exports = "add"`` (in ``[defaults]`` or a kind's section): its row
+groups are then named by their content, every file only adds rows, and a correction reaches a
+fact through the row's identity alone (its id column, else what identifies the row).
 
 The module itself is a connector with the default mapping (``$VIGIE_CSV_MAPPING`` or the
 synthetic one); ``configure(path)`` changes it, ``TabularConnector(mapping)`` is another one.
@@ -93,7 +98,7 @@ import hashlib
 import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -312,9 +317,20 @@ class _Layout:
         return self.names is not None and self.spec.required_columns() <= set(self.names)
 
 
+_UTF8_BOM = "\xef\xbb\xbf"  # the UTF-8 signature, as the Latin-1 view of a document shows it
+
+
 def _layout(spec: FileMapping, lines: Sequence[str]) -> _Layout | None:
+    """The layout of a document if it is ``spec``'s file. A UTF-8 signature (what Excel's
+    "CSV UTF-8" writes) says the document is UTF-8 whatever the mapping declares: it is read
+    in UTF-8 first, then in the declared encodings."""
+    first = lines[:1]
+    if first and first[0].startswith(_UTF8_BOM):
+        first = [first[0].removeprefix(_UTF8_BOM)]
+        encodings = ("utf-8", *(e for e in spec.format.encodings if e != "utf-8"))
+        spec = replace(spec, format=replace(spec.format, encodings=encodings))
     try:
-        header = next(_records(lines[:1], spec.format.delimiter), None)
+        header = next(_records(first, spec.format.delimiter), None)
     except _BrokenRecord:
         return None
     if header is None:
@@ -864,7 +880,8 @@ class TabularConnector:
         groups = _row_groups(content, header, fmt.delimiter, size)
         for number, (first, last, start, stop) in enumerate(groups, 1):
             group = content[:header] + content[start:stop]
-            yield self._message(document, group, first, last, fmt.encodings[0], number)
+            named = number if fmt.exports == "replace" else None
+            yield self._message(document, group, first, last, fmt.encodings[0], named)
 
     def _message(
         self,
@@ -876,7 +893,7 @@ class TabularConnector:
         group: int | None = None,
     ) -> RawMessage:
         name = Path(document).name
-        if group is None:  # not a file of the mapping: no identity but its content
+        if group is None:  # unmapped, or exports that only add rows: named by their content
             message_id = f"{name}:{first}-{last}:{hashlib.sha256(content).hexdigest()[:12]}"
         else:  # see the module's docstring, "Versions"
             message_id = f"{self.mapping.name}|{name}#{group}"

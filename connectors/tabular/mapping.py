@@ -266,6 +266,10 @@ class CsvFormat:
     date_formats: tuple[str, ...] = (ISO,)
     rows_per_message: int = 1000
     list_separator: str = "|"
+    # "replace": the same file name exported again is a new version of that export (a full
+    # snapshot: what it no longer holds is removed); "add": every file only adds rows (a DPI that
+    # writes each run's rows, or a sliding window, under one fixed name).
+    exports: str = "replace"
 
 
 class CodeTable:
@@ -360,7 +364,9 @@ _FORMAT_KEYS = {
     "date_formats",
     "rows_per_message",
     "list_separator",
+    "exports",
 }
+_EXPORTS = ("replace", "add")
 _SHARED_TABLES = {"routes", "drug_codes", "dose_units", "frequencies", "drug_table"}
 _TOP_KEYS = {"name", "description", "defaults", *_SHARED_TABLES}
 _FILE_KEYS = {"file", "columns", "constants", "values", *_FORMAT_KEYS}
@@ -451,6 +457,10 @@ class _Loader:
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise self.fail(where, "a whole number of rows, 1 or more", value)
             return {"rows_per_message": value}
+        if name == "exports":
+            if value not in _EXPORTS:
+                raise self.fail(where, '"replace" (snapshots) or "add" (new rows only)', value)
+            return {"exports": value}
         if not (isinstance(value, str) and len(value) == 1):
             raise self.fail(where, 'one character such as "|"', value)
         return {"list_separator": value}

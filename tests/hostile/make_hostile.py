@@ -1302,10 +1302,12 @@ def csv_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         "PATIENTS_bom.csv",
         b"\xef\xbb\xbf" + _csv(pat, csv_patients("CSV-BOM-1")),
         "BOM",
-        "a UTF-8 byte-order mark before the header (in Latin-1, three characters glued to "
-        "the first column name IPP)",
+        "a UTF-8 byte-order mark before the header of a Latin-1 export: the signature says "
+        "UTF-8, the header is read without it and the cells in UTF-8, else in the mapping's "
+        "Latin-1, so the row loads",
         messages=1,
-        either=1,
+        loaded=1,
+        lands={"CSV-BOM-1": 1},
     )
     add(
         "PATIENTS_nul.csv",
