@@ -266,7 +266,9 @@ def _feed_connectors() -> dict[str, Connector]:
     return {connector.feed: connector for connector in connectors}
 
 
-def recover(store: FactStore, batch_size: int = 500) -> IngestReport:
+def recover(
+    store: FactStore, batch_size: int = 500, batch_bytes: int | None = None
+) -> IngestReport:
     """Parse again every message the store kept but never finished, from its stored bytes.
 
     A process killed between the two commits of a batch leaves its raw messages ``received``;
@@ -278,7 +280,8 @@ def recover(store: FactStore, batch_size: int = 500) -> IngestReport:
     report = IngestReport()
     by_document: dict[tuple[str, str], FileReport] = {}
     connectors: dict[str, Connector] | None = None
-    while unfinished := store.claim_unfinished(batch_size):
+    bound = BATCH_BYTES if batch_bytes is None else batch_bytes
+    while unfinished := store.claim_unfinished(batch_size, bound):
         connectors = connectors if connectors is not None else _feed_connectors()
         parsed = []
         for stored in unfinished:
@@ -339,7 +342,7 @@ def ingest(
     id repeats, so that a re-sent or corrected message is compared with what the store holds,
     exactly as if messages were stored one by one.
     """
-    report = recover(store, batch_size)
+    report = recover(store, batch_size, batch_bytes)
     for batch in _batches(_iter_raw(paths, fmt, report.files), batch_size, batch_bytes):
         _store_batch(store, batch)
     return report

@@ -353,7 +353,16 @@ def _later(one: datetime | None, other: datetime | None) -> bool:
     return one is not None and other is not None and one > other
 
 
-def _stand_in_id(message_id: str) -> str:
+def _within(ids: list[int], sizes: dict[int, int], max_bytes: int | None) -> list[int]:
+    """The first ``ids`` whose sizes add up to at most ``max_bytes`` (at least one)."""
+    if max_bytes is None:
+        return ids
+    total = 0
+    for count, raw_id in enumerate(ids):
+        total += sizes[raw_id]
+        if count and total > max_bytes:
+            return ids[:count]
+    return ids
     """The key a message whose own id cannot be stored is kept under (the same at every send)."""
     digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
     return f"unstorable-id:sha256:{digest}"
@@ -720,10 +729,11 @@ class FactStore:
         with self._writing("read the unfinished messages") as session:
             return [StoredRaw(*row) for row in session.execute(query.limit(limit)).all()]
 
-    def claim_unfinished(self, limit: int = 500) -> list[StoredRaw]:
+    def claim_unfinished(self, limit: int = 500, max_bytes: int | None = None) -> list[StoredRaw]:
         """Take over, for this store's ingest run, at most ``limit`` unfinished messages whose
         run is over (killed, or closed before it stored them; those of live runs are theirs),
-        oldest first, and forget the runs that were killed."""
+        oldest first, and forget the runs that were killed. ``max_bytes`` bounds their raw
+        bytes as an ingest batch's are (the first message is taken whatever its size)."""
         run = self._start_run()
         with self._writing("claim the unfinished messages") as session:
             # status = 'received' as a literal, so that the partial index serves (see
@@ -735,13 +745,14 @@ class FactStore:
             live = self._live_runs(session, runs | {owner for owner in owners if owner})
             if runs - live:
                 session.execute(delete(IngestRunRow).where(IngestRunRow.id.in_(runs - live)))
-            claimed: list[int] = []
+            sizes: dict[int, int] = {}
             for owner in owners - (live - {run}):
                 column = RawMessageRow.ingest_run
                 of_owner = column.is_(None) if owner is None else column == owner
-                ids = select(RawMessageRow.id).where(unfinished, of_owner)
-                claimed += session.execute(ids.order_by(RawMessageRow.id).limit(limit)).scalars()
-            claimed = sorted(claimed)[:limit]
+                ids = select(RawMessageRow.id, func.length(RawMessageRow.content))
+                ids = ids.where(unfinished, of_owner).order_by(RawMessageRow.id).limit(limit)
+                sizes.update((raw_id, size) for raw_id, size in session.execute(ids))
+            claimed = _within(sorted(sizes)[:limit], sizes, max_bytes)
             self._own(session, run, claimed)
             rows = session.execute(_STORED_RAW.where(RawMessageRow.id.in_(claimed))).all()
             session.commit()

@@ -183,3 +183,16 @@ def test_a_new_store_records_its_schema_version(store_url: str) -> None:
     FactStore(store_url).close()
     with FactStore(store_url) as reopened:  # opened again: the recorded version is checked
         assert reopened.counts()["lab"] == 0
+
+
+def test_recovery_claims_unfinished_messages_within_a_byte_bound(store_url: str) -> None:
+    """Messages a closed run kept but never finished are claimed oldest first, no more raw
+    bytes at once than an ingest batch holds (the first one whatever its size)."""
+    with FactStore(store_url) as first:
+        first.keep_raws([_raw(f"M{n}", b"x" * 100) for n in range(10)])
+    with FactStore(store_url) as second:
+        claimed = second.claim_unfinished(limit=500, max_bytes=250)
+        assert [raw.message_id for raw in claimed] == ["M0", "M1"]
+        assert len(second.claim_unfinished(limit=3, max_bytes=None)) == 3
+    with FactStore(store_url) as third:  # one message over the bound is still taken, alone
+        assert len(third.claim_unfinished(limit=500, max_bytes=10)) == 1
