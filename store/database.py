@@ -363,6 +363,9 @@ def _within(ids: list[int], sizes: dict[int, int], max_bytes: int | None) -> lis
         if count and total > max_bytes:
             return ids[:count]
     return ids
+
+
+def _stand_in_id(message_id: str) -> str:
     """The key a message whose own id cannot be stored is kept under (the same at every send)."""
     digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
     return f"unstorable-id:sha256:{digest}"
