@@ -186,6 +186,8 @@ def _print_ingest(report: IngestReport, max_errors: int = 20) -> None:
         f"{_counts(report.total_facts())}"
     )
     print(f"Messages: {_counts(report.total_messages())}")
+    if report.total_retractions():
+        print(f"Facts withdrawn by their sender: {_counts(report.total_retractions())}")
     if report.total_corrections():
         print(
             f"Corrections: {report.total_corrections():,} new versions of messages already "

@@ -66,6 +66,7 @@ class FileReport:
     messages: Counter[str] = field(default_factory=Counter)
     facts: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    retractions: Counter[str] = field(default_factory=Counter)  # facts withdrawn, by kind
     corrections: int = 0  # new versions of messages the store already held (history kept)
     skipped: str | None = None  # why a file met in a folder is not a feed (README, truth.json)
     rejected: str | None = None  # located error: a feed candidate no connector recognises
@@ -81,6 +82,9 @@ class IngestReport:
 
     def total_messages(self) -> Counter[str]:
         return sum((f.messages for f in self.files), Counter())
+
+    def total_retractions(self) -> Counter[str]:
+        return sum((f.retractions for f in self.files), Counter())
 
     def total_corrections(self) -> int:
         return sum(f.corrections for f in self.files)
@@ -191,6 +195,7 @@ def _tally(report: FileReport, parsed: ParsedMessage) -> None:
         report.errors.append(str(parsed.fatal))
     if parsed.outcome is not None:
         report.facts.update(fact.kind for fact in parsed.outcome.facts)
+        report.retractions.update(retraction.kind for retraction in parsed.outcome.retractions)
         report.errors.extend(str(error) for error in parsed.outcome.errors)
 
 

@@ -120,7 +120,7 @@ def test_a_deleted_result_is_retracted_and_the_original_arriving_late_stays_with
         "r2.hl7",
         _message(_msh("ORU^R01", "L2", "20240306093000", "LAB"), *withdrawal),
     )
-    assert report.total_messages() == {"loaded": 1}
+    assert report.total_messages() == {"loaded": 1} and report.total_retractions() == {"lab": 1}
     assert _potassium(store) == [] and store.retracted_count() == 1
     # the original result re-sent by another route, with its old time: still withdrawn
     _send(
