@@ -136,6 +136,33 @@ def test_resource_ids_are_the_servers_logical_ids_scoped_by_meta_source() -> Non
     ]
 
 
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        # Bulk exports write meta right after the id
+        (b'{"resourceType":"Patient","id":"p1","meta":{"source":"http://lab"},"gender":"male"}',
+         "http://lab|Patient/p1"),
+        (b'{"resourceType":"Patient","id":"p1","meta":{"tag":[{"code":"x"}],"source":"http://lab"'
+         b'}}', "http://lab|Patient/p1"),
+        (b'{"resourceType":"Patient","id":"p1","meta":{"profile":["http://x/resource-source"]}}',
+         "Patient/p1"),
+        (b'{"resourceType":"Patient","id":"p1","gender":"male","meta":{"source":"http://lab"}}',
+         "http://lab|Patient/p1"),
+        (b'{"resourceType": "Patient", "id": "p1", "meta": {"source": "http://lab"}}',
+         "http://lab|Patient/p1"),
+        # HAPI: source system#request id; the request id changes with every update
+        (b'{"resourceType":"Patient","id":"p1","meta":{"source":"http://lab#Kq3vA9"}}',
+         "http://lab|Patient/p1"),
+        (b'{"resourceType":"Patient","id":"p1","meta":{"source":"#Kq3vA9"}}', "Patient/p1"),
+        # a source elsewhere is not the resource's meta.source
+        (b'{"resourceType":"Patient","id":"p1","contained":[{"resourceType":"Organization","id":'
+         b'"o","meta":{"source":"http://other"}}]}', "Patient/p1"),
+    ],
+)  # fmt: skip
+def test_ndjson_line_ids_read_meta_source_wherever_it_is(line: bytes, expected: str) -> None:
+    assert [raw.message_id for raw in fhir.split("bulk.ndjson", line + b"\n")] == [expected]
+
+
 def test_a_sourced_bundle_sent_again_changed_is_a_new_version_of_the_same_id() -> None:
     first = bundle(PATIENT, CREATININE, id="b1", meta={"source": "http://lab.example/fhir"})
     corrected = bundle(

@@ -344,7 +344,7 @@ def version_time(resource: dict[str, Any]) -> datetime | None:
         return None
     if not isinstance(meta, dict):
         raise EntryProblem("meta", "a JSON object", meta)
-    return _instant(meta, "lastUpdated", "meta")
+    return None if meta.get("lastUpdated") is None else _instant(meta, "lastUpdated", "meta")
 
 
 def _date(node: dict[str, Any], key: str, path: str) -> date | None:
