@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ import pytest
 
 from vigie.connectors.base import FeedError, ParseOutcome
 from vigie.connectors.fhir import connector as fhir
-from vigie.facts import AnyFact, Retraction
+from vigie.facts import AnyFact, LabResult, Retraction
+from vigie.ingest import IngestReport, ingest
+from vigie.store import FactStore
 
 CONVERTER = "hl7v2/microsoft_fhir_converter/expected_fhir"
 PATHS = pytest.mark.parametrize("validate", [True, False], ids=["validated", "fast"])
@@ -449,3 +452,107 @@ def test_both_paths_give_the_same_facts_and_times_on_the_converter_bundles(
             f.model_dump_json() for f in checked.facts
         ], path.name
         assert (fast.version_time, fast.retractions) == (checked.version_time, [])
+
+
+# End to end: through ingest into the store (SQLite and PostgreSQL) -------------------------
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[FactStore]:
+    with FactStore(store_url) as opened:
+        yield opened
+
+
+def send(store: FactStore, folder: Path, name: str, document: dict[str, Any]) -> IngestReport:
+    path = folder / name
+    path.write_bytes(orjson.dumps(document))
+    return ingest([path], store, fmt="fhir")
+
+
+def creatinine(store: FactStore) -> list[str | None]:
+    """The creatinine results the rules see, as the values written (mg/dL)."""
+    labs = [fact for fact in store.iter_facts(kinds=["lab"]) if isinstance(fact, LabResult)]
+    return [lab.original_value for lab in labs if lab.concept == "creatinine"]
+
+
+def updated(resource: dict[str, Any], at: str, **changes: Any) -> dict[str, Any]:
+    return {**resource, **changes, "meta": {"lastUpdated": at}}
+
+
+def test_the_28_converter_bundles_are_28_messages_in_the_store(
+    shared_data: Path, store: FactStore
+) -> None:
+    paths = converter_bundles(shared_data)
+    ingest([shared_data / CONVERTER], store, fmt="fhir")
+    assert sum(store.raw_counts().values()) == 28
+    assert "superseded" not in store.raw_counts()
+    for path in paths:  # none replaced: each file is the one version of its own message
+        (version,) = store.raw_versions("fhir", sha256_id(path.read_bytes()))
+        assert version.content == path.read_bytes()
+
+
+def test_an_observation_then_its_entered_in_error_version(store: FactStore, tmp_path: Path) -> None:
+    """Two Bundles without identity (two messages): only the retraction can withdraw the lab."""
+    send(store, tmp_path, "b1.json", bundle(PATIENT, CREATININE))
+    assert creatinine(store) == ["1.2"]
+    withdrawn = updated(entered_in_error(CREATININE), "2024-01-03T09:00:00Z")
+    report = send(store, tmp_path, "b2.json", bundle(PATIENT, withdrawn))
+    assert report.total_retractions() == {"lab": 1}
+    assert creatinine(store) == []
+    assert [fact.kind for fact in store.iter_facts()] == ["patient"]
+
+
+def test_a_resource_withdrawn_then_its_older_version_arriving_late(
+    store: FactStore, tmp_path: Path
+) -> None:
+    """Observation/o1 as single-resource files: versions of one message, ordered by
+    meta.lastUpdated; the original arriving after its withdrawal does not bring it back."""
+    original = updated(CREATININE, "2024-01-02T09:00:00+01:00")
+    withdrawn = updated(entered_in_error(CREATININE), "2024-01-03T09:00:00+01:00")
+    send(store, tmp_path, "withdrawn.json", withdrawn)
+    send(store, tmp_path, "original.json", original)
+    assert creatinine(store) == []
+    versions = store.raw_versions("fhir", "Observation/o1")
+    assert [v.status for v in versions] == ["loaded", "superseded"]
+    assert [v.version_time for v in versions] == [datetime(2024, 1, 3, 8), datetime(2024, 1, 2, 8)]
+
+
+@pytest.mark.parametrize("as_bundles", [False, True], ids=["resource-versions", "two-bundles"])
+def test_an_older_last_updated_arriving_after_a_newer_leaves_the_newer(
+    store: FactStore, tmp_path: Path, as_bundles: bool
+) -> None:
+    newer = updated(
+        CREATININE, "2024-01-02T12:00:00Z", valueQuantity={"value": 1.4, "unit": "mg/dL"}
+    )
+    older = updated(CREATININE, "2024-01-02T10:00:00Z")
+    if as_bundles:  # two messages giving one fact: the fact's version time decides
+        send(store, tmp_path, "newer.json", bundle(PATIENT, newer))
+        send(store, tmp_path, "older.json", bundle(PATIENT, older))
+    else:  # two versions of one message (Observation/o1): the message's version time decides
+        send(store, tmp_path, "newer.json", newer)
+        send(store, tmp_path, "older.json", older)
+    assert creatinine(store) == ["1.4"]
+    (lab,) = store.iter_facts(kinds=["lab"])
+    assert lab.source.version_time == datetime(2024, 1, 2, 12, 0)
+
+
+def test_a_sourced_bundle_corrected_is_a_new_version_that_replaces_the_first(
+    store: FactStore, tmp_path: Path
+) -> None:
+    sender = {"source": "http://lab.example/fhir"}
+    potassium = {**CREATININE, "id": "o2", "code": {"coding": [{"system": "http://loinc.org",
+                                                                "code": "2823-3"}]},
+                 "valueQuantity": {"value": 5.9, "unit": "mmol/L"}}  # fmt: skip
+    first = bundle(PATIENT, CREATININE, potassium, id="b1", meta=sender,
+                   timestamp="2024-01-02T09:00:00+01:00")  # fmt: skip
+    corrected = bundle(PATIENT, updated(CREATININE, "2024-01-02T10:00:00+01:00",
+                                        valueQuantity={"value": 1.4, "unit": "mg/dL"}),
+                       id="b1", meta=sender, timestamp="2024-01-02T10:00:00+01:00")  # fmt: skip
+    send(store, tmp_path, "b1.json", first)
+    report = send(store, tmp_path, "b1-corrected.json", corrected)
+    assert report.total_corrections() == 1
+    labs = sorted((f.fact_id, f.original_value) for f in store.iter_facts(kinds=["lab"]))
+    assert labs == [("fhir:Observation/o1", "1.4")]  # the potassium only the first gave is gone
+    versions = store.raw_versions("fhir", "http://lab.example/fhir|Bundle/b1")
+    assert [v.status for v in versions] == ["superseded", "loaded"]
+    assert [v.content for v in versions] == [orjson.dumps(first), orjson.dumps(corrected)]
