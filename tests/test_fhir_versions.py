@@ -31,6 +31,8 @@ from vigie.ingest import IngestReport, ingest
 from vigie.store import FactStore
 
 CONVERTER = "hl7v2/microsoft_fhir_converter/expected_fhir"
+ADT_A01 = "hl7v2/microsoft_fhir_converter/expected_fhir/ADT_A01/ADT-A01-01-expected.json"
+ADT_A03 = "hl7v2/microsoft_fhir_converter/expected_fhir/ADT_A03/ADT-A03-01-expected.json"
 PATHS = pytest.mark.parametrize("validate", [True, False], ids=["validated", "fast"])
 
 
@@ -113,10 +115,7 @@ def test_a_message_bundle_is_scoped_by_its_message_header_source(shared_data: Pa
     """Two converter outputs of unrelated HL7 messages (an A01 and an A03) share Bundle.id and
     MessageHeader.source.endpoint: as the batch Bundles they are, two messages; sent as FHIR
     messages, the same message id from the same sender would be two versions of one message."""
-    a01, a03 = (
-        json.loads((shared_data / CONVERTER / name).read_bytes())
-        for name in ("ADT_A01/ADT-A01-01-expected.json", "ADT_A03/ADT-A03-01-expected.json")
-    )
+    a01, a03 = (json.loads((shared_data / name).read_bytes()) for name in (ADT_A01, ADT_A03))
     assert a01["type"] == a03["type"] == "batch" and a01["id"] == a03["id"]
     assert message_id(a01) != message_id(a03)
     header = a01["entry"][0]["resource"]
@@ -213,7 +212,7 @@ def test_converter_facts_carry_last_updated_else_the_bundle_timestamp(
 
 @PATHS
 def test_adt_a01_times_as_written(shared_data: Path, validate: bool) -> None:
-    path = shared_data / CONVERTER / "ADT_A01/ADT-A01-01-expected.json"
+    path = shared_data / ADT_A01
     outcome = parse_one(path.name, path.read_bytes(), validate)
     times = {fact.kind: fact.source.version_time for fact in outcome.facts}
     # Patient meta.lastUpdated 2005-01-10T04:05:14+05:30; Bundle.timestamp 1989-08-18T14:41+05:30
