@@ -466,7 +466,17 @@ class FactStore:
         return record
 
     def record_raws(self, session: Session, raws: Sequence[Any]) -> list[RawRecord]:
-        """``record_raw`` for a batch: one lookup and one insert for all of them.
+        """``record_raw`` for a batch: one lookup and one insert for all of them (see
+        ``_record_raws``)."""
+        records = self._record_raws(session, raws, wait=False)
+        assert records is not None
+        return records
+
+    def _record_raws(
+        self, session: Session, raws: Sequence[Any], wait: bool
+    ) -> list[RawRecord] | None:
+        """Record a batch of raw messages; ``None`` (nothing recorded) when ``wait`` and
+        another live run has kept one of them and not finished it (see ``keep_raws``).
 
         The (feed, message_id) keys must be distinct within the batch (the caller cuts batches
         where a key repeats, so that a repeat is compared with what the store already holds).
@@ -480,6 +490,8 @@ class FactStore:
             for raw, refused in zip(raws, refusals, strict=True)
         ]
         known = self._known_raws(session, keys)
+        if wait and self._kept_elsewhere(session, known):
+            return None
         records: list[RawRecord | None] = [None] * len(raws)
         inserts: list[tuple[int, dict[str, Any]]] = []
         for index, (raw, key) in enumerate(zip(raws, keys, strict=True)):
@@ -487,7 +499,7 @@ class FactStore:
             found = versions.get(raw.sha256)
             if found is None:  # new, or a new version of a known message
                 inserts.append((index, self._raw_row(raw, key[1])))
-            elif found[1] in DONE_STATUSES:
+            elif found[1] in DONE_STATUSES:  # (id, status, run)
                 records[index] = RawRecord(found[0], duplicate=True, replaced=False)
             else:  # a retry of what was never finished or was dead-lettered
                 self._retry_raw(session, found[0], raw)
@@ -524,12 +536,12 @@ class FactStore:
 
     def _known_raws(
         self, session: Session, keys: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], dict[str, tuple[int, str]]]:
-        """The versions already stored, by (feed, message_id): {sha256: (id, status)}."""
+    ) -> dict[tuple[str, str], dict[str, tuple[int, str, int | None]]]:
+        """The versions already stored, by (feed, message_id): {sha256: (id, status, run)}."""
         by_feed: dict[str, list[str]] = {}
         for feed, message_id in keys:
             by_feed.setdefault(feed, []).append(message_id)
-        known: dict[tuple[str, str], dict[str, tuple[int, str]]] = {}
+        known: dict[tuple[str, str], dict[str, tuple[int, str, int | None]]] = {}
         for feed, ids in by_feed.items():
             for start in range(0, len(ids), 500):
                 query = select(
@@ -537,13 +549,26 @@ class FactStore:
                     RawMessageRow.id,
                     RawMessageRow.sha256,
                     RawMessageRow.status,
+                    RawMessageRow.ingest_run,
                 ).where(
                     RawMessageRow.feed == feed,
                     RawMessageRow.message_id.in_(ids[start : start + 500]),
                 )
-                for message_id, raw_id, sha, status in session.execute(query).all():
-                    known.setdefault((feed, message_id), {})[sha] = (raw_id, status)
+                for message_id, raw_id, sha, status, run in session.execute(query).all():
+                    known.setdefault((feed, message_id), {})[sha] = (raw_id, status, run)
         return known
+
+    def _kept_elsewhere(
+        self, session: Session, known: dict[tuple[str, str], dict[str, tuple[int, str, int | None]]]
+    ) -> bool:
+        """Whether another live run has kept one of these messages and not finished it."""
+        owners = {
+            run
+            for versions in known.values()
+            for _, status, run in versions.values()
+            if status == "received" and run and run != self._run
+        }
+        return bool(owners and self._live_runs(session, owners))
 
     def _raw_row(self, raw: Any, message_id: str) -> dict[str, Any]:
         return {
@@ -583,8 +608,9 @@ class FactStore:
         deadline = time.monotonic() + _WAIT_FOR_RUN
         while True:
             with self._writing("keep the raw messages") as session:
-                if time.monotonic() > deadline or not self._kept_elsewhere(session, raws):
-                    records = self.record_raws(session, raws)  # owned by this run
+                wait = time.monotonic() <= deadline
+                records = self._record_raws(session, raws, wait)  # owned by this run
+                if records is not None:
                     session.commit()
                     return records
             time.sleep(_POLL)
@@ -823,27 +849,6 @@ class FactStore:
             if host == here and concurrency.process_alive(pid, started):
                 live.add(run)
         return live
-
-    def _kept_elsewhere(self, session: Session, raws: Sequence[Any]) -> bool:
-        """Whether another live run has kept one of these messages and not finished it."""
-        by_feed: dict[str, list[str]] = {}
-        for raw in raws:  # a message id the store cannot hold is refused at once, never kept
-            if _key_problem("message id", raw.message_id, _MESSAGE_ID_MAX) is None:
-                by_feed.setdefault(raw.feed, []).append(raw.message_id)
-        owners: set[int] = set()
-        for feed, ids in by_feed.items():
-            for start in range(0, len(ids), 500):
-                query = select(RawMessageRow.ingest_run).where(
-                    RawMessageRow.feed == feed,
-                    RawMessageRow.message_id.in_(ids[start : start + 500]),
-                    RawMessageRow.status == "received",
-                    RawMessageRow.ingest_run.is_not(None),
-                    RawMessageRow.ingest_run != self._run,
-                )
-                owners.update(
-                    owner for owner in session.execute(query.distinct()).scalars() if owner
-                )
-        return bool(owners and self._live_runs(session, owners))
 
     @staticmethod
     def _own(session: Session, run: int, raw_ids: Sequence[int]) -> None:
