@@ -102,6 +102,16 @@ def test_identifier_with_a_system_is_the_identity() -> None:
     assert message_id(without_system) == sha256_id(content)
 
 
+def test_an_identity_too_long_for_the_store_is_hashed_and_stays_stable() -> None:
+    """The store holds message ids up to 512 characters: a long identity keeps its meaning
+    (the same identifier, the same id) through its hash."""
+    identifier = {"system": "urn:ietf:rfc:3986", "value": "urn:x:" + "9" * 300}
+    identity = f"identifier|{identifier['system']}|{identifier['value']}"
+    expected = "identity-sha256:" + hashlib.sha256(identity.encode()).hexdigest()
+    assert message_id(bundle(PATIENT, identifier=identifier)) == expected
+    assert message_id(bundle(CREATININE, identifier=identifier)) == expected
+
+
 def test_sender_scopes_the_bundle_id() -> None:
     document = bundle(PATIENT, id="b1", meta={"source": "http://lab.example/fhir"})
     assert message_id(document) == "http://lab.example/fhir|Bundle/b1"
