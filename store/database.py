@@ -108,6 +108,9 @@ DONE_STATUSES = frozenset({"loaded", "ignored", "superseded"})
 # read at all, ``rejected``, never supersedes one that could).
 _APPLIED = ("loaded", "partial", "ignored")
 SCHEMA_VERSION = 2
+# Raw messages with one outcome are updated by one statement from this many on (see
+# ``record_outcomes``).
+_GROUPED_UPDATE = 20
 
 # How long a keep waits for another live ingest to finish a message it kept, then takes it over
 # (a process that hangs must not stop the others), and how often it looks again.
@@ -878,15 +881,30 @@ class FactStore:
     def record_outcomes(
         self, session: Session, outcomes: Sequence[tuple[int, str, int, datetime | None]]
     ) -> None:
-        """Status, fact count and version time of raw messages: (raw id, status, facts, time)."""
-        if outcomes:
-            session.execute(
-                update(RawMessageRow),
-                [
-                    {"id": i, "status": status, "fact_count": n, "version_time": version}
-                    for i, status, n, version in outcomes
-                ],
-            )
+        """Status, fact count and version time of raw messages: (raw id, status, facts, time).
+
+        Messages sharing all three (NDJSON lines of one fact each, without a time) are updated
+        by one statement per group; the others one row each, in one executemany.
+        """
+        groups: dict[tuple[str, int, datetime | None], list[int]] = {}
+        for raw_id, status, count, version in outcomes:
+            groups.setdefault((status, count, version), []).append(raw_id)
+        single: list[dict[str, Any]] = []
+        for (status, count, version), ids in groups.items():
+            if len(ids) < _GROUPED_UPDATE:
+                single += [
+                    {"id": i, "status": status, "fact_count": count, "version_time": version}
+                    for i in ids
+                ]
+                continue
+            values = {"status": status, "fact_count": count, "version_time": version}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                session.execute(
+                    update(RawMessageRow).where(RawMessageRow.id.in_(chunk)).values(values)
+                )
+        if single:
+            session.execute(update(RawMessageRow), single)
 
     def _forget_outcome(self, session: Session, raw_id: int) -> None:
         session.execute(delete(FactRow).where(FactRow.raw_message_id == raw_id))

@@ -1,5 +1,6 @@
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -196,3 +197,29 @@ def test_recovery_claims_unfinished_messages_within_a_byte_bound(store_url: str)
         assert len(second.claim_unfinished(limit=3, max_bytes=None)) == 3
     with FactStore(store_url) as third:  # one message over the bound is still taken, alone
         assert len(third.claim_unfinished(limit=500, max_bytes=10)) == 1
+
+
+def test_many_messages_with_one_outcome_all_get_it(store: FactStore) -> None:
+    """Statuses of a batch where most messages share theirs (written by group) and a few
+    differ (written one by one): each message gets its own."""
+    records = store.keep_raws([_raw(f"N{n}", f"MSH|{n}".encode()) for n in range(45)])
+    at = T0 + timedelta(days=1)
+    outcomes = [
+        MessageOutcome(
+            r.id,
+            "a.hl7",
+            f"N{n}",
+            None,
+            "loaded",
+            [_version(5.0, at, f"k{n}")],
+            version_time=at if n < 40 else None,
+        )
+        for n, r in enumerate(records)
+    ]
+    outcomes[3] = replace(outcomes[3], status="partial", errors=[("bad OBX", "OBX[2]-5", False)])
+    store.save_outcomes(outcomes)
+    statuses = {n: store.raw_versions("hl7v2", f"N{n}")[0] for n in range(45)}
+    assert [n for n, v in statuses.items() if v.status != "loaded"] == [3]
+    assert {statuses[n].version_time for n in range(40)} == {at}
+    assert {statuses[n].version_time for n in range(40, 45)} == {None}
+    assert store.raw_counts() == {"loaded": 44, "partial": 1}
