@@ -28,7 +28,7 @@ from vigie.connectors.registry import FORMATS
 from vigie.engine.factset import FactSet
 from vigie.engine.quality import QualityTally, quality_report, render_text
 from vigie.errors import ConfigurationError, VigieError
-from vigie.ingest import IngestReport, ingest, read_feed
+from vigie.ingest import FileReport, IngestReport, ingest, read_feed
 from vigie.store import FactStore, StoreError
 
 if TYPE_CHECKING:
@@ -232,8 +232,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 def _cmd_quality(args: argparse.Namespace) -> int:
     _configure_mapping(args)
     tally = QualityTally()
+    files: list[FileReport] = []
     if args.input:  # message by message: the feed's facts are never all in memory
-        for parsed in read_feed(args.input, args.format):
+        for parsed in read_feed(args.input, args.format, files):
             tally.messages[parsed.status] += 1
             if parsed.fatal is not None:
                 tally.add_errors([parsed.fatal], fatal=True)
@@ -245,12 +246,24 @@ def _cmd_quality(args: argparse.Namespace) -> int:
             tally.add_facts(store.iter_facts())
             tally.messages.update(store.raw_counts())
             tally.add_errors([d.error for d in store.dead_letters()])
+    # a file no connector recognises, or that cannot be read, is a fatal error of the report
+    unread = [f.rejected or f.unreadable for f in files if f.rejected or f.unreadable]
+    tally.add_errors(unread, fatal=True)
     report = tally.report()
     if args.json:
         print(json.dumps(report.as_dict(), default=str, ensure_ascii=False, indent=2))
     else:
         print(render_text(report))
-    return ExitCode.OK
+        if files:
+            skipped = [f.skipped for f in files if f.skipped]
+            read = len(files) - len(unread) - len(skipped)
+            print(
+                f"Files: {read:,} read, {len(unread):,} rejected or unreadable, "
+                f"{len(skipped):,} skipped (not feeds)"
+            )
+            for line in [*unread, *skipped]:
+                print(f"  {line}")
+    return ExitCode.PROBLEMS if unread else ExitCode.OK
 
 
 def _generate(args: argparse.Namespace, out: Path) -> GenerationSummary:

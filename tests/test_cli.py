@@ -84,6 +84,21 @@ def test_quality_json_on_files(shared_data: Path, capsys) -> None:
     assert {"unmapped_codes", "unknown_units", "implausible_values"} <= set(report)
 
 
+def test_quality_on_files_names_a_file_it_cannot_read(
+    shared_data: Path, tmp_path: Path, capsys
+) -> None:
+    """As ingest does, the quality report never skips an unrecognised file silently."""
+    junk = tmp_path / "notes.txt"
+    junk.write_text("hello\n")
+    feed = shared_data / "fhir" / "synthea-r4"
+    assert main(["quality", "--input", str(junk), str(feed)]) == 1
+    out = capsys.readouterr().out
+    assert f"{junk}: line 1: expected a feed" in out
+    assert "1 rejected or unreadable" in out
+    assert main(["quality", "--json", "--input", str(junk)]) == 1
+    assert any(str(junk) in error for error in json.loads(capsys.readouterr().out)["errors"])
+
+
 def test_commands_of_later_issues_say_so(capsys) -> None:
     assert main(["batch", "--as-of", "2024-01-01", "--out", "x.json"]) == 2
     assert "not available yet" in capsys.readouterr().err
