@@ -356,6 +356,18 @@ def _later(one: datetime | None, other: datetime | None) -> bool:
     return one is not None and other is not None and one > other
 
 
+def _latest(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One fact row per (kind, fact_id): the later version, the later in the batch when their
+    times tie or are unknown (as if stored one by one); sorted by key, so that writers take the
+    rows' locks in one order."""
+    unique: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["kind"], row["fact_id"])
+        if key not in unique or not _later(unique[key]["version_time"], row["version_time"]):
+            unique[key] = row
+    return [unique[key] for key in sorted(unique)]
+
+
 def _within(ids: list[int], sizes: dict[int, int], max_bytes: int | None) -> list[int]:
     """The first ``ids`` whose sizes add up to at most ``max_bytes`` (at least one)."""
     if max_bytes is None:
@@ -956,21 +968,19 @@ class FactStore:
         if not rows:
             return
         merged = self._merge_patients(session, [fact for fact, _ in rows])
-        unique: dict[tuple[str, str], dict[str, Any]] = {}
-        for fact, (_, raw_id) in zip(merged, rows, strict=True):
-            key, version = (fact.kind, fact.fact_id), fact.source.version_time
-            if key in unique and _later(unique[key]["version_time"], version):
-                continue
-            unique[key] = {
+        values = (
+            {
                 "kind": fact.kind,
                 "fact_id": fact.fact_id,
                 "patient_id": fact.patient_id,
                 "raw_message_id": raw_id,
                 "payload": fact.model_dump(mode="json"),
-                "version_time": version,
+                "version_time": fact.source.version_time,
                 "retracted": False,
             }
-        session.execute(self._upsert(("payload",)), [unique[key] for key in sorted(unique)])
+            for fact, (_, raw_id) in zip(merged, rows, strict=True)
+        )
+        session.execute(self._upsert(("payload",)), _latest(values))
 
     def retract(self, session: Session, rows: Sequence[tuple[Retraction, int | None]]) -> None:
         """Mark facts retracted by their sender (each with the raw message that withdrew it),
@@ -978,21 +988,19 @@ class FactStore:
         an older version arriving later stays withdrawn."""
         if not rows:
             return
-        unique: dict[tuple[str, str], dict[str, Any]] = {}
-        for retraction, raw_id in rows:
-            key, version = (retraction.kind, retraction.fact_id), retraction.source.version_time
-            if key in unique and _later(unique[key]["version_time"], version):
-                continue
-            unique[key] = {
+        values = (
+            {
                 "kind": retraction.kind,
                 "fact_id": retraction.fact_id,
                 "patient_id": retraction.patient_id,
                 "raw_message_id": raw_id,
                 "payload": {"retracted_by": retraction.source.model_dump(mode="json")},
-                "version_time": version,
+                "version_time": retraction.source.version_time,
                 "retracted": True,
             }
-        session.execute(self._upsert(()), list(unique.values()))
+            for retraction, raw_id in rows
+        )
+        session.execute(self._upsert(()), _latest(values))
 
     def _merge_patients(self, session: Session, facts: Sequence[Fact]) -> list[Fact]:
         """Complete sparse patient records with what the store already knows (see Patient)."""
