@@ -86,6 +86,15 @@ def _add_rules(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     check.add_argument("--show-ir", action="store_true", help="print the compiled IR (JSON)")
     test = actions.add_parser("test", help="run rule test cases against packs")
     test.add_argument("paths", nargs="+", type=Path, metavar="PACK_OR_TESTS")
+    mutate = actions.add_parser(
+        "mutate",
+        help="double and halve each threshold and window of a pack in turn; report the "
+        "changes no rule test case notices",
+    )
+    mutate.add_argument("pack", type=Path, metavar="PACK")
+    mutate.add_argument(
+        "--only", nargs="+", default=[], metavar="RULE", help="rules (or defines) to mutate"
+    )
     ansm = actions.add_parser("import-ansm", help="generate the ANSM interaction pack")
     ansm.add_argument(
         "--thesaurus",
@@ -108,6 +117,10 @@ def _cmd_rules(args: argparse.Namespace) -> int:
         from vigie.rules.packs.ansm import import_command
 
         return import_command(args.thesaurus, args.out, args.report)
+    if args.rules_command == "mutate":
+        from vigie.rules.testing.mutate import mutate_command
+
+        return mutate_command(args.pack, args.only)
     from vigie.rules.testing.runner import test_command
 
     return test_command(args.paths)

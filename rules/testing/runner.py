@@ -73,6 +73,10 @@ class PackCache:
     def __init__(self) -> None:
         self._packs: dict[Path, rules.CompiledPack] = {}
 
+    def preload(self, path: Path, compiled: rules.CompiledPack) -> None:
+        """Use ``compiled`` wherever a case names ``path`` (a mutant of that pack, say)."""
+        self._packs[path.resolve()] = compiled
+
     def get(self, path: Path) -> rules.CompiledPack:
         key = path.resolve()
         if key not in self._packs:
