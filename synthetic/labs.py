@@ -85,8 +85,8 @@ EMISSIONS: dict[str, tuple[Emission, ...]] = {
     "ck": (Emission("2157-6", "Créatine kinase", "U/L", 1.0, 0),),
     "alt": (Emission("1742-6", "ALAT", "U/L", 1.0, 0),),
     "digoxin": (Emission("10535-3", "Digoxinémie", "ug/L", 1.0, 2),),
-    "gentamicin": (Emission("3665-3", "Gentamicinémie", "mg/L", 1.0, 1),),
-    "amikacin": (Emission("3319-6", "Amikacinémie", "mg/L", 1.0, 1),),
+    "gentamicin": (Emission("3665-7", "Gentamicinémie", "mg/L", 1.0, 1),),
+    "amikacin": (Emission("3319-1", "Amikacinémie", "mg/L", 1.0, 1),),
     "vancomycin": (Emission("4092-3", "Vancocinémie", "mg/L", 1.0, 1),),
 }
 
