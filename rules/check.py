@@ -29,8 +29,9 @@ from vigie.rules.check_expressions import (
 from vigie.rules.concepts import Catalogue, default_catalogue
 from vigie.rules.diagnostics import Diagnostic, close_matches, error, sort_diagnostics, warning
 from vigie.rules.parser import placeholder_is_well_formed
+from vigie.rules.plausibility import atc_close_codes, atc_plausible
 from vigie.rules.types import DERIVED, ERROR, LAB_ATTRIBUTES, ORDER_ATTRIBUTES, Kind, Type, quantity
-from vigie.rules.units import unit_factor, unit_info
+from vigie.rules.units import unit_factor, unit_hint, unit_info
 
 __all__ = [
     "INTERVENTION_CODES",
@@ -269,15 +270,30 @@ class _PackChecker:
         codes: list[str] = []
         for item in body.excepts:
             if isinstance(item, n.Code):
-                codes.extend(self._codes(item, body.system))
+                codes.extend(self._codes(item, body.system, excluded=True))
             else:
                 self._error("R030", "list codes after `except`, not a set", item)
         return codes
 
-    def _codes(self, code: n.Code, system: str) -> list[str]:
-        """The codes a code item stands for (a range expanded), each checked for shape."""
+    def _codes(self, code: n.Code, system: str, *, excluded: bool = False) -> list[str]:
+        """The codes a code item stands for (a range expanded), each checked for shape; an ATC
+        code no product is known by is reported, unless ``excluded`` (after `except`: leaving
+        out a code that matches nothing is harmless)."""
         texts = [code.text] if code.last is None else self._expand(code)
-        return [text for text in texts if self._code_shape_ok(text, system, code)]
+        codes = [text for text in texts if self._code_shape_ok(text, system, code)]
+        if system == "atc" and codes and not excluded and not any(map(atc_plausible, codes)):
+            self._unknown_atc(code, codes)
+        return codes
+
+    def _unknown_atc(self, code: n.Code, codes: list[str]) -> None:
+        """R060 (warning): no known code nor a plausible neighbour of one (nor, for a range,
+        any code of it)."""
+        text = code.text if code.last is None else f"{code.text}..{code.last}"
+        what = "ATC code" if code.last is None else "ATC range"
+        message = f"{what} {text} matches no known product"
+        close = atc_close_codes(codes[0])
+        hint = f"known codes nearby: {', '.join(close)}" if close else None
+        self.diagnostics.append(warning("R060", message, code.span, hint))
 
     def _expand(self, code: n.Code) -> list[str]:
         first, last = code.text, code.last or code.text
@@ -395,7 +411,8 @@ class _PackChecker:
         else:
             info = unit_info(default.unit, self.catalogue)
             if info is None:
-                self._error("R032", f"unknown unit '{default.unit}'", default)
+                hint = unit_hint(default.unit, self.catalogue)
+                self._error("R032", f"unknown unit '{default.unit}'", default, hint)
                 return ParamInfo(decl, ERROR, 0.0, 0.0, 0.0)
             param_type = quantity(info.dimension, info.symbol)
         low = self._bound(decl.low, param_type)
@@ -418,7 +435,8 @@ class _PackChecker:
             return number
         info = unit_info(bound.unit, self.catalogue)
         if info is None:
-            self._error("R032", f"unknown unit '{bound.unit}'", bound)
+            hint = unit_hint(bound.unit, self.catalogue)
+            self._error("R032", f"unknown unit '{bound.unit}'", bound, hint)
             return None
         factor = unit_factor(info.symbol, param_type.unit, self.catalogue)
         if factor is None:

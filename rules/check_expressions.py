@@ -18,7 +18,8 @@ from typing import Literal
 
 from vigie.rules import nodes as n
 from vigie.rules.concepts import Catalogue
-from vigie.rules.diagnostics import Diagnostic, close_matches, error
+from vigie.rules.diagnostics import Diagnostic, close_matches, error, warning
+from vigie.rules.plausibility import threshold_slip
 from vigie.rules.types import (
     BARE_NUMBER_CONCEPTS,
     BOOL,
@@ -37,7 +38,7 @@ from vigie.rules.types import (
     lab_type,
     quantity,
 )
-from vigie.rules.units import BASE_UNITS, concept_factor, known_units, unit_factor, unit_info
+from vigie.rules.units import BASE_UNITS, concept_factor, unit_factor, unit_hint, unit_info
 
 __all__ = [
     "Annotations",
@@ -188,8 +189,7 @@ class ExpressionChecker:
             # A unit only the per-concept table knows (mEq/L): usable against that concept.
             self.notes.literals[id(node)] = (number, spelling)
             return quantity(None, spelling)
-        units = {u: u for u in known_units()}
-        hint = self._hint(node.unit, units)
+        hint = unit_hint(node.unit, self.catalogue)
         return self._error("R032", f"unknown unit '{node.unit}'", node, hint)
 
     def _Text(self, node: n.Text, scope: Scope) -> Type:
@@ -456,7 +456,7 @@ class ExpressionChecker:
         if left.bare and right.bare:
             return NUMBER
         if left.bare or right.bare:
-            return self._unify_bare(left_node, left, right_node, right)
+            return self._unify_bare(left_node, left, right_node, right, verb)
         if self._is_duration(left) and self._is_duration(right):
             self._to_seconds(left_node, left)
             self._to_seconds(right_node, right)
@@ -470,7 +470,24 @@ class ExpressionChecker:
                 message = f"cannot {verb} {self._show(left_node, left)} with {target_text}"
             return self._error("R031", message, source_node, self._unit_hint(target))
         self.convert(source_node, factor, target.unit or "1")
+        if verb == "compare" and target.concept and not isinstance(target_node, n.Arith):
+            self._plausible_threshold(source_node, target.concept)
         return quantity(target.dimension, target.unit, target.concept)
+
+    def _plausible_threshold(self, node: n.Expr, concept: str) -> None:
+        """R036: a threshold written (or a parameter's default) outside the lab's plausible
+        range; not after arithmetic (a rise of creatinine is no creatinine level)."""
+        if isinstance(node, n.Quantity):
+            written = self.notes.types.get(id(node))  # `1 .. 2 mmol/L`: the low bound's unit
+            number, unit = float(node.number), node.unit or (written and written.unit) or ""
+        elif isinstance(node, n.Name) and node.name in self.symbols.params:
+            default = self.symbols.params[node.name].decl.default
+            number, unit = float(default.number), default.unit or ""
+        else:
+            return
+        slip = threshold_slip(self.catalogue, concept, number, unit)
+        if slip is not None:
+            self.report(warning("R036", slip.message(), node.span, slip.hint()))
 
     def _target(
         self, left_node: n.Expr, left: Type, right_node: n.Expr, right: Type
@@ -495,11 +512,16 @@ class ExpressionChecker:
             return 1.0
         return unit_factor(source.unit, target.unit, self.catalogue)
 
-    def _unify_bare(self, left_node: n.Expr, left: Type, right_node: n.Expr, right: Type) -> Type:
+    def _unify_bare(
+        self, left_node: n.Expr, left: Type, right_node: n.Expr, right: Type, verb: str
+    ) -> Type:
         bare_node, other = (left_node, right) if left.bare else (right_node, left)
         if other.dimension == "ratio" or other.concept in BARE_NUMBER_CONCEPTS:
             if isinstance(bare_node, n.Quantity):
                 self.notes.literals[id(bare_node)] = (float(bare_node.number), other.unit or "1")
+            other_node = right_node if left.bare else left_node
+            if other.concept and verb == "compare" and not isinstance(other_node, n.Arith):
+                self._plausible_threshold(bare_node, other.concept)
             return quantity(other.dimension, other.unit, other.concept)
         example = f"`{bare_node.number} {other.unit}`" if isinstance(bare_node, n.Quantity) else ""
         hint = f"write {example}" if example else f"give it a unit ({other.unit})"

@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from vigie.rules.concepts import Catalogue
@@ -29,7 +30,9 @@ __all__ = [
     "canonical_spelling",
     "concept_factor",
     "known_units",
+    "suggest_unit",
     "unit_factor",
+    "unit_hint",
     "unit_info",
 ]
 
@@ -65,6 +68,53 @@ def unit_info(unit: str, catalogue: Catalogue | None = None) -> UnitInfo | None:
 
 def known_units() -> list[str]:
     return sorted(_TABLE)
+
+
+def suggest_unit(word: str, catalogue: Catalogue | None = None) -> str | None:
+    """The unit a misspelt one most likely stands for, from the unit tables: a spelling or a
+    symbol written in another case (``MMOL/L``), without its plural or as an abbreviation of a
+    spelling (``hrs``, ``hr`` → ``h`` through ``hours``), else the nearest symbol.
+
+    >>> suggest_unit("hrs"), suggest_unit("Mmol/l"), suggest_unit("mmol")
+    ('h', 'mmol/L', 'mmol/L')
+    """
+    spellings: dict[str, str] = {symbol: symbol for symbol in _TABLE}
+    spellings.update(
+        {s: t for s, t in _TABLES.spellings.items() if canonical_spelling(t) in _TABLE}
+    )
+    if catalogue is not None:
+        spellings.update({s: catalogue.spelling(t) for s, t in catalogue.aliases.items()})
+    folded = {s.lower(): t for s, t in sorted(spellings.items())}
+    text = word.strip().lower()
+    for guess in (text, text.removesuffix("s"), text.removesuffix("es")):
+        if guess in folded:
+            return folded[guess]
+    short = text.removesuffix("s")
+    if len(short) >= 2 and short.isalpha():  # an abbreviation: hr → hour, wk → week, mo → month
+        words = [s for s in folded if s.isalpha() and len(s) > len(short) and s[0] == short[0]]
+        abbreviated = sorted((len(s), s) for s in words if _subsequence(short, s))
+        if abbreviated:
+            return folded[abbreviated[0][1]]
+    same_start = [s for s in folded if s[:1] == text[:1]]  # a slip rarely hits the first letter
+    found = difflib.get_close_matches(text, same_start, n=1, cutoff=0.75)
+    if not found and text.isalpha():  # a concentration without its volume: mmol → mmol/L
+        found = sorted(s for s in folded if s.startswith(text + "/"))[:1]
+    return folded[found[0]] if found else None
+
+
+def unit_hint(word: str, catalogue: Catalogue | None = None) -> str:
+    """The hint of an unknown unit (R032): the unit meant, or the units there are."""
+    found = suggest_unit(word, catalogue)
+    if found is not None:
+        return f"did you mean '{found}'?"
+    if word.lower().removesuffix("s") in ("min", "minute", "sec", "second"):
+        return "durations are in ms, s, h, d, w, months or years (30 min = 0.5 h)"
+    return "units are those of terminology/units.csv and unit_spellings.csv (mmol/L, mg/dL, h...)"
+
+
+def _subsequence(short: str, long: str) -> bool:
+    letters = iter(long)
+    return all(ch in letters for ch in short)
 
 
 def unit_factor(source: str, target: str, catalogue: Catalogue | None = None) -> float | None:

@@ -75,7 +75,7 @@ EXPECTED = [
     ("R030", 10, 23, "set 'ulcers' holds icd10 codes, not atc", None),
     ("R055", 12, 15, "default 5.5 mmol/L is outside 5 .. 5.2", ""),
     ("R056", 13, 34, "bound in mmol/L but the default is in h", ""),
-    ("R032", 14, 18, "unknown unit 'mL/mn'", None),
+    ("R032", 14, 18, "unknown unit 'mL/mn'", "did you mean 'mL/min'?"),
     ("R016", 15, 7, "parameter 'k_max' is already declared on line 12", None),
     ("R015", 16, 7, "parameter 'age' hides the derived value 'age'", None),
     ("R017", 18, 8, "definition 'circular' refers to itself", None),
@@ -141,6 +141,7 @@ def test_the_mistakes_pack_produces_no_ir_and_all_its_errors_at_once(
 
 def test_every_code_is_covered_by_some_test(mistakes: list[Diagnostic]) -> None:
     covered = {d.code for d in mistakes} | {"R000", "R002", "R003"}  # tested below
+    covered |= {"R036", "R060"}  # warnings: tests/test_rules_warnings.py
     assert covered == set(CODES)
 
 
