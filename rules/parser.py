@@ -33,7 +33,7 @@ from lark.lexer import PatternStr
 from lark.tree import Meta
 
 from vigie.rules import nodes as n
-from vigie.rules.diagnostics import Diagnostic, error, source_lines
+from vigie.rules.diagnostics import Diagnostic, close_matches, error, source_lines
 from vigie.rules.errors import RuleSyntaxError
 
 __all__ = [
@@ -171,6 +171,18 @@ def _terminal_text(name: str) -> str:
     return name
 
 
+# Keywords named first when expected: a rule's missing `when` or `say` is the likeliest mistake.
+_FIRST_KEYWORDS = ("when", "say", "problem", "intervention", "severity", "level", "version",
+                   "reference", "escalate", "rule", "set", "param", "define", "pack")  # fmt: skip
+# Keywords that start a line: a misspelt one (`sya "..."`, `whne`) is named in the hint.
+_LINE_KEYWORDS = frozenset(_FIRST_KEYWORDS)
+
+
+def _word_order(text: str) -> tuple[int, bool, str]:
+    first = _FIRST_KEYWORDS.index(text) if text in _FIRST_KEYWORDS else len(_FIRST_KEYWORDS)
+    return first, text not in _TERMINAL_WORDS, text
+
+
 def expected_words(expected: Iterable[str]) -> str:
     """Lark's terminal names as words: ``a unit``, ``a number``, ```when```..."""
     texts = {_terminal_text(name) for name in expected if not name.startswith("_CONT")}
@@ -182,7 +194,7 @@ def expected_words(expected: Iterable[str]) -> str:
         texts -= _OPERATORS
         words.append("an operator")
     tail = [t for t in ("_NL", "$END") if t in texts]
-    for text in sorted(texts - {"_NL", "$END"}, key=lambda t: (t not in _TERMINAL_WORDS, t)):
+    for text in sorted(texts - {"_NL", "$END"}, key=_word_order):
         words.append(_TERMINAL_WORDS.get(text, f"`{text}`"))
     words.extend(_TERMINAL_WORDS[t] for t in tail)
     if len(words) > 8:
@@ -214,8 +226,55 @@ def _unexpected_token(exc: UnexpectedToken, text: str, file: str) -> Diagnostic:
         span = n.Span(file, span.line, span.column, span.line, span.column + 1)
         hint = _line_end_hint(accepts)
         return error("R001", f"unexpected end of line; expected {expected}", span, hint)
+    reserved = _reserved_word(token, accepts, text, file)
+    if reserved is not None:
+        return reserved
     what = _describe_token(token)
-    return error("R001", f"unexpected {what}; expected {expected}", span, _token_hint(token))
+    hint = _token_hint(token) or _misspelt_keyword(token, accepts, text)
+    accepted = {_terminal_text(name) for name in accepts}
+    if str(token) == "min" and "UNIT" in accepted:
+        hint = "there is no minute unit: durations are in ms, s, h, d, w (30 min = 0.5 h)"
+    elif hint is None and token.type == "NAME" and "when" in accepted:
+        hint = "a rule's statements follow `when`, on the line after it"
+    return error("R001", f"unexpected {what}; expected {expected}", span, hint)
+
+
+_BINDING_START = re.compile(r"[ \t]*([a-z_][a-z0-9_]*)[ \t]*=(?!=)")
+
+
+def _reserved_word(token: Token, accepts: Iterable[str], text: str, file: str) -> Diagnostic | None:
+    """A keyword where a name is expected (`set when = ...`), or bound (`latest = ...`)."""
+    word = str(token)
+    names_only = "NAME" in set(accepts) and "NUMBER" not in set(accepts)  # not an expression
+    if names_only and word in keywords() and token.type != "NAME":
+        span = _token_span(token, file)
+        return error("R001", f"`{word}` is a reserved word; expected a name", span, _rename(word))
+    line_text = source_lines(text)[(token.line or 1) - 1]
+    match = _BINDING_START.match(line_text)
+    if word == "=" and match and match.group(1) in keywords():
+        line, column = token.line or 1, match.start(1) + 1
+        span = n.Span(file, line, column, line, match.end(1) + 1)
+        message = f"`{match.group(1)}` is a reserved word; it cannot name a binding"
+        return error("R001", message, span, _rename(match.group(1)))
+    return None
+
+
+def _rename(word: str) -> str:
+    return f"a keyword cannot be a name: choose another, e.g. `{word}_value`"
+
+
+def _misspelt_keyword(token: Token, accepts: Iterable[str], text: str) -> str | None:
+    """`sya "..."`, `whne`: the line starts with a word close to a line keyword."""
+    line_text = source_lines(text)[(token.line or 1) - 1]
+    first = re.match(r"[ \t]*([A-Za-z_]+)", line_text)
+    if first is None or first.group(1) in keywords():
+        return None
+    expected = {_terminal_text(name) for name in accepts}
+    candidates = sorted(_LINE_KEYWORDS & expected) or sorted(_LINE_KEYWORDS)
+    word = first.group(1).lower()
+    found = [k for k in candidates if sorted(k) == sorted(word)]  # letters swapped: sya
+    found = found or close_matches(word, {k: k for k in candidates})
+    return f"did you mean `{found[0]}`?" if found else None
 
 
 def _unexpected_character(exc: UnexpectedCharacters, text: str, file: str) -> Diagnostic:

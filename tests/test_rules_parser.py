@@ -317,3 +317,59 @@ def test_mutated_default_pack_compiles_or_fails_located(data: st.DataObject) -> 
     ir, diagnostics = compile_pack(text, "mutant.rules")
     assert (ir is None) == any(d.is_error for d in diagnostics)
     assert_located(diagnostics, text)
+
+
+# Issue 8: the keyword expected first, reserved words, misspelt keywords --------------------------
+
+RULE_HEAD = 'rule t.r "T"\n  problem 7 intervention 2 severity major\n'
+
+
+def test_a_rule_without_when_names_when_first_then_say() -> None:
+    text = HEADER + RULE_HEAD + '    k = latest potassium within 48 h\n  say "x"\n'
+    (diagnostic,) = syntax_errors(text)
+    assert diagnostic.message.startswith("unexpected name 'k'; expected `when`, `say`, ")
+    assert diagnostic.hint == "a rule's statements follow `when`, on the line after it"
+
+
+@pytest.mark.parametrize(
+    ("line", "keyword"), [("  whne", "when"), ('  sya "x"', "say"), ("  severty major", "severity")]
+)
+def test_a_misspelt_clause_keyword_is_named(line: str, keyword: str) -> None:
+    body = "  when\n    age > 75 years\n" if keyword != "when" else ""
+    tail = '  say "x"\n' if keyword != "say" else ""
+    text = HEADER + RULE_HEAD + body + line + "\n" + ("    age > 75 years\n" if not body else "")
+    (diagnostic,) = syntax_errors(text + tail)
+    assert diagnostic.hint == f"did you mean `{keyword}`?"
+
+
+@pytest.mark.parametrize(
+    ("text", "word", "column"),
+    [
+        ("set when = atc C09\n", "when", 5),
+        ("param max = 5 mmol/L in 4 .. 6\n", "max", 7),
+        ("define latest = age > 75 years\n", "latest", 8),
+    ],
+)
+def test_a_keyword_declared_as_a_name_is_a_reserved_word(text: str, word: str, column: int) -> None:
+    (diagnostic,) = syntax_errors(HEADER + text)
+    assert diagnostic.message == f"`{word}` is a reserved word; expected a name"
+    assert diagnostic.span.column == column
+    assert diagnostic.hint == f"a keyword cannot be a name: choose another, e.g. `{word}_value`"
+
+
+@pytest.mark.parametrize("word", ["latest", "count", "no"])
+def test_a_keyword_bound_in_a_rule_is_a_reserved_word(word: str) -> None:
+    text = HEADER + RULE_HEAD + f'  when\n    {word} = latest potassium within 48 h\n  say "x"\n'
+    (diagnostic,) = syntax_errors(text)
+    assert diagnostic.message == f"`{word}` is a reserved word; it cannot name a binding"
+    assert (diagnostic.span.line, diagnostic.span.column) == (5, 5)
+    assert diagnostic.span.end_column == 5 + len(word)
+
+
+def test_minutes_are_not_a_unit() -> None:
+    text = HEADER + RULE_HEAD + '  when\n    k = latest potassium within 30 min\n  say "x"\n'
+    (diagnostic,) = syntax_errors(text)
+    assert (
+        diagnostic.hint
+        == "there is no minute unit: durations are in ms, s, h, d, w (30 min = 0.5 h)"
+    )
