@@ -234,14 +234,21 @@ def test_definitions_are_inlined_with_their_arguments(
     names = {node["name"] for node in iter_ir_nodes(rule["condition"]) if node["op"] == "var"}
     assert names == {"other"}
     sets = {node["set"] for node in iter_ir_nodes(rule["condition"]) if node["op"] == "in_set"}
-    assert sets == {"heparins", "lmwh", "enoxaparin", "unfractionated_heparin"}
+    assert sets == {"heparin_group", "fondaparinux", "lmwh", "enoxaparin", "unfractionated_heparin"}
 
 
 def test_nested_sets_are_flattened(default_ir: dict[str, Any]) -> None:
     teratogens = default_ir["sets"]["teratogens"]
     assert teratogens["system"] == "atc"
-    (term,) = teratogens["terms"]
-    assert {"B01AA", "C09A", "C09D", "L01BA01", "N03AG01"} <= set(term["include"])
+    terms = teratogens["terms"]
+    assert {"B01AA", "C09A", "C09D", "L01BA01", "N03AG01", "N05AX"} <= {
+        code for term in terms for code in term["include"]
+    }
+    # A nested set keeps its exclusions for its own codes only (valproate: N05AX alone).
+    (valproate,) = [term for term in terms if "N05AX" in term["include"]]
+    assert "N05AX08" in valproate["exclude"]
+    (plain,) = [term for term in terms if "B01AA" in term["include"]]
+    assert plain["exclude"] == []
     nsaid = default_ir["sets"]["nsaid"]["terms"]
     assert nsaid == [
         {"include": ["M01A"], "exclude": ["M01AX05", "M01AX21", "M01AX24", "M01AX25", "M01AX26"]}
