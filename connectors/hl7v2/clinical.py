@@ -481,9 +481,7 @@ def _retract_result(
     if _is_pregnancy_code(code):
         ctx.note(f"{obx.label}: withdrawn pregnancy status, not applied")
         return
-    time = message.dtm(obx, 14) or message.dtm(group.obr, 7)
-    if time is None and message_time_fallback:
-        time = message.dtm(message.msh, 7)
+    time = _observed_time(ctx, obx, group.obr, message_time_fallback)
     if time is None and not group.order:
         raise message.field_error(
             obx, 14, "the time of the result OBX-11 withdraws (OBX-14, OBR-7, or an order)"
@@ -523,12 +521,20 @@ def _observation_code(message: Hl7Message, obx: SegmentRef) -> Coding | None:
 def _result_time(
     ctx: Context, obx: SegmentRef, obr: SegmentRef | None, message_time_fallback: bool
 ) -> datetime:
+    moment = _observed_time(ctx, obx, obr, message_time_fallback)
+    if moment is None:
+        raise ctx.message.field_error(obx, 14, "an observation time (OBX-14, or OBR-7)")
+    return moment
+
+
+def _observed_time(
+    ctx: Context, obx: SegmentRef, obr: SegmentRef | None, message_time_fallback: bool
+) -> datetime | None:
+    """OBX-14, else OBR-7, else (when allowed) MSH-7; None when none is given."""
     message = ctx.message
     moment = message.dtm(obx, 14) or message.dtm(obr, 7)
     if moment is None and message_time_fallback:
         moment = message.dtm(message.msh, 7)
-    if moment is None:
-        raise message.field_error(obx, 14, "an observation time (OBX-14, or OBR-7)")
     return moment
 
 
