@@ -36,6 +36,7 @@ __all__ = [
     "Fact",
     "Flag",
     "FlagCode",
+    "Ingredient",
     "LabResult",
     "MedicationAdministration",
     "MedicationOrder",
@@ -114,6 +115,25 @@ class Flag(_Frozen):
     detail: str
 
 
+class Ingredient(_Frozen):
+    """One active substance of a product, with its strength when known.
+
+    The strength reads ``amount`` ``unit`` per ``per_amount`` ``per_unit``: paracetamol 500 mg
+    per 1 tablet, codeine 30 mg per 1 tablet, amoxicillin 250 mg per 5 mL. ``per_unit`` ``None``
+    means per one unit of the line's dose form. ``atc`` is the substance's own ATC code (N02BE01
+    for paracetamol), not the product's combination code (N02AJ06). ``source`` says where the
+    composition came from (``bdpm``, ``rxnorm-display``, ``fhir-ingredient``, ``site``...).
+    """
+
+    name: str
+    atc: str | None = None
+    amount: float | None = None
+    unit: str | None = None
+    per_amount: float = 1.0
+    per_unit: str | None = None
+    source: str | None = None
+
+
 class Sex(StrEnum):
     FEMALE = "F"
     MALE = "M"
@@ -166,6 +186,8 @@ class MedicationOrder(Fact):
     dose-form unit such as ``tablet`` when no strength is known); ``frequency_per_day`` the
     number of administrations per day (1/7 for weekly); ``daily_dose`` their product when both
     are known. ``as_needed`` lines (PRN) keep their maximum frequency when the order gives one.
+    ``ingredients`` lists the active substances of a combination product with their strengths
+    (empty for a single-substance product, whose substance is ``atc``, or when unknown).
     """
 
     kind: ClassVar[str] = "medication_order"
@@ -190,6 +212,15 @@ class MedicationOrder(Fact):
         "active", "on-hold", "completed", "stopped", "cancelled", "draft", "unknown"
     ] = "active"
     prescriber: str | None = None
+    ingredients: tuple[Ingredient, ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_empty_ingredients(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No ``ingredients`` key for a single-substance line: stored payloads stay as they were."""
+        data: dict[str, Any] = handler(self)
+        if not data.get("ingredients"):
+            data.pop("ingredients", None)
+        return data
 
 
 class MedicationAdministration(Fact):
