@@ -306,7 +306,7 @@ class ClosureBuilder:
                 line = x(ctx)
                 if line is None or line.atc is None:
                     return None
-                return name in sets.matching(system, line.atc)
+                return name in sets.matching(system, line.atc, line.route)
 
             return line_in_set
         return lambda ctx: _none_or(x(ctx), lambda v: name in sets.matching(system, v))

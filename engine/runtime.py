@@ -71,21 +71,28 @@ WindowFn = Callable[["Context"], WindowBounds | None]
 # Sets --------------------------------------------------------------------------------------------
 
 
+# A term's entry for one included code: set name, exclusions, routes (None: any route).
+_Entry = tuple[str, tuple[str, ...], frozenset[str] | None]
+
+
 class CodeSets:
     """Prefix membership for ``atc`` and ``icd10`` sets, equality for ``route`` sets.
 
-    A code is in a set when one of its terms includes a prefix of the code and excludes none.
-    ``matching(code)`` gives every set of the system containing the code, cached per code.
+    A code is in a set when one of its terms includes a prefix of the code and excludes none,
+    or lists the code itself as ``exact``. A term with ``routes`` leaves out a drug line whose
+    route is known and not one of them (a line without route, or a bare code, is kept).
+    ``matching(code, route)`` gives every set of the system containing the code, cached.
     """
 
     def __init__(self, sets: Mapping[str, Mapping[str, Any]]) -> None:
         self.system: dict[str, str] = {}
         self.routes: dict[str, frozenset[str]] = {}
-        self._prefixes: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
+        self._prefixes: dict[str, dict[str, list[_Entry]]] = {"atc": {}, "icd10": {}}
+        self._exact: dict[str, dict[str, list[_Entry]]] = {"atc": {}, "icd10": {}}
+        self._cache: dict[str, dict[tuple[str, str | None], frozenset[str]]] = {
             "atc": {},
             "icd10": {},
         }
-        self._cache: dict[str, dict[str, frozenset[str]]] = {"atc": {}, "icd10": {}}
         for name, spec in sets.items():
             system = spec["system"]
             self.system[name] = system
@@ -94,29 +101,41 @@ class CodeSets:
             elif system in self._prefixes:
                 for term in spec["terms"]:
                     excludes = tuple(term.get("exclude") or ())
+                    routes = term.get("routes")
+                    entry = (name, excludes, None if routes is None else frozenset(routes))
                     for prefix in term["include"]:
-                        self._prefixes[system].setdefault(prefix, []).append((name, excludes))
+                        self._prefixes[system].setdefault(prefix, []).append(entry)
+                    for code in term.get("exact") or ():
+                        self._exact[system].setdefault(code, []).append((name, (), entry[2]))
             else:
                 raise PackError(f"set {name}: unknown system {system!r}")
 
-    def matching(self, system: str, code: str) -> frozenset[str]:
+    def matching(self, system: str, code: str, route: str | None = None) -> frozenset[str]:
         cache = self._cache[system]
-        found = cache.get(code)
+        found = cache.get((code, route))
         if found is None:
-            found = cache[code] = self._match(system, code)
+            found = cache[(code, route)] = self._match(system, code, route)
         return found
 
-    def _match(self, system: str, code: str) -> frozenset[str]:
+    def _match(self, system: str, code: str, route: str | None) -> frozenset[str]:
         prefixes = self._prefixes[system]
         names: set[str] = set()
         for end in range(1, len(code) + 1):
-            for name, excludes in prefixes.get(code[:end], ()):
-                if not any(code.startswith(e) for e in excludes):
+            for name, excludes, routes in prefixes.get(code[:end], ()):
+                if not any(code.startswith(e) for e in excludes) and _route_ok(route, routes):
                     names.add(name)
+        for name, _, routes in self._exact[system].get(code, ()):
+            if _route_ok(route, routes):
+                names.add(name)
         return frozenset(names)
 
-    def atc(self, code: str | None) -> frozenset[str]:
-        return self.matching("atc", code) if code else frozenset()
+    def atc(self, code: str | None, route: str | None = None) -> frozenset[str]:
+        """The ATC sets holding a code (given by ``route``, when known)."""
+        return self.matching("atc", code, route) if code else frozenset()
+
+
+def _route_ok(route: str | None, routes: frozenset[str] | None) -> bool:
+    return routes is None or route is None or route in routes
 
 
 # Evaluation context ------------------------------------------------------------------------------
@@ -176,7 +195,7 @@ class Context:
             found = [
                 o
                 for o in self.active_lines()
-                if (set_name is None or set_name in atc(o.atc))
+                if (set_name is None or set_name in atc(o.atc, o.route))
                 and (routes is None or (o.route is not None and o.route in routes))
             ]
             self._lines[key] = found
@@ -186,7 +205,7 @@ class Context:
         names: set[str] = set()
         atc = self.sets.atc
         for line in self.active_lines():
-            names.update(atc(line.atc))
+            names.update(atc(line.atc, line.route))
         return names
 
     def note(self, evidence: Evidence) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 
 from vigie.rules import nodes as n
 from vigie.rules.check_expressions import (
@@ -29,7 +30,7 @@ from vigie.rules.check_expressions import (
 from vigie.rules.concepts import Catalogue, default_catalogue
 from vigie.rules.diagnostics import Diagnostic, close_matches, error, sort_diagnostics, warning
 from vigie.rules.parser import placeholder_is_well_formed
-from vigie.rules.plausibility import atc_close_codes, atc_plausible
+from vigie.rules.plausibility import atc_close_codes, atc_plausible, known_atc_codes
 from vigie.rules.types import DERIVED, ERROR, LAB_ATTRIBUTES, ORDER_ATTRIBUTES, Kind, Type, quantity
 from vigie.rules.units import unit_factor, unit_hint, unit_info
 
@@ -40,6 +41,7 @@ __all__ = [
     "CheckResult",
     "ResolvedSet",
     "RuleInfo",
+    "SetTerm",
     "check",
     "iter_nodes",
 ]
@@ -80,13 +82,25 @@ _VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
 _MAX_RANGE = 500
 
 
+class SetTerm(NamedTuple):
+    """Codes matched alike: ``include`` prefixes less the ``exclude`` prefixes, ``exact`` codes
+    (``exactly N05AX``) only when equal; ``routes``: a drug line with a known route outside
+    them is not matched (None: any route)."""
+
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    exact: tuple[str, ...] = ()
+    routes: tuple[str, ...] | None = None
+
+
 @dataclass(frozen=True)
 class ResolvedSet:
     """A set as the evaluator matches it: a code is in the set when some term includes a
-    prefix of it and excludes none (routes: equality instead of prefixes)."""
+    prefix of it and excludes none, or lists it as exact (routes: equality instead of
+    prefixes)."""
 
     system: str
-    terms: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]
+    terms: tuple[SetTerm, ...]
     span: n.Span
 
 
@@ -237,23 +251,37 @@ class _PackChecker:
 
     def _resolve_body(self, body: n.InlineSet) -> ResolvedSet:
         if body.system == "route":
-            routes = set[str]().union(*(self._route_item(item) for item in body.items))
-            return ResolvedSet("route", ((tuple(sorted(routes)), ()),), body.span)
+            names = set[str]().union(*(self._route_item(item) for item in body.items))
+            return ResolvedSet("route", (SetTerm(tuple(sorted(names)), ()),), body.span)
         excepts = tuple(sorted(set(self._except_codes(body))))
+        routes = self._set_routes(body)
         own: set[str] = set()
-        terms: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+        exact: set[str] = set()
+        terms: list[SetTerm] = []
         for item in body.items:
             if isinstance(item, n.Code):
-                own.update(self._codes(item, body.system))
+                (exact if item.exact else own).update(self._codes(item, body.system))
             else:
-                terms.extend(self._nested_terms(item, body.system, excepts))
-        if own:
-            terms.insert(0, (tuple(sorted(own)), excepts))
+                terms.extend(self._nested_terms(item, body.system, excepts, routes))
+        exact = {code for code in exact if not code.startswith(excepts)}
+        if own or exact:
+            terms.insert(0, SetTerm(tuple(sorted(own)), excepts, tuple(sorted(exact)), routes))
         return ResolvedSet(body.system, _merge_terms(terms), body.span)
 
+    def _set_routes(self, body: n.InlineSet) -> tuple[str, ...] | None:
+        """The canonical routes of ``atc ... route iv, im`` (None: no route restriction)."""
+        if body.routes is None:
+            return None
+        routes = set[str]().union(*(self.route_names(ident) for ident in body.routes))
+        return tuple(sorted(routes))
+
     def _nested_terms(
-        self, item: n.SetName, system: str, excepts: tuple[str, ...]
-    ) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+        self,
+        item: n.SetName,
+        system: str,
+        excepts: tuple[str, ...],
+        routes: tuple[str, ...] | None,
+    ) -> list[SetTerm]:
         if item.name not in self.set_decls:
             self._unknown_set(item)
             return []
@@ -264,7 +292,15 @@ class _PackChecker:
             message = f"set '{item.name}' holds {nested.system} codes, not {system}"
             self._error("R030", message, item)
             return []
-        return [(inc, tuple(sorted(set(exc) | set(excepts)))) for inc, exc in nested.terms]
+        return [
+            SetTerm(
+                term.include,
+                tuple(sorted(set(term.exclude) | set(excepts))),
+                tuple(code for code in term.exact if not code.startswith(excepts)),
+                _both_routes(term.routes, routes),
+            )
+            for term in nested.terms
+        ]
 
     def _except_codes(self, body: n.InlineSet) -> list[str]:
         codes: list[str] = []
@@ -281,9 +317,28 @@ class _PackChecker:
         out a code that matches nothing is harmless)."""
         texts = [code.text] if code.last is None else self._expand(code)
         codes = [text for text in texts if self._code_shape_ok(text, system, code)]
-        if system == "atc" and codes and not excluded and not any(map(atc_plausible, codes)):
+        if code.exact and system != "atc":
+            self._error("R030", "`exactly` is for ATC codes", code)
+        elif code.exact and codes and not excluded:
+            if not any(c in known_atc_codes() for c in codes):
+                self._unknown_exact_atc(code, codes)
+        elif system == "atc" and codes and not excluded and not any(map(atc_plausible, codes)):
             self._unknown_atc(code, codes)
         return codes
+
+    def _unknown_exact_atc(self, code: n.Code, codes: list[str]) -> None:
+        """R060 (warning): ``exactly X`` where no known product is coded X itself (the codes
+        below it are not in the set, so it would match nothing)."""
+        text = code.text if code.last is None else f"{code.text}..{code.last}"
+        message = f"no known product is coded exactly {text}"
+        below = sorted(c for c in known_atc_codes() if c.startswith(codes[0]) and c != codes[0])
+        hint = (
+            f"known products are coded below it ({', '.join(below[:3])}); "
+            f"without `exactly`, {text} covers them"
+            if below
+            else None
+        )
+        self.diagnostics.append(warning("R060", message, code.span, hint))
 
     def _unknown_atc(self, code: n.Code, codes: list[str]) -> None:
         """R060 (warning): no known code nor a plausible neighbour of one (nor, for a range,
@@ -713,15 +768,29 @@ def _names_used(expr: n.Expr) -> set[str]:
     return used
 
 
-def _merge_terms(
-    terms: list[tuple[tuple[str, ...], tuple[str, ...]]],
-) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
-    """Terms with the same exclusions merged, each sorted: one canonical form per set."""
-    by_exclusion: dict[tuple[str, ...], set[str]] = {}
-    for include, exclude in terms:
-        by_exclusion.setdefault(exclude, set()).update(include)
-    merged = [(tuple(sorted(inc)), exc) for exc, inc in by_exclusion.items() if inc]
-    return tuple(sorted(merged, key=lambda term: (term[1], term[0])))
+def _merge_terms(terms: list[SetTerm]) -> tuple[SetTerm, ...]:
+    """Terms with the same exclusions and routes merged, each sorted: one canonical form per
+    set."""
+    merged: dict[tuple[tuple[str, ...], tuple[str, ...] | None], tuple[set[str], set[str]]] = {}
+    for term in terms:
+        include, exact = merged.setdefault((term.exclude, term.routes), (set(), set()))
+        include.update(term.include)
+        exact.update(term.exact)
+    out = [
+        SetTerm(tuple(sorted(inc)), exc, tuple(sorted(exact)), routes)
+        for (exc, routes), (inc, exact) in merged.items()
+        if inc or exact
+    ]
+    return tuple(sorted(out, key=lambda t: (t.routes or (), t.exclude, t.include, t.exact)))
+
+
+def _both_routes(
+    inner: tuple[str, ...] | None, outer: tuple[str, ...] | None
+) -> tuple[str, ...] | None:
+    """A nested set's routes within the outer set's: both restrictions hold."""
+    if inner is None or outer is None:
+        return inner if outer is None else outer
+    return tuple(sorted(set(inner) & set(outer)))
 
 
 def _clause_keyword(clause: n.Clause) -> str:

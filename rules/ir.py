@@ -16,8 +16,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 from vigie.ir_schema import EXPRESSION_OPS, IR, IR_VERSION, Param, Rule, SetSystem
+from vigie.ir_schema import SetTerm as IRSetTerm
 from vigie.rules import nodes as n
-from vigie.rules.check import INTERVENTION_CODES, PROBLEM_CODES, CheckResult, RuleInfo
+from vigie.rules.check import INTERVENTION_CODES, PROBLEM_CODES, CheckResult, RuleInfo, SetTerm
 from vigie.rules.check_expressions import Annotations
 from vigie.rules.concepts import Catalogue, default_catalogue
 from vigie.rules.types import DERIVED, WINDOWED_DERIVED, Kind, Type
@@ -63,7 +64,7 @@ def build_ir(result: CheckResult, source: str, file: str, catalogue: Catalogue |
         "sets": {
             name: {
                 "system": cast(SetSystem, s.system),
-                "terms": [{"include": list(inc), "exclude": list(exc)} for inc, exc in s.terms],
+                "terms": [_term(term) for term in s.terms],
                 "source": {"file": s.span.file, "line": s.span.line},
             }
             for name, s in result.sets.items()
@@ -88,6 +89,16 @@ def iter_ir_nodes(value: Any) -> Iterator[IRNode]:
     elif isinstance(value, list):
         for item in value:
             yield from iter_ir_nodes(item)
+
+
+def _term(term: SetTerm) -> IRSetTerm:
+    """A set term; ``exact`` and ``routes`` are written only when the set has them."""
+    out: IRSetTerm = {"include": list(term.include), "exclude": list(term.exclude)}
+    if term.exact:
+        out["exact"] = list(term.exact)
+    if term.routes is not None:
+        out["routes"] = list(term.routes)
+    return out
 
 
 def _param(info: Any) -> Param:

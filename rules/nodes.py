@@ -74,6 +74,10 @@ __all__ = [
 ]
 
 
+# A field added after the golden dumps were written: ``dump`` leaves it out at its default.
+_OMIT_DEFAULT = {"omit_default": True}
+
+
 @dataclass(frozen=True)
 class Span:
     """A place in a pack file: 1-based line and column, end column exclusive."""
@@ -108,10 +112,12 @@ class Ident(Node):
 
 @dataclass(frozen=True)
 class Code(Node):
-    """An ATC or ICD-10 code or prefix; ``last`` is set for a range ``B01AF01..B01AF03``."""
+    """An ATC or ICD-10 code or prefix; ``last`` is set for a range ``B01AF01..B01AF03``;
+    ``exact`` for ``exactly N05AX`` (that code itself, not the codes below it)."""
 
     text: str
     last: str | None = None
+    exact: bool = field(default=False, metadata=_OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)
@@ -126,11 +132,13 @@ SetItem = Code | SetName
 
 @dataclass(frozen=True)
 class InlineSet(Node):
-    """A set body: ``atc C09A, C09B except C09AA01`` or ``route oral, iv``."""
+    """A set body: ``atc C09A, C09B except C09AA01`` or ``route oral, iv``; a declared ATC
+    set may keep only some routes (``atc J01GB route iv, im``: ``routes``)."""
 
     system: Literal["atc", "icd10", "route"]
     items: tuple[SetItem, ...]
     excepts: tuple[SetItem, ...] = ()
+    routes: tuple[Ident, ...] | None = field(default=None, metadata=_OMIT_DEFAULT)
 
 
 SetRef = SetName | InlineSet
@@ -471,8 +479,10 @@ def dump(node: object, *, spans: bool = True) -> JSONValue:
     if isinstance(node, Node):
         out: dict[str, JSONValue] = {"node": type(node).__name__}
         for f in fields(node):
-            if f.name != "span":
-                out[f.name] = dump(getattr(node, f.name), spans=spans)
+            value = getattr(node, f.name)
+            if f.name == "span" or (f.metadata.get("omit_default") and value == f.default):
+                continue
+            out[f.name] = dump(value, spans=spans)
         if spans:
             s = node.span
             out["at"] = f"{s.line}:{s.column}-{s.end_line}:{s.end_column}"

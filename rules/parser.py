@@ -391,8 +391,10 @@ class _ToNodes(Transformer[Token, Any]):
     def set_decl(self, meta: Meta, name: Token, body: n.InlineSet) -> n.SetDecl:
         return n.SetDecl(self._ident(name), body, span=self._s(meta))
 
-    def atc_set(self, meta: Meta, items: tuple[n.SetItem, ...], excepts: Any) -> n.InlineSet:
-        return n.InlineSet("atc", items, excepts or (), span=self._s(meta))
+    def atc_set(
+        self, meta: Meta, items: tuple[n.SetItem, ...], excepts: Any, routes: Any = None
+    ) -> n.InlineSet:
+        return n.InlineSet("atc", items, excepts or (), routes, span=self._s(meta))
 
     def icd10_set(self, meta: Meta, items: tuple[n.SetItem, ...], excepts: Any) -> n.InlineSet:
         return n.InlineSet("icd10", items, excepts or (), span=self._s(meta))
@@ -407,6 +409,10 @@ class _ToNodes(Transformer[Token, Any]):
     def code(self, meta: Meta, token: Token) -> n.Code:
         first, _, last = str(token).partition("..")
         return n.Code(first, last or None, span=self._s(meta))
+
+    def exact_code(self, meta: Meta, token: Token) -> n.Code:
+        first, _, last = str(token).partition("..")
+        return n.Code(first, last or None, exact=True, span=self._s(meta))
 
     def set_name(self, meta: Meta, token: Token) -> n.SetName:
         return n.SetName(str(token), span=self._s(meta))

@@ -562,3 +562,51 @@ def test_module_doctests() -> None:
     for name in ("vigie.engine.load", "vigie.engine.evaluate", "vigie.engine.live"):
         result = doctest.testmod(sys.modules[name])
         assert result.attempted > 0 and result.failed == 0, name
+
+
+def test_an_exact_code_matches_that_code_only() -> None:
+    # `exactly N05AX`: the valproate products the BDPM codes N05AX (DEPAKOTE), not the
+    # antipsychotics below N05AX (risperidone N05AX08).
+    ir = one_rule(
+        "v = active drug in valproate", extra="set valproate = atc N03AG01, exactly N05AX"
+    )
+    assert fired(ir, [drug("dk", "N05AX")])
+    assert fired(ir, [drug("dp", "N03AG01")])
+    assert not fired(ir, [drug("ri", "N05AX08")])
+    assert not fired(ir, [drug("n5", "N05A")])
+    # inline, and through a set that names it
+    assert fired(one_rule("v = active drug in atc exactly N05AX"), [drug("dk", "N05AX")])
+    nested = one_rule(
+        "v = active drug in teratogens",
+        extra="set valproate = atc exactly N05AX\nset teratogens = atc valproate, D10BA01",
+    )
+    assert fired(nested, [drug("dk", "N05AX")])
+    assert not fired(nested, [drug("ri", "N05AX12")])
+
+
+def test_a_set_with_routes_leaves_out_lines_given_by_other_routes() -> None:
+    extra = (
+        "set systemic_aminoglycosides = atc J01GB route iv, im\n"
+        "set nephrotoxic = atc systemic_aminoglycosides, C03C"
+    )
+    for binding in (
+        "a = active drug in systemic_aminoglycosides",
+        "a = active drug in nephrotoxic",
+    ):
+        ir = one_rule(binding, extra=extra)
+        assert fired(ir, [drug("t", "J01GB01", route="iv")])
+        assert fired(ir, [drug("t", "J01GB01", route="im")])
+        assert not fired(ir, [drug("t", "J01GB01", route="inhalation")])
+        # a line without route is kept (the set names forms, it does not require a route)
+        assert fired(ir, [drug("t", "J01GB01", route=None)])
+    # the other codes of the outer set keep every route
+    assert fired(one_rule("a = active drug in nephrotoxic", extra=extra), [drug("f", "C03CA01")])
+    # membership of a bound line, count and daily dose read the route too
+    member = one_rule("d = active drug in atc J01GB\nd in systemic_aminoglycosides", extra=extra)
+    assert fired(member, [drug("t", "J01GB03", route="iv")])
+    assert not fired(member, [drug("t", "J01GB03", route="inhalation")])
+    count = one_rule("count active drugs in systemic_aminoglycosides >= 2", extra=extra)
+    assert not fired(
+        count, [drug("a", "J01GB03", route="iv"), drug("b", "J01GB01", route="inhalation")]
+    )
+    assert fired(count, [drug("a", "J01GB03", route="iv"), drug("b", "J01GB01", route="im")])

@@ -296,3 +296,18 @@ def test_check_command_reports_errors_and_fails(tmp_path: Path) -> None:
     assert "mistakes.rules:26:16: error[R012] unknown lab 'kaliemie'" in text
     assert "hint: did you mean 'potassium'?" in text
     assert text.rstrip().endswith("0 error(s), 0 warning(s)")  # the default pack still checked
+
+
+def test_exactly_is_for_atc_codes_and_set_routes_are_checked() -> None:
+    found = one(HEADER + "set s = icd10 exactly K25\n", "R030")
+    assert found.message == "`exactly` is for ATC codes"
+    assert found.span.column == 15
+    wrong = one(HEADER + "set s = atc J01GB route iv, intravenus\n", "R014")
+    assert wrong.message.startswith("unknown route 'intravenus'")
+    # `route` may start the next line of a set, and route sets are expanded
+    text = HEADER + "set parenteral = route iv, im\nset s = atc J01GB\n    route parenteral\n"
+    ir, found_all = compile_pack(text, "t.rules")
+    assert ir is not None, found_all
+    assert ir["sets"]["s"]["terms"] == [
+        {"include": ["J01GB"], "exclude": [], "routes": ["im", "iv"]}
+    ]

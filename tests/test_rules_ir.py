@@ -241,13 +241,17 @@ def test_nested_sets_are_flattened(default_ir: dict[str, Any]) -> None:
     teratogens = default_ir["sets"]["teratogens"]
     assert teratogens["system"] == "atc"
     terms = teratogens["terms"]
-    assert {"B01AA", "C09A", "C09D", "L01BA01", "N03AG01", "N05AX"} <= {
+    assert {"B01AA", "C09A", "C09D", "L01BA01", "N03AG01"} <= {
         code for term in terms for code in term["include"]
     }
-    # A nested set keeps its exclusions for its own codes only (valproate: N05AX alone).
-    (valproate,) = [term for term in terms if "N05AX" in term["include"]]
-    assert "N05AX08" in valproate["exclude"]
-    (plain,) = [term for term in terms if "B01AA" in term["include"]]
+    # valproate's `exactly N05AX` stays exact in the sets that hold it: not the N05AX class.
+    assert [code for term in terms for code in term.get("exact", [])] == ["N05AX"]
+    assert not any("N05AX" in term["include"] for term in terms)
+    # A nested set keeps its exclusions for its own codes only (nsaid in nephrotoxic).
+    nephrotoxic = default_ir["sets"]["nephrotoxic"]["terms"]
+    (nsaid_term,) = [term for term in nephrotoxic if "M01A" in term["include"]]
+    assert "M01AX05" in nsaid_term["exclude"]
+    (plain,) = [term for term in nephrotoxic if "C09A" in term["include"]]
     assert plain["exclude"] == []
     nsaid = default_ir["sets"]["nsaid"]["terms"]
     assert nsaid == [

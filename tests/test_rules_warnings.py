@@ -206,3 +206,17 @@ def test_an_unknown_unit_suggests_the_unit_meant(unit: str, hint: str) -> None:
     _, found = compile_pack(text, "t.rules")
     (unknown,) = [d for d in found if d.code == "R032"]
     assert unknown.message == f"unknown unit '{unit}'" and unknown.hint == hint
+
+
+def test_an_exact_code_no_product_carries_itself_warns() -> None:
+    # The BDPM tables code five CIS N05AX itself (DEPAKOTE, DIVALCOTE, DEPAMIDE: valproate
+    # products without a substance level) and none C09AA itself (every ACE inhibitor is coded
+    # at the substance level, C09AA01...).
+    assert codes(HEADER + "set valproate = atc exactly N05AX\n", "R060") == []
+    (found,) = codes(HEADER + "set acei = atc exactly C09AA\n", "R060")
+    assert found.severity == "warning"
+    assert found.message == "no known product is coded exactly C09AA"
+    assert found.hint is not None and "C09AA01" in found.hint
+    assert found.span.column == 16
+    # after `except`, an exact code matching nothing is harmless, as a plain one
+    assert codes(HEADER + "set s = atc N05AX, exactly N05AX except N05AX99\n", "R060") == []

@@ -218,8 +218,14 @@ class PackHeader(TypedDict):
 
 @with_config(_STRICT)
 class SetTerm(TypedDict):
+    """``include``/``exclude``: code prefixes; ``exact``: codes matched only when equal
+    (``exactly N05AX``); ``routes``: a drug line with a known route outside them is not in the
+    set (absent: any route)."""
+
     include: list[str]
     exclude: list[str]
+    exact: NotRequired[list[str]]
+    routes: NotRequired[list[str]]
 
 
 @with_config(_STRICT)
