@@ -18,7 +18,8 @@ tables (``lab_codes.csv`` or a site's ``site_lab_codes.csv``, system ``HPRIM`` t
 never by label. Values, units, ranges and flags are normalised by ``vigie.connectors.labs`` like
 every feed's (a decimal comma or point; an unmapped code still gives a LabResult — concept
 ``None``, value kept, and an ``unmapped_code`` flag); an unreadable or reversed reference range is
-reported and left out.
+reported and left out. A qualitative result (text ``positif``/``négatif``, a CE value
+``code~label~system``, or only the flag ``POS``/``NEG``) is read as ``positive``/``negative``.
 
 Message identity and versions (issue 7). An H..L message is named after what it reports on,
 scoped by its sender: ``<H field 5>|<patient>:<request>[,...]``, e.g.
@@ -529,12 +530,27 @@ def _codings(hint: str, code: str, label: str | None) -> list[Coding]:
 
 
 def _reading(message: _Message, record: Record) -> Reading:
-    """Field 6 (a number when the value type, field 3, is NM or empty) and its unit, field 7."""
+    """Field 6 (a number when the value type, field 3, is NM or empty) and its unit, field 7;
+    a coded (CE) value ``code~label~system`` shows as its label, else its code."""
     text = message.delimiters.unescape(record.field(6)).strip()
     unit = message.first(record, 7)
-    if message.first(record, 3).upper() in ("NM", ""):
+    value_type = message.first(record, 3).upper()
+    if value_type in ("NM", ""):
         return read_value(text, unit, decimal_point_or_comma)
+    if value_type == "CE":
+        answer = _coded_answer(message, record)
+        if answer:
+            shown = answer[0].display or answer[0].code
+            return Reading(shown, None, unit or None, codes=answer)
     return Reading(text or None, None, unit or None)
+
+
+def _coded_answer(message: _Message, record: Record) -> tuple[Coding, ...]:
+    """A coded (CE) value, field 6 as code~label~system."""
+    code, label, system = (p.strip() for p in [*message.components(record, 6), "", ""][:3])
+    if not code:
+        return ()
+    return (Coding(system=system or None, code=code, display=label or None),)
 
 
 def _result_time(message: _Message, record: Record) -> datetime:

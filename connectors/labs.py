@@ -32,6 +32,14 @@ kind of an unmapped code. The one behaviour:
 - **Abnormal flag**: the code as sent (HL7 table 0078, FHIR ObservationInterpretation, HPRIM
   field 9 share ``L``, ``H``, ``LL``, ``HH``, ``N``, ``A``...), stripped; never derived from
   the range.
+- **Qualitative value** (a lab result, mapped or not): ``positive`` or ``negative`` from, in
+  order, the coded answer (``Reading.codes``: SNOMED 10828004 Positive, LOINC LA6577-6
+  Negative...), the text of a non-numeric value and the displays and codes of its answer as
+  written words (``Positif``, ``non détecté``, ``NEG``), then the interpretation code sent as
+  abnormal flag (``POS``, ``NEG``, ``DET``, ``ND``...); ``qualitative_results.csv`` lists them
+  all. The value wins over the interpretation. A result read as positive or negative is a
+  usable value: its ``value`` stays ``None`` but it carries no ``non_numeric_value`` flag.
+  ``A`` (abnormal) or an unlisted word gives no qualitative value: it is never guessed.
 
 Flag details say what is wrong; a format whose fields have names finer than the fact's
 ``source`` (HL7: the unit is ``OBX[2]-6``, the value ``OBX[2]-5``) passes ``FlagPositions`` and
@@ -46,6 +54,10 @@ from every feed.
 ...                    reference=parse_reference_range("0.6-1.1"))
 >>> result.concept, result.value, result.unit, result.reference_low, result.reference_high
 ('creatinine', 106.104, 'µmol/L', 53.052, 97.262)
+>>> hcg = match_code(tables, [Coding(system="LN", code="2106-3")])
+>>> answer = Coding(system="http://snomed.info/sct", code="10828004", display="Positive")
+>>> normalise(tables, hcg, Reading("Positive", None, None, codes=(answer,))).qualitative
+'positive'
 """
 
 from __future__ import annotations
@@ -57,7 +69,7 @@ from functools import lru_cache
 from typing import Any, Literal, NamedTuple, Protocol
 
 from vigie.facts import Coding, Flag, FlagCode, LabResult, Observation
-from vigie.terminology import Concept, UnknownUnit
+from vigie.terminology import Concept, QualitativeResult, UnknownUnit
 
 __all__ = [
     "CodeMatch",
@@ -121,6 +133,10 @@ class LabTables(Protocol):
 
     def to_canonical(self, concept: str, value: float, unit: str | None) -> tuple[float, str]: ...
 
+    def qualitative(self, system: str | None, code: str) -> QualitativeResult | None: ...
+
+    def qualitative_word(self, text: str) -> QualitativeResult | None: ...
+
 
 class CodeMatch(NamedTuple):
     """The code a result is filed under and its concept (``None``: unmapped).
@@ -155,13 +171,15 @@ class Reading(NamedTuple):
     ``text`` is the value as received (``None``: no value), ``number`` what it reads as in the
     format's syntax (``None``: not a number), ``unit`` the unit as received. ``unit_spellings``
     are the spellings to convert from, in order, when the format has several (FHIR's UCUM code
-    and label); by default the unit itself.
+    and label); by default the unit itself. ``codes`` are the codes of a coded answer (FHIR
+    valueCodeableConcept, HL7 CE/CWE), tried for a qualitative value.
     """
 
     text: str | None
     number: float | None
     unit: str | None
     unit_spellings: tuple[str, ...] | None = None
+    codes: tuple[Coding, ...] = ()
 
     @property
     def spellings(self) -> tuple[str, ...]:
@@ -238,13 +256,15 @@ class Measurement(NamedTuple):
     reference_high: float | None
     abnormal_flag: str | None
     flags: tuple[Flag, ...]
+    qualitative: QualitativeResult | None = None
 
     @property
     def model(self) -> type[LabResult] | type[Observation]:
         return LabResult if self.kind == "lab" else Observation
 
     def fields(self) -> dict[str, Any]:
-        """Keyword arguments for ``model`` (an Observation has no range nor abnormal flag)."""
+        """Keyword arguments for ``model`` (an Observation has no range, abnormal flag nor
+        qualitative value)."""
         fields = {
             "flags": self.flags,
             "concept": self.concept,
@@ -257,6 +277,7 @@ class Measurement(NamedTuple):
             fields["reference_low"] = self.reference_low
             fields["reference_high"] = self.reference_high
             fields["abnormal_flag"] = self.abnormal_flag
+            fields["qualitative"] = self.qualitative
         return fields
 
 
@@ -272,11 +293,17 @@ def normalise(
 ) -> Measurement:
     """The one normalisation of a result (see the module docstring)."""
     reference = reference or ReferenceRange(None, None)
+    flag = (abnormal_flag or "").strip() or None
+    qualitative = _qualitative(tables, reading, flag)
     if match.concept is None:
         found = _as_received(tables, match, reading, reference, unmapped_kind, positions)
     else:
         found = _converted(tables, match.concept, match, reading, reference, positions)
     kind, value, unit, low, high, flags = found
+    if kind != "lab":
+        qualitative = None
+    elif qualitative is not None:
+        flags = tuple(f for f in flags if f.code is not FlagCode.NON_NUMERIC_VALUE)
     return Measurement(
         kind,
         match.concept.name if match.concept else None,
@@ -286,9 +313,33 @@ def normalise(
         reading.unit,
         low,
         high,
-        (abnormal_flag or "").strip() or None,
+        flag,
         flags,
+        qualitative,
     )
+
+
+def _qualitative(
+    tables: LabTables, reading: Reading, interpretation: str | None
+) -> QualitativeResult | None:
+    """Positive or negative: the coded answer, the written value, then the interpretation."""
+    for coding in reading.codes:
+        found = tables.qualitative(coding.system, coding.code)
+        if found is not None:
+            return found
+    if reading.number is None:
+        words = [reading.text] + [w for c in reading.codes for w in (c.display, c.code)]
+        for word in words:
+            found = tables.qualitative_word(word) if word else None
+            if found is not None:
+                return found
+    return _interpreted(tables, interpretation)
+
+
+def _interpreted(tables: LabTables, interpretation: str | None) -> QualitativeResult | None:
+    """An interpretation code: HL7 table 0078 and v3 ObservationInterpretation share POS, NEG,
+    DET, ND, RR and NR (the flag is passed on without its system)."""
+    return tables.qualitative("HL70078", interpretation) if interpretation else None
 
 
 # kind, value, unit, reference low and high, flags

@@ -243,6 +243,9 @@ class LabResult(Fact):
     ``concept`` is the terminology layer's name (``creatinine``, ``potassium``...) or ``None``
     when the code is unmapped (then an ``unmapped_code`` flag says so). ``value`` is ``None``
     when the result is not numeric or its unit is unknown; the original is always kept.
+    ``qualitative`` is the result read as ``positive`` or ``negative`` (a coded answer such as
+    SNOMED 10828004 Positive, a word such as ``négatif``, an interpretation code such as
+    ``POS``), ``None`` when the result says neither.
     """
 
     kind: ClassVar[str] = "lab"
@@ -256,6 +259,17 @@ class LabResult(Fact):
     reference_low: float | None = None
     reference_high: float | None = None
     abnormal_flag: str | None = None
+    qualitative: Literal["positive", "negative"] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unknown_qualitative(
+        self, handler: SerializerFunctionWrapHandler
+    ) -> dict[str, Any]:
+        """No ``qualitative`` key when there is none: stored payloads stay as they were."""
+        data: dict[str, Any] = handler(self)
+        if data.get("qualitative") is None:
+            data.pop("qualitative", None)
+        return data
 
 
 class Observation(Fact):

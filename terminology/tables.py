@@ -21,6 +21,9 @@ Every mapping is data, not code:
 - ``allergy_atc.csv``: allergen codes (SNOMED, RxNorm) → the ATC codes or class prefixes they
   rule out; empty for food and environmental allergens.
 - ``conditions_snomed_icd10.csv``: SNOMED condition codes → ICD-10 for the conditions rules use.
+- ``qualitative_results.csv``: coded answers (SNOMED, LOINC answers), interpretation codes (HL7
+  table 0078, v3 ObservationInterpretation) and written words (``positif``, ``Not detected``)
+  → the qualitative value ``positive`` or ``negative`` of a result.
 
 Nothing is guessed: an unmapped code returns ``None`` and an unknown unit raises
 ``UnknownUnit``; the connector keeps the fact and flags it.
@@ -36,6 +39,8 @@ Nothing is guessed: an unmapped code returns ``None`` and an unknown unit raises
 ('J01C',)
 >>> t.icd10("http://hl7.org/fhir/sid/icd-10", "k920")
 'K92.0'
+>>> t.qualitative("http://snomed.info/sct", "10828004"), t.qualitative_word(" Négatif. ")
+('positive', 'negative')
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from vigie import settings
 from vigie.errors import VigieError
@@ -57,6 +63,7 @@ __all__ = [
     "DATA_DIR",
     "LOINC",
     "Concept",
+    "QualitativeResult",
     "Terminology",
     "UnknownUnit",
     "default_terminology",
@@ -113,9 +120,18 @@ _SYSTEM_ALIASES = {
     "hl70162": "HL70162",
     "https://smt.esante.gouv.fr/terminologie-cim-10/": "ICD10",
     "http://hl7.org/fhir/sid/cvx": "CVX",
+    "http://terminology.hl7.org/CodeSystem/v2-0078": "HL70078",
+    "http://hl7.org/fhir/v2/0078": "HL70078",
+    "urn:oid:2.16.840.1.113883.12.78": "HL70078",
+    "hl70078": "HL70078",
+    "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation": "V3INTERPRETATION",
+    "http://hl7.org/fhir/v3/ObservationInterpretation": "V3INTERPRETATION",
+    "urn:oid:2.16.840.1.113883.5.83": "V3INTERPRETATION",
 }
 
 ATC_SYSTEMS = frozenset({"ATC"})
+QualitativeResult = Literal["positive", "negative"]
+_QUALITATIVE_RESULTS: frozenset[str] = frozenset({"positive", "negative"})
 _SITE_DRUG_TABLE = "drugs_site.csv"
 _ICD10_CODE = re.compile(r"([A-Z][0-9]{2})([0-9A-Z]{0,4})")
 
@@ -153,9 +169,17 @@ def ucd13(code: str) -> str:
 
 def _substance_key(name: str) -> str:
     """Substance names compared without case, accents or extra spaces (BDPM vs ANSM spelling)."""
-    plain = unicodedata.normalize("NFKD", name)
-    plain = "".join(c for c in plain if not unicodedata.combining(c))
-    return " ".join(plain.upper().split())
+    return " ".join(_without_accents(name).upper().split())
+
+
+def _without_accents(text: str) -> str:
+    plain = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in plain if not unicodedata.combining(c))
+
+
+def _word_key(text: str) -> str:
+    """A written result compared without case, accents, surrounding spaces or dots."""
+    return " ".join(_without_accents(text).lower().strip(" .").split())
 
 
 class UnknownUnit(VigieError, ValueError):
@@ -218,6 +242,7 @@ class Terminology:
             for r in _optional_rows("conditions_snomed_icd10.csv", data_dir)
             if (icd := normalise_icd10(r["icd10"]))
         }
+        self._qualitative = _qualitative_table(_optional_rows("qualitative_results.csv", data_dir))
         self._data_dir = data_dir
         self._substances: dict[str, tuple[frozenset[str], frozenset[str]]] | None = None
         if site_dir is not None:
@@ -269,6 +294,14 @@ class Terminology:
         if factor is None:
             raise UnknownUnit(concept, unit, target)
         return round(value * factor, 6), target
+
+    def qualitative(self, system: str | None, code: str) -> QualitativeResult | None:
+        """The qualitative value of a coded answer or interpretation code, ``None`` if unlisted."""
+        return self._qualitative.get((normalise_system(system), code.strip()))
+
+    def qualitative_word(self, text: str) -> QualitativeResult | None:
+        """The qualitative value of a written result (``Positif``, ``not detected``)."""
+        return self._qualitative.get(("TEXT", _word_key(text)))
 
     # Drugs, routes, diagnoses ------------------------------------------------------------
 
@@ -340,6 +373,24 @@ def _optional_rows(name: str, directory: Path) -> Iterator[dict[str, str]]:
     """Rows of a table that a test or site data directory may leave out."""
     if (directory / name).exists() or (directory / f"{name}.gz").exists():
         yield from read_rows(name, directory)
+
+
+def _qualitative_table(
+    rows: Iterable[dict[str, str]],
+) -> dict[tuple[str, str], QualitativeResult]:
+    """``(system, code)`` → result; ``TEXT`` rows keyed by their word in comparison form."""
+    table: dict[tuple[str, str], QualitativeResult] = {}
+    for r in rows:
+        result = r["result"].strip()
+        if result not in _QUALITATIVE_RESULTS:
+            raise ValueError(
+                f"qualitative_results.csv: {r['code']!r}: result {result!r} is not "
+                "positive or negative"
+            )
+        system = normalise_system(r["system"])
+        code = _word_key(r["code"]) if system == "TEXT" else r["code"].strip()
+        table[system, code] = "positive" if result == "positive" else "negative"
+    return table
 
 
 def _drug_tables(directory: Path) -> list[str]:

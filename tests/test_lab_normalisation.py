@@ -4,7 +4,11 @@ Each case is one result (code, value, unit, reference range, abnormal flag) writ
 format: an HL7 v2 ORU OBX, a FHIR Observation (validated and fast path), an HPRIM Santé OBX, a
 CSV row, and for weights a PN13 ``Rens_compl``. The expected fact is written from the
 terminology tables (``lab_codes.csv``, ``unit_conversions.csv``) and from the behaviour
-``vigie.connectors.labs`` documents, not from running the code.
+``vigie.connectors.labs`` documents, not from running the code. Qualitative results follow the
+standards' codes: SNOMED CT 10828004 is "Positive", 260385009 "Negative"; HL7 table 0078 /
+v3 ObservationInterpretation ``POS`` is "Positive"; LOINC 2106-3 is hCG [Presence] in Urine.
+A coded answer is sent as HL7 CWE, FHIR valueCodeableConcept and HPRIM CE; a CSV row carries
+its label as text.
 
 Fields left out of the comparison, and why:
 
@@ -53,6 +57,7 @@ class Result:
     high: str | None = None
     abnormal: str | None = None
     pn13_code: str | None = None  # its Rens_compl code, for the measurements PN13 carries
+    answer: tuple[str, str] | None = None  # a SNOMED CT coded answer: code, display (= value)
 
     @property
     def kind(self) -> str:
@@ -99,6 +104,7 @@ def flag(code: str, detail: str) -> dict[str, str]:
 K = Result("2823-3", "Potassium", "5.9", "mmol/L", "3.5", "5.1", "H")
 CREA = Result("2160-0", "Creatinine", "1.2", "mg/dL", "0.6", "1.1", "H")
 WEIGHT = Result("29463-7", "Poids", "72.5", "kg", pn13_code="1")
+HCG_URINE = "2106-3"  # LOINC hCG [Presence] in Urine: qualitative, no implied unit
 
 CASES = [
     Case(
@@ -210,6 +216,68 @@ CASES = [
             flags=[flag("unknown_unit", "unit 'stone' cannot be converted to kg for weight")],
         ),
     ),
+    Case(
+        "coded positive hCG (SNOMED 10828004 Positive): a usable value, no flag",
+        Result(HCG_URINE, "hCG urinaire", "Positive", answer=("10828004", "Positive")),
+        expected(
+            "lab", HCG_URINE, "hCG urinaire", concept="hcg", original_value="Positive",
+            qualitative="positive",
+        ),
+    ),
+    Case(
+        "coded negative hCG (SNOMED 260385009 Negative)",
+        Result(HCG_URINE, "hCG urinaire", "Negative", answer=("260385009", "Negative")),
+        expected(
+            "lab", HCG_URINE, "hCG urinaire", concept="hcg", original_value="Negative",
+            qualitative="negative",
+        ),
+    ),
+    Case(
+        "French written result: 'négatif' is negative",
+        Result(HCG_URINE, "hCG urinaire", "négatif"),
+        expected(
+            "lab", HCG_URINE, "hCG urinaire", concept="hcg", original_value="négatif",
+            qualitative="negative",
+        ),
+    ),
+    Case(
+        "a value that says neither, with the interpretation POS: positive from the flag",
+        Result(HCG_URINE, "hCG urinaire", "+", abnormal="POS"),
+        expected(
+            "lab", HCG_URINE, "hCG urinaire", concept="hcg", original_value="+",
+            abnormal_flag="POS", qualitative="positive",
+        ),
+    ),
+    Case(
+        "the value wins over a contradicting interpretation",
+        Result(HCG_URINE, "hCG urinaire", "Négatif", abnormal="POS"),
+        expected(
+            "lab", HCG_URINE, "hCG urinaire", concept="hcg", original_value="Négatif",
+            abnormal_flag="POS", qualitative="negative",
+        ),
+    ),
+    Case(
+        "an unlisted word is never guessed: no qualitative value, flagged",
+        Result(HCG_URINE, "hCG urinaire", "douteux", abnormal="A"),
+        expected(
+            "lab", HCG_URINE, "hCG urinaire", concept="hcg", original_value="douteux",
+            abnormal_flag="A", flags=[flag("non_numeric_value", "'douteux' is not a number")],
+        ),
+    ),
+    Case(
+        "unmapped code with a written positive: read as well (H. pylori Ab presence)",
+        Result("22310-7", "Helicobacter pylori Ab", "Positive", abnormal="A"),
+        expected(
+            "lab", "22310-7", "Helicobacter pylori Ab", original_value="Positive",
+            abnormal_flag="A", qualitative="positive",
+            flags=[
+                flag(
+                    "unmapped_code",
+                    "code '22310-7' is not mapped to a lab or observation concept",
+                )
+            ],
+        ),
+    ),
 ]  # fmt: skip
 
 
@@ -221,6 +289,8 @@ def hl7v2_facts(result: Result, tmp_path: Path) -> list[AnyFact]:
         value_type, value = "NM", result.value
     elif result.bound:
         value_type, value = "SN", f"{result.value[0]}^{result.value[1:]}"
+    elif result.answer:
+        value_type, value = "CWE", f"{result.answer[0]}^{result.answer[1]}^SCT"
     else:
         value_type, value = "ST", result.value
     segments = [
@@ -261,6 +331,10 @@ def fhir_resource(result: Result) -> dict[str, Any]:
         if result.bound:
             quantity["comparator"] = result.value[0]
         resource["valueQuantity"] = quantity | fhir_unit(result)
+    elif result.answer:
+        code, display = result.answer
+        coding = {"system": "http://snomed.info/sct", "code": code, "display": display}
+        resource["valueCodeableConcept"] = {"coding": [coding]}
     else:
         resource["valueString"] = result.value
     ends = {"low": result.low, "high": result.high}
@@ -290,12 +364,14 @@ def fhir_facts(validate: bool) -> Callable[[Result, Path], list[AnyFact]]:
 
 
 def hprim_facts(result: Result, tmp_path: Path) -> list[AnyFact]:
-    value_type = "NM" if result.numeric or result.bound else "TX"
+    value_type, value = ("NM" if result.numeric or result.bound else "TX"), result.value
+    if result.answer:
+        value_type, value = "CE", f"{result.answer[0]}~{result.answer[1]}~SCT"
     records = [
         "H|~^\\&|RESULT.HPR||LAB||ORU|||ME||P|H2.2~C|202401020800",
         "P|1|P1|||DOE~JANE||19500101|F",
         "OBR|1||S1||||202401020700",
-        f"OBX|1|{value_type}|{result.code}~{result.display}~LN||{result.value}"
+        f"OBX|1|{value_type}|{result.code}~{result.display}~LN||{value}"
         f"|{result.unit or ''}|{range_text(result)}|{result.abnormal or ''}|||F|||202401020800",
         "L|1",
     ]

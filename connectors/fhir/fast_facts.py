@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from vigie.facts import Coding, Flag, FlagCode
-from vigie.terminology import Concept, Terminology, normalise_system
+from vigie.terminology import Concept, QualitativeResult, Terminology, normalise_system
 
 __all__ = [
     "TerminologyMemo",
@@ -186,6 +186,13 @@ class TerminologyMemo:
     def to_canonical(self, concept: str, value: float, unit: str | None) -> tuple[float, str]:
         """Not memoised: the answer depends on the value (and raises ``UnknownUnit``)."""
         return self.terminology.to_canonical(concept, value, unit)
+
+    def qualitative(self, system: str | None, code: str) -> QualitativeResult | None:
+        """Not memoised: one dictionary lookup already."""
+        return self.terminology.qualitative(system, code)
+
+    def qualitative_word(self, text: str) -> QualitativeResult | None:
+        return self.terminology.qualitative_word(text)
 
 
 @lru_cache(maxsize=4096)

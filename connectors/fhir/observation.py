@@ -17,7 +17,8 @@ conventions).
   ``vigie.connectors.labs`` like every feed's: a Quantity's UCUM code is tried before its label,
   a comparator (``<5``) makes the value a bound (kept as text, flagged ``non_numeric_value``),
   a range end's own unit wins over the value's, the first interpretation coding (else its text)
-  is the abnormal flag.
+  is the abnormal flag. A valueCodeableConcept's codings (SNOMED 10828004 Positive...) and text
+  (``Négatif``), else an interpretation such as ``POS``, give the qualitative value.
 """
 
 from __future__ import annotations
@@ -79,12 +80,26 @@ def _reading(node: dict[str, Any], path: str) -> _Value | None:
     number = _number(node, "valueInteger", path)
     if number is not None:
         return _Value(_join(path, "valueInteger"), Reading(_number_text(node), number, None))
-    for key in ("valueString", "valueCodeableConcept", "valueBoolean", "valueRange"):
+    answer = _obj(node, "valueCodeableConcept", path)
+    if answer is not None:
+        return _Value(_join(path, "valueCodeableConcept"), _answer_reading(answer, path))
+    for key in ("valueString", "valueBoolean", "valueRange"):
         if key in node:
             value = node[key]
             shown = value if isinstance(value, str) else _show(value)
             return _Value(_join(path, key), Reading(shown, None, None))
     return None
+
+
+def _answer_reading(answer: dict[str, Any], path: str) -> Reading:
+    """A valueCodeableConcept: its codings, shown as its text, else the first coding's display
+    or code (as HL7 v2 shows a CE answer)."""
+    answer_path = _join(path, "valueCodeableConcept")
+    codes = tuple(_codings(answer, answer_path))
+    shown = _text(answer, "text", answer_path)
+    if not shown and codes:
+        shown = codes[0].display or codes[0].code
+    return Reading(shown or _show(answer), None, None, codes=codes)
 
 
 def _quantity_reading(quantity: dict[str, Any], path: str) -> Reading:

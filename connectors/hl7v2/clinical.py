@@ -17,6 +17,9 @@ Choices, so that the same message always gives the same facts:
 - Every OBX becomes a fact: an ``Observation`` when its code maps to an observation concept
   (weight, height, QTc), else a ``LabResult``. The value is converted to the concept's
   canonical unit; an unknown unit, a non-numeric value or an unmapped code is kept and flagged.
+  A qualitative result (a CE/CWE answer such as ``10828004^Positive^SCT``, ST text such as
+  ``Positif``, or only an OBX-8 interpretation ``POS``/``NEG``) is read as ``positive`` or
+  ``negative`` by ``vigie.connectors.labs``.
 - A result's fact id does not depend on the message: it is the patient, the order's filler
   number (OBR-3, else the placer number OBR-2), the OBX-3 code and the OBX-4 sub-id; without an
   order number the observation time stands in for the order. A corrected result (OBX-11 ``C``)
@@ -554,11 +557,24 @@ def _result_value(ctx: Context, obx: SegmentRef, value_type: str) -> Reading:
     if value_type == "SN":
         return _structured_numeric(message, obx, unit)
     if value_type in _CODED_TYPES:
-        return Reading(message.value(obx, 5, 2) or message.value(obx, 5, 1), None, unit)
+        text = message.value(obx, 5, 2) or message.value(obx, 5, 1)
+        return Reading(text, None, unit, codes=_coded_answer(message, obx))
     text = message.value(obx, 5) if message.repetition_count(obx, 5) == 1 else ""
     if value_type in ("", "ST") and text:
         return read_value(text, unit, decimal_point)
     return Reading(text or message.raw_field(obx, 5), None, unit)
+
+
+def _coded_answer(message: Hl7Message, obx: SegmentRef) -> tuple[Coding, ...]:
+    """OBX-5 of a coded type: its code (components 1-3) and alternate code (4-6)."""
+    answer = []
+    for first in (1, 4):
+        code = message.value(obx, 5, first)
+        if code:
+            system = message.value(obx, 5, first + 2) or None
+            display = message.value(obx, 5, first + 1) or None
+            answer.append(Coding(system=system, code=code, display=display))
+    return tuple(answer)
 
 
 def _structured_numeric(message: Hl7Message, obx: SegmentRef, unit: str | None) -> Reading:
