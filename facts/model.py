@@ -106,6 +106,7 @@ class FlagCode(StrEnum):
     MISSING_DOSE = "missing_dose"
     MISSING_FREQUENCY = "missing_frequency"
     NON_NUMERIC_VALUE = "non_numeric_value"
+    ATC_FROM_NAME = "atc_from_name"  # drug code unmapped; ATC found from the label's substances
 
 
 class Flag(_Frozen):

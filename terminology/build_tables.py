@@ -14,6 +14,12 @@ Reads the ANSM public drug database (BDPM) text files — tab-separated, no head
 - ``substances_bdpm.csv.gz``: BDPM substance (code, name) → the ATC codes of the products that
   contain it (``CIS_COMPO_bdpm.txt`` joined to ``CIS_MITM.txt``), all products and single-substance
   products apart, for mapping substance-level references such as the ANSM interaction thesaurus.
+- ``drugs_names.csv.gz``: substance name key (``names.name_key``: no case, accents, salts) and
+  route class → ATC and the number of products behind it, for the fallback from a drug label to
+  ATC (``names.DrugNames``). A single-substance product counts for its substance (the
+  therapeutic fraction's name when the BDPM gives one: MORPHINE for SULFATE DE MORPHINE); a
+  product of several substances for the combination, keyed by its sorted substance keys joined
+  by `` + ``. The route class comes from the product's routes (``CIS_bdpm.txt``).
 
 The output is deterministic (sorted rows, gzip without timestamp) so that a rebuild from the same
 files gives identical bytes and a clean diff.
@@ -30,6 +36,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vigie.terminology.names import COMBINATION, name_key, route_class
+
 __all__ = [
     "CompositionLine",
     "build",
@@ -39,6 +47,8 @@ __all__ = [
     "compositions",
     "generic_groups",
     "main",
+    "name_rows",
+    "product_routes",
     "substance_rows",
     "write_table",
 ]
@@ -154,6 +164,60 @@ def substance_rows(
     ]
 
 
+def product_routes(bdpm: Path) -> dict[str, set[str]]:
+    """CIS → the route classes of its routes of administration (``CIS_bdpm.txt``, 4th field)."""
+    routes: dict[str, set[str]] = {}
+    for fields in _fields(bdpm / "CIS_bdpm.txt"):
+        if len(fields) >= 4 and fields[0].isdigit():
+            classes = {route_class(route) for route in fields[3].split(";")}
+            routes[fields[0]] = {c for c in classes if c}
+    return routes
+
+
+def _moieties(lines: Iterable[CompositionLine]) -> dict[str, dict[str, list[str]]]:
+    """CIS → link group → the names of its substance: the FT's first (the active moiety), then
+    the SA's (the salt as weighed)."""
+    moieties: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for line in sorted(lines, key=lambda line: line.nature != "FT"):  # FT first, then SA
+        names = moieties[line.cis][line.link]
+        if line.substance_name not in names:
+            names.append(line.substance_name)
+    return moieties
+
+
+def name_rows(
+    lines: Sequence[CompositionLine], atc_of: dict[str, str], routes: dict[str, set[str]]
+) -> list[tuple[str, str, str, str, str]]:
+    """(key, name, route, atc, products): products counted per substance or combination key,
+    route class and ATC; ``name`` is the BDPM name most products give the key."""
+    counts: dict[tuple[str, str, str], int] = defaultdict(int)
+    spellings: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for cis, groups in sorted(_moieties(lines).items()):
+        atc = atc_of.get(cis)
+        if atc is None:
+            continue
+        if len(groups) == 1:  # a single substance counts under each of its names
+            (names,) = groups.values()
+            keys = {name_key(name): name for name in reversed(names)}
+        else:
+            named = {name_key(names[0]): names[0] for names in groups.values()}
+            keys = {COMBINATION.join(sorted(named)): " + ".join(named[k] for k in sorted(named))}
+        for key, name in keys.items():
+            if not key or COMBINATION + COMBINATION in key:
+                continue
+            spellings[key][name] += 1
+            for route in sorted(routes.get(cis) or {""}):
+                counts[key, route, atc] += 1
+    return [
+        (key, _most_given(spellings[key]), route, atc, str(products))
+        for (key, route, atc), products in sorted(counts.items())
+    ]
+
+
+def _most_given(names: dict[str, int]) -> str:
+    return min(names, key=lambda name: (-names[name], len(name), name))
+
+
 def write_table(
     path: Path, comments: Sequence[str], header: Sequence[str], rows: Iterable[Sequence[str]]
 ) -> int:
@@ -178,7 +242,7 @@ def write_table(
 
 
 def build(bdpm: Path, output: Path = OUTPUT_DIR) -> dict[str, int]:
-    """Build the three BDPM tables; returns the row count of each file."""
+    """Build the BDPM tables; returns the row count of each file."""
     with_basis = cis_atc_with_basis(bdpm)
     atc_of = {cis: atc for cis, (atc, _) in with_basis.items()}
     regenerate = "Regenerate with: python -m connectors.terminology.build_tables <bdpm dir>"
@@ -216,6 +280,21 @@ def build(bdpm: Path, output: Path = OUTPUT_DIR) -> dict[str, int]:
             ("substance_code", "substance_name", "atc", "atc_single"),
             substance_rows(compositions(bdpm), atc_of),
         ),
+        "drugs_names.csv.gz": write_table(
+            output / "drugs_names.csv.gz",
+            [
+                f"Substance name -> ATC, for drug labels without a mapped code. Source: {SOURCE},"
+                " CIS_COMPO_bdpm.txt (substances), CIS_MITM.txt and generic groups (ATC, as in"
+                " drugs_bdpm_cis), CIS_bdpm.txt (routes).",
+                "key: names.name_key of the substance (no case, accents or salts), or the sorted"
+                " keys of a combination's substances joined by ' + '; name: the BDPM spelling;"
+                " route: route class of the products (names.route_class); products: how many"
+                " BDPM products have that key, route and ATC.",
+                regenerate,
+            ],
+            ("key", "name", "route", "atc", "products"),
+            name_rows(compositions(bdpm), atc_of, product_routes(bdpm)),
+        ),
     }
     return counts
 
@@ -227,7 +306,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: build_tables.py BDPM_DIR [OUTPUT_DIR]", file=sys.stderr)
         return 2
     bdpm = Path(args[0])
-    needed = ("CIS_MITM.txt", "CIS_GENER_bdpm.txt", "CIS_CIP_bdpm.txt", "CIS_COMPO_bdpm.txt")
+    needed = (
+        "CIS_MITM.txt",
+        "CIS_GENER_bdpm.txt",
+        "CIS_CIP_bdpm.txt",
+        "CIS_COMPO_bdpm.txt",
+        "CIS_bdpm.txt",
+    )
     missing = [name for name in needed if not (bdpm / name).is_file()]
     if missing:
         print(f"error: {bdpm}: missing BDPM file(s) {', '.join(missing)}", file=sys.stderr)

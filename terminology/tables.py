@@ -56,6 +56,7 @@ from typing import Literal
 
 from vigie import settings
 from vigie.errors import VigieError
+from vigie.terminology.names import DrugNames, NameMatch
 from vigie.terminology.units import read_rows, read_unit_aliases, read_unit_conversions
 
 __all__ = [
@@ -133,6 +134,7 @@ ATC_SYSTEMS = frozenset({"ATC"})
 QualitativeResult = Literal["positive", "negative"]
 _QUALITATIVE_RESULTS: frozenset[str] = frozenset({"positive", "negative"})
 _SITE_DRUG_TABLE = "drugs_site.csv"
+_NAME_TABLES = "drugs_names"  # drugs_names*.csv: name tables (names.py), not code tables
 _ICD10_CODE = re.compile(r"([A-Z][0-9]{2})([0-9A-Z]{0,4})")
 
 
@@ -245,6 +247,7 @@ class Terminology:
         self._qualitative = _qualitative_table(_optional_rows("qualitative_results.csv", data_dir))
         self._data_dir = data_dir
         self._substances: dict[str, tuple[frozenset[str], frozenset[str]]] | None = None
+        self._drug_names: DrugNames | None = None
         if site_dir is not None:
             self._load_site(site_dir)
 
@@ -314,6 +317,13 @@ class Terminology:
         if short in ATC_SYSTEMS:
             return code.strip().upper() or None
         return self._drugs.get(_drug_key(short, code)) or None
+
+    def drug_by_name(self, label: str | None) -> NameMatch | None:
+        """The ATC a drug label gives by its substance names (``names.DrugNames.match``), for a
+        drug whose code no table maps; ``None`` when the label names no known substance."""
+        if self._drug_names is None:
+            self._drug_names = DrugNames(self._data_dir)
+        return self._drug_names.match(label)
 
     def drug_known(self, system: str | None, code: str) -> bool:
         """Whether a drug code is in the tables, with or without an ATC."""
@@ -398,7 +408,7 @@ def _drug_tables(directory: Path) -> list[str]:
     names = {
         path.name.removesuffix(".gz")
         for path in directory.glob("drugs_*.csv*")
-        if path.name.endswith((".csv", ".csv.gz"))
+        if path.name.endswith((".csv", ".csv.gz")) and not path.name.startswith(_NAME_TABLES)
     }
     return sorted(names, key=lambda name: (name == _SITE_DRUG_TABLE, name))
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from vigie.facts import Coding, Flag, FlagCode
 from vigie.terminology import Concept, QualitativeResult, Terminology, normalise_system
+from vigie.terminology.names import NameMatch
 
 __all__ = [
     "TerminologyMemo",
@@ -147,6 +148,7 @@ class TerminologyMemo:
         self._implied_units: dict[_Key, str | None] = {}
         self._atc: dict[_Key, str | None] = {}
         self._icd10: dict[_Key, str | None] = {}
+        self._by_name: dict[_Key, NameMatch | None] = {}
         self._allergy_atc: dict[_Key, tuple[str, ...]] = {}
         self._allergy_is_drug: dict[_Key, bool | None] = {}
         self._routes: dict[_Key, str | None] = {}
@@ -163,6 +165,13 @@ class TerminologyMemo:
 
     def icd10(self, system: str | None, code: str) -> str | None:
         return _ask(self._icd10, self.terminology.icd10, system, code)
+
+    def drug_by_name(self, label: str) -> NameMatch | None:
+        """``Terminology.drug_by_name``, memoised per label."""
+        key = (None, label)
+        if key in self._by_name:
+            return self._by_name[key]
+        return _remember(self._by_name, key, self.terminology.drug_by_name(label))
 
     def allergy_atc(self, system: str | None, code: str) -> tuple[str, ...]:
         return _ask(self._allergy_atc, self.terminology.allergy_atc, system, code)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.fhir.fast import (
     EntryProblem,
     ResourceEntry,
@@ -47,8 +48,9 @@ from vigie.connectors.fhir.fast import (
     _unmapped,
     reference_id,
 )
-from vigie.connectors.fhir.fast_facts import TerminologyMemo, coding, flag
+from vigie.connectors.fhir.fast_facts import TerminologyMemo, coding, flag, normalised_system
 from vigie.facts import AnyFact, Coding, Flag, FlagCode, MedicationAdministration, MedicationOrder
+from vigie.facts.model import Ingredient
 
 __all__ = ["EXTRACTORS"]
 
@@ -62,6 +64,7 @@ class _Drug(NamedTuple):
     suffix: str = ""
     is_ingredient: bool = False
     flags: tuple[Flag, ...] = ()
+    ingredients: tuple[Ingredient, ...] = ()  # of a combination product, read from its label
 
 
 def _drug_from_concept(
@@ -78,9 +81,27 @@ def _drug_from_concept(
         atc = terminology.drug_atc(candidate.system, candidate.code)
         if atc is not None:
             break
-    flags = () if atc else (_unmapped("drug", codings),)
+    flags: tuple[Flag, ...] = () if atc else (_unmapped("drug", codings),)
     label = text or codings[0].display
-    return _Drug(codings[0], atc, label, suffix, bool(suffix), flags)
+    ingredients: tuple[Ingredient, ...] = ()
+    from_label = label_drug(
+        terminology,
+        [text, *(c.display for c in codings)],
+        atc=atc,
+        codes=", ".join(f"{normalised_system(c.system)}|{c.code}" for c in codings),
+        source=_label_source(codings),
+    )
+    if from_label is not None:
+        ingredients = from_label.ingredients
+        if from_label.flags:  # the ATC came from the name: the code is no longer unmapped
+            atc, flags = from_label.atc, from_label.flags
+    return _Drug(codings[0], atc, label, suffix, bool(suffix), flags, ingredients)
+
+
+def _label_source(codings: list[Coding]) -> str:
+    """Where ingredients read from a label come from: an RxNorm display, or other text."""
+    rxnorm = any(normalised_system(c.system) == "RXNORM" and c.display for c in codings)
+    return "rxnorm-display" if rxnorm else "label"
 
 
 def _unresolved_drug(reference: dict[str, Any], path: str) -> _Drug:
@@ -489,6 +510,7 @@ def _order(
         end=end,
         **dose_fields,
         **common,
+        **({"ingredients": drug.ingredients} if drug.ingredients else {}),
     )
 
 
