@@ -2,7 +2,12 @@
 
 Counts per fact kind, unmapped codes with their frequency, unknown units, implausible values
 (limits in ``plausibility.csv``), orders without dose or frequency, patients without weight or
-creatinine, and — when given — the ingest outcome (messages per status, errors). It is tallied
+creatinine, and — when given — the ingest outcome (messages per status, errors).
+
+Drug lines (orders and administrations) are counted per feed by where their ATC code came from:
+the code tables, the fallback from the drug's name (an ``atc_from_name`` flag), or nowhere; the
+name fallback rate is the share of lines mapped by name, and the codes mapped by name are listed
+so that the tables can be completed. It is tallied
 as facts stream by (``QualityTally``), keeping a few fields per fact rather than the facts, so
 that it runs on a whole hospital's feeds in bounded memory.
 """
@@ -23,6 +28,7 @@ from vigie.facts import (
     Coding,
     FlagCode,
     LabResult,
+    MedicationAdministration,
     MedicationOrder,
     Observation,
 )
@@ -59,6 +65,8 @@ class QualityReport:
     orders_without_frequency: int = 0
     orders_without_atc: int = 0
     orders_without_route: int = 0
+    drug_mapping: list[dict[str, Any]] = field(default_factory=list)
+    mapped_by_name: list[dict[str, Any]] = field(default_factory=list)
     patients_without_weight: int = 0
     patients_without_creatinine: int = 0
     messages: dict[str, int] = field(default_factory=dict)
@@ -79,6 +87,8 @@ class _Noted:
     implausible: dict[str, Any] | None = None  # the row the report lists
     order_gaps: tuple[bool, bool, bool, bool] | None = None  # no dose, frequency, ATC, route
     measured: str | None = None  # weight or creatinine with a value
+    drug_mapping: tuple[str, str] | None = None  # feed, "code" / "name" / "none" (drug lines)
+    by_name: tuple[str | None, str, str | None, str | None] | None = None  # system, code, ...
 
 
 _Contribution = str | _Noted  # a patient id alone, or what more the fact adds
@@ -112,6 +122,7 @@ class QualityTally:
         self.limit = limit
         self._facts: dict[str, dict[str, _Contribution]] = {kind: {} for kind in FACT_KINDS}
         self._patient_ids: dict[str, str] = {}  # one string per patient, shared by its facts
+        self._feeds: dict[str, str] = {}  # one string per feed name, likewise
         self.messages: Counter[str] = Counter()
         self._errors: dict[bool, list[str]] = {True: [], False: []}  # fatal first, as read
         self._error_count = 0
@@ -129,8 +140,22 @@ class QualityTally:
                 fact.atc is None,
                 fact.route is None,
             )
+        if isinstance(fact, MedicationOrder | MedicationAdministration):
+            self._note_drug_mapping(noted, fact)
         plain = noted == _Noted(patient_id)
         self._facts[fact.kind][fact.fact_id] = patient_id if plain else noted
+
+    def _note_drug_mapping(
+        self, noted: _Noted, fact: MedicationOrder | MedicationAdministration
+    ) -> None:
+        feed = self._feeds.setdefault(fact.source.feed, fact.source.feed)
+        if fact.atc is None:
+            noted.drug_mapping = (feed, "none")
+        elif _flagged(fact, FlagCode.ATC_FROM_NAME):
+            noted.drug_mapping = (feed, "name")
+            noted.by_name = (fact.drug.system, fact.drug.code, fact.drug.display, fact.atc)
+        else:
+            noted.drug_mapping = (feed, "code")
 
     def add_facts(self, facts: Iterable[AnyFact]) -> None:
         for fact in facts:
@@ -160,6 +185,8 @@ class QualityTally:
             orders_without_frequency=sum(gaps[1] for gaps in orders),
             orders_without_atc=sum(gaps[2] for gaps in orders),
             orders_without_route=sum(gaps[3] for gaps in orders),
+            drug_mapping=_drug_mapping(noted),
+            mapped_by_name=_mapped_by_name(noted, self.limit),
             patients_without_weight=len(patients - _measured(noted["observation"], "weight")),
             patients_without_creatinine=len(patients - _measured(noted["lab"], "creatinine")),
             messages=dict(self.messages),
@@ -250,6 +277,53 @@ def _unmapped_codes(noted: dict[str, list[_Noted]], limit: int) -> list[dict[str
     ]
 
 
+_DRUG_KINDS = ("medication_order", "medication_administration")
+
+
+def _drug_mapping(noted: dict[str, list[_Noted]]) -> list[dict[str, Any]]:
+    """Per feed and drug kind: lines, ATC by code, by name, none, and the name fallback rate."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for kind in _DRUG_KINDS:
+        counts.update(
+            (c.drug_mapping[0], kind, c.drug_mapping[1]) for c in noted[kind] if c.drug_mapping
+        )
+    rows = []
+    for feed, kind in sorted({(feed, kind) for feed, kind, _ in counts}):
+        by = {way: counts[feed, kind, way] for way in ("code", "name", "none")}
+        lines = sum(by.values())
+        rows.append(
+            {
+                "feed": feed,
+                "kind": kind,
+                "lines": lines,
+                "by_code": by["code"],
+                "by_name": by["name"],
+                "unmapped": by["none"],
+                "name_rate": round(by["name"] / lines, 4),
+            }
+        )
+    return rows
+
+
+def _mapped_by_name(noted: dict[str, list[_Noted]], limit: int) -> list[dict[str, Any]]:
+    """Drug codes whose ATC came from the name, most frequent first."""
+    counts: Counter[tuple[str, str | None, str, str | None, str | None]] = Counter()
+    for kind in _DRUG_KINDS:
+        counts.update((kind, *c.by_name) for c in noted[kind] if c.by_name)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0][0], item[0][2]))
+    return [
+        {
+            "kind": kind,
+            "system": system,
+            "code": code,
+            "count": count,
+            "display": display,
+            "atc": atc,
+        }
+        for (kind, system, code, display, atc), count in ranked[:limit]
+    ]
+
+
 def _unknown_units(noted: dict[str, list[_Noted]], limit: int) -> list[dict[str, Any]]:
     """Unknown units by kind, concept and unit as sent, most frequent first."""
     counts: Counter[tuple[str, str | None, str | None]] = Counter()
@@ -323,6 +397,16 @@ def render_text(report: QualityReport) -> str:
         f"Patients without weight: {r.patients_without_weight:,}; "
         f"without creatinine: {r.patients_without_creatinine:,}"
     )
+    lines.append(
+        "Drug lines by feed (feed, kind, lines, ATC by code, by name, none, name fallback rate):"
+    )
+    lines += [
+        f"  {row['feed']}  {row['kind']}  {row['lines']:,}  {row['by_code']:,}  "
+        f"{row['by_name']:,}  {row['unmapped']:,}  {row['name_rate']:.1%}"
+        for row in report.drug_mapping
+    ] or ["  (none)"]
+    lines.append("Drug codes mapped by name (kind, system, code, count, label, ATC):")
+    lines += _table(report.mapped_by_name, ["kind", "system", "code", "count", "display", "atc"])
     lines.append("Unmapped codes (kind, system, code, count, label):")
     lines += _table(report.unmapped_codes, ["kind", "system", "code", "count", "display"])
     lines.append("Unknown units (kind, concept, unit, count):")
