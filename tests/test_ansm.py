@@ -104,13 +104,14 @@ def test_ci_and_ad_entries_map_at_least_ninety_percent(result: AnsmImport) -> No
 
 def test_every_thesaurus_class_has_a_reviewed_row(result: AnsmImport) -> None:
     table = load_class_table()
-    classes = {key for key, mapping in result.names.items() if mapping.kind != "substance"}
+    names = result.thesaurus_names()
+    classes = {key for key, mapping in names.items() if mapping.kind != "substance"}
     assert classes <= set(table)
     assert all(row.basis for row in table.values())
 
 
 def test_unmapped_names_carry_a_reason(result: AnsmImport) -> None:
-    unmapped = [mapping for mapping in result.names.values() if not mapping.codes]
+    unmapped = [mapping for mapping in result.thesaurus_names().values() if not mapping.codes]
     assert unmapped
     assert all(mapping.reason for mapping in unmapped)
     assert "pamplemousse (jus et fruit)" in {mapping.key for mapping in unmapped}

@@ -48,7 +48,7 @@ import re
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -296,31 +296,83 @@ def bdpm_base(name: str) -> str:
     return _SALT_SUFFIX.sub("", key).strip()
 
 
+# ATC groups of local forms (skin, eye, ear, mouth, throat, nose, vagina, rectum, joints applied
+# on the skin). The thesaurus is written for the systemic forms: it names the local forms it
+# means ("bêta-bloquants (y compris collyres)", econazole "quelle que soit la voie
+# d'administration"), so a BDPM code in these groups is left out unless ansm_local_forms.csv
+# keeps it for a name. Systemic products classed under D are kept (oral antifungals D01B,
+# psoriasis D05B, acne D10B, alitretinoin and dupilumab D11AH04-05, acetazolamide and
+# diclofenamide S01EC01-02, tablets classed with the glaucoma eye drops).
+LOCAL_ATC: tuple[str, ...] = (
+    "A01A", "C05A", "C05B", "D", "G01", "M02A", "R01A", "R02A", "S01", "S02", "S03",
+)  # fmt: skip
+SYSTEMIC_IN_LOCAL: tuple[str, ...] = (
+    "D01B", "D05B", "D10B", "D11AH04", "D11AH05", "S01EC01", "S01EC02",
+)  # fmt: skip
+
+
+def is_local_form(code: str) -> bool:
+    """True for the ATC code of a local form (``D07AC01`` betamethasone cream, ``S01XA18``)."""
+    return code.startswith(LOCAL_ATC) and not code.startswith(SYSTEMIC_IN_LOCAL)
+
+
+_CATION = r"(?:sodium|potassium|calcium|magnesium|lysine|meglumine|zinc|aluminium)"
+_ACID_SALT = (
+    re.compile(rf"^(?P<stem>[a-z]+)ate (?:de |d'){_CATION}$"),
+    re.compile(rf"^{_CATION} \((?P<stem>[a-z]+)ate (?:de|d')\)$"),
+)
+
+
+def acid_of_salt(base: str) -> str | None:
+    """``fusidate de sodium`` → ``acide fusidique``: the acid a cation salt is named after."""
+    for pattern in _ACID_SALT:
+        match = pattern.match(base)
+        if match:
+            return f"acide {match['stem']}ique"
+    return None
+
+
 class BdpmSubstances:
-    """BDPM spellings by thesaurus key, and which combination ATC codes are specific."""
+    """BDPM substances by thesaurus key, and which combination ATC codes are specific.
+
+    A thesaurus name finds BDPM substance codes through its spellings (exact first, then salt
+    forms and the cation salts of an acid); every spelling of those substance codes counts, so
+    ``ACIDE FUSIDIQUE`` (cream) and ``FUSIDIQUE (ACIDE)`` (tablets) and ``FUSIDATE DE SODIUM``
+    all give fusidic acid, not the first spelling found.
+    """
 
     def __init__(self, terminology: Terminology, directory: Path = TERMINOLOGY_DIR) -> None:
         self._terminology = terminology
-        self._spellings: dict[str, set[str]] = defaultdict(set)
+        self._substances: dict[str, set[str]] = defaultdict(set)  # exact key → substance codes
+        self._salts: dict[str, set[str]] = defaultdict(set)  # salt-free key → codes
+        self._acids: dict[str, set[str]] = defaultdict(set)  # acid key → codes of its salts
+        self._names: dict[str, set[str]] = defaultdict(set)  # substance code → BDPM spellings
         substances_by_code: dict[str, set[str]] = defaultdict(set)
         self._single_codes: set[str] = set()
         for row in _bdpm_rows(directory):
-            name = row["substance_name"]
-            self._spellings[name_key(name)].add(name)
-            self._spellings[bdpm_base(name)].add(name)
-            for code in row["atc"].split():
-                substances_by_code[code].add(row["substance_code"])
+            name, code = row["substance_name"], row["substance_code"]
+            self._names[code].add(name)
+            self._substances[name_key(name)].add(code)
+            base = bdpm_base(name)
+            self._salts[base].add(code)
+            acid = acid_of_salt(base)
+            if acid is not None:
+                self._acids[acid].add(code)
+            for atc in row["atc"].split():
+                substances_by_code[atc].add(code)
             self._single_codes.update(row["atc_single"].split())
         self._sharing = {code: len(subs) for code, subs in substances_by_code.items()}
 
+    def substance_codes(self, key: str) -> tuple[str, ...]:
+        """The BDPM substance codes a thesaurus key names: exact spellings and the cation salts
+        of an acid (``acide fusidique``: ``FUSIDATE DE SODIUM``), else salt forms."""
+        exact = self._substances.get(key, set()) | self._acids.get(key, set())
+        return tuple(sorted(exact or self._salts.get(key, set())))
+
     def codes(self, key: str) -> tuple[str, ...]:
-        """ATC codes for a thesaurus substance key; exact spellings win over salt forms."""
-        exact = {s for s in self._spellings.get(key, ()) if name_key(s) == key}
-        for spellings in (exact, self._spellings.get(key, set())):
-            codes = self._codes_of(sorted(spellings))
-            if codes:
-                return codes
-        return ()
+        """Every ATC code (local forms included) of the substance's products."""
+        spellings = sorted({n for code in self.substance_codes(key) for n in self._names[code]})
+        return self._codes_of(spellings)
 
     def _codes_of(self, spellings: Sequence[str]) -> tuple[str, ...]:
         single: set[str] = set()
@@ -409,7 +461,11 @@ def load_substance_table(path: Path = DATA_DIR / "ansm_substances.csv") -> dict[
 
 @dataclass(frozen=True)
 class NameMapping:
-    """A thesaurus name and its ATC codes; ``reason`` says why ``codes`` is empty."""
+    """A thesaurus name and its ATC codes; ``reason`` says why ``codes`` is empty.
+
+    ``local`` lists the codes of local forms left out (``D01AC08`` ketoconazole shampoo); when
+    only local forms carry a code, ``codes`` is empty and ``reason`` says so.
+    """
 
     key: str
     kind: str  # substance | class | other
@@ -417,10 +473,37 @@ class NameMapping:
     basis: str
     missing_members: tuple[str, ...] = ()
     reason: str = ""
+    local: tuple[str, ...] = ()
+    except_codes: tuple[str, ...] = ()  # codes under ``codes`` left out (restricted sides)
+
+
+@dataclass(frozen=True)
+class LocalFormRow:
+    name: str
+    atc: tuple[str, ...]  # local-form codes or prefixes kept for this name
+    basis: str
+
+
+def load_local_form_table(
+    path: Path = DATA_DIR / "ansm_local_forms.csv",
+) -> dict[str, LocalFormRow]:
+    table: dict[str, LocalFormRow] = {}
+    for line, row in _table_rows(path):
+        codes = _codes(row["atc"], path, line)
+        table[name_key(row["name"])] = LocalFormRow(row["name"], codes, row["basis"])
+    return table
+
+
+# A class named "(y compris collyres)" means its members' eye drops too.
+_EYE_DROPS_INCLUDED = "y compris collyres"
 
 
 class AtcResolver:
-    """Maps thesaurus names to ATC codes: reviewed tables first, then the BDPM."""
+    """Maps thesaurus names to ATC codes: reviewed tables first, then the BDPM.
+
+    Codes of local forms (``is_local_form``), from the BDPM or a reviewed row, are left out
+    unless the thesaurus name (``y compris collyres``) or ``ansm_local_forms.csv`` keeps them.
+    """
 
     def __init__(
         self,
@@ -428,9 +511,11 @@ class AtcResolver:
         bdpm: BdpmSubstances,
         classes: Mapping[str, ClassRow],
         substances: Mapping[str, SubstanceRow],
+        local_forms: Mapping[str, LocalFormRow] | None = None,
     ) -> None:
         self._thesaurus, self._bdpm = thesaurus, bdpm
         self._classes, self._substances = classes, substances
+        self._local_forms = load_local_form_table() if local_forms is None else local_forms
         self._cache: dict[str, NameMapping] = {}
 
     def resolve(self, name: str) -> NameMapping:
@@ -439,39 +524,72 @@ class AtcResolver:
             self._cache[key] = self._resolve(key)
         return self._cache[key]
 
+    def knows(self, key: str) -> bool:
+        """True for a substance or class name of the thesaurus index."""
+        return key in self._thesaurus.substances or key in self._thesaurus.members
+
+    def display(self, key: str) -> str:
+        """The thesaurus spelling of a name key (the key itself for a name outside the index
+        or an ATC code)."""
+        return self._thesaurus.substances.get(key) or self._thesaurus.classes.get(key) or key
+
+    def _kept_local(self, key: str) -> tuple[str, ...]:
+        row = self._local_forms.get(key)
+        kept = row.atc if row is not None else ()
+        return (*kept, "S01") if _EYE_DROPS_INCLUDED in key else kept
+
     def _resolve(self, key: str) -> NameMapping:
         if key in self._classes:
             return self._class(key, self._classes[key])
         if key in self._thesaurus.members and key not in self._thesaurus.substances:
             row = ClassRow(key, "members", (), "members from the thesaurus index (not reviewed)")
             return self._class(key, row)
-        codes, basis, reason = self.substance(key)
-        return NameMapping(key, "substance", codes, basis, reason=reason)
+        codes, basis, reason, local = self.substance(key, self._kept_local(key))
+        return NameMapping(key, "substance", codes, basis, reason=reason, local=local)
 
-    def substance(self, key: str) -> tuple[tuple[str, ...], str, str]:
-        """(codes, basis, reason when no code) for one substance key."""
+    def substance(
+        self, key: str, keep_local: tuple[str, ...] = ()
+    ) -> tuple[tuple[str, ...], str, str, tuple[str, ...]]:
+        """(codes, basis, reason when no code, local-form codes left out) for a substance key."""
         row = self._substances.get(key)
-        if row is not None:
-            return row.atc, f"reviewed table: {row.basis}" if row.atc else "", row.basis
-        codes = self._bdpm.codes(key)
+        every = row.atc if row is not None else self._bdpm.codes(key)
+        basis = f"reviewed table: {row.basis}" if row is not None else "BDPM"
+        keep = (*keep_local, *self._kept_local(key))
+        local = tuple(c for c in every if is_local_form(c) and not c.startswith(keep))
+        codes = tuple(c for c in every if c not in local)
+        if row is not None:  # the BDPM's local forms the reviewed row leaves out, for the report
+            bdpm_local = (c for c in self._bdpm.codes(key) if is_local_form(c) and c not in codes)
+            local = tuple(sorted({*local, *(c for c in bdpm_local if not c.startswith(keep))}))
         if codes:
-            return codes, "BDPM", ""
-        return (), "", "no substance-level ATC code in the BDPM, not in ansm_substances.csv"
+            return codes, basis, "", local
+        if row is not None:
+            return (), "", row.basis, local
+        if local:
+            reason = (
+                "only local forms carry an ATC code in the BDPM (" + ", ".join(local) + "); "
+                "its systemic forms have none: add them to ansm_substances.csv"
+            )
+            return (), "", reason, local
+        return (), "", "no substance-level ATC code in the BDPM, not in ansm_substances.csv", ()
 
     def _class(self, key: str, row: ClassRow) -> NameMapping:
         kind = "class" if key in self._thesaurus.members else "other"
         codes: set[str] = set(row.atc) if row.mapping in {"atc", "members+atc"} else set()
         missing: list[str] = []
+        local: set[str] = set()
         if row.mapping in {"members", "members+atc"}:
             for member in self._thesaurus.members.get(key, ()):
-                member_codes = self.substance(member)[0]
+                member_codes, _, _, member_local = self.substance(member, self._kept_local(key))
                 codes.update(member_codes)
+                local.update(member_local)
                 if not member_codes:
                     missing.append(member)
         reason = row.basis if not codes else ""
         if not codes and row.mapping != "none":
             reason = "no member of the class has an ATC code"
-        return NameMapping(key, kind, _minimal(codes), row.basis, tuple(missing), reason)
+        minimal = _minimal(codes)
+        dropped = tuple(sorted(c for c in local if not c.startswith(minimal)))
+        return NameMapping(key, kind, minimal, row.basis, tuple(missing), reason, dropped)
 
 
 def _minimal(codes: Iterable[str]) -> tuple[str, ...]:
@@ -524,9 +642,18 @@ class AnsmImport:
     display: dict[str, str]  # key → thesaurus spelling
     slugs: dict[str, str]  # key → slug
     problems: list[ThesaurusError]
+    restricted: list[Restricted] = field(default_factory=list)
+    covered: list[Coverage] = field(default_factory=list)
+    resolver: AtcResolver | None = None
+    thesaurus: Thesaurus | None = None
 
     def entries(self, level: str) -> int:
         return sum(1 for i in self.interactions if i.level == level)
+
+    def thesaurus_names(self) -> dict[str, NameMapping]:
+        """The mappings of thesaurus names, without the sides derived by restrictions
+        (``<key> sauf ...``) or by default-pack coverage (``<key> | <tag>``)."""
+        return {k: m for k, m in self.names.items() if not is_derived_key(k)}
 
     def mapped(self, level: str) -> int:
         return self.entries(level) - sum(1 for u in self.unmapped if u.interaction.level == level)
@@ -545,30 +672,400 @@ class AnsmImport:
         return counts
 
 
+# Restrictions and default-pack coverage ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestrictionRow:
+    """One row of ``ansm_restrictions.csv``: one level of an entry narrowed on one side."""
+
+    line: int
+    first: str  # name keys
+    second: str
+    level: str
+    side: str  # first | second | "" (nothing narrowed: the text restates the pair)
+    only: tuple[str, ...]
+    excluded: tuple[str, ...]
+    basis: str
+
+    @property
+    def narrowed(self) -> str | None:
+        return {"first": self.first, "second": self.second}.get(self.side)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """``;``-separated thesaurus names (as keys) or ATC codes (kept as written)."""
+    items = (n.strip() for n in text.split(";"))
+    return tuple(n if _CODE.fullmatch(n) else name_key(n) for n in items if n)
+
+
+def load_restriction_table(path: Path = DATA_DIR / "ansm_restrictions.csv") -> list[RestrictionRow]:
+    rows: list[RestrictionRow] = []
+    for line, row in _table_rows(path):
+        level, side = row["level"], row["side"]
+        if level not in _LEVEL_BY_CODE:
+            raise ThesaurusError(path.name, f"line {line}", f"level in {sorted(_LEVEL_BY_CODE)}")
+        only, excluded = _names(row["only"]), _names(row["except"])
+        if side not in {"first", "second", ""} or (side == "") != (not only and not excluded):
+            raise ThesaurusError(
+                path.name, f"line {line}", "side first or second with only or except, or none"
+            )
+        if only and excluded:
+            raise ThesaurusError(path.name, f"line {line}", "only or except, not both")
+        first, second = name_key(row["first"]), name_key(row["second"])
+        rows.append(RestrictionRow(line, first, second, level, side, only, excluded, row["basis"]))
+    return rows
+
+
+@dataclass(frozen=True)
+class CoverageRow:
+    """One row of ``ansm_default_coverage.csv``: an entry a default-pack rule already raises."""
+
+    line: int
+    first: str  # name keys
+    second: str
+    level: str
+    default_rule: str
+    basis: str
+
+
+def load_coverage_table(path: Path = DATA_DIR / "ansm_default_coverage.csv") -> list[CoverageRow]:
+    rows: list[CoverageRow] = []
+    for line, row in _table_rows(path):
+        if row["level"] not in _LEVEL_BY_CODE:
+            raise ThesaurusError(path.name, f"line {line}", f"level in {sorted(_LEVEL_BY_CODE)}")
+        first, second = name_key(row["first"]), name_key(row["second"])
+        rows.append(
+            CoverageRow(line, first, second, row["level"], row["default_rule"], row["basis"])
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class AtcSet:
+    """An ATC set of the default pack read from its IR: included prefixes minus excluded ones."""
+
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+
+    def holds_all(self, code: str) -> bool:
+        """Every code under ``code`` is in the set."""
+        return code.startswith(self.include) and not any(
+            code.startswith(e) or e.startswith(code) for e in self.exclude
+        )
+
+    def meets(self, code: str) -> bool:
+        """Some code under ``code`` is in the set."""
+        return any(code.startswith(i) or i.startswith(code) for i in self.include)
+
+
+def default_pair_sets(
+    path: Path = DATA_DIR / "default.rules",
+) -> dict[str, tuple[tuple[str, AtcSet], tuple[str, AtcSet]]]:
+    """Rule id → the (name, ATC set) of its two drug bindings, for the default pack's pair rules.
+
+    A set with a route-restricted or exact term is not read (its coverage is not a code matter).
+    """
+    from vigie.rules import compile_pack  # the compiler imports the packs package
+
+    ir, _ = compile_pack(path.read_text(encoding="utf-8"), str(path))
+    if ir is None:
+        raise ThesaurusError(path.name, "pack", "a default pack that compiles")
+    sets: dict[str, AtcSet] = {}
+    for name, spec in ir["sets"].items():
+        terms = spec["terms"]
+        if spec["system"] != "atc" or any(t.get("routes") or t.get("exact") for t in terms):
+            continue
+        include = tuple(i for t in terms for i in t["include"])
+        exclude = tuple(e for t in terms for e in (t.get("exclude") or ()))
+        sets[name] = AtcSet(include, exclude)
+    pairs: dict[str, tuple[tuple[str, AtcSet], tuple[str, AtcSet]]] = {}
+    for rule in ir["rules"]:
+        drugs = [b["set"] for b in rule["bindings"] if b["kind"] == "drug"]
+        if len(drugs) == 2 and all(d in sets for d in drugs):
+            pairs[rule["id"]] = ((drugs[0], sets[drugs[0]]), (drugs[1], sets[drugs[1]]))
+    return pairs
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """An ANSM rule a default-pack rule already raises in part: the rules it became."""
+
+    rule_id: str  # the ANSM rule as the thesaurus gives it
+    default_rule: str
+    default_sets: tuple[str, str]
+    replaced_by: tuple[str, ...]  # the ANSM rules left for the pairs the default rule misses
+    basis: str
+
+
+# Building --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Restricted:
+    """An entry level generated for part of its pair, from ``ansm_restrictions.csv``."""
+
+    interaction: Interaction
+    rows: tuple[RestrictionRow, ...]
+    rule_ids: tuple[str, ...]
+
+
 def build_import(
-    thesaurus_dir: Path | None = None, terminology: Terminology | None = None
+    thesaurus_dir: Path | None = None,
+    terminology: Terminology | None = None,
+    default_pack: Path | None = DATA_DIR / "default.rules",
 ) -> AnsmImport:
     thesaurus = load_thesaurus(thesaurus_dir or DEFAULT_THESAURUS_DIR)
     bdpm = BdpmSubstances(terminology or default_terminology())
     resolver = AtcResolver(thesaurus, bdpm, load_class_table(), load_substance_table())
     display = _display_names(thesaurus.interactions)
-    slugs = _unique_slugs(display)
     names = {key: resolver.resolve(name) for key, name in display.items()}
+    restrictions = _restriction_index(load_restriction_table(), resolver, names)
+    # Sides of each interaction: one (name, key) list per side, narrowed by the restrictions.
+    planned: list[tuple[Interaction, list[list[str]], tuple[RestrictionRow, ...]]] = []
+    for interaction in thesaurus.interactions:
+        rows = restrictions.get(_pair_key(interaction), ())
+        sides = [
+            _side(name_key(name), rows, resolver, names, display)
+            for name in (interaction.main, interaction.plus)
+        ]
+        planned.append((interaction, sides, rows))
+    slugs = _unique_slugs(display)
     rules: dict[str, GeneratedRule] = {}
     unmapped: list[Unmapped] = []
-    for interaction in thesaurus.interactions:
-        sides = [(interaction.main, names[name_key(interaction.main)])]
-        sides.append((interaction.plus, names[name_key(interaction.plus)]))
-        missing = tuple((name, mapping) for name, mapping in sides if not mapping.codes)
-        if missing:
-            unmapped.append(Unmapped(interaction, missing))
-            continue
-        rule = _rule(interaction, sides, slugs)
-        rules.setdefault(rule.rule_id, rule)
+    restricted: list[Restricted] = []
+    # Unrestricted entries first, so that a pair the thesaurus lists on its own keeps its own
+    # text when a restricted class entry names it too (oxybate + morphiniques).
+    for interaction, sides, rows in sorted(planned, key=lambda p: bool(p[2])):
+        generated: list[str] = []
+        missing: list[tuple[str, NameMapping]] = []
+        for first_key in sides[0]:
+            for second_key in sides[1]:
+                pair = [(display[first_key], names[first_key])]
+                pair.append((display[second_key], names[second_key]))
+                gaps = [(name, mapping) for name, mapping in pair if not mapping.codes]
+                if gaps:
+                    missing.extend(gaps)
+                    continue
+                rule = _rule(
+                    interaction, pair, slugs, conditional=interaction.conditional and not rows
+                )
+                rules.setdefault(rule.rule_id, rule)
+                generated.append(rule.rule_id)
+        if not generated:
+            unique = tuple(dict.fromkeys(missing))
+            unmapped.append(Unmapped(interaction, unique))
+        if rows:
+            restricted.append(Restricted(interaction, rows, tuple(generated)))
+    covered: list[Coverage] = []
+    if default_pack is not None:
+        rules, covered = _apply_coverage(
+            rules, load_coverage_table(), default_pair_sets(default_pack), names, display, slugs
+        )
     ordered = sorted(rules.values(), key=lambda r: (LEVELS.index(r.level), r.rule_id))
-    return AnsmImport(
+    result = AnsmImport(
         thesaurus.interactions, ordered, unmapped, names, display, slugs, thesaurus.problems
     )
+    result.restricted = sorted(restricted, key=lambda r: r.interaction.position)
+    result.covered = covered
+    result.resolver = resolver
+    result.thesaurus = thesaurus
+    return result
+
+
+def _pair_key(interaction: Interaction) -> tuple[frozenset[str], str]:
+    return frozenset((name_key(interaction.main), name_key(interaction.plus))), interaction.level
+
+
+def _restriction_index(
+    rows: Iterable[RestrictionRow], resolver: AtcResolver, names: Mapping[str, NameMapping]
+) -> dict[tuple[frozenset[str], str], tuple[RestrictionRow, ...]]:
+    """Rows by (unordered pair, level); a name that is neither in the thesaurus nor mappable to
+    ATC (a typo) is an error. Names of the entry texts missing from the index (atézolizumab)
+    are accepted when they map."""
+    index: dict[tuple[frozenset[str], str], list[RestrictionRow]] = defaultdict(list)
+    for row in rows:
+        for key in (*row.only, *(k for k in row.excluded if not _CODE.fullmatch(k))):
+            if not resolver.knows(key) and not resolver.resolve(key).codes:
+                raise ThesaurusError(
+                    "ansm_restrictions.csv", f"line {row.line}", f"a thesaurus name, not {key!r}"
+                )
+        if row.first not in names or row.second not in names:
+            raise ThesaurusError(
+                "ansm_restrictions.csv", f"line {row.line}", "two names of a thesaurus entry"
+            )
+        index[(frozenset((row.first, row.second)), row.level)].append(row)
+    return {key: tuple(found) for key, found in index.items()}
+
+
+def _side(
+    key: str,
+    rows: Sequence[RestrictionRow],
+    resolver: AtcResolver,
+    names: dict[str, NameMapping],
+    display: dict[str, str],
+) -> list[str]:
+    """The name keys standing for one side of an entry once its restrictions are applied."""
+    for row in rows:
+        if row.narrowed != key:
+            continue
+        if row.only:
+            for only in row.only:
+                if only not in names:
+                    names[only] = resolver.resolve(only)
+                    display[only] = resolver.display(only)
+            return list(row.only)
+        removed = [_code_or_name(k, resolver, names) for k in row.excluded]
+        labels = ", ".join(resolver.display(k) for k in row.excluded)
+        derived = f"{key} sauf {' '.join(row.excluded)}"
+        names[derived] = _without(names[key], removed, derived, f"sans {labels}")
+        display[derived] = f"{display[key]} (sauf {labels})"
+        return [derived]
+    return [key]
+
+
+def _code_or_name(key: str, resolver: AtcResolver, names: Mapping[str, NameMapping]) -> NameMapping:
+    if _CODE.fullmatch(key):  # an ATC code or class written in the table (R03: inhaled forms)
+        return NameMapping(key, "atc", (key,), "ansm_restrictions.csv")
+    return names.get(key) or resolver.resolve(key)
+
+
+def _without(base: NameMapping, removed: Iterable[NameMapping], key: str, note: str) -> NameMapping:
+    """``base`` without the codes of ``removed``: codes under a removed one are dropped, a removed
+    code under a kept class code becomes an ``except``."""
+    gone = sorted({c for mapping in removed for c in mapping.codes})
+    kept = tuple(c for c in base.codes if not c.startswith(tuple(gone)))
+    excepted = tuple(sorted({*base.except_codes, *(g for g in gone if g.startswith(kept))}))
+    basis = f"{base.basis}; {note}" if base.basis else note
+    return NameMapping(key, base.kind, kept, basis, base.missing_members, base.reason,
+                       base.local, excepted)  # fmt: skip
+
+
+def _apply_coverage(
+    rules: dict[str, GeneratedRule],
+    rows: Sequence[CoverageRow],
+    pairs: Mapping[str, tuple[tuple[str, AtcSet], tuple[str, AtcSet]]],
+    names: dict[str, NameMapping],
+    display: dict[str, str],
+    slugs: dict[str, str],
+) -> tuple[dict[str, GeneratedRule], list[Coverage]]:
+    """Leave to a default-pack rule the pairs of lines it raises (see ``_uncovered``)."""
+    covered: list[Coverage] = []
+    result = dict(rules)
+    for row in rows:
+        where = ("ansm_default_coverage.csv", f"line {row.line}")
+        if row.default_rule not in pairs:
+            expected = f"a pair rule of the default pack on two ATC sets, not {row.default_rule!r}"
+            raise ThesaurusError(*where, expected)
+        targets = [
+            r for r in rules.values()
+            if r.level.code == row.level and {_base_key(r.first.key), _base_key(r.second.key)}
+            == {row.first, row.second}
+        ]  # fmt: skip
+        if not targets:
+            raise ThesaurusError(*where, "an entry the generator turns into a rule")
+        for rule in targets:
+            parts = _uncovered(rule, pairs[row.default_rule], names, display, slugs)
+            if parts is None:
+                raise ThesaurusError(*where, f"{rule.rule_id}: classes only partly in the sets")
+            del result[rule.rule_id]
+            for part in parts:
+                result[part.rule_id] = part
+            (p_name, _), (q_name, _) = pairs[row.default_rule]
+            ids = tuple(part.rule_id for part in parts)
+            covered.append(
+                Coverage(rule.rule_id, row.default_rule, (p_name, q_name), ids, row.basis)
+            )
+    return result, covered
+
+
+def is_derived_key(key: str) -> bool:
+    """True for a side made by the generator from a thesaurus name (restricted or narrowed)."""
+    return " sauf " in key or " | " in key
+
+
+def _base_key(key: str) -> str:
+    return key.split(" sauf ")[0].split(" | ")[0]
+
+
+def _uncovered(
+    rule: GeneratedRule,
+    sets: tuple[tuple[str, AtcSet], tuple[str, AtcSet]],
+    names: dict[str, NameMapping],
+    display: dict[str, str],
+    slugs: dict[str, str],
+) -> list[GeneratedRule] | None:
+    """The rules raising what ``rule`` raises minus the pairs of lines the default rule's sets
+    P × Q raise. The first side A splits into its codes in P, in Q and in neither (A₀):
+    A₀ × B, (A in P) × (B outside Q), (A in Q) × (B outside P). None when a class code is only
+    partly inside P or Q (the split would need codes the thesaurus side does not list)."""
+    (p_name, p_set), (q_name, q_set) = sets
+    a, b = rule.first, rule.second
+
+    def split(codes: Sequence[str], atc: AtcSet) -> tuple[list[str], list[str]] | None:
+        inside = [c for c in codes if atc.holds_all(c)]
+        if any(atc.meets(c) for c in codes if c not in inside):
+            return None
+        return inside, [c for c in codes if c not in inside]
+
+    a_p, a_q, b_p, b_q = (
+        split(a.codes, p_set),
+        split(a.codes, q_set),
+        split(b.codes, p_set),
+        split(b.codes, q_set),
+    )
+    if a_p is None or a_q is None or b_p is None or b_q is None:
+        return None
+    a_none = [c for c in a.codes if c not in a_p[0] and c not in a_q[0]]
+    if (a.codes, a.except_codes) == (b.codes, b.except_codes):
+        b = a
+        # One class paired with itself: each unordered pair of lines must stay in one rule,
+        # so the parts are {none, none}, {none, P or Q}, {P, P}, {Q, Q} (not {P, Q}).
+        plans = [
+            (a_none, f"hors_{p_name}_{q_name}", a_none, f"hors_{p_name}_{q_name}"),
+            (a_none, f"hors_{p_name}_{q_name}", a_p[0] + a_q[0], f"{p_name}_{q_name}"),
+            (a_p[0], p_name, a_p[0], p_name),
+            (a_q[0], q_name, a_q[0], q_name),
+        ]
+    elif any(x.startswith(y) or y.startswith(x) for x in a.codes for y in b.codes):
+        return None  # two overlapping classes: the parts could raise one pair twice
+    else:
+        plans = [
+            (a_none, f"hors_{p_name}_{q_name}", list(b.codes), ""),
+            (a_p[0], p_name, b_q[1], f"hors_{q_name}"),
+            (a_q[0], q_name, b_p[1], f"hors_{p_name}"),
+        ]
+    parts: list[GeneratedRule] = []
+    for a_codes, a_tag, b_codes, b_tag in plans:
+        if not a_codes or not b_codes:
+            continue
+        first = _part(a, a_codes, a_tag, names, display, slugs)
+        second = _part(b, b_codes, b_tag, names, display, slugs) if b_tag else b
+        if slugs[first.key] > slugs[second.key]:
+            first, second = second, first
+        rule_id = f"ansm.{rule.level.code}.{slugs[first.key]}.{slugs[second.key]}"
+        parts.append(replace(rule, rule_id=rule_id, first=first, second=second))
+    return parts
+
+
+def _part(
+    mapping: NameMapping,
+    codes: Sequence[str],
+    tag: str,
+    names: dict[str, NameMapping],
+    display: dict[str, str],
+    slugs: dict[str, str],
+) -> NameMapping:
+    """``mapping`` kept to ``codes``, registered under a derived key (``<key> | <tag>``)."""
+    if tuple(codes) == mapping.codes:
+        return mapping
+    key = f"{mapping.key} | {tag}"
+    if key not in names:
+        note = tag.replace("_", " ")
+        names[key] = replace(mapping, key=key, codes=tuple(codes), basis=f"{mapping.basis}; {note}")
+        display[key] = f"{display[mapping.key]} ({note})"
+        slugs[key] = f"{slugs[mapping.key]}_{tag}"
+    return names[key]
 
 
 def _display_names(interactions: Iterable[Interaction]) -> dict[str, str]:
@@ -583,9 +1080,11 @@ def _unique_slugs(display: Mapping[str, str]) -> dict[str, str]:
     slugs: dict[str, str] = {}
     taken: set[str] = set()
     for key in sorted(display):
-        candidate, number = slug(key), 2
+        base, _, rest = key.partition(" sauf ")
+        stem = f"{slug(base)}_sauf" if rest else slug(key)  # a side without some members
+        candidate, number = stem, 2
         while candidate in taken:
-            candidate, number = f"{slug(key)}_{number}", number + 1
+            candidate, number = f"{stem}_{number}", number + 1
         slugs[key] = candidate
         taken.add(candidate)
     return slugs
@@ -595,6 +1094,8 @@ def _rule(
     interaction: Interaction,
     sides: list[tuple[str, NameMapping]],
     slugs: Mapping[str, str],
+    *,
+    conditional: bool,
 ) -> GeneratedRule:
     (first_name, first), (second_name, second) = sorted(sides, key=lambda s: slugs[s[1].key])
     level = _LEVEL_BY_CODE[interaction.level]
@@ -608,7 +1109,7 @@ def _rule(
         _one_line(second_name),
         interaction.info,
         interaction.mechanism,
-        interaction.conditional,
+        conditional,
     )
 
 
@@ -659,13 +1160,22 @@ def _set_lines(result: AnsmImport, key: str) -> list[str]:
     for number, chunk in enumerate(chunks):
         text = ", ".join(chunk) + ("," if number < len(chunks) - 1 else "")
         lines.append((head if number == 0 else " " * len(head)) + text)
+    excepted = mapping.except_codes
+    for number in range(0, len(excepted), 10):
+        listed = ", ".join(excepted[number : number + 10])
+        more = "," if number + 10 < len(excepted) else ""
+        lead = "except " if number == 0 else "       "
+        lines.append(" " * (len(head) - 2) + lead + listed + more)
     return lines
 
 
 def _rule_lines(result: AnsmImport, rule: GeneratedRule) -> list[str]:
     level = rule.level
     first_set = f"ansm_{result.slugs[rule.first.key]}"
-    same = rule.first.codes == rule.second.codes
+    same = (rule.first.codes, rule.first.except_codes) == (
+        rule.second.codes,
+        rule.second.except_codes,
+    )
     second_set = first_set if same else f"ansm_{result.slugs[rule.second.key]}"
     title = f"{level.label} : {rule.first_name} + {rule.second_name}"
     return [
@@ -725,9 +1235,136 @@ def render_report(result: AnsmImport) -> str:
             f"| {_percent(mapped, entries)} | {rules} |"
         )
     lines += ["", f"CI + AD mapping rate: {result.rate(('ci', 'ad')):.1%} (target 90 %).", ""]
-    lines += _problem_lines(result) + _unmapped_name_lines(result)
-    lines += _partial_class_lines(result) + _unmapped_entry_lines(result)
+    lines += _problem_lines(result) + _restricted_lines(result) + _coverage_lines(result)
+    lines += _unmapped_name_lines(result) + _partial_class_lines(result)
+    lines += _form_lines(result) + _unmapped_entry_lines(result)
     return "\n".join(lines) + "\n"
+
+
+def text_restricted(result: AnsmImport) -> list[tuple[Interaction, tuple[str, ...]]]:
+    """CI and AD levels of entries with several levels whose text names members of a class
+    side (``avec la nimodipine``), once per pair and level, with the member names found."""
+    thesaurus = result.thesaurus
+    if thesaurus is None:
+        return []
+    found: dict[tuple[frozenset[str], str], tuple[Interaction, tuple[str, ...]]] = {}
+    for interaction in result.interactions:
+        if not interaction.conditional or interaction.level not in {"ci", "ad"}:
+            continue
+        text = f" {re.sub(r'[^a-z0-9]+', ' ', name_key(interaction.info))} "
+        sides = (name_key(interaction.main), name_key(interaction.plus))
+        named: set[str] = set()
+        for side in sides:
+            for member in thesaurus.members.get(side, ()):
+                words = re.sub(r"[^a-z0-9]+", " ", member).strip()
+                if member not in sides and len(words) > 3 and f" {words} " in text:
+                    named.add(member)
+        if named:
+            found.setdefault(_pair_key(interaction), (interaction, tuple(sorted(named))))
+    return sorted(found.values(), key=lambda item: item[0].position)
+
+
+def _restricted_lines(result: AnsmImport) -> list[str]:
+    encoded = {_pair_key(r.interaction) for r in result.restricted}
+    candidates = text_restricted(result)
+    handled = sum(1 for interaction, _ in candidates if _pair_key(interaction) in encoded)
+    pairs = {_pair_key(r.interaction) for r in result.restricted}
+    lines = [
+        "## Entries whose text restricts the pair",
+        "",
+        "An entry with several levels often says which members of a class each level concerns",
+        "(sodium oxybate among the sedatives). `ansm_restrictions.csv` narrows those sides: the",
+        "level's rules then need the named members (or leave them out, for the « autres »), and",
+        "lose the « sous conditions » mark. Entries not in the table keep the whole pair at",
+        "level 2 or more (off by default), the condition in their message.",
+        "",
+        f"- CI and AD levels of entries with several levels whose text names members of a class"
+        f" side (found by the generator): {len(candidates)}; narrowed by the table: {handled};"
+        f" left « sous conditions »: {len(candidates) - handled}.",
+        f"- Pair levels narrowed by the table (all levels, rows found in the thesaurus):"
+        f" {len(pairs)}, giving {len({i for r in result.restricted for i in r.rule_ids})} rules.",
+        "",
+        "| level | entry | rules generated |",
+        "|---|---|---|",
+    ]
+    seen: set[tuple[frozenset[str], str]] = set()
+    for item in result.restricted:
+        key = _pair_key(item.interaction)
+        if key in seen:
+            continue
+        seen.add(key)
+        entry = _cell(f"{_one_line(item.interaction.main)} + {_one_line(item.interaction.plus)}")
+        ids = ", ".join(f"`{i}`" for i in item.rule_ids) or "none (no ATC)"
+        lines.append(f"| {item.interaction.level.upper()} | {entry} | {ids} |")
+    left = [(i, n) for i, n in candidates if _pair_key(i) not in encoded]
+    if left:
+        lines += ["", "Left « sous conditions » (the condition is a dose, a route, a patient", ""]
+        lines[-2] += " state or an open list, not only members):"
+        lines += ["| level | entry | members named |", "|---|---|---|"]
+        for interaction, named in left:
+            entry = _cell(f"{_one_line(interaction.main)} + {_one_line(interaction.plus)}")
+            lines.append(f"| {interaction.level.upper()} | {entry} | {', '.join(named)} |")
+    return [*lines, ""]
+
+
+def _coverage_lines(result: AnsmImport) -> list[str]:
+    lines = [
+        "## Pairs left to the default pack",
+        "",
+        "A pair that a hand-written rule of `rules/packs/default.rules` raises for the same",
+        "problem is not raised again by this pack (`ansm_default_coverage.csv`): the ANSM rule is",
+        "replaced by rules on the rest of its pairs (codes outside the default rule's sets).",
+        "",
+        "| ANSM rule (as in the thesaurus) | default rule (sets) | replaced by | why |",
+        "|---|---|---|---|",
+    ]
+    for item in result.covered:
+        sets = " × ".join(item.default_sets)
+        ids = "<br>".join(f"`{i}`" for i in item.replaced_by) or "nothing (all covered)"
+        lines.append(
+            f"| `{item.rule_id}` | `{item.default_rule}` ({sets}) | {ids} | {_cell(item.basis)} |"
+        )
+    return [*lines, ""]
+
+
+def _form_lines(result: AnsmImport) -> list[str]:
+    """Every substance and class of the thesaurus index and entries, with its codes and forms."""
+    resolver, thesaurus = result.resolver, result.thesaurus
+    if resolver is None or thesaurus is None:
+        return []
+    keys = sorted(set(thesaurus.substances) | set(thesaurus.members) | set(result.display))
+    keys = [k for k in keys if not is_derived_key(k)]
+    rows: list[str] = []
+    counts: Counter[str] = Counter()
+    for key in keys:
+        mapping = result.names.get(key) or resolver.resolve(key)
+        state = "mapped" if mapping.codes else "unmapped"
+        if mapping.local:
+            state += ", local forms left out"
+        counts["mapped" if mapping.codes else "unmapped"] += 1
+        counts["local"] += bool(mapping.local)
+        codes = ", ".join(mapping.codes) if mapping.codes else "—"
+        local = ", ".join(mapping.local) or "—"
+        source = "" if not mapping.codes else (mapping.basis.split(";")[0] or "BDPM")
+        reason = mapping.reason if not mapping.codes else source
+        name = _cell(result.display.get(key) or resolver.display(key))
+        rows.append(
+            f"| {name} | {mapping.kind} | {len(mapping.codes)} | {codes} | {local} "
+            f"| {_cell(reason)} |"
+        )
+    return [
+        "## Names, ATC codes and forms",
+        "",
+        f"{len(keys)} names (substances and classes of the thesaurus index and entries):"
+        f" {counts['mapped']} mapped, {counts['unmapped']} unmapped; {counts['local']} with local"
+        " forms left out (skin, eye, ear, mouth, nose, vagina: their own ATC codes, see",
+        "`LOCAL_ATC` in `rules/packs/ansm.py`, unless the thesaurus means them).",
+        "",
+        "| name | kind | codes | ATC codes | local forms left out | basis or reason |",
+        "|---|---|---:|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _percent(part: int, total: int) -> str:
@@ -767,7 +1404,8 @@ def _unmapped_name_lines(result: AnsmImport) -> list[str]:
 
 
 def _partial_class_lines(result: AnsmImport) -> list[str]:
-    partial = [(k, m) for k, m in result.names.items() if m.codes and m.missing_members]
+    names = result.thesaurus_names().items()
+    partial = [(k, m) for k, m in names if m.codes and m.missing_members]
     lines = [
         "## Classes mapped without some members",
         "",
@@ -843,8 +1481,9 @@ def _summary(result: AnsmImport, out: Path, report: Path | None) -> Iterator[str
             f"  {level.code.upper():<4} {entries:>5} entries, {mapped:>5} mapped "
             f"({_percent(mapped, entries)}), {rules} rules"
         )
-    unmapped = [k for k, m in result.names.items() if not m.codes]
-    yield f"  names without ATC: {len(unmapped)} of {len(result.names)}"
+    names = result.thesaurus_names()
+    unmapped = [k for k, m in names.items() if not m.codes]
+    yield f"  names without ATC: {len(unmapped)} of {len(names)}"
     yield f"  CI + AD mapped: {result.rate(('ci', 'ad')):.1%} (target 90 %)"
     for problem in result.problems:
         yield f"  skipped: {problem}"
