@@ -199,12 +199,13 @@ def canonical_hospital(
     seed: int,
     start: datetime | None = None,
     rates: Mapping[str, float] | None = None,
+    min_cases: int = 0,
 ) -> tuple[list[AnyFact], pl.DataFrame]:
     """Every fact of a (small) synthetic hospital, as a perfect connector would read it, and its
     ground truth (the rows of ``truth.csv``)."""
     facts: list[AnyFact] = []
     truths: list[pl.DataFrame] = []
-    for _, tables in hospital_tables(beds, days, seed, start, rates):
+    for _, tables in hospital_tables(beds, days, seed, start, rates, min_cases=min_cases):
         facts.extend(tables_to_facts(tables))
         truths.append(tables["truth"])
     return facts, pl.concat(truths)

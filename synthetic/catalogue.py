@@ -3,15 +3,34 @@
 A ``Scenario`` is data: the lines to prescribe relative to an anchor time, an optional lab
 result to inject, who is eligible, what to override (age, weight, renal function), and how the
 situation's time window is read (``Window``). ``scenarios.py`` applies them; ``truth.py`` turns
-them into the ground truth. Rule ids and thresholds follow ``rule-catalogue.md``.
+them into the ground truth.
+
+Rule ids, look-backs, delays and the thresholds the situations sit around come from the
+clinical source, ``rule-catalogue.md`` (``rule_catalogue.py`` reads it), never from the rule
+pack the truth judges; where the catalogue gives no window, from the default pack's stated
+reading (``UNSTATED_WINDOWS_HOURS``). A positive with ``lapse`` leaves its injected result
+alone until the look-back has passed, and the truth then holds a control: the same result, just
+too old. A pack whose look-back is wider than the catalogue's fires there and fails the truth.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_RATE", "SCENARIOS", "Lab", "Line", "Scenario", "Window", "covered_rules"]
+from vigie.synthetic.rule_catalogue import UNSTATED_WINDOWS_HOURS, load_catalogue
+
+__all__ = [
+    "DEFAULT_RATE",
+    "SCENARIOS",
+    "Lab",
+    "Line",
+    "Scenario",
+    "Window",
+    "covered_rules",
+    "truth_variants",
+]
 
 INF = math.inf
 DEFAULT_RATE = 0.0025  # share of stays given each rule's positive case
@@ -58,8 +77,9 @@ class Window:
     the first core line starts, while core lines run. ``no_inr``: a VKA running ≥ 3 days and
     ``hours`` without a result of ``concept`` (a control: while one is still that recent).
 
-    ``hours`` is the rule's look-back in the pack ("latest creatinine within 48 h"): past it
-    the rule no longer reads the injected result, so the situation no longer holds.
+    ``hours`` is the rule's look-back in the catalogue ("latest K+ within 48 h"), or the
+    default pack's stated reading where the catalogue gives none: past it the rule no longer
+    reads the injected result, so the situation no longer holds.
     """
 
     kind: str
@@ -91,6 +111,15 @@ class Scenario:
     inr_every_days: float | None = None  # explicit INR series for the stay (VKA monitoring)
     severity: tuple[tuple[float, str], ...] = ()  # (threshold on the lab value, severity)
     extra: dict[str, object] = field(default_factory=dict)
+    # Results injected before ``lab`` (an earlier INR); ``lab`` is the one the window follows.
+    earlier: tuple[Lab, ...] = ()
+    # The injected result is left alone (later background results of its concept dropped) and
+    # the truth adds a control from when the look-back has passed until a core line ends.
+    lapse: bool = False
+
+    @property
+    def lapse_variant(self) -> str:
+        return f"{self.variant}_past_lookback"
 
 
 def _p(rule: str, variant: str, lines: tuple[Line, ...], window: Window, **kw: object) -> Scenario:
@@ -103,22 +132,57 @@ def _c(rule: str, variant: str, lines: tuple[Line, ...], window: Window, **kw: o
 
 L = Line
 LINES = Window("lines")
-# "egfr within 7 d" and "clearance within 7 d": both read the latest creatinine of 7 days.
-RENAL = Window("state", 7 * 24, "creatinine")
+CATALOGUE = load_catalogue()
+hours = CATALOGUE.duration_hours
+# The catalogue's renal rules say "clearance < 30 mL/min" without a window: the pack's stated
+# reading is a creatinine of the last 7 days (renal.metformin_egfr gives its own, 7 days).
+RENAL = Window("state", UNSTATED_WINDOWS_HOURS["creatinine"], "creatinine")
 MACROGOL = L("macrogol", core=False)
+
+
+def _cursor(rule: str, name: str) -> float:
+    return CATALOGUE.cursor(rule, name).default
+
+
+def _latest(rule: str, phrase: str, concept: str) -> Window:
+    """The window of "latest <phrase> within W" in the catalogue's words for ``rule``."""
+    return Window("latest", hours(rule, phrase), concept)
+
+
+def _unstated(concept: str, kind: str = "latest") -> Window:
+    return Window(kind, UNSTATED_WINDOWS_HOURS[concept], concept)
+
+
+def _early(lab: Lab) -> Lab:
+    """The same result, early in the scenario so that its look-back runs out in the data."""
+    return Lab(lab.concept, lab.value, (2.0, 8.0), lab.scale, lab.decimals)
 
 
 def _renal() -> list[Scenario]:
     met_hi, met_lo = L("metformin"), L("metformin", dose=500)
-    aki = Window("latest", 48, "creatinine")  # the rule reads the latest creatinine of 48 h
+    aki_rule = "renal.nephrotoxic_aki"
+    aki = _latest(aki_rule, "rose", "creatinine")  # "a rise ... within 48 h"
+    doubling = Lab("creatinine", (1.7, 2.3), scale="baseline", decimals=0)
+    egfr_max = _cursor("renal.metformin_egfr", "egfr_max")
+    dabigatran_crcl = _cursor("renal.dabigatran", "crcl_max")
+    xaban_crcl = _cursor("renal.xaban", "crcl_max")
+    lmwh_crcl = _cursor("renal.lmwh_curative", "crcl_max")
+    gabapentinoid_crcl, _ = CATALOGUE.quantity("renal.gabapentinoid", "clearance <")
+    metformin_renal = Window("state", hours("renal.metformin_egfr", "eGFR"), "creatinine")
     return [
-        _p("renal.metformin_egfr", "egfr_below_30", (met_hi,), RENAL, renal=("egfr", 17, 27)),
+        _p(
+            "renal.metformin_egfr",
+            "egfr_below_30",
+            (met_hi,),
+            metformin_renal,
+            renal=("egfr", egfr_max - 13, egfr_max - 3),
+        ),
         _c(
             "renal.metformin_egfr",
             "egfr_just_above_30",
             (met_lo,),
-            RENAL,
-            renal=("egfr", 31.5, 33.5),
+            metformin_renal,
+            renal=("egfr", egfr_max + 1.5, egfr_max + 3.5),
         ),
         _p("renal.metformin_dose", "2000mg_egfr_30_45", (met_hi,), RENAL, renal=("egfr", 34, 42)),
         _c("renal.metformin_dose", "1000mg_egfr_30_45", (met_lo,), RENAL, renal=("egfr", 34, 42)),
@@ -127,77 +191,77 @@ def _renal() -> list[Scenario]:
             "crcl_below_30",
             (L("dabigatran", dose=110),),
             RENAL,
-            renal=("crcl", 17, 27),
+            renal=("crcl", dabigatran_crcl - 13, dabigatran_crcl - 3),
         ),
         _c(
             "renal.dabigatran",
             "crcl_just_above_30",
             (L("dabigatran", dose=110),),
             RENAL,
-            renal=("crcl", 32.5, 36),
+            renal=("crcl", dabigatran_crcl + 2.5, dabigatran_crcl + 6),
         ),
         _p(
             "renal.xaban",
             "apixaban_crcl_below_15",
             (L("apixaban", dose=2.5),),
             RENAL,
-            renal=("crcl", 8, 13),
+            renal=("crcl", xaban_crcl - 7, xaban_crcl - 2),
         ),
         _p(
             "renal.xaban",
             "rivaroxaban_crcl_below_15",
             (L("rivaroxaban", dose=15),),
             RENAL,
-            renal=("crcl", 8, 13),
+            renal=("crcl", xaban_crcl - 7, xaban_crcl - 2),
         ),
         _c(
             "renal.xaban",
             "apixaban_crcl_just_above_15",
             (L("apixaban", dose=2.5),),
             RENAL,
-            renal=("crcl", 16.5, 19),
+            renal=("crcl", xaban_crcl + 1.5, xaban_crcl + 4),
         ),
         _p(
             "renal.lmwh_curative",
             "enoxaparin_bid_crcl_below_30",
             (L("enoxaparin_cur"),),
             RENAL,
-            renal=("crcl", 17, 27),
+            renal=("crcl", lmwh_crcl - 13, lmwh_crcl - 3),
         ),
         _c(
             "renal.lmwh_curative",
             "enoxaparin_bid_crcl_just_above_30",
             (L("enoxaparin_cur"),),
             RENAL,
-            renal=("crcl", 32.5, 36),
+            renal=("crcl", lmwh_crcl + 2.5, lmwh_crcl + 6),
         ),
         _p(
             "renal.gabapentinoid",
             "pregabalin_300mg",
             (L("pregabalin", dose=150),),
             RENAL,
-            renal=("crcl", 17, 27),
+            renal=("crcl", gabapentinoid_crcl - 13, gabapentinoid_crcl - 3),
         ),
         _p(
             "renal.gabapentinoid",
             "gabapentin_1200mg",
             (L("gabapentin", dose=400),),
             RENAL,
-            renal=("crcl", 17, 27),
+            renal=("crcl", gabapentinoid_crcl - 13, gabapentinoid_crcl - 3),
         ),
         _c(
             "renal.gabapentinoid",
             "pregabalin_150mg",
             (L("pregabalin", dose=75),),
             RENAL,
-            renal=("crcl", 17, 27),
+            renal=("crcl", gabapentinoid_crcl - 13, gabapentinoid_crcl - 3),
         ),
         _p(
-            "renal.nephrotoxic_aki",
+            aki_rule,
             "ramipril_doubling",
             (L("ramipril"),),
             aki,
-            lab=Lab("creatinine", (1.7, 2.3), scale="baseline", decimals=0),
+            lab=doubling,
             min_renal=45,
         ),
         _p(
@@ -205,8 +269,18 @@ def _renal() -> list[Scenario]:
             "furosemide_doubling",
             (L("furosemide"),),
             aki,
-            lab=Lab("creatinine", (1.7, 2.3), scale="baseline", decimals=0),
+            lab=doubling,
             min_renal=45,
+        ),
+        _p(
+            aki_rule,
+            "ramipril_doubling_early",
+            (L("ramipril"),),
+            aki,
+            lab=_early(doubling),
+            min_renal=45,
+            lapse=True,
+            need_days=aki.hours / 24 + 2,
         ),
         _c(
             "renal.nephrotoxic_aki",
@@ -228,266 +302,367 @@ def _renal() -> list[Scenario]:
 
 
 def _biology() -> list[Scenario]:
-    k48 = Window("latest", 48, "potassium")
-    hyper_sev = ((6.0, "critical"), (-INF, "major"))
+    hyper, hypo, dig = "bio.hyperkalaemia", "bio.hypokalaemia_qt", "bio.digoxin"
+    k_hyper, k_hypo = _latest(hyper, "K+", "potassium"), _latest(hypo, "K+", "potassium")
+    k_dig = _latest(dig, "K+", "potassium")
+    k_max, k_min = _cursor(hyper, "k_max"), _cursor(hypo, "k_min")
+    k_critical, _ = CATALOGUE.quantity(hyper, "K+ ≥")
+    hyper_sev = ((k_critical, "critical"), (-INF, "major"))
+    high_k = Lab("potassium", (k_max + 0.2, k_max + 1.3))
+    low_k = Lab("potassium", (k_min - 0.8, k_min - 0.1))
+    dig_level = _unstated("digoxin")  # the catalogue gives no window for the level
+    dig_max, _ = CATALOGUE.quantity(dig, "digoxin level >")
+    high_level = Lab("digoxin", (dig_max + 0.2, dig_max + 1.5), decimals=2)
+    na_rule = "bio.hyponatraemia"
+    na = _latest(na_rule, "Na+", "sodium")
+    na_min = _cursor(na_rule, "na_min")
+    na_critical, _ = CATALOGUE.quantity(na_rule, "critical <")
+    na_sev = ((na_critical, "major"), (-INF, "critical"))
+    low_na = Lab("sodium", (na_critical - 4, na_min - 1), decimals=0)
+    glu_rule = "bio.hypoglycaemia"
+    glucose = Window("any", hours(glu_rule, "glucose"), "glucose")
+    glucose_min = _cursor(glu_rule, "glucose_min")
+    low_glucose = Lab("glucose", (glucose_min - 1.3, glucose_min - 0.1))
+    hit = "bio.heparin_platelets"
+    platelets = _unstated("platelets")
+    platelets_min, _ = CATALOGUE.quantity(hit, "platelets <")
+    clz = "bio.clozapine_neutrophils"
+    neutrophils = Window("any", hours(clz, "neutrophils"), "neutrophils")
+    neutrophils_min, _ = CATALOGUE.quantity(clz, "neutrophils <")
+    neutropenia = Lab("neutrophils", (neutrophils_min - 1.0, neutrophils_min - 0.1))
+    ck_rule = "bio.statin_ck"
+    ck = _unstated("ck")
+    ck_uln, _ = CATALOGUE.quantity(ck_rule, "CK >")
+    high_ck = Lab("ck", (ck_uln + 1, ck_uln * 4), scale="uln", decimals=0)
+    alt_rule = "bio.hepatotoxic_alt"
+    alt = Window("any", hours(alt_rule, "ALT"), "alt")
+    alt_uln, _ = CATALOGUE.quantity(alt_rule, "ALT >")
+    high_alt = Lab("alt", (alt_uln + 0.5, alt_uln * 3), scale="uln", decimals=0)
     return [
+        _p(hyper, "ramipril", (L("ramipril"),), k_hyper, lab=high_k, severity=hyper_sev),
         _p(
-            "bio.hyperkalaemia",
-            "ramipril",
-            (L("ramipril"),),
-            k48,
-            lab=Lab("potassium", (5.7, 6.8)),
-            severity=hyper_sev,
-        ),
-        _p(
-            "bio.hyperkalaemia",
+            hyper,
             "spironolactone",
             (L("spironolactone"),),
-            k48,
-            lab=Lab("potassium", (5.7, 6.8)),
+            k_hyper,
+            lab=high_k,
             severity=hyper_sev,
             min_renal=45,
         ),
+        _p(hyper, "irbesartan", (L("irbesartan"),), k_hyper, lab=high_k, severity=hyper_sev),
         _p(
-            "bio.hyperkalaemia",
-            "irbesartan",
-            (L("irbesartan"),),
-            k48,
-            lab=Lab("potassium", (5.7, 6.8)),
+            hyper,
+            "perindopril_early",
+            (L("perindopril"),),
+            k_hyper,
+            lab=_early(high_k),
             severity=hyper_sev,
+            lapse=True,
+            need_days=k_hyper.hours / 24 + 2,
         ),
         _c(
-            "bio.hyperkalaemia",
+            hyper,
             "k_at_5_5",
             (L("perindopril"),),
-            k48,
-            lab=Lab("potassium", (5.4, 5.5)),
+            k_hyper,
+            lab=Lab("potassium", (k_max - 0.1, k_max)),
         ),
         _c(
-            "bio.hyperkalaemia",
+            hyper,
             "with_binder",
             (L("ramipril"), L("patiromer", core=False)),
-            k48,
-            lab=Lab("potassium", (5.8, 6.3)),
+            k_hyper,
+            lab=Lab("potassium", (k_max + 0.3, k_max + 0.8)),
         ),
+        _p(hypo, "citalopram", (L("citalopram"),), k_hypo, lab=low_k),
+        _p(hypo, "amiodarone", (L("amiodarone"),), k_hypo, lab=low_k),
+        _p(hypo, "haloperidol", (L("haloperidol"),), k_hypo, lab=low_k),
         _p(
-            "bio.hypokalaemia_qt",
-            "citalopram",
-            (L("citalopram"),),
-            k48,
-            lab=Lab("potassium", (2.7, 3.4)),
-        ),
-        _p(
-            "bio.hypokalaemia_qt",
-            "amiodarone",
-            (L("amiodarone"),),
-            k48,
-            lab=Lab("potassium", (2.7, 3.4)),
-        ),
-        _p(
-            "bio.hypokalaemia_qt",
-            "haloperidol",
-            (L("haloperidol"),),
-            k48,
-            lab=Lab("potassium", (2.7, 3.4)),
+            hypo,
+            "escitalopram_early",
+            (L("escitalopram"),),
+            k_hypo,
+            lab=_early(low_k),
+            lapse=True,
+            need_days=k_hypo.hours / 24 + 2,
         ),
         _c(
-            "bio.hypokalaemia_qt",
+            hypo,
             "k_at_3_5",
             (L("escitalopram"),),
-            k48,
-            lab=Lab("potassium", (3.5, 3.6)),
+            k_hypo,
+            lab=Lab("potassium", (k_min, k_min + 0.1)),
         ),
         _c(
-            "bio.hypokalaemia_qt",
+            hypo,
             "with_potassium",
             (L("escitalopram"), L("potassium_chloride", core=False)),
-            k48,
-            lab=Lab("potassium", (3.0, 3.3)),
+            k_hypo,
+            lab=Lab("potassium", (k_min - 0.5, k_min - 0.2)),
             min_renal=45,
         ),
+        _p(dig, "level_above_2", (L("digoxin"),), dig_level, lab=high_level, min_renal=40),
         _p(
-            "bio.digoxin",
-            "level_above_2",
+            dig,
+            "level_above_2_early",
             (L("digoxin"),),
-            Window("latest", 7 * 24, "digoxin"),
-            lab=Lab("digoxin", (2.2, 3.5), decimals=2),
+            dig_level,
+            lab=_early(high_level),
             min_renal=40,
+            lapse=True,
+            need_days=dig_level.hours / 24 + 2,
         ),
+        _p(dig, "hypokalaemia", (L("digoxin"),), k_dig, lab=low_k, min_renal=40),
         _p(
-            "bio.digoxin",
-            "hypokalaemia",
+            dig,
+            "hypokalaemia_early",
             (L("digoxin"),),
-            k48,
-            lab=Lab("potassium", (2.9, 3.4)),
+            k_dig,
+            lab=_early(low_k),
             min_renal=40,
+            lapse=True,
+            need_days=k_dig.hours / 24 + 2,
         ),
         _c(
-            "bio.digoxin",
+            dig,
             "level_at_2",
             (L("digoxin"),),
-            Window("latest", 7 * 24, "digoxin"),
-            lab=Lab("digoxin", (1.7, 2.0), decimals=2),
+            dig_level,
+            lab=Lab("digoxin", (dig_max - 0.3, dig_max), decimals=2),
             min_renal=40,
         ),
         _p(
-            "bio.hyponatraemia",
+            na_rule,
             "hydrochlorothiazide",
             (L("hydrochlorothiazide"),),
-            Window("latest", 72, "sodium"),
-            lab=Lab("sodium", (121, 129), decimals=0),
-            severity=((125, "major"), (-INF, "critical")),
+            na,
+            lab=low_na,
+            severity=na_sev,
         ),
+        _p(na_rule, "sertraline", (L("sertraline"),), na, lab=low_na, severity=na_sev),
         _p(
-            "bio.hyponatraemia",
-            "sertraline",
+            na_rule,
+            "sertraline_early",
             (L("sertraline"),),
-            Window("latest", 72, "sodium"),
-            lab=Lab("sodium", (121, 129), decimals=0),
-            severity=((125, "major"), (-INF, "critical")),
+            na,
+            lab=_early(low_na),
+            severity=na_sev,
+            lapse=True,
+            need_days=na.hours / 24 + 2,
         ),
         _c(
-            "bio.hyponatraemia",
+            na_rule,
             "na_at_130",
             (L("citalopram"),),
-            Window("latest", 72, "sodium"),
-            lab=Lab("sodium", (130, 131), decimals=0),
+            na,
+            lab=Lab("sodium", (na_min, na_min + 1), decimals=0),
         ),
+        _p(glu_rule, "insulin", (L("insulin_glargine"),), glucose, lab=low_glucose),
         _p(
-            "bio.hypoglycaemia",
-            "insulin",
-            (L("insulin_glargine"),),
-            Window("any", 24, "glucose"),
-            lab=Lab("glucose", (2.0, 3.2)),
-        ),
-        _p(
-            "bio.hypoglycaemia",
+            glu_rule,
             "gliclazide",
             (L("gliclazide"),),
-            Window("any", 24, "glucose"),
-            lab=Lab("glucose", (2.0, 3.2)),
+            glucose,
+            lab=low_glucose,
             min_renal=45,
         ),
+        _p(
+            glu_rule,
+            "insulin_early",
+            (L("insulin_glargine"),),
+            glucose,
+            lab=_early(low_glucose),
+            lapse=True,
+            need_days=glucose.hours / 24 + 2,
+        ),
         _c(
-            "bio.hypoglycaemia",
+            glu_rule,
             "glucose_at_3_3",
             (L("insulin_aspart"),),
-            Window("any", 24, "glucose"),
-            lab=Lab("glucose", (3.3, 3.5)),
+            glucose,
+            lab=Lab("glucose", (glucose_min, glucose_min + 0.2)),
         ),
         _p(
-            "bio.heparin_platelets",
+            hit,
             "platelets_below_100",
             (L("enoxaparin_prev"),),
-            Window("latest", 72, "platelets"),
-            lab=Lab("platelets", (60, 95), at=(96, 200), decimals=0),
+            platelets,
+            lab=Lab("platelets", (platelets_min - 40, platelets_min - 5), at=(96, 200), decimals=0),
             need_days=10,
         ),
+        _p(
+            hit,
+            "platelets_below_100_early",
+            (L("enoxaparin_prev"),),
+            platelets,
+            lab=Lab("platelets", (platelets_min - 40, platelets_min - 5), at=(30, 40), decimals=0),
+            lapse=True,
+            need_days=platelets.hours / 24 + 3,
+        ),
         _c(
-            "bio.heparin_platelets",
+            hit,
             "fall_below_50pct",
             (L("enoxaparin_prev"),),
-            Window("latest", 72, "platelets"),
+            platelets,
             lab=Lab("platelets", (0.6, 0.6), at=(96, 200), scale="baseline", decimals=0),
             need_days=10,
             min_platelets=185,
         ),
+        _p(clz, "neutropenia", (L("clozapine"),), neutrophils, lab=neutropenia),
         _p(
-            "bio.clozapine_neutrophils",
-            "neutropenia",
+            clz,
+            "neutropenia_early",
             (L("clozapine"),),
-            Window("any", 7 * 24, "neutrophils"),
-            lab=Lab("neutrophils", (0.5, 1.4)),
+            neutrophils,
+            lab=_early(neutropenia),
+            lapse=True,
+            need_days=neutrophils.hours / 24 + 2,
         ),
         _c(
-            "bio.clozapine_neutrophils",
+            clz,
             "neutrophils_at_1_5",
             (L("clozapine"),),
-            Window("any", 7 * 24, "neutrophils"),
-            lab=Lab("neutrophils", (1.5, 1.7)),
+            neutrophils,
+            lab=Lab("neutrophils", (neutrophils_min, neutrophils_min + 0.2)),
         ),
+        _p(ck_rule, "atorvastatin", (L("atorvastatin"),), ck, lab=high_ck),
+        _p(ck_rule, "simvastatin", (L("simvastatin"),), ck, lab=high_ck),
         _p(
-            "bio.statin_ck",
-            "atorvastatin",
-            (L("atorvastatin"),),
-            Window("latest", 7 * 24, "ck"),
-            lab=Lab("ck", (11, 40), scale="uln", decimals=0),
-        ),
-        _p(
-            "bio.statin_ck",
-            "simvastatin",
+            ck_rule,
+            "simvastatin_early",
             (L("simvastatin"),),
-            Window("latest", 7 * 24, "ck"),
-            lab=Lab("ck", (11, 40), scale="uln", decimals=0),
+            ck,
+            lab=_early(high_ck),
+            lapse=True,
+            need_days=ck.hours / 24 + 2,
         ),
         _c(
-            "bio.statin_ck",
+            ck_rule,
             "ck_9x",
             (L("rosuvastatin"),),
-            Window("latest", 7 * 24, "ck"),
-            lab=Lab("ck", (8.5, 9.7), scale="uln", decimals=0),
+            ck,
+            lab=Lab("ck", (ck_uln - 1.5, ck_uln - 0.3), scale="uln", decimals=0),
         ),
+        _p(alt_rule, "amiodarone", (L("amiodarone"),), alt, lab=high_alt),
+        _p(alt_rule, "atorvastatin", (L("atorvastatin"),), alt, lab=high_alt),
         _p(
-            "bio.hepatotoxic_alt",
-            "amiodarone",
+            alt_rule,
+            "amiodarone_early",
             (L("amiodarone"),),
-            Window("any", 72, "alt"),
-            lab=Lab("alt", (5.5, 15), scale="uln", decimals=0),
-        ),
-        _p(
-            "bio.hepatotoxic_alt",
-            "atorvastatin",
-            (L("atorvastatin"),),
-            Window("any", 72, "alt"),
-            lab=Lab("alt", (5.5, 15), scale="uln", decimals=0),
+            alt,
+            lab=_early(high_alt),
+            lapse=True,
+            need_days=alt.hours / 24 + 2,
         ),
         _c(
-            "bio.hepatotoxic_alt",
+            alt_rule,
             "alt_4_5x",
             (L("amiodarone"),),
-            Window("any", 72, "alt"),
-            lab=Lab("alt", (4.0, 4.8), scale="uln", decimals=0),
+            alt,
+            lab=Lab("alt", (alt_uln - 1.0, alt_uln - 0.2), scale="uln", decimals=0),
         ),
     ]
 
 
 def _anticoagulation() -> list[Scenario]:
-    inr72 = Window("latest", 72, "inr")
+    high = "coag.vka_inr_high"
+    inr_high = _latest(high, "INR", "inr")
+    inr_max = _cursor(high, "inr_max")
+    inr_critical, _ = CATALOGUE.quantity(high, "critical when INR ≥")
+    high_inr = Lab("inr", (inr_max + 0.2, inr_critical + 3))
+    inr_sev = ((inr_critical, "critical"), (-INF, "major"))
+    no_inr = "coag.vka_no_inr"
+    no_inr_window = Window("no_inr", hours(no_inr, "no INR"), "inr")
+    no_inr_days = no_inr_window.hours / 24
+    relay = "coag.vka_relay"
+    relay_window = _unstated("inr")  # the catalogue gives no window for the latest INR
+    apart = hours(relay, "latest INRs")  # "the two latest INRs (≥ 24 h apart)"
+    inr_target, _ = CATALOGUE.quantity(relay, "are ≥")
+    # Both lines stop before the INRs are as old as coag.vka_no_inr's window.
+    relay_lines = (
+        L("warfarin", hours=(no_inr_days - 0.5) * 24),
+        L("enoxaparin_cur", at=1, hours=(no_inr_days - 0.5) * 24 - 1),
+    )
+    first_inr = Lab("inr", (inr_target + 0.1, inr_target + 0.8), at=(20, 26))
+    later = (26 + apart + 2, 26 + apart + 20)  # ≥ 24 h after the first
+    second_inr = Lab("inr", (inr_target + 0.1, inr_target + 0.8), at=later)
+    relay_kw: dict[str, object] = dict(suppress=("inr",), min_renal=45, need_days=7)
     return [
+        _p(high, "fluindione", (L("fluindione"),), inr_high, lab=high_inr, severity=inr_sev),
+        _p(high, "warfarin", (L("warfarin"),), inr_high, lab=high_inr, severity=inr_sev),
         _p(
-            "coag.vka_inr_high",
-            "fluindione",
+            high,
+            "warfarin_early",
+            # The VKA stops before the injected INR is as old as coag.vka_no_inr's window.
+            (L("warfarin", hours=(no_inr_days - 0.5) * 24),),
+            inr_high,
+            lab=_early(high_inr),
+            severity=inr_sev,
+            lapse=True,
+            need_days=inr_high.hours / 24 + 2,
+        ),
+        _c(
+            high,
+            "inr_at_4",
             (L("fluindione"),),
-            inr72,
-            lab=Lab("inr", (4.2, 9.0)),
-            severity=((6.0, "critical"), (-INF, "major")),
+            inr_high,
+            lab=Lab("inr", (inr_max - 0.2, inr_max)),
         ),
         _p(
-            "coag.vka_inr_high",
-            "warfarin",
-            (L("warfarin"),),
-            inr72,
-            lab=Lab("inr", (4.2, 9.0)),
-            severity=((6.0, "critical"), (-INF, "major")),
-        ),
-        _c("coag.vka_inr_high", "inr_at_4", (L("fluindione"),), inr72, lab=Lab("inr", (3.8, 4.0))),
-        _p(
-            "coag.vka_no_inr",
+            no_inr,
             "fluindione_one_inr",
             (L("fluindione"),),
-            Window("no_inr", 7 * 24, "inr"),
-            need_days=9,
+            no_inr_window,
+            need_days=no_inr_days + 2,
             suppress=("inr",),
             inr_every_days=INF,
         ),
         _c(
-            "coag.vka_no_inr",
+            no_inr,
             "inr_every_6_5_days",
             (L("warfarin"),),
-            Window("no_inr", 7 * 24, "inr"),
-            need_days=9,
+            no_inr_window,
+            need_days=no_inr_days + 2,
             suppress=("inr",),
-            inr_every_days=6.5,
+            inr_every_days=no_inr_days - 0.5,
+        ),
+        _p(
+            relay,
+            "two_inrs_in_range",
+            relay_lines,
+            relay_window,
+            lab=second_inr,
+            earlier=(first_inr,),
+            lapse=True,
+            **relay_kw,
+        ),
+        _c(relay, "one_inr_in_range", relay_lines, LINES, lab=first_inr, **relay_kw),
+        _c(
+            relay,
+            "two_inrs_under_24h_apart",
+            relay_lines,
+            LINES,
+            lab=Lab("inr", second_inr.value, at=(first_inr.at[1] + 2, first_inr.at[0] + apart - 2)),
+            earlier=(first_inr,),
+            **relay_kw,
+        ),
+        _c(
+            relay,
+            "latest_inr_1_9",
+            relay_lines,
+            LINES,
+            lab=Lab("inr", (inr_target - 0.1, inr_target - 0.1), at=later),
+            earlier=(first_inr,),
+            **relay_kw,
+        ),
+        _c(
+            relay,
+            "previous_inr_1_9",
+            relay_lines,
+            LINES,
+            lab=second_inr,
+            earlier=(Lab("inr", (inr_target - 0.1, inr_target - 0.1), at=first_inr.at),),
+            **relay_kw,
         ),
         _p(
             "coag.doac_duplicate",
@@ -545,12 +720,16 @@ ORAL_CONTEXT = L("amlodipine", at=-1, named=False)
 
 def _monitoring() -> list[Scenario]:
     iv_course = dict(need_days=6)
+    aminoglycoside = Window("delay", CATALOGUE.cursor("tdm.aminoglycoside", "delay").hours)
+    vancomycin = Window("delay", CATALOGUE.cursor("tdm.vancomycin", "delay").hours)
+    iv_to_oral = Window("delay", CATALOGUE.cursor("infect.iv_to_oral", "delay").hours)
+    duration = Window("delay", hours("infect.duration", "active >"))
     return [
         _p(
             "tdm.aminoglycoside",
             "gentamicin_no_level",
             (L("gentamicin", hours=96),),
-            Window("delay", 48),
+            aminoglycoside,
             min_renal=50,
             **iv_course,
         ),
@@ -558,7 +737,7 @@ def _monitoring() -> list[Scenario]:
             "tdm.aminoglycoside",
             "amikacin_no_level",
             (L("amikacin", hours=96),),
-            Window("delay", 48),
+            aminoglycoside,
             min_renal=50,
             **iv_course,
         ),
@@ -566,7 +745,7 @@ def _monitoring() -> list[Scenario]:
             "tdm.aminoglycoside",
             "level_at_40h",
             (L("gentamicin", hours=96),),
-            Window("delay", 48),
+            aminoglycoside,
             lab=Lab("gentamicin", (0.4, 1.2), at=(36, 46)),
             min_renal=50,
             **iv_course,
@@ -575,7 +754,7 @@ def _monitoring() -> list[Scenario]:
             "tdm.vancomycin",
             "no_level",
             (L("vancomycin", hours=120),),
-            Window("delay", 48),
+            vancomycin,
             min_renal=50,
             **iv_course,
         ),
@@ -583,7 +762,7 @@ def _monitoring() -> list[Scenario]:
             "tdm.vancomycin",
             "level_at_40h",
             (L("vancomycin", hours=120),),
-            Window("delay", 48),
+            vancomycin,
             lab=Lab("vancomycin", (12, 20), at=(36, 46)),
             min_renal=50,
             **iv_course,
@@ -592,48 +771,49 @@ def _monitoring() -> list[Scenario]:
             "infect.iv_to_oral",
             "levofloxacin_iv_5d",
             (L("levofloxacin_iv", hours=120), ORAL_CONTEXT),
-            Window("delay", 72),
+            iv_to_oral,
             need_days=6,
         ),
         _p(
             "infect.iv_to_oral",
             "metronidazole_iv_5d",
             (L("metronidazole_iv", hours=120), ORAL_CONTEXT),
-            Window("delay", 72),
+            iv_to_oral,
             need_days=6,
         ),
         _c(
             "infect.iv_to_oral",
             "ciprofloxacin_iv_60h",
             (L("ciprofloxacin_iv", hours=60), ORAL_CONTEXT),
-            Window("delay", 72),
+            iv_to_oral,
             need_days=6,
         ),
         _p(
             "infect.duration",
             "ceftriaxone_open",
             (L("ceftriaxone"),),
-            Window("delay", 7 * 24),
+            duration,
             in_progress_days=(8, 12),
         ),
         _p(
             "infect.duration",
             "amoxicillin_clav_open",
             (L("amoxicillin_clav"),),
-            Window("delay", 7 * 24),
+            duration,
             in_progress_days=(8, 12),
         ),
         _c(
             "infect.duration",
             "planned_14_days",
             (L("ceftriaxone", hours=14 * 24),),
-            Window("delay", 7 * 24),
+            duration,
             in_progress_days=(8, 12),
         ),
     ]
 
 
 def _dosage() -> list[Scenario]:
+    light, _ = CATALOGUE.quantity("dose.paracetamol_max", "weight <")  # kg
     q4h = (1, 4.0, "h")
     daily = (1, 1.0, "d")
     return [
@@ -642,23 +822,35 @@ def _dosage() -> list[Scenario]:
             "6g_q4h",
             (L("paracetamol_po", schedule=q4h),),
             LINES,
-            min_weight=55,
+            min_weight=light + 5,
         ),
         _p(
             "dose.paracetamol_max",
             "two_lines_5g",
             (L("paracetamol_po"), L("paracetamol_iv", schedule=daily, at=6)),
             LINES,
-            min_weight=55,
+            min_weight=light + 5,
         ),
-        _p("dose.paracetamol_max", "4g_under_50kg", (L("paracetamol_po"),), LINES, weight=(39, 47)),
-        _c("dose.paracetamol_max", "4g_over_50kg", (L("paracetamol_po"),), LINES, min_weight=55),
+        _p(
+            "dose.paracetamol_max",
+            "4g_under_50kg",
+            (L("paracetamol_po"),),
+            LINES,
+            weight=(light - 11, light - 3),
+        ),
+        _c(
+            "dose.paracetamol_max",
+            "4g_over_50kg",
+            (L("paracetamol_po"),),
+            LINES,
+            min_weight=light + 5,
+        ),
         _c(
             "dose.paracetamol_max",
             "3g_under_50kg",
             (L("paracetamol_po", schedule=(3, 1.0, "d")),),
             LINES,
-            weight=(39, 47),
+            weight=(light - 11, light - 3),
         ),
         _p(
             "dose.methotrexate_daily",
@@ -728,6 +920,11 @@ def _dosage() -> list[Scenario]:
 
 def _combinations() -> list[Scenario]:
     young = (18.0, 74.0)
+    laxative = Window("delay", CATALOGUE.cursor("combo.opioid_no_laxative", "delay").hours)
+    benzo_age = _cursor("elderly.long_benzo", "age_min")
+    anticholinergic_age = _cursor("elderly.anticholinergic", "age_min")
+    nsaid_age, _ = CATALOGUE.quantity("elderly.nsaid_renal", "age ≥")
+    nsaid_crcl, _ = CATALOGUE.quantity("elderly.nsaid_renal", "clearance <")
     return [
         _p(
             "combo.opioid_benzo",
@@ -757,13 +954,13 @@ def _combinations() -> list[Scenario]:
             LINES,
             age=young,
         ),
-        _p("combo.opioid_no_laxative", "morphine", (L("morphine_po"),), Window("delay", 48)),
-        _p("combo.opioid_no_laxative", "oxycodone", (L("oxycodone"),), Window("delay", 48)),
+        _p("combo.opioid_no_laxative", "morphine", (L("morphine_po"),), laxative),
+        _p("combo.opioid_no_laxative", "oxycodone", (L("oxycodone"),), laxative),
         _c(
             "combo.opioid_no_laxative",
             "laxative_at_40h",
             (L("morphine_po"), L("lactulose", at=40, core=False)),
-            Window("delay", 48),
+            laxative,
         ),
         _p("combo.duplicate_class", "two_ppis", (L("omeprazole"), L("pantoprazole", at=8)), LINES),
         _p("combo.duplicate_class", "two_ssris", (L("citalopram"), L("sertraline", at=8)), LINES),
@@ -834,39 +1031,51 @@ def _combinations() -> list[Scenario]:
             age=(18, 44),
             pregnancy="not-pregnant",
         ),
-        _p("elderly.long_benzo", "bromazepam", (L("bromazepam"),), LINES, age=(76, 120)),
-        _p("elderly.long_benzo", "diazepam", (L("diazepam"),), LINES, age=(76, 120)),
+        _p("elderly.long_benzo", "bromazepam", (L("bromazepam"),), LINES, age=(benzo_age + 1, 120)),
+        _p("elderly.long_benzo", "diazepam", (L("diazepam"),), LINES, age=(benzo_age + 1, 120)),
         _c(
             "elderly.long_benzo",
             "bromazepam_age_74",
             (L("bromazepam"),),
             LINES,
-            set_age=(74.03, 74.97),
+            set_age=(benzo_age - 0.97, benzo_age - 0.03),
         ),
-        _p("elderly.anticholinergic", "hydroxyzine", (L("hydroxyzine"),), LINES, age=(76, 120)),
-        _p("elderly.anticholinergic", "oxybutynin", (L("oxybutynin"),), LINES, age=(76, 120)),
+        _p(
+            "elderly.anticholinergic",
+            "hydroxyzine",
+            (L("hydroxyzine"),),
+            LINES,
+            age=(anticholinergic_age + 1, 120),
+        ),
+        _p(
+            "elderly.anticholinergic",
+            "oxybutynin",
+            (L("oxybutynin"),),
+            LINES,
+            age=(anticholinergic_age + 1, 120),
+        ),
         _c(
             "elderly.anticholinergic",
             "hydroxyzine_age_74",
             (L("hydroxyzine"),),
             LINES,
-            set_age=(74.03, 74.97),
+            set_age=(anticholinergic_age - 0.97, anticholinergic_age - 0.03),
         ),
         _p(
             "elderly.nsaid_renal",
             "ibuprofen_crcl_below_50",
             (L("ibuprofen", hours=120),),
             RENAL,
-            age=(66, 120),
-            renal=("crcl", 32, 45),
+            age=(nsaid_age + 1, 120),
+            renal=("crcl", nsaid_crcl - 18, nsaid_crcl - 5),
         ),
         _c(
             "elderly.nsaid_renal",
             "ibuprofen_crcl_above_50",
             (L("ibuprofen", hours=120),),
             RENAL,
-            age=(66, 120),
-            renal=("crcl", 53, 60),
+            age=(nsaid_age + 1, 120),
+            renal=("crcl", nsaid_crcl + 3, nsaid_crcl + 10),
         ),
     ]
 
@@ -878,3 +1087,12 @@ SCENARIOS: tuple[Scenario, ...] = tuple(
 
 def covered_rules() -> tuple[str, ...]:
     return tuple(dict.fromkeys(s.rule for s in SCENARIOS))
+
+
+def truth_variants() -> Iterator[tuple[str, str, str]]:
+    """(rule, variant, expected) of every truth row the scenarios can write: each scenario's
+    own, and the control that follows a ``lapse`` positive once its look-back has passed."""
+    for s in SCENARIOS:
+        yield s.rule, s.variant, "positive" if s.positive else "control"
+        if s.lapse:
+            yield s.rule, s.lapse_variant, "control"

@@ -81,9 +81,11 @@ class GenerationSummary:
         lines += [f"  {kind:16} {n:>10,}" for kind, n in self.counts.items()]
         positives = sum(v["positive"] for v in self.situations.values())
         controls = sum(v["control"] for v in self.situations.values())
+        background = sum(v.get("background", 0) for v in self.situations.values())
         lines.append(
             f"  injected situations: {positives:,} positive, {controls:,} controls "
-            f"over {len(self.situations)} rules (truth.json, truth.csv)"
+            f"over {len(self.situations)} rules, {background:,} background situations "
+            "(truth.json, truth.csv)"
         )
         lines.append(f"  {len(self.files)} files written")
         return "\n".join(lines)
@@ -121,15 +123,18 @@ def hospital_tables(
     start: datetime | None = None,
     rates: Mapping[str, float] | None = None,
     chunk_beds: int = CHUNK_BEDS,
+    min_cases: int = 0,
 ) -> Iterator[tuple[list[Ward], dict[str, pl.DataFrame]]]:
-    """Yield (wards, tables) per chunk; the tables are polars frames in the CSV layout."""
+    """Yield (wards, tables) per chunk; the tables are polars frames in the CSV layout.
+    ``min_cases``: each scenario (positive or control variant) is injected at least that many
+    times per chunk, where enough stays can host it (tests that need every variant)."""
     period = _period(start, days)
     formulary = load_formulary()
     ids = IdCounters()
     full_rates = _rates(rates)
     for index, wards in enumerate(_chunks(allocate_wards(beds), chunk_beds)):
         rng = np.random.default_rng([seed, index])
-        yield wards, build_chunk(rng, wards, period, formulary, full_rates, ids)
+        yield wards, build_chunk(rng, wards, period, formulary, full_rates, ids, min_cases)
 
 
 def _exporter(fmt: str, out: Path, wards: list[Ward]) -> CsvExporter | FhirExporter | Hl7Exporter:
@@ -199,6 +204,7 @@ def generate(
     *,
     rates: Mapping[str, float] | None = None,
     chunk_beds: int = CHUNK_BEDS,
+    min_cases: int = 0,
 ) -> GenerationSummary:
     """Write a synthetic hospital of ``beds`` beds over ``days`` days in ``fmt`` into ``out``.
 
@@ -214,7 +220,7 @@ def generate(
     exporter = _exporter(fmt, out, all_wards)
     counts = dict.fromkeys(KINDS, 0)
     truths = []
-    for _, tables in hospital_tables(beds, days, seed, start, rates, chunk_beds):
+    for _, tables in hospital_tables(beds, days, seed, start, rates, chunk_beds, min_cases):
         exporter.write(tables)
         for kind in KINDS:
             counts[kind] += len(tables[kind])
@@ -226,7 +232,7 @@ def generate(
         *exporter.close(),
         *_write_truth(out, truth, period, full_rates, seed),
     ]
-    situations = {rule: {"positive": 0, "control": 0} for rule in full_rates}
+    situations = {rule: {"positive": 0, "control": 0, "background": 0} for rule in full_rates}
     for row in truth.group_by("rule_id", "expected").len().iter_rows():
         situations[row[0]][row[1]] = row[2]
     return GenerationSummary(

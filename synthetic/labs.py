@@ -3,8 +3,9 @@
 Each patient has a baseline per analyte; every result is the baseline with bounded noise, so
 background values never cross a covered rule's threshold (creatinine ±2.5 %: never a KDIGO rise;
 K+ 3.6–5.0; Na+ ≥ 134; glucose ≥ 3.8; INR under a VKA ≤ 3.3 ...). Injected situations add
-their own results and may suppress a series (``Suppress``). Codes are LOINC; creatinine is sent
-in µmol/L or mg/dL and glucose in mmol/L, g/L or mg/dL, per patient, to exercise conversion.
+their own results and may suppress a series, whole or from a time on (``ScenarioLabs``). Codes
+are LOINC; creatinine is sent in µmol/L or mg/dL and glucose in mmol/L, g/L or mg/dL, per
+patient, to exercise conversion.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ class ScenarioLabs:
     value: np.ndarray
     suppress_stay: np.ndarray
     suppress_concept: np.ndarray
+    suppress_from: np.ndarray  # background results of the series at or after this time go
 
 
 @dataclass
@@ -299,6 +301,23 @@ def _drug_levels(
     return tuple(np.concatenate(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
 
 
+def _suppressed(
+    stay: np.ndarray, concept: np.ndarray, time: np.ndarray, injected: ScenarioLabs
+) -> np.ndarray:
+    """Background rows of a suppressed series at or after the time it is suppressed from."""
+    keys = injected.suppress_stay * 64 + injected.suppress_concept
+    if len(keys) == 0:
+        return np.zeros(len(stay), bool)
+    order = np.lexsort((injected.suppress_from, keys))  # earliest first for a repeated key
+    keys, since = keys[order], injected.suppress_from[order]
+    first = np.concatenate([[True], keys[1:] != keys[:-1]])
+    keys, since = keys[first], since[first]
+    row_keys = stay * 64 + concept
+    at = np.minimum(np.searchsorted(keys, row_keys), len(keys) - 1)
+    dropped: np.ndarray = (keys[at] == row_keys) & (time >= since[at])
+    return dropped
+
+
 def generate_labs(
     rng: np.random.Generator,
     stays: Stays,
@@ -310,7 +329,7 @@ def generate_labs(
     """Every lab result of the stays: background panels, drug levels, injected results."""
     stay, concept, time = _panel_rows(rng, stays, orders, formulary, period)
     value = _background_values(rng, stays, orders, formulary, stay, concept)
-    drop = np.isin(stay * 64 + concept, injected.suppress_stay * 64 + injected.suppress_concept)
+    drop = _suppressed(stay, concept, time, injected)
     lv = _drug_levels(rng, stays, orders, formulary, period)
     stay = np.concatenate([stay[~drop], lv[0], injected.stay])
     concept = np.concatenate([concept[~drop], lv[1], injected.concept])

@@ -4,7 +4,10 @@ Lines are sampled without replacement in proportion to the ward's prescribing we
 top-k), at most one line per exclusivity group. Gates keep the background clean for the covered
 rules: no line past its ``max_age`` or below its ``min_renal``, no teratogen in pregnancy, no
 drug of a class the patient is allergic to, an opioid always comes with a laxative, paracetamol
-is lowered to 3 g/day under 52 kg. Stays chosen for an injected situation get inert lines only.
+is lowered to 3 g/day under 52 kg, except IV paracetamol under 48 kg: 1 g four times a day at
+that weight is a real error, kept on purpose and written into the truth as a background
+situation (``truth._background_paracetamol``). Stays chosen for an injected situation get inert
+lines only.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from vigie.synthetic.hospital import DAY, HOUR, WARD_PROFILES, Period, Stays
 __all__ = ["PRN_KEYS", "Orders", "background_orders", "concat_orders"]
 
 MAX_LINES = 14
+# Paracetamol is lowered to 3 g/day under this weight (the catalogue's limit is 50 kg; the day-7
+# weight may differ by 1 %), except IV lines under ``KEPT_ERROR_KG``: see the module's docstring.
+LIGHT_PARACETAMOL_KG = 52.0
+KEPT_ERROR_KG = 48.0
 PRN_KEYS = ("tramadol", "zopiclone", "zolpidem", "oxazepam", "alprazolam", "nefopam_iv")
 
 
@@ -204,7 +211,10 @@ def _build(
     )
     start, end, status = _align_laxatives(formulary, stay, drug, start, end, status)
     frequency = formulary.frequency[drug].astype(np.int64)
-    light = (formulary.keys[drug] == "paracetamol_po") & (stays.weight[stay] < 52)
+    weight = stays.weight[stay]
+    paracetamol = np.char.startswith(formulary.atc[drug], "N02BE01")
+    iv = formulary.route[drug] == "iv"
+    light = paracetamol & (weight < LIGHT_PARACETAMOL_KG) & ~(iv & (weight < KEPT_ERROR_KG))
     frequency = np.where(light, 3, frequency)
     prn = np.isin(formulary.keys[drug], PRN_KEYS) & (rng.uniform(size=n) < 0.25)
     keep = start < stays.data_end(period)[stay]

@@ -14,11 +14,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vigie.synthetic.catalogue import CONTROL_RATIO, DEFAULT_RATE, SCENARIOS, Line, Scenario
+from vigie.synthetic.catalogue import (
+    CONTROL_RATIO,
+    DEFAULT_RATE,
+    SCENARIOS,
+    Lab,
+    Line,
+    Scenario,
+)
 from vigie.synthetic.formulary import Formulary
 from vigie.synthetic.hospital import (
     DAY,
     HOUR,
+    WARD_PROFILES,
     YEAR_DAYS,
     Period,
     Stays,
@@ -30,6 +38,8 @@ from vigie.synthetic.labs import CONCEPTS, ScenarioLabs, reference_high
 from vigie.synthetic.orders import Orders
 
 __all__ = ["Plan", "Situation", "plan_scenarios"]
+
+_WHOLE_SERIES = np.iinfo(np.int64).min  # a suppression from the beginning of time
 
 
 @dataclass
@@ -90,9 +100,12 @@ def _eligible(
         ok &= (stays.discharge < 0) & (stays.admit <= latest)
     if s.set_age is None:
         ok &= (stays.age_years(stays.admit) >= s.age[0]) & (stays.age_years(data_end) < s.age[1])
-    else:  # only a nearby age is overridden, in a ward where it is plausible
+    else:  # only a nearby age is overridden, in a ward whose patients may be that old
         age = stays.age_years(stays.admit)
         ok &= (age >= s.set_age[0] - 10) & (age < s.set_age[1] + 10)
+        lowest = np.array([WARD_PROFILES[kind].age[2] for kind in stays.kind])
+        highest = np.array([WARD_PROFILES[kind].age[3] for kind in stays.kind])
+        ok &= (lowest <= s.set_age[0]) & (s.set_age[1] <= highest)
     if s.sex is not None:
         ok &= stays.sex == s.sex
     ok &= renal >= s.min_renal
@@ -115,7 +128,7 @@ class _Writer:
         self.rng, self.stays, self.period, self.formulary = rng, stays, period, formulary
         self.order_rows: list[_OrderRow] = []
         self.lab_rows: list[tuple[int, int, int, float]] = []
-        self.suppress: list[tuple[int, int]] = []
+        self.suppress: list[tuple[int, int, int]] = []  # stay, concept, from (epoch s)
         self.allergies: list[tuple[int, str, int]] = []
         self.pregnancies: list[tuple[int, str, int, int]] = []
         self.situations: list[Situation] = []
@@ -129,8 +142,14 @@ class _Writer:
         situation = Situation(s, i, anchor, [], [])
         for line in s.lines:
             self._prescribe(situation, line, i, anchor)
+        for lab in s.earlier:
+            self._inject(situation, lab, i, anchor)
         if s.lab is not None:
-            self._inject(situation, s, i, anchor)
+            self._inject(situation, s.lab, i, anchor)
+            if s.lapse and s.window.kind == "latest":
+                # Nothing newer hides the injected result once its look-back has passed.
+                assert situation.lab_time is not None
+                self.suppress.append((i, CONCEPTS.index(s.lab.concept), situation.lab_time + 1))
         self._records(s, i, anchor)
         self.situations.append(situation)
 
@@ -192,9 +211,8 @@ class _Writer:
             per_day = frequency / (period * {"h": 1 / 24, "d": 1.0, "wk": 7.0}[unit])
             situation.daily_doses[line.drug] = round(dose * per_day, 4)
 
-    def _inject(self, situation: Situation, s: Scenario, i: int, anchor: int) -> None:
-        lab = s.lab
-        assert lab is not None
+    def _inject(self, situation: Situation, lab: Lab, i: int, anchor: int) -> None:
+        """Write ``lab``; the situation remembers the last result written (its window's)."""
         st = self.stays
         when = (anchor + int(self.uniform(*lab.at) * HOUR)) // 60 * 60
         raw = self.uniform(*lab.value)
@@ -216,7 +234,7 @@ class _Writer:
         st = self.stays
         recorded = int(st.admit[i]) + int(self.uniform(0.2, 1.5) * HOUR) // 60 * 60
         for concept in s.suppress:
-            self.suppress.append((i, CONCEPTS.index(concept)))
+            self.suppress.append((i, CONCEPTS.index(concept), _WHOLE_SERIES))
         if s.inr_every_days is not None:
             data_end = int(st.data_end(self.period)[i])
             when = anchor + 2 * HOUR
@@ -250,7 +268,7 @@ class _Writer:
             scenario=np.ones(len(rows), dtype=bool),
         )
         lab_cols = list(zip(*self.lab_rows, strict=True)) if self.lab_rows else [()] * 4
-        sup = list(zip(*self.suppress, strict=True)) if self.suppress else [()] * 2
+        sup = list(zip(*self.suppress, strict=True)) if self.suppress else [()] * 3
         labs = ScenarioLabs(
             np.array(lab_cols[0], dtype=np.int64),
             np.array(lab_cols[1], dtype=np.int64),
@@ -258,6 +276,7 @@ class _Writer:
             np.array(lab_cols[3], dtype=float),
             np.array(sup[0], dtype=np.int64),
             np.array(sup[1], dtype=np.int64),
+            np.array(sup[2], dtype=np.int64),
         )
         return Plan(chosen, orders, labs, self.allergies, self.pregnancies, self.situations)
 
@@ -268,14 +287,17 @@ def plan_scenarios(
     period: Period,
     formulary: Formulary,
     rates: Mapping[str, float],
+    min_cases: int = 0,
 ) -> Plan:
-    """Choose the stays that host each scenario and write the scenario's data."""
+    """Choose the stays that host each scenario and write the scenario's data; each scenario
+    gets at least ``min_cases`` stays where enough stays can host it."""
     cg, egfr = renal_function(stays, stays.admit)
     renal = np.minimum(cg, egfr)
     chosen = np.zeros(len(stays), dtype=bool)
     writer = _Writer(rng, stays, period, formulary)
     for scenario in ORDERED:
         count = rng.binomial(len(stays), _variant_rate(scenario, rates)) if len(stays) else 0
+        count = max(count, min_cases)
         if count == 0:
             continue
         pool = np.flatnonzero(_eligible(scenario, stays, period, renal, ~chosen))

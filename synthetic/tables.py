@@ -311,13 +311,14 @@ def build_chunk(
     formulary: Formulary,
     rates: Mapping[str, float],
     ids: IdCounters,
+    min_cases: int = 0,
 ) -> dict[str, pl.DataFrame]:
     """Every table of a group of wards, plus ``truth``."""
     stays = generate_stays(rng, wards, period)
     anthropometrics(rng, stays)
     renal_baseline(rng, stays)
     lab_baselines(rng, stays)
-    plan = plan_scenarios(rng, stays, period, formulary, rates)
+    plan = plan_scenarios(rng, stays, period, formulary, rates, min_cases)
     allergy_rows, prefixes = clinical.background_allergies(rng, stays, plan.chosen)
     pregnancy_rows, pregnant = clinical.background_pregnancies(rng, stays, period, plan.chosen)
     cg, egfr = renal_function(stays, stays.admit)
@@ -344,5 +345,5 @@ def build_chunk(
         "conditions": _conditions_table(rng, stays, orders, formulary, pregnant_now, ids, pid, sid),
         "allergies": _allergies_table(allergy_rows + plan.allergies, ids, pid),
         "pregnancies": _pregnancies_table(all_pregnancies, ids, pid),
-        "truth": truth_frame(plan, labs, stays, len(background), oid, pid, sid),
+        "truth": truth_frame(plan, labs, stays, period, orders, formulary, oid, pid, sid),
     }

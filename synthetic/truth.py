@@ -4,11 +4,14 @@ Windows are computed from the data actually written (the injected result, the ne
 the same concept, the lines' real start and end after discharge capping), with the semantics
 named in ``catalogue.Window`` and recorded per rule in ``truth.json``; a window's look-back is
 the rule's own, so the truth stops expecting an alert when the rule stops reading the result.
-Controls (near misses) carry the window in which the rule must *not* fire. A row names the lines
-the rule's alert must name (``order_ids``) apart from the context lines that only make the
-situation hold and bound its window (``context_order_ids``: "takes other drugs by mouth"). The
-truth is exhaustive for the covered rules over the evaluation period: background stays are
-generated so as never to meet them.
+Controls (near misses) carry the window in which the rule must *not* fire; a ``lapse`` positive
+is followed by a control from when its result is older than the catalogue's look-back. A row
+names the lines the rule's alert must name (``order_ids``) apart from the context lines that
+only make the situation hold and bound its window (``context_order_ids``: "takes other drugs by
+mouth"). The truth is exhaustive for the covered rules over the evaluation period: background
+stays are generated so as never to meet them, except where the background keeps a real error
+on purpose; those stays get a *background* row with its reason, computed from the catalogue's
+definition (``_background_paracetamol``), not by running any rule.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import orjson
 import polars as pl
 
 from vigie.synthetic.catalogue import SCENARIOS, Window
+from vigie.synthetic.formulary import Formulary
 from vigie.synthetic.hospital import (
     DAY,
     HOUR,
@@ -33,6 +37,8 @@ from vigie.synthetic.hospital import (
     cockcroft_gault,
 )
 from vigie.synthetic.labs import CONCEPTS, Labs
+from vigie.synthetic.orders import Orders
+from vigie.synthetic.rule_catalogue import load_catalogue
 from vigie.synthetic.scenarios import Plan, Situation
 
 __all__ = [
@@ -45,8 +51,11 @@ __all__ = [
 ]
 
 NONE = -1
-# How long a VKA runs before the rule expects an INR ("v.duration >= 3 d").
-VKA_SETTLING = 3 * DAY
+CATALOGUE = load_catalogue()
+# How long a VKA runs before the rule expects an INR ("a VKA active for ≥ 3 days").
+VKA_SETTLING = int(CATALOGUE.duration_hours("coag.vka_no_inr", "active for") * HOUR)
+# When the admission weight is recorded (``clinical.observations``).
+WEIGHT_RECORDED = 15 * 60
 
 RULE_SEVERITY = {
     "renal.metformin_egfr": "major",
@@ -67,6 +76,7 @@ RULE_SEVERITY = {
     "bio.hepatotoxic_alt": "major",
     "coag.vka_inr_high": "major",
     "coag.vka_no_inr": "moderate",
+    "coag.vka_relay": "moderate",
     "coag.doac_duplicate": "critical",
     "coag.warfarin_nsaid": "major",
     "tdm.aminoglycoside": "major",
@@ -103,7 +113,9 @@ WINDOW_SEMANTICS = {
 TRUTH_FIELDS = {
     "rule_id": "the rule of the default pack",
     "expected": "positive: the rule must report the situation throughout its window; control: "
-    "a near miss, the rule must stay silent throughout its window",
+    "a near miss, the rule must stay silent throughout its window; background: a situation "
+    "the background meets without being injected (the reason in key_values), to be reported "
+    "like a positive",
     "order_ids": "the lines the rule's alert must name (it may name others, never a context line)",
     "context_order_ids": "lines the alert does not name but that make the situation hold and "
     "bound its window (e.g. an oral line for 'takes other drugs by mouth'); null when none",
@@ -279,48 +291,158 @@ def _severity(sit: Situation) -> str:
     return RULE_SEVERITY[s.rule]
 
 
+def _lapse_window(sit: Situation, index: _LabIndex, data_end: int) -> tuple[int, int]:
+    """A ``lapse`` positive's control: from when the injected result is older than the
+    look-back until a core line ends (or a newer result of the concept comes)."""
+    w: Window = sit.scenario.window
+    assert sit.lab_time is not None and w.kind in ("latest", "any"), sit.scenario
+    start = sit.lab_time + int(w.hours * HOUR)
+    end = _min_end(sit.core_spans)
+    if w.kind == "latest":
+        times, _ = index.get(sit.stay, w.concept)
+        later = bisect_right(times, sit.lab_time)
+        if later < len(times):
+            end = _cap(end, times[later])
+    return (start, end) if start < data_end else (NONE, NONE)
+
+
+def _row(
+    sit: Situation,
+    expected: str,
+    variant: str,
+    window: tuple[int, int],
+    ids: _Ids,
+    severity: str,
+    keys: dict[str, object],
+) -> dict[str, object]:
+    start, end = window
+    return {
+        "rule_id": sit.scenario.rule,
+        "expected": expected,
+        "variant": variant,
+        "patient_id": ids.patients[sit.stay],
+        "stay_id": ids.stays[sit.stay],
+        "ward": ids.wards[sit.stay],
+        "order_ids": ";".join(ids.orders[ids.offset + r] for r in sit.core_orders),
+        "context_order_ids": ";".join(ids.orders[ids.offset + r] for r in sit.context_orders)
+        or None,
+        "window_start": start,
+        "window_end": None if end == NONE else end,
+        "severity": severity,
+        "key_values": _json(keys),
+    }
+
+
+def _json(keys: dict[str, object]) -> str:
+    return orjson.dumps(keys, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+class _Ids:
+    """The chunk's identifiers: patient, stay and ward per stay; order ids (scenario rows
+    start at ``offset``)."""
+
+    def __init__(
+        self,
+        stays: Stays,
+        offset: int,
+        orders: np.ndarray,
+        patients: np.ndarray,
+        stay_ids: np.ndarray,
+    ) -> None:
+        self.wards, self.offset, self.orders = stays.ward, offset, orders
+        self.patients, self.stays = patients, stay_ids
+
+
+def _background_paracetamol(
+    orders: Orders, formulary: Formulary, stays: Stays, period: Period, ids: _Ids
+) -> list[dict[str, object]]:
+    """Background stays that meet dose.paracetamol_max as the catalogue words it ("daily dose
+    > 4 g, or > 3 g when weight < 50 kg"): the background keeps IV paracetamol 1 g four times
+    a day for patients under 48 kg, a real error (``orders._build``). The weight the rule reads
+    is the admission one, or a day-7 one within 1 % of it (``clinical.observations``): within
+    1 % of the limit the case is left undecided, and the background never writes one."""
+    rule = "dose.paracetamol_max"
+    grams = {"g": 1000.0, "mg": 1.0}
+    most, unit = CATALOGUE.quantity(rule, "daily dose >")
+    light_most, light_unit = CATALOGUE.quantity(rule, "or >")
+    light, _ = CATALOGUE.quantity(rule, "weight <")
+    rows = []
+    background = np.flatnonzero(~orders.scenario)
+    paracetamol = background[np.char.startswith(formulary.atc[orders.drug[background]], "N02BE01")]
+    daily = (orders.dose * orders.per_day())[paracetamol]
+    for r, dose in zip(paracetamol, daily, strict=True):
+        i = int(orders.stay[r])
+        weight = float(stays.weight[i])
+        if abs(weight - light) <= 0.01 * light and dose > light_most * grams[light_unit]:
+            raise ValueError(f"background paracetamol {dose} mg/day at {weight} kg: undecided")
+        under = weight < light
+        over = dose > most * grams[unit] or (under and dose > light_most * grams[light_unit])
+        start = max(int(orders.start[r]), int(stays.admit[i]) + WEIGHT_RECORDED)
+        end = int(orders.end[r])
+        if not over or start >= int(stays.data_end(period)[i]) or (end != NONE and end <= start):
+            continue
+        limit = light_most if under else most
+        reason = (
+            f"paracetamol {dose:g} mg/day at {weight:g} kg: more than {limit:g} g/day"
+            + (f" under {light:g} kg" if under else "")
+            + f" ({CATALOGUE.path}, {rule})"
+        )
+        rows.append(
+            {
+                "rule_id": rule,
+                "expected": "background",
+                "variant": "background_iv_4g_under_50kg" if under else "background_over_4g",
+                "patient_id": ids.patients[i],
+                "stay_id": ids.stays[i],
+                "ward": ids.wards[i],
+                "order_ids": ids.orders[r],
+                "context_order_ids": None,
+                "window_start": start,
+                "window_end": None if end == NONE else end,
+                "severity": RULE_SEVERITY[rule],
+                "key_values": _json(
+                    {"daily_dose": {"paracetamol": dose}, "weight_kg": weight, "reason": reason}
+                ),
+            }
+        )
+    return rows
+
+
 def truth_frame(
     plan: Plan,
     labs: Labs,
     stays: Stays,
-    order_offset: int,
+    period: Period,
+    orders: Orders,
+    formulary: Formulary,
     order_ids: np.ndarray,
     patient_ids: np.ndarray,
     stay_ids: np.ndarray,
 ) -> pl.DataFrame:
-    """One row per situation, windows in epoch seconds (NONE = open at the end of the data)."""
+    """One row per situation, windows in epoch seconds (NONE = open at the end of the data).
+
+    ``orders`` are the chunk's lines, background first then the scenarios' (``plan.orders``)."""
     index = _LabIndex(labs, plan.chosen)
+    ids = _Ids(stays, len(orders) - len(plan.orders), order_ids, patient_ids, stay_ids)
     rows = []
     for sit in plan.situations:
+        s = sit.scenario
         start, end = _window(sit, index)
         if not _nonempty(start, end):
-            if sit.scenario.positive:
+            if s.positive:
                 continue  # the data never made the situation true (e.g. no result in time)
-            start = min(s for s, _ in sit.core_spans)
+            start = min(begin for begin, _ in sit.core_spans)
             ends = [e for _, e in sit.core_spans]
             end = NONE if NONE in ends else max(ends)
-        rows.append(
-            {
-                "rule_id": sit.scenario.rule,
-                "expected": "positive" if sit.scenario.positive else "control",
-                "variant": sit.scenario.variant,
-                "patient_id": patient_ids[sit.stay],
-                "stay_id": stay_ids[sit.stay],
-                "ward": stays.ward[sit.stay],
-                "order_ids": ";".join(order_ids[order_offset + r] for r in sit.core_orders),
-                "context_order_ids": ";".join(
-                    order_ids[order_offset + r] for r in sit.context_orders
-                )
-                or None,
-                "window_start": start,
-                "window_end": None if end == NONE else end,
-                "severity": _severity(sit),
-                "key_values": orjson.dumps(
-                    _keys(sit, stays, index, start),
-                    option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY,
-                ).decode(),
-            }
-        )
+        keys = _keys(sit, stays, index, start)
+        expected = "positive" if s.positive else "control"
+        rows.append(_row(sit, expected, s.variant, (start, end), ids, _severity(sit), keys))
+        if s.lapse:
+            lapse = _lapse_window(sit, index, int(stays.data_end(period)[sit.stay]))
+            if _nonempty(*lapse):
+                keys = {**keys, "lookback_hours": s.window.hours}
+                rows.append(_row(sit, "control", s.lapse_variant, lapse, ids, _severity(sit), keys))
+    rows += _background_paracetamol(orders, formulary, stays, period, ids)
     return pl.DataFrame(rows, schema=TRUTH_SCHEMA)
 
 
@@ -339,9 +461,18 @@ def truth_meta(period: Period, rates: dict[str, float]) -> dict[str, object]:
         )
         if not math.isinf(s.window.hours):
             entry["lookback_hours"] = s.window.hours
+        lookback = None if math.isinf(s.window.hours) else s.window.hours
         entry["variants"].append(
-            {"variant": s.variant, "expected": "positive" if s.positive else "control"}
+            {
+                "variant": s.variant,
+                "expected": "positive" if s.positive else "control",
+                "lookback_hours": lookback,
+            }
         )
+        if s.lapse:
+            entry["variants"].append(
+                {"variant": s.lapse_variant, "expected": "control", "lookback_hours": lookback}
+            )
     return {
         "evaluation_period": {"start": period.start, "end": period.end},
         "fields": TRUTH_FIELDS,

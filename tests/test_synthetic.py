@@ -93,8 +93,10 @@ def test_patients_are_plausible() -> None:
 
 
 def test_formulary_lines_are_realistic() -> None:
+    """The background's lines: the injected situations (methotrexate every day...) are not."""
     ((_, tables),) = hospital_tables(300, 7, seed=2)
-    orders = tables["orders"]
+    injected = tables["truth"].filter(pl.col("expected") != "background")["stay_id"]
+    orders = tables["orders"].filter(~pl.col("stay_id").is_in(injected.implode()))
     assert orders["atc"].n_unique() > 60
     paracetamol = orders.filter(pl.col("atc") == "N02BE01")
     assert set(paracetamol["dose"]) <= {1000.0}
@@ -255,8 +257,9 @@ def test_truth_files_are_written(tmp_path: Path) -> None:
     assert (
         len(rows)
         == len(doc["situations"])
-        == sum(v["positive"] + v["control"] for v in summary.situations.values())
+        == sum(sum(v.values()) for v in summary.situations.values())
     )
+    assert {row["expected"] for row in doc["situations"]} <= {"positive", "control", "background"}
     first = doc["situations"][0]
     assert {
         "rule_id",

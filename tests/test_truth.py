@@ -5,7 +5,9 @@ generated in each format, read back in memory through ``vigie.ingest.read_feed``
 with the default pack; every truth row is checked a minute after its window opens, in its
 middle and a minute before it closes (``tests/truth_scoring.py``). The same hospital as
 canonical facts (what a perfect connector would give) must score exactly the same. Every
-positive is found and every control is silent: no failure is excused.
+positive is found and every control is silent: no failure is excused. The whole hospital is
+swept too: every patient is evaluated twice a day, and every alert must be one the truth
+expects (a positive, or a background situation the generator explains).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from tests.truth_scoring import (
     TruthRow,
     read_truth_json,
     score,
+    sweep,
+    sweep_times,
     truth_rows,
 )
 from vigie.engine import FactSet, LoadedPack, load_pack
@@ -31,7 +35,7 @@ from vigie.ingest import read_feed
 from vigie.rules import compile_pack
 from vigie.synthetic import DEFAULT_START, FORMATS, generate
 from vigie.synthetic.canonical import canonical_hospital
-from vigie.synthetic.catalogue import SCENARIOS, covered_rules
+from vigie.synthetic.catalogue import covered_rules, truth_variants
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +45,9 @@ PACK = REPO / "rules" / "packs" / "default.rules"
 # enough for generation, parsing and evaluation to take well under 20 s per format.
 BEDS, DAYS, SEED = 800, 10, 7
 RATES = dict.fromkeys(covered_rules(), 0.006)
+MIN_CASES = 1  # every variant at least once, whatever the draw
 DATA_END = DEFAULT_START + timedelta(days=DAYS)
+SWEEP_EVERY = timedelta(hours=12)
 
 
 # Fixtures -----------------------------------------------------------------------------------
@@ -72,12 +78,12 @@ def pack() -> LoadedPack:
 
 @pytest.fixture(scope="module")
 def canonical() -> Hospital:
-    facts, truth = canonical_hospital(BEDS, DAYS, SEED, rates=RATES)
+    facts, truth = canonical_hospital(BEDS, DAYS, SEED, rates=RATES, min_cases=MIN_CASES)
     return Hospital(FactSet(facts), truth_rows(truth), DATA_END)
 
 
 def _through_format(fmt: str, out: Path) -> Hospital:
-    summary = generate(BEDS, DAYS, SEED, fmt, out, rates=RATES)
+    summary = generate(BEDS, DAYS, SEED, fmt, out, rates=RATES, min_cases=MIN_CASES)
     facts: list[AnyFact] = []
     errors: list[str] = []
     for parsed in read_feed(summary.feed_files, fmt):
@@ -102,7 +108,7 @@ def fed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 def test_truth_covers_every_variant_of_every_covered_rule(canonical: Hospital) -> None:
     seen = {(row.rule_id, row.variant, row.expected) for row in canonical.rows}
-    wanted = {(s.rule, s.variant, "positive" if s.positive else "control") for s in SCENARIOS}
+    wanted = set(truth_variants())
     assert wanted - seen == set()
     assert {row.rule_id for row in canonical.rows if row.positive} == set(covered_rules())
     assert {row.rule_id for row in canonical.rows if not row.positive} == set(covered_rules())
@@ -141,6 +147,16 @@ def test_default_pack_finds_the_truth_in_canonical_facts(canonical: Hospital) ->
 
 def test_default_pack_finds_the_truth_through_the_feed(fed: Hospital) -> None:
     _assert_truth_met(fed)
+
+
+def test_every_alert_of_the_hospital_is_explained(canonical: Hospital) -> None:
+    """No alert outside the truth: each one is an injected positive or a background situation
+    the generator wrote down with its reason (not found by running the engine)."""
+    result = sweep(
+        pack(), canonical.facts, canonical.rows, sweep_times(DEFAULT_START, DATA_END, SWEEP_EVERY)
+    )
+    assert result.evaluations > 0 and result.alerts, "the sweep saw no alert at all"
+    assert result.unexplained == [], "\n" + result.report()
 
 
 def test_feed_scores_exactly_like_canonical_facts(fed: Hospital, canonical: Hospital) -> None:

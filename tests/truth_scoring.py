@@ -4,10 +4,17 @@ Each truth row (``vigie.synthetic.truth``) is an injected situation: a *positive
 must report while its window holds (an alert of that rule for that patient, with the expected
 severity, whose drug lines include the order ids the truth names and none of its context lines,
 the lines that only make the situation hold), or a *control* (a near miss) it must keep silent
-on. A row is checked at named checkpoints inside its window (``CHECKPOINTS``:
-a minute after it opens, its middle, a minute before it closes); an open window
-(``window_end`` null: "still holding at the end of the data") is read up to the end of the
-data. Each patient is evaluated once per distinct time, through its ``PatientRecord``.
+on; a *background* row (a situation the generator did not inject but knows the background
+meets, with its reason) is held to the same standard as a positive. A row is checked at
+named checkpoints inside its window (``CHECKPOINTS``: a minute after it opens, its middle, a
+minute before it closes); an open window (``window_end`` null: "still holding at the end of the
+data") is read up to the end of the data. Each patient is evaluated once per distinct time,
+through its ``PatientRecord``.
+
+The whole hospital is checked too (``sweep``): every patient is evaluated at regular times over
+the evaluation period, and an alert is *explained* only when a positive or background row of
+that rule and patient holds at that time; any other alert is a false positive of the pack or a
+gap in the generator's truth, and fails the test.
 
 >>> row = TruthRow("r", "positive", "v", "p", "s", (), datetime(2025, 1, 6), datetime(2025, 1, 8))
 >>> row.evaluation_time(datetime(2025, 1, 20))
@@ -33,10 +40,14 @@ __all__ = [
     "Checkpoint",
     "RuleScore",
     "Score",
+    "Sweep",
+    "SweptAlert",
     "TruthRow",
     "Verdict",
     "read_truth_json",
     "score",
+    "sweep",
+    "sweep_times",
     "truth_rows",
 ]
 
@@ -51,7 +62,7 @@ class TruthRow:
     """One injected situation, times naive UTC like fact times."""
 
     rule_id: str
-    expected: str  # "positive" or "control"
+    expected: str  # "positive", "background" (must fire, not injected) or "control"
     variant: str
     patient_id: str
     stay_id: str
@@ -64,7 +75,7 @@ class TruthRow:
 
     @property
     def positive(self) -> bool:
-        return self.expected == "positive"
+        return self.expected in ("positive", "background")
 
     def span(self, data_end: datetime) -> tuple[datetime, datetime]:
         """The window as a closed interval; an open one runs until ``data_end`` (or, should it
@@ -301,3 +312,87 @@ def score(
                 cache[key] = [] if record is None else evaluate(pack, record, at)
             verdicts.append(Verdict(row, name, at, _rule_alerts(cache[key], row.rule_id)))
     return Score(verdicts)
+
+
+# The whole hospital ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweptAlert:
+    """An alert raised while sweeping the hospital, and whether a truth row explains it."""
+
+    rule_id: str
+    patient_id: str
+    at: datetime
+    message: str
+    explained: bool
+
+    def describe(self) -> str:
+        return (
+            f"{self.rule_id} patient {self.patient_id} at {self.at:%Y-%m-%d %H:%M}: {self.message}"
+        )
+
+
+@dataclass
+class Sweep:
+    """Every alert of the pack at the sweep times, explained or not by the truth."""
+
+    alerts: list[SweptAlert]
+    evaluations: int
+
+    @property
+    def unexplained(self) -> list[SweptAlert]:
+        return [a for a in self.alerts if not a.explained]
+
+    def by_rule(self) -> dict[str, tuple[int, int]]:
+        """Per rule: (explained, raised)."""
+        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for alert in self.alerts:
+            counts[alert.rule_id][0] += alert.explained
+            counts[alert.rule_id][1] += 1
+        return {rule: (c[0], c[1]) for rule, c in sorted(counts.items())}
+
+    def report(self, limit: int = 40) -> str:
+        lines = [f"{'rule':28} {'alerts explained':>17}"]
+        lines += [f"{rule:28} {e:>8} / {n:<7}" for rule, (e, n) in self.by_rule().items()]
+        bad = self.unexplained
+        lines.append(f"{len(bad)} unexplained alerts in {self.evaluations} evaluations:")
+        lines += [f"  {a.describe()}" for a in bad[:limit]]
+        if len(bad) > limit:
+            lines.append(f"  ... and {len(bad) - limit} more")
+        return "\n".join(lines)
+
+
+def sweep_times(start: datetime, end: datetime, every: timedelta) -> list[datetime]:
+    """``start + every/2``, then every ``every`` until ``end`` (off the hour, off the grid of
+    the injected times)."""
+    times, at = [], start + every / 2
+    while at < end:
+        times.append(at)
+        at += every
+    return times
+
+
+def sweep(
+    pack: LoadedPack, facts: FactSet, rows: Iterable[TruthRow], times: Iterable[datetime]
+) -> Sweep:
+    """Evaluate every patient at every time; an alert is explained when a positive or
+    background row of its rule and patient holds then (a minute of margin at the edges)."""
+    holding: dict[tuple[str, str], list[tuple[datetime, datetime | None]]] = defaultdict(list)
+    for row in rows:
+        if row.positive:
+            holding[row.rule_id, row.patient_id].append((row.window_start, row.window_end))
+    found: list[SweptAlert] = []
+    evaluations = 0
+    at_times = list(times)
+    for patient_id, record in facts.patients().items():
+        for at in at_times:
+            evaluations += 1
+            for alert in evaluate(pack, record, at):
+                windows = holding.get((alert.rule_id, patient_id), [])
+                explained = any(
+                    start - _MARGIN <= at and (end is None or at <= end + _MARGIN)
+                    for start, end in windows
+                )
+                found.append(SweptAlert(alert.rule_id, patient_id, at, alert.message, explained))
+    return Sweep(found, evaluations)
