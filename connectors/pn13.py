@@ -67,6 +67,8 @@ from vigie.connectors.base import (
     as_utc,
     key_problem,
 )
+from vigie.connectors.compositions import code_ingredients
+from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.labs import Reading, decimal_point_or_comma, match_code, normalise
 from vigie.facts import (
     AnyFact,
@@ -666,7 +668,14 @@ def _order(
     drug = _drug(context, component)
     flags: list[Flag] = []
     atc = _atc(context.terminology, drug)
-    if atc is None:
+    codes = f"{drug.system}|{drug.code}"
+    by_name = (
+        None if atc else label_drug(context.terminology, [drug.display], atc=None, codes=codes)
+    )
+    if by_name is not None and by_name.flags:  # the code gave no ATC, the drug's label does
+        atc = by_name.atc
+        flags.extend(by_name.flags)
+    elif atc is None:
         flags.append(
             Flag(
                 code=FlagCode.UNMAPPED_CODE,
@@ -714,6 +723,8 @@ def _order(
         status=common.status,
         prescriber=common.prescriber,
         flags=tuple(flags),
+        ingredients=code_ingredients(context.terminology, [(drug.system, drug.code)])
+        or (by_name.ingredients if by_name is not None else ()),
     )
 
 

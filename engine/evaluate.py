@@ -61,7 +61,13 @@ from vigie.engine.load import (
     Selection,
     load_pack,
 )
-from vigie.engine.runtime import Context, is_active, line_evidence, line_label
+from vigie.engine.runtime import (
+    QUALITATIVE_TEXT,
+    Context,
+    is_active,
+    line_evidence,
+    line_label,
+)
 from vigie.facts import LabResult, MedicationOrder, Observation, Stay
 from vigie.settings import site_timezone
 
@@ -340,14 +346,21 @@ def format_value(value: Any, type_: str | None = None, unit: str | None = None) 
     if isinstance(value, MedicationOrder):
         return line_label(value) or value.order_id
     if isinstance(value, LabResult | Observation):
-        return (
-            _with_unit(format_number(value.value), value.unit) if value.value is not None else "?"
-        )
+        return _measure_text(value)
     if isinstance(value, int | float):
         if unit == "s":
             return format_duration(float(value))
         return _with_unit(format_number(float(value)), None if unit in _SILENT_UNITS else unit)
     return str(value)
+
+
+def _measure_text(fact: LabResult | Observation) -> str:
+    """A number with its unit; a qualitative result as ``positif``/``négatif``; else ``?``."""
+    if fact.value is not None:
+        return _with_unit(format_number(fact.value), fact.unit)
+    if isinstance(fact, LabResult) and fact.qualitative is not None:
+        return QUALITATIVE_TEXT[fact.qualitative]
+    return "?"
 
 
 def _with_unit(number: str, unit: str | None) -> str:

@@ -35,6 +35,7 @@ from vigie.engine.errors import PackError, RuleRuntimeError
 from vigie.engine.runtime import (
     MEASURE_ATTRS,
     ORDER_ATTRS,
+    QUALITATIVE_TEXT,
     Closure,
     CodeSets,
     Context,
@@ -110,6 +111,25 @@ class ClosureBuilder:
             raise PackError(f"unknown IR operation {op!r} at {node.get('span')}")
         fn: Closure = builder(node, label)
         return fn
+
+    def message(self, node: Mapping[str, Any]) -> Closure:
+        """A message placeholder: ``{k}`` of a lab result (``attr value`` of a lab) shows its
+        number, or ``positif``/``négatif`` for a qualitative result without one."""
+        (arg,) = node.get("args") or [{}]
+        if node.get("op") != "attr" or node.get("name") != "value" or arg.get("type") != "lab":
+            return self.build(node)
+        result = self.build(arg)
+
+        def value_or_reading(ctx: Context) -> Any:
+            fact = result(ctx)
+            if fact is None:
+                return None
+            qualitative = getattr(fact, "qualitative", None)
+            if fact.value is None and qualitative is not None:
+                return QUALITATIVE_TEXT[qualitative]
+            return fact.value
+
+        return value_or_reading
 
     def _args(self, node: Mapping[str, Any]) -> list[Closure]:
         return [self.build(arg) for arg in node.get("args", ())]
@@ -288,6 +308,19 @@ class ClosureBuilder:
                 raise _fail(node, error) from error
 
         return between
+
+    def _op_qualitative(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        """Whether a lab result was read as positive (or negative); unknown without a result
+        or when the result is neither (a number, an unlisted word)."""
+        (x,) = self._args(node)
+        wanted = node["result"]
+
+        def qualitative(ctx: Context) -> bool | None:
+            fact = x(ctx)
+            found = None if fact is None else getattr(fact, "qualitative", None)
+            return None if found is None else found == wanted
+
+        return qualitative
 
     def _op_in_set(self, node: Mapping[str, Any], label: str | None) -> Closure:
         (arg,) = node["args"]

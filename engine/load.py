@@ -198,7 +198,7 @@ def _load_rule(
         MessagePart(part["text"])
         if "text" in part
         else MessagePart(
-            None, builder.build(part["expr"]), part["expr"]["type"], part["expr"].get("unit")
+            None, builder.message(part["expr"]), part["expr"]["type"], part["expr"].get("unit")
         )
         for part in rule["message"]
     )

@@ -36,6 +36,7 @@ from vigie.facts import (
 __all__ = [
     "MEASURE_ATTRS",
     "ORDER_ATTRS",
+    "QUALITATIVE_TEXT",
     "Closure",
     "CodeSets",
     "Context",
@@ -243,12 +244,20 @@ def _time_of(fact: Measure) -> datetime:
 # Evidence ----------------------------------------------------------------------------------------
 
 
+QUALITATIVE_TEXT = {"positive": "positif", "negative": "négatif"}
+"""A qualitative result as an alert message shows it (messages are in French)."""
+
+
 def measure_evidence(name: str, fact: Measure) -> Evidence:
+    """A lab or observation; a qualitative result shows ``positive`` or ``negative`` as value."""
+    value: float | str | None = fact.value
+    if value is None and isinstance(fact, LabResult):
+        value = fact.qualitative
     return Evidence.model_construct(
         name=name,
         kind=fact.kind,
         code=fact.concept,
-        value=fact.value,
+        value=value,
         unit=fact.unit,
         time=fact.time,
         fact_id=fact.fact_id,
@@ -382,7 +391,8 @@ def _slice(series: Sequence[Measure], bounds: WindowBounds) -> tuple[int, int]:
 def lab_select(
     fact_kind: str, concept: str, select: str, window: WindowFn, label: str | None = None
 ) -> Callable[[Context], Measure | None]:
-    """latest / first / min / max numeric result in the window (None when there is none)."""
+    """latest / first result with a value (a number, or a qualitative positive or negative),
+    min / max numeric result, in the window (None when there is none)."""
     pick = _PICKERS[select]
 
     def lab(ctx: Context) -> Measure | None:
@@ -401,16 +411,21 @@ def lab_select(
     return lab
 
 
+def _has_value(fact: Measure) -> bool:
+    """A number, or a result read as positive or negative (``LabResult.qualitative``)."""
+    return fact.value is not None or getattr(fact, "qualitative", None) is not None
+
+
 def _pick_latest(series: Sequence[Measure], lo: int, hi: int) -> Measure | None:
     for i in range(hi - 1, lo - 1, -1):
-        if series[i].value is not None:
+        if _has_value(series[i]):
             return series[i]
     return None
 
 
 def _pick_first(series: Sequence[Measure], lo: int, hi: int) -> Measure | None:
     for i in range(lo, hi):
-        if series[i].value is not None:
+        if _has_value(series[i]):
             return series[i]
     return None
 

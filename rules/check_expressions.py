@@ -352,6 +352,33 @@ class ExpressionChecker:
                 self._error("R030", message, bound_node)
         return BOOL
 
+    def _Qualitative(self, node: n.Qualitative, scope: Scope) -> Type:
+        """``latest hcg is positive``: a lab result (a query or a binding to one) of a concept
+        whose results may be qualitative, read by ``latest`` or ``first`` (``min``/``max``
+        compare numbers and never pick a positive or negative result)."""
+        target = self.expr(node.value, scope)
+        if target.kind is not Kind.ERROR:
+            problem = self._qualitative_problem(node, target)
+            if problem is not None:
+                self._error("R030", problem[0], node.value, problem[1])
+        return BOOL
+
+    def _qualitative_problem(
+        self, node: n.Qualitative, target: Type
+    ) -> tuple[str, str | None] | None:
+        test = f"`is {node.result}`"
+        if target.kind is not Kind.LAB:
+            return f"{test} needs a lab result; this is {target.describe()}", None
+        concept = self.catalogue.concepts.get(target.concept or "")
+        if concept is not None and not concept.qualitative:
+            readable = [c.name for c in self.catalogue.concepts.values() if c.qualitative]
+            message = f"{concept.name} results are numbers ({concept.unit}), never {node.result}"
+            return message, f"{test} reads qualitative results: {', '.join(readable) or 'none'}"
+        if isinstance(node.value, n.LabQuery) and node.value.select in ("min", "max"):
+            select = node.value.select
+            return f"{test} reads the latest or first result; `{select}` compares numbers", None
+        return None
+
     def _bare_low(self, node: n.Between, high: Type) -> Type:
         """``30 .. 45 mL/min``: a low bound written without unit takes the high bound's."""
         if not isinstance(node.low, n.Quantity) or high.unit is None:

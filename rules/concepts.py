@@ -2,9 +2,9 @@
 
 It reads, from ``terminology/`` (or any directory with the same files) through the terminology's
 CSV reader (``vigie.terminology.units``): ``labs.csv`` (lab and observation concepts with their
-canonical unit and French label), ``unit_conversions.csv`` (per-concept factors to the canonical
-unit), ``unit_aliases.csv`` (spellings → one spelling) and ``routes.csv`` (canonical route
-names).
+canonical unit, French label and whether their results may be qualitative: positive or
+negative), ``unit_conversions.csv`` (per-concept factors to the canonical unit),
+``unit_aliases.csv`` (spellings → one spelling) and ``routes.csv`` (canonical route names).
 
 >>> catalogue = default_catalogue()
 >>> catalogue.concepts["creatinine"].unit
@@ -38,6 +38,7 @@ class LabConcept:
     kind: str  # "lab" or "observation": the fact kind it is read from
     unit: str
     label: str
+    qualitative: bool = False  # results may be positive or negative (``is positive``)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,9 @@ class Catalogue:
     @classmethod
     def from_directory(cls, directory: Path) -> Catalogue:
         concepts = {
-            r["concept"]: LabConcept(r["concept"], r["kind"], r["unit"], r["label"])
+            r["concept"]: LabConcept(
+                r["concept"], r["kind"], r["unit"], r["label"], r.get("qualitative") == "yes"
+            )
             for r in read_rows("labs.csv", directory)
         }
         aliases = read_unit_aliases(directory)

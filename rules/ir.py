@@ -304,6 +304,10 @@ class _Lowering:
         value = self.expr(node.value, subst)
         return self._node("in_set", node, None, [value], set=self.notes.set_names[id(node)])
 
+    def _Qualitative(self, node: n.Qualitative, subst: Mapping[str, str]) -> IRNode:
+        value = self.expr(node.value, subst)
+        return self._node("qualitative", node, None, [value], result=node.result)
+
     def _Arith(self, node: n.Arith, subst: Mapping[str, str]) -> IRNode:
         args = [self.expr(node.left, subst), self.expr(node.right, subst)]
         return self._node(_ARITHMETIC[node.op], node, None, args)

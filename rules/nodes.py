@@ -53,6 +53,7 @@ __all__ = [
     "ParamDecl",
     "Placeholder",
     "ProblemClause",
+    "Qualitative",
     "Quantity",
     "ReferenceClause",
     "RuleDecl",
@@ -233,6 +234,14 @@ class Member(Node):
 
 
 @dataclass(frozen=True)
+class Qualitative(Node):
+    """``latest hcg is positive``: a lab result read as positive or negative."""
+
+    value: Expr
+    result: Literal["positive", "negative"]
+
+
+@dataclass(frozen=True)
 class Arith(Node):
     op: Literal["+", "-", "*", "/"]
     left: Expr
@@ -321,6 +330,7 @@ Expr = (
     | Compare
     | Between
     | Member
+    | Qualitative
     | Arith
     | Otherwise
     | BindDrug

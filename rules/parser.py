@@ -497,6 +497,12 @@ class _ToNodes(Transformer[Token, Any]):
     def member(self, meta: Meta, value: n.Expr, target: Any) -> n.Member:
         return n.Member(value, target, span=self._s(meta))
 
+    def qualitative(self, meta: Meta, value: n.Expr, word: Token) -> n.Qualitative:
+        return n.Qualitative(value, cast(Any, str(word)), span=self._s(meta))
+
+    def qualitative_word(self, meta: Meta, token: Token) -> Token:
+        return token
+
     def fallback(self, meta: Meta, *items: n.Expr) -> n.Expr:
         result = items[0]
         for item in items[1:]:

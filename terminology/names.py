@@ -26,7 +26,7 @@ BDPM products carry no ATC code at all are listed with their WHO ATC code in
 
 >>> label = parse_label("Acetaminophen 325 MG / Oxycodone Hydrochloride 5 MG Oral Tablet")
 >>> [(i.name, i.amount, i.unit) for i in label.ingredients], label.route
-[('Acetaminophen', 325.0, 'mg'), ('Oxycodone Hydrochloride', 5.0, 'mg')], 'oral')
+([('Acetaminophen', 325.0, 'mg'), ('Oxycodone Hydrochloride', 5.0, 'mg')], 'oral')
 >>> name_key("CHLORHYDRATE D'AMIODARONE") == name_key("Amiodarone Hydrochloride")
 True
 """
@@ -174,6 +174,7 @@ _HYDRATES = frozenset(
         "diluee",
     ]
 )
+_HYDRATE_ENDINGS = ("hydrate", "hydratee", "hydrated")  # trihydratée, chlorhydrate...
 _SALT_MATTERS = frozenset({"ferrous", "ferric"})
 # French chemistry words written as in English, before the final 'e' is dropped.
 _WORD_FORMS = {
@@ -225,7 +226,7 @@ def name_key(name: str, *, strip_salts: bool = True) -> str:
     if strip_salts:
         # Iron's ATC differs per salt (B03AA02 fumarate, B03AA07 sulfate): only hydrates go.
         drop = _HYDRATES if _SALT_MATTERS.intersection(words) else _SALTS
-        words = [w for w in words if w not in drop] or words
+        words = [w for w in words if w not in drop and not w.endswith(_HYDRATE_ENDINGS)] or words
     words = [w[:-1] if len(w) > 3 and w.endswith("e") else w for w in words]
     return " ".join(sorted(words))
 
@@ -372,6 +373,7 @@ _SEVERAL_STRENGTHS = re.compile(
     rf"(?:\s?/\s?{_NUMBER}\s?(?:{_UNIT_PATTERN}))+)(?![a-z0-9/])(?P<rest>.*)",
     re.I | re.S,
 )
+_STRENGTH_ONLY = re.compile(_STRENGTH, re.I)
 _ONE_STRENGTH = re.compile(rf"(?P<amount>{_NUMBER})\s?(?P<unit>{_UNIT_PATTERN})", re.I)
 # Leading words of an RxNorm name that are no substance: an application number, a release
 # duration (24 HR), the quantity of the pack or device (1 ML, 200 ACTUAT).
@@ -415,6 +417,8 @@ def _component(text: str) -> tuple[list[LabelIngredient], str]:
             ], several.group("rest")
     match = _COMPONENT.fullmatch(text)
     if match is None:
+        if _STRENGTH_ONLY.fullmatch(text.strip()):
+            return [], ""  # a strength without a name (``5 MG``)
         return [LabelIngredient(_clean_name(text))], ""
     strength = replace(_strength(match), name=_clean_name(match.group("name")))
     return [strength], match.group("rest")
@@ -523,9 +527,14 @@ class DrugNames:
         return hits.pop() if len(hits) == 1 else None
 
     def atc_of(self, key: str, route: str | None) -> str | None:
-        """The ATC of a substance or combination key: most products of the route, else of all."""
+        """The ATC of a substance or combination key: the code most products of the label's
+        route carry; without a route, or none of its products, the code most products carry,
+        unless the substance has several codes and the route none of them (oral salbutamol,
+        R03CC02, among inhaled R03AC02 products): then no code is guessed."""
         choices = self._choices.get(key, [])
         same_route = [c for c in choices if route and c.route == route]
+        if route and not same_route and len({c.atc for c in choices}) > 1:
+            return None
         counts: dict[str, int] = defaultdict(int)
         for choice in same_route or choices:
             counts[choice.atc] += choice.products

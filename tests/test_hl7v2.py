@@ -301,7 +301,9 @@ def test_reference_rde_drug_dose_frequency(shared_data: Path) -> None:
     assert (order.dose, order.dose_unit) == (100.0, "mg")
     assert (order.frequency_text, order.frequency_per_day, order.daily_dose) == ("BID", 2.0, 200.0)
     assert order.start == datetime(2018, 6, 22, 23, 0)
-    assert order.atc is None and order.flags[0].code is FlagCode.UNMAPPED_CODE  # no NDC table
+    # no NDC table: the ATC comes from the text, testosterone G03BA03 (WHO ATC index)
+    assert order.atc == "G03BA03" and order.flags[0].code is FlagCode.ATC_FROM_NAME
+    assert "RXE[1]-2 NDC|62756-017" in order.flags[0].detail
 
 
 def test_reference_rde_cancelled_order_status(shared_data: Path) -> None:

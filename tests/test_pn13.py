@@ -263,8 +263,9 @@ def test_weight_and_height_are_observations(shared_data: Path) -> None:
         "1181",
         "PARACETAMOL",
     )
-    assert order.atc is None
-    assert FlagCode.UNMAPPED_CODE in {flag.code for flag in order.flags}
+    # a hospital's own component code: the ATC comes from the label, paracetamol N02BE01 (WHO)
+    assert order.atc == "N02BE01"
+    assert FlagCode.ATC_FROM_NAME in {flag.code for flag in order.flags}
 
 
 def test_compound_infusion_gives_one_order_per_component(shared_data: Path) -> None:

@@ -85,10 +85,11 @@ DrugQueryOp = Literal["any_drug", "count_drugs"]
 WindowedOp = Literal["weight", "height", "clearance", "egfr", "has_pregnancy"]
 LabOp = Literal["lab"]
 LabCountOp = Literal["lab_count", "lab_none"]
+QualitativeOp = Literal["qualitative"]
 ConditionOp = Literal["has_condition"]
 _OP_GROUPS = (ConstOp, NamedOp, ConvertOp, OperatorOp, SetOp, DrugQueryOp, WindowedOp, LabOp)
 EXPRESSION_OPS = frozenset(
-    op for ops in (*_OP_GROUPS, LabCountOp, ConditionOp) for op in get_args(ops)
+    op for ops in (*_OP_GROUPS, LabCountOp, ConditionOp, QualitativeOp) for op in get_args(ops)
 )
 
 
@@ -177,6 +178,14 @@ class LabCountNode(_Node):
 
 
 @with_config(_STRICT)
+class QualitativeNode(_Node):
+    """Whether its argument, a lab result, was read as ``result`` (positive or negative)."""
+
+    op: QualitativeOp
+    result: Literal["positive", "negative"]
+
+
+@with_config(_STRICT)
 class ConditionNode(_Node):
     op: ConditionOp
     set: str
@@ -194,6 +203,7 @@ Expr: TypeAlias = Annotated[
     | WindowedNode
     | LabNode
     | LabCountNode
+    | QualitativeNode
     | ConditionNode,
     Field(discriminator="op"),
 ]

@@ -115,6 +115,8 @@ from vigie.connectors.base import (
     as_utc,
     key_problem,
 )
+from vigie.connectors.compositions import code_ingredients
+from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.labs import CodeMatch, Reading, ReferenceRange, match_code, normalise
 from vigie.connectors.tabular.canonical import CANONICAL_FILES, write_canonical_csv
 from vigie.connectors.tabular.mapping import (
@@ -602,9 +604,17 @@ def _drug(row: _Row) -> tuple[Coding, str | None, list[Flag]]:
     if atc is None:
         found = row.terminology.drug_atc(system, code)
         atc = found if found and is_atc(found) else row.spec.drug_codes.get(code)
-    flags = []
+    flags: list[Flag] = []
+    by_name = None
+    if atc is None and label and not row.terminology.drug_known(system, code):
+        by_name = label_drug(
+            row.terminology, [label], atc=None, codes=f"{system or 'LOCAL'}|{code}"
+        )
+    if by_name is not None and by_name.flags:  # no ATC from the code: the label gives one
+        atc = by_name.atc
+        flags.extend(by_name.flags)
     # A code the tables know to have no ATC (a device, a vaccine) is mapped, not flagged.
-    if atc is None and not row.terminology.drug_known(system, code):
+    elif atc is None and not row.terminology.drug_known(system, code):
         detail = (
             f"drug {system or 'LOCAL'}|{code} ({label or 'no label'}) has no ATC: not in the "
             f"terminology nor in [{row.spec.key}.drug_codes]"
@@ -676,6 +686,7 @@ def _order(row: _Row) -> MedicationOrder:
         flags=flags,
         order_id=order_id,
         drug=drug,
+        ingredients=code_ingredients(row.terminology, [(drug.system, drug.code)]),
         **fields,
     )
 

@@ -34,7 +34,12 @@ from vigie.facts import (
     Sex,
     Source,
 )
-from vigie.terminology import UnknownUnit, default_terminology, normalise_icd10
+from vigie.terminology import (
+    QualitativeResult,
+    UnknownUnit,
+    default_terminology,
+    normalise_icd10,
+)
 
 __all__ = [
     "DEFAULT_AS_OF",
@@ -491,9 +496,18 @@ class _FactBuilder:
             "time": self.time(here.at("at"), spec["at"]),
         }
         if kind == "lab":
-            self.facts.append(LabResult(**common, reference_low=low, reference_high=high))
+            qualitative = self._qualitative(value, original)
+            self.facts.append(
+                LabResult(**common, reference_low=low, reference_high=high, qualitative=qualitative)
+            )
         else:
             self.facts.append(Observation(**common))
+
+    def _qualitative(self, value: float | None, original: str | None) -> QualitativeResult | None:
+        """A text result read as the feeds read it: ``positive``, ``Négatif``, ``not detected``."""
+        if value is not None or original is None:
+            return None
+        return default_terminology().qualitative_word(original)
 
     def _check_concept(self, here: Here, concept: str, kind: str) -> None:
         concepts = default_terminology().concepts
