@@ -1,7 +1,7 @@
 from tests.factories import lab, order, patient, weight
 from vigie.engine.factset import FactSet
 from vigie.engine.quality import quality_report, render_text
-from vigie.facts import Flag, FlagCode
+from vigie.facts import Coding, Flag, FlagCode, MedicationOrder
 
 
 def _facts() -> FactSet:
@@ -47,3 +47,37 @@ def test_text_rendering_names_the_problems() -> None:
     text = render_text(quality_report(_facts()))
     assert "KAL" in text and "furlongs" in text and "350.0" in text
     assert "Orders without dose: 1" in text
+
+
+def test_drug_lines_are_counted_per_feed_by_where_their_atc_came_from() -> None:
+    by_name = Flag(code=FlagCode.ATC_FROM_NAME, detail="drug not mapped: LOCAL|AML5; ATC C08CA01")
+
+    def fed(fact: MedicationOrder, feed: str, **changes: object) -> MedicationOrder:
+        source = fact.source.model_copy(update={"feed": feed})
+        return fact.model_copy(update={"source": source, **changes})
+
+    amlodipine = Coding(system="LOCAL", code="AML5", display="amlodipine 5 mg")
+    facts = [
+        fed(order("p1", "h1", "N02BE01"), "hl7v2"),
+        fed(order("p1", "h2", None), "hl7v2"),
+        fed(order("p1", "h3", "C08CA01"), "hl7v2", flags=(by_name,), drug=amlodipine),
+        fed(order("p2", "h4", "C08CA01"), "hl7v2", flags=(by_name,), drug=amlodipine),
+        fed(order("p2", "f1", "B01AB05"), "fhir"),
+    ]
+    report = quality_report(facts)
+    rows = {row["feed"]: row for row in report.drug_mapping}
+    assert rows["hl7v2"] == {
+        "feed": "hl7v2",
+        "kind": "medication_order",
+        "lines": 4,
+        "by_code": 1,
+        "by_name": 2,
+        "unmapped": 1,
+        "name_rate": 0.5,
+    }
+    assert (rows["fhir"]["lines"], rows["fhir"]["by_code"], rows["fhir"]["name_rate"]) == (1, 1, 0)
+    assert [(r["code"], r["count"], r["atc"]) for r in report.mapped_by_name] == [
+        ("AML5", 2, "C08CA01")
+    ]
+    assert [r["code"] for r in report.unmapped_codes] == ["X1"]  # the name-mapped are not
+    assert "hl7v2  medication_order  4  1  2  1  50.0%" in render_text(report)
