@@ -11,18 +11,25 @@ import pytest
 
 from vigie.rules import compile_pack
 from vigie.rules.packs.ansm import (
+    LEVELS,
     THESAURUS_FILE,
     AnsmImport,
+    GeneratedRule,
+    NameMapping,
     ThesaurusError,
+    acid_of_salt,
     bdpm_base,
     build_import,
     import_command,
     load_class_table,
+    load_coverage_table,
+    load_restriction_table,
     load_thesaurus,
     name_key,
     render_pack,
     render_report,
     slug,
+    text_restricted,
 )
 
 REPO = Path(__file__).parents[1]
@@ -48,20 +55,26 @@ def pack_text(result: AnsmImport) -> str:
 # Reading the generated pack back -----------------------------------------------------------
 
 
+Codes = tuple[tuple[str, ...], tuple[str, ...]]  # included, excepted
+
+
 @dataclass(frozen=True)
 class PairRule:
     rule_id: str
     problem: str
     severity: str
     level: int
-    first: tuple[str, ...]
-    second: tuple[str, ...]
+    first: Codes
+    second: Codes
 
 
-def _sets(text: str) -> dict[str, tuple[str, ...]]:
-    sets: dict[str, tuple[str, ...]] = {}
-    for match in re.finditer(r"^set (\w+) = atc ((?:[A-Z0-9]+,\s*)*[A-Z0-9]+)", text, re.M):
-        sets[match[1]] = tuple(re.findall(r"[A-Z][A-Z0-9]+", match[2]))
+def _sets(text: str) -> dict[str, Codes]:
+    sets: dict[str, Codes] = {}
+    codes = r"(?:[A-Z0-9]+,\s*)*[A-Z0-9]+"
+    pattern = rf"^set (\w+) = atc ({codes})(?:\s+except ({codes}))?"
+    for match in re.finditer(pattern, text, re.M):
+        included = tuple(re.findall(r"[A-Z][A-Z0-9]+", match[2]))
+        sets[match[1]] = (included, tuple(re.findall(r"[A-Z][A-Z0-9]+", match[3] or "")))
     return sets
 
 
@@ -78,8 +91,9 @@ def _rules(text: str) -> list[PairRule]:
     ]
 
 
-def _matches(code: str, entries: tuple[str, ...]) -> bool:
-    return any(code.startswith(entry) for entry in entries)
+def _matches(code: str, entries: Codes) -> bool:
+    included, excepted = entries
+    return code.startswith(included) and not code.startswith(excepted)
 
 
 def firing(text: str, atc_a: str, atc_b: str) -> list[PairRule]:
@@ -298,3 +312,245 @@ def test_messages_are_single_escaped_lines(pack_text: str) -> None:
     # The PDF extraction glued words ("dumétoprolol"); the importer restores the space.
     assert "posologie du métoprolol" in pack_text
     assert "dumétoprolol" not in pack_text
+
+
+# Systemic forms (issue 8 item 7) -----------------------------------------------------------------
+
+
+def _mitm_atc(shared_data: Path, product: str) -> str:
+    """The ATC CIS_MITM.txt gives a product (by the start of its name): the source, not the code."""
+    path = shared_data / "bdpm/CIS_MITM.txt"
+    for line in path.read_text(encoding="utf-8").splitlines():
+        fields = line.split("\t")
+        if len(fields) > 2 and fields[2].startswith(product):
+            return fields[1]
+    raise AssertionError(f"{product} not in {path}")
+
+
+@pytest.mark.parametrize(
+    ("name", "product"),
+    [
+        # FUCIDINE tablets are "FUSIDIQUE (ACIDE)" and FUSIDATE DE SODIUM in the BDPM, the cream
+        # "ACIDE FUSIDIQUE": the tablets' code was lost when the first spelling won.
+        ("acide fusidique", "FUCIDINE 250 mg, comprimé"),
+        ("acide fusidique", "FUSIDATE DE SODIUM BIOGARAN 250 mg"),
+        # SEREVENT is "SALMÉTÉROL BASE" / "XINAFOATE DE SALMÉTÉROL"; "SALMÉTÉROL" has only the
+        # fluticasone combination R03AK06.
+        ("salmeterol", "SEREVENT 25 microgrammes"),
+    ],
+)
+def test_a_substance_holds_the_codes_of_all_its_bdpm_spellings(
+    result: AnsmImport, shared_data: Path, name: str, product: str
+) -> None:
+    assert _mitm_atc(shared_data, product) in result.names[name].codes
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        # WHO ATC index: the systemic forms the issue names; the BDPM has no ATC for them
+        # (diclofenac and indometacin products other than eye drops are not in CIS_MITM.txt).
+        ("anti-inflammatoires non steroidiens", "M01AB05"),  # diclofenac
+        ("anti-inflammatoires non steroidiens", "M01AB01"),  # indometacin
+        ("anti-inflammatoires non steroidiens", "M01AB55"),  # diclofenac + misoprostol
+        ("acide fusidique", "J01XC01"),
+        ("salmeterol", "R03AC12"),
+        ("inhibiteurs puissants du cyp3a4", "H02CA03"),  # ketoconazole tablets (Cushing)
+        ("glucocorticoides (sauf hydrocortisone)", "H02AB01"),  # betamethasone, systemic
+    ],
+)
+def test_classes_hold_the_systemic_forms(result: AnsmImport, name: str, code: str) -> None:
+    assert code in result.names[name].codes
+
+
+def test_every_member_of_the_nsaid_class_is_in_its_set(pack_text: str) -> None:
+    # Any NSAID tablet met in a hospital (WHO M01AB/M01AC/M01AE) pairs with lithium.
+    for code in ("M01AB05", "M01AB01", "M01AE01", "M01AE02", "M01AC01", "M01AH01"):
+        assert [r for r in firing(pack_text, code, "N05AN01") if r.problem == "6.3"], code
+
+
+def test_acid_names_its_cation_salts() -> None:
+    assert acid_of_salt("fusidate de sodium") == "acide fusidique"
+    assert acid_of_salt("sodium (fusidate de)") == "acide fusidique"
+    assert acid_of_salt("valproate de sodium") == "acide valproique"
+    assert acid_of_salt("acetylsalicylate de lysine") == "acide acetylsalicylique"
+    assert acid_of_salt("chlorure de potassium") is None
+    assert acid_of_salt("potassium (clavulanate de)") == "acide clavulanique"
+
+
+# Local forms -------------------------------------------------------------------------------------
+
+# WHO ATC groups of local forms: dermatological antifungals, antibiotics and corticosteroids,
+# ophthalmological anti-inflammatories and other ophthalmologicals, topical joint products.
+LOCAL_GROUPS = ("D01A", "D06", "D07", "S01B", "S01X", "M02A")
+# Local forms the thesaurus means: econazole « quelle que soit la voie d'administration »
+# (D01AC03 cream, G01AF05 ovule), with the antivitamines K.
+MEANT = ("D01AC03",)
+
+
+def test_no_set_holds_a_local_form_unless_the_thesaurus_means_it(pack_text: str) -> None:
+    local = {
+        code
+        for included, _ in _sets(pack_text).values()
+        for code in included
+        if code.startswith(LOCAL_GROUPS) and code not in MEANT
+    }
+    assert local == set()
+
+
+@pytest.mark.parametrize(
+    ("local", "partner"),
+    [
+        ("D01AC08", "A03FA03"),  # ketoconazole shampoo + domperidone
+        ("D01AC08", "C10AA01"),  # ketoconazole shampoo + simvastatin
+        ("S01XA18", "C10AA01"),  # ciclosporin eye drops + simvastatin
+        ("D07AC01", "J07BL01"),  # betamethasone cream + yellow fever vaccine
+        ("D06AX01", "C10AA01"),  # fusidic acid cream + simvastatin
+    ],
+)
+def test_local_forms_raise_no_contraindication(pack_text: str, local: str, partner: str) -> None:
+    assert not [r for r in firing(pack_text, local, partner) if r.problem == "6.4"]
+
+
+def test_systemic_forms_of_the_same_substances_do(pack_text: str) -> None:
+    assert [r for r in firing(pack_text, "H02CA03", "A03FA03") if r.problem == "6.4"]
+    assert [r for r in firing(pack_text, "L04AD01", "C10AA01") if r.problem == "6.4"]
+    assert [r for r in firing(pack_text, "H02AB01", "J07BL01") if r.problem == "6.4"]
+    assert [r for r in firing(pack_text, "J01XC01", "C10AA01") if r.problem == "6.4"]
+
+
+def test_local_forms_the_thesaurus_names_are_kept(result: AnsmImport) -> None:
+    # « bêta-bloquants (y compris collyres) »: timolol eye drops; econazole, any route.
+    assert "S01ED01" in result.names["beta-bloquants (sauf esmolol) (y compris collyres)"].codes
+    assert {"D01AC03", "G01AF05"} <= set(result.names["econazole"].codes)
+
+
+def test_local_forms_left_out_are_reported(result: AnsmImport) -> None:
+    report = render_report(result)
+    rows = {line.split(" | ")[0]: line for line in report.splitlines() if line.startswith("| ")}
+    assert "D01AC08" in rows["| KETOCONAZOLE"].split(" | ")[4]
+    assert "S01XA18" in rows["| CICLOSPORINE"].split(" | ")[4]
+    assert "M01AB05" in rows["| diclofenac"].split(" | ")[3]  # index spelling
+    assert "S01BC03" in rows["| diclofenac"].split(" | ")[4]
+
+
+# Entries whose text restricts the pair -----------------------------------------------------------
+
+
+def test_sodium_oxybate_contraindication_needs_sodium_oxybate(pack_text: str) -> None:
+    # « entre l'oxybate de sodium et les opiacés ou les barbituriques » (CI), « avec l'oxybate
+    # de sodium » (AD): morphine + mirtazapine, two other sedatives, is neither.
+    assert not [r for r in firing(pack_text, "N02AA01", "N06AX11") if r.problem in {"6.4", "6.3"}]
+    assert not [r for r in firing(pack_text, "N02AA01", "N05BA01") if r.problem in {"6.4", "6.3"}]
+    ci = firing(pack_text, "N07XX04", "N02AA01")
+    assert [r for r in ci if r.problem == "6.4" and r.level == 1]
+    ad = firing(pack_text, "N07XX04", "N05CF02")  # zolpidem: AD, not CI
+    assert {r.problem for r in ad} & {"6.4", "6.3"} == {"6.3"}
+
+
+def test_torsades_contraindication_needs_one_of_the_five_named(pack_text: str) -> None:
+    # METHADONE + SUBSTANCES SUSCEPTIBLES DE DONNER DES TORSADES DE POINTES: CI « avec le
+    # citalopram, la dompéridone, l'escitalopram, l'hydroxyzine et la pipéraquine », AD « avec
+    # les autres ».
+    assert [r for r in firing(pack_text, "N07BC02", "N06AB04") if r.problem == "6.4"]
+    assert [r for r in firing(pack_text, "N07BC02", "N05BB01") if r.problem == "6.4"]
+    sulpiride = firing(pack_text, "N07BC02", "N05AL01")
+    assert [r for r in sulpiride if r.problem == "6.3"]
+    assert not [r for r in sulpiride if "methadone" in r.rule_id and r.problem == "6.4"]
+
+
+def test_every_restriction_row_narrows_a_generated_entry(result: AnsmImport) -> None:
+    rows = load_restriction_table()
+    narrowed = {(frozenset((r.first, r.second)), r.level) for r in rows}
+    found = {
+        (
+            frozenset((name_key(i.interaction.main), name_key(i.interaction.plus))),
+            i.interaction.level,
+        )
+        for i in result.restricted
+    }
+    assert narrowed == found
+    assert all(item.rule_ids for item in result.restricted)
+
+
+def test_the_report_counts_the_entries_restricted_by_their_text(result: AnsmImport) -> None:
+    candidates = text_restricted(result)
+    pairs = {frozenset((name_key(i.main), name_key(i.plus))) for i, _ in candidates}
+    assert frozenset(("medicaments sedatifs", "autres medicaments sedatifs")) in pairs
+    report = render_report(result)
+    line = next(x for x in report.splitlines() if "found by the generator" in x)
+    numbers = [int(n) for n in re.findall(r": (\d+)", line)]
+    assert numbers[0] == len(candidates) and numbers[1] + numbers[2] == numbers[0]
+    assert numbers[1] >= 25
+
+
+def test_a_misspelt_restriction_is_a_located_error(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text(
+        "first,second,level,side,only,except,basis\n"
+        "médicaments sédatifs,autres médicaments sédatifs,xx,first,oxybate de sodium,,b\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ThesaurusError) as error:
+        load_restriction_table(path)
+    assert error.value.file == "r.csv" and error.value.position == "line 2"
+    path.write_text(
+        "first,second,level,side,only,except,basis\na,b,ci,first,,,b\n", encoding="utf-8"
+    )
+    with pytest.raises(ThesaurusError, match="only or except"):
+        load_restriction_table(path)
+
+
+# Pairs the default pack raises -------------------------------------------------------------------
+
+
+def test_warfarin_and_an_nsaid_are_left_to_the_default_rule(pack_text: str) -> None:
+    # coag.warfarin_nsaid (default pack) raises VKA (B01AA) + NSAID (M01A): no ANSM rule may.
+    for vka in ("B01AA03", "B01AA07", "B01AA12"):
+        for nsaid in ("M01AE01", "M01AB05", "M01AC01"):
+            assert firing(pack_text, vka, nsaid) == [], (vka, nsaid)
+    # What the default rule does not raise stays: a DOAC, or ibuprofen IV (C01EB16).
+    assert [r for r in firing(pack_text, "B01AF02", "M01AE01") if r.problem == "6.3"]
+    assert [r for r in firing(pack_text, "B01AA03", "C01EB16") if r.problem == "6.3"]
+
+
+def test_opioid_and_benzodiazepine_are_left_to_the_default_rule(pack_text: str) -> None:
+    assert firing(pack_text, "N02AA01", "N05BA01") == []
+    # An antitussive opioid (R05DA) is not in the default rule's N02A: ANSM keeps it (level 3).
+    assert [r for r in firing(pack_text, "R05DA04", "N05BA01") if r.level == 3]
+
+
+def test_each_pair_of_lines_stays_in_one_rule_after_the_split(pack_text: str) -> None:
+    # The sedative class paired with itself is split around the opioid x benzodiazepine pairs;
+    # any other pair of sedatives must still meet exactly one of its parts.
+    for pair in (("N02AA01", "N06AX11"), ("N05BA01", "N06AX11"), ("N06AX11", "N05AH03")):
+        parts = [r for r in firing(pack_text, *pair) if "medicaments_sedatifs" in r.rule_id]
+        assert len(parts) == 1, (pair, [r.rule_id for r in parts])
+
+
+def test_every_coverage_row_names_a_default_pair_rule(result: AnsmImport) -> None:
+    default = (REPO / "rules/packs/default.rules").read_text(encoding="utf-8")
+    rows = load_coverage_table()
+    assert rows
+    for row in rows:
+        assert f"\nrule {row.default_rule} " in default
+    assert {c.default_rule for c in result.covered} == {r.default_rule for r in rows}
+    report = render_report(result)
+    assert "`coag.warfarin_nsaid` (vka × nsaid)" in report
+
+
+# Rendering of a narrowed side --------------------------------------------------------------------
+
+
+def test_a_side_with_exceptions_renders_and_compiles() -> None:
+    side = NameMapping("x", "class", ("N05A",), "test", except_codes=("N05AN01",))
+    other = NameMapping("y", "substance", ("C03CA01",), "test")
+    rule = GeneratedRule("ansm.ad.x.y", LEVELS[1], side, other, "X", "Y", "", "Test.")
+    result = AnsmImport([], [rule], [], {"x": side, "y": other}, {"x": "X", "y": "Y"},
+                        {"x": "x", "y": "y"}, [])  # fmt: skip
+    text = render_pack(result)
+    assert "set ansm_x = atc N05A\n" in text and "except N05AN01" in text
+    ir, diagnostics = compile_pack(text, "x.rules")
+    assert [d.headline() for d in diagnostics] == [] and ir is not None
+    assert ir["sets"]["ansm_x"]["terms"][0]["exclude"] == ["N05AN01"]
+    assert firing(text, "N05AH03", "C03CA01") and not firing(text, "N05AN01", "C03CA01")
