@@ -67,6 +67,7 @@ from vigie.connectors.base import (
     as_utc,
     key_problem,
 )
+from vigie.connectors.compositions import code_ingredients
 from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.labs import Reading, decimal_point_or_comma, match_code, normalise
 from vigie.facts import (
@@ -722,6 +723,8 @@ def _order(
         status=common.status,
         prescriber=common.prescriber,
         flags=tuple(flags),
+        ingredients=code_ingredients(context.terminology, [(drug.system, drug.code)])
+        or (by_name.ingredients if by_name is not None else ()),
     )
 
 

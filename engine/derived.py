@@ -25,25 +25,34 @@ Amount(value=1500.0, unit='mg', lower_bound=False)
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from vigie.terminology.units import MmeFactor, default_unit_tables
+from vigie.facts.model import Ingredient
+from vigie.terminology.compositions import combination_atc_codes
+from vigie.terminology.names import name_key
+from vigie.terminology.units import MmeFactor, default_unit_tables, read_rows
 
 __all__ = [
     "AMOUNT_UNITS",
     "CREATININE_UMOL_PER_MG_DL",
     "MME_FACTORS",
     "Amount",
+    "IngredientDose",
     "age_in_years",
     "amount_arithmetic",
     "amount_in",
     "ckd_epi_2021",
     "cockcroft_gault",
     "compare_amounts",
+    "ingredient_doses",
+    "ingredient_mme_factor",
+    "is_combination_code",
     "mme_factor",
     "morphine_equivalents",
+    "order_mme",
     "total_daily_dose",
 ]
 
@@ -263,6 +272,121 @@ def ckd_epi_2021(*, creatinine_umol_l: float, age: float, sex: str) -> float | N
     return egfr * 1.012 if female else egfr
 
 
+# Combination products: per-ingredient doses ---------------------------------------------------
+
+_VOLUMES = {"mL": 1.0, "ml": 1.0, "L": 1000.0, "l": 1000.0}
+# A mass dose is read as a whole or half number of dose units of one ingredient's strength.
+_UNIT_STEP = 0.5
+_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class IngredientDose:
+    """One ingredient's amount a day on a combination line, in ``unit`` (mg or IU), with how
+    the line's dose reached it (``reading``); ``per_day`` None when it cannot be known."""
+
+    ingredient: Ingredient
+    per_dose: float | None
+    per_day: float | None
+    unit: str | None
+    reading: str
+
+
+def _base(amount: float | None, unit: str | None) -> tuple[float, str] | None:
+    known = AMOUNT_UNITS.get(unit or "")
+    if amount is None or known is None or known[0] == "MME":
+        return None
+    return amount * known[1], known[0]
+
+
+def _show(value: float) -> str:
+    return f"{round(value, 3):g}"
+
+
+def _product_per_dose(
+    ingredients: Sequence[Ingredient], dose: float, dose_unit: str
+) -> tuple[float, str | None, str] | tuple[None, None, str]:
+    """How much product one dose is, in the unit the strengths are given for (a count of dose
+    units when ``None``), and the reading, for a dose in mass, volume or dose units."""
+    mass = _base(dose, dose_unit)
+    if mass is not None:
+        # A mass dose is the dose of one ingredient: the first, by decreasing strength, of
+        # which it is a whole or half number of units (1000 mg of codeine/paracetamol
+        # 30 mg/500 mg is two tablets' paracetamol; 60 mg is two tablets' codeine).
+        strengths = [
+            (base[0], i)
+            for i in ingredients
+            if (base := _base(i.amount, i.unit)) is not None and base[1] == mass[1] and base[0] > 0
+        ]
+        for strength, lead in sorted(strengths, key=lambda item: -item[0]):
+            units = mass[0] / strength
+            steps = units / _UNIT_STEP
+            if lead.per_unit is not None or (
+                steps >= 1 - _TOLERANCE and abs(steps - round(steps)) <= _TOLERANCE * steps
+            ):
+                reading = (
+                    f"{_show(dose)} {dose_unit} read as {lead.name} "
+                    f"({_show(units)} × {_show(lead.amount or 0)} {lead.unit})"
+                )
+                return units * lead.per_amount, lead.per_unit, reading
+        written = ", ".join(f"{i.name} {_show(s)} {mass[1]}" for s, i in strengths)
+        return None, None, f"{_show(dose)} {dose_unit} matches no strength ({written})"
+    if dose_unit in _VOLUMES:
+        return dose * _VOLUMES[dose_unit], "mL", f"{_show(dose)} {dose_unit}"
+    if "/" in dose_unit:
+        return None, None, f"a dose in {dose_unit} cannot be split into ingredients"
+    return dose, None, f"{_show(dose)} {dose_unit}"
+
+
+def ingredient_doses(
+    ingredients: Sequence[Ingredient],
+    dose: float | None,
+    dose_unit: str | None,
+    daily_dose: float | None,
+) -> list[IngredientDose]:
+    """The amount of each ingredient per dose and per day on a line of a combination product.
+
+    A dose in dose units (``2 tablet``) or in volume reaches each ingredient through its
+    strength; a dose in mass is read as the dose of one ingredient (see ``_product_per_dose``)
+    and the others follow the product's ratio. Unknown (None) when the strength, the dose or
+    the frequency is.
+
+    >>> codeine = Ingredient(name="codeine", amount=30, unit="mg", source="bdpm")
+    >>> paracetamol = Ingredient(name="paracetamol", amount=500, unit="mg", source="bdpm")
+    >>> [(d.ingredient.name, d.per_day) for d in ingredient_doses([codeine, paracetamol],
+    ...                                                            1000, "mg", 4000)]
+    [('codeine', 240.0), ('paracetamol', 4000.0)]
+    >>> [d.per_day for d in ingredient_doses([codeine, paracetamol], 2, "tablet", 8)]
+    [240.0, 4000.0]
+    """
+    if dose is None or dose_unit is None:
+        return [IngredientDose(i, None, None, None, "no dose") for i in ingredients]
+    times = None if daily_dose is None or dose == 0 else daily_dose / dose
+    quantity, per_unit, reading = _product_per_dose(ingredients, dose, dose_unit)
+    out = []
+    for ingredient in ingredients:
+        base = _base(ingredient.amount, ingredient.unit)
+        per = _VOLUMES.get(ingredient.per_unit or "")
+        same_reference = (ingredient.per_unit or None) == per_unit or (
+            per is not None and per_unit == "mL"
+        )
+        if quantity is None or base is None or not same_reference:
+            out.append(IngredientDose(ingredient, None, None, base and base[1], reading))
+            continue
+        per_amount = ingredient.per_amount * (per or 1.0)
+        per_dose = base[0] * quantity / per_amount
+        per_day = None if times is None else per_dose * times
+        out.append(IngredientDose(ingredient, per_dose, per_day, base[1], reading))
+    return out
+
+
+def is_combination_code(atc: str | None) -> bool:
+    """An ATC code only combination products carry: the BDPM's (``combination_atc_codes``)
+    and the combination rows of ``mme_factors.csv``. A line so coded whose composition is not
+    known has a dose no substance can be credited with."""
+    return atc is not None and (atc in combination_atc_codes() or atc in _MME_COMBINATIONS)
+
+
 def total_daily_dose(lines: Iterable[tuple[float | None, str | None]]) -> Amount | None:
     """Sum of daily doses (value, unit) over lines: masses in mg, IU kept.
 
@@ -296,6 +420,15 @@ def total_daily_dose(lines: Iterable[tuple[float | None, str | None]]) -> Amount
 # CDC 2022 factors (``mme_factors.csv``): per mg a day of the line's daily dose, or per µg/h of
 # the dose for a patch (``MME_RATES``, transdermal fentanyl).
 _MME: dict[str, MmeFactor] = dict(_UNITS.mme_factors)
+_MME_ROWS = read_rows("mme_factors.csv")
+_MME_COMBINATIONS = frozenset(r["atc"] for r in _MME_ROWS if r.get("combination") == "yes")
+# An ingredient without ATC (codeine: no BDPM product of codeine alone carries one) finds its
+# factor by name among the single-substance rows (mg/d, any route): "codeine (antitussive)".
+_MME_BY_NAME: dict[str, str] = {
+    name_key(re.sub(r"\(.*?\)", "", r["substance"])): r["atc"]
+    for r in reversed(_MME_ROWS)
+    if r.get("combination") != "yes" and r["per"] == "mg/d" and not r["route"]
+}
 MME_FACTORS: dict[str, float] = {
     atc: entry.factor for atc, entry in _MME.items() if entry.per == "mg/d" and entry.route is None
 }
@@ -344,7 +477,7 @@ def line_mme(
     60.0
     """
     factor = mme_factor(atc, route)
-    if factor is None:
+    if factor is None or atc in _MME_COMBINATIONS:  # whose mg? the composition tells
         return None
     per = _MME[atc or ""].per
     if per != "mg/d":  # a rate (a patch's µg/h): the factor applies to the dose itself
@@ -357,13 +490,63 @@ def line_mme(
     return None if milligrams is None else milligrams * factor
 
 
+def ingredient_mme_factor(ingredient: Ingredient) -> float | None:
+    """The CDC 2022 factor (per mg a day) of an opioid ingredient: by its own ATC code, else by
+    its name (``PHOSPHATE DE CODÉINE`` is codeine); None for a substance without one."""
+    atc = ingredient.atc if ingredient.atc in _MME else _MME_BY_NAME.get(name_key(ingredient.name))
+    entry = _MME.get(atc or "")
+    if entry is None or entry.per != "mg/d" or entry.route is not None or atc in _MME_COMBINATIONS:
+        return None
+    return entry.factor
+
+
+def order_mme(
+    atc: str | None,
+    route: str | None,
+    dose: float | None,
+    dose_unit: str | None,
+    daily_dose: float | None,
+    ingredients: Sequence[Ingredient] = (),
+) -> tuple[bool, float | None, list[IngredientDose]]:
+    """(is an opioid line, MME per day or None, the opioid ingredients' doses) of one line.
+
+    A line with a composition counts its opioid ingredients' amounts (codeine/paracetamol
+    500 mg/30 mg, 1000 mg × 4: 240 mg codeine × 0.15 = 36 MME); a combination-coded line
+    without composition is an opioid line of unknown MME.
+
+    >>> codeine = Ingredient(name="PHOSPHATE DE CODÉINE HÉMIHYDRATÉ", amount=30, unit="mg")
+    >>> paracetamol = Ingredient(name="PARACÉTAMOL", atc="N02BE01", amount=500, unit="mg")
+    >>> opioid, mme, _ = order_mme("N02AJ06", "oral", 1000, "mg", 4000, [codeine, paracetamol])
+    >>> opioid, round(mme, 6)
+    (True, 36.0)
+    >>> order_mme("N02AJ06", "oral", 1000, "mg", 4000)
+    (True, None, [])
+    """
+    if ingredients:
+        doses = ingredient_doses(ingredients, dose, dose_unit, daily_dose)
+        opioids = [(f, d) for d in doses if (f := ingredient_mme_factor(d.ingredient)) is not None]
+        if not opioids:  # a combination-coded opioid line whose opioid is not recognised
+            opioid_line = is_opioid_line(atc)
+            return opioid_line, None if opioid_line else 0.0, []
+        total = 0.0
+        for factor, found in opioids:
+            if found.per_day is None or found.unit != "mg":
+                return True, None, [d for _, d in opioids]
+            total += found.per_day * factor
+        return True, total, [d for _, d in opioids]
+    if not is_opioid_line(atc):
+        return False, 0.0, []
+    return True, line_mme(atc, route, dose, dose_unit, daily_dose), []
+
+
 def morphine_equivalents(
     lines: Iterable[tuple[str | None, str | None, float | None, str | None, float | None]],
 ) -> Amount:
-    """Σ MME per day over opioid lines given as (atc, route, dose, dose_unit, daily_dose).
+    """Σ MME per day over opioid lines given as (atc, route, dose, dose_unit, daily_dose),
+    without composition (``order_mme`` takes a line's ingredients).
 
-    Lines that are not opioids are ignored; an opioid line without a usable dose or factor
-    makes the sum a lower bound.
+    Lines that are not opioids are ignored; an opioid line without a usable dose or factor, or
+    coded as a combination (whose dose is not the opioid's), makes the sum a lower bound.
 
     >>> morphine_equivalents([("N02AA01", "oral", 30.0, "mg", 60.0),
     ...                       ("N02AX02", "oral", 100.0, "mg", 300.0)])
@@ -374,9 +557,9 @@ def morphine_equivalents(
     total = 0.0
     lower_bound = False
     for atc, route, dose, dose_unit, daily_dose in lines:
-        if not is_opioid_line(atc):
+        opioid, mme, _ = order_mme(atc, route, dose, dose_unit, daily_dose)
+        if not opioid:
             continue
-        mme = line_mme(atc, route, dose, dose_unit, daily_dose)
         if mme is None:
             lower_bound = True
         else:

@@ -28,8 +28,6 @@ from vigie.engine.derived import (
     Amount,
     amount_arithmetic,
     compare_amounts,
-    morphine_equivalents,
-    total_daily_dose,
 )
 from vigie.engine.errors import PackError, RuleRuntimeError
 from vigie.engine.runtime import (
@@ -43,7 +41,6 @@ from vigie.engine.runtime import (
     WindowBounds,
     WindowFn,
     age_value,
-    amount_evidence,
     clearance_value,
     derived_evidence,
     egfr_computed,
@@ -52,9 +49,10 @@ from vigie.engine.runtime import (
     has_pregnancy,
     lab_count,
     lab_select,
-    line_daily_dose,
     line_evidence,
+    opioid_mme,
     patient_evidence,
+    set_daily_dose,
 )
 
 __all__ = ["ClosureBuilder", "Scope", "expand_routes"]
@@ -428,32 +426,11 @@ class ClosureBuilder:
     def _op_daily_dose(self, node: Mapping[str, Any], label: str | None) -> Closure:
         set_name = node["set"]
         name = label or f"daily dose of {set_name}"
-
-        def daily_dose(ctx: Context) -> Amount | None:
-            lines = ctx.lines(set_name, None)
-            total = total_daily_dose((line_daily_dose(o), o.dose_unit) for o in lines)
-            if ctx.trace is not None:
-                ctx.trace.append(amount_evidence(name, "daily_dose", total, lines))
-            return total
-
-        return daily_dose
+        return lambda ctx: set_daily_dose(ctx, set_name, name)
 
     def _op_mme(self, node: Mapping[str, Any], label: str | None) -> Closure:
         name = label or "mme"
-
-        def mme(ctx: Context) -> Amount:
-            lines = ctx.active_lines()
-            total = morphine_equivalents(
-                (o.atc, o.route, o.dose, o.dose_unit, line_daily_dose(o)) for o in lines
-            )
-            if ctx.trace is not None:
-                opioid = [
-                    o for o in lines if o.atc and o.atc.startswith(("N02A", "N07BC", "R05DA"))
-                ]
-                ctx.trace.append(amount_evidence(name, "mme", total, opioid))
-            return total
-
-        return mme
+        return lambda ctx: opioid_mme(ctx, name)
 
     # Lab and observation queries
 

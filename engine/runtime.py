@@ -20,7 +20,17 @@ from datetime import datetime
 from typing import Any
 
 from vigie.engine.alerts import Evidence
-from vigie.engine.derived import Amount, age_in_years, ckd_epi_2021, cockcroft_gault
+from vigie.engine.derived import (
+    Amount,
+    IngredientDose,
+    age_in_years,
+    ckd_epi_2021,
+    cockcroft_gault,
+    ingredient_doses,
+    is_combination_code,
+    order_mme,
+    total_daily_dose,
+)
 from vigie.engine.errors import PackError
 from vigie.engine.factset import PatientRecord
 from vigie.facts import (
@@ -60,7 +70,9 @@ __all__ = [
     "line_evidence",
     "line_label",
     "measure_evidence",
+    "opioid_mme",
     "patient_evidence",
+    "set_daily_dose",
 ]
 
 Closure = Callable[["Context"], Any]
@@ -207,6 +219,8 @@ class Context:
         atc = self.sets.atc
         for line in self.active_lines():
             names.update(atc(line.atc, line.route))
+            for ingredient in line.ingredients:  # `daily dose of` counts a set's ingredients
+                names.update(atc(ingredient.atc, line.route))
         return names
 
     def note(self, evidence: Evidence) -> None:
@@ -374,6 +388,118 @@ def amount_evidence(
     if total is not None and total.lower_bound:
         code += " (lower bound)"
     return derived_evidence(name, code, value, unit, [line_evidence(name, o) for o in lines])
+
+
+# Per-ingredient amounts of combination products
+
+
+def _strength(dose: IngredientDose) -> str:
+    i = dose.ingredient
+    if i.amount is None:
+        return f"{i.name} (strength unknown)"
+    per = f"{i.per_amount:g} {i.per_unit}" if i.per_unit else "unit"
+    return f"{i.name} {i.amount:g} {i.unit}/{per}"
+
+
+def ingredient_evidence(name: str, line: MedicationOrder, dose: IngredientDose) -> Evidence:
+    """An ingredient's amount a day on a combination line: strength, where the composition came
+    from and how the line's dose reached it, with the line as input."""
+    code = f"{_strength(dose)} [{dose.ingredient.source or 'composition'}]: {dose.reading}"
+    return derived_evidence(name, code, dose.per_day, dose.unit, [line_evidence(name, line)])
+
+
+def unknown_composition_evidence(name: str, line: MedicationOrder) -> Evidence:
+    code = "composition unknown: the dose of a combination product is credited to no substance"
+    return derived_evidence(name, code, None, None, [line_evidence(name, line)])
+
+
+def set_daily_dose(ctx: Context, set_name: str, name: str) -> Amount | None:
+    """``daily dose of SET``: Σ the daily amounts of the set's substances over active lines.
+
+    A single-substance line in the set counts its daily dose. A combination line counts the
+    amounts of those of its ingredients whose ATC is in the set (``ingredient_doses``); when
+    none is, or its composition is unknown (a combination code without ingredients), the line
+    makes the sum a lower bound and the evidence says so.
+    """
+    atc = ctx.sets.atc
+    amounts: list[tuple[float | None, str | None]] = []
+    inputs: list[Evidence] = []
+    tracing = ctx.trace is not None
+    for line in ctx.active_lines():
+        in_set = set_name in atc(line.atc, line.route)
+        if line.ingredients:
+            doses = [
+                d
+                for d in ingredient_doses(
+                    line.ingredients, line.dose, line.dose_unit, line_daily_dose(line)
+                )
+                if set_name in atc(d.ingredient.atc, line.route)
+            ]
+            if not doses and in_set:
+                amounts.append((None, None))
+                if tracing:
+                    code = "no ingredient of the composition is in the set"
+                    inputs.append(
+                        derived_evidence(name, code, None, None, [line_evidence(name, line)])
+                    )
+            for found in doses:
+                amounts.append((found.per_day, found.unit))
+                if tracing:
+                    inputs.append(ingredient_evidence(name, line, found))
+        elif in_set and is_combination_code(line.atc):
+            amounts.append((None, None))
+            if tracing:
+                inputs.append(unknown_composition_evidence(name, line))
+        elif in_set:
+            amounts.append((line_daily_dose(line), line.dose_unit))
+            if tracing:
+                inputs.append(line_evidence(name, line))
+    total = total_daily_dose(amounts)
+    if ctx.trace is not None:
+        ctx.trace.append(_total_evidence(name, "daily_dose", total, inputs))
+    return total
+
+
+def opioid_mme(ctx: Context, name: str) -> Amount:
+    """``mme``: Σ MME per day over the active opioid lines, a combination's opioid ingredients
+    counted by their own amounts (``order_mme``)."""
+    total = 0.0
+    lower_bound = False
+    inputs: list[Evidence] = []
+    for line in ctx.active_lines():
+        opioid, mme, doses = order_mme(
+            line.atc,
+            line.route,
+            line.dose,
+            line.dose_unit,
+            line_daily_dose(line),
+            line.ingredients,
+        )
+        if not opioid:
+            continue
+        if mme is None:
+            lower_bound = True
+        else:
+            total += mme
+        if ctx.trace is not None:
+            if doses:
+                inputs.extend(ingredient_evidence(name, line, d) for d in doses)
+            elif not line.ingredients and is_combination_code(line.atc):
+                inputs.append(unknown_composition_evidence(name, line))
+            else:
+                inputs.append(line_evidence(name, line))
+    amount = Amount(total, "MME", lower_bound)
+    if ctx.trace is not None:
+        ctx.trace.append(_total_evidence(name, "mme", amount, inputs))
+    return amount
+
+
+def _total_evidence(name: str, code: str, total: Amount | None, inputs: list[Evidence]) -> Evidence:
+    value = None if total is None else total.value
+    unit = None if total is None else (total.unit or "mg")
+    if total is not None and total.lower_bound:
+        code += " (lower bound)"
+    return derived_evidence(name, code, value, unit, inputs)
 
 
 def _series(ctx: Context, fact_kind: str, concept: str) -> list[Any]:

@@ -20,6 +20,9 @@ Reads the ANSM public drug database (BDPM) text files — tab-separated, no head
   therapeutic fraction's name when the BDPM gives one: MORPHINE for SULFATE DE MORPHINE); a
   product of several substances for the combination, keyed by its sorted substance keys joined
   by `` + ``. The route class comes from the product's routes (``CIS_bdpm.txt``).
+- ``compositions_bdpm.csv.gz``: the substances and strengths of each product of two active
+  substances or more, by CIS, CIP13 and CIP7 (``compositions.composition_rows``), for the
+  per-ingredient doses of combination products.
 
 The output is deterministic (sorted rows, gzip without timestamp) so that a rebuild from the same
 files gives identical bytes and a clean diff.
@@ -36,6 +39,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vigie.terminology.compositions import COMPOSITION_COLUMNS, composition_rows
 from vigie.terminology.names import COMBINATION, name_key, route_class
 
 __all__ = [
@@ -48,6 +52,7 @@ __all__ = [
     "generic_groups",
     "main",
     "name_rows",
+    "product_cips",
     "product_routes",
     "substance_rows",
     "write_table",
@@ -109,6 +114,18 @@ def cis_atc_with_basis(bdpm: Path) -> dict[str, tuple[str, str]]:
         for cis in members:
             table.setdefault(cis, (atc, f"generic group {group}"))
     return table
+
+
+def product_cips(bdpm: Path) -> dict[str, list[tuple[str, str]]]:
+    """CIS → its presentations' codes, (``CIP13``, code) and (``CIP7``, code)."""
+    cips: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for fields in _fields(bdpm / "CIS_CIP_bdpm.txt"):
+        cis, cip7, cip13 = fields[0], fields[1], fields[6]
+        if len(cip13) == 13 and cip13.isdigit():
+            cips[cis].append(("CIP13", cip13))
+        if len(cip7) == 7 and cip7.isdigit():
+            cips[cis].append(("CIP7", cip7))
+    return {cis: sorted(set(codes)) for cis, codes in cips.items()}
 
 
 def cip_rows(bdpm: Path, atc_of: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -294,6 +311,21 @@ def build(bdpm: Path, output: Path = OUTPUT_DIR) -> dict[str, int]:
             ],
             ("key", "name", "route", "atc", "products"),
             name_rows(compositions(bdpm), atc_of, product_routes(bdpm)),
+        ),
+        "compositions_bdpm.csv.gz": write_table(
+            output / "compositions_bdpm.csv.gz",
+            [
+                f"Combination products (two active substances or more) -> their substances and"
+                f" strengths. Source: {SOURCE}, CIS_COMPO_bdpm.txt (SA lines: the substance as"
+                " weighed, its strength and what it is given for), CIS_CIP_bdpm.txt (CIP13 and"
+                " CIP7 of each CIS), CIS_MITM.txt (atc: the ATC of the products of that"
+                " substance alone, the most frequent one).",
+                "per_unit empty: per unit of the dose form (tablet, capsule...); amount empty:"
+                " a strength the BDPM does not write as an amount (dilution, qsp).",
+                regenerate,
+            ],
+            COMPOSITION_COLUMNS,
+            composition_rows(_fields(bdpm / "CIS_COMPO_bdpm.txt"), atc_of, product_cips(bdpm)),
         ),
     }
     return counts

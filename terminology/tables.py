@@ -18,6 +18,9 @@ Every mapping is data, not code:
   and ``drug_known`` tells it from an unknown code.
 - ``substances_bdpm.csv.gz``: BDPM substance name → ATC codes of its products, for rules that
   name substances (ANSM interaction thesaurus); read on first use.
+- ``compositions_bdpm.csv.gz`` and ``compositions_site.csv`` (then a site's
+  ``site_compositions.csv``): the substances and strengths of combination products by CIS,
+  CIP13/CIP7 and UCD (``vigie.terminology.compositions``); read on first use.
 - ``allergy_atc.csv``: allergen codes (SNOMED, RxNorm) → the ATC codes or class prefixes they
   rule out; empty for food and environmental allergens.
 - ``conditions_snomed_icd10.csv``: SNOMED condition codes → ICD-10 for the conditions rules use.
@@ -56,6 +59,7 @@ from typing import Literal
 
 from vigie import settings
 from vigie.errors import VigieError
+from vigie.terminology.compositions import Component, CompositionTable
 from vigie.terminology.names import DrugNames, NameMatch
 from vigie.terminology.units import read_rows, read_unit_aliases, read_unit_conversions
 
@@ -248,6 +252,8 @@ class Terminology:
         self._data_dir = data_dir
         self._substances: dict[str, tuple[frozenset[str], frozenset[str]]] | None = None
         self._drug_names: DrugNames | None = None
+        self._compositions: CompositionTable | None = None
+        self._site_dir = site_dir
         if site_dir is not None:
             self._load_site(site_dir)
 
@@ -324,6 +330,18 @@ class Terminology:
         if self._drug_names is None:
             self._drug_names = DrugNames(self._data_dir)
         return self._drug_names.match(label)
+
+    def drug_ingredients(self, system: str | None, code: str) -> tuple[Component, ...]:
+        """The substances and strengths of a combination product's code (CIS, CIP13/CIP7, UCD
+        or a site code); ``()`` for a single-substance product or an unknown code."""
+        if self._compositions is None:
+            table = CompositionTable(_optional_rows("compositions_bdpm.csv", self._data_dir))
+            table.add(_optional_rows("compositions_site.csv", self._data_dir), "site")
+            if self._site_dir is not None:
+                table.add(_optional_rows("site_compositions.csv", self._site_dir), "site")
+            self._compositions = table
+        system_key, code_key = _drug_key(normalise_system(system), code)
+        return self._compositions.ingredients(system_key, code_key)
 
     def drug_known(self, system: str | None, code: str) -> bool:
         """Whether a drug code is in the tables, with or without an ATC."""

@@ -10,16 +10,21 @@ import pytest
 from vigie.engine import derived
 from vigie.engine.derived import (
     Amount,
+    IngredientDose,
     age_in_years,
     amount_arithmetic,
     amount_in,
     ckd_epi_2021,
     cockcroft_gault,
     compare_amounts,
+    ingredient_doses,
+    is_combination_code,
     line_mme,
     morphine_equivalents,
+    order_mme,
     total_daily_dose,
 )
+from vigie.facts.model import Ingredient
 
 
 def test_doctests() -> None:
@@ -146,7 +151,7 @@ def test_amount_arithmetic() -> None:
         (("N02AA01", "oral", 30.0, "mg", 60.0), 60.0),  # morphine × 1
         (("N02AA05", "oral", 20.0, "mg", 40.0), 60.0),  # oxycodone × 1.5
         (("N02AX02", "oral", 100.0, "mg", 300.0), 60.0),  # tramadol × 0.2
-        (("N02AJ06", "oral", 30.0, "mg", 180.0), 27.0),  # codeine combination × 0.15
+        (("R05DA04", "oral", 30.0, "mg", 180.0), 27.0),  # codeine × 0.15
         (("N02AA03", "oral", 4.0, "mg", 16.0), 80.0),  # hydromorphone × 5
         (("N07BC02", "oral", 20.0, "mg", 20.0), 94.0),  # methadone × 4.7
         (("N02AX06", "oral", 100.0, "mg", 200.0), 80.0),  # tapentadol × 0.4
@@ -169,3 +174,89 @@ def test_mme_sum_and_lower_bounds() -> None:
     assert morphine_equivalents(unknown) == Amount(120.0, "MME", lower_bound=True)
     no_dose = [("N02AA05", "oral", None, None, None)]
     assert morphine_equivalents(no_dose) == Amount(0.0, "MME", lower_bound=True)
+
+
+# Combination products: per-ingredient doses (issue 8 item 4) ----------------------------------
+# DAFALGAN CODEINE (BDPM CIS 66003374): paracetamol 500 mg and codeine phosphate hemihydrate
+# 30 mg per tablet. CDC 2022 factor of codeine: 0.15.
+CODEINE = Ingredient(name="CODÉINE (PHOSPHATE DE) HÉMIHYDRATÉ", amount=30, unit="mg", source="bdpm")
+PARACETAMOL = Ingredient(name="PARACÉTAMOL", atc="N02BE01", amount=500, unit="mg", source="bdpm")
+DAFALGAN_CODEINE = [CODEINE, PARACETAMOL]
+
+
+def per_day(doses: list[IngredientDose]) -> dict[str, float | None]:
+    return {d.ingredient.name: d.per_day for d in doses}
+
+
+def test_a_mass_dose_on_a_combination_is_the_dose_of_the_strength_it_is_units_of() -> None:
+    # 1000 mg x 4: two tablets' paracetamol (1000 / 500), so 60 mg codeine per dose.
+    doses = per_day(ingredient_doses(DAFALGAN_CODEINE, 1000, "mg", 4000))
+    assert doses == {CODEINE.name: 240.0, PARACETAMOL.name: 4000.0}
+    # 60 mg is not a whole or half number of 500 mg tablets: two tablets' codeine (60 / 30)
+    doses = per_day(ingredient_doses(DAFALGAN_CODEINE, 60, "mg", 180))
+    assert doses == {CODEINE.name: 180.0, PARACETAMOL.name: 3000.0}
+    # 1 g is 1000 mg; 750 mg is one and a half tablets
+    assert per_day(ingredient_doses(DAFALGAN_CODEINE, 1, "g", 3)) == {
+        CODEINE.name: 180.0,
+        PARACETAMOL.name: 3000.0,
+    }
+    assert per_day(ingredient_doses(DAFALGAN_CODEINE, 750, "mg", 1500))[CODEINE.name] == 90.0
+    # 400 mg is neither: unknown, and the reading says why
+    (first, _) = ingredient_doses(DAFALGAN_CODEINE, 400, "mg", 1600)
+    assert first.per_day is None and "matches no strength" in first.reading
+
+
+def test_a_dose_in_dose_units_reaches_each_ingredient_through_its_strength() -> None:
+    # 2 tablets x 4 a day = 8 tablets: 4000 mg paracetamol, 240 mg codeine
+    doses = per_day(ingredient_doses(DAFALGAN_CODEINE, 2, "tablet", 8))
+    assert doses == {CODEINE.name: 240.0, PARACETAMOL.name: 4000.0}
+    # a syrup given per 5 mL: codeine 0.08 g per 100 mL (BDPM CIS 60206154 writes 0,0800 g)
+    syrup = [
+        Ingredient(name="CODÉINE", amount=0.08, unit="g", per_amount=100, per_unit="mL"),
+        Ingredient(name="X", amount=1, unit="g", per_amount=100, per_unit="mL"),
+    ]
+    assert per_day(ingredient_doses(syrup, 5, "mL", 15))["CODÉINE"] == pytest.approx(12.0)
+    # a strength unknown, a dose unknown, a rate: unknown, never guessed
+    unknown = [Ingredient(name="A"), PARACETAMOL]
+    assert per_day(ingredient_doses(unknown, 2, "tablet", 8)) == {
+        "A": None,
+        PARACETAMOL.name: 4000.0,
+    }
+    assert per_day(ingredient_doses(DAFALGAN_CODEINE, None, None, None))[CODEINE.name] is None
+    assert per_day(ingredient_doses(DAFALGAN_CODEINE, 2, "mg/h", 48))[CODEINE.name] is None
+
+
+def test_mme_of_a_combination_uses_the_opioid_ingredient_amount() -> None:
+    # codeine/paracetamol 1000 mg x 4: 240 mg codeine x 0.15 = 36 MME (not 4000 x 0.15 = 600)
+    opioid, mme, doses = order_mme("N02AJ06", "oral", 1000, "mg", 4000, DAFALGAN_CODEINE)
+    assert opioid and mme == pytest.approx(36.0)
+    assert [d.ingredient.name for d in doses] == [CODEINE.name]
+    # the same line without composition: an opioid line of unknown MME
+    assert order_mme("N02AJ06", "oral", 1000, "mg", 4000) == (True, None, [])
+    assert morphine_equivalents([("N02AJ06", "oral", 1000, "mg", 4000)]) == Amount(
+        0.0, "MME", lower_bound=True
+    )
+    # tramadol/paracetamol 37.5 mg/325 mg (BDPM CIS 60152411), 2 tablets x 3: 225 mg x 0.2
+    tramadol = [
+        Ingredient(name="CHLORHYDRATE DE TRAMADOL", atc="N02AX02", amount=37.5, unit="mg"),
+        Ingredient(name="PARACÉTAMOL", atc="N02BE01", amount=325, unit="mg"),
+    ]
+    assert order_mme("N02AJ13", "oral", 2, "tablet", 6, tramadol)[1] == pytest.approx(45.0)
+    # a non-opioid combination is not an opioid line
+    caffeine = [PARACETAMOL, Ingredient(name="CAFÉINE", atc="N06BC01", amount=50, unit="mg")]
+    assert order_mme("N02BE51", "oral", 1, "tablet", 3, caffeine) == (False, 0.0, [])
+    # an RxNorm-shaped combination without product ATC still counts its oxycodone (x 1.5)
+    percocet = [
+        Ingredient(name="Acetaminophen", amount=325, unit="mg", source="rxnorm-display"),
+        Ingredient(name="Oxycodone Hydrochloride", amount=5, unit="mg", source="rxnorm-display"),
+    ]
+    assert order_mme(None, "oral", 1, "tablet", 4, percocet)[1] == pytest.approx(30.0)
+    # 5 mg of it is read as the oxycodone (5 mg is not units of 325 mg): 20 mg a day
+    assert order_mme(None, "oral", 5, "mg", 20, percocet)[1] == pytest.approx(30.0)
+
+
+def test_combination_codes_come_from_the_bdpm_and_the_mme_table() -> None:
+    # every BDPM product coded N02AJ06 is a combination; N02AJ17 (oxycodone and paracetamol)
+    # has no BDPM product but is a combination row of mme_factors.csv
+    assert is_combination_code("N02AJ06") and is_combination_code("N02AJ17")
+    assert not is_combination_code("N02BE01") and not is_combination_code("N02AA05")

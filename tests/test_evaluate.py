@@ -25,6 +25,7 @@ from vigie.facts import (
     Source,
     Stay,
 )
+from vigie.facts.model import Ingredient
 from vigie.rules import compile_pack
 
 REPO = Path(__file__).parents[1]
@@ -610,3 +611,39 @@ def test_a_set_with_routes_leaves_out_lines_given_by_other_routes() -> None:
         count, [drug("a", "J01GB03", route="iv"), drug("b", "J01GB01", route="inhalation")]
     )
     assert fired(count, [drug("a", "J01GB03", route="iv"), drug("b", "J01GB01", route="im")])
+
+
+def test_combination_evidence_shows_each_ingredient_and_its_source() -> None:
+    # codeine/paracetamol 500 mg/30 mg (BDPM CIS 66003374), 3 tablets x4: 12 x 500 mg = 6 g
+    # paracetamol (dose.paracetamol_max: > 4 g)
+    line = drug("dc", "N02AJ06", dose=3, unit="tablet", per_day=4).model_copy(
+        update={
+            "ingredients": (
+                Ingredient(name="PARACÉTAMOL", atc="N02BE01", amount=500, unit="mg",
+                                      source="bdpm"),
+                Ingredient(name="CODÉINE", amount=30, unit="mg", source="bdpm"),
+            )
+        }
+    )  # fmt: skip
+    alerts = evaluate(default_ir(), FactSet([patient(), line]), NOW)
+    (alert,) = [a for a in alerts if a.rule_id == "dose.paracetamol_max"]
+    (p,) = [e for e in alert.evidence if e.name == "p"]
+    assert (p.value, p.unit) == (6000.0, "mg")
+    (ingredient,) = p.inputs
+    assert ingredient.value == 6000.0 and ingredient.unit == "mg"
+    assert ingredient.code is not None
+    assert "PARACÉTAMOL 500 mg/unit" in ingredient.code and "[bdpm]" in ingredient.code
+    assert [i.fact_id for i in ingredient.inputs] == ["dc"]
+
+
+def test_mme_evidence_says_when_a_composition_is_unknown() -> None:
+    # morphine 120 mg/day (120 MME, major) with a codeine/paracetamol line of unknown
+    # composition: that line's MME is unknown, the sum a lower bound that still passes 90
+    morphine = drug("mo", "N02AA01", dose=60, per_day=2)
+    combination = drug("dc", "N02AJ06", dose=1000, per_day=4)
+    alerts = evaluate(default_ir(), FactSet([patient(), morphine, combination]), NOW)
+    (alert,) = [a for a in alerts if a.rule_id == "dose.opioid_mme"]
+    (m,) = [e for e in alert.evidence if e.name == "m"]
+    assert m.value == 120.0 and m.code == "mme (lower bound)"
+    codes = [e.code for e in m.inputs]
+    assert any(c and c.startswith("composition unknown") for c in codes)

@@ -736,3 +736,69 @@ def test_validation_mode_validates_documents_and_fast_paths_bulk_lines(
     monkeypatch.setenv("VIGIE_FHIR_VALIDATE", "sometimes")
     with pytest.raises(ValueError, match="VIGIE_FHIR_VALIDATE='sometimes'"):
         fhir.validation_mode()
+
+
+def test_combination_products_carry_their_composition(validated: dict[Path, Loaded]) -> None:
+    # UCD 3400893936047 CODOLIPRANE 500/30MG CPR (site formulary): per tablet paracetamol
+    # 500 mg and codeine phosphate hemihydrate 30 mg (BDPM CIS 60904643, CIS_COMPO_bdpm.txt).
+    (order,) = orders(validated, "Bundle-Presc-CODOLIPRANE-MedCodeableConcept.json")
+    assert order.atc == "N02AJ06"
+    strengths = {(i.name, i.atc, i.amount, i.unit, i.per_unit, i.source) for i in order.ingredients}
+    assert strengths == {
+        ("PARACÉTAMOL", "N02BE01", 500.0, "mg", None, "site"),
+        ("PHOSPHATE DE CODÉINE HÉMIHYDRATÉ", None, 30.0, "mg", None, "site"),
+    }
+    # a single-substance product has none
+    (doliprane,) = orders(validated, "Bundle-TradPN13FHIR-Presc-Paracetamol-SiDouleur.json")
+    assert doliprane.ingredients == ()
+
+
+def test_a_medication_states_its_ingredients_with_their_strength() -> None:
+    # A Medication coded by its CIS (DAFALGAN CODEINE 66003374) that states its ingredients:
+    # the stated strengths win (source fhir-ingredient); a strength per mL keeps its reference.
+    medication = {
+        "resourceType": "Medication",
+        "id": "m1",
+        "code": {"coding": [{"system": "CIS", "code": "66003374", "display": "DAFALGAN CODEINE"}]},
+        "ingredient": [
+            {
+                "itemCodeableConcept": {"text": "paracetamol"},
+                "strength": {
+                    "numerator": {"value": 500, "unit": "mg"},
+                    "denominator": {"value": 1, "unit": "comprimé"},
+                },
+            },
+            {
+                "itemCodeableConcept": {"text": "codeine phosphate"},
+                "strength": {
+                    "numerator": {"value": 6, "unit": "mg"},
+                    "denominator": {"value": 1, "code": "mL"},
+                },
+            },
+        ],
+    }
+    request = {
+        "resourceType": "MedicationRequest",
+        "id": "r1",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "authoredOn": "2024-03-01T08:00:00Z",
+        "medicationReference": {"reference": "#m1"},
+        "contained": [medication],
+    }
+    loaded = load_bytes("combo.json", json.dumps(request).encode())
+    (order,) = loaded.of(MedicationOrder)
+    assert [
+        (i.name, i.amount, i.unit, i.per_amount, i.per_unit, i.source) for i in order.ingredients
+    ] == [
+        ("paracetamol", 500.0, "mg", 1.0, None, "fhir-ingredient"),
+        ("codeine phosphate", 6.0, "mg", 1.0, "mL", "fhir-ingredient"),
+    ]
+    # without stated ingredients, the CIS gives the BDPM composition
+    del medication["ingredient"]
+    (order,) = load_bytes("combo.json", json.dumps(request).encode()).of(MedicationOrder)
+    assert {(i.name, i.amount, i.source) for i in order.ingredients} == {
+        ("PARACÉTAMOL", 500.0, "bdpm"),
+        ("CODÉINE (PHOSPHATE DE) HÉMIHYDRATÉ", 30.0, "bdpm"),
+    }

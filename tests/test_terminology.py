@@ -475,3 +475,49 @@ def test_condition_table_codes_are_met_in_reference_data(
     }
     assert table <= met
     assert all(terms.icd10(SNOMED, code) for code in table)
+
+
+# Compositions of combination products (issue 8 item 4) --------------------------------------
+
+
+def _compo_rows(shared_data: Path, cis: str) -> list[list[str]]:
+    """CIS_COMPO_bdpm.txt lines of one product, read with csv independently of the builder."""
+    path = shared_data / "bdpm" / "CIS_COMPO_bdpm.txt"
+    with path.open(encoding="utf-8", newline="") as handle:
+        return [row for row in csv.reader(handle, delimiter="\t") if row and row[0] == cis]
+
+
+def test_compositions_of_combination_products_follow_the_bdpm(
+    terms: Terminology, shared_data: Path
+) -> None:
+    # DAFALGAN CODEINE: the two SA lines of CIS_COMPO_bdpm.txt, strength per tablet
+    source = {(r[3], r[4], r[5]) for r in _compo_rows(shared_data, "66003374") if r[6] == "SA"}
+    assert source == {
+        ("PARACÉTAMOL", "500 mg", "un comprimé"),
+        ("CODÉINE (PHOSPHATE DE) HÉMIHYDRATÉ", "30 mg", "un comprimé"),
+    }
+    found = terms.drug_ingredients("CIS", "66003374")
+    assert {(i.name, i.amount, i.unit, i.per_amount, i.per_unit, i.source) for i in found} == {
+        ("PARACÉTAMOL", 500.0, "mg", 1.0, None, "bdpm"),
+        ("CODÉINE (PHOSPHATE DE) HÉMIHYDRATÉ", 30.0, "mg", 1.0, None, "bdpm"),
+    }
+    # the substance's own ATC, from the BDPM products of paracetamol alone
+    assert {i.name: i.atc for i in found}["PARACÉTAMOL"] == "N02BE01"
+    # a CIP13 of the product (CIS_CIP_bdpm.txt) gives the same composition
+    assert terms.drug_ingredients("CIP13", "3400933275815") == found
+    # a single-substance product (DOLIPRANE 1000 mg, CIS 60234100) and unknown codes: none
+    assert terms.drug_ingredients("CIS", "60234100") == ()
+    assert terms.drug_ingredients("CIS", "1") == ()
+
+
+def test_site_compositions_are_the_bdpm_ones_of_the_named_products(terms: Terminology) -> None:
+    # compositions_site.csv copies the BDPM rows of the CIS each UCD label names
+    for ucd, cis in [("3400891479287", "66003374"), ("3400893936047", "60904643")]:
+        site = terms.drug_ingredients("UCD", ucd)
+        bdpm = terms.drug_ingredients("CIS", cis)
+        assert [i._replace(source=None) for i in site] == [i._replace(source=None) for i in bdpm]
+        assert {i.source for i in site} == {"site"}
+    # a UCD7 expands to its UCD13 as for the ATC
+    assert terms.drug_ingredients("UCD", "9147928") == terms.drug_ingredients(
+        "UCD", "3400891479287"
+    )

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from vigie.facts import Coding, Flag, FlagCode
 from vigie.terminology import Concept, QualitativeResult, Terminology, normalise_system
+from vigie.terminology.compositions import Component
 from vigie.terminology.names import NameMatch
 
 __all__ = [
@@ -162,6 +163,9 @@ class TerminologyMemo:
 
     def drug_atc(self, system: str | None, code: str) -> str | None:
         return _ask(self._atc, self.terminology.drug_atc, system, code)
+
+    def drug_ingredients(self, system: str | None, code: str) -> tuple[Component, ...]:
+        return self.terminology.drug_ingredients(system, code)  # a dict lookup already
 
     def icd10(self, system: str | None, code: str) -> str | None:
         return _ask(self._icd10, self.terminology.icd10, system, code)

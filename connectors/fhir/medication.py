@@ -26,6 +26,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+from vigie.connectors.compositions import code_ingredients
 from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.fhir.fast import (
     EntryProblem,
@@ -95,6 +96,9 @@ def _drug_from_concept(
         ingredients = from_label.ingredients
         if from_label.flags:  # the ATC came from the name: the code is no longer unmapped
             atc, flags = from_label.atc, from_label.flags
+    # The composition tables (BDPM, site formulary) know a product's code better than its label.
+    coded = code_ingredients(terminology, ((c.system, c.code) for c in codings))
+    ingredients = coded or ingredients
     return _Drug(codings[0], atc, label, suffix, bool(suffix), flags, ingredients)
 
 
@@ -149,7 +153,8 @@ def _medication_drugs(entry: ResourceEntry, medication: dict[str, Any]) -> list[
     code = _obj(medication, "code", path)
     drug = _drug_from_concept(code, path, terminology) if code else None
     if drug is not None:
-        return [drug]
+        stated = _stated_ingredients(entry, medication, path)
+        return [drug._replace(ingredients=stated) if stated else drug]
     drugs = []
     for index, (item_path, ingredient) in enumerate(_objects(medication, "ingredient", path)):
         suffix = f"/ingredient[{index}]"
@@ -159,6 +164,67 @@ def _medication_drugs(entry: ResourceEntry, medication: dict[str, Any]) -> list[
     if not drugs:
         raise EntryProblem(path, "a Medication with a code or ingredients")
     return drugs
+
+
+def _stated_ingredients(
+    entry: ResourceEntry, medication: dict[str, Any], path: str
+) -> tuple[Ingredient, ...]:
+    """The active ingredients a coded Medication states with their ``strength`` (a Ratio), for
+    a combination product (two or more; source ``fhir-ingredient``). They win over the tables:
+    the message describes the product given."""
+    found = []
+    for item_path, item in _objects(medication, "ingredient", path):
+        if _boolean(item, "isActive", item_path) is False:
+            continue
+        concept = _obj(item, "itemCodeableConcept", item_path)
+        reference = _obj(item, "itemReference", item_path)
+        if concept is None and reference is not None:
+            target = _resolve_local(entry, _text(reference, "reference", item_path) or "")
+            concept = _obj(target, "code", item_path) if target is not None else None
+            concept = concept or {"text": _text(reference, "display", item_path)}
+        codings = _codings(concept, item_path) if concept else []
+        name = (concept and _text(concept, "text", item_path)) or next(
+            (c.display for c in codings if c.display), None
+        )
+        if not name:
+            continue
+        atc = next(
+            (a for c in codings if (a := entry.terminology.drug_atc(c.system, c.code))), None
+        )
+        found.append(_ingredient(name, atc, _obj(item, "strength", item_path), item_path))
+    return tuple(found) if len(found) >= 2 else ()
+
+
+def _ingredient(
+    name: str, atc: str | None, strength: dict[str, Any] | None, path: str
+) -> Ingredient:
+    """An ingredient with its strength Ratio: numerator per denominator (a denominator in a
+    dose-form unit, or none, is per unit of the form)."""
+    numerator = _obj(strength, "numerator", path) if strength else None
+    denominator = _obj(strength, "denominator", path) if strength else None
+    amount = _number(numerator, "value", path) if numerator else None
+    unit = (_text(numerator, "unit", path) or _text(numerator, "code", path)) if numerator else None
+    per_amount = (_number(denominator, "value", path) if denominator else None) or 1.0
+    per_unit = (
+        (_text(denominator, "code", path) or _text(denominator, "unit", path))
+        if denominator
+        else None
+    )
+    if per_unit not in _REFERENCE_UNITS:
+        per_unit = None  # per tablet, per capsule...: per unit of the dose form
+    return Ingredient(
+        name=name,
+        atc=atc,
+        amount=amount,
+        unit=unit if amount is not None else None,
+        per_amount=per_amount if per_unit else 1.0,
+        per_unit=_REFERENCE_UNITS.get(per_unit or ""),
+        source="fhir-ingredient",
+    )
+
+
+# Strength denominators that are amounts of product, not dose-form units (UCUM and written).
+_REFERENCE_UNITS = {"mL": "mL", "ml": "mL", "L": "L", "l": "L", "g": "g"}
 
 
 def _ingredient_drug(

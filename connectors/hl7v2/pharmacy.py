@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from vigie.connectors.base import FeedError
+from vigie.connectors.compositions import code_ingredients
 from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.hl7v2.clinical import Context, visit_number
 from vigie.connectors.hl7v2.message import NUMBER_FORMAT, SegmentRef, parse_number
@@ -206,6 +207,8 @@ def _load_order(ctx: Context, group: _OrderGroup, encoded: SegmentRef, used: set
         detail = f"no frequency in TQ1-3, RXE-1 or ORC-7 ({timing.pattern or 'empty'})"
         flags.append(Flag(code=FlagCode.MISSING_FREQUENCY, detail=detail))
     route, original_route = _route(ctx, group.first("RXR", after=encoded), flags)
+    alternate = (message.value(encoded, code_field, 6), message.value(encoded, code_field, 4))
+    ingredients = code_ingredients(ctx.terminology, [(drug.system, drug.code), alternate])
     ctx.add(
         MedicationOrder,
         encoded,
@@ -231,6 +234,7 @@ def _load_order(ctx: Context, group: _OrderGroup, encoded: SegmentRef, used: set
         end=timing.end,
         status=_order_status(ctx, group.orc),
         prescriber=_prescriber(ctx, group.orc, encoded),
+        **({"ingredients": ingredients} if ingredients else {}),
     )
 
 

@@ -115,6 +115,7 @@ from vigie.connectors.base import (
     as_utc,
     key_problem,
 )
+from vigie.connectors.compositions import code_ingredients
 from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.labs import CodeMatch, Reading, ReferenceRange, match_code, normalise
 from vigie.connectors.tabular.canonical import CANONICAL_FILES, write_canonical_csv
@@ -685,6 +686,7 @@ def _order(row: _Row) -> MedicationOrder:
         flags=flags,
         order_id=order_id,
         drug=drug,
+        ingredients=code_ingredients(row.terminology, [(drug.system, drug.code)]),
         **fields,
     )
 

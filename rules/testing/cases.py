@@ -34,6 +34,7 @@ from vigie.facts import (
     Sex,
     Source,
 )
+from vigie.facts.model import Ingredient
 from vigie.terminology import (
     QualitativeResult,
     UnknownUnit,
@@ -75,13 +76,25 @@ EXPECT_KEYS = (
 PATIENT_KEYS = ("age", "birth_date", "sex", "weight", "height")
 DRUG_KEYS = (
     "id", "atc", "label", "dose", "per_day", "per_week", "daily_dose", "start", "end", "route",
-    "status", "as_needed",
+    "status", "as_needed", "product",
 )  # fmt: skip
 DOSE_UNITS = ("mg", "µg", "g", "IU", "mL", "tablet", "µg/h", "MIU")
 ROUTES = (
     "oral", "iv", "im", "sc", "sublingual", "transdermal", "topical", "inhaled", "nasal",
     "rectal", "vaginal", "ophthalmic",
 )  # fmt: skip
+
+
+def _product(here: Here, value: Any, label: str | None) -> tuple[Coding, tuple[Ingredient, ...]]:
+    """``product: CIS 66003374``: the product's code and its composition from the terminology's
+    tables, as a connector reads it (``vigie.connectors.compositions``)."""
+    system, _, code = str(value).strip().partition(" ")
+    found = default_terminology().drug_ingredients(system, code.strip())
+    if len(found) < 2:
+        message = f"{value!r} is not a combination product of the composition tables"
+        raise here.error(f"{message}; write it as SYSTEM CODE: CIS 66003374, UCD 3400893936047")
+    ingredients = tuple(Ingredient(**component._asdict()) for component in found)
+    return Coding(system=system, code=code.strip(), display=label), ingredients
 
 
 # Errors -----------------------------------------------------------------------------------------
@@ -396,12 +409,15 @@ class _FactBuilder:
         per_day = self._per_day(here, spec)
         daily = self._daily_dose(here, spec, dose, dose_unit, per_day)
         route = self._route(here.at("route"), spec.get("route"))
+        drug = Coding(system="ATC" if atc else "LOCAL", code=str(atc or order_id), display=label)
+        ingredients: tuple[Ingredient, ...] = ()
+        if spec.get("product") is not None:
+            drug, ingredients = _product(here.at("product"), spec["product"], label)
+            atc = atc or default_terminology().drug_atc(drug.system, drug.code)
         self.facts.append(
             MedicationOrder(
                 fact_id=order_id, patient_id=PATIENT_ID, source=self.source(here),
-                order_id=order_id,
-                drug=Coding(system="ATC" if atc else "LOCAL", code=str(atc or order_id),
-                            display=label),
+                order_id=order_id, drug=drug, ingredients=ingredients,
                 atc=str(atc) if atc else None, label=label, dose=dose, dose_unit=dose_unit,
                 frequency_per_day=per_day, daily_dose=daily,
                 as_needed=bool(spec.get("as_needed", False)), route=route,
