@@ -153,6 +153,12 @@ def _unstated(concept: str, kind: str = "latest") -> Window:
     return Window(kind, UNSTATED_WINDOWS_HOURS[concept], concept)
 
 
+# The renal state's last creatinine: the patient's own value, written just after the lines
+# start; nothing newer comes (``lapse``), so the clearance is unknown once it is too old.
+LAST_CREATININE = Lab("creatinine", (1.0, 1.0), at=(1.0, 2.0), scale="baseline", decimals=0)
+RENAL_LAPSE = dict(lab=LAST_CREATININE, lapse=True, need_days=RENAL.hours / 24 + 1.5)
+
+
 def _early(lab: Lab) -> Lab:
     """The same result, early in the scenario so that its look-back runs out in the data."""
     return Lab(lab.concept, lab.value, (2.0, 8.0), lab.scale, lab.decimals)
@@ -177,6 +183,14 @@ def _renal() -> list[Scenario]:
             metformin_renal,
             renal=("egfr", egfr_max - 13, egfr_max - 3),
         ),
+        _p(
+            "renal.metformin_egfr",
+            "egfr_below_30_last_creatinine",
+            (met_hi,),
+            metformin_renal,
+            renal=("egfr", egfr_max - 13, egfr_max - 3),
+            **(RENAL_LAPSE | {"need_days": metformin_renal.hours / 24 + 1.5}),
+        ),
         _c(
             "renal.metformin_egfr",
             "egfr_just_above_30",
@@ -192,6 +206,14 @@ def _renal() -> list[Scenario]:
             (L("dabigatran", dose=110),),
             RENAL,
             renal=("crcl", dabigatran_crcl - 13, dabigatran_crcl - 3),
+        ),
+        _p(
+            "renal.dabigatran",
+            "crcl_below_30_last_creatinine",
+            (L("dabigatran", dose=110),),
+            RENAL,
+            renal=("crcl", dabigatran_crcl - 13, dabigatran_crcl - 3),
+            **RENAL_LAPSE,
         ),
         _c(
             "renal.dabigatran",
@@ -214,6 +236,14 @@ def _renal() -> list[Scenario]:
             RENAL,
             renal=("crcl", xaban_crcl - 7, xaban_crcl - 2),
         ),
+        _p(
+            "renal.xaban",
+            "apixaban_crcl_below_15_last_creatinine",
+            (L("apixaban", dose=2.5),),
+            RENAL,
+            renal=("crcl", xaban_crcl - 7, xaban_crcl - 2),
+            **RENAL_LAPSE,
+        ),
         _c(
             "renal.xaban",
             "apixaban_crcl_just_above_15",
@@ -227,6 +257,14 @@ def _renal() -> list[Scenario]:
             (L("enoxaparin_cur"),),
             RENAL,
             renal=("crcl", lmwh_crcl - 13, lmwh_crcl - 3),
+        ),
+        _p(
+            "renal.lmwh_curative",
+            "enoxaparin_bid_crcl_below_30_last_creatinine",
+            (L("enoxaparin_cur"),),
+            RENAL,
+            renal=("crcl", lmwh_crcl - 13, lmwh_crcl - 3),
+            **RENAL_LAPSE,
         ),
         _c(
             "renal.lmwh_curative",
@@ -248,6 +286,14 @@ def _renal() -> list[Scenario]:
             (L("gabapentin", dose=400),),
             RENAL,
             renal=("crcl", gabapentinoid_crcl - 13, gabapentinoid_crcl - 3),
+        ),
+        _p(
+            "renal.gabapentinoid",
+            "pregabalin_300mg_last_creatinine",
+            (L("pregabalin", dose=150),),
+            RENAL,
+            renal=("crcl", gabapentinoid_crcl - 13, gabapentinoid_crcl - 3),
+            **RENAL_LAPSE,
         ),
         _c(
             "renal.gabapentinoid",

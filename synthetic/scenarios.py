@@ -146,7 +146,7 @@ class _Writer:
             self._inject(situation, lab, i, anchor)
         if s.lab is not None:
             self._inject(situation, s.lab, i, anchor)
-            if s.lapse and s.window.kind == "latest":
+            if s.lapse and s.window.kind in ("latest", "state"):
                 # Nothing newer hides the injected result once its look-back has passed.
                 assert situation.lab_time is not None
                 self.suppress.append((i, CONCEPTS.index(s.lab.concept), situation.lab_time + 1))

@@ -293,12 +293,13 @@ def _severity(sit: Situation) -> str:
 
 def _lapse_window(sit: Situation, index: _LabIndex, data_end: int) -> tuple[int, int]:
     """A ``lapse`` positive's control: from when the injected result is older than the
-    look-back until a core line ends (or a newer result of the concept comes)."""
+    look-back until a core line ends (or a newer result of the concept comes). For a renal
+    state, the injected creatinine is the last one: the clearance is unknown past its window."""
     w: Window = sit.scenario.window
-    assert sit.lab_time is not None and w.kind in ("latest", "any"), sit.scenario
+    assert sit.lab_time is not None and w.kind in ("latest", "any", "state"), sit.scenario
     start = sit.lab_time + int(w.hours * HOUR)
     end = _min_end(sit.core_spans)
-    if w.kind == "latest":
+    if w.kind in ("latest", "state"):
         times, _ = index.get(sit.stay, w.concept)
         later = bisect_right(times, sit.lab_time)
         if later < len(times):

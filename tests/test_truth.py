@@ -12,6 +12,7 @@ expects (a positive, or a background situation the generator explains).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
@@ -157,6 +158,62 @@ def test_every_alert_of_the_hospital_is_explained(canonical: Hospital) -> None:
     )
     assert result.evaluations > 0 and result.alerts, "the sweep saw no alert at all"
     assert result.unexplained == [], "\n" + result.report()
+
+
+# The look-backs the truth guards: for each, a positive whose result is then left alone, and a
+# control once it is older than the catalogue's window (catalogue.Scenario.lapse). The phrase is
+# the pack's wording of the look-back, found once in the rule.
+GUARDED_LOOK_BACKS = (
+    ("renal.metformin_egfr", "metformin_egfr_window = 7 d"),  # the cursor's default
+    ("renal.dabigatran", "clearance within 7 d"),
+    ("renal.xaban", "clearance within 7 d"),
+    ("renal.lmwh_curative", "clearance within 7 d"),
+    ("renal.gabapentinoid", "clearance within 7 d"),
+    ("renal.nephrotoxic_aki", "latest creatinine within 48 h"),
+    ("bio.hyperkalaemia", "latest potassium within 48 h"),
+    ("bio.hypokalaemia_qt", "latest potassium within 48 h"),
+    ("bio.digoxin", "latest potassium within 48 h"),
+    ("bio.digoxin", "latest digoxin within 7 d"),
+    ("bio.hyponatraemia", "latest sodium within 72 h"),
+    ("bio.hypoglycaemia", "min glucose within 24 h"),
+    ("bio.heparin_platelets", "latest platelets within 72 h"),
+    ("bio.clozapine_neutrophils", "min neutrophils within 7 d"),
+    ("bio.statin_ck", "latest ck within 7 d"),
+    ("bio.hepatotoxic_alt", "max alt within 72 h"),
+    ("coag.vka_inr_high", "latest inr within 72 h"),
+    ("coag.vka_relay", "latest inr within 72 h"),
+)
+
+
+def widened(source: str, rule_id: str, phrase: str, to: str = "30 d") -> str:
+    """The pack with ``phrase`` of rule ``rule_id`` (or of a cursor's declaration, ``name =
+    7 d``) reading ``<to>`` as its duration instead."""
+    if " = " in phrase:
+        start = source.index(f"\nparam {phrase}")
+    else:
+        start = source.index(f"\nrule {rule_id} ")
+    end = source.find("\nrule " if " = " not in phrase else "\n", start + 1)
+    end = len(source) if end < 0 else end
+    block = source[start:end]
+    assert block.count(phrase) == 1, f"{PACK.name}: rule {rule_id} does not say {phrase!r} once"
+    wide = re.sub(r"\S+ \S+$", to, phrase)
+    return source[:start] + block.replace(phrase, wide) + source[end:]
+
+
+@pytest.mark.parametrize(("rule_id", "phrase"), GUARDED_LOOK_BACKS)
+def test_a_look_back_wider_than_the_catalogues_fails_the_truth(
+    canonical: Hospital, rule_id: str, phrase: str
+) -> None:
+    """The truth's windows come from the catalogue, not from the pack: a pack reading a result
+    of 30 days where the catalogue says 48 h fires on the controls past the catalogue's window."""
+    source = widened(PACK.read_text(encoding="utf-8"), rule_id, phrase)
+    ir, diagnostics = compile_pack(source, "default.rules (widened)")
+    assert ir is not None, [str(d) for d in diagnostics]
+    rows = [row for row in canonical.rows if row.rule_id == rule_id]
+    result = score(load_pack(ir), canonical.facts, rows, DATA_END, CHECKPOINTS)
+    failing = {v.row.variant for v in result.failures}
+    assert failing, f"{rule_id}: '{phrase}' read as 'within 30 d' went unnoticed"
+    assert all(variant.endswith("_past_lookback") for variant in failing), failing
 
 
 def test_feed_scores_exactly_like_canonical_facts(fed: Hospital, canonical: Hospital) -> None:
