@@ -21,8 +21,9 @@ each substance is not.
 >>> rows = [{"system": "CIS", "code": "66003374", "name": "PARACÉTAMOL", "atc": "N02BE01",
 ...          "amount": "500", "unit": "mg", "per_amount": "1", "per_unit": ""}]
 >>> table = CompositionTable(rows)
->>> table.ingredients("CIS", "66003374")[0]
-Component(name='PARACÉTAMOL', atc='N02BE01', amount=500.0, unit='mg', per_amount=1.0, per_unit=None, source='bdpm')
+>>> paracetamol = table.ingredients("CIS", "66003374")[0]
+>>> paracetamol.amount, paracetamol.unit, paracetamol.per_unit, paracetamol.source
+(500.0, 'mg', None, 'bdpm')
 >>> parse_strength("0,0800 g"), parse_strength("1 000 UI"), parse_strength("2CH à 30CH")
 ((0.08, 'g'), (1000.0, 'IU'), None)
 >>> parse_reference("un comprimé"), parse_reference("100 mL de solution buvable")
@@ -217,7 +218,6 @@ class CompositionTable:
 
     def __len__(self) -> int:
         return len(self._table)
-
 
 
 @cache
