@@ -764,7 +764,12 @@ def test_a_medication_states_its_ingredients_with_their_strength() -> None:
             {
                 "itemCodeableConcept": {"text": "paracetamol"},
                 "strength": {
-                    "numerator": {"value": 500, "unit": "mg"},
+                    "numerator": {
+                        "value": 500,
+                        "unit": "milligramme",
+                        "system": "http://unitsofmeasure.org",
+                        "code": "mg",
+                    },
                     "denominator": {"value": 1, "unit": "comprimé"},
                 },
             },
@@ -795,10 +800,12 @@ def test_a_medication_states_its_ingredients_with_their_strength() -> None:
         ("paracetamol", 500.0, "mg", 1.0, None, "fhir-ingredient"),
         ("codeine phosphate", 6.0, "mg", 1.0, "mL", "fhir-ingredient"),
     ]
-    # without stated ingredients, the CIS gives the BDPM composition
+    # without stated ingredients, or stated without strength, the CIS gives the BDPM one
+    bdpm = {("PARACÉTAMOL", 500.0, "bdpm"), ("CODÉINE (PHOSPHATE DE) HÉMIHYDRATÉ", 30.0, "bdpm")}
+    for item in medication["ingredient"]:
+        del item["strength"]
+    (order,) = load_bytes("combo.json", json.dumps(request).encode()).of(MedicationOrder)
+    assert {(i.name, i.amount, i.source) for i in order.ingredients} == bdpm
     del medication["ingredient"]
     (order,) = load_bytes("combo.json", json.dumps(request).encode()).of(MedicationOrder)
-    assert {(i.name, i.amount, i.source) for i in order.ingredients} == {
-        ("PARACÉTAMOL", 500.0, "bdpm"),
-        ("CODÉINE (PHOSPHATE DE) HÉMIHYDRATÉ", 30.0, "bdpm"),
-    }
+    assert {(i.name, i.amount, i.source) for i in order.ingredients} == bdpm

@@ -154,7 +154,10 @@ def _medication_drugs(entry: ResourceEntry, medication: dict[str, Any]) -> list[
     drug = _drug_from_concept(code, path, terminology) if code else None
     if drug is not None:
         stated = _stated_ingredients(entry, medication, path)
-        return [drug._replace(ingredients=stated) if stated else drug]
+        complete = all(i.amount is not None for i in stated)
+        if stated and (complete or not drug.ingredients):
+            drug = drug._replace(ingredients=stated)
+        return [drug]
     drugs = []
     for index, (item_path, ingredient) in enumerate(_objects(medication, "ingredient", path)):
         suffix = f"/ingredient[{index}]"
@@ -170,8 +173,9 @@ def _stated_ingredients(
     entry: ResourceEntry, medication: dict[str, Any], path: str
 ) -> tuple[Ingredient, ...]:
     """The active ingredients a coded Medication states with their ``strength`` (a Ratio), for
-    a combination product (two or more; source ``fhir-ingredient``). They win over the tables:
-    the message describes the product given."""
+    a combination product (two or more; source ``fhir-ingredient``). With every strength given
+    they win over the tables (the message describes the product given); without, the tables'
+    composition of the code is kept when there is one."""
     found = []
     for item_path, item in _objects(medication, "ingredient", path):
         if _boolean(item, "isActive", item_path) is False:
@@ -203,7 +207,7 @@ def _ingredient(
     numerator = _obj(strength, "numerator", path) if strength else None
     denominator = _obj(strength, "denominator", path) if strength else None
     amount = _number(numerator, "value", path) if numerator else None
-    unit = (_text(numerator, "unit", path) or _text(numerator, "code", path)) if numerator else None
+    unit = _quantity_unit(numerator, path) if numerator else None
     per_amount = (_number(denominator, "value", path) if denominator else None) or 1.0
     per_unit = (
         (_text(denominator, "code", path) or _text(denominator, "unit", path))
@@ -221,6 +225,14 @@ def _ingredient(
         per_unit=_REFERENCE_UNITS.get(per_unit or ""),
         source="fhir-ingredient",
     )
+
+
+def _quantity_unit(quantity: dict[str, Any], path: str) -> str | None:
+    """A Quantity's unit: its UCUM code (``mg``, ``ug``) when coded in UCUM, else as written."""
+    code = _text(quantity, "code", path)
+    if code and _text(quantity, "system", path) == "http://unitsofmeasure.org":
+        return code
+    return _text(quantity, "unit", path) or code
 
 
 # Strength denominators that are amounts of product, not dose-form units (UCUM and written).
