@@ -18,6 +18,9 @@ Every mapping is data, not code:
   and ``drug_known`` tells it from an unknown code.
 - ``substances_bdpm.csv.gz``: BDPM substance name → ATC codes of its products, for rules that
   name substances (ANSM interaction thesaurus); read on first use.
+- ``drugs_names.csv.gz``, ``drugs_names_aliases.csv``, ``drugs_names_who.csv``: substance names
+  → ATC, for a drug line whose code no table maps (``drug_by_name``, ``names.py``); not code
+  tables, though their names start with ``drugs_``; read on first use.
 - ``compositions_bdpm.csv.gz`` and ``compositions_site.csv`` (then a site's
   ``site_compositions.csv``): the substances and strengths of combination products by CIS,
   CIP13/CIP7 and UCD (``vigie.terminology.compositions``); read on first use.
