@@ -176,6 +176,9 @@ _HYDRATES = frozenset(
 )
 _HYDRATE_ENDINGS = ("hydrate", "hydratee", "hydrated")  # trihydratée, chlorhydrate...
 _SALT_MATTERS = frozenset({"ferrous", "ferric"})
+_MINERAL_ANIONS = frozenset(
+    {"carbonate", "bicarbonate", "oxide", "hydroxide", "fluoride", "iodide", "chloride"}
+)
 # French chemistry words written as in English, before the final 'e' is dropped.
 _WORD_FORMS = {
     "chlorure": "chloride",
@@ -224,8 +227,10 @@ def name_key(name: str, *, strip_salts: bool = True) -> str:
     words = [_WORD_FORMS.get(w, w) for w in _plain_words(name) if w not in _STOPWORDS]
     words = _acid_as_anion(words)
     if strip_salts:
-        # Iron's ATC differs per salt (B03AA02 fumarate, B03AA07 sulfate): only hydrates go.
-        drop = _HYDRATES if _SALT_MATTERS.intersection(words) else _SALTS
+        # Iron's ATC differs per salt (B03AA02 fumarate, B03AA07 sulfate), and a mineral salt
+        # is the substance itself (calcium carbonate, magnesium oxide): only hydrates go.
+        mineral = all(w in _SALTS or w in _MINERAL_ANIONS for w in words)
+        drop = _HYDRATES if mineral or _SALT_MATTERS.intersection(words) else _SALTS
         words = [w for w in words if w not in drop and not w.endswith(_HYDRATE_ENDINGS)] or words
     words = [w[:-1] if len(w) > 3 and w.endswith("e") else w for w in words]
     return " ".join(sorted(words))

@@ -32,6 +32,7 @@ from vigie.terminology.units import read_rows
 
 UNSEEN = Path(__file__).parent / "data" / "fhir" / "synthea-unseen-rxnorm.json"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+_TERMS = Terminology()
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +142,7 @@ def test_any_well_formed_label_parses_back(
 def test_any_text_is_read_without_a_library_exception(text: str) -> None:
     parsed = parse_label(text)
     assert parsed is None or all(i.name.strip() for i in parsed.ingredients)
-    Terminology.drug_by_name(_TERMS, text)  # the whole fallback, never raising either
-
-
-_TERMS = Terminology()
+    _TERMS.drug_by_name(text)  # the whole fallback, never raising either
 
 
 # Name comparison ----------------------------------------------------------------------------
@@ -171,6 +169,8 @@ def test_french_and_english_names_compare_equal(french: str, english: str) -> No
 def test_salts_that_change_the_substance_are_kept() -> None:
     assert name_key("ferrous sulfate") != name_key("ferrous fumarate")
     assert name_key("CHLORURE DE SODIUM") != name_key("CHLORURE DE POTASSIUM")
+    assert name_key("calcium carbonate") != name_key("magnesium carbonate")
+    assert name_key("CARBONATE DE CALCIUM") == name_key("Calcium Carbonate")
 
 
 # Name tables: ATC codes per the WHO ATC/DDD Index ---------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 from vigie.connectors.tabular.mapping import KINDS, parse_number
 from vigie.facts import (
     AnyFact,
+    FlagCode,
     LabResult,
     MedicationAdministration,
     MedicationOrder,
@@ -107,11 +108,14 @@ def _as_written(original: str | None, value: float | None) -> str | float | None
 
 
 def _drug_row(fact: MedicationOrder | MedicationAdministration) -> dict[str, Any]:
+    # An ATC found from the drug's name is derived, not received: left out, the reader finds it
+    # again from the label, flagged the same way.
+    by_name = any(flag.code is FlagCode.ATC_FROM_NAME for flag in fact.flags)
     return {
         "patient_id": fact.patient_id,
         "drug_system": fact.drug.system,
         "drug_code": fact.drug.code,
-        "atc": fact.atc,
+        "atc": None if by_name else fact.atc,
         "label": fact.label or fact.drug.display,
         "dose_unit": fact.dose_unit,
         "status": fact.status,
