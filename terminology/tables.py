@@ -47,6 +47,8 @@ Nothing is guessed: an unmapped code returns ``None`` and an unknown unit raises
 'K92.0'
 >>> t.qualitative("http://snomed.info/sct", "10828004"), t.qualitative_word(" Négatif. ")
 ('positive', 'negative')
+>>> t.qualitative_word("Not detected (qualifier value)"), t.qualitative_word("Salmonella")
+('negative', None)
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ QualitativeResult = Literal["positive", "negative"]
 _QUALITATIVE_RESULTS: frozenset[str] = frozenset({"positive", "negative"})
 _SITE_DRUG_TABLE = "drugs_site.csv"
 _NAME_TABLES = "drugs_names"  # drugs_names*.csv: name tables (names.py), not code tables
+_SEMANTIC_TAG = re.compile(r"\s*\((?:qualifier value|finding)\)\s*$")
 _ICD10_CODE = re.compile(r"([A-Z][0-9]{2})([0-9A-Z]{0,4})")
 
 
@@ -187,8 +190,10 @@ def _without_accents(text: str) -> str:
 
 
 def _word_key(text: str) -> str:
-    """A written result compared without case, accents, surrounding spaces or dots."""
-    return " ".join(_without_accents(text).lower().strip(" .").split())
+    """A written result compared without case, accents, surrounding spaces or dots, nor the
+    semantic tag of a SNOMED CT fully specified name (``Negative (qualifier value)``)."""
+    plain = _SEMANTIC_TAG.sub("", _without_accents(text).lower())
+    return " ".join(plain.strip(" .").split())
 
 
 class UnknownUnit(VigieError, ValueError):
