@@ -663,6 +663,14 @@ def _anticoagulation() -> list[Scenario]:
             suppress=("inr",),
             inr_every_days=INF,
         ),
+        _p(
+            no_inr,
+            "fluindione_no_inr_at_all",  # "active for ≥ 3 days" is all that holds it back
+            (L("fluindione"),),
+            no_inr_window,
+            need_days=hours(no_inr, "active for") / 24 + 2,
+            suppress=("inr",),
+        ),
         _c(
             no_inr,
             "inr_every_6_5_days",
@@ -860,6 +868,7 @@ def _monitoring() -> list[Scenario]:
 
 def _dosage() -> list[Scenario]:
     light, _ = CATALOGUE.quantity("dose.paracetamol_max", "weight <")  # kg
+    colchicine_crcl, _ = CATALOGUE.quantity("dose.colchicine_max", "when clearance <")
     q4h = (1, 4.0, "h")
     daily = (1, 1.0, "d")
     return [
@@ -918,6 +927,28 @@ def _dosage() -> list[Scenario]:
             (L("colchicine", schedule=(3, 1.0, "d")),),
             LINES,
             min_renal=40,
+        ),
+        _p(
+            "dose.colchicine_max",
+            "2mg_day_crcl_below_30",
+            (L("colchicine", schedule=(2, 1.0, "d")),),
+            RENAL,
+            renal=("crcl", colchicine_crcl - 13, colchicine_crcl - 3),
+        ),
+        _p(
+            "dose.colchicine_max",
+            "2mg_day_crcl_below_30_last_creatinine",
+            (L("colchicine", schedule=(2, 1.0, "d")),),
+            RENAL,
+            renal=("crcl", colchicine_crcl - 13, colchicine_crcl - 3),
+            **RENAL_LAPSE,
+        ),
+        _c(
+            "dose.colchicine_max",
+            "1mg_day_crcl_below_30",
+            (L("colchicine", schedule=(1, 1.0, "d")),),
+            RENAL,
+            renal=("crcl", colchicine_crcl - 13, colchicine_crcl - 3),
         ),
         _p(
             "dose.opioid_mme",
@@ -1114,6 +1145,15 @@ def _combinations() -> list[Scenario]:
             RENAL,
             age=(nsaid_age + 1, 120),
             renal=("crcl", nsaid_crcl - 18, nsaid_crcl - 5),
+        ),
+        _p(
+            "elderly.nsaid_renal",
+            "ibuprofen_crcl_below_50_last_creatinine",
+            (L("ibuprofen"),),  # no planned end: the creatinine gets older than its window
+            RENAL,
+            age=(nsaid_age + 1, 120),
+            renal=("crcl", nsaid_crcl - 18, nsaid_crcl - 5),
+            **RENAL_LAPSE,
         ),
         _c(
             "elderly.nsaid_renal",

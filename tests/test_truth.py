@@ -169,6 +169,8 @@ GUARDED_LOOK_BACKS = (
     ("renal.xaban", "clearance within 7 d"),
     ("renal.lmwh_curative", "clearance within 7 d"),
     ("renal.gabapentinoid", "clearance within 7 d"),
+    ("dose.colchicine_max", "clearance within 7 d"),
+    ("elderly.nsaid_renal", "clearance within 7 d"),
     ("renal.nephrotoxic_aki", "latest creatinine within 48 h"),
     ("bio.hyperkalaemia", "latest potassium within 48 h"),
     ("bio.hypokalaemia_qt", "latest potassium within 48 h"),
