@@ -245,6 +245,42 @@ def test_background_doses_stay_within_limits(big_hospital: dict[str, pl.DataFram
     assert background.filter(pl.col("atc") == "M04AC01")["daily"].max() <= 1
 
 
+def test_background_paracetamol_errors_are_in_the_truth(
+    big_hospital: dict[str, pl.DataFrame],
+) -> None:
+    """dose.paracetamol_max in the catalogue's words: "daily dose > 4 g, or > 3 g when weight
+    < 50 kg". Every background line meeting it (weights as recorded) is a background row of
+    the truth, with its reason; and every background row is such a line."""
+    weights = (
+        big_hospital["observations"]
+        .filter(pl.col("code") == "29463-7")
+        .group_by("patient_id")
+        .agg(pl.col("value").min().alias("low"), pl.col("value").max().alias("high"))
+    )
+    truth = big_hospital["truth"]
+    injected = truth.filter(pl.col("expected") != "background")["order_ids"].str.split(";")
+    lines = (
+        big_hospital["orders"]
+        .filter(pl.col("atc") == "N02BE01")
+        .filter(~pl.col("order_id").is_in(injected.explode().implode()))
+        .with_columns((pl.col("dose") * pl.col("frequency_per_day")).alias("daily"))
+        .join(weights, on="patient_id")
+    )
+    meets = lines.filter(
+        (pl.col("daily") > 4000) | ((pl.col("high") < 50) & (pl.col("daily") > 3000))
+    )
+    undecided = lines.filter(
+        (pl.col("low") < 50) & (pl.col("high") >= 50) & (pl.col("daily") > 3000)
+    )
+    background = truth.filter(pl.col("expected") == "background")
+    assert undecided.height == 0
+    assert meets.height > 0
+    assert set(meets["order_id"]) == set(background["order_ids"])
+    assert set(background["rule_id"]) == {"dose.paracetamol_max"}
+    for keys in background["key_values"]:
+        assert "under 50 kg" in orjson.loads(keys)["reason"]
+
+
 def test_truth_files_are_written(tmp_path: Path) -> None:
     summary = generate(150, 10, seed=4, fmt="csv", out=tmp_path, rates=HIGH_RATES)
     doc = orjson.loads((tmp_path / "truth.json").read_bytes())
