@@ -69,6 +69,7 @@ class QualityReport:
     mapped_by_name: list[dict[str, Any]] = field(default_factory=list)
     patients_without_weight: int = 0
     patients_without_creatinine: int = 0
+    labs_without_number: dict[str, int] = field(default_factory=dict)  # positive, negative, unread
     messages: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
@@ -87,6 +88,7 @@ class _Noted:
     implausible: dict[str, Any] | None = None  # the row the report lists
     order_gaps: tuple[bool, bool, bool, bool] | None = None  # no dose, frequency, ATC, route
     measured: str | None = None  # weight or creatinine with a value
+    without_number: str | None = None  # a lab without number: positive, negative or unread
     drug_mapping: tuple[str, str] | None = None  # feed, "code" / "name" / "none" (drug lines)
     by_name: tuple[str | None, str, str | None, str | None] | None = None  # system, code, ...
 
@@ -189,6 +191,7 @@ class QualityTally:
             mapped_by_name=_mapped_by_name(noted, self.limit),
             patients_without_weight=len(patients - _measured(noted["observation"], "weight")),
             patients_without_creatinine=len(patients - _measured(noted["lab"], "creatinine")),
+            labs_without_number=_without_number(noted["lab"]),
             messages=dict(self.messages),
             errors=errors[: self.limit],
             error_count=self._error_count,
@@ -212,6 +215,8 @@ def _note_code(noted: _Noted, fact: AnyFact) -> None:
 def _note_measurement(noted: _Noted, fact: LabResult | Observation) -> None:
     if _flagged(fact, FlagCode.UNKNOWN_UNIT):
         noted.unknown_unit = (fact.concept, fact.original_unit)
+    if isinstance(fact, LabResult) and fact.value is None:
+        noted.without_number = fact.qualitative or "unread"
     if fact.value is None or fact.concept is None:
         return
     if fact.concept == _MEASURED[fact.kind]:
@@ -234,6 +239,12 @@ def _note_measurement(noted: _Noted, fact: LabResult | Observation) -> None:
 
 # Weight is an observation, creatinine a lab: a patient without either is reported.
 _MEASURED = {"observation": "weight", "lab": "creatinine"}
+
+
+def _without_number(noted: list[_Noted]) -> dict[str, int]:
+    """Lab results without a number: read as positive, as negative, or neither (``unread``)."""
+    found = Counter(n.without_number for n in noted if n.without_number)
+    return {reading: found[reading] for reading in ("positive", "negative", "unread")}
 
 
 def _outside(value: float, low: float, high: float) -> bool:
@@ -397,6 +408,11 @@ def render_text(report: QualityReport) -> str:
         f"Patients without weight: {r.patients_without_weight:,}; "
         f"without creatinine: {r.patients_without_creatinine:,}"
     )
+    if r.labs_without_number:
+        lines.append(
+            "Lab results without a number: "
+            + ", ".join(f"{reading} {n:,}" for reading, n in r.labs_without_number.items())
+        )
     lines.append(
         "Drug lines by feed (feed, kind, lines, ATC by code, by name, none, name fallback rate):"
     )

@@ -22,6 +22,7 @@ from vigie.connectors.base import FeedError
 from vigie.connectors.fhir import connector as fhir
 from vigie.connectors.hl7v2 import connector as hl7v2
 from vigie.engine import FactSet, evaluate
+from vigie.engine.quality import quality_report, render_text
 from vigie.facts import AnyFact, Coding, LabResult, MedicationOrder, Patient, Sex, Source
 from vigie.rules import compile_pack
 from vigie.rules.ir import iter_ir_nodes
@@ -251,3 +252,16 @@ def test_the_coded_answers_of_the_reference_hl7_messages_are_read(shared_data: P
 
 def _facts(raw: Any) -> list[AnyFact]:
     return hl7v2.parse(raw).facts
+
+
+def test_the_quality_report_counts_results_without_number() -> None:
+    """A positive, a negative and a text that says neither: one of each."""
+    answer = {"coding": [{"system": SNOMED, "code": "10828004"}]}
+    labs = [
+        the_lab(fhir_hcg(answer)),
+        the_lab(hl7_hcg("négatif", "")),
+        the_lab(hl7_hcg("voir commentaire", "A")).model_copy(update={"fact_id": "other"}),
+    ]
+    report = quality_report(labs)
+    assert report.labs_without_number == {"positive": 1, "negative": 1, "unread": 1}
+    assert "Lab results without a number: positive 1, negative 1, unread 1" in render_text(report)
