@@ -337,6 +337,9 @@ def _mitm_atc(shared_data: Path, product: str) -> str:
         # SEREVENT is "SALMÉTÉROL BASE" / "XINAFOATE DE SALMÉTÉROL"; "SALMÉTÉROL" has only the
         # fluticasone combination R03AK06.
         ("salmeterol", "SEREVENT 25 microgrammes"),
+        # ENALAPRIL tablets are "MALÉATE D'ÉNALAPRIL"; the exact "ÉNALAPRIL" is only in a
+        # combination: the salt form counts as well as the exact spelling.
+        ("enalapril", "ENALAPRIL ACCORD 20 mg, comprimé"),
     ],
 )
 def test_a_substance_holds_the_codes_of_all_its_bdpm_spellings(
@@ -367,6 +370,12 @@ def test_every_member_of_the_nsaid_class_is_in_its_set(pack_text: str) -> None:
     # Any NSAID tablet met in a hospital (WHO M01AB/M01AC/M01AE) pairs with lithium.
     for code in ("M01AB05", "M01AB01", "M01AE01", "M01AE02", "M01AC01", "M01AH01"):
         assert [r for r in firing(pack_text, code, "N05AN01") if r.problem == "6.3"], code
+
+
+def test_a_thesaurus_name_saying_sauf_keeps_its_own_set(pack_text: str) -> None:
+    # "ANTIHYPERTENSEURS SAUF ALPHA-BLOQUANTS" is a thesaurus class, not a side the generator
+    # narrowed: its set keeps the name's slug.
+    assert "\nset ansm_antihypertenseurs_sauf_alpha_bloquants = atc " in pack_text
 
 
 def test_acid_names_its_cation_salts() -> None:

@@ -86,6 +86,10 @@ PACK_VERSION = "2020.1.0"
 MESSAGE_LIMIT = 480  # characters of ANSM text in a message; the rest is cut at a word
 MAX_SHARED_COMBINATION = 3  # a combination ATC code shared by more substances is too broad
 SLUG_LIMIT = 56
+# Keys of sides the generator derives from a thesaurus name (a name never holds "‖"):
+# "<name> ‖ sauf <names>" (ansm_restrictions.csv), "<name> ‖ <tag>" (default-pack coverage).
+DERIVED_MARK = " ‖ "
+EXCEPT_MARK = " ‖ sauf "
 
 
 @dataclass(frozen=True)
@@ -335,8 +339,8 @@ def acid_of_salt(base: str) -> str | None:
 class BdpmSubstances:
     """BDPM substances by thesaurus key, and which combination ATC codes are specific.
 
-    A thesaurus name finds BDPM substance codes through its spellings (exact first, then salt
-    forms and the cation salts of an acid); every spelling of those substance codes counts, so
+    A thesaurus name finds BDPM substance codes through its spellings (exact, salt forms and
+    the cation salts of an acid); every spelling of those substance codes counts, so
     ``ACIDE FUSIDIQUE`` (cream) and ``FUSIDIQUE (ACIDE)`` (tablets) and ``FUSIDATE DE SODIUM``
     all give fusidic acid, not the first spelling found.
     """
@@ -364,10 +368,11 @@ class BdpmSubstances:
         self._sharing = {code: len(subs) for code, subs in substances_by_code.items()}
 
     def substance_codes(self, key: str) -> tuple[str, ...]:
-        """The BDPM substance codes a thesaurus key names: exact spellings and the cation salts
-        of an acid (``acide fusidique``: ``FUSIDATE DE SODIUM``), else salt forms."""
-        exact = self._substances.get(key, set()) | self._acids.get(key, set())
-        return tuple(sorted(exact or self._salts.get(key, set())))
+        """The BDPM substance codes a thesaurus key names: exact spellings, salt forms
+        (``MALÉATE D'ÉNALAPRIL``: the exact ``ÉNALAPRIL`` is only in a combination) and the
+        cation salts of an acid (``acide fusidique``: ``FUSIDATE DE SODIUM``)."""
+        found = self._substances.get(key, set()) | self._acids.get(key, set())
+        return tuple(sorted(found | self._salts.get(key, set())))
 
     def codes(self, key: str) -> tuple[str, ...]:
         """Every ATC code (local forms included) of the substance's products."""
@@ -652,7 +657,7 @@ class AnsmImport:
 
     def thesaurus_names(self) -> dict[str, NameMapping]:
         """The mappings of thesaurus names, without the sides derived by restrictions
-        (``<key> sauf ...``) or by default-pack coverage (``<key> | <tag>``)."""
+        (``<key> ‖ sauf ...``) or by default-pack coverage (``<key> ‖ <tag>``)."""
         return {k: m for k, m in self.names.items() if not is_derived_key(k)}
 
     def mapped(self, level: str) -> int:
@@ -917,7 +922,7 @@ def _side(
             return list(row.only)
         removed = [_code_or_name(k, resolver, names) for k in row.excluded]
         labels = ", ".join(resolver.display(k) for k in row.excluded)
-        derived = f"{key} sauf {' '.join(row.excluded)}"
+        derived = f"{key}{EXCEPT_MARK}{' '.join(row.excluded)}"
         names[derived] = _without(names[key], removed, derived, f"sans {labels}")
         display[derived] = f"{display[key]} (sauf {labels})"
         return [derived]
@@ -981,11 +986,11 @@ def _apply_coverage(
 
 def is_derived_key(key: str) -> bool:
     """True for a side made by the generator from a thesaurus name (restricted or narrowed)."""
-    return " sauf " in key or " | " in key
+    return DERIVED_MARK in key
 
 
 def _base_key(key: str) -> str:
-    return key.split(" sauf ")[0].split(" | ")[0]
+    return key.split(DERIVED_MARK)[0]
 
 
 def _uncovered(
@@ -1056,10 +1061,10 @@ def _part(
     display: dict[str, str],
     slugs: dict[str, str],
 ) -> NameMapping:
-    """``mapping`` kept to ``codes``, registered under a derived key (``<key> | <tag>``)."""
+    """``mapping`` kept to ``codes``, registered under a derived key (``<key> ‖ <tag>``)."""
     if tuple(codes) == mapping.codes:
         return mapping
-    key = f"{mapping.key} | {tag}"
+    key = f"{mapping.key}{DERIVED_MARK}{tag}"
     if key not in names:
         note = tag.replace("_", " ")
         names[key] = replace(mapping, key=key, codes=tuple(codes), basis=f"{mapping.basis}; {note}")
@@ -1080,7 +1085,7 @@ def _unique_slugs(display: Mapping[str, str]) -> dict[str, str]:
     slugs: dict[str, str] = {}
     taken: set[str] = set()
     for key in sorted(display):
-        base, _, rest = key.partition(" sauf ")
+        base, _, rest = key.partition(EXCEPT_MARK)
         stem = f"{slug(base)}_sauf" if rest else slug(key)  # a side without some members
         candidate, number = stem, 2
         while candidate in taken:
