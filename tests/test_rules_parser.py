@@ -281,7 +281,7 @@ _TOKENS = [
     "drug", "any", "has", "condition", "known", "otherwise", "escalate", "problem", "k", "d",
     "potassium", "48 h", "5.5 mmol/L", "C09A", "K92.0", "B01AF01..B01AF03", "=", "==", ">",
     "(", ")", ",", ".", "+", "-", "*", "/", '"x {k}"', '"', "#", "\n", "\n  ", " ", "\t", "{",
-    "1.2", "µmol/L", "é", "\r\n",
+    "1.2", "µmol/L", "é", "\r\n", "is", "positive", "negative", "hcg",
 ]  # fmt: skip
 
 
