@@ -287,7 +287,8 @@ def _severity(sit: Situation) -> str:
             if sit.lab_value >= threshold:
                 return level
     if "mme" in s.extra:
-        return "major" if float(s.extra["mme"]) >= 120 else "moderate"  # type: ignore[arg-type]
+        major, _ = CATALOGUE.quantity(s.rule, "major ≥")  # "moderate (major ≥ 120)"
+        return "major" if float(s.extra["mme"]) >= major else "moderate"  # type: ignore[arg-type]
     return RULE_SEVERITY[s.rule]
 
 

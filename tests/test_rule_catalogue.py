@@ -17,6 +17,7 @@ from vigie.synthetic.rule_catalogue import (
     catalogue_text,
     parse_catalogue,
 )
+from vigie.synthetic.truth import RULE_SEVERITY
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +147,16 @@ def test_every_catalogue_rule_is_generated_with_a_control(catalogue: Catalogue) 
     assert set(catalogue.rules) - positives == set()
     assert set(catalogue.rules) - controls == set()
     assert {s.rule for s in SCENARIOS} <= set(catalogue.rules)
+
+
+def test_the_truths_severities_are_the_catalogues(catalogue: Catalogue) -> None:
+    """A rule's usual severity in the truth is the catalogue's: its severity column when it is
+    one word, else the level it names after "else" or first ("major (critical < 125)")."""
+    words = ("critical", "major", "moderate", "minor")
+    for rule_id, rule in catalogue.rules.items():
+        text = rule.severity.split("else")[-1] if "else" in rule.severity else rule.severity
+        named = [w for w in text.replace(";", " ").replace("(", " ").split() if w in words]
+        if rule_id == "coag.warfarin_nsaid":  # "see situation": each variant says its own
+            assert named == []
+            continue
+        assert RULE_SEVERITY[rule_id] == named[0], (rule_id, rule.severity)
