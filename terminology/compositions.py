@@ -12,7 +12,8 @@ Two tables hold it, both with the columns ``system,code,name,atc,amount,unit,per
   substance alone (codeine: R05DA04), the strength ``amount unit`` per ``per_amount
   per_unit`` (``per_unit`` empty: per unit of the dose form, a tablet or a capsule);
 - ``compositions_site.csv``: the site formulary's combination products (UCD or local codes),
-  read last; a site adds its own in ``$VIGIE_SITE_TABLES/site_compositions.csv``.
+  read last; a site adds its own in ``site_compositions.csv``, in the folder named by
+  ``$VIGIE_SITE_TABLES``.
 
 A product whose strength the BDPM does not write as a plain amount (homeopathic dilutions,
 ``qsp``) keeps its substances with ``amount`` empty: the composition is then known, the dose of
@@ -96,7 +97,7 @@ def parse_reference(text: str) -> tuple[float, str | None] | None:
 
 
 class Component(NamedTuple):
-    """One substance of a product, as ``vigie.facts.Ingredient`` has it (the terminology does
+    """One substance of a product, as ``vigie.facts.model.Ingredient`` has it (the terminology does
     not import the fact model: a connector builds ``Ingredient(**component._asdict())``)."""
 
     name: str
