@@ -78,6 +78,16 @@ def setter(value: Any) -> Any:
         ("rules/0/message/0", setter({"txt": "K+"}), r"at rules\[0\]\.message\[0\]\.text: Field"),
         ("pack/sha256", setter(None), r"at pack\.sha256: Input should be a valid string"),
         ("params/k_max/min", setter("low"), r"at params\.k_max\.min: Input should be"),
+        (
+            "sets/potassium_binders/terms/0/routes",
+            setter("iv"),
+            r"at sets\.potassium_binders\.terms\[0\]\.routes: Input should be a valid list",
+        ),
+        (
+            "sets/potassium_binders/terms/0/exactly",
+            setter(["V03AE"]),
+            r"at sets\.potassium_binders\.terms\[0\]\.exactly: Extra",
+        ),
     ],
 )
 def test_a_malformed_ir_is_a_pack_error_naming_its_path(
@@ -125,3 +135,13 @@ def test_module_doctests() -> None:
 
     result = doctest.testmod(ir_schema)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_set_terms_may_carry_exact_codes_and_routes(small_ir: dict[str, Any]) -> None:
+    # docs/rules-design.md: "exact" and "routes" are optional in a term
+    ir = copy.deepcopy(small_ir)
+    ir["sets"]["potassium_binders"]["terms"] = [
+        {"include": [], "exclude": [], "exact": ["V03AE"]},
+        {"include": ["V03AE01"], "exclude": [], "routes": ["oral", "rectal"]},
+    ]
+    assert len(load_pack(ir).rules) == len(ir["rules"])
