@@ -305,7 +305,10 @@ class _PackChecker:
     def _except_codes(self, body: n.InlineSet) -> list[str]:
         codes: list[str] = []
         for item in body.excepts:
-            if isinstance(item, n.Code):
+            if isinstance(item, n.Code) and item.exact:
+                hint = "a code after `except` leaves out itself and the codes below it"
+                self._error("R030", "`exactly` is not allowed after `except`", item, hint)
+            elif isinstance(item, n.Code):
                 codes.extend(self._codes(item, body.system, excluded=True))
             else:
                 self._error("R030", "list codes after `except`, not a set", item)

@@ -302,6 +302,8 @@ def test_exactly_is_for_atc_codes_and_set_routes_are_checked() -> None:
     found = one(HEADER + "set s = icd10 exactly K25\n", "R030")
     assert found.message == "`exactly` is for ATC codes"
     assert found.span.column == 15
+    found = one(HEADER + "set s = atc N05A except exactly N05AX\n", "R030")
+    assert found.message == "`exactly` is not allowed after `except`"
     wrong = one(HEADER + "set s = atc J01GB route iv, intravenus\n", "R014")
     assert wrong.message.startswith("unknown route 'intravenus'")
     # `route` may start the next line of a set, and route sets are expanded
