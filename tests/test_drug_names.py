@@ -17,8 +17,11 @@ from hypothesis import strategies as st
 
 from vigie.connectors.base import RawMessage
 from vigie.connectors.fhir import connector as fhir
+from vigie.connectors.hl7v2 import connector as hl7v2
+from vigie.connectors.tabular.canonical import write_canonical_csv
+from vigie.connectors.tabular.connector import TabularConnector
 from vigie.engine.quality import quality_report, render_text
-from vigie.facts import FlagCode, MedicationOrder
+from vigie.facts import Coding, FlagCode, MedicationOrder
 from vigie.facts.model import Ingredient
 from vigie.terminology import DATA_DIR, Terminology
 from vigie.terminology.names import (
@@ -338,3 +341,54 @@ def test_quality_reports_lines_by_code_by_name_and_unmapped_per_feed() -> None:
     assert [row["code"] for row in report.unmapped_codes] == ["856987"]
     text = render_text(report)
     assert "fhir  medication_order  10  1  8  1  80.0%" in text
+
+
+# Other connectors: HL7 v2 drug text, CSV label --------------------------------------------------
+
+
+def test_hl7_drug_text_gives_the_atc_and_a_combination_its_ingredients() -> None:
+    rde = (
+        "\r".join(
+            [
+                "MSH|^~\\&|PHARMA|CHU|||20240305120000||RDE^O11|R1|P|2.5",
+                "PID|||P1^^^CHU^PI||DOE^JANE||19480302|F",
+                "ORC|NW|O1|||||||20240305115500",
+                "RXE||LOC123^amlodipine 5 mg comprimé^LOCAL|1||TAB",
+                "TQ1|1||QD",
+                "ORC|NW|O2|||||||20240305115500",
+                "RXE||LOC9^Acetaminophen 325 MG / Oxycodone Hydrochloride 5 MG Oral Tablet^LOCAL"
+                "|1||TAB",
+                "TQ1|1||QID",
+            ]
+        )
+        + "\r"
+    ).encode()
+    (raw,) = hl7v2.split("rde.hl7", rde)
+    orders = {o.order_id: o for o in hl7v2.parse(raw).facts if isinstance(o, MedicationOrder)}
+    assert orders["O1"].atc == "C08CA01"
+    assert [f.code for f in orders["O1"].flags] == [FlagCode.ATC_FROM_NAME]
+    assert "RXE[1]-2 LOCAL|LOC123" in orders["O1"].flags[0].detail
+    assert orders["O2"].atc == "N02AJ17"
+    assert [(i.atc, i.amount, i.unit) for i in orders["O2"].ingredients] == [
+        ("N02BE01", 325.0, "mg"),
+        ("N02AA05", 5.0, "mg"),
+    ]
+    assert {i.source for i in orders["O2"].ingredients} == {"label"}
+
+
+def test_csv_label_gives_the_atc(tmp_path: Path) -> None:
+    line = _orders(validate=True)["197361"].model_copy(
+        update={
+            "atc": None,
+            "flags": (),
+            "drug": Coding(system="LOCAL", code="AML5", display=None),
+            "label": "AMLODIPINE 5 mg, gélule",
+        }
+    )
+    write_canonical_csv([line], tmp_path)
+    connector = TabularConnector()
+    path = tmp_path / "orders.csv"
+    (raw,) = connector.split(path.name, path.read_bytes())
+    (order,) = [f for f in connector.parse(raw).facts if isinstance(f, MedicationOrder)]
+    assert order.atc == "C08CA01"
+    assert [f.code for f in order.flags] == [FlagCode.ATC_FROM_NAME]

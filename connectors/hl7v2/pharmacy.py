@@ -209,6 +209,9 @@ def _load_order(ctx: Context, group: _OrderGroup, encoded: SegmentRef, used: set
     route, original_route = _route(ctx, group.first("RXR", after=encoded), flags)
     alternate = (message.value(encoded, code_field, 6), message.value(encoded, code_field, 4))
     ingredients = code_ingredients(ctx.terminology, [(drug.system, drug.code), alternate])
+    if not ingredients:  # a combination's text (RXE-2.2) names its substances and strengths
+        label = label_drug(ctx.terminology, [drug.display], atc=atc, codes="")
+        ingredients = label.ingredients if label is not None else ()
     ctx.add(
         MedicationOrder,
         encoded,
