@@ -297,6 +297,13 @@ def _renal() -> list[Scenario]:
         ),
         _c(
             "renal.gabapentinoid",
+            "pregabalin_300mg_crcl_just_above_30",
+            (L("pregabalin", dose=150),),
+            RENAL,
+            renal=("crcl", gabapentinoid_crcl + 2.5, gabapentinoid_crcl + 6),
+        ),
+        _c(
+            "renal.gabapentinoid",
             "pregabalin_150mg",
             (L("pregabalin", dose=75),),
             RENAL,
@@ -696,8 +703,9 @@ def _anticoagulation() -> list[Scenario]:
             "two_inrs_under_24h_apart",
             relay_lines,
             LINES,
-            lab=Lab("inr", second_inr.value, at=(first_inr.at[1] + 2, first_inr.at[0] + apart - 2)),
-            earlier=(first_inr,),
+            # 19 to 23 h after the first: just under the catalogue's 24 h.
+            lab=Lab("inr", second_inr.value, at=(24 + apart - 5, 24 + apart - 1)),
+            earlier=(Lab("inr", first_inr.value, at=(24, 25)),),
             **relay_kw,
         ),
         _c(
@@ -945,6 +953,13 @@ def _dosage() -> list[Scenario]:
         ),
         _c(
             "dose.colchicine_max",
+            "2mg_day_crcl_just_above_30",
+            (L("colchicine", schedule=(2, 1.0, "d")),),
+            RENAL,
+            renal=("crcl", colchicine_crcl + 2.5, colchicine_crcl + 6),
+        ),
+        _c(
+            "dose.colchicine_max",
             "1mg_day_crcl_below_30",
             (L("colchicine", schedule=(1, 1.0, "d")),),
             RENAL,
@@ -1154,6 +1169,14 @@ def _combinations() -> list[Scenario]:
             age=(nsaid_age + 1, 120),
             renal=("crcl", nsaid_crcl - 18, nsaid_crcl - 5),
             **RENAL_LAPSE,
+        ),
+        _c(
+            "elderly.nsaid_renal",
+            "ibuprofen_crcl_below_50_age_64",
+            (L("ibuprofen", hours=120),),
+            RENAL,
+            set_age=(nsaid_age - 0.97, nsaid_age - 0.03),
+            renal=("crcl", nsaid_crcl - 18, nsaid_crcl - 5),
         ),
         _c(
             "elderly.nsaid_renal",
