@@ -14,6 +14,8 @@ from vigie.rules.packs.ansm import (
     LEVELS,
     THESAURUS_FILE,
     AnsmImport,
+    AtcSet,
+    AtcTerm,
     GeneratedRule,
     NameMapping,
     ThesaurusError,
@@ -547,6 +549,19 @@ def test_every_coverage_row_names_a_default_pair_rule(result: AnsmImport) -> Non
     assert {c.default_rule for c in result.covered} == {r.default_rule for r in rows}
     report = render_report(result)
     assert "`coag.warfarin_nsaid` (vka × nsaid)" in report
+
+
+def test_default_sets_are_read_term_by_term() -> None:
+    # An exclusion belongs to its term: B01AB02 left out of the heparins is still held by a set
+    # that names B01AB again in another term; an exact code holds only itself.
+    heparins = AtcSet((AtcTerm(("B01AB",), ("B01AB02",)),))
+    both = AtcSet((AtcTerm(("B01AB",), ("B01AB02",)), AtcTerm(("B01AB02",))))
+    exact = AtcSet((AtcTerm((), (), ("N05AX",)),))
+    assert heparins.holds_all("B01AB05") and not heparins.holds_all("B01AB02")
+    assert not heparins.holds_all("B01AB")  # B01AB02 is under it
+    assert both.holds_all("B01AB02")
+    assert exact.holds_all("N05AX") and not exact.holds_all("N05AX08")
+    assert exact.meets("N05AX08") is False and exact.meets("N05A")
 
 
 # Rendering of a narrowed side --------------------------------------------------------------------

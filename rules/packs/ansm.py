@@ -764,30 +764,48 @@ def load_coverage_table(path: Path = DATA_DIR / "ansm_default_coverage.csv") -> 
 
 
 @dataclass(frozen=True)
-class AtcSet:
-    """An ATC set of the default pack read from its IR: included prefixes minus excluded ones."""
+class AtcTerm:
+    """One term of a default-pack ATC set: included prefixes minus excluded ones, exact codes."""
 
     include: tuple[str, ...]
-    exclude: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+    exact: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AtcSet:
+    """An ATC set of the default pack read from its IR (the union of its terms).
+
+    Routes a term is restricted to are not compared: the ANSM pack leaves local forms out by
+    their own ATC codes, so a default set of systemic routes covers the same lines.
+    """
+
+    terms: tuple[AtcTerm, ...]
 
     def holds_all(self, code: str) -> bool:
-        """Every code under ``code`` is in the set."""
-        return code.startswith(self.include) and not any(
-            code.startswith(e) or e.startswith(code) for e in self.exclude
+        """Every code under ``code`` is in the set (one term holds them all)."""
+        return any(
+            code in t.exact
+            or (
+                code.startswith(t.include)
+                and not any(code.startswith(e) or e.startswith(code) for e in t.exclude)
+            )
+            for t in self.terms
         )
 
     def meets(self, code: str) -> bool:
-        """Some code under ``code`` is in the set."""
-        return any(code.startswith(i) or i.startswith(code) for i in self.include)
+        """Some code under ``code`` may be in the set."""
+        return any(
+            any(code.startswith(i) or i.startswith(code) for i in t.include)
+            or any(e.startswith(code) for e in t.exact)
+            for t in self.terms
+        )
 
 
 def default_pair_sets(
     path: Path = DATA_DIR / "default.rules",
 ) -> dict[str, tuple[tuple[str, AtcSet], tuple[str, AtcSet]]]:
-    """Rule id → the (name, ATC set) of its two drug bindings, for the default pack's pair rules.
-
-    A set with a route-restricted or exact term is not read (its coverage is not a code matter).
-    """
+    """Rule id → the (name, ATC set) of its two drug bindings, for the default pack's pair rules."""
     from vigie.rules import compile_pack  # the compiler imports the packs package
 
     ir, _ = compile_pack(path.read_text(encoding="utf-8"), str(path))
@@ -795,12 +813,17 @@ def default_pair_sets(
         raise ThesaurusError(path.name, "pack", "a default pack that compiles")
     sets: dict[str, AtcSet] = {}
     for name, spec in ir["sets"].items():
-        terms = spec["terms"]
-        if spec["system"] != "atc" or any(t.get("routes") or t.get("exact") for t in terms):
+        if spec["system"] != "atc":
             continue
-        include = tuple(i for t in terms for i in t["include"])
-        exclude = tuple(e for t in terms for e in (t.get("exclude") or ()))
-        sets[name] = AtcSet(include, exclude)
+        terms = tuple(
+            AtcTerm(
+                tuple(t.get("include") or ()),
+                tuple(t.get("exclude") or ()),
+                tuple(t.get("exact") or ()),
+            )
+            for t in spec["terms"]
+        )
+        sets[name] = AtcSet(terms)
     pairs: dict[str, tuple[tuple[str, AtcSet], tuple[str, AtcSet]]] = {}
     for rule in ir["rules"]:
         drugs = [b["set"] for b in rule["bindings"] if b["kind"] == "drug"]
