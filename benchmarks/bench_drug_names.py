@@ -10,6 +10,9 @@ Two measures, printed as rates with every disagreement listed:
 2. unseen: ``vigie quality`` on tests/data/fhir/synthea-unseen-rxnorm.json, Synthea-shaped
    orders whose RxNorm codes are not in drugs_rxnorm.csv: the lines mapped by code, by name,
    and unmapped, with the fallback rate.
+3. reference feeds: the drug lines of every shared feed (FHIR, HL7 v2, PN13) by where their ATC
+   came from, and the codes mapped by name (NDC, ANSM SMS, local codes no table holds), to be
+   checked by hand against the WHO ATC index.
 
 Run: ``.venv/bin/python benchmarks/bench_drug_names.py``.
 """
@@ -24,7 +27,8 @@ from pathlib import Path
 from vigie import settings
 from vigie.connectors.base import RawMessage
 from vigie.connectors.fhir import connector as fhir
-from vigie.engine.quality import quality_report, render_text
+from vigie.engine.quality import QualityReport, QualityTally, quality_report, render_text
+from vigie.ingest.pipeline import read_feed
 from vigie.terminology import default_terminology
 from vigie.terminology.units import read_rows
 
@@ -101,6 +105,15 @@ def unseen_report() -> str:
     return render_text(quality_report(fhir.parse(raw).facts))
 
 
+def reference_feeds() -> QualityReport:
+    tally = QualityTally(limit=100)
+    folders = ("fhir", "fr-medication-ig/fhir_bundles", "fr-medication-ig/pn13_xml", "hl7v2")
+    for parsed in read_feed([DATA / folder for folder in folders]):
+        if parsed.outcome is not None:
+            tally.add_facts(parsed.outcome.facts)
+    return tally.report()
+
+
 def main() -> None:
     result = hold_out(DATA / "fhir")
     print("1. Hold-out: name fallback alone vs terminology/drugs_rxnorm.csv (reference FHIR)")
@@ -117,6 +130,17 @@ def main() -> None:
         print(f"   {code:>8}  table {expected}  name {got or '-':8}  {display}")
     print("\n2. vigie quality on tests/data/fhir/synthea-unseen-rxnorm.json")
     print("\n".join("   " + line for line in unseen_report().splitlines()))
+    report = reference_feeds()
+    print("\n3. Reference feeds (shared/data): drug lines by feed, and the codes mapped by name")
+    for row in report.drug_mapping:
+        print(
+            f"   {row['feed']:7} {row['kind']}: {row['lines']} lines, by code {row['by_code']}, "
+            f"by name {row['by_name']}, none {row['unmapped']} ({row['name_rate']:.1%} by name)"
+        )
+    for row in report.mapped_by_name:
+        print(
+            f"   {row['atc']}  {row['count']:>3}  {row['system']}|{row['code']}  {row['display']}"
+        )
 
 
 if __name__ == "__main__":
