@@ -471,6 +471,21 @@ def test_torsades_contraindication_needs_one_of_the_five_named(pack_text: str) -
     assert not [r for r in sulpiride if "methadone" in r.rule_id and r.problem == "6.4"]
 
 
+def test_route_conditions_become_set_routes(pack_text: str) -> None:
+    # INHIBITEURS PUISSANTS DU CYP3A4 + MIDAZOLAM: AD « avec le midazolam per os », PE « IV et
+    # sublingual »; AMIODARONE + DILTIAZEM: AD « avec le diltiazem IV ».
+    ir, _ = compile_pack(pack_text, "ansm-interactions.rules")
+    assert ir is not None
+    routes = {name: spec["terms"][0].get("routes") for name, spec in ir["sets"].items()}
+    assert routes["ansm_midazolam_route_oral"] == ["oral"]
+    assert sorted(routes["ansm_midazolam_route_iv_sublingual"]) == ["iv", "sublingual"]
+    assert routes["ansm_diltiazem_route_iv"] == ["iv"]
+    levels = {r["id"]: r["level"] for r in ir["rules"]}
+    assert levels["ansm.ad.inhibiteurs_puissants_du_cyp3a4.midazolam_route_oral"] == 1
+    assert levels["ansm.ad.amiodarone.diltiazem_route_iv"] == 1
+    assert "ansm.ad.inhibiteurs_puissants_du_cyp3a4.midazolam" not in levels
+
+
 def test_every_restriction_row_narrows_a_generated_entry(result: AnsmImport) -> None:
     rows = load_restriction_table()
     narrowed = {(frozenset((r.first, r.second)), r.level) for r in rows}
@@ -509,7 +524,13 @@ def test_a_misspelt_restriction_is_a_located_error(tmp_path: Path) -> None:
     path.write_text(
         "first,second,level,side,only,except,basis\na,b,ci,first,,,b\n", encoding="utf-8"
     )
-    with pytest.raises(ThesaurusError, match="only or except"):
+    with pytest.raises(ThesaurusError, match="only, except or routes"):
+        load_restriction_table(path)
+    path.write_text(
+        "first,second,level,side,only,except,basis,routes\na,b,ci,first,,,b,per os\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ThesaurusError, match="canonical"):
         load_restriction_table(path)
 
 

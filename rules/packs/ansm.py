@@ -33,9 +33,10 @@ Names are mapped to ATC codes in this order:
 Local forms (``LOCAL_ATC``: skin, eye, ear, mouth, throat, nose, vagina) are left out: the
 thesaurus is written for systemic forms and names the local ones it means ("(y compris
 collyres)", econazole "quelle que soit la voie"), kept through ``ansm_local_forms.csv``.
-Route conditions are not checked: the language's route filter on a drug binding drops lines
-without a route, which most feeds send; a set term restricted to routes that keeps lines
-without route would let the pack encode "midazolam per os" or "érythromycine IV".
+A route condition the thesaurus puts on one side ("avec le midazolam per os", "le diltiazem
+IV") is encoded in ``ansm_restrictions.csv`` as a set restricted to routes (``atc N05CD08 route
+oral``), which keeps a line without route; the route filter of a drug binding is not used, as
+it drops the lines without route that most feeds send.
 
 The thesaurus lists every pair twice (A + B under A, B + A under B, same text): one rule is
 generated per unordered pair and level. An entry with several levels (a CI at high doses, an
@@ -497,6 +498,7 @@ class NameMapping:
     reason: str = ""
     local: tuple[str, ...] = ()
     except_codes: tuple[str, ...] = ()  # codes under ``codes`` left out (restricted sides)
+    routes: tuple[str, ...] = ()  # given by these routes only (a line without route counts)
 
 
 @dataclass(frozen=True)
@@ -709,6 +711,9 @@ class RestrictionRow:
     only: tuple[str, ...]
     excluded: tuple[str, ...]
     basis: str
+    routes: tuple[
+        str, ...
+    ] = ()  # the narrowed side given by these routes (lines without route too)
 
     @property
     def narrowed(self) -> str | None:
@@ -728,14 +733,22 @@ def load_restriction_table(path: Path = DATA_DIR / "ansm_restrictions.csv") -> l
         if level not in _LEVEL_BY_CODE:
             raise ThesaurusError(path.name, f"line {line}", f"level in {sorted(_LEVEL_BY_CODE)}")
         only, excluded = _names(row["only"]), _names(row["except"])
-        if side not in {"first", "second", ""} or (side == "") != (not only and not excluded):
+        routes = tuple(r.strip() for r in (row.get("routes") or "").split(";") if r.strip())
+        narrowing = bool(only or excluded or routes)
+        if side not in {"first", "second", ""} or (side == "") == narrowing:
             raise ThesaurusError(
-                path.name, f"line {line}", "side first or second with only or except, or none"
+                path.name,
+                f"line {line}",
+                "side first or second with only, except or routes, or none",
             )
         if only and excluded:
             raise ThesaurusError(path.name, f"line {line}", "only or except, not both")
+        if any(not re.fullmatch(r"[a-z]+", r) for r in routes):
+            raise ThesaurusError(path.name, f"line {line}", "routes as canonical names (oral; iv)")
         first, second = name_key(row["first"]), name_key(row["second"])
-        rows.append(RestrictionRow(line, first, second, level, side, only, excluded, row["basis"]))
+        rows.append(
+            RestrictionRow(line, first, second, level, side, only, excluded, row["basis"], routes)
+        )
     return rows
 
 
@@ -959,14 +972,28 @@ def _side(
                 if only not in names:
                     names[only] = resolver.resolve(only)
                     display[only] = resolver.display(only)
-            return list(row.only)
-        removed = [_code_or_name(k, resolver, names) for k in row.excluded]
-        labels = ", ".join(resolver.display(k) for k in row.excluded)
-        derived = f"{key}{EXCEPT_MARK}{' '.join(row.excluded)}"
-        names[derived] = _without(names[key], removed, derived, f"sans {labels}")
-        display[derived] = f"{display[key]} (sauf {labels})"
-        return [derived]
+            keys = list(row.only)
+        elif row.excluded:
+            removed = [_code_or_name(k, resolver, names) for k in row.excluded]
+            labels = ", ".join(resolver.display(k) for k in row.excluded)
+            derived = f"{key}{EXCEPT_MARK}{' '.join(row.excluded)}"
+            names[derived] = _without(names[key], removed, derived, f"sans {labels}")
+            display[derived] = f"{display[key]} (sauf {labels})"
+            keys = [derived]
+        else:
+            keys = [key]
+        return [_by_route(k, row.routes, names, display) for k in keys] if row.routes else keys
     return [key]
+
+
+def _by_route(
+    key: str, routes: tuple[str, ...], names: dict[str, NameMapping], display: dict[str, str]
+) -> str:
+    """``key`` given by ``routes`` only (``midazolam ‖ route oral``): a set term with routes."""
+    derived = f"{key}{DERIVED_MARK}route {' '.join(routes)}"
+    names[derived] = replace(names[key], key=derived, routes=routes)
+    display[derived] = f"{display[key]} (voie {', '.join(routes)})"
+    return derived
 
 
 def _code_or_name(key: str, resolver: AtcResolver, names: Mapping[str, NameMapping]) -> NameMapping:
@@ -1062,7 +1089,7 @@ def _uncovered(
     if a_p is None or a_q is None or b_p is None or b_q is None:
         return None
     a_none = [c for c in a.codes if c not in a_p[0] and c not in a_q[0]]
-    if (a.codes, a.except_codes) == (b.codes, b.except_codes):
+    if (a.codes, a.except_codes, a.routes) == (b.codes, b.except_codes, b.routes):
         b = a
         # One class paired with itself: each unordered pair of lines must stay in one rule,
         # so the parts are {none, none}, {none, P or Q}, {P, P}, {Q, Q} (not {P, Q}).
@@ -1178,7 +1205,8 @@ _PACK_HEADER = """\
 # message. An entry with several levels (CI at anti-inflammatory doses, AD below...) has a
 # condition on each: its rules are "sous conditions" and at least level 2 (off by default), since
 # at level 1 they would fire on every pair of the two classes, unless the condition only names
-# members (ansm_restrictions.csv: the sides are narrowed, the level is kept). Pairs a rule of the
+# members or routes (ansm_restrictions.csv: the sides are narrowed, the level is kept; a line
+# without route stays in a set restricted to routes). Pairs a rule of the
 # default pack raises for the same problem are left to it (ansm_default_coverage.csv). Each pair
 # is generated once even though the thesaurus lists it under both names.
 
@@ -1214,15 +1242,18 @@ def _set_lines(result: AnsmImport, key: str) -> list[str]:
         more = "," if number + 10 < len(excepted) else ""
         lead = "except " if number == 0 else "       "
         lines.append(" " * (len(head) - 2) + lead + listed + more)
+    if mapping.routes:
+        lines.append(" " * (len(head) - 2) + "route " + ", ".join(mapping.routes))
     return lines
 
 
 def _rule_lines(result: AnsmImport, rule: GeneratedRule) -> list[str]:
     level = rule.level
     first_set = f"ansm_{result.slugs[rule.first.key]}"
-    same = (rule.first.codes, rule.first.except_codes) == (
+    same = (rule.first.codes, rule.first.except_codes, rule.first.routes) == (
         rule.second.codes,
         rule.second.except_codes,
+        rule.second.routes,
     )
     second_set = first_set if same else f"ansm_{result.slugs[rule.second.key]}"
     title = f"{level.label} : {rule.first_name} + {rule.second_name}"
@@ -1321,10 +1352,11 @@ def _restricted_lines(result: AnsmImport) -> list[str]:
         "## Entries whose text restricts the pair",
         "",
         "An entry with several levels often says which members of a class each level concerns",
-        "(sodium oxybate among the sedatives). `ansm_restrictions.csv` narrows those sides: the",
-        "level's rules then need the named members (or leave them out, for the « autres »), and",
-        "lose the « sous conditions » mark. Entries not in the table keep the whole pair at",
-        "level 2 or more (off by default), the condition in their message.",
+        "(sodium oxybate among the sedatives) or by which route (midazolam per os).",
+        "`ansm_restrictions.csv` narrows those sides: the level's rules then need the named",
+        "members (or leave them out, for the « autres »), or the named routes (a line without",
+        "route counts), and lose the « sous conditions » mark. Entries not in the table keep the",
+        "whole pair at level 2 or more (off by default), the condition in their message.",
         "",
         f"- CI and AD levels of entries with several levels whose text names members of a class"
         f" side (found by the generator): {len(candidates)}; narrowed by the table: {handled};"
