@@ -211,6 +211,16 @@ def test_ignored_rules_are_not_unexpected(tmp_path: Path) -> None:
             "cases:\n  - name: nothing expected\n    drugs: [{id: o1, atc: N02BE01}]\n",
             "case 'nothing expected': a case needs expect:",
         ),
+        (
+            "cases:\n  - name: not a combination\n    drugs: [{id: o1, product: CIS 60234100}]\n"
+            "    expect: []\n",
+            "drugs[0].product: 'CIS 60234100' is not a combination product of the composition",
+        ),
+        (
+            "cases:\n  - name: one ingredient\n    drugs: [{id: o1, ingredients: [{name: a}]}]\n"
+            "    expect: []\n",
+            "drugs[0].ingredients: expected a list of two ingredients or more",
+        ),
         ("cases: [\n", "cases.yaml:3: not valid YAML"),
         ("cases: []\n", "cases.yaml:2: cases: expected a non-empty list of cases"),
     ],

@@ -76,8 +76,9 @@ EXPECT_KEYS = (
 PATIENT_KEYS = ("age", "birth_date", "sex", "weight", "height")
 DRUG_KEYS = (
     "id", "atc", "label", "dose", "per_day", "per_week", "daily_dose", "start", "end", "route",
-    "status", "as_needed", "product",
+    "status", "as_needed", "product", "ingredients",
 )  # fmt: skip
+INGREDIENT_KEYS = ("name", "atc", "strength", "per")
 DOSE_UNITS = ("mg", "µg", "g", "IU", "mL", "tablet", "µg/h", "MIU")
 ROUTES = (
     "oral", "iv", "im", "sc", "sublingual", "transdermal", "topical", "inhaled", "nasal",
@@ -95,6 +96,36 @@ def _product(here: Here, value: Any, label: str | None) -> tuple[Coding, tuple[I
         raise here.error(f"{message}; write it as SYSTEM CODE: CIS 66003374, UCD 3400893936047")
     ingredients = tuple(Ingredient(**component._asdict()) for component in found)
     return Coding(system=system, code=code.strip(), display=label), ingredients
+
+
+def _ingredients(here: Here, value: Any) -> tuple[Ingredient, ...]:
+    """``ingredients: [{name: Oxycodone, atc: N02AA05, strength: 5 mg, per: 1 tablet}, ...]``:
+    a composition written in the case (``per`` defaults to one unit of the form; ``5 mL``)."""
+    if not isinstance(value, list) or len(value) < 2:
+        raise here.error("expected a list of two ingredients or more")
+    found = []
+    for index, item in enumerate(value):
+        at = here.at(index, item)
+        spec = _mapping(at, item, INGREDIENT_KEYS)
+        if not spec.get("name"):
+            raise at.error("an ingredient needs a name")
+        try:
+            amount, unit = quantity(spec["strength"]) if spec.get("strength") else (None, None)
+            per_amount, per_unit = quantity(spec.get("per") or "1")
+        except ValueError as exc:
+            raise at.error(str(exc)) from None
+        found.append(
+            Ingredient(
+                name=str(spec["name"]),
+                atc=str(spec["atc"]) if spec.get("atc") else None,
+                amount=amount,
+                unit=unit,
+                per_amount=per_amount,
+                per_unit=per_unit if per_unit in ("mL", "L", "g") else None,
+                source="test",
+            )
+        )
+    return tuple(found)
 
 
 # Errors -----------------------------------------------------------------------------------------
@@ -411,9 +442,13 @@ class _FactBuilder:
         route = self._route(here.at("route"), spec.get("route"))
         drug = Coding(system="ATC" if atc else "LOCAL", code=str(atc or order_id), display=label)
         ingredients: tuple[Ingredient, ...] = ()
+        if spec.get("product") is not None and spec.get("ingredients") is not None:
+            raise here.error("give product or ingredients, not both")
         if spec.get("product") is not None:
             drug, ingredients = _product(here.at("product"), spec["product"], label)
             atc = atc or default_terminology().drug_atc(drug.system, drug.code)
+        if spec.get("ingredients") is not None:
+            ingredients = _ingredients(here.at("ingredients"), spec["ingredients"])
         self.facts.append(
             MedicationOrder(
                 fact_id=order_id, patient_id=PATIENT_ID, source=self.source(here),
