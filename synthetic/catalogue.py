@@ -362,6 +362,9 @@ def _biology() -> list[Scenario]:
     k_critical, _ = CATALOGUE.quantity(hyper, "K+ ≥")
     hyper_sev = ((k_critical, "critical"), (-INF, "major"))
     high_k = Lab("potassium", (k_max + 0.2, k_max + 1.3))
+    # Each side of the severity's threshold, so that both levels occur.
+    high_k_major = Lab("potassium", (k_max + 0.2, k_critical - 0.1))
+    high_k_critical = Lab("potassium", (k_critical, k_critical + 0.8))
     low_k = Lab("potassium", (k_min - 0.8, k_min - 0.1))
     dig_level = _unstated("digoxin")  # the catalogue gives no window for the level
     dig_max, _ = CATALOGUE.quantity(dig, "digoxin level >")
@@ -372,6 +375,8 @@ def _biology() -> list[Scenario]:
     na_critical, _ = CATALOGUE.quantity(na_rule, "critical <")
     na_sev = ((na_critical, "major"), (-INF, "critical"))
     low_na = Lab("sodium", (na_critical - 4, na_min - 1), decimals=0)
+    low_na_major = Lab("sodium", (na_critical, na_min - 1), decimals=0)
+    low_na_critical = Lab("sodium", (na_critical - 4, na_critical - 1), decimals=0)
     glu_rule = "bio.hypoglycaemia"
     glucose = Window("any", hours(glu_rule, "glucose"), "glucose")
     glucose_min = _cursor(glu_rule, "glucose_min")
@@ -392,7 +397,7 @@ def _biology() -> list[Scenario]:
     alt_uln, _ = CATALOGUE.quantity(alt_rule, "ALT >")
     high_alt = Lab("alt", (alt_uln + 0.5, alt_uln * 3), scale="uln", decimals=0)
     return [
-        _p(hyper, "ramipril", (L("ramipril"),), k_hyper, lab=high_k, severity=hyper_sev),
+        _p(hyper, "ramipril", (L("ramipril"),), k_hyper, lab=high_k_major, severity=hyper_sev),
         _p(
             hyper,
             "spironolactone",
@@ -402,7 +407,14 @@ def _biology() -> list[Scenario]:
             severity=hyper_sev,
             min_renal=45,
         ),
-        _p(hyper, "irbesartan", (L("irbesartan"),), k_hyper, lab=high_k, severity=hyper_sev),
+        _p(
+            hyper,
+            "irbesartan",
+            (L("irbesartan"),),
+            k_hyper,
+            lab=high_k_critical,
+            severity=hyper_sev,
+        ),
         _p(
             hyper,
             "perindopril_early",
@@ -489,10 +501,10 @@ def _biology() -> list[Scenario]:
             "hydrochlorothiazide",
             (L("hydrochlorothiazide"),),
             na,
-            lab=low_na,
+            lab=low_na_major,
             severity=na_sev,
         ),
-        _p(na_rule, "sertraline", (L("sertraline"),), na, lab=low_na, severity=na_sev),
+        _p(na_rule, "sertraline", (L("sertraline"),), na, lab=low_na_critical, severity=na_sev),
         _p(
             na_rule,
             "sertraline_early",
@@ -641,8 +653,22 @@ def _anticoagulation() -> list[Scenario]:
     second_inr = Lab("inr", (inr_target + 0.1, inr_target + 0.8), at=later)
     relay_kw: dict[str, object] = dict(suppress=("inr",), min_renal=45, need_days=7)
     return [
-        _p(high, "fluindione", (L("fluindione"),), inr_high, lab=high_inr, severity=inr_sev),
-        _p(high, "warfarin", (L("warfarin"),), inr_high, lab=high_inr, severity=inr_sev),
+        _p(
+            high,
+            "fluindione",
+            (L("fluindione"),),
+            inr_high,
+            lab=Lab("inr", (inr_max + 0.2, inr_critical - 0.2)),
+            severity=inr_sev,
+        ),
+        _p(
+            high,
+            "warfarin",
+            (L("warfarin"),),
+            inr_high,
+            lab=Lab("inr", (inr_critical, inr_critical + 3)),
+            severity=inr_sev,
+        ),
         _p(
             high,
             "warfarin_early",
