@@ -471,6 +471,22 @@ def test_torsades_contraindication_needs_one_of_the_five_named(pack_text: str) -
     assert not [r for r in sulpiride if "methadone" in r.rule_id and r.problem == "6.4"]
 
 
+def test_class_entries_naming_members_need_them(pack_text: str) -> None:
+    # ANTISPASMODIQUES URINAIRES + INHIBITEURS PUISSANTS DU CYP3A4: AD « avec la toltérodine »;
+    # INHIBITEURS DE TYROSINE KINASES MÉTABOLISÉS + ...: AD with twelve named, PE « avec les
+    # autres ITK »; FIBRATES + STATINES: AD « au minimum » for every pair.
+    def level_one(a: str, b: str) -> set[str]:
+        return {r.problem for r in firing(pack_text, a, b) if r.level == 1}
+
+    assert "6.3" in level_one("G04BD07", "J01FA09")  # tolterodine + clarithromycin
+    assert "6.3" not in level_one("G04BD04", "J01FA09")  # oxybutynin
+    assert "6.3" in level_one("L01EA03", "J02AC02")  # nilotinib + itraconazole
+    assert level_one("L01EA01", "J02AC02") == set()  # imatinib: PE only (level 2)
+    imatinib = {r.problem for r in firing(pack_text, "L01EA01", "J02AC02")}
+    assert "6.2" in imatinib and "6.3" not in imatinib
+    assert "6.3" in level_one("C10AB05", "C10AA05")  # fenofibrate + atorvastatin
+
+
 def test_route_conditions_become_set_routes(pack_text: str) -> None:
     # INHIBITEURS PUISSANTS DU CYP3A4 + MIDAZOLAM: AD « avec le midazolam per os », PE « IV et
     # sublingual »; AMIODARONE + DILTIAZEM: AD « avec le diltiazem IV ».

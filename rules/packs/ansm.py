@@ -971,7 +971,7 @@ def _side(
             for only in row.only:
                 if only not in names:
                     names[only] = resolver.resolve(only)
-                    display[only] = resolver.display(only)
+                    display[only] = resolver.display(only).upper()  # as the entries spell names
             keys = list(row.only)
         elif row.excluded:
             removed = [_code_or_name(k, resolver, names) for k in row.excluded]
