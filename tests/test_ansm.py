@@ -577,6 +577,18 @@ def test_each_pair_of_lines_stays_in_one_rule_after_the_split(pack_text: str) ->
         assert len(parts) == 1, (pair, [r.rule_id for r in parts])
 
 
+def test_no_pair_left_to_a_default_rule_is_raised_again(result: AnsmImport) -> None:
+    # The overlap list (computed from the default pack's sets) no longer holds the default
+    # rules whose pairs are left to them; two NSAIDs (duplicate class vs ANSM AD) remain, listed.
+    rules = {default for default, _ in result.overlaps}
+    assert "coag.warfarin_nsaid" not in rules and "combo.opioid_benzo" not in rules
+    assert (
+        "combo.duplicate_class",
+        "ansm.ad.anti_inflammatoires_non_steroidiens.autres_anti_inflammatoires_non_steroidiens",
+    ) in result.overlaps
+    assert "| `combo.duplicate_class` | `ansm.ad.anti_inflammatoires" in render_report(result)
+
+
 def test_every_coverage_row_names_a_default_pair_rule(result: AnsmImport) -> None:
     default = (REPO / "rules/packs/default.rules").read_text(encoding="utf-8")
     rows = load_coverage_table()

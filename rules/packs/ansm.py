@@ -668,6 +668,7 @@ class AnsmImport:
     problems: list[ThesaurusError]
     restricted: list[Restricted] = field(default_factory=list)
     covered: list[Coverage] = field(default_factory=list)
+    overlaps: list[tuple[str, str]] = field(default_factory=list)  # (default rule, ANSM rule)
     resolver: AtcResolver | None = None
     thesaurus: Thesaurus | None = None
 
@@ -916,16 +917,18 @@ def build_import(
         if rows:
             restricted.append(Restricted(interaction, rows, tuple(generated)))
     covered: list[Coverage] = []
+    overlaps: list[tuple[str, str]] = []
     if default_pack is not None:
-        rules, covered = _apply_coverage(
-            rules, load_coverage_table(), default_pair_sets(default_pack), names, display, slugs
-        )
+        pairs = default_pair_sets(default_pack)
+        rules, covered = _apply_coverage(rules, load_coverage_table(), pairs, names, display, slugs)
+        overlaps = _overlaps(rules.values(), pairs)
     ordered = sorted(rules.values(), key=lambda r: (LEVELS.index(r.level), r.rule_id))
     result = AnsmImport(
         thesaurus.interactions, ordered, unmapped, names, display, slugs, thesaurus.problems
     )
     result.restricted = sorted(restricted, key=lambda r: r.interaction.position)
     result.covered = covered
+    result.overlaps = overlaps
     result.resolver = resolver
     result.thesaurus = thesaurus
     return result
@@ -1054,6 +1057,23 @@ def _apply_coverage(
 def is_derived_key(key: str) -> bool:
     """True for a side made by the generator from a thesaurus name (restricted or narrowed)."""
     return DERIVED_MARK in key
+
+
+def _overlaps(
+    rules: Iterable[GeneratedRule],
+    pairs: Mapping[str, tuple[tuple[str, AtcSet], tuple[str, AtcSet]]],
+) -> list[tuple[str, str]]:
+    """(default rule, ANSM rule) pairs that one pair of substance codes may both raise: the
+    default rule's other conditions (same class, curative dose...) are not read."""
+    found: list[tuple[str, str]] = []
+    for default_rule, ((_, p_set), (_, q_set)) in sorted(pairs.items()):
+        for rule in rules:
+            a, b = rule.first.codes, rule.second.codes
+            if (any(p_set.holds_all(x) for x in a) and any(q_set.holds_all(y) for y in b)) or (
+                any(q_set.holds_all(x) for x in a) and any(p_set.holds_all(y) for y in b)
+            ):
+                found.append((default_rule, rule.rule_id))
+    return sorted(found)
 
 
 def _base_key(key: str) -> str:
@@ -1315,6 +1335,7 @@ def render_report(result: AnsmImport) -> str:
         )
     lines += ["", f"CI + AD mapping rate: {result.rate(('ci', 'ad')):.1%} (target 90 %).", ""]
     lines += _problem_lines(result) + _restricted_lines(result) + _coverage_lines(result)
+    lines += _overlap_lines(result)
     lines += _unmapped_name_lines(result) + _partial_class_lines(result)
     lines += _form_lines(result) + _unmapped_entry_lines(result)
     return "\n".join(lines) + "\n"
@@ -1404,6 +1425,23 @@ def _coverage_lines(result: AnsmImport) -> list[str]:
         lines.append(
             f"| `{item.rule_id}` | `{item.default_rule}` ({sets}) | {ids} | {_cell(item.basis)} |"
         )
+    return [*lines, ""]
+
+
+def _overlap_lines(result: AnsmImport) -> list[str]:
+    if not result.overlaps:
+        return []
+    levels = {r.rule_id: r.sensitivity for r in result.rules}
+    lines = [
+        "Pairs of substances both packs may still raise (not in `ansm_default_coverage.csv`:",
+        "another problem, or the default rule's condition - same class, curative dose - decides;",
+        "for review):",
+        "",
+        "| default rule | ANSM rule | ANSM level |",
+        "|---|---|---:|",
+    ]
+    for default_rule, rule_id in result.overlaps:
+        lines.append(f"| `{default_rule}` | `{rule_id}` | {levels[rule_id]} |")
     return [*lines, ""]
 
 
