@@ -1,8 +1,10 @@
 """The data-quality report a pharmacist and an interface engineer read before trusting alerts.
 
 Counts per fact kind, unmapped codes with their frequency, unknown units, implausible values
-(limits in ``plausibility.csv``), orders without dose or frequency, patients without weight or
-creatinine, and — when given — the ingest outcome (messages per status, errors).
+(limits in ``plausibility.csv``), orders without dose or frequency, combination products whose
+composition is unknown (their dose is credited to no substance: daily doses and MME are lower
+bounds), patients without weight or creatinine, and — when given — the ingest outcome
+(messages per status, errors).
 
 Drug lines (orders and administrations) are counted per feed by where their ATC code came from:
 the code tables, the fallback from the drug's name (an ``atc_from_name`` flag), or nowhere; the
@@ -22,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vigie.engine.derived import is_combination_code
 from vigie.facts import (
     FACT_KINDS,
     AnyFact,
@@ -65,6 +68,7 @@ class QualityReport:
     orders_without_frequency: int = 0
     orders_without_atc: int = 0
     orders_without_route: int = 0
+    orders_without_composition: int = 0  # a combination code, no ingredients: doses not split
     drug_mapping: list[dict[str, Any]] = field(default_factory=list)
     mapped_by_name: list[dict[str, Any]] = field(default_factory=list)
     patients_without_weight: int = 0
@@ -86,7 +90,8 @@ class _Noted:
     unmapped: tuple[str | None, str | None, str | None] | None = None  # system, code, display
     unknown_unit: tuple[str | None, str | None] | None = None  # concept, unit as sent
     implausible: dict[str, Any] | None = None  # the row the report lists
-    order_gaps: tuple[bool, bool, bool, bool] | None = None  # no dose, frequency, ATC, route
+    # no dose, frequency, ATC, route; a combination product's code without its composition
+    order_gaps: tuple[bool, bool, bool, bool, bool] | None = None
     measured: str | None = None  # weight or creatinine with a value
     without_number: str | None = None  # a lab without number: positive, negative or unread
     drug_mapping: tuple[str, str] | None = None  # feed, "code" / "name" / "none" (drug lines)
@@ -141,6 +146,7 @@ class QualityTally:
                 fact.frequency_per_day is None,
                 fact.atc is None,
                 fact.route is None,
+                not fact.ingredients and is_combination_code(fact.atc),
             )
         if isinstance(fact, MedicationOrder | MedicationAdministration):
             self._note_drug_mapping(noted, fact)
@@ -187,6 +193,7 @@ class QualityTally:
             orders_without_frequency=sum(gaps[1] for gaps in orders),
             orders_without_atc=sum(gaps[2] for gaps in orders),
             orders_without_route=sum(gaps[3] for gaps in orders),
+            orders_without_composition=sum(gaps[4] for gaps in orders),
             drug_mapping=_drug_mapping(noted),
             mapped_by_name=_mapped_by_name(noted, self.limit),
             patients_without_weight=len(patients - _measured(noted["observation"], "weight")),
@@ -402,7 +409,8 @@ def render_text(report: QualityReport) -> str:
     lines.append(
         f"Orders without dose: {r.orders_without_dose:,}; "
         f"without frequency: {r.orders_without_frequency:,}; "
-        f"without ATC: {r.orders_without_atc:,}; without route: {r.orders_without_route:,}"
+        f"without ATC: {r.orders_without_atc:,}; without route: {r.orders_without_route:,}; "
+        f"combination products without composition: {r.orders_without_composition:,}"
     )
     lines.append(
         f"Patients without weight: {r.patients_without_weight:,}; "

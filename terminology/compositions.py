@@ -8,8 +8,10 @@ Two tables hold it, both with the columns ``system,code,name,atc,amount,unit,per
 - ``compositions_bdpm.csv.gz``: built from the BDPM by ``build_tables.py`` (``composition_rows``)
   for the products of two active substances or more, keyed by CIS and by each CIP13 and CIP7
   of the CIS. ``name`` is the active substance as weighed (the BDPM ``SA`` line:
-  ``PHOSPHATE DE CODÉINE HÉMIHYDRATÉ``), ``atc`` the ATC the BDPM gives the products of that
-  substance alone (codeine: R05DA04), the strength ``amount unit`` per ``per_amount
+  ``PHOSPHATE DE CODÉINE HÉMIHYDRATÉ``; its active moiety, the ``FT`` line, where only that
+  one gives the strength: ``CLAVULANIQUE (ACIDE)`` 62.5 mg), ``atc`` the ATC the BDPM gives
+  most products of that substance alone (paracetamol: N02BE01; empty when none carries one, as
+  for codeine), the strength ``amount unit`` per ``per_amount
   per_unit`` (``per_unit`` empty: per unit of the dose form, a tablet or a capsule);
 - ``compositions_site.csv``: the site formulary's combination products (UCD or local codes),
   read last; a site adds its own in ``site_compositions.csv``, in the folder named by
@@ -68,7 +70,11 @@ _STRENGTH_UNITS = {
 }
 _NUMBER = r"([0-9][0-9  ]*(?:,[0-9]+)?|[0-9]*,[0-9]+)"
 _STRENGTH = re.compile(rf"{_NUMBER}\s*([a-zµ.]+)", re.IGNORECASE)
-_REFERENCE = re.compile(rf"(?:(un|une)|{_NUMBER}\s*(ml|g|l)\b)", re.IGNORECASE)
+_REFERENCE = re.compile(
+    rf"(?:(un|une)\b|{_NUMBER}\s*(ml|millilitres?|g|grammes?|l|litres?)\b|{_NUMBER}\s+[a-zé])",
+    re.IGNORECASE,
+)
+_REFERENCE_UNITS = {"ml": "mL", "millilitre": "mL", "g": "g", "gramme": "g", "l": "L", "litre": "L"}
 
 
 def _number(text: str) -> float:
@@ -86,14 +92,21 @@ def parse_strength(text: str) -> tuple[float, str] | None:
 
 def parse_reference(text: str) -> tuple[float, str | None] | None:
     """What a strength is given for: ``un comprimé`` → (1.0, None) (one unit of the form),
-    ``100 mL de solution`` → (100.0, "mL"); None when the reference is not written."""
+    ``100 mL de solution`` → (100.0, "mL"), ``1 flacon`` → (1.0, None); None when the
+    reference is not written.
+
+    >>> parse_reference("1 litre de solution"), parse_reference("1 flacon de 5 ml")
+    ((1.0, 'L'), (1.0, None))
+    """
     match = _REFERENCE.match(text.strip())
     if match is None:
         return None
     if match.group(1):
         return 1.0, None
-    unit = match.group(3).lower()
-    return _number(match.group(2)), {"ml": "mL", "g": "g", "l": "L"}[unit]
+    if match.group(2):
+        unit = match.group(3).lower().removesuffix("s")
+        return _number(match.group(2)), _REFERENCE_UNITS[unit]
+    return _number(match.group(4)), None
 
 
 class Component(NamedTuple):
@@ -151,7 +164,8 @@ def composition_rows(
     """Rows of ``compositions_bdpm.csv.gz`` from the fields of ``CIS_COMPO_bdpm.txt``.
 
     Only products of two active substances or more (two SA/FT link groups) in one dose form;
-    one row per SA line (the substance as weighed), keyed by the CIS and by each of its
+    one row per SA line (the substance as weighed; its FT, the active moiety, when only the FT
+    gives the strength: amoxicillin/clavulanate), keyed by the CIS and by each of its
     ``cips`` ((system, code) pairs). A substance's ``atc`` comes from its SA code, else from
     the FT (active moiety) of its link group.
     """
@@ -164,14 +178,18 @@ def composition_rows(
     for cis, product in sorted(by_cis.items()):
         if len({line.form for line in product}) != 1 or len({ln.link for ln in product}) < 2:
             continue
-        moiety = {line.link: line.substance_code for line in product if line.nature == "FT"}
+        moieties = {line.link: line for line in product if line.nature == "FT"}
         substances: list[tuple[str, ...]] = []
-        for line in product:
-            if line.nature != "SA":
+        for sa in product:
+            if sa.nature != "SA":
                 continue
-            atc = substance_atc.get(line.substance_code) or substance_atc.get(
-                moiety.get(line.link, ""), ""
+            moiety = moieties.get(sa.link)
+            atc = substance_atc.get(sa.substance_code) or substance_atc.get(
+                moiety.substance_code if moiety else "", ""
             )
+            # The BDPM writes the strength on the SA line, or only on its FT (amoxicillin
+            # trihydrate: 500 mg of amoxicillin anhydrous): then the FT is the ingredient.
+            line = sa if sa.strength or moiety is None or not moiety.strength else moiety
             strength, reference = parse_strength(line.strength), parse_reference(line.reference)
             if strength is None or reference is None:
                 amount = unit = per_amount = per_unit = ""

@@ -23,6 +23,9 @@ def _facts() -> FactSet:
             order("p1", "o1", "N02BE01"),
             order("p2", "o2", None, dose=None),
             order("p3", "o3", "B01AB05", per_day=None),
+            # codeine/paracetamol (N02AJ06: only combination products carry it in the BDPM)
+            # without its composition
+            order("p3", "o4", "N02AJ06"),
         ]
     )
 
@@ -37,6 +40,7 @@ def test_report_finds_each_kind_of_problem() -> None:
     assert report.orders_without_dose == 1 and report.orders_without_frequency == 1
     assert report.orders_without_atc == 1
     assert report.orders_without_route == 0  # route-based rules (IV vancomycin) need it
+    assert report.orders_without_composition == 1  # o4: its mg are paracetamol or codeine?
     assert report.patients_without_weight == 1  # p3
     # p1 has only a (implausible but numeric) creatinine; p3 none
     assert report.patients_without_creatinine == 1

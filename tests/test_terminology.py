@@ -521,3 +521,22 @@ def test_site_compositions_are_the_bdpm_ones_of_the_named_products(terms: Termin
     assert terms.drug_ingredients("UCD", "9147928") == terms.drug_ingredients(
         "UCD", "3400891479287"
     )
+
+
+def test_a_strength_given_on_the_active_moiety_only_is_read_from_it(
+    terms: Terminology, shared_data: Path
+) -> None:
+    # Amoxicillin/clavulanate CIS 60099738: the SA lines (AMOXICILLINE TRIHYDRATÉE, CLAVULANATE
+    # DE POTASSIUM) have no strength; their FT lines (active moieties) have 500 mg and 62,5 mg
+    rows = _compo_rows(shared_data, "60099738")
+    assert {(r[3], r[4], r[6]) for r in rows} == {
+        ("AMOXICILLINE ANHYDRE", "500 mg", "FT"),
+        ("AMOXICILLINE TRIHYDRATÉE", "", "SA"),
+        ("CLAVULANATE DE POTASSIUM", "", "SA"),
+        ("CLAVULANIQUE (ACIDE)", "62,5 mg", "FT"),
+    }
+    found = terms.drug_ingredients("CIS", "60099738")
+    assert {(i.name, i.amount, i.unit) for i in found} == {
+        ("AMOXICILLINE ANHYDRE", 500.0, "mg"),
+        ("CLAVULANIQUE (ACIDE)", 62.5, "mg"),
+    }
