@@ -328,6 +328,8 @@ def _product_per_dose(
                     f"{_show(dose)} {dose_unit} read as {lead.name} "
                     f"({_show(units)} × {_show(lead.amount or 0)} {lead.unit})"
                 )
+                if lead.per_unit in _VOLUMES:  # volumes are compared in mL
+                    return units * lead.per_amount * _VOLUMES[lead.per_unit], "mL", reading
                 return units * lead.per_amount, lead.per_unit, reading
         written = ", ".join(f"{i.name} {_show(s)} {mass[1]}" for s, i in strengths)
         return None, None, f"{_show(dose)} {dose_unit} matches no strength ({written})"

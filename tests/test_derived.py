@@ -216,6 +216,14 @@ def test_a_dose_in_dose_units_reaches_each_ingredient_through_its_strength() -> 
         Ingredient(name="X", amount=1, unit="g", per_amount=100, per_unit="mL"),
     ]
     assert per_day(ingredient_doses(syrup, 5, "mL", 15))["CODÉINE"] == pytest.approx(12.0)
+    # a mass dose of one ingredient given per litre: 2 g of glucose at 50 g/L is 40 mL, so
+    # 0.16 g of potassium chloride at 4 g/L
+    infusion = [
+        Ingredient(name="GLUCOSE", amount=50, unit="g", per_amount=1, per_unit="L"),
+        Ingredient(name="KCl", amount=4, unit="g", per_amount=1, per_unit="L"),
+    ]
+    doses = {d.ingredient.name: d.per_dose for d in ingredient_doses(infusion, 2, "g", 2)}
+    assert doses == {"GLUCOSE": pytest.approx(2000.0), "KCl": pytest.approx(160.0)}
     # a strength unknown, a dose unknown, a rate: unknown, never guessed
     unknown = [Ingredient(name="A"), PARACETAMOL]
     assert per_day(ingredient_doses(unknown, 2, "tablet", 8)) == {
