@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from vigie.errors import VigieError
+
 __all__ = [
     "CATALOGUE",
     "UNSTATED_WINDOWS_HOURS",
@@ -70,7 +72,7 @@ _CURSOR = re.compile(
 _COLUMNS = ("id", "situation", "problem → intervention", "severity", "cursors", "source")
 
 
-class CatalogueError(ValueError):
+class CatalogueError(VigieError, ValueError):
     """The catalogue does not say what was asked, or a table row is not as expected."""
 
 

@@ -131,7 +131,10 @@ PROPERTY_UNITS: dict[str, set[str]] = {
     "Presence": {""},  # qualitative: a bare number has no unit to imply
 }
 
-_LOINC_SHAPE = re.compile(r"(?<![\d.-])\d{1,7}-\d(?![\d.-])")
+_LOINC_SHAPE = re.compile(r"(?<![\w.-])\d{1,7}-\d(?![\d.-])")
+# LOINC answer codes (LA6576-8 Positive) and answer lists (LL360-9): another number space,
+# whose check digit is not the Mod 10 of a test code; checked for shape only.
+_LOINC_ANSWER = re.compile(r"^L[AL][1-9]\d{0,6}-\d$")
 
 
 def _table_files() -> list[Path]:
@@ -257,6 +260,9 @@ def test_tables_carry_loinc_codes() -> None:
 
 @pytest.mark.parametrize(("file", "code", "concept"), _table_loincs())
 def test_table_loinc_well_formed(file: str, code: str, concept: str) -> None:
+    if code.startswith(("LA", "LL")):
+        assert _LOINC_ANSWER.match(code), f"{file}: {code} is not a LOINC answer code"
+        return
     assert is_valid_loinc(code), f"{file}: {code} ({concept or 'comment'}) is not a valid LOINC"
 
 
