@@ -1294,6 +1294,9 @@ def _message(rule: GeneratedRule) -> str:
     if rule.info:
         text = f"{rule.info.rstrip('. ')}. {rule.mechanism}" if rule.mechanism else rule.info
     condition = " sous conditions (à vérifier)" if rule.conditional else ""
+    # A level's part of a split text starts where its heading ended ("Contre-indication :\n- avec
+    # le citalopram..."): no second colon or bare dash after the level's own label.
+    text = text.lstrip(" :-\n")
     return f"{rule.level.label}{condition} (ANSM) : {_truncate(text, MESSAGE_LIMIT)}"
 
 
