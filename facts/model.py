@@ -107,6 +107,8 @@ class FlagCode(StrEnum):
     MISSING_FREQUENCY = "missing_frequency"
     NON_NUMERIC_VALUE = "non_numeric_value"
     ATC_FROM_NAME = "atc_from_name"  # drug code unmapped; ATC found from the label's substances
+    # dose in tablets (or no unit) or mL read as the substance amount through the strength
+    DOSE_FROM_STRENGTH = "dose_from_strength"
 
 
 class Flag(_Frozen):

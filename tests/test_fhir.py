@@ -211,14 +211,13 @@ def orders(validated: dict[Path, Loaded], name: str) -> list[MedicationOrder]:
 
 
 def test_methotrexate_weekly(validated: dict[Path, Loaded]) -> None:
+    # "METHOTREXATE 10 mg comprimé", 2 comprimés a week: 2 x 10 mg through the label's strength
     (tablets,) = orders(validated, "Bundle-HAS-06-1-Presc-Methotrexate.json")
-    assert (tablets.dose, tablets.dose_unit, tablets.original_dose_unit) == (
-        2,
-        "tablet",
-        "comprimé",
-    )
+    assert (tablets.dose, tablets.dose_unit) == (20, "mg")
+    assert (tablets.original_dose, tablets.original_dose_unit) == ("2", "comprimé")
+    assert [f.code for f in tablets.flags] == [FlagCode.DOSE_FROM_STRENGTH]
     assert tablets.frequency_per_day == pytest.approx(1 / 7)
-    assert tablets.daily_dose == pytest.approx(2 / 7)
+    assert tablets.daily_dose == pytest.approx(20 / 7)
     assert tablets.atc == "L04AX03"
     (milligrams,) = orders(validated, "Bundle-HAS-06-2-Presc-Methotrexate.json")
     assert (milligrams.dose, milligrams.dose_unit) == (20, "mg")

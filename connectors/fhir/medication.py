@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from vigie.connectors.compositions import code_ingredients
+from vigie.connectors.dose_strength import dose_by_strength, label_strength
 from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.fhir.fast import (
     EntryProblem,
@@ -66,6 +67,7 @@ class _Drug(NamedTuple):
     is_ingredient: bool = False
     flags: tuple[Flag, ...] = ()
     ingredients: tuple[Ingredient, ...] = ()  # of a combination product, read from its label
+    strength: Ingredient | None = None  # of a single-substance product (``dose_strength``)
 
 
 def _drug_from_concept(
@@ -99,7 +101,11 @@ def _drug_from_concept(
     # The composition tables (BDPM, site formulary) know a product's code better than its label.
     coded = code_ingredients(terminology, ((c.system, c.code) for c in codings))
     ingredients = coded or ingredients
-    return _Drug(codings[0], atc, label, suffix, bool(suffix), flags, ingredients)
+    strength = None
+    if not ingredients and not suffix:
+        labels = [text, *(c.display for c in codings)]
+        strength = label_strength(terminology, labels, atc=atc, source=_label_source(codings))
+    return _Drug(codings[0], atc, label, suffix, bool(suffix), flags, ingredients, strength)
 
 
 def _label_source(codings: list[Coding]) -> str:
@@ -155,8 +161,10 @@ def _medication_drugs(entry: ResourceEntry, medication: dict[str, Any]) -> list[
     if drug is not None:
         stated = _stated_ingredients(entry, medication, path)
         complete = all(i.amount is not None for i in stated)
-        if stated and (complete or not drug.ingredients):
-            drug = drug._replace(ingredients=stated)
+        if len(stated) >= 2 and (complete or not drug.ingredients):
+            drug = drug._replace(ingredients=stated, strength=None)
+        elif len(stated) == 1 and complete and not drug.ingredients:
+            drug = drug._replace(strength=stated[0])  # the message's strength wins the label's
         return [drug]
     drugs = []
     for index, (item_path, ingredient) in enumerate(_objects(medication, "ingredient", path)):
@@ -172,10 +180,11 @@ def _medication_drugs(entry: ResourceEntry, medication: dict[str, Any]) -> list[
 def _stated_ingredients(
     entry: ResourceEntry, medication: dict[str, Any], path: str
 ) -> tuple[Ingredient, ...]:
-    """The active ingredients a coded Medication states with their ``strength`` (a Ratio), for
-    a combination product (two or more; source ``fhir-ingredient``). With every strength given
-    they win over the tables (the message describes the product given); without, the tables'
-    composition of the code is kept when there is one."""
+    """The active ingredients a coded Medication states with their ``strength`` (a Ratio;
+    source ``fhir-ingredient``). For a combination product (two or more), with every strength
+    given they win over the tables (the message describes the product given); without, the
+    tables' composition of the code is kept when there is one. One ingredient with its strength
+    is a single-substance product's strength (``dose_strength``)."""
     found = []
     for item_path, item in _objects(medication, "ingredient", path):
         if _boolean(item, "isActive", item_path) is False:
@@ -196,7 +205,7 @@ def _stated_ingredients(
             (a for c in codings if (a := entry.terminology.drug_atc(c.system, c.code))), None
         )
         found.append(_ingredient(name, atc, _obj(item, "strength", item_path), item_path))
-    return tuple(found) if len(found) >= 2 else ()
+    return tuple(found)
 
 
 def _ingredient(
@@ -565,6 +574,11 @@ def _order(
         "daily_dose": dosing.daily_dose,
     }
     flags = drug.flags + dosing.flags
+    by_strength = dose_by_strength(dosing.dose, dosing.dose_unit, dosing.daily_dose, drug.strength)
+    if by_strength is not None:  # a count of tablets (or mL) read as the substance's amount
+        dose_fields["dose"], dose_fields["dose_unit"] = by_strength.dose, by_strength.dose_unit
+        dose_fields["daily_dose"] = by_strength.daily_dose
+        flags += (flag(by_strength.flag.code, by_strength.flag.detail),)
     if drug.is_ingredient:  # the dose given is the whole preparation's, not this ingredient's
         dose_fields = {key: None for key in dose_fields}
         if not any(remark.code is FlagCode.MISSING_DOSE for remark in flags):
