@@ -68,6 +68,7 @@ from vigie.connectors.base import (
     key_problem,
 )
 from vigie.connectors.compositions import code_ingredients
+from vigie.connectors.dose_strength import dose_by_strength, label_strength
 from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.labs import Reading, decimal_point_or_comma, match_code, normalise
 from vigie.facts import (
@@ -578,6 +579,7 @@ def _read_order_line(
                 common,
                 posology,
                 applies=_posology_applies(component, components),
+                alone=len(components) == 1,
             )
         )
 
@@ -664,6 +666,7 @@ def _order(
     posology: _Posology,
     *,
     applies: bool,
+    alone: bool = True,
 ) -> MedicationOrder:
     drug = _drug(context, component)
     flags: list[Flag] = []
@@ -699,6 +702,18 @@ def _order(
                 detail="no daily frequency could be read from the posology",
             )
         )
+    ingredients = code_ingredients(context.terminology, [(drug.system, drug.code)]) or (
+        by_name.ingredients if by_name is not None else ()
+    )
+    value, unit, daily = dose.value, dose.unit, dose.daily
+    if alone and not ingredients:  # a component of a mixture is dosed by the mixture's volume
+        strength = label_strength(
+            context.terminology, [drug.display or common.label], atc=atc, source="label"
+        )
+        by_strength = dose_by_strength(value, unit or None, daily, strength)
+        if by_strength is not None:  # tablets (or mL) of one substance: its amount
+            value, unit, daily = by_strength.dose, by_strength.dose_unit, by_strength.daily_dose
+            flags.append(by_strength.flag)
     return MedicationOrder(
         fact_id=fact_id,
         patient_id=patient.patient_id,
@@ -708,13 +723,13 @@ def _order(
         drug=drug,
         atc=atc,
         label=drug.display or common.label,
-        dose=dose.value,
-        dose_unit=dose.unit,
+        dose=value,
+        dose_unit=unit,
         original_dose=dose.original_value,
         original_dose_unit=dose.original_unit,
         frequency_per_day=dose.per_day,
         frequency_text="; ".join(filter(None, [dose.text, common.links])) or None,
-        daily_dose=dose.daily,
+        daily_dose=daily,
         as_needed=dose.as_needed,
         route=common.route,
         original_route=common.route_code,
@@ -723,8 +738,7 @@ def _order(
         status=common.status,
         prescriber=common.prescriber,
         flags=tuple(flags),
-        ingredients=code_ingredients(context.terminology, [(drug.system, drug.code)])
-        or (by_name.ingredients if by_name is not None else ()),
+        ingredients=ingredients,
     )
 
 

@@ -153,8 +153,11 @@ def test_french_orders(french: TabularConnector) -> None:
     assert (ramipril.atc, ramipril.route, ramipril.original_route) == ("C09AA05", "oral", "per os")
     assert (ramipril.dose, ramipril.dose_unit, ramipril.daily_dose) == (5.0, "mg", 5.0)
     fluindione = by_id["100232-1"]  # site table code, decimal comma, dose unit table
-    assert (fluindione.atc, fluindione.dose, fluindione.dose_unit) == ("B01AA12", 0.75, "tablet")
-    assert (fluindione.original_dose, fluindione.status) == ("0,75", "on-hold")
+    # "FLUINDIONE 20 mg cp séc", 0,75 cp: 15 mg through the label's strength
+    assert (fluindione.atc, fluindione.dose, fluindione.dose_unit) == ("B01AA12", 15, "mg")
+    assert (fluindione.original_dose, fluindione.original_dose_unit) == ("0,75", "cp")
+    assert [f.code for f in fluindione.flags] == [FlagCode.DOSE_FROM_STRENGTH]
+    assert fluindione.status == "on-hold"
     methotrexate = by_id["100232-2"]
     assert methotrexate.frequency_per_day == pytest.approx(1 / 7, rel=1e-5)
     assert methotrexate.label == "METHOTREXATE 2,5 mg cp"  # quoted cell, comma kept

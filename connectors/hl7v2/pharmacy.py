@@ -22,6 +22,7 @@ from typing import Any
 
 from vigie.connectors.base import FeedError
 from vigie.connectors.compositions import code_ingredients
+from vigie.connectors.dose_strength import dose_by_strength, label_strength
 from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.hl7v2.clinical import Context, visit_number
 from vigie.connectors.hl7v2.message import NUMBER_FORMAT, SegmentRef, parse_number
@@ -212,6 +213,15 @@ def _load_order(ctx: Context, group: _OrderGroup, encoded: SegmentRef, used: set
     if not ingredients:  # a combination's text (RXE-2.2) names its substances and strengths
         label = label_drug(ctx.terminology, [drug.display], atc=atc, codes="")
         ingredients = label.ingredients if label is not None else ()
+    dose_unit = ctx.terminology.canonical_unit(unit_text) if unit_text else None
+    daily = dose * timing.per_day if dose is not None and timing.per_day else None
+    if not ingredients:  # one substance: a count of tablets (or mL) is read as its amount
+        texts = [drug.display, message.value(encoded, code_field, 5)]
+        strength = label_strength(ctx.terminology, texts, atc=atc, source="label")
+        by_strength = dose_by_strength(dose, dose_unit, daily, strength)
+        if by_strength is not None:
+            dose, dose_unit, daily = by_strength.dose, by_strength.dose_unit, by_strength.daily_dose
+            flags.append(by_strength.flag)
     ctx.add(
         MedicationOrder,
         encoded,
@@ -224,12 +234,12 @@ def _load_order(ctx: Context, group: _OrderGroup, encoded: SegmentRef, used: set
         atc=atc,
         label=drug.display,
         dose=dose,
-        dose_unit=ctx.terminology.canonical_unit(unit_text) if unit_text else None,
+        dose_unit=dose_unit,
         original_dose=original_dose,
         original_dose_unit=unit_text or None,
         frequency_per_day=timing.per_day,
         frequency_text=timing.pattern,
-        daily_dose=dose * timing.per_day if dose is not None and timing.per_day else None,
+        daily_dose=daily,
         as_needed=timing.as_needed,
         route=route,
         original_route=original_route,

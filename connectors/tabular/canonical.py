@@ -126,10 +126,14 @@ def _order_row(fact: MedicationOrder, term: Terminology) -> dict[str, Any]:
     original_route = fact.original_route
     if original_route and term.route(None, original_route) != fact.route:
         original_route = None
-    return _drug_row(fact) | {
+    # A dose read through the product's strength is derived: written as received (tablets, or
+    # a bare number), the reader reads it again through the label, flagged the same way.
+    by_strength = any(flag.code is FlagCode.DOSE_FROM_STRENGTH for flag in fact.flags)
+    dose = fact.original_dose if by_strength else _as_written(fact.original_dose, fact.dose)
+    row = _drug_row(fact) | {
         "order_id": fact.order_id,
         "stay_id": fact.stay_id,
-        "dose": _as_written(fact.original_dose, fact.dose),
+        "dose": dose,
         "frequency_per_day": fact.frequency_per_day,
         "frequency_text": fact.frequency_text,
         "as_needed": fact.as_needed,
@@ -138,6 +142,9 @@ def _order_row(fact: MedicationOrder, term: Terminology) -> dict[str, Any]:
         "end": fact.end,
         "prescriber": fact.prescriber,
     }
+    if by_strength:
+        row["dose_unit"] = fact.original_dose_unit
+    return row
 
 
 def _administration_row(fact: MedicationAdministration, term: Terminology) -> dict[str, Any]:

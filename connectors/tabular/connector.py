@@ -116,6 +116,7 @@ from vigie.connectors.base import (
     key_problem,
 )
 from vigie.connectors.compositions import code_ingredients
+from vigie.connectors.dose_strength import dose_by_strength, label_strength
 from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.labs import CodeMatch, Reading, ReferenceRange, match_code, normalise
 from vigie.connectors.tabular.canonical import CANONICAL_FILES, write_canonical_csv
@@ -659,6 +660,15 @@ def _order(row: _Row) -> MedicationOrder:
     dose, dose_unit, dose_flags = _dose(row)
     per_day, frequency_flags = _frequency(row)
     route, original_route, route_flags = _route(row)
+    daily = dose * per_day if dose is not None and per_day is not None else None
+    ingredients = code_ingredients(row.terminology, [(drug.system, drug.code)])
+    if not ingredients and dose is not None:  # one substance: tablets (or mL) as its amount
+        strength = label_strength(row.terminology, [drug.display], atc=atc, source="label")
+        unit = row.terminology.canonical_unit(dose_unit) if dose_unit else None
+        by_strength = dose_by_strength(dose, unit, daily, strength)
+        if by_strength is not None:
+            dose, dose_unit, daily = by_strength.dose, by_strength.dose_unit, by_strength.daily_dose
+            dose_flags = [*dose_flags, by_strength.flag]
     fields = _given(
         stay_id=row.text("stay_id"),
         atc=atc,
@@ -669,7 +679,7 @@ def _order(row: _Row) -> MedicationOrder:
         original_dose_unit=row.cell_text("dose_unit"),
         frequency_per_day=per_day,
         frequency_text=row.text("frequency_text"),
-        daily_dose=dose * per_day if dose is not None and per_day is not None else None,
+        daily_dose=daily,
         as_needed=row.flag("as_needed"),
         route=route,
         original_route=original_route,
@@ -686,7 +696,7 @@ def _order(row: _Row) -> MedicationOrder:
         flags=flags,
         order_id=order_id,
         drug=drug,
-        ingredients=code_ingredients(row.terminology, [(drug.system, drug.code)]),
+        ingredients=ingredients,
         **fields,
     )
 
