@@ -22,7 +22,8 @@ and English spellings brought together (a final ``e`` dropped: ``atorvastatine``
 is left (``chlorure de potassium``). US adopted names that differ from the INN (acetaminophen,
 albuterol, epinephrine...) go through ``drugs_names_aliases.csv``; the few substances whose
 BDPM products carry no ATC code at all are listed with their WHO ATC code in
-``drugs_names_who.csv``.
+``drugs_names_who.csv`` and, for the substances of the ANSM thesaurus (digoxin, warfarin...),
+``drugs_names_who_ansm.csv``.
 
 >>> label = parse_label("Acetaminophen 325 MG / Oxycodone Hydrochloride 5 MG Oral Tablet")
 >>> [(i.name, i.amount, i.unit) for i in label.ingredients], label.route
@@ -57,6 +58,9 @@ __all__ = [
 NAMES_TABLE = "drugs_names.csv"
 ALIASES_TABLE = "drugs_names_aliases.csv"
 WHO_TABLE = "drugs_names_who.csv"
+# The ANSM pack's substances reviewed against the WHO ATC index, one code each (a copy kept equal
+# to rules/packs/ansm_substances.csv by tests/test_drug_names.py).
+WHO_ANSM_TABLE = "drugs_names_who_ansm.csv"
 COMBINATION = " + "  # joins the sorted keys of a combination's substances in the table
 
 # Words of a name that are no part of the substance: French articles, salts, hydrates, esters
@@ -480,7 +484,8 @@ class DrugNames:
             key = row["key"]
             self._choices[key].append(_Choice(row["atc"], row["route"], int(row["products"])))
             self._names.setdefault(key, row["name"])
-        for row in _rows(WHO_TABLE, directory):
+        who_rows = [*_rows(WHO_TABLE, directory), *_rows(WHO_ANSM_TABLE, directory)]
+        for row in who_rows:
             key = COMBINATION.join(sorted(name_key(part) for part in row["name"].split(" + ")))
             if key not in self._choices:  # the BDPM wins where it has the substance
                 self._choices[key].append(_Choice(row["atc"].strip().upper(), "", 1))

@@ -208,6 +208,13 @@ def test_salts_that_change_the_substance_are_kept() -> None:
         ("PARACETAMOL BIOGARAN 1000 mg, comprimé", "N02BE01"),
         ("PARACETAMOL/CODEINE 500 mg/30 mg, comprimé", "N02AJ06"),
         ("METFORMINE 850 mg, comprimé pelliculé", "A10BA02"),
+        # substances whose BDPM products carry no ATC, known from the ANSM thesaurus's substances
+        # reviewed against the WHO index (WHO ATC: digoxin C01AA05, warfarin B01AA03,
+        # fexofenadine R06AX26)
+        ("Digoxin 0.125 MG Oral Tablet", "C01AA05"),
+        ("Warfarin Sodium 5 MG Oral Tablet", "B01AA03"),
+        ("Fexofenadine hydrochloride 30 MG Oral Tablet", "R06AX26"),
+        ("DIGOXINE NATIVELLE 0,25 mg, comprimé", "C01AA05"),
     ],
 )
 def test_name_gives_the_who_atc(terms: Terminology, label: str, atc: str) -> None:
@@ -241,6 +248,17 @@ def test_who_supplement_only_holds_what_the_bdpm_lacks() -> None:
     for row in read_rows("drugs_names_who.csv"):
         key = " + ".join(sorted(name_key(part) for part in row["name"].split(" + ")))
         assert key not in bdpm, f"drugs_names_who.csv: {row['name']} is in the BDPM table"
+
+
+def test_who_rows_of_the_ansm_substances_are_copied_unchanged() -> None:
+    """drugs_names_who_ansm.csv is the single-code WHO rows of the ANSM pack's reviewed table."""
+    packs = Path(__file__).resolve().parents[1] / "rules" / "packs"
+    wanted = [
+        (row["substance"], row["atc"])
+        for row in read_rows("ansm_substances.csv", packs)
+        if len(row["atc"].split()) == 1 and row["basis"].startswith("WHO ATC index")
+    ]
+    assert [(r["name"], r["atc"]) for r in read_rows("drugs_names_who_ansm.csv")] == wanted
 
 
 def test_name_tables_are_not_read_as_code_tables(terms: Terminology) -> None:
