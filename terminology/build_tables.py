@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m connectors.terminology.build_tables ../shared/data/bdpm [output_dir]
+    python -m vigie.terminology.build_tables ../shared/data/bdpm [output_dir]
 
 Reads the ANSM public drug database (BDPM) text files — tab-separated, no header — and writes:
 
@@ -262,7 +262,7 @@ def build(bdpm: Path, output: Path = OUTPUT_DIR) -> dict[str, int]:
     """Build the BDPM tables; returns the row count of each file."""
     with_basis = cis_atc_with_basis(bdpm)
     atc_of = {cis: atc for cis, (atc, _) in with_basis.items()}
-    regenerate = "Regenerate with: python -m connectors.terminology.build_tables <bdpm dir>"
+    regenerate = "Regenerate with: python -m vigie.terminology.build_tables <bdpm dir>"
     counts = {
         "drugs_bdpm_cis.csv.gz": write_table(
             output / "drugs_bdpm_cis.csv.gz",
