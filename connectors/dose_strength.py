@@ -39,12 +39,15 @@ from typing import NamedTuple
 from vigie.connectors.drug_labels import NameLookup
 from vigie.facts import Flag, FlagCode
 from vigie.facts.model import Ingredient
+from vigie.terminology.compositions import combination_atc_codes
+from vigie.terminology.names import parse_label
 
 __all__ = [
     "DOSE_FORM_UNITS",
     "MAX_BARE_COUNT",
     "StrengthDose",
     "dose_by_strength",
+    "is_plain_strength",
     "label_strength",
 ]
 
@@ -64,8 +67,10 @@ DOSE_FORM_UNITS = frozenset(
 )
 # Volumes a concentration is given per (mL per unit).
 _VOLUMES = {"mL": 1.0, "L": 1000.0}
-# Strength units a dose can be expressed in (MedicationOrder.dose_unit's canonical amounts).
-_AMOUNT_UNITS = frozenset({"mg", "µg", "g", "IU"})
+# Strength units a dose can be expressed in (MedicationOrder.dose_unit's canonical amounts),
+# with the UCUM spellings a FHIR strength may use.
+_AMOUNT_UNITS = {"mg": "mg", "µg": "µg", "ug": "µg", "mcg": "µg", "g": "g", "IU": "IU"}
+_AMOUNT_UNITS |= {"[iU]": "IU", "[IU]": "IU", "UI": "IU"}
 MAX_BARE_COUNT = 10.0
 
 
@@ -82,6 +87,22 @@ def _show(value: float) -> str:
     return f"{round(value, 6):g}"
 
 
+def is_plain_strength(strength: Ingredient) -> bool:
+    """A strength a dose can be read through: a positive amount in mg, µg, g or IU, per unit
+    of the dose form or per a volume. A name that ends in a number is refused: the strength may
+    have been cut at a thousands separator (``VITAMINE D 100 000 UI`` read as ``100`` + ``0``).
+    """
+    words = strength.name.split()
+    return (
+        strength.amount is not None
+        and strength.amount > 0
+        and strength.unit in _AMOUNT_UNITS
+        and strength.per_amount > 0
+        and (strength.per_unit is None or strength.per_unit in _VOLUMES)
+        and not (words and words[-1].isdigit())
+    )
+
+
 def label_strength(
     terminology: NameLookup, labels: Iterable[str | None], *, atc: str | None, source: str
 ) -> Ingredient | None:
@@ -89,10 +110,14 @@ def label_strength(
 
     The first label naming known substances decides: it must name exactly one, with a
     strength; when the line's ``atc`` and the substance's are both known they must agree (a
-    label naming another substance than the code is not read).
+    label naming another substance than the code is not read). A label whose name is not known
+    (a brand, a misspelling: ``Lasix 40mg``, ``Simvistatin 10 MG``) gives its one strength
+    when the line's code gives a single-substance ATC (seven characters, not a code of
+    combination products): the code says what the substance is, the label how much.
     """
-    for label in labels:
-        match = terminology.drug_by_name(label) if label else None
+    texts = [label for label in labels if label]
+    for label in texts:
+        match = terminology.drug_by_name(label)
         if match is None:
             continue
         if len(match.ingredients) != 1:
@@ -104,6 +129,24 @@ def label_strength(
         return Ingredient(
             name=written.name,
             atc=found.atc or atc,
+            amount=written.amount,
+            unit=written.unit,
+            per_amount=written.per_amount,
+            per_unit=written.per_unit,
+            source=source,
+        )
+    if atc is None or len(atc) != 7 or atc in combination_atc_codes():
+        return None
+    for label in texts:
+        parsed = parse_label(label)
+        if parsed is None:
+            continue
+        if len(parsed.ingredients) != 1 or parsed.ingredients[0].amount is None:
+            return None
+        written = parsed.ingredients[0]
+        return Ingredient(
+            name=written.name,
+            atc=atc,
             amount=written.amount,
             unit=written.unit,
             per_amount=written.per_amount,
@@ -137,8 +180,9 @@ def dose_by_strength(
     """
     if dose is None or strength is None or strength.amount is None:
         return None
-    if strength.unit not in _AMOUNT_UNITS or strength.per_amount <= 0:
+    if not is_plain_strength(strength):
         return None
+    unit = _AMOUNT_UNITS[strength.unit or ""]
     if strength.per_unit is None:  # per unit of the dose form
         if dose_unit is None:
             if dose > MAX_BARE_COUNT or (dose == strength.amount and dose != 1):
@@ -168,8 +212,8 @@ def dose_by_strength(
         daily = daily_dose
     detail = (
         f"{reading} × {strength.name} {_show(strength.amount)} {strength.unit}/{per} "
-        f"[{strength.source or 'strength'}] = {_show(per_dose)} {strength.unit}"
+        f"[{strength.source or 'strength'}] = {_show(per_dose)} {unit}"
     )
     return StrengthDose(
-        per_dose, strength.unit, daily, Flag(code=FlagCode.DOSE_FROM_STRENGTH, detail=detail)
+        per_dose, unit, daily, Flag(code=FlagCode.DOSE_FROM_STRENGTH, detail=detail)
     )

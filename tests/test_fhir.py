@@ -227,7 +227,9 @@ def test_methotrexate_weekly(validated: dict[Path, Loaded]) -> None:
 def test_enoxaparin_ucd_edqm_route_and_unit(validated: dict[Path, Loaded]) -> None:
     (order,) = orders(validated, "Bundle-HAS-29-Presc-LOVENOX.json")
     assert order.drug.code == "3400892669465" and order.atc == "B01AB05"  # UCD
-    assert (order.dose, order.dose_unit, order.frequency_per_day) == (1, "syringe", 1)
+    # "LOVENOX 6000UI SRG0,6ML +ERIS", 1 syringe: 6000 IU through the label's strength
+    assert (order.dose, order.dose_unit, order.frequency_per_day) == (6000, "IU", 1)
+    assert (order.original_dose, order.original_dose_unit) == ("1", "Seringue")
     assert (order.route, order.original_route) == ("sc", "Voie sous-cutanée")
 
 

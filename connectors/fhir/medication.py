@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from vigie.connectors.compositions import code_ingredients
-from vigie.connectors.dose_strength import dose_by_strength, label_strength
+from vigie.connectors.dose_strength import dose_by_strength, is_plain_strength, label_strength
 from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.fhir.fast import (
     EntryProblem,
@@ -163,7 +163,7 @@ def _medication_drugs(entry: ResourceEntry, medication: dict[str, Any]) -> list[
         complete = all(i.amount is not None for i in stated)
         if len(stated) >= 2 and (complete or not drug.ingredients):
             drug = drug._replace(ingredients=stated, strength=None)
-        elif len(stated) == 1 and complete and not drug.ingredients:
+        elif len(stated) == 1 and is_plain_strength(stated[0]) and not drug.ingredients:
             drug = drug._replace(strength=stated[0])  # the message's strength wins the label's
         return [drug]
     drugs = []
