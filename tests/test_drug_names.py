@@ -280,11 +280,16 @@ def test_fhir_falls_back_to_the_name_after_the_code_tables() -> None:
     orders = _orders(validate=True)
     amlodipine = orders["197361"]
     assert amlodipine.atc == "C08CA01" and amlodipine.ingredients == ()
-    assert [f.code for f in amlodipine.flags] == [FlagCode.ATC_FROM_NAME]
+    # the dose (1, no unit) is read through the label's strength (tests/test_dose_strength.py)
+    assert [f.code for f in amlodipine.flags] == [
+        FlagCode.ATC_FROM_NAME,
+        FlagCode.DOSE_FROM_STRENGTH,
+    ]
     assert "RXNORM|197361" in amlodipine.flags[0].detail
     assert "amlodipine 5 MG Oral Tablet" in amlodipine.flags[0].detail
-    lisinopril = orders["314076"]  # in drugs_rxnorm.csv: by code, no flag
-    assert lisinopril.atc == "C09AA03" and lisinopril.flags == ()
+    lisinopril = orders["314076"]  # in drugs_rxnorm.csv: by code, no ATC flag
+    assert lisinopril.atc == "C09AA03"
+    assert [f.code for f in lisinopril.flags] == [FlagCode.DOSE_FROM_STRENGTH]
 
 
 def test_fhir_combination_gets_its_ingredients_with_strengths() -> None:
@@ -384,7 +389,11 @@ def test_hl7_drug_text_gives_the_atc_and_a_combination_its_ingredients() -> None
     (raw,) = hl7v2.split("rde.hl7", rde)
     orders = {o.order_id: o for o in hl7v2.parse(raw).facts if isinstance(o, MedicationOrder)}
     assert orders["O1"].atc == "C08CA01"
-    assert [f.code for f in orders["O1"].flags] == [FlagCode.ATC_FROM_NAME]
+    assert [f.code for f in orders["O1"].flags] == [
+        FlagCode.ATC_FROM_NAME,
+        FlagCode.DOSE_FROM_STRENGTH,  # 1 TAB of amlodipine 5 mg: 5 mg
+    ]
+    assert (orders["O1"].dose, orders["O1"].dose_unit) == (5, "mg")
     assert "RXE[1]-2 LOCAL|LOC123" in orders["O1"].flags[0].detail
     assert orders["O2"].atc == "N02AJ17"
     assert [(i.atc, i.amount, i.unit) for i in orders["O2"].ingredients] == [
