@@ -186,7 +186,10 @@ class MedicationOrder(Fact):
     """One prescription line.
 
     ``dose`` is per administration in ``dose_unit`` (canonical: mg, µg, g, IU, mL, or a
-    dose-form unit such as ``tablet`` when no strength is known); ``frequency_per_day`` the
+    dose-form unit such as ``tablet`` when no strength is known: a single-substance line sent
+    in tablets, without unit or in mL with a known strength carries its substance's amount,
+    flagged ``dose_from_strength``, the dose as sent in ``original_dose`` and
+    ``original_dose_unit``; see ``vigie.connectors.dose_strength``); ``frequency_per_day`` the
     number of administrations per day (1/7 for weekly); ``daily_dose`` their product when both
     are known. ``as_needed`` lines (PRN) keep their maximum frequency when the order gives one.
     ``ingredients`` lists the active substances of a combination product with their strengths
