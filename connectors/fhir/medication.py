@@ -103,9 +103,27 @@ def _drug_from_concept(
     ingredients = coded or ingredients
     strength = None
     if not ingredients and not suffix:
-        labels = [text, *(c.display for c in codings)]
-        strength = label_strength(terminology, labels, atc=atc, source=_label_source(codings))
+        labels = (text, *(c.display for c in codings))
+        strength = _label_strength(terminology, labels, atc, _label_source(codings))
     return _Drug(codings[0], atc, label, suffix, bool(suffix), flags, ingredients, strength)
+
+
+# label_strength per (terminology, labels, ATC, source): a bulk file names the same few hundred
+# products over and over.
+_STRENGTHS: dict[tuple[object, tuple[str | None, ...], str | None, str], Ingredient | None] = {}
+_STRENGTHS_LIMIT = 10_000
+
+
+def _label_strength(
+    terminology: TerminologyMemo, labels: tuple[str | None, ...], atc: str | None, source: str
+) -> Ingredient | None:
+    key = (terminology.terminology, labels, atc, source)
+    if key in _STRENGTHS:
+        return _STRENGTHS[key]
+    if len(_STRENGTHS) >= _STRENGTHS_LIMIT:
+        _STRENGTHS.clear()
+    found = _STRENGTHS[key] = label_strength(terminology, labels, atc=atc, source=source)
+    return found
 
 
 def _label_source(codings: list[Coding]) -> str:
