@@ -336,3 +336,28 @@ def test_metformin_in_tablets_reaches_the_dose_rule() -> None:
     (alert,) = [a for a in alerts if a.rule_id == "renal.metformin_dose"]
     assert "2000 mg" in alert.message
     assert [d.order_id for d in alert.drugs] == [order.order_id]
+
+
+def test_unseen_orders_read_back_the_same_from_the_canonical_layout(tmp_path: Path) -> None:
+    """A dose read through the strength is written as received (1, no unit) and read again
+    through the label, flagged the same way: the CSV layout gives back the FHIR facts."""
+    orders = _fhir_orders(UNSEEN.read_bytes())
+    write_canonical_csv(orders, tmp_path)
+    connector = TabularConnector()
+    path = tmp_path / "orders.csv"
+    read = [
+        fact
+        for raw in connector.split(path.name, path.read_bytes())
+        for fact in connector.parse(raw).facts
+        if isinstance(fact, MedicationOrder)
+    ]
+    assert sum(_by_strength(o) for o in read) == len(UNSEEN_STRENGTHS)
+    fields = ("atc", "dose", "dose_unit", "daily_dose", "original_dose", "original_dose_unit")
+    by_id = {o.order_id: o for o in read}
+    for order in orders:
+        again = by_id[order.order_id]
+        assert [getattr(again, f) for f in fields] == [getattr(order, f) for f in fields]
+        assert [f.code for f in again.flags] == [f.code for f in order.flags], order.label
+    (amlodipine,) = [o for o in read if o.drug.code == "197361"]
+    assert (amlodipine.dose, amlodipine.daily_dose, amlodipine.original_dose) == (5, 5, "1")
+    assert amlodipine.original_dose_unit is None
