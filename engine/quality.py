@@ -3,7 +3,10 @@
 Counts per fact kind, unmapped codes with their frequency, unknown units, implausible values
 (limits in ``plausibility.csv``), orders without dose or frequency, combination products whose
 composition is unknown (their dose is credited to no substance: daily doses and MME are lower
-bounds), patients without weight or creatinine, and — when given — the ingest outcome
+bounds), orders whose dose was read through the product's strength (a ``dose_from_strength``
+flag: tablets of a 5 mg product as mg) and those whose dose is still a count of dose units
+(tablets, or a number without unit: no dose rule can read it), patients without weight or
+creatinine, and — when given — the ingest outcome
 (messages per status, errors).
 
 Drug lines (orders and administrations) are counted per feed by where their ATC code came from:
@@ -38,6 +41,13 @@ from vigie.facts import (
 
 __all__ = ["PLAUSIBILITY", "QualityReport", "QualityTally", "quality_report", "render_text"]
 
+# Canonical dose units that count units of the dose form (unit_aliases.csv): a dose in them,
+# or without unit, is no amount a dose rule can read.
+_FORM_UNITS = frozenset(
+    {"tablet", "capsule", "sachet", "suppository", "ampoule", "vial", "syringe", "patch", "bag",
+     "bottle"}
+)  # fmt: skip
+
 _CODED_KINDS = {
     "lab": "code",
     "observation": "code",
@@ -69,6 +79,8 @@ class QualityReport:
     orders_without_atc: int = 0
     orders_without_route: int = 0
     orders_without_composition: int = 0  # a combination code, no ingredients: doses not split
+    orders_dose_by_strength: int = 0  # tablets (or no unit, mL) read as mg through the strength
+    orders_dose_in_units: int = 0  # a single-substance dose still in tablets or without unit
     drug_mapping: list[dict[str, Any]] = field(default_factory=list)
     mapped_by_name: list[dict[str, Any]] = field(default_factory=list)
     patients_without_weight: int = 0
@@ -90,8 +102,9 @@ class _Noted:
     unmapped: tuple[str | None, str | None, str | None] | None = None  # system, code, display
     unknown_unit: tuple[str | None, str | None] | None = None  # concept, unit as sent
     implausible: dict[str, Any] | None = None  # the row the report lists
-    # no dose, frequency, ATC, route; a combination product's code without its composition
-    order_gaps: tuple[bool, bool, bool, bool, bool] | None = None
+    # no dose, frequency, ATC, route; a combination product's code without its composition;
+    # a dose read through the strength; a single-substance dose still in units of the form
+    order_gaps: tuple[bool, bool, bool, bool, bool, bool, bool] | None = None
     measured: str | None = None  # weight or creatinine with a value
     without_number: str | None = None  # a lab without number: positive, negative or unread
     drug_mapping: tuple[str, str] | None = None  # feed, "code" / "name" / "none" (drug lines)
@@ -147,6 +160,10 @@ class QualityTally:
                 fact.atc is None,
                 fact.route is None,
                 not fact.ingredients and is_combination_code(fact.atc),
+                _flagged(fact, FlagCode.DOSE_FROM_STRENGTH),
+                fact.dose is not None
+                and not fact.ingredients
+                and (fact.dose_unit is None or fact.dose_unit in _FORM_UNITS),
             )
         if isinstance(fact, MedicationOrder | MedicationAdministration):
             self._note_drug_mapping(noted, fact)
@@ -194,6 +211,8 @@ class QualityTally:
             orders_without_atc=sum(gaps[2] for gaps in orders),
             orders_without_route=sum(gaps[3] for gaps in orders),
             orders_without_composition=sum(gaps[4] for gaps in orders),
+            orders_dose_by_strength=sum(gaps[5] for gaps in orders),
+            orders_dose_in_units=sum(gaps[6] for gaps in orders),
             drug_mapping=_drug_mapping(noted),
             mapped_by_name=_mapped_by_name(noted, self.limit),
             patients_without_weight=len(patients - _measured(noted["observation"], "weight")),
@@ -411,6 +430,10 @@ def render_text(report: QualityReport) -> str:
         f"without frequency: {r.orders_without_frequency:,}; "
         f"without ATC: {r.orders_without_atc:,}; without route: {r.orders_without_route:,}; "
         f"combination products without composition: {r.orders_without_composition:,}"
+    )
+    lines.append(
+        f"Order doses read through the product's strength: {r.orders_dose_by_strength:,}; "
+        f"still in dose units (no strength known): {r.orders_dose_in_units:,}"
     )
     lines.append(
         f"Patients without weight: {r.patients_without_weight:,}; "

@@ -24,6 +24,7 @@ from vigie.connectors.registry import connector_for, detect_format
 from vigie.connectors.tabular.canonical import write_canonical_csv
 from vigie.connectors.tabular.connector import TabularConnector
 from vigie.engine import FactSet, evaluate
+from vigie.engine.quality import quality_report, render_text
 from vigie.facts import FlagCode, MedicationOrder
 from vigie.facts.model import Ingredient
 from vigie.rules import compile_pack
@@ -361,3 +362,21 @@ def test_unseen_orders_read_back_the_same_from_the_canonical_layout(tmp_path: Pa
     (amlodipine,) = [o for o in read if o.drug.code == "197361"]
     assert (amlodipine.dose, amlodipine.daily_dose, amlodipine.original_dose) == (5, 5, "1")
     assert amlodipine.original_dose_unit is None
+
+
+def test_quality_counts_doses_read_through_the_strength() -> None:
+    """The unseen file: 8 single-substance lines read as mg; the 2 combinations keep their
+    tablet (split per ingredient by the engine), so no line is left in dose units."""
+    facts = _fhir_orders(UNSEEN.read_bytes())
+    report = quality_report(facts)
+    assert (report.orders_dose_by_strength, report.orders_dose_in_units) == (8, 0)
+    assert "Order doses read through the product's strength: 8; still in dose units" in (
+        render_text(report)
+    )
+    # the same lines read with their tablets only (no label): counted as still in units
+    bare = [
+        o.model_copy(update={"dose": 1.0, "dose_unit": "tablet", "flags": (), "label": None})
+        for o in facts
+        if not o.ingredients
+    ]
+    assert quality_report(bare).orders_dose_in_units == 8
