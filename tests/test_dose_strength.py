@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vigie.connectors.base import RawMessage
 from vigie.connectors.dose_strength import dose_by_strength
@@ -380,3 +382,47 @@ def test_quality_counts_doses_read_through_the_strength() -> None:
         if not o.ingredients
     ]
     assert quality_report(bare).orders_dose_in_units == 8
+
+
+_units = st.sampled_from([None, "tablet", "capsule", "mL", "L", "mg", "g", "bag", "mg/h"])
+_strength_units = st.sampled_from(["mg", "µg", "g", "IU", "%", "mL", "mmol"])
+_per_units = st.sampled_from([None, "mL", "L", "g", "h", "actuation"])
+_amounts = st.floats(min_value=0, max_value=1e5, allow_nan=False)
+
+
+@pytest.mark.property
+@given(
+    dose=_amounts,
+    unit=_units,
+    amount=_amounts,
+    strength_unit=_strength_units,
+    per_amount=st.floats(min_value=0.01, max_value=1000),
+    per_unit=_per_units,
+)
+def test_any_dose_is_kept_or_read_as_count_times_strength(
+    dose: float,
+    unit: str | None,
+    amount: float,
+    strength_unit: str,
+    per_amount: float,
+    per_unit: str | None,
+) -> None:
+    """Either the dose is kept (None), or it is the count of form units (or the volume) times
+    the strength, in the strength's unit; a mass dose is never read."""
+    strength = Ingredient(
+        name="x", amount=amount, unit=strength_unit, per_amount=per_amount, per_unit=per_unit
+    )
+    found = dose_by_strength(dose, unit, dose * 2, strength)
+    if found is None:
+        return
+    assert unit not in ("mg", "g", "bag", "mg/h") and strength_unit in ("mg", "µg", "g", "IU")
+    assert amount > 0 and per_unit in (None, "mL", "L")
+    volume = {"mL": 1.0, "L": 1000.0}
+    if per_unit is None:
+        assert unit in (None, "tablet", "capsule")
+        expected = dose * amount / per_amount
+    else:
+        assert unit in volume
+        expected = dose * volume[unit or ""] * amount / (per_amount * volume[per_unit])
+    assert found.dose == pytest.approx(expected) and found.dose_unit == strength_unit
+    assert found.daily_dose == pytest.approx(2 * expected)
