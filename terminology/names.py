@@ -325,7 +325,9 @@ class ParsedLabel:
     route: str | None
 
 
-_NUMBER = r"\d+(?:[.,]\d+)?"
+# A number, French thousands groups included (DOLIPRANE 1 000 mg, VITAMINE D3 100 000 UI: a
+# space, no-break or narrow no-break space between groups of three digits).
+_NUMBER = r"(?:\d{1,3}(?:[ \u00a0\u202f]\d{3})+(?![\d.,])|\d+)(?:[.,]\d+)?"
 # Strength units (RxNorm writes them in capitals, French labels in lower case).
 _UNITS = {
     "mg": "mg",
@@ -382,7 +384,7 @@ _MAX_LABEL = 500  # longer text is no drug label: not parsed
 
 
 def _number(text: str) -> float:
-    return float(text.replace(",", "."))
+    return float("".join(text.split()).replace("\u202f", "").replace(",", "."))
 
 
 def _strength(match: re.Match[str]) -> LabelIngredient:

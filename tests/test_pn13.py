@@ -226,8 +226,9 @@ def test_doliprane_three_times_a_day(shared_data: Path) -> None:
     assert (order.order_id, order.drug.system, order.drug.code) == ("id1", "UCD", "9216902")
     assert pn13.ucd13(order.drug.code) == "3400892169026"
     assert order.atc == "N02BE01"
-    assert (order.dose, order.dose_unit, order.original_dose_unit) == (1, "tablet", "cpr")
-    assert (order.frequency_per_day, order.daily_dose) == (3, 3)
+    # DOLIPRANE 1 000 mg (French thousands space), 1 cpr three times a day: 1000 mg, 3 g a day
+    assert (order.dose, order.dose_unit, order.original_dose_unit) == (1000, "mg", "cpr")
+    assert (order.original_dose, order.frequency_per_day, order.daily_dose) == ("1", 3, 3000)
     assert order.frequency_text == "1 cpr Trois fois par jour"
     assert (order.route, order.original_route) == ("oral", "54")
     assert (order.start, order.end) == (datetime(2007, 12, 28, 7), datetime(2007, 12, 30, 18))
@@ -453,6 +454,18 @@ def test_agrees_with_the_fhir_connector(shared_data: Path) -> None:
         for order in orders(load(xml_path(shared_data, name))):
             [code] = code_forms(order) & set(by_code)
             other = by_code[code]
+            if name == DOLIPRANE:
+                # The translation writes its "1 Comprimé" with EDQM 15036000, which is Patch: a
+                # patch is no tablet, so the strength does not read it; the PN13 "1 cpr" of
+                # DOLIPRANE 1 000 mg is 1000 mg. Only the dose's unit differs.
+                assert (order.dose, order.dose_unit, other.dose, other.dose_unit) == (
+                    1000,
+                    "mg",
+                    1,
+                    "patch",
+                )
+                assert order.daily_dose == 3000 and other.frequency_per_day == 3
+                continue
             assert (order.dose, order.frequency_per_day, order.route) == (
                 other.dose,
                 other.frequency_per_day,
