@@ -143,6 +143,7 @@ ATC_SYSTEMS = frozenset({"ATC"})
 QualitativeResult = Literal["positive", "negative"]
 _QUALITATIVE_RESULTS: frozenset[str] = frozenset({"positive", "negative"})
 _SITE_DRUG_TABLE = "drugs_site.csv"
+_NAMES_MEMO_SIZE = 100_000
 _NAME_TABLES = "drugs_names"  # drugs_names*.csv: name tables (names.py), not code tables
 _SEMANTIC_TAG = re.compile(r"\s*\((?:qualifier value|finding)\)\s*$")
 _ICD10_CODE = re.compile(r"([A-Z][0-9]{2})([0-9A-Z]{0,4})")
@@ -260,6 +261,8 @@ class Terminology:
         self._data_dir = data_dir
         self._substances: dict[str, tuple[frozenset[str], frozenset[str]]] | None = None
         self._drug_names: DrugNames | None = None
+        # Labels repeat (a hospital prescribes a few hundred products): each is read once.
+        self._names_memo: dict[str | None, NameMatch | None] = {}
         self._compositions: CompositionTable | None = None
         self._site_dir = site_dir
         if site_dir is not None:
@@ -335,9 +338,15 @@ class Terminology:
     def drug_by_name(self, label: str | None) -> NameMatch | None:
         """The ATC a drug label gives by its substance names (``names.DrugNames.match``), for a
         drug whose code no table maps; ``None`` when the label names no known substance."""
+        memo = self._names_memo
+        if label in memo:
+            return memo[label]
         if self._drug_names is None:
             self._drug_names = DrugNames(self._data_dir)
-        return self._drug_names.match(label)
+        if len(memo) >= _NAMES_MEMO_SIZE:  # a bound for a long-lived process reading free text
+            memo.clear()
+        found = memo[label] = self._drug_names.match(label)
+        return found
 
     def drug_ingredients(self, system: str | None, code: str) -> tuple[Component, ...]:
         """The substances and strengths of a combination product's code (CIS, CIP13/CIP7, UCD
