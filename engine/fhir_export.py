@@ -78,7 +78,7 @@ RULE_EXTENSION: Final = "urn:vigie:extension:rule"
 SOURCE_EXTENSION: Final = "urn:vigie:extension:fact-source"
 INTERVENTION_EXTENSION: Final = "urn:vigie:extension:suggested-intervention"
 
-# Interop'Santé code systems (hl7.fhir.fr.medication, input/fsh/codesystems/; copy in
+# Interop'Santé code systems (the FSH code systems of hl7.fhir.fr.medication; copy in
 # shared/data/fr-medication-ig/sfpc_pharmaceutical_intervention_codesystems/). The canonical
 # URL is the IG's (https://hl7.fr/ig/fhir/medication) + /CodeSystem/ + the code system's Id.
 _IG: Final = "https://hl7.fr/ig/fhir/medication/CodeSystem/"
