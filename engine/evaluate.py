@@ -68,6 +68,7 @@ from vigie.engine.runtime import (
     line_evidence,
     line_label,
 )
+from vigie.engine.site_config import SiteConfig
 from vigie.facts import LabResult, MedicationOrder, Observation, Stay
 from vigie.settings import site_timezone
 
@@ -105,16 +106,25 @@ def evaluate(
     level: int = 1,
     enabled: Iterable[str] = (),
     disabled: Iterable[str] = (),
+    site: SiteConfig | None = None,
 ) -> list[Alert]:
     """The alerts of a pack on some facts as of a time, in rule order then identity.
 
     ``pack`` is a ``LoadedPack`` or an IR dict (loaded here); ``facts`` a ``FactSet``
     (every patient) or one ``PatientRecord``. ``cursors`` move parameters inside their range,
     ``level`` selects rules up to that sensitivity level, ``enabled``/``disabled`` list rule ids
-    turned on or off whatever their level. Errors are ``EngineError``s (``PackError`` for a bad
-    pack or configuration, ``RuleRuntimeError`` naming the rule and its source line).
+    turned on or off whatever their level. ``site`` (a ``SiteConfig`` checked against this
+    pack) replaces those four per patient: the settings of the ward of the stay the patient is
+    in at ``as_of`` (the hospital's when none), no alert where the pack is off. Errors are
+    ``EngineError``s (``PackError`` for a bad pack or configuration, ``RuleRuntimeError``
+    naming the rule and its source line).
     """
+    enabled, disabled = tuple(enabled), tuple(disabled)
+    if site is not None and (cursors or level != 1 or enabled or disabled):
+        raise PackError("give either a site configuration or cursors/level/enabled/disabled")
     selection = select(pack, cursors=cursors, level=level, enabled=enabled, disabled=disabled)
+    if site is not None:
+        site.check_pack(selection.pack)
     at = normalise_time(as_of)
     if isinstance(facts, PatientRecord):
         facts.sort()
@@ -124,7 +134,14 @@ def evaluate(
         records = (patients[key] for key in sorted(patients))
     found: list[tuple[int, Alert]] = []
     for record in records:
-        for index, alerts in evaluate_patient(selection, record, at).items():
+        chosen = selection
+        if site is not None:
+            stay = current_stay(record, at)
+            ward = site.selection(selection.pack, stay.ward if stay else None)
+            if ward is None:
+                continue  # the pack is off in this ward
+            chosen = ward
+        for index, alerts in evaluate_patient(chosen, record, at).items():
             found.extend((index, alert) for alert in alerts)
     found.sort(key=lambda item: (item[0], item[1].patient_id, item[1].id))
     return [alert for _, alert in found]

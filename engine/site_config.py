@@ -41,9 +41,10 @@ ward of the stay the patient is in at the evaluation time.
 >>> try:
 ...     load_site_config(folder / "site.toml", [ir])
 ... except SiteConfigError as error:
-...     print(str(error).replace(str(folder), "DIR"))
-DIR/site.toml:2:1: wards.CARDIO-1.cursors.k_max: 6.8 mmol/L is outside the declared range \
-5.0 .. 6.5 mmol/L of cursor k_max (Seuil, demo.rules:2)
+...     print(error.line, error.column, error.path)
+...     print(error.detail)
+2 1 wards.CARDIO-1.cursors.k_max
+6.8 mmol/L is outside the declared range 5.0 .. 6.5 mmol/L of cursor k_max (Seuil, demo.rules:2)
 >>> _ = (folder / "site.toml").write_text('[wards.CARDIO-1]\\nlevel = 2\\n'
 ...                                        '[wards.CARDIO-1.cursors]\\nk_max = 6.0\\n')
 >>> ward = load_site_config(folder / "site.toml", [ir]).for_ward("CARDIO-1")
@@ -231,14 +232,19 @@ class SiteConfig:
             enabled_rules=enabled_rules,
         )
 
-    def selection(self, pack: LoadedPack, ward: str | None) -> Selection | None:
-        """The pack's selection for a ward, ``None`` when the pack is off there."""
+    def check_pack(self, pack: LoadedPack) -> None:
+        """A configuration applies only to a pack it was checked against (its rule ids and
+        cursors were checked against that pack's)."""
         if pack.name not in self.catalogue:
             raise SiteConfigError(
                 f"was not checked against pack {pack.name!r}; load it with that pack "
                 f"(checked against: {', '.join(sorted(self.catalogue)) or 'no pack'})",
                 file=self.file,
             )
+
+    def selection(self, pack: LoadedPack, ward: str | None) -> Selection | None:
+        """The pack's selection for a ward, ``None`` when the pack is off there."""
+        self.check_pack(pack)
         settings = self.for_ward(ward)
         if not settings.pack_on(pack.name):
             return None
