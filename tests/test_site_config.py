@@ -110,6 +110,34 @@ def test_the_documented_example_loads_against_the_shipped_packs() -> None:
     assert config.for_ward("CARDIO-1").cursors == hospital.cursors
 
 
+def test_levels_select_the_ansm_precautions() -> None:
+    """Catalogue: the ANSM "précaution d'emploi" pairs sit at a lower sensitivity level, off
+    by default; the example's geriatrics ward (level 2) turns on every rule the packs declare at
+    level 2 or below and none above."""
+    config = load_site_config(EXAMPLE, [default_pack(), ansm_pack()])
+    precautions = {r.id for r in ansm_pack().rules if r.id.startswith("ansm.pe.")}
+    assert precautions
+    assert not precautions & (config.for_ward(None).enabled_rules or set())
+    geriatrics = config.for_ward("GER-1").enabled_rules or set()
+    assert precautions <= geriatrics
+    assert {r.id for r in ansm_pack().rules if r.level <= 2} <= geriatrics
+    assert not {r.id for r in ansm_pack().rules if r.level > 2} & geriatrics
+
+
+def test_quoted_ward_codes_are_located_and_named() -> None:
+    error = error_of('[hospital]\n\n[wards."3.NORD".cursors]\nk_max = 9\n')
+    assert (error.line, error.path) == (4, 'wards."3.NORD".cursors.k_max')
+    ward = site('[wards."3.NORD".cursors]\nk_max = 6\n').for_ward("3.NORD")
+    assert ward.cursors["k_max"] == 6.0
+
+
+def test_a_key_written_twice_is_invalid_toml() -> None:
+    error = error_of("[hospital]\nlevel = 1\nlevel = 2\n")
+    assert error.line == 3 and "not valid TOML: Cannot overwrite a value" in str(error)
+    at_end = error_of("[hospital]\nlevel =")
+    assert at_end.line == 2 and "Invalid value" in str(at_end)
+
+
 def test_the_readme_documents_the_site_file() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "docs/site-config.example.toml" in readme
