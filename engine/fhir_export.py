@@ -31,8 +31,10 @@ https://hl7.org/fhir/R4/detectedissue.html):
     always a ``text`` "<binding>: <code> = <value> <unit> (<time>)". ``detail`` references the
     fact: ``Observation`` (lab, observation, pregnancy), ``MedicationRequest``,
     ``MedicationAdministration``, ``Patient``, ``Condition``, ``AllergyIntolerance``,
-    ``Encounter`` (stay), ``Reference.reference`` being ``<Type>/<fact_id>``; a derived value
-    (clearance, eGFR, age, daily dose, MME) references the facts it was computed from. Where a
+    ``Encounter`` (stay) as ``Reference.type``, the Vigie fact id as ``Reference.identifier``
+    (system ``urn:vigie:fact``), and ``Reference.reference`` ``<Type>/<id>`` when the fact was
+    read from a FHIR resource; a derived value (clearance, eGFR, age, daily dose, MME)
+    references the facts it was computed from. Where a
     fact came from is the ``urn:vigie:extension:fact-source`` extension on its Reference
     (sub-extensions ``feed``, ``document``, ``messageId``, ``position``), and its
     ``Reference.display`` says it in words.
@@ -52,6 +54,7 @@ https://hl7.org/fhir/R4/detectedissue.html):
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -74,6 +77,7 @@ __all__ = [
 JSON = dict[str, Any]
 
 ALERT_IDENTIFIER_SYSTEM: Final = "urn:vigie:alert"
+FACT_IDENTIFIER_SYSTEM: Final = "urn:vigie:fact"
 RULE_EXTENSION: Final = "urn:vigie:extension:rule"
 SOURCE_EXTENSION: Final = "urn:vigie:extension:fact-source"
 INTERVENTION_EXTENSION: Final = "urn:vigie:extension:suggested-intervention"
@@ -129,6 +133,10 @@ RESOURCE_TYPE: Final = {
     "stay": "Encounter",
 }
 
+# A fact id the FHIR connector gives: ``fhir:<resource type>/<logical id>`` (a suffix after the
+# id, for one ingredient of a combination, is not a resource of its own).
+_FHIR_FACT_ID: Final = re.compile(r"fhir:([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
+
 # Evidence codes with a standard system, by fact kind.
 _CODE_SYSTEM: Final = {
     "medication_order": "http://www.whocc.no/atc",
@@ -177,15 +185,25 @@ def _facts(item: Evidence) -> Iterator[Evidence]:
 
 
 def _fact_reference(item: Evidence) -> JSON:
-    resource = RESOURCE_TYPE.get(item.kind)
+    """A Reference to the fact behind an evidence item.
+
+    Fact ids are Vigie's (``LAB1``, ``fhir:Observation/abc``, an HL7 order line...), not ids on
+    a FHIR server: the fact is named by ``identifier`` (system ``urn:vigie:fact``) and ``type``;
+    a fact read from a FHIR resource (``fhir:<Type>/<id>``) also gets the literal reference
+    ``<Type>/<id>`` to that resource.
+    """
     reference: JSON = {}
     if item.source is not None:
         reference["extension"] = [_source_extension(item.source)]
-    if resource is not None:
-        reference["reference"] = f"{resource}/{item.fact_id}"
-    else:  # a kind with no FHIR counterpart: the fact is named, not referenced
-        reference["identifier"] = {"system": f"urn:vigie:fact:{item.kind}", "value": item.fact_id}
-    display = f"{item.kind} {item.fact_id}"
+    fact_id = item.fact_id or ""
+    from_fhir = _FHIR_FACT_ID.fullmatch(fact_id)
+    if from_fhir is not None:
+        reference["reference"] = f"{from_fhir[1]}/{from_fhir[2]}"
+        reference["type"] = from_fhir[1]
+    elif item.kind in RESOURCE_TYPE:
+        reference["type"] = RESOURCE_TYPE[item.kind]
+    reference["identifier"] = {"system": FACT_IDENTIFIER_SYSTEM, "value": fact_id}
+    display = f"{item.kind} {fact_id}"
     if item.source is not None:
         display += f" ({_source_text(item.source)})"
     reference["display"] = display

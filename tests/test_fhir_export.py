@@ -80,7 +80,8 @@ def _scenarios() -> list[AnyFact]:
         # p5: K+ 6.3 under spironolactone: escalated to critical
         patient("p5"),
         drug("S5", "C03DA01", pid="p5", label="spironolactone 25 mg"),
-        lab("potassium", 6.3, datetime(2024, 3, 4, 9, 0), pid="p5", fid="LAB5"),
+        # (its potassium read from a FHIR Observation: the connector's fact id fhir:<Type>/<id>)
+        lab("potassium", 6.3, datetime(2024, 3, 4, 9, 0), pid="p5", fid="fhir:Observation/k-5"),
     ]
 
 
@@ -291,7 +292,13 @@ def test_evidence_references_each_fact_with_its_source() -> None:
             details = entry.get("detail", [])
             assert len(details) == len({(f.kind, f.fact_id) for f in facts})
             for fact, detail in zip(_unique(facts), details, strict=True):
-                assert detail["reference"] == f"{EXPECTED_TYPE[fact.kind]}/{fact.fact_id}"
+                assert detail["identifier"] == {"system": "urn:vigie:fact", "value": fact.fact_id}
+                assert detail["type"] == EXPECTED_TYPE[fact.kind]
+                # a literal reference only to a resource the fact was read from (FHIR feed)
+                if fact.fact_id.startswith("fhir:"):
+                    assert detail["reference"] == fact.fact_id.removeprefix("fhir:")
+                else:
+                    assert "reference" not in detail
                 assert fact.source is not None
                 where = _parts(_extension(detail, "urn:vigie:extension:fact-source"))
                 assert where["feed"] == fact.source.feed
@@ -318,10 +325,20 @@ def test_derived_clearance_references_the_facts_it_was_computed_from() -> None:
     (alert,) = [a for a in alerts() if a.rule_id == "renal.dabigatran"]
     issue = alert_to_detected_issue(alert)
     (crcl,) = [e for e in issue["evidence"] if e["code"][0]["text"].startswith("crcl: ")]
-    refs = {d["reference"] for d in crcl["detail"]}
+    refs = {(d["type"], d["identifier"]["value"]) for d in crcl["detail"]}
     # Cockcroft-Gault reads creatinine, weight, and age from the patient's birth date.
-    assert refs == {"Observation/CREA2", "Observation/W2", "Patient/p2"}
+    assert refs == {("Observation", "CREA2"), ("Observation", "W2"), ("Patient", "p2")}
     assert crcl["code"][0]["text"].startswith("crcl: clearance = 17.4")  # 17.47 mL/min
+
+
+def test_a_fact_read_from_fhir_references_its_resource() -> None:
+    (alert,) = [a for a in alerts() if a.patient_id == "p5"]
+    assert alert.severity == "critical"  # K+ 6.3 >= 6.0: escalated
+    issue = alert_to_detected_issue(alert)
+    (k,) = [e for e in issue["evidence"] if e["code"][0]["text"].startswith("k: ")]
+    (detail,) = k["detail"]
+    assert detail["reference"] == "Observation/k-5"
+    assert detail["identifier"] == {"system": "urn:vigie:fact", "value": "fhir:Observation/k-5"}
 
 
 def test_drug_and_lab_evidence_carry_their_codes_and_values() -> None:
