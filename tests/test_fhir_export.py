@@ -351,6 +351,42 @@ def test_drug_and_lab_evidence_carry_their_codes_and_values() -> None:
     ]
 
 
+# Real data ----------------------------------------------------------------------------------------
+
+
+def _bundle_resources(path: Path) -> dict[str, dict[str, Any]]:
+    """``<Type>/<id>`` -> resource, read with json (independently of the connector)."""
+    bundle = json.loads(path.read_text(encoding="utf-8"))
+    return {
+        f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"]
+        for e in bundle["entry"]
+    }
+
+
+def test_synthea_metformin_alert_points_at_the_bundle_resources(shared_data: Path) -> None:
+    """Coleman Ortiz (synthea-r4), 1980-07-16T21:00Z: metformin active and an eGFR of 5.3 that
+    day. The exported issue is valid R4 and its literal references name the bundle's own
+    MedicationRequest (metformin, RxNorm 860975), eGFR Observation (LOINC 33914-3) and Patient."""
+    from tests.test_fhir import load
+
+    (path,) = (shared_data / "fhir" / "synthea-r4").glob("Coleman_Ortiz_*.json")
+    resources = _bundle_resources(path)
+    found = evaluate(default_ir(), FactSet(load(path).facts), datetime(1980, 7, 16, 21, 0))
+    (alert,) = [a for a in found if a.rule_id == "renal.metformin_egfr"]
+    issue = alert_to_detected_issue(alert)
+    DetectedIssue.model_validate(issue)
+    assert issue["patient"]["reference"] in resources
+    assert issue["identifiedDateTime"] == "1980-07-16T21:00:00Z"
+    (implicated,) = issue["implicated"]
+    order = resources[implicated["reference"]]
+    assert order["medicationCodeableConcept"]["coding"][0]["code"] == "860975"
+    literal = [d["reference"] for e in issue["evidence"] for d in e["detail"] if "reference" in d]
+    assert all(ref in resources for ref in literal), literal
+    (egfr,) = [resources[r] for r in literal if r.startswith("Observation/")]
+    assert egfr["code"]["coding"][0]["code"] == "33914-3"
+    assert egfr["effectiveDateTime"] == "1980-07-16T19:20:06+00:00"
+
+
 # Golden -------------------------------------------------------------------------------------------
 
 
