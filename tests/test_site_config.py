@@ -95,7 +95,7 @@ def test_the_documented_example_loads_against_the_shipped_packs() -> None:
     hospital = config.for_ward(None)
     # "2 d" in a parameter declared in hours (catalogue: delay 48 h in [24, 72])
     assert hospital.cursors["aminoglycoside_delay"] == 48.0
-    assert hospital.packs == {"vigie-default", "ansm-interactions"}
+    assert hospital.packs == frozenset({"vigie-default", "ansm-interactions"})
     assert "infect.iv_to_oral" not in (hospital.enabled_rules or ())
     assert "bio.hyperkalaemia" in (hospital.enabled_rules or ())
     nephro = config.for_ward("NEPHRO-1")
@@ -103,7 +103,7 @@ def test_the_documented_example_loads_against_the_shipped_packs() -> None:
     geriatrics = config.for_ward("GER-1")
     assert geriatrics.level == 2 and "infect.iv_to_oral" in (geriatrics.enabled_rules or ())
     icu = config.for_ward("REA-1")
-    assert icu.packs == {"vigie-default"}
+    assert icu.packs == frozenset({"vigie-default"})
     assert not any(rule.startswith("ansm.") for rule in icu.enabled_rules or ())
     assert "combo.opioid_benzo" not in (icu.enabled_rules or ())
     # a ward the file does not name runs the hospital's settings
@@ -117,8 +117,8 @@ def test_levels_select_the_ansm_precautions() -> None:
     config = load_site_config(EXAMPLE, [default_pack(), ansm_pack()])
     precautions = {r.id for r in ansm_pack().rules if r.id.startswith("ansm.pe.")}
     assert precautions
-    assert not precautions & (config.for_ward(None).enabled_rules or set())
-    geriatrics = config.for_ward("GER-1").enabled_rules or set()
+    assert not precautions & (config.for_ward(None).enabled_rules or frozenset())
+    geriatrics = config.for_ward("GER-1").enabled_rules or frozenset()
     assert precautions <= geriatrics
     assert {r.id for r in ansm_pack().rules if r.level <= 2} <= geriatrics
     assert not {r.id for r in ansm_pack().rules if r.level > 2} & geriatrics
