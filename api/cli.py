@@ -56,7 +56,6 @@ EXIT_CODE_MEANINGS = {
 }
 
 _LATER = {
-    "batch": "the batch evaluator (issue: evaluation engine)",
     "serve": "the service (issue: API)",
     "metrics": "the metrics (issue: API)",
     "replay": "replay (issue: evaluation engine)",
@@ -106,6 +105,71 @@ def _add_rules(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ansm.add_argument(
         "--report", type=Path, default=Path("rules/packs/ansm-interactions-report.md")
     )
+
+
+def _as_of(text: str) -> datetime:
+    from vigie.api.batch import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "batch", help="evaluate every inpatient of the feeds as of a time; write the alerts"
+    )
+    p.add_argument("--input", nargs="+", type=Path, required=True, metavar="PATH")
+    p.add_argument(
+        "--as-of", type=_as_of, required=True, metavar="TIME", help="ISO 8601; no offset = UTC"
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help=".json or .parquet")
+    p.add_argument(
+        "--rules",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="PACK",
+        help="packs to run (default: the default and ANSM packs)",
+    )
+    p.add_argument("--config", type=Path, metavar="FILE", help="site configuration (TOML)")
+    p.add_argument("--engine", choices=("local", "spark"), default="local")
+    p.add_argument(
+        "--scope",
+        choices=("inpatients", "all"),
+        default="inpatients",
+        help="inpatients: a stay whose period contains --as-of (default); all: every patient",
+    )
+    p.add_argument("--format", choices=("auto", *FORMATS), default="auto")
+    p.add_argument("--mapping", type=Path, metavar="FILE", help="CSV mapping file (TOML)")
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from vigie.api.batch import BatchError, batch, render_summary
+    from vigie.engine.site_config import SiteConfigError
+
+    if args.engine == "spark":
+        print("vigie batch: --engine spark is not available yet: issue 9 item 7", file=sys.stderr)
+        return ExitCode.USAGE
+    _configure_mapping(args)
+    try:
+        result, notes, summary = batch(
+            args.input, args.as_of, args.out, args.rules, args.config, args.scope, args.format
+        )
+    except BatchError as error:
+        print(f"vigie batch: {error}", file=sys.stderr)
+        return ExitCode.USAGE if error.usage else ExitCode.PROBLEMS
+    except SiteConfigError as error:
+        print(f"vigie batch: configuration error: {error}", file=sys.stderr)
+        return ExitCode.USAGE
+    except OSError as error:
+        print(f"vigie batch: cannot write {args.out}: {error.strerror}", file=sys.stderr)
+        return ExitCode.USAGE
+    print(f"Batch as of {result.as_of:%Y-%m-%dT%H:%M}Z, scope {args.scope}")
+    print(render_summary(summary, notes, args.out))
+    problems = notes.unread() or notes.messages["rejected"]
+    return ExitCode.PROBLEMS if problems else ExitCode.OK
 
 
 def _cmd_rules(args: argparse.Namespace) -> int:
@@ -181,6 +245,7 @@ def _parser() -> argparse.ArgumentParser:
     quality.add_argument("--mapping", type=Path, metavar="FILE", help="CSV mapping file (TOML)")
     quality.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_rules(sub)
+    _add_batch(sub)
     for name, what in _LATER.items():
         sub.add_parser(name, help=f"not available yet: {what}")
     return parser
@@ -416,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "generate": _cmd_generate,
         "demo": _cmd_demo,
         "rules": _cmd_rules,
+        "batch": _cmd_batch,
     }
     try:
         _check_settings()

@@ -1,0 +1,384 @@
+"""``vigie batch``: the nightly run. Feeds are read in memory (no store), every patient in
+scope is evaluated by the packs as of one time, and the alerts are written in the output
+contract of ARCHITECTURE.md (JSON, or Parquet when the output file ends with ``.parquet``).
+
+Scope ``inpatients`` (the default) is every patient with a stay whose period (admission up to
+discharge, a cancelled stay excepted) contains the evaluation time: periods, not the statuses a
+feed sends today, decide who was in, so a past date replays correctly. Scope ``all`` is every
+patient of the input.
+
+Output. JSON: ``{"as_of", "rule_pack": {"name", "version", "sha256"}, "rule_packs": [...],
+"alerts": [...], "summary": {...}}``; with several packs ``rule_pack`` joins their names and
+versions with ``+`` and its ``sha256`` hashes theirs in order, ``rule_packs`` lists each one.
+An alert is ``Alert.model_dump(mode="json")`` (the contract's fields and a few more: ``rule``,
+``level``, ``as_of``, each evidence's ``name``, ``fact_id`` and ``inputs``). Parquet: one row per
+alert, the same fields; scalars as columns, the nested ones (``rule``, ``problem``,
+``intervention``, ``drugs``, ``evidence``) as JSON text in the same form as the JSON file, so both
+read back to the same alerts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from vigie import rules
+from vigie.engine import evaluate
+from vigie.engine.alerts import Alert
+from vigie.engine.evaluate import current_stay, normalise_time
+from vigie.engine.factset import FactSet, PatientRecord
+from vigie.engine.load import LoadedPack, load_pack
+from vigie.engine.site_config import SiteConfig, load_site_config
+from vigie.facts import AnyFact, LabResult
+from vigie.ingest import FileReport, read_feed
+from vigie.terminology.units import default_unit_tables
+
+__all__ = [
+    "DEFAULT_PACKS",
+    "SEVERITY_RANK",
+    "BatchError",
+    "BatchResult",
+    "FeedNotes",
+    "load_feeds",
+    "load_packs",
+    "parse_time",
+    "run_packs",
+    "write_output",
+]
+
+DEFAULT_PACKS = ("default.rules", "ansm-interactions.rules")
+SEVERITY_RANK = {"critical": 0, "major": 1, "moderate": 2, "minor": 3}
+NESTED = ("rule", "problem", "intervention", "drugs", "evidence")
+
+
+class BatchError(Exception):
+    """A problem stopping the batch before any evaluation; ``usage`` says which exit code."""
+
+    def __init__(self, message: str, *, usage: bool) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time (``1980-07-16T21:00Z``, ``2025-01-08T06:00+01:00``, a date); a time
+    without offset is UTC, as fact times are."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an ISO 8601 time (expected e.g. 1980-07-16T21:00Z)"
+        ) from None
+    return normalise_time(moment)
+
+
+# Feeds -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeedNotes:
+    """What reading the feeds found besides facts: files, messages, errors with their position,
+    and unit labels accepted only in feeds (Synthea's eGFR in plain ``mL/min``)."""
+
+    files: list[FileReport] = field(default_factory=list)
+    messages: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    # (concept, unit as sent, canonical unit) -> [results, first position]
+    relabelled: dict[tuple[str, str, str], list[Any]] = field(default_factory=dict)
+
+    def unread(self) -> list[str]:
+        return [f.rejected or f.unreadable or "" for f in self.files if f.rejected or f.unreadable]
+
+    def relabelled_rows(self) -> list[dict[str, Any]]:
+        return [
+            {"concept": c, "unit_sent": sent, "read_as": unit, "results": n, "first": first}
+            for (c, sent, unit), (n, first) in sorted(self.relabelled.items())
+        ]
+
+
+def _feed_only_labels() -> dict[tuple[str, str], str]:
+    """(concept, unit as sent) -> canonical unit, for the ``use=feeds`` rows of the unit
+    conversion table: labels accepted from data only, reported rather than taken silently."""
+    tables = default_unit_tables()
+    return {
+        (row.concept, tables.aliases.get(row.from_unit, row.from_unit)): row.to_unit
+        for row in tables.conversions
+        if row.use == "feeds"
+    }
+
+
+def load_feeds(paths: Sequence[Path], fmt: str = "auto") -> tuple[FactSet, FeedNotes]:
+    """Every fact of the feeds in memory; a bad message is noted with its position and the rest
+    is read. Facts withdrawn by their sender (and not re-sent after) are left out."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise BatchError(f"no such file or folder: {', '.join(missing)}", usage=True)
+    notes = FeedNotes()
+    labels = _feed_only_labels()
+    aliases = default_unit_tables().aliases
+    facts: dict[tuple[str, str], AnyFact] = {}
+    ordered: list[AnyFact] = []
+    for parsed in read_feed(paths, fmt, notes.files):
+        notes.messages[parsed.status] += 1
+        if parsed.fatal is not None:
+            notes.errors.append(str(parsed.fatal))
+        if parsed.outcome is None:
+            continue
+        notes.errors.extend(str(error) for error in parsed.outcome.errors)
+        for fact in parsed.outcome.facts:
+            facts.pop((fact.kind, fact.fact_id), None)
+            facts[(fact.kind, fact.fact_id)] = fact
+        for retraction in parsed.outcome.retractions:
+            facts.pop((retraction.kind, retraction.fact_id), None)
+    ordered = list(facts.values())
+    for fact in ordered:
+        if isinstance(fact, LabResult) and fact.concept and fact.original_unit:
+            sent = aliases.get(fact.original_unit, fact.original_unit)
+            unit = labels.get((fact.concept, sent))
+            if unit is not None and fact.unit == unit:
+                entry = notes.relabelled.setdefault((fact.concept, sent, unit), [0, None])
+                entry[0] += 1
+                if entry[1] is None:
+                    entry[1] = fact.source.describe()
+    return FactSet(ordered), notes
+
+
+# Packs -------------------------------------------------------------------------------------------
+
+
+def load_packs(paths: Sequence[Path]) -> list[LoadedPack]:
+    """The packs named (default: the shipped default and ANSM packs), compiled and loaded."""
+    named: list[tuple[str, str]] = []
+    if not paths:
+        for name in DEFAULT_PACKS:
+            label = f"rules/packs/{name}"  # how alerts name the rule's file, wherever installed
+            text = (Path(rules.__file__).parent / "packs" / name).read_text(encoding="utf-8")
+            named.append((label, text))
+    for path in paths:
+        try:
+            named.append((str(path), path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as error:
+            raise BatchError(f"{path}: cannot read the pack: {error}", usage=True) from None
+    loaded = []
+    for label, text in named:
+        ir, diagnostics = rules.compile_pack(text, label)
+        if ir is None:
+            errors = [d for d in diagnostics if d.is_error]
+            raise BatchError(
+                f"{label} does not compile ({len(errors)} error(s); run vigie rules check "
+                f"{label}); first: {errors[0].headline() if errors else '?'}",
+                usage=False,
+            )
+        loaded.append(load_pack(ir))
+    return loaded
+
+
+def load_config(path: Path, packs: Iterable[LoadedPack]) -> SiteConfig:
+    if not path.exists():
+        raise BatchError(f"no such configuration file: {path}", usage=True)
+    return load_site_config(path, list(packs))
+
+
+# Evaluation --------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchResult:
+    as_of: datetime
+    packs: list[LoadedPack]
+    patients_in_input: int
+    patients_evaluated: int
+    alerts: list[Alert]
+    seconds: float = 0.0
+
+
+def in_scope(facts: FactSet, as_of: datetime, scope: str) -> list[PatientRecord]:
+    """The patients to evaluate, by id: every one (``all``) or those in a stay at ``as_of``."""
+    patients = facts.patients()
+    records = [patients[key] for key in sorted(patients)]
+    if scope == "all":
+        return records
+    return [record for record in records if current_stay(record, as_of) is not None]
+
+
+def worklist_order(alerts: Iterable[Alert]) -> list[Alert]:
+    """Priority first when known, then severity, rule, patient, identity."""
+    return sorted(
+        alerts,
+        key=lambda a: (
+            -(a.priority or 0.0),
+            SEVERITY_RANK[a.severity],
+            a.rule_id,
+            a.patient_id,
+            a.id,
+        ),
+    )
+
+
+def run_packs(
+    packs: Sequence[LoadedPack],
+    records: Sequence[PatientRecord],
+    as_of: datetime,
+    site: SiteConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Alert]:
+    """Every pack on every record as of a time, in worklist order (the live evaluator, one
+    patient at a time)."""
+    at = normalise_time(as_of)
+    alerts: list[Alert] = []
+    total = len(records)
+    for done, record in enumerate(records, 1):
+        for pack in packs:
+            alerts += evaluate(pack, record, at, site=site)
+        if progress is not None and (done % 50 == 0 or done == total):
+            progress(done, total)
+    return worklist_order(alerts)
+
+
+# Output ------------------------------------------------------------------------------------------
+
+
+def pack_header(packs: Sequence[LoadedPack]) -> dict[str, Any]:
+    each = [{"name": p.name, "version": p.version, "sha256": p.sha256 or ""} for p in packs]
+    joined = {
+        "name": "+".join(p["name"] for p in each),
+        "version": "+".join(p["version"] for p in each),
+        "sha256": each[0]["sha256"]
+        if len(each) == 1
+        else hashlib.sha256("".join(p["sha256"] for p in each).encode()).hexdigest(),
+    }
+    return {"rule_pack": joined, "rule_packs": each}
+
+
+def alert_rows(alerts: Iterable[Alert]) -> list[dict[str, Any]]:
+    return [alert.model_dump(mode="json") for alert in alerts]
+
+
+def write_output(out: Path, result: BatchResult, summary: dict[str, Any]) -> None:
+    rows = alert_rows(result.alerts)
+    if out.suffix.lower() == ".parquet":
+        import polars as pl
+
+        flat = [
+            {k: json.dumps(v, ensure_ascii=False) if k in NESTED else v for k, v in row.items()}
+            for row in rows
+        ]
+        schema: dict[str, Any] = {name: pl.String for name in Alert.model_fields}
+        schema.update({"level": pl.Int64, "priority": pl.Float64})
+        frame = pl.DataFrame(flat, schema=schema, orient="row")
+        frame.write_parquet(out)
+        return
+    document = {
+        "as_of": result.as_of.isoformat() + "Z",
+        **pack_header(result.packs),
+        "alerts": rows,
+        "summary": summary,
+    }
+    out.write_text(json.dumps(document, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+def read_parquet_alerts(path: Path) -> list[dict[str, Any]]:
+    """The alerts of a Parquet output, nested fields decoded: equal to the JSON file's."""
+    import polars as pl
+
+    return [
+        {k: json.loads(v) if k in NESTED and v is not None else v for k, v in row.items()}
+        for row in pl.read_parquet(path).to_dicts()
+    ]
+
+
+def summary_of(result: BatchResult, notes: FeedNotes) -> dict[str, Any]:
+    severity: Counter[str] = Counter(a.severity for a in result.alerts)
+    return {
+        "patients_in_input": result.patients_in_input,
+        "patients_evaluated": result.patients_evaluated,
+        "alerts": len(result.alerts),
+        "alerts_by_severity": {s: severity[s] for s in SEVERITY_RANK if severity[s]},
+        "alerts_by_rule": dict(Counter(a.rule_id for a in result.alerts).most_common()),
+        "patients_with_alerts": len({a.patient_id for a in result.alerts}),
+        "messages": dict(sorted(notes.messages.items())),
+        "message_errors": len(notes.errors),
+        "files_not_read": notes.unread(),
+        "units_accepted_from_feeds_only": notes.relabelled_rows(),
+        "seconds": round(result.seconds, 3),
+    }
+
+
+def render_summary(
+    summary: dict[str, Any], notes: FeedNotes, out: Path, max_errors: int = 20
+) -> str:
+    lines = [
+        f"Patients: {summary['patients_in_input']:,} in the input, "
+        f"{summary['patients_evaluated']:,} evaluated",
+        f"Alerts: {summary['alerts']:,} for {summary['patients_with_alerts']:,} patients ("
+        + (", ".join(f"{s} {n:,}" for s, n in summary["alerts_by_severity"].items()) or "none")
+        + ")",
+    ]
+    lines += [f"  {n:>6,}  {rule}" for rule, n in summary["alerts_by_rule"].items()]
+    lines.append(
+        "Messages: " + (", ".join(f"{k} {v:,}" for k, v in summary["messages"].items()) or "none")
+    )
+    for row in summary["units_accepted_from_feeds_only"]:
+        lines.append(
+            f"Unit note: {row['results']:,} {row['concept']} results sent in {row['unit_sent']} "
+            f"read as {row['read_as']} (a label accepted from feeds only, same quantity; "
+            f"first at {row['first']})"
+        )
+    for line in summary["files_not_read"]:
+        lines.append(f"Not read: {line}")
+    if notes.errors:
+        lines.append(f"Errors ({len(notes.errors):,}; the rest of the feed was read):")
+        lines += [f"  {error}" for error in notes.errors[:max_errors]]
+        if len(notes.errors) > max_errors:
+            lines.append(f"  ... {len(notes.errors) - max_errors:,} more")
+    lines.append(f"Written: {out} ({summary['seconds']:.2f} s)")
+    return "\n".join(lines)
+
+
+def progress_on_terminal(stream: Any = None) -> Callable[[int, int], None] | None:
+    """A progress line on stderr when it is a terminal, nothing otherwise."""
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        stream.write(f"\rEvaluating: {done:,}/{total:,} patients")
+        if done == total:
+            stream.write("\n")
+        stream.flush()
+
+    return show
+
+
+def batch(
+    inputs: Sequence[Path],
+    as_of: datetime,
+    out: Path,
+    pack_paths: Sequence[Path] = (),
+    config: Path | None = None,
+    scope: str = "inpatients",
+    fmt: str = "auto",
+) -> tuple[BatchResult, FeedNotes, dict[str, Any]]:
+    """The whole command but the printing and the exit code."""
+    started = time.perf_counter()
+    packs = load_packs(pack_paths)
+    site = load_config(config, packs) if config is not None else None
+    if not out.parent.exists():
+        raise BatchError(f"no such folder for the output: {out.parent}", usage=True)
+    facts, notes = load_feeds(inputs, fmt)
+    records = in_scope(facts, as_of, scope)
+    alerts = run_packs(packs, records, as_of, site, progress_on_terminal())
+    result = BatchResult(
+        normalise_time(as_of), list(packs), len(facts.patients()), len(records), alerts
+    )
+    result.seconds = time.perf_counter() - started
+    summary = summary_of(result, notes)
+    write_output(out, result, summary)
+    return result, notes, summary
