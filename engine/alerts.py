@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict
 
 from vigie.facts import Source
 
-__all__ = ["Alert", "AlertDrug", "CodedValue", "Evidence", "RuleRef", "alert_id"]
+__all__ = ["Alert", "AlertDrug", "CodedValue", "Evidence", "RuleRef", "Threshold", "alert_id"]
 
 Severity = Literal["critical", "major", "moderate", "minor"]
+ThresholdOp = Literal["lt", "le", "gt", "ge"]
 
 
 class _Frozen(BaseModel):
@@ -57,6 +58,23 @@ class Evidence(_Frozen):
     inputs: tuple[Evidence, ...] = ()
 
 
+class Threshold(_Frozen):
+    """A numeric comparison that held when the alert fired: a measured value against the rule's
+    threshold (a parameter or a constant), e.g. ``k`` 6.8 ``gt`` ``k_max`` 5.5 mmol/L.
+
+    ``name`` is the measured side (the binding ``k``, or ``clearance``, ``egfr``...), ``param``
+    the parameter's name when the threshold is one. The priority score reads how far past the
+    threshold the value is (``vigie.engine.priority``).
+    """
+
+    name: str
+    op: ThresholdOp
+    value: float
+    threshold: float
+    unit: str | None = None
+    param: str | None = None
+
+
 class RuleRef(_Frozen):
     id: str
     version: int
@@ -81,6 +99,7 @@ class Alert(_Frozen):
     priority: float | None = None
     drugs: tuple[AlertDrug, ...] = ()
     evidence: tuple[Evidence, ...] = ()
+    thresholds: tuple[Threshold, ...] = ()  # optional: empty when no threshold comparison held
     message: str
     reference: str | None = None
     as_of: datetime

@@ -49,7 +49,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from vigie.engine.alerts import Alert, AlertDrug, Evidence, Severity, alert_id
+from vigie.engine.alerts import Alert, AlertDrug, Evidence, Severity, Threshold, alert_id
 from vigie.engine.derived import Amount
 from vigie.engine.factset import FactSet, PatientRecord
 from vigie.engine.load import (
@@ -255,8 +255,11 @@ def _explain(
     """Re-run a firing combination with tracing on: evidence, severity and message."""
     shared = ctx.values
     ctx.values, ctx.combo_values, ctx.trace = {}, {}, []
+    thresholds: list[Threshold] = []
+    ctx.thresholds = thresholds
     try:
         rule.condition(ctx)
+        ctx.thresholds = None  # the condition's thresholds; escalations already set severity
         severity = rule.severity
         for escalated, condition in rule.escalations:
             if condition(ctx) is True:
@@ -266,6 +269,7 @@ def _explain(
         trace = ctx.trace
     finally:
         ctx.values, ctx.combo_values, ctx.trace = shared, {}, None
+        ctx.thresholds = None
     bindings = [
         line_evidence(b.name, line) for b, line in zip(rule.drug_bindings, combo, strict=True)
     ]
@@ -288,6 +292,7 @@ def _explain(
             for o in lines
         ),
         evidence=_unique([*bindings, *trace]),
+        thresholds=tuple(thresholds),
         message=message,
         reference=rule.reference,
         as_of=ctx.as_of,

@@ -22,8 +22,9 @@ import operator
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
+from vigie.engine.alerts import Threshold, ThresholdOp
 from vigie.engine.derived import (
     Amount,
     amount_arithmetic,
@@ -271,6 +272,8 @@ class ClosureBuilder:
         if _amount_capable(left) or _amount_capable(right):
             return _amount_comparison(node, op, a, b, left.get("unit"), right.get("unit"))
 
+        recorded = _threshold_shape(node)
+
         def compare(ctx: Context) -> bool | None:
             x = a(ctx)
             if x is None:
@@ -279,9 +282,12 @@ class ClosureBuilder:
             if y is None:
                 return None
             try:
-                return test(x, y)
+                held = test(x, y)
             except TypeError as error:
                 raise _fail(node, error) from error
+            if held is True and recorded is not None and ctx.thresholds is not None:
+                _record_threshold(ctx.thresholds, recorded, x, y)
+            return held
 
         return compare
 
@@ -538,6 +544,78 @@ def _and2(x: bool | None, y: bool | None) -> bool | None:
 
 def _none_or(value: Any, fn: Callable[[Any], Any]) -> Any:
     return None if value is None else fn(value)
+
+
+# Thresholds: ``measured op threshold`` (or ``threshold op measured``) where the threshold is a
+# parameter or a constant (possibly converted) and the measured side is anything else but the
+# patient's age (age is patient context, scored on its own). Recorded only while explaining.
+_FLIP = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}
+_ThresholdShape = tuple[str, str, bool, str | None, str | None]  # name, op, flipped, unit, param
+
+
+def _threshold_operand(node: Mapping[str, Any]) -> tuple[bool, str | None]:
+    """Whether a node is a threshold (a parameter or constant, through conversions), and the
+    parameter's name when it is one."""
+    while node.get("op") == "convert":
+        (node,) = node.get("args") or [{}]
+    if node.get("op") == "param":
+        return True, node.get("name")
+    return node.get("op") == "const", None
+
+
+def _measured_name(node: Mapping[str, Any]) -> str:
+    """The measured side's name: the binding (``k`` of ``k.value``), or the operation."""
+    while node.get("op") in ("attr", "convert") and node.get("args"):
+        (node,) = node["args"]
+    return str(node.get("name") or node.get("op"))
+
+
+def _reads_order(node: Mapping[str, Any]) -> bool:
+    if node.get("type") == "order":
+        return True
+    return any(_reads_order(arg) for arg in node.get("args") or ())
+
+
+def _threshold_shape(node: Mapping[str, Any]) -> _ThresholdShape | None:
+    op = node["op"]
+    if op not in _FLIP:
+        return None
+    left, right = node["args"]
+    if left.get("type") != "number" or right.get("type") != "number":
+        return None
+    right_is, right_param = _threshold_operand(right)
+    left_is, left_param = _threshold_operand(left)
+    if right_is and not left_is:
+        measured, flipped, param = left, False, right_param
+    elif left_is and not right_is:
+        measured, flipped, param = right, True, left_param
+    else:
+        return None
+    if measured.get("op") == "age" or measured.get("unit") in ("s", "years"):
+        return None  # age is patient context; durations are not measured values
+    if _reads_order(measured):
+        return None  # a dosing criterion (frequency...), not a measured value
+    name = _measured_name(measured)
+    return name, _FLIP[op] if flipped else op, flipped, measured.get("unit"), param
+
+
+def _record_threshold(found: list[Threshold], shape: _ThresholdShape, x: Any, y: Any) -> None:
+    name, op, flipped, unit, param = shape
+    value, threshold = (y, x) if flipped else (x, y)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        return
+    item = Threshold.model_construct(
+        name=name,
+        op=cast(ThresholdOp, op),
+        value=float(value),
+        threshold=float(threshold),
+        unit=unit,
+        param=param,
+    )
+    if item not in found:
+        found.append(item)
 
 
 def _value(fact: Measure) -> float | None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from vigie.engine.alerts import Evidence
+from vigie.engine.alerts import Evidence, Threshold
 from vigie.engine.derived import (
     Amount,
     IngredientDose,
@@ -159,7 +159,8 @@ class Context:
 
     ``bound`` holds the current combination of drug lines, ``values`` the value bindings that do
     not depend on it (kept across combinations), ``combo_values`` those that do. ``trace``, when
-    not None, collects the evidence each query reads (only while explaining a firing rule).
+    not None, collects the evidence each query reads (only while explaining a firing rule), and
+    ``thresholds`` the numeric comparisons against a parameter or constant that held.
     """
 
     __slots__ = (
@@ -171,6 +172,7 @@ class Context:
         "params",
         "record",
         "sets",
+        "thresholds",
         "trace",
         "values",
     )
@@ -183,6 +185,7 @@ class Context:
         self.sets = sets
         self.params = params
         self.trace: list[Evidence] | None = None
+        self.thresholds: list[Threshold] | None = None  # set with ``trace``, while explaining
         self.bound: dict[str, MedicationOrder] = {}
         self.values: dict[str, Any] = {}
         self.combo_values: dict[str, Any] = {}
