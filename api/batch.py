@@ -13,8 +13,8 @@ versions with ``+`` and its ``sha256`` hashes theirs in order, ``rule_packs`` li
 An alert is ``Alert.model_dump(mode="json")`` (the contract's fields and a few more: ``rule``,
 ``level``, ``as_of``, each evidence's ``name``, ``fact_id`` and ``inputs``). Parquet: one row per
 alert, the same fields; scalars as columns, the nested ones (``rule``, ``problem``,
-``intervention``, ``drugs``, ``evidence``) as JSON text in the same form as the JSON file, so both
-read back to the same alerts.
+``intervention``, ``drugs``, ``evidence``, ``thresholds``) as JSON text in the same form as the
+JSON file, so both read back to the same alerts.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ __all__ = [
 
 DEFAULT_PACKS = ("default.rules", "ansm-interactions.rules")
 SEVERITY_RANK = {"critical": 0, "major": 1, "moderate": 2, "minor": 3}
-NESTED = ("rule", "problem", "intervention", "drugs", "evidence")
+NESTED = ("rule", "problem", "intervention", "drugs", "evidence", "thresholds")
 
 
 class BatchError(Exception):
