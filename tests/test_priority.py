@@ -176,6 +176,19 @@ def test_renal_context_from_cockcroft_gault() -> None:
     assert item.priority.renal > 0
 
 
+def test_renal_context_takes_the_lowest_available_value() -> None:
+    # docs/priority.md: the lowest of the reported eGFR and the reported clearance (the cautious
+    # reading); no creatinine, so nothing computed.
+    facts = [
+        *on_ramipril("p1", 5.8),
+        lab("p1", "egfr", 45.0, unit="mL/min/1.73m2", time=LAB_TIME, fid="G1"),
+        lab("p1", "creatinine_clearance", 20.0, unit="mL/min", time=LAB_TIME, fid="CL1"),
+    ]
+    (item,) = worklist(alerts_of(facts), FactSet(facts), NOW)
+    assert (item.context.renal, item.context.renal_source) == (20.0, "clearance (reported)")
+    assert item.priority.renal > 0
+
+
 # Filters ---------------------------------------------------------------------------------------
 
 
