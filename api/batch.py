@@ -7,6 +7,9 @@ discharge, a cancelled stay excepted) contains the evaluation time: periods, not
 feed sends today, decide who was in, so a past date replays correctly. Scope ``all`` is every
 patient of the input.
 
+Alerts come in worklist order (``vigie.engine.priority.worklist``: priority score, highest
+first), each with its ``priority``.
+
 Output. JSON: ``{"as_of", "rule_pack": {"name", "version", "sha256"}, "rule_packs": [...],
 "alerts": [...], "summary": {...}}``; with several packs ``rule_pack`` joins their names and
 versions with ``+`` and its ``sha256`` hashes theirs in order, ``rule_packs`` lists each one.
@@ -36,6 +39,7 @@ from vigie.engine.alerts import Alert
 from vigie.engine.evaluate import current_stay, normalise_time
 from vigie.engine.factset import FactSet, PatientRecord
 from vigie.engine.load import LoadedPack, load_pack
+from vigie.engine.priority import worklist
 from vigie.engine.site_config import SiteConfig, load_site_config
 from vigie.facts import AnyFact, LabResult
 from vigie.ingest import FileReport, read_feed
@@ -375,6 +379,11 @@ def batch(
     facts, notes = load_feeds(inputs, fmt)
     records = in_scope(facts, as_of, scope)
     alerts = run_packs(packs, records, as_of, site, progress_on_terminal())
+    # the worklist: each alert with its priority score (engine/priority.py), highest first
+    alerts = [
+        item.alert.model_copy(update={"priority": item.priority.score})
+        for item in worklist(alerts, facts, normalise_time(as_of))
+    ]
     result = BatchResult(
         normalise_time(as_of), list(packs), len(facts.patients()), len(records), alerts
     )

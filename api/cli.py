@@ -360,25 +360,23 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-DEFAULT_PACKS = ("default.rules", "ansm-interactions.rules")
-
-
 def _print_alerts(facts: FactSet, as_of: datetime, shown: int = 12) -> None:
-    """Evaluate the default packs on every patient and print the worklist's head."""
-    from vigie import rules
-    from vigie.engine import evaluate
+    """Evaluate the default packs on every patient and print the worklist's head (the code path
+    of ``vigie batch --scope all``: packs, evaluation, priority order)."""
+    from vigie.api.batch import BatchError, in_scope, load_packs, run_packs
+    from vigie.engine.priority import worklist
 
-    alerts = []
-    for name in DEFAULT_PACKS:
-        label = f"rules/packs/{name}"  # how alerts name the rule's file, wherever installed
-        text = (Path(rules.__file__).parent / "packs" / name).read_text(encoding="utf-8")
-        ir, _ = rules.compile_pack(text, label)
-        if ir is None:
-            print(f"{label}: does not compile (run vigie rules check {label})")
-            continue
-        alerts += evaluate(ir, facts, as_of)
+    try:
+        packs = load_packs([])
+    except BatchError as error:  # a shipped pack that does not compile: said, no alerts
+        print(f"\n{error}")
+        return
+    alerts = run_packs(packs, in_scope(facts, as_of, "all"), as_of)
+    alerts = [
+        item.alert.model_copy(update={"priority": item.priority.score})
+        for item in worklist(alerts, facts, as_of)
+    ]
     rank = {"critical": 0, "major": 1, "moderate": 2, "minor": 3}
-    alerts.sort(key=lambda a: (rank[a.severity], a.rule_id, a.patient_id))
     by_severity: Counter[str] = Counter(a.severity for a in alerts)
     print(
         f"\nAlerts as of {as_of:%Y-%m-%d %H:%M} UTC: {len(alerts):,} "
@@ -395,7 +393,8 @@ def _print_alerts(facts: FactSet, as_of: datetime, shown: int = 12) -> None:
             else "derived"
         )
         print(
-            f"  [{alert.severity}] {alert.rule_id} patient {alert.patient_id}"
+            f"  [{alert.severity}, priority {alert.priority or 0:.0f}] {alert.rule_id} "
+            f"patient {alert.patient_id}"
             f" ({alert.ward or '?'}): {alert.message}\n      rule {alert.rule.file}:"
             f"{alert.rule.line}; first evidence from {where}"
         )
