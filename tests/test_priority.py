@@ -93,6 +93,35 @@ def test_hyperkalaemia_alert_records_the_value_and_the_catalogue_threshold() -> 
     )
 
 
+def test_escalation_comparisons_are_not_thresholds() -> None:
+    # K+ 6.3: critical by the escalation K+ >= 6.0 (catalogue); the threshold is still k_max.
+    (alert,) = alerts_of(on_ramipril("p1", 6.3))
+    assert alert.severity == "critical"
+    assert [(t.param, t.threshold) for t in alert.thresholds] == [("k_max", 5.5)]
+
+
+def test_threshold_written_first_is_read_the_same_way() -> None:
+    # `k_max < k` says the same as `k > k_max`: recorded with the measured value first.
+    text = (
+        'pack "t" version "1.0.0"\n'
+        "set raising = atc C09A\n"
+        "param k_max = 5.5 mmol/L in 5.0 .. 6.5\n"
+        'rule t.k "K"\n  problem 7 intervention 2 severity major\n  when\n'
+        "    d = active drug in raising\n    k = latest potassium within 48 h\n"
+        '    k_max < k\n  say "K {k}"\n'
+    )
+    ir, diagnostics = compile_pack(text, "t.rules")
+    assert ir is not None, [d.message for d in diagnostics]
+    (alert,) = evaluate(ir, FactSet(on_ramipril("p1", 5.9)), NOW)
+    (threshold,) = alert.thresholds
+    assert (threshold.name, threshold.op, threshold.value, threshold.threshold) == (
+        "k",
+        "gt",
+        5.9,
+        5.5,
+    )
+
+
 def test_metformin_egfr_records_a_below_threshold() -> None:
     facts: list[AnyFact] = [
         patient("p1"),
