@@ -280,3 +280,30 @@ def test_a_bad_message_is_reported_with_its_position_and_the_rest_read(
     reference = _batch([hospital], tmp_path / "ref.json")
     document = json.loads(out.read_text(encoding="utf-8"))
     assert document["summary"]["patients_evaluated"] == reference["summary"]["patients_evaluated"]
+
+
+class _Stream:
+    def __init__(self, terminal: bool) -> None:
+        self.terminal = terminal
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return self.terminal
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_only_on_a_terminal() -> None:
+    from vigie.api.batch import progress_on_terminal
+
+    assert progress_on_terminal(_Stream(False)) is None
+    stream = _Stream(True)
+    show = progress_on_terminal(stream)
+    assert show is not None
+    show(50, 120)
+    show(120, 120)
+    assert stream.text == "\rEvaluating: 50/120 patients\rEvaluating: 120/120 patients\n"
