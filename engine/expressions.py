@@ -28,6 +28,7 @@ from vigie.engine.alerts import Threshold, ThresholdOp
 from vigie.engine.derived import (
     Amount,
     amount_arithmetic,
+    amount_in,
     compare_amounts,
 )
 from vigie.engine.errors import PackError, RuleRuntimeError
@@ -269,10 +270,10 @@ class ClosureBuilder:
         left, right = node["args"]
         a, b = self.build(left), self.build(right)
         test = _COMPARE[op]
-        if _amount_capable(left) or _amount_capable(right):
-            return _amount_comparison(node, op, a, b, left.get("unit"), right.get("unit"))
-
         recorded = _threshold_shape(node)
+        if _amount_capable(left) or _amount_capable(right):
+            units = (left.get("unit"), right.get("unit"))
+            return _amount_comparison(node, op, a, b, *units, recorded=recorded)
 
         def compare(ctx: Context) -> bool | None:
             x = a(ctx)
@@ -547,9 +548,13 @@ def _none_or(value: Any, fn: Callable[[Any], Any]) -> Any:
 
 
 # Thresholds: ``measured op threshold`` (or ``threshold op measured``) where the threshold is a
-# parameter or a constant (possibly converted) and the measured side is anything else but the
-# patient's age (age is patient context, scored on its own). Recorded only while explaining.
+# parameter or a constant (possibly converted) and the measured side is a lab value, a derived
+# renal function, a drug amount (daily dose, MME)... — not the patient's age, weight or height
+# (patient context: a criterion, not the triggering value), a duration or an order line's
+# attribute (a frequency). Recorded only while explaining.
 _FLIP = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}
+_CHARACTERISTICS = frozenset({"age", "weight", "height"})
+_NOT_MEASURES = frozenset({"s", "years", "kg", "cm", "m"})
 _ThresholdShape = tuple[str, str, bool, str | None, str | None]  # name, op, flipped, unit, param
 
 
@@ -591,8 +596,8 @@ def _threshold_shape(node: Mapping[str, Any]) -> _ThresholdShape | None:
         measured, flipped, param = right, True, left_param
     else:
         return None
-    if measured.get("op") == "age" or measured.get("unit") in ("s", "years"):
-        return None  # age is patient context; durations are not measured values
+    if measured.get("op") in _CHARACTERISTICS or measured.get("unit") in _NOT_MEASURES:
+        return None  # age, weight, height are patient context; durations are not measures
     if _reads_order(measured):
         return None  # a dosing criterion (frequency...), not a measured value
     name = _measured_name(measured)
@@ -638,6 +643,7 @@ def _amount_comparison(
     b: Closure,
     left_unit: str | None,
     right_unit: str | None,
+    recorded: _ThresholdShape | None = None,
 ) -> Closure:
     def compare(ctx: Context) -> bool | None:
         x = a(ctx)
@@ -647,11 +653,39 @@ def _amount_comparison(
         if y is None:
             return None
         try:
-            return compare_amounts(op, x, y, left_unit, right_unit)
+            held = compare_amounts(op, x, y, left_unit, right_unit)
         except TypeError as error:
             raise _fail(node, error) from error
+        if held is True and recorded is not None and ctx.thresholds is not None:
+            _record_amount_threshold(ctx.thresholds, recorded, x, y, left_unit, right_unit)
+        return held
 
     return compare
+
+
+def _record_amount_threshold(
+    found: list[Threshold],
+    shape: _ThresholdShape,
+    x: Any,
+    y: Any,
+    left_unit: str | None,
+    right_unit: str | None,
+) -> None:
+    """A drug amount (daily dose, MME) against a plain threshold, in the threshold's unit
+    (``p`` 3500 mg against ``3 g`` is recorded as 3.5 gt 3 g); a lower bound counts as its known
+    part. Amounts that do not convert to the threshold's unit are not recorded."""
+    name, op, flipped, _, param = shape
+    measured, threshold, unit = (y, x, left_unit) if flipped else (x, y, right_unit)
+    if isinstance(threshold, Amount):
+        return
+    if isinstance(measured, Amount):
+        value = amount_in(measured, unit) if unit else measured.value
+        unit = unit or measured.unit
+        if value is None:
+            return
+        measured = value
+    pair = (threshold, measured) if flipped else (measured, threshold)
+    _record_threshold(found, (name, op, flipped, unit, param), *pair)
 
 
 def _time_arith(op: str, x: Any, y: Any) -> Any:

@@ -135,6 +135,21 @@ def test_metformin_egfr_records_a_below_threshold() -> None:
     assert threshold_distance(threshold) == pytest.approx(18 / 30)
 
 
+def test_daily_dose_records_the_amount_against_the_dose_limit_not_the_weight() -> None:
+    # Catalogue dose.paracetamol_max: > 4 g/day, or > 3 g/day under 50 kg. At 44 kg and
+    # 3 x 1000 mg + 0.5: 3.5 g against 3 g; the weight (< 50 kg) is patient context.
+    facts: list[AnyFact] = [
+        patient("p1"),
+        order("p1", "P1", "N02BE01", dose=1000, per_day=3.5),
+        weight("p1", 44.0),
+    ]
+    (alert,) = [a for a in alerts_of(facts) if a.rule_id == "dose.paracetamol_max"]
+    assert [(t.name, t.op, t.value, t.threshold, t.unit) for t in alert.thresholds] == [
+        ("p", "gt", 3500.0, 3000.0, "mg")
+    ]
+    assert threshold_distance(alert.thresholds[0]) == pytest.approx(500 / 3000)
+
+
 def test_alert_without_a_numeric_threshold_records_none() -> None:
     # Two DOACs (catalogue coag.doac_duplicate): no measured value, no threshold.
     facts: list[AnyFact] = [
