@@ -33,7 +33,7 @@ from datetime import datetime
 
 from vigie.engine.alerts import Alert, Threshold
 from vigie.engine.derived import age_in_years, ckd_epi_2021, cockcroft_gault
-from vigie.engine.evaluate import current_stay
+from vigie.engine.evaluate import current_stay, normalise_time
 from vigie.engine.factset import FactSet, PatientRecord
 
 __all__ = [
@@ -199,6 +199,7 @@ def patient_context(
     *other* open alerts of the patient."""
     if record is None:
         return PatientContext(other_open_alerts=open_alerts)
+    as_of = normalise_time(as_of)
     patient = record.patient
     birth = None if patient is None else patient.birth_date
     age = None if birth is None else age_in_years(birth, as_of)
@@ -248,6 +249,7 @@ def worklist(
     filtering. Ties are broken by severity, patient id, rule id and alert id, so the order never
     depends on the input order.
     """
+    as_of = normalise_time(as_of)  # facts are naive UTC; an aware time is converted
     every = list(alerts)
     per_patient = Counter(alert.patient_id for alert in every)
     records = facts.patients()

@@ -8,7 +8,7 @@ function, more other open alerts and a better PPV never rank lower.
 from __future__ import annotations
 
 import random
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -256,6 +256,14 @@ def test_ward_is_the_current_stay_of_the_factset() -> None:
     items = worklist(alerts, FactSet(moved), NOW, ward="GERIATRIE")
     assert [i.alert.patient_id for i in items] == ["p1"]
     assert worklist(alerts, FactSet(moved), NOW, ward="CARDIO") == []
+
+
+def test_aware_evaluation_time_reads_the_same_context() -> None:
+    facts = on_ramipril("p1", 5.8, born=date(1940, 1, 1))
+    alerts = alerts_of(facts)
+    naive = worklist(alerts, FactSet(facts), NOW)
+    aware = worklist(alerts, FactSet(facts), NOW.replace(tzinfo=UTC))
+    assert naive == aware and naive[0].context.ward == "CARDIO"
 
 
 # Determinism -----------------------------------------------------------------------------------
