@@ -41,6 +41,7 @@ from vigie.engine.factset import FactSet, PatientRecord
 from vigie.engine.load import LoadedPack, load_pack
 from vigie.engine.priority import worklist
 from vigie.engine.site_config import SiteConfig, load_site_config
+from vigie.errors import VigieError
 from vigie.facts import AnyFact, LabResult
 from vigie.ingest import FileReport, read_feed
 from vigie.terminology.units import default_unit_tables
@@ -63,7 +64,7 @@ SEVERITY_RANK = {"critical": 0, "major": 1, "moderate": 2, "minor": 3}
 NESTED = ("rule", "problem", "intervention", "drugs", "evidence", "thresholds")
 
 
-class BatchError(Exception):
+class BatchError(VigieError):
     """A problem stopping the batch before any evaluation; ``usage`` says which exit code."""
 
     def __init__(self, message: str, *, usage: bool) -> None:
