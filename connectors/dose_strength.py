@@ -40,7 +40,7 @@ from vigie.connectors.drug_labels import NameLookup
 from vigie.facts import Flag, FlagCode
 from vigie.facts.model import Ingredient
 from vigie.terminology.compositions import combination_atc_codes
-from vigie.terminology.names import parse_label
+from vigie.terminology.names import LabelIngredient, parse_label
 
 __all__ = [
     "DOSE_FORM_UNITS",
@@ -123,18 +123,9 @@ def label_strength(
         if len(match.ingredients) != 1:
             return None
         found = match.ingredients[0]
-        written = found.written
-        if written.amount is None or (atc and found.atc and found.atc != atc):
+        if found.written.amount is None or (atc and found.atc and found.atc != atc):
             return None
-        return Ingredient(
-            name=written.name,
-            atc=found.atc or atc,
-            amount=written.amount,
-            unit=written.unit,
-            per_amount=written.per_amount,
-            per_unit=written.per_unit,
-            source=source,
-        )
+        return _as_ingredient(found.written, found.atc or atc, source)
     if atc is None or len(atc) != 7 or atc in combination_atc_codes():
         return None
     for label in texts:
@@ -143,17 +134,21 @@ def label_strength(
             continue
         if len(parsed.ingredients) != 1 or parsed.ingredients[0].amount is None:
             return None
-        written = parsed.ingredients[0]
-        return Ingredient(
-            name=written.name,
-            atc=atc,
-            amount=written.amount,
-            unit=written.unit,
-            per_amount=written.per_amount,
-            per_unit=written.per_unit,
-            source=source,
-        )
+        return _as_ingredient(parsed.ingredients[0], atc, source)
     return None
+
+
+def _as_ingredient(written: LabelIngredient, atc: str | None, source: str) -> Ingredient:
+    """The strength a label writes, as the line's one ingredient."""
+    return Ingredient(
+        name=written.name,
+        atc=atc,
+        amount=written.amount,
+        unit=written.unit,
+        per_amount=written.per_amount,
+        per_unit=written.per_unit,
+        source=source,
+    )
 
 
 def dose_by_strength(

@@ -64,6 +64,7 @@ from typing import Any, Final
 
 from vigie.engine.alerts import Alert, Evidence
 from vigie.facts import Source
+from vigie.terminology.sfpc import PROBLEM_DISPLAYS
 
 __all__ = [
     "ALERT_IDENTIFIER_SYSTEM",
@@ -89,24 +90,8 @@ _IG: Final = "https://hl7.fr/ig/fhir/medication/CodeSystem/"
 PROBLEM_SYSTEM: Final = _IG + "fr-pharmaceutical-intervention-problem-code"
 INTERVENTION_SYSTEM: Final = _IG + "fr-pharmaceutical-intervention-type-code"
 
-# Displays exactly as in the code system files (FrPharmaceuticalInterventionProblemCode.fsh,
-# FrPharmaceuticalInterventionTypeCode.fsh), spelling included; a test keeps them equal.
-PROBLEM_DISPLAYS: Final = {
-    "1": "Non conformité aux référentiels / Contre-indication",
-    "2": "Indication non traitée",
-    "3": "Sous-dosage",
-    "4": "Surdosage",
-    "5": "Médicament non indiqué",
-    "6.1": "Interaction - A prendre en compte",
-    "6.2": "Interaction - Précaution d'emploi",
-    "6.3": "Interaction - Association déconseillée",
-    "6.4": "Interaction - Association contre-indiquée",
-    "6.5": "Interaction - Publiée (=hors GTIAM de l'AFSSAPS)",
-    "7": "Effet indésirable",
-    "8": "Voie/administration inappropriée",
-    "9": "Traitement non reçu",
-    "10": "Monitorage à suivre",
-}
+# Displays exactly as in the code system files, spelling included (the problem codes' in
+# terminology/sfpc.py; FrPharmaceuticalInterventionTypeCode.fsh below); a test keeps them equal.
 INTERVENTION_DISPLAYS: Final = {
     "1": "Ajout (prescrption nouvelle)",
     "2": "Arrêt",

@@ -56,6 +56,7 @@ __all__ = [
     "Selection",
     "check_ir",
     "load_pack",
+    "param_spec",
 ]
 
 SUPPORTED_IR_VERSION = IR_VERSION
@@ -342,7 +343,7 @@ def load_pack(ir: Mapping[str, Any]) -> LoadedPack:
     try:
         pack = ir["pack"]
         sets = CodeSets(ir.get("sets") or {})
-        params = {name: _param(name, spec) for name, spec in (ir.get("params") or {}).items()}
+        params = {name: param_spec(name, spec) for name, spec in (ir.get("params") or {}).items()}
         rules = tuple(_load_rule(i, rule, pack, sets, params) for i, rule in enumerate(ir["rules"]))
     except PackError:
         raise
@@ -385,7 +386,8 @@ def _schema_error(ir: Mapping[str, Any], error: ValidationError) -> str:
     return f"malformed IR at {json_path(ir, first['loc'])}: {detail}{more}"
 
 
-def _param(name: str, spec: Mapping[str, Any]) -> ParamSpec:
+def param_spec(name: str, spec: Mapping[str, Any]) -> ParamSpec:
+    """A cursor of the IR (``params``) as the evaluator reads it."""
     return ParamSpec(
         name=name,
         value=float(spec["value"]),

@@ -65,7 +65,7 @@ from types import MappingProxyType
 from typing import Any
 
 from vigie.engine.errors import EngineError
-from vigie.engine.load import LoadedPack, ParamSpec, Selection
+from vigie.engine.load import LoadedPack, ParamSpec, Selection, param_spec
 
 __all__ = [
     "PackInfo",
@@ -138,14 +138,7 @@ class PackInfo:
         params: dict[str, ParamSpec] = {}
         sources: dict[str, str] = {}
         for name, spec in (ir.get("params") or {}).items():
-            params[name] = ParamSpec(
-                name=name,
-                value=float(spec["value"]),
-                unit=spec.get("unit"),
-                min=float(spec["min"]),
-                max=float(spec["max"]),
-                label=spec.get("label"),
-            )
+            params[name] = param_spec(name, spec)
             source = spec.get("source") or {}
             if source.get("file"):
                 sources[name] = f"{source['file']}:{source.get('line', '?')}"

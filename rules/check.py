@@ -33,6 +33,7 @@ from vigie.rules.parser import placeholder_is_well_formed
 from vigie.rules.plausibility import atc_close_codes, atc_plausible, known_atc_codes
 from vigie.rules.types import DERIVED, ERROR, LAB_ATTRIBUTES, ORDER_ATTRIBUTES, Kind, Type, quantity
 from vigie.rules.units import unit_factor, unit_hint, unit_info
+from vigie.terminology.sfpc import PROBLEM_DISPLAYS
 
 __all__ = [
     "INTERVENTION_CODES",
@@ -48,22 +49,7 @@ __all__ = [
 
 # SFPC pharmaceutical intervention codes (Interop'Santé code systems, see
 # shared/data/fr-medication-ig/sfpc_pharmaceutical_intervention_codesystems/).
-PROBLEM_CODES = {
-    "1": "Non conformité aux référentiels / Contre-indication",
-    "2": "Indication non traitée",
-    "3": "Sous-dosage",
-    "4": "Surdosage",
-    "5": "Médicament non indiqué",
-    "6.1": "Interaction - A prendre en compte",
-    "6.2": "Interaction - Précaution d'emploi",
-    "6.3": "Interaction - Association déconseillée",
-    "6.4": "Interaction - Association contre-indiquée",
-    "6.5": "Interaction - Publiée (=hors GTIAM de l'AFSSAPS)",
-    "7": "Effet indésirable",
-    "8": "Voie/administration inappropriée",
-    "9": "Traitement non reçu",
-    "10": "Monitorage à suivre",
-}
+PROBLEM_CODES = PROBLEM_DISPLAYS
 INTERVENTION_CODES = {
     "1": "Ajout (prescription nouvelle)",
     "2": "Arrêt",
