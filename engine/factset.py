@@ -45,7 +45,7 @@ from vigie.facts import (
     Stay,
 )
 
-__all__ = ["FactSet", "PatientRecord", "fact_columns", "fact_row"]
+__all__ = ["INGREDIENT_STRUCT", "FactSet", "PatientRecord", "fact_columns", "fact_row"]
 
 _SCALARS: dict[Any, pl.DataType] = {
     str: pl.String(),
@@ -55,6 +55,20 @@ _SCALARS: dict[Any, pl.DataType] = {
     datetime: pl.Datetime("us"),
     date: pl.Date(),
 }
+
+
+# A combination product's ingredients (``vigie.facts.Ingredient``), one struct per substance.
+INGREDIENT_STRUCT = pl.Struct(
+    {
+        "name": pl.String(),
+        "atc": pl.String(),
+        "amount": pl.Float64(),
+        "unit": pl.String(),
+        "per_amount": pl.Float64(),
+        "per_unit": pl.String(),
+        "source": pl.String(),
+    }
+)
 
 
 def _dtype(annotation: Any) -> pl.DataType:
@@ -78,11 +92,14 @@ def fact_columns(kind: str) -> dict[str, pl.DataType]:
         if annotation is Source:
             for part in ("feed", "document", "message_id", "position"):
                 schema[f"source_{part}"] = pl.String()
+            schema["source_version_time"] = pl.Datetime("us")
         elif annotation is Coding:
             for part in ("system", "code", "display"):
                 schema[f"{name}_{part}"] = pl.String()
         elif name == "flags":
             schema["flags"] = pl.List(pl.String())
+        elif name == "ingredients":
+            schema["ingredients"] = pl.List(INGREDIENT_STRUCT)
         else:
             schema[name] = _dtype(annotation)
     return schema
@@ -93,12 +110,15 @@ def fact_row(fact: Fact) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for name in type(fact).model_fields:
         value = getattr(fact, name)
-        if isinstance(value, Source | Coding):
-            parts = value.model_dump()
-            prefix = "source" if isinstance(value, Source) else name
-            row.update({f"{prefix}_{k}": v for k, v in parts.items()})
+        if isinstance(value, Source):
+            for part in ("feed", "document", "message_id", "position", "version_time"):
+                row[f"source_{part}"] = getattr(value, part)
+        elif isinstance(value, Coding):
+            row.update({f"{name}_{k}": v for k, v in value.model_dump().items()})
         elif name == "flags":
             row["flags"] = [flag.code.value for flag in value]
+        elif name == "ingredients":
+            row["ingredients"] = [ingredient.model_dump() for ingredient in value]
         elif isinstance(value, Enum):
             row[name] = value.value
         elif isinstance(value, tuple):
