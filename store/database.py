@@ -26,6 +26,10 @@ the user's data directory, so every command and the service share it.
 - ``ingest_run`` lists the open stores that keep or recover messages, one per process: a
   ``received`` message belongs to the run that kept it (``raw_message.ingest_run``) until that
   run has stored what it gave.
+- ``alert`` and ``alert_event`` (the alerts and their append-only lifecycle log) are defined in
+  ``vigie.store.alerts`` on this module's metadata (the package imports it), so that they are
+  created with the others, in a new store as in one made before them (tables only: the schema
+  version is unchanged).
 
 Several processes may ingest into one store at once (see ``vigie.store.concurrency``): write
 transactions are serialised, one at a time per store, while parsing runs in parallel; a
