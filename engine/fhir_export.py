@@ -8,9 +8,19 @@ https://hl7.org/fhir/R4/detectedissue.html):
 ``id`` / ``identifier``
     The stable alert id; ``identifier.system`` is ``urn:vigie:alert``.
 ``status``
-    ``preliminary``: an open alert awaits the pharmacist's review. The alert lifecycle
-    (``resolved_by_data``, ``intervention``, ``dismissed``) is not in the Alert yet, so nothing
-    else is mapped.
+    R4 binds it to ObservationStatus (registered | preliminary | final | amended | corrected |
+    cancelled | entered-in-error | unknown). From the alert's lifecycle (:class:`Lifecycle`,
+    kept by the alert store; none given: ``open``), :data:`STATUS`:
+    ``open`` → ``preliminary`` (awaits the pharmacist's review);
+    ``intervention`` → ``final`` with a ``mitigation`` (reviewed and acted upon);
+    ``dismissed`` → ``final`` without mitigation ("complete, no further action needed":
+    reviewed, nothing to do), except a dismissal for ``data_error`` → ``entered-in-error``
+    (raised from wrong data, it should never have existed);
+    ``resolved_by_data`` → ``cancelled`` (the review never completed: the situation ended
+    first). R5's own DetectedIssue status (preliminary | final | entered-in-error | mitigated)
+    reads the same way, ``mitigated`` being R4's final + mitigation. The mapping loses the
+    Vigie status, so it is in the ``urn:vigie:extension:lifecycle`` extension (sub-extensions
+    ``status``, ``changed``, ``actor``, ``reasonCode``, ``reason``).
 ``severity``
     DetectedIssue.severity is ``high | moderate | low``: ``critical`` and ``major`` → ``high``,
     ``moderate`` → ``moderate``, ``minor`` → ``low`` (:data:`SEVERITY`). The Vigie severity itself
@@ -39,7 +49,10 @@ https://hl7.org/fhir/R4/detectedissue.html):
     (sub-extensions ``feed``, ``document``, ``messageId``, ``position``), and its
     ``Reference.display`` says it in words.
 ``mitigation``
-    Absent: it records actions taken, and no decision exists yet.
+    For an ``intervention`` only: ``action`` the SFPC intervention type (the type code system
+    above) when the pharmacist gave one, ``text`` what was done; ``date`` the decision's time;
+    ``author.display`` who decided (a name, not a Practitioner resource). Absent otherwise: it
+    records actions taken.
 ``extension``
     ``urn:vigie:extension:rule`` (sub-extensions ``id``, ``version``, ``pack``, ``packVersion``,
     ``file``, ``line``, ``severity``, ``reference``) and
@@ -56,11 +69,12 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from html import escape
 from pathlib import PurePath
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from vigie.engine.alerts import Alert, Evidence
 from vigie.facts import Source
@@ -71,6 +85,8 @@ __all__ = [
     "INTERVENTION_SYSTEM",
     "PROBLEM_SYSTEM",
     "SEVERITY",
+    "STATUS",
+    "Lifecycle",
     "alert_to_detected_issue",
     "alerts_to_bundle",
 ]
@@ -82,6 +98,7 @@ FACT_IDENTIFIER_SYSTEM: Final = "urn:vigie:fact"
 RULE_EXTENSION: Final = "urn:vigie:extension:rule"
 SOURCE_EXTENSION: Final = "urn:vigie:extension:fact-source"
 INTERVENTION_EXTENSION: Final = "urn:vigie:extension:suggested-intervention"
+LIFECYCLE_EXTENSION: Final = "urn:vigie:extension:lifecycle"
 
 # Interop'Santé code systems (the FSH code systems of hl7.fhir.fr.medication; copy in
 # shared/data/fr-medication-ig/sfpc_pharmaceutical_intervention_codesystems/). The canonical
@@ -104,6 +121,36 @@ INTERVENTION_DISPLAYS: Final = {
 
 SEVERITY: Final = {"critical": "high", "major": "high", "moderate": "moderate", "minor": "low"}
 """Vigie severity → DetectedIssue.severity (R4 value set detectedissue-severity)."""
+
+LifecycleStatus = Literal["open", "resolved_by_data", "intervention", "dismissed"]
+
+STATUS: Final = {
+    "open": "preliminary",
+    "intervention": "final",
+    "dismissed": "final",
+    "resolved_by_data": "cancelled",
+}
+"""Alert lifecycle status → DetectedIssue.status (R4 ObservationStatus; see the module
+docstring), but for a dismissal for ``data_error`` (``entered-in-error``)."""
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """Where an alert is in its lifecycle, as the alert store keeps it (``vigie.store.alerts``):
+    its status, when and by whom it was set, and the reason — a dismissal's reason code and
+    text, or an intervention's SFPC type and text."""
+
+    status: LifecycleStatus = "open"
+    changed: datetime | None = None
+    actor: str | None = None
+    reason_code: str | None = None
+    reason: str | None = None
+
+    def fhir_status(self) -> str:
+        if self.status == "dismissed" and self.reason_code == "data_error":
+            return "entered-in-error"
+        return STATUS[self.status]
+
 
 # Fact kind → the FHIR resource type a reference to that fact names.
 RESOURCE_TYPE: Final = {
@@ -261,8 +308,45 @@ def _narrative(alert: Alert) -> JSON:
     return {"status": "generated", "div": div}
 
 
-def alert_to_detected_issue(alert: Alert) -> JSON:
-    """One alert as a FHIR R4 ``DetectedIssue`` (a JSON-ready dict); see the module docstring."""
+def _lifecycle_extension(lifecycle: Lifecycle) -> JSON:
+    parts: list[JSON] = [{"url": "status", "valueCode": lifecycle.status}]
+    if lifecycle.changed is not None:
+        parts.append({"url": "changed", "valueDateTime": fhir_datetime(lifecycle.changed)})
+    parts.extend(_string_extension("actor", lifecycle.actor))
+    if lifecycle.reason_code:
+        parts.append({"url": "reasonCode", "valueCode": lifecycle.reason_code})
+    parts.extend(_string_extension("reason", lifecycle.reason))
+    return {"url": LIFECYCLE_EXTENSION, "extension": parts}
+
+
+def _mitigation(lifecycle: Lifecycle) -> JSON:
+    """An intervention as the action taken: SFPC type when given, and what was done."""
+    action: JSON = {}
+    code = lifecycle.reason_code
+    if code:
+        coding = {"system": INTERVENTION_SYSTEM, "code": code}
+        if code in INTERVENTION_DISPLAYS:
+            coding["display"] = INTERVENTION_DISPLAYS[code]
+        action["coding"] = [coding]
+    action["text"] = lifecycle.reason or "intervention"
+    mitigation: JSON = {"action": action}
+    if lifecycle.changed is not None:
+        mitigation["date"] = fhir_datetime(lifecycle.changed)
+    if lifecycle.actor:
+        mitigation["author"] = {"display": lifecycle.actor}
+    return mitigation
+
+
+def alert_to_detected_issue(alert: Alert, lifecycle: Lifecycle | None = None) -> JSON:
+    """One alert as a FHIR R4 ``DetectedIssue`` (a JSON-ready dict); see the module docstring.
+
+    ``lifecycle`` is where the alert is in its lifecycle; none: open, as evaluated, and the
+    issue has no lifecycle extension.
+    """
+    status = (lifecycle or Lifecycle()).fhir_status()
+    extensions = [_rule_extension(alert), _intervention_extension(alert)]
+    if lifecycle is not None:
+        extensions.append(_lifecycle_extension(lifecycle))
     problem = {"system": PROBLEM_SYSTEM, "code": alert.problem.code}
     if alert.problem.code in PROBLEM_DISPLAYS:
         problem["display"] = PROBLEM_DISPLAYS[alert.problem.code]
@@ -270,9 +354,9 @@ def alert_to_detected_issue(alert: Alert) -> JSON:
         "resourceType": "DetectedIssue",
         "id": alert.id,
         "text": _narrative(alert),
-        "extension": [_rule_extension(alert), _intervention_extension(alert)],
+        "extension": extensions,
         "identifier": [{"system": ALERT_IDENTIFIER_SYSTEM, "value": alert.id}],
-        "status": "preliminary",
+        "status": status,
         "code": {"coding": [problem], "text": alert.title},
         "severity": SEVERITY[alert.severity],
         "patient": {"reference": f"Patient/{alert.patient_id}"},
@@ -287,22 +371,30 @@ def alert_to_detected_issue(alert: Alert) -> JSON:
     if alert.evidence:
         issue["evidence"] = [_evidence(item) for item in alert.evidence]
     issue["detail"] = alert.message
+    if lifecycle is not None and lifecycle.status == "intervention":
+        issue["mitigation"] = [_mitigation(lifecycle)]
     return issue
 
 
-def alerts_to_bundle(alerts: Iterable[Alert], timestamp: datetime | None = None) -> JSON:
+def alerts_to_bundle(
+    alerts: Iterable[Alert],
+    timestamp: datetime | None = None,
+    lifecycles: Mapping[str, Lifecycle] | None = None,
+) -> JSON:
     """A ``collection`` Bundle of the alerts' DetectedIssues, in the given order.
 
     Each entry's ``fullUrl`` is a UUID derived from the alert id (the same alert always gets the
-    same one); ``timestamp`` (an instant) is written when given.
+    same one); ``timestamp`` (an instant) is written when given; ``lifecycles`` gives alerts'
+    lifecycles by alert id (an alert not in it is exported as open, without the extension).
     """
+    known = lifecycles or {}
     bundle: JSON = {"resourceType": "Bundle", "type": "collection"}
     if timestamp is not None:
         bundle["timestamp"] = fhir_datetime(timestamp)
     bundle["entry"] = [
         {
             "fullUrl": uuid.uuid5(uuid.NAMESPACE_URL, f"{ALERT_IDENTIFIER_SYSTEM}:{a.id}").urn,
-            "resource": alert_to_detected_issue(a),
+            "resource": alert_to_detected_issue(a, known.get(a.id)),
         }
         for a in alerts
     ]
