@@ -4,10 +4,17 @@
 sorted) and the current alerts per rule. ``add(fact)`` re-evaluates, for that patient only, the
 rules whose ``depends_on`` lists the fact's kind (and, for labs and observations, its concept)
 and returns what changed as an ``AlertDiff`` (new, updated, resolved alerts by alert id).
-``tick(now)`` re-checks what time alone can change: rules with windows, durations or age; order
-lines starting or ending; facts dated later than the clock when they arrived becoming visible;
-the patient's current stay. After ``tick(t)`` the current alerts are exactly those of
-``evaluate(pack, all facts, t)`` (the property tests hold the two together).
+
+Time is a timer queue, not a poll. Each evaluation of a rule for a patient computes the next
+moment its result could change by time passing alone (a fact leaving a ``within`` window, an
+order line's duration reaching its threshold, a birthday for age, clearance and eGFR: see
+``rule_timing``), and each patient has one entry for its next event (an order line or a stay
+starting or ending, a fact dated later than the clock when it arrived becoming visible). All of
+them sit in one heap; ``tick(now)`` pops the entries due and re-evaluates those rules of those
+patients only. Entries superseded by a later evaluation stay in the heap and are skipped when
+popped (the state keeps the one deadline that counts). After ``tick(t)`` the current alerts are
+exactly those of ``evaluate(pack, all facts, t)`` (the property tests hold the two together);
+a clock going back re-evaluates in full the patients evaluated later than ``t``.
 
 Diffs combine: an alert that appears then resolves within one batch is no change at all.
 
@@ -19,10 +26,10 @@ Diffs combine: an alert that appears then resolves within one batch is no change
 from __future__ import annotations
 
 import heapq
-from bisect import insort
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from vigie.engine.alerts import Alert
@@ -42,7 +49,7 @@ from vigie.facts import (
     Stay,
 )
 
-__all__ = ["AlertDiff", "LiveEvaluator"]
+__all__ = ["AlertDiff", "LiveEvaluator", "RuleTiming", "rule_timing"]
 
 
 @dataclass
@@ -109,17 +116,246 @@ def _concept(fact: AnyFact) -> str | None:
     return fact.concept if isinstance(fact, LabResult | Observation) else None
 
 
+# Timers ------------------------------------------------------------------------------------------
+#
+# Time reaches a rule's result in a few ways only: facts dated later than the evaluation time are
+# not read yet, order lines and stays start and end (both are patient events, below), windows
+# ``within w`` (a fact at t leaves the window after t + w), an order line's ``duration``
+# compared with a constant or a parameter (start + c), and the age (birthdays; clearance and eGFR
+# read it). Between two such moments the result cannot change, so a rule is re-evaluated only
+# when the next one is reached. Anything else that reads the clock (``now``, a duration
+# used otherwise than against a constant) makes the rule *polled*: re-evaluated on every tick.
+
+_MICROSECOND = timedelta(microseconds=1)
+_COMPARISONS = frozenset({"gt", "ge", "lt", "le", "eq", "ne", "between"})
+_COUNTS = frozenset({"lab_count", "lab_none"})
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTiming:
+    """What time passing can change in a rule: offsets added to fact times (window lengths,
+    duration thresholds), order-line durations, ages; ``polled`` when that cannot be bounded,
+    ``moving_evidence`` when a firing alert quotes a window start that slides with the clock
+    (a count over ``within w``)."""
+
+    offsets: tuple[timedelta, ...] = ()
+    durations: bool = False
+    age: bool = False
+    polled: bool = False
+    moving_evidence: bool = False
+
+
+def rule_timing(rule: Mapping[str, Any], params: Mapping[str, float]) -> RuleTiming | None:
+    """The timing of a rule's IR (``None``: only patient events can change its result).
+
+    >>> rule_timing({"bindings": [], "condition": {"op": "age", "args": []}, "escalations": [],
+    ...              "message": []}, {})
+    RuleTiming(offsets=(), durations=False, age=True, polled=False, moving_evidence=False)
+    """
+    reader = _TimingReader(params)
+    reader.read([rule.get("bindings"), rule.get("condition"), rule.get("escalations")], None)
+    for part in rule.get("message") or ():
+        reader.read(part.get("expr"), None, message=True)
+    timing = RuleTiming(
+        offsets=tuple(timedelta(seconds=s) for s in sorted(reader.offsets)),
+        durations=reader.durations,
+        age=reader.age,
+        polled=reader.polled,
+        moving_evidence=reader.moving_evidence,
+    )
+    return timing if timing != RuleTiming() else None
+
+
+class _TimingReader:
+    def __init__(self, params: Mapping[str, float]) -> None:
+        self.params = params
+        self.offsets: set[float] = set()
+        self.durations = self.age = self.polled = self.moving_evidence = False
+
+    def read(self, node: Any, parent: Mapping[str, Any] | None, message: bool = False) -> None:
+        if isinstance(node, list):
+            for item in node:
+                self.read(item, parent, message)
+            return
+        if not isinstance(node, dict):
+            return
+        op = node.get("op")
+        if op == "now":
+            self.polled = True
+        elif op == "attr" and node.get("name") == "duration":
+            self._duration(node, parent, message)
+        elif op in ("age", "clearance", "egfr"):
+            self.age = True
+        window = node.get("window") if op else None
+        if isinstance(window, dict) and window.get("within"):
+            seconds = self.offset(window["within"])
+            if seconds is None:
+                self.polled = True
+            else:
+                self.offsets.add(seconds)
+            if op in _COUNTS and not window.get("before"):
+                self.moving_evidence = True
+        for value in node.values():
+            if isinstance(value, dict | list):
+                self.read(value, node, message)
+
+    def _duration(
+        self, node: Mapping[str, Any], parent: Mapping[str, Any] | None, message: bool
+    ) -> None:
+        self.durations = True
+        others = [a for a in (parent or {}).get("args", ()) if a is not node]
+        thresholds = [self.offset(a) for a in others]
+        if message or parent is None or parent.get("op") not in _COMPARISONS or None in thresholds:
+            self.polled = True
+            return
+        self.offsets.update(t for t in thresholds if t is not None)
+
+    def offset(self, node: Mapping[str, Any]) -> float | None:
+        """Seconds of a constant duration (a constant, a parameter, their conversion)."""
+        match node.get("op"):
+            case "const" if isinstance(node.get("value"), int | float):
+                return float(node["value"])
+            case "param" if node.get("name") in self.params:
+                return float(self.params[node["name"]])
+            case "convert":
+                inner = self.offset(node["args"][0])
+                return None if inner is None else inner * float(node["factor"])
+        return None
+
+
+def _next_birthday(birth: date, after: datetime) -> datetime:
+    """The first midnight after ``after`` at which ``age_in_years`` changes (29 February: the
+    age changes on 1 March in other years)."""
+    for year in (after.year, after.year + 1):
+        try:
+            day = date(year, birth.month, birth.day)
+        except ValueError:
+            day = date(year, 3, 1)
+        moment = datetime(day.year, day.month, day.day)
+        if moment > after:
+            return moment
+    raise AssertionError("a birthday comes every year")  # pragma: no cover
+
+
+class _Deadline:
+    """The earliest moment after ``at`` among candidate moments where a result may change:
+    the moment itself, or the next microsecond when it is ``at`` (strict comparisons and
+    inclusive window ends change just after)."""
+
+    __slots__ = ("at", "best")
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+        self.best: datetime | None = None
+
+    def offer(self, moment: datetime) -> None:
+        if moment < self.at:
+            return
+        if moment == self.at:
+            moment = moment + _MICROSECOND
+        if self.best is None or moment < self.best:
+            self.best = moment
+
+    def offer_series(self, series: Sequence[LabResult | Observation], offset: timedelta) -> None:
+        """The first fact of a time-sorted series whose time + offset is not before ``at``."""
+        i = bisect_left(series, self.at - offset, key=_fact_time)
+        if i < len(series):
+            self.offer(series[i].time + offset)
+
+
+def _fact_time(fact: LabResult | Observation) -> datetime:
+    return fact.time
+
+
+def _anchors(fact: AnyFact, timing: RuleTiming) -> list[datetime]:
+    """The moments of a fact that the rule's offsets count from."""
+    match fact:
+        case LabResult() | Observation() | MedicationAdministration():
+            return [fact.time]
+        case MedicationOrder() if timing.durations:
+            return [t for t in (fact.start, fact.end) if t is not None]
+        case Condition() if fact.onset is not None:
+            return [fact.onset]
+        case Allergy() if fact.recorded is not None:
+            return [fact.recorded]
+        case Pregnancy():
+            return [fact.recorded]
+    return []
+
+
+def _rule_deadline(
+    rule: LoadedRule, timing: RuleTiming, record: PatientRecord, at: datetime, firing: bool
+) -> datetime | None:
+    """When the rule must next be re-evaluated for this patient (None: only on events)."""
+    if timing.polled or (firing and timing.moving_evidence):
+        return at + _MICROSECOND
+    deadline = _Deadline(at)
+    offsets = timing.offsets
+    for concept in rule.concepts:
+        for series in (record.labs.get(concept), record.observations.get(concept)):
+            if series:
+                for offset in offsets:
+                    deadline.offer_series(series, offset)
+    others: list[AnyFact] = []
+    kinds = rule.kinds
+    if timing.durations:
+        others.extend(record.orders)
+    if "condition" in kinds:
+        others.extend(record.conditions)
+    if "allergy" in kinds:
+        others.extend(record.allergies)
+    if "pregnancy" in kinds:
+        others.extend(record.pregnancies)
+    if "medication_administration" in kinds:
+        others.extend(record.administrations)
+    for fact in others:
+        _offer_fact(deadline, fact, timing)
+    patient = record.patient
+    if timing.age and patient is not None and patient.birth_date is not None:
+        deadline.offer(_next_birthday(patient.birth_date, at))
+    return deadline.best
+
+
+def _offer_fact(deadline: _Deadline, fact: AnyFact, timing: RuleTiming) -> None:
+    for anchor in _anchors(fact, timing):
+        for offset in timing.offsets:
+            deadline.offer(anchor + offset)
+
+
+def _fact_deadline(fact: AnyFact, timing: RuleTiming, at: datetime) -> datetime | None:
+    """The earliest moment after ``at`` where this one fact may change the rule's result."""
+    deadline = _Deadline(at)
+    _offer_fact(deadline, fact, timing)
+    if timing.age and isinstance(fact, Patient) and fact.birth_date is not None:
+        deadline.offer(_next_birthday(fact.birth_date, at))
+    return deadline.best
+
+
+def _event_moments(fact: object) -> tuple[datetime | None, ...]:
+    """Patient events of a fact: an order line or a stay starting or ending."""
+    match fact:
+        case MedicationOrder():
+            return (fact.start, fact.end)
+        case Stay():
+            return (fact.admit_time, fact.discharge_time)
+    return ()
+
+
 @dataclass
 class _PatientState:
     record: PatientRecord
     alerts: dict[int, dict[str, Alert]] = field(default_factory=dict)  # rule index → id → alert
     facts: dict[tuple[str, str], AnyFact] = field(default_factory=dict)
-    pending: list[tuple[datetime, int, str, str | None]] = field(default_factory=list)  # heap
-    checked_until: datetime | None = None  # every event up to then has been processed
-    # Evaluation times since the last tick: alerts reflect a mix of these times.
-    oldest: datetime | None = None
-    latest: datetime | None = None
+    # Facts dated later than when they arrived: (visible from, sequence, kind, concept), a heap.
+    pending: list[tuple[datetime, int, str, str | None]] = field(default_factory=list)
+    events_until: datetime | None = None  # patient events up to then have been processed
+    event_due: datetime | None = None  # the next patient event scheduled in the global queue
+    timers: dict[int, tuple[datetime, datetime]] = field(default_factory=dict)  # deadline, base
+    latest: datetime | None = None  # the latest evaluation time of any of its rules
     stay: tuple[str | None, str | None] = (None, None)
+
+
+_EVENTS = -1  # the rule index of a patient's event entries in the timer queue
 
 
 class LiveEvaluator:
@@ -142,8 +378,15 @@ class LiveEvaluator:
         self._patients: dict[str, _PatientState] = {}
         self._owner: dict[tuple[str, str], str] = {}  # (kind, fact id) → patient id
         self._dependents: dict[tuple[str, str | None], tuple[LoadedRule, ...]] = {}
-        self._order: dict[int, int] = {r.index: i for i, r in enumerate(self.selection.rules)}
-        self._clock_rules = tuple(r for r in self.selection.rules if r.clock_dependent)
+        self._by_index = {r.index: r for r in self.selection.rules}
+        self._timing: dict[int, RuleTiming] = {}
+        for rule in self.selection.rules:
+            timing = rule_timing(rule.ir, self.selection.params)
+            if timing is not None:
+                self._timing[rule.index] = timing
+        # One queue for every patient: (deadline, sequence, patient id, rule index or _EVENTS).
+        self._queue: list[tuple[datetime, int, str, int]] = []
+        self._latest: datetime | None = None  # the latest evaluation time of any patient
         self._sequence = 0
 
     # Reading
@@ -170,6 +413,15 @@ class LiveEvaluator:
         state = self._patients.get(patient_id)
         return state.record if state else None
 
+    def timing(self, rule_id: str) -> RuleTiming | None:
+        """How time can change a selected rule (None: only order lines, stays and facts dated
+        in the future)."""
+        return self._timing.get(self.selection.pack.rule(rule_id).index)
+
+    def next_deadline(self) -> datetime | None:
+        """The earliest moment queued (possibly for an entry since superseded)."""
+        return self._queue[0][0] if self._queue else None
+
     # Updates
 
     def add(self, fact: AnyFact, now: datetime | None = None) -> AlertDiff:
@@ -183,11 +435,17 @@ class LiveEvaluator:
         fresh = state is None
         if state is None:
             state = self._patients[fact.patient_id] = _PatientState(
-                PatientRecord(fact.patient_id), checked_until=at
+                PatientRecord(fact.patient_id), events_until=at
             )
+        else:
+            self._rewind_events(state, at)
         touched = self._insert(state, fact, at)
+        self._schedule_events(state, fact, at)
         rules = self.selection.rules if fresh else self._rules_for(touched | moved)
-        return diff.merge(self._reevaluate(state, rules, at))
+        if not rules and not isinstance(fact, Stay):
+            return diff  # nothing reads it (a stay may move the alerts along)
+        changed = self._reevaluate(state, rules, at, fact=fact, full=fresh)
+        return changed if not diff else diff.merge(changed)
 
     def add_many(self, facts: Iterable[AnyFact], now: datetime | None = None) -> AlertDiff:
         diff = AlertDiff()
@@ -196,12 +454,31 @@ class LiveEvaluator:
         return self._sorted(diff)
 
     def tick(self, now: datetime) -> AlertDiff:
-        """Re-check, for every patient, what time passing until ``now`` can change."""
+        """Re-evaluate what time passing until ``now`` may have changed: the rules whose next
+        deadline has come, of those patients only (any patient evaluated later than ``now`` —
+        the clock went back — is evaluated again in full)."""
         at = normalise_time(now)
         self.now = at if self.now is None or at > self.now else self.now
         diff = AlertDiff()
-        for patient_id in sorted(self._patients):
-            diff = diff.merge(self._tick_patient(self._patients[patient_id], at))
+        if self._latest is not None and at < self._latest:
+            diff = self._rewind(at)
+        due: dict[str, set[int]] = {}
+        queue = self._queue
+        while queue and queue[0][0] <= at:
+            deadline, _, patient_id, index = heapq.heappop(queue)
+            state = self._patients[patient_id]
+            if index == _EVENTS:
+                if state.event_due == deadline:
+                    state.event_due = None
+                    due.setdefault(patient_id, set()).add(index)
+            else:
+                timer = state.timers.get(index)
+                if timer is not None and timer[0] == deadline:
+                    del state.timers[index]
+                    due.setdefault(patient_id, set()).add(index)
+        for patient_id in sorted(due):
+            changed = self._tick_patient(self._patients[patient_id], due[patient_id], at)
+            _extend(diff, changed)
         return self._sorted(diff)
 
     # Internals
@@ -236,6 +513,7 @@ class LiveEvaluator:
         _discard(state.record, old)
         touched = {(old.kind, _concept(old))}
         if owner != fact.patient_id:
+            self._rewind_events(state, at)
             moved = self._reevaluate(state, self._rules_for(touched), at)
             diff.new, diff.updated, diff.resolved = moved.new, moved.updated, moved.resolved
             return None, set()
@@ -263,37 +541,76 @@ class LiveEvaluator:
             found.update((r.index, r) for r in dependents)
         return [found[i] for i in sorted(found)]
 
-    def _tick_patient(self, state: _PatientState, at: datetime) -> AlertDiff:
-        since = state.checked_until
-        rewound = (state.latest is not None and state.latest > at) or (
-            since is not None and state.oldest is not None and state.oldest < since
-        )
-        if since is None or rewound or at < since:
-            # The alerts may reflect a later time (the clock went back, a replay) or an add
-            # evaluated before the last tick: start again from the facts.
-            rules: Sequence[LoadedRule] = self.selection.rules
+    # Patient events: order lines and stays starting or ending, facts dated in the future.
+
+    def _schedule_events(self, state: _PatientState, fact: AnyFact, at: datetime) -> None:
+        moments = [m for m in _event_moments(fact) if m is not None and m > at]
+        visible = _visible_from(fact)
+        if visible is not None and visible > at:
+            moments.append(visible)
+        if moments:
+            self._queue_events(state, min(moments))
+
+    def _queue_events(self, state: _PatientState, moment: datetime | None) -> None:
+        if moment is not None and (state.event_due is None or moment < state.event_due):
+            state.event_due = moment
+            self._push(moment, state.record.patient_id, _EVENTS)
+
+    def _next_event(self, state: _PatientState, after: datetime) -> datetime | None:
+        moments = [
+            m
+            for fact in (*state.record.orders, *state.record.stays)
+            for m in _event_moments(fact)
+            if m is not None and m > after
+        ]
+        if state.pending:
+            moments.append(state.pending[0][0])
+        return min(moments, default=None)
+
+    def _rewind_events(self, state: _PatientState, at: datetime) -> None:
+        """An evaluation earlier than events already processed: process them again later."""
+        if state.events_until is not None and at < state.events_until:
+            state.events_until = at
             self._requeue(state, at)
-        elif at == since and state.latest in (None, at):
-            return AlertDiff()
-        else:
-            keys: set[tuple[str, str | None]] = set()
-            if any(
-                _crosses(o.start, since, at) or _crosses(o.end, since, at)
-                for o in state.record.orders
-            ):
-                keys.add(("medication_order", None))
-            chosen = {r.index: r for r in self._rules_for(keys)}
-            chosen.update((r.index, r) for r in self._clock_rules)
-            rules = [chosen[i] for i in sorted(chosen)]
-        pending: set[tuple[str, str | None]] = set()
+            self._queue_events(state, self._next_event(state, at))
+
+    def _crossed(self, state: _PatientState, at: datetime) -> set[tuple[str, str | None]]:
+        """Dependency keys of the events after ``events_until`` up to ``at``."""
+        since = state.events_until
+        keys: set[tuple[str, str | None]] = set()
+        if since is None or any(
+            _crosses(o.start, since, at) or _crosses(o.end, since, at) for o in state.record.orders
+        ):
+            keys.add(("medication_order", None))
         while state.pending and state.pending[0][0] <= at:
             _, _, kind, concept = heapq.heappop(state.pending)
-            pending.add((kind, concept))
-        if pending and rules is not self.selection.rules:
-            extra = {r.index: r for r in [*rules, *self._rules_for(pending)]}
-            rules = [extra[i] for i in sorted(extra)]
-        diff = self._reevaluate(state, rules, at, restay=True)
-        state.checked_until, state.oldest, state.latest = at, None, None
+            keys.add((kind, concept))
+        return keys
+
+    def _tick_patient(self, state: _PatientState, due: set[int], at: datetime) -> AlertDiff:
+        chosen: dict[int, LoadedRule] = {}
+        events = _EVENTS in due
+        if events:
+            chosen.update((r.index, r) for r in self._rules_for(self._crossed(state, at)))
+            state.events_until = at
+            self._queue_events(state, self._next_event(state, at))
+        chosen.update((i, self._by_index[i]) for i in due if i != _EVENTS)
+        ordered = [chosen[i] for i in sorted(chosen)]
+        return self._reevaluate(state, ordered, at, restay=events)
+
+    def _rewind(self, at: datetime) -> AlertDiff:
+        """The clock went back: patients evaluated later than ``at`` start again from facts."""
+        diff = AlertDiff()
+        for patient_id in sorted(self._patients):
+            state = self._patients[patient_id]
+            if state.latest is None or state.latest <= at:
+                continue
+            state.timers.clear()
+            state.event_due, state.events_until, state.latest = None, at, None
+            self._requeue(state, at)
+            self._queue_events(state, self._next_event(state, at))
+            _extend(diff, self._reevaluate(state, self.selection.rules, at, restay=True, full=True))
+        self._latest = max((s.latest for s in self._patients.values() if s.latest), default=None)
         return diff
 
     def _requeue(self, state: _PatientState, at: datetime) -> None:
@@ -306,23 +623,33 @@ class LiveEvaluator:
                 state.pending.append((visible, self._sequence, fact.kind, _concept(fact)))
         heapq.heapify(state.pending)
 
+    def _push(self, deadline: datetime, patient_id: str, index: int) -> None:
+        self._sequence += 1
+        heapq.heappush(self._queue, (deadline, self._sequence, patient_id, index))
+
     def _reevaluate(
         self,
         state: _PatientState,
         rules: Sequence[LoadedRule],
         at: datetime,
         restay: bool = False,
+        fact: AnyFact | None = None,
+        full: bool = False,
     ) -> AlertDiff:
-        """Evaluate ``rules`` (those some active line can trigger, or alerting) and diff."""
+        """Evaluate ``rules`` (those some active line can trigger, or alerting), diff, and set
+        their timers (``fact``: the one fact added since, ``full``: recompute them)."""
         ctx = Context(state.record, at, self.selection.pack.sets, self.selection.params)
-        state.oldest = at if state.oldest is None or at < state.oldest else state.oldest
-        state.latest = at if state.latest is None or at > state.latest else state.latest
+        if state.latest is None or at > state.latest:
+            state.latest = at
+            if self._latest is None or at > self._latest:
+                self._latest = at
         names = ctx.active_set_names()
         stay = current_stay(state.record, at)
         diff = AlertDiff()
         for rule in rules:
             old = state.alerts.get(rule.index)
             if rule.trigger_set is not None and rule.trigger_set not in names and not old:
+                state.timers.pop(rule.index, None)
                 continue  # no line can bind it and nothing to resolve
             fresh = {a.id: a for a in evaluate_rule(rule, ctx, stay)}
             _diff_rule(old or {}, fresh, diff)
@@ -330,11 +657,47 @@ class LiveEvaluator:
                 state.alerts[rule.index] = fresh
             else:
                 state.alerts.pop(rule.index, None)
+            timing = self._timing.get(rule.index)
+            if timing is not None:
+                self._set_timer(state, rule, timing, at, fact, full, bool(fresh))
         stay_key = (stay.stay_id, stay.ward) if stay else (None, None)
         if restay or stay_key != state.stay:
             state.stay = stay_key
             self._restay(state, stay_key, diff)
         return diff
+
+    def _set_timer(
+        self,
+        state: _PatientState,
+        rule: LoadedRule,
+        timing: RuleTiming,
+        at: datetime,
+        fact: AnyFact | None,
+        full: bool,
+        firing: bool,
+    ) -> None:
+        """Keep the rule's deadline: the earliest moment after ``at`` where its result may
+        change. A deadline still to come stays valid for a later evaluation; a new fact can only
+        bring it forward."""
+        timer = state.timers.get(rule.index)
+        if (
+            full
+            or timer is None
+            or not timer[1] <= at < timer[0]  # evaluated earlier, or the deadline has come
+            or timing.moving_evidence  # polled while firing: recompute either way
+        ):
+            deadline = _rule_deadline(rule, timing, state.record, at, firing)
+        else:
+            deadline = timer[0]
+            extra = None if fact is None else _fact_deadline(fact, timing, at)
+            if extra is not None and extra < deadline:
+                deadline = extra
+        if deadline is None:
+            state.timers.pop(rule.index, None)
+            return
+        state.timers[rule.index] = (deadline, at)
+        if timer is None or timer[0] != deadline:
+            self._push(deadline, state.record.patient_id, rule.index)
 
     def _restay(
         self, state: _PatientState, stay: tuple[str | None, str | None], diff: AlertDiff
@@ -362,6 +725,13 @@ class LiveEvaluator:
         return AlertDiff(
             sorted(diff.new, key=key), sorted(diff.updated, key=key), sorted(diff.resolved, key=key)
         )
+
+
+def _extend(diff: AlertDiff, more: AlertDiff) -> None:
+    """Add the changes of other patients (alert ids never overlap)."""
+    diff.new.extend(more.new)
+    diff.updated.extend(more.updated)
+    diff.resolved.extend(more.resolved)
 
 
 def _crosses(moment: datetime | None, since: datetime, until: datetime) -> bool:

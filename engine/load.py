@@ -128,6 +128,8 @@ class LoadedRule:
     concepts: frozenset[str]
     clock_dependent: bool  # its result may change with time alone (windows, durations, age)
     trigger_set: str | None  # a set some active line must be in for the rule to fire
+    # The rule's IR, for analyses of the compiled form (the live evaluator's timers).
+    ir: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def depends_on(self, kind: str, concept: str | None) -> bool:
         if kind not in self.kinds:
@@ -234,6 +236,7 @@ def _load_rule(
         concepts=frozenset(depends.get("concepts", ())),
         clock_dependent=_clock_dependent(rule),
         trigger_set=next((b.set for b in drug_bindings if b.set is not None), None),
+        ir=rule,
     )
 
 

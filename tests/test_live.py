@@ -185,6 +185,135 @@ def test_diff_merge() -> None:
     assert diff == AlertDiff()  # appeared then resolved: no change
 
 
+# Timers ---------------------------------------------------------------------------------------
+
+MICRO = timedelta(microseconds=1)
+
+
+def test_rule_timing_reads_windows_durations_and_ages() -> None:
+    live = LiveEvaluator(default_pack())
+    # "k = latest potassium within 48 h": a result leaves the window 48 h after it was taken.
+    hyperkalaemia = live.timing("bio.hyperkalaemia")
+    assert hyperkalaemia is not None and hyperkalaemia.offsets == (timedelta(hours=48),)
+    assert not (hyperkalaemia.durations or hyperkalaemia.age or hyperkalaemia.polled)
+    # "v.duration >= vancomycin_delay" (48 h) and "no vancomycin since v.start".
+    vancomycin = live.timing("tdm.vancomycin")
+    assert vancomycin is not None and vancomycin.durations
+    assert vancomycin.offsets == (timedelta(hours=48),)
+    # "age >= long_benzo_age_min": birthdays only.
+    benzo = live.timing("elderly.long_benzo")
+    assert benzo is not None and benzo.age and benzo.offsets == ()
+    # Two active lines of direct oral anticoagulants: nothing but lines starting and ending.
+    assert live.timing("coag.doac_duplicate") is None
+    # A count over "within 7 d" quotes its sliding window start when the alert fires.
+    no_inr = live.timing("coag.vka_no_inr")
+    assert no_inr is not None and no_inr.moving_evidence
+    assert set(no_inr.offsets) == {timedelta(days=3), timedelta(days=7)}
+
+
+def test_a_moved_cursor_moves_the_timer() -> None:
+    live = LiveEvaluator(default_pack(), cursors={"vancomycin_delay": 24.0})
+    timing = live.timing("tdm.vancomycin")
+    assert timing is not None and timing.offsets == (timedelta(hours=24),)
+
+
+def test_rule_timing_of_unbounded_clock_reads_is_polled() -> None:
+    now = {"op": "now", "args": [], "type": "time"}
+    duration = {"op": "attr", "name": "duration", "type": "number", "unit": "s", "args": []}
+    lab = {"op": "var", "name": "k", "type": "lab", "args": []}
+    compare_times = {"op": "gt", "args": [now, {"op": "attr", "name": "time", "args": [lab]}]}
+    rule = {"bindings": [], "condition": compare_times, "escalations": [], "message": []}
+    timing = live_module.rule_timing(rule, {})
+    assert timing is not None and timing.polled
+    shown = {"bindings": [], "condition": {"op": "const", "value": True, "args": []},
+             "escalations": [], "message": [{"expr": duration}]}  # fmt: skip
+    timing = live_module.rule_timing(shown, {})
+    assert timing is not None and timing.polled  # a message quoting a duration moves always
+    against_lab = {"op": "ge", "args": [duration, {"op": "attr", "name": "value", "args": [lab]}]}
+    rule = {"bindings": [], "condition": against_lab, "escalations": [], "message": []}
+    timing = live_module.rule_timing(rule, {})
+    assert timing is not None and timing.polled
+
+
+def test_window_edges_to_the_microsecond() -> None:
+    live = LiveEvaluator(default_pack(), now=T0)
+    live.add(order("o", "C09AA05", start=T0))
+    taken = T0 + timedelta(hours=1)
+    assert live.add(lab("potassium", 5.9, taken, "K1")).new
+    deadline = live.next_deadline()  # the edge (evaluated there, then a microsecond later)
+    assert deadline is not None and taken + timedelta(hours=48) <= deadline
+    # "within 48 h" includes a result exactly 48 h old, not one a microsecond older.
+    assert not live.tick(taken + timedelta(hours=48))
+    assert [a.rule_id for a in live.tick(taken + timedelta(hours=48) + MICRO).resolved] == [
+        "bio.hyperkalaemia"
+    ]
+
+
+def test_durations_fire_at_their_threshold() -> None:
+    live = LiveEvaluator(default_pack(), now=T0)
+    live.add(order("AVK", "B01AA03", start=T0))
+    # "v.duration >= 3 d": not a microsecond before three days, exactly at three days.
+    assert not live.tick(T0 + timedelta(days=3) - MICRO)
+    assert [a.rule_id for a in live.tick(T0 + timedelta(days=3)).new] == ["coag.vka_no_inr"]
+
+
+def test_birthdays_fire_age_rules() -> None:
+    live = LiveEvaluator(default_pack(), now=datetime(2024, 3, 1, 12))
+    live.add(Patient(fact_id="p1", patient_id="p1", source=SRC, birth_date=date(1949, 3, 2)))
+    live.add(order("DIAZ", "N05BA01", start=datetime(2024, 2, 1)))  # diazepam: long half-life
+    # 74 until midnight of 2 March 2024, then 75 = long_benzo_age_min.
+    assert live.next_deadline() == datetime(2024, 3, 2)
+    assert not live.tick(datetime(2024, 3, 1, 23, 59, 59))
+    assert [a.rule_id for a in live.tick(datetime(2024, 3, 2)).new] == ["elderly.long_benzo"]
+
+
+def test_a_leap_day_birthday_comes_on_the_first_of_march() -> None:
+    # age_in_years: born 29 February, one is a year older from 1 March in common years.
+    born = date(1948, 2, 29)
+    assert live_module._next_birthday(born, datetime(2023, 2, 28, 12)) == datetime(2023, 3, 1)
+    assert live_module._next_birthday(born, datetime(2024, 1, 1)) == datetime(2024, 2, 29)
+
+
+def test_tick_touches_only_what_is_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    live = LiveEvaluator(default_pack(), now=T0)
+    for i in range(50):  # fifty patients on a VKA with an INR in range, checked daily
+        pid = f"P{i:02d}"
+        live.add(order(f"AVK{i}", "B01AA03", start=T0 - timedelta(days=10), patient_id=pid))
+        live.add(lab("inr", 2.5, T0 + timedelta(hours=i), f"I{i}", pid))
+    seen: list[tuple[str, str]] = []
+    real = live_module.evaluate_rule
+
+    def spy(rule: Any, ctx: Any, stay: Any) -> list[Alert]:
+        seen.append((ctx.record.patient_id, rule.id))
+        return real(rule, ctx, stay)
+
+    monkeypatch.setattr(live_module, "evaluate_rule", spy)
+    assert not live.tick(T0 + timedelta(hours=50))  # no window or threshold reached: no work
+    assert seen == []
+    # Patient P00's INR (T0) leaves the 72 h window of vka_inr_high/vka_relay at T0 + 72 h;
+    # vka_no_inr counts its offsets (3 d of treatment, 7 d of window) from every fact it reads,
+    # so it is checked then too (an over-approximation: more checks, never a missed one).
+    live.tick(T0 + timedelta(hours=72) + MICRO)
+    assert {pid for pid, _ in seen} == {"P00"}
+    assert (
+        {"coag.vka_inr_high"}
+        <= {rule for _, rule in seen}
+        <= {
+            "coag.vka_inr_high",
+            "coag.vka_relay",
+            "coag.vka_no_inr",
+        }
+    )
+
+
+def test_the_clock_going_back_evaluates_again() -> None:
+    live = LiveEvaluator(default_pack(), now=T0)
+    live.add(order("AVK", "B01AA03", start=T0))
+    assert live.tick(T0 + timedelta(days=4)).new
+    assert live.tick(T0 + timedelta(days=1)).resolved  # replaying an earlier moment
+    assert live.tick(T0 + timedelta(days=5)).new
+
+
 # Batch = incremental ------------------------------------------------------------------------
 
 DRUGS = [
@@ -333,28 +462,69 @@ def facts_strategy(draw: st.DrawFn) -> AnyFact:
     )
 
 
-steps = st.lists(
-    st.tuples(facts_strategy(), st.one_of(st.none(), st.none(), times)),
-    min_size=20,
-    max_size=80,
-)
+# Windows and duration thresholds of the default pack, to tick right at their edges.
+EDGES = [timedelta(hours=h) for h in (24, 48, 72, 168)]
+NUDGES = [-timedelta(microseconds=1), timedelta(0), timedelta(microseconds=1)]
+
+
+@st.composite
+def steps_strategy(draw: st.DrawFn) -> list[tuple[AnyFact, datetime | None, datetime | None]]:
+    """Facts with, before each, maybe a tick (sometimes exactly at a window edge of an earlier
+    fact, or a microsecond either side) and maybe an explicit clock for the ``add`` (earlier
+    than the fact: a fact dated in the future, read only once the clock reaches it)."""
+    facts = draw(st.lists(facts_strategy(), min_size=20, max_size=80))
+    steps: list[tuple[AnyFact, datetime | None, datetime | None]] = []
+    for i, fact in enumerate(facts):
+        tick: datetime | None = None
+        choice = draw(st.sampled_from(["none", "none", "time", "edge"]))
+        if choice == "time":
+            tick = _moment(draw(times))
+        elif choice == "edge" and i:
+            moment = _time_of(facts[draw(st.integers(0, i - 1))])
+            if moment is not None:
+                edge = draw(st.sampled_from(EDGES)) + draw(st.sampled_from(NUDGES))
+                tick = moment + edge
+        now = None
+        when = _time_of(fact)
+        if when is not None and draw(st.integers(0, 4)) == 0:
+            now = when - timedelta(minutes=draw(st.integers(1, RECENT)))
+        steps.append((fact, tick, now))
+    return steps
+
+
+def _time_of(fact: AnyFact) -> datetime | None:
+    if isinstance(fact, LabResult | Observation):
+        return fact.time
+    if isinstance(fact, MedicationOrder):
+        return fact.start
+    if isinstance(fact, Condition):
+        return fact.onset
+    if isinstance(fact, Allergy):
+        return fact.recorded
+    if isinstance(fact, Pregnancy):
+        return fact.recorded
+    if isinstance(fact, Stay):
+        return fact.admit_time
+    return None
 
 
 @pytest.mark.property
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(steps=steps, end=st.integers(SPAN - RECENT, SPAN + RECENT))
-def test_incremental_equals_batch(steps: list[tuple[AnyFact, int | None]], end: int) -> None:
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=steps_strategy(), end=st.integers(SPAN - RECENT, SPAN + RECENT))
+def test_incremental_equals_batch(
+    steps: list[tuple[AnyFact, datetime | None, datetime | None]], end: int
+) -> None:
     """Fed fact by fact, the live evaluator agrees with a batch evaluation of the facts so far
     after every ``tick`` (and at the end) — and random facts never crash either."""
     pack = default_pack()
     live = LiveEvaluator(pack, now=T0)
     seen: list[AnyFact] = []
-    for fact, tick in steps:
+    for fact, tick, now in steps:
         if tick is not None:
-            live.tick(_moment(tick))
-            batch = evaluate(pack, FactSet(seen), _moment(tick)) if seen else []
+            live.tick(tick)
+            batch = evaluate(pack, FactSet(seen), tick) if seen else []
             assert [content(a) for a in live.alerts()] == [content(a) for a in batch]
-        live.add(fact)
+        live.add(fact, now)
         seen.append(fact)
     at = _moment(end)
     live.tick(at)
