@@ -46,7 +46,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, Protocol, get_args
+from typing import Any, Final, Literal, Protocol, cast, get_args
 
 from sqlalchemy import (
     JSON,
@@ -232,7 +232,7 @@ class StoredAlert:
     ward: str | None
     severity: str
     priority: float | None
-    status: str
+    status: AlertStatus
     raised: bool
     evidence_key: str
     first_seen: datetime
@@ -412,7 +412,7 @@ def _stored(row: AlertRow) -> StoredAlert:
         ward=row.ward,
         severity=row.severity,
         priority=row.priority,
-        status=row.status,
+        status=cast(AlertStatus, row.status),  # only the lifecycle writes it
         raised=row.raised,
         evidence_key=row.evidence_key,
         first_seen=row.first_seen,
