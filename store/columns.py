@@ -35,6 +35,7 @@ import polars as pl
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 from sqlalchemy import Select, Text, cast, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from vigie.facts import FACT_KINDS, Flag
@@ -174,13 +175,23 @@ def _decode(kind: str, payloads: list[str]) -> pl.DataFrame:
     return decoded.struct.unnest().select(_columns(kind))
 
 
-def _read_kind(store: FactStore, kind: str, patient_ids: Iterable[str] | None) -> pl.DataFrame:
+def _read_kind(
+    connection: Connection, kind: str, patient_ids: Iterable[str] | None
+) -> pl.DataFrame:
     chunks = [pl.DataFrame(schema=frame_schema(kind))]
-    with store.engine.connect() as connection:
-        for query in _queries(kind, patient_ids):
-            result = connection.execution_options(yield_per=CHUNK_ROWS).execute(query)
-            chunks.extend(_decode(kind, list(texts)) for texts in result.scalars().partitions())
+    for query in _queries(kind, patient_ids):
+        result = connection.execution_options(yield_per=CHUNK_ROWS).execute(query)
+        chunks.extend(_decode(kind, list(texts)) for texts in result.scalars().partitions())
     return pl.concat(chunks, how="vertical").sort("fact_id")
+
+
+def _snapshot(store: FactStore) -> Connection:
+    """A connection whose reads see one state of the store, whatever ingests write meanwhile
+    (SQLite: one read transaction; PostgreSQL: repeatable read, not a snapshot per query)."""
+    connection = store.engine.connect()
+    if store.engine.dialect.name == "postgresql":
+        connection = connection.execution_options(isolation_level="REPEATABLE READ")
+    return connection
 
 
 def load_frames(
@@ -200,9 +211,11 @@ def load_frames(
         )
     ids = None if patient_ids is None else list(patient_ids)
     try:
-        return {kind: _read_kind(store, kind, ids) for kind in wanted}
+        with _snapshot(store) as connection:
+            return {kind: _read_kind(connection, kind, ids) for kind in wanted}
     except SQLAlchemyError as error:
-        cause = getattr(error, "orig", None) or error
+        # the driver's own first line: never the statement's parameters (patient ids)
+        cause = str(getattr(error, "orig", None) or error).splitlines()[0][:200]
         raise StoreError(f"cannot read the store {store.safe_url}: {cause}") from error
     except pl.exceptions.PolarsError as error:
         # polars' message may quote the payload: patient data, never shown

@@ -188,6 +188,16 @@ def test_a_payload_that_does_not_decode_is_a_store_error_without_its_content(
     assert "SECRET" not in str(raised.value)
 
 
+def test_a_store_that_cannot_be_read_is_a_store_error_without_the_patients_asked(
+    store: FactStore,
+) -> None:
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE fact")
+    with pytest.raises(StoreError, match="cannot read the store") as raised:
+        load_frames(store, kinds=["lab"], patient_ids=["SECRET-ID"])
+    assert "SECRET" not in str(raised.value)
+
+
 def test_an_unknown_kind_is_refused() -> None:
     with FactStore("sqlite://") as store, pytest.raises(StoreError, match="'labs'"):
         load_frames(store, kinds=["labs"])
