@@ -46,7 +46,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, Protocol, cast, get_args
+from typing import Any, Final, Literal, Protocol, cast
 
 from sqlalchemy import (
     JSON,
@@ -86,7 +86,6 @@ __all__ = [
 ]
 
 AlertStatus = Literal["open", "resolved_by_data", "intervention", "dismissed"]
-STATUSES: Final = frozenset(get_args(AlertStatus))
 DECIDED: Final = frozenset({"intervention", "dismissed"})
 
 # Why a pharmacist dismisses an alert (the code is required; ``other`` requires the text too).

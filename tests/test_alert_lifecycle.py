@@ -10,7 +10,9 @@ written here, independently of the store.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from functools import cache
 from typing import Any
@@ -19,10 +21,11 @@ import pytest
 from fhir.resources.R4B.detectedissue import DetectedIssue
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from tests.test_evaluate import NOW, default_ir, drug, hyperkalaemia_facts, lab, patient
+from vigie import settings as vigie_settings
 from vigie.engine import Alert, FactSet, evaluate
 from vigie.engine.alerts import Evidence, alert_id
 from vigie.engine.fhir_export import INTERVENTION_SYSTEM, Lifecycle, alert_to_detected_issue
@@ -40,7 +43,7 @@ from vigie.store import (
     StoredAlert,
     UnknownAlertError,
 )
-from vigie.store.alerts import AlertRow, evidence_key, replay
+from vigie.store.alerts import AlertEvent, AlertRow, evidence_key, replay
 
 H = timedelta(hours=1)
 # The hyperkalaemia alert of p1: rule id + patient + its one bound order line (ramipril ORD1).
@@ -144,6 +147,8 @@ def test_full_lifecycle_from_real_evaluations(alerts: AlertStore) -> None:
         ("open", "intervention", "pharm.b"),
     ]
     assert replay(alerts.events()) == statuses(alerts) == {K_ALERT: "intervention"}
+    with pytest.raises(AlertError, match="from dismissed, but the log so far gives open"):
+        replay([e for e in alerts.events() if e.to_status != "dismissed"])  # a lost event
 
 
 def test_dismissed_stays_dismissed_across_reevaluations_with_the_same_evidence(
@@ -604,17 +609,31 @@ decisions = st.tuples(
 )
 
 
-@pytest.mark.property
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.one_of(evaluations, decisions), min_size=1, max_size=14))
-def test_any_sequence_of_evaluations_and_decisions_keeps_the_invariants(
-    operations: list[tuple[Any, ...]],
-) -> None:
-    facts = FactStore("sqlite://")
-    store, model = AlertStore(facts), Model()
-    log: list[Any] = []
-    at = NOW
+@contextmanager
+def _empty_store(backend: str) -> Iterator[FactStore]:
+    """A new store per example: SQLite in memory, or a fresh PostgreSQL schema."""
+    if backend == "sqlite":
+        with FactStore("sqlite://") as facts:
+            yield facts
+        return
+    url: str = vigie_settings.value("test_postgres_url")
+    schema = f"vigie_prop_{os.getpid()}_{os.urandom(3).hex()}"
+    admin = create_engine(url)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
     try:
+        with FactStore(f"{url}?options=-csearch_path%3D{schema}") as facts:
+            yield facts
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+def _run_operations(backend: str, operations: list[tuple[Any, ...]]) -> None:
+    model, log = Model(), list[AlertEvent]()
+    with _empty_store(backend) as facts:
+        store = AlertStore(facts)
         for step, operation in enumerate(operations):
             at = NOW + step * H
             if operation[0] == "evaluate":
@@ -627,8 +646,26 @@ def test_any_sequence_of_evaluations_and_decisions_keeps_the_invariants(
             else:
                 _decide(store, model, operation, at)
             _check(store, model, log)
-    finally:
-        facts.close()
+
+
+OPERATIONS = st.lists(st.one_of(evaluations, decisions), min_size=1, max_size=14)
+
+
+@pytest.mark.property
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPERATIONS)
+def test_any_sequence_of_evaluations_and_decisions_keeps_the_invariants(
+    operations: list[tuple[Any, ...]],
+) -> None:
+    _run_operations("sqlite", operations)
+
+
+@pytest.mark.property
+@pytest.mark.postgres
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPERATIONS)
+def test_the_invariants_hold_on_postgresql(operations: list[tuple[Any, ...]]) -> None:
+    _run_operations("postgres", operations)
 
 
 def _decide(store: AlertStore, model: Model, operation: tuple[Any, ...], at: datetime) -> None:
@@ -646,7 +683,7 @@ def _decide(store: AlertStore, model: Model, operation: tuple[Any, ...], at: dat
     model.status[target] = "dismissed" if kind == "dismiss" else "intervention"
 
 
-def _check(store: AlertStore, model: Model, log: list[Any]) -> None:
+def _check(store: AlertStore, model: Model, log: list[AlertEvent]) -> None:
     with store.facts.engine.connect() as connection:
         rows, ids = connection.execute(
             select(func.count(), func.count(AlertRow.id.distinct()))
