@@ -33,9 +33,16 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from vigie.engine.alerts import Alert
-from vigie.engine.evaluate import Context, current_stay, evaluate_rule, normalise_time, select
+from vigie.engine.evaluate import (
+    Context,
+    current_stay,
+    evaluate_rule,
+    is_active,
+    normalise_time,
+    select,
+)
 from vigie.engine.factset import PatientRecord
-from vigie.engine.load import LoadedPack, LoadedRule, Selection
+from vigie.engine.load import CodeSets, LoadedPack, LoadedRule, Selection
 from vigie.facts import (
     Allergy,
     AnyFact,
@@ -353,6 +360,41 @@ class _PatientState:
     timers: dict[int, tuple[datetime, datetime]] = field(default_factory=dict)  # deadline, base
     latest: datetime | None = None  # the latest evaluation time of any of its rules
     stay: tuple[str | None, str | None] = (None, None)
+    active: _ActiveLines | None = None  # active lines, while no line starts, ends or arrives
+
+
+@dataclass(slots=True)
+class _ActiveLines:
+    """The active lines of a patient over [since, until), their sets, and the lines of each
+    (set, routes) the rules asked for (``Context.lines``), shared by every evaluation then."""
+
+    lines: list[MedicationOrder]
+    names: frozenset[str]
+    by_set: dict[tuple[str | None, frozenset[str] | None], list[MedicationOrder]]
+    since: datetime
+    until: datetime | None
+
+
+class _LiveContext(Context):
+    """An evaluation context that starts from the patient's cached active lines."""
+
+    __slots__ = ("_names",)
+
+    def __init__(
+        self,
+        record: PatientRecord,
+        as_of: datetime,
+        sets: CodeSets,
+        params: Mapping[str, float],
+        active: _ActiveLines,
+    ) -> None:
+        super().__init__(record, as_of, sets, params)
+        self._active = active.lines
+        self._lines = active.by_set
+        self._names = active.names
+
+    def active_set_names(self) -> set[str]:
+        return set(self._names)
 
 
 _EVENTS = -1  # the rule index of a patient's event entries in the timer queue
@@ -377,8 +419,9 @@ class LiveEvaluator:
         self.now: datetime | None = normalise_time(now) if now else None
         self._patients: dict[str, _PatientState] = {}
         self._owner: dict[tuple[str, str], str] = {}  # (kind, fact id) → patient id
-        self._dependents: dict[tuple[str, str | None], tuple[LoadedRule, ...]] = {}
+        self._dependents: dict[tuple[str, str | None], dict[int, LoadedRule]] = {}
         self._by_index = {r.index: r for r in self.selection.rules}
+        self._position = {r.id: i for i, r in enumerate(self.selection.rules)}
         self._timing: dict[int, RuleTiming] = {}
         for rule in self.selection.rules:
             timing = rule_timing(rule.ir, self.selection.params)
@@ -441,7 +484,7 @@ class LiveEvaluator:
             self._rewind_events(state, at)
         touched = self._insert(state, fact, at)
         self._schedule_events(state, fact, at)
-        rules = self.selection.rules if fresh else self._rules_for(touched | moved)
+        rules = self._by_index if fresh else self._rules_for(touched | moved)
         if not rules and not isinstance(fact, Stay):
             return diff  # nothing reads it (a stay may move the alerts along)
         changed = self._reevaluate(state, rules, at, fact=fact, full=fresh)
@@ -511,6 +554,8 @@ class LiveEvaluator:
         if old is None:
             return None, set()
         _discard(state.record, old)
+        if isinstance(old, MedicationOrder):
+            state.active = None
         touched = {(old.kind, _concept(old))}
         if owner != fact.patient_id:
             self._rewind_events(state, at)
@@ -523,23 +568,30 @@ class LiveEvaluator:
         self, state: _PatientState, fact: AnyFact, at: datetime
     ) -> set[tuple[str, str | None]]:
         state.facts[(fact.kind, fact.fact_id)] = fact
-        _place(state.record, fact)
+        key = (fact.kind, _concept(fact))
+        if isinstance(fact, MedicationOrder):
+            state.active = None
+            _place(state.record, fact)
+        elif isinstance(fact, Stay | Patient) or self._rules_for((key,)):
+            _place(state.record, fact)  # a fact no rule of the pack reads is not kept
         visible = _visible_from(fact)
         if visible is not None and visible > at:
             self._sequence += 1
             heapq.heappush(state.pending, (visible, self._sequence, fact.kind, _concept(fact)))
-        return {(fact.kind, _concept(fact))}
+        return {key}
 
-    def _rules_for(self, keys: Iterable[tuple[str, str | None]]) -> list[LoadedRule]:
-        found: dict[int, LoadedRule] = {}
-        for kind, concept in keys:
-            dependents = self._dependents.get((kind, concept))
+    def _rules_for(self, keys: Iterable[tuple[str, str | None]]) -> Mapping[int, LoadedRule]:
+        """The selected rules that read facts of these (kind, concept) keys, by index."""
+        found: Mapping[int, LoadedRule] = {}
+        for key in keys:
+            dependents = self._dependents.get(key)
             if dependents is None:
-                dependents = self._dependents[(kind, concept)] = tuple(
-                    r for r in self.selection.rules if r.depends_on(kind, concept)
-                )
-            found.update((r.index, r) for r in dependents)
-        return [found[i] for i in sorted(found)]
+                kind, concept = key
+                dependents = self._dependents[key] = {
+                    r.index: r for r in self.selection.rules if r.depends_on(kind, concept)
+                }
+            found = dependents if not found else {**found, **dependents}
+        return found
 
     # Patient events: order lines and stays starting or ending, facts dated in the future.
 
@@ -591,12 +643,11 @@ class LiveEvaluator:
         chosen: dict[int, LoadedRule] = {}
         events = _EVENTS in due
         if events:
-            chosen.update((r.index, r) for r in self._rules_for(self._crossed(state, at)))
+            chosen.update(self._rules_for(self._crossed(state, at)))
             state.events_until = at
             self._queue_events(state, self._next_event(state, at))
         chosen.update((i, self._by_index[i]) for i in due if i != _EVENTS)
-        ordered = [chosen[i] for i in sorted(chosen)]
-        return self._reevaluate(state, ordered, at, restay=events)
+        return self._reevaluate(state, chosen, at, restay=events)
 
     def _rewind(self, at: datetime) -> AlertDiff:
         """The clock went back: patients evaluated later than ``at`` start again from facts."""
@@ -609,7 +660,7 @@ class LiveEvaluator:
             state.event_due, state.events_until, state.latest = None, at, None
             self._requeue(state, at)
             self._queue_events(state, self._next_event(state, at))
-            _extend(diff, self._reevaluate(state, self.selection.rules, at, restay=True, full=True))
+            _extend(diff, self._reevaluate(state, self._by_index, at, restay=True, full=True))
         self._latest = max((s.latest for s in self._patients.values() if s.latest), default=None)
         return diff
 
@@ -630,7 +681,7 @@ class LiveEvaluator:
     def _reevaluate(
         self,
         state: _PatientState,
-        rules: Sequence[LoadedRule],
+        rules: Mapping[int, LoadedRule],
         at: datetime,
         restay: bool = False,
         fact: AnyFact | None = None,
@@ -638,19 +689,22 @@ class LiveEvaluator:
     ) -> AlertDiff:
         """Evaluate ``rules`` (those some active line can trigger, or alerting), diff, and set
         their timers (``fact``: the one fact added since, ``full``: recompute them)."""
-        ctx = Context(state.record, at, self.selection.pack.sets, self.selection.params)
+        active = self._active_lines(state, at)
+        ctx = _LiveContext(
+            state.record, at, self.selection.pack.sets, self.selection.params, active
+        )
         if state.latest is None or at > state.latest:
             state.latest = at
             if self._latest is None or at > self._latest:
                 self._latest = at
-        names = ctx.active_set_names()
+        chosen = self._evaluable(state, rules, active.names)
+        for index in [i for i in state.timers if i in rules and i not in chosen]:
+            del state.timers[index]  # not evaluated: its deadline no longer follows its facts
         stay = current_stay(state.record, at)
         diff = AlertDiff()
-        for rule in rules:
-            old = state.alerts.get(rule.index)
-            if rule.trigger_set is not None and rule.trigger_set not in names and not old:
-                state.timers.pop(rule.index, None)
-                continue  # no line can bind it and nothing to resolve
+        for index in sorted(chosen):
+            rule = chosen[index]
+            old = state.alerts.get(index)
             fresh = {a.id: a for a in evaluate_rule(rule, ctx, stay)}
             _diff_rule(old or {}, fresh, diff)
             if fresh:
@@ -665,6 +719,51 @@ class LiveEvaluator:
             state.stay = stay_key
             self._restay(state, stay_key, diff)
         return diff
+
+    def _evaluable(
+        self, state: _PatientState, rules: Mapping[int, LoadedRule], names: frozenset[str]
+    ) -> dict[int, LoadedRule]:
+        """Those of ``rules`` that an active line can trigger (or that bind no line), and those
+        with alerts to resolve: a pack of a thousand interactions costs its active classes."""
+        chosen: dict[int, LoadedRule] = {}
+        if len(rules) <= 2 * len(names):
+            for index, rule in rules.items():
+                if rule.trigger_set is None or rule.trigger_set in names:
+                    chosen[index] = rule
+        else:
+            selection = self.selection
+            chosen.update((r.index, r) for r in selection.always if r.index in rules)
+            for name in names:
+                for rule in selection.by_trigger.get(name, ()):
+                    if rule.index in rules:
+                        chosen[rule.index] = rule
+        for index in state.alerts:
+            if index in rules:
+                chosen[index] = rules[index]
+        return chosen
+
+    def _active_lines(self, state: _PatientState, at: datetime) -> _ActiveLines:
+        """The patient's active lines at ``at`` and their sets, kept while no line starts or
+        ends and no order arrives."""
+        active = state.active
+        if (
+            active is not None
+            and active.since <= at
+            and (active.until is None or at < active.until)
+        ):
+            return active
+        lines = sorted((o for o in state.record.orders if is_active(o, at)), key=_line_key)
+        atc = self.selection.pack.sets.atc
+        names: set[str] = set()
+        for line in lines:
+            names.update(atc(line.atc, line.route))
+            for ingredient in line.ingredients:  # `daily dose of` counts a set's ingredients
+                names.update(atc(ingredient.atc, line.route))
+        moments = [m for o in state.record.orders for m in (o.start, o.end) if m is not None]
+        since = max((m for m in moments if m <= at), default=datetime.min)
+        until = min((m for m in moments if m > at), default=None)
+        state.active = _ActiveLines(lines, frozenset(names), {}, since, until)
+        return state.active
 
     def _set_timer(
         self,
@@ -717,10 +816,10 @@ class LiveEvaluator:
                         diff.updated.append(moved)
 
     def _sorted(self, diff: AlertDiff) -> AlertDiff:
-        index = {r.id: i for i, r in enumerate(self.selection.rules)}
+        position = self._position
 
         def key(alert: Alert) -> tuple[int, str, str]:
-            return (index.get(alert.rule_id, -1), alert.patient_id, alert.id)
+            return (position.get(alert.rule_id, -1), alert.patient_id, alert.id)
 
         return AlertDiff(
             sorted(diff.new, key=key), sorted(diff.updated, key=key), sorted(diff.resolved, key=key)
@@ -732,6 +831,10 @@ def _extend(diff: AlertDiff, more: AlertDiff) -> None:
     diff.new.extend(more.new)
     diff.updated.extend(more.updated)
     diff.resolved.extend(more.resolved)
+
+
+def _line_key(line: MedicationOrder) -> tuple[str, str]:
+    return (line.order_id, line.fact_id)  # as ``Context.active_lines`` orders them
 
 
 def _crosses(moment: datetime | None, since: datetime, until: datetime) -> bool:
