@@ -111,13 +111,19 @@ DETECTION_SCHEMA: dict[str, pl.DataType] = {
     "severity": pl.String(),
 }
 
-_BASE_UNIT = {spelling: base for spelling, (base, _) in AMOUNT_UNITS.items()}
-_UNIT_FACTOR = {spelling: factor for spelling, (_, factor) in AMOUNT_UNITS.items()}
 _ENDED = ("completed", "stopped")
 _LINE_COLUMNS = (
     "fact_id", "order_id", "atc", "route", "label", "dose", "dose_unit", "daily",
-    "frequency_per_day", "start", "end", "sets", "rank",
+    "frequency_per_day", "start", "end", "sets", "rank", "unit_base", "unit_factor",
 )  # fmt: skip
+_UNITS = pl.DataFrame(
+    {
+        "dose_unit": list(AMOUNT_UNITS),
+        "unit_base": [base for base, _ in AMOUNT_UNITS.values()],
+        "unit_factor": [factor for _, factor in AMOUNT_UNITS.values()],
+    },
+    schema={"dose_unit": pl.String(), "unit_base": pl.String(), "unit_factor": pl.Float64()},
+)
 
 
 def empty_frames() -> dict[str, pl.DataFrame]:
@@ -150,7 +156,9 @@ def evaluate_columnar(
     frames = _complete(frames)
     if patients is not None:
         wanted = pl.Series(list(patients), dtype=pl.String())
-        frames = {k: f.filter(pl.col("patient_id").is_in(wanted)) for k, f in frames.items()}
+        frames = {
+            k: f.filter(pl.col("patient_id").is_in(wanted.implode())) for k, f in frames.items()
+        }
     if site is None:
         groups = [(selection, frames)]
     else:
@@ -174,7 +182,8 @@ def detect(selection: Selection, frames: Frames, as_of: datetime) -> pl.DataFram
     if not queries:
         return pl.DataFrame(schema=DETECTION_SCHEMA)
     results = pl.collect_all(queries)
-    parts = [r.select(list(DETECTION_SCHEMA)).cast(DETECTION_SCHEMA) for r in results if r.height]
+    schema = pl.Schema(DETECTION_SCHEMA)
+    parts = [r.select(list(DETECTION_SCHEMA)).cast(schema) for r in results if r.height]
     if not parts:
         return pl.DataFrame(schema=DETECTION_SCHEMA)
     return pl.concat(parts).sort("rule_index", "patient_id")
@@ -224,7 +233,7 @@ def records_from_frames(frames: Frames, patient_ids: Iterable[str]) -> dict[str,
         build = _BUILDERS.get(kind)
         if build is None:
             continue
-        for row in frame.filter(pl.col("patient_id").is_in(ids)).iter_rows(named=True):
+        for row in frame.filter(pl.col("patient_id").is_in(ids.implode())).iter_rows(named=True):
             records[row["patient_id"]].add(build(row))
     for record in records.values():
         record.sort()
@@ -344,7 +353,9 @@ def _by_ward_selection(
         keyed.setdefault(id(chosen), (chosen, []))[1].extend(part.get_column("patient_id"))
     for chosen, ids in keyed.values():
         wanted = pl.Series(ids, dtype=pl.String())
-        part_frames = {k: f.filter(pl.col("patient_id").is_in(wanted)) for k, f in frames.items()}
+        part_frames = {
+            k: f.filter(pl.col("patient_id").is_in(wanted.implode())) for k, f in frames.items()
+        }
         groups.append((chosen, part_frames))
     return groups
 
@@ -450,7 +461,9 @@ class _Scans:
             },
             schema={"atc": pl.String(), "route": pl.String(), "sets": pl.List(pl.String())},
         )
-        return active.join(sets_of, on=["atc", "route"], how="left", nulls_equal=True)
+        return active.join(sets_of, on=["atc", "route"], how="left", nulls_equal=True).join(
+            _UNITS, on="dose_unit", how="left"
+        )
 
     def bound_lines(self, set_name: str | None, routes: frozenset[str] | None) -> pl.LazyFrame:
         """``ctx.lines(set, routes)``: active lines in the set with a route among ``routes``."""
@@ -728,6 +741,16 @@ class _Val:
     lower: pl.Expr | None = None
     prefix: str | None = None
     const: Any = field(default=_NONE)
+    base: pl.Expr | None = None  # an amount's unit: its base unit (mg, IU, MME), null if unknown
+    factor: pl.Expr | None = None  # and its factor to the base unit
+
+    @property
+    def amount(self) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
+        """(value, unit, lower bound, base unit, factor) of an amount."""
+        return cast(
+            tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr],
+            (self.expr, self.unit, self.lower, self.base, self.factor),
+        )
 
     def col(self, name: str) -> pl.Expr:
         return pl.col(f"{self.prefix}.{name}")
@@ -764,30 +787,54 @@ def _to_seconds(delta: pl.Expr) -> pl.Expr:
     return delta.dt.total_microseconds() / 1_000_000
 
 
-def _amount_in(value: pl.Expr, unit: pl.Expr, target: pl.Expr) -> pl.Expr:
+def _amount_in(
+    amount: _Val, target: pl.Expr, target_base: pl.Expr, target_factor: pl.Expr
+) -> pl.Expr:
     """``amount_in``: the amount's value in ``target`` (null target: the value as is)."""
-    src_base = unit.replace_strict(_BASE_UNIT, default=None, return_dtype=pl.String())
-    src_factor = unit.replace_strict(_UNIT_FACTOR, default=None, return_dtype=pl.Float64())
-    tgt_base = target.replace_strict(_BASE_UNIT, default=None, return_dtype=pl.String())
-    tgt_factor = target.replace_strict(_UNIT_FACTOR, default=None, return_dtype=pl.Float64())
+    value, unit, _, base, factor = amount.amount
     return (
         pl.when(target.is_null() | unit.is_null() | (unit == target))
         .then(value)
-        .when(src_base.is_not_null() & tgt_base.is_not_null() & (src_base == tgt_base))
-        .then(value * src_factor / tgt_factor)
+        .when(base.is_not_null() & target_base.is_not_null() & (base == target_base))
+        .then(value * factor / target_factor)
         .otherwise(_NULL_FLOAT)
     )
 
 
-def _base_of(unit: pl.Expr) -> pl.Expr:
-    """``_base_unit``: the base unit of a known dose unit, else the unit itself."""
-    return pl.coalesce(
-        unit.replace_strict(_BASE_UNIT, default=None, return_dtype=pl.String()), unit
+def _in_unit(amount: _Val, unit: str | None) -> pl.Expr:
+    """The amount in a unit known when compiling (None: as it is)."""
+    base, factor = AMOUNT_UNITS.get(unit or "", (None, None))
+    return _amount_in(amount, _unit_lit(unit), _unit_lit(base), pl.lit(factor, pl.Float64()))
+
+
+def _in_base(amount: _Val, unit: pl.Expr) -> pl.Expr:
+    """The amount in ``unit``, a base unit (mg, IU, MME: factor 1) or an unknown unit."""
+    known = unit.is_in(sorted(_BASES))
+    return _amount_in(
+        amount, unit, pl.when(known).then(unit).otherwise(_unit_lit(None)), pl.lit(1.0)
     )
+
+
+def _base_of(amount: _Val) -> pl.Expr:
+    """``_base_unit``: the base unit of a known dose unit, else the unit itself."""
+    return pl.coalesce(cast(pl.Expr, amount.base), cast(pl.Expr, amount.unit))
 
 
 def _unit_lit(unit: str | None) -> pl.Expr:
     return pl.lit(unit, pl.String())
+
+
+_BASES = frozenset(base for base, _ in AMOUNT_UNITS.values())
+assert all(AMOUNT_UNITS[b] == (b, 1.0) for b in _BASES)  # base units convert by 1
+
+
+def _amount(value: pl.Expr, unit: pl.Expr, lower: pl.Expr, base: pl.Expr, factor: pl.Expr) -> _Val:
+    return _Val("amount", value, unit, lower, base=base, factor=factor)
+
+
+def _base_amount(value: pl.Expr, unit: pl.Expr, lower: pl.Expr) -> _Val:
+    """An amount whose unit is a base unit or null (sums, arithmetic results)."""
+    return _amount(value, unit, lower, unit, pl.when(unit.is_not_null()).then(pl.lit(1.0)))
 
 
 _COMPARE_OPS = {
@@ -890,17 +937,11 @@ class _RuleQuery:
             return _scalar(pl.col(column))
         if value.kind == "amount":
             stem = self.scans.name(f"v_{name}_")
+            parts = ("value", "unit", "lower", "base", "factor")
             self.frame = self.frame.with_columns(
-                cast(pl.Expr, value.expr).alias(f"{stem}.value"),
-                cast(pl.Expr, value.unit).alias(f"{stem}.unit"),
-                cast(pl.Expr, value.lower).alias(f"{stem}.lower"),
+                e.alias(f"{stem}.{p}") for p, e in zip(parts, value.amount, strict=True)
             )
-            return _Val(
-                "amount",
-                pl.col(f"{stem}.value"),
-                pl.col(f"{stem}.unit"),
-                pl.col(f"{stem}.lower"),
-            )
+            return _amount(*(pl.col(f"{stem}.{p}") for p in parts))
         return value  # lines and results already are columns
 
     def _bool(self, value: _Val) -> pl.Expr:
@@ -945,11 +986,8 @@ class _RuleQuery:
         (x,) = self._args(node)
         factor = float(node["factor"])
         if x.kind == "amount":
-            return _scalar(
-                pl.when(cast(pl.Expr, x.lower))
-                .then(_NULL_FLOAT)
-                .otherwise(cast(pl.Expr, x.expr) * factor)
-            )
+            value, _, lower, _, _ = x.amount
+            return _scalar(pl.when(lower).then(_NULL_FLOAT).otherwise(value * factor))
         if x.const is not _NONE:
             return _lit(None if x.const is None else x.const * factor)
         return _scalar(cast(pl.Expr, x.expr) * factor)
@@ -973,11 +1011,12 @@ class _RuleQuery:
             value = line.col("dose" if name == "dose" else "daily")
             unit = line.col("dose_unit")
             known = value.is_not_null() & unit.is_not_null()
-            return _Val(
-                "amount",
+            return _amount(
                 pl.when(known).then(value).otherwise(_NULL_FLOAT),
-                pl.when(known).then(unit).otherwise(pl.lit(None, pl.String())),
+                pl.when(known).then(unit).otherwise(_unit_lit(None)),
                 pl.lit(False),
+                line.col("unit_base"),
+                line.col("unit_factor"),
             )
         column = {"frequency": "frequency_per_day"}.get(name, name)
         if column not in ("start", "end", "route", "label", "order_id", "atc", "frequency_per_day"):
@@ -1001,7 +1040,8 @@ class _RuleQuery:
     def _op_known(self, node: Mapping[str, Any]) -> _Val:
         (x,) = self._args(node)
         if x.kind == "amount":
-            return _scalar(cast(pl.Expr, x.expr).is_not_null() & ~cast(pl.Expr, x.lower))
+            value, _, lower, _, _ = x.amount
+            return _scalar(value.is_not_null() & ~lower)
         if x.kind == "lab":
             return _scalar(x.col("fact_id").is_not_null())
         if x.kind == "order":
@@ -1015,18 +1055,19 @@ class _RuleQuery:
         if x.kind == "amount" or y.kind == "amount":
             xa, ya = self._as_amount(x), self._as_amount(y)
             missing = cast(pl.Expr, xa.expr).is_null()
-            return _Val(
-                "amount",
-                pl.when(missing).then(ya.expr).otherwise(xa.expr),
-                pl.when(missing).then(ya.unit).otherwise(xa.unit),
-                pl.when(missing).then(ya.lower).otherwise(xa.lower),
+            return _amount(
+                *(
+                    pl.when(missing).then(b).otherwise(a)
+                    for a, b in zip(xa.amount, ya.amount, strict=True)
+                )
             )
         raise PackError(f"rule {self.rule.id}: 'otherwise' over {x.kind} and {y.kind}")
 
     def _as_amount(self, value: _Val) -> _Val:
         if value.kind == "amount":
             return value
-        return _Val("amount", value.expr, _unit_lit(None), pl.lit(False))
+        none = _unit_lit(None)
+        return _amount(cast(pl.Expr, value.expr), none, pl.lit(False), none, _NULL_FLOAT)
 
     # Comparisons
 
@@ -1052,16 +1093,16 @@ class _RuleQuery:
     ) -> pl.Expr:
         """``compare_amounts`` over columns."""
         if a.kind == "amount" and b.kind == "amount":
-            av, au, al = cast(pl.Expr, a.expr), cast(pl.Expr, a.unit), cast(pl.Expr, a.lower)
-            bv, bu, bl = cast(pl.Expr, b.expr), cast(pl.Expr, b.unit), cast(pl.Expr, b.lower)
-            unit = pl.coalesce(_base_of(au), _base_of(bu))
-            x, y = _amount_in(av, au, unit), _amount_in(bv, bu, unit)
+            av, _, al, _, _ = a.amount
+            bv, _, bl, _, _ = b.amount
+            unit = pl.coalesce(_base_of(a), _base_of(b))
+            x, y = _in_base(a, unit), _in_base(b, unit)
             result = _COMPARE_OPS[op](x, y)
             return pl.when(av.is_null() | bv.is_null() | al | bl).then(_NULL_BOOL).otherwise(result)
         if a.kind == "amount":
-            av, au, al = cast(pl.Expr, a.expr), cast(pl.Expr, a.unit), cast(pl.Expr, a.lower)
-            target = _unit_lit(right_unit) if right_unit else _base_of(au)
-            x, y = _amount_in(av, au, target), cast(pl.Expr, b.expr)
+            av, _, al, _, _ = a.amount
+            x = _in_unit(a, right_unit) if right_unit else _in_base(a, _base_of(a))
+            y = cast(pl.Expr, b.expr)
             result = _COMPARE_OPS[op](x, y)
             concludes = op in ("gt", "ge")
             lower_result = pl.when(result).then(pl.lit(True)).otherwise(_NULL_BOOL)
@@ -1072,9 +1113,9 @@ class _RuleQuery:
                 .then(lower_result if concludes else _NULL_BOOL)
                 .otherwise(result)
             )
-        bv, bu, bl = cast(pl.Expr, b.expr), cast(pl.Expr, b.unit), cast(pl.Expr, b.lower)
-        target = _unit_lit(left_unit) if left_unit else _base_of(bu)
-        x, y = cast(pl.Expr, a.expr), _amount_in(bv, bu, target)
+        bv, _, bl, _, _ = b.amount
+        x = cast(pl.Expr, a.expr)
+        y = _in_unit(b, left_unit) if left_unit else _in_base(b, _base_of(b))
         result = _COMPARE_OPS[op](x, y)
         concludes = op in ("lt", "le")
         lower_result = pl.when(result).then(pl.lit(True)).otherwise(_NULL_BOOL)
@@ -1171,7 +1212,7 @@ class _RuleQuery:
     ) -> _Val:
         """``amount_arithmetic`` over columns: exact amounts only."""
         amount = a if a.kind == "amount" else b
-        unit = _base_of(cast(pl.Expr, amount.unit))
+        unit = _base_of(amount)
         lower = pl.lit(False)
         missing = pl.lit(False)
         for side in (a, b):
@@ -1182,17 +1223,14 @@ class _RuleQuery:
         def as_float(side: _Val, static_unit: str | None, plain_as_amount: bool) -> pl.Expr:
             value = cast(pl.Expr, side.expr)
             if side.kind == "amount":
-                return (
-                    pl.when(unit.is_null())
-                    .then(value)
-                    .otherwise(_amount_in(value, cast(pl.Expr, side.unit), unit))
-                )
+                return pl.when(unit.is_null()).then(value).otherwise(_in_base(side, unit))
             if plain_as_amount:
-                return (
-                    pl.when(unit.is_null())
-                    .then(value)
-                    .otherwise(_amount_in(value, _unit_lit(static_unit), unit))
-                )
+                base, factor = AMOUNT_UNITS.get(static_unit or "", (None, None))
+                plain = _amount(
+                    value, _unit_lit(static_unit), pl.lit(False), _unit_lit(base),
+                    pl.lit(factor, pl.Float64()),
+                )  # fmt: skip
+                return pl.when(unit.is_null()).then(value).otherwise(_in_base(plain, unit))
             return value
 
         both = a.kind == "amount" and b.kind == "amount"
@@ -1205,23 +1243,18 @@ class _RuleQuery:
                 return _scalar(_NULL_FLOAT)
             return _scalar(pl.when(bad).then(_NULL_FLOAT).otherwise(x / y))
         value = {"add": x + y, "sub": x - y, "mul": x * y, "div": x / y}[op]
-        return _Val(
-            "amount",
+        return _base_amount(
             pl.when(bad).then(_NULL_FLOAT).otherwise(value),
-            pl.when(bad).then(pl.lit(None, pl.String())).otherwise(unit),
+            pl.when(bad).then(_unit_lit(None)).otherwise(unit),
             pl.lit(False),
         )
 
     def _op_neg(self, node: Mapping[str, Any]) -> _Val:
         (x,) = self._args(node)
         if x.kind == "amount":
-            gone = cast(pl.Expr, x.lower)
-            return _Val(
-                "amount",
-                pl.when(gone).then(_NULL_FLOAT).otherwise(-cast(pl.Expr, x.expr)),
-                x.unit,
-                pl.lit(False),
-            )
+            value, unit, lower, base, factor = x.amount
+            negated = pl.when(lower).then(_NULL_FLOAT).otherwise(-value)
+            return _amount(negated, unit, pl.lit(False), base, factor)
         return _scalar(-cast(pl.Expr, x.expr))
 
     # Drug queries
@@ -1255,8 +1288,7 @@ class _RuleQuery:
              "__has": f"{stem}.has"},
         )  # fmt: skip
         has = pl.col(f"{stem}.has").is_not_null()
-        return _Val(
-            "amount",
+        return _base_amount(
             pl.when(has).then(pl.col(f"{stem}.value")).otherwise(pl.lit(0.0)),
             pl.when(has).then(pl.col(f"{stem}.unit")).otherwise(_unit_lit(empty_unit)),
             pl.when(has).then(pl.col(f"{stem}.lower")).otherwise(pl.lit(False)),
@@ -1275,10 +1307,9 @@ class _RuleQuery:
             bounds = _constant_bounds({k: p.const for k, p in parts.items()}, at)
             if bounds is None:
                 return _Bounds(_NULL_FLOAT, _NULL_FLOAT, _NULL_BOOL, pl.lit(False), unknown=True)
-            start, end, inclusive = bounds
             return _Bounds(
-                pl.lit(start, pl.Datetime("us")), pl.lit(end, pl.Datetime("us")),
-                pl.lit(inclusive), pl.lit(True), constant=bounds,
+                pl.lit(bounds[0], pl.Datetime("us")), pl.lit(bounds[1], pl.Datetime("us")),
+                pl.lit(bounds[2]), pl.lit(True), constant=bounds,
             )  # fmt: skip
         known = pl.lit(True)
         end: pl.Expr = pl.lit(at, pl.Datetime("us"))
