@@ -59,11 +59,12 @@ from sqlalchemy import (
     Text,
     case,
     event,
+    insert,
     select,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, defer, mapped_column
 
 from vigie.store.database import FactStore, StoreError, _Base
 
@@ -460,22 +461,24 @@ def _payloads(alerts: Iterable[RaisedAlert]) -> dict[str, dict[str, Any]]:
 
 
 def _rows(session: Session, ids: Sequence[str]) -> dict[str, AlertRow]:
+    """The stored rows of these alert ids; the payload is read only when used (an evidence
+    change to describe), not for every alert seen again."""
     rows: dict[str, AlertRow] = {}
     for chunk in _chunks(ids):
-        query = select(AlertRow).where(AlertRow.id.in_(chunk))
+        query = select(AlertRow).where(AlertRow.id.in_(chunk)).options(defer(AlertRow.payload))
         rows.update((row.id, row) for row in session.scalars(query))
     return rows
 
 
-def _current(session: Session, scope: Collection[str] | None) -> list[AlertRow]:
-    """The alerts of the scope that the previous evaluation raised."""
-    query = select(AlertRow).where(AlertRow.raised.is_(True))
+def _current(session: Session, scope: Collection[str] | None) -> set[str]:
+    """The ids of the scope's alerts that the previous evaluation raised."""
+    query = select(AlertRow.id).where(AlertRow.raised.is_(True))
     if scope is None:
-        return list(session.scalars(query))
-    rows: list[AlertRow] = []
+        return set(session.scalars(query))
+    ids: set[str] = set()
     for chunk in _chunks(sorted(scope)):
-        rows.extend(session.scalars(query.where(AlertRow.patient_id.in_(chunk))))
-    return rows
+        ids.update(session.scalars(query.where(AlertRow.patient_id.in_(chunk))))
+    return ids
 
 
 def _transition(
@@ -486,25 +489,32 @@ def _transition(
     reason: str | None,
     detail: dict[str, Any] | None = None,
     reason_code: str | None = None,
-) -> AlertEventRow:
-    """Change the row's status; the event saying so, to append to the log."""
+) -> dict[str, Any]:
+    """Change the row's status; the event saying so (an ``alert_event`` row's values), to
+    append to the log."""
     from_status = row.status
     row.status = to_status
     row.status_changed_at = at
     row.actor = actor
     row.reason_code = reason_code
     row.reason = reason
-    return AlertEventRow(
-        alert_id=row.id,
-        at=at,
-        from_status=from_status,
-        to_status=to_status,
-        actor=actor,
-        reason_code=reason_code,
-        reason=reason,
-        evidence_key=row.evidence_key,
-        detail=detail,
-    )
+    return {
+        "alert_id": row.id,
+        "at": at,
+        "from_status": from_status,
+        "to_status": to_status,
+        "actor": actor,
+        "reason_code": reason_code,
+        "reason": reason,
+        "evidence_key": row.evidence_key,
+        "detail": detail,
+    }
+
+
+def _append(session: Session, events: list[dict[str, Any]]) -> None:
+    """Append events to the log, in order (one statement for all of them)."""
+    if events:
+        session.execute(insert(AlertEventRow), events)
 
 
 def _fill(row: AlertRow, payload: dict[str, Any], key: str, at: datetime) -> None:
@@ -529,7 +539,7 @@ class _Step:
     session: Session
     at: datetime
     result: Reconciled = field(default_factory=Reconciled)
-    events: list[AlertEventRow] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     def raise_alert(self, row: AlertRow | None, payload: dict[str, Any]) -> None:
         key = evidence_key(payload)
@@ -563,7 +573,7 @@ class _Step:
 
     def commit(self) -> None:
         self.session.flush()
-        self.session.add_all(self.events)
+        _append(self.session, self.events)
         self.session.commit()
 
 
@@ -610,9 +620,9 @@ class AlertStore:
             rows = _rows(session, list(raised))
             for alert_id, payload in raised.items():
                 step.raise_alert(rows.get(alert_id), payload)
-            for row in _current(session, scope):
-                if row.id not in raised:
-                    step.miss(row)
+            missed = _rows(session, sorted(_current(session, scope) - raised.keys()))
+            for row in missed.values():
+                step.miss(row)
             step.commit()
         return step.result
 
@@ -668,7 +678,8 @@ class AlertStore:
                 logged = _transition(
                     row, "intervention", moment, actor, decision.text, detail, decision.code
                 )
-            session.add(logged)
+            session.flush()
+            _append(session, [logged])
             session.commit()
             return _stored(row)
 
