@@ -56,7 +56,7 @@ from vigie.facts import (
     Stay,
 )
 
-__all__ = ["AlertDiff", "LiveEvaluator", "RuleTiming", "rule_timing"]
+__all__ = ["AlertDiff", "LiveEvaluator", "RuleTiming", "line_sets", "rule_timing"]
 
 
 @dataclass
@@ -228,6 +228,38 @@ class _TimingReader:
                 inner = self.offset(node["args"][0])
                 return None if inner is None else inner * float(node["factor"])
         return None
+
+
+_LINE_QUERIES = frozenset({"any_drug", "count_drugs", "daily_dose", "in_set"})
+
+
+def line_sets(rule: Mapping[str, Any]) -> frozenset[str] | None:
+    """The sets whose lines a rule can read (bound, tested, counted or summed), ``None`` when
+    any line can matter (a binding without a set, ``mme``, a query without a set).
+
+    >>> sorted(line_sets({"bindings": [{"kind": "drug", "set": "vka"}],
+    ...                   "condition": {"op": "any_drug", "set": "nsaids", "args": []}}) or ())
+    ['nsaids', 'vka']
+    """
+    names: set[str] = set()
+    for binding in rule.get("bindings") or ():
+        if binding.get("kind") == "drug":
+            if binding.get("set") is None:
+                return None
+            names.add(binding["set"])
+    stack: list[Any] = [rule.get(k) for k in ("bindings", "condition", "escalations", "message")]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            op = node.get("op")
+            if op == "mme" or (op in _LINE_QUERIES and node.get("set") is None):
+                return None
+            if op in _LINE_QUERIES:
+                names.add(node["set"])
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+    return frozenset(names)
 
 
 def _next_birthday(birth: date, after: datetime) -> datetime:
@@ -427,6 +459,14 @@ class LiveEvaluator:
             timing = rule_timing(rule.ir, self.selection.params)
             if timing is not None:
                 self._timing[rule.index] = timing
+        self._any_line: dict[int, LoadedRule] = {}
+        self._line_readers: dict[str, dict[int, LoadedRule]] = {}
+        for index, rule in self._rules_for([("medication_order", None)]).items():
+            names = line_sets(rule.ir)
+            if names is None:
+                self._any_line[index] = rule
+            for name in names or ():
+                self._line_readers.setdefault(name, {})[index] = rule
         # One queue for every patient: (deadline, sequence, patient id, rule index or _EVENTS).
         self._queue: list[tuple[datetime, int, str, int]] = []
         self._latest: datetime | None = None  # the latest evaluation time of any patient
@@ -484,7 +524,13 @@ class LiveEvaluator:
             self._rewind_events(state, at)
         touched = self._insert(state, fact, at)
         self._schedule_events(state, fact, at)
-        rules = self._by_index if fresh else self._rules_for(touched | moved)
+        if fresh:
+            rules: Mapping[int, LoadedRule] = self._by_index
+        elif isinstance(fact, MedicationOrder):
+            lines = [fact, previous] if isinstance(previous, MedicationOrder) else [fact]
+            rules = self._rules_for_lines(lines)
+        else:
+            rules = self._rules_for(touched | moved)
         if not rules and not isinstance(fact, Stay):
             return diff  # nothing reads it (a stay may move the alerts along)
         changed = self._reevaluate(state, rules, at, fact=fact, full=fresh)
@@ -593,6 +639,22 @@ class LiveEvaluator:
             found = dependents if not found else {**found, **dependents}
         return found
 
+    def _rules_for_lines(self, lines: Iterable[MedicationOrder]) -> Mapping[int, LoadedRule]:
+        """The rules a change of these order lines can affect: those reading a set the line (or
+        an ingredient of it) is in, and those reading any line (a set-less binding, ``mme``)."""
+        found = dict(self._any_line)
+        for line in lines:
+            for name in self._line_names(line):
+                found.update(self._line_readers.get(name, {}))
+        return found
+
+    def _line_names(self, line: MedicationOrder) -> frozenset[str]:
+        atc = self.selection.pack.sets.atc
+        names = atc(line.atc, line.route)
+        for ingredient in line.ingredients:
+            names = names | atc(ingredient.atc, line.route)
+        return names
+
     # Patient events: order lines and stays starting or ending, facts dated in the future.
 
     def _schedule_events(self, state: _PatientState, fact: AnyFact, at: datetime) -> None:
@@ -626,24 +688,29 @@ class LiveEvaluator:
             self._requeue(state, at)
             self._queue_events(state, self._next_event(state, at))
 
-    def _crossed(self, state: _PatientState, at: datetime) -> set[tuple[str, str | None]]:
-        """Dependency keys of the events after ``events_until`` up to ``at``."""
+    def _crossed(self, state: _PatientState, at: datetime) -> Mapping[int, LoadedRule]:
+        """The rules that read what happened after ``events_until`` up to ``at``: lines that
+        started or ended, facts dated in the future that became visible."""
         since = state.events_until
         keys: set[tuple[str, str | None]] = set()
-        if since is None or any(
-            _crosses(o.start, since, at) or _crosses(o.end, since, at) for o in state.record.orders
-        ):
+        if since is None:
             keys.add(("medication_order", None))
+        lines = [
+            o
+            for o in state.record.orders
+            if since is not None and (_crosses(o.start, since, at) or _crosses(o.end, since, at))
+        ]
         while state.pending and state.pending[0][0] <= at:
             _, _, kind, concept = heapq.heappop(state.pending)
             keys.add((kind, concept))
-        return keys
+        rules = self._rules_for(keys)
+        return {**rules, **self._rules_for_lines(lines)} if lines else rules
 
     def _tick_patient(self, state: _PatientState, due: set[int], at: datetime) -> AlertDiff:
         chosen: dict[int, LoadedRule] = {}
         events = _EVENTS in due
         if events:
-            chosen.update(self._rules_for(self._crossed(state, at)))
+            chosen.update(self._crossed(state, at))
             state.events_until = at
             self._queue_events(state, self._next_event(state, at))
         chosen.update((i, self._by_index[i]) for i in due if i != _EVENTS)
