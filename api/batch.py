@@ -27,17 +27,19 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from vigie import rules
-from vigie.engine import evaluate
 from vigie.engine.alerts import Alert
-from vigie.engine.evaluate import current_stay, normalise_time
-from vigie.engine.factset import FactSet, PatientRecord
+from vigie.engine.columnar import evaluate_columnar, in_stay, records_from_frames
+from vigie.engine.evaluate import normalise_time
+from vigie.engine.factset import FactSet
 from vigie.engine.load import LoadedPack, load_pack
 from vigie.engine.priority import worklist
 from vigie.engine.site_config import SiteConfig, load_site_config
@@ -204,13 +206,12 @@ class BatchResult:
     seconds: float = 0.0
 
 
-def in_scope(facts: FactSet, as_of: datetime, scope: str) -> list[PatientRecord]:
+def in_scope(frames: Mapping[str, pl.DataFrame], as_of: datetime, scope: str) -> list[str]:
     """The patients to evaluate, by id: every one (``all``) or those in a stay at ``as_of``."""
-    patients = facts.patients()
-    records = [patients[key] for key in sorted(patients)]
     if scope == "all":
-        return records
-    return [record for record in records if current_stay(record, as_of) is not None]
+        ids = [f.get_column("patient_id") for f in frames.values() if f.height]
+        return sorted(pl.concat(ids).unique().to_list()) if ids else []
+    return in_stay(frames, as_of)
 
 
 def worklist_order(alerts: Iterable[Alert]) -> list[Alert]:
@@ -229,22 +230,33 @@ def worklist_order(alerts: Iterable[Alert]) -> list[Alert]:
 
 def run_packs(
     packs: Sequence[LoadedPack],
-    records: Sequence[PatientRecord],
+    frames: Mapping[str, pl.DataFrame],
     as_of: datetime,
+    patients: Sequence[str],
     site: SiteConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Alert]:
-    """Every pack on every record as of a time, in worklist order (the live evaluator, one
-    patient at a time)."""
+    """Every pack on the patients' facts as of a time, in worklist order (the columnar
+    evaluator, ``vigie.engine.columnar``: all patients at once, pack after pack)."""
     at = normalise_time(as_of)
     alerts: list[Alert] = []
-    total = len(records)
-    for done, record in enumerate(records, 1):
-        for pack in packs:
-            alerts += evaluate(pack, record, at, site=site)
-        if progress is not None and (done % 50 == 0 or done == total):
-            progress(done, total)
+    for done, pack in enumerate(packs, 1):
+        alerts += evaluate_columnar(pack, frames, at, site=site, patients=patients)
+        if progress is not None:
+            progress(done, len(packs))
     return worklist_order(alerts)
+
+
+def with_priorities(
+    alerts: Sequence[Alert], frames: Mapping[str, pl.DataFrame], as_of: datetime
+) -> list[Alert]:
+    """The worklist: each alert with its priority score (``vigie.engine.priority``), highest
+    first; patient context read from the facts of the patients with an alert only."""
+    records = records_from_frames(frames, sorted({a.patient_id for a in alerts}))
+    return [
+        item.alert.model_copy(update={"priority": item.priority.score})
+        for item in worklist(alerts, records, normalise_time(as_of))
+    ]
 
 
 # Output ------------------------------------------------------------------------------------------
@@ -347,14 +359,16 @@ def render_summary(
     return "\n".join(lines)
 
 
-def progress_on_terminal(stream: Any = None) -> Callable[[int, int], None] | None:
+def progress_on_terminal(
+    stream: Any = None, what: str = "patients"
+) -> Callable[[int, int], None] | None:
     """A progress line on stderr when it is a terminal, nothing otherwise."""
     stream = stream or sys.stderr
     if not stream.isatty():
         return None
 
     def show(done: int, total: int) -> None:
-        stream.write(f"\rEvaluating: {done:,}/{total:,} patients")
+        stream.write(f"\rEvaluating: {done:,}/{total:,} {what}")
         if done == total:
             stream.write("\n")
         stream.flush()
@@ -378,16 +392,12 @@ def batch(
     if not out.parent.exists():
         raise BatchError(f"no such folder for the output: {out.parent}", usage=True)
     facts, notes = load_feeds(inputs, fmt)
-    records = in_scope(facts, as_of, scope)
-    alerts = run_packs(packs, records, as_of, site, progress_on_terminal())
-    # the worklist: each alert with its priority score (engine/priority.py), highest first
-    alerts = [
-        item.alert.model_copy(update={"priority": item.priority.score})
-        for item in worklist(alerts, facts, normalise_time(as_of))
-    ]
-    result = BatchResult(
-        normalise_time(as_of), list(packs), len(facts.patients()), len(records), alerts
-    )
+    frames = facts.frames()
+    patients = in_scope(frames, as_of, scope)
+    alerts = run_packs(packs, frames, as_of, patients, site, progress_on_terminal(what="packs"))
+    alerts = with_priorities(alerts, frames, as_of)
+    everyone = len(in_scope(frames, as_of, "all"))
+    result = BatchResult(normalise_time(as_of), list(packs), everyone, len(patients), alerts)
     result.seconds = time.perf_counter() - started
     summary = summary_of(result, notes)
     write_output(out, result, summary)

@@ -363,19 +363,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _print_alerts(facts: FactSet, as_of: datetime, shown: int = 12) -> None:
     """Evaluate the default packs on every patient and print the worklist's head (the code path
     of ``vigie batch --scope all``: packs, evaluation, priority order)."""
-    from vigie.api.batch import BatchError, in_scope, load_packs, run_packs
-    from vigie.engine.priority import worklist
+    from vigie.api.batch import BatchError, in_scope, load_packs, run_packs, with_priorities
 
     try:
         packs = load_packs([])
     except BatchError as error:  # a shipped pack that does not compile: said, no alerts
         print(f"\n{error}")
         return
-    alerts = run_packs(packs, in_scope(facts, as_of, "all"), as_of)
-    alerts = [
-        item.alert.model_copy(update={"priority": item.priority.score})
-        for item in worklist(alerts, facts, as_of)
-    ]
+    frames = facts.frames()
+    alerts = run_packs(packs, frames, as_of, in_scope(frames, as_of, "all"))
+    alerts = with_priorities(alerts, frames, as_of)
     rank = {"critical": 0, "major": 1, "moderate": 2, "minor": 3}
     by_severity: Counter[str] = Counter(a.severity for a in alerts)
     print(

@@ -57,7 +57,7 @@ _SCALARS: dict[Any, pl.DataType] = {
 }
 
 
-# A combination product's ingredients (``vigie.facts.Ingredient``), one struct per substance.
+# A combination product's ingredients (``vigie.facts.model.Ingredient``), one struct per substance.
 INGREDIENT_STRUCT = pl.Struct(
     {
         "name": pl.String(),

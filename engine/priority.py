@@ -234,7 +234,7 @@ def patient_context(
 
 def worklist(
     alerts: Iterable[Alert],
-    facts: FactSet,
+    facts: FactSet | Mapping[str, PatientRecord],
     as_of: datetime,
     *,
     ward: str | Iterable[str] | None = None,
@@ -243,7 +243,8 @@ def worklist(
 ) -> list[WorklistItem]:
     """Open alerts sorted by priority, highest first, filtered by ward and severity.
 
-    ``alerts`` are the open alerts (the caller drops resolved and decided ones). The ward is
+    ``alerts`` are the open alerts (the caller drops resolved and decided ones); ``facts`` a
+    fact set or the records of (at least) their patients. The ward is
     that of the patient's current stay in ``facts`` at ``as_of`` (the alert's own ward when the
     patient has none there). Other open alerts are counted over all of ``alerts``, before
     filtering. Ties are broken by severity, patient id, rule id and alert id, so the order never
@@ -252,7 +253,7 @@ def worklist(
     as_of = normalise_time(as_of)  # facts are naive UTC; an aware time is converted
     every = list(alerts)
     per_patient = Counter(alert.patient_id for alert in every)
-    records = facts.patients()
+    records = facts.patients() if isinstance(facts, FactSet) else facts
     wards = None if ward is None else {ward} if isinstance(ward, str) else set(ward)
     severities = (
         None if severity is None else {severity} if isinstance(severity, str) else set(severity)

@@ -25,8 +25,8 @@ from vigie.engine.columnar import detect, evaluate_columnar, in_stay, records_fr
 from vigie.engine.evaluate import select
 from vigie.engine.load import LoadedPack
 from vigie.facts import (
-    AnyFact,
     Allergy,
+    AnyFact,
     Coding,
     Condition,
     LabResult,
@@ -167,8 +167,9 @@ def test_records_rebuilt_from_frames_hold_the_same_facts() -> None:
     facts: list[AnyFact] = [
         order("RAMI", "C09AA05", ingredients=(Ingredient(name="x", amount=1.0, unit="mg"),)),
         lab("potassium", 6.5, AT - timedelta(hours=1), "K1", unit="mmol/L"),
-        Patient(fact_id="p1", patient_id="p1", source=SRC, birth_date=date(1950, 1, 2),
-                sex=Sex.FEMALE),  # fmt: skip
+        Patient(
+            fact_id="p1", patient_id="p1", source=SRC, birth_date=date(1950, 1, 2), sex=Sex.FEMALE
+        ),
     ]
     record = records_from_frames(FactSet(facts).frames(), ["p1"])["p1"]
     original = FactSet(facts).patient("p1")
@@ -187,7 +188,7 @@ def test_scope_inpatients_reads_stay_periods() -> None:
     assert in_stay(FactSet([stay, gone]).frames(), AT) == ["p1"]
 
 
-# Property: any hospital, the same alerts -----------------------------------------------------------
+# Property: any hospital, the same alerts -----------------------------------------------------
 
 DRUGS = [
     ("C09AA05", "oral"), ("C03DA01", "oral"), ("V03AE01", "oral"), ("A12BA01", "oral"),
@@ -324,8 +325,9 @@ def a_fact(draw: st.DrawFn) -> AnyFact:
             patient_id=pid,
             source=SRC,
             substance=Coding(code="x"),
-            atc=tuple(draw(st.lists(st.sampled_from(["M01A", "C09", "N02", "", "B01AA03"]),
-                                    max_size=2))),  # fmt: skip
+            atc=tuple(
+                draw(st.lists(st.sampled_from(["M01A", "C09", "N02", "", "B01AA03"]), max_size=2))
+            ),
             recorded=when,
             clinical_status=draw(st.sampled_from(["active", "unknown", "resolved"])),
         )
