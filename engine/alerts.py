@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -26,6 +26,21 @@ ThresholdOp = Literal["lt", "le", "gt", "ge"]
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def model_construct(  # type: ignore[override]  # the pydantic plugin's per-model form
+        cls, _fields_set: set[str] | None = None, **values: Any
+    ) -> Self:
+        """pydantic's ``model_construct``, without its per-field loop when every field is
+        given (explaining an alert builds a handful of these: the live store's firing path)."""
+        if _fields_set is not None or values.keys() != cls.__pydantic_fields__.keys():
+            return super().model_construct(_fields_set, **values)
+        built = cls.__new__(cls)
+        object.__setattr__(built, "__dict__", values)
+        object.__setattr__(built, "__pydantic_fields_set__", set(values))
+        object.__setattr__(built, "__pydantic_extra__", None)
+        object.__setattr__(built, "__pydantic_private__", None)
+        return built
 
 
 class CodedValue(_Frozen):

@@ -493,6 +493,8 @@ class LiveEvaluator:
         return [alert for _, alert in found]
 
     def record(self, patient_id: str) -> PatientRecord | None:
+        """The patient's facts as the pack's rules see them (those no rule reads are left
+        out, but for stays)."""
         state = self._patients.get(patient_id)
         return state.record if state else None
 
@@ -509,7 +511,14 @@ class LiveEvaluator:
 
     def add(self, fact: AnyFact, now: datetime | None = None) -> AlertDiff:
         """Take one fact in and re-evaluate what depends on it, for its patient only."""
-        at = self._advance(now, _visible_from(fact))
+        visible = _visible_from(fact)
+        at = self._advance(now, visible)
+        if (
+            not isinstance(fact, Stay)
+            and not self._rules_for(((fact.kind, _concept(fact)),))
+            and (fact.kind, fact.fact_id) not in self._owner
+        ):
+            return AlertDiff()  # no rule of the pack reads it (a stay moves alerts along)
         diff = AlertDiff()
         previous, moved = self._remove_previous(fact, at, diff)
         if isinstance(fact, Patient) and isinstance(previous, Patient):
@@ -522,8 +531,8 @@ class LiveEvaluator:
             )
         else:
             self._rewind_events(state, at)
-        touched = self._insert(state, fact, at)
-        self._schedule_events(state, fact, at)
+        touched = self._insert(state, fact, at, visible)
+        self._schedule_events(state, fact, at, visible)
         if fresh:
             rules: Mapping[int, LoadedRule] = self._by_index
         elif isinstance(fact, MedicationOrder):
@@ -611,7 +620,7 @@ class LiveEvaluator:
         return old, touched
 
     def _insert(
-        self, state: _PatientState, fact: AnyFact, at: datetime
+        self, state: _PatientState, fact: AnyFact, at: datetime, visible: datetime | None
     ) -> set[tuple[str, str | None]]:
         state.facts[(fact.kind, fact.fact_id)] = fact
         key = (fact.kind, _concept(fact))
@@ -620,7 +629,6 @@ class LiveEvaluator:
             _place(state.record, fact)
         elif isinstance(fact, Stay | Patient) or self._rules_for((key,)):
             _place(state.record, fact)  # a fact no rule of the pack reads is not kept
-        visible = _visible_from(fact)
         if visible is not None and visible > at:
             self._sequence += 1
             heapq.heappush(state.pending, (visible, self._sequence, fact.kind, _concept(fact)))
@@ -657,11 +665,14 @@ class LiveEvaluator:
 
     # Patient events: order lines and stays starting or ending, facts dated in the future.
 
-    def _schedule_events(self, state: _PatientState, fact: AnyFact, at: datetime) -> None:
+    def _schedule_events(
+        self, state: _PatientState, fact: AnyFact, at: datetime, visible: datetime | None
+    ) -> None:
+        if visible is not None:  # a result, a condition...: visible from then, no other event
+            if visible > at:
+                self._queue_events(state, visible)
+            return
         moments = [m for m in _event_moments(fact) if m is not None and m > at]
-        visible = _visible_from(fact)
-        if visible is not None and visible > at:
-            moments.append(visible)
         if moments:
             self._queue_events(state, min(moments))
 
@@ -922,13 +933,21 @@ def _measure_key(fact: LabResult | Observation) -> tuple[datetime, str]:
     return (fact.time, fact.fact_id)
 
 
+def _insort_measure(series: list[Any], fact: LabResult | Observation) -> None:
+    """Keep a series sorted by (time, fact id); results mostly arrive latest last."""
+    if not series or _measure_key(series[-1]) < _measure_key(fact):
+        series.append(fact)
+    else:
+        insort(series, fact, key=_measure_key)
+
+
 def _place(record: PatientRecord, fact: AnyFact) -> None:
     """Add a fact to a record, keeping series sorted as ``PatientRecord.sort`` would."""
     match fact:
         case LabResult(concept=str(concept)):
-            insort(record.labs.setdefault(concept, []), fact, key=_measure_key)
+            _insort_measure(record.labs.setdefault(concept, []), fact)
         case Observation(concept=str(concept)):
-            insort(record.observations.setdefault(concept, []), fact, key=_measure_key)
+            _insort_measure(record.observations.setdefault(concept, []), fact)
         case Stay():
             record.stays.append(fact)
             record.stays.sort(key=lambda s: (s.admit_time or datetime.min, s.stay_id))

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from vigie.engine import Alert, FactSet, LiveEvaluator, evaluate, load_pack
 from vigie.engine import live as live_module
+from vigie.engine.alerts import Evidence
 from vigie.engine.live import AlertDiff
 from vigie.engine.load import LoadedPack
 from vigie.facts import (
@@ -312,6 +314,30 @@ def test_the_clock_going_back_evaluates_again() -> None:
     assert live.tick(T0 + timedelta(days=4)).new
     assert live.tick(T0 + timedelta(days=1)).resolved  # replaying an earlier moment
     assert live.tick(T0 + timedelta(days=5)).new
+
+
+def test_fast_construction_builds_the_same_models() -> None:
+    """Alerts and evidence are built with ``model_construct`` while explaining; its fast path
+    (every field given) must give what pydantic's own gives."""
+    values = {
+        "name": "k", "kind": "lab", "code": "potassium", "value": 5.9, "unit": "mmol/L",
+        "time": T0, "fact_id": "K1", "source": SRC, "inputs": (),
+    }  # fmt: skip
+    fast = Evidence.model_construct(**values)
+    slow = BaseModel.model_construct.__func__(Evidence, **values)  # type: ignore[attr-defined]
+    assert fast == slow and hash(fast) == hash(slow)
+    assert fast.model_dump() == slow.model_dump() == Evidence.model_validate(values).model_dump()
+    assert fast.model_fields_set == slow.model_fields_set
+    partial = Evidence.model_construct(name="k", kind="lab")  # pydantic fills the defaults
+    assert partial.model_fields_set == {"name", "kind"}
+
+
+def test_facts_no_rule_reads_are_not_kept() -> None:
+    live = LiveEvaluator(default_pack(), now=T0)
+    live.add(order("o", "C09AA05"))
+    assert not live.add(lab("troponin", 0.2, T0, "T1"))  # no rule of the pack reads troponin
+    record = live.record("p1")
+    assert record is not None and "troponin" not in record.labs and record.orders
 
 
 # Batch = incremental ------------------------------------------------------------------------
