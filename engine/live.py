@@ -59,13 +59,23 @@ from vigie.facts import (
 __all__ = ["AlertDiff", "LiveEvaluator", "RuleTiming", "line_sets", "rule_timing"]
 
 
-@dataclass
+@dataclass(init=False, slots=True)
 class AlertDiff:
     """What changed: alerts that appeared, changed (same id, other content) or stopped."""
 
-    new: list[Alert] = field(default_factory=list)
-    updated: list[Alert] = field(default_factory=list)
-    resolved: list[Alert] = field(default_factory=list)
+    new: list[Alert]
+    updated: list[Alert]
+    resolved: list[Alert]
+
+    def __init__(
+        self,
+        new: list[Alert] | None = None,
+        updated: list[Alert] | None = None,
+        resolved: list[Alert] | None = None,
+    ) -> None:  # without dataclass default factories: built on every update, so kept cheap
+        self.new = [] if new is None else new
+        self.updated = [] if updated is None else updated
+        self.resolved = [] if resolved is None else resolved
 
     def __bool__(self) -> bool:
         return bool(self.new or self.updated or self.resolved)
