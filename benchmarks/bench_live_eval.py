@@ -147,14 +147,17 @@ def tick_costs(stores: Sequence[LiveEvaluator], facts: Sequence[AnyFact]) -> Non
     quiet = statistics.median(samples)
     due = [d for live in stores if (d := live.next_deadline()) is not None]
     moment = max(now, min(due)) + timedelta(hours=1) if due else now + timedelta(hours=1)
+    queued = sum(live.queued() for live in stores)
     began = clock()
     changed = [live.tick(moment) for live in stores]
     busy = clock() - began
+    popped = queued - sum(live.queued() for live in stores)
     patients = len({f.patient_id for f in facts})
     print(
         f"  tick over {patients} patients: nothing due {quiet * 1e6:.1f} µs; "
-        f"one hour of deadlines due {busy * 1e3:.2f} ms "
-        f"({sum(len(c.new) + len(c.updated) + len(c.resolved) for c in changed)} alert changes)"
+        f"one hour of deadlines due {busy * 1e3:.2f} ms ({popped} of {queued} queue entries "
+        f"due, {sum(len(c.new) + len(c.updated) + len(c.resolved) for c in changed)} alert "
+        f"changes)"
     )
 
 

@@ -373,6 +373,13 @@ def _offer_fact(deadline: _Deadline, fact: AnyFact, timing: RuleTiming) -> None:
 
 def _fact_deadline(fact: AnyFact, timing: RuleTiming, at: datetime) -> datetime | None:
     """The earliest moment after ``at`` where this one fact may change the rule's result."""
+    if isinstance(fact, LabResult | Observation):  # the common case, without the helpers
+        best = None
+        for offset in timing.offsets:
+            moment = fact.time + offset
+            if moment >= at and (best is None or moment < best):
+                best = moment
+        return at + _MICROSECOND if best == at else best
     deadline = _Deadline(at)
     _offer_fact(deadline, fact, timing)
     if timing.age and isinstance(fact, Patient) and fact.birth_date is not None:
@@ -513,6 +520,10 @@ class LiveEvaluator:
         in the future)."""
         return self._timing.get(self.selection.pack.rule(rule_id).index)
 
+    def queued(self) -> int:
+        """Entries in the timer queue (superseded ones included, until popped)."""
+        return len(self._queue)
+
     def next_deadline(self) -> datetime | None:
         """The earliest moment queued (possibly for an entry since superseded)."""
         return self._queue[0][0] if self._queue else None
@@ -523,11 +534,9 @@ class LiveEvaluator:
         """Take one fact in and re-evaluate what depends on it, for its patient only."""
         visible = _visible_from(fact)
         at = self._advance(now, visible)
-        if (
-            not isinstance(fact, Stay)
-            and not self._rules_for(((fact.kind, _concept(fact)),))
-            and (fact.kind, fact.fact_id) not in self._owner
-        ):
+        key = (fact.kind, _concept(fact))
+        readers = self._rules_for((key,))
+        if not readers and not isinstance(fact, Stay) and (key[0], fact.fact_id) not in self._owner:
             return AlertDiff()  # no rule of the pack reads it (a stay moves alerts along)
         diff = AlertDiff()
         previous, moved = self._remove_previous(fact, at, diff)
@@ -541,7 +550,7 @@ class LiveEvaluator:
             )
         else:
             self._rewind_events(state, at)
-        touched = self._insert(state, fact, at, visible)
+        self._insert(state, fact, at, visible, bool(readers))
         self._schedule_events(state, fact, at, visible)
         if fresh:
             rules: Mapping[int, LoadedRule] = self._by_index
@@ -549,7 +558,7 @@ class LiveEvaluator:
             lines = [fact, previous] if isinstance(previous, MedicationOrder) else [fact]
             rules = self._rules_for_lines(lines)
         else:
-            rules = self._rules_for(touched | moved)
+            rules = self._rules_for(moved | {key}) if moved - {key} else readers
         if not rules and not isinstance(fact, Stay):
             return diff  # nothing reads it (a stay may move the alerts along)
         changed = self._reevaluate(state, rules, at, fact=fact, full=fresh)
@@ -630,19 +639,22 @@ class LiveEvaluator:
         return old, touched
 
     def _insert(
-        self, state: _PatientState, fact: AnyFact, at: datetime, visible: datetime | None
-    ) -> set[tuple[str, str | None]]:
+        self,
+        state: _PatientState,
+        fact: AnyFact,
+        at: datetime,
+        visible: datetime | None,
+        read: bool,
+    ) -> None:
         state.facts[(fact.kind, fact.fact_id)] = fact
-        key = (fact.kind, _concept(fact))
         if isinstance(fact, MedicationOrder):
             state.active = None
             _place(state.record, fact)
-        elif isinstance(fact, Stay | Patient) or self._rules_for((key,)):
+        elif read or isinstance(fact, Stay | Patient):
             _place(state.record, fact)  # a fact no rule of the pack reads is not kept
         if visible is not None and visible > at:
             self._sequence += 1
             heapq.heappush(state.pending, (visible, self._sequence, fact.kind, _concept(fact)))
-        return {key}
 
     def _rules_for(self, keys: Iterable[tuple[str, str | None]]) -> Mapping[int, LoadedRule]:
         """The selected rules that read facts of these (kind, concept) keys, by index."""
