@@ -1,6 +1,6 @@
 """Live store throughput and latency on a generated hospital, default + ANSM packs loaded.
 
-A synthetic hospital (``vigie.synthetic.canonical_hospital``: every catalogue situation
+A synthetic hospital (``vigie.synthetic.canonical.canonical_hospital``: every catalogue situation
 injected) is replayed fact by fact, in arrival order, into two ``LiveEvaluator``s — the default
 pack and the ANSM interactions pack, as ``vigie batch`` loads them — the clock ticking every
 hour of the replayed period. Each fact is timed from arrival to updated alerts (``add`` on both
