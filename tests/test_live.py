@@ -316,6 +316,29 @@ def test_the_clock_going_back_evaluates_again() -> None:
     assert live.tick(T0 + timedelta(days=5)).new
 
 
+def test_a_new_line_reevaluates_the_rules_reading_its_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
+    live.add(order("RAMI", "C09AA05"))  # ramipril: potassium raising
+    live.add(lab("potassium", 4.5, T0 + timedelta(hours=20), "K1"))
+    seen: list[str] = []
+    real = live_module.evaluate_rule
+
+    def spy(rule: Any, ctx: Any, stay: Any) -> list[Alert]:
+        seen.append(rule.id)
+        return real(rule, ctx, stay)
+
+    monkeypatch.setattr(live_module, "evaluate_rule", spy)
+    live.add(order("PARA", "N02BE01", dose=1000.0, daily_dose=3000.0))  # paracetamol
+    # "daily dose of paracetamol" reads it; "d = active drug" (allergy) and "mme" read any
+    # line; hyperkalaemia reads potassium-raising lines and binders only.
+    assert "dose.paracetamol_max" in seen and "combo.allergy" in seen
+    assert "bio.hyperkalaemia" not in seen
+    assert live_module.line_sets(default_pack().rule("bio.hyperkalaemia").ir) == {
+        "potassium_raising",
+        "potassium_binders",
+    }
+
+
 def test_fast_construction_builds_the_same_models() -> None:
     """Alerts and evidence are built with ``model_construct`` while explaining; its fast path
     (every field given) must give what pydantic's own gives."""
