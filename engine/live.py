@@ -1,9 +1,12 @@
 """Incremental (live) evaluation: a new fact re-evaluates only the rules it can change.
 
-``LiveEvaluator`` keeps, per patient, the facts received so far (a ``PatientRecord`` kept
-sorted) and the current alerts per rule. ``add(fact)`` re-evaluates, for that patient only, the
-rules whose ``depends_on`` lists the fact's kind (and, for labs and observations, its concept)
-and returns what changed as an ``AlertDiff`` (new, updated, resolved alerts by alert id).
+``LiveEvaluator`` keeps, per patient, the facts received so far that its rules can read (a
+``PatientRecord`` kept sorted; stays always) and the current alerts per rule. ``add(fact)``
+re-evaluates, for that patient only, the rules whose ``depends_on`` lists the fact's kind (and,
+for labs and observations, its concept; for an order line, the rules reading a set it is in:
+``line_sets``) that an active line can trigger or that have alerts to resolve, and returns what
+changed as an ``AlertDiff`` (new, updated, resolved alerts by alert id). A fact no rule reads
+costs a dictionary lookup.
 
 Time is a timer queue, not a poll. Each evaluation of a rule for a patient computes the next
 moment its result could change by time passing alone (a fact leaving a ``within`` window, an
