@@ -491,6 +491,7 @@ class LiveEvaluator:
         self._queue: list[tuple[datetime, int, str, int]] = []
         self._latest: datetime | None = None  # the latest evaluation time of any patient
         self._sequence = 0
+        self.explained = 0  # alerts built (each one explained) so far: firing evaluations
 
     # Reading
 
@@ -809,6 +810,7 @@ class LiveEvaluator:
             rule = chosen[index]
             old = state.alerts.get(index)
             fresh = {a.id: a for a in evaluate_rule(rule, ctx, stay)}
+            self.explained += len(fresh)
             _diff_rule(old or {}, fresh, diff)
             if fresh:
                 state.alerts[rule.index] = fresh

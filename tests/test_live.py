@@ -109,9 +109,10 @@ def test_add_reports_new_updated_and_resolved() -> None:
     first = diff.new[0]
     diff = live.add(lab("potassium", 6.2, T0 + timedelta(days=1, hours=2), "K2"))
     assert [a.id for a in diff.updated] == [first.id] and diff.updated[0].severity == "critical"
+    assert live.explained == 2  # the two high results each built (explained) the alert
     diff = live.add(lab("potassium", 4.5, T0 + timedelta(days=1, hours=3), "K3"))
     assert [a.id for a in diff.resolved] == [first.id] and not diff.new
-    assert live.alerts() == []
+    assert live.alerts() == [] and live.explained == 2
 
 
 def test_a_corrected_result_replaces_the_previous_one() -> None:
