@@ -54,6 +54,7 @@ __all__ = [
     "BatchError",
     "BatchResult",
     "FeedNotes",
+    "compile_packs",
     "load_feeds",
     "load_packs",
     "parse_time",
@@ -162,6 +163,11 @@ def load_feeds(paths: Sequence[Path], fmt: str = "auto") -> tuple[FactSet, FeedN
 
 def load_packs(paths: Sequence[Path]) -> list[LoadedPack]:
     """The packs named (default: the shipped default and ANSM packs), compiled and loaded."""
+    return [load_pack(ir) for ir in compile_packs(paths)]
+
+
+def compile_packs(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """The IR of the packs named (default: the shipped default and ANSM packs)."""
     named: list[tuple[str, str]] = []
     if not paths:
         for name in DEFAULT_PACKS:
@@ -173,7 +179,7 @@ def load_packs(paths: Sequence[Path]) -> list[LoadedPack]:
             named.append((str(path), path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as error:
             raise BatchError(f"{path}: cannot read the pack: {error}", usage=True) from None
-    loaded = []
+    compiled = []
     for label, text in named:
         ir, diagnostics = rules.compile_pack(text, label)
         if ir is None:
@@ -183,8 +189,8 @@ def load_packs(paths: Sequence[Path]) -> list[LoadedPack]:
                 f"{label}); first: {errors[0].headline() if errors else '?'}",
                 usage=False,
             )
-        loaded.append(load_pack(ir))
-    return loaded
+        compiled.append(ir)
+    return compiled
 
 
 def load_config(path: Path, packs: Iterable[LoadedPack]) -> SiteConfig:
@@ -229,16 +235,29 @@ def worklist_order(alerts: Iterable[Alert]) -> list[Alert]:
 
 
 def run_packs(
-    packs: Sequence[LoadedPack],
+    packs: Sequence[LoadedPack | Mapping[str, Any]],
     frames: Mapping[str, pl.DataFrame],
     as_of: datetime,
     patients: Sequence[str],
     site: SiteConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
+    engine: str = "local",
 ) -> list[Alert]:
-    """Every pack on the patients' facts as of a time, in worklist order (the columnar
-    evaluator, ``vigie.engine.columnar``: all patients at once, pack after pack)."""
+    """Every pack (loaded, or its IR) on the patients' facts as of a time, in worklist order
+    (the columnar evaluator, ``vigie.engine.columnar``: all patients at once, pack after pack).
+    ``engine="spark"`` runs it in Spark, partitioned by patient (``vigie.api.spark``; packs as
+    their IR, which is what the executors receive): the same alerts in the same order."""
     at = normalise_time(as_of)
+    if engine == "spark":
+        from vigie.api.spark import evaluate_in_spark
+
+        irs = [p for p in packs if not isinstance(p, LoadedPack)]
+        if len(irs) != len(packs):
+            raise BatchError("the spark engine takes the packs as their IR", usage=True)
+        alerts = evaluate_in_spark(irs, frames, at, patients, site)
+        if progress is not None:
+            progress(len(packs), len(packs))
+        return worklist_order(alerts)
     alerts: list[Alert] = []
     for done, pack in enumerate(packs, 1):
         alerts += evaluate_columnar(pack, frames, at, site=site, patients=patients)
@@ -384,17 +403,25 @@ def batch(
     config: Path | None = None,
     scope: str = "inpatients",
     fmt: str = "auto",
+    engine: str = "local",
 ) -> tuple[BatchResult, FeedNotes, dict[str, Any]]:
     """The whole command but the printing and the exit code."""
     started = time.perf_counter()
-    packs = load_packs(pack_paths)
+    if engine == "spark":
+        from vigie.api.spark import require_pyspark
+
+        require_pyspark()
+    irs = compile_packs(pack_paths)
+    packs = [load_pack(ir) for ir in irs]
     site = load_config(config, packs) if config is not None else None
     if not out.parent.exists():
         raise BatchError(f"no such folder for the output: {out.parent}", usage=True)
     facts, notes = load_feeds(inputs, fmt)
     frames = facts.frames()
     patients = in_scope(frames, as_of, scope)
-    alerts = run_packs(packs, frames, as_of, patients, site, progress_on_terminal(what="packs"))
+    shipped = irs if engine == "spark" else packs
+    progress = progress_on_terminal(what="packs")
+    alerts = run_packs(shipped, frames, as_of, patients, site, progress, engine)
     alerts = with_priorities(alerts, frames, as_of)
     everyone = len(in_scope(frames, as_of, "all"))
     result = BatchResult(normalise_time(as_of), list(packs), everyone, len(patients), alerts)

@@ -134,7 +134,13 @@ def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="packs to run (default: the default and ANSM packs)",
     )
     p.add_argument("--config", type=Path, metavar="FILE", help="site configuration (TOML)")
-    p.add_argument("--engine", choices=("local", "spark"), default="local")
+    p.add_argument(
+        "--engine",
+        choices=("local", "spark"),
+        default="local",
+        help="local: this process (default); spark: Apache Spark, partitioned by patient "
+        "(master VIGIE_SPARK_MASTER; pip install 'vigie[spark]')",
+    )
     p.add_argument(
         "--scope",
         choices=("inpatients", "all"),
@@ -149,13 +155,17 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from vigie.api.batch import BatchError, batch, render_summary
     from vigie.engine.site_config import SiteConfigError
 
-    if args.engine == "spark":
-        print("vigie batch: --engine spark is not available yet: issue 9 item 7", file=sys.stderr)
-        return ExitCode.USAGE
     _configure_mapping(args)
     try:
         result, notes, summary = batch(
-            args.input, args.as_of, args.out, args.rules, args.config, args.scope, args.format
+            args.input,
+            args.as_of,
+            args.out,
+            args.rules,
+            args.config,
+            args.scope,
+            args.format,
+            args.engine,
         )
     except BatchError as error:
         print(f"vigie batch: {error}", file=sys.stderr)

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         description="which FHIR resources are validated (documents: Bundles and resource "
         "files, not NDJSON lines)",
     )
+    spark_master: str = Field(
+        default="local[2]",
+        description="the Spark master of vigie batch --engine spark: local[N] runs N cores of "
+        "this machine; a cluster's URL needs Vigie installed on its executors",
+        json_schema_extra={"kind": "URL"},
+    )
     shared_data: Path = Field(
         default=_SHARED_DATA,
         description="reference data of the tests, the benchmarks and rules import-ansm",
