@@ -177,7 +177,11 @@ def detect(selection: Selection, frames: Frames, as_of: datetime) -> pl.DataFram
     """Which rules fire for which patient and lines, with the severity (escalations applied):
     a frame of ``DETECTION_SCHEMA``, one row per alert."""
     scans = _Scans(_complete(frames), normalise_time(as_of), selection)
-    queries = [q for rule in selection.rules if (q := _RuleQuery(rule, scans).build()) is not None]
+    queries = [
+        q
+        for rule in selection.rules
+        if scans.may_fire(rule) and (q := _RuleQuery(rule, scans).build()) is not None
+    ]
     queries.extend(scans.pair_rule_queries())
     if not queries:
         return pl.DataFrame(schema=DETECTION_SCHEMA)
@@ -417,6 +421,12 @@ class _Scans:
         self._cache: dict[Any, pl.LazyFrame] = {}
         self._counter = itertools.count()
         self.lines = self._active_lines()
+        self.present = frozenset(self.lines.get_column("sets").explode().drop_nulls().to_list())
+
+    def may_fire(self, rule: LoadedRule) -> bool:
+        """False when a drug binding's set has no active line at all: the rule has no candidate
+        row (``Selection.candidates`` skips it the same way)."""
+        return all(b.set is None or b.set in self.present for b in rule.drug_bindings)
 
     def name(self, hint: str) -> str:
         return f"__{hint}{next(self._counter)}"
@@ -614,7 +624,7 @@ class _Scans:
     # Pair rules (two drug bindings, always true: the ANSM interactions)
 
     def pair_rule_queries(self) -> list[pl.LazyFrame]:
-        rules = [r for r in self.selection.rules if _is_pair_rule(r)]
+        rules = [r for r in self.selection.rules if _is_pair_rule(r) and self.may_fire(r)]
         if not rules:
             return []
         table = pl.DataFrame(

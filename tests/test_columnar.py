@@ -415,7 +415,7 @@ def test_unknown_operations_are_a_pack_error() -> None:
 
     only = Selection(selection.pack, selection.params, (bad,), 1)
     with pytest.raises(PackError, match="frobnicate"):
-        detect(only, FactSet([order("RAMI", "C09AA05")]).frames(), AT)
+        detect(only, FactSet([order("MET", "A10BA02")]).frames(), AT)
 
 
 def test_frames_without_some_kinds_are_completed() -> None:

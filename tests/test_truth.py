@@ -218,6 +218,17 @@ def test_a_look_back_wider_than_the_catalogues_fails_the_truth(
     assert all(variant.endswith("_past_lookback") for variant in failing), failing
 
 
+def test_the_batch_evaluator_scores_exactly_like_the_live_one(canonical: Hospital) -> None:
+    """The columnar batch evaluator, run on all the patients due at each row's middle time at
+    once, finds every positive, keeps every control silent, and gives the same alerts per row
+    as the per-patient evaluator (which is also checked at the window edges; the property
+    tests of tests/test_columnar.py hold the two together there)."""
+    batch = score(pack(), canonical.facts, canonical.rows, canonical.data_end, columnar=True)
+    assert batch.failures == [], "\n" + batch.table()
+    middle = {k: v for k, v in canonical.score().outcomes().items() if k[1] == "middle"}
+    assert batch.outcomes() == middle
+
+
 def test_feed_scores_exactly_like_canonical_facts(fed: Hospital, canonical: Hospital) -> None:
     assert sorted(fed.rows, key=repr) == sorted(canonical.rows, key=repr)
     want, got = canonical.score().outcomes(), fed.score().outcomes()

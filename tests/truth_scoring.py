@@ -34,6 +34,7 @@ import orjson
 import polars as pl
 
 from vigie.engine import Alert, FactSet, LoadedPack, evaluate
+from vigie.engine.columnar import evaluate_columnar
 
 __all__ = [
     "CHECKPOINTS",
@@ -297,20 +298,32 @@ def score(
     rows: Iterable[TruthRow],
     data_end: datetime,
     checkpoints: Iterable[str] = ("middle",),
+    columnar: bool = False,
 ) -> Score:
-    """Judge each row at each checkpoint, evaluating each patient once per distinct time."""
-    patients = facts.patients()
-    cache: dict[tuple[str, datetime], list[Alert]] = {}
-    verdicts = []
+    """Judge each row at each checkpoint, evaluating each patient once per distinct time —
+    one patient at a time (``evaluate``), or with ``columnar`` all the patients due at a time
+    in one run of the batch evaluator (``evaluate_columnar``)."""
     names = list(checkpoints)
-    for row in rows:
-        for name in names:
-            at = CHECKPOINTS[name](row, data_end)
-            key = (row.patient_id, at)
-            if key not in cache:
-                record = patients.get(row.patient_id)
-                cache[key] = [] if record is None else evaluate(pack, record, at)
-            verdicts.append(Verdict(row, name, at, _rule_alerts(cache[key], row.rule_id)))
+    checks = [(row, name, CHECKPOINTS[name](row, data_end)) for row in rows for name in names]
+    cache: dict[tuple[str, datetime], list[Alert]] = {}
+    if columnar:
+        due: dict[datetime, set[str]] = defaultdict(set)
+        for row, _, at in checks:
+            due[at].add(row.patient_id)
+        frames = facts.frames()
+        for at, patient_ids in due.items():
+            for patient_id in patient_ids:
+                cache[(patient_id, at)] = []
+            for alert in evaluate_columnar(pack, frames, at, patients=sorted(patient_ids)):
+                cache[(alert.patient_id, at)].append(alert)
+    patients = facts.patients()
+    verdicts = []
+    for row, name, at in checks:
+        key = (row.patient_id, at)
+        if key not in cache:
+            record = patients.get(row.patient_id)
+            cache[key] = [] if record is None else evaluate(pack, record, at)
+        verdicts.append(Verdict(row, name, at, _rule_alerts(cache[key], row.rule_id)))
     return Score(verdicts)
 
 
