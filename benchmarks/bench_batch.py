@@ -79,8 +79,8 @@ def _batch(frames_dir: Path, days: int, out: Path) -> dict[str, Any]:
     from vigie.store.parquet import read_frames
 
     clock = _Clock()
-    columnar.detect = clock.wrap("detect", columnar.detect)  # type: ignore[method-assign]
-    columnar.explain = clock.wrap("explain", columnar.explain)  # type: ignore[method-assign]
+    columnar.detect = clock.wrap("detect", columnar.detect)
+    columnar.explain = clock.wrap("explain", columnar.explain)
     at = as_of(days)
     start_rss = peak_rss_mb()
     began = time.perf_counter()
