@@ -32,7 +32,8 @@ def _run(*command: str | Path, **kwargs: object) -> int:
 
 
 def setup() -> None:
-    """Create .venv and install the project with its dev extra (test and lint tools) if needed."""
+    """Create .venv and install the project with its dev extra (test and lint tools) and its
+    spark extra (the suite runs ``vigie batch --engine spark`` in local mode) if needed."""
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted:
         return
@@ -46,7 +47,7 @@ def setup() -> None:
     if _run(python, "-m", "pip", "install", *quiet, "--upgrade", "pip") != 0:
         sys.exit("pip upgrade failed")
     print("Installing Vigie and its dependencies ...", flush=True)
-    if _run(python, "-m", "pip", "install", *quiet, "-e", ".[dev]") != 0:
+    if _run(python, "-m", "pip", "install", *quiet, "-e", ".[dev,spark]") != 0:
         sys.exit("installation failed (see pip's message above)")
     STAMP.write_text(wanted)
 
