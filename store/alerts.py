@@ -59,6 +59,7 @@ from sqlalchemy import (
     Text,
     case,
     event,
+    func,
     insert,
     select,
 )
@@ -758,6 +759,36 @@ class AlertStore:
         if limit is not None:
             query = query.limit(limit)
         return [_stored(row) for row in self._rows_of(query)]
+
+    def observed_ppv(self, min_decisions: int = 5) -> dict[str, float]:
+        """Per rule, the share of pharmacists' decisions that were interventions: every
+        ``intervention`` over every ``intervention`` and ``dismissed`` of the event log (an alert
+        decided twice, reopened in between, counts twice). Rules with fewer than
+        ``min_decisions`` decisions are left out: the priority score then uses its prior
+        (``vigie.engine.priority.PPV_PRIOR``) rather than a ratio of two or three."""
+        decided = AlertEventRow.to_status.in_(["intervention", "dismissed"])
+        query = (
+            select(AlertRow.rule_id, AlertEventRow.to_status, func.count())
+            .join(AlertRow, AlertRow.id == AlertEventRow.alert_id)
+            .where(decided)
+            .group_by(AlertRow.rule_id, AlertEventRow.to_status)
+        )
+        try:
+            with self._read() as session:
+                counts = session.execute(query).all()
+        except SQLAlchemyError as error:
+            raise AlertError(f"cannot read the decisions: {error.__class__.__name__}") from error
+        interventions: dict[str, int] = {}
+        decisions: dict[str, int] = {}
+        for rule_id, status, n in counts:
+            decisions[rule_id] = decisions.get(rule_id, 0) + n
+            if status == "intervention":
+                interventions[rule_id] = interventions.get(rule_id, 0) + n
+        return {
+            rule: interventions.get(rule, 0) / total
+            for rule, total in sorted(decisions.items())
+            if total >= min_decisions
+        }
 
     def _rows_of(self, query: Any) -> list[AlertRow]:
         try:

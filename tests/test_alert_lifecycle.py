@@ -700,3 +700,18 @@ def _check(store: AlertStore, model: Model, log: list[AlertEvent]) -> None:
         i for i, s in model.status.items() if s == "open"
     }
     assert all(a.raised == (a.id in model.raised) for a in store.alerts())
+
+
+def test_observed_ppv_counts_decisions_per_rule(alerts: AlertStore) -> None:
+    """PPV = interventions / (interventions + dismissals) per rule, from the decision log; a
+    rule with too few decisions is left to the priority's prior."""
+    facts = hyperkalaemia_facts()
+    alerts.reconcile(run(facts, NOW), NOW)
+    alerts.decide(K_ALERT, Dismissal("accepted_risk", "suivi quotidien"), actor="a", at=NOW + H)
+    facts.append(lab("potassium", 6.1, datetime(2024, 3, 5, 9, 0), fid="LAB2"))
+    at = datetime(2024, 3, 5, 10, 0)
+    alerts.reconcile(run(facts, at), at)  # new evidence: reopened, decided again
+    alerts.decide(K_ALERT, Intervention("Arrêt du ramipril"), actor="b", at=at + H)
+    assert alerts.observed_ppv(min_decisions=2) == {"bio.hyperkalaemia": 0.5}
+    assert alerts.observed_ppv(min_decisions=3) == {}
+    assert alerts.observed_ppv() == {}  # five decisions by default
