@@ -249,15 +249,18 @@ def run_packs(
     their IR, which is what the executors receive): the same alerts in the same order."""
     at = normalise_time(as_of)
     if engine == "spark":
-        from vigie.api.spark import evaluate_in_spark
+        from vigie.api.spark import SparkError, evaluate_in_spark
 
         irs = [p for p in packs if not isinstance(p, LoadedPack)]
         if len(irs) != len(packs):
             raise BatchError("the spark engine takes the packs as their IR", usage=True)
-        alerts = evaluate_in_spark(irs, frames, at, patients, site)
+        try:
+            found = evaluate_in_spark(irs, frames, at, patients, site)
+        except SparkError as error:
+            raise BatchError(str(error), usage=error.usage) from None
         if progress is not None:
             progress(len(packs), len(packs))
-        return worklist_order(alerts)
+        return worklist_order(found)
     alerts: list[Alert] = []
     for done, pack in enumerate(packs, 1):
         alerts += evaluate_columnar(pack, frames, at, site=site, patients=patients)
@@ -408,9 +411,10 @@ def batch(
     """The whole command but the printing and the exit code."""
     started = time.perf_counter()
     if engine == "spark":
-        from vigie.api.spark import require_pyspark
+        from vigie.api.spark import pyspark_missing
 
-        require_pyspark()
+        if (missing := pyspark_missing()) is not None:
+            raise BatchError(missing, usage=True)
     irs = compile_packs(pack_paths)
     packs = [load_pack(ir) for ir in irs]
     site = load_config(config, packs) if config is not None else None

@@ -10,7 +10,7 @@ local run's order, so that ``--engine spark`` writes the same file as ``--engine
 The master is ``VIGIE_SPARK_MASTER`` (default ``local[2]``: two cores of this machine, no
 cluster). Spark is started quietly (errors only) and listens on the loopback interface when
 local. Without pyspark, or when Spark fails (in the JVM or in an executor), the caller gets a
-``BatchError`` saying so in one paragraph, never a Py4J or Java trace.
+``SparkError`` saying so in one paragraph, never a Py4J or Java trace.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from vigie import settings
-from vigie.api.batch import BatchError
 from vigie.engine.alerts import Alert
 from vigie.engine.site_config import SiteConfig
 from vigie.engine.spark import (
@@ -37,13 +36,25 @@ from vigie.engine.spark import (
     alerts_from_rows,
     wide_table,
 )
+from vigie.errors import VigieError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["INSTALL_HINT", "evaluate_in_spark", "require_pyspark", "spark_session"]
+__all__ = ["INSTALL_HINT", "SparkError", "evaluate_in_spark", "pyspark_missing", "spark_session"]
 
 INSTALL_HINT = "--engine spark needs pyspark: install vigie[spark] (pip install 'vigie[spark]')"
+
+
+class SparkError(VigieError):
+    """Spark could not run the batch (no pyspark, no JVM, a failure in an executor);
+    ``usage`` when it is the command's set-up (``vigie batch`` raises it as its ``BatchError``).
+    """
+
+    def __init__(self, message: str, *, usage: bool) -> None:
+        super().__init__(message)
+        self.usage = usage
+
 
 _CONF = {
     "spark.ui.enabled": "false",
@@ -90,32 +101,33 @@ def evaluate_in_spark(
         evaluated = facts.repartition(partitions, "patient_id").mapInArrow(evaluator, RESULT_DDL)
         rows = evaluated.toArrow().to_pylist()
     except Exception as error:  # Py4J, JVM and PySpark errors alike: reported, never raw
-        raise BatchError(f"Spark failed: {_headline(error)}", usage=False) from None
+        raise SparkError(f"Spark failed: {_headline(error)}", usage=False) from None
     try:
         return alerts_from_rows(rows)
     except PartitionFailure as failure:
-        raise BatchError(
+        raise SparkError(
             f"evaluation failed in a Spark executor (pack {evaluator.pack_name(failure.pack)}): "
             f"{failure.detail}",
             usage=False,
         ) from None
 
 
-def require_pyspark() -> None:
-    """``BatchError`` (a usage error) when pyspark is not installed."""
+def pyspark_missing() -> str | None:
+    """What to install when pyspark is not installed, else None."""
     try:
         import pyspark  # noqa: F401
     except ImportError:
-        raise BatchError(INSTALL_HINT, usage=True) from None
+        return INSTALL_HINT
+    return None
 
 
 def spark_session(master: str | None = None) -> SparkSession:
-    """The Spark session of this process (started on first use, quiet); ``BatchError`` when
+    """The Spark session of this process (started on first use, quiet); ``SparkError`` when
     pyspark is missing (a usage error) or Spark cannot start."""
     try:
         from pyspark.sql import SparkSession
     except ImportError:
-        raise BatchError(INSTALL_HINT, usage=True) from None
+        raise SparkError(INSTALL_HINT, usage=True) from None
     master = master or str(settings.value("spark_master"))
     # the executors' Python is this one (Spark's default is whatever python3 is on PATH)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -130,7 +142,7 @@ def spark_session(master: str | None = None) -> SparkSession:
     try:
         session = builder.getOrCreate()
     except Exception as error:  # the JVM did not start: no Java, a bad master...
-        raise BatchError(
+        raise SparkError(
             f"cannot start Spark (master {master}; Spark needs Java 17 or newer): "
             f"{_headline(error)}",
             usage=False,
