@@ -62,6 +62,9 @@ _CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.execution.pyspark.udf.faulthandler.enabled": "true",
     "spark.python.worker.faulthandler.enabled": "true",
+    # a task per core: each task's polars on one thread (not each on every core, which
+    # oversubscribes local[2] twice over)
+    "spark.executorEnv.POLARS_MAX_THREADS": "1",
 }
 _LOCAL_CONF = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
 
