@@ -39,6 +39,7 @@ __all__ = [
     "MANIFEST",
     "SCHEMA_VERSION",
     "FramesError",
+    "is_frames_directory",
     "read_frames",
     "read_manifest",
     "write_frames",
@@ -104,6 +105,12 @@ def _write(frame: pl.DataFrame, path: Path) -> None:
         frame.write_parquet(path, statistics=False)
     except (OSError, pl.exceptions.PolarsError) as error:
         raise FramesError(f"{path}: cannot write: {error}") from None
+
+
+def is_frames_directory(path: Path) -> bool:
+    """Whether ``path`` is a frames directory (it holds a manifest): how a command taking
+    feeds or frames tells them apart before reading."""
+    return (path / MANIFEST).is_file()
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from vigie.store.parquet import (
     MANIFEST,
     SCHEMA_VERSION,
     FramesError,
+    is_frames_directory,
     read_frames,
     write_frames,
 )
@@ -178,9 +179,12 @@ def test_extra_columns_in_a_file_are_left_unread(tmp_path: Path) -> None:
 
 
 def test_no_manifest_or_another_version_is_refused(tmp_path: Path) -> None:
+    assert not is_frames_directory(tmp_path)
     with pytest.raises(FramesError, match="no manifest"):
         read_frames(tmp_path)
     manifest = _written(tmp_path) / MANIFEST
+    assert is_frames_directory(tmp_path)
+    assert not is_frames_directory(manifest)
     document = json.loads(manifest.read_text(encoding="utf-8"))
     manifest.write_text(json.dumps({**document, "schema_version": 99}), encoding="utf-8")
     with pytest.raises(FramesError, match="schema version 99; this Vigie reads version 1"):
