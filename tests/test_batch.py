@@ -257,8 +257,6 @@ def test_errors_are_one_line_with_their_exit_code(
     code, err = error_of(*good, "--config", str(config))
     assert code == 2 and "configuration error" in err and f"{config}:2" in err
     assert "outside the declared range" in err
-    code, err = error_of(*good, "--engine", "spark")
-    assert code == 2 and "not available yet: issue 9 item 7" in err
     assert not Path(out).exists()
 
 

@@ -102,10 +102,6 @@ def test_quality_on_files_names_a_file_it_cannot_read(
 def test_commands_of_later_issues_say_so(capsys) -> None:
     assert main(["replay", "--as-of", "2024-01-01"]) == 2
     assert "not available yet" in capsys.readouterr().err
-    # vigie batch is here; its engine spark is not yet (issue 9 item 7)
-    assert main(["batch", "--input", ".", "--as-of", "2024-01-01", "--out", "x.json",
-                 "--engine", "spark"]) == 2  # fmt: skip
-    assert "not available yet: issue 9 item 7" in capsys.readouterr().err
 
 
 @pytest.fixture
