@@ -145,9 +145,12 @@ def evaluate_columnar(
     disabled: Iterable[str] = (),
     site: SiteConfig | None = None,
     patients: Sequence[str] | None = None,
+    records: dict[str, PatientRecord] | None = None,
 ) -> list[Alert]:
     """The alerts of a pack on fact frames as of a time — what ``evaluate`` returns on the same
-    facts, in the same order. ``patients`` restricts the evaluation to those patient ids."""
+    facts, in the same order. ``patients`` restricts the evaluation to those patient ids;
+    ``records`` keeps the patients' records rebuilt to explain alerts, for the next pack or the
+    priority score to reuse."""
     enabled, disabled = tuple(enabled), tuple(disabled)
     if site is not None and (cursors or level != 1 or enabled or disabled):
         raise PackError("give either a site configuration or cursors/level/enabled/disabled")
@@ -166,7 +169,7 @@ def evaluate_columnar(
         groups = _by_ward_selection(selection, site, frames, at)
     found = []
     for chosen, part in groups:
-        found.append(explain(chosen, part, at, detect(chosen, part, at)))
+        found.append(explain(chosen, part, at, detect(chosen, part, at), records))
     alerts = [alert for part in found for alert in part]
     order = {rule.id: rule.index for rule in selection.pack.rules}
     alerts.sort(key=lambda a: (order[a.rule_id], a.patient_id, a.id))
@@ -194,15 +197,21 @@ def detect(selection: Selection, frames: Frames, as_of: datetime) -> pl.DataFram
 
 
 def explain(
-    selection: Selection, frames: Frames, as_of: datetime, detected: pl.DataFrame
+    selection: Selection,
+    frames: Frames,
+    as_of: datetime,
+    detected: pl.DataFrame,
+    records: dict[str, PatientRecord] | None = None,
 ) -> list[Alert]:
     """The explained alerts of detected rows (evidence, message, thresholds), by the live
-    evaluator's tracer on the facts of the patients concerned, rebuilt from the frames."""
+    evaluator's tracer on the facts of the patients concerned, rebuilt from the frames (once:
+    ``records`` keeps them across calls)."""
     if not detected.height:
         return []
     at = normalise_time(as_of)
-    wanted = detected.get_column("patient_id").unique().to_list()
-    records = records_from_frames(frames, wanted)
+    records = {} if records is None else records
+    wanted = [p for p in detected.get_column("patient_id").unique().to_list() if p not in records]
+    records.update(records_from_frames(frames, wanted))
     by_index = {rule.index: rule for rule in selection.rules}
     contexts: dict[str, tuple[Context, dict[str, MedicationOrder], Stay | None]] = {}
     alerts = []
@@ -417,7 +426,6 @@ class _Scans:
         self.selection = selection
         self.sets: CodeSets = selection.pack.sets
         self.params = selection.params
-        self.patients = _all_patients(frames).lazy()
         self._cache: dict[Any, pl.LazyFrame] = {}
         self._counter = itertools.count()
         self.lines = self._active_lines()
@@ -427,6 +435,11 @@ class _Scans:
         """False when a drug binding's set has no active line at all: the rule has no candidate
         row (``Selection.candidates`` skips it the same way)."""
         return all(b.set is None or b.set in self.present for b in rule.drug_bindings)
+
+    @property
+    def patients(self) -> pl.LazyFrame:
+        """Every patient of the frames (the rows of a rule without drug binding)."""
+        return self.cached("patients", lambda: _all_patients(self.frames).lazy())
 
     def name(self, hint: str) -> str:
         return f"__{hint}{next(self._counter)}"
@@ -583,7 +596,8 @@ class _Scans:
     # Series
 
     def series(self, fact_kind: str, concept: str) -> pl.LazyFrame:
-        """A lab or observation series up to the evaluation time, sorted by (time, fact id)."""
+        """A lab or observation series up to the evaluation time (in no order: each reader
+        picks by time and fact id)."""
 
         def build() -> pl.LazyFrame:
             frame = self.frames[fact_kind].lazy()
@@ -595,11 +609,9 @@ class _Scans:
                     pl.lit(None, pl.Float64()).alias("reference_low"),
                     pl.lit(None, pl.String()).alias("qualitative"),
                 ]
-            return (
-                frame.filter((pl.col("concept") == concept) & (pl.col("time") <= self.at))
-                .select("patient_id", "fact_id", "value", "unit", "time", *extra)
-                .sort("patient_id", "time", "fact_id")
-            )
+            return frame.filter(
+                (pl.col("concept") == concept) & (pl.col("time") <= self.at)
+            ).select("patient_id", "fact_id", "value", "unit", "time", *extra)
 
         return self.cached(("series", fact_kind, concept), build)
 
