@@ -24,6 +24,12 @@ Severity = Literal["critical", "major", "moderate", "minor"]
 ThresholdOp = Literal["lt", "le", "gt", "ge"]
 
 
+# The field names of each model, for ``model_construct``'s check that every field is given.
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+_new = object.__new__
+_set = object.__setattr__
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -33,13 +39,16 @@ class _Frozen(BaseModel):
     ) -> Self:
         """pydantic's ``model_construct``, without its per-field loop when every field is
         given (explaining an alert builds a handful of these: the live store's firing path)."""
-        if _fields_set is not None or values.keys() != cls.__pydantic_fields__.keys():
+        names = _FIELD_NAMES.get(cls)
+        if names is None:
+            names = _FIELD_NAMES[cls] = frozenset(cls.__pydantic_fields__)
+        if _fields_set is not None or values.keys() != names:
             return super().model_construct(_fields_set, **values)
-        built = cls.__new__(cls)
-        object.__setattr__(built, "__dict__", values)
-        object.__setattr__(built, "__pydantic_fields_set__", set(values))
-        object.__setattr__(built, "__pydantic_extra__", None)
-        object.__setattr__(built, "__pydantic_private__", None)
+        built = _new(cls)
+        _set(built, "__dict__", values)
+        _set(built, "__pydantic_fields_set__", set(values))
+        _set(built, "__pydantic_extra__", None)
+        _set(built, "__pydantic_private__", None)
         return built
 
 

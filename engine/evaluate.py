@@ -44,6 +44,7 @@ combinations, builds explained ``Alert`` objects and formats messages. ``Context
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -271,11 +272,12 @@ def _explain(
         ctx.values, ctx.combo_values, ctx.trace = shared, {}, None
         ctx.thresholds = None
     bindings = [
-        line_evidence(b.name, line) for b, line in zip(rule.drug_bindings, combo, strict=True)
+        ctx.cached(line_evidence, b.name, line)
+        for b, line in zip(rule.drug_bindings, combo, strict=True)
     ]
     lines = _alert_lines(ctx.record.orders, combo, trace)
     return Alert.model_construct(
-        id=alert_id(rule.id, ctx.record.patient_id, list(identity)),
+        id=_alert_id(rule.id, ctx.record.patient_id, identity),
         patient_id=ctx.record.patient_id,
         stay_id=stay.stay_id if stay else None,
         ward=stay.ward if stay else None,
@@ -287,16 +289,23 @@ def _explain(
         severity=cast(Severity, severity),
         level=rule.level,
         priority=None,
-        drugs=tuple(
-            AlertDrug.model_construct(order_id=o.order_id, atc=o.atc, label=line_label(o))
-            for o in lines
-        ),
+        drugs=tuple(ctx.cached(_alert_drug, "", line) for line in lines),
         evidence=_unique([*bindings, *trace]),
         thresholds=tuple(thresholds),
         message=message,
         reference=rule.reference,
         as_of=ctx.as_of,
     )
+
+
+@functools.lru_cache(maxsize=65536)
+def _alert_id(rule_id: str, patient_id: str, identity: tuple[str, ...]) -> str:
+    """``alert_id``, hashed once per alert (a live alert is explained again on every update)."""
+    return alert_id(rule_id, patient_id, list(identity))
+
+
+def _alert_drug(_: str, line: MedicationOrder) -> AlertDrug:
+    return AlertDrug.model_construct(order_id=line.order_id, atc=line.atc, label=line_label(line))
 
 
 def _alert_lines(

@@ -44,7 +44,6 @@ from vigie.engine.runtime import (
     WindowFn,
     age_value,
     clearance_value,
-    derived_evidence,
     egfr_computed,
     has_allergy,
     has_condition,
@@ -53,7 +52,7 @@ from vigie.engine.runtime import (
     lab_select,
     line_evidence,
     opioid_mme,
-    patient_evidence,
+    patient_input,
     set_daily_dose,
 )
 
@@ -287,7 +286,7 @@ class ClosureBuilder:
             except TypeError as error:
                 raise _fail(node, error) from error
             if held is True and recorded is not None and ctx.thresholds is not None:
-                _record_threshold(ctx.thresholds, recorded, x, y)
+                _record_threshold(ctx, recorded, x, y)
             return held
 
         return compare
@@ -405,7 +404,7 @@ class ClosureBuilder:
             lines = ctx.lines(set_name, routes)
             if ctx.trace is not None:
                 for line in lines:
-                    ctx.trace.append(line_evidence(name, line))
+                    ctx.trace.append(ctx.cached(line_evidence, name, line))
             return bool(lines)
 
         return any_drug
@@ -417,15 +416,8 @@ class ClosureBuilder:
         def count_drugs(ctx: Context) -> float:
             lines = ctx.lines(set_name, routes)
             if ctx.trace is not None:
-                ctx.trace.append(
-                    derived_evidence(
-                        name,
-                        "count_drugs",
-                        float(len(lines)),
-                        None,
-                        [line_evidence(name, line) for line in lines],
-                    )
-                )
+                inputs = [ctx.cached(line_evidence, name, line) for line in lines]
+                ctx.trace.append(ctx.derived(name, "count_drugs", float(len(lines)), None, inputs))
             return float(len(lines))
 
         return count_drugs
@@ -491,11 +483,8 @@ class ClosureBuilder:
             if patient is None:
                 return None
             if ctx.trace is not None:
-                ctx.trace.append(
-                    derived_evidence(
-                        name, "sex", patient.sex.value, None, [patient_evidence(patient)]
-                    )
-                )
+                inputs = [patient_input(ctx, patient)]
+                ctx.trace.append(ctx.derived(name, "sex", patient.sex.value, None, inputs))
             return patient.sex.value
 
         return sex
@@ -604,22 +593,30 @@ def _threshold_shape(node: Mapping[str, Any]) -> _ThresholdShape | None:
     return name, _FLIP[op] if flipped else op, flipped, measured.get("unit"), param
 
 
-def _record_threshold(found: list[Threshold], shape: _ThresholdShape, x: Any, y: Any) -> None:
+def _record_threshold(ctx: Context, shape: _ThresholdShape, x: Any, y: Any) -> None:
+    """Add the comparison to ``ctx.thresholds`` (once; the model built once per context)."""
     name, op, flipped, unit, param = shape
     value, threshold = (y, x) if flipped else (x, y)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
     if isinstance(threshold, bool) or not isinstance(threshold, int | float):
         return
-    item = Threshold.model_construct(
-        name=name,
-        op=cast(ThresholdOp, op),
-        value=float(value),
-        threshold=float(threshold),
-        unit=unit,
-        param=param,
-    )
-    if item not in found:
+    key = ("threshold", name, op, float(value), float(threshold), unit, param)
+    hit = ctx.evidence.get(key)
+    if hit is not None:
+        item = cast(Threshold, hit[1])
+    else:
+        item = Threshold.model_construct(
+            name=name,
+            op=cast(ThresholdOp, op),
+            value=float(value),
+            threshold=float(threshold),
+            unit=unit,
+            param=param,
+        )
+        ctx.keep(key, None, item)
+    found = ctx.thresholds
+    if found is not None and item not in found:
         found.append(item)
 
 
@@ -657,14 +654,14 @@ def _amount_comparison(
         except TypeError as error:
             raise _fail(node, error) from error
         if held is True and recorded is not None and ctx.thresholds is not None:
-            _record_amount_threshold(ctx.thresholds, recorded, x, y, left_unit, right_unit)
+            _record_amount_threshold(ctx, recorded, x, y, left_unit, right_unit)
         return held
 
     return compare
 
 
 def _record_amount_threshold(
-    found: list[Threshold],
+    ctx: Context,
     shape: _ThresholdShape,
     x: Any,
     y: Any,
@@ -685,7 +682,7 @@ def _record_amount_threshold(
             return
         measured = value
     pair = (threshold, measured) if flipped else (measured, threshold)
-    _record_threshold(found, (name, op, flipped, unit, param), *pair)
+    _record_threshold(ctx, (name, op, flipped, unit, param), *pair)
 
 
 def _time_arith(op: str, x: Any, y: Any) -> Any:

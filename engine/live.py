@@ -418,13 +418,16 @@ class _PatientState:
 @dataclass(slots=True)
 class _ActiveLines:
     """The active lines of a patient over [since, until), their sets, and the lines of each
-    (set, routes) the rules asked for (``Context.lines``), shared by every evaluation then."""
+    (set, routes) the rules asked for (``Context.lines``), shared by every evaluation then;
+    with the evidence built meanwhile (``Context.evidence``: an alert explained again on a
+    later update reuses the descriptions of the facts it already quoted)."""
 
     lines: list[MedicationOrder]
     names: frozenset[str]
     by_set: dict[tuple[str | None, frozenset[str] | None], list[MedicationOrder]]
     since: datetime
     until: datetime | None
+    evidence: dict[tuple[Any, ...], tuple[Any, Any]] = field(default_factory=dict)
 
 
 class _LiveContext(Context):
@@ -444,6 +447,7 @@ class _LiveContext(Context):
         self._active = active.lines
         self._lines = active.by_set
         self._names = active.names
+        self.evidence = active.evidence
 
     def active_set_names(self) -> set[str]:
         return set(self._names)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from vigie.engine.alerts import Evidence, Threshold
 from vigie.engine.derived import (
@@ -72,6 +72,7 @@ __all__ = [
     "measure_evidence",
     "opioid_mme",
     "patient_evidence",
+    "patient_input",
     "set_daily_dose",
 ]
 
@@ -151,6 +152,13 @@ def _route_ok(route: str | None, routes: frozenset[str] | None) -> bool:
     return routes is None or route is None or route in routes
 
 
+_F = TypeVar("_F")
+_B = TypeVar("_B")
+# Evidence kept per context (the live store: per patient while its active lines stay): past
+# this many entries the cache starts again, which bounds it for a patient followed for months.
+_CACHE_LIMIT = 4096
+
+
 # Evaluation context ------------------------------------------------------------------------------
 
 
@@ -161,6 +169,10 @@ class Context:
     not depend on it (kept across combinations), ``combo_values`` those that do. ``trace``, when
     not None, collects the evidence each query reads (only while explaining a firing rule), and
     ``thresholds`` the numeric comparisons against a parameter or constant that held.
+    ``evidence`` keeps the evidence (and thresholds) built while explaining, by what they were
+    built from (``cached``, ``derived``): a fact read by several alerts, or by the same alert
+    explained again, is described once (the live store keeps it while the patient's active
+    lines do not change).
     """
 
     __slots__ = (
@@ -169,6 +181,7 @@ class Context:
         "as_of",
         "bound",
         "combo_values",
+        "evidence",
         "params",
         "record",
         "sets",
@@ -191,6 +204,7 @@ class Context:
         self.combo_values: dict[str, Any] = {}
         self._active: list[MedicationOrder] | None = None
         self._lines: dict[tuple[str | None, frozenset[str] | None], list[MedicationOrder]] = {}
+        self.evidence: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
     def active_lines(self) -> list[MedicationOrder]:
         """Active order lines, in a stable order (order id) so that results never depend on
@@ -229,6 +243,45 @@ class Context:
     def note(self, evidence: Evidence) -> None:
         if self.trace is not None:
             self.trace.append(evidence)
+
+    def cached(self, build: Callable[[str, _F], _B], name: str, fact: _F) -> _B:
+        """``build(name, fact)``, built once per (build, name, fact object): evidence and
+        thresholds are frozen, and a fact object is never changed (a new version is a new
+        object). The entry keeps the fact, so that its ``id`` is not reused meanwhile."""
+        cache = self.evidence
+        key = (build, name, id(fact))
+        hit = cache.get(key)
+        if hit is not None and hit[0] is fact:
+            return cast(_B, hit[1])
+        made = build(name, fact)
+        self.keep(key, fact, made)
+        return made
+
+    def derived(
+        self,
+        name: str,
+        code: str,
+        value: float | str | None,
+        unit: str | None,
+        inputs: Sequence[Evidence],
+        time: datetime | None = None,
+    ) -> Evidence:
+        """``derived_evidence``, built once per content and input objects (the entry's evidence
+        keeps its inputs, so that their ``id``s are not reused meanwhile)."""
+        cache = self.evidence
+        key = ("derived", name, code, value, unit, time, *map(id, inputs))
+        hit = cache.get(key)
+        if hit is not None:
+            return cast(Evidence, hit[1])
+        made = derived_evidence(name, code, value, unit, inputs, time)
+        self.keep(key, None, made)
+        return made
+
+    def keep(self, key: tuple[Any, ...], fact: Any, made: Any) -> None:
+        """Remember ``made`` (built from ``fact``, kept alive with it) under ``key``."""
+        if len(self.evidence) >= _CACHE_LIMIT:
+            self.evidence.clear()
+        self.evidence[key] = (fact, made)
 
 
 # A line that ended (completed, stopped) was active over its period: exports and replays see the
@@ -404,16 +457,19 @@ def _strength(dose: IngredientDose) -> str:
     return f"{i.name} {i.amount:g} {i.unit}/{per}"
 
 
-def ingredient_evidence(name: str, line: MedicationOrder, dose: IngredientDose) -> Evidence:
+def ingredient_evidence(
+    ctx: Context, name: str, line: MedicationOrder, dose: IngredientDose
+) -> Evidence:
     """An ingredient's amount a day on a combination line: strength, where the composition came
     from and how the line's dose reached it, with the line as input."""
     code = f"{_strength(dose)} [{dose.ingredient.source or 'composition'}]: {dose.reading}"
-    return derived_evidence(name, code, dose.per_day, dose.unit, [line_evidence(name, line)])
+    inputs = [ctx.cached(line_evidence, name, line)]
+    return ctx.derived(name, code, dose.per_day, dose.unit, inputs)
 
 
-def unknown_composition_evidence(name: str, line: MedicationOrder) -> Evidence:
+def unknown_composition_evidence(ctx: Context, name: str, line: MedicationOrder) -> Evidence:
     code = "composition unknown: the dose of a combination product is credited to no substance"
-    return derived_evidence(name, code, None, None, [line_evidence(name, line)])
+    return ctx.derived(name, code, None, None, [ctx.cached(line_evidence, name, line)])
 
 
 def set_daily_dose(ctx: Context, set_name: str, name: str) -> Amount | None:
@@ -442,24 +498,23 @@ def set_daily_dose(ctx: Context, set_name: str, name: str) -> Amount | None:
                 amounts.append((None, None))
                 if tracing:
                     code = "no ingredient of the composition is in the set"
-                    inputs.append(
-                        derived_evidence(name, code, None, None, [line_evidence(name, line)])
-                    )
+                    line_input = [ctx.cached(line_evidence, name, line)]
+                    inputs.append(ctx.derived(name, code, None, None, line_input))
             for found in doses:
                 amounts.append((found.per_day, found.unit))
                 if tracing:
-                    inputs.append(ingredient_evidence(name, line, found))
+                    inputs.append(ingredient_evidence(ctx, name, line, found))
         elif in_set and is_combination_code(line.atc):
             amounts.append((None, None))
             if tracing:
-                inputs.append(unknown_composition_evidence(name, line))
+                inputs.append(unknown_composition_evidence(ctx, name, line))
         elif in_set:
             amounts.append((line_daily_dose(line), line.dose_unit))
             if tracing:
-                inputs.append(line_evidence(name, line))
+                inputs.append(ctx.cached(line_evidence, name, line))
     total = total_daily_dose(amounts)
     if ctx.trace is not None:
-        ctx.trace.append(_total_evidence(name, "daily_dose", total, inputs))
+        ctx.trace.append(_total_evidence(ctx, name, "daily_dose", total, inputs))
     return total
 
 
@@ -486,23 +541,25 @@ def opioid_mme(ctx: Context, name: str) -> Amount:
             total += mme
         if ctx.trace is not None:
             if doses:
-                inputs.extend(ingredient_evidence(name, line, d) for d in doses)
+                inputs.extend(ingredient_evidence(ctx, name, line, d) for d in doses)
             elif not line.ingredients and is_combination_code(line.atc):
-                inputs.append(unknown_composition_evidence(name, line))
+                inputs.append(unknown_composition_evidence(ctx, name, line))
             else:
-                inputs.append(line_evidence(name, line))
+                inputs.append(ctx.cached(line_evidence, name, line))
     amount = Amount(total, "MME", lower_bound)
     if ctx.trace is not None:
-        ctx.trace.append(_total_evidence(name, "mme", amount, inputs))
+        ctx.trace.append(_total_evidence(ctx, name, "mme", amount, inputs))
     return amount
 
 
-def _total_evidence(name: str, code: str, total: Amount | None, inputs: list[Evidence]) -> Evidence:
+def _total_evidence(
+    ctx: Context, name: str, code: str, total: Amount | None, inputs: list[Evidence]
+) -> Evidence:
     value = None if total is None else total.value
     unit = None if total is None else (total.unit or "mg")
     if total is not None and total.lower_bound:
         code += " (lower bound)"
-    return derived_evidence(name, code, value, unit, inputs)
+    return ctx.derived(name, code, value, unit, inputs)
 
 
 def _series(ctx: Context, fact_kind: str, concept: str) -> list[Any]:
@@ -534,7 +591,7 @@ def lab_select(
         lo, hi = _slice(series, bounds)
         found = pick(series, lo, hi)
         if found is not None and label is not None and ctx.trace is not None:
-            ctx.trace.append(measure_evidence(label, found))
+            ctx.trace.append(ctx.cached(measure_evidence, label, found))
         return found
 
     return lab
@@ -595,9 +652,9 @@ def lab_count(
         series = _series(ctx, fact_kind, concept)
         lo, hi = _slice(series, bounds) if series else (0, 0)
         if ctx.trace is not None:
-            inputs = [measure_evidence(name, f) for f in series[lo:hi]]
+            inputs = [ctx.cached(measure_evidence, name, f) for f in series[lo:hi]]
             ctx.trace.append(
-                derived_evidence(name, f"count {concept}", float(hi - lo), None, inputs, bounds[0])
+                ctx.derived(name, f"count {concept}", float(hi - lo), None, inputs, bounds[0])
             )
         return hi - lo
 
@@ -638,7 +695,7 @@ def has_condition(
             key=lambda c: c.fact_id,
         )
         if ctx.trace is not None:
-            ctx.trace.extend(fact_evidence(label, c) for c in found)
+            ctx.trace.extend(ctx.cached(fact_evidence, label, c) for c in found)
         return bool(found)
 
     return has_condition
@@ -661,7 +718,7 @@ def has_allergy(line_fn: Closure, label: str) -> Closure:
             key=lambda a: a.fact_id,
         )
         if ctx.trace is not None:
-            ctx.trace.extend(fact_evidence(label, a) for a in found)
+            ctx.trace.extend(ctx.cached(fact_evidence, label, a) for a in found)
         return bool(found)
 
     return has_allergy
@@ -677,7 +734,7 @@ def has_pregnancy(window: WindowFn, label: str) -> Closure:
             return False
         latest = max(recorded, key=lambda p: (p.recorded, p.fact_id))
         if latest.status == "pregnant" and ctx.trace is not None:
-            ctx.trace.append(fact_evidence(label, latest))
+            ctx.trace.append(ctx.cached(fact_evidence, label, latest))
         return latest.status == "pregnant"
 
     return has_pregnancy
@@ -687,13 +744,18 @@ def patient_evidence(patient: Patient) -> Evidence:
     return fact_evidence("patient", patient)
 
 
+def patient_input(ctx: Context, patient: Patient) -> Evidence:
+    """The patient record as the input of a derived value (age, sex...), built once."""
+    return ctx.cached(fact_evidence, "patient", patient)
+
+
 def age_value(ctx: Context, name: str) -> float | None:
     patient = ctx.record.patient
     if patient is None or patient.birth_date is None:
         return None
     years = float(age_in_years(patient.birth_date, ctx.as_of))
     if ctx.trace is not None:
-        ctx.trace.append(derived_evidence(name, "age", years, "years", [patient_evidence(patient)]))
+        ctx.trace.append(ctx.derived(name, "age", years, "years", [patient_input(ctx, patient)]))
     return years
 
 
@@ -721,13 +783,11 @@ def clearance_value(
     )
     if value is not None and ctx.trace is not None:
         inputs = [
-            measure_evidence("creatinine", creatinine),
-            measure_evidence("weight", weight),
-            derived_evidence("age", "age", float(age), "years", [patient_evidence(patient)]),
+            ctx.cached(measure_evidence, "creatinine", creatinine),
+            ctx.cached(measure_evidence, "weight", weight),
+            ctx.derived("age", "age", float(age), "years", [patient_input(ctx, patient)]),
         ]
-        ctx.trace.append(
-            derived_evidence(name, "clearance", value, "mL/min", inputs, creatinine.time)
-        )
+        ctx.trace.append(ctx.derived(name, "clearance", value, "mL/min", inputs, creatinine.time))
     return value
 
 
@@ -744,11 +804,11 @@ def egfr_computed(
     value = ckd_epi_2021(creatinine_umol_l=creatinine.value, age=age, sex=sex)
     if value is not None and ctx.trace is not None:
         inputs = [
-            measure_evidence("creatinine", creatinine),
-            derived_evidence("age", "age", float(age), "years", [patient_evidence(patient)]),
+            ctx.cached(measure_evidence, "creatinine", creatinine),
+            ctx.derived("age", "age", float(age), "years", [patient_input(ctx, patient)]),
         ]
         ctx.trace.append(
-            derived_evidence(
+            ctx.derived(
                 name, "egfr (CKD-EPI 2021)", value, "mL/min/1.73m2", inputs, creatinine.time
             )
         )
