@@ -84,6 +84,9 @@ RESULT_DDL = (
 # Facts as one wide table -------------------------------------------------------------------------
 
 
+_OWN = ("kind", "row")  # the wide table's own columns
+
+
 @cache
 def wide_columns() -> dict[str, dict[str, str]]:
     """kind -> {column of ``fact_columns(kind)``: its name in the wide table}."""
@@ -93,7 +96,7 @@ def wide_columns() -> dict[str, dict[str, str]]:
             types.setdefault(name, set()).add(str(dtype))
     return {
         kind: {
-            name: name if len(types[name]) == 1 else f"{kind}__{name}"
+            name: name if len(types[name]) == 1 and name not in _OWN else f"{kind}__{name}"
             for name in fact_columns(kind)
         }
         for kind in FACT_KINDS
