@@ -16,6 +16,7 @@ local. Without pyspark, or when Spark fails (in the JVM or in an executor), the 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -139,6 +140,11 @@ def spark_session(master: str | None = None) -> SparkSession:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         conf.update(_LOCAL_CONF)
     conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{_log_config()}"
+    if _java() is None:
+        raise SparkError(
+            "cannot start Spark: no Java (JAVA_HOME, or java on PATH); it needs Java 17 or newer",
+            usage=False,
+        )
     builder = SparkSession.builder.master(master).appName("vigie batch")
     for key, value in conf.items():
         builder = builder.config(key, value)
@@ -152,6 +158,13 @@ def spark_session(master: str | None = None) -> SparkSession:
         ) from None
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+def _java() -> Path | None:
+    """The java Spark's launcher runs: JAVA_HOME's, else the one on PATH."""
+    home = os.environ.get("JAVA_HOME")
+    found = Path(home) / "bin" / "java" if home else shutil.which("java")
+    return Path(found) if found is not None and Path(found).exists() else None
 
 
 @cache

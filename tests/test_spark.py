@@ -164,6 +164,16 @@ def test_without_pyspark_the_spark_engine_is_a_usage_error(
     assert not (tmp_path / "x.json").exists()
 
 
+def test_a_bad_spark_master_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VIGIE_SPARK_MASTER", "bogus://nowhere")
+    args = ["batch", "--input", str(tmp_path), "--as-of", "2025-01-10T12:00Z", "--engine"]
+    assert main([*args, "spark", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "VIGIE_SPARK_MASTER='bogus://nowhere'" in err and "local[N]" in err
+
+
 # With Spark (local mode) --------------------------------------------------------------------------
 
 
@@ -220,4 +230,15 @@ def test_a_pack_failing_in_an_executor_is_a_batch_error(spark: None) -> None:
     assert message.startswith(f"evaluation failed in a Spark executor (pack {name} ")
     assert "PackError" in message and "999" in message
     assert "Traceback" not in message and "py4j" not in message.lower()
+    assert not raised.value.usage
+
+
+@pytest.mark.spark
+def test_without_java_spark_is_a_batch_error(
+    spark: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path))  # no bin/java there
+    frames = hospital()
+    with pytest.raises(BatchError, match=r"no Java .* Java 17 or newer") as raised:
+        run_packs(packs_ir(), frames, AS_OF, in_scope(frames, AS_OF, "inpatients"), engine="spark")
     assert not raised.value.usage

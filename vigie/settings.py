@@ -27,6 +27,7 @@ vigie.errors.ConfigurationError: VIGIE_HL7_PARSER='hl7apy': expected 'lazy' or '
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -56,6 +57,10 @@ __all__ = [
 ENV_PREFIX = "VIGIE_"
 # The reference data lives beside the repository: <checkout>/../shared/data.
 _SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+# The masters Spark accepts (its submit step names the same forms).
+_SPARK_MASTER = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?|local-cluster\[.+\]|(spark|k8s)://.+|yarn")
 
 
 class Settings(BaseSettings):
@@ -121,6 +126,15 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError("a time zone name such as 'Europe/Paris' or 'UTC'") from None
         return name
+
+    @field_validator("spark_master")
+    @classmethod
+    def _spark_master(cls, master: str) -> str:
+        if not _SPARK_MASTER.fullmatch(master.strip()):
+            raise ValueError(
+                "a Spark master: local, local[N], local[*], spark://HOST:PORT, yarn or k8s://URL"
+            )
+        return master.strip()
 
 
 class _GivenValues(Settings):
