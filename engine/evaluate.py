@@ -47,7 +47,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, cast
 
 from vigie.engine.alerts import Alert, AlertDrug, Evidence, Severity, Threshold, alert_id
@@ -200,7 +200,11 @@ def current_stay(record: PatientRecord, as_of: datetime) -> Stay | None:
 
 
 def evaluate_rule(rule: LoadedRule, ctx: Context, stay: Stay | None) -> list[Alert]:
-    """Every alert of one rule for the context's patient (wrapped errors, never raw ones)."""
+    """Every alert of one rule for the context's patient (wrapped errors, never raw ones).
+
+    A rule expected to fire (``Context.alerting``: the live store's rules with alerts for the
+    patient) has its first combination evaluated with tracing on, which spares evaluating it
+    again to explain it (the alerts are the same either way)."""
     pools: list[list[MedicationOrder]] = []
     for binding in rule.drug_bindings:
         lines = ctx.lines(binding.set, binding.routes)
@@ -209,7 +213,7 @@ def evaluate_rule(rule: LoadedRule, ctx: Context, stay: Stay | None) -> list[Ale
         pools.append(lines)
     ctx.bound, ctx.values, ctx.combo_values = {}, {}, {}
     try:
-        return _fire(rule, ctx, pools, stay)
+        return _fire(rule, ctx, pools, stay, rule.index in ctx.alerting)
     except RuleRuntimeError as error:
         raise error.located(
             rule_id=rule.id, file=rule.file, line=rule.line, patient_id=ctx.record.patient_id
@@ -225,7 +229,11 @@ def evaluate_rule(rule: LoadedRule, ctx: Context, stay: Stay | None) -> list[Ale
 
 
 def _fire(
-    rule: LoadedRule, ctx: Context, pools: list[list[MedicationOrder]], stay: Stay | None
+    rule: LoadedRule,
+    ctx: Context,
+    pools: list[list[MedicationOrder]],
+    stay: Stay | None,
+    traced: bool,
 ) -> list[Alert]:
     names = [binding.name for binding in rule.drug_bindings]
     alerts: list[Alert] = []
@@ -240,7 +248,13 @@ def _fire(
             ctx.bound[name] = line
         if ctx.combo_values:
             ctx.combo_values = {}
-        if rule.condition(ctx) is True:
+        if traced:  # the first combination evaluated: nothing cached yet, as _explain starts
+            traced = False
+            alert = _traced(rule, ctx, combo, identity, stay, check=True)
+            if alert is not None:
+                fired.add(identity)
+                alerts.append(alert)
+        elif rule.condition(ctx) is True:
             fired.add(identity)
             alerts.append(_explain(rule, ctx, combo, identity, stay))
     return alerts
@@ -255,22 +269,40 @@ def _explain(
 ) -> Alert:
     """Re-run a firing combination with tracing on: evidence, severity and message."""
     shared = ctx.values
-    ctx.values, ctx.combo_values, ctx.trace = {}, {}, []
-    thresholds: list[Threshold] = []
-    ctx.thresholds = thresholds
+    ctx.values, ctx.combo_values = {}, {}
     try:
-        rule.condition(ctx)
+        alert = _traced(rule, ctx, combo, identity, stay, check=False)
+    finally:
+        ctx.values, ctx.combo_values = shared, {}
+    assert alert is not None  # not checked: built whatever the condition gives
+    return alert
+
+
+def _traced(
+    rule: LoadedRule,
+    ctx: Context,
+    combo: Sequence[MedicationOrder],
+    identity: tuple[str, ...],
+    stay: Stay | None,
+    check: bool,
+) -> Alert | None:
+    """Evaluate the bound combination with tracing on and explain it (``check``: only if the
+    condition holds; None otherwise)."""
+    thresholds: list[Threshold] = []
+    ctx.trace, ctx.thresholds = [], thresholds
+    try:
+        if rule.condition(ctx) is not True and check:
+            return None
         ctx.thresholds = None  # the condition's thresholds; escalations already set severity
         severity = rule.severity
         for escalated, condition in rule.escalations:
             if condition(ctx) is True:
                 severity = escalated
                 break
-        message = "".join(_message_part(part, ctx) for part in rule.message)
+        message = "".join([_message_part(part, ctx) for part in rule.message])
         trace = ctx.trace
     finally:
-        ctx.values, ctx.combo_values, ctx.trace = shared, {}, None
-        ctx.thresholds = None
+        ctx.trace = ctx.thresholds = None
     bindings = [
         ctx.cached(line_evidence, b.name, line)
         for b, line in zip(rule.drug_bindings, combo, strict=True)
@@ -321,8 +353,10 @@ def _alert_lines(
         if item.kind == MedicationOrder.kind and item.fact_id is not None:
             wanted.append(item.fact_id)
         pending.extend(item.inputs)
-    by_fact = {line.fact_id: line for line in orders}
     lines = list(combo)
+    if not wanted:
+        return lines
+    by_fact = {line.fact_id: line for line in orders}
     seen = {line.fact_id for line in combo}
     for fact_id in wanted:
         if fact_id not in seen and fact_id in by_fact:
@@ -367,6 +401,10 @@ def format_value(value: Any, type_: str | None = None, unit: str | None = None) 
     """
     if value is None:
         return "?"
+    if type(value) is float:  # the common case first
+        if unit == "s":
+            return format_duration(value)
+        return _with_unit(format_number(value), None if unit in _SILENT_UNITS else unit)
     if isinstance(value, Amount):
         prefix = "≥ " if value.lower_bound else ""
         return prefix + _with_unit(format_number(value.value), value.unit)
@@ -398,6 +436,7 @@ def _with_unit(number: str, unit: str | None) -> str:
     return f"{number} {unit}" if unit else number
 
 
+@functools.lru_cache(maxsize=8192)
 def format_number(value: float | None) -> str:
     """Sensible precision: 1500, 106, 43.7, 5.9, 1.25, 0.042.
 
@@ -434,5 +473,10 @@ def format_duration(seconds: float) -> str:
 
 def format_time(moment: datetime) -> str:
     """A fact time (naive UTC) as local ``YYYY-MM-DD HH:MM``."""
+    return _local_time(moment, site_timezone())
+
+
+@functools.lru_cache(maxsize=8192)
+def _local_time(moment: datetime, zone: tzinfo) -> str:
     aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-    return aware.astimezone(site_timezone()).strftime("%Y-%m-%d %H:%M")
+    return aware.astimezone(zone).strftime("%Y-%m-%d %H:%M")

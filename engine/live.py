@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -442,12 +442,14 @@ class _LiveContext(Context):
         sets: CodeSets,
         params: Mapping[str, float],
         active: _ActiveLines,
+        alerting: Container[int],
     ) -> None:
         super().__init__(record, as_of, sets, params)
         self._active = active.lines
         self._lines = active.by_set
         self._names = active.names
         self.evidence = active.evidence
+        self.alerting = alerting
 
     def active_set_names(self) -> set[str]:
         return set(self._names)
@@ -799,7 +801,7 @@ class LiveEvaluator:
         their timers (``fact``: the one fact added since, ``full``: recompute them)."""
         active = self._active_lines(state, at)
         ctx = _LiveContext(
-            state.record, at, self.selection.pack.sets, self.selection.params, active
+            state.record, at, self.selection.pack.sets, self.selection.params, active, state.alerts
         )
         if state.latest is None or at > state.latest:
             state.latest = at

@@ -647,3 +647,93 @@ def test_mme_evidence_says_when_a_composition_is_unknown() -> None:
     assert m.value == 120.0 and m.code == "mme (lower bound)"
     codes = [e.code for e in m.inputs]
     assert any(c and c.startswith("composition unknown") for c in codes)
+
+
+# Explaining cheaply: one pass for rules expected to fire, evidence described once -----------------
+
+
+def _evaluator() -> Any:
+    import importlib
+
+    return importlib.import_module("vigie.engine.evaluate")
+
+
+def _rule_alerts(facts: list[AnyFact], alerting: bool) -> list[dict[str, Any]]:
+    """Every default rule on the patient, as the live store runs them: each expected to fire
+    (``Context.alerting``) or none."""
+    module = _evaluator()
+    selection = load_pack(default_ir()).select()
+    record = PatientRecord("p1")
+    for fact in facts:
+        record.add(fact)
+    record.sort()
+    ctx = module.Context(record, NOW, selection.pack.sets, selection.params)
+    if alerting:
+        ctx.alerting = frozenset(rule.index for rule in selection.rules)
+    stay = module.current_stay(record, NOW)
+    return [
+        alert.model_dump()
+        for rule in selection.rules
+        for alert in module.evaluate_rule(rule, ctx, stay)
+    ]
+
+
+@pytest.mark.parametrize(
+    "facts",
+    [
+        hyperkalaemia_facts(5.9),  # fires, major
+        hyperkalaemia_facts(6.3),  # fires, escalated to critical
+        hyperkalaemia_facts(4.1),  # does not fire
+        [patient(), drug("a", "M01AE01"), drug("b", "M01AB05"), drug("c", "B01AA03")],  # pairs
+        [
+            patient(born=date(1940, 1, 1)),
+            drug("m", "A10BA02", dose=1000, per_day=2),
+            lab("creatinine", 250.0, datetime(2024, 3, 3), "µmol/L", fid="CREA"),
+        ],
+    ],
+)
+def test_a_rule_expected_to_fire_gives_the_same_alerts_in_one_pass(
+    facts: list[AnyFact], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = _rule_alerts(facts, alerting=False)
+    module = _evaluator()
+    explained: list[str] = []
+    real = module._explain
+
+    def spy(rule: Any, *args: Any) -> Any:
+        explained.append(rule.id)
+        return real(rule, *args)
+
+    monkeypatch.setattr(module, "_explain", spy)
+    assert _rule_alerts(facts, alerting=True) == expected
+    # the first combination of each rule was explained as it was evaluated: only later
+    # combinations (pairs of lines) are evaluated again
+    assert len(explained) < len(expected) or not expected
+
+
+def test_evidence_is_described_once_per_fact_object() -> None:
+    module = _evaluator()
+    selection = load_pack(default_ir()).select()
+    (rule,) = [r for r in selection.rules if r.id == "bio.hyperkalaemia"]
+    facts = hyperkalaemia_facts(5.9)
+    record = PatientRecord("p1")
+    for fact in facts:
+        record.add(fact)
+    ctx = module.Context(record, NOW, selection.pack.sets, selection.params)
+    (first,) = module.evaluate_rule(rule, ctx, None)
+    (again,) = module.evaluate_rule(rule, ctx, None)
+    assert again == first
+    assert all(a is b for a, b in zip(again.evidence, first.evidence, strict=True))
+    assert all(a is b for a, b in zip(again.thresholds, first.thresholds, strict=True))
+    # a new version of the result (another object, same id) is described anew, even with the
+    # cache of the earlier context (as the live store keeps it)
+    newer = lab("potassium", 6.1, datetime(2024, 3, 4, 8, 0), fid="LAB1")
+    record.labs["potassium"] = [newer]
+    later = module.Context(record, NOW, selection.pack.sets, selection.params)
+    later.evidence = ctx.evidence
+    (updated,) = module.evaluate_rule(rule, later, None)
+    assert updated.id == first.id
+    assert updated.message == "K+ 6.1 mmol/L le 2024-03-04 08:00 sous ramipril 5 mg"
+    assert [e.value for e in updated.evidence if e.name == "k"] == [6.1]
+    assert [(t.value, t.threshold) for t in updated.thresholds] == [(6.1, 5.5)]
+    assert updated.severity == "critical"  # escalate critical when k >= 6.0 mmol/L
