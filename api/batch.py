@@ -24,28 +24,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+from platformdirs import user_cache_dir
 
-from vigie import rules
+from vigie import rules, settings
 from vigie.engine.alerts import Alert
 from vigie.engine.columnar import evaluate_columnar, in_stay, records_from_frames
 from vigie.engine.evaluate import normalise_time
-from vigie.engine.factset import FactSet
+from vigie.engine.factset import FactSet, PatientRecord
 from vigie.engine.load import LoadedPack, load_pack
 from vigie.engine.priority import worklist
 from vigie.engine.site_config import SiteConfig, load_site_config
 from vigie.errors import VigieError
 from vigie.facts import AnyFact, LabResult
 from vigie.ingest import FileReport, read_feed
+from vigie.store import FactStore
+from vigie.store.columns import load_frames
+from vigie.store.parquet import is_frames_directory, read_frames
 from vigie.terminology.units import default_unit_tables
 
 __all__ = [
@@ -161,6 +167,35 @@ def load_feeds(paths: Sequence[Path], fmt: str = "auto") -> tuple[FactSet, FeedN
 # Packs -------------------------------------------------------------------------------------------
 
 
+def load_inputs(
+    inputs: Sequence[Path], fmt: str = "auto", store: str | None = None
+) -> tuple[dict[str, pl.DataFrame], FeedNotes]:
+    """The facts as frames: from a fact store (``store``: its URL, ``""`` for the configured
+    one; read as columns by ``vigie.store.columns``, no object per fact), from a folder of fact
+    frames in Parquet (``vigie.store.parquet``, read as columns; the only input then), or from
+    feed files and folders (read by the connectors)."""
+    try:
+        if store is not None:
+            if inputs:
+                raise BatchError("give either --input or --store", usage=True)
+            with FactStore(store or None) as opened:
+                return load_frames(opened), FeedNotes()
+        frames_dirs = [p for p in inputs if is_frames_directory(p)]
+        if frames_dirs:
+            if len(inputs) > 1:
+                raise BatchError(
+                    f"{frames_dirs[0]}: a folder of fact frames is read alone (the only --input)",
+                    usage=True,
+                )
+            return read_frames(frames_dirs[0]), FeedNotes()
+    except BatchError:
+        raise
+    except VigieError as error:
+        raise BatchError(str(error), usage=False) from None
+    facts, notes = load_feeds(inputs, fmt)
+    return facts.frames(), notes
+
+
 def load_packs(paths: Sequence[Path]) -> list[LoadedPack]:
     """The packs named (default: the shipped default and ANSM packs), compiled and loaded."""
     return [load_pack(ir) for ir in compile_packs(paths)]
@@ -179,18 +214,62 @@ def compile_packs(paths: Sequence[Path]) -> list[dict[str, Any]]:
             named.append((str(path), path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as error:
             raise BatchError(f"{path}: cannot read the pack: {error}", usage=True) from None
-    compiled = []
-    for label, text in named:
-        ir, diagnostics = rules.compile_pack(text, label)
-        if ir is None:
-            errors = [d for d in diagnostics if d.is_error]
-            raise BatchError(
-                f"{label} does not compile ({len(errors)} error(s); run vigie rules check "
-                f"{label}); first: {errors[0].headline() if errors else '?'}",
-                usage=False,
-            )
-        compiled.append(ir)
-    return compiled
+    return [_compiled(label, text) for label, text in named]
+
+
+def _compiled(label: str, text: str) -> dict[str, Any]:
+    """A pack's IR, from the compile cache when this text was compiled by this compiler before.
+
+    Compiling the ANSM pack takes seconds (1,678 rules), more than evaluating a 3,000-bed
+    hospital: the IR is kept in the user's cache folder under the hash of the pack's name and
+    text and of everything the compiler reads (``rules/``, ``terminology/``, the IR schema, the
+    site tables). A cached IR is checked again when loaded (``load_pack``)."""
+    key = hashlib.sha256(
+        "\x1f".join((label, text, _compiler_fingerprint())).encode("utf-8")
+    ).hexdigest()
+    cached = PACK_CACHE / f"{key}.json"
+    try:
+        found: dict[str, Any] = json.loads(cached.read_text(encoding="utf-8"))
+        return found
+    except (OSError, ValueError):
+        pass  # not cached yet, or unreadable: compile
+    ir, diagnostics = rules.compile_pack(text, label)
+    if ir is None:
+        errors = [d for d in diagnostics if d.is_error]
+        raise BatchError(
+            f"{label} does not compile ({len(errors)} error(s); run vigie rules check "
+            f"{label}); first: {errors[0].headline() if errors else '?'}",
+            usage=False,
+        )
+    try:
+        PACK_CACHE.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(ir, ensure_ascii=False), encoding="utf-8")
+        partial.replace(cached)  # atomic: a concurrent run reads a whole file or none
+    except OSError:
+        pass  # a read-only cache folder only costs the next run a compilation
+    return dict(ir)
+
+
+PACK_CACHE = Path(user_cache_dir("vigie")) / "packs"
+
+
+@lru_cache(maxsize=1)
+def _compiler_fingerprint() -> str:
+    """A hash of every file the rule compiler reads: its code, grammar and tables, the
+    terminology, the IR schema, and the site tables when set."""
+    root = Path(rules.__file__).parent
+    folders = [root, root.parent / "terminology"]
+    site = settings.value("site_tables")
+    if site is not None:
+        folders.append(Path(site))
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    digest.update((root.parent / "ir_schema.py").read_bytes())
+    return digest.hexdigest()
 
 
 def load_config(path: Path, packs: Iterable[LoadedPack]) -> SiteConfig:
@@ -242,6 +321,7 @@ def run_packs(
     site: SiteConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
     engine: str = "local",
+    records: dict[str, PatientRecord] | None = None,
 ) -> list[Alert]:
     """Every pack (loaded, or its IR) on the patients' facts as of a time, in worklist order
     (the columnar evaluator, ``vigie.engine.columnar``: all patients at once, pack after pack).
@@ -263,18 +343,24 @@ def run_packs(
         return worklist_order(found)
     alerts: list[Alert] = []
     for done, pack in enumerate(packs, 1):
-        alerts += evaluate_columnar(pack, frames, at, site=site, patients=patients)
+        alerts += evaluate_columnar(pack, frames, at, site=site, patients=patients, records=records)
         if progress is not None:
             progress(done, len(packs))
     return worklist_order(alerts)
 
 
 def with_priorities(
-    alerts: Sequence[Alert], frames: Mapping[str, pl.DataFrame], as_of: datetime
+    alerts: Sequence[Alert],
+    frames: Mapping[str, pl.DataFrame],
+    as_of: datetime,
+    records: dict[str, PatientRecord] | None = None,
 ) -> list[Alert]:
     """The worklist: each alert with its priority score (``vigie.engine.priority``), highest
-    first; patient context read from the facts of the patients with an alert only."""
-    records = records_from_frames(frames, sorted({a.patient_id for a in alerts}))
+    first; patient context read from the facts of the patients with an alert only (``records``:
+    those already rebuilt to explain the alerts)."""
+    records = {} if records is None else records
+    missing = sorted({a.patient_id for a in alerts} - set(records))
+    records.update(records_from_frames(frames, missing))
     return [
         item.alert.model_copy(update={"priority": item.priority.score})
         for item in worklist(alerts, records, normalise_time(as_of))
@@ -407,6 +493,7 @@ def batch(
     scope: str = "inpatients",
     fmt: str = "auto",
     engine: str = "local",
+    store: str | None = None,
 ) -> tuple[BatchResult, FeedNotes, dict[str, Any]]:
     """The whole command but the printing and the exit code."""
     started = time.perf_counter()
@@ -420,13 +507,13 @@ def batch(
     site = load_config(config, packs) if config is not None else None
     if not out.parent.exists():
         raise BatchError(f"no such folder for the output: {out.parent}", usage=True)
-    facts, notes = load_feeds(inputs, fmt)
-    frames = facts.frames()
+    frames, notes = load_inputs(inputs, fmt, store)
     patients = in_scope(frames, as_of, scope)
     shipped = irs if engine == "spark" else packs
     progress = progress_on_terminal(what="packs")
-    alerts = run_packs(shipped, frames, as_of, patients, site, progress, engine)
-    alerts = with_priorities(alerts, frames, as_of)
+    records: dict[str, PatientRecord] = {}  # rebuilt once per patient with alerts
+    alerts = run_packs(shipped, frames, as_of, patients, site, progress, engine, records)
+    alerts = with_priorities(alerts, frames, as_of, records)
     everyone = len(in_scope(frames, as_of, "all"))
     result = BatchResult(normalise_time(as_of), list(packs), everyone, len(patients), alerts)
     result.seconds = time.perf_counter() - started

@@ -120,7 +120,23 @@ def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser(
         "batch", help="evaluate every inpatient of the feeds as of a time; write the alerts"
     )
-    p.add_argument("--input", nargs="+", type=Path, required=True, metavar="PATH")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--input",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="feed files or folders (any connector format), or one folder of fact frames "
+        "(Parquet, vigie.store.parquet)",
+    )
+    source.add_argument(
+        "--store",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="read the facts from a fact store, as columns (default: VIGIE_DATABASE_URL)",
+    )
     p.add_argument(
         "--as-of", type=_as_of, required=True, metavar="TIME", help="ISO 8601; no offset = UTC"
     )
@@ -166,6 +182,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             args.scope,
             args.format,
             args.engine,
+            args.store,
         )
     except BatchError as error:
         print(f"vigie batch: {error}", file=sys.stderr)

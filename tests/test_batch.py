@@ -305,3 +305,75 @@ def test_progress_only_on_a_terminal() -> None:
     show(50, 120)
     show(120, 120)
     assert stream.text == "\rEvaluating: 50/120 patients\rEvaluating: 120/120 patients\n"
+
+
+# Columnar inputs: a fact store, a folder of fact frames -----------------------------------------
+
+
+def test_the_store_and_a_frames_folder_give_the_feeds_alerts(
+    hospital: Path, tmp_path: Path
+) -> None:
+    """The same hospital read from its feed files, from a fact store it was ingested into (as
+    columns), and from a folder of fact frames: the same alerts."""
+    from vigie.engine.factset import FactSet
+    from vigie.ingest import ingest
+    from vigie.store import FactStore
+    from vigie.store.parquet import write_frames
+
+    feeds = sorted((hospital / "feed").glob("*")) if (hospital / "feed").exists() else [hospital]
+    from_feeds = _batch([hospital], tmp_path / "feeds.json", "--scope", "all")
+    url = f"sqlite:///{tmp_path / 'facts.db'}"
+    with FactStore(url) as store:
+        ingest(feeds, store)
+        facts = FactSet(list(store.iter_facts()))
+    when = AS_OF.isoformat() + "Z"
+    out = tmp_path / "store.json"
+    assert _run("--store", url, "--as-of", when, "--out", str(out), "--scope", "all") == 0
+    from_store = json.loads(out.read_text(encoding="utf-8"))
+    write_frames(facts.frames(), tmp_path / "frames")
+    from_frames = _batch([tmp_path / "frames"], tmp_path / "frames.json", "--scope", "all")
+    assert from_feeds["alerts"], "the generated hospital raises alerts"
+    assert from_store["alerts"] == from_feeds["alerts"]
+    assert from_frames["alerts"] == from_feeds["alerts"]
+    assert from_store["summary"]["patients_in_input"] == from_feeds["summary"]["patients_in_input"]
+
+
+def test_a_frames_folder_is_the_only_input(hospital: Path, tmp_path: Path) -> None:
+    from vigie.engine.factset import FactSet
+    from vigie.store.parquet import write_frames
+
+    write_frames(FactSet([]).frames(), tmp_path / "frames")
+    when = AS_OF.isoformat() + "Z"
+    code = _run("--input", str(tmp_path / "frames"), str(hospital), "--as-of", when,
+                "--out", str(tmp_path / "x.json"))  # fmt: skip
+    assert code == 2
+
+
+def test_compiled_packs_are_cached_by_text_and_compiler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second compilation of the same pack text reads the cached IR (the compiler is not
+    called); a changed text compiles again."""
+    from vigie import rules
+    from vigie.api import batch as batch_module
+
+    monkeypatch.setattr(batch_module, "PACK_CACHE", tmp_path / "packs")
+    pack = tmp_path / "one.rules"
+    pack.write_text(
+        'pack "one" version "1.0.0"\nset acei = atc C09A\n'
+        'rule one.k "K+"\n  problem 7 intervention 2 severity major level 1 version 1\n'
+        "  when\n    d = active drug in acei\n    k = latest potassium within 48 h\n"
+        '    k > 5.5 mmol/L\n  say "K+ {k}"\n',
+        encoding="utf-8",
+    )
+    first = batch_module.compile_packs([pack])
+    assert len(list((tmp_path / "packs").glob("*.json"))) == 1
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(rules, "compile_pack", refuse)
+    assert batch_module.compile_packs([pack]) == first
+    pack.write_text(pack.read_text(encoding="utf-8").replace("5.5", "5.0"), encoding="utf-8")
+    with pytest.raises(AssertionError, match="compiled again"):
+        batch_module.compile_packs([pack])
