@@ -238,14 +238,18 @@ def _fire(
     names = [binding.name for binding in rule.drug_bindings]
     alerts: list[Alert] = []
     fired: set[tuple[str, ...]] = set()
+    bound = ctx.bound
     for combo in itertools.product(*pools):
-        if len(combo) > 1 and len({id(line) for line in combo}) < len(combo):
-            continue  # two bindings never bind the same line
-        identity = tuple(sorted(line.order_id for line in combo))
+        if len(combo) == 1:  # most rules bind one line
+            identity: tuple[str, ...] = (combo[0].order_id,)
+        else:
+            if len({id(line) for line in combo}) < len(combo):
+                continue  # two bindings never bind the same line
+            identity = tuple(sorted([line.order_id for line in combo]))
         if identity in fired:
             continue  # the same lines in another binding order are the same alert
         for name, line in zip(names, combo, strict=True):
-            ctx.bound[name] = line
+            bound[name] = line
         if ctx.combo_values:
             ctx.combo_values = {}
         if traced:  # the first combination evaluated: nothing cached yet, as _explain starts

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -413,21 +413,21 @@ class _PatientState:
     latest: datetime | None = None  # the latest evaluation time of any of its rules
     stay: tuple[str | None, str | None] = (None, None)
     active: _ActiveLines | None = None  # active lines, while no line starts, ends or arrives
+    # The evidence built while explaining its alerts (``Context.evidence``): an alert explained
+    # again on a later update reuses the descriptions of the facts it already quoted.
+    evidence: dict[tuple[Any, ...], tuple[Any, Any]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class _ActiveLines:
     """The active lines of a patient over [since, until), their sets, and the lines of each
-    (set, routes) the rules asked for (``Context.lines``), shared by every evaluation then;
-    with the evidence built meanwhile (``Context.evidence``: an alert explained again on a
-    later update reuses the descriptions of the facts it already quoted)."""
+    (set, routes) the rules asked for (``Context.lines``), shared by every evaluation then."""
 
     lines: list[MedicationOrder]
     names: frozenset[str]
     by_set: dict[tuple[str | None, frozenset[str] | None], list[MedicationOrder]]
     since: datetime
     until: datetime | None
-    evidence: dict[tuple[Any, ...], tuple[Any, Any]] = field(default_factory=dict)
 
 
 class _LiveContext(Context):
@@ -442,14 +442,14 @@ class _LiveContext(Context):
         sets: CodeSets,
         params: Mapping[str, float],
         active: _ActiveLines,
-        alerting: Container[int],
+        state: _PatientState,
     ) -> None:
         super().__init__(record, as_of, sets, params)
         self._active = active.lines
         self._lines = active.by_set
         self._names = active.names
-        self.evidence = active.evidence
-        self.alerting = alerting
+        self.evidence = state.evidence
+        self.alerting = state.alerts  # rule indices with alerts: explained as evaluated
 
     def active_set_names(self) -> set[str]:
         return set(self._names)
@@ -801,7 +801,7 @@ class LiveEvaluator:
         their timers (``fact``: the one fact added since, ``full``: recompute them)."""
         active = self._active_lines(state, at)
         ctx = _LiveContext(
-            state.record, at, self.selection.pack.sets, self.selection.params, active, state.alerts
+            state.record, at, self.selection.pack.sets, self.selection.params, active, state
         )
         if state.latest is None or at > state.latest:
             state.latest = at

@@ -154,9 +154,9 @@ def _route_ok(route: str | None, routes: frozenset[str] | None) -> bool:
 
 _F = TypeVar("_F")
 _B = TypeVar("_B")
-# Evidence kept per context (the live store: per patient while its active lines stay): past
-# this many entries the cache starts again, which bounds it for a patient followed for months.
-_CACHE_LIMIT = 4096
+# Evidence kept per context (the live store: per patient): past this many entries the cache
+# starts again, which bounds it for a patient followed for months (an alert quotes a handful).
+_CACHE_LIMIT = 512
 
 
 # Evaluation context ------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class Context:
     alerts for the patient; explained in the same pass). ``evidence`` keeps the evidence (and
     thresholds) built while explaining, by what they were built from (``cached``,
     ``derived``): a fact read by several alerts, or by the same alert explained again, is
-    described once (the live store keeps it while the patient's active lines do not change).
+    described once (the live store keeps it with the patient).
     """
 
     __slots__ = (
