@@ -800,6 +800,21 @@ _NULL_FLOAT = pl.lit(None, pl.Float64())
 _LAB_FIELDS = ("fact_id", "value", "unit", "time", "reference_high", "reference_low", "qualitative")
 
 
+def _one_amount(amount: _Val, result: pl.Expr, concludes: bool) -> pl.Expr:
+    """A comparison of one amount with a number: unknown without the amount; with a lower
+    bound, true only when it already passes a comparison it can conclude (``>``/``>=`` with
+    the amount on the left), else unknown."""
+    value, _, lower, _, _ = amount.amount
+    lower_result = pl.when(result).then(pl.lit(True)).otherwise(_NULL_BOOL)
+    return (
+        pl.when(value.is_null())
+        .then(_NULL_BOOL)
+        .when(lower)
+        .then(lower_result if concludes else _NULL_BOOL)
+        .otherwise(result)
+    )
+
+
 def _seconds(w: pl.Expr) -> pl.Expr:
     """A duration in seconds as a polars duration (microseconds, as ``timedelta`` rounds)."""
     return pl.duration(microseconds=(w * 1_000_000).round(0).cast(pl.Int64()))
@@ -1122,32 +1137,10 @@ class _RuleQuery:
             result = _COMPARE_OPS[op](x, y)
             return pl.when(av.is_null() | bv.is_null() | al | bl).then(_NULL_BOOL).otherwise(result)
         if a.kind == "amount":
-            av, _, al, _, _ = a.amount
             x = _in_unit(a, right_unit) if right_unit else _in_base(a, _base_of(a))
-            y = cast(pl.Expr, b.expr)
-            result = _COMPARE_OPS[op](x, y)
-            concludes = op in ("gt", "ge")
-            lower_result = pl.when(result).then(pl.lit(True)).otherwise(_NULL_BOOL)
-            return (
-                pl.when(av.is_null())
-                .then(_NULL_BOOL)
-                .when(al)
-                .then(lower_result if concludes else _NULL_BOOL)
-                .otherwise(result)
-            )
-        bv, _, bl, _, _ = b.amount
-        x = cast(pl.Expr, a.expr)
+            return _one_amount(a, _COMPARE_OPS[op](x, cast(pl.Expr, b.expr)), op in ("gt", "ge"))
         y = _in_unit(b, left_unit) if left_unit else _in_base(b, _base_of(b))
-        result = _COMPARE_OPS[op](x, y)
-        concludes = op in ("lt", "le")
-        lower_result = pl.when(result).then(pl.lit(True)).otherwise(_NULL_BOOL)
-        return (
-            pl.when(bv.is_null())
-            .then(_NULL_BOOL)
-            .when(bl)
-            .then(lower_result if concludes else _NULL_BOOL)
-            .otherwise(result)
-        )
+        return _one_amount(b, _COMPARE_OPS[op](cast(pl.Expr, a.expr), y), op in ("lt", "le"))
 
     def _op_between(self, node: Mapping[str, Any]) -> _Val:
         x, low, high = node["args"]
