@@ -114,7 +114,7 @@ DETECTION_SCHEMA: dict[str, pl.DataType] = {
 _ENDED = ("completed", "stopped")
 _LINE_COLUMNS = (
     "fact_id", "order_id", "atc", "route", "label", "dose", "dose_unit", "daily",
-    "frequency_per_day", "start", "end", "sets", "rank", "unit_base", "unit_factor",
+    "frequency_per_day", "start", "end", "sets", "unit_base", "unit_factor",
 )  # fmt: skip
 _UNITS = pl.DataFrame(
     {
@@ -429,7 +429,9 @@ class _Scans:
         self._cache: dict[Any, pl.LazyFrame] = {}
         self._counter = itertools.count()
         self.lines = self._active_lines()
-        self.present = frozenset(self.lines.get_column("sets").explode().drop_nulls().to_list())
+        self.present = frozenset(
+            self.lines.get_column("sets").list.explode().drop_nulls().unique().to_list()
+        )
 
     def may_fire(self, rule: LoadedRule) -> bool:
         """False when a drug binding's set has no active line at all: the rule has no candidate
@@ -447,14 +449,15 @@ class _Scans:
     def cached(self, key: Any, build: Any) -> pl.LazyFrame:
         found = self._cache.get(key)
         if found is None:
-            found = self._cache[key] = build().collect().lazy()
+            found = self._cache[key] = build().cache()
         return found
 
     # Lines
 
     def _active_lines(self) -> pl.DataFrame:
-        """Active order lines (``is_active``) with their label, daily dose, sets and rank (order
-        id then fact id, the order the live evaluator iterates them in)."""
+        """Active order lines (``is_active``) with their label, daily dose and sets, in no order:
+        readers order them by order id then fact id, the order the live evaluator iterates
+        them in."""
         at = self.at
         orders = self.frames["medication_order"]
         ended = pl.col("status").is_in(["active", *_ENDED])
@@ -470,8 +473,7 @@ class _Scans:
             .then(pl.col("daily_dose"))
             .otherwise(pl.col("dose") * pl.col("frequency_per_day"))
             .alias("daily"),
-        ).sort("patient_id", "order_id", "fact_id")
-        active = active.with_columns(pl.int_range(pl.len()).over("patient_id").alias("rank"))
+        )
         pairs = active.select("atc", "route").unique()
         sets_of = pl.DataFrame(
             {
@@ -581,7 +583,7 @@ class _Scans:
         table = pl.DataFrame(rows, schema=schema, orient="row")
         keys = ["atc", "route", "dose", "dose_unit", "daily", "ingredients"]
         joined = self.lines.join(table, on=keys, how="inner", nulls_equal=True).sort(
-            "patient_id", "rank"
+            "patient_id", "order_id", "fact_id"
         )
         return (
             joined.lazy()
@@ -657,13 +659,13 @@ class _Scans:
         ).lazy()
         member = (
             self.lines.lazy()
-            .select("patient_id", "fact_id", "order_id", "rank", "sets")
+            .select("patient_id", "fact_id", "order_id", "sets")
             .explode("sets")
             .rename({"sets": "set"})
             .filter(pl.col("set").is_not_null())
         )
-        a = member.rename({"set": "set_a", "fact_id": "fa", "order_id": "oa", "rank": "ra"})
-        b = member.rename({"set": "set_b", "fact_id": "fb", "order_id": "ob", "rank": "rb"})
+        a = member.rename({"set": "set_a", "fact_id": "fa", "order_id": "oa"})
+        b = member.rename({"set": "set_b", "fact_id": "fb", "order_id": "ob"})
         combos = (
             table.join(a, on="set_a")
             .join(b, on=["patient_id", "set_b"])
@@ -672,7 +674,7 @@ class _Scans:
                 pl.min_horizontal("oa", "ob").alias("__id1"),
                 pl.max_horizontal("oa", "ob").alias("__id2"),
             )
-            .sort("rule_index", "patient_id", "ra", "rb")
+            .sort("rule_index", "patient_id", "oa", "fa", "ob", "fb")
             .unique(
                 ["rule_index", "patient_id", "__id1", "__id2"], keep="first", maintain_order=True
             )
@@ -719,10 +721,10 @@ def _line_sum(
 def _patient_sums(
     parts: pl.LazyFrame, value: str, unit: str, lower: str, mixed: str
 ) -> pl.LazyFrame:
-    """Per patient, lines in rank order: the running sum of line parts (the order the closures
-    add them in), unknown when units mix, a lower bound when some part is."""
+    """Per patient, lines in (order id, fact id) order: the running sum of line parts (the
+    order the closures add them in), unknown when units mix, a lower bound when some part is."""
     return (
-        parts.sort("patient_id", "rank")
+        parts.sort("patient_id", "order_id", "fact_id")
         .group_by("patient_id", maintain_order=True)
         .agg(
             pl.col(value).cum_sum().last().alias("value"),
@@ -917,7 +919,7 @@ class _RuleQuery:
                 chain = chain.when(test.fill_null(False)).then(pl.lit(level, pl.String()))
             severity = chain.otherwise(severity)
         names = [b.name for b in self.rule.drug_bindings]
-        ranks = [f"{n}.rank" for n in names]
+        ranks = [f"{n}.{key}" for n in names for key in ("order_id", "fact_id")]
         identity = (
             pl.concat_list([pl.col(f"{n}.order_id") for n in names]).list.sort()
             if names
