@@ -428,13 +428,28 @@ class _Scans:
         self.params = selection.params
         self._cache: dict[Any, pl.LazyFrame] = {}
         self._counter = itertools.count()
-        self.lines = self._active_lines()
-        self.present = frozenset(
-            self.lines.get_column("sets").list.explode().drop_nulls().unique().to_list()
+        self._shape_table: pl.DataFrame | None = None
+        orders = frames["medication_order"]
+        pairs = orders.select("atc", "route").unique()
+        self._sets_of = pl.DataFrame(
+            {
+                "atc": pairs["atc"],
+                "route": pairs["route"],
+                "sets": [
+                    sorted(self.sets.atc(atc, route)) if atc else []
+                    for atc, route in pairs.iter_rows()
+                ],
+            },
+            schema={"atc": pl.String(), "route": pl.String(), "sets": pl.List(pl.String())},
         )
+        # The sets some order line is in (active or not: a superset, enough to skip rules).
+        self.present = frozenset(
+            self._sets_of.get_column("sets").list.explode().drop_nulls().unique().to_list()
+        )
+        self.lines = self._active_lines()
 
     def may_fire(self, rule: LoadedRule) -> bool:
-        """False when a drug binding's set has no active line at all: the rule has no candidate
+        """False when a drug binding's set has no order line at all: the rule has no candidate
         row (``Selection.candidates`` skips it the same way)."""
         return all(b.set is None or b.set in self.present for b in rule.drug_bindings)
 
@@ -454,12 +469,12 @@ class _Scans:
 
     # Lines
 
-    def _active_lines(self) -> pl.DataFrame:
+    def _active_lines(self) -> pl.LazyFrame:
         """Active order lines (``is_active``) with their label, daily dose and sets, in no order:
         readers order them by order id then fact id, the order the live evaluator iterates
         them in."""
         at = self.at
-        orders = self.frames["medication_order"]
+        orders = self.frames["medication_order"].lazy()
         ended = pl.col("status").is_in(["active", *_ENDED])
         active = orders.filter(
             (pl.col("start").is_null() | (pl.col("start") <= at))
@@ -474,25 +489,15 @@ class _Scans:
             .otherwise(pl.col("dose") * pl.col("frequency_per_day"))
             .alias("daily"),
         )
-        pairs = active.select("atc", "route").unique()
-        sets_of = pl.DataFrame(
-            {
-                "atc": pairs["atc"],
-                "route": pairs["route"],
-                "sets": [
-                    sorted(self.sets.atc(atc, route)) if atc else []
-                    for atc, route in pairs.iter_rows()
-                ],
-            },
-            schema={"atc": pl.String(), "route": pl.String(), "sets": pl.List(pl.String())},
-        )
-        return active.join(sets_of, on=["atc", "route"], how="left", nulls_equal=True).join(
-            _UNITS, on="dose_unit", how="left"
+        return (
+            active.join(self._sets_of.lazy(), on=["atc", "route"], how="left", nulls_equal=True)
+            .join(_UNITS.lazy(), on="dose_unit", how="left")
+            .cache()
         )
 
     def bound_lines(self, set_name: str | None, routes: frozenset[str] | None) -> pl.LazyFrame:
         """``ctx.lines(set, routes)``: active lines in the set with a route among ``routes``."""
-        lines = self.lines.lazy()
+        lines = self.lines
         if set_name is not None:
             lines = lines.filter(pl.col("sets").list.contains(set_name))
         if routes is not None:
@@ -518,8 +523,11 @@ class _Scans:
         return self.cached(("daily_dose", set_name), lambda: self._daily_dose(set_name))
 
     def _shapes(self) -> pl.DataFrame:
-        cols = ["atc", "route", "dose", "dose_unit", "daily", "ingredients", "sets"]
-        return self.lines.select(cols).unique(maintain_order=True)
+        """The distinct line shapes (what the dose and MME functions read), once."""
+        if self._shape_table is None:
+            cols = ["atc", "route", "dose", "dose_unit", "daily", "ingredients", "sets"]
+            self._shape_table = self.lines.select(cols).unique(maintain_order=True).collect()
+        return self._shape_table
 
     def _daily_dose(self, set_name: str) -> pl.LazyFrame:
         atc_sets = self.sets.atc
@@ -549,7 +557,7 @@ class _Scans:
             "dose": pl.Float64(),
             "dose_unit": pl.String(),
             "daily": pl.Float64(),
-            "ingredients": self.lines.schema["ingredients"],
+            "ingredients": self.frames["medication_order"].schema["ingredients"],
             "part": pl.Float64(),
             "part_unit": pl.String(),
             "part_lower": pl.Boolean(),
@@ -557,8 +565,8 @@ class _Scans:
         }
         table = pl.DataFrame(rows, schema=schema, orient="row")
         keys = ["atc", "route", "dose", "dose_unit", "daily", "ingredients"]
-        joined = self.lines.join(table, on=keys, how="inner", nulls_equal=True)
-        return _patient_sums(joined.lazy(), "part", "part_unit", "part_lower", "part_mixed")
+        joined = self.lines.join(table.lazy(), on=keys, how="inner", nulls_equal=True)
+        return _patient_sums(joined, "part", "part_unit", "part_lower", "part_mixed")
 
     def mme(self) -> pl.LazyFrame:
         """Per patient: ``opioid_mme`` as (value, unit MME, lower) over active opioid lines."""
@@ -577,17 +585,16 @@ class _Scans:
             "dose": pl.Float64(),
             "dose_unit": pl.String(),
             "daily": pl.Float64(),
-            "ingredients": self.lines.schema["ingredients"],
+            "ingredients": self.frames["medication_order"].schema["ingredients"],
             "part": pl.Float64(),
         }
         table = pl.DataFrame(rows, schema=schema, orient="row")
         keys = ["atc", "route", "dose", "dose_unit", "daily", "ingredients"]
-        joined = self.lines.join(table, on=keys, how="inner", nulls_equal=True).sort(
+        joined = self.lines.join(table.lazy(), on=keys, how="inner", nulls_equal=True).sort(
             "patient_id", "order_id", "fact_id"
         )
         return (
-            joined.lazy()
-            .group_by("patient_id", maintain_order=True)
+            joined.group_by("patient_id", maintain_order=True)
             .agg(
                 pl.col("part").fill_null(0.0).cum_sum().last().alias("value"),
                 pl.col("part").is_null().any().alias("lower"),
@@ -658,8 +665,7 @@ class _Scans:
             },
         ).lazy()
         member = (
-            self.lines.lazy()
-            .select("patient_id", "fact_id", "order_id", "sets")
+            self.lines.select("patient_id", "fact_id", "order_id", "sets")
             .explode("sets")
             .rename({"sets": "set"})
             .filter(pl.col("set").is_not_null())
