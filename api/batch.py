@@ -40,7 +40,7 @@ from platformdirs import user_cache_dir
 
 from vigie import rules, settings
 from vigie.engine.alerts import Alert
-from vigie.engine.columnar import evaluate_columnar, in_stay, records_from_frames
+from vigie.engine.columnar import evaluate_columnar, in_stay, patients_of, records_from_frames
 from vigie.engine.evaluate import normalise_time
 from vigie.engine.factset import FactSet, PatientRecord
 from vigie.engine.load import LoadedPack, load_pack
@@ -294,8 +294,7 @@ class BatchResult:
 def in_scope(frames: Mapping[str, pl.DataFrame], as_of: datetime, scope: str) -> list[str]:
     """The patients to evaluate, by id: every one (``all``) or those in a stay at ``as_of``."""
     if scope == "all":
-        ids = [f.get_column("patient_id") for f in frames.values() if f.height]
-        return sorted(pl.concat(ids).unique().to_list()) if ids else []
+        return patients_of(frames).get_column("patient_id").to_list()
     return in_stay(frames, as_of)
 
 

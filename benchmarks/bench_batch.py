@@ -73,7 +73,7 @@ class _Clock:
         return timed
 
 
-def _batch(frames_dir: Path, days: int, out: Path) -> dict[str, Any]:
+def _batch(folder: Path, days: int, out: Path) -> dict[str, Any]:
     """One run, from the frame files to the JSON output, timed step by step."""
     from vigie.api import batch as cli_batch
     from vigie.engine import columnar
@@ -86,7 +86,7 @@ def _batch(frames_dir: Path, days: int, out: Path) -> dict[str, Any]:
     start_rss = peak_rss_mb()
     began = time.perf_counter()
     packs = clock.wrap("packs", cli_batch.load_packs)([])
-    frames = clock.wrap("read", read_frames)(frames_dir)
+    frames = clock.wrap("read", read_frames)(folder)
     patients = clock.wrap("scope", cli_batch.in_scope)(frames, at, "inpatients")
     records: dict[str, Any] = {}  # as batch() does: each patient with alerts rebuilt once
     alerts = cli_batch.run_packs(packs, frames, at, patients, records=records)
@@ -134,8 +134,9 @@ def _generate(beds: int, days: int, seed: int, folder: Path) -> dict[str, Any]:
 # In the parent -----------------------------------------------------------------------------------
 
 
-def _child(*arguments: str) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", *arguments]
+def run_child(script: str, *arguments: str) -> dict[str, Any]:
+    """Run ``script --child ARGUMENTS`` in a process of its own; its last line, as JSON."""
+    command = [sys.executable, script, "--child", *arguments]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"child {arguments} failed:\n{done.stderr[-3000:]}")
@@ -143,12 +144,12 @@ def _child(*arguments: str) -> dict[str, Any]:
     return result
 
 
-def _frames_dir(workdir: Path, beds: int, days: int, seed: int) -> Path:
+def frames_dir(workdir: Path, beds: int, days: int, seed: int) -> Path:
     folder = workdir / f"frames-{beds}b-{days}d-s{seed}"
     if (folder / "manifest.json").exists():
         print(f"{beds:,} beds x {days} days, seed {seed}: frames cached in {folder}")
         return folder
-    made = _child("generate", str(beds), str(days), str(seed), str(folder))
+    made = run_child(__file__, "generate", str(beds), str(days), str(seed), str(folder))
     print(
         f"{beds:,} beds x {days} days, seed {seed}: {made['facts']:,} facts generated as frames "
         f"in {made['generate']:.1f} s, written as Parquet in {made['write']:.1f} s "
@@ -209,12 +210,19 @@ def main() -> int:
         f"load average {os.getloadavg()[0]:.1f}"
     )
     for beds in args.beds:
-        folder = _frames_dir(workdir, beds, args.days, args.seed)
+        folder = frames_dir(workdir, beds, args.days, args.seed)
         out = workdir / f"alerts-{beds}b.json"
         # The first run compiles the packs (an empty compile cache), the others read the IR the
         # compile cache keeps, as every nightly run but the first after a pack changes.
         runs = [
-            _child("batch", str(folder), str(args.days), str(out), "cold" if i == 0 else "warm")
+            run_child(
+                __file__,
+                "batch",
+                str(folder),
+                str(args.days),
+                str(out),
+                "cold" if i == 0 else "warm",
+            )
             for i in range(args.repeat)
         ]
         _report(beds, runs)

@@ -32,8 +32,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -42,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from bench_batch import as_of
+from bench_batch import as_of, frames_dir, run_child
 from bench_ingest_store import peak_rss_mb
 
 TARGET_RATIO = 1.5
@@ -238,21 +236,7 @@ def _agree(folder: Path, days: int) -> dict[str, Any]:
 
 
 def _child(*arguments: str) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", *arguments]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"child {arguments} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
-def _frames_dir(workdir: Path, beds: int, days: int, seed: int) -> Path:
-    folder = workdir / f"frames-{beds}b-{days}d-s{seed}"
-    if not (folder / "manifest.json").exists():
-        bench = Path(__file__).with_name("bench_batch.py")
-        command = [sys.executable, str(bench), "--child", "generate", str(beds), str(days)]
-        subprocess.run([*command, str(seed), str(folder)], check=True, capture_output=True)
-    return folder
+    return run_child(__file__, *arguments)
 
 
 def main() -> int:
@@ -275,7 +259,7 @@ def main() -> int:
         return 0
     workdir = args.workdir or Path(tempfile.gettempdir()) / "vigie-bench-batch"
     workdir.mkdir(parents=True, exist_ok=True)
-    folder = _frames_dir(workdir, args.beds, args.days, args.seed)
+    folder = frames_dir(workdir, args.beds, args.days, args.seed)
     print(
         f"{args.beds:,} beds x {args.days} days, seed {args.seed} ({folder}); as of "
         f"{as_of(args.days):%Y-%m-%dT%H:%M}Z; rules {', '.join(RULES)}; load average "

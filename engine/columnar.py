@@ -98,6 +98,8 @@ __all__ = [
     "empty_frames",
     "evaluate_columnar",
     "explain",
+    "in_stay",
+    "patients_of",
     "records_from_frames",
 ]
 
@@ -116,6 +118,8 @@ _LINE_COLUMNS = (
     "fact_id", "order_id", "atc", "route", "label", "dose", "dose_unit", "daily",
     "frequency_per_day", "start", "end", "sets", "unit_base", "unit_factor",
 )  # fmt: skip
+# What the per-line dose and MME functions read: a line's shape.
+_SHAPE = ("atc", "route", "dose", "dose_unit", "daily", "ingredients")
 _UNITS = pl.DataFrame(
     {
         "dose_unit": list(AMOUNT_UNITS),
@@ -355,7 +359,7 @@ def _by_ward_selection(
     """Patients grouped by the selection of the ward of their current stay (the hospital's
     when none); patients in wards where the pack is off are left out."""
     ward_of = _current_wards(frames, at)
-    patients = _all_patients(frames)
+    patients = patients_of(frames)
     assigned = patients.join(ward_of, on="patient_id", how="left")
     groups: list[tuple[Selection, dict[str, pl.DataFrame]]] = []
     keyed: dict[int, tuple[Selection, list[str]]] = {}
@@ -373,7 +377,8 @@ def _by_ward_selection(
     return groups
 
 
-def _all_patients(frames: Frames) -> pl.DataFrame:
+def patients_of(frames: Frames) -> pl.DataFrame:
+    """Every patient id of the frames (any fact kind), sorted, as a one-column frame."""
     ids = [f.select("patient_id") for f in frames.values() if f.height]
     if not ids:
         return pl.DataFrame(schema={"patient_id": pl.String()})
@@ -456,7 +461,7 @@ class _Scans:
     @property
     def patients(self) -> pl.LazyFrame:
         """Every patient of the frames (the rows of a rule without drug binding)."""
-        return self.cached("patients", lambda: _all_patients(self.frames).lazy())
+        return self.cached("patients", lambda: patients_of(self.frames).lazy())
 
     def name(self, hint: str) -> str:
         return f"__{hint}{next(self._counter)}"
@@ -523,11 +528,21 @@ class _Scans:
         return self.cached(("daily_dose", set_name), lambda: self._daily_dose(set_name))
 
     def _shapes(self) -> pl.DataFrame:
-        """The distinct line shapes (what the dose and MME functions read), once."""
+        """The distinct line shapes (what the dose and MME functions read) and their sets,
+        once."""
         if self._shape_table is None:
-            cols = ["atc", "route", "dose", "dose_unit", "daily", "ingredients", "sets"]
+            cols = [*_SHAPE, "sets"]
             self._shape_table = self.lines.select(cols).unique(maintain_order=True).collect()
         return self._shape_table
+
+    def _by_shape(
+        self, rows: list[tuple[Any, ...]], parts: Mapping[str, pl.DataType]
+    ) -> pl.LazyFrame:
+        """Active lines joined to values computed per line shape (``rows``: the shape's
+        columns, then ``parts``)."""
+        schema = dict(self.lines.select(_SHAPE).collect_schema()) | dict(parts)
+        table = pl.DataFrame(rows, schema=schema, orient="row")
+        return self.lines.join(table.lazy(), on=list(_SHAPE), how="inner", nulls_equal=True)
 
     def _daily_dose(self, set_name: str) -> pl.LazyFrame:
         atc_sets = self.sets.atc
@@ -551,21 +566,13 @@ class _Scans:
                 entries.append((daily, unit))
             if entries:
                 rows.append((atc, route, dose, unit, daily, ingredients, *_line_sum(entries)))
-        schema = {
-            "atc": pl.String(),
-            "route": pl.String(),
-            "dose": pl.Float64(),
-            "dose_unit": pl.String(),
-            "daily": pl.Float64(),
-            "ingredients": self.frames["medication_order"].schema["ingredients"],
+        sums: dict[str, pl.DataType] = {
             "part": pl.Float64(),
             "part_unit": pl.String(),
             "part_lower": pl.Boolean(),
             "part_mixed": pl.Boolean(),
         }
-        table = pl.DataFrame(rows, schema=schema, orient="row")
-        keys = ["atc", "route", "dose", "dose_unit", "daily", "ingredients"]
-        joined = self.lines.join(table.lazy(), on=keys, how="inner", nulls_equal=True)
+        joined = self._by_shape(rows, sums)
         return _patient_sums(joined, "part", "part_unit", "part_lower", "part_mixed")
 
     def mme(self) -> pl.LazyFrame:
@@ -579,22 +586,10 @@ class _Scans:
             opioid, mme, _doses = order_mme(atc, route, dose, unit, daily, parts)
             if opioid:
                 rows.append((atc, route, dose, unit, daily, ingredients, mme))
-        schema = {
-            "atc": pl.String(),
-            "route": pl.String(),
-            "dose": pl.Float64(),
-            "dose_unit": pl.String(),
-            "daily": pl.Float64(),
-            "ingredients": self.frames["medication_order"].schema["ingredients"],
-            "part": pl.Float64(),
-        }
-        table = pl.DataFrame(rows, schema=schema, orient="row")
-        keys = ["atc", "route", "dose", "dose_unit", "daily", "ingredients"]
-        joined = self.lines.join(table.lazy(), on=keys, how="inner", nulls_equal=True).sort(
-            "patient_id", "order_id", "fact_id"
-        )
+        joined = self._by_shape(rows, {"part": pl.Float64()})
         return (
-            joined.group_by("patient_id", maintain_order=True)
+            joined.sort("patient_id", "order_id", "fact_id")
+            .group_by("patient_id", maintain_order=True)
             .agg(
                 pl.col("part").fill_null(0.0).cum_sum().last().alias("value"),
                 pl.col("part").is_null().any().alias("lower"),
@@ -901,6 +896,7 @@ class _RuleQuery:
         self.at = scans.at
         self.vars: dict[str, _Val] = {}
         self.frame: pl.LazyFrame = pl.LazyFrame()
+        self._patient_joined = False
 
     # Driver
 
@@ -1472,12 +1468,12 @@ class _RuleQuery:
 
     def _patient(self) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
         """(birth date, sex, age in completed years) columns, joined once per rule."""
-        if "__patient.age" not in self.vars:
+        if not self._patient_joined:
             self._join_patient(
                 self.scans.age_frame(),
                 {"birth_date": "__patient.birth", "sex": "__patient.sex", "age": "__patient.age"},
             )
-            self.vars["__patient.age"] = _scalar(pl.col("__patient.age"))
+            self._patient_joined = True
         return pl.col("__patient.birth"), pl.col("__patient.sex"), pl.col("__patient.age")
 
     def _op_age(self, node: Mapping[str, Any]) -> _Val:
