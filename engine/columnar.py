@@ -282,9 +282,21 @@ def _common(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fields(row: Mapping[str, Any], model: type[Any], skip: Iterable[str]) -> dict[str, Any]:
-    taken = set(skip) | {"fact_id", "patient_id", "source", "flags"}
-    return {k: row[k] for k in model.model_fields if k not in taken and k in row}
+_FIELD_NAMES: dict[tuple[type[Any], tuple[str, ...]], tuple[str, ...]] = {}
+
+
+def _field_names(model: type[Any], skip: tuple[str, ...]) -> tuple[str, ...]:
+    """A fact model's fields that a frame holds as they are (once per model)."""
+    found = _FIELD_NAMES.get((model, skip))
+    if found is None:
+        taken = {*skip, "fact_id", "patient_id", "source", "flags"}
+        found = tuple(name for name in model.model_fields if name not in taken)
+        _FIELD_NAMES[(model, skip)] = found
+    return found
+
+
+def _fields(row: Mapping[str, Any], model: type[Any], skip: tuple[str, ...]) -> dict[str, Any]:
+    return {name: row[name] for name in _field_names(model, skip)}
 
 
 def _order(row: Mapping[str, Any]) -> MedicationOrder:
@@ -295,15 +307,6 @@ def _order(row: Mapping[str, Any]) -> MedicationOrder:
         drug=_coding(row, "drug"),
         ingredients=ingredients,
     )
-
-
-def _measure(model: type[Any]) -> Any:
-    def build(row: Mapping[str, Any]) -> Any:
-        return model.model_construct(
-            **_common(row), **_fields(row, model, ("code",)), code=_coding(row, "code")
-        )
-
-    return build
 
 
 def _patient(row: Mapping[str, Any]) -> Patient:
@@ -336,8 +339,8 @@ _BUILDERS = {
     "stay": _plain(Stay),
     "medication_order": _order,
     "medication_administration": _plain(MedicationAdministration, "drug"),
-    "lab": _measure(LabResult),
-    "observation": _measure(Observation),
+    "lab": _plain(LabResult, "code"),
+    "observation": _plain(Observation, "code"),
     "condition": _plain(Condition, "code"),
     "allergy": _allergy,
     "pregnancy": _plain(Pregnancy),
