@@ -498,6 +498,7 @@ class LiveEvaluator:
         self._latest: datetime | None = None  # the latest evaluation time of any patient
         self._sequence = 0
         self.explained = 0  # alerts built (each one explained) so far: firing evaluations
+        self.evaluations = 0  # rule evaluations for one patient so far (firing or not)
 
     # Reading
 
@@ -817,6 +818,7 @@ class LiveEvaluator:
             old = state.alerts.get(index)
             fresh = {a.id: a for a in evaluate_rule(rule, ctx, stay)}
             self.explained += len(fresh)
+            self.evaluations += 1
             _diff_rule(old or {}, fresh, diff)
             if fresh:
                 state.alerts[rule.index] = fresh
