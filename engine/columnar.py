@@ -116,18 +116,35 @@ DETECTION_SCHEMA: dict[str, pl.DataType] = {
 _ENDED = ("completed", "stopped")
 _LINE_COLUMNS = (
     "fact_id", "order_id", "atc", "route", "label", "dose", "dose_unit", "daily",
-    "frequency_per_day", "start", "end", "sets", "unit_base", "unit_factor",
+    "frequency_per_day", "start", "end",
 )  # fmt: skip
 # What the per-line dose and MME functions read: a line's shape.
 _SHAPE = ("atc", "route", "dose", "dose_unit", "daily", "ingredients")
-_UNITS = pl.DataFrame(
-    {
-        "dose_unit": list(AMOUNT_UNITS),
-        "unit_base": [base for base, _ in AMOUNT_UNITS.values()],
-        "unit_factor": [factor for _, factor in AMOUNT_UNITS.values()],
-    },
-    schema={"dose_unit": pl.String(), "unit_base": pl.String(), "unit_factor": pl.Float64()},
-)
+# A dose unit's base unit and factor to it (null for a unit not known), for ``replace_strict``.
+_UNIT_NAMES = pl.Series(list(AMOUNT_UNITS), dtype=pl.String())
+_UNIT_BASES = pl.Series([base for base, _ in AMOUNT_UNITS.values()], dtype=pl.String())
+_UNIT_FACTORS = pl.Series([factor for _, factor in AMOUNT_UNITS.values()], dtype=pl.Float64())
+
+
+@dataclass(frozen=True)
+class _Membership:
+    """A set's members among the (ATC, route) pairs of the active lines: the codes in it on
+    every route they have, and (codes, routes) pairs in it on some routes only."""
+
+    always: tuple[str, ...]
+    some: tuple[tuple[tuple[str, ...], frozenset[str | None]], ...]
+
+    def expr(self, atc: pl.Expr, route: pl.Expr) -> pl.Expr:
+        """Over lines (whose pairs are those counted): in the set (never null)."""
+        parts = [atc.is_in(list(self.always))] if self.always else []
+        for codes, routes in self.some:
+            named = sorted(r for r in routes if r is not None)
+            on_route = route.is_in(named) if named else pl.lit(False)
+            if None in routes:
+                on_route = route.is_null() | on_route
+            parts.append(atc.is_in(list(codes)) & on_route)
+        found = parts[0] if len(parts) == 1 else pl.any_horizontal(parts)
+        return found.fill_null(False)
 
 
 def empty_frames() -> dict[str, pl.DataFrame]:
@@ -437,24 +454,17 @@ class _Scans:
         self._cache: dict[Any, pl.LazyFrame] = {}
         self._counter = itertools.count()
         self._shape_table: pl.DataFrame | None = None
-        orders = frames["medication_order"]
-        pairs = orders.select("atc", "route").unique()
-        self._sets_of = pl.DataFrame(
-            {
-                "atc": pairs["atc"],
-                "route": pairs["route"],
-                "sets": [
-                    sorted(self.sets.atc(atc, route)) if atc else []
-                    for atc, route in pairs.iter_rows()
-                ],
-            },
-            schema={"atc": pl.String(), "route": pl.String(), "sets": pl.List(pl.String())},
+        self._shaped: pl.LazyFrame | None = None
+        # The ATC sets the rules read (bindings, drug queries, ``in`` tests, daily doses):
+        # membership is computed for those only.
+        self.atc_sets = sorted(
+            n for n in _set_names(selection.rules) if self.sets.system.get(n) == "atc"
         )
-        # The sets some order line is in (active or not: a superset, enough to skip rules).
-        self.present = frozenset(
-            self._sets_of.get_column("sets").list.explode().drop_nulls().unique().to_list()
-        )
-        self.lines = self._active_lines()
+        self._base = self._active_lines()
+        self.lines = self._base.lazy()
+        self._membership, self._member_pairs = self._memberships()
+        # The sets some active line is in (the others' rules have no candidate row).
+        self.present = frozenset(self._membership)
 
     def may_fire(self, rule: LoadedRule) -> bool:
         """False when a drug binding's set has no order line at all: the rule has no candidate
@@ -477,37 +487,99 @@ class _Scans:
 
     # Lines
 
-    def _active_lines(self) -> pl.LazyFrame:
-        """Active order lines (``is_active``) with their label, daily dose and sets, in no order:
-        readers order them by order id then fact id, the order the live evaluator iterates
-        them in."""
+    def _active(self) -> pl.LazyFrame:
+        """The order lines active at the evaluation time (``is_active``), in frame order."""
         at = self.at
-        orders = self.frames["medication_order"].lazy()
         ended = pl.col("status").is_in(["active", *_ENDED])
-        active = orders.filter(
-            (pl.col("start").is_null() | (pl.col("start") <= at))
-            & pl.when(pl.col("end").is_not_null())
-            .then((pl.col("end") > at) & ended)
-            .otherwise(pl.col("status") == "active")
-        )
-        active = active.with_columns(
-            pl.coalesce("label", "drug_display", "drug_code").alias("label"),
-            pl.when(pl.col("daily_dose").is_not_null())
-            .then(pl.col("daily_dose"))
-            .otherwise(pl.col("dose") * pl.col("frequency_per_day"))
-            .alias("daily"),
-        )
         return (
-            active.join(self._sets_of.lazy(), on=["atc", "route"], how="left", nulls_equal=True)
-            .join(_UNITS.lazy(), on="dose_unit", how="left")
-            .cache()
+            self.frames["medication_order"]
+            .lazy()
+            .filter(
+                (pl.col("start").is_null() | (pl.col("start") <= at))
+                & pl.when(pl.col("end").is_not_null())
+                .then((pl.col("end") > at) & ended)
+                .otherwise(pl.col("status") == "active")
+            )
+        )
+
+    def _active_lines(self) -> pl.DataFrame:
+        """Active order lines with their label and daily dose, in no order: readers order them
+        by order id then fact id, the order the live evaluator iterates them in. Collected
+        once, as the columns the rules read (ingredients apart: ``shaped_lines``)."""
+        return (
+            self._active()
+            .select(
+                "patient_id", "fact_id", "order_id", "atc", "route",
+                pl.coalesce("label", "drug_display", "drug_code").alias("label"),
+                "dose", "dose_unit",
+                pl.when(pl.col("daily_dose").is_not_null())
+                .then(pl.col("daily_dose"))
+                .otherwise(pl.col("dose") * pl.col("frequency_per_day"))
+                .alias("daily"),
+                "frequency_per_day", "start", "end",
+            )  # fmt: skip
+            .collect()
+        )
+
+    def _memberships(self) -> tuple[dict[str, _Membership], pl.DataFrame]:
+        """Which distinct (ATC, route) pairs of the active lines are in which set read: per
+        set, the codes in it whatever their line's route and the (codes, routes) in it on some
+        routes only; and the member pairs as a table (ATC, route, set)."""
+        pairs = self._base.select("atc", "route").unique().rows()
+        atc_sets = self.sets.atc
+        routes_of: dict[str | None, set[str | None]] = {}
+        members: dict[str, dict[str, set[str | None]]] = {n: {} for n in self.atc_sets}
+        long: tuple[list[Any], list[Any], list[str]] = ([], [], [])
+        for atc, route in pairs:  # once per distinct (ATC, route) pair
+            routes_of.setdefault(atc, set()).add(route)
+            found = atc_sets(atc, route)
+            for n in self.atc_sets:
+                if n in found:
+                    members[n].setdefault(atc, set()).add(route)
+                    long[0].append(atc)
+                    long[1].append(route)
+                    long[2].append(n)
+        specs: dict[str, _Membership] = {}
+        for n, codes in members.items():
+            if not codes:
+                continue
+            always = sorted(c for c, routes in codes.items() if routes == routes_of[c])
+            some: dict[frozenset[str | None], list[str]] = {}
+            for c, routes in codes.items():
+                if routes != routes_of[c]:
+                    some.setdefault(frozenset(routes), []).append(c)
+            specs[n] = _Membership(tuple(always), tuple((tuple(sorted(c)), r) for r, c in some.items()))
+        table = pl.DataFrame(
+            {"atc": long[0], "route": long[1], "set": long[2]},
+            schema={"atc": pl.String(), "route": pl.String(), "set": pl.String()},
+        )
+        return specs, table
+
+    def shaped_lines(self) -> pl.LazyFrame:
+        """The active lines with their ingredients (what the dose and MME functions read)."""
+        if self._shaped is None:
+            ingredients = self._active().select("ingredients").collect().to_series()
+            self._shaped = self._base.hstack([ingredients]).lazy()  # the same rows, same order
+        return self._shaped
+
+    def member(
+        self, set_name: str, atc: pl.Expr | None = None, route: pl.Expr | None = None
+    ) -> pl.Expr:
+        """Whether a line (its ``atc`` and ``route`` columns, by default those of ``lines``)
+        is in a set: false for a set of another system (as ``CodeSets.atc``)."""
+        if set_name not in self.present:
+            if set_name not in self.atc_sets and self.sets.system.get(set_name) == "atc":
+                raise PackError(f"set {set_name!r}: membership not computed")  # a bug here
+            return pl.lit(False)
+        return self._membership[set_name].expr(
+            pl.col("atc") if atc is None else atc, pl.col("route") if route is None else route
         )
 
     def bound_lines(self, set_name: str | None, routes: frozenset[str] | None) -> pl.LazyFrame:
         """``ctx.lines(set, routes)``: active lines in the set with a route among ``routes``."""
         lines = self.lines
         if set_name is not None:
-            lines = lines.filter(pl.col("sets").list.contains(set_name))
+            lines = lines.filter(self.member(set_name))
         if routes is not None:
             lines = lines.filter(pl.col("route").is_in(sorted(routes)))
         return lines
@@ -531,11 +603,10 @@ class _Scans:
         return self.cached(("daily_dose", set_name), lambda: self._daily_dose(set_name))
 
     def _shapes(self) -> pl.DataFrame:
-        """The distinct line shapes (what the dose and MME functions read) and their sets,
-        once."""
+        """The distinct line shapes (what the dose and MME functions read), once."""
         if self._shape_table is None:
-            cols = [*_SHAPE, "sets"]
-            self._shape_table = self.lines.select(cols).unique(maintain_order=True).collect()
+            shapes = self.shaped_lines().select(_SHAPE).unique(maintain_order=True)
+            self._shape_table = shapes.collect()
         return self._shape_table
 
     def _by_shape(
@@ -543,15 +614,16 @@ class _Scans:
     ) -> pl.LazyFrame:
         """Active lines joined to values computed per line shape (``rows``: the shape's
         columns, then ``parts``)."""
-        schema = dict(self.lines.select(_SHAPE).collect_schema()) | dict(parts)
+        lines = self.shaped_lines()
+        schema = dict(lines.select(_SHAPE).collect_schema()) | dict(parts)
         table = pl.DataFrame(rows, schema=schema, orient="row")
-        return self.lines.join(table.lazy(), on=list(_SHAPE), how="inner", nulls_equal=True)
+        return lines.join(table.lazy(), on=list(_SHAPE), how="inner", nulls_equal=True)
 
     def _daily_dose(self, set_name: str) -> pl.LazyFrame:
         atc_sets = self.sets.atc
         rows = []
-        for atc, route, dose, unit, daily, ingredients, sets in self._shapes().iter_rows():
-            in_set = set_name in sets
+        for atc, route, dose, unit, daily, ingredients in self._shapes().iter_rows():
+            in_set = set_name in atc_sets(atc, route)
             entries: list[tuple[float | None, str | None]] = []
             if ingredients:
                 parts = tuple(Ingredient.model_construct(**i) for i in ingredients)
@@ -584,7 +656,7 @@ class _Scans:
 
     def _mme(self) -> pl.LazyFrame:
         rows = []
-        for atc, route, dose, unit, daily, ingredients, _ in self._shapes().iter_rows():
+        for atc, route, dose, unit, daily, ingredients in self._shapes().iter_rows():
             parts = tuple(Ingredient.model_construct(**i) for i in ingredients or ())
             opioid, mme, _doses = order_mme(atc, route, dose, unit, daily, parts)
             if opioid:
@@ -662,11 +734,14 @@ class _Scans:
                 "set_b": pl.String(),
             },
         ).lazy()
+        wanted = {b.set for r in rules for b in r.drug_bindings}
+        pairs = self._member_pairs.filter(pl.col("set").is_in(sorted(wanted)))
+        codes = pairs.get_column("atc").unique()
         member = (
-            self.lines.select("patient_id", "fact_id", "order_id", "sets")
-            .explode("sets")
-            .rename({"sets": "set"})
-            .filter(pl.col("set").is_not_null())
+            self.lines.filter(pl.col("atc").is_in(codes.implode()))  # fewer lines to join
+            .select("patient_id", "fact_id", "order_id", "atc", "route")
+            .join(pairs.lazy(), on=["atc", "route"], nulls_equal=True)
+            .drop("atc", "route")
         )
         a = member.rename({"set": "set_a", "fact_id": "fa", "order_id": "oa"})
         b = member.rename({"set": "set_b", "fact_id": "fb", "order_id": "ob"})
@@ -691,6 +766,29 @@ class _Scans:
             )
         )
         return [combos]
+
+
+def _set_names(rules: Iterable[LoadedRule]) -> set[str]:
+    """Every set a rule names: its drug bindings' and its IR nodes' (``set`` keys)."""
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            found = node.get("set")
+            if isinstance(found, str):
+                names.add(found)
+            for value in node.values():
+                if isinstance(value, dict | list | tuple):
+                    walk(value)
+        else:
+            for value in node:
+                if isinstance(value, dict | list | tuple):
+                    walk(value)
+
+    for rule in rules:
+        names.update(b.set for b in rule.drug_bindings if b.set is not None)
+        walk(rule.ir)
+    return names
 
 
 def _is_pair_rule(rule: LoadedRule) -> bool:
@@ -1059,8 +1157,8 @@ class _RuleQuery:
                 pl.when(known).then(value).otherwise(_NULL_FLOAT),
                 pl.when(known).then(unit).otherwise(_unit_lit(None)),
                 pl.lit(False),
-                line.col("unit_base"),
-                line.col("unit_factor"),
+                unit.replace_strict(_UNIT_NAMES, _UNIT_BASES, default=None),
+                unit.replace_strict(_UNIT_NAMES, _UNIT_FACTORS, default=None),
             )
         column = {"frequency": "frequency_per_day"}.get(name, name)
         if column not in ("start", "end", "route", "label", "order_id", "atc", "frequency_per_day"):
@@ -1182,9 +1280,8 @@ class _RuleQuery:
             return _scalar(pl.when(value.is_null()).then(_NULL_BOOL).otherwise(value.is_in(routes)))
         if x.kind == "order":
             atc = x.col("atc")
-            return _scalar(
-                pl.when(atc.is_null()).then(_NULL_BOOL).otherwise(x.col("sets").list.contains(name))
-            )
+            found = self.scans.member(name, atc, x.col("route"))
+            return _scalar(pl.when(atc.is_null()).then(_NULL_BOOL).otherwise(found))
 
         def member(series: pl.Series) -> pl.Series:  # once per distinct code
             table = {

@@ -426,3 +426,44 @@ def test_frames_without_some_kinds_are_completed() -> None:
     frames = FactSet([order("RAMI", "C09AA05")]).frames()
     assert evaluate_columnar(default(), {"medication_order": frames["medication_order"]}, AT) == []
     assert isinstance(pl.DataFrame(), pl.DataFrame)
+
+
+def test_sets_restricted_to_routes_read_each_line_route() -> None:
+    # Membership is computed once per distinct (ATC, route) pair of the active lines: a code
+    # in a set on some routes only (iv, im, or no route) is in it on those lines only, through a
+    # binding, a line's membership, a count and a pair rule alike.
+    sets = (
+        "set systemic_aminoglycosides = atc J01GB route iv, im\n"
+        "set nephrotoxic = atc systemic_aminoglycosides, C03C\n"
+        "set loop = atc C03C\n"
+    )
+    rules = {
+        "bound": "a = active drug in nephrotoxic",
+        "member": "d = active drug in atc J01GB\n    d in systemic_aminoglycosides",
+        "count": "count active drugs in systemic_aminoglycosides >= 2",
+        "pair": "a = active drug in systemic_aminoglycosides\n    b = active drug in loop",
+    }
+    text = 'pack "routes" version "1.0.0"\n' + sets + "".join(
+        f'rule t.{name} "{name}"\n  problem 7 intervention 2 severity major level 1\n'
+        f'  when\n    {when}\n  say "{name}"\n'
+        for name, when in rules.items()
+    )
+    ir, diagnostics = compile_pack(text, "routes.rules")
+    assert ir is not None, diagnostics
+    loaded = load_pack(ir)
+    routes = {"iv": "iv", "im": "im", "inh": "inhalation", "none": None}
+    facts: list[AnyFact] = []
+    for key, route in routes.items():  # one patient per route of the aminoglycoside lines
+        pid = f"p_{key}"
+        facts += [order(f"{key}1", "J01GB01", pid, route=route),
+                  order(f"{key}2", "J01GB03", pid, route=route),
+                  order(f"{key}3", "C03CA01", pid, route="iv")]  # fmt: skip
+    facts.append(order("mixed1", "J01GB01", "p_mixed", route="iv"))
+    facts.append(order("mixed2", "J01GB01", "p_mixed", route="inhalation"))
+    alerts = same(facts, AT, loaded)
+    fired = {(a.rule_id, a.patient_id) for a in alerts}
+    for key in ("iv", "im", "none"):
+        assert {f"t.{r}" for r in rules} <= {rule for rule, p in fired if p == f"p_{key}"}
+    # inhalation: only the loop diuretic is nephrotoxic; no aminoglycoside counts or pairs
+    assert {rule for rule, p in fired if p == "p_inh"} == {"t.bound"}
+    assert {rule for rule, p in fired if p == "p_mixed"} == {"t.bound", "t.member"}
