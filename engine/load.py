@@ -127,7 +127,9 @@ class LoadedRule:
     kinds: frozenset[str]
     concepts: frozenset[str]
     clock_dependent: bool  # its result may change with time alone (windows, durations, age)
-    trigger_set: str | None  # a set some active line must be in for the rule to fire
+    # A set some active line must be in for the rule to fire: its first drug binding's, or for a
+    # rule that binds no line, the set whose daily dose its condition needs above 0.
+    trigger_set: str | None
     # The rule's IR, for analyses of the compiled form (the live evaluator's timers).
     ir: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -170,6 +172,51 @@ def _clock_dependent(rule: Mapping[str, Any]) -> bool:
         elif isinstance(item, list):
             stack.extend(item)
     return False
+
+
+def _required_set(rule: Mapping[str, Any], params: Mapping[str, ParamSpec]) -> str | None:
+    """A set some active line must be in for a rule that binds no line to fire: its condition
+    needs ``daily dose of SET`` above a positive amount (no line of the set gives a daily dose
+    of 0, which is above no positive amount). Conjunctions need what one conjunct needs,
+    disjunctions what every disjunct needs; anything else needs nothing (None)."""
+    values = {b["name"]: b["expr"] for b in rule["bindings"] if b["kind"] == "value"}
+
+    def dose_set(node: Mapping[str, Any]) -> str | None:
+        if node.get("op") == "var":
+            node = values.get(node.get("name", ""), {})
+        return node.get("set") if node.get("op") == "daily_dose" else None
+
+    def positive(node: Mapping[str, Any], or_zero: bool) -> bool:
+        """Whether the value is above 0 (``or_zero``: at least 0) whatever the cursors."""
+        if node.get("op") == "const":
+            value = node.get("value")
+        elif node.get("op") == "param" and node.get("name") in params:
+            value = params[node["name"]].min
+        else:
+            return False
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return value > 0 or (or_zero and value == 0)
+
+    def needs(node: Mapping[str, Any]) -> str | None:
+        op, args = node.get("op"), node.get("args") or []
+        if op == "and":
+            return next((found for a in args if (found := needs(a)) is not None), None)
+        if op == "or":
+            sets = {needs(a) for a in args}
+            return sets.pop() if len(sets) == 1 else None
+        if op in ("gt", "ge") and len(args) == 2:  # dose > c, dose >= c
+            found = dose_set(args[0])
+            return found if found and positive(args[1], or_zero=op == "gt") else None
+        if op in ("lt", "le") and len(args) == 2:  # c < dose, c <= dose
+            found = dose_set(args[1])
+            return found if found and positive(args[0], or_zero=op == "lt") else None
+        if op == "between" and len(args) == 3:  # low <= dose < high
+            found = dose_set(args[0])
+            return found if found and positive(args[1], or_zero=False) else None
+        return None
+
+    return needs(rule["condition"])
 
 
 def _load_rule(
@@ -235,7 +282,9 @@ def _load_rule(
         kinds=frozenset(depends.get("kinds", ())),
         concepts=frozenset(depends.get("concepts", ())),
         clock_dependent=_clock_dependent(rule),
-        trigger_set=next((b.set for b in drug_bindings if b.set is not None), None),
+        trigger_set=next(
+            (b.set for b in drug_bindings if b.set is not None), _required_set(rule, params)
+        ),
         ir=rule,
     )
 

@@ -321,6 +321,44 @@ def test_daily_dose_lower_bound_semantics() -> None:
     assert fired(negated, [patient()])  # no line: 0 mg, not above 4 g
 
 
+# A rule that binds no line but needs a daily dose above a positive amount cannot fire without a
+# line of that set: the evaluators skip it then (``LoadedRule.trigger_set``). Each row: the
+# condition, whether it needs a paracetamol line, and whether it fires for a patient with none
+# (0 mg a day) — by the rule's meaning, so a wrong skip fails here.
+DOSE = "p = daily dose of atc N02BE01\n"
+NEEDS_A_LINE = [
+    (DOSE + "p > 4 g", True, False),
+    (DOSE + "p >= 4 g", True, False),
+    (DOSE + "p > 0 mg", True, False),
+    (DOSE + "p >= 0 mg", False, True),  # 0 mg is at least 0 mg
+    (DOSE + "not (p > 4 g)", False, True),
+    (DOSE + "p < 1 g", False, True),
+    (DOSE + "p > 4 g or (weight < 50 kg and p > 3 g)", True, False),
+    (DOSE + "p > 4 g or latest potassium > 5 mmol/L", False, False),  # no potassium: unknown
+    (DOSE + "p in 1 g .. 2 g", True, False),
+    (DOSE + "p in 0 g .. 2 g", False, True),
+]
+
+
+@pytest.mark.parametrize(("when", "needs_a_line", "fires_without"), NEEDS_A_LINE)
+def test_a_rule_without_line_needs_the_set_its_daily_dose_must_exceed(
+    when: str, needs_a_line: bool, fires_without: bool
+) -> None:
+    ir = one_rule(when)
+    (rule,) = load_pack(ir).rules
+    assert (rule.trigger_set is not None) == needs_a_line
+    assert fired(ir, [patient()]) == fires_without
+    other_line = drug("o", "C09AA05")  # a line of another set changes nothing
+    assert fired(ir, [patient(), other_line]) == fires_without
+    if needs_a_line:  # skipped without a line, evaluated with one
+        assert fired(ir, [patient(), drug("a", "N02BE01", dose=1000, per_day=5)]) == (
+            "1 g .." not in when
+        )
+        assert fired(ir, [patient(), drug("a", "N02BE01", dose=500, per_day=3)]) == (
+            "1 g .." in when or "p > 0 mg" in when
+        )
+
+
 def test_drug_amount_against_iu_and_mg() -> None:
     ir = one_rule("h = active drug in atc B01AB05\nh.daily_dose > 6000 IU or h.daily_dose > 60 mg")
     assert fired(ir, [drug("e", "B01AB05", dose=4000, unit="IU", per_day=2)])
