@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,9 +34,22 @@ from vigie.connectors.registry import (
     is_metadata,
 )
 from vigie.errors import ConfigurationError
-from vigie.store import FactStore, MessageOutcome, SavedBatch
+from vigie.store import FactStore, MessageOutcome, RawRecord
 
-__all__ = ["FileReport", "IngestReport", "ParsedMessage", "ingest", "read_feed", "recover"]
+__all__ = [
+    "FileReport",
+    "IngestReport",
+    "ParsedMessage",
+    "StoredMessage",
+    "feed_connectors",
+    "finish_kept",
+    "ingest",
+    "parse_message",
+    "read_feed",
+    "recover",
+    "save_parsed",
+    "store_messages",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +116,7 @@ class IngestReport:
 
 
 def _parse(connector: Connector, raw: RawMessage) -> ParsedMessage:
+    """What a connector makes of one raw message; never raises but ``ConfigurationError``."""
     try:
         return ParsedMessage(raw, connector.parse(raw))
     except FeedError as error:
@@ -225,38 +239,120 @@ def _refused(report: FileReport, text: str) -> None:
     report.errors.append(text)
 
 
+@dataclass(frozen=True)
+class StoredMessage:
+    """What storing one raw message did: its row in the store and what it gave.
+
+    ``status`` is ``duplicate`` (already stored and done: not parsed again), ``rejected`` with
+    ``refused`` set when the store could not hold it (its reason), ``superseded`` when it is an
+    older version than the one the store holds (kept as history, without effect), else the
+    parsed message's status (``loaded``, ``ignored``, ``partial``, ``rejected``).
+    ``replaced`` says it is a new version of a message the store knew (a correction).
+    """
+
+    raw: RawMessage
+    raw_id: int
+    status: str
+    parsed: ParsedMessage | None = None
+    refused: str | None = None
+    replaced: bool = False
+
+    @property
+    def applied(self) -> bool:
+        """Whether what it gave reached the store (its facts and retractions are current)."""
+        return self.parsed is not None and self.status in ("loaded", "partial")
+
+    @property
+    def errors(self) -> list[FeedError]:
+        """The connector's errors (fatal first), whatever the store did with the message."""
+        return _errors(self.parsed) if self.parsed is not None else []
+
+
+def parse_message(connector: Connector | None, raw: RawMessage) -> ParsedMessage:
+    """What a connector makes of one raw message (``None``: no connector reads its feed, a
+    located fatal error); never raises but ``ConfigurationError``."""
+    return _recovered(connector, raw)
+
+
+def save_parsed(
+    store: FactStore, parsed: Sequence[tuple[int, ParsedMessage, bool]]
+) -> list[StoredMessage]:
+    """Store what kept messages gave, in one transaction: (raw id, parsed message, replaced)
+    each; what became of each, in the same order (see ``FactStore.save_outcomes``)."""
+    outcomes = [_outcome(raw_id, message) for raw_id, message, _ in parsed]
+    saved = store.save_outcomes(outcomes)
+    stored = []
+    for raw_id, message, replaced in parsed:
+        status = message.status
+        refused = saved.refused.get(raw_id)
+        if refused is not None:
+            status = "rejected"
+        elif raw_id in saved.superseded:
+            status = "superseded"
+        stored.append(StoredMessage(message.raw, raw_id, status, message, refused, replaced))
+    return stored
+
+
+def store_messages(
+    store: FactStore, messages: Sequence[tuple[Connector | None, RawMessage]]
+) -> list[StoredMessage]:
+    """Keep raw messages (committed first), then parse and store what they gave: the one
+    sequence of steps of every ingest (files, HTTP bodies, replays of dead letters).
+
+    The (feed, message id) keys must be distinct (``ingest`` cuts its batches where one
+    repeats). What became of each message, in order.
+    """
+    if not messages:
+        return []
+    records = store.keep_raws([raw for _, raw in messages])
+    return finish_kept(store, messages, records)
+
+
+def finish_kept(
+    store: FactStore,
+    messages: Sequence[tuple[Connector | None, RawMessage]],
+    records: Sequence[RawRecord],
+) -> list[StoredMessage]:
+    """The second half of ``store_messages``: parse the kept messages that are neither
+    duplicates nor refused (``records``, from ``FactStore.keep_raws``) and store what they
+    gave; what became of each message, in order."""
+    to_parse = [
+        (record.id, parse_message(connector, raw), record.replaced)
+        for (connector, raw), record in zip(messages, records, strict=True)
+        if not record.duplicate and record.refused is None
+    ]
+    parsed = iter(save_parsed(store, to_parse))
+    results = []
+    for (_, raw), record in zip(messages, records, strict=True):
+        if record.duplicate:
+            results.append(StoredMessage(raw, record.id, "duplicate", replaced=record.replaced))
+        elif record.refused is not None:
+            text, replaced = record.refused, record.replaced
+            results.append(StoredMessage(raw, record.id, "rejected", None, text, replaced))
+        else:
+            results.append(next(parsed))
+    return results
+
+
 def _store_batch(store: FactStore, batch: list[_Pending]) -> None:
     """Keep the raw messages (committed first), then parse and store what they gave."""
-    if not batch:
-        return
-    records = store.keep_raws([pending.raw for pending in batch])
-    parsed: list[tuple[FileReport, ParsedMessage, MessageOutcome]] = []
-    for pending, record in zip(batch, records, strict=True):
-        if not record.duplicate and record.refused is None:
-            message = _parse(pending.connector, pending.raw)
-            parsed.append((pending.report, message, _outcome(record.id, message)))
-    saved = store.save_outcomes([outcome for _, _, outcome in parsed])
-    messages = iter(parsed)
-    for pending, record in zip(batch, records, strict=True):  # tallied in file order
-        pending.report.corrections += record.replaced and not record.duplicate
-        if record.duplicate:
-            pending.report.messages["duplicate"] += 1
-        elif record.refused is not None:
-            _refused(pending.report, record.refused)
-        else:
-            _tally_stored(saved, *next(messages))
+    stored = store_messages(store, [(pending.connector, pending.raw) for pending in batch])
+    for pending, message in zip(batch, stored, strict=True):  # tallied in file order
+        _tally_stored(pending.report, message)
 
 
-def _tally_stored(
-    saved: SavedBatch, report: FileReport, message: ParsedMessage, outcome: MessageOutcome
-) -> None:
-    if outcome.raw_id in saved.refused:
-        _refused(report, saved.refused[outcome.raw_id])
-    elif outcome.raw_id in saved.superseded:  # an older version than the one stored
+def _tally_stored(report: FileReport, message: StoredMessage) -> None:
+    report.corrections += message.replaced and message.status != "duplicate"
+    if message.status == "duplicate":
+        report.messages["duplicate"] += 1
+    elif message.refused is not None:
+        _refused(report, message.refused)
+    elif message.status == "superseded":  # an older version than the one stored
         report.messages["superseded"] += 1
-        report.errors.extend(str(error) for error in _errors(message))
+        report.errors.extend(str(error) for error in message.errors)
     else:
-        _tally(report, message)
+        assert message.parsed is not None
+        _tally(report, message.parsed)
 
 
 def _errors(parsed: ParsedMessage) -> list[FeedError]:
@@ -265,7 +361,7 @@ def _errors(parsed: ParsedMessage) -> list[FeedError]:
     return list(parsed.outcome.errors) if parsed.outcome else []
 
 
-def _feed_connectors() -> dict[str, Connector]:
+def feed_connectors() -> dict[str, Connector]:
     """Connectors by the feed name their raw messages carry (``hl7v2`` for format ``hl7``)."""
     connectors = (connector_for(fmt) for fmt in FORMATS)
     return {connector.feed: connector for connector in connectors}
@@ -287,8 +383,8 @@ def recover(
     connectors: dict[str, Connector] | None = None
     bound = BATCH_BYTES if batch_bytes is None else batch_bytes
     while unfinished := store.claim_unfinished(batch_size, bound):
-        connectors = connectors if connectors is not None else _feed_connectors()
-        parsed = []
+        connectors = connectors if connectors is not None else feed_connectors()
+        files, parsed = [], []
         for stored in unfinished:
             file = by_document.get((stored.feed, stored.document))
             if file is None:
@@ -303,11 +399,10 @@ def recover(
                 stored.position,
                 stored.encoding,
             )
-            message = _recovered(connectors.get(stored.feed), raw)
-            parsed.append((file, message, _outcome(stored.id, message)))
-        saved = store.save_outcomes([outcome for _, _, outcome in parsed])
-        for file, message, outcome in parsed:
-            _tally_stored(saved, file, message, outcome)
+            files.append(file)
+            parsed.append((stored.id, parse_message(connectors.get(stored.feed), raw), False))
+        for file, message in zip(files, save_parsed(store, parsed), strict=True):
+            _tally_stored(file, message)
     return report
 
 
