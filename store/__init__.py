@@ -1,5 +1,7 @@
-"""The fact store: raw inbound messages, dead letters and facts (``vigie.store.database``), and
-the alerts with their lifecycle (``vigie.store.alerts``), in one database."""
+"""The fact store: raw inbound messages, dead letters and facts (``vigie.store.database``), the
+alerts with their lifecycle (``vigie.store.alerts``), and the service's users, wards, decisions,
+versions and audit log (``vigie.store.service``), in one database, made and upgraded by its
+migrations (``vigie.store.migrations``)."""
 
 from vigie.store.alerts import (
     AlertError,
@@ -24,6 +26,15 @@ from vigie.store.database import (
     StoreError,
     default_database_url,
 )
+from vigie.store.service import (
+    AuditEntry,
+    DecisionRecord,
+    ServiceError,
+    ServiceStore,
+    UnknownResourceError,
+    User,
+    Ward,
+)
 
 __all__ = [
     "DONE_STATUSES",
@@ -31,7 +42,9 @@ __all__ = [
     "AlertEvent",
     "AlertStore",
     "AlertTransitionError",
+    "AuditEntry",
     "DeadLetter",
+    "DecisionRecord",
     "Dismissal",
     "FactStore",
     "Intervention",
@@ -40,9 +53,14 @@ __all__ = [
     "RawVersion",
     "Reconciled",
     "SavedBatch",
+    "ServiceError",
+    "ServiceStore",
     "StoreError",
     "StoredAlert",
     "StoredRaw",
     "UnknownAlertError",
+    "UnknownResourceError",
+    "User",
+    "Ward",
     "default_database_url",
 ]

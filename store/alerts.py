@@ -264,10 +264,14 @@ class AlertEvent:
 
 @dataclass(frozen=True)
 class Intervention:
-    """A pharmaceutical intervention: the SFPC type (``1``..``7``) when known, and the text."""
+    """A pharmaceutical intervention: the SFPC type (``1``..``7``) when known, and the text;
+    the service also gives the SFPC problem code (which may differ from the rule's) and whether
+    the prescriber was contacted, kept in the decision's event."""
 
     text: str
     code: str | None = None
+    problem_code: str | None = None
+    prescriber_contacted: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -578,6 +582,30 @@ class _Step:
         self.session.commit()
 
 
+def _open_alerts(
+    query: Any,
+    ward: str | None,
+    severities: Iterable[str] | None,
+    rule_id: str | None,
+    patient_id: str | None,
+) -> Any:
+    """``query`` restricted to the open alerts matching the worklist's filters."""
+    query = query.where(AlertRow.status == "open")
+    if ward is not None:
+        query = query.where(AlertRow.ward == ward)
+    if severities is not None:
+        wanted = sorted(set(severities))
+        unknown = set(wanted) - set(_SEVERITY_RANK)
+        if unknown:
+            raise AlertError(f"unknown severities {sorted(unknown)}: {list(_SEVERITY_RANK)}")
+        query = query.where(AlertRow.severity.in_(wanted))
+    if rule_id is not None:
+        query = query.where(AlertRow.rule_id == rule_id)
+    if patient_id is not None:
+        query = query.where(AlertRow.patient_id == patient_id)
+    return query
+
+
 class AlertStore:
     """The alerts of one fact store's database, with their lifecycle (module docstring)."""
 
@@ -661,28 +689,53 @@ class AlertStore:
         evidence changed since, the decision is refused (it would apply to what they did not
         see).
         """
+        with self._writing("record the decision") as session:
+            stored, _ = self.decide_in(
+                session, alert_id, decision, actor=actor, at=at, evidence_key=evidence_key
+            )
+            session.commit()
+            return stored
+
+    def decide_in(
+        self,
+        session: Session,
+        alert_id: str,
+        decision: Intervention | Dismissal,
+        *,
+        actor: str,
+        at: datetime | None = None,
+        evidence_key: str | None = None,
+    ) -> tuple[StoredAlert, int]:
+        """``decide`` inside a write session of the caller (``facts._write_session()``), so
+        that what the caller records beside the decision (``vigie.store.service``: its codes,
+        the audit entry) commits with it or not at all. Gives the alert and the id of the
+        decision's event; the caller commits."""
         if not actor.strip():
             raise AlertTransitionError("a decision needs its actor (who decided)")
         _check_decision(decision)
         moment = _naive_utc(at or datetime.now(UTC))
-        with self._writing("record the decision") as session:
-            row = session.get(AlertRow, alert_id)
-            if row is None:
-                raise UnknownAlertError(f"no alert {alert_id!r}")
-            self._check_open(row, decision, evidence_key)
-            if isinstance(decision, Dismissal):
-                logged = _transition(
-                    row, "dismissed", moment, actor, decision.text, None, decision.reason_code
-                )
-            else:
-                detail = {"intervention_type": decision.code, "text": decision.text}
-                logged = _transition(
-                    row, "intervention", moment, actor, decision.text, detail, decision.code
-                )
-            session.flush()
-            _append(session, [logged])
-            session.commit()
-            return _stored(row)
+        row = session.get(AlertRow, alert_id)
+        if row is None:
+            raise UnknownAlertError(f"no alert {alert_id!r}")
+        self._check_open(row, decision, evidence_key)
+        if isinstance(decision, Dismissal):
+            logged = _transition(
+                row, "dismissed", moment, actor, decision.text, None, decision.reason_code
+            )
+        else:
+            detail: dict[str, Any] = {"intervention_type": decision.code, "text": decision.text}
+            if decision.problem_code is not None:
+                detail["problem_code"] = decision.problem_code
+            if decision.prescriber_contacted is not None:
+                detail["prescriber_contacted"] = decision.prescriber_contacted
+            logged = _transition(
+                row, "intervention", moment, actor, decision.text, detail, decision.code
+            )
+        session.flush()
+        event_id = session.execute(
+            insert(AlertEventRow).values(**logged).returning(AlertEventRow.id)
+        ).scalar_one()
+        return _stored(row), event_id
 
     @staticmethod
     def _check_open(row: AlertRow, decision: Intervention | Dismissal, key: str | None) -> None:
@@ -735,30 +788,45 @@ class AlertStore:
         ward: str | None = None,
         severities: Iterable[str] | None = None,
         limit: int | None = 100,
+        *,
+        rule_id: str | None = None,
+        patient_id: str | None = None,
+        offset: int = 0,
     ) -> list[StoredAlert]:
         """The open alerts, by priority (highest first; an alert without one last), then
-        severity, first seen and id; filtered by ward and severities when given.
+        severity, first seen and id; filtered by ward, severities, rule and patient when given;
+        ``offset`` and ``limit`` page through it.
 
         The priority is the one the alert carried when raised (``vigie.engine.priority``:
         ``vigie batch`` and ``vigie demo`` fill it).
         """
         rank = case(_SEVERITY_RANK, value=AlertRow.severity, else_=len(_SEVERITY_RANK))
-        query = (
-            select(AlertRow)
-            .where(AlertRow.status == "open")
-            .order_by(AlertRow.priority.desc().nulls_last(), rank, AlertRow.first_seen, AlertRow.id)
+        query = _open_alerts(select(AlertRow), ward, severities, rule_id, patient_id).order_by(
+            AlertRow.priority.desc().nulls_last(), rank, AlertRow.first_seen, AlertRow.id
         )
-        if ward is not None:
-            query = query.where(AlertRow.ward == ward)
-        if severities is not None:
-            wanted = sorted(set(severities))
-            unknown = set(wanted) - set(_SEVERITY_RANK)
-            if unknown:
-                raise AlertError(f"unknown severities {sorted(unknown)}: {list(_SEVERITY_RANK)}")
-            query = query.where(AlertRow.severity.in_(wanted))
+        if offset:
+            query = query.offset(offset)
         if limit is not None:
             query = query.limit(limit)
         return [_stored(row) for row in self._rows_of(query)]
+
+    def worklist_size(
+        self,
+        ward: str | None = None,
+        severities: Iterable[str] | None = None,
+        *,
+        rule_id: str | None = None,
+        patient_id: str | None = None,
+    ) -> int:
+        """How many open alerts ``worklist`` pages through with these filters."""
+        query = _open_alerts(
+            select(func.count()).select_from(AlertRow), ward, severities, rule_id, patient_id
+        )
+        try:
+            with self._read() as session:
+                return int(session.execute(query).scalar_one())
+        except SQLAlchemyError as error:
+            raise AlertError(f"cannot read the alerts: {error.__class__.__name__}") from error
 
     def observed_ppv(self, min_decisions: int = 5) -> dict[str, float]:
         """Per rule, the share of pharmacists' decisions that were interventions: every

@@ -30,6 +30,10 @@ the user's data directory, so every command and the service share it.
   ``vigie.store.alerts`` on this module's metadata (the package imports it), so that they are
   created with the others, in a new store as in one made before them (tables only: the schema
   version is unchanged).
+- The service's tables (users, tokens, wards, decisions, versions, audit log) are defined in
+  ``vigie.store.service`` on the same metadata.
+- Every table is made, and later changed, by the store's migrations (``vigie.store.migrations``,
+  Alembic): a store is upgraded to the latest revision when it is opened.
 
 Several processes may ingest into one store at once (see ``vigie.store.concurrency``): write
 transactions are serialised, one at a time per store, while parsing runs in parallel; a
@@ -87,7 +91,7 @@ from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, Sessi
 from vigie import settings
 from vigie.errors import VigieError
 from vigie.facts import FACT_KINDS, AnyFact, Fact, Patient, Retraction
-from vigie.store import concurrency
+from vigie.store import concurrency, migrations
 
 __all__ = [
     "DONE_STATUSES",
@@ -142,7 +146,17 @@ class _Base(DeclarativeBase):
 
 class RawMessageRow(_Base):
     __tablename__ = "raw_message"
-    __table_args__ = (UniqueConstraint("feed", "message_id", "sha256"),)
+    __table_args__ = (
+        UniqueConstraint("feed", "message_id", "sha256"),
+        # The unfinished messages by owner: a recovery reads them without scanning the store
+        # (a partial index: only the few messages under way are in it).
+        Index(
+            "ix_raw_message_unfinished",
+            "ingest_run",
+            sqlite_where=literal_column("status = 'received'"),
+            postgresql_where=literal_column("status = 'received'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     feed: Mapped[str] = mapped_column(String(32))
@@ -418,8 +432,8 @@ class FactStore:
             self.engine.dispose()
             raise StoreError(
                 f"cannot open the store {self.safe_url}: it was made by an earlier Vigie "
-                f"(store schema {found}, expected {SCHEMA_VERSION}); Vigie has no schema "
-                "migrations yet: ingest into a new store (VIGIE_DATABASE_URL) or delete this one"
+                f"(store schema {found}, expected {SCHEMA_VERSION}), older than its migrations: "
+                "ingest into a new store (VIGIE_DATABASE_URL) or delete this one"
             )
 
     def _schema_version(self) -> int:
@@ -440,18 +454,15 @@ class FactStore:
             return SCHEMA_VERSION if found is None else int(found.value)
 
     def _create_tables(self) -> None:
-        """Create what is missing, one process at a time (two opening a new store at once)."""
+        """Upgrade the store to the latest migration, one process at a time (two opening a new
+        store at once); a table of the latest schema missing all the same (dropped by hand) is
+        made again from the models, which are that schema."""
         with self._writer.begin() as connection:
-            _Base.metadata.create_all(connection)
-            columns = {c["name"] for c in inspect(connection).get_columns("raw_message")}
-            if "ingest_run" not in columns:  # a store of the day before: a nullable column
-                connection.exec_driver_sql("ALTER TABLE raw_message ADD COLUMN ingest_run INTEGER")
-            # The unfinished messages by owner: a recovery reads them without scanning the
-            # store (a partial index: only the few messages under way are in it).
-            connection.exec_driver_sql(
-                "CREATE INDEX IF NOT EXISTS ix_raw_message_unfinished "
-                "ON raw_message (ingest_run) WHERE status = 'received'"
-            )
+            migrations.upgrade(connection)
+            missing = set(_Base.metadata.tables) - set(inspect(connection).get_table_names())
+            if missing:
+                tables = [_Base.metadata.tables[name] for name in sorted(missing)]
+                _Base.metadata.create_all(connection, tables=tables)
 
     def close(self) -> None:
         """End this store's ingest run (its unfinished messages become recoverable) and
@@ -1130,5 +1141,7 @@ class FactStore:
     def reset(self) -> None:
         """Drop and recreate every table (demo and tests only)."""
         self._end_run()
-        _Base.metadata.drop_all(self.engine)
+        with self._writer.begin() as connection:
+            _Base.metadata.drop_all(connection)
+            connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
         self._create_tables()

@@ -1,0 +1,753 @@
+"""The service's tables: users and their tokens, wards, decisions, site configuration and rule
+pack versions, and the append-only audit log; in the fact store's database, on its metadata
+(created with its tables, by its migrations: ``vigie.store.migrations``).
+
+- ``service_user`` and ``service_user_role``: who may call the service, with one or more roles
+  of :data:`ROLES`; ``api_token``: the SHA-256 of each bearer token, never the token itself
+  (it is shown once, when made).
+- ``ward``: a hospital's wards (UF) with their bed counts, which the IP per 100 beds reads.
+- ``decision``: one row per pharmacist's decision (the ``alert_event`` it made), with what the
+  alert store's event does not hold in columns: the SFPC problem and intervention codes chosen
+  (they may differ from the rule's), the comment, whether the prescriber was contacted, the
+  dismissal reason; ``decision_outcome``: the prescriber's answer to an intervention, given
+  later (``accepted``, ``not_accepted``, ``accepted_modified``), one per decision.
+- ``site_config_version``: every version of the site configuration (the cursors, TOML text);
+  ``rule_pack_version``: every rule pack text an evaluation ran (name, version, hash, text),
+  so that an alert shows the rule text of the pack that raised it.
+- ``audit_log``: who (user and roles), what (action, resource), which patient if any, when.
+
+``decision``, ``decision_outcome`` and ``audit_log`` are append-only: the database refuses
+``UPDATE`` and ``DELETE`` (triggers on SQLite and PostgreSQL, ``TRUNCATE`` too on PostgreSQL),
+as for ``alert_event``; the store has no method that would.
+
+>>> from vigie.store import FactStore
+>>> service = ServiceStore(FactStore("sqlite://"))
+>>> user, token = service.add_user("pharm.a", ["pharmacist"])
+>>> service.authenticate(token).roles
+('pharmacist',)
+>>> service.authenticate("vigie_wrong") is None
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from vigie.store.alerts import (
+    AlertStore,
+    AlertTransitionError,
+    Dismissal,
+    Intervention,
+    StoredAlert,
+)
+from vigie.store.database import FactStore, StoreError, _Base
+
+__all__ = [
+    "OUTCOMES",
+    "ROLES",
+    "AuditEntry",
+    "ConfigVersion",
+    "DecisionRecord",
+    "RulePackVersion",
+    "ServiceError",
+    "ServiceStore",
+    "UnknownResourceError",
+    "User",
+    "Ward",
+    "append_only_statements",
+    "hash_token",
+]
+
+Role = Literal["pharmacist", "rule_author", "admin", "feed"]
+ROLES: Final = ("pharmacist", "rule_author", "admin", "feed")
+OUTCOMES: Final = {
+    "accepted": "accepted by the prescriber",
+    "not_accepted": "not accepted by the prescriber",
+    "accepted_modified": "accepted with a modification",
+}
+TOKEN_PREFIX: Final = "vigie_"
+_NAME_MAX: Final = 128
+
+
+class ServiceError(StoreError):
+    """A service record the store refuses (a bad role, a duplicate user, a bad ward...)."""
+
+
+class UnknownResourceError(ServiceError):
+    """No such user, decision or version."""
+
+
+# Tables ---------------------------------------------------------------------------------------
+
+
+class UserRow(_Base):
+    __tablename__ = "service_user"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(_NAME_MAX), unique=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class UserRoleRow(_Base):
+    __tablename__ = "service_user_role"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("service_user.id"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+class TokenRow(_Base):
+    """A bearer token: only its SHA-256 is kept (a token is 32 random bytes: a fast hash is
+    enough, there is nothing to guess)."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("service_user.id"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class WardRow(_Base):
+    __tablename__ = "ward"
+
+    hospital: Mapped[str] = mapped_column(String(64), primary_key=True)
+    code: Mapped[str] = mapped_column(String(128), primary_key=True)
+    label: Mapped[str] = mapped_column(String(255))
+    beds: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_by: Mapped[str] = mapped_column(String(_NAME_MAX))
+
+
+class DecisionRow(_Base):
+    """Append-only: one row per decision event of ``alert_event``, written in the same
+    transaction. It names the event and the alert by id, without a foreign key: the alert
+    tables stay droppable alone (a store repairs a missing table on opening)."""
+
+    __tablename__ = "decision"
+    __table_args__ = (Index("ix_decision_decided_at", "decided_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(Integer, unique=True)
+    alert_id: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # intervention | dismissal
+    decided_at: Mapped[datetime] = mapped_column(DateTime)
+    actor: Mapped[str] = mapped_column(String(_NAME_MAX))
+    rule_id: Mapped[str] = mapped_column(String(128))
+    patient_id: Mapped[str] = mapped_column(String(128))
+    ward: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    problem_code: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    intervention_code: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    dismiss_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    prescriber_contacted: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+
+class DecisionOutcomeRow(_Base):
+    """Append-only: the prescriber's answer to an intervention, one per decision."""
+
+    __tablename__ = "decision_outcome"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    decision_id: Mapped[int] = mapped_column(ForeignKey("decision.id"), unique=True)
+    outcome: Mapped[str] = mapped_column(String(24))
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    actor: Mapped[str] = mapped_column(String(_NAME_MAX))
+    at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class SiteConfigVersionRow(_Base):
+    __tablename__ = "site_config_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    text: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    author: Mapped[str] = mapped_column(String(_NAME_MAX))
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class RulePackVersionRow(_Base):
+    __tablename__ = "rule_pack_version"
+    __table_args__ = (UniqueConstraint("name", "version", "sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(Text)  # the file the alerts name (``rule.file``)
+    text: Mapped[str] = mapped_column(Text)
+    first_used: Mapped[datetime] = mapped_column(DateTime)
+
+
+class AuditRow(_Base):
+    """Append-only: the database refuses to update or delete a row (triggers below)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_patient", "patient_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(_NAME_MAX))
+    roles: Mapped[str] = mapped_column(String(128))  # the user's roles, comma-separated
+    action: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(512))
+    patient_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+
+
+APPEND_ONLY_TABLES: Final = ("decision", "decision_outcome", "audit_log")
+
+
+def append_only_statements(table: str, dialect: str) -> tuple[str, ...]:
+    """The statements that make the database refuse to change ``table``'s rows (SQLite:
+    triggers; PostgreSQL: a trigger function, row and truncate triggers). Idempotent."""
+    refusal = f"{table} is append-only"
+    if dialect == "sqlite":
+        return tuple(
+            f"CREATE TRIGGER IF NOT EXISTS {table}_no_{what} BEFORE {what.upper()} ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{refusal}'); END"
+            for what in ("update", "delete")
+        )
+    if dialect == "postgresql":
+        return (
+            f"CREATE OR REPLACE FUNCTION {table}_append_only() RETURNS trigger "
+            f"LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION '{refusal}'; END $$",
+            f"DROP TRIGGER IF EXISTS {table}_no_change ON {table}",
+            f"CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {table}_append_only()",
+            f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}",
+            f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {table}_append_only()",
+        )
+    return ()
+
+
+def _make_append_only(target: Any, connection: Connection, **_: object) -> None:
+    """Run when ``create_all`` makes one of these tables (a table dropped by hand and made
+    again; the migrations make them with their triggers)."""
+    for statement in append_only_statements(target.name, connection.dialect.name):
+        connection.exec_driver_sql(statement)
+
+
+for _table in APPEND_ONLY_TABLES:
+    event.listen(_Base.metadata.tables[_table], "after_create", _make_append_only)
+
+
+# What the store gives back ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    roles: tuple[str, ...]
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class Ward:
+    hospital: str
+    code: str
+    label: str
+    beds: int
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """A decision with its codes and, for an intervention, the prescriber's outcome once
+    given."""
+
+    id: int
+    alert_id: str
+    kind: str
+    decided_at: datetime
+    actor: str
+    rule_id: str
+    patient_id: str
+    ward: str | None
+    problem_code: str | None
+    intervention_code: str | None
+    dismiss_reason: str | None
+    comment: str | None
+    prescriber_contacted: bool | None
+    outcome: str | None = None
+    outcome_at: datetime | None = None
+    outcome_by: str | None = None
+    outcome_comment: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit log (``seq`` and ``at`` are set when it is written)."""
+
+    actor: str
+    roles: tuple[str, ...]
+    action: str
+    resource: str
+    patient_id: str | None = None
+    detail: Mapping[str, Any] | None = None
+    at: datetime | None = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True)
+class ConfigVersion:
+    version: int
+    text: str
+    sha256: str
+    author: str
+    comment: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RulePackVersion:
+    name: str
+    version: str
+    sha256: str
+    source: str
+    text: str
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _now() -> datetime:
+    """Naive UTC, like every time of the store."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _naive(moment: datetime | None) -> datetime:
+    if moment is None:
+        return _now()
+    return moment if moment.tzinfo is None else moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _check_roles(roles: Iterable[str]) -> tuple[str, ...]:
+    chosen = tuple(sorted(set(roles)))
+    if not chosen:
+        raise ServiceError(f"a user needs at least one role ({', '.join(ROLES)})")
+    unknown = [role for role in chosen if role not in ROLES]
+    if unknown:
+        raise ServiceError(f"unknown role {unknown[0]!r}: expected one of {', '.join(ROLES)}")
+    return chosen
+
+
+def _check_name(what: str, value: str, limit: int) -> str:
+    value = value.strip()
+    if not value or len(value) > limit or "\x00" in value:
+        raise ServiceError(f"a {what} of 1 to {limit} characters, got {len(value)}")
+    return value
+
+
+class ServiceStore:
+    """Users, wards, decisions, versions and the audit log of one fact store's database
+    (module docstring); ``alerts`` is the alert store of the same database."""
+
+    def __init__(self, facts: FactStore) -> None:
+        self.facts = facts
+        self.alerts = AlertStore(facts)
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[Session]:
+        """A write session (the store's write lock); a database error becomes a
+        ``ServiceError`` naming what failed, never the data."""
+        try:
+            with self.facts._write_session() as session:
+                yield session
+        except SQLAlchemyError as error:
+            cause = getattr(error, "orig", None) or error
+            first = str(cause).splitlines()[0][:200] if str(cause) else ""
+            raise ServiceError(
+                f"cannot {what} in {self.facts.safe_url}: {cause.__class__.__name__}: {first}"
+            ) from error
+
+    @contextmanager
+    def _reading(self, what: str) -> Iterator[Session]:
+        try:
+            with self.facts.session() as session:
+                yield session
+        except SQLAlchemyError as error:
+            raise ServiceError(f"cannot read {what}: {error.__class__.__name__}") from error
+
+    # Users and tokens --------------------------------------------------------------------
+
+    def add_user(
+        self, name: str, roles: Iterable[str], audit: AuditEntry | None = None
+    ) -> tuple[User, str]:
+        """A new user with its roles and a first token; the token is given back once, only its
+        hash is kept."""
+        name = _check_name("user name", name, _NAME_MAX)
+        chosen = _check_roles(roles)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._writing("add the user") as session:
+            if session.scalar(select(UserRow.id).where(UserRow.name == name)) is not None:
+                raise ServiceError(f"a user named {name!r} exists already")
+            row = UserRow(name=name, active=True, created_at=_now())
+            session.add(row)
+            session.flush()
+            session.add_all(UserRoleRow(user_id=row.id, role=role) for role in chosen)
+            session.add(TokenRow(user_id=row.id, token_sha256=hash_token(token), created_at=_now()))
+            self._audit_in(session, audit)
+            session.commit()
+            return User(row.id, name, chosen), token
+
+    def new_token(self, name: str, audit: AuditEntry | None = None) -> str:
+        """Another token for a user (the older ones stay valid until revoked)."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._writing("make a token") as session:
+            user_id = session.scalar(select(UserRow.id).where(UserRow.name == name))
+            if user_id is None:
+                raise UnknownResourceError(f"no user {name!r}")
+            session.add(
+                TokenRow(user_id=user_id, token_sha256=hash_token(token), created_at=_now())
+            )
+            self._audit_in(session, audit)
+            session.commit()
+        return token
+
+    def authenticate(self, token: str) -> User | None:
+        """The active user a token (not revoked) belongs to, or None."""
+        query = (
+            select(UserRow)
+            .join(TokenRow, TokenRow.user_id == UserRow.id)
+            .where(
+                TokenRow.token_sha256 == hash_token(token),
+                TokenRow.revoked_at.is_(None),
+                UserRow.active.is_(True),
+            )
+        )
+        with self._reading("the tokens") as session:
+            row = session.scalar(query)
+            if row is None:
+                return None
+            return User(row.id, row.name, self._roles(session, row.id), row.active)
+
+    @staticmethod
+    def _roles(session: Session, user_id: int) -> tuple[str, ...]:
+        query = select(UserRoleRow.role).where(UserRoleRow.user_id == user_id)
+        return tuple(sorted(session.scalars(query)))
+
+    def users(self) -> list[User]:
+        with self._reading("the users") as session:
+            rows = list(session.scalars(select(UserRow).order_by(UserRow.name)))
+            return [User(r.id, r.name, self._roles(session, r.id), r.active) for r in rows]
+
+    # Wards -------------------------------------------------------------------------------
+
+    def put_ward(self, ward: Ward, actor: str, audit: AuditEntry | None = None) -> Ward:
+        """Create a ward or change its label and bed count."""
+        hospital = _check_name("hospital code", ward.hospital, 64)
+        code = _check_name("ward code", ward.code, 128)
+        label = _check_name("ward label", ward.label, 255)
+        if not 0 <= ward.beds <= 100_000:
+            raise ServiceError(f"a ward's bed count is 0 to 100000, got {ward.beds}")
+        with self._writing("save the ward") as session:
+            row = session.get(WardRow, (hospital, code))
+            if row is None:
+                row = WardRow(hospital=hospital, code=code)
+                session.add(row)
+            row.label, row.beds, row.updated_at, row.updated_by = label, ward.beds, _now(), actor
+            self._audit_in(session, audit)
+            session.commit()
+        return Ward(hospital, code, label, ward.beds)
+
+    def wards(self, hospital: str | None = None) -> list[Ward]:
+        query = select(WardRow).order_by(WardRow.hospital, WardRow.code)
+        if hospital is not None:
+            query = query.where(WardRow.hospital == hospital)
+        with self._reading("the wards") as session:
+            return [Ward(r.hospital, r.code, r.label, r.beds) for r in session.scalars(query)]
+
+    # Decisions ---------------------------------------------------------------------------
+
+    def decide(
+        self,
+        alert_id: str,
+        decision: Intervention | Dismissal,
+        *,
+        actor: str,
+        evidence_key: str | None = None,
+        at: datetime | None = None,
+        audit: AuditEntry | None = None,
+    ) -> tuple[StoredAlert, DecisionRecord]:
+        """The alert store's decision (its lifecycle and event), its codes in ``decision`` and
+        the audit entry, in one transaction."""
+        with self._writing("record the decision") as session:
+            stored, event_id = self.alerts.decide_in(
+                session, alert_id, decision, actor=actor, at=at, evidence_key=evidence_key
+            )
+            row = DecisionRow(
+                event_id=event_id,
+                alert_id=alert_id,
+                decided_at=stored.status_changed_at,
+                actor=actor,
+                rule_id=stored.rule_id,
+                patient_id=stored.patient_id,
+                ward=stored.ward,
+                **_decision_columns(decision),
+            )
+            session.add(row)
+            session.flush()
+            self._audit_in(session, audit)
+            session.commit()
+            return stored, _decision(row, None)
+
+    def record_outcome(
+        self,
+        alert_id: str,
+        outcome: str,
+        *,
+        actor: str,
+        comment: str | None = None,
+        at: datetime | None = None,
+        audit: AuditEntry | None = None,
+    ) -> DecisionRecord:
+        """The prescriber's answer to the latest intervention on an alert (once)."""
+        if outcome not in OUTCOMES:
+            raise ServiceError(
+                f"unknown outcome {outcome!r}: expected one of {', '.join(OUTCOMES)}"
+            )
+        with self._writing("record the outcome") as session:
+            query = (
+                select(DecisionRow)
+                .where(DecisionRow.alert_id == alert_id, DecisionRow.kind == "intervention")
+                .order_by(DecisionRow.id.desc())
+                .limit(1)
+            )
+            row = session.scalar(query)
+            if row is None:
+                raise AlertTransitionError(
+                    f"cannot record an outcome on alert {alert_id}: no intervention recorded"
+                )
+            if session.scalar(
+                select(DecisionOutcomeRow).where(DecisionOutcomeRow.decision_id == row.id)
+            ):
+                raise AlertTransitionError(
+                    f"cannot record an outcome on alert {alert_id}: its intervention has one"
+                )
+            answer = DecisionOutcomeRow(
+                decision_id=row.id, outcome=outcome, comment=comment, actor=actor, at=_naive(at)
+            )
+            session.add(answer)
+            session.flush()
+            self._audit_in(session, audit)
+            session.commit()
+            return _decision(row, answer)
+
+    def decisions(self, alert_id: str | None = None) -> list[DecisionRecord]:
+        """The decisions (of one alert, or all), in the order they were taken, with their
+        outcomes."""
+        query = (
+            select(DecisionRow, DecisionOutcomeRow)
+            .outerjoin(DecisionOutcomeRow, DecisionOutcomeRow.decision_id == DecisionRow.id)
+            .order_by(DecisionRow.id)
+        )
+        if alert_id is not None:
+            query = query.where(DecisionRow.alert_id == alert_id)
+        with self._reading("the decisions") as session:
+            return [_decision(row, answer) for row, answer in session.execute(query).all()]
+
+    # Versions ----------------------------------------------------------------------------
+
+    def save_site_config(
+        self, text: str, author: str, comment: str | None = None, audit: AuditEntry | None = None
+    ) -> ConfigVersion:
+        """A new version of the site configuration (the caller has checked it)."""
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        with self._writing("save the site configuration") as session:
+            row = SiteConfigVersionRow(
+                text=text, sha256=digest, author=author, comment=comment, created_at=_now()
+            )
+            session.add(row)
+            session.flush()
+            self._audit_in(session, audit)
+            session.commit()
+            return _config(row)
+
+    def site_config(self, version: int | None = None) -> ConfigVersion | None:
+        """A version of the site configuration (default: the latest), or None when none."""
+        query = select(SiteConfigVersionRow).order_by(SiteConfigVersionRow.id.desc()).limit(1)
+        if version is not None:
+            query = select(SiteConfigVersionRow).where(SiteConfigVersionRow.id == version)
+        with self._reading("the site configuration") as session:
+            row = session.scalar(query)
+            return None if row is None else _config(row)
+
+    def site_config_versions(self) -> list[ConfigVersion]:
+        query = select(SiteConfigVersionRow).order_by(SiteConfigVersionRow.id)
+        with self._reading("the site configuration") as session:
+            return [_config(row) for row in session.scalars(query)]
+
+    def record_rule_packs(self, packs: Sequence[RulePackVersion]) -> None:
+        """Keep the text of each pack version an evaluation ran (once per name, version and
+        hash)."""
+        with self._writing("record the rule packs") as session:
+            for pack in packs:
+                found = session.scalar(
+                    select(RulePackVersionRow.id).where(
+                        RulePackVersionRow.name == pack.name,
+                        RulePackVersionRow.version == pack.version,
+                        RulePackVersionRow.sha256 == pack.sha256,
+                    )
+                )
+                if found is None:
+                    session.add(
+                        RulePackVersionRow(
+                            name=pack.name,
+                            version=pack.version,
+                            sha256=pack.sha256,
+                            source=pack.source,
+                            text=pack.text,
+                            first_used=_now(),
+                        )
+                    )
+            try:
+                session.commit()
+            except IntegrityError:  # another process recorded the same version meanwhile
+                session.rollback()
+
+    def rule_pack(self, name: str, version: str) -> RulePackVersion | None:
+        """The latest recorded text of a pack version, or None."""
+        query = (
+            select(RulePackVersionRow)
+            .where(RulePackVersionRow.name == name, RulePackVersionRow.version == version)
+            .order_by(RulePackVersionRow.id.desc())
+            .limit(1)
+        )
+        with self._reading("the rule packs") as session:
+            row = session.scalar(query)
+            if row is None:
+                return None
+            return RulePackVersion(row.name, row.version, row.sha256, row.source, row.text)
+
+    # Audit -------------------------------------------------------------------------------
+
+    def audit(self, entry: AuditEntry) -> None:
+        """Append an entry to the audit log (its own transaction: a read)."""
+        with self._writing("write the audit log") as session:
+            self._audit_in(session, entry)
+            session.commit()
+
+    @staticmethod
+    def _audit_in(session: Session, entry: AuditEntry | None) -> None:
+        if entry is None:
+            return
+        session.execute(
+            insert(AuditRow).values(
+                at=_naive(entry.at),
+                actor=entry.actor,
+                roles=",".join(entry.roles),
+                action=entry.action,
+                resource=entry.resource[:512],
+                patient_id=entry.patient_id,
+                detail=dict(entry.detail) if entry.detail is not None else None,
+            )
+        )
+
+    def audit_log(
+        self,
+        *,
+        actor: str | None = None,
+        patient_id: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[AuditEntry]:
+        """The audit log, latest first, filtered when asked."""
+        query = select(AuditRow).order_by(AuditRow.id.desc()).offset(offset).limit(limit)
+        if actor is not None:
+            query = query.where(AuditRow.actor == actor)
+        if patient_id is not None:
+            query = query.where(AuditRow.patient_id == patient_id)
+        if action is not None:
+            query = query.where(AuditRow.action == action)
+        with self._reading("the audit log") as session:
+            return [_audit(row) for row in session.scalars(query)]
+
+    def audit_size(self) -> int:
+        with self._reading("the audit log") as session:
+            return int(session.scalar(select(func.count()).select_from(AuditRow)) or 0)
+
+
+def _decision_columns(decision: Intervention | Dismissal) -> dict[str, Any]:
+    if isinstance(decision, Dismissal):
+        return {
+            "kind": "dismissal",
+            "dismiss_reason": decision.reason_code,
+            "comment": decision.text or None,
+        }
+    return {
+        "kind": "intervention",
+        "problem_code": decision.problem_code,
+        "intervention_code": decision.code,
+        "comment": decision.text,
+        "prescriber_contacted": decision.prescriber_contacted,
+    }
+
+
+def _decision(row: DecisionRow, answer: DecisionOutcomeRow | None) -> DecisionRecord:
+    return DecisionRecord(
+        id=row.id,
+        alert_id=row.alert_id,
+        kind=row.kind,
+        decided_at=row.decided_at,
+        actor=row.actor,
+        rule_id=row.rule_id,
+        patient_id=row.patient_id,
+        ward=row.ward,
+        problem_code=row.problem_code,
+        intervention_code=row.intervention_code,
+        dismiss_reason=row.dismiss_reason,
+        comment=row.comment,
+        prescriber_contacted=row.prescriber_contacted,
+        outcome=answer.outcome if answer else None,
+        outcome_at=answer.at if answer else None,
+        outcome_by=answer.actor if answer else None,
+        outcome_comment=answer.comment if answer else None,
+    )
+
+
+def _config(row: SiteConfigVersionRow) -> ConfigVersion:
+    return ConfigVersion(row.id, row.text, row.sha256, row.author, row.comment, row.created_at)
+
+
+def _audit(row: AuditRow) -> AuditEntry:
+    return AuditEntry(
+        actor=row.actor,
+        roles=tuple(filter(None, row.roles.split(","))),
+        action=row.action,
+        resource=row.resource,
+        patient_id=row.patient_id,
+        detail=row.detail,
+        at=row.at,
+        seq=row.id,
+    )
