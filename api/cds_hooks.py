@@ -32,6 +32,7 @@ Choices, each written once here:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import re
@@ -734,21 +735,19 @@ class CdsHooks:
             )
         when = item.outcome_timestamp
         when = when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
-        common = {
-            "service_id": service_id,
-            "hook_instance": issued.hook_instance,
-            "card_uuid": item.card,
-            "alert": issued.alert,
-            "outcome_time": when,
-        }
+        base = CardFeedback(
+            service_id=service_id,
+            hook_instance=issued.hook_instance,
+            card_uuid=item.card,
+            alert=issued.alert,
+            outcome=item.outcome,
+            outcome_time=when,
+        )
         if item.outcome == "accepted":
-            return CardFeedback(
-                **common, outcome="accepted", accepted_suggestions=_accepted(item, issued)
-            )
+            return dataclasses.replace(base, accepted_suggestions=_accepted(item, issued))
         reason = _override(item)
-        return CardFeedback(
-            **common,
-            outcome="overridden",
+        return dataclasses.replace(
+            base,
             override_code=reason.code if reason else None,
             dismiss_reason=reason.dismiss_reason if reason else None,
             user_comment=item.override_reason.user_comment if item.override_reason else None,
@@ -795,13 +794,14 @@ def _feed_message(error: FeedError, where: str) -> str:
 
 def _resource_ids(bundle: dict[str, Any], kind: str) -> set[str]:
     entries = bundle.get("entry")
-    return {
-        resource["id"]
-        for entry in entries if isinstance(entries, list) and isinstance(entry, dict)
-        for resource in [entry.get("resource")]
-        if isinstance(resource, dict) and resource.get("resourceType") == kind
-        and isinstance(resource.get("id"), str)
-    }  # fmt: skip
+    found = set()
+    for entry in entries if isinstance(entries, list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and resource.get("resourceType") == kind:
+            rid = resource.get("id")
+            if isinstance(rid, str):
+                found.add(rid)
+    return found
 
 
 def _selected(selections: object, drafts: set[str]) -> set[str]:
@@ -904,7 +904,7 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
-_ERRORS: Final = {
+_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     status: {"description": text, "content": {"application/fhir+json": {}}}
     for status, text in (
         (400, "Malformed request: an OperationOutcome says what is wrong"),
