@@ -1,0 +1,818 @@
+"""An MLLP listener: HL7 v2 messages over TCP, each acknowledged once it is durably stored.
+
+MLLP frames a message as ``0x0B`` + message + ``0x1C 0x0D``. A connection may carry many
+messages, a frame may arrive over several TCP reads and several frames in one; bytes outside a
+frame are dropped (counted), a frame cut short by a new start byte is dropped (never
+acknowledged: the sender sends it again), a frame over ``max_frame`` bytes is refused (``AR``).
+
+For each message, in the order of its connection:
+
+1. its raw bytes are kept in the store and **committed** (``FactStore.keep_raws``, the first
+   step of every ingest, see ``vigie.ingest.pipeline``);
+2. then the ACK is sent: ``AA`` (accepted; also for a duplicate, stored once), ``AE`` with an
+   ERR segment and the reason when the message cannot be stored (database error, an id the
+   store cannot hold) or is malformed beyond recognition (its MSH header cannot be read: no
+   separators, no message type or control id — the connector's located error, e.g.
+   ``MSH-9: expected a message type``), ``AR`` when it is not HL7 v2 at all (no MSH);
+3. then it is parsed by the HL7 v2 connector and what it gave is stored (facts, or dead letters
+   with located errors), and the facts go to the ``on_facts`` hook (a live evaluator).
+
+So ``AA`` means "durably stored", not "mapped without error": a message whose header is readable
+but whose content fails (a bad PID, a bad OBX-5) is acknowledged, then dead-lettered with its
+located error, and can be replayed after a mapping fix (``vigie.ingest.messages``). A message
+acknowledged and not yet parsed when the process dies is parsed at the next start
+(``recover``), from the stored bytes. A malformed message is kept and dead-lettered too.
+
+Throughput: the messages of every connection waiting at one moment are kept in one
+transaction (group commit), by one keeper thread; parsing and storing what they gave runs in a
+second thread, in order, while the next group is kept. An ACK is never sent before its
+message's transaction has committed.
+
+Run it in an asyncio loop (``serve_mllp``), in a background thread (``start_mllp_thread``,
+for tests and for ``vigie serve --mllp-port``), or as a process (``run_mllp``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import queue
+import re
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from vigie.connectors.base import Connector, RawMessage
+from vigie.connectors.hl7v2.framing import msh_fields
+from vigie.connectors.registry import connector_for
+from vigie.facts import AnyFact
+from vigie.ingest.messages import MessageResult, result_of
+from vigie.ingest.pipeline import BATCH_BYTES, ParsedMessage, parse_message, recover, save_parsed
+from vigie.store import FactStore, RawRecord, StoreError
+
+__all__ = [
+    "MAX_FRAME",
+    "Acknowledgement",
+    "FrameReader",
+    "MllpServer",
+    "MllpStats",
+    "MllpThread",
+    "build_ack",
+    "frame",
+    "run_mllp",
+    "serve_mllp",
+    "start_mllp_thread",
+]
+
+log = logging.getLogger(__name__)
+
+START_BLOCK = b"\x0b"
+END_BLOCK = b"\x1c\x0d"
+MAX_FRAME = 16 << 20
+"""The largest message accepted (16 MiB); a longer frame is refused with ``AR``."""
+GROUP_MESSAGES = 500
+"""At most this many messages kept per transaction (and ``BATCH_BYTES`` raw bytes)."""
+
+PARSE_LINGER = 0.02
+"""Seconds the parser waits for more kept messages before storing what they gave in one
+transaction: storing costs far more per transaction than per message, and while the parser
+waits, the keeper commits and acknowledges at full speed (facts reach ``on_facts`` this much
+later at most)."""
+
+_READ_BYTES = 1 << 16
+_DEFAULT_SEPARATORS = (b"|", b"^~\\&")
+_MAX_REASON = 400  # characters of an error text sent back in MSA-3 / ERR-8
+# HL7 table 0357 (message error condition codes) as sent in ERR-3.
+_NOT_HL7 = "100^Segment sequence error^HL70357"
+_MALFORMED = "102^Data type error^HL70357"
+_LOCATION = re.compile(r"\b([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)")
+
+FactsHook = Callable[[list[AnyFact]], None]
+ResultsHook = Callable[[list[MessageResult]], None]
+
+
+def frame(message: bytes) -> bytes:
+    """A message wrapped in MLLP's start and end blocks (what a sender writes)."""
+    return START_BLOCK + message + END_BLOCK
+
+
+# Framing -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """A frame longer than the bound: refused, its bytes dropped."""
+
+    size: int
+
+
+class FrameReader:
+    """Cuts an MLLP byte stream into frames, across reads.
+
+    >>> reader = FrameReader()
+    >>> reader.feed(b"noise\\x0bMSH|1\\x1c\\r\\x0bMSH|2\\x1c")
+    [b'MSH|1']
+    >>> reader.feed(b"\\r"), reader.dropped, reader.partial
+    ([b'MSH|2'], 5, False)
+    """
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self.dropped = 0  # bytes outside frames, and of frames cut short
+        self._buffer = bytearray()
+        self._inside = False  # a start block was read, the end block not yet
+        self._skipping = 0  # bytes of an oversized frame dropped so far (0: not skipping)
+
+    @property
+    def partial(self) -> bool:
+        """Whether a frame has begun and not ended (what a closed connection loses)."""
+        return self._inside
+
+    def feed(self, data: bytes) -> list[bytes | Oversized]:
+        """The frames completed by ``data``, in order (an ``Oversized`` for a refused one)."""
+        self._buffer += data
+        frames: list[bytes | Oversized] = []
+        while self._buffer:
+            if not self._inside and not self._start():
+                break
+            if not self._inside:
+                continue
+            found = self._end()
+            if found is None:
+                break
+            frames.append(found)
+        return frames
+
+    def _start(self) -> bool:
+        """Drop what precedes the next start block; whether one was found."""
+        at = self._buffer.find(START_BLOCK)
+        if at < 0:
+            self.dropped += len(self._buffer)
+            self._buffer.clear()
+            return False
+        self.dropped += at
+        del self._buffer[: at + 1]
+        self._inside = True
+        return True
+
+    def _end(self) -> bytes | Oversized | None:
+        """The frame ending in the buffer, or None until more bytes come."""
+        while True:
+            end = self._buffer.find(END_BLOCK[:1])
+            restart = self._buffer.find(START_BLOCK, 0, len(self._buffer) if end < 0 else end)
+            if restart < 0:
+                break
+            self._drop(restart + 1)  # a new frame begins before this one ended: this one is lost
+        if end < 0 or end + 1 >= len(self._buffer):
+            if end < 0 and len(self._buffer) + self._skipping > self.max_frame:
+                self._skipping += len(self._buffer)  # too long: dropped as it comes
+                self.dropped += len(self._buffer)
+                self._buffer.clear()
+            return None
+        content = bytes(self._buffer[:end])
+        # The end block is 0x1C 0x0D; a lone 0x1C (some senders) ends the frame too.
+        del self._buffer[: end + (2 if self._buffer[end + 1 : end + 2] == b"\r" else 1)]
+        self._inside = False
+        if self._skipping:
+            size, self._skipping = self._skipping + len(content), 0
+            self.dropped += len(content)
+            return Oversized(size)
+        if len(content) > self.max_frame:
+            self.dropped += len(content)
+            return Oversized(len(content))
+        return content
+
+    def _drop(self, count: int) -> None:
+        """Drop a frame cut short and the start block that cut it (the new frame is read)."""
+        self.dropped += count - 1
+        self._skipping = 0
+        del self._buffer[:count]
+
+
+# Acknowledgements --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    """What a message's ACK says: ``code`` (AA, AE, AR), the reason of a refusal, where in the
+    message (``PID-3``), and the HL7 table 0357 error code."""
+
+    code: str
+    reason: str | None = None
+    location: str | None = None
+    error_code: str = "207^Application internal error^HL70357"
+
+
+def _header(content: bytes) -> tuple[bytes, list[bytes]] | None:
+    """(field separator, MSH fields) of a message, or None without a readable MSH."""
+    fields = msh_fields(content)
+    if fields is None:
+        return None
+    start = content.find(b"MSH")
+    return content[start + 3 : start + 4], fields
+
+
+def _field(fields: Sequence[bytes], number: int) -> bytes:
+    """MSH-``number`` (MSH-1 is the separator, so MSH-n is at index n - 1)."""
+    return fields[number - 1] if len(fields) >= number else b""
+
+
+def _escape(text: str, separator: bytes, encoding_chars: bytes) -> str:
+    """Text fit for one HL7 field: separators and the escape character escaped, one line."""
+    chars = encoding_chars.decode("latin-1")
+    escape = chars[2] if len(chars) > 2 else "\\"
+    names = {escape: "E", separator.decode("latin-1"): "F"}
+    for char, name in zip(chars, "SRET", strict=False):
+        if char != escape:
+            names.setdefault(char, name)
+    escaped = "".join(f"{escape}{names[c]}{escape}" if c in names else c for c in text)
+    return " ".join(escaped.split())
+
+
+def _error_location(location: str | None, component: str) -> str:
+    """ERR-2 (ERL: segment^sequence^field) from a connector's position (``OBX[2]-5``)."""
+    found = _LOCATION.search(location or "")
+    if found is None:
+        return ""
+    segment, sequence, field_number = found.groups()
+    return component.join((segment, sequence or "1", field_number))
+
+
+def build_ack(content: bytes, ack: Acknowledgement, encoding: str | None = None) -> bytes:
+    """The ACK of a message: MSH with the sender and receiver swapped, the incoming message's
+    separators, ``ACK^<trigger>^ACK``, processing id and version; MSA with the code and the
+    original control id (MSH-10); for AE/AR, MSA-3 and an ERR segment with the reason.
+
+    >>> ack = build_ack(b"MSH|^~\\\\&|LAB|CHU|VIGIE|PHARMA|2024||ORU^R01|M1|P|2.5\\r",
+    ...                 Acknowledgement("AA"))
+    >>> [segment.split(b"|")[:3] for segment in ack.split(b"\\r") if segment][1:]
+    [[b'MSA', b'AA', b'M1']]
+    >>> ack.split(b"|")[2:6], ack.split(b"|")[8]
+    ([b'VIGIE', b'PHARMA', b'LAB', b'CHU'], b'ACK^R01^ACK')
+    """
+    header = _header(content)
+    separator, fields = header if header else (_DEFAULT_SEPARATORS[0], [b"MSH"])
+    encoding_chars = _field(fields, 2) or _DEFAULT_SEPARATORS[1]
+    if len(encoding_chars) < 2 or separator in encoding_chars:
+        encoding_chars = _DEFAULT_SEPARATORS[1]
+    component = encoding_chars[:1]
+    trigger = _field(fields, 9).split(component)[1:2]
+    control_id = uuid.uuid4().hex[:20].encode()
+    now = datetime.now().astimezone().strftime("%Y%m%d%H%M%S%z").encode()
+    msh = [
+        b"MSH",
+        encoding_chars,
+        _field(fields, 5),
+        _field(fields, 6),
+        _field(fields, 3),
+        _field(fields, 4),
+        now,
+        b"",
+        component.join([b"ACK", *trigger, b"ACK"] if trigger and trigger[0] else [b"ACK"]),
+        control_id,
+        _field(fields, 11) or b"P",
+        _field(fields, 12) or b"2.5",
+    ]
+    msa = [b"MSA", ack.code.encode(), _field(fields, 10)]
+    segments = [separator.join(msh), msa]
+    if ack.code != "AA":
+        codec = encoding or "utf-8"
+        reason = _escape((ack.reason or "")[:_MAX_REASON], separator, encoding_chars)
+        text = reason.encode(codec, "replace")
+        msa.append(text)
+        location = _error_location(ack.location, component.decode("latin-1"))
+        error_code = ack.error_code.replace("^", component.decode("latin-1"))
+        err = [b"ERR", b"", location.encode(), error_code.encode(), b"E", b"", b"", b"", text]
+        segments.append(separator.join(err))
+    segments[1] = separator.join(msa)
+    return b"\r".join(segments) + b"\r"
+
+
+# Keeping and parsing -----------------------------------------------------------------------
+
+
+@dataclass
+class _Message:
+    """One message of a frame, on its way through the keeper and the parser threads."""
+
+    raw: RawMessage
+    parsed: ParsedMessage | None = None  # parsed before its ACK (a suspicious header)
+    record: RawRecord | None = None
+    ack: Acknowledgement | None = None
+
+
+@dataclass
+class _Frame:
+    """A frame a connection read, its messages, and the future its ACK is given through."""
+
+    content: bytes
+    messages: list[_Message]
+    future: asyncio.Future[tuple[str, bytes]]
+    loop: asyncio.AbstractEventLoop
+    refused: Acknowledgement | None = None  # refused before any storage (oversized)
+
+    def acknowledge(self) -> None:
+        """Build the frame's ACK and hand it to its connection (from any thread)."""
+        ack = self.refused or _worst([m.ack for m in self.messages])
+        if ack.code == "AR" and any(_header(m.raw.content) for m in self.messages):
+            ack = dataclasses.replace(ack, code="AE")  # stray lines beside a real message
+        encoding = self.messages[0].raw.encoding if self.messages else None
+        reply = build_ack(self.content, ack, encoding)
+        self.loop.call_soon_threadsafe(_settle, self.future, (ack.code, reply))
+
+
+def _settle(future: asyncio.Future[tuple[str, bytes]], reply: tuple[str, bytes]) -> None:
+    if not future.done():  # the connection may be gone
+        future.set_result(reply)
+
+
+_RANK = {"AA": 0, "AE": 1, "AR": 2}
+
+
+def _worst(acks: Sequence[Acknowledgement | None]) -> Acknowledgement:
+    """A frame's ACK: that of its worst message (a frame holds one message but for a batch)."""
+    known = [ack for ack in acks if ack is not None]
+    if not known:
+        return Acknowledgement("AE", "the message was not processed")
+    return max(known, key=lambda ack: _RANK[ack.code])
+
+
+@dataclass
+class MllpStats:
+    """What a listener did since it started (for tests, logs and benchmarks)."""
+
+    connections: int = 0
+    frames: int = 0
+    acks: dict[str, int] = field(default_factory=lambda: {"AA": 0, "AE": 0, "AR": 0})
+    dropped_bytes: int = 0
+    groups: int = 0  # keep transactions (group commits)
+    parsed: int = 0
+    errors: int = 0  # store or hook failures (logged)
+
+
+def _suspicious(content: bytes) -> bool:
+    """Whether a message's header is unreadable: no MSH with separators, no MSH-9 or
+    MSH-10. Such a message is parsed before its ACK, for the reason of its AE/AR."""
+    header = _header(content)
+    if header is None:
+        return True
+    _, fields = header
+    return not _field(fields, 9).strip() or not _field(fields, 10).strip()
+
+
+class _Ingestor:
+    """The two threads behind a listener: the keeper commits the raw messages of every
+    connection waiting, then lets their ACKs go; the parser parses and stores what they gave.
+
+    Keep and save transactions of this listener take ``_lock`` together with the bookkeeping of
+    the messages under way, so that a message sent again while its first copy is still being
+    parsed is answered as a duplicate, not parsed twice.
+    """
+
+    def __init__(
+        self,
+        store: FactStore,
+        on_facts: FactsHook | None,
+        on_results: ResultsHook | None,
+        stats: MllpStats,
+    ) -> None:
+        self.store = store
+        self.connector: Connector = connector_for("hl7")
+        self.on_facts = on_facts
+        self.on_results = on_results
+        self.stats = stats
+        self._frames: queue.Queue[_Frame | None] = queue.Queue()
+        self._kept: queue.Queue[list[_Message] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._under_way: set[int] = set()  # raw ids kept, not yet stored by the parser
+        self._keeper = threading.Thread(target=self._keep_loop, name="mllp-keeper", daemon=True)
+        self._parser = threading.Thread(target=self._parse_loop, name="mllp-parser", daemon=True)
+
+    def start(self) -> None:
+        self._keeper.start()
+        self._parser.start()
+
+    def submit(self, item: _Frame) -> None:
+        self._frames.put(item)
+
+    def stop(self) -> None:
+        """Finish every frame submitted, then stop both threads (blocking)."""
+        self._frames.put(None)
+        self._keeper.join()
+        self._parser.join()
+
+    # keeper
+
+    def _keep_loop(self) -> None:
+        while True:
+            first = self._frames.get()
+            if first is None:
+                self._kept.put(None)
+                return
+            frames = [first]
+            count = len(first.messages)
+            stopping = False
+            while count < GROUP_MESSAGES:
+                try:
+                    more = self._frames.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                frames.append(more)
+                count += len(more.messages)
+            try:
+                self._keep(frames)
+            except Exception as error:  # never let a listener thread die: the frames get AE
+                log.error("MLLP keep failed: %s", error.__class__.__name__)
+                self.stats.errors += 1
+                for item in frames:
+                    for message in item.messages:
+                        message.ack = message.ack or _store_failure(error)
+            for item in frames:
+                item.acknowledge()
+            if stopping:
+                self._kept.put(None)
+                return
+
+    def _keep(self, frames: list[_Frame]) -> None:
+        messages = [message for item in frames for message in item.messages]
+        for message in messages:
+            if _suspicious(message.raw.content):
+                message.parsed = parse_message(self.connector, message.raw)
+        to_parse: list[_Message] = []
+        for group in _distinct(messages):
+            try:
+                with self._lock:
+                    records = self.store.keep_raws([message.raw for message in group])
+                    for message, record in zip(group, records, strict=True):
+                        message.record = self._settled(record)
+                self.stats.groups += 1
+            except StoreError as error:
+                log.error("MLLP: messages not stored: %s", error.__class__.__name__)
+                self.stats.errors += 1
+                for message in group:
+                    message.ack = _store_failure(error)
+                continue
+            for message in group:
+                message.ack = _acknowledgement(message)
+                record = message.record
+                if record is not None and not record.duplicate and record.refused is None:
+                    to_parse.append(message)
+        if to_parse:
+            self._kept.put(to_parse)
+
+    def _settled(self, record: RawRecord) -> RawRecord:
+        """A kept message's record; one whose first copy is still under way is a duplicate
+        (that copy's parse stores it)."""
+        if record.duplicate or record.refused is not None:
+            return record
+        if record.id in self._under_way:
+            return dataclasses.replace(record, duplicate=True)
+        self._under_way.add(record.id)
+        return record
+
+    # parser
+
+    def _parse_loop(self) -> None:
+        while True:
+            first = self._kept.get()
+            if first is None:
+                return
+            messages = list(first)
+            stopping = False
+            deadline = time.monotonic() + PARSE_LINGER
+            while len(messages) < GROUP_MESSAGES:
+                try:
+                    more = self._kept.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                messages.extend(more)
+            try:
+                self._parse(messages)
+            except Exception as error:  # logged; the messages stay ``received``: ``recover``
+                log.error("MLLP parse/store failed: %s", error.__class__.__name__)
+                self.stats.errors += 1
+            if stopping:
+                return
+
+    def _parse(self, messages: list[_Message]) -> None:
+        parsed = []
+        for message in messages:
+            assert message.record is not None
+            result = message.parsed or parse_message(self.connector, message.raw)
+            parsed.append((message.record.id, result, message.record.replaced))
+        with self._lock:
+            try:
+                stored = save_parsed(self.store, parsed)
+            finally:
+                self._under_way.difference_update(raw_id for raw_id, _, _ in parsed)
+        self.stats.parsed += len(stored)
+        results = [result_of(message) for message in stored]
+        self._hooks(results)
+
+    def _hooks(self, results: list[MessageResult]) -> None:
+        try:
+            if self.on_results is not None:
+                self.on_results(results)
+            facts = [fact for result in results for fact in result.facts]
+            if self.on_facts is not None and facts:
+                self.on_facts(facts)
+        except Exception as error:  # a hook's failure must not stop the listener
+            log.error("MLLP hook failed: %s", error.__class__.__name__)
+            self.stats.errors += 1
+
+
+def _distinct(messages: list[_Message]) -> Iterator[list[_Message]]:
+    """Messages in order, cut where a (feed, message id) repeats or the bounds are reached
+    (``FactStore.keep_raws`` takes distinct keys)."""
+    group: list[_Message] = []
+    keys: set[str] = set()
+    size = 0
+    for message in messages:
+        key, length = message.raw.message_id, len(message.raw.content)
+        if group and (key in keys or size + length > BATCH_BYTES):
+            yield group
+            group, keys, size = [], set(), 0
+        group.append(message)
+        keys.add(key)
+        size += length
+    if group:
+        yield group
+
+
+def _store_failure(error: Exception) -> Acknowledgement:
+    reason = str(error) if isinstance(error, StoreError) else error.__class__.__name__
+    return Acknowledgement("AE", f"message not stored, send it again: {reason}")
+
+
+def _acknowledgement(message: _Message) -> Acknowledgement:
+    """The ACK of a kept message (see the module's docstring)."""
+    record = message.record
+    assert record is not None
+    if record.refused is not None:
+        return Acknowledgement("AE", record.refused, "MSH-10")
+    parsed = message.parsed
+    if parsed is None or parsed.fatal is None or record.duplicate:
+        return Acknowledgement("AA")
+    fatal = parsed.fatal
+    if _header(message.raw.content) is None and b"MSH" not in message.raw.content[:8]:
+        return Acknowledgement(
+            "AR", str(fatal), fatal.position, "100^Segment sequence error^HL70357"
+        )
+    return Acknowledgement("AE", str(fatal), fatal.position, "102^Data type error^HL70357")
+
+
+# The listener ------------------------------------------------------------------------------
+
+
+class MllpServer:
+    """An MLLP listener on an asyncio loop (see the module's docstring); ``serve_mllp`` makes
+    and starts one."""
+
+    def __init__(
+        self,
+        store: FactStore,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        on_facts: FactsHook | None = None,
+        on_results: ResultsHook | None = None,
+        max_frame: int = MAX_FRAME,
+    ) -> None:
+        self.store = store
+        self.host = host
+        self.port = port
+        self.max_frame = max_frame
+        self.stats = MllpStats()
+        self._ingestor = _Ingestor(store, on_facts, on_results, self.stats)
+        self._server: asyncio.Server | None = None
+        self._connections: dict[asyncio.Task[None], bool] = {}  # task -> busy
+        self._closing = False
+
+    async def start(self, recover_first: bool = True) -> None:
+        """Parse what a killed process left unfinished (``recover``), then listen."""
+        loop = asyncio.get_running_loop()
+        if recover_first:
+            await loop.run_in_executor(None, recover, self.store)
+        self._ingestor.start()
+        self._server = await asyncio.start_server(self._connection, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("MLLP listening on %s:%s", self.host, self.port)
+
+    async def close(self) -> None:
+        """Stop listening, let the frames being processed get their ACK, close the
+        connections, finish parsing what was kept."""
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for task, busy in list(self._connections.items()):
+            if not busy:
+                task.cancel()
+        if self._connections:
+            await asyncio.wait(list(self._connections))
+        if self._server is not None:
+            await self._server.wait_closed()
+        await asyncio.get_running_loop().run_in_executor(None, self._ingestor.stop)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = False
+        self.stats.connections += 1
+        peer = writer.get_extra_info("peername")
+        document = f"mllp://{peer[0] if peer else 'unknown'}"
+        frames = FrameReader(self.max_frame)
+        try:
+            while not self._closing:
+                data = await reader.read(_READ_BYTES)
+                if not data:
+                    break
+                found = frames.feed(data)
+                if not found:
+                    continue
+                self._connections[task] = True
+                replies = await self._acknowledge(document, found)
+                writer.write(b"".join(frame(reply) for reply in replies))
+                await writer.drain()
+                self._connections[task] = False
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.stats.dropped_bytes += frames.dropped
+            if frames.partial:
+                log.info("MLLP: a connection closed inside a frame (not acknowledged)")
+            del self._connections[task]
+            writer.close()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _acknowledge(self, document: str, found: list[bytes | Oversized]) -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for content in found:
+            self.stats.frames += 1
+            future: asyncio.Future[tuple[str, bytes]] = loop.create_future()
+            futures.append(future)
+            if isinstance(content, Oversized):
+                refused = Acknowledgement(
+                    "AR",
+                    f"a message of at most {self.max_frame} bytes, got {content.size}",
+                    error_code=_NOT_HL7,
+                )
+                _Frame(b"", [], future, loop, refused).acknowledge()
+                continue
+            number = self.stats.frames
+            messages = [
+                _Message(_numbered(raw, number))
+                for raw in self._ingestor.connector.split(document, content)
+            ]
+            self._ingestor.submit(_Frame(content, messages, future, loop))
+        replies = []
+        for future in futures:
+            code, reply = await future
+            self.stats.acks[code] += 1
+            replies.append(reply)
+        return replies
+
+
+def _numbered(raw: RawMessage, number: int) -> RawMessage:
+    """A frame's message located by the frame's rank on the listener."""
+    position = f"message {number}"
+    if raw.position and raw.position != "message 1":
+        position += f", {raw.position} of the frame"
+    return dataclasses.replace(raw, position=position)
+
+
+async def serve_mllp(
+    store: FactStore,
+    host: str = "127.0.0.1",
+    port: int = 2575,
+    *,
+    on_facts: FactsHook | None = None,
+    on_results: ResultsHook | None = None,
+    max_frame: int = MAX_FRAME,
+    recover_first: bool = True,
+) -> MllpServer:
+    """Start an MLLP listener on the running loop; ``await server.close()`` stops it.
+
+    ``port`` 0 picks a free port (``server.port``). ``on_facts`` receives the facts of each
+    group of messages stored (in arrival order), ``on_results`` their ``MessageResult``s;
+    both are called from the listener's parser thread.
+    """
+    server = MllpServer(
+        store, host, port, on_facts=on_facts, on_results=on_results, max_frame=max_frame
+    )
+    await server.start(recover_first)
+    return server
+
+
+class MllpThread:
+    """An MLLP listener running its own loop in a background thread: ``start_mllp_thread``
+    makes one; ``stop()`` shuts it down cleanly."""
+
+    def __init__(self, **options: object) -> None:
+        self._options = options
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._failure: BaseException | None = None
+        self.server: MllpServer | None = None
+        self._thread = threading.Thread(target=self._run, name="mllp-listener", daemon=True)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    def start(self) -> MllpThread:
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise self._failure
+        return self
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        try:
+            self.server = await serve_mllp(**self._options)  # type: ignore[arg-type]
+        except BaseException as error:
+            self._failure = error
+            self._ready.set()
+            return
+        self._ready.set()
+        await self._stopped.wait()
+        await self.server.close()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop listening, finish what was received, and end the thread."""
+        if self._loop is not None and self._stopped is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> MllpThread:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def start_mllp_thread(
+    store: FactStore,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    on_facts: FactsHook | None = None,
+    on_results: ResultsHook | None = None,
+    max_frame: int = MAX_FRAME,
+    recover_first: bool = True,
+) -> MllpThread:
+    """An MLLP listener in a background thread, started (``.port`` is its port)."""
+    return MllpThread(
+        store=store,
+        host=host,
+        port=port,
+        on_facts=on_facts,
+        on_results=on_results,
+        max_frame=max_frame,
+        recover_first=recover_first,
+    ).start()
+
+
+def run_mllp(
+    store: FactStore,
+    host: str = "127.0.0.1",
+    port: int = 2575,
+    *,
+    on_listening: Callable[[int], None] | None = None,
+    **options: object,
+) -> None:
+    """Serve MLLP in this process until SIGINT or SIGTERM, then shut down cleanly.
+    ``on_listening`` is told the port once listening."""
+
+    async def main() -> None:
+        server = await serve_mllp(store, host, port, **options)  # type: ignore[arg-type]
+        if on_listening is not None:
+            on_listening(server.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await server.close()
+
+    asyncio.run(main())
