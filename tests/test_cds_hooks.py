@@ -652,3 +652,17 @@ def test_any_card_meets_the_spec_constraints(
     # the catalogue's stop intervention on a draft line is the one obvious action
     stops = alert.intervention.code == "2" and any(d.order_id in drafts for d in alert.drugs)
     assert bool(suggestions) == stops
+
+
+def test_prefetch_read_without_validation_gives_the_same_cards(
+    client: TestClient, coleman: list[dict[str, Any]]
+) -> None:
+    app = FastAPI()
+    app.include_router(
+        cds_router(default_packs(), clock=lambda: NOW, warm_up=False, validate_prefetch=False)
+    )
+    body = _order_sign(coleman)
+    fast = TestClient(app).post("/cds-services/vigie-order-sign", json=body)
+    validated = client.post("/cds-services/vigie-order-sign", json=body)
+    assert fast.status_code == validated.status_code == 200
+    assert fast.json() == validated.json() and _metformin_cards(fast.json()["cards"])
