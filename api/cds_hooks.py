@@ -99,7 +99,7 @@ CARD_NAMESPACE: Final = uuid.UUID("6f1c2a52-3b0e-5d1f-9a57-1c1e0a7b9d41")
 MAX_BODY_BYTES: Final = 20 * 1024 * 1024
 REMEMBERED_CARDS: Final = 10_000  # cards kept for feedback (the oldest forgotten first)
 FHIR_TIMEOUT_SECONDS: Final = 5.0
-FHIR_MAX_PAGES: Final = 20
+FHIR_MAX_PAGES: Final = 100
 # FHIR logical ids (R4 ``id``): also what makes a patient id safe inside a fallback query.
 _FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _SEVERITY_RANK: Final = {"critical": 0, "major": 1, "moderate": 2, "minor": 3}
@@ -867,6 +867,12 @@ def _fetch(
             raise CdsHooksError(502, f"prefetch.{key}: the FHIR server sent no FHIR resource")
         pages.append(page)
         next_url = _next_link(page)
+    if next_url is not None:  # never evaluate on part of the record
+        raise CdsHooksError(
+            502,
+            f"prefetch.{key}: more than {FHIR_MAX_PAGES} pages from the FHIR server",
+            "too-costly",
+        )
     return pages[0] if len(pages) == 1 else _joined(pages)
 
 

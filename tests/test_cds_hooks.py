@@ -666,3 +666,26 @@ def test_prefetch_read_without_validation_gives_the_same_cards(
     validated = client.post("/cds-services/vigie-order-sign", json=body)
     assert fast.status_code == validated.status_code == 200
     assert fast.json() == validated.json() and _metformin_cards(fast.json()["cards"])
+
+
+def test_a_fhir_server_outside_the_allowed_ones_is_not_called(
+    coleman: list[dict[str, Any]], server: FhirServer
+) -> None:
+    http = httpx.Client(transport=httpx.MockTransport(server))
+    app = FastAPI()
+    app.include_router(
+        cds_router(
+            default_packs(),
+            fhir_client=http,
+            fhir_servers=["https://other.example.org/"],
+            clock=lambda: NOW,
+            warm_up=False,
+        )
+    )
+    body = _order_sign(coleman, fhirServer=SERVER)
+    body["fhirAuthorization"] = {"accessToken": TOKEN, "tokenType": "Bearer"}
+    del body["prefetch"]["observations"]
+    server.queries.clear()
+    response = TestClient(app).post("/cds-services/vigie-order-sign", json=body)
+    assert SERVER in _outcome(response, 403)
+    assert server.queries == []
