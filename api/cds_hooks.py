@@ -570,7 +570,10 @@ class CdsHooks:
         self.record_feedback = record_feedback
         self.fhir_client = fhir_client
         self.clock = clock
-        self.fhir_servers = None if fhir_servers is None else tuple(fhir_servers)
+        # Compared with a final slash: "https://ehr.org/fhir" must not admit "https://ehr.org.evil".
+        self.fhir_servers = (
+            None if fhir_servers is None else tuple(_with_slash(url) for url in fhir_servers)
+        )
         self.services = {service.id: service for service in services}
         self.memory = _CardMemory()
         self.validate_prefetch = validate_prefetch
@@ -680,7 +683,7 @@ class CdsHooks:
         server = call.request.fhir_server
         if not server:
             return None
-        if self.fhir_servers is not None and not server.startswith(self.fhir_servers):
+        if self.fhir_servers is not None and not _with_slash(server).startswith(self.fhir_servers):
             raise CdsHooksError(403, f"fhirServer {server!r} is not one this service may call")
         path = query.render(call.request.context, call.now.date())
         token = call.request.fhir_authorization
@@ -759,6 +762,10 @@ class CdsHooks:
             dismiss_reason=reason.dismiss_reason if reason else None,
             user_comment=item.override_reason.user_comment if item.override_reason else None,
         )
+
+
+def _with_slash(url: str) -> str:
+    return url if url.endswith("/") else url + "/"
 
 
 def _accepted(item: _FeedbackItem, issued: _IssuedCard) -> tuple[str, ...]:
@@ -967,7 +974,8 @@ def cds_router(
 
     ``evaluator`` (a patient's record and a time → alerts) replaces the default: ``packs``
     (default: the shipped default pack, compiled once) evaluated with ``site``.
-    ``record_feedback`` is called once per card feedback (``CardFeedback``); ``fhir_client``
+    ``record_feedback`` is called once per card feedback (``CardFeedback``; it may raise
+    ``CdsHooksError`` to answer with that status, any other error is a 500); ``fhir_client``
     (an ``httpx.Client``) fetches missing prefetch from the request's ``fhirServer``, which
     must start with one of ``fhir_servers`` when given; ``clock`` gives "now" (aware or naive
     UTC). ``validate_prefetch`` checks every prefetched resource against the FHIR R4 models

@@ -677,7 +677,7 @@ def test_a_fhir_server_outside_the_allowed_ones_is_not_called(
         cds_router(
             default_packs(),
             fhir_client=http,
-            fhir_servers=["https://other.example.org/"],
+            fhir_servers=["https://ehr.example.org/fhir-other", "https://ehr.example"],
             clock=lambda: NOW,
             warm_up=False,
         )
