@@ -29,7 +29,7 @@ from vigie.engine.factset import FactSet
 from vigie.engine.quality import QualityTally, quality_report, render_text
 from vigie.errors import ConfigurationError, VigieError
 from vigie.ingest import FileReport, IngestReport, ingest, read_feed
-from vigie.store import FactStore, StoreError
+from vigie.store import FactStore, ServiceError, StoreError
 
 if TYPE_CHECKING:
     from vigie.synthetic import GenerationSummary
@@ -56,7 +56,6 @@ EXIT_CODE_MEANINGS = {
 }
 
 _LATER = {
-    "serve": "the service (issue: API)",
     "metrics": "the metrics (issue: API)",
     "replay": "replay (issue: evaluation engine)",
 }
@@ -105,6 +104,78 @@ def _add_rules(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ansm.add_argument(
         "--report", type=Path, default=Path("rules/packs/ansm-interactions-report.md")
     )
+
+
+def _add_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", help="run the pharmacist's service (HTTP API)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--database",
+        metavar="URL",
+        help="the store (default: VIGIE_DATABASE_URL, else the user's SQLite file)",
+    )
+    serve.add_argument(
+        "--as-of",
+        type=_as_of,
+        metavar="TIME",
+        help="refresh the worklist as of this time at start (default: now)",
+    )
+    serve.add_argument(
+        "--no-refresh", action="store_true", help="serve the worklist as stored, not refreshed"
+    )
+    users = sub.add_parser("users", help="the service's users and their tokens")
+    actions = users.add_subparsers(dest="users_command", required=True)
+    add = actions.add_parser("add", help="add a user with roles; print its token (once)")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument(
+        "--role",
+        dest="roles",
+        action="append",
+        required=True,
+        choices=("pharmacist", "rule_author", "admin", "feed"),
+        help="a role (repeat for several)",
+    )
+    add.add_argument("--database", metavar="URL", help="the store (default: as vigie serve)")
+    actions.add_parser("list", help="the users and their roles").add_argument(
+        "--database", metavar="URL"
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from vigie.api.app import create_app, refresh_worklist
+
+    with FactStore(args.database or None) as store:
+        print(f"Store: {store.safe_url}")
+        if not args.no_refresh:
+            done = refresh_worklist(store, args.as_of)
+            print(
+                f"Worklist refreshed: {len(done.opened):,} new, {len(done.reopened):,} "
+                f"reopened, {len(done.resolved):,} resolved, {len(done.kept):,} unchanged"
+            )
+        app = create_app(store=store)
+        # The server's access log would print query strings (patient ids): the app logs each
+        # request by its route's template instead.
+        uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
+    return ExitCode.OK
+
+
+def _cmd_users(args: argparse.Namespace) -> int:
+    from vigie.store import ServiceStore
+
+    with FactStore(args.database or None) as store:
+        service = ServiceStore(store)
+        if args.users_command == "list":
+            for user in service.users():
+                print(f"{user.name}\t{','.join(user.roles)}")
+            return ExitCode.OK
+        user, token = service.add_user(args.name, args.roles)
+        print(f"User {user.name} ({', '.join(user.roles)}) added to {store.safe_url}.")
+        print("Token (shown once; only its hash is kept):")
+        print(token)
+    return ExitCode.OK
 
 
 def _as_of(text: str) -> datetime:
@@ -273,6 +344,7 @@ def _parser() -> argparse.ArgumentParser:
     quality.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_rules(sub)
     _add_batch(sub)
+    _add_service(sub)
     for name, what in _LATER.items():
         sub.add_parser(name, help=f"not available yet: {what}")
     return parser
@@ -476,6 +548,8 @@ def _check_settings() -> None:
 
 
 def _exit_code(error: VigieError) -> ExitCode:
+    if isinstance(error, ServiceError):  # a record refused (a duplicate user): not the store
+        return ExitCode.USAGE
     if isinstance(error, StoreError):
         return ExitCode.STORE
     if isinstance(error, ConfigurationError | FeedError):  # a setting, mapping file, site table
@@ -505,6 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _cmd_demo,
         "rules": _cmd_rules,
         "batch": _cmd_batch,
+        "serve": _cmd_serve,
+        "users": _cmd_users,
     }
     try:
         _check_settings()

@@ -1,0 +1,325 @@
+"""The pharmacist's service: a FastAPI app over the fact store (``create_app``), and the
+refresh of its worklist from the store's facts (``refresh_worklist``).
+
+The app holds one ``FactStore`` (SQLite file by default, PostgreSQL by URL:
+``VIGIE_DATABASE_URL`` or ``database_url``), opened and upgraded to the latest migration when
+the app is made, and its ``ServiceStore`` (``app.state.service``). Routes are in
+``vigie.api.routes``, one module per resource; who may call what in ``vigie.api.auth``.
+
+Errors are answers, never tracebacks: a request that does not validate is a 422 naming each
+field and why; an unknown alert 404; a decision the lifecycle refuses 409; another refusal of
+the store 422; the store unreachable 503; a body over ``max_body_bytes`` 413; anything else a
+500 that says only that it was logged. The application log names the method, the route's
+template (``/alerts/{alert_id}``), the status and the time: never a query string, a body or an
+id, which may be patient data.
+
+>>> import tempfile
+>>> app = create_app(f"sqlite:///{tempfile.mkdtemp()}/vigie.db")
+>>> sorted(app.openapi()["paths"])
+['/alerts/{alert_id}', '/alerts/{alert_id}/decision', '/audit', '/wards', '/worklist']
+>>> app.state.service.facts.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vigie import rules
+from vigie.api.routes import alerts, audit, wards, worklist
+from vigie.errors import VigieError
+from vigie.store import (
+    AlertStore,
+    FactStore,
+    ServiceError,
+    ServiceStore,
+    StoreError,
+    UnknownAlertError,
+    UnknownResourceError,
+)
+from vigie.store.alerts import AlertTransitionError, Reconciled
+from vigie.store.service import RulePackVersion
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "ROUTERS", "create_app", "refresh_worklist"]
+
+# The routers the app includes, one per resource (a new resource adds its own here).
+ROUTERS = (worklist.router, alerts.router, wards.router, audit.router)
+
+log = logging.getLogger("vigie.api")
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024  # a large FHIR Bundle; the routes of today take far less
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def create_app(
+    database_url: str | None = None,
+    *,
+    store: FactStore | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """The service over the store at ``database_url`` (default: ``VIGIE_DATABASE_URL``, else
+    the user's SQLite file), or over an open ``store`` (then the caller closes it). An
+    in-memory SQLite URL is refused: each of the server's threads would see its own, empty,
+    database."""
+    if store is None:
+        if database_url is not None and database_url.rstrip("/") in ("sqlite:", "sqlite:/"):
+            raise StoreError("the service needs a database file or server, not sqlite://")
+        store = FactStore(database_url)
+        owned = True
+    else:
+        owned = False
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        yield
+        if owned:
+            store.close()
+
+    app = FastAPI(
+        title="Vigie",
+        summary="Clinical pharmacy decision support: worklist, alerts, decisions.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.service = ServiceStore(store)
+    for router in ROUTERS:
+        app.include_router(router)
+    _add_error_handlers(app)
+    app.add_middleware(_AccessLog)
+    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vigie")
+    except PackageNotFoundError:
+        return "0"
+
+
+# Errors ------------------------------------------------------------------------------------------
+
+
+def _status_of(error: VigieError) -> int:
+    if isinstance(error, UnknownAlertError | UnknownResourceError):
+        return status.HTTP_404_NOT_FOUND
+    if isinstance(error, AlertTransitionError):
+        return status.HTTP_409_CONFLICT
+    if isinstance(error, ServiceError):
+        return status.HTTP_422_UNPROCESSABLE_CONTENT
+    if isinstance(error, StoreError):
+        return status.HTTP_503_SERVICE_UNAVAILABLE
+    return status.HTTP_400_BAD_REQUEST
+
+
+def _field(location: Sequence[Any]) -> str:
+    return ".".join(str(part) for part in location) or "request"
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        # The input is not echoed back (it may be patient data the client already has).
+        errors = [
+            {"field": _field(item.get("loc", ())), "message": _message(item)}
+            for item in error.errors()
+        ]
+        text = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return JSONResponse(
+            {"detail": f"invalid request: {text}", "errors": errors},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+
+    @app.exception_handler(VigieError)
+    async def refused(request: Request, error: VigieError) -> JSONResponse:
+        code = _status_of(error)
+        log.info("%s %s: %s", request.method, _route(request.scope), error.__class__.__name__)
+        return JSONResponse({"detail": _one_line(error)}, status_code=code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"detail": error.detail}, status_code=error.status_code, headers=error.headers
+        )
+
+
+def _message(item: Any) -> str:
+    message = str(item.get("msg", "invalid"))
+    return message.removeprefix("Value error, ")
+
+
+def _one_line(error: VigieError) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+# Middleware --------------------------------------------------------------------------------------
+
+
+def _route(scope: Scope) -> str:
+    """The route's template (``/alerts/{alert_id}``), never the path with its ids."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "(no route)"
+
+
+class _AccessLog:
+    """One line per request: method, route template, status, milliseconds. An exception no
+    handler took (a bug) is answered 500 here, logged by its class only (its message may
+    quote patient data), so that it never reaches the server's own traceback log."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        answered: dict[str, int] = {}
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                answered["status"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as error:
+            log.error("%s %s: unexpected %s", scope["method"], _route(scope), type(error).__name__)
+            if "status" in answered:
+                raise  # the answer has begun: only the server can end it
+            answered["status"] = status.HTTP_500_INTERNAL_SERVER_ERROR
+            await _send_json(
+                send,
+                answered["status"],
+                {"detail": "internal error (logged); the request was not completed"},
+            )
+        finally:
+            elapsed = (time.perf_counter() - started) * 1000
+            status_code = answered.get("status", 500)
+            log.info("%s %s %d %.1f ms", scope["method"], _route(scope), status_code, elapsed)
+
+
+async def _send_json(send: Send, status_code: int, content: dict[str, Any]) -> None:
+    answer = JSONResponse(content, status_code=status_code)
+    await send(
+        {"type": "http.response.start", "status": status_code, "headers": answer.raw_headers}
+    )
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _BodyLimit:
+    """Refuse a request body over ``max_bytes`` with 413: by its Content-Length before reading,
+    or while it streams in when it has none."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(send)
+            return
+        received = 0
+        started = False
+
+        async def counting() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting, sending)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        detail = f"request body over the limit of {self.max_bytes:,} bytes"
+        await _send_json(send, status.HTTP_413_CONTENT_TOO_LARGE, {"detail": detail})
+
+
+# The worklist from the store's facts -------------------------------------------------------------
+
+
+def refresh_worklist(
+    store: FactStore,
+    as_of: datetime | None = None,
+    pack_paths: Sequence[Path] = (),
+    scope: str = "inpatients",
+) -> Reconciled:
+    """Evaluate the store's facts as of ``as_of`` (default: now) with the packs (default: the
+    shipped default and ANSM packs) — the columnar evaluator of ``vigie batch --store`` — and
+    reconcile the alerts into the store's worklist.
+
+    The evaluation covers the patients of ``scope`` (``inpatients``: in a stay at ``as_of``);
+    it is complete for every patient of the store (one not in a stay raises nothing), so an
+    open alert of a patient gone home is resolved by the data. The text of each pack run is
+    recorded (``rule_pack_version``), for the alerts to show their rule."""
+    from vigie.api.batch import compile_packs, in_scope, run_packs, with_priorities
+    from vigie.engine.evaluate import normalise_time
+    from vigie.engine.factset import PatientRecord
+    from vigie.engine.load import load_pack
+    from vigie.store.columns import load_frames
+
+    moment = normalise_time(as_of or datetime.now(UTC))
+    irs = compile_packs(pack_paths)
+    packs = [load_pack(ir) for ir in irs]
+    texts = _pack_texts(pack_paths)
+    ServiceStore(store).record_rule_packs(
+        [
+            RulePackVersion(pack.name, pack.version, pack.sha256 or "", source, text)
+            for pack, (source, text) in zip(packs, texts, strict=True)
+        ]
+    )
+    frames = load_frames(store)
+    patients = in_scope(frames, moment, scope)
+    records: dict[str, PatientRecord] = {}
+    alerts = run_packs(packs, frames, moment, patients, records=records)
+    alerts = with_priorities(alerts, frames, moment, records)
+    everyone = set(in_scope(frames, moment, "all")) | {a.patient_id for a in alerts}
+    return AlertStore(store).reconcile(alerts, moment, scope=everyone)
+
+
+def _pack_texts(pack_paths: Sequence[Path]) -> list[tuple[str, str]]:
+    """(the file the alerts name, the text) of each pack, in ``compile_packs``'s order."""
+    from vigie.api.batch import DEFAULT_PACKS
+
+    if not pack_paths:
+        folder = Path(rules.__file__).parent / "packs"
+        return [
+            (f"rules/packs/{name}", (folder / name).read_text(encoding="utf-8"))
+            for name in DEFAULT_PACKS
+        ]
+    return [(str(path), path.read_text(encoding="utf-8")) for path in pack_paths]

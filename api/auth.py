@@ -1,0 +1,125 @@
+"""Who calls the service: bearer tokens, roles, and the audit of what they read and write.
+
+A request carries ``Authorization: Bearer <token>``; the token (made by ``vigie users add``,
+only its hash stored) names a user with one or more roles:
+
+- ``pharmacist``: the worklist, alerts, decisions;
+- ``rule_author``: rules and cursors;
+- ``admin``: users, wards, the audit log;
+- ``feed``: ingest only.
+
+``require(role, ...)`` is the dependency a route declares: without a token, or with a token the
+store does not know (or revoked), the answer is 401 with a ``WWW-Authenticate: Bearer`` header;
+with a user holding none of the roles, 403 (and the refusal is audited). ``Caller`` is what the
+route receives: the user, and ``audit(...)`` to append to the audit log (every read of patient
+data, every write; a write passes ``entry(...)`` to the store so that the entry commits with
+it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from vigie.store import AuditEntry, ServiceStore, User
+from vigie.store.service import ROLES
+
+__all__ = ["ROLES", "Caller", "bearer", "current_user", "require", "service_of"]
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description="A Vigie API token (`vigie users add NAME --role ROLE` prints one).",
+)
+_REALM = 'Bearer realm="vigie"'
+
+
+def service_of(request: Request) -> ServiceStore:
+    """The service store of the app serving the request (``create_app``)."""
+    service: ServiceStore = request.app.state.service
+    return service
+
+
+def _unauthorised(detail: str, challenge: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": challenge}
+    )
+
+
+def current_user(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> User:
+    """The user of the request's bearer token, or 401."""
+    if credentials is None:
+        raise _unauthorised("a bearer token is required (Authorization: Bearer <token>)", _REALM)
+    user = service_of(request).authenticate(credentials.credentials)
+    if user is None:
+        raise _unauthorised(
+            "the bearer token is not valid (unknown or revoked)",
+            f'{_REALM}, error="invalid_token"',
+        )
+    return user
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated user of a request, and the audit of what it does."""
+
+    user: User
+    service: ServiceStore
+    method: str
+    path: str
+
+    def entry(
+        self,
+        action: str,
+        resource: str | None = None,
+        patient_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> AuditEntry:
+        """An audit entry of this caller (``resource`` defaults to the request's path)."""
+        return AuditEntry(
+            actor=self.user.name,
+            roles=self.user.roles,
+            action=action,
+            resource=resource or f"{self.method} {self.path}",
+            patient_id=patient_id,
+            detail=detail,
+        )
+
+    def audit(
+        self,
+        action: str,
+        resource: str | None = None,
+        patient_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append an entry to the audit log now (a read; a write passes ``entry`` to the store
+        instead, to commit with it)."""
+        self.service.audit(self.entry(action, resource, patient_id, detail))
+
+
+def require(*roles: str) -> Any:
+    """The dependency of a route open to users holding any of ``roles``: gives a ``Caller``."""
+    unknown = [role for role in roles if role not in ROLES]
+    if not roles or unknown:
+        raise ValueError(f"require() takes roles of {ROLES}, got {roles}")
+
+    def check(request: Request, user: Annotated[User, Depends(current_user)]) -> Caller:
+        caller = Caller(user, service_of(request), request.method, request.url.path)
+        if not set(user.roles) & set(roles):
+            caller.audit("denied", detail={"required": list(roles)})
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                detail=f"this needs the role {' or '.join(roles)}; "
+                f"{user.name} has {', '.join(user.roles)}",
+            )
+        return caller
+
+    check.__name__ = f"require_{'_or_'.join(roles)}"
+    return Depends(check)

@@ -1,0 +1,232 @@
+"""The service store (``vigie.store.service``): users and tokens, wards, decisions with their
+SFPC codes and outcome, versions, the append-only audit log; and the worklist refreshed from the
+store's facts (``vigie.api.app.refresh_worklist``). On SQLite and PostgreSQL (``store_url``).
+
+Alerts come from real evaluations of the default pack (the facts of tests/test_evaluate.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+
+from tests.test_evaluate import NOW, default_ir, drug, hyperkalaemia_facts
+from vigie.api.app import refresh_worklist
+from vigie.engine import FactSet, evaluate
+from vigie.engine.alerts import alert_id
+from vigie.facts import AnyFact
+from vigie.store import (
+    AlertTransitionError,
+    AuditEntry,
+    Dismissal,
+    FactStore,
+    Intervention,
+    ServiceError,
+    ServiceStore,
+    UnknownAlertError,
+    UnknownResourceError,
+    Ward,
+)
+from vigie.store.service import DecisionRow, RulePackVersion, TokenRow
+
+H = timedelta(hours=1)
+K_ALERT = alert_id("bio.hyperkalaemia", "p1", ["ORD1"])
+DEFAULT_PACK = Path(__file__).parents[1] / "rules/packs/default.rules"
+
+
+@pytest.fixture
+def service(store_url: str) -> Iterator[ServiceStore]:
+    with FactStore(store_url) as facts:
+        yield ServiceStore(facts)
+
+
+def _raise(service: ServiceStore, facts: Sequence[AnyFact] = (), at: datetime = NOW) -> None:
+    alerts = evaluate(default_ir(), FactSet(list(facts or hyperkalaemia_facts())), at)
+    service.alerts.reconcile(alerts, at)
+
+
+def _entry(action: str, patient: str | None = None) -> AuditEntry:
+    return AuditEntry("pharm.a", ("pharmacist",), action, f"alert {K_ALERT}", patient)
+
+
+# Users and tokens -------------------------------------------------------------------------------
+
+
+def test_a_token_names_its_user_and_only_its_hash_is_kept(service: ServiceStore) -> None:
+    user, token = service.add_user("pharm.a", ["pharmacist", "rule_author", "pharmacist"])
+    assert user.roles == ("pharmacist", "rule_author")
+    assert token.startswith("vigie_") and len(token) > 40
+    assert service.authenticate(token) == user
+    assert service.authenticate(token + "x") is None
+    with service.facts.session() as session:
+        (stored,) = session.scalars(select(TokenRow.token_sha256)).all()
+    assert stored == hashlib.sha256(token.encode()).hexdigest() != token
+    second = service.new_token("pharm.a")
+    assert second != token and service.authenticate(second) == user
+    assert [u.name for u in service.users()] == ["pharm.a"]
+
+
+def test_users_are_refused_with_a_reason(service: ServiceStore) -> None:
+    service.add_user("pharm.a", ["pharmacist"])
+    with pytest.raises(ServiceError, match="exists already"):
+        service.add_user("pharm.a", ["admin"])
+    with pytest.raises(ServiceError, match="unknown role 'root'"):
+        service.add_user("b", ["root"])
+    with pytest.raises(ServiceError, match="at least one role"):
+        service.add_user("b", [])
+    with pytest.raises(ServiceError, match="user name of 1 to 128"):
+        service.add_user("  ", ["admin"])
+    with pytest.raises(UnknownResourceError, match="no user 'nobody'"):
+        service.new_token("nobody")
+
+
+# Wards ------------------------------------------------------------------------------------------
+
+
+def test_wards_are_created_then_changed(service: ServiceStore) -> None:
+    service.put_ward(Ward("H1", "CARDIO", "Cardiologie", 30), "admin.a")
+    service.put_ward(Ward("H1", "NEPHRO", "Néphrologie", 20), "admin.a")
+    service.put_ward(Ward("H1", "CARDIO", "Cardiologie 1", 32), "admin.a")
+    assert service.wards() == [
+        Ward("H1", "CARDIO", "Cardiologie 1", 32),
+        Ward("H1", "NEPHRO", "Néphrologie", 20),
+    ]
+    assert service.wards("H2") == []
+    with pytest.raises(ServiceError, match="bed count"):
+        service.put_ward(Ward("H1", "X", "X", -1), "admin.a")
+
+
+# Decisions --------------------------------------------------------------------------------------
+
+
+def test_an_intervention_keeps_its_codes_event_and_audit_in_one_transaction(
+    service: ServiceStore,
+) -> None:
+    _raise(service)
+    ip = Intervention(
+        "ramipril arrêté, K+ à recontrôler", code="2", problem_code="4", prescriber_contacted=True
+    )
+    stored, record = service.decide(
+        K_ALERT, ip, actor="pharm.a", at=NOW + H, audit=_entry("decision", "p1")
+    )
+    assert stored.status == "intervention"
+    # the pharmacist's problem code (4) differs from the rule's (7): both are kept
+    assert stored.payload["problem"]["code"] == "7"
+    assert (record.problem_code, record.intervention_code, record.kind) == (
+        "4",
+        "2",
+        "intervention",
+    )
+    assert (record.prescriber_contacted, record.rule_id, record.patient_id) == (
+        True,
+        "bio.hyperkalaemia",
+        "p1",
+    )
+    assert record.decided_at == NOW + H and record.outcome is None
+    event = service.alerts.events(K_ALERT)[-1]
+    assert event.to_status == "intervention"
+    assert event.detail == {
+        "intervention_type": "2",
+        "text": "ramipril arrêté, K+ à recontrôler",
+        "problem_code": "4",
+        "prescriber_contacted": True,
+    }
+    with service.facts.session() as session:
+        assert session.scalar(select(DecisionRow.event_id)) == event.seq
+    (logged,) = service.audit_log()
+    assert (logged.action, logged.patient_id, logged.actor) == ("decision", "p1", "pharm.a")
+
+    answered = service.record_outcome(
+        K_ALERT, "accepted_modified", actor="pharm.b", comment="dose halved", at=NOW + 3 * H
+    )
+    assert (answered.outcome, answered.outcome_by, answered.outcome_at) == (
+        "accepted_modified",
+        "pharm.b",
+        NOW + 3 * H,
+    )
+    assert service.decisions(K_ALERT) == [answered]
+    with pytest.raises(AlertTransitionError, match="has one"):
+        service.record_outcome(K_ALERT, "accepted", actor="pharm.b")
+
+
+def test_a_refused_decision_leaves_no_trace(service: ServiceStore) -> None:
+    _raise(service)
+    service.decide(K_ALERT, Dismissal("not_relevant"), actor="pharm.a", audit=_entry("d"))
+    with pytest.raises(AlertTransitionError, match="it is dismissed"):
+        service.decide(K_ALERT, Intervention("x", code="2"), actor="b", audit=_entry("again"))
+    with pytest.raises(UnknownAlertError):
+        service.decide("nope", Dismissal("not_relevant"), actor="b", audit=_entry("nope"))
+    with pytest.raises(AlertTransitionError, match="no intervention recorded"):
+        service.record_outcome(K_ALERT, "accepted", actor="b")
+    with pytest.raises(ServiceError, match="unknown outcome 'maybe'"):
+        service.record_outcome(K_ALERT, "maybe", actor="b")
+    (dismissal,) = service.decisions()
+    assert (dismissal.kind, dismissal.dismiss_reason, dismissal.comment) == (
+        "dismissal",
+        "not_relevant",
+        None,
+    )
+    assert [e.action for e in service.audit_log()] == ["d"]
+    assert [e.to_status for e in service.alerts.events(K_ALERT)] == ["open", "dismissed"]
+
+
+def test_decisions_outcomes_and_audit_are_append_only(service: ServiceStore) -> None:
+    _raise(service)
+    service.decide(K_ALERT, Intervention("stop", code="2"), actor="a", audit=_entry("decision"))
+    service.record_outcome(K_ALERT, "accepted", actor="a")
+    engine = service.facts.engine
+    for table in ("decision", "decision_outcome", "audit_log"):
+        for statement in (f"UPDATE {table} SET id = id + 100", f"DELETE FROM {table}"):
+            refused = pytest.raises(DBAPIError, match=f"{table} is append-only")
+            with refused, engine.begin() as connection:
+                connection.execute(text(statement))
+    assert len(service.decisions()) == 1 and service.audit_size() == 1
+    assert not any(name.startswith(("delete", "update", "remove")) for name in dir(service))
+
+
+# Versions ---------------------------------------------------------------------------------------
+
+
+def test_site_configuration_and_rule_pack_versions(service: ServiceStore) -> None:
+    assert service.site_config() is None
+    first = service.save_site_config("[hospital]\nid = 'H1'\n", "author.a", "first")
+    second = service.save_site_config("[hospital]\nid = 'H1'\nlevel = 2\n", "author.b")
+    assert service.site_config() == second != first
+    assert service.site_config(first.version) == first
+    assert [v.author for v in service.site_config_versions()] == ["author.a", "author.b"]
+    pack = RulePackVersion("p", "1.0", "abc", "rules/p.rules", 'pack "p" version "1.0"\n')
+    service.record_rule_packs([pack])
+    service.record_rule_packs([pack])  # the same version again: kept once
+    assert service.rule_pack("p", "1.0") == pack
+    assert service.rule_pack("p", "2.0") is None
+
+
+# The worklist from the store's facts ------------------------------------------------------------
+
+
+def _store_facts(facts: FactStore, rows: Sequence[AnyFact]) -> None:
+    with facts._write_session() as session:
+        facts.save_facts(session, rows, None)
+        session.commit()
+
+
+def test_refresh_evaluates_the_stored_facts_into_the_worklist(service: ServiceStore) -> None:
+    _store_facts(service.facts, hyperkalaemia_facts())
+    done = refresh_worklist(service.facts, NOW, [DEFAULT_PACK])
+    assert done.opened == [K_ALERT]
+    (alert,) = service.alerts.worklist()
+    assert (alert.id, alert.ward) == (K_ALERT, "CARDIO") and alert.priority is not None
+    recorded = service.rule_pack("vigie-default", alert.payload["rule"]["pack_version"])
+    assert recorded is not None and recorded.text == DEFAULT_PACK.read_text(encoding="utf-8")
+    assert refresh_worklist(service.facts, NOW + H, [DEFAULT_PACK]).kept == [K_ALERT]
+    # ramipril stopped: the next refresh no longer raises it
+    stopped = drug("ORD1", "C09AA05", label="ramipril 5 mg", end=NOW + H, status="stopped")
+    _store_facts(service.facts, [stopped])
+    assert refresh_worklist(service.facts, NOW + 2 * H, [DEFAULT_PACK]).resolved == [K_ALERT]
+    assert service.alerts.worklist() == []
