@@ -222,13 +222,10 @@ async def _send_json(send: Send, status_code: int, content: dict[str, Any]) -> N
     await send({"type": "http.response.body", "body": answer.body})
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class _BodyLimit:
-    """Refuse a request body over ``max_bytes`` with 413: by its Content-Length before reading,
-    or while it streams in when it has none."""
+    """Refuse a request body over ``max_bytes`` with 413: by its Content-Length before reading
+    (the server holds a body to the length it declares), or, without one (chunked), by reading
+    it up to the limit before the app does, then handing it over."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
         self.app = app
@@ -238,36 +235,45 @@ class _BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send)
-            return
-        received = 0
-        started = False
-
-        async def counting() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        async def sending(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting, sending)
-        except _TooLarge:
-            if not started:
+        headers = dict(scope.get("headers") or ())
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.max_bytes:
                 await self._refuse(send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if b"chunked" not in headers.get(b"transfer-encoding", b""):
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message], receive), send)
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._refuse(send)
+                return
+            if not message.get("more_body", False):
+                break
+        whole = {"type": "http.request", "body": bytes(body), "more_body": False}
+        await self.app(scope, _replay([whole], receive), send)
 
     async def _refuse(self, send: Send) -> None:
         detail = f"request body over the limit of {self.max_bytes:,} bytes"
         await _send_json(send, status.HTTP_413_CONTENT_TOO_LARGE, {"detail": detail})
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that gives ``messages`` first, then the server's."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
 
 
 # The worklist from the store's facts -------------------------------------------------------------

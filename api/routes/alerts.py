@@ -281,11 +281,12 @@ def _rule_source(
 
 def _pack_text(service: ServiceStore, pack: str, version: str, file: Any) -> str | None:
     """The text of the pack version that raised the alert: as recorded by the evaluation
-    (``refresh_worklist``), else the shipped pack when it is that version."""
+    (``refresh_worklist``), else the shipped pack of that file name when it is that pack and
+    version."""
     recorded = service.rule_pack(pack, version)
     if recorded is not None:
         return recorded.text
-    if isinstance(file, str) and file.startswith("rules/packs/"):
+    if isinstance(file, str) and file.endswith(".rules"):
         shipped = Path(rules.__file__).parent / "packs" / Path(file).name
         try:
             text = shipped.read_text(encoding="utf-8")

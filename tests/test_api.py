@@ -1,0 +1,456 @@
+"""The service's HTTP API (``vigie.api.app``): every endpoint × role (401 / 403 / allowed), the
+worklist and alert detail, decisions end to end, the audit of reads and writes, errors as JSON
+(422 with the field and why, 404, 409, 413, 500 without a trace), no patient data in the
+application log; ``vigie users add`` and ``vigie serve``. On SQLite and PostgreSQL: one store per
+module and backend, holding the real alerts of two patients (default pack, facts of
+tests/test_evaluate.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine
+
+from tests.conftest import POSTGRES_URL
+from tests.test_evaluate import NOW, default_ir, drug, hyperkalaemia_facts, lab, patient, src
+from vigie.api.app import create_app
+from vigie.api.cli import main
+from vigie.engine import FactSet, evaluate
+from vigie.engine.alerts import alert_id
+from vigie.facts import AnyFact, Stay
+from vigie.store import FactStore, ServiceStore
+
+with warnings.catch_warnings():  # starlette asks for httpx2, which this environment lacks
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+ROLES = ("pharmacist", "rule_author", "admin", "feed")
+P1_ALERT = alert_id("bio.hyperkalaemia", "p1", ["ORD1"])  # for the intervention
+P2_ALERT = alert_id("bio.hyperkalaemia", "p2", ["ORD2"])  # for the dismissal
+
+
+def _second_patient() -> list[AnyFact]:
+    """p2: K+ 6.4 under ramipril, in nephrology."""
+    return [
+        patient("p2"),
+        drug("ORD2", "C09AA05", pid="p2", label="ramipril 10 mg"),
+        lab("potassium", 6.4, datetime(2024, 3, 4, 9, 0), pid="p2", fid="LAB2"),
+        Stay(
+            fact_id="S2",
+            patient_id="p2",
+            source=src("PV1"),
+            stay_id="S2",
+            ward="NEPHRO",
+            admit_time=datetime(2024, 3, 1),
+            status="in-progress",
+        ),
+    ]
+
+
+@dataclass
+class Service:
+    client: TestClient
+    service: ServiceStore
+    tokens: dict[str, str]  # role -> token of a user with that role only
+
+    def as_(self, role: str | None) -> dict[str, str]:
+        if role is None:
+            return {}
+        token = self.tokens.get(role, "vigie_not-a-token")
+        return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('api') / 'vigie.db'}"
+        return
+    schema = f"vigie_api_{os.getpid()}_{os.urandom(3).hex()}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database_url" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "database_url",
+            ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+            indirect=True,
+            scope="module",
+        )
+
+
+@pytest.fixture(scope="module")
+def api(database_url: str) -> Iterator[Service]:
+    app = create_app(database_url)
+    service: ServiceStore = app.state.service
+    facts = [*hyperkalaemia_facts(), *_second_patient()]
+    service.alerts.reconcile(evaluate(default_ir(), FactSet(facts), NOW), NOW)
+    with service.facts._write_session() as session:
+        service.facts.save_facts(session, facts, None)
+        session.commit()
+    tokens = {role: service.add_user(f"{role}.a", [role])[1] for role in ROLES}
+    with TestClient(app) as client:
+        yield Service(client, service, tokens)
+
+
+# Every endpoint × role ---------------------------------------------------------------------------
+
+WARD = {"hospital": "H1", "code": "CARDIO", "label": "Cardiologie", "beds": 30}
+DISMISSAL = {"kind": "dismissal", "reason": "not_relevant"}
+# (method, path, body, the role allowed, its status). The decision's allowed case is the
+# end-to-end test below (it changes the alert).
+ENDPOINTS = [
+    ("GET", "/worklist", None, "pharmacist", 200),
+    ("GET", f"/alerts/{P1_ALERT}", None, "pharmacist", 200),
+    ("POST", f"/alerts/{P1_ALERT}/decision", DISMISSAL, "pharmacist", None),
+    ("GET", "/wards", None, "admin", 200),
+    ("POST", "/wards", WARD, "admin", 201),
+    ("GET", "/audit", None, "admin", 200),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "allowed", "ok"), ENDPOINTS)
+def test_every_endpoint_checks_the_token_and_the_role(
+    api: Service, method: str, path: str, body: Any, allowed: str, ok: int | None
+) -> None:
+    for role in (None, "forged", *ROLES):
+        if role == allowed and ok is None:
+            continue
+        answer = api.client.request(method, path, json=body, headers=api.as_(role))
+        expected = 401 if role in (None, "forged") else ok if role == allowed else 403
+        assert answer.status_code == expected, (role, answer.json())
+        if expected == 401:
+            challenge = answer.headers["WWW-Authenticate"]
+            assert challenge.startswith("Bearer")
+            assert ('error="invalid_token"' in challenge) == (role == "forged")
+        if expected == 403:
+            assert answer.json()["detail"] == f"this needs the role {allowed}; {role}.a has {role}"
+    assert api.service.alerts.get(P1_ALERT).status == "open"  # nothing decided by a refusal
+
+
+def test_a_user_with_several_roles_may_do_what_each_allows(api: Service) -> None:
+    _, token = api.service.add_user("pharm.admin", ["pharmacist", "admin"])
+    headers = {"Authorization": f"Bearer {token}"}
+    assert api.client.get("/worklist", headers=headers).status_code == 200
+    assert api.client.get("/audit", headers=headers).status_code == 200
+
+
+def test_refusals_are_audited(api: Service) -> None:
+    api.client.get("/audit", headers=api.as_("feed"))
+    entry = api.service.audit_log(actor="feed.a", action="denied", limit=1)[0]
+    assert (entry.resource, entry.roles, entry.detail) == (
+        "GET /audit",
+        ("feed",),
+        {"required": ["admin"]},
+    )
+
+
+# Worklist and alert ------------------------------------------------------------------------------
+
+
+def test_the_worklist_by_priority_with_filters_and_pages(api: Service) -> None:
+    pharmacist = api.as_("pharmacist")
+    page = api.client.get("/worklist", headers=pharmacist).json()
+    open_ids = [a.id for a in api.service.alerts.worklist()]
+    assert [item["id"] for item in page["items"]] == open_ids and page["total"] == len(open_ids)
+    assert {P1_ALERT, P2_ALERT} <= set(open_ids)
+    first = page["items"][0]
+    assert first["rule_id"] and first["title"] and first["problem"]["display"]
+    for query, expected in [
+        ({"ward": "NEPHRO"}, [P2_ALERT]),
+        ({"patient": "p1"}, [P1_ALERT]),
+        ({"rule": "bio.hyperkalaemia", "severity": ["major", "critical"]}, None),
+        ({"severity": "minor", "patient": "p2"}, []),
+    ]:
+        got = api.client.get("/worklist", params=query, headers=pharmacist).json()
+        ids = [item["id"] for item in got["items"]]
+        if expected is None:
+            assert {P1_ALERT, P2_ALERT} <= set(ids)
+            assert {item["rule_id"] for item in got["items"]} == {"bio.hyperkalaemia"}
+        else:
+            assert ids == expected and got["total"] == len(expected)
+    paged = [
+        api.client.get("/worklist", params={"limit": 1, "offset": n}, headers=pharmacist).json()
+        for n in range(len(open_ids))
+    ]
+    assert [p["items"][0]["id"] for p in paged] == open_ids
+    assert {p["total"] for p in paged} == {len(open_ids)}
+    entry = api.service.audit_log(actor="pharmacist.a", action="read", limit=1)[0]
+    assert entry.resource == "worklist" and entry.detail is not None
+    assert entry.detail["patients"] == [api.service.alerts.get(open_ids[-1]).patient_id]
+
+
+def test_an_alert_with_its_evidence_rule_and_patient_context(api: Service) -> None:
+    answer = api.client.get(f"/alerts/{P2_ALERT}", headers=api.as_("pharmacist"))
+    assert answer.status_code == 200
+    alert = answer.json()
+    assert (alert["patient_id"], alert["ward"], alert["status"]) == ("p2", "NEPHRO", "open")
+    assert any(e["fact_id"] == "LAB2" and e["value"] == 6.4 for e in alert["evidence"])
+    rule = alert["rule"]
+    assert (rule["id"], rule["pack"]) == ("bio.hyperkalaemia", "vigie-default")
+    assert rule["line"] > 0 and rule["text"].startswith("rule bio.hyperkalaemia ")
+    assert "potassium" in rule["text"]
+    context = alert["patient"]
+    assert context["as_of"] == NOW.isoformat() and context["stay"]["ward"] == "NEPHRO"
+    assert [(lab["concept"], lab["value"]) for lab in context["labs"]] == [("potassium", 6.4)]
+    assert [order["order_id"] for order in context["active_orders"]] == ["ORD2"]
+    assert alert["decisions"] == []
+    entry = api.service.audit_log(actor="pharmacist.a", patient_id="p2", limit=1)[0]
+    assert (entry.action, entry.resource) == ("read", f"alert {P2_ALERT}")
+
+
+# Decisions end to end ----------------------------------------------------------------------------
+
+
+def test_an_intervention_then_its_outcome(api: Service) -> None:
+    pharmacist = api.as_("pharmacist")
+    read = api.client.get(f"/alerts/{P1_ALERT}", headers=pharmacist).json()
+    body = {
+        "kind": "intervention",
+        "problem": "4",
+        "intervention": "7",
+        "comment": "ramipril 5 → 2,5 mg, K+ demain",
+        "prescriber_contacted": True,
+        "evidence_key": read["evidence_key"],
+    }
+    answer = api.client.post(f"/alerts/{P1_ALERT}/decision", json=body, headers=pharmacist)
+    assert answer.status_code == 201, answer.json()
+    decided = answer.json()
+    assert decided["status"] == "intervention"
+    assert decided["decision"]["problem"] == {"code": "4", "display": "Surdosage"}
+    assert decided["decision"]["intervention"]["code"] == "7"
+    assert decided["decision"]["prescriber_contacted"] is True
+    worklist = api.client.get("/worklist", headers=pharmacist).json()
+    assert P1_ALERT not in [item["id"] for item in worklist["items"]]
+    again = api.client.post(f"/alerts/{P1_ALERT}/decision", json=body, headers=pharmacist)
+    assert again.status_code == 409 and "it is intervention" in again.json()["detail"]
+
+    outcome = {"kind": "outcome", "outcome": "accepted_modified", "comment": "2,5 mg"}
+    answer = api.client.post(f"/alerts/{P1_ALERT}/decision", json=outcome, headers=pharmacist)
+    assert answer.status_code == 201
+    assert answer.json()["decision"]["outcome"] == "accepted_modified"
+    shown = api.client.get(f"/alerts/{P1_ALERT}", headers=pharmacist).json()
+    (decision,) = shown["decisions"]
+    assert (decision["outcome"], decision["outcome_by"]) == ("accepted_modified", "pharmacist.a")
+    actions = [e.action for e in api.service.audit_log(patient_id="p1", limit=5)]
+    assert actions[:3] == ["read", "decision:outcome", "decision:intervention"]
+
+
+def test_a_dismissal_needs_a_reason_from_the_list(api: Service) -> None:
+    pharmacist = api.as_("pharmacist")
+    path = f"/alerts/{P2_ALERT}/decision"
+    answer = api.client.post(
+        path, json={"kind": "dismissal", "reason": "bored"}, headers=pharmacist
+    )
+    assert answer.status_code == 422 and "body.dismissal.reason" in answer.json()["detail"]
+    other = {"kind": "dismissal", "reason": "other"}
+    answer = api.client.post(path, json=other, headers=pharmacist)
+    assert answer.status_code == 409 and "needs its text" in answer.json()["detail"]
+    stale = {**DISMISSAL, "evidence_key": "0" * 32}
+    answer = api.client.post(path, json=stale, headers=pharmacist)
+    assert answer.status_code == 409 and "evidence changed" in answer.json()["detail"]
+    answer = api.client.post(path, json={**DISMISSAL, "comment": "suivi"}, headers=pharmacist)
+    assert answer.status_code == 201
+    assert answer.json()["decision"]["dismiss_reason"] == "not_relevant"
+    assert api.service.alerts.get(P2_ALERT).status == "dismissed"
+    no_ip = {"kind": "outcome", "outcome": "accepted"}
+    answer = api.client.post(path, json=no_ip, headers=pharmacist)
+    assert answer.status_code == 409 and "no intervention recorded" in answer.json()["detail"]
+
+
+# Bad input ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"problem": "11"},
+            "body.intervention.problem: unknown SFPC problem code '11': expected one of 1, 2, "
+            "3, 4, 5, 6.1, 6.2, 6.3, 6.4, 6.5, 7, 8, 9, 10",
+        ),
+        (
+            {"intervention": "8"},
+            "body.intervention.intervention: unknown SFPC intervention code '8': expected one "
+            "of 1, 2, 3, 4, 5, 6, 7",
+        ),
+        ({"comment": ""}, "body.intervention.comment: String should have at least 1 character"),
+        ({"kind": "advice"}, "body: Input tag 'advice' found using 'kind' does not match"),
+        ({"extra": 1}, "body.intervention.extra: Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_decision_is_a_422_naming_the_field(
+    api: Service, body: dict[str, Any], message: str
+) -> None:
+    good = {
+        "kind": "intervention",
+        "problem": "1",
+        "intervention": "2",
+        "comment": "stop",
+        "prescriber_contacted": False,
+    }
+    answer = api.client.post(
+        f"/alerts/{P1_ALERT}/decision", json={**good, **body}, headers=api.as_("pharmacist")
+    )
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith(f"invalid request: {message}")
+    assert "Traceback" not in answer.text
+
+
+def test_malformed_json_unknown_alert_and_bad_query(api: Service) -> None:
+    pharmacist = api.as_("pharmacist")
+    answer = api.client.post(
+        f"/alerts/{P1_ALERT}/decision",
+        content=b'{"kind": "intervention",',
+        headers={**pharmacist, "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 422 and "JSON decode error" in answer.json()["detail"]
+    answer = api.client.get("/alerts/nope", headers=pharmacist)
+    assert (answer.status_code, answer.json()) == (404, {"detail": "no alert 'nope'"})
+    answer = api.client.get("/alerts/bad id!", headers=pharmacist)
+    assert answer.status_code == 422 and "path.alert_id" in answer.json()["detail"]
+    answer = api.client.get("/worklist", params={"limit": 0}, headers=pharmacist)
+    assert answer.status_code == 422 and "query.limit" in answer.json()["detail"]
+    answer = api.client.post("/wards", json={**WARD, "beds": -1}, headers=api.as_("admin"))
+    assert answer.status_code == 422 and "body.beds" in answer.json()["detail"]
+
+
+def test_a_body_over_the_limit_is_a_413(api: Service) -> None:
+    app = create_app(store=api.service.facts, max_body_bytes=1000)
+    app.state.service = api.service
+    with TestClient(app) as client:
+        admin = api.as_("admin")
+        big = {**WARD, "label": "x" * 2000}
+        answer = client.post("/wards", json=big, headers=admin)
+        assert answer.status_code == 413
+        assert answer.json() == {"detail": "request body over the limit of 1,000 bytes"}
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+            yield b'{"hospital": "H1", "label": "'
+            yield b"x" * 2000
+            yield b'"}'
+
+        answer = client.post(
+            "/wards", content=chunks(), headers={**admin, "Content-Type": "application/json"}
+        )
+        assert answer.status_code == 413
+        assert client.post("/wards", json=WARD, headers=admin).status_code == 201
+
+
+def test_a_bug_is_a_500_without_its_message_nor_patient_data_in_the_log(
+    api: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("patient p1 K+ 6.4")
+
+    monkeypatch.setattr(api.service.alerts, "worklist", broken)
+    with caplog.at_level(logging.DEBUG):
+        answer = api.client.get(
+            "/worklist", params={"patient": "p1"}, headers=api.as_("pharmacist")
+        )
+    assert answer.status_code == 500
+    assert answer.json() == {"detail": "internal error (logged); the request was not completed"}
+    # every record of the server side (the test's HTTP client logs the URL it calls)
+    logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("httpx"))
+    assert "RuntimeError" in logged and "/worklist" in logged
+    assert "p1" not in logged and "6.4" not in logged
+
+
+def test_the_application_log_names_routes_not_patients(
+    api: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="vigie"):
+        api.client.get("/worklist", params={"patient": "p2"}, headers=api.as_("pharmacist"))
+        api.client.get(f"/alerts/{P2_ALERT}", headers=api.as_("pharmacist"))
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("vigie")]
+    assert any(line.startswith("GET /worklist 200") for line in lines)
+    assert any(line.startswith("GET /alerts/{alert_id} 200") for line in lines)
+    assert not any("p2" in line or P2_ALERT in line for line in lines)
+
+
+def test_the_openapi_schema_lists_every_route_with_its_security(api: Service) -> None:
+    schema = api.client.get("/openapi.json").json()
+    assert set(schema["paths"]) == {
+        "/worklist",
+        "/alerts/{alert_id}",
+        "/alerts/{alert_id}/decision",
+        "/wards",
+        "/audit",
+    }
+    assert schema["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
+    for path in schema["paths"].values():
+        for operation in path.values():
+            assert operation["security"] == [{"token": []}]
+
+
+# Command line ------------------------------------------------------------------------------------
+
+
+def test_users_add_prints_a_token_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'vigie.db'}"
+    assert (
+        main(
+            [
+                "users",
+                "add",
+                "pharm.b",
+                "--role",
+                "pharmacist",
+                "--role",
+                "admin",
+                "--database",
+                url,
+            ]
+        )
+        == 0
+    )
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    with FactStore(url) as facts:
+        user = ServiceStore(facts).authenticate(token)
+        assert user is not None and user.roles == ("admin", "pharmacist")
+    assert main(["users", "add", "pharm.b", "--role", "admin", "--database", url]) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert main(["users", "list", "--database", url]) == 0
+    assert capsys.readouterr().out == "pharm.b\tadmin,pharmacist\n"
+
+
+def test_serve_refreshes_the_worklist_then_runs_the_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uvicorn
+
+    url = f"sqlite:///{tmp_path / 'vigie.db'}"
+    with FactStore(url) as facts, facts._write_session() as session:
+        facts.save_facts(session, hyperkalaemia_facts(), None)
+        session.commit()
+    served: dict[str, Any] = {}
+
+    def run(app: Any, **options: Any) -> None:
+        served.update(options, app=app)
+        with TestClient(app) as client:
+            served["status"] = client.get("/worklist").status_code
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    as_of = NOW.isoformat()
+    assert main(["serve", "--database", url, "--as-of", as_of, "--port", "8123"]) == 0
+    assert "Worklist refreshed: 1 new" in capsys.readouterr().out
+    assert (served["port"], served["access_log"], served["status"]) == (8123, False, 401)
+    with FactStore(url) as facts:
+        assert [a.rule_id for a in ServiceStore(facts).alerts.worklist()] == ["bio.hyperkalaemia"]
