@@ -507,19 +507,26 @@ class _Ingestor:
                 return
 
     def _parse(self, messages: list[_Message]) -> None:
+        """Parse and store, in order; versions of one message id go to separate transactions,
+        so that each is settled against the one before (``FactStore.save_outcomes``)."""
+        try:
+            for group in _distinct(messages):
+                self._store(group)
+        finally:  # a failure leaves them ``received``, for ``recover``; never "under way"
+            with self._lock:
+                self._under_way.difference_update(m.record.id for m in messages if m.record)
+
+    def _store(self, messages: list[_Message]) -> None:
         parsed = []
         for message in messages:
             assert message.record is not None
             result = message.parsed or parse_message(self.connector, message.raw)
             parsed.append((message.record.id, result, message.record.replaced))
         with self._lock:
-            try:
-                stored = save_parsed(self.store, parsed)
-            finally:
-                self._under_way.difference_update(raw_id for raw_id, _, _ in parsed)
+            stored = save_parsed(self.store, parsed)
+            self._under_way.difference_update(raw_id for raw_id, _, _ in parsed)
         self.stats.parsed += len(stored)
-        results = [result_of(message) for message in stored]
-        self._hooks(results)
+        self._hooks([result_of(message) for message in stored])
 
     def _hooks(self, results: list[MessageResult]) -> None:
         try:

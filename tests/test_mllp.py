@@ -1,0 +1,391 @@
+"""The MLLP listener over real TCP sockets: ACK after the raw message is committed, AE/AR with
+the reason, framing across reads, duplicates stored once, and a listener killed mid-stream."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from vigie.ingest import ingest
+from vigie.ingest.messages import dead_letters, ingest_hl7
+from vigie.ingest.mllp import (
+    Acknowledgement,
+    FrameReader,
+    MllpThread,
+    Oversized,
+    build_ack,
+    frame,
+    start_mllp_thread,
+)
+from vigie.store import FactStore, StoreError
+from vigie.store.database import RawMessageRow
+
+
+def oru(control_id: str, patient: str = "P1", value: str = "5.9") -> bytes:
+    return (
+        f"MSH|^~\\&|LAB|CHU|VIGIE|PHARMA|20240102080000||ORU^R01^ORU_R01|{control_id}|P|2.5\r"
+        f"PID|1||{patient}^^^H^PI||DOE^JO||19500101|F\r"
+        f"OBX|1|NM|2823-3^Potassium^LN||{value}|mmol/L|3.5-5.1|H|||F|||202401020800\r"
+    ).encode()
+
+
+class Client:
+    """A sender: writes bytes, reads ACK frames."""
+
+    def __init__(self, port: int) -> None:
+        self.socket = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.frames = FrameReader()
+        self.pending: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.socket.sendall(data)
+
+    def acks(self, count: int) -> list[dict[str, list[str]]]:
+        while len(self.pending) < count:
+            data = self.socket.recv(65536)
+            if not data:
+                raise ConnectionError(f"closed after {len(self.pending)} ACKs of {count}")
+            self.pending += [f for f in self.frames.feed(data) if isinstance(f, bytes)]
+        got, self.pending = self.pending[:count], self.pending[count:]
+        return [_segments(ack) for ack in got]
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def _segments(ack: bytes) -> dict[str, list[str]]:
+    separator = chr(ack[3])
+    lines = [line for line in ack.decode("utf-8").split("\r") if line]
+    return {line[:3]: line.split(separator) for line in lines}
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[FactStore]:
+    with FactStore(store_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+def listener(store: FactStore) -> Iterator[MllpThread]:
+    with start_mllp_thread(store) as running:
+        yield running
+
+
+@pytest.fixture
+def client(listener: MllpThread) -> Iterator[Client]:
+    sender = Client(listener.port)
+    yield sender
+    sender.close()
+
+
+def _wait_parsed(store: FactStore, count: int) -> None:
+    """Parsing follows the ACK: wait until ``count`` messages are finished."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        counts = store.raw_counts()
+        if sum(counts.values()) - counts.get("received", 0) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not parsed: {store.raw_counts()}")
+
+
+# Framing and ACKs, no socket ------------------------------------------------------------------
+
+
+def test_frames_across_reads_with_garbage_and_cut_frames() -> None:
+    reader = FrameReader(max_frame=100)
+    stream = b"junk\x0bMSH|A\x1c\r\r\n\x0bMSH|B\x1c\rmore\x0bMSH|cut\x0bMSH|C\x1c\x0bMSH|D\x1c\r"
+    frames = [found for byte in stream for found in reader.feed(bytes([byte]))]
+    assert frames == [b"MSH|A", b"MSH|B", b"MSH|C", b"MSH|D"]  # a lone 0x1C ends a frame too
+    assert reader.dropped == len(b"junk") + len(b"\r\n") + len(b"more") + len(b"MSH|cut")
+    assert reader.feed(b"\x0b" + b"x" * 150)[:1] == [] and reader.partial
+    assert reader.feed(b"y\x1c\r\x0bMSH|E\x1c\r") == [Oversized(151), b"MSH|E"]
+
+
+def test_ack_takes_the_incoming_separators_and_control_id() -> None:
+    message = b"MSH#$%\\&#LAB#CHU#VIGIE#PH#2024##ADT$A01$ADT_A01#C-77#T#2.3\rPID#1\r"
+    ack = build_ack(message, Acknowledgement("AE", "bad #1 $x", "PID[1]-3"), "latin-1")
+    msh, msa, err = ack.split(b"\r")[:3]
+    assert msh.split(b"#")[1:12] == [
+        b"$%\\&",
+        b"VIGIE",
+        b"PH",
+        b"LAB",
+        b"CHU",
+        msh.split(b"#")[6],
+        b"",
+        b"ACK$A01$ACK",
+        msh.split(b"#")[9],
+        b"T",
+        b"2.3",
+    ]
+    assert msa == b"MSA#AE#C-77#bad \\F\\1 \\S\\x"
+    assert err.split(b"#")[2:5] == [b"PID$1$3", b"207$Application internal error$HL70357", b"E"]
+
+
+# Over TCP ------------------------------------------------------------------------------------
+
+
+def test_a_message_is_acknowledged_once_stored(store: FactStore, client: Client) -> None:
+    client.send(frame(oru("M1")))
+    (ack,) = client.acks(1)
+    assert ack["MSA"][1:3] == ["AA", "M1"]
+    assert ack["MSH"][8] == "ACK^R01^ACK" and ack["MSH"][2:6] == ["VIGIE", "PHARMA", "LAB", "CHU"]
+    assert "ERR" not in ack
+    assert store.raw_content("hl7v2", "LAB^CHU|M1") == oru("M1")  # committed before the ACK
+    _wait_parsed(store, 1)
+    assert store.raw_counts() == {"loaded": 1} and store.counts()["lab"] == 1
+
+
+def test_several_messages_in_one_write_and_one_over_many(
+    store: FactStore, listener: MllpThread, client: Client
+) -> None:
+    client.send(b"".join(frame(oru(f"M{i}", f"P{i}")) for i in range(5)))
+    assert [ack["MSA"][2] for ack in client.acks(5)] == [f"M{i}" for i in range(5)]
+    whole = b"noise" + frame(oru("M9", "P9"))
+    for start in range(0, len(whole), 7):
+        client.send(whole[start : start + 7])
+        time.sleep(0.002)
+    (ack,) = client.acks(1)
+    assert ack["MSA"][1:3] == ["AA", "M9"]
+    _wait_parsed(store, 6)
+    assert store.counts()["lab"] == 6
+    client.close()
+    listener.stop()
+    assert listener.server is not None and listener.server.stats.dropped_bytes == len(b"noise")
+
+
+def test_broken_messages_get_ae_or_ar_and_the_rest_goes_on(
+    store: FactStore, client: Client
+) -> None:
+    no_type = oru("M2").replace(b"ORU^R01^ORU_R01", b"")
+    batch = [oru("M1"), no_type, b"not HL7 at all", oru("M4", "P4"), oru("M5", value="abc")]
+    client.send(b"".join(map(frame, batch)))
+    acks = client.acks(5)
+    assert [ack["MSA"][1] for ack in acks] == ["AA", "AE", "AR", "AA", "AA"]
+    assert acks[1]["MSA"][2] == "M2" and "MSH-9: expected a message type" in acks[1]["MSA"][3]
+    assert acks[1]["ERR"][2] == "MSH^1^9" and acks[1]["ERR"][3].startswith("102^")
+    assert "expected an HL7 v2 message starting with an MSH segment" in acks[2]["ERR"][8]
+    _wait_parsed(store, 5)
+    # A bad OBX-5 in a readable message: acknowledged (stored), then dead-lettered, located.
+    assert store.raw_counts() == {"loaded": 2, "rejected": 2, "partial": 1}
+    assert [(d.position, d.fatal) for d in dead_letters(store)] == [
+        ("MSH-9", True),
+        ("segment 1", True),
+        ("OBX[1]-5", False),
+    ]
+
+
+def test_a_duplicate_is_acknowledged_and_stored_once(store: FactStore, client: Client) -> None:
+    client.send(frame(oru("M1")) + frame(oru("M1")))
+    assert [ack["MSA"][1:3] for ack in client.acks(2)] == [["AA", "M1"], ["AA", "M1"]]
+    _wait_parsed(store, 1)
+    client.send(frame(oru("M1")))
+    assert client.acks(1)[0]["MSA"][1] == "AA"
+    assert len(store.raw_versions("hl7v2", "LAB^CHU|M1")) == 1
+    assert store.raw_counts() == {"loaded": 1}
+
+
+def test_a_message_that_cannot_be_stored_gets_ae_and_is_not_lost_on_resend(
+    store: FactStore, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keep = store.keep_raws
+
+    def unreachable(raws: Any) -> Any:
+        raise StoreError("cannot keep the raw messages in the store: disk full")
+
+    monkeypatch.setattr(store, "keep_raws", unreachable)
+    client.send(frame(oru("M1")))
+    (ack,) = client.acks(1)
+    assert ack["MSA"][1] == "AE" and "disk full" in ack["ERR"][8]
+    assert store.raw_content("hl7v2", "LAB^CHU|M1") is None
+    monkeypatch.setattr(store, "keep_raws", keep)
+    client.send(frame(oru("M1")))
+    assert client.acks(1)[0]["MSA"][1] == "AA"
+    _wait_parsed(store, 1)
+
+
+def test_concurrent_connections_keep_their_order_and_facts_reach_the_hook(
+    store: FactStore,
+) -> None:
+    seen: list[Any] = []
+    lock = threading.Lock()
+
+    def on_facts(facts: list[Any]) -> None:
+        with lock:
+            seen.extend(facts)
+
+    with start_mllp_thread(store, on_facts=on_facts) as listener:
+        orders: dict[int, list[str]] = {}
+
+        def send(number: int) -> None:
+            sender = Client(listener.port)
+            ids = [f"C{number}-{i}" for i in range(25)]
+            for start in range(0, 25, 5):  # pipelined, five frames per write
+                sender.send(b"".join(frame(oru(i, f"P{number}")) for i in ids[start : start + 5]))
+            orders[number] = [ack["MSA"][2] for ack in sender.acks(25)]
+            sender.close()
+
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert orders == {n: [f"C{n}-{i}" for i in range(25)] for n in range(6)}
+    assert store.raw_counts() == {"loaded": 150}  # stop() finished the parsing
+    assert sorted(f.kind for f in seen).count("lab") == 150
+    assert listener.server is not None
+    assert listener.server.stats.groups <= 150 and listener.server.stats.acks["AA"] == 150
+
+
+def test_clean_shutdown_closes_idle_connections(store: FactStore) -> None:
+    listener = start_mllp_thread(store)
+    sender = Client(listener.port)
+    sender.send(frame(oru("M1")))
+    sender.acks(1)
+    listener.stop()
+    assert sender.socket.recv(10) == b""  # closed by the listener
+    assert store.raw_counts() == {"loaded": 1}
+    sender.close()
+
+
+def test_real_messages_give_the_facts_of_the_file_ingest(
+    shared_data: Path, store: FactStore, client: Client, tmp_path: Path
+) -> None:
+    """Every HL7 v2 sample of the reference data sent over MLLP, one frame per message,
+    gives the facts the file ingest gives; each ACK carries its message's control id."""
+    from vigie.connectors.hl7v2.framing import cut_messages, read_header
+
+    files = sorted((shared_data / "hl7v2").rglob("*.hl7"))
+    messages = [piece.content for path in files for piece in cut_messages(path.read_bytes())]
+    client.send(b"".join(frame(message) for message in messages))
+    acks = client.acks(len(messages))
+    assert [ack["MSA"][2] for ack in acks] == [
+        read_header(message).control_id or "" for message in messages
+    ]
+    assert {ack["MSA"][1] for ack in acks} == {"AA"}
+    _wait_parsed(store, len({read_header(m).control_id for m in messages}))
+    with FactStore(f"sqlite:///{tmp_path / 'files.db'}") as reference:
+        ingest(files, reference, fmt="hl7")
+        assert _facts(store) == _facts(reference)
+        assert store.raw_counts() == reference.raw_counts()
+
+
+# Killed mid-stream ----------------------------------------------------------------------------
+
+SERVER = (
+    "import sys; from vigie.store import FactStore; from vigie.ingest.mllp import run_mllp; "
+    "run_mllp(FactStore(sys.argv[1]), port=0, "
+    "on_listening=lambda port: print(port, flush=True))"
+)
+
+
+def _start_server(url: str) -> tuple[subprocess.Popen[str], int]:
+    env = {**os.environ, "VIGIE_TIMEZONE": "UTC"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", SERVER, url], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    if not line:
+        child.wait()
+        raise AssertionError(f"the listener did not start (exit {child.returncode})")
+    return child, int(line)
+
+
+def _send_until_killed(port: int, child: subprocess.Popen[str], ids: list[str]) -> set[str]:
+    """Send every message pipelined; kill the listener (SIGKILL) once a third are ACKed;
+    the control ids ACKed (AA) before the connection dropped."""
+    sender = Client(port)
+    acked: set[str] = set()
+
+    def write() -> None:
+        try:
+            for start in range(0, len(ids), 10):
+                chunk = ids[start : start + 10]
+                sender.send(b"".join(frame(oru(i, f"P{i}")) for i in chunk))
+        except OSError:
+            pass  # the listener was killed
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        while True:
+            (ack,) = sender.acks(1)
+            assert ack["MSA"][1] == "AA"
+            acked.add(ack["MSA"][2])
+            if len(acked) == len(ids) // 3:
+                child.send_signal(signal.SIGKILL)
+    except (ConnectionError, OSError):
+        pass
+    writer.join()
+    sender.close()
+    _ended(child, 30)
+    return acked
+
+
+def _ended(child: subprocess.Popen[str], timeout: float) -> int:
+    child.wait(timeout)
+    assert child.stdout is not None
+    child.stdout.close()
+    return child.returncode
+
+
+@pytest.mark.slow
+def test_killed_mid_stream_loses_no_acked_message_and_duplicates_none(
+    store_url: str, tmp_path: Path
+) -> None:
+    ids = [f"K{i}" for i in range(1500)]
+    FactStore(store_url).close()  # the tables, before the listener
+    child, port = _start_server(store_url)
+    acked = _send_until_killed(port, child, ids)
+    assert child.returncode == -signal.SIGKILL
+    assert len(ids) // 3 <= len(acked) < len(ids)
+    with FactStore(store_url) as store:
+        kept = set(_raw_ids(store))
+        assert {f"LAB^CHU|{i}" for i in acked} <= kept  # every ACKed message was committed
+    child, port = _start_server(store_url)  # recovers what was kept and not parsed
+    try:
+        sender = Client(port)
+        sender.send(b"".join(frame(oru(i, f"P{i}")) for i in ids))  # everything again
+        assert [ack["MSA"][1:3] for ack in sender.acks(len(ids))] == [["AA", i] for i in ids]
+        sender.close()
+    finally:
+        child.send_signal(signal.SIGTERM)
+        assert _ended(child, 30) == 0  # a clean shutdown
+    with FactStore(store_url) as store:
+        rows = _raw_ids(store)
+        assert sorted(rows) == sorted(f"LAB^CHU|{i}" for i in ids)  # each once
+        assert store.raw_counts() == {"loaded": len(ids)}
+        with FactStore(f"sqlite:///{tmp_path / 'reference.db'}") as reference:
+            ingest_hl7(reference, b"".join(oru(i, f"P{i}") for i in ids))
+            assert _facts(store) == _facts(reference)
+
+
+def _facts(store: FactStore) -> dict[tuple[str, str], dict[str, Any]]:
+    """Facts by key, their source document left out (a file name, or ``mllp://host``)."""
+    facts = {}
+    for fact in store.iter_facts():
+        payload = fact.model_dump(mode="json")
+        del payload["source"]["document"]
+        facts[(fact.kind, fact.fact_id)] = payload
+    return facts
+
+
+def _raw_ids(store: FactStore) -> list[str]:
+    query = select(RawMessageRow.message_id, func.count()).group_by(RawMessageRow.message_id)
+    with store.session() as session:
+        counted = session.execute(query).all()
+    assert all(count == 1 for _, count in counted), "a message stored twice"
+    return [message_id for message_id, _ in counted]
