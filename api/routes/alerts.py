@@ -79,7 +79,7 @@ class DecisionPublic(BaseModel):
         return cls(
             id=record.id,
             alert_id=record.alert_id,
-            kind=record.kind,  # type: ignore[arg-type]
+            kind=record.kind,
             decided_at=record.decided_at,
             actor=record.actor,
             problem=problem_value(record.problem_code),

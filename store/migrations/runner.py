@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from alembic.config import Config
 from alembic.operations import Operations
@@ -69,7 +70,7 @@ def upgrade(connection: Connection) -> bool:
     commits); whether anything was done."""
     scripts = _scripts()
 
-    def steps(revision: object, _context: MigrationContext) -> object:
+    def steps(revision: Any, _context: MigrationContext) -> Any:
         return scripts._upgrade_revs(HEAD, revision)  # what ``alembic upgrade head`` runs
 
     context = MigrationContext.configure(connection, opts={"script": scripts, "fn": steps})

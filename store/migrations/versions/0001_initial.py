@@ -273,8 +273,8 @@ def upgrade() -> None:
             op.add_column("raw_message", sa.Column("ingest_run", sa.Integer(), nullable=True))
         for index in schema.tables["raw_message"].indexes:
             index.create(bind, checkfirst=True)
-    for table in APPEND_ONLY:
-        for statement in _append_only(table, bind.dialect.name):
+    for name in APPEND_ONLY:
+        for statement in _append_only(name, bind.dialect.name):
             bind.exec_driver_sql(statement)
 
 
@@ -282,5 +282,5 @@ def downgrade() -> None:
     bind = op.get_bind()
     schema.drop_all(bind)
     if bind.dialect.name == "postgresql":
-        for table in APPEND_ONLY:
-            bind.exec_driver_sql(f"DROP FUNCTION IF EXISTS {table}_append_only()")
+        for name in APPEND_ONLY:
+            bind.exec_driver_sql(f"DROP FUNCTION IF EXISTS {name}_append_only()")
