@@ -5,12 +5,13 @@ this one evaluates every patient at once. Each rule becomes a lazy polars query 
 *candidate rows* — one row per patient (a rule without drug binding) or per combination of active
 drug lines of the bound sets — and every expression node becomes a polars expression over that
 frame. Queries read shared scans computed once per evaluation, whatever the number of rules: the
-active lines with the sets each belongs to, the lab and observation series, and each
-(series, selection, window) result per patient (the latest potassium of the last 48 h is one
-scan, however many rules read it). There is no Python loop over patients or fact rows: the few
-Python functions of the engine that are not formulas (how a combination product's dose reaches
-its ingredients, MME factors, set membership by code prefix) run once per *distinct* value (line
-shape, ATC code and route) and are joined back as a table.
+active lines (collected once), the lab and observation series, and each (series, selection,
+window) result per patient (the latest potassium of the last 48 h is one scan, however many
+rules read it). There is no Python loop over patients or fact rows: the few Python functions of
+the engine that are not formulas (how a combination product's dose reaches its ingredients, MME
+factors, set membership by code prefix) run once per *distinct* value (line shape, ATC code and
+route) and come back as a table joined to the lines or, for set membership, as ``is_in`` tests
+on the lines' ATC codes (and routes, for a set restricted to some).
 
 Values follow the closures' semantics exactly — Kleene's unknown (null) everywhere, drug amounts
 as (value, unit, lower bound), windows (start inclusive, end, end inclusive), ties and orders —
@@ -114,10 +115,28 @@ DETECTION_SCHEMA: dict[str, pl.DataType] = {
 }
 
 _ENDED = ("completed", "stopped")
-# Polars' in-memory engine: on the queries of one evaluation (small frames, many short plans) it
-# is faster than the streaming engine, the default since polars 2 (measured on a generated
-# 3,000-bed hospital: benchmarks/bench_batch_vs_polars.py).
-_ENGINE = "in-memory"
+
+
+def _collect_options() -> dict[str, Any]:
+    """How the evaluator collects, since polars 2: with the in-memory engine, faster than the
+    streaming default on the queries of one evaluation (small frames, many short plans;
+    benchmarks/bench_batch_vs_polars.py), and its joins in the order the queries are written
+    (polars' join reordering joined the pair rules' member lines with themselves by patient
+    before narrowing them to the pairs of sets the rules name: on the ANSM pack and 3,000 beds,
+    60-130 ms instead of 15 ms). Before polars 2, both are what collect does by default."""
+    flags = getattr(pl, "QueryOptFlags", None)
+    if flags is None or not hasattr(flags(), "join_order"):
+        return {}
+    return {"engine": "in-memory", "optimizations": flags(join_order=False)}
+
+
+_COLLECT = _collect_options()
+
+
+def _collect(frame: pl.LazyFrame) -> pl.DataFrame:
+    return cast(pl.DataFrame, frame.collect(**_COLLECT))
+
+
 _LINE_COLUMNS = (
     "fact_id", "order_id", "atc", "route", "label", "dose", "dose_unit", "daily",
     "frequency_per_day", "start", "end",
@@ -216,7 +235,7 @@ def detect(selection: Selection, frames: Frames, as_of: datetime) -> pl.DataFram
     schema = pl.Schema(DETECTION_SCHEMA)
     parts = [q.select(list(DETECTION_SCHEMA)).cast(schema) for q in queries]
     found = pl.concat(parts).sort("rule_index", "patient_id", maintain_order=True)
-    return found.collect(engine=_ENGINE)
+    return _collect(found)
 
 
 def explain(
@@ -458,16 +477,15 @@ class _Scans:
         self._counter = itertools.count()
         self._shape_table: pl.DataFrame | None = None
         self._shaped: pl.LazyFrame | None = None
-        # The ATC sets the rules read (bindings, drug queries, ``in`` tests, daily doses):
-        # membership is computed for those only.
-        self.atc_sets = sorted(
-            n for n in _set_names(selection.rules) if self.sets.system.get(n) == "atc"
-        )
         self._base = self._active_lines()
         self.lines = self._base.lazy()
-        self._membership, self._member_pairs = self._memberships()
+        # ATC code → its routes on active lines; set → its member codes → their routes.
+        self._routes_of: dict[str, set[str | None]] = {}
+        self._members: dict[str, dict[str, set[str | None]]] = {}
+        self._specs: dict[str, _Membership] = {}
+        self._memberships()
         # The sets some active line is in (the others' rules have no candidate row).
-        self.present = frozenset(self._membership)
+        self.present = frozenset(self._members)
 
     def may_fire(self, rule: LoadedRule) -> bool:
         """False when a drug binding's set has no order line at all: the rule has no candidate
@@ -509,59 +527,67 @@ class _Scans:
         """Active order lines with their label and daily dose, in no order: readers order them
         by order id then fact id, the order the live evaluator iterates them in. Collected
         once, as the columns the rules read (ingredients apart: ``shaped_lines``)."""
-        return (
-            self._active()
-            .select(
-                "patient_id", "fact_id", "order_id", "atc", "route",
-                pl.coalesce("label", "drug_display", "drug_code").alias("label"),
-                "dose", "dose_unit",
-                pl.when(pl.col("daily_dose").is_not_null())
-                .then(pl.col("daily_dose"))
-                .otherwise(pl.col("dose") * pl.col("frequency_per_day"))
-                .alias("daily"),
-                "frequency_per_day", "start", "end",
-            )  # fmt: skip
-            .collect(engine=_ENGINE)
+        lines = self._active().select(
+            "patient_id",
+            "fact_id",
+            "order_id",
+            "atc",
+            "route",
+            pl.coalesce("label", "drug_display", "drug_code").alias("label"),
+            "dose",
+            "dose_unit",
+            pl.when(pl.col("daily_dose").is_not_null())
+            .then(pl.col("daily_dose"))
+            .otherwise(pl.col("dose") * pl.col("frequency_per_day"))
+            .alias("daily"),
+            "frequency_per_day",
+            "start",
+            "end",
         )
+        return _collect(lines)
 
-    def _memberships(self) -> tuple[dict[str, _Membership], pl.DataFrame]:
-        """Which distinct (ATC, route) pairs of the active lines are in which set read: per
-        set, the codes in it whatever their line's route and the (codes, routes) in it on some
-        routes only; and the member pairs as a table (ATC, route, set)."""
+    def _memberships(self) -> None:
+        """Which distinct (ATC, route) pairs of the active lines are in which set: the sets of
+        each pair (``CodeSets.atc``, once per pair), inverted to the pairs of each set."""
         pairs = self._base.select("atc", "route").unique().rows()
         atc_sets = self.sets.atc
-        routes_of: dict[str | None, set[str | None]] = {}
-        members: dict[str, dict[str, set[str | None]]] = {n: {} for n in self.atc_sets}
-        long: tuple[list[Any], list[Any], list[str]] = ([], [], [])
         for atc, route in pairs:  # once per distinct (ATC, route) pair
-            routes_of.setdefault(atc, set()).add(route)
-            found = atc_sets(atc, route)
-            for n in self.atc_sets:
-                if n in found:
-                    members[n].setdefault(atc, set()).add(route)
-                    long[0].append(atc)
-                    long[1].append(route)
-                    long[2].append(n)
-        specs: dict[str, _Membership] = {}
-        for n, codes in members.items():
-            if not codes:
-                continue
-            always = sorted(c for c, routes in codes.items() if routes == routes_of[c])
+            if not atc:
+                continue  # in no set (``CodeSets.atc``)
+            self._routes_of.setdefault(atc, set()).add(route)
+            for name in atc_sets(atc, route):
+                self._members.setdefault(name, {}).setdefault(atc, set()).add(route)
+
+    def _membership(self, set_name: str) -> _Membership:
+        """A set's members among the pairs: the codes in it on every route they have, the
+        (codes, routes) in it on some routes only."""
+        found = self._specs.get(set_name)
+        if found is None:
+            codes = self._members[set_name]
+            always = sorted(c for c, routes in codes.items() if routes == self._routes_of[c])
             some: dict[frozenset[str | None], list[str]] = {}
             for c, routes in codes.items():
-                if routes != routes_of[c]:
+                if routes != self._routes_of[c]:
                     some.setdefault(frozenset(routes), []).append(c)
-            specs[n] = _Membership(tuple(always), tuple((tuple(sorted(c)), r) for r, c in some.items()))
-        table = pl.DataFrame(
-            {"atc": long[0], "route": long[1], "set": long[2]},
-            schema={"atc": pl.String(), "route": pl.String(), "set": pl.String()},
-        )
-        return specs, table
+            parts = tuple((tuple(sorted(c)), routes) for routes, c in some.items())
+            found = self._specs[set_name] = _Membership(tuple(always), parts)
+        return found
+
+    def member_pairs(self, set_names: Iterable[str]) -> pl.DataFrame:
+        """The (ATC, route, set) member pairs of some sets, as a table."""
+        rows = [
+            (atc, route, name)
+            for name in sorted(set(set_names) & self.present)
+            for atc, routes in self._members[name].items()
+            for route in routes
+        ]
+        schema = {"atc": pl.String(), "route": pl.String(), "set": pl.String()}
+        return pl.DataFrame(rows, schema=schema, orient="row")
 
     def shaped_lines(self) -> pl.LazyFrame:
         """The active lines with their ingredients (what the dose and MME functions read)."""
         if self._shaped is None:
-            ingredients = self._active().select("ingredients").collect(engine=_ENGINE)
+            ingredients = _collect(self._active().select("ingredients"))
             # the same rows in the same order (the same filter of the same frame)
             self._shaped = self._base.hstack(ingredients.get_columns()).lazy()
         return self._shaped
@@ -572,10 +598,8 @@ class _Scans:
         """Whether a line (its ``atc`` and ``route`` columns, by default those of ``lines``)
         is in a set: false for a set of another system (as ``CodeSets.atc``)."""
         if set_name not in self.present:
-            if set_name not in self.atc_sets and self.sets.system.get(set_name) == "atc":
-                raise PackError(f"set {set_name!r}: membership not computed")  # a bug here
             return pl.lit(False)
-        return self._membership[set_name].expr(
+        return self._membership(set_name).expr(
             pl.col("atc") if atc is None else atc, pl.col("route") if route is None else route
         )
 
@@ -610,7 +634,7 @@ class _Scans:
         """The distinct line shapes (what the dose and MME functions read), once."""
         if self._shape_table is None:
             shapes = self.shaped_lines().select(_SHAPE).unique(maintain_order=True)
-            self._shape_table = shapes.collect(engine=_ENGINE)
+            self._shape_table = _collect(shapes)
         return self._shape_table
 
     def _by_shape(
@@ -739,7 +763,7 @@ class _Scans:
             },
         ).lazy()
         wanted = {b.set for r in rules for b in r.drug_bindings}
-        pairs = self._member_pairs.filter(pl.col("set").is_in(sorted(wanted)))
+        pairs = self.member_pairs(n for n in wanted if n is not None)
         codes = pairs.get_column("atc").unique()
         member = (
             self.lines.filter(pl.col("atc").is_in(codes.implode()))  # fewer lines to join
@@ -770,29 +794,6 @@ class _Scans:
             )
         )
         return [combos]
-
-
-def _set_names(rules: Iterable[LoadedRule]) -> set[str]:
-    """Every set a rule names: its drug bindings' and its IR nodes' (``set`` keys)."""
-    names: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            found = node.get("set")
-            if isinstance(found, str):
-                names.add(found)
-            for value in node.values():
-                if isinstance(value, dict | list | tuple):
-                    walk(value)
-        else:
-            for value in node:
-                if isinstance(value, dict | list | tuple):
-                    walk(value)
-
-    for rule in rules:
-        names.update(b.set for b in rule.drug_bindings if b.set is not None)
-        walk(rule.ir)
-    return names
 
 
 def _is_pair_rule(rule: LoadedRule) -> bool:

@@ -443,10 +443,14 @@ def test_sets_restricted_to_routes_read_each_line_route() -> None:
         "count": "count active drugs in systemic_aminoglycosides >= 2",
         "pair": "a = active drug in systemic_aminoglycosides\n    b = active drug in loop",
     }
-    text = 'pack "routes" version "1.0.0"\n' + sets + "".join(
-        f'rule t.{name} "{name}"\n  problem 7 intervention 2 severity major level 1\n'
-        f'  when\n    {when}\n  say "{name}"\n'
-        for name, when in rules.items()
+    text = (
+        'pack "routes" version "1.0.0"\n'
+        + sets
+        + "".join(
+            f'rule t.{name} "{name}"\n  problem 7 intervention 2 severity major level 1\n'
+            f'  when\n    {when}\n  say "{name}"\n'
+            for name, when in rules.items()
+        )
     )
     ir, diagnostics = compile_pack(text, "routes.rules")
     assert ir is not None, diagnostics
