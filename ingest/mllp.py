@@ -55,6 +55,7 @@ from vigie.facts import AnyFact
 from vigie.ingest.messages import MessageResult, result_of
 from vigie.ingest.pipeline import BATCH_BYTES, ParsedMessage, parse_message, recover, save_parsed
 from vigie.store import FactStore, RawRecord, StoreError
+from vigie.terminology import default_terminology
 
 __all__ = [
     "MAX_FRAME",
@@ -608,10 +609,13 @@ class MllpServer:
         self._closing = False
 
     async def start(self, recover_first: bool = True) -> None:
-        """Parse what a killed process left unfinished (``recover``), then listen."""
+        """Parse what a killed process left unfinished (``recover``), load the code tables,
+        then listen."""
         loop = asyncio.get_running_loop()
         if recover_first:
             await loop.run_in_executor(None, recover, self.store)
+        # The code tables, read once, now: not while the first message's ACK waits.
+        await loop.run_in_executor(None, default_terminology)
         self._ingestor.start()
         self._server = await asyncio.start_server(self._connection, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]

@@ -1,0 +1,177 @@
+"""Benchmark: MLLP ingest, messages per second acknowledged durably (target 500/s).
+
+The listener runs in a process of its own (``vigie.ingest.mllp.run_mllp``) on a SQLite file or
+on PostgreSQL (a fresh schema of database ``test`` on 127.0.0.1); the senders are threads of
+this process, each on its own TCP connection, each behaving as an MLLP sender does: send one
+message, wait for its ACK, send the next. The messages are the HL7 v2 export of a generated
+hospital (ADT, ORU, RDE/OMP, RAS), in file order, dealt round-robin to the connections.
+
+Measured per case: messages ACKed per second (first send to last ACK), the median and p99 of
+the ACK latency (send to ACK received), and the time until every message is also parsed and
+its facts stored (``received`` none left). Every ACK is ``AA`` and comes after the message's
+raw bytes are committed, so the figure is durable throughput. Cases alternate (SQLite 1, PG 1,
+SQLite 8, PG 8), repeated ``--repeat`` times; the machine is shared, so compare within a run.
+
+    .venv/bin/python benchmarks/bench_mllp.py [--messages 3000] [--connections 1,8]
+        [--repeat 2] [--no-postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench_ingest_store import postgres_schema
+
+TARGET_MESSAGES_PER_SECOND = 500
+
+SERVER = (
+    "import sys; from vigie.store import FactStore; from vigie.ingest.mllp import run_mllp; "
+    "run_mllp(FactStore(sys.argv[1]), port=0, "
+    "on_listening=lambda port: print(port, flush=True))"
+)
+
+
+def _messages(count: int, folder: Path) -> list[bytes]:
+    from vigie.connectors.hl7v2.framing import cut_messages
+    from vigie.synthetic import generate
+
+    beds, days = 60, 3
+    while True:
+        feeds = generate(beds, days, 1, "hl7", folder / f"{beds}x{days}").feed_files
+        messages = [
+            piece.content
+            for feed in sorted(feeds)
+            for piece in cut_messages(feed.read_bytes())
+            if piece.is_message
+        ]
+        if len(messages) >= count:
+            return messages[:count]
+        beds *= 2
+
+
+def _sender(port: int, messages: list[bytes], latencies: list[float], codes: list[str]) -> None:
+    from vigie.ingest.mllp import FrameReader, frame
+
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as connection:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = FrameReader()
+        for message in messages:
+            began = time.perf_counter()
+            connection.sendall(frame(message))
+            acks: list[bytes | object] = []
+            while not acks:
+                data = connection.recv(65536)
+                if not data:
+                    raise ConnectionError("the listener closed the connection")
+                acks = reader.feed(data)
+            latencies.append(time.perf_counter() - began)
+            ack = acks[0]
+            assert isinstance(ack, bytes)
+            codes.append(ack.split(b"\rMSA", 1)[1][1:3].decode())
+
+
+def _unfinished(url: str) -> int:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            query = "SELECT count(*) FROM raw_message WHERE status = 'received'"
+            return int(connection.execute(text(query)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def run_case(url: str, messages: list[bytes], connections: int) -> dict[str, float]:
+    """One listener process, ``connections`` senders; the figures of the case."""
+    from vigie.store import FactStore
+
+    FactStore(url).close()  # the tables, before the listener
+    env = {**os.environ, "VIGIE_TIMEZONE": "UTC"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", SERVER, url], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert child.stdout is not None
+    port = int(child.stdout.readline())
+    shares = [messages[n::connections] for n in range(connections)]
+    latencies: list[list[float]] = [[] for _ in shares]
+    codes: list[list[str]] = [[] for _ in shares]
+    threads = [
+        threading.Thread(target=_sender, args=(port, share, latencies[n], codes[n]))
+        for n, share in enumerate(shares)
+    ]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    acked = time.perf_counter() - began
+    while _unfinished(url):
+        time.sleep(0.01)
+    parsed = time.perf_counter() - began
+    child.terminate()
+    child.wait(60)
+    child.stdout.close()
+    every = sorted(latency for share in latencies for latency in share)
+    all_codes = [code for share in codes for code in share]
+    assert len(every) == len(messages), "a message was not acknowledged"
+    return {
+        "rate": len(messages) / acked,
+        "median_ms": statistics.median(every) * 1000,
+        "p99_ms": every[int(0.99 * (len(every) - 1))] * 1000,
+        "parsed_rate": len(messages) / parsed,
+        "aa": all_codes.count("AA") / len(all_codes),
+    }
+
+
+def _print(label: str, figures: dict[str, float]) -> None:
+    rate = figures["rate"]
+    print(
+        f"{label:<26} {rate:7,.0f} msg/s ACKed (ratio to {TARGET_MESSAGES_PER_SECOND}/s: "
+        f"{rate / TARGET_MESSAGES_PER_SECOND:4.2f}), ACK latency median "
+        f"{figures['median_ms']:6.2f} ms, p99 {figures['p99_ms']:6.2f} ms; all parsed and "
+        f"stored at {figures['parsed_rate']:7,.0f} msg/s; AA {figures['aa']:.0%}",
+        flush=True,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--connections", default="1,8")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("VIGIE_TIMEZONE", "UTC")
+    with tempfile.TemporaryDirectory(prefix="vigie-bench-mllp-") as name:
+        folder = Path(name)
+        messages = _messages(args.messages, folder)
+        size = sum(map(len, messages)) / len(messages)
+        print(f"{len(messages):,} HL7 v2 messages of a generated hospital, {size:,.0f} bytes each")
+        for round_number in range(1, args.repeat + 1):
+            for connections in map(int, args.connections.split(",")):
+                db = folder / f"r{round_number}c{connections}.db"
+                _print(
+                    f"SQLite, {connections} conn. (run {round_number})",
+                    run_case(f"sqlite:///{db}", messages, connections),
+                )
+                if not args.no_postgres:
+                    with postgres_schema() as url:
+                        _print(
+                            f"PostgreSQL, {connections} conn. (run {round_number})",
+                            run_case(url, messages, connections),
+                        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
