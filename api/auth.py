@@ -28,7 +28,18 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from vigie.store import AuditEntry, ServiceStore, User
 from vigie.store.service import ROLES
 
-__all__ = ["ROLES", "Caller", "bearer", "current_user", "require", "service_of"]
+__all__ = [
+    "ROLES",
+    "Admin",
+    "Caller",
+    "Feed",
+    "Pharmacist",
+    "RuleAuthor",
+    "bearer",
+    "current_user",
+    "require",
+    "service_of",
+]
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -123,3 +134,10 @@ def require(*roles: str) -> Any:
 
     check.__name__ = f"require_{'_or_'.join(roles)}"
     return Depends(check)
+
+
+# What a route declares: ``caller: Pharmacist`` (a user holding the role; 401/403 otherwise).
+Pharmacist = Annotated[Caller, require("pharmacist")]
+RuleAuthor = Annotated[Caller, require("rule_author")]
+Admin = Annotated[Caller, require("admin")]
+Feed = Annotated[Caller, require("feed")]

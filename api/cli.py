@@ -156,10 +156,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 f"reopened, {len(done.resolved):,} resolved, {len(done.kept):,} unchanged"
             )
         app = create_app(store=store)
+        _log_requests()
         # The server's access log would print query strings (patient ids): the app logs each
         # request by its route's template instead.
         uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
     return ExitCode.OK
+
+
+def _log_requests() -> None:
+    """The service's own log lines (one per request, by route template) on stderr."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("vigie")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _cmd_users(args: argparse.Namespace) -> int:

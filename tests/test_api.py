@@ -448,9 +448,16 @@ def test_serve_refreshes_the_worklist_then_runs_the_app(
             served["status"] = client.get("/worklist").status_code
 
     monkeypatch.setattr(uvicorn, "run", run)
-    as_of = NOW.isoformat()
-    assert main(["serve", "--database", url, "--as-of", as_of, "--port", "8123"]) == 0
-    assert "Worklist refreshed: 1 new" in capsys.readouterr().out
+    logger = logging.getLogger("vigie")
+    handlers, level = list(logger.handlers), logger.level
+    try:
+        as_of = NOW.isoformat()
+        assert main(["serve", "--database", url, "--as-of", as_of, "--port", "8123"]) == 0
+    finally:  # serve's log handler writes to this test's captured stderr: not to keep
+        logger.handlers, logger.level = handlers, level
+    printed = capsys.readouterr()
+    assert "Worklist refreshed: 1 new" in printed.out
+    assert "vigie.api: GET /worklist 401" in printed.err
     assert (served["port"], served["access_log"], served["status"]) == (8123, False, 401)
     with FactStore(url) as facts:
         assert [a.rule_id for a in ServiceStore(facts).alerts.worklist()] == ["bio.hyperkalaemia"]

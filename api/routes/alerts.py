@@ -19,7 +19,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vigie import rules
-from vigie.api.auth import Caller, require
+from vigie.api.auth import Pharmacist
 from vigie.api.routes.schemas import AlertSummary, CodedValue, intervention_value, problem_value
 from vigie.engine.runtime import is_active
 from vigie.facts import MedicationOrder
@@ -188,7 +188,7 @@ class DecisionResult(BaseModel):
 
 
 @router.get("/{alert_id}", response_model=AlertDetail, summary="An alert and its context")
-def get_alert(alert_id: AlertId, caller: Annotated[Caller, require("pharmacist")]) -> AlertDetail:
+def get_alert(alert_id: AlertId, caller: Pharmacist) -> AlertDetail:
     """The alert with its evidence, its rule (id, version, source line and text) and the
     patient's context; the read is audited."""
     service = caller.service
@@ -221,9 +221,7 @@ def get_alert(alert_id: AlertId, caller: Annotated[Caller, require("pharmacist")
     status_code=status.HTTP_201_CREATED,
     summary="Record an intervention, its outcome, or a dismissal",
 )
-def post_decision(
-    alert_id: AlertId, body: DecisionCreate, caller: Annotated[Caller, require("pharmacist")]
-) -> DecisionResult:
+def post_decision(alert_id: AlertId, body: DecisionCreate, caller: Pharmacist) -> DecisionResult:
     """An intervention or a dismissal on an open alert (409 otherwise), or later the outcome of
     the intervention recorded on it; audited in the same transaction."""
     service, actor = caller.service, caller.user.name

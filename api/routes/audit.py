@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from vigie.api.auth import Caller, require
+from vigie.api.auth import Admin
 
 __all__ = ["AuditPublic", "router"]
 
@@ -28,7 +28,7 @@ class AuditPublic(BaseModel):
 
 @router.get("/audit", response_model=list[AuditPublic], summary="The audit log")
 def get_audit(
-    caller: Annotated[Caller, require("admin")],
+    caller: Admin,
     actor: Annotated[str | None, Query(max_length=128)] = None,
     patient: Annotated[str | None, Query(max_length=128)] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from vigie.api.auth import Caller, require
+from vigie.api.auth import Admin
 from vigie.store import Ward
 
 __all__ = ["WardCreate", "WardPublic", "router"]
@@ -33,7 +33,7 @@ class WardPublic(WardCreate):
 
 @router.get("", response_model=list[WardPublic], summary="The wards and their beds")
 def get_wards(
-    caller: Annotated[Caller, require("admin")],
+    caller: Admin,
     hospital: Annotated[str | None, Query(max_length=64)] = None,
 ) -> list[WardPublic]:
     return [WardPublic(**vars(ward)) for ward in caller.service.wards(hospital)]
@@ -45,7 +45,7 @@ def get_wards(
     status_code=status.HTTP_201_CREATED,
     summary="Create or change a ward",
 )
-def post_ward(body: WardCreate, caller: Annotated[Caller, require("admin")]) -> WardPublic:
+def post_ward(body: WardCreate, caller: Admin) -> WardPublic:
     """Creates the ward, or changes its label and bed count; audited with the change."""
     entry = caller.entry("write", f"ward {body.hospital}/{body.code}", detail=body.model_dump())
     ward = caller.service.put_ward(Ward(**body.model_dump()), caller.user.name, audit=entry)

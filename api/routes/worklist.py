@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from vigie.api.auth import Caller, require
+from vigie.api.auth import Pharmacist
 from vigie.api.routes.schemas import AlertSummary
 
 __all__ = ["WorklistPage", "router"]
@@ -27,7 +27,7 @@ class WorklistPage(BaseModel):
 
 @router.get("/worklist", response_model=WorklistPage, summary="Open alerts by priority")
 def get_worklist(
-    caller: Annotated[Caller, require("pharmacist")],
+    caller: Pharmacist,
     ward: Annotated[str | None, Query(max_length=128, description="ward (UF) code")] = None,
     severity: Annotated[list[Severity] | None, Query(description="one or more")] = None,
     rule: Annotated[str | None, Query(max_length=128, description="rule id")] = None,
