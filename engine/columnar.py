@@ -477,6 +477,7 @@ class _Scans:
         self._counter = itertools.count()
         self._shape_table: pl.DataFrame | None = None
         self._shaped: pl.LazyFrame | None = None
+        self._series: dict[tuple[str, str], pl.LazyFrame] = {}
         self._base = self._active_lines()
         self.lines = self._base.lazy()
         # ATC code → its routes on active lines; set → its member codes → their routes.
@@ -704,9 +705,11 @@ class _Scans:
 
     def series(self, fact_kind: str, concept: str) -> pl.LazyFrame:
         """A lab or observation series up to the evaluation time (in no order: each reader
-        picks by time and fact id)."""
-
-        def build() -> pl.LazyFrame:
+        picks by time and fact id). Not a cache node: each reader's window is pushed down to
+        the scan of the kind's frame (one pass over it, for the few rows of the window)."""
+        key = (fact_kind, concept)
+        found = self._series.get(key)
+        if found is None:
             frame = self.frames[fact_kind].lazy()
             if fact_kind == "lab":
                 extra = [pl.col("reference_high"), pl.col("reference_low"), pl.col("qualitative")]
@@ -716,11 +719,11 @@ class _Scans:
                     pl.lit(None, pl.Float64()).alias("reference_low"),
                     pl.lit(None, pl.String()).alias("qualitative"),
                 ]
-            return frame.filter(
+            chosen = frame.filter(
                 (pl.col("concept") == concept) & (pl.col("time") <= self.at_expr)
             ).select("patient_id", "fact_id", "value", "unit", "time", *extra)
-
-        return self.cached(("series", fact_kind, concept), build)
+            found = self._series[key] = chosen
+        return found
 
     def age_frame(self) -> pl.LazyFrame:
         """Per patient: birth date, sex and age in completed years at the evaluation time."""
