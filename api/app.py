@@ -75,8 +75,8 @@ def create_app(
     in-memory SQLite URL is refused: each of the server's threads would see its own, empty,
     database."""
     if store is None:
-        if database_url is not None and database_url.rstrip("/") in ("sqlite:", "sqlite:/"):
-            raise StoreError("the service needs a database file or server, not sqlite://")
+        if database_url is not None and _in_memory(database_url):
+            raise StoreError("the service needs a database file or server, not in-memory SQLite")
         store = FactStore(database_url)
         owned = True
     else:
@@ -101,6 +101,10 @@ def create_app(
     app.add_middleware(_AccessLog)
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
     return app
+
+
+def _in_memory(url: str) -> bool:
+    return url.startswith("sqlite") and (url.rstrip("/").endswith(":") or ":memory:" in url)
 
 
 def _version() -> str:

@@ -27,7 +27,7 @@ from vigie.api.cli import main
 from vigie.engine import FactSet, evaluate
 from vigie.engine.alerts import alert_id
 from vigie.facts import AnyFact, Stay
-from vigie.store import FactStore, ServiceStore
+from vigie.store import FactStore, ServiceStore, StoreError
 
 with warnings.catch_warnings():  # starlette asks for httpx2, which this environment lacks
     warnings.simplefilter("ignore")
@@ -383,6 +383,13 @@ def test_the_application_log_names_routes_not_patients(
     assert any(line.startswith("GET /worklist 200") for line in lines)
     assert any(line.startswith("GET /alerts/{alert_id} 200") for line in lines)
     assert not any("p2" in line or P2_ALERT in line for line in lines)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://"])
+def test_an_in_memory_store_is_refused(url: str) -> None:
+    # each server thread would open its own empty database
+    with pytest.raises(StoreError, match="not in-memory SQLite"):
+        create_app(url)
 
 
 def test_the_openapi_schema_lists_every_route_with_its_security(api: Service) -> None:
