@@ -143,6 +143,13 @@ _LINE_COLUMNS = (
 )  # fmt: skip
 # What the per-line dose and MME functions read: a line's shape.
 _SHAPE = ("atc", "route", "dose", "dose_unit", "daily", "ingredients")
+# A line's daily dose: as given, else the dose times the frequency.
+_DAILY = (
+    pl.when(pl.col("daily_dose").is_not_null())
+    .then(pl.col("daily_dose"))
+    .otherwise(pl.col("dose") * pl.col("frequency_per_day"))
+    .alias("daily")
+)
 # A dose unit's base unit and factor to it (null for a unit not known), for ``replace_strict``.
 _UNIT_NAMES = pl.Series(list(AMOUNT_UNITS), dtype=pl.String())
 _UNIT_BASES = pl.Series([base for base, _ in AMOUNT_UNITS.values()], dtype=pl.String())
@@ -537,10 +544,7 @@ class _Scans:
             pl.coalesce("label", "drug_display", "drug_code").alias("label"),
             "dose",
             "dose_unit",
-            pl.when(pl.col("daily_dose").is_not_null())
-            .then(pl.col("daily_dose"))
-            .otherwise(pl.col("dose") * pl.col("frequency_per_day"))
-            .alias("daily"),
+            _DAILY,
             "frequency_per_day",
             "start",
             "end",
@@ -586,11 +590,16 @@ class _Scans:
         return pl.DataFrame(rows, schema=schema, orient="row")
 
     def shaped_lines(self) -> pl.LazyFrame:
-        """The active lines with their ingredients (what the dose and MME functions read)."""
+        """The active lines with their shape (what the dose and MME functions read, the
+        ingredients included), collected once when a rule reads a daily dose or MME."""
         if self._shaped is None:
-            ingredients = _collect(self._active().select("ingredients"))
-            # the same rows in the same order (the same filter of the same frame)
-            self._shaped = self._base.hstack(ingredients.get_columns()).lazy()
+            shaped = self._active().select(
+                "patient_id",
+                "fact_id",
+                "order_id",
+                *[_DAILY if c == "daily" else c for c in _SHAPE],
+            )
+            self._shaped = _collect(shaped).lazy()
         return self._shaped
 
     def member(
