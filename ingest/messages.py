@@ -210,6 +210,7 @@ def ingest_hl7(
     origin in errors and dead letters (``http``, ``mllp://host``).
     """
     connector = connector_for("hl7")
+    raws: Iterable[RawMessage]
     if isinstance(payload, str):
         content = payload.encode("utf-8", "surrogatepass")
         raws = (

@@ -281,7 +281,7 @@ def build_ack(content: bytes, ack: Acknowledgement, encoding: str | None = None)
         _field(fields, 12) or b"2.5",
     ]
     msa = [b"MSA", ack.code.encode(), _field(fields, 10)]
-    segments = [separator.join(msh), msa]
+    err: list[bytes] = []
     if ack.code != "AA":
         codec = encoding or "utf-8"
         reason = _escape((ack.reason or "")[:_MAX_REASON], separator, encoding_chars)
@@ -290,8 +290,7 @@ def build_ack(content: bytes, ack: Acknowledgement, encoding: str | None = None)
         location = _error_location(ack.location, component.decode("latin-1"))
         error_code = ack.error_code.replace("^", component.decode("latin-1"))
         err = [b"ERR", b"", location.encode(), error_code.encode(), b"E", b"", b"", b"", text]
-        segments.append(separator.join(err))
-    segments[1] = separator.join(msa)
+    segments = [separator.join(msh), separator.join(msa), *([separator.join(err)] if err else [])]
     return b"\r".join(segments) + b"\r"
 
 
@@ -392,18 +391,22 @@ class _Ingestor:
         self._kept: queue.Queue[list[_Message] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._under_way: set[int] = set()  # raw ids kept, not yet stored by the parser
+        self.started = False
         self._keeper = threading.Thread(target=self._keep_loop, name="mllp-keeper", daemon=True)
         self._parser = threading.Thread(target=self._parse_loop, name="mllp-parser", daemon=True)
 
     def start(self) -> None:
         self._keeper.start()
         self._parser.start()
+        self.started = True
 
     def submit(self, item: _Frame) -> None:
         self._frames.put(item)
 
     def stop(self) -> None:
         """Finish every frame submitted, then stop both threads (blocking)."""
+        if not self.started:
+            return
         self._frames.put(None)
         self._keeper.join()
         self._parser.join()
@@ -464,8 +467,8 @@ class _Ingestor:
                 continue
             for message in group:
                 message.ack = _acknowledgement(message)
-                record = message.record
-                if record is not None and not record.duplicate and record.refused is None:
+                kept = message.record
+                if kept is not None and not kept.duplicate and kept.refused is None:
                     to_parse.append(message)
         if to_parse:
             self._kept.put(to_parse)
