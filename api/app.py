@@ -15,14 +15,16 @@ id, which may be patient data.
 
 >>> import tempfile
 >>> app = create_app(f"sqlite:///{tempfile.mkdtemp()}/vigie.db")
->>> sorted(app.openapi()["paths"])
-['/alerts/{alert_id}', '/alerts/{alert_id}/decision', '/audit', '/wards', '/worklist']
+>>> [path for path in sorted(app.openapi()["paths"]) if path.startswith(("/alerts", "/work"))]
+['/alerts/{alert_id}', '/alerts/{alert_id}/decision', '/worklist']
 >>> app.state.service.facts.close()
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
@@ -30,13 +32,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vigie import rules
-from vigie.api.routes import alerts, audit, wards, worklist
+from vigie.api import routes
 from vigie.errors import VigieError
 from vigie.store import (
     AlertStore,
@@ -52,8 +54,20 @@ from vigie.store.service import RulePackVersion
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ROUTERS", "create_app", "refresh_worklist"]
 
-# The routers the app includes, one per resource (a new resource adds its own here).
-ROUTERS = (worklist.router, alerts.router, wards.router, audit.router)
+
+def _routers() -> tuple[APIRouter, ...]:
+    """The ``router`` of every module of ``vigie.api.routes``, in module name order: a new
+    resource is a new module there."""
+    found = []
+    for module in sorted(pkgutil.iter_modules(routes.__path__), key=lambda m: m.name):
+        loaded = importlib.import_module(f"{routes.__name__}.{module.name}")
+        router = getattr(loaded, "router", None)
+        if isinstance(router, APIRouter):
+            found.append(router)
+    return tuple(found)
+
+
+ROUTERS = _routers()  # the routers the app includes
 
 log = logging.getLogger("vigie.api")
 

@@ -1,2 +1,2 @@
 """The service's routes, one module per resource, each with its ``APIRouter`` named ``router``
-(``vigie.api.app.ROUTERS`` lists those the app includes)."""
+(the app includes every module's: a new resource is a new module here)."""
