@@ -496,8 +496,8 @@ class _Scans:
         self.present = frozenset(self._members)
 
     def may_fire(self, rule: LoadedRule) -> bool:
-        """False when a drug binding's set has no order line at all: the rule has no candidate
-        row (``Selection.candidates`` skips it the same way)."""
+        """False when a drug binding's set has no active line: the rule has no candidate row
+        (``Selection.candidates`` skips it the same way)."""
         return all(b.set is None or b.set in self.present for b in rule.drug_bindings)
 
     @property
