@@ -39,6 +39,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vigie import rules
 from vigie.api import routes
+from vigie.api.auth import require
+from vigie.api.cds_hooks import CardFeedback, CdsHooksError, cds_router
+from vigie.engine.live import AlertDiff
+from vigie.engine.load import LoadedPack
 from vigie.errors import VigieError
 from vigie.store import (
     AlertStore,
@@ -49,7 +53,7 @@ from vigie.store import (
     UnknownAlertError,
     UnknownResourceError,
 )
-from vigie.store.alerts import AlertTransitionError, Reconciled
+from vigie.store.alerts import AlertTransitionError, Dismissal, Intervention, Reconciled
 from vigie.store.service import RulePackVersion
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ROUTERS", "create_app", "refresh_worklist"]
@@ -83,11 +87,15 @@ def create_app(
     *,
     store: FactStore | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    cds_packs: Sequence[LoadedPack] | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> FastAPI:
     """The service over the store at ``database_url`` (default: ``VIGIE_DATABASE_URL``, else
     the user's SQLite file), or over an open ``store`` (then the caller closes it). An
     in-memory SQLite URL is refused: each of the server's threads would see its own, empty,
-    database."""
+    database. The CDS Hooks services (``/cds-services``, for prescribing software: roles
+    ``feed`` or ``pharmacist``) evaluate ``cds_packs`` (default: the shipped default pack) as
+    of ``clock()`` (default: now)."""
     if store is None:
         if database_url is not None and _in_memory(database_url):
             raise StoreError("the service needs a database file or server, not in-memory SQLite")
@@ -111,10 +119,54 @@ def create_app(
     app.state.service = ServiceStore(store)
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(
+        cds_router(
+            cds_packs,
+            record_feedback=_cds_feedback(app.state.service),
+            clock=clock or (lambda: datetime.now(UTC)),
+        ),
+        dependencies=[require("feed", "pharmacist")],
+    )
     _add_error_handlers(app)
     app.add_middleware(_AccessLog)
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
     return app
+
+
+def _cds_feedback(service: ServiceStore) -> Callable[[CardFeedback], None]:
+    """Record what a prescriber did with a CDS Hooks card as a decision on its alert: accepted
+    is an intervention (the rule's SFPC codes) with its outcome ``accepted``; overridden is a
+    dismissal with the reason the override maps to. The actor is ``cds-hooks:<service>``, so
+    the metrics tell these from the pharmacists' decisions. A card's alert that the worklist
+    does not hold (a draft order's) is stored first."""
+
+    def record(feedback: CardFeedback) -> None:
+        alert = feedback.alert
+        actor = f"cds-hooks:{feedback.service_id}"
+        at = feedback.outcome_time
+        try:
+            try:
+                service.alerts.get(alert.id)
+            except UnknownAlertError:
+                service.alerts.apply_diff(AlertDiff(new=[alert]), alert.as_of)
+            if feedback.outcome == "accepted":
+                taken = ", ".join(feedback.accepted_suggestions) or "no suggestion taken"
+                decision: Intervention | Dismissal = Intervention(
+                    text=f"CDS Hooks card accepted ({taken})",
+                    code=alert.intervention.code,
+                    problem_code=alert.problem.code,
+                    prescriber_contacted=True,
+                )
+                service.decide(alert.id, decision, actor=actor, at=at)
+                service.record_outcome(alert.id, "accepted", actor=actor, at=at)
+                return
+            text = feedback.user_comment or f"overridden: {feedback.override_code}"
+            decision = Dismissal(reason_code=feedback.dismiss_reason or "other", text=text)
+            service.decide(alert.id, decision, actor=actor, at=at)
+        except AlertTransitionError as error:  # already decided, by a pharmacist or a card
+            raise CdsHooksError(409, str(error), "conflict") from error
+
+    return record
 
 
 def _in_memory(url: str) -> bool:

@@ -1,0 +1,130 @@
+"""CDS Hooks mounted in the service (``create_app``): the services need a ``feed`` or
+``pharmacist`` token, and a prescriber's feedback on a card becomes a decision on its alert in
+the store (accepted: an intervention with its outcome accepted; overridden: a dismissal with
+the mapped reason), audited, whichever of SQLite and PostgreSQL holds it. The card contents are
+tested in tests/test_cds_hooks.py; this is the wiring."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from tests.test_api import database_url, pytest_generate_tests  # noqa: F401 (fixtures)
+from tests.test_cds_hooks import (  # noqa: F401 (coleman: a fixture)
+    NOW,
+    _call,
+    _draft,
+    _metformin,
+    _metformin_cards,
+    _orders_bundle,
+    _patient,
+    _prefetch,
+    coleman,
+)
+from vigie.api.app import create_app
+from vigie.store import ServiceStore
+
+with warnings.catch_warnings():  # starlette asks for httpx2, which this environment lacks
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+
+@dataclass
+class Service:
+    client: TestClient
+    service: ServiceStore
+    tokens: dict[str, str]
+
+    def as_(self, role: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
+
+
+@pytest.fixture(scope="module")
+def api(database_url: str) -> Iterator[Service]:  # noqa: F811 (the imported fixture)
+    app = create_app(database_url, clock=lambda: NOW)
+    service: ServiceStore = app.state.service
+    roles = ("pharmacist", "rule_author", "admin", "feed")
+    tokens = {role: service.add_user(f"{role}.cds", [role])[1] for role in roles}
+    with TestClient(app) as client:
+        yield Service(client, service, tokens)
+
+
+@pytest.mark.parametrize(
+    ("role", "status"),
+    [(None, 401), ("admin", 403), ("rule_author", 403), ("feed", 200), ("pharmacist", 200)],
+)
+def test_the_services_need_a_feed_or_pharmacist_token(
+    api: Service, role: str | None, status: int
+) -> None:
+    assert api.client.get("/cds-services", headers=api.as_(role)).status_code == status
+
+
+def _card(
+    api: Service,
+    coleman: list[dict[str, Any]],  # noqa: F811
+    instance: str,
+    draft: str = "draft-metformin",
+) -> dict[str, Any]:
+    """The stop-metformin card of an order-sign of a draft metformin order ``draft``."""
+    orders = _orders_bundle(_draft(_metformin(coleman), draft))
+    body = _call("order-sign", _patient(coleman)["id"], instance, draftOrders=orders)
+    body["prefetch"] = _prefetch(coleman)
+    response = api.client.post("/cds-services/vigie-order-sign", json=body, headers=api.as_("feed"))
+    assert response.status_code == 200, response.text
+    (card,) = _metformin_cards(response.json()["cards"])
+    return card
+
+
+def test_feedback_becomes_decisions_on_the_alerts(
+    api: Service,
+    coleman: list[dict[str, Any]],  # noqa: F811
+) -> None:
+    card = _card(api, coleman, "app-1")
+    feedback = {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+        "outcomeTimestamp": "1980-07-16T21:02:00Z",
+    }
+    url = "/cds-services/vigie-order-sign/feedback"
+    response = api.client.post(url, json={"feedback": [feedback]}, headers=api.as_("feed"))
+    assert response.status_code == 200, response.text
+    decided = [d for d in api.service.decisions() if d.actor == "cds-hooks:vigie-order-sign"]
+    (decision,) = decided
+    alert = api.service.alerts.get(decision.alert_id)
+    assert alert.rule_id == "renal.metformin_egfr" and alert.status == "intervention"
+    # the rule's SFPC codes (catalogue: metformin and eGFR < 30 — problem 1, stop: 2)
+    assert (decision.problem_code, decision.intervention_code) == ("1", "2")
+    assert decision.outcome == "accepted"
+    assert decision.decided_at == datetime(1980, 7, 16, 21, 2)
+    # the same card again: the alert is decided already, a 409 saying so, nothing recorded
+    again = api.client.post(url, json={"feedback": [feedback]}, headers=api.as_("feed"))
+    assert again.status_code == 409, again.text
+    assert "decided" in again.text or "cannot" in again.text
+    assert len([d for d in api.service.decisions() if d.alert_id == alert.id]) == 1
+
+
+def test_an_override_becomes_a_dismissal_with_its_reason(
+    api: Service,
+    coleman: list[dict[str, Any]],  # noqa: F811
+) -> None:
+    card = _card(api, coleman, "app-2", draft="draft-metformin-2")
+    reason = next(r for r in card["overrideReasons"] if r["code"] == "patient-monitored")
+    feedback = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {"reason": reason, "userComment": "néphrologue prévenu"},
+        "outcomeTimestamp": "1980-07-16T21:03:00Z",
+    }
+    url = "/cds-services/vigie-order-sign/feedback"
+    response = api.client.post(url, json={"feedback": [feedback]}, headers=api.as_("feed"))
+    assert response.status_code == 200, response.text
+    (decision,) = [d for d in api.service.decisions() if d.decided_at.minute == 3]
+    assert decision.kind == "dismissal" and decision.dismiss_reason == "accepted_risk"
+    assert decision.comment == "néphrologue prévenu"
+    assert api.service.alerts.get(decision.alert_id).status == "dismissed"
