@@ -5,7 +5,8 @@
     python3 dev.py test     # create .venv, install Vigie and test tools, run the whole suite
 
 The virtual environment is reused while pyproject.toml is unchanged. ``test`` starts the local
-PostgreSQL server when it is not running (the suite runs against SQLite and PostgreSQL).
+PostgreSQL server when it is not running (the suite runs against SQLite and PostgreSQL) and
+installs Debian's Chromium for the web page's browser test when it is missing.
 Extra arguments after the command go to ``vigie demo`` or to pytest.
 """
 
@@ -74,6 +75,26 @@ def ensure_postgres() -> None:
     print("warning: PostgreSQL did not start; the postgres tests will fail", flush=True)
 
 
+BROWSER = ("/usr/bin/chromium", "/usr/bin/chromedriver")
+
+
+def ensure_browser() -> None:
+    """Install Debian's Chromium and its driver for the web page's browser test when missing
+    (as root, with apt-get); otherwise that test fails saying what is missing."""
+    if all(os.path.exists(path) for path in BROWSER):
+        return
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        print("warning: chromium and chromedriver are missing; the browser test will fail")
+        return
+    print("Installing chromium and chromium-driver (Debian) for the browser test ...", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    command = ("apt-get", "install", "-y", "-q", "chromium", "chromium-driver")
+    if _run(*command, env=env, stdout=subprocess.DEVNULL) != 0:
+        _run("apt-get", "update", "-q", env=env, stdout=subprocess.DEVNULL)
+        if _run(*command, env=env, stdout=subprocess.DEVNULL) != 0:
+            print("warning: could not install chromium; the browser test will fail")
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"demo", "test"}:
         print(__doc__)
@@ -82,6 +103,7 @@ def main(argv: list[str]) -> int:
     if argv[0] == "demo":
         return _run(BIN / "vigie", "demo", *argv[1:])
     ensure_postgres()
+    ensure_browser()
     env = dict(os.environ, PYTHONHASHSEED="0")
     return _run(BIN / "python", "-m", "pytest", "-m", "", *argv[1:], env=env)
 
