@@ -72,6 +72,7 @@ from vigie.store.database import FactStore, StoreError, _Base
 __all__ = [
     "DISMISS_REASONS",
     "EVALUATION_ACTOR",
+    "RELEVANT_DISMISSALS",
     "AlertError",
     "AlertEvent",
     "AlertStatus",
@@ -99,6 +100,10 @@ DISMISS_REASONS: Final = {
     "duplicate": "the same problem as another alert",
     "other": "other reason (free text)",
 }
+# The dismissals that still say the alert was right (a real problem, needing no action now):
+# with the interventions, the "relevant" decisions of the observed PPV and of the metrics
+# (docs/metrics.md). ``not_relevant``, ``data_error``, ``duplicate`` and ``other`` are not.
+RELEVANT_DISMISSALS: Final = frozenset({"already_handled", "accepted_risk"})
 # SFPC intervention types (ARCHITECTURE.md: intervention ``1``..``7``).
 INTERVENTION_TYPES: Final = frozenset(str(code) for code in range(1, 8))
 
@@ -829,32 +834,33 @@ class AlertStore:
             raise AlertError(f"cannot read the alerts: {error.__class__.__name__}") from error
 
     def observed_ppv(self, min_decisions: int = 5) -> dict[str, float]:
-        """Per rule, the share of pharmacists' decisions that were interventions: every
-        ``intervention`` over every ``intervention`` and ``dismissed`` of the event log (an alert
-        decided twice, reopened in between, counts twice). Rules with fewer than
-        ``min_decisions`` decisions are left out: the priority score then uses its prior
-        (``vigie.engine.priority.PPV_PRIOR``) rather than a ratio of two or three."""
+        """Per rule, the share of pharmacists' decisions that found the alert relevant: an
+        ``intervention``, or a dismissal whose reason says the alert was right but needed no
+        action (:data:`RELEVANT_DISMISSALS`: ``already_handled``, ``accepted_risk``), over every
+        ``intervention`` and ``dismissed`` of the event log (an alert decided twice, reopened in
+        between, counts twice). The metrics' PPV (``vigie.store.metrics``) uses the same
+        definition. Rules with fewer than ``min_decisions`` decisions are left out: the priority
+        score then uses its prior (``vigie.engine.priority.PPV_PRIOR``) rather than a ratio of
+        two or three."""
         decided = AlertEventRow.to_status.in_(["intervention", "dismissed"])
+        relevant = (AlertEventRow.to_status == "intervention") | (
+            (AlertEventRow.to_status == "dismissed")
+            & AlertEventRow.reason_code.in_(sorted(RELEVANT_DISMISSALS))
+        )
         query = (
-            select(AlertRow.rule_id, AlertEventRow.to_status, func.count())
+            select(AlertRow.rule_id, func.count(), func.count(case((relevant, 1))))
             .join(AlertRow, AlertRow.id == AlertEventRow.alert_id)
             .where(decided)
-            .group_by(AlertRow.rule_id, AlertEventRow.to_status)
+            .group_by(AlertRow.rule_id)
         )
         try:
             with self._read() as session:
                 counts = session.execute(query).all()
         except SQLAlchemyError as error:
             raise AlertError(f"cannot read the decisions: {error.__class__.__name__}") from error
-        interventions: dict[str, int] = {}
-        decisions: dict[str, int] = {}
-        for rule_id, status, n in counts:
-            decisions[rule_id] = decisions.get(rule_id, 0) + n
-            if status == "intervention":
-                interventions[rule_id] = interventions.get(rule_id, 0) + n
         return {
-            rule: interventions.get(rule, 0) / total
-            for rule, total in sorted(decisions.items())
+            rule: positives / total
+            for rule, total, positives in sorted(counts)
             if total >= min_decisions
         }
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from vigie.errors import ConfigurationError
@@ -48,6 +48,7 @@ __all__ = [
     "choices",
     "current",
     "describe",
+    "pseudonym_key",
     "reload",
     "site_timezone",
     "value",
@@ -107,6 +108,12 @@ class Settings(BaseSettings):
     shared_data: Path = Field(
         default=_SHARED_DATA,
         description="reference data of the tests, the benchmarks and rules import-ansm",
+    )
+    pseudonym_key: SecretStr | None = Field(
+        default=None,
+        description="the secret key of the patient pseudonyms of GET /metrics/export.csv "
+        "(HMAC-SHA256; at least 16 characters); unset: the export is refused",
+        json_schema_extra={"kind": "secret"},
     )
     test_postgres_url: str = Field(
         default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
@@ -214,6 +221,29 @@ def site_timezone() -> ZoneInfo:
     ``reload()`` or ``site_timezone.cache_clear()`` makes the next call read it again.
     """
     return ZoneInfo(value("timezone"))
+
+
+PSEUDONYM_KEY_MIN = 16  # characters of VIGIE_PSEUDONYM_KEY
+
+
+def pseudonym_key() -> bytes:
+    """The key of the patient pseudonyms (``VIGIE_PSEUDONYM_KEY``), as UTF-8 bytes.
+
+    A ``ConfigurationError`` naming the variable when it is unset or shorter than
+    :data:`PSEUDONYM_KEY_MIN` characters; the message never shows the key.
+    """
+    secret = value("pseudonym_key")
+    key = secret.get_secret_value() if secret is not None else ""
+    if len(key) < PSEUDONYM_KEY_MIN:
+        shown = "(unset)" if not key else f"(hidden, {len(key)} characters)"
+        raise ConfigurationError(
+            _VARIABLES["pseudonym_key"],
+            shown,
+            f"a secret of at least {PSEUDONYM_KEY_MIN} characters, the key of the patient "
+            "pseudonyms of the metrics export (e.g. python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')",
+        )
+    return key.encode("utf-8")
 
 
 def reload() -> None:
