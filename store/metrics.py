@@ -78,6 +78,8 @@ __all__ = [
 ACCEPTED_OUTCOMES: Final = frozenset({"accepted", "accepted_modified"})
 _CHUNK: Final = 2000  # ids per IN (...) list
 _MAX_DAYS: Final = 3660  # a period of ten years at most (one row per day)
+_FIRST_DAY: Final = date(1900, 1, 1)  # the days a filter may name
+_LAST_DAY: Final = date(2999, 12, 31)
 
 NOTE_NO_BEDS: Final = "no beds declared for this ward (0 beds): rate not computed"
 NOTE_UNDECLARED: Final = "ward not declared (POST /wards): no bed count, rate not computed"
@@ -103,11 +105,13 @@ class MetricsFilter:
     ward: str | None = None
 
     def check(self) -> None:
+        for name, day in (("from", self.start), ("to", self.end)):
+            if day is not None and not _FIRST_DAY <= day <= _LAST_DAY:
+                raise MetricsError(f"{name}: a day from {_FIRST_DAY} to {_LAST_DAY}, got {day}")
         if self.start is not None and self.end is not None:
             if self.end < self.start:
                 raise MetricsError(f"the period ends ({self.end}) before it starts ({self.start})")
-            if (self.end - self.start).days >= _MAX_DAYS:
-                raise MetricsError(f"a period of at most {_MAX_DAYS} days")
+            _check_span(self.start, self.end)
 
     def shown(self) -> dict[str, str]:
         """The filters given, as text (for the audit log)."""
@@ -326,6 +330,15 @@ class _Scope:
         return moment.replace(tzinfo=UTC).astimezone(self.tz)
 
 
+def _check_span(first: date, last: date) -> None:
+    """A period (given, or stretched to the data by a missing bound) of at most
+    :data:`_MAX_DAYS` days: the answer has a row per day."""
+    if (last - first).days >= _MAX_DAYS:
+        raise MetricsError(
+            f"a period of at most {_MAX_DAYS} days, got {first} to {last} (give from and to)"
+        )
+
+
 def _utc(day: date, tz: tzinfo) -> datetime:
     """The UTC instant (naive) of a day's local midnight."""
     return datetime.combine(day, time(), tzinfo=tz).astimezone(UTC).replace(tzinfo=None)
@@ -453,6 +466,7 @@ def _months(scope: _Scope, seen: Iterable[date]) -> list[tuple[str, date, date]]
     last = scope.filters.end or (days[-1] if days else None)
     if first is None or last is None:
         return []
+    _check_span(first, last)
     months = []
     cursor = first.replace(day=1)
     while cursor <= last:
@@ -562,6 +576,7 @@ def _per_day(scope: _Scope, alerts: Sequence[_Alert]) -> list[DayCount]:
     last = scope.filters.end or max(counts, default=None)
     if first is None or last is None:
         return []
+    _check_span(first, last)
     days = []
     for offset in range((last - first).days + 1):
         day = first + timedelta(days=offset)

@@ -334,6 +334,9 @@ def test_filters_by_ward_and_hospital(api: Api) -> None:
         ({"hospital": "H9"}, "H9"),
         ({"hospital": "H2", "ward": "CARDIO"}, "CARDIO"),
         ({"from": "March"}, "from"),
+        ({"from": "0001-01-01"}, "from"),
+        ({"to": "9999-12-31"}, "to"),
+        ({"from": "2010-01-01"}, "at most 3660 days"),  # stretched to the data (2025)
     ],
 )
 def test_bad_filters_are_422_saying_why(api: Api, params: dict[str, str], field: str) -> None:
