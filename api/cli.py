@@ -332,6 +332,14 @@ def _parser() -> argparse.ArgumentParser:
         help="an empty store to load the demo into (default: the demo's own SQLite file, emptied "
         "first; never VIGIE_DATABASE_URL's store)",
     )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="then refresh the worklist and serve the pharmacist's page on the demo's store, with "
+        "a pharmacist user whose token is printed",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="with --serve (default: 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="with --serve (default: 8000)")
     _add_generate(sub)
     ing = sub.add_parser("ingest", help="load feeds into the store")
     ing.add_argument("paths", nargs="+", type=Path, metavar="PATH")
@@ -536,18 +544,64 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     store = _demo_store(args)
     if store is None:
         return ExitCode.USAGE
-    with store, tempfile.TemporaryDirectory(prefix="vigie-demo-") as folder:
-        out = Path(folder)
-        print(f"Generating a {args.beds}-bed hospital over {args.days} days ({args.format})...")
-        summary = _generate(args, out)
-        print(f"\nIngesting into {store.safe_url} ...")
-        report = ingest(summary.feed_files, store, args.format)
-        _print_ingest(report, max_errors=5)
-        print("\nData quality of the store:")
-        facts = FactSet(store.iter_facts())
-        print(render_text(quality_report(facts, store.raw_counts(), [])))
-    _print_alerts(facts, summary.start + timedelta(days=args.days))
+    with store:
+        with tempfile.TemporaryDirectory(prefix="vigie-demo-") as folder:
+            out = Path(folder)
+            print(f"Generating a {args.beds}-bed hospital over {args.days} days ({args.format})...")
+            summary = _generate(args, out)
+            print(f"\nIngesting into {store.safe_url} ...")
+            report = ingest(summary.feed_files, store, args.format)
+            _print_ingest(report, max_errors=5)
+            print("\nData quality of the store:")
+            facts = FactSet(store.iter_facts())
+            print(render_text(quality_report(facts, store.raw_counts(), [])))
+        as_of = summary.start + timedelta(days=args.days)
+        _print_alerts(facts, as_of)
+        if args.serve:
+            return _serve_demo(args, store, summary, as_of)
     print(f"\nThe demo's store stays for a look: VIGIE_DATABASE_URL={store.safe_url} vigie quality")
+    return ExitCode.OK
+
+
+DEMO_HOSPITAL = "DEMO"  # the hospital code of the demo's wards
+DEMO_PHARMACIST = "demo.pharmacien"
+
+
+def _serve_demo(
+    args: argparse.Namespace, store: FactStore, summary: GenerationSummary, as_of: datetime
+) -> int:
+    """The service on the demo's store: the worklist refreshed as of the end of the generated
+    period, the generated wards and their beds declared (for the IP per 100 beds), a pharmacist
+    user (a new token each run), then uvicorn until interrupted."""
+    import uvicorn
+
+    from vigie.api.app import create_app, refresh_worklist
+    from vigie.store import ServiceStore, Ward
+
+    print(f"\nRefreshing the worklist as of {as_of:%Y-%m-%d %H:%M} UTC ...")
+    done = refresh_worklist(store, as_of)
+    print(f"Worklist: {len(done.opened):,} open alerts")
+    service = ServiceStore(store)
+    for ward in summary.wards:
+        service.put_ward(Ward(DEMO_HOSPITAL, ward.code, ward.name, ward.beds), "vigie demo")
+    print(f"Wards: {len(summary.wards)} declared in hospital {DEMO_HOSPITAL} with their beds")
+    known = {user.name for user in service.users()}
+    name = DEMO_PHARMACIST
+    for n in range(2, 1000):
+        if name not in known:
+            break
+        name = f"{DEMO_PHARMACIST}{n}"
+    _, token = service.add_user(name, ["pharmacist"])
+    app = create_app(store=store)
+    shown_host = f"[{args.host}]" if ":" in args.host else args.host
+    print(
+        f"\nThe pharmacist's page: http://{shown_host}:{args.port}/\n"
+        f"Log in as {name} with this token (shown once; only its hash is kept):\n{token}\n"
+        "Stop with Ctrl+C; the store stays: "
+        f"vigie serve --database {store.safe_url} --as-of {as_of:%Y-%m-%dT%H:%M}"
+    )
+    _log_requests()
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
     return ExitCode.OK
 
 

@@ -32,7 +32,7 @@ from vigie.api.routes import web
 from vigie.engine import FactSet, evaluate
 from vigie.facts import AnyFact, Stay
 from vigie.rules.check import INTERVENTION_CODES, PROBLEM_CODES
-from vigie.store import ServiceStore, Ward
+from vigie.store import FactStore, ServiceStore, Ward
 from vigie.store.alerts import DISMISS_REASONS
 from vigie.store.service import OUTCOMES
 
@@ -367,3 +367,51 @@ def test_log_in_decide_the_top_alert_and_see_it_counted(served: Served, browser:
     assert chart.is_displayed() and float(bars[0].get_attribute("height")) > 0
     problems = driver.find_element(By.ID, "ip-problems").text
     assert "Surdosage" in problems
+
+
+# vigie demo --serve ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_serve_shows_the_page_with_real_alerts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo's hospital, its worklist refreshed, its wards with beds and a pharmacist whose
+    printed token opens the worklist; uvicorn.run replaced by a client of the app."""
+    import logging
+
+    import uvicorn
+
+    from vigie.api.cli import main
+
+    served: dict[str, Any] = {}
+
+    def run(app: Any, **options: Any) -> None:
+        served.update(options)
+        token = capsys.readouterr().out.split("(shown once; only its hash is kept):\n")[1]
+        headers = {"Authorization": f"Bearer {token.splitlines()[0]}"}
+        with TestClient(app) as client:
+            served["page"] = client.get("/").status_code
+            served["worklist"] = client.get("/worklist", headers=headers).json()
+            served["metrics"] = client.get("/metrics", headers=headers).status_code
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    logger = logging.getLogger("vigie")
+    handlers, level = list(logger.handlers), logger.level
+    try:
+        assert main(["demo", "--store", url, "--serve", "--port", "8125"]) == 0
+    finally:  # the service's log handler writes to this test's captured stderr: not to keep
+        logger.handlers, logger.level = handlers, level
+    assert (served["host"], served["port"], served["access_log"]) == ("127.0.0.1", 8125, False)
+    assert served["page"] == 200 and served["metrics"] == 200
+    worklist = served["worklist"]
+    assert worklist["total"] >= 1 and {item["status"] for item in worklist["items"]} == {"open"}
+    with FactStore(url) as facts:
+        service = ServiceStore(facts)
+        assert [(u.name, u.roles) for u in service.users()] == [
+            ("demo.pharmacien", ("pharmacist",))
+        ]
+        wards = service.wards("DEMO")
+        assert sum(w.beds for w in wards) == 60
+        assert {item["ward"] for item in worklist["items"]} <= {w.code for w in wards}

@@ -577,7 +577,7 @@
   function showPatient(patient) {
     const parts = ["Patient " + text(patient.patient_id)];
     if (patient.sex) {
-      parts.push({ male: "homme", female: "femme" }[patient.sex] || patient.sex);
+      parts.push({ male: "homme", female: "femme", M: "homme", F: "femme" }[patient.sex] || patient.sex);
     }
     if (patient.birth_date) {
       parts.push("né(e) le " + formatTime(patient.birth_date));
