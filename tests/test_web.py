@@ -32,6 +32,7 @@ from vigie.api.routes import web
 from vigie.engine import FactSet, evaluate
 from vigie.facts import AnyFact, Stay
 from vigie.rules.check import INTERVENTION_CODES, PROBLEM_CODES
+from vigie.settings import site_timezone
 from vigie.store import FactStore, ServiceStore, Ward
 from vigie.store.alerts import DISMISS_REASONS
 from vigie.store.service import OUTCOMES
@@ -332,7 +333,7 @@ def test_log_in_decide_the_top_alert_and_see_it_counted(served: Served, browser:
 
     # The metrics page counts it: one IP in the top alert's ward this month.
     driver.find_element(By.ID, "nav-metrics").click()
-    month = datetime.now(UTC).strftime("%Y-%m")
+    month = datetime.now(UTC).astimezone(site_timezone()).strftime("%Y-%m")  # the metrics' months
     row = _wait(
         driver,
         lambda d: next(
