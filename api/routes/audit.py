@@ -33,7 +33,7 @@ def get_audit(
     patient: Annotated[str | None, Query(max_length=128)] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,  # a database integer
 ) -> list[AuditPublic]:
     """Who read or wrote what, when, about which patient; filtered when asked. Reading the
     log is itself audited (it names patients)."""

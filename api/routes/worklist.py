@@ -33,7 +33,7 @@ def get_worklist(
     rule: Annotated[str | None, Query(max_length=128, description="rule id")] = None,
     patient: Annotated[str | None, Query(max_length=128, description="patient id")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,  # a database integer
 ) -> WorklistPage:
     """The open alerts, highest priority first (then severity, first seen, id), filtered by
     ward, severities, rule and patient; ``limit`` and ``offset`` page through them. The read
