@@ -1,9 +1,10 @@
 """The pharmacist's web page (``vigie.api.routes.web`` and ``vigie/api/static``): its files and
 codes over HTTP, then the page end to end in a real headless Chromium (Debian's ``chromium`` and
 ``chromedriver`` in /usr/bin, driven by Selenium) against the real app served by uvicorn on a
-SQLite file holding real alerts of three patients: log in, the worklist by priority, the top
-alert with its evidence and rule, an intervention with SFPC codes, the alert gone from the
-worklist, the IP counted in the metrics page.
+SQLite file holding real alerts of three patients: log in (a wrong token and a token without
+the role refused in French), the worklist by priority and its filters, the top alert with its
+evidence and rule, an intervention with SFPC codes, the alert gone from the worklist, its
+outcome recorded later, the IP counted in the metrics page; ``vigie demo --serve``.
 
 The browser test fails (never skips) when the browser, its driver or Selenium is missing: CI
 installs them (.ci).
@@ -142,6 +143,7 @@ class Served:
     url: str
     service: ServiceStore
     token: str
+    feed_token: str
 
 
 def _free_socket() -> socket.socket:
@@ -168,6 +170,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         service.put_ward(Ward("H1", code, label, beds), "admin.web")
     service.put_ward(Ward("H1", "GERIA", "Gériatrie", 40), "admin.web")
     _, token = service.add_user("pharm.web", ["pharmacist"])
+    _, feed_token = service.add_user("feed.web", ["feed"])
 
     sock = _free_socket()
     port = sock.getsockname()[1]
@@ -180,7 +183,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             pytest.fail("the service did not start under uvicorn")
         time.sleep(0.02)
     try:
-        yield Served(f"http://127.0.0.1:{port}", service, token)
+        yield Served(f"http://127.0.0.1:{port}", service, token, feed_token)
     finally:
         server.should_exit = True
         thread.join(15)
@@ -271,6 +274,15 @@ def test_log_in_decide_the_top_alert_and_see_it_counted(served: Served, browser:
     assert error.text.startswith("Jeton refusé")
     token = driver.find_element(By.ID, "token")
     token.clear()
+    token.send_keys(served.feed_token)  # a valid token without the pharmacist role
+    driver.find_element(By.ID, "login-submit").click()
+    _wait(
+        driver,
+        lambda d: d.find_element(By.ID, "login-error").text.startswith("Accès refusé"),
+        "the refusal of a token without the pharmacist role",
+    )
+    token = driver.find_element(By.ID, "token")
+    token.clear()
     token.send_keys(served.token)
     driver.find_element(By.ID, "login-submit").click()
 
@@ -330,6 +342,22 @@ def test_log_in_decide_the_top_alert_and_see_it_counted(served: Served, browser:
     assert (decision.problem_code, decision.intervention_code) == ("4", "7")
     assert (decision.actor, decision.prescriber_contacted) == ("pharm.web", True)
     assert decision.comment == "ramipril 5 → 2,5 mg, K+ demain"
+
+    # Later, its outcome: from the link of the message, back to the alert.
+    driver.find_element(By.CSS_SELECTOR, "#message a").click()
+    _wait(driver, lambda d: _visible(d, "form-outcome"), "the outcome form")
+    assert not _visible(driver, "decide")
+    Select(driver.find_element(By.ID, "outcome")).select_by_value("accepted_modified")
+    driver.find_element(By.ID, "outcome-comment").send_keys("2,5 mg")
+    driver.find_element(By.ID, "outcome-submit").click()
+    _wait(
+        driver,
+        lambda d: "Acceptée avec modification" in d.find_element(By.ID, "decisions").text,
+        "the outcome among the decisions",
+    )
+    assert not _visible(driver, "form-outcome")
+    (decision,) = service.decisions(top.id)
+    assert (decision.outcome, decision.outcome_comment) == ("accepted_modified", "2,5 mg")
 
     # The metrics page counts it: one IP in the top alert's ward this month.
     driver.find_element(By.ID, "nav-metrics").click()
