@@ -37,7 +37,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -346,7 +346,24 @@ def _utc(day: date, tz: tzinfo) -> datetime:
 
 def _read(service: ServiceStore, scope: _Scope) -> tuple[list[_Decision], list[_Alert]]:
     decisions = (
-        select(DecisionRow, DecisionOutcomeRow, AlertRow.severity, AlertRow.first_seen)
+        select(  # the fields of _Decision, in its order
+            DecisionRow.id,
+            DecisionRow.event_id,
+            DecisionRow.alert_id,
+            DecisionRow.kind,
+            DecisionRow.decided_at,
+            DecisionRow.rule_id,
+            DecisionRow.patient_id,
+            DecisionRow.ward,
+            AlertRow.severity,
+            AlertRow.first_seen,
+            DecisionRow.problem_code,
+            DecisionRow.intervention_code,
+            DecisionRow.dismiss_reason,
+            DecisionRow.prescriber_contacted,
+            DecisionOutcomeRow.outcome,
+            DecisionOutcomeRow.at,
+        )
         .join(AlertRow, AlertRow.id == DecisionRow.alert_id)
         .outerjoin(DecisionOutcomeRow, DecisionOutcomeRow.decision_id == DecisionRow.id)
         .where(*scope.where(DecisionRow.decided_at, DecisionRow.ward))
@@ -366,27 +383,7 @@ def _read(service: ServiceStore, scope: _Scope) -> tuple[list[_Decision], list[_
     )
     try:
         with service.facts.session() as session:
-            found = [
-                _Decision(
-                    id=row.id,
-                    event_id=row.event_id,
-                    alert_id=row.alert_id,
-                    kind=row.kind,
-                    decided_at=row.decided_at,
-                    rule_id=row.rule_id,
-                    patient_id=row.patient_id,
-                    ward=row.ward,
-                    severity=severity,
-                    first_seen=first_seen,
-                    problem_code=row.problem_code,
-                    intervention_code=row.intervention_code,
-                    dismiss_reason=row.dismiss_reason,
-                    prescriber_contacted=row.prescriber_contacted,
-                    outcome=answer.outcome if answer else None,
-                    outcome_at=answer.at if answer else None,
-                )
-                for row, answer, severity, first_seen in session.execute(decisions)
-            ]
+            found = [_Decision(*cast(tuple[Any, ...], row)) for row in session.execute(decisions)]
             opened = [_Alert(*row) for row in session.execute(alerts)]
     except SQLAlchemyError as error:
         raise StoreError(f"cannot read the decisions: {error.__class__.__name__}") from error

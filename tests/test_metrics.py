@@ -456,3 +456,19 @@ def test_the_store_function_agrees_with_the_route(api: Api) -> None:
         ("PNEUMO", 5.0),
         ("URG", None),
     }
+
+
+def test_a_text_cell_is_never_a_spreadsheet_formula() -> None:
+    """A ward code comes from the feeds: ``=HYPERLINK(...)`` must stay text in a spreadsheet."""
+    from vigie.store.metrics import _cell, export_csv
+
+    assert [_cell(t) for t in ("=1+1", "+33", "-2", "@SUM(A1)", "CARDIO", None)] == [
+        "'=1+1",
+        "'+33",
+        "'-2",
+        "'@SUM(A1)",
+        "CARDIO",
+        "",
+    ]
+    body = export_csv([[_cell('=HYPERLINK("x";"y")'), "a;b"]])
+    assert body.decode("utf-8-sig").split("\r\n")[1] == '"\'=HYPERLINK(""x"";""y"")";"a;b"'
