@@ -581,6 +581,32 @@ class LiveEvaluator:
             diff = diff.merge(self.add(fact, now))
         return self._sorted(diff)
 
+    def retract(self, kind: str, fact_id: str, now: datetime | None = None) -> AlertDiff:
+        """Withdraw a fact its sender retracted (HL7 OBX-11 ``D``/``W``, FHIR
+        ``entered-in-error``): it leaves its patient's record and the rules reading it are
+        evaluated again, as when an earlier version is replaced (after it, the alerts are those
+        of ``evaluate`` on the remaining facts). A fact the evaluator does not hold (never
+        received, retracted already, or of a kind no rule reads) changes nothing."""
+        key = (kind, fact_id)
+        owner = self._owner.get(key)
+        state = self._patients.get(owner) if owner is not None else None
+        old = state.facts.get(key) if state is not None else None
+        if state is None or old is None:
+            return AlertDiff()
+        del self._owner[key]
+        del state.facts[key]
+        at = self._advance(now, None)
+        self._rewind_events(state, at)
+        _discard(state.record, old)
+        rules: Mapping[int, LoadedRule]
+        if isinstance(old, MedicationOrder):
+            state.active = None
+            rules = self._rules_for_lines([old])
+        else:
+            rules = self._rules_for({(old.kind, _concept(old))})
+        diff = self._reevaluate(state, rules, at, restay=isinstance(old, Stay), full=True)
+        return self._sorted(diff)
+
     def tick(self, now: datetime) -> AlertDiff:
         """Re-evaluate what time passing until ``now`` may have changed: the rules whose next
         deadline has come, of those patients only (any patient evaluated later than ``now`` —

@@ -580,3 +580,73 @@ def test_incremental_equals_batch(
     live.tick(at)
     batch = evaluate(pack, FactSet(seen), at)
     assert [content(a) for a in live.alerts()] == [content(a) for a in batch]
+
+
+# Retractions -------------------------------------------------------------------------------------
+
+
+def test_a_retracted_result_resolves_its_alert() -> None:
+    live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
+    live.add(order("ORD1", "C09AA05"))
+    live.add(lab("potassium", 4.2, T0 + timedelta(hours=20), "K0"))
+    first = live.add(lab("potassium", 6.1, T0 + timedelta(days=1, hours=1), "K1")).new
+    assert [a.rule_id for a in first] == ["bio.hyperkalaemia"]
+    diff = live.retract("lab", "K1")
+    assert [a.id for a in diff.resolved] == [first[0].id] and not diff.new
+    record = live.record("p1")
+    assert record is not None and [f.fact_id for f in record.labs["potassium"]] == ["K0"]
+    assert live.alerts() == []
+    assert not live.retract("lab", "K1")  # retracted already: nothing
+    assert not live.retract("lab", "never-sent")
+    assert live.add(lab("potassium", 6.1, T0 + timedelta(days=1, hours=1), "K1")).new  # again
+
+
+def test_a_retracted_order_line_resolves_the_alerts_it_bound() -> None:
+    live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
+    live.add(order("ORD1", "C09AA05"))
+    assert live.add(lab("potassium", 6.1, T0 + timedelta(days=1, hours=1), "K1")).new
+    assert live.retract("medication_order", "ORD1").resolved
+    assert live.alerts() == []
+    assert live.add(order("ORD1", "C09AA05")).new  # the line sent again
+
+
+@pytest.mark.property
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=steps_strategy(),
+    picks=st.lists(st.tuples(st.integers(0, 79), st.booleans()), min_size=1, max_size=12),
+    end=st.integers(SPAN - RECENT, SPAN + RECENT),
+)
+def test_retracting_equals_batch_on_the_remaining_facts(
+    steps: list[tuple[AnyFact, datetime | None, datetime | None]],
+    picks: list[tuple[int, bool]],
+    end: int,
+) -> None:
+    """Facts fed, then some retracted (with ticks between): the live alerts are those of a
+    batch evaluation of the facts left, after every retraction and at the end."""
+    pack = default_pack()
+    live = LiveEvaluator(pack, now=T0)
+    seen: list[AnyFact] = []
+    for fact, tick, now in steps:
+        if tick is not None:
+            live.tick(tick)
+        live.add(fact, now)
+        seen.append(fact)
+    clock = max(t for t in (live.now, _moment(SPAN)) if t is not None)
+    live.tick(clock)  # the alerts are those of ``evaluate`` at the clock's time
+    for index, tick_after in picks:
+        fact = seen[index % len(seen)]
+        key = (fact.kind, fact.fact_id)
+        live.retract(*key, now=clock)
+        seen = [f for f in seen if (f.kind, f.fact_id) != key]
+        if tick_after:
+            clock += timedelta(hours=7)
+            live.tick(clock)
+        batch = evaluate(pack, FactSet(seen), clock) if seen else []
+        assert [content(a) for a in live.alerts()] == [content(a) for a in batch]
+        if not seen:
+            return
+    at = _moment(end)
+    live.tick(at)
+    batch = evaluate(pack, FactSet(seen), at)
+    assert [content(a) for a in live.alerts()] == [content(a) for a in batch]
