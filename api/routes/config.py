@@ -51,6 +51,7 @@ router = APIRouter(prefix="/config", tags=["config"])
 ConfigReader = Annotated[Caller, require("rule_author", "pharmacist")]
 CONFIG_FILE = "site-config.toml"  # the file name the errors of a TOML text give
 TEXT_MAX = 1024 * 1024
+VERSION_MAX = 2**31 - 1  # a version number the databases' integers hold
 TOML_TYPES = ("application/toml", "text/plain")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -71,7 +72,10 @@ class ConfigBody(BaseModel):
     text: Text | None = Field(default=None, max_length=TEXT_MAX, description="the TOML text")
     comment: str | None = Field(default=None, max_length=2000, description="why the change")
     base_version: int | None = Field(
-        default=None, ge=1, description="the version this change starts from (409 if not last)"
+        default=None,
+        ge=1,
+        le=VERSION_MAX,
+        description="the version this change starts from (409 if not last)",
     )
 
     @model_validator(mode="after")
@@ -170,7 +174,9 @@ def _public(
 def get_cursors(
     request: Request,
     caller: ConfigReader,
-    version: Annotated[int | None, Query(ge=1, description="a past version")] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=VERSION_MAX, description="a past version")
+    ] = None,
 ) -> ConfigPublic:
     """The latest version of the site configuration (or ``version``): its TOML text, the same
     as JSON, the settings each ward runs, who saved it and when, and the cursors the packs
@@ -351,7 +357,8 @@ async def put_cursors(
         str | None, Query(max_length=2000, description="with a TOML body: why the change")
     ] = None,
     base_version: Annotated[
-        int | None, Query(ge=1, description="with a TOML body: the version changed")
+        int | None,
+        Query(ge=1, le=VERSION_MAX, description="with a TOML body: the version changed"),
     ] = None,
 ) -> Any:
     """Checks the configuration against the packs the service runs, then saves it as a new

@@ -27,11 +27,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -55,6 +55,7 @@ __all__ = [
     "RulesPage",
     "ServicePacks",
     "TestAnswer",
+    "Text",
     "read_body",
     "router",
     "service_packs",
@@ -68,6 +69,18 @@ RuleReader = Annotated[Caller, require("rule_author", "pharmacist")]
 Severity = Literal["critical", "major", "moderate", "minor"]
 TEXT_MAX = 8 * 1024 * 1024  # characters of a pack or test file (the ANSM pack is 1.1 million)
 _FILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+def _unicode(text: str) -> str:
+    """Refuse an unpaired surrogate (JSON's ``\\ud800``): not text, and not UTF-8 writable."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"not Unicode text (an unpaired surrogate at {error.start})") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
 
 
 # The packs the service runs ----------------------------------------------------------------------
@@ -296,7 +309,7 @@ def get_rules(
     severity: Annotated[list[Severity] | None, Query(description="one or more")] = None,
     level: Annotated[int | None, Query(ge=1, le=100, description="rules of this level")] = None,
     limit: Annotated[int, Query(ge=1, le=2000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> RulesPage:
     """Every pack the service runs (name, version, hash, file, cursors with their ranges, the
     versions the store recorded), and a page of their rules in pack order: id, version,
@@ -341,7 +354,7 @@ class PackText(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(max_length=TEXT_MAX, description="the pack's text (the rule language)")
+    text: Text = Field(max_length=TEXT_MAX, description="the pack's text (the rule language)")
     file: str = Field(
         default="pack.rules",
         pattern=_FILE_PATTERN,
@@ -349,13 +362,12 @@ class PackText(BaseModel):
     )
 
 
+Model = TypeVar("Model", bound=BaseModel)
 JSON_TYPES = ("application/json",)
 TEXT_TYPES = ("text/plain",)
 
 
-async def read_body(
-    request: Request, model: type[BaseModel], text_types: Sequence[str]
-) -> BaseModel | str:
+async def read_body(request: Request, model: type[Model], text_types: Sequence[str]) -> Model | str:
     """The request's body: a ``model`` from JSON, or a text when its media type is one of
     ``text_types``; 415 for another media type, 400 for a text that is not UTF-8, 422 (naming
     the field) for JSON of another shape."""
@@ -505,9 +517,9 @@ class RuleTestBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(max_length=TEXT_MAX, description="the pack's text")
+    text: Text = Field(max_length=TEXT_MAX, description="the pack's text")
     file: str = Field(default="pack.rules", pattern=_FILE_PATTERN)
-    cases: str = Field(
+    cases: Text = Field(
         max_length=TEXT_MAX,
         description="the test file (YAML of ``vigie rules test``, docs/rules.md 'Testing "
         "rules'); its ``packs``, if given, names only ``file``",
@@ -603,7 +615,7 @@ def _run_tests(body: RuleTestBody) -> TestAnswer:
             name=r.case.name,
             rule=r.case.rule,
             line=r.case.line,
-            status=r.status,  # type: ignore[arg-type]
+            status=r.status,
             error=r.error,
             diff=r.diff,
             alerts=[
