@@ -15,7 +15,7 @@ import tempfile
 import textwrap
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,7 +56,6 @@ EXIT_CODE_MEANINGS = {
 }
 
 _LATER = {
-    "metrics": "the metrics (issue: API)",
     "replay": "replay (issue: evaluation engine)",
 }
 
@@ -140,6 +139,15 @@ def _add_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     actions.add_parser("list", help="the users and their roles").add_argument(
         "--database", metavar="URL"
     )
+    metrics = sub.add_parser(
+        "metrics", help="the quality figures of GET /metrics (IP per 100 beds, funnel, PPV...)"
+    )
+    metrics.add_argument("--from", dest="start", type=date.fromisoformat, metavar="DAY")
+    metrics.add_argument("--to", dest="end", type=date.fromisoformat, metavar="DAY")
+    metrics.add_argument("--hospital")
+    metrics.add_argument("--ward")
+    metrics.add_argument("--json", action="store_true", help="the JSON of GET /metrics")
+    metrics.add_argument("--database", metavar="URL", help="the store (default: as vigie serve)")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -187,6 +195,66 @@ def _cmd_users(args: argparse.Namespace) -> int:
         print(f"User {user.name} ({', '.join(user.roles)}) added to {store.safe_url}.")
         print("Token (shown once; only its hash is kept):")
         print(token)
+    return ExitCode.OK
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    """The figures of ``GET /metrics`` (docs/metrics.md), as text or as its JSON."""
+    import dataclasses
+
+    from vigie.rules.check import INTERVENTION_CODES, PROBLEM_CODES
+    from vigie.store import ServiceStore
+    from vigie.store.metrics import MetricsFilter, compute
+
+    with FactStore(args.database or None) as store:
+        figures = compute(
+            ServiceStore(store),
+            MetricsFilter(args.start, args.end, args.hospital, args.ward),
+            problem_labels=PROBLEM_CODES,
+            intervention_labels=INTERVENTION_CODES,
+        )
+    if args.json:
+        print(json.dumps(dataclasses.asdict(figures), ensure_ascii=False, indent=2))
+        return ExitCode.OK
+
+    def shown(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    period = ", ".join(f"{k} {v}" for k, v in figures.period.items()) or "all"
+    print(f"Period: {period} (days in {figures.time_zone})")
+    print("\nIP per 100 beds per month (hospital, ward, month, IP, beds, rate):")
+    for h in figures.ip_per_100_beds.hospitals:
+        cut = " (partial)" if h.partial else ""
+        print(f"  {h.hospital}\t*\t{h.month}\t{h.ip}\t{h.beds}\t{shown(h.ip_per_100_beds)}{cut}")
+    for w in figures.ip_per_100_beds.wards:
+        note = f"  [{w.note}]" if w.note else ""
+        print(
+            f"  {shown(w.hospital)}\t{shown(w.ward)}\t{w.month}\t{w.ip}\t{shown(w.beds)}\t"
+            f"{shown(w.ip_per_100_beds)}{note}"
+        )
+    print("\nFunnel and PPV per rule (alerts, decided, relevant, IP, accepted; PPV):")
+    ppv = {row.rule_id: row.ppv for row in [*figures.ppv, figures.ppv_total]}
+    for f in [*figures.funnel.by_rule, figures.funnel.total]:
+        print(
+            f"  {f.rule_id or 'all rules'}\t{f.alerts}\t{f.decided}\t{f.relevant}\t{f.ip}\t"
+            f"{f.accepted}\t{shown(ppv[f.rule_id])}"
+        )
+    times = figures.time_to_decision
+    print("\nMedian hours to decision:")
+    for t in [*times.by_rule, times.overall]:
+        print(f"  {t.rule_id or 'all rules'}\t{shown(t.median_hours)}\t({t.decisions} decisions)")
+    print("\nIPs by SFPC problem code:")
+    for c in figures.ip_by_problem:
+        print(f"  {shown(c.code)}\t{c.ip}\t{c.label or ''}")
+    print("IPs by SFPC intervention code:")
+    for c in figures.ip_by_intervention:
+        print(f"  {shown(c.code)}\t{c.ip}\t{c.label or ''}")
+    days = figures.alerts_per_day
+    if days:
+        total = sum(d.total for d in days)
+        print(f"\nAlerts opened: {total:,} over {len(days)} days ({days[0].day} to {days[-1].day})")
+    for note in figures.notes:
+        print(f"Note: {note}")
     return ExitCode.OK
 
 
@@ -647,6 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch": _cmd_batch,
         "serve": _cmd_serve,
         "users": _cmd_users,
+        "metrics": _cmd_metrics,
     }
     try:
         _check_settings()

@@ -146,6 +146,7 @@ class Api:
     client: TestClient
     service: ServiceStore
     tokens: dict[str, str]
+    url: str  # the store's database
 
     def get(self, path: str, role: str | None, **params: Any) -> Any:
         headers = {"Authorization": f"Bearer {self.tokens.get(role or '', 'vigie_forged')}"}
@@ -164,7 +165,7 @@ def api(database_url: str) -> Iterator[Api]:  # noqa: F811 (the fixture imported
         roles = ("pharmacist", "rule_author", "admin", "feed")
         tokens = {role: service.add_user(f"{role}.a", [role])[1] for role in roles}
         with TestClient(app) as client:
-            yield Api(client, service, tokens)
+            yield Api(client, service, tokens, database_url)
         service.facts.close()
     settings.reload()
 
@@ -472,3 +473,22 @@ def test_a_text_cell_is_never_a_spreadsheet_formula() -> None:
     ]
     body = export_csv([[_cell('=HYPERLINK("x";"y")'), "a;b"]])
     assert body.decode("utf-8-sig").split("\r\n")[1] == '"\'=HYPERLINK(""x"";""y"")";"a;b"'
+
+
+def test_vigie_metrics_prints_the_same_figures(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from vigie.api.cli import main
+
+    argv = ["metrics", "--database", api.url, "--from", "2025-03-01", "--to", "2025-03-31"]
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == march(api)
+    assert main([*argv, "--ward", "CARDIO"]) == 0
+    out = capsys.readouterr().out
+    assert "H1\tCARDIO\t2025-03\t3\t20\t15.0" in out  # 3 IPs / 20 beds
+    assert f"{K}\t3\t3\t2\t2\t1\t0.6667" in out  # IPP9000001..3: 2 relevant of 3 decided
+    assert "IPP" not in out
+    assert main(["metrics", "--database", api.url, "--hospital", "H9"]) != 0
+    assert "H9" in capsys.readouterr().err
