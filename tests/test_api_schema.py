@@ -43,6 +43,7 @@ with warnings.catch_warnings():  # starlette's test client asks for httpx2, whic
     import schemathesis
     from fastapi.testclient import TestClient
     from schemathesis import GenerationMode
+    from schemathesis.core.result import Err, Ok
 
 pytestmark = [pytest.mark.slow, pytest.mark.property]
 
@@ -129,7 +130,10 @@ def _server_error(served: Served, operation: Any, mode: GenerationMode) -> str |
 
 def test_no_operation_answers_a_server_error(served: Served) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", served.app)
-    operations = [result.ok() for result in schema.get_all_operations()]
+    results = list(schema.get_all_operations())
+    invalid = [str(result.err()) for result in results if isinstance(result, Err)]
+    assert not invalid, invalid
+    operations = [result.ok() for result in results if isinstance(result, Ok)]
     labels = {operation.label for operation in operations}
     # every resource is in the schema (a route module that failed to load would silently
     # leave its operations untested)
