@@ -43,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol, cast
@@ -618,19 +618,9 @@ class AlertStore:
         # The tables were created with the fact store's (they share its metadata).
         self.facts = facts
 
-    @contextmanager
-    def _writing(self, what: str) -> Iterator[Session]:
-        """A session of the fact store's writer (one write transaction at a time per store);
-        a database error becomes an ``AlertError`` naming what failed, never the data."""
-        try:
-            with self.facts._write_session() as session:
-                yield session
-        except SQLAlchemyError as error:
-            cause = getattr(error, "orig", None) or error
-            first = str(cause).splitlines()[0][:200] if str(cause) else ""
-            raise AlertError(
-                f"cannot {what} in {self.facts.safe_url}: {cause.__class__.__name__}: {first}"
-            ) from error
+    def _writing(self, what: str) -> AbstractContextManager[Session]:
+        """A session of the fact store's writer; a database error becomes an ``AlertError``."""
+        return self.facts.writing(what, AlertError)
 
     # Evaluations -------------------------------------------------------------------------
 

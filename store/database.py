@@ -361,12 +361,18 @@ def _refusal(document: str, message_id: str, position: str | None, expected: str
     return f"{': '.join(where)}: expected {expected}"
 
 
-def _database_problem(error: SQLAlchemyError) -> str:
-    """The database's own reason, without the statement nor its parameters (patient data)."""
+def database_reason(error: SQLAlchemyError) -> str:
+    """The database's own reason (its error class and first line), without the statement nor
+    its parameters (patient data)."""
     cause = getattr(error, "orig", None) or error
     diag = getattr(cause, "diag", None)
-    primary = getattr(diag, "message_primary", None) or str(cause).splitlines()[0]
-    return f"the store refused the message ({cause.__class__.__name__}: {primary[:200]})"
+    text = str(cause)
+    primary = getattr(diag, "message_primary", None) or (text.splitlines()[0] if text else "")
+    return f"{cause.__class__.__name__}: {primary[:200]}"
+
+
+def _database_problem(error: SQLAlchemyError) -> str:
+    return f"the store refused the message ({database_reason(error)})"
 
 
 def _later(one: datetime | None, other: datetime | None) -> bool:
@@ -637,7 +643,7 @@ class FactStore:
         self._start_run()
         deadline = time.monotonic() + _WAIT_FOR_RUN
         while True:
-            with self._writing("keep the raw messages") as session:
+            with self.writing("keep the raw messages") as session:
                 wait = time.monotonic() <= deadline
                 records = self._record_raws(session, raws, wait)  # owned by this run
                 if records is not None:
@@ -662,7 +668,7 @@ class FactStore:
             if (problem := _fact_problem(outcome.facts))
         }
         accepted = [outcome for outcome in outcomes if outcome.raw_id not in refused]
-        with self._writing("store the facts") as session:
+        with self.writing("store the facts") as session:
             taken = self._taken_over(session, [outcome.raw_id for outcome in outcomes])
             accepted = [outcome for outcome in accepted if outcome.raw_id not in taken]
             refused = {raw_id: out for raw_id, out in refused.items() if raw_id not in taken}
@@ -769,23 +775,24 @@ class FactStore:
         return replace(outcome, status="rejected", facts=(), errors=errors, retractions=())
 
     @contextmanager
-    def _writing(self, what: str) -> Iterator[Session]:
-        """A writer's session (``_write_session``) whose database errors become one
-        ``StoreError`` naming the store."""
+    def writing(self, what: str, error: type[StoreError] | None = None) -> Iterator[Session]:
+        """A writer's session (``_write_session``: one write transaction at a time per store)
+        whose database errors become one ``error`` (default ``StoreError``) naming what
+        failed and the store, never the data (the alert and service stores use it too)."""
         try:
             with self._write_session() as session:
                 yield session
-        except SQLAlchemyError as error:
-            raise StoreError(
-                f"cannot {what} in {self.safe_url}: {_database_problem(error)}"
-            ) from error
+        except SQLAlchemyError as problem:
+            raise (error or StoreError)(
+                f"cannot {what} in {self.safe_url}: {database_reason(problem)}"
+            ) from problem
 
     def unfinished(self, limit: int = 500) -> list[StoredRaw]:
         """Raw messages kept but never finished (``received``: a crash between the commit of a
         batch's raw messages and that of what they gave, or a live ingest under way), oldest
         first, at most ``limit``."""
         query = _STORED_RAW.where(RawMessageRow.status == "received")
-        with self._writing("read the unfinished messages") as session:
+        with self.writing("read the unfinished messages") as session:
             return [StoredRaw(*row) for row in session.execute(query.limit(limit)).all()]
 
     def claim_unfinished(self, limit: int = 500, max_bytes: int | None = None) -> list[StoredRaw]:
@@ -794,7 +801,7 @@ class FactStore:
         oldest first, and forget the runs that were killed. ``max_bytes`` bounds their raw
         bytes as an ingest batch's are (the first message is taken whatever its size)."""
         run = self._start_run()
-        with self._writing("claim the unfinished messages") as session:
+        with self.writing("claim the unfinished messages") as session:
             # status = 'received' as a literal, so that the partial index serves (see
             # ``_create_tables``), owner by owner: no scan of every message the store holds
             unfinished = RawMessageRow.status == literal_column("'received'")

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -376,19 +376,9 @@ class ServiceStore:
         self.facts = facts
         self.alerts = AlertStore(facts)
 
-    @contextmanager
-    def _writing(self, what: str) -> Iterator[Session]:
-        """A write session (the store's write lock); a database error becomes a
-        ``ServiceError`` naming what failed, never the data."""
-        try:
-            with self.facts._write_session() as session:
-                yield session
-        except SQLAlchemyError as error:
-            cause = getattr(error, "orig", None) or error
-            first = str(cause).splitlines()[0][:200] if str(cause) else ""
-            raise ServiceError(
-                f"cannot {what} in {self.facts.safe_url}: {cause.__class__.__name__}: {first}"
-            ) from error
+    def _writing(self, what: str) -> AbstractContextManager[Session]:
+        """A session of the fact store's writer; a database error becomes an ``ServiceError``."""
+        return self.facts.writing(what, ServiceError)
 
     @contextmanager
     def _reading(self, what: str) -> Iterator[Session]:
