@@ -703,11 +703,12 @@ def _check(store: AlertStore, model: Model, log: list[AlertEvent]) -> None:
 
 
 def test_observed_ppv_counts_decisions_per_rule(alerts: AlertStore) -> None:
-    """PPV = interventions / (interventions + dismissals) per rule, from the decision log; a
-    rule with too few decisions is left to the priority's prior."""
+    """PPV = relevant decisions / decisions per rule, from the decision log (relevant: an
+    intervention, or a dismissal saying the alert was right but needed no action —
+    docs/metrics.md); a rule with too few decisions is left to the priority's prior."""
     facts = hyperkalaemia_facts()
     alerts.reconcile(run(facts, NOW), NOW)
-    alerts.decide(K_ALERT, Dismissal("accepted_risk", "suivi quotidien"), actor="a", at=NOW + H)
+    alerts.decide(K_ALERT, Dismissal("not_relevant", "K+ hémolysé"), actor="a", at=NOW + H)
     facts.append(lab("potassium", 6.1, datetime(2024, 3, 5, 9, 0), fid="LAB2"))
     at = datetime(2024, 3, 5, 10, 0)
     alerts.reconcile(run(facts, at), at)  # new evidence: reopened, decided again
@@ -715,3 +716,8 @@ def test_observed_ppv_counts_decisions_per_rule(alerts: AlertStore) -> None:
     assert alerts.observed_ppv(min_decisions=2) == {"bio.hyperkalaemia": 0.5}
     assert alerts.observed_ppv(min_decisions=3) == {}
     assert alerts.observed_ppv() == {}  # five decisions by default
+    facts.append(lab("potassium", 6.3, datetime(2024, 3, 6, 9, 0), fid="LAB3"))
+    at = datetime(2024, 3, 6, 10, 0)
+    alerts.reconcile(run(facts, at), at)  # reopened again: right, but already handled
+    alerts.decide(K_ALERT, Dismissal("accepted_risk", "suivi quotidien"), actor="c", at=at + H)
+    assert alerts.observed_ppv(min_decisions=3) == {"bio.hyperkalaemia": 2 / 3}
