@@ -89,13 +89,27 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     cds_packs: Sequence[LoadedPack] | None = None,
     clock: Callable[[], datetime] | None = None,
+    live: bool = False,
+    as_of: datetime | None = None,
+    tick_seconds: float | None = None,
+    mllp: tuple[str, int] | None = None,
 ) -> FastAPI:
     """The service over the store at ``database_url`` (default: ``VIGIE_DATABASE_URL``, else
     the user's SQLite file), or over an open ``store`` (then the caller closes it). An
     in-memory SQLite URL is refused: each of the server's threads would see its own, empty,
     database. The CDS Hooks services (``/cds-services``, for prescribing software: roles
     ``feed`` or ``pharmacist``) evaluate ``cds_packs`` (default: the shipped default pack) as
-    of ``clock()`` (default: now)."""
+    of ``clock()`` (default: now).
+
+    At start the app parses the messages a killed process left unfinished (``recover``).
+    ``live``: the app keeps the worklist current from the facts it ingests
+    (``app.state.live``, a ``vigie.api.live.LiveWorklist`` started with the app: every fact of
+    the store evaluated, the worklist reconciled), as of ``as_of`` (a fixed time, for a store
+    whose data lie in the past) or of ``clock()``; ``tick_seconds``: how often time passing is
+    evaluated (default 30 s; 0: never). Without it the worklist is what the store holds
+    (``refresh_worklist``, or a caller's own alerts). ``mllp``: (host, port) of an HL7 v2 MLLP
+    listener started with the app (``app.state.mllp``; port 0: a free one), its facts going to
+    the live worklist."""
     if store is None:
         if database_url is not None and _in_memory(database_url):
             raise StoreError("the service needs a database file or server, not in-memory SQLite")
@@ -104,11 +118,49 @@ def create_app(
     else:
         owned = False
 
+    worklist = None
+    if live:
+        from vigie.api.live import LiveWorklist
+
+        worklist = LiveWorklist(store, as_of=as_of, clock=clock)
+
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> Any:
-        yield
-        if owned:
-            store.close()
+    async def lifespan(app: FastAPI) -> Any:
+        from starlette.concurrency import run_in_threadpool
+
+        from vigie.api.live import DEFAULT_TICK_SECONDS
+        from vigie.ingest import recover
+
+        listener, listener_store = None, None
+        try:
+            await run_in_threadpool(recover, store)
+            if worklist is not None:
+                await run_in_threadpool(worklist.start)
+                ticks = DEFAULT_TICK_SECONDS if tick_seconds is None else tick_seconds
+                if ticks > 0:
+                    worklist.start_ticking(ticks)
+            if mllp is not None:
+                from vigie.ingest.mllp import start_mllp_thread
+
+                # The listener's own store: its own ingest run (docs/feeds-live.md).
+                listener_store = FactStore(store.url)
+                listener = start_mllp_thread(
+                    listener_store,
+                    mllp[0],
+                    mllp[1],
+                    on_results=None if worklist is None else worklist.apply_results,
+                )
+                app.state.mllp = listener
+            yield
+        finally:
+            if listener is not None:
+                listener.stop()
+            if listener_store is not None:
+                listener_store.close()
+            if worklist is not None:
+                worklist.stop()
+            if owned:
+                store.close()
 
     app = FastAPI(
         title="Vigie",
@@ -117,6 +169,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = ServiceStore(store)
+    app.state.live = worklist
+    app.state.mllp = None
     for router in ROUTERS:
         app.include_router(router)
     app.include_router(

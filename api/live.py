@@ -1,0 +1,365 @@
+"""The live worklist: the service's alerts kept current as facts arrive, without a batch refresh.
+
+``LiveWorklist`` holds one ``LiveEvaluator`` per pack the service runs (the shipped default and
+ANSM packs, as ``refresh_worklist`` compiles them) and the alerts it last wrote to the store's
+worklist (``AlertStore``):
+
+- ``start(as_of)`` loads every fact of the store into the evaluators, evaluates them as of
+  ``as_of`` (default: the clock) and reconciles the worklist with the result, for every
+  patient: after a restart the worklist is the live state, whatever the process knew before.
+- ``apply(facts, retractions)`` (what ``POST /ingest/*`` and the MLLP listener's parser give)
+  re-evaluates the rules those facts can change, for their patients only, and writes what
+  changed (``AlertStore.apply_diff``).
+- ``tick(now)`` re-evaluates what time passing changed (windows closing, lines ending,
+  patients leaving); ``start_ticking(seconds)`` does it in a background thread.
+
+The worklist is that of ``refresh_worklist`` at the same time: the alerts of the patients in a
+stay at the evaluation time (scope ``inpatients``; ``all``: every patient), each with its
+priority score (``vigie.engine.priority``: severity, distance past the threshold, age, renal
+function, the patient's other open alerts). Scores are computed per patient from the facts they
+read (patient record, stays, eGFR, clearance, creatinine, weight), kept here beside the
+evaluators.
+
+The clock is the real time by default, or a fixed ``as_of`` for a store whose data lie in the
+past (``vigie serve --as-of``, a demo): facts are evaluated as of it, and time does not pass.
+
+Every method takes one lock: the HTTP routes' threads, the MLLP listener's parser thread and the
+ticking thread may call them at once. A failed write to the worklist (database down) is retried
+by the next call, which reconciles every patient from the evaluators' state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from vigie.engine.alerts import Alert
+from vigie.engine.evaluate import normalise_time
+from vigie.engine.factset import PatientRecord
+from vigie.engine.live import AlertDiff, LiveEvaluator
+from vigie.engine.load import LoadedPack
+from vigie.engine.priority import worklist
+from vigie.errors import VigieError
+from vigie.facts import AnyFact, LabResult, Observation, Patient, Retraction, Stay
+from vigie.store import AlertStore, FactStore
+from vigie.store.alerts import Reconciled
+
+if TYPE_CHECKING:
+    from vigie.ingest.messages import MessageResult
+
+__all__ = ["DEFAULT_TICK_SECONDS", "LiveWorklist"]
+
+log = logging.getLogger("vigie.api.live")
+
+DEFAULT_TICK_SECONDS = 30.0
+"""How often the service re-evaluates what time passing changed (``vigie serve --tick``)."""
+
+# What the priority score reads about a patient (``vigie.engine.priority.patient_context``).
+_CONTEXT_LABS = frozenset({"egfr", "creatinine_clearance", "creatinine"})
+_CONTEXT_OBSERVATIONS = frozenset({"weight"})
+SCOPES = ("inpatients", "all")
+
+# The bootstrap's first pass: every fact is added as of a moment after all of them (no line is
+# active then, so almost no rule is evaluated), then one ``tick`` back to the evaluation time
+# evaluates each patient once, in full (the evaluator's clock going back).
+_AFTER_EVERYTHING = datetime(9000, 1, 1)
+
+
+def _in_context(fact: AnyFact) -> bool:
+    match fact:
+        case Patient() | Stay():
+            return True
+        case LabResult(concept=str(concept)):
+            return concept in _CONTEXT_LABS
+        case Observation(concept=str(concept)):
+            return concept in _CONTEXT_OBSERVATIONS
+    return False
+
+
+def _same(a: Alert, b: Alert) -> bool:
+    """The same alert as the worklist shows it (the evaluation time aside)."""
+    return (
+        a.priority == b.priority
+        and a.severity == b.severity
+        and a.message == b.message
+        and a.stay_id == b.stay_id
+        and a.ward == b.ward
+        and a.evidence == b.evidence
+        and a.drugs == b.drugs
+    )
+
+
+class LiveWorklist:
+    """The service's worklist kept current from the facts (module docstring)."""
+
+    def __init__(
+        self,
+        store: FactStore,
+        packs: Sequence[LoadedPack] | None = None,
+        *,
+        as_of: datetime | None = None,
+        clock: Callable[[], datetime] | None = None,
+        scope: str = "inpatients",
+    ) -> None:
+        """``packs`` default to the shipped default and ANSM packs (compiled at ``start``);
+        ``as_of`` fixes the clock, else ``clock()`` (default: now) gives it."""
+        if scope not in SCOPES:
+            raise VigieError(f"unknown scope {scope!r}: {' or '.join(SCOPES)}")
+        self.store = store
+        self.alerts = AlertStore(store)
+        self.scope = scope
+        self._packs = list(packs) if packs is not None else None
+        self._fixed = normalise_time(as_of) if as_of is not None else None
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._lock = threading.RLock()
+        self._evaluators: list[LiveEvaluator] = []
+        # Facts the priority score reads, per patient, and the patient of each (versions and
+        # retractions replace them).
+        self._context: dict[str, dict[tuple[str, str], AnyFact]] = {}
+        self._context_owner: dict[tuple[str, str], str] = {}
+        self._shown: dict[str, dict[str, Alert]] = {}  # patient → alert id → as written
+        self._stale = False  # a write failed: reconcile everything at the next call
+        self._started = False
+        self._ticker: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.last_tick: datetime | None = None
+
+    # The clock -----------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The evaluation time: the fixed ``as_of``, else the clock's (naive UTC)."""
+        return self._fixed if self._fixed is not None else normalise_time(self._clock())
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def packs(self) -> list[LoadedPack]:
+        """The packs evaluated (compiled on first use)."""
+        if self._packs is None:
+            from vigie.api.batch import load_packs
+
+            self._packs = load_packs(())
+        return self._packs
+
+    # Start ---------------------------------------------------------------------------------
+
+    def start(self, as_of: datetime | None = None) -> Reconciled:
+        """Load the store's facts, evaluate them as of ``as_of`` (default: the clock) and
+        reconcile the worklist with the result for every patient of the store."""
+        with self._lock:
+            at = normalise_time(as_of) if as_of is not None else self.now()
+            self._record_packs()
+            evaluators = [LiveEvaluator(pack, now=at) for pack in self.packs]
+            self._context.clear()
+            self._context_owner.clear()
+            patients: set[str] = set()
+            for fact in self.store.iter_facts():
+                patients.add(fact.patient_id)
+                for evaluator in evaluators:
+                    evaluator.add(fact, _AFTER_EVERYTHING)
+                self._remember(fact)
+            for evaluator in evaluators:
+                evaluator.tick(at)
+            self._evaluators = evaluators
+            self._shown = {}
+            for patient_id in {a.patient_id for e in evaluators for a in e.alerts()}:
+                shown = self._worklist_of(patient_id, at)
+                if shown:
+                    self._shown[patient_id] = shown
+            raised = [alert for shown in self._shown.values() for alert in shown.values()]
+            done = self.alerts.reconcile(raised, at, scope=patients | set(self._shown))
+            self._stale = False
+            self._started = True
+            self.last_tick = at
+            return done
+
+    def _record_packs(self) -> None:
+        """Record the text of the packs run (the alerts show their rule's text and line)."""
+        if self._packs is not None:
+            return  # packs given by the caller: it records them if it wants
+        from vigie.api.app import _pack_texts
+        from vigie.store import ServiceStore
+        from vigie.store.service import RulePackVersion
+
+        packs = self.packs
+        ServiceStore(self.store).record_rule_packs(
+            [
+                RulePackVersion(pack.name, pack.version, pack.sha256 or "", source, text)
+                for pack, (source, text) in zip(packs, _pack_texts(()), strict=True)
+            ]
+        )
+
+    # Updates -------------------------------------------------------------------------------
+
+    def apply(
+        self, facts: Iterable[AnyFact], retractions: Iterable[Retraction] = ()
+    ) -> Reconciled | None:
+        """Take new facts (and facts withdrawn by their sender) in, as of the clock, and write
+        what changed to the worklist. ``None`` before ``start``: the facts are in the store,
+        and ``start`` will read them."""
+        facts, retractions = list(facts), list(retractions)
+        with self._lock:
+            if not self._started:
+                return None
+            at = self.now()
+            touched = {f.patient_id for f in facts} | {r.patient_id for r in retractions}
+            for evaluator in self._evaluators:
+                diff = evaluator.add_many(facts, at)
+                for retraction in retractions:
+                    diff = diff.merge(evaluator.retract(retraction.kind, retraction.fact_id, at))
+                touched |= _patients(diff)
+            for fact in facts:
+                moved_from = self._remember(fact)
+                if moved_from is not None:
+                    touched.add(moved_from)
+            for retraction in retractions:
+                self._forget(retraction.kind, retraction.fact_id, touched)
+            return self._write(touched, at)
+
+    def apply_results(self, results: Iterable[MessageResult]) -> None:
+        """``apply`` what ingested messages gave (``vigie.ingest.messages``; the MLLP
+        listener's ``on_results`` hook)."""
+        facts: list[AnyFact] = []
+        retractions: list[Retraction] = []
+        for result in results:
+            facts.extend(result.facts)
+            retractions.extend(result.retractions)
+        if facts or retractions:
+            self.apply(facts, retractions)
+
+    def tick(self, now: datetime | None = None) -> Reconciled | None:
+        """Re-evaluate what time passing until ``now`` (default: the clock) changed, and the
+        priority of every patient with alerts (an age, a result dated later becoming visible)."""
+        with self._lock:
+            if not self._started:
+                return None
+            at = normalise_time(now) if now is not None else self.now()
+            touched = set(self._shown)
+            for evaluator in self._evaluators:
+                touched |= _patients(evaluator.tick(at))
+            self.last_tick = at
+            return self._write(touched, at)
+
+    def worklist(self, patient_id: str | None = None) -> list[Alert]:
+        """The alerts as last written to the store (one patient or all), with priorities."""
+        with self._lock:
+            if patient_id is not None:
+                return list(self._shown.get(patient_id, {}).values())
+            return [alert for shown in self._shown.values() for alert in shown.values()]
+
+    # Ticking in the background -------------------------------------------------------------
+
+    def start_ticking(self, seconds: float = DEFAULT_TICK_SECONDS) -> None:
+        """Call ``tick`` every ``seconds`` in a daemon thread, until ``stop``."""
+        if seconds <= 0:
+            raise VigieError(f"the tick interval must be positive, not {seconds}")
+        if self._ticker is not None:
+            return
+        self._stopping.clear()
+
+        def run() -> None:
+            while not self._stopping.wait(seconds):
+                try:
+                    self.tick()
+                except Exception as error:  # logged by class only: messages may hold data
+                    log.error("live worklist tick failed: %s", error.__class__.__name__)
+
+        self._ticker = threading.Thread(target=run, name="vigie-live-tick", daemon=True)
+        self._ticker.start()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop the ticking thread (a tick under way finishes first)."""
+        self._stopping.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout)
+            self._ticker = None
+
+    # Internals -----------------------------------------------------------------------------
+
+    def _write(self, touched: set[str], at: datetime) -> Reconciled | None:
+        """Write the touched patients' changes; after a failed write, every patient's."""
+        if self._stale:
+            touched = touched | set(self._shown)
+            touched |= {a.patient_id for e in self._evaluators for a in e.alerts()}
+        diff = AlertDiff()
+        fresh: dict[str, dict[str, Alert]] = {}
+        for patient_id in touched:
+            shown = self._worklist_of(patient_id, at)
+            before = self._shown.get(patient_id, {})
+            fresh[patient_id] = shown
+            for alert_id, alert in shown.items():
+                old = before.get(alert_id)
+                if old is None:
+                    diff.new.append(alert)
+                elif not _same(old, alert):
+                    diff.updated.append(alert)
+            diff.resolved.extend(a for i, a in before.items() if i not in shown)
+        if not diff and not self._stale:
+            return None
+        try:
+            if self._stale:
+                raised = [a for p, s in {**self._shown, **fresh}.items() for a in s.values()]
+                done = self.alerts.reconcile(raised, at, scope=touched)
+            else:
+                done = self.alerts.apply_diff(diff, at)
+        except VigieError:
+            self._stale = True
+            raise
+        self._stale = False
+        for patient_id, shown in fresh.items():
+            if shown:
+                self._shown[patient_id] = shown
+            else:
+                self._shown.pop(patient_id, None)
+        return done
+
+    def _worklist_of(self, patient_id: str, at: datetime) -> dict[str, Alert]:
+        """The patient's alerts in scope, each with its priority score."""
+        raised = [
+            alert
+            for evaluator in self._evaluators
+            for alert in evaluator.alerts(patient_id)
+            if self.scope == "all" or alert.stay_id is not None
+        ]
+        if not raised:
+            return {}
+        records = {patient_id: self._record(patient_id)}
+        return {
+            item.alert.id: item.alert.model_copy(update={"priority": item.priority.score})
+            for item in worklist(raised, records, at)
+        }
+
+    def _record(self, patient_id: str) -> PatientRecord:
+        record = PatientRecord(patient_id)
+        for fact in self._context.get(patient_id, {}).values():
+            record.add(fact)
+        record.sort()
+        return record
+
+    def _remember(self, fact: AnyFact) -> str | None:
+        """Keep a fact the priority reads; the patient it moved from, if it did."""
+        if not _in_context(fact):
+            return None
+        key = (fact.kind, fact.fact_id)
+        owner = self._context_owner.get(key)
+        previous = self._context.get(owner, {}).pop(key, None) if owner is not None else None
+        if isinstance(fact, Patient) and isinstance(previous, Patient):
+            fact = fact.merged_over(previous)  # as the store and the evaluators keep it
+        self._context.setdefault(fact.patient_id, {})[key] = fact
+        self._context_owner[key] = fact.patient_id
+        return owner if owner is not None and owner != fact.patient_id else None
+
+    def _forget(self, kind: str, fact_id: str, touched: set[str]) -> None:
+        owner = self._context_owner.pop((kind, fact_id), None)
+        if owner is not None:
+            self._context.get(owner, {}).pop((kind, fact_id), None)
+            touched.add(owner)
+
+
+def _patients(diff: AlertDiff) -> set[str]:
+    return {a.patient_id for part in (diff.new, diff.updated, diff.resolved) for a in part}
