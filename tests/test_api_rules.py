@@ -564,3 +564,36 @@ def test_the_configuration_as_toml_text(api: Service) -> None:
         "/config/cursors", content=b"x", headers={**author, "Content-Type": "application/yaml"}
     )
     assert unsupported.status_code == 415
+
+
+# Texts nested deeper than the parsers recurse ----------------------------------------------------
+
+DEEP = 5000
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/rules/check", {"text": PACK.replace("k > k_max", "not " * DEEP + "k > k_max")},
+         "text"),
+        ("POST", "/rules/test", {**TEST, "text": PACK.replace("k > k_max", "-" * DEEP + "k > 0")},
+         "text"),
+        ("POST", "/rules/test", {**TEST, "cases": "cases: " + "[" * DEEP + "]" * DEEP}, "cases"),
+        ("PUT", "/config/cursors", {"text": "x = " + "[" * DEEP + "]" * DEEP}, "body.text"),
+    ],
+)  # fmt: skip
+def test_a_text_nested_too_deeply_is_a_422_not_a_crash(
+    api: Service, method: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    answer = api.client.request(method, path, json=body, headers=api.as_("rule_author"))
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith(f"{field}: nested too deeply")
+
+
+def test_at_most_so_many_cases_per_request(api: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vigie.api.routes import rules as routes
+
+    monkeypatch.setattr(routes, "MAX_CASES", 5)
+    answer = api.client.post("/rules/test", json=TEST, headers=api.as_("rule_author"))
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == "cases: 6 cases; at most 5 per request"

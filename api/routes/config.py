@@ -32,7 +32,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vigie.api.auth import Caller, RuleAuthor, require
-from vigie.api.routes.rules import ParamPublic, Text, body_schema, read_body, service_packs
+from vigie.api.routes.rules import (
+    ParamPublic,
+    Text,
+    body_schema,
+    read_body,
+    service_packs,
+    too_deep,
+)
 from vigie.engine.site_config import SiteConfig, SiteConfigError, WardSettings, parse_site_config
 from vigie.store import ServiceStore, UnknownResourceError
 from vigie.store.service import ConfigVersion
@@ -384,6 +391,8 @@ async def put_cursors(
         return _refusal("a NUL character is not allowed in the text", prefix)
     try:
         parse_site_config(text, CONFIG_FILE, service_packs(request).irs)
+    except RecursionError:
+        raise too_deep(prefix) from None
     except SiteConfigError as error:
         if body.config is not None:
             return _refusal(error.detail, _field(prefix, error.path))

@@ -59,6 +59,7 @@ __all__ = [
     "read_body",
     "router",
     "service_packs",
+    "too_deep",
 ]
 
 router = APIRouter(prefix="/rules", tags=["rules"])
@@ -68,6 +69,7 @@ RuleReader = Annotated[Caller, require("rule_author", "pharmacist")]
 
 Severity = Literal["critical", "major", "moderate", "minor"]
 TEXT_MAX = 8 * 1024 * 1024  # characters of a pack or test file (the ANSM pack is 1.1 million)
+MAX_CASES = 2000  # rule test cases per request (the shipped test files hold up to 117)
 _FILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
@@ -463,7 +465,10 @@ def _diagnostics(diagnostics: Sequence[rules.Diagnostic], source: str) -> list[D
 def _check(
     text: str, file: str
 ) -> tuple[CheckAnswer, dict[str, Any] | None, list[rules.Diagnostic]]:
-    ir, diagnostics = rules.compile_pack(text, file)
+    try:
+        ir, diagnostics = rules.compile_pack(text, file)
+    except RecursionError:  # the parser's tree transform recurses once per nesting level
+        raise too_deep("text") from None
     errors = sum(d.is_error for d in diagnostics)
     header = None
     if ir is not None:
@@ -570,6 +575,8 @@ def _cases_text(cases: str, file: str) -> str:
         document = yaml.safe_load(cases)
     except yaml.YAMLError:
         return cases  # the loader reports it with its line
+    except RecursionError:
+        raise too_deep("cases") from None
     if not isinstance(document, dict):
         return cases  # the loader reports it
     if "packs" not in document:
@@ -592,6 +599,16 @@ def _cases_text(cases: str, file: str) -> str:
     return cases
 
 
+def too_deep(field: str) -> HTTPException:
+    """A text nested deeper than its parser recurses (``[[[[...``, ``not not not ...``): a
+    422, not a crash."""
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        detail=f"{field}: nested too deeply to be read (lists, tables or expressions within "
+        "each other)",
+    )
+
+
 def _run_tests(body: RuleTestBody) -> TestAnswer:
     checked, ir, diagnostics = _check(body.text, body.file)
     with tempfile.TemporaryDirectory(prefix="vigie-rules-test-") as folder:
@@ -605,6 +622,13 @@ def _run_tests(body: RuleTestBody) -> TestAnswer:
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"cases: {error}"
             ) from None
+        except RecursionError:
+            raise too_deep("cases") from None
+        if len(loaded.cases) > MAX_CASES:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=f"cases: {len(loaded.cases):,} cases; at most {MAX_CASES:,} per request",
+            )
         cache = PackCache()
         compiled = rules.CompiledPack(body.file, body.text, ir, tuple(diagnostics))
         cache.preload(pack_path, compiled)
