@@ -121,7 +121,30 @@ def _add_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="refresh the worklist as of this time at start (default: now)",
     )
     serve.add_argument(
-        "--no-refresh", action="store_true", help="serve the worklist as stored, not refreshed"
+        "--no-refresh",
+        action="store_true",
+        help="serve the worklist as stored: no evaluation at start, no live worklist",
+    )
+    serve.add_argument(
+        "--no-live",
+        action="store_true",
+        help="no live worklist: ingested facts are stored, the worklist is refreshed at start only",
+    )
+    serve.add_argument(
+        "--tick",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often the live worklist evaluates what time passing changed (default: 30)",
+    )
+    serve.add_argument(
+        "--mllp-port",
+        type=int,
+        metavar="PORT",
+        help="also listen for HL7 v2 over MLLP on this port (e.g. 2575)",
+    )
+    serve.add_argument(
+        "--mllp-host", default=None, metavar="HOST", help="the MLLP listener's (default: --host)"
     )
     users = sub.add_parser("users", help="the service's users and their tokens")
     actions = users.add_subparsers(dest="users_command", required=True)
@@ -154,16 +177,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from vigie.api.app import create_app, refresh_worklist
+    from vigie.store.alerts import Reconciled
 
+    def refreshed(done: Reconciled, how: str = "") -> None:
+        print(
+            f"Worklist refreshed: {len(done.opened):,} new, {len(done.reopened):,} "
+            f"reopened, {len(done.resolved):,} resolved, {len(done.kept):,} unchanged{how}",
+            flush=True,
+        )
+
+    live = not (args.no_refresh or args.no_live)
     with FactStore(args.database or None) as store:
         print(f"Store: {store.safe_url}")
-        if not args.no_refresh:
-            done = refresh_worklist(store, args.as_of)
-            print(
-                f"Worklist refreshed: {len(done.opened):,} new, {len(done.reopened):,} "
-                f"reopened, {len(done.resolved):,} resolved, {len(done.kept):,} unchanged"
+        if not live and not args.no_refresh:
+            refreshed(refresh_worklist(store, args.as_of))
+        mllp = None
+        if args.mllp_port is not None:
+            mllp = (args.mllp_host or args.host, args.mllp_port)
+            print(f"MLLP (HL7 v2) listener: {mllp[0]}:{mllp[1]}")
+        app = create_app(
+            store=store, live=live, as_of=args.as_of, tick_seconds=args.tick, mllp=mllp
+        )
+        if app.state.live is not None:  # started with the app: every stored fact evaluated
+            app.state.live.on_start = lambda done, at: refreshed(
+                done, f" (live worklist, as of {at:%Y-%m-%dT%H:%M}Z)"
             )
-        app = create_app(store=store)
         _log_requests()
         # The server's access log would print query strings (patient ids): the app logs each
         # request by its route's template instead.
