@@ -126,6 +126,8 @@ class LiveWorklist:
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
         self.last_tick: datetime | None = None
+        # Told what ``start`` did (``vigie serve`` prints it).
+        self.on_start: Callable[[Reconciled, datetime], None] | None = None
 
     # The clock -----------------------------------------------------------------------------
 
@@ -176,6 +178,8 @@ class LiveWorklist:
             self._stale = False
             self._started = True
             self.last_tick = at
+            if self.on_start is not None:
+                self.on_start(done, at)
             return done
 
     def _record_packs(self) -> None:
