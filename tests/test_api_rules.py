@@ -597,3 +597,25 @@ def test_at_most_so_many_cases_per_request(api: Service, monkeypatch: pytest.Mon
     answer = api.client.post("/rules/test", json=TEST, headers=api.as_("rule_author"))
     assert answer.status_code == 422
     assert answer.json()["detail"] == "cases: 6 cases; at most 5 per request"
+
+
+def test_the_packs_of_the_app_and_a_pack_that_cannot_load(tmp_path: Path) -> None:
+    """An app whose ``state.pack_paths`` names its packs lists those; a pack of the server that
+    is missing or does not compile is the service's fault: 503, not the request's."""
+    app = create_app(f"sqlite:///{tmp_path / 'vigie.db'}")
+    _, token = app.state.service.add_user("reader", ["pharmacist"])
+    headers = {"Authorization": f"Bearer {token}"}
+    (tmp_path / "demo.rules").write_text(PACK, encoding="utf-8")
+    (tmp_path / "broken.rules").write_text(BROKEN, encoding="utf-8")
+    with TestClient(app) as client:
+        app.state.pack_paths = [tmp_path / "demo.rules"]
+        page = client.get("/rules", headers=headers).json()
+        assert [(p["name"], p["rules"]) for p in page["packs"]] == [("demo", 1)]
+        assert [(r["id"], r["line"]) for r in page["items"]] == [
+            ("demo.k", _position(PACK, "rule demo.k")[0])
+        ]
+        for name, detail in [("missing.rules", "cannot be read"), ("broken.rules", "compile")]:
+            app.state.pack_paths = [tmp_path / name]
+            answer = client.get("/rules", headers=headers)
+            assert answer.status_code == 503 and detail in answer.json()["detail"]
+    app.state.service.facts.close()

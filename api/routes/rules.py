@@ -39,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from vigie import rules
 from vigie.api.auth import Caller, RuleAuthor, require
 from vigie.api.routes.schemas import CodedValue
+from vigie.errors import VigieError
 from vigie.rules.testing.cases import CaseFileError, load_test_file
 from vigie.rules.testing.runner import PackCache, coverage_gaps, run_case
 from vigie.store import ServiceError, ServiceStore
@@ -183,12 +184,22 @@ def service_packs(request: Request) -> ServicePacks:
         try:
             found = path.stat()
         except OSError:
-            raise ServiceError(f"the service's rule pack {path.name} cannot be read") from None
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail=f"the service's rule pack {path.name} cannot be read",
+            ) from None
         key.append((found.st_mtime_ns, found.st_size))
     with _cache_lock:
         cached = _cache.get(tuple(key))
         if cached is None:
-            cached = _describe(compile_packs(pack_paths))
+            try:
+                compiled = compile_packs(pack_paths)
+            except VigieError as error:  # the server's packs, not the request, are wrong
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    detail=f"the service's rule packs cannot be loaded: {error}",
+                ) from None
+            cached = _describe(compiled)
             _cache.clear()
             _cache[tuple(key)] = cached
     return cached
