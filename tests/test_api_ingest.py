@@ -8,6 +8,8 @@ app per module and backend, each test on patients of its own).
 
 from __future__ import annotations
 
+import socket
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +24,9 @@ from vigie.api.app import create_app, refresh_worklist
 from vigie.api.live import LiveWorklist
 from vigie.connectors.base import FeedError
 from vigie.connectors.hl7v2 import connector as hl7_connector
+from vigie.ingest.messages import ingest_hl7
 from vigie.store import AlertStore, FactStore, ServiceStore
+from vigie.store.alerts import AlertError
 
 with warnings.catch_warnings():  # starlette asks for httpx2, which this environment lacks
     warnings.simplefilter("ignore")
@@ -397,3 +401,93 @@ def test_the_worklist_at_start_is_that_of_a_batch_refresh(tmp_path: Any) -> None
                 [(a.id, a.priority, a.severity, a.ward) for a in AlertStore(store).worklist(None)]
             )
     assert worklists[0] == worklists[1] and len(worklists[0]) >= 5
+
+
+# MLLP with the app -------------------------------------------------------------------------------
+
+
+def _frame(message: str) -> bytes:
+    return b"\x0b" + message.encode() + b"\x1c\r"
+
+
+def test_an_mllp_listener_started_with_the_app_feeds_the_live_worklist(
+    database_url: str,  # noqa: F811 (the imported fixture)
+) -> None:
+    app = create_app(database_url, live=True, as_of=AS_OF, tick_seconds=0, mllp=("127.0.0.1", 0))
+    service: ServiceStore = app.state.service
+    pharmacist = {"Authorization": f"Bearer {service.add_user('pharm.mllp', ['pharmacist'])[1]}"}
+    with TestClient(app) as client:
+        listener = app.state.mllp
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as connection:
+            for message in (adt("M1"), rde("M1"), oru("M1")):
+                connection.sendall(_frame(message))
+                ack = connection.recv(4096)
+                assert b"MSA|AA|" in ack
+        deadline = time.monotonic() + 10
+        while True:  # parsed after the ACK, in the listener's thread
+            items = client.get("/worklist", params={"patient": "M1"}, headers=pharmacist)
+            if items.json()["items"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        assert _alert_rules(items.json()["items"]) == ["bio.hyperkalaemia"]
+    assert not listener._thread.is_alive()  # stopped with the app
+
+
+# The live worklist's clock and writes ------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _send(store: FactStore, live: LiveWorklist, *messages: str) -> Any:
+    """Ingest the messages into the store and give their facts to the live worklist."""
+    return live.apply_results([r for m in messages for r in ingest_hl7(store, m)])
+
+
+def test_time_passing_resolves_alerts_by_tick_and_in_the_background(tmp_path: Any) -> None:
+    clock = _Clock(AS_OF)
+    with FactStore(f"sqlite:///{tmp_path / 'tick.db'}") as store:
+        live = LiveWorklist(store, clock=clock)
+        assert _send(store, live, adt("T1")) is None  # not started: start reads the store
+        live.start()
+        until_noon = rde("T1").replace("||||20240305120000", "||||20240305120000|20240306120000")
+        _send(store, live, until_noon, oru("T1"))
+        (alert,) = live.worklist("T1")
+        clock.now = AS_OF + timedelta(hours=2)
+        live.tick()  # the line runs until noon
+        assert [a.id for a in live.worklist("T1")] == [alert.id]
+        clock.now = AS_OF + timedelta(hours=4)  # the line has ended
+        live.start_ticking(0.02)
+        try:
+            deadline = time.monotonic() + 10
+            while live.worklist("T1") and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            live.stop()
+        assert live.worklist("T1") == []
+        assert AlertStore(store).get(alert.id).status == "resolved_by_data"
+
+
+def test_a_failed_write_is_caught_up_by_the_next_one(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FactStore(f"sqlite:///{tmp_path / 'stale.db'}") as store:
+        live = LiveWorklist(store, as_of=AS_OF)
+        live.start()
+        alerts = live.alerts
+
+        def down(*_: Any, **__: Any) -> Any:
+            raise AlertError("cannot apply the alert changes: database down")
+
+        monkeypatch.setattr(alerts, "apply_diff", down)
+        with pytest.raises(AlertError):
+            _send(store, live, adt("S1"), rde("S1"), oru("S1"))
+        assert alerts.worklist(patient_id="S1") == []
+        monkeypatch.undo()
+        _send(store, live, adt("S2"))  # any later write reconciles every patient
+        assert [a.rule_id for a in alerts.worklist(patient_id="S1")] == ["bio.hyperkalaemia"]
