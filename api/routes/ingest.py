@@ -55,6 +55,7 @@ log = logging.getLogger("vigie.api")
 router = APIRouter(tags=["ingest"])
 
 FeedOrAdmin = Annotated[Caller, require("feed", "admin")]
+MAX_ID = 2**31 - 1  # the ids are the database's INTEGER
 
 HL7_TYPES = (
     "application/hl7-v2",
@@ -271,7 +272,7 @@ async def post_fhir(request: Request, caller: Feed) -> JSONResponse:
 def get_dead_letters(
     caller: FeedOrAdmin,
     after: Annotated[
-        int | None, Query(ge=0, description="the last id of the previous page")
+        int | None, Query(ge=0, le=MAX_ID, description="the last id of the previous page")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     feed: Annotated[
@@ -302,7 +303,7 @@ def get_dead_letters(
 async def post_replay(
     request: Request,
     caller: FeedOrAdmin,
-    dead_letter_id: Annotated[int, Path(ge=0)],
+    dead_letter_id: Annotated[int, Path(ge=0, le=MAX_ID)],
 ) -> JSONResponse:
     """Parse the dead letter's message again from the bytes the store kept, exactly as if it
     had been sent again: after a mapping or terminology fix it loads (200) and its facts reach
