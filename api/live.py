@@ -121,6 +121,9 @@ class LiveWorklist:
         self._context: dict[str, dict[tuple[str, str], AnyFact]] = {}
         self._context_owner: dict[tuple[str, str], str] = {}
         self._shown: dict[str, dict[str, Alert]] = {}  # patient → alert id → as written
+        # The version time of each fact's current version, or of its retraction (a tombstone),
+        # when known: as in the store, an older version arriving later changes nothing.
+        self._versions: dict[tuple[str, str], datetime] = {}
         self._stale = False  # a write failed: reconcile everything at the next call
         self._started = False
         self._ticker: threading.Thread | None = None
@@ -160,8 +163,10 @@ class LiveWorklist:
             self._context.clear()
             self._context_owner.clear()
             patients: set[str] = set()
+            self._versions = self._tombstones()
             for fact in self.store.iter_facts():
                 patients.add(fact.patient_id)
+                self._newer(fact.kind, fact.fact_id, fact.source.version_time)
                 for evaluator in evaluators:
                     evaluator.add(fact, _AFTER_EVERYTHING)
                 self._remember(fact)
@@ -206,9 +211,16 @@ class LiveWorklist:
         """Take new facts (and facts withdrawn by their sender) in, as of the clock, and write
         what changed to the worklist. ``None`` before ``start``: the facts are in the store,
         and ``start`` will read them."""
-        facts, retractions = list(facts), list(retractions)
         with self._lock:
             if not self._started:
+                return None
+            # What the store kept: a version older than the one held (or than its retraction)
+            # was not stored over it.
+            facts = [f for f in facts if self._newer(f.kind, f.fact_id, f.source.version_time)]
+            retractions = [
+                r for r in retractions if self._newer(r.kind, r.fact_id, r.source.version_time)
+            ]
+            if not facts and not retractions:
                 return None
             at = self.now()
             touched = {f.patient_id for f in facts} | {r.patient_id for r in retractions}
@@ -321,6 +333,34 @@ class LiveWorklist:
             else:
                 self._shown.pop(patient_id, None)
         return done
+
+    def _newer(self, kind: str, fact_id: str, version: datetime | None) -> bool:
+        """Whether a version (of a fact, or its retraction) replaces the one held, by the
+        store's rule (``FactStore._upsert``): unless both version times are known and it is
+        the older; kept as the one held if so."""
+        key = (kind, fact_id)
+        held = self._versions.get(key)
+        if held is not None and version is not None and version < held:
+            return False
+        if version is None:
+            self._versions.pop(key, None)
+        else:
+            self._versions[key] = version
+        return True
+
+    def _tombstones(self) -> dict[tuple[str, str], datetime]:
+        """The version times of the store's retractions (facts withdrawn, or withdrawn before
+        they came)."""
+        from sqlalchemy import select
+
+        from vigie.store.database import FactRow
+
+        query = select(FactRow.kind, FactRow.fact_id, FactRow.version_time).where(
+            FactRow.retracted.is_(True), FactRow.version_time.is_not(None)
+        )
+        with self.store.session() as session:
+            rows = session.execute(query).all()
+        return {(kind, fid): moment for kind, fid, moment in rows if moment is not None}
 
     def _worklist_of(self, patient_id: str, at: datetime) -> dict[str, Alert]:
         """The patient's alerts in scope, each with its priority score."""

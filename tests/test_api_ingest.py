@@ -261,6 +261,28 @@ def test_a_retracted_result_resolves_the_alert(api: Service) -> None:
     assert api.service.alerts.get(alert["id"]).status == "resolved_by_data"
 
 
+def test_a_version_older_than_the_retraction_stays_withdrawn_as_in_the_store(
+    api: Service,
+) -> None:
+    """A delayed message (sent 08:30) arriving after the withdrawal (09:00) of the result it
+    carries: the store keeps the result withdrawn, and so does the live worklist."""
+    assert api.hl7(adt("V1") + rde("V1") + oru("V1")).status_code == 200
+    assert _alert_rules(api.worklist("V1")) == ["bio.hyperkalaemia"]
+    withdrawn = oru("V1", control="ORU-V1-D", status="D").replace(
+        "20240306081200", "20240306090000"
+    )
+    assert api.hl7(withdrawn).json()["messages"][0]["retractions"] == 1
+    delayed = oru("V1", control="ORU-V1-OLD").replace("20240306081200", "20240306083000")
+    assert api.hl7(delayed).json()["messages"][0]["status"] == "loaded"
+    assert list(api.service.facts.iter_facts(kinds=["lab"], patient_id="V1")) == []
+    assert api.worklist("V1") == []
+    # A later version is a new result again, in the store and in the worklist.
+    later = oru("V1", control="ORU-V1-NEW").replace("20240306081200", "20240306091000")
+    assert api.hl7(later).status_code == 200
+    assert len(list(api.service.facts.iter_facts(kinds=["lab"], patient_id="V1"))) == 1
+    assert _alert_rules(api.worklist("V1")) == ["bio.hyperkalaemia"]
+
+
 def test_bad_bodies_are_refused_before_anything_is_stored(api: Service) -> None:
     before = api.service.facts.raw_counts()
     assert api.hl7(b"").status_code == 400
@@ -491,3 +513,17 @@ def test_a_failed_write_is_caught_up_by_the_next_one(
         monkeypatch.undo()
         _send(store, live, adt("S2"))  # any later write reconciles every patient
         assert [a.rule_id for a in alerts.worklist(patient_id="S1")] == ["bio.hyperkalaemia"]
+
+
+def test_after_a_restart_a_retraction_still_outranks_an_older_version(tmp_path: Any) -> None:
+    with FactStore(f"sqlite:///{tmp_path / 'restart.db'}") as store:
+        withdrawn = oru("W1", control="ORU-W1-D", status="D").replace(
+            "20240306081200", "20240306090000"
+        )
+        for message in (adt("W1"), rde("W1"), oru("W1"), withdrawn):
+            ingest_hl7(store, message)
+        live = LiveWorklist(store, as_of=AS_OF)
+        live.start()  # a new process: the retraction is known from the store only
+        delayed = oru("W1", control="ORU-W1-OLD").replace("20240306081200", "20240306083000")
+        _send(store, live, delayed)
+        assert live.worklist("W1") == [] and AlertStore(store).worklist(patient_id="W1") == []
