@@ -112,6 +112,7 @@ class LiveWorklist:
         self.alerts = AlertStore(store)
         self.scope = scope
         self._packs = list(packs) if packs is not None else None
+        self._shipped_packs = packs is None  # recorded at start (rule texts for the alerts)
         self._fixed = normalise_time(as_of) if as_of is not None else None
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.RLock()
@@ -189,7 +190,7 @@ class LiveWorklist:
 
     def _record_packs(self) -> None:
         """Record the text of the packs run (the alerts show their rule's text and line)."""
-        if self._packs is not None:
+        if not self._shipped_packs:
             return  # packs given by the caller: it records them if it wants
         from vigie.api.app import _pack_texts
         from vigie.store import ServiceStore
