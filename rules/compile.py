@@ -40,12 +40,16 @@ def compile_pack(
     Every error of the pack is reported, syntax errors included (the declaration holding a
     syntax error is skipped and the rest is still checked). Warnings do not stop the IR.
     """
-    parsed = parse_recovering(text, file)
-    result = check(parsed.pack, catalogue, lost_names=parsed.lost_names)
-    diagnostics = sort_diagnostics([*parsed.diagnostics, *result.diagnostics])
-    if any(d.is_error for d in diagnostics):
-        return None, diagnostics
-    return cast(IR, build_ir(result, text, file, catalogue)), diagnostics
+    try:
+        parsed = parse_recovering(text, file)
+        result = check(parsed.pack, catalogue, lost_names=parsed.lost_names)
+        diagnostics = sort_diagnostics([*parsed.diagnostics, *result.diagnostics])
+        if any(d.is_error for d in diagnostics):
+            return None, diagnostics
+        return cast(IR, build_ir(result, text, file, catalogue)), diagnostics
+    except RecursionError:  # the parser's tree transform recurses once per nesting level
+        message = "cannot read the pack: expressions nested too deeply (hundreds of levels)"
+        return None, [error("R000", message, Span(file, 1, 1, 1, 1))]
 
 
 def compile_pack_or_raise(text: str, file: str = "<string>") -> IR:

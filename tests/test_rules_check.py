@@ -166,6 +166,20 @@ def test_unreadable_file_is_r000(tmp_path: Path) -> None:
     assert diagnostic.code == "R000" and diagnostic.span.file.endswith("missing.rules")
 
 
+def test_a_pack_nested_deeper_than_the_parser_recurses_is_r000(tmp_path: Path) -> None:
+    """Thousands of nested ``not`` exhaust the parser's recursion: a diagnostic, not a crash."""
+    path = tmp_path / "deep.rules"
+    rule = 'rule t.r "T"\n  problem 7 intervention 2 severity major\n  when\n'
+    path.write_text(HEADER + rule + "    " + "not " * 5000 + "age > 3\n", encoding="utf-8")
+    (compiled,) = compile_files([path])
+    assert compiled.ir is None
+    (diagnostic,) = compiled.diagnostics
+    assert diagnostic.code == "R000" and "nested too deeply" in diagnostic.message
+    err = io.StringIO()
+    assert check_command([path], out=io.StringIO(), err=err) == 1
+    assert "nested too deeply" in err.getvalue()
+
+
 def test_unexpected_character_and_end_of_file_are_r002_r003() -> None:
     assert one(HEADER + "set x = atc C09A ; C09B\n", "R002").span.column == 18
     eof = one(HEADER + "define x = (age > 3", "R003")
