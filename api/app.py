@@ -37,7 +37,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vigie import rules
 from vigie.api import routes
 from vigie.api.auth import require
 from vigie.api.cds_hooks import CardFeedback, CdsHooksError, cds_router
@@ -54,7 +53,6 @@ from vigie.store import (
     UnknownResourceError,
 )
 from vigie.store.alerts import AlertTransitionError, Dismissal, Intervention, Reconciled
-from vigie.store.service import RulePackVersion
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ROUTERS", "create_app", "refresh_worklist"]
 
@@ -417,22 +415,21 @@ def refresh_worklist(
     it is complete for every patient of the store (one not in a stay raises nothing), so an
     open alert of a patient gone home is resolved by the data. The text of each pack run is
     recorded (``rule_pack_version``), for the alerts to show their rule."""
-    from vigie.api.batch import compile_packs, in_scope, run_packs, with_priorities
+    from vigie.api.batch import (
+        compile_packs,
+        in_scope,
+        record_packs,
+        run_packs,
+        with_priorities,
+    )
     from vigie.engine.evaluate import normalise_time
     from vigie.engine.factset import PatientRecord
     from vigie.engine.load import load_pack
     from vigie.store.columns import load_frames
 
     moment = normalise_time(as_of or datetime.now(UTC))
-    irs = compile_packs(pack_paths)
-    packs = [load_pack(ir) for ir in irs]
-    texts = _pack_texts(pack_paths)
-    ServiceStore(store).record_rule_packs(
-        [
-            RulePackVersion(pack.name, pack.version, pack.sha256 or "", source, text)
-            for pack, (source, text) in zip(packs, texts, strict=True)
-        ]
-    )
+    packs = [load_pack(ir) for ir in compile_packs(pack_paths)]
+    record_packs(store, packs, pack_paths)
     frames = load_frames(store)
     patients = in_scope(frames, moment, scope)
     records: dict[str, PatientRecord] = {}
@@ -440,16 +437,3 @@ def refresh_worklist(
     alerts = with_priorities(alerts, frames, moment, records)
     everyone = set(in_scope(frames, moment, "all")) | {a.patient_id for a in alerts}
     return AlertStore(store).reconcile(alerts, moment, scope=everyone)
-
-
-def _pack_texts(pack_paths: Sequence[Path]) -> list[tuple[str, str]]:
-    """(the file the alerts name, the text) of each pack, in ``compile_packs``'s order."""
-    from vigie.api.batch import DEFAULT_PACKS
-
-    if not pack_paths:
-        folder = Path(rules.__file__).parent / "packs"
-        return [
-            (f"rules/packs/{name}", (folder / name).read_text(encoding="utf-8"))
-            for name in DEFAULT_PACKS
-        ]
-    return [(str(path), path.read_text(encoding="utf-8")) for path in pack_paths]

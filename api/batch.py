@@ -49,9 +49,10 @@ from vigie.engine.site_config import SiteConfig, load_site_config
 from vigie.errors import VigieError
 from vigie.facts import AnyFact, LabResult
 from vigie.ingest import FileReport, read_feed
-from vigie.store import FactStore
+from vigie.store import FactStore, ServiceStore
 from vigie.store.columns import load_frames
 from vigie.store.parquet import is_frames_directory, read_frames
+from vigie.store.service import RulePackVersion
 from vigie.terminology.units import default_unit_tables
 
 __all__ = [
@@ -63,7 +64,9 @@ __all__ = [
     "compile_packs",
     "load_feeds",
     "load_packs",
+    "pack_texts",
     "parse_time",
+    "record_packs",
     "run_packs",
     "write_output",
 ]
@@ -203,18 +206,35 @@ def load_packs(paths: Sequence[Path]) -> list[LoadedPack]:
 
 def compile_packs(paths: Sequence[Path]) -> list[dict[str, Any]]:
     """The IR of the packs named (default: the shipped default and ANSM packs)."""
+    return [_compiled(label, text) for label, text in pack_texts(paths)]
+
+
+def pack_texts(paths: Sequence[Path]) -> list[tuple[str, str]]:
+    """(the file the alerts name, the text) of each pack named (default: the shipped default
+    and ANSM packs, named ``rules/packs/...`` wherever installed), in ``compile_packs``'s
+    order; an unreadable file is a ``BatchError``."""
     named: list[tuple[str, str]] = []
     if not paths:
         for name in DEFAULT_PACKS:
-            label = f"rules/packs/{name}"  # how alerts name the rule's file, wherever installed
             text = (Path(rules.__file__).parent / "packs" / name).read_text(encoding="utf-8")
-            named.append((label, text))
+            named.append((f"rules/packs/{name}", text))
     for path in paths:
         try:
             named.append((str(path), path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as error:
             raise BatchError(f"{path}: cannot read the pack: {error}", usage=True) from None
-    return [_compiled(label, text) for label, text in named]
+    return named
+
+
+def record_packs(store: FactStore, packs: Sequence[LoadedPack], paths: Sequence[Path]) -> None:
+    """Record the text of each pack run (the packs of ``paths``, loaded), so that the alerts
+    they raise show their rule's text and line (``rule_pack_version``)."""
+    ServiceStore(store).record_rule_packs(
+        [
+            RulePackVersion(pack.name, pack.version, pack.sha256 or "", source, text)
+            for pack, (source, text) in zip(packs, pack_texts(paths), strict=True)
+        ]
+    )
 
 
 def _compiled(label: str, text: str) -> dict[str, Any]:

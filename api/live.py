@@ -192,17 +192,9 @@ class LiveWorklist:
         """Record the text of the packs run (the alerts show their rule's text and line)."""
         if not self._shipped_packs:
             return  # packs given by the caller: it records them if it wants
-        from vigie.api.app import _pack_texts
-        from vigie.store import ServiceStore
-        from vigie.store.service import RulePackVersion
+        from vigie.api.batch import record_packs
 
-        packs = self.packs
-        ServiceStore(self.store).record_rule_packs(
-            [
-                RulePackVersion(pack.name, pack.version, pack.sha256 or "", source, text)
-                for pack, (source, text) in zip(packs, _pack_texts(()), strict=True)
-            ]
-        )
+        record_packs(self.store, self.packs, ())
 
     # Updates -------------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ The examples derive from a fixed seed (``derandomize``): a run is reproducible.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from tests.test_api import (  # noqa: F401  (fixtures and the backend parametris
     pytest_generate_tests,
 )
 from tests.test_evaluate import NOW, default_ir, hyperkalaemia_facts
+from vigie import settings as vigie_settings
 from vigie.api.app import create_app
 from vigie.engine import FactSet, evaluate
 
@@ -47,7 +47,7 @@ with warnings.catch_warnings():  # starlette's test client asks for httpx2, whic
 
 pytestmark = [pytest.mark.slow, pytest.mark.property]
 
-EXAMPLES = int(os.environ.get("VIGIE_SCHEMA_EXAMPLES", "15"))
+EXAMPLES = int(vigie_settings.value("schema_examples"))
 # Who calls: one user per role, and one holding them all (most requests reach the route).
 CALLERS = ("every role", "every role", "every role", *ROLES)
 

@@ -124,6 +124,11 @@ class Settings(BaseSettings):
         default=False,
         description="tests: rewrite the golden files instead of comparing with them",
     )
+    schema_examples: int = Field(
+        default=15,
+        ge=1,
+        description="tests: how many requests schemathesis draws per API operation and mode",
+    )
 
     @field_validator("timezone")
     @classmethod
