@@ -1,0 +1,314 @@
+"""Benchmark: ``GET /worklist`` throughput and latency at 16 and 64 concurrent clients (target
+1,000 req/s with p99 <= 50 ms at 64 clients, issue 10).
+
+The store holds a generated hospital (``vigie.synthetic.generate``, CSV, ``--beds`` beds over
+``--days`` days, seed 1, each covered rule's case rate ``--rate``: a busy hospital) ingested by
+the ingest pipeline, its worklist refreshed as of the end of the period (``refresh_worklist``:
+a few hundred open alerts), and a pharmacist user
+(``ServiceStore.add_user``). Stores: a SQLite file, and PostgreSQL (a fresh schema of database
+``test`` on 127.0.0.1, dropped at the end; ``--no-postgres`` skips it).
+
+The server is the real one, as production runs it: ``vigie serve --no-live --no-refresh
+--database URL --port P`` in a process of its own (one uvicorn worker, the CLI's default; the
+per-request log lines go to a file). The load generator is another process (so it does not
+take the server's GIL; it still shares the machine's cores with the server and, for
+PostgreSQL, the database): asyncio with one ``httpx.AsyncClient`` per client (keep-alive), each
+client looping ``GET /worklist?limit=50`` (or with ``&ward=`` the ward of most open alerts) for
+``--seconds`` after ``--warmup`` seconds. A request counts if it began and ended in the measured
+window; any answer but 200, or a transport error, is an error and is reported.
+
+Every read writes an audit row (its own transaction). To show what that costs, one more case
+per store runs a server started from a small ``python -c`` script in which
+``ServiceStore.audit`` does nothing: labelled "without audit (not a production setting)".
+
+Printed per case: store, server, clients, query, req/s (ratio to 1,000), median, p99 (ratio
+to 50 ms), max, errors, the CPU share of a core the server and the load generator used (a
+server near 100% is bound by its one process's GIL); per server its peak RSS; the load
+average before and after. Cases alternate (16 then 64 clients, plain then ward), the machine is
+shared: compare within a run.
+
+    .venv/bin/python benchmarks/bench_worklist.py [--seconds 20] [--warmup 3]
+        [--clients 16,64] [--beds 1000] [--days 4] [--rate 0.3] [--no-postgres] [--no-unaudited]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bench_ingest_store import postgres_schema
+
+TARGET_RPS = 1000
+TARGET_P99_MS = 50.0
+TARGET_CLIENTS = 64
+
+UNAUDITED_SERVER = (
+    "import sys; from vigie.store.service import ServiceStore; "
+    "ServiceStore.audit = lambda self, entry: None; "  # the benchmark's no-audit case only
+    "from vigie.api.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+# The store -----------------------------------------------------------------------------------
+
+
+def fill_store(url: str, feeds: list[Path], as_of: Any) -> tuple[str, int, str]:
+    """Ingest the hospital, refresh the worklist, add a pharmacist: (token, open alerts, the
+    ward of most open alerts)."""
+    from vigie.api.app import refresh_worklist
+    from vigie.ingest import ingest
+    from vigie.store import AlertStore, FactStore, ServiceStore
+
+    with FactStore(url) as store:
+        ingest(feeds, store, "csv")
+        refresh_worklist(store, as_of)
+        _, token = ServiceStore(store).add_user("bench.pharmacien", ["pharmacist"])
+        alerts = AlertStore(store)
+        size = alerts.worklist_size()
+        wards = Counter(alert.ward for alert in alerts.worklist(limit=size or 1))
+    ward = wards.most_common(1)[0][0] if wards else ""
+    return token, size, ward
+
+
+# The server ----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_server(url: str, audited: bool, log: Path, token: str) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    options = ["serve", "--no-live", "--no-refresh", "--database", url, "--port", str(port)]
+    if audited:
+        command = [str(Path(sys.executable).parent / "vigie"), *options]
+    else:
+        command = [sys.executable, "-c", UNAUDITED_SERVER, *options]
+    env = {**os.environ, "VIGIE_TIMEZONE": "UTC"}
+    with log.open("ab") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=out, env=env)
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError(f"the server stopped (exit {child.returncode}); see {log}")
+        try:
+            answer = httpx.get(
+                f"http://127.0.0.1:{port}/worklist",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=2,
+            )
+            if answer.status_code == 200:
+                return child, port
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    child.kill()
+    raise RuntimeError(f"the server did not answer within 60 s; see {log}")
+
+
+def stop_server(child: subprocess.Popen) -> float:
+    """Stop the server; its peak RSS in MB (VmHWM, read before it exits)."""
+    peak = 0.0
+    try:
+        for line in Path(f"/proc/{child.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    child.terminate()
+    child.wait(60)
+    return peak
+
+
+# The load generator (its own process) --------------------------------------------------------
+
+
+async def _client(
+    base: str, token: str, query: str, window: tuple[float, float], out: list[Any]
+) -> None:
+    import httpx
+
+    began_at, end_at = window
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+        while (began := time.perf_counter()) < end_at:
+            try:
+                answer = await client.get("/worklist", params=query)
+                status = answer.status_code
+                if status == 200:
+                    answer.json()  # the client reads the page, as the web page does
+            except httpx.HTTPError as error:
+                status = type(error).__name__
+            ended = time.perf_counter()
+            if began >= began_at and ended <= end_at:
+                out.append((ended - began, status))
+
+
+async def _load(base: str, token: str, query: str, clients: int, warmup: float, seconds: float):
+    now = time.perf_counter()
+    window = (now + warmup, now + warmup + seconds)
+    results: list[Any] = []
+    await asyncio.gather(*(_client(base, token, query, window, results) for _ in range(clients)))
+    return results
+
+
+def load_main(port: int, token: str, query: str, clients: int, warmup: float, seconds: float):
+    """In the load generator's process: run the clients, print the figures as JSON."""
+    cpu = time.process_time()
+    results = asyncio.run(_load(f"http://127.0.0.1:{port}", token, query, clients, warmup, seconds))
+    cpu = time.process_time() - cpu
+    ok = sorted(latency for latency, status in results if status == 200)
+    every = sorted(latency for latency, _ in results)
+    errors = Counter(str(status) for _, status in results if status != 200)
+    print(
+        json.dumps(
+            {
+                "requests": len(results),
+                "rate": len(results) / seconds,
+                "median_ms": statistics.median(every) * 1000 if every else float("nan"),
+                "p99_ms": every[int(0.99 * (len(every) - 1))] * 1000 if every else float("nan"),
+                "max_ms": every[-1] * 1000 if every else float("nan"),
+                "ok": len(ok),
+                "errors": dict(errors),
+                "cpu_share": cpu / (warmup + seconds),
+            }
+        )
+    )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux), 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_case(
+    server: int, port: int, token: str, query: str, clients: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One load generator process against the server (pid ``server``); its figures, and the
+    server's CPU share over the whole case (warm-up included)."""
+    cpu, began = _cpu_seconds(server), time.perf_counter()
+    command = [
+        sys.executable,
+        __file__,
+        "--load",
+        json.dumps([port, token, query, clients, args.warmup, args.seconds]),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures["server_cpu"] = (_cpu_seconds(server) - cpu) / (time.perf_counter() - began)
+    return dict(figures)
+
+
+def _print(label: str, clients: int, what: str, figures: dict[str, Any]) -> None:
+    rate, p99 = figures["rate"], figures["p99_ms"]
+    errors = figures["errors"]
+    said = ", ".join(f"{n} x {k}" for k, n in sorted(errors.items())) if errors else "none"
+    print(
+        f"{label:<52} {clients:>3} clients {what:<9} {rate:7,.0f} req/s "
+        f"(ratio to {TARGET_RPS:,}: {rate / TARGET_RPS:4.2f}), median {figures['median_ms']:6.1f} "
+        f"ms, p99 {p99:7.1f} ms (ratio to {TARGET_P99_MS:.0f}: {p99 / TARGET_P99_MS:5.2f}), "
+        f"max {figures['max_ms']:7.1f} ms; errors {said}; CPU: server "
+        f"{figures['server_cpu']:.0%}, load generator {figures['cpu_share']:.0%} of a core",
+        flush=True,
+    )
+
+
+# The run -------------------------------------------------------------------------------------
+
+
+def bench_store(name: str, url: str, feeds: list[Path], as_of: Any, args, folder: Path) -> None:
+    began = time.perf_counter()
+    token, size, ward = fill_store(url, feeds, as_of)
+    print(
+        f"\n{name}: {size:,} open alerts, ward filter {ward} "
+        f"(store filled in {time.perf_counter() - began:.0f} s)",
+        flush=True,
+    )
+    queries = {"limit=50": "limit=50", "ward": f"limit=50&ward={ward}"}
+    servers = [("vigie serve (1 uvicorn worker)", True)]
+    if not args.no_unaudited:
+        servers.append(("without audit (not a production setting)", False))
+    for label, audited in servers:
+        child, port = start_server(url, audited, folder / "server.log", token)
+        try:
+            for clients in args.clients if audited else [TARGET_CLIENTS]:
+                for what, query in queries.items() if audited else [("limit=50", "limit=50")]:
+                    _print(
+                        f"{name}, {label}",
+                        clients,
+                        what,
+                        run_case(child.pid, port, token, query, clients, args),
+                    )
+        finally:
+            peak = stop_server(child)
+        print(f"{name}, {label}: server peak RSS {peak:,.0f} MB", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--clients", default="16,64")
+    parser.add_argument("--beds", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=0.3, help="case rate per covered rule")
+    parser.add_argument("--days", type=int, default=4)
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-unaudited", action="store_true", help="skip the no-audit case")
+    parser.add_argument("--load", help=argparse.SUPPRESS)  # the load generator's process
+    args = parser.parse_args()
+    if args.load:
+        load_main(*json.loads(args.load))
+        return 0
+    args.clients = [int(n) for n in args.clients.split(",")]
+    os.environ.setdefault("VIGIE_TIMEZONE", "UTC")
+    from vigie.synthetic import generate
+    from vigie.synthetic.catalogue import covered_rules
+
+    print(
+        f"machine: {os.cpu_count()} cores, shared by the server, the load generator (its own "
+        f"process) and PostgreSQL; load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"each case: {args.warmup:.0f} s warm-up, then {args.seconds:.0f} s measured")
+    with tempfile.TemporaryDirectory(prefix="vigie-bench-worklist-") as name:
+        folder = Path(name)
+        rates = dict.fromkeys(covered_rules(), args.rate)
+        hospital = folder / "hospital"
+        summary = generate(args.beds, args.days, 1, "csv", hospital, rates=rates, min_cases=1)
+        feeds = list(summary.feed_files)
+        as_of = summary.start + timedelta(days=args.days)
+        print(
+            f"hospital: {args.beds} beds, {args.days} days, case rate {args.rate} per rule; "
+            f"worklist as of {as_of:%Y-%m-%d}"
+        )
+        bench_store("SQLite", f"sqlite:///{folder / 'vigie.db'}", feeds, as_of, args, folder)
+        if not args.no_postgres:
+            with postgres_schema() as url:
+                bench_store("PostgreSQL", url, feeds, as_of, args, folder)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nbenchmark process peak RSS {peak:.0f} MB; load average {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
