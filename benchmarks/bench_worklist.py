@@ -92,7 +92,10 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_server(url: str, audited: bool, log: Path, token: str) -> tuple[subprocess.Popen, int]:
+def start_server(
+    url: str, audited: bool, log: Path, token: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The server (``vigie serve``, or the no-audit script) on a free port, once it answers."""
     port = _free_port()
     options = ["serve", "--no-live", "--no-refresh", "--database", url, "--port", str(port)]
     if audited:
@@ -123,7 +126,7 @@ def start_server(url: str, audited: bool, log: Path, token: str) -> tuple[subpro
     raise RuntimeError(f"the server did not answer within 60 s; see {log}")
 
 
-def stop_server(child: subprocess.Popen) -> float:
+def stop_server(child: subprocess.Popen[bytes]) -> float:
     """Stop the server; its peak RSS in MB (VmHWM, read before it exits)."""
     peak = 0.0
     try:
@@ -149,6 +152,7 @@ async def _client(
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
         while (began := time.perf_counter()) < end_at:
+            status: int | str
             try:
                 answer = await client.get("/worklist", params=query)
                 status = answer.status_code
@@ -161,7 +165,9 @@ async def _client(
                 out.append((ended - began, status))
 
 
-async def _load(base: str, token: str, query: str, clients: int, warmup: float, seconds: float):
+async def _load(
+    base: str, token: str, query: str, clients: int, warmup: float, seconds: float
+) -> list[Any]:
     now = time.perf_counter()
     window = (now + warmup, now + warmup + seconds)
     results: list[Any] = []
@@ -169,7 +175,9 @@ async def _load(base: str, token: str, query: str, clients: int, warmup: float, 
     return results
 
 
-def load_main(port: int, token: str, query: str, clients: int, warmup: float, seconds: float):
+def load_main(
+    port: int, token: str, query: str, clients: int, warmup: float, seconds: float
+) -> None:
     """In the load generator's process: run the clients, print the figures as JSON."""
     cpu = time.process_time()
     results = asyncio.run(_load(f"http://127.0.0.1:{port}", token, query, clients, warmup, seconds))
@@ -237,7 +245,9 @@ def _print(label: str, clients: int, what: str, figures: dict[str, Any]) -> None
 # The run -------------------------------------------------------------------------------------
 
 
-def bench_store(name: str, url: str, feeds: list[Path], as_of: Any, args, folder: Path) -> None:
+def bench_store(
+    name: str, url: str, feeds: list[Path], as_of: Any, args: argparse.Namespace, folder: Path
+) -> None:
     began = time.perf_counter()
     token, size, ward = fill_store(url, feeds, as_of)
     print(
