@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from vigie.engine.alerts import Alert
 from vigie.engine.evaluate import normalise_time
 from vigie.engine.factset import PatientRecord
-from vigie.engine.live import AlertDiff, LiveEvaluator
+from vigie.engine.live import AlertDiff, LiveEvaluator, same_content
 from vigie.engine.load import LoadedPack
 from vigie.engine.priority import worklist
 from vigie.errors import VigieError
@@ -77,19 +77,6 @@ def _in_context(fact: AnyFact) -> bool:
         case Observation(concept=str(concept)):
             return concept in _CONTEXT_OBSERVATIONS
     return False
-
-
-def _same(a: Alert, b: Alert) -> bool:
-    """The same alert as the worklist shows it (the evaluation time aside)."""
-    return (
-        a.priority == b.priority
-        and a.severity == b.severity
-        and a.message == b.message
-        and a.stay_id == b.stay_id
-        and a.ward == b.ward
-        and a.evidence == b.evidence
-        and a.drugs == b.drugs
-    )
 
 
 class LiveWorklist:
@@ -305,7 +292,7 @@ class LiveWorklist:
                 old = before.get(alert_id)
                 if old is None:
                     diff.new.append(alert)
-                elif not _same(old, alert):
+                elif not same_content(old, alert):
                     diff.updated.append(alert)
             diff.resolved.extend(a for i, a in before.items() if i not in shown)
         if not diff and not self._stale:

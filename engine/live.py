@@ -59,7 +59,14 @@ from vigie.facts import (
     Stay,
 )
 
-__all__ = ["AlertDiff", "LiveEvaluator", "RuleTiming", "line_sets", "rule_timing"]
+__all__ = [
+    "AlertDiff",
+    "LiveEvaluator",
+    "RuleTiming",
+    "line_sets",
+    "rule_timing",
+    "same_content",
+]
 
 
 @dataclass(init=False, slots=True)
@@ -107,8 +114,9 @@ class AlertDiff:
         return merged
 
 
-def _same_content(a: Alert, b: Alert) -> bool:
-    """Equal but for ``as_of`` (when it was last evaluated)."""
+def same_content(a: Alert, b: Alert) -> bool:
+    """The same alert as a worklist shows it: equal but for ``as_of`` (when it was last
+    evaluated)."""
     return (
         a.severity == b.severity
         and a.message == b.message
@@ -985,7 +993,7 @@ def _diff_rule(old: Mapping[str, Alert], fresh: Mapping[str, Alert], diff: Alert
         before = old.get(alert_id)
         if before is None:
             diff.new.append(alert)
-        elif not _same_content(before, alert):
+        elif not same_content(before, alert):
             diff.updated.append(alert)
     diff.resolved.extend(alert for alert_id, alert in old.items() if alert_id not in fresh)
 
