@@ -50,13 +50,14 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    exists,
     func,
     insert,
     select,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
 from vigie.store.alerts import (
     AlertStore,
@@ -565,6 +566,31 @@ class ServiceStore:
             query = query.where(DecisionRow.alert_id == alert_id)
         with self._reading("the decisions") as session:
             return [_decision(row, answer) for row, answer in session.execute(query).all()]
+
+    def awaiting_outcome(
+        self, ward: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[DecisionRecord]:
+        """The interventions still waiting for the prescriber's answer, oldest first: for
+        each alert its latest intervention (the one an outcome is recorded on), when it has
+        no outcome yet; ``ward`` filters by the ward of the decision."""
+        later = aliased(DecisionRow)
+        latest = ~exists().where(
+            later.alert_id == DecisionRow.alert_id,
+            later.kind == "intervention",
+            later.id > DecisionRow.id,
+        )
+        answered = exists().where(DecisionOutcomeRow.decision_id == DecisionRow.id)
+        query = (
+            select(DecisionRow)
+            .where(DecisionRow.kind == "intervention", latest, ~answered)
+            .order_by(DecisionRow.decided_at, DecisionRow.id)
+            .offset(offset)
+            .limit(limit)
+        )
+        if ward is not None:
+            query = query.where(DecisionRow.ward == ward)
+        with self._reading("the interventions awaiting an outcome") as session:
+            return [_decision(row, None) for row in session.scalars(query)]
 
     # Versions ----------------------------------------------------------------------------
 

@@ -123,6 +123,7 @@ ENDPOINTS = [
     ("GET", "/wards", None, "admin", 200),
     ("POST", "/wards", WARD, "admin", 201),
     ("GET", "/audit", None, "admin", 200),
+    ("GET", "/interventions/awaiting-outcome", None, "pharmacist", 200),
 ]
 
 
@@ -239,6 +240,8 @@ def test_an_intervention_then_its_outcome(api: Service) -> None:
     assert decided["decision"]["prescriber_contacted"] is True
     worklist = api.client.get("/worklist", headers=pharmacist).json()
     assert P1_ALERT not in [item["id"] for item in worklist["items"]]
+    awaiting = api.client.get("/interventions/awaiting-outcome", headers=pharmacist).json()
+    assert [(d["alert_id"], d["outcome"]) for d in awaiting] == [(P1_ALERT, None)]
     again = api.client.post(f"/alerts/{P1_ALERT}/decision", json=body, headers=pharmacist)
     assert again.status_code == 409 and "it is intervention" in again.json()["detail"]
 
@@ -249,6 +252,7 @@ def test_an_intervention_then_its_outcome(api: Service) -> None:
     shown = api.client.get(f"/alerts/{P1_ALERT}", headers=pharmacist).json()
     (decision,) = shown["decisions"]
     assert (decision["outcome"], decision["outcome_by"]) == ("accepted_modified", "pharmacist.a")
+    assert api.client.get("/interventions/awaiting-outcome", headers=pharmacist).json() == []
     actions = [e.action for e in api.service.audit_log(patient_id="p1", limit=5)]
     assert actions[:3] == ["read", "decision:outcome", "decision:intervention"]
 

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-from tests.test_evaluate import NOW, default_ir, drug, hyperkalaemia_facts
+from tests.test_evaluate import NOW, default_ir, drug, hyperkalaemia_facts, lab
 from vigie.api.app import refresh_worklist
 from vigie.engine import FactSet, evaluate
 from vigie.engine.alerts import alert_id
@@ -174,6 +174,28 @@ def test_a_refused_decision_leaves_no_trace(service: ServiceStore) -> None:
     )
     assert [e.action for e in service.audit_log()] == ["d"]
     assert [e.to_status for e in service.alerts.events(K_ALERT)] == ["open", "dismissed"]
+
+
+def test_interventions_awaiting_an_outcome_are_each_alert_s_latest(
+    service: ServiceStore,
+) -> None:
+    """An alert intervened on, reopened by new evidence and intervened on again waits for the
+    answer to its second intervention only (the one an outcome is recorded on); an answered
+    one waits no more; a dismissal never waits."""
+    facts = hyperkalaemia_facts()
+    _raise(service, facts)
+    service.decide(K_ALERT, Intervention("stop", code="2"), actor="a", at=NOW + H)
+    assert [d.alert_id for d in service.awaiting_outcome()] == [K_ALERT]
+    later = NOW + 24 * H
+    facts.append(lab("potassium", 6.3, later - H, fid="LAB2"))
+    _raise(service, facts, later)  # new evidence: open again
+    assert service.alerts.get(K_ALERT).status == "open"
+    _, second = service.decide(K_ALERT, Intervention("again", code="7"), actor="b", at=later)
+    (waiting,) = service.awaiting_outcome()
+    assert (waiting.id, waiting.intervention_code) == (second.id, "7")
+    assert service.awaiting_outcome(ward="NOWHERE") == []
+    service.record_outcome(K_ALERT, "accepted", actor="b", at=later + H)
+    assert service.awaiting_outcome() == []
 
 
 def test_decisions_outcomes_and_audit_are_append_only(service: ServiceStore) -> None:
