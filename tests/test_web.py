@@ -343,8 +343,11 @@ def test_log_in_decide_the_top_alert_and_see_it_counted(served: Served, browser:
     assert (decision.actor, decision.prescriber_contacted) == ("pharm.web", True)
     assert decision.comment == "ramipril 5 → 2,5 mg, K+ demain"
 
-    # Later, its outcome: from the link of the message, back to the alert.
-    driver.find_element(By.CSS_SELECTOR, "#message a").click()
+    # Later, its outcome: from the interventions awaiting one (under the worklist), back to it.
+    _wait(driver, lambda d: _visible(d, "awaiting"), "the interventions awaiting an outcome")
+    (waiting,) = driver.find_elements(By.CSS_SELECTOR, "#awaiting li")
+    assert top.rule_id in waiting.text and top.patient_id in waiting.text
+    waiting.find_element(By.TAG_NAME, "a").click()
     _wait(driver, lambda d: _visible(d, "form-outcome"), "the outcome form")
     assert not _visible(driver, "decide")
     Select(driver.find_element(By.ID, "outcome")).select_by_value("accepted_modified")
@@ -358,6 +361,9 @@ def test_log_in_decide_the_top_alert_and_see_it_counted(served: Served, browser:
     assert not _visible(driver, "form-outcome")
     (decision,) = service.decisions(top.id)
     assert (decision.outcome, decision.outcome_comment) == ("accepted_modified", "2,5 mg")
+    driver.execute_script("location.hash = '#/worklist'")  # nothing awaits an outcome now
+    _wait(driver, lambda d: _visible(d, "view-worklist"), "the worklist")
+    _wait(driver, lambda d: not _visible(d, "awaiting"), "no intervention awaiting an outcome")
 
     # The metrics page counts it: one IP in the top alert's ward this month.
     driver.find_element(By.ID, "nav-metrics").click()

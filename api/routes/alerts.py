@@ -61,6 +61,9 @@ class PatientContext(BaseModel):
 class DecisionPublic(BaseModel):
     id: int
     alert_id: str
+    rule_id: str
+    patient_id: str
+    ward: str | None
     kind: Literal["intervention", "dismissal"]
     decided_at: datetime
     actor: str
@@ -79,6 +82,9 @@ class DecisionPublic(BaseModel):
         return cls(
             id=record.id,
             alert_id=record.alert_id,
+            rule_id=record.rule_id,
+            patient_id=record.patient_id,
+            ward=record.ward,
             kind=record.kind,
             decided_at=record.decided_at,
             actor=record.actor,

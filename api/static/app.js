@@ -7,7 +7,6 @@
 
 (function () {
   const TOKEN_KEY = "vigie.token";
-  const RECENT_KEY = "vigie.recent";
   const PAGE_SIZE = 25;
   const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -325,7 +324,6 @@
 
   function logout() {
     sessionStorage.removeItem(TOKEN_KEY);
-    sessionStorage.removeItem(RECENT_KEY);
     location.hash = "";
     showLogin("");
   }
@@ -658,18 +656,6 @@
     $("form-dismissal").hidden = which !== "dismissal";
   }
 
-  function remember(alert, what) {
-    let recent = [];
-    try {
-      recent = JSON.parse(sessionStorage.getItem(RECENT_KEY) || "[]");
-    } catch (error) {
-      recent = [];
-    }
-    recent = recent.filter(function (r) { return r.id !== alert.id; });
-    recent.unshift({ id: alert.id, title: alert.title || alert.rule_id, what: what });
-    sessionStorage.setItem(RECENT_KEY, JSON.stringify(recent.slice(0, 10)));
-  }
-
   async function decide(body, button, done) {
     $("decide-error").hidden = true;
     button.disabled = true;
@@ -701,7 +687,6 @@
       evidence_key: current.evidence_key,
     };
     decide(body, $("ip-submit"), function (alert) {
-      remember(alert, "intervention");
       flash("Intervention enregistrée : « " + text(alert.title) + " » (patient " + text(alert.patient_id)
         + ") a quitté la liste de travail.", alertHref(alert.id), "Saisir son devenir plus tard");
       location.hash = "#/worklist";
@@ -718,7 +703,6 @@
     }
     const body = { kind: "dismissal", reason: reason, comment: comment, evidence_key: current.evidence_key };
     decide(body, $("dismiss-submit"), function (alert) {
-      remember(alert, "dismissal");
       flash("Alerte écartée : « " + text(alert.title) + " » (patient " + text(alert.patient_id) + ").",
         alertHref(alert.id), "Voir l'alerte");
       location.hash = "#/worklist";
@@ -735,32 +719,33 @@
     });
   }
 
-  // Recent decisions of this tab (the worklist shows open alerts only: this is the way back to an
-  // intervention whose outcome is to be recorded).
-  function showRecent() {
-    let recent = [];
-    try {
-      recent = JSON.parse(sessionStorage.getItem(RECENT_KEY) || "[]");
-    } catch (error) {
-      recent = [];
-    }
-    let box = $("recent");
+  // Interventions awaiting the prescriber's answer (the worklist shows open alerts only: this is
+  // the way back to an intervention whose outcome is to be recorded).
+  async function showAwaiting() {
+    let box = $("awaiting");
     if (!box) {
       box = el("div", undefined, "card");
-      box.id = "recent";
-      box.appendChild(el("h2", "Décisions récentes (cet onglet)"));
+      box.id = "awaiting";
+      box.appendChild(el("h2", "Interventions en attente de devenir"));
       box.appendChild(document.createElement("ul"));
       $("view-worklist").appendChild(box);
     }
     const list = box.querySelector("ul");
+    let waiting = [];
+    try {
+      waiting = await api("GET", "/interventions/awaiting-outcome?limit=20");
+    } catch (error) {
+      waiting = [];  // the worklist above says what went wrong
+    }
     clear(list);
-    for (const r of recent) {
+    for (const d of waiting) {
       const item = document.createElement("li");
-      item.appendChild(link(alertHref(r.id), r.title));
-      item.appendChild(document.createTextNode(" — " + (DECISION[r.what] || r.what)));
+      item.appendChild(link(alertHref(d.alert_id), d.rule_id + " — patient " + d.patient_id));
+      const when = " — intervention du " + String(d.decided_at).slice(0, 10);
+      item.appendChild(document.createTextNode(when + (d.ward ? " (" + d.ward + ")" : "")));
       list.appendChild(item);
     }
-    box.hidden = recent.length === 0;
+    box.hidden = waiting.length === 0;
   }
 
   // Metrics --------------------------------------------------------------------------------------
@@ -1080,7 +1065,7 @@
     } else if (hash.startsWith("#/metrics")) {
       showMetrics();
     } else {
-      showRecent();
+      showAwaiting();
       showWorklist();
     }
   }
