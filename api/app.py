@@ -149,6 +149,7 @@ def create_app(
                     on_results=None if worklist is None else worklist.apply_results,
                 )
                 app.state.mllp = listener
+                log.info("MLLP (HL7 v2) listener on %s:%d", mllp[0], listener.port)
             yield
         finally:
             if listener is not None:

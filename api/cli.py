@@ -193,8 +193,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             refreshed(refresh_worklist(store, args.as_of))
         mllp = None
         if args.mllp_port is not None:
-            mllp = (args.mllp_host or args.host, args.mllp_port)
-            print(f"MLLP (HL7 v2) listener: {mllp[0]}:{mllp[1]}")
+            mllp = (args.mllp_host or args.host, args.mllp_port)  # the app logs where it listens
         app = create_app(
             store=store, live=live, as_of=args.as_of, tick_seconds=args.tick, mllp=mllp
         )

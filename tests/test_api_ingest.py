@@ -434,12 +434,15 @@ def _frame(message: str) -> bytes:
 
 def test_an_mllp_listener_started_with_the_app_feeds_the_live_worklist(
     database_url: str,  # noqa: F811 (the imported fixture)
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     app = create_app(database_url, live=True, as_of=AS_OF, tick_seconds=0, mllp=("127.0.0.1", 0))
     service: ServiceStore = app.state.service
     pharmacist = {"Authorization": f"Bearer {service.add_user('pharm.mllp', ['pharmacist'])[1]}"}
-    with TestClient(app) as client:
+    with caplog.at_level("INFO", logger="vigie.api"), TestClient(app) as client:
         listener = app.state.mllp
+        assert listener.port != 0  # port 0 asked for a free one: the log says which
+        assert f"MLLP (HL7 v2) listener on 127.0.0.1:{listener.port}" in caplog.text
         with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as connection:
             for message in (adt("M1"), rde("M1"), oru("M1")):
                 connection.sendall(_frame(message))
