@@ -10,7 +10,6 @@ written here, independently of the store.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
@@ -21,11 +20,11 @@ import pytest
 from fhir.resources.R4B.detectedissue import DetectedIssue
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
+from tests.conftest import postgres_schema
 from tests.test_evaluate import NOW, default_ir, drug, hyperkalaemia_facts, lab, patient
-from vigie import settings as vigie_settings
 from vigie.engine import Alert, FactSet, evaluate
 from vigie.engine.alerts import Evidence, alert_id
 from vigie.engine.fhir_export import INTERVENTION_SYSTEM, Lifecycle, alert_to_detected_issue
@@ -616,18 +615,8 @@ def _empty_store(backend: str) -> Iterator[FactStore]:
         with FactStore("sqlite://") as facts:
             yield facts
         return
-    url: str = vigie_settings.value("test_postgres_url")
-    schema = f"vigie_prop_{os.getpid()}_{os.urandom(3).hex()}"
-    admin = create_engine(url)
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    try:
-        with FactStore(f"{url}?options=-csearch_path%3D{schema}") as facts:
-            yield facts
-    finally:
-        with admin.begin() as connection:
-            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
+    with postgres_schema("vigie_prop") as url, FactStore(url) as facts:
+        yield facts
 
 
 def _run_operations(backend: str, operations: list[tuple[Any, ...]]) -> None:

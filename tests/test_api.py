@@ -9,7 +9,6 @@ tests/test_evaluate.py).
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
 
-from tests.conftest import POSTGRES_URL
+from tests.conftest import postgres_schema
 from tests.test_evaluate import NOW, default_ir, drug, hyperkalaemia_facts, lab, patient, src
 from vigie.api.app import create_app
 from vigie.api.cli import main
@@ -76,14 +74,8 @@ def database_url(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('api') / 'vigie.db'}"
         return
-    schema = f"vigie_api_{os.getpid()}_{os.urandom(3).hex()}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
+    with postgres_schema("vigie_api") as url:
+        yield url
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
