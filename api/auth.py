@@ -11,19 +11,26 @@ only its hash stored) names a user with one or more roles:
 ``require(role, ...)`` is the dependency a route declares: without a token, or with a token the
 store does not know (or revoked), the answer is 401 with a ``WWW-Authenticate: Bearer`` header;
 with a user holding none of the roles, 403 (and the refusal is audited). ``Caller`` is what the
-route receives: the user, and ``audit(...)`` to append to the audit log (every read of patient
-data, every write; a write passes ``entry(...)`` to the store so that the entry commits with
-it).
+route receives: the user, and ``audit(...)`` (``await audit_async(...)`` in an async route) to
+append to the audit log (every read of patient data, every write; a write passes ``entry(...)``
+to the store so that the entry commits with it).
+
+A token's user is read from the store at most once per ``TOKEN_CACHE_SECONDS`` (1 s) per
+process (``ServiceStore.remembered_user``): a revoked token, a deactivated user or a changed
+role counts from at most that later. The dependencies are async: a request whose token was
+seen within that second touches neither the database nor the thread pool to be authenticated.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from vigie.store import AuditEntry, ServiceStore, User
 from vigie.store.service import ROLES
@@ -61,14 +68,18 @@ def _unauthorised(detail: str, challenge: str) -> HTTPException:
     )
 
 
-def current_user(
+async def current_user(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> User:
-    """The user of the request's bearer token, or 401."""
+    """The user of the request's bearer token, or 401 (the store is read in a worker thread
+    when the token was not seen in the last second)."""
     if credentials is None:
         raise _unauthorised("a bearer token is required (Authorization: Bearer <token>)", _REALM)
-    user = service_of(request).authenticate(credentials.credentials)
+    service = service_of(request)
+    user = service.remembered_user(credentials.credentials)
+    if user is None:
+        user = await run_in_threadpool(service.authenticate, credentials.credentials)
     if user is None:
         raise _unauthorised(
             "the bearer token is not valid (unknown or revoked)",
@@ -114,6 +125,18 @@ class Caller:
         instead, to commit with it)."""
         self.service.audit(self.entry(action, resource, patient_id, detail))
 
+    async def audit_async(
+        self,
+        action: str,
+        resource: str | None = None,
+        patient_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``audit`` for an async route: returns once the entry is committed, without holding
+        the event loop or a worker thread meanwhile (the store's group commit)."""
+        entry = self.entry(action, resource, patient_id, detail)
+        await asyncio.wrap_future(self.service.submit_audit(entry))
+
 
 def require(*roles: str) -> Any:
     """The dependency of a route open to users holding any of ``roles``: gives a ``Caller``."""
@@ -121,10 +144,10 @@ def require(*roles: str) -> Any:
     if not roles or unknown:
         raise ValueError(f"require() takes roles of {ROLES}, got {roles}")
 
-    def check(request: Request, user: Annotated[User, Depends(current_user)]) -> Caller:
+    async def check(request: Request, user: Annotated[User, Depends(current_user)]) -> Caller:
         caller = Caller(user, service_of(request), request.method, request.url.path)
         if not set(user.roles) & set(roles):
-            caller.audit("denied", detail={"required": list(roles)})
+            await caller.audit_async("denied", detail={"required": list(roles)})
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
                 detail=f"this needs the role {' or '.join(roles)}; "

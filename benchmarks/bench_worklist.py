@@ -143,35 +143,66 @@ def stop_server(child: subprocess.Popen[bytes]) -> float:
 # The load generator (its own process) --------------------------------------------------------
 
 
-async def _client(
-    base: str, token: str, query: str, window: tuple[float, float], out: list[Any]
-) -> None:
-    import httpx
+class _BadAnswer(Exception):
+    """An HTTP answer the lean client cannot read (no Content-Length, a cut body)."""
 
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 answer: its status and body (by ``Content-Length``)."""
+    status_line = await reader.readuntil(b"\r\n")
+    status = int(status_line.split(b" ", 2)[1])
+    length = -1
+    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length < 0:
+        raise _BadAnswer("no Content-Length")
+    return status, await reader.readexactly(length)
+
+
+async def _client(
+    port: int, request: bytes, window: tuple[float, float], out: list[Any]
+) -> None:
+    """One client on its own keep-alive connection: the request's bytes written as built once,
+    the answer's headers read and its body by ``Content-Length`` (no HTTP library: the load
+    generator should cost little next to the server). A 200 must carry a JSON object."""
     began_at, end_at = window
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
-        while (began := time.perf_counter()) < end_at:
-            status: int | str
-            try:
-                answer = await client.get("/worklist", params=query)
-                status = answer.status_code
-                if status == 200:
-                    answer.json()  # the client reads the page, as the web page does
-            except httpx.HTTPError as error:
-                status = type(error).__name__
-            ended = time.perf_counter()
-            if began >= began_at and ended <= end_at:
-                out.append((ended - began, status))
+    connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    while (began := time.perf_counter()) < end_at:
+        status: int | str
+        try:
+            if connection is None:
+                connection = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = connection
+            writer.write(request)
+            status, body = await _answer(reader)
+            if status == 200 and not (body.startswith(b"{") and body.endswith(b"}")):
+                status = "not a JSON object"
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, _BadAnswer,
+                ValueError, IndexError) as error:
+            status = type(error).__name__
+            if connection is not None:
+                connection[1].close()
+            connection = None
+        ended = time.perf_counter()
+        if began >= began_at and ended <= end_at:
+            out.append((ended - began, status))
+    if connection is not None:
+        connection[1].close()
 
 
 async def _load(
-    base: str, token: str, query: str, clients: int, warmup: float, seconds: float
+    port: int, token: str, query: str, clients: int, warmup: float, seconds: float
 ) -> list[Any]:
+    request = (
+        f"GET /worklist?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {token}\r\nAccept: application/json\r\n\r\n"
+    ).encode("ascii")
     now = time.perf_counter()
     window = (now + warmup, now + warmup + seconds)
     results: list[Any] = []
-    await asyncio.gather(*(_client(base, token, query, window, results) for _ in range(clients)))
+    await asyncio.gather(*(_client(port, request, window, results) for _ in range(clients)))
     return results
 
 
@@ -180,7 +211,7 @@ def load_main(
 ) -> None:
     """In the load generator's process: run the clients, print the figures as JSON."""
     cpu = time.process_time()
-    results = asyncio.run(_load(f"http://127.0.0.1:{port}", token, query, clients, warmup, seconds))
+    results = asyncio.run(_load(port, token, query, clients, warmup, seconds))
     cpu = time.process_time() - cpu
     ok = sorted(latency for latency, status in results if status == 200)
     every = sorted(latency for latency, _ in results)

@@ -13,6 +13,10 @@ Two tables, created with the fact store's (same database, same engine, same writ
   status, actor, reason, evidence key, details). The database itself refuses ``UPDATE`` and
   ``DELETE`` on it (triggers on SQLite and PostgreSQL). Replaying an alert's events gives its
   current status.
+- ``alert_generation``: one row, a number that every write of the alerts (an evaluation applied,
+  a decision) increments in its own transaction. A reader that keeps something computed from
+  the alerts (the service's worklist pages) reads it first: the same number, the same alerts
+  (:meth:`AlertStore.generation`), whichever process wrote them.
 
 Lifecycle (docs/alerts.md has the table):
 
@@ -50,6 +54,7 @@ from typing import Any, Final, Literal, Protocol, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -62,6 +67,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    update,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -170,6 +176,17 @@ class AlertEventRow(_Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     evidence_key: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+
+
+class AlertGenerationRow(_Base):
+    """One row (id 1): the generation of the alerts, incremented by every write of them in the
+    write's transaction. It starts at the time it is made, in microseconds, so that a store
+    made again (``FactStore.reset``) does not give an old number back."""
+
+    __tablename__ = "alert_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(BigInteger)
 
 
 _REFUSAL = "alert_event is append-only"
@@ -527,6 +544,26 @@ def _append(session: Session, events: list[dict[str, Any]]) -> None:
         session.execute(insert(AlertEventRow), events)
 
 
+def first_generation() -> int:
+    """The generation a new ``alert_generation`` row starts at: now, in microseconds."""
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
+
+
+def _next_generation(session: Session) -> None:
+    """Increment the alerts' generation in the session's (write) transaction; make its row
+    when missing (a table made again from the models)."""
+    bumped = session.execute(
+        update(AlertGenerationRow)
+        .where(AlertGenerationRow.id == 1)
+        .values(generation=AlertGenerationRow.generation + 1)
+    )
+    if not getattr(bumped, "rowcount", 1):
+        session.execute(insert(AlertGenerationRow).values(id=1, generation=first_generation()))
+
+
+_GENERATION: Final = select(AlertGenerationRow.generation).where(AlertGenerationRow.id == 1)
+
+
 def _fill(row: AlertRow, payload: dict[str, Any], key: str, at: datetime) -> None:
     """What a raise refreshes: the alert's JSON and what is read from it."""
     row.rule_id = payload["rule_id"]
@@ -581,9 +618,13 @@ class _Step:
             )
             self.result.resolved.append(row.id)
 
-    def commit(self) -> None:
+    def commit(self, touched: bool) -> None:
+        """Write the rows and their events; a step that ``touched`` alerts makes a new
+        generation."""
         self.session.flush()
         _append(self.session, self.events)
+        if touched:
+            _next_generation(self.session)
         self.session.commit()
 
 
@@ -647,7 +688,7 @@ class AlertStore:
             missed = _rows(session, sorted(_current(session, scope) - raised.keys()))
             for row in missed.values():
                 step.miss(row)
-            step.commit()
+            step.commit(bool(raised or missed))
         return step.result
 
     def apply_diff(self, diff: AlertChanges, as_of: datetime) -> Reconciled:
@@ -661,10 +702,10 @@ class AlertStore:
             rows = _rows(session, [*raised, *gone])
             for alert_id, payload in raised.items():
                 step.raise_alert(rows.get(alert_id), payload)
-            for alert_id in gone:
-                if alert_id in rows:
-                    step.miss(rows[alert_id])
-            step.commit()
+            missed = [rows[alert_id] for alert_id in gone if alert_id in rows]
+            for row in missed:
+                step.miss(row)
+            step.commit(bool(raised or missed))
         return step.result
 
     # Decisions ---------------------------------------------------------------------------
@@ -730,6 +771,7 @@ class AlertStore:
         event_id = session.execute(
             insert(AlertEventRow).values(**logged).returning(AlertEventRow.id)
         ).scalar_one()
+        _next_generation(session)
         return _stored(row), event_id
 
     @staticmethod
@@ -749,6 +791,17 @@ class AlertStore:
 
     def _read(self) -> Session:
         return self.facts.session()
+
+    def generation(self) -> int | None:
+        """The alerts' generation (module docstring): it changes when a write of the alerts
+        commits, in the same transaction; None when the store has none (its row missing until
+        the next write). One read of one row by its key."""
+        try:
+            with self.facts.engine.connect() as connection:
+                found = connection.execute(_GENERATION).scalar()
+        except SQLAlchemyError as error:
+            raise AlertError(f"cannot read the alerts: {error.__class__.__name__}") from error
+        return None if found is None else int(found)
 
     def get(self, alert_id: str) -> StoredAlert:
         try:

@@ -33,9 +33,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -54,6 +57,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    update,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -71,7 +75,9 @@ from vigie.store.database import FactStore, StoreError, _Base
 __all__ = [
     "OUTCOMES",
     "ROLES",
+    "TOKEN_CACHE_SECONDS",
     "AuditEntry",
+    "AuditWriter",
     "ConfigVersion",
     "DecisionRecord",
     "RulePackVersion",
@@ -93,6 +99,11 @@ OUTCOMES: Final = {
 }
 TOKEN_PREFIX: Final = "vigie_"
 _NAME_MAX: Final = 128
+# How long a token's user, once read, is taken without reading the store again: a token
+# revoked (or a user deactivated, or its roles changed) counts from at most this later.
+TOKEN_CACHE_SECONDS: Final = 1.0
+_TOKEN_CACHE_SIZE: Final = 4096
+_AUDIT_BATCH: Final = 512  # entries per audit transaction, at most
 
 
 class ServiceError(StoreError):
@@ -369,6 +380,68 @@ def _check_name(what: str, value: str, limit: int) -> str:
     return value
 
 
+class AuditWriter:
+    """Group commit of the audit log: a caller submits its entry and waits for the commit
+    that holds it (the future); one thread writes what is waiting, all of it in one
+    transaction, while the next entries queue. An entry is durable when its future is done,
+    as with a transaction of its own, but a hundred concurrent reads cost one commit.
+
+    A batch the database refuses is written again entry by entry, so that one bad entry fails
+    only its own caller. The thread ends after ``idle`` seconds without work and starts again
+    with the next entry.
+    """
+
+    def __init__(self, write: Callable[[list[AuditEntry]], None], *, idle: float = 10.0) -> None:
+        self._write = write
+        self._idle = idle
+        self._ready = threading.Condition()
+        self._waiting: list[tuple[AuditEntry, Future[None]]] = []
+        self._thread: threading.Thread | None = None
+
+    def submit(self, entry: AuditEntry) -> Future[None]:
+        """Queue an entry (its time set now, if not given); done when committed."""
+        done: Future[None] = Future()
+        stamped = entry if entry.at is not None else replace(entry, at=_now())
+        with self._ready:
+            self._waiting.append((stamped, done))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="vigie-audit-writer", daemon=True
+                )
+                self._thread.start()
+            self._ready.notify()
+        return done
+
+    def _next_batch(self) -> list[tuple[AuditEntry, Future[None]]]:
+        """What waits (at most a batch), or nothing after ``idle`` seconds (the thread ends)."""
+        with self._ready:
+            if not self._waiting:
+                self._ready.wait(self._idle)
+            if not self._waiting:
+                self._thread = None
+                return []
+            batch = self._waiting[:_AUDIT_BATCH]
+            del self._waiting[:_AUDIT_BATCH]
+            return batch
+
+    def _run(self) -> None:
+        while batch := self._next_batch():
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[AuditEntry, Future[None]]]) -> None:
+        try:
+            self._write([entry for entry, _ in batch])
+        except BaseException as error:  # given to its caller, who raises it
+            if len(batch) > 1:
+                for one in batch:
+                    self._commit([one])
+                return
+            batch[0][1].set_exception(error)
+            return
+        for _, done in batch:
+            done.set_result(None)
+
+
 class ServiceStore:
     """Users, wards, decisions, versions and the audit log of one fact store's database
     (module docstring); ``alerts`` is the alert store of the same database."""
@@ -376,6 +449,12 @@ class ServiceStore:
     def __init__(self, facts: FactStore) -> None:
         self.facts = facts
         self.alerts = AlertStore(facts)
+        self.token_cache_seconds = TOKEN_CACHE_SECONDS
+        self._users_by_token: dict[str, tuple[float, User]] = {}
+        # In-memory SQLite is one connection per thread: its audit is written by the caller.
+        url = facts.engine.url
+        in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+        self._audit_writer = None if in_memory else AuditWriter(self._write_audit)
 
     def _writing(self, what: str) -> AbstractContextManager[Session]:
         """A session of the fact store's writer; a database error becomes an ``ServiceError``."""
@@ -426,12 +505,14 @@ class ServiceStore:
         return token
 
     def authenticate(self, token: str) -> User | None:
-        """The active user a token (not revoked) belongs to, or None."""
+        """The active user a token (not revoked) belongs to, or None; read from the store,
+        and remembered for :meth:`remembered_user`."""
+        digest = hash_token(token)
         query = (
             select(UserRow)
             .join(TokenRow, TokenRow.user_id == UserRow.id)
             .where(
-                TokenRow.token_sha256 == hash_token(token),
+                TokenRow.token_sha256 == digest,
                 TokenRow.revoked_at.is_(None),
                 UserRow.active.is_(True),
             )
@@ -439,8 +520,35 @@ class ServiceStore:
         with self._reading("the tokens") as session:
             row = session.scalar(query)
             if row is None:
+                self._users_by_token.pop(digest, None)
                 return None
-            return User(row.id, row.name, self._roles(session, row.id), row.active)
+            user = User(row.id, row.name, self._roles(session, row.id), row.active)
+        if len(self._users_by_token) >= _TOKEN_CACHE_SIZE:
+            self._users_by_token.clear()
+        self._users_by_token[digest] = (time.monotonic() + self.token_cache_seconds, user)
+        return user
+
+    def remembered_user(self, token: str) -> User | None:
+        """The user :meth:`authenticate` found for this token less than
+        ``token_cache_seconds`` (:data:`TOKEN_CACHE_SECONDS`) ago, without reading the store;
+        None otherwise (then ask ``authenticate``). A revoked token is refused from at most
+        that delay after the revocation commits, in every process."""
+        found = self._users_by_token.get(hash_token(token))
+        if found is None or found[0] <= time.monotonic():
+            return None
+        return found[1]
+
+    def revoke_token(self, token: str, audit: AuditEntry | None = None) -> bool:
+        """Revoke a token (it stays in the store, refused); whether it was valid."""
+        with self._writing("revoke the token") as session:
+            done = session.execute(
+                update(TokenRow)
+                .where(TokenRow.token_sha256 == hash_token(token), TokenRow.revoked_at.is_(None))
+                .values(revoked_at=_now())
+            )
+            self._audit_in(session, audit)
+            session.commit()
+        return bool(getattr(done, "rowcount", 0))
 
     @staticmethod
     def _roles(session: Session, user_id: int) -> tuple[str, ...]:
@@ -668,26 +776,36 @@ class ServiceStore:
     # Audit -------------------------------------------------------------------------------
 
     def audit(self, entry: AuditEntry) -> None:
-        """Append an entry to the audit log (its own transaction: a read)."""
+        """Append an entry to the audit log (a read's: the write has its own), and return once
+        it is committed (with other callers' entries: :class:`AuditWriter`)."""
+        self.submit_audit(entry).result()
+
+    def submit_audit(self, entry: AuditEntry) -> Future[None]:
+        """Queue an entry for the audit log: the future is done once it is committed (or
+        holds the ``ServiceError`` that refused it). An async caller awaits it
+        (``asyncio.wrap_future``)."""
+        if self._audit_writer is not None:
+            return self._audit_writer.submit(entry)
+        done: Future[None] = Future()
+        try:
+            self._write_audit([entry])
+        except ServiceError as error:
+            done.set_exception(error)
+        else:
+            done.set_result(None)
+        return done
+
+    def _write_audit(self, entries: list[AuditEntry]) -> None:
+        """Append entries to the audit log in one transaction."""
         with self._writing("write the audit log") as session:
-            self._audit_in(session, entry)
+            session.execute(insert(AuditRow), [_audit_row(entry) for entry in entries])
             session.commit()
 
     @staticmethod
     def _audit_in(session: Session, entry: AuditEntry | None) -> None:
         if entry is None:
             return
-        session.execute(
-            insert(AuditRow).values(
-                at=_naive(entry.at),
-                actor=entry.actor,
-                roles=",".join(entry.roles),
-                action=entry.action,
-                resource=entry.resource[:512],
-                patient_id=entry.patient_id,
-                detail=dict(entry.detail) if entry.detail is not None else None,
-            )
-        )
+        session.execute(insert(AuditRow).values(**_audit_row(entry)))
 
     def audit_log(
         self,
@@ -712,6 +830,18 @@ class ServiceStore:
     def audit_size(self) -> int:
         with self._reading("the audit log") as session:
             return int(session.scalar(select(func.count()).select_from(AuditRow)) or 0)
+
+
+def _audit_row(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "at": _naive(entry.at),
+        "actor": entry.actor,
+        "roles": ",".join(entry.roles),
+        "action": entry.action,
+        "resource": entry.resource[:512],
+        "patient_id": entry.patient_id,
+        "detail": dict(entry.detail) if entry.detail is not None else None,
+    }
 
 
 def _decision_columns(decision: Intervention | Dismissal) -> dict[str, Any]:
