@@ -33,7 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from vigie.store import AuditEntry, ServiceStore, User
-from vigie.store.service import ROLES
+from vigie.store.service import ROLES, ServiceError
 
 __all__ = [
     "ROLES",
@@ -135,7 +135,13 @@ class Caller:
         """``audit`` for an async route: returns once the entry is committed, without holding
         the event loop or a worker thread meanwhile (the store's group commit)."""
         entry = self.entry(action, resource, patient_id, detail)
-        await asyncio.wrap_future(self.service.submit_audit(entry))
+        try:
+            await asyncio.wrap_future(self.service.submit_audit(entry))
+        except ServiceError as error:  # no read answered without its audit entry
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail="the read could not be written to the audit log; try again",
+            ) from error
 
 
 def require(*roles: str) -> Any:

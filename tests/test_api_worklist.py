@@ -1,0 +1,248 @@
+"""``GET /worklist`` served from pages kept per generation of the alerts, the token cache and the
+group-commit audit (vigie.api.routes.worklist, vigie.api.auth, vigie.store.service.AuditWriter):
+
+- a kept page is never served after a write of the alerts commits, whoever writes (the app's
+  own store, another store on the same database, another process): the answer is always the
+  store's worklist as read at that moment;
+- every write of the alerts (reconcile, apply_diff, decision) makes a new generation, a read
+  does not, and a store made again does not give an old generation back;
+- a revoked token is refused once ``TOKEN_CACHE_SECONDS`` have passed since the revocation
+  committed (and not later);
+- every read is audited with the alerts and patients it showed, concurrent reads included,
+  and a read whose audit entry cannot be written is not answered with the page.
+
+On SQLite and PostgreSQL (``store_url``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.test_api import P1_ALERT, P2_ALERT, _second_patient
+from tests.test_evaluate import NOW, default_ir, hyperkalaemia_facts
+from vigie.api.app import create_app
+from vigie.engine import FactSet, evaluate
+from vigie.store import AuditEntry, FactStore, ServiceStore
+from vigie.store.alerts import Dismissal
+from vigie.store.service import TOKEN_CACHE_SECONDS, AuditWriter, ServiceError
+
+with warnings.catch_warnings():  # starlette asks for httpx2, which this environment lacks
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+
+@pytest.fixture
+def served(store_url: str) -> Iterator[tuple[TestClient, ServiceStore, str]]:
+    """The app on a store holding the open alerts of p1 and p2, a pharmacist's token."""
+    app = create_app(store_url)
+    service: ServiceStore = app.state.service
+    facts = [*hyperkalaemia_facts(), *_second_patient()]
+    service.alerts.reconcile(evaluate(default_ir(), FactSet(facts), NOW), NOW)
+    _, token = service.add_user("pharm.a", ["pharmacist"])
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:
+        yield client, service, token
+
+
+def _shown(client: TestClient, query: str = "") -> dict[str, Any]:
+    answer = client.get(f"/worklist{query}")
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def _expected(service: ServiceStore) -> tuple[int, list[str]]:
+    """What the store's worklist holds now (read without the service)."""
+    return service.alerts.worklist_size(), [a.id for a in service.alerts.worklist(limit=50)]
+
+
+def _ids(page: dict[str, Any]) -> tuple[int, list[str]]:
+    return page["total"], [item["id"] for item in page["items"]]
+
+
+# Kept pages and the alerts' generation --------------------------------------------------------
+
+
+def test_a_kept_page_is_never_served_after_a_write_of_the_alerts(
+    served: tuple[TestClient, ServiceStore, str], store_url: str
+) -> None:
+    client, service, _ = served
+    first = _shown(client)
+    assert _ids(first) == _expected(service)
+    assert {P1_ALERT, P2_ALERT} <= set(_ids(first)[1])
+    assert _shown(client) == first  # kept: the same page
+
+    # A decision through another store on the same database (another connection pool).
+    with FactStore(store_url) as other:
+        ServiceStore(other).decide(P2_ALERT, Dismissal("not_relevant", ""), actor="pharm.b")
+    after_dismissal = _shown(client)
+    assert P2_ALERT not in _ids(after_dismissal)[1]
+    assert _ids(after_dismissal) == _expected(service)
+    assert after_dismissal["total"] == first["total"] - 1
+
+    # An evaluation that no longer raises p1's alerts, from another process.
+    script = (
+        "import sys; from datetime import datetime; from vigie.store import AlertStore, "
+        "FactStore\nwith FactStore(sys.argv[1]) as s:\n"
+        "    AlertStore(s).reconcile([], datetime(2024, 3, 4, 13), scope={'p1'})"
+    )
+    subprocess.run([sys.executable, "-c", script, store_url], check=True, timeout=120)
+    after_evaluation = _shown(client)
+    assert P1_ALERT not in _ids(after_evaluation)[1]
+    assert _ids(after_evaluation) == _expected(service)
+
+    # The filtered pages and the other pages follow as well.
+    assert _ids(_shown(client, "?patient=p2")) == (0, [])
+    assert _ids(_shown(client, "?limit=1&offset=0"))[0] == after_evaluation["total"]
+
+
+def test_every_write_of_the_alerts_makes_a_new_generation(store_url: str) -> None:
+    facts = [*hyperkalaemia_facts(), *_second_patient()]
+    raised = evaluate(default_ir(), FactSet(facts), NOW)
+    with FactStore(store_url) as store:
+        service = ServiceStore(store)
+        seen = [service.alerts.generation()]
+        service.alerts.reconcile(raised, NOW)
+        seen.append(service.alerts.generation())
+        service.alerts.worklist()
+        assert service.alerts.generation() == seen[-1]  # a read changes nothing
+        service.decide(P1_ALERT, Dismissal("not_relevant", ""), actor="pharm.a")
+        seen.append(service.alerts.generation())
+        service.alerts.reconcile([], NOW, scope={"p2"})
+        seen.append(service.alerts.generation())
+        assert all(g is not None for g in seen)
+        assert seen == sorted(set(seen)), seen  # each write: a new, larger one
+        store.reset()
+        assert service.alerts.generation() > seen[-1]  # made again: never an old number
+
+
+# Tokens --------------------------------------------------------------------------------------
+
+
+def test_a_revoked_token_is_refused_once_the_cache_delay_has_passed(
+    served: tuple[TestClient, ServiceStore, str],
+    store_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, _, token = served
+    clock = [1000.0]
+    monkeypatch.setattr("vigie.store.service.time.monotonic", lambda: clock[0])
+    assert client.get("/worklist").status_code == 200  # the token's user read and kept
+    with FactStore(store_url) as other:
+        assert ServiceStore(other).revoke_token(token)
+    clock[0] += TOKEN_CACHE_SECONDS / 2
+    assert client.get("/worklist").status_code == 200  # within the delay: still the kept user
+    clock[0] += TOKEN_CACHE_SECONDS / 2
+    refused = client.get("/worklist")
+    assert refused.status_code == 401
+    assert 'error="invalid_token"' in refused.headers["WWW-Authenticate"]
+
+
+def test_a_revoked_token_is_refused_after_the_delay_in_real_time(
+    served: tuple[TestClient, ServiceStore, str], store_url: str
+) -> None:
+    client, service, token = served
+    assert client.get("/worklist").status_code == 200
+    assert service.revoke_token(token)
+    assert not service.revoke_token(token)  # revoked once
+    time.sleep(TOKEN_CACHE_SECONDS)
+    assert client.get("/worklist").status_code == 401
+
+
+# Audit ---------------------------------------------------------------------------------------
+
+
+def test_every_concurrent_read_is_audited_with_what_it_showed(
+    served: tuple[TestClient, ServiceStore, str], store_url: str
+) -> None:
+    client, service, token = served
+    app = client.app
+    before = service.audit_size()
+
+    async def read_all(count: int) -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://vigie", headers=headers
+        ) as reader:
+            first = asyncio.gather(*(reader.get("/worklist") for _ in range(count)))
+            answers = list(await first)
+            # the worklist changes between two waves of reads
+            await asyncio.to_thread(
+                service.decide, P1_ALERT, Dismissal("not_relevant", ""), actor="pharm.b"
+            )
+            second = asyncio.gather(
+                *(reader.get("/worklist", params={"ward": "NEPHRO"}) for _ in range(count))
+            )
+            return answers + list(await second)
+
+    answers = asyncio.run(read_all(60))
+    assert [a.status_code for a in answers] == [200] * 120
+    shown = Counter(tuple(item["id"] for item in a.json()["items"]) for a in answers)
+    assert len(shown) == 2  # two different pages
+    reads = [
+        entry
+        for entry in service.audit_log(action="read", limit=1000)
+        if entry.resource == "worklist" and entry.actor == "pharm.a"
+    ]
+    assert len(reads) == 120 == service.audit_size() - before
+    audited = Counter(tuple(entry.detail["alerts"]) for entry in reads)  # type: ignore[index]
+    assert audited == shown
+    patients = {tuple(entry.detail["patients"]) for entry in reads}  # type: ignore[index]
+    assert patients == {("p1", "p2"), ("p2",)}
+
+
+def test_a_read_whose_audit_cannot_be_written_is_not_answered(
+    served: tuple[TestClient, ServiceStore, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, service, _ = served
+    before = service.audit_size()
+
+    def refuse(entries: list[AuditEntry]) -> None:
+        raise ServiceError("cannot write the audit log in the store: disk full")
+
+    monkeypatch.setattr(service, "_write_audit", refuse)
+    monkeypatch.setattr(service._audit_writer, "_write", refuse)
+    answer = client.get("/worklist")
+    assert answer.status_code == 503
+    assert answer.json() == {"detail": "the read could not be written to the audit log; try again"}
+    monkeypatch.undo()
+    assert service.audit_size() == before
+
+
+def test_the_audit_writer_commits_waiting_entries_together_and_fails_only_a_bad_one() -> None:
+    batches: list[list[str]] = []
+    release = Future[None]()
+
+    def write(entries: list[AuditEntry]) -> None:
+        if entries[0].action == "first":
+            release.result(10)  # hold the first commit: the next entries wait together
+        if any(entry.action == "bad" for entry in entries):
+            raise ServiceError("refused")
+        batches.append([entry.action for entry in entries])
+
+    writer = AuditWriter(write, idle=0.5)
+    entry = AuditEntry("pharm.a", ("pharmacist",), "first", "worklist")
+    first = writer.submit(entry)
+    time.sleep(0.05)  # the thread took the first entry alone
+    others = [
+        writer.submit(AuditEntry("pharm.a", ("pharmacist",), action, "worklist"))
+        for action in ("a", "bad", "b")
+    ]
+    release.set_result(None)
+    first.result(10)
+    assert others[0].result(10) is None and others[2].result(10) is None
+    with pytest.raises(ServiceError, match="refused"):
+        others[1].result(10)
+    # the three waited together, were refused together, then written one by one
+    assert batches == [["first"], ["a"], ["b"]]
+    assert all(f.done() for f in others)
