@@ -26,11 +26,11 @@ import importlib
 import logging
 import pkgutil
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -39,9 +39,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vigie.api import routes
 from vigie.api.auth import require
-from vigie.api.cds_hooks import CardFeedback, CdsHooksError, cds_router
+from vigie.api.cds_hooks import CardFeedback, CdsHooksError, PackEvaluator, WardOf, cds_router
+from vigie.engine.evaluate import current_stay
+from vigie.engine.factset import PatientRecord
 from vigie.engine.live import AlertDiff
 from vigie.engine.load import LoadedPack
+from vigie.engine.site_config import SiteConfig, SiteConfigError, parse_site_config
 from vigie.errors import VigieError
 from vigie.store import (
     AlertStore,
@@ -54,7 +57,16 @@ from vigie.store import (
 )
 from vigie.store.alerts import AlertTransitionError, Dismissal, Intervention, Reconciled
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "ROUTERS", "create_app", "refresh_worklist"]
+if TYPE_CHECKING:
+    from vigie.api.live import LiveWorklist
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "ROUTERS",
+    "create_app",
+    "refresh_worklist",
+    "saved_site_config",
+]
 
 
 def _routers() -> tuple[APIRouter, ...]:
@@ -107,7 +119,11 @@ def create_app(
     evaluated (default 30 s; 0: never). Without it the worklist is what the store holds
     (``refresh_worklist``, or a caller's own alerts). ``mllp``: (host, port) of an HL7 v2 MLLP
     listener started with the app (``app.state.mllp``; port 0: a free one), its facts going to
-    the live worklist."""
+    the live worklist.
+
+    The site configuration is the latest saved (``PUT /config/cursors``; ``saved_site_config``)
+    and applies to the live worklist and the CDS Hooks services, per ward; the route applies a
+    new version at once (``app.state.apply_site_config``)."""
     if store is None:
         if database_url is not None and _in_memory(database_url):
             raise StoreError("the service needs a database file or server, not in-memory SQLite")
@@ -116,11 +132,12 @@ def create_app(
     else:
         owned = False
 
+    site = saved_site_config(store)
     worklist = None
     if live:
         from vigie.api.live import LiveWorklist
 
-        worklist = LiveWorklist(store, as_of=as_of, clock=clock)
+        worklist = LiveWorklist(store, as_of=as_of, clock=clock, site=site)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -172,14 +189,16 @@ def create_app(
     app.state.mllp = None
     for router in ROUTERS:
         app.include_router(router)
-    app.include_router(
-        cds_router(
-            cds_packs,
-            record_feedback=_cds_feedback(app.state.service),
-            clock=clock or (lambda: datetime.now(UTC)),
-        ),
-        dependencies=[require("feed", "pharmacist")],
+    cds = cds_router(
+        cds_packs,
+        site=site,
+        ward_of=_ward_in_store(store),
+        record_feedback=_cds_feedback(app.state.service),
+        clock=clock or (lambda: datetime.now(UTC)),
     )
+    app.include_router(cds, dependencies=[require("feed", "pharmacist")])
+    app.state.site_config = site
+    app.state.apply_site_config = _site_applier(app, cds.cds_hooks.evaluator, worklist)  # type: ignore[attr-defined]
     _add_error_handlers(app)
     app.add_middleware(_AccessLog)
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
@@ -220,6 +239,62 @@ def _cds_feedback(service: ServiceStore) -> Callable[[CardFeedback], None]:
             raise CdsHooksError(409, str(error), "conflict") from error
 
     return record
+
+
+def _site_applier(
+    app: FastAPI, cds: object, worklist: LiveWorklist | None
+) -> Callable[[SiteConfig | None], None]:
+    """What a new site configuration changes: the CDS Hooks evaluator's settings, then the live
+    worklist (every patient evaluated again: ``LiveWorklist.configure``)."""
+
+    def apply(site: SiteConfig | None) -> None:
+        app.state.site_config = site
+        if isinstance(cds, PackEvaluator):
+            cds.site = site
+        if worklist is not None:
+            worklist.configure(site)
+
+    return apply
+
+
+def _ward_in_store(store: FactStore) -> WardOf:
+    """The ward of a patient's current stay at a time, from the store's stays (``current_stay``,
+    the attribution of ``evaluate`` and ``vigie batch --config``)."""
+
+    def ward_of(patient_id: str, at: datetime) -> str | None:
+        record = PatientRecord(patient_id)
+        try:
+            for stay in store.iter_facts(["stay"], patient_id=patient_id):
+                record.add(stay)
+        except StoreError:
+            raise CdsHooksError(
+                503, "the store cannot be read (the patient's ward)", "transient"
+            ) from None
+        found = current_stay(record, at)
+        return found.ward if found is not None else None
+
+    return ward_of
+
+
+def saved_site_config(
+    store: FactStore, packs: Sequence[LoadedPack | Mapping[str, Any]] | None = None
+) -> SiteConfig | None:
+    """The latest saved site configuration (``PUT /config/cursors``), checked against the
+    packs (default: the shipped default and ANSM packs, as the route checks it); ``None`` when
+    none is saved, or when the saved one no longer checks against the packs (logged, with why:
+    the packs' defaults apply until a configuration that checks is saved)."""
+    saved = ServiceStore(store).site_config()
+    if saved is None:
+        return None
+    if packs is None:
+        from vigie.api.batch import compile_packs
+
+        packs = compile_packs(())
+    try:
+        return parse_site_config(saved.text, f"site configuration version {saved.version}", packs)
+    except SiteConfigError as error:
+        log.error("the saved site configuration does not apply (the packs' defaults do): %s", error)
+        return None
 
 
 def _in_memory(url: str) -> bool:
@@ -415,7 +490,8 @@ def refresh_worklist(
     The evaluation covers the patients of ``scope`` (``inpatients``: in a stay at ``as_of``);
     it is complete for every patient of the store (one not in a stay raises nothing), so an
     open alert of a patient gone home is resolved by the data. The text of each pack run is
-    recorded (``rule_pack_version``), for the alerts to show their rule."""
+    recorded (``rule_pack_version``), for the alerts to show their rule. The latest saved site
+    configuration applies (``saved_site_config``: per ward, as ``vigie batch --config``)."""
     from vigie.api.batch import (
         compile_packs,
         in_scope,
@@ -424,17 +500,17 @@ def refresh_worklist(
         with_priorities,
     )
     from vigie.engine.evaluate import normalise_time
-    from vigie.engine.factset import PatientRecord
     from vigie.engine.load import load_pack
     from vigie.store.columns import load_frames
 
     moment = normalise_time(as_of or datetime.now(UTC))
     packs = [load_pack(ir) for ir in compile_packs(pack_paths)]
     record_packs(store, packs, pack_paths)
+    site = saved_site_config(store, packs)
     frames = load_frames(store)
     patients = in_scope(frames, moment, scope)
     records: dict[str, PatientRecord] = {}
-    alerts = run_packs(packs, frames, moment, patients, records=records)
+    alerts = run_packs(packs, frames, moment, patients, site, records=records)
     alerts = with_priorities(alerts, frames, moment, records)
     everyone = set(in_scope(frames, moment, "all")) | {a.patient_id for a in alerts}
     return AlertStore(store).reconcile(alerts, moment, scope=everyone)

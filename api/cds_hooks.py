@@ -56,6 +56,7 @@ from vigie.connectors.base import FeedError, RawMessage
 from vigie.connectors.fhir import parse as parse_fhir
 from vigie.engine import Alert, EngineError, LoadedPack, PatientRecord, evaluate, load_pack
 from vigie.engine.alerts import Evidence
+from vigie.engine.evaluate import current_stay, normalise_time
 from vigie.engine.fhir_export import INTERVENTION_DISPLAYS, evidence_text, fhir_datetime
 from vigie.engine.site_config import SiteConfig
 from vigie.errors import VigieError
@@ -77,7 +78,9 @@ __all__ = [
     "CdsService",
     "Evaluator",
     "OverrideReason",
+    "PackEvaluator",
     "PrefetchQuery",
+    "WardOf",
     "alert_card",
     "cds_router",
     "default_packs",
@@ -528,17 +531,60 @@ def default_packs(ansm: bool = False) -> tuple[LoadedPack, ...]:
     return (load_pack(ir),)
 
 
-def pack_evaluator(packs: Sequence[LoadedPack], site: SiteConfig | None = None) -> Evaluator:
-    """Every pack's alerts for a patient's record (``site``: cursors and rules on per ward)."""
-    chosen = tuple(packs)
+WardOf = Callable[[str, datetime], str | None]
+"""The ward of a patient's current stay at a (naive UTC) time, as the service's store knows it."""
 
-    def alerts_of(record: PatientRecord, at: datetime) -> list[Alert]:
+
+class PackEvaluator:
+    """Every pack's alerts for a patient's record, with the site configuration ``site`` (per
+    ward: packs, rules and cursors; ``None``: the packs' defaults). The ward is that of the
+    stay the record is in at the time (``current_stay``, as ``evaluate`` reads it), else
+    ``ward_of(patient id, time)`` — a hook's prefetch carries no stay, the service's store does
+    — else none (the hospital's settings). A pack the configuration was not checked against
+    runs its defaults. ``site`` may be replaced while serving (the service does so when a new
+    configuration is saved): a call reads it once."""
+
+    def __init__(
+        self,
+        packs: Sequence[LoadedPack],
+        site: SiteConfig | None = None,
+        ward_of: WardOf | None = None,
+    ) -> None:
+        self.packs = tuple(packs)
+        self.site = site
+        self.ward_of = ward_of
+
+    def __call__(self, record: PatientRecord, at: datetime) -> list[Alert]:
+        site = self.site
+        if site is None:
+            return [alert for pack in self.packs for alert in evaluate(pack, record, at)]
+        ward = self.ward(site, record, at)
         found: list[Alert] = []
-        for pack in chosen:
-            found += evaluate(pack, record, at, site=site)
+        for pack in self.packs:
+            if pack.name not in site.catalogue:
+                found += evaluate(pack, record, at)
+                continue
+            arguments = site.select_arguments(pack, ward)
+            if arguments is not None:  # else the pack is off in this ward
+                found += evaluate(pack, record, at, **arguments)
         return found
 
-    return alerts_of
+    def ward(self, site: SiteConfig, record: PatientRecord, at: datetime) -> str | None:
+        """The ward whose settings apply to the record at ``at``."""
+        if not site.wards:
+            return None  # every ward runs the hospital's settings
+        stay = current_stay(record, normalise_time(at))
+        if stay is not None:
+            return stay.ward
+        return self.ward_of(record.patient_id, at) if self.ward_of is not None else None
+
+
+def pack_evaluator(
+    packs: Sequence[LoadedPack], site: SiteConfig | None = None, ward_of: WardOf | None = None
+) -> PackEvaluator:
+    """Every pack's alerts for a patient's record (``site``: cursors and rules on per ward;
+    ``PackEvaluator``)."""
+    return PackEvaluator(packs, site, ward_of)
 
 
 # The service -------------------------------------------------------------------------------------
@@ -969,6 +1015,7 @@ def cds_router(
     *,
     evaluator: Evaluator | None = None,
     site: SiteConfig | None = None,
+    ward_of: WardOf | None = None,
     record_feedback: Callable[[CardFeedback], None] | None = None,
     fhir_client: httpx.Client | None = None,
     fhir_servers: Iterable[str] | None = None,
@@ -981,7 +1028,8 @@ def cds_router(
     """The CDS Hooks routes, for ``app.include_router``.
 
     ``evaluator`` (a patient's record and a time → alerts) replaces the default: ``packs``
-    (default: the shipped default pack, compiled once) evaluated with ``site``.
+    (default: the shipped default pack, compiled once) evaluated with ``site``, per ward
+    (``ward_of``: where a patient is, when the request does not say; ``PackEvaluator``).
     ``record_feedback`` is called once per card feedback (``CardFeedback``; it may raise
     ``CdsHooksError`` to answer with that status, any other error is a 500); ``fhir_client``
     (an ``httpx.Client``) fetches missing prefetch from the request's ``fhirServer``, which
@@ -993,7 +1041,7 @@ def cds_router(
     ``router.cds_hooks``.
     """
     if evaluator is None:
-        evaluator = pack_evaluator(default_packs() if packs is None else packs, site)
+        evaluator = pack_evaluator(default_packs() if packs is None else packs, site, ward_of)
     hooks = CdsHooks(
         evaluator,
         record_feedback=record_feedback,

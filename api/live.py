@@ -1,6 +1,7 @@
 """The live worklist: the service's alerts kept current as facts arrive, without a batch refresh.
 
-``LiveWorklist`` holds one ``LiveEvaluator`` per pack the service runs (the shipped default and
+``LiveWorklist`` holds one ``LiveEvaluator`` per pack the service runs (per pack and ward
+setting with a site configuration) (the shipped default and
 ANSM packs, as ``refresh_worklist`` compiles them) and the alerts it last wrote to the store's
 worklist (``AlertStore``):
 
@@ -12,6 +13,15 @@ worklist (``AlertStore``):
   changed (``AlertStore.apply_diff``).
 - ``tick(now)`` re-evaluates what time passing changed (windows closing, lines ending,
   patients leaving); ``start_ticking(seconds)`` does it in a background thread.
+
+The site configuration (``site``, ``configure(site)``: ``vigie.engine.site_config``) applies per
+ward, as ``vigie batch --config`` applies it: a patient's alerts are those of the settings of the
+ward of the stay they are in at the evaluation time (``current_stay``; the hospital's settings
+when in none, or in a ward the configuration does not name). There is one evaluator per pack and
+distinct setting (wards whose settings select the same rules and parameter values for a pack
+share one), each holding every patient's facts, so that a patient changing ward — a new stay, or
+time passing into it — is shown the other evaluator's alerts at once, without re-reading facts.
+``configure`` evaluates every patient again with the new settings (from the store's facts).
 
 The worklist is that of ``refresh_worklist`` at the same time: the alerts of the patients in a
 stay at the evaluation time (scope ``inpatients``; ``all``: every patient), each with its
@@ -37,11 +47,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from vigie.engine.alerts import Alert
-from vigie.engine.evaluate import normalise_time
+from vigie.engine.evaluate import current_stay, normalise_time
 from vigie.engine.factset import PatientRecord
 from vigie.engine.live import AlertDiff, LiveEvaluator, same_content
 from vigie.engine.load import LoadedPack
 from vigie.engine.priority import worklist
+from vigie.engine.site_config import SiteConfig
 from vigie.errors import VigieError
 from vigie.facts import AnyFact, LabResult, Observation, Patient, Retraction, Stay
 from vigie.store import AlertStore, FactStore
@@ -90,9 +101,11 @@ class LiveWorklist:
         as_of: datetime | None = None,
         clock: Callable[[], datetime] | None = None,
         scope: str = "inpatients",
+        site: SiteConfig | None = None,
     ) -> None:
         """``packs`` default to the shipped default and ANSM packs (compiled at ``start``);
-        ``as_of`` fixes the clock, else ``clock()`` (default: now) gives it."""
+        ``as_of`` fixes the clock, else ``clock()`` (default: now) gives it; ``site``: the
+        site configuration (checked against the packs), else the packs' defaults."""
         if scope not in SCOPES:
             raise VigieError(f"unknown scope {scope!r}: {' or '.join(SCOPES)}")
         self.store = store
@@ -103,7 +116,11 @@ class LiveWorklist:
         self._fixed = normalise_time(as_of) if as_of is not None else None
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.RLock()
+        self._site = site
         self._evaluators: list[LiveEvaluator] = []
+        # The evaluators each ward runs, one per pack on there; key None: the hospital's
+        # settings (every ward the configuration does not name, and patients in no stay).
+        self._routes: dict[str | None, tuple[LiveEvaluator, ...]] = {None: ()}
         # Facts the priority score reads, per patient, and the patient of each (versions and
         # retractions replace them).
         self._context: dict[str, dict[tuple[str, str], AnyFact]] = {}
@@ -113,6 +130,7 @@ class LiveWorklist:
         # when known: as in the store, an older version arriving later changes nothing.
         self._versions: dict[tuple[str, str], datetime] = {}
         self._stale = False  # a write failed: reconcile everything at the next call
+        self._unreconciled: set[str] = set()  # patients a failed reload left to reconcile
         self._started = False
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -131,6 +149,11 @@ class LiveWorklist:
         return self._started
 
     @property
+    def site(self) -> SiteConfig | None:
+        """The site configuration applied (``None``: the packs' defaults)."""
+        return self._site
+
+    @property
     def packs(self) -> list[LoadedPack]:
         """The packs evaluated (compiled on first use)."""
         if self._packs is None:
@@ -147,33 +170,91 @@ class LiveWorklist:
         with self._lock:
             at = normalise_time(as_of) if as_of is not None else self.now()
             self._record_packs()
-            evaluators = [LiveEvaluator(pack, now=at) for pack in self.packs]
-            self._context.clear()
-            self._context_owner.clear()
-            patients: set[str] = set()
-            self._versions = self._tombstones()
-            for fact in self.store.iter_facts():
-                patients.add(fact.patient_id)
-                self._newer(fact.kind, fact.fact_id, fact.source.version_time)
-                for evaluator in evaluators:
-                    evaluator.add(fact, _AFTER_EVERYTHING)
-                self._remember(fact)
-            for evaluator in evaluators:
-                evaluator.tick(at)
-            self._evaluators = evaluators
-            self._shown = {}
-            for patient_id in {a.patient_id for e in evaluators for a in e.alerts()}:
-                shown = self._worklist_of(patient_id, at)
-                if shown:
-                    self._shown[patient_id] = shown
-            raised = [alert for shown in self._shown.values() for alert in shown.values()]
-            done = self.alerts.reconcile(raised, at, scope=patients | set(self._shown))
-            self._stale = False
-            self._started = True
-            self.last_tick = at
+            done = self._load(self._site, at)
             if self.on_start is not None:
                 self.on_start(done, at)
             return done
+
+    def configure(self, site: SiteConfig | None) -> Reconciled | None:
+        """Apply another site configuration (``None``: the packs' defaults): once started,
+        every patient is evaluated again with it, from the store's facts, as of the clock, and
+        the worklist reconciled (an alert no longer raised — its rule turned off, a cursor
+        moved past its value — is missed as by any evaluation: ``resolved_by_data`` when open,
+        its decision kept otherwise). Before ``start``, only kept for it."""
+        with self._lock:
+            if not self._started:
+                self._evaluators_for(site, self.now())  # a configuration the packs refuse
+                self._site = site
+                return None
+            try:
+                return self._load(site, self.now())
+            except VigieError:
+                self._stale = True  # the next call reconciles every patient
+                raise
+
+    def _evaluators_for(
+        self, site: SiteConfig | None, at: datetime
+    ) -> tuple[list[LiveEvaluator], dict[str | None, tuple[LiveEvaluator, ...]]]:
+        """One evaluator per pack and distinct selection the configuration gives a ward (wards
+        with the same rules and parameter values for a pack share its evaluator), and the
+        evaluators of each ward the configuration names (key ``None``: the hospital's)."""
+        if site is None:
+            evaluators = [LiveEvaluator(pack, now=at) for pack in self.packs]
+            return evaluators, {None: tuple(evaluators)}
+        built: dict[tuple[object, ...], LiveEvaluator] = {}
+        routes: dict[str | None, tuple[LiveEvaluator, ...]] = {}
+        for ward in (None, *site.wards):
+            chosen = []
+            for pack in self.packs:
+                arguments = site.select_arguments(pack, ward)
+                if arguments is None:
+                    continue  # the pack is off in this ward
+                selection = pack.select(**arguments)
+                key = (
+                    pack.name,
+                    tuple(rule.index for rule in selection.rules),
+                    tuple(sorted(selection.params.items())),
+                )
+                if key not in built:
+                    built[key] = LiveEvaluator(pack, **arguments, now=at)
+                chosen.append(built[key])
+            routes[ward] = tuple(chosen)
+        return list(built.values()), routes
+
+    def _load(self, site: SiteConfig | None, at: datetime) -> Reconciled:
+        """Every fact of the store into new evaluators (``site``'s), evaluated as of ``at``;
+        the worklist reconciled with the result for every patient of the store."""
+        evaluators, routes = self._evaluators_for(site, at)
+        self._context.clear()
+        self._context_owner.clear()
+        patients: set[str] = set()
+        self._versions = self._tombstones()
+        for fact in self.store.iter_facts():
+            patients.add(fact.patient_id)
+            self._newer(fact.kind, fact.fact_id, fact.source.version_time)
+            for evaluator in evaluators:
+                evaluator.add(fact, _AFTER_EVERYTHING)
+            self._remember(fact)
+        for evaluator in evaluators:
+            evaluator.tick(at)
+        self._site, self._evaluators, self._routes = site, evaluators, routes
+        self._shown = {}
+        for patient_id in {a.patient_id for e in evaluators for a in e.alerts()}:
+            shown = self._worklist_of(patient_id, at)
+            if shown:
+                self._shown[patient_id] = shown
+        raised = [alert for shown in self._shown.values() for alert in shown.values()]
+        scope = patients | set(self._shown)
+        try:
+            done = self.alerts.reconcile(raised, at, scope=scope)
+        except VigieError:
+            self._unreconciled = scope  # reconciled by the next call that writes
+            raise
+        self._stale = False
+        self._unreconciled = set()
+        self._started = True
+        self.last_tick = at
+        return done
 
     def _record_packs(self) -> None:
         """Record the text of the packs run (the alerts show their rule's text and line)."""
@@ -280,7 +361,7 @@ class LiveWorklist:
     def _write(self, touched: set[str], at: datetime) -> Reconciled | None:
         """Write the touched patients' changes; after a failed write, every patient's."""
         if self._stale:
-            touched = touched | set(self._shown)
+            touched = touched | set(self._shown) | self._unreconciled
             touched |= {a.patient_id for e in self._evaluators for a in e.alerts()}
         diff = AlertDiff()
         fresh: dict[str, dict[str, Alert]] = {}
@@ -307,6 +388,7 @@ class LiveWorklist:
             self._stale = True
             raise
         self._stale = False
+        self._unreconciled = set()
         for patient_id, shown in fresh.items():
             if shown:
                 self._shown[patient_id] = shown
@@ -343,16 +425,27 @@ class LiveWorklist:
         return {(kind, fid): moment for kind, fid, moment in rows if moment is not None}
 
     def _worklist_of(self, patient_id: str, at: datetime) -> dict[str, Alert]:
-        """The patient's alerts in scope, each with its priority score."""
+        """The patient's alerts in scope, each with its priority score: those of the
+        evaluators of the ward of the stay the patient is in at ``at`` (``current_stay``, as
+        ``evaluate`` and ``vigie batch --config`` attribute a patient to a ward)."""
+        evaluators = self._routes[None]
+        record: PatientRecord | None = None
+        if len(self._routes) > 1:
+            if not any(evaluator.alerts(patient_id) for evaluator in self._evaluators):
+                return {}
+            record = self._record(patient_id)
+            stay = current_stay(record, at)
+            ward = stay.ward if stay is not None else None
+            evaluators = self._routes.get(ward, evaluators)
         raised = [
             alert
-            for evaluator in self._evaluators
+            for evaluator in evaluators
             for alert in evaluator.alerts(patient_id)
             if self.scope == "all" or alert.stay_id is not None
         ]
         if not raised:
             return {}
-        records = {patient_id: self._record(patient_id)}
+        records = {patient_id: record or self._record(patient_id)}
         return {
             item.alert.id: item.alert.model_copy(update={"priority": item.priority.score})
             for item in worklist(raised, records, at)

@@ -237,17 +237,24 @@ class SiteConfig:
 
     def selection(self, pack: LoadedPack, ward: str | None) -> Selection | None:
         """The pack's selection for a ward, ``None`` when the pack is off there."""
+        arguments = self.select_arguments(pack, ward)
+        return None if arguments is None else pack.select(**arguments)
+
+    def select_arguments(self, pack: LoadedPack, ward: str | None) -> dict[str, Any] | None:
+        """What ``pack.select`` (or a ``LiveEvaluator`` of the pack) takes for a ward —
+        ``cursors``, ``level``, ``enabled``, ``disabled`` — ``None`` when the pack is off
+        there."""
         self.check_pack(pack)
         settings = self.for_ward(ward)
         if not settings.pack_on(pack.name):
             return None
         rules = self.catalogue[pack.name].rules
-        return pack.select(
-            cursors={k: v for k, v in settings.cursors.items() if k in pack.params},
-            level=settings.level,
-            enabled=sorted(r for r in settings.enable if r in rules),
-            disabled=sorted(r for r in settings.disable if r in rules),
-        )
+        return {
+            "cursors": {k: v for k, v in settings.cursors.items() if k in pack.params},
+            "level": settings.level,
+            "enabled": sorted(r for r in settings.enable if r in rules),
+            "disabled": sorted(r for r in settings.disable if r in rules),
+        }
 
 
 # Loading -----------------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ text). Each accepted change is a new version (``site_config_version``: the TOML 
 the comment), written in one transaction with its audit entry, which lists what changed; the
 same text as the latest version is not a change (answered with that version). ``base_version``
 makes the change conditional: 409 when another version was saved meanwhile.
+
+A saved version is in force when the answer comes: the CDS Hooks services answer with it, and
+the live worklist has evaluated every patient again with it (``LiveWorklist.configure``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.concurrency import run_in_threadpool
 
 from vigie.api.auth import Caller, RuleAuthor, require
 from vigie.api.routes.rules import (
@@ -41,6 +45,7 @@ from vigie.api.routes.rules import (
     too_deep,
 )
 from vigie.engine.site_config import SiteConfig, SiteConfigError, WardSettings, parse_site_config
+from vigie.errors import VigieError
 from vigie.store import ServiceStore, UnknownResourceError
 from vigie.store.service import ConfigVersion
 
@@ -390,7 +395,7 @@ async def put_cursors(
     if "\x00" in text:
         return _refusal("a NUL character is not allowed in the text", prefix)
     try:
-        parse_site_config(text, CONFIG_FILE, service_packs(request).irs)
+        site = parse_site_config(text, CONFIG_FILE, service_packs(request).irs)
     except RecursionError:
         raise too_deep(prefix) from None
     except SiteConfigError as error:
@@ -421,4 +426,21 @@ async def put_cursors(
         },
     )
     saved = service.save_site_config(text, caller.user.name, body.comment, audit=entry)
+    await _apply(request, site, saved.version)
     return _public(request, saved)
+
+
+async def _apply(request: Request, site: SiteConfig, version: int) -> None:
+    """The saved version in force at once (``app.state.apply_site_config``): the CDS Hooks
+    services answer with it, and the live worklist evaluates every patient again with it."""
+    apply = getattr(request.app.state, "apply_site_config", None)
+    if apply is None:
+        return
+    try:
+        await run_in_threadpool(apply, site)
+    except VigieError as error:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"version {version} is saved but the live worklist could not apply it "
+            f"({error.__class__.__name__}); it applies when the service starts again",
+        ) from None
