@@ -13,12 +13,13 @@ import json
 import sys
 import tempfile
 import textwrap
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from platformdirs import user_data_dir
 
@@ -146,6 +147,16 @@ def _add_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     serve.add_argument(
         "--mllp-host", default=None, metavar="HOST", help="the MLLP listener's (default: --host)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="HTTP server processes sharing the port (default: 1); more than one needs "
+        "--no-live or --no-refresh and no --mllp-port (the live worklist and the MLLP listener "
+        "run in one process)",
+    )
+    serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a worker's inherited socket
     users = sub.add_parser("users", help="the service's users and their tokens")
     actions = users.add_subparsers(dest="users_command", required=True)
     add = actions.add_parser("add", help="add a user with roles; print its token (once)")
@@ -174,9 +185,7 @@ def _add_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from vigie.api.app import create_app, refresh_worklist
+    from vigie.api.app import refresh_worklist
     from vigie.store.alerts import Reconciled
 
     def refreshed(done: Reconciled, how: str = "") -> None:
@@ -187,24 +196,81 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
 
     live = not (args.no_refresh or args.no_live)
+    if args.workers < 1:
+        raise SystemExit("vigie serve: --workers is 1 or more")
+    if args.workers > 1 and (live or args.mllp_port is not None):
+        raise SystemExit(
+            "vigie serve: --workers N (N > 1) needs --no-live or --no-refresh and no "
+            "--mllp-port: the live worklist and the MLLP listener keep their state in one process"
+        )
     with FactStore(args.database or None) as store:
         print(f"Store: {store.safe_url}")
         if not live and not args.no_refresh:
             refreshed(refresh_worklist(store, args.as_of))
-        mllp = None
-        if args.mllp_port is not None:
-            mllp = (args.mllp_host or args.host, args.mllp_port)  # the app logs where it listens
-        app = create_app(
-            store=store, live=live, as_of=args.as_of, tick_seconds=args.tick, mllp=mllp
+        if args.workers == 1:
+            return _serve_one(args, store, live, refreshed)
+        url = store.url
+    return _serve_workers(args, url)
+
+
+def _serve_one(
+    args: argparse.Namespace, store: FactStore, live: bool, refreshed: Callable[..., None]
+) -> int:
+    """Serve the app on the store in this process (with the live worklist when ``live``)."""
+    import uvicorn
+
+    from vigie.api.app import create_app
+
+    mllp = None
+    if args.mllp_port is not None:
+        mllp = (args.mllp_host or args.host, args.mllp_port)  # the app logs where it listens
+    app = create_app(store=store, live=live, as_of=args.as_of, tick_seconds=args.tick, mllp=mllp)
+    if app.state.live is not None:  # started with the app: every stored fact evaluated
+        app.state.live.on_start = lambda done, at: refreshed(
+            done, f" (live worklist, as of {at:%Y-%m-%dT%H:%M}Z)"
         )
-        if app.state.live is not None:  # started with the app: every stored fact evaluated
-            app.state.live.on_start = lambda done, at: refreshed(
-                done, f" (live worklist, as of {at:%Y-%m-%dT%H:%M}Z)"
-            )
-        _log_requests()
-        # The server's access log would print query strings (patient ids): the app logs each
-        # request by its route's template instead.
-        uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
+    _log_requests()
+    # The server's access log would print query strings (patient ids): the app logs each
+    # request by its route's template instead.
+    where: dict[str, Any] = (
+        {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}
+    )
+    uvicorn.run(app, **where, access_log=False, log_level="info")
+    return ExitCode.OK
+
+
+def _serve_workers(args: argparse.Namespace, url: str) -> int:
+    """``--workers N``: bind the port here, then run N ``vigie serve --no-refresh`` processes
+    that accept on it (the kernel spreads the connections), until interrupted or one stops.
+    Each worker has its own store connections, worklist pages and token cache (what they keep
+    is checked against the store: ``vigie.api.routes.worklist``, ``vigie.api.auth``)."""
+    import signal
+    import socket
+    import subprocess
+
+    listener = socket.create_server((args.host, args.port), backlog=2048)
+    listener.set_inheritable(True)
+    command = [sys.executable, "-m", "vigie.api.cli", "serve", "--no-refresh", "--database"]
+    command += [url, "--fd", str(listener.fileno())]
+    workers = [subprocess.Popen(command, pass_fds=[listener.fileno()]) for _ in range(args.workers)]
+    print(f"{args.workers} workers serving http://{args.host}:{args.port}", flush=True)
+
+    def stop(*_: object) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while all(worker.poll() is None for worker in workers):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+        for worker in workers:
+            worker.wait()
+        listener.close()
     return ExitCode.OK
 
 

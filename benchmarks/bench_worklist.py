@@ -56,8 +56,11 @@ TARGET_P99_MS = 50.0
 TARGET_CLIENTS = 64
 
 UNAUDITED_SERVER = (
-    "import sys; from vigie.store.service import ServiceStore; "
-    "ServiceStore.audit = lambda self, entry: None; "  # the benchmark's no-audit case only
+    "import sys; from concurrent.futures import Future; "
+    "from vigie.store.service import ServiceStore\n"
+    "def unaudited(self, entry):\n"  # the benchmark's no-audit case only
+    "    done = Future(); done.set_result(None); return done\n"
+    "ServiceStore.submit_audit = unaudited; ServiceStore.audit = lambda self, entry: None\n"
     "from vigie.api.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 
@@ -93,11 +96,12 @@ def _free_port() -> int:
 
 
 def start_server(
-    url: str, audited: bool, log: Path, token: str
+    url: str, audited: bool, log: Path, token: str, workers: int = 1
 ) -> tuple[subprocess.Popen[bytes], int]:
     """The server (``vigie serve``, or the no-audit script) on a free port, once it answers."""
     port = _free_port()
     options = ["serve", "--no-live", "--no-refresh", "--database", url, "--port", str(port)]
+    options += ["--workers", str(workers)]
     if audited:
         command = [str(Path(sys.executable).parent / "vigie"), *options]
     else:
@@ -126,15 +130,28 @@ def start_server(
     raise RuntimeError(f"the server did not answer within 60 s; see {log}")
 
 
-def stop_server(child: subprocess.Popen[bytes]) -> float:
-    """Stop the server; its peak RSS in MB (VmHWM, read before it exits)."""
-    peak = 0.0
+def _tree(pid: int) -> list[int]:
+    """A process and its descendants (Linux; the workers of ``vigie serve --workers``)."""
+    found = [pid]
     try:
-        for line in Path(f"/proc/{child.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) / 1024
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                found += _tree(int(child))
     except OSError:
         pass
+    return found
+
+
+def stop_server(child: subprocess.Popen[bytes]) -> float:
+    """Stop the server; its peak RSS in MB (VmHWM, read before it exits; the workers' sum)."""
+    peak = 0.0
+    for pid in _tree(child.pid):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak += int(line.split()[1]) / 1024
+        except OSError:
+            pass
     child.terminate()
     child.wait(60)
     return peak
@@ -162,7 +179,7 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def _client(
-    port: int, request: bytes, window: tuple[float, float], out: list[Any]
+    port: int, request: bytes, window: tuple[float, float], out: list[Any], every: list[int]
 ) -> None:
     """One client on its own keep-alive connection: the request's bytes written as built once,
     the answer's headers read and its body by ``Content-Length`` (no HTTP library: the load
@@ -179,13 +196,20 @@ async def _client(
             status, body = await _answer(reader)
             if status == 200 and not (body.startswith(b"{") and body.endswith(b"}")):
                 status = "not a JSON object"
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, _BadAnswer,
-                ValueError, IndexError) as error:
+        except (
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            _BadAnswer,
+            ValueError,
+            IndexError,
+        ) as error:
             status = type(error).__name__
             if connection is not None:
                 connection[1].close()
             connection = None
         ended = time.perf_counter()
+        every[0] += 1
         if began >= began_at and ended <= end_at:
             out.append((ended - began, status))
     if connection is not None:
@@ -194,7 +218,7 @@ async def _client(
 
 async def _load(
     port: int, token: str, query: str, clients: int, warmup: float, seconds: float
-) -> list[Any]:
+) -> tuple[list[Any], int]:
     request = (
         f"GET /worklist?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Authorization: Bearer {token}\r\nAccept: application/json\r\n\r\n"
@@ -202,8 +226,9 @@ async def _load(
     now = time.perf_counter()
     window = (now + warmup, now + warmup + seconds)
     results: list[Any] = []
-    await asyncio.gather(*(_client(port, request, window, results) for _ in range(clients)))
-    return results
+    every = [0]  # every request answered, the warm-up's too
+    await asyncio.gather(*(_client(port, request, window, results, every) for _ in range(clients)))
+    return results, every[0]
 
 
 def load_main(
@@ -211,7 +236,7 @@ def load_main(
 ) -> None:
     """In the load generator's process: run the clients, print the figures as JSON."""
     cpu = time.process_time()
-    results = asyncio.run(_load(port, token, query, clients, warmup, seconds))
+    results, answered = asyncio.run(_load(port, token, query, clients, warmup, seconds))
     cpu = time.process_time() - cpu
     ok = sorted(latency for latency, status in results if status == 200)
     every = sorted(latency for latency, _ in results)
@@ -220,6 +245,7 @@ def load_main(
         json.dumps(
             {
                 "requests": len(results),
+                "answered": answered,
                 "rate": len(results) / seconds,
                 "median_ms": statistics.median(every) * 1000 if every else float("nan"),
                 "p99_ms": every[int(0.99 * (len(every) - 1))] * 1000 if every else float("nan"),
@@ -233,12 +259,16 @@ def load_main(
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux), 0 elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process and its descendants so far (Linux), 0
+    elsewhere."""
+    total = 0.0
+    for member in _tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def run_case(
@@ -255,7 +285,10 @@ def run_case(
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    figures["server_cpu"] = (_cpu_seconds(server) - cpu) / (time.perf_counter() - began)
+    spent = _cpu_seconds(server) - cpu
+    figures["server_cpu"] = spent / (time.perf_counter() - began)
+    # per request answered during the case, warm-up included (as the CPU is)
+    figures["server_ms_per_request"] = spent * 1000 / max(figures["answered"], 1)
     return dict(figures)
 
 
@@ -268,7 +301,8 @@ def _print(label: str, clients: int, what: str, figures: dict[str, Any]) -> None
         f"(ratio to {TARGET_RPS:,}: {rate / TARGET_RPS:4.2f}), median {figures['median_ms']:6.1f} "
         f"ms, p99 {p99:7.1f} ms (ratio to {TARGET_P99_MS:.0f}: {p99 / TARGET_P99_MS:5.2f}), "
         f"max {figures['max_ms']:7.1f} ms; errors {said}; CPU: server "
-        f"{figures['server_cpu']:.0%}, load generator {figures['cpu_share']:.0%} of a core",
+        f"{figures['server_cpu']:.0%} ({figures['server_ms_per_request']:.2f} ms a request), "
+        f"load generator {figures['cpu_share']:.0%} of a core",
         flush=True,
     )
 
@@ -287,11 +321,13 @@ def bench_store(
         flush=True,
     )
     queries = {"limit=50": "limit=50", "ward": f"limit=50&ward={ward}"}
-    servers = [("vigie serve (1 uvicorn worker)", True)]
+    servers = [
+        (f"vigie serve ({n} uvicorn worker{'s' if n > 1 else ''})", True, n) for n in args.workers
+    ]
     if not args.no_unaudited:
-        servers.append(("without audit (not a production setting)", False))
-    for label, audited in servers:
-        child, port = start_server(url, audited, folder / "server.log", token)
+        servers.append(("without audit (not a production setting)", False, 1))
+    for label, audited, workers in servers:
+        child, port = start_server(url, audited, folder / "server.log", token, workers)
         try:
             for clients in args.clients if audited else [TARGET_CLIENTS]:
                 for what, query in queries.items() if audited else [("limit=50", "limit=50")]:
@@ -311,6 +347,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--clients", default="16,64")
+    parser.add_argument("--workers", default="1,2", help="vigie serve --workers, each a server")
     parser.add_argument("--beds", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=0.3, help="case rate per covered rule")
     parser.add_argument("--days", type=int, default=4)
@@ -322,6 +359,7 @@ def main() -> int:
         load_main(*json.loads(args.load))
         return 0
     args.clients = [int(n) for n in args.clients.split(",")]
+    args.workers = [int(n) for n in args.workers.split(",")]
     os.environ.setdefault("VIGIE_TIMEZONE", "UTC")
     from vigie.synthetic import generate
     from vigie.synthetic.catalogue import covered_rules

@@ -17,6 +17,8 @@ On SQLite and PostgreSQL (``store_url``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +26,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,6 +35,7 @@ import pytest
 from tests.test_api import P1_ALERT, P2_ALERT, _second_patient
 from tests.test_evaluate import NOW, default_ir, hyperkalaemia_facts
 from vigie.api.app import create_app
+from vigie.api.cli import main
 from vigie.engine import FactSet, evaluate
 from vigie.store import AuditEntry, FactStore, ServiceStore
 from vigie.store.alerts import Dismissal
@@ -246,3 +250,48 @@ def test_the_audit_writer_commits_waiting_entries_together_and_fails_only_a_bad_
     # the three waited together, were refused together, then written one by one
     assert batches == [["first"], ["a"], ["b"]]
     assert all(f.done() for f in others)
+
+
+# vigie serve --workers -----------------------------------------------------------------------
+
+
+def test_serve_refuses_several_workers_with_the_live_worklist_or_mllp() -> None:
+    for options in (["--workers", "2"], ["--no-live", "--workers", "2", "--mllp-port", "0"]):
+        with pytest.raises(SystemExit, match="live worklist and the MLLP listener"):
+            main(["serve", "--database", "sqlite:///unused.db", *options])
+
+
+@pytest.mark.slow
+def test_several_workers_serve_the_same_worklist_and_see_each_write(
+    served: tuple[TestClient, ServiceStore, str], store_url: str
+) -> None:
+    """``vigie serve --workers 2`` (real processes): every answer, whichever worker gives it,
+    follows a decision taken by another process, and every read is audited."""
+    _, service, token = served
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    vigie = Path(sys.executable).parent / "vigie"
+    command = [str(vigie), "serve", "--no-refresh", "--workers", "2"]
+    command += ["--database", store_url, "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    headers = {"Authorization": f"Bearer {token}"}
+    url = f"http://127.0.0.1:{port}/worklist"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url, headers=headers).status_code == 200:
+                    break
+            time.sleep(0.2)
+        before = service.audit_size()
+        first = [httpx.get(url, headers=headers).json() for _ in range(10)]  # new connections
+        assert all(P2_ALERT in _ids(page)[1] for page in first)
+        service.decide(P2_ALERT, Dismissal("not_relevant", ""), actor="pharm.b")
+        after = [httpx.get(url, headers=headers).json() for _ in range(10)]
+        assert all(_ids(page) == _expected(service) for page in after)
+        assert all(P2_ALERT not in _ids(page)[1] for page in after)
+        assert service.audit_size() - before == 20
+    finally:
+        server.terminate()
+        assert server.wait(30) == 0
