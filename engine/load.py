@@ -1,15 +1,17 @@
-"""IR → closures: a rule pack loaded once into Python functions of an evaluation context.
+"""IR → functions: a rule pack loaded once into Python functions of an evaluation context.
 
 Stages, each importing only earlier ones: ``vigie.engine.errors`` → ``vigie.engine.runtime``
-(context, queries, code sets) → ``vigie.engine.expressions`` (expression nodes) → this module
-(rules, packs, selections) → ``vigie.engine.evaluate`` (the driver). The rule language compiles
-text to IR (``vigie.rules.compile_pack``); the engine loads that IR into closures
-(``load_pack``).
+(context, queries, code sets) → ``vigie.engine.expressions`` (expression nodes as closures) →
+``vigie.engine.codegen`` (their logic as generated Python) → this module (rules, packs,
+selections) → ``vigie.engine.evaluate`` (the driver). The rule language compiles text to IR
+(``vigie.rules.compile_pack``); the engine loads that IR into functions (``load_pack``).
 
 The rule language's compiler (``rules/``) and the engine meet only at the JSON IR described in
 ``docs/rules-design.md``; this module reads that IR (never lark, never ``rules``) and turns
-every expression node into a closure ``(Context) -> value`` once per pack, so that evaluating a
-patient never walks the JSON tree again. Values follow the IR's types: ``bool`` is
+each part of a rule (condition, escalations, named values, message placeholders) into a
+function ``(Context) -> value`` once per pack — generated Python calling the queries' closures
+(``LoadedRule.source`` shows it) — so that evaluating a patient never walks the JSON tree
+again. Values follow the IR's types: ``bool`` is
 ``True``/``False``/``None`` (Kleene's unknown), numbers are floats (drug amounts and MME are
 ``vigie.engine.derived.Amount``), times naive UTC datetimes, drug lines ``MedicationOrder`` and lab
 results ``LabResult``/``Observation``. ``None`` is *unknown* everywhere.
@@ -38,6 +40,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from vigie.engine.alerts import CodedValue, RuleRef
+from vigie.engine.codegen import compile_function, compile_message, function_source
 from vigie.engine.errors import EngineError, PackError, RuleRuntimeError
 from vigie.engine.expressions import ClosureBuilder, Scope, expand_routes
 from vigie.engine.runtime import Closure, CodeSets
@@ -132,6 +135,9 @@ class LoadedRule:
     trigger_set: str | None
     # The rule's IR, for analyses of the compiled form (the live evaluator's timers).
     ir: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The Python source generated for its condition, escalations, values and message
+    # (``vigie.engine.codegen``; empty when loaded as closures), for debugging.
+    source: str = field(default="", compare=False, repr=False)
 
     def depends_on(self, kind: str, concept: str | None) -> bool:
         if kind not in self.kinds:
@@ -225,10 +231,11 @@ def _load_rule(
     pack: Mapping[str, Any],
     sets: CodeSets,
     params: Mapping[str, ParamSpec],
+    codegen: bool = True,
 ) -> LoadedRule:
     drugs = [b for b in rule["bindings"] if b["kind"] == "drug"]
     scope = Scope(sets, params, frozenset(b["name"] for b in drugs))
-    builder = ClosureBuilder(scope)
+    parts = _RuleParts(ClosureBuilder(scope), rule["id"], codegen)
     combo_names = set(scope.drugs)
     for binding in rule["bindings"]:
         if binding["kind"] != "value":
@@ -236,7 +243,9 @@ def _load_rule(
         combo = bool(_var_names(binding["expr"]) & combo_names)
         if combo:
             combo_names.add(binding["name"])
-        scope.values[binding["name"]] = (builder.build(binding["expr"], binding["name"]), combo)
+        name = binding["name"]
+        fn = parts.function(binding["expr"], _function_name("value", name), name)
+        scope.values[name] = (fn, combo)
     for binding in drugs:
         if binding.get("set") is not None and binding["set"] not in sets.system:
             raise PackError(f"rule {rule['id']}: unknown set {binding['set']!r}")
@@ -244,13 +253,21 @@ def _load_rule(
         DrugBinding(b["name"], b.get("set"), expand_routes(b.get("routes"), sets)) for b in drugs
     )
     source = rule["source"]
+    condition = parts.function(rule["condition"], "condition")
+    escalations = tuple(
+        (e["severity"], parts.function(e["condition"], f"escalation_{i}"))
+        for i, e in enumerate(rule["escalations"])
+    )
     message = tuple(
         MessagePart(part["text"])
         if "text" in part
         else MessagePart(
-            None, builder.message(part["expr"]), part["expr"]["type"], part["expr"].get("unit")
+            None,
+            parts.message(part["expr"], f"message_{i}"),
+            part["expr"]["type"],
+            part["expr"].get("unit"),
         )
-        for part in rule["message"]
+        for i, part in enumerate(rule["message"])
     )
     depends = rule.get("depends_on") or {}
     return LoadedRule(
@@ -274,10 +291,8 @@ def _load_rule(
         problem=CodedValue(**rule["problem"]),
         intervention=CodedValue(**rule["intervention"]),
         drug_bindings=drug_bindings,
-        condition=builder.build(rule["condition"]),
-        escalations=tuple(
-            (e["severity"], builder.build(e["condition"])) for e in rule["escalations"]
-        ),
+        condition=condition,
+        escalations=escalations,
         message=message,
         kinds=frozenset(depends.get("kinds", ())),
         concepts=frozenset(depends.get("concepts", ())),
@@ -286,7 +301,43 @@ def _load_rule(
             (b.set for b in drug_bindings if b.set is not None), _required_set(rule, params)
         ),
         ir=rule,
+        source=parts.source(),
     )
+
+
+class _RuleParts:
+    """A rule's functions: generated Python (``vigie.engine.codegen``), or the closure
+    builder's closures when ``codegen`` is off (the reference the generated code is tested
+    against)."""
+
+    def __init__(self, builder: ClosureBuilder, rule_id: str, codegen: bool) -> None:
+        self.builder = builder
+        self.rule_id = rule_id
+        self.codegen = codegen
+        self.sources: list[str] = []
+
+    def function(self, node: Mapping[str, Any], name: str, label: str | None = None) -> Closure:
+        if not self.codegen:
+            return self.builder.build(node, label)
+        fn: Closure = compile_function(self.builder, node, self.rule_id, name, label)
+        self.sources.append(function_source(fn, name))
+        return fn
+
+    def message(self, node: Mapping[str, Any], name: str) -> Closure:
+        if not self.codegen:
+            return self.builder.message(node)
+        fn: Closure = compile_message(self.builder, node, self.rule_id, name)
+        self.sources.append(function_source(fn, name))
+        return fn
+
+    def source(self) -> str:
+        return "\n".join(self.sources)
+
+
+def _function_name(prefix: str, name: str) -> str:
+    """``value_k`` for the binding ``k`` (a name Python accepts, else ``value``)."""
+    candidate = f"{prefix}_{name}"
+    return candidate if candidate.isidentifier() and candidate.isascii() else prefix
 
 
 # Packs -------------------------------------------------------------------------------------------
@@ -385,8 +436,10 @@ class LoadedPack:
         return Selection(self, params, rules, level)
 
 
-def load_pack(ir: Mapping[str, Any]) -> LoadedPack:
-    """Load an IR dict (as written by ``rules.compile_pack``) into closures, once.
+def load_pack(ir: Mapping[str, Any], *, codegen: bool = True) -> LoadedPack:
+    """Load an IR dict (as written by ``rules.compile_pack``) into functions, once: Python
+    generated from the IR (``vigie.engine.codegen``), or the closures of
+    ``vigie.engine.expressions`` alone when ``codegen`` is off (the same results).
 
     The IR is first checked against its schema (``vigie.ir_schema``): a malformed one is a
     ``PackError`` that says where, e.g. ``malformed IR at rules[0].condition.args[1]: ...``.
@@ -396,7 +449,9 @@ def load_pack(ir: Mapping[str, Any]) -> LoadedPack:
         pack = ir["pack"]
         sets = CodeSets(ir.get("sets") or {})
         params = {name: param_spec(name, spec) for name, spec in (ir.get("params") or {}).items()}
-        rules = tuple(_load_rule(i, rule, pack, sets, params) for i, rule in enumerate(ir["rules"]))
+        rules = tuple(
+            _load_rule(i, rule, pack, sets, params, codegen) for i, rule in enumerate(ir["rules"])
+        )
     except PackError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as error:
