@@ -12,8 +12,18 @@ its facts stored (``received`` none left). Every ACK is ``AA`` and comes after t
 raw bytes are committed, so the figure is durable throughput. Cases alternate (SQLite 1, PG 1,
 SQLite 8, PG 8), repeated ``--repeat`` times; the machine is shared, so compare within a run.
 
+Before each case, the floor: durable commits per second of the bare driver on the same
+database (one ~700-byte INSERT, then COMMIT, in a loop; SQLite in WAL mode with its default
+``synchronous=FULL``, PostgreSQL with ``synchronous_commit`` on). A sender with one connection
+waits for each ACK, so it cannot go faster than one such commit per message: that case is
+given as a ratio to the floor too. The disk is shared with whatever else runs, and the floor
+moves with it.
+
+``--baseline DIR`` also runs every case with the listener imported from another source tree
+(``git archive <commit> | tar -x -C DIR``), interleaved with the current one: an A/B in one run.
+
     .venv/bin/python benchmarks/bench_mllp.py [--messages 3000] [--connections 1,8]
-        [--repeat 2] [--no-postgres]
+        [--repeat 2] [--no-postgres] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -27,6 +37,10 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from pathlib import Path
 
 from bench_ingest_store import postgres_schema
@@ -67,7 +81,7 @@ def _sender(port: int, messages: list[bytes], latencies: list[float], codes: lis
         for message in messages:
             began = time.perf_counter()
             connection.sendall(frame(message))
-            acks: list[bytes | object] = []
+            acks: Sequence[bytes | object] = []
             while not acks:
                 data = connection.recv(65536)
                 if not data:
@@ -77,6 +91,12 @@ def _sender(port: int, messages: list[bytes], latencies: list[float], codes: lis
             ack = acks[0]
             assert isinstance(ack, bytes)
             codes.append(ack.split(b"\rMSA", 1)[1][1:3].decode())
+
+
+@contextmanager
+def _sqlite_store(folder: Path) -> Iterator[str]:
+    """The URL of a new SQLite file in ``folder``."""
+    yield f"sqlite:///{folder / f'{uuid.uuid4().hex[:8]}.db'}"
 
 
 def _unfinished(url: str) -> int:
@@ -91,12 +111,58 @@ def _unfinished(url: str) -> int:
         engine.dispose()
 
 
-def run_case(url: str, messages: list[bytes], connections: int) -> dict[str, float]:
-    """One listener process, ``connections`` senders; the figures of the case."""
+FLOOR_COMMITS = 300
+
+
+def durable_floor(url: str, commits: int = FLOOR_COMMITS) -> float:
+    """Durable commits per second of the bare driver on the database of ``url``: one small
+    INSERT and a COMMIT per transaction, in a table of its own (dropped afterwards)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    row = b"x" * 700
+    try:
+        with engine.connect() as connection:
+            driver = connection.connection.dbapi_connection
+            assert driver is not None
+            sqlite = engine.dialect.name == "sqlite"
+            if sqlite:
+                driver.isolation_level = None
+                driver.execute("PRAGMA journal_mode=WAL")
+            cursor = driver.cursor()
+            cursor.execute("CREATE TABLE bench_floor (id INTEGER PRIMARY KEY, content BYTEA)")
+            if not sqlite:
+                driver.commit()
+            mark = "?" if sqlite else "%s"
+            began = time.perf_counter()
+            for number in range(commits):
+                if sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")
+                cursor.execute(f"INSERT INTO bench_floor VALUES ({mark}, {mark})", (number, row))
+                if sqlite:
+                    cursor.execute("COMMIT")
+                else:
+                    driver.commit()
+            rate = commits / (time.perf_counter() - began)
+            cursor.execute("DROP TABLE bench_floor")
+            if not sqlite:
+                driver.commit()
+            return rate
+    finally:
+        engine.dispose()
+
+
+def run_case(
+    url: str, messages: list[bytes], connections: int, source: Path | None = None
+) -> dict[str, float]:
+    """One listener process (imported from ``source`` when given), ``connections`` senders;
+    the figures of the case."""
     from vigie.store import FactStore
 
     FactStore(url).close()  # the tables, before the listener
     env = {**os.environ, "VIGIE_TIMEZONE": "UTC"}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     child = subprocess.Popen(
         [sys.executable, "-c", SERVER, url], stdout=subprocess.PIPE, text=True, env=env
     )
@@ -133,15 +199,35 @@ def run_case(url: str, messages: list[bytes], connections: int) -> dict[str, flo
     }
 
 
-def _print(label: str, figures: dict[str, float]) -> None:
+def _print(label: str, figures: dict[str, float], floor: float | None = None) -> None:
     rate = figures["rate"]
+    to_floor = f", {rate / floor:4.2f} of the floor" if floor else ""
     print(
-        f"{label:<26} {rate:7,.0f} msg/s ACKed (ratio to {TARGET_MESSAGES_PER_SECOND}/s: "
-        f"{rate / TARGET_MESSAGES_PER_SECOND:4.2f}), ACK latency median "
+        f"{label:<37} {rate:7,.0f} msg/s ACKed (ratio to {TARGET_MESSAGES_PER_SECOND}/s: "
+        f"{rate / TARGET_MESSAGES_PER_SECOND:4.2f}{to_floor}), ACK latency median "
         f"{figures['median_ms']:6.2f} ms, p99 {figures['p99_ms']:6.2f} ms; all parsed and "
         f"stored at {figures['parsed_rate']:7,.0f} msg/s; AA {figures['aa']:.0%}",
         flush=True,
     )
+
+
+def _case(
+    label: str,
+    stores: Callable[[], AbstractContextManager[str]],
+    messages: list[bytes],
+    connections: int,
+    sources: list[tuple[str, Path | None]],
+) -> None:
+    """The floor of the database, then the case with each source tree, each on a new store
+    of that database (``stores()`` gives one)."""
+    floor: float | None = None
+    for name, source in sources:
+        with stores() as url:
+            if floor is None:
+                floor = durable_floor(url)
+                print(f"{label}: floor {floor:7,.0f} durable commits/s (bare driver)", flush=True)
+            figures = run_case(url, messages, connections, source)
+        _print(f"  {name}, {connections} conn.", figures, floor if connections == 1 else None)
 
 
 def main() -> int:
@@ -150,26 +236,25 @@ def main() -> int:
     parser.add_argument("--connections", default="1,8")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--baseline", type=Path, help="a source tree to compare with (A/B)")
     args = parser.parse_args()
     os.environ.setdefault("VIGIE_TIMEZONE", "UTC")
+    sources: list[tuple[str, Path | None]] = [("current", None)]
+    if args.baseline is not None:
+        sources.append(("baseline", args.baseline.resolve()))
     with tempfile.TemporaryDirectory(prefix="vigie-bench-mllp-") as name:
         folder = Path(name)
         messages = _messages(args.messages, folder)
         size = sum(map(len, messages)) / len(messages)
         print(f"{len(messages):,} HL7 v2 messages of a generated hospital, {size:,.0f} bytes each")
         for round_number in range(1, args.repeat + 1):
+            order = sources if round_number % 2 else sources[::-1]  # neither always first
             for connections in map(int, args.connections.split(",")):
-                db = folder / f"r{round_number}c{connections}.db"
-                _print(
-                    f"SQLite, {connections} conn. (run {round_number})",
-                    run_case(f"sqlite:///{db}", messages, connections),
-                )
+                label = f"SQLite, {connections} conn. (run {round_number})"
+                _case(label, partial(_sqlite_store, folder), messages, connections, order)
                 if not args.no_postgres:
-                    with postgres_schema() as url:
-                        _print(
-                            f"PostgreSQL, {connections} conn. (run {round_number})",
-                            run_case(url, messages, connections),
-                        )
+                    label = f"PostgreSQL, {connections} conn. (run {round_number})"
+                    _case(label, postgres_schema, messages, connections, order)
     return 0
 
 
