@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -72,6 +72,9 @@ DEFAULT_TICK_SECONDS = 30.0
 _CONTEXT_LABS = frozenset({"egfr", "creatinine_clearance", "creatinine"})
 _CONTEXT_OBSERVATIONS = frozenset({"weight"})
 SCOPES = ("inpatients", "all")
+
+# A pack (its position in the packs run) and the rules and parameter values a ward selects.
+_Setting = tuple[int, tuple[int, ...], tuple[tuple[str, float], ...]]
 
 # The bootstrap's first pass: every fact is added as of a moment after all of them (no line is
 # active then, so almost no rule is evaluated), then one ``tick`` back to the evaluation time
@@ -121,6 +124,7 @@ class LiveWorklist:
         # The evaluators each ward runs, one per pack on there; key None: the hospital's
         # settings (every ward the configuration does not name, and patients in no stay).
         self._routes: dict[str | None, tuple[LiveEvaluator, ...]] = {None: ()}
+        self._by_setting: dict[_Setting, LiveEvaluator] = {}
         # Facts the priority score reads, per patient, and the patient of each (versions and
         # retractions replace them).
         self._context: dict[str, dict[tuple[str, str], AnyFact]] = {}
@@ -180,51 +184,59 @@ class LiveWorklist:
         every patient is evaluated again with it, from the store's facts, as of the clock, and
         the worklist reconciled (an alert no longer raised — its rule turned off, a cursor
         moved past its value — is missed as by any evaluation: ``resolved_by_data`` when open,
-        its decision kept otherwise). Before ``start``, only kept for it."""
+        its decision kept otherwise). The evaluators of settings that did not change are kept
+        (they hold the facts already); the others are loaded from the store. Before ``start``,
+        only kept for it."""
         with self._lock:
             if not self._started:
                 self._evaluators_for(site, self.now())  # a configuration the packs refuse
                 self._site = site
                 return None
             try:
-                return self._load(site, self.now())
+                return self._load(site, self.now(), reuse=True)
             except VigieError:
                 self._stale = True  # the next call reconciles every patient
                 raise
 
     def _evaluators_for(
-        self, site: SiteConfig | None, at: datetime
-    ) -> tuple[list[LiveEvaluator], dict[str | None, tuple[LiveEvaluator, ...]]]:
+        self,
+        site: SiteConfig | None,
+        at: datetime,
+        held: Mapping[_Setting, LiveEvaluator] | None = None,
+    ) -> tuple[dict[_Setting, LiveEvaluator], dict[str | None, tuple[LiveEvaluator, ...]]]:
         """One evaluator per pack and distinct selection the configuration gives a ward (wards
-        with the same rules and parameter values for a pack share its evaluator), and the
-        evaluators of each ward the configuration names (key ``None``: the hospital's)."""
-        if site is None:
-            evaluators = [LiveEvaluator(pack, now=at) for pack in self.packs]
-            return evaluators, {None: tuple(evaluators)}
-        built: dict[tuple[object, ...], LiveEvaluator] = {}
+        with the same rules and parameter values for a pack share its evaluator), by setting,
+        and the evaluators of each ward the configuration names (key ``None``: the
+        hospital's). An evaluator ``held`` for a setting is taken again, not made."""
+        built: dict[_Setting, LiveEvaluator] = {}
         routes: dict[str | None, tuple[LiveEvaluator, ...]] = {}
-        for ward in (None, *site.wards):
+        for ward in (None, *(site.wards if site is not None else ())):
             chosen = []
-            for pack in self.packs:
-                arguments = site.select_arguments(pack, ward)
+            for index, pack in enumerate(self.packs):
+                arguments = {} if site is None else site.select_arguments(pack, ward)
                 if arguments is None:
                     continue  # the pack is off in this ward
                 selection = pack.select(**arguments)
                 key = (
-                    pack.name,
+                    index,
                     tuple(rule.index for rule in selection.rules),
                     tuple(sorted(selection.params.items())),
                 )
                 if key not in built:
-                    built[key] = LiveEvaluator(pack, **arguments, now=at)
+                    again = held.get(key) if held is not None else None
+                    built[key] = again or LiveEvaluator(pack, **arguments, now=at)
                 chosen.append(built[key])
             routes[ward] = tuple(chosen)
-        return list(built.values()), routes
+        return built, routes
 
-    def _load(self, site: SiteConfig | None, at: datetime) -> Reconciled:
+    def _load(self, site: SiteConfig | None, at: datetime, reuse: bool = False) -> Reconciled:
         """Every fact of the store into new evaluators (``site``'s), evaluated as of ``at``;
-        the worklist reconciled with the result for every patient of the store."""
-        evaluators, routes = self._evaluators_for(site, at)
+        the worklist reconciled with the result for every patient of the store. ``reuse``:
+        an evaluator of the same pack and selection as one held is kept (it holds the store's
+        facts already: a cursor moved in one ward rebuilds that ward's evaluator only)."""
+        held = self._by_setting if reuse else {}
+        built, routes = self._evaluators_for(site, at, held)
+        fresh = [e for key, e in built.items() if held.get(key) is not e]
         self._context.clear()
         self._context_owner.clear()
         patients: set[str] = set()
@@ -232,12 +244,14 @@ class LiveWorklist:
         for fact in self.store.iter_facts():
             patients.add(fact.patient_id)
             self._newer(fact.kind, fact.fact_id, fact.source.version_time)
-            for evaluator in evaluators:
+            for evaluator in fresh:
                 evaluator.add(fact, _AFTER_EVERYTHING)
             self._remember(fact)
+        evaluators = list(built.values())
         for evaluator in evaluators:
             evaluator.tick(at)
         self._site, self._evaluators, self._routes = site, evaluators, routes
+        self._by_setting = built
         self._shown = {}
         for patient_id in {a.patient_id for e in evaluators for a in e.alerts()}:
             shown = self._worklist_of(patient_id, at)

@@ -269,6 +269,10 @@ def _key(alert: Alert) -> tuple[Any, ...]:
     return (alert.id, alert.rule_id, alert.patient_id, alert.ward, alert.severity, alert.priority)
 
 
+def _keys(alerts: list[Alert]) -> list[tuple[Any, ...]]:
+    return [_key(alert) for alert in sorted(alerts, key=lambda a: a.id)]
+
+
 def _batch(tmp_path: Path, url: str, at: datetime, config: Path | None) -> list[Alert]:
     out = tmp_path / f"batch-{config is not None}.json"
     result, _, _ = batch((), at, out, config=config, store=url)
@@ -291,13 +295,17 @@ def test_the_live_worklist_equals_the_batch_with_the_same_configuration(
         default = _batch(tmp_path, url, at, None)
         configured = _batch(tmp_path, url, at, config)
         _save(store, SITE)
-        live = LiveWorklist(store, site=saved_site_config(store))
+        live = LiveWorklist(store, as_of=at, site=saved_site_config(store))
         live.start(at - timedelta(hours=12))  # then time passes: stays start and end
         live.tick(at)
-        shown = sorted(live.worklist(), key=lambda a: a.id)
-        assert [_key(a) for a in shown] == [_key(a) for a in sorted(configured, key=lambda a: a.id)]
+        assert _keys(live.worklist()) == _keys(configured)
         stored = AlertStore(store).worklist(limit=None)
         assert sorted(a.id for a in stored) == sorted(a.id for a in configured)
+        # Configured again while running (evaluators of unchanged settings kept): the same.
+        live.configure(None)
+        assert _keys(live.worklist()) == _keys(default)
+        live.configure(saved_site_config(store))
+        assert _keys(live.worklist()) == _keys(configured)
 
     # What the configuration changes, by the rules' meaning: only removals, each one of them.
     kept = {a.id for a in configured}
