@@ -56,7 +56,6 @@ from vigie.engine.factset import FactSet, PatientRecord
 from vigie.engine.load import (
     LoadedPack,
     LoadedRule,
-    MessagePart,
     PackError,
     RuleRuntimeError,
     Selection,
@@ -303,7 +302,12 @@ def _traced(
             if condition(ctx) is True:
                 severity = escalated
                 break
-        message = "".join([_message_part(part, ctx) for part in rule.message])
+        message = "".join(
+            [
+                (p.text or "") if p.fn is None else format_value(p.fn(ctx), p.type, p.unit)
+                for p in rule.message
+            ]
+        )
         trace = ctx.trace
     finally:
         ctx.trace = ctx.thresholds = None
@@ -384,12 +388,6 @@ def _unique(evidence: Iterable[Evidence]) -> tuple[Evidence, ...]:
 
 # Units the message templates already say in words ("à {age} ans", "{m.frequency} fois par jour").
 _SILENT_UNITS = frozenset({"1", "years", "/d"})
-
-
-def _message_part(part: MessagePart, ctx: Context) -> str:
-    if part.fn is None:
-        return part.text or ""
-    return format_value(part.fn(ctx), part.type, part.unit)
 
 
 def format_value(value: Any, type_: str | None = None, unit: str | None = None) -> str:

@@ -697,6 +697,25 @@ def _time_arith(op: str, x: Any, y: Any) -> Any:
     return None
 
 
+def _bounds(window: Mapping[str, Any]) -> list[str]:
+    return [k for k in ("within", "since", "before") if window.get(k)]
+
+
+def _constant_seconds(node: Mapping[str, Any] | None) -> float | None:
+    """The seconds of a constant duration (a number, converted), as its closures compute
+    them; None when it is not one."""
+    if node is None:
+        return None
+    if node.get("op") == "const" and node.get("type") == "number":
+        value = node.get("value")
+        return None if value is None or isinstance(value, bool) else float(value)
+    if node.get("op") == "convert":
+        (inner,) = node.get("args") or [{}]
+        seconds = _constant_seconds(inner)
+        return None if seconds is None else seconds * float(node["factor"])
+    return None
+
+
 def _build_window(window: Mapping[str, Any] | None, builder: ClosureBuilder) -> WindowFn:
     """A window as (start inclusive, end, end inclusive) — None when a bound is unknown.
 
@@ -706,6 +725,10 @@ def _build_window(window: Mapping[str, Any] | None, builder: ClosureBuilder) -> 
     """
     if window is None:
         return lambda ctx: (None, ctx.as_of, True)
+    fixed = _constant_seconds(window.get("within")) if set(_bounds(window)) == {"within"} else None
+    if fixed is not None:  # ``within 48 h``: the same length at every evaluation
+        length = timedelta(seconds=fixed)
+        return lambda ctx: (ctx.as_of - length, ctx.as_of, True)
     parts = {k: builder.build(window[k]) if window.get(k) else None for k in window}
     within, since, before = parts.get("within"), parts.get("since"), parts.get("before")
 

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from vigie.engine.alerts import Alert
@@ -323,8 +324,7 @@ class _Deadline:
             self.offer(series[i].time + offset)
 
 
-def _fact_time(fact: LabResult | Observation) -> datetime:
-    return fact.time
+_fact_time: Callable[[LabResult | Observation], datetime] = attrgetter("time")
 
 
 def _anchors(fact: AnyFact, timing: RuleTiming) -> list[datetime]:
@@ -432,6 +432,7 @@ class _ActiveLines:
     (set, routes) the rules asked for (``Context.lines``), shared by every evaluation then."""
 
     lines: list[MedicationOrder]
+    line_sets: list[tuple[MedicationOrder, frozenset[str]]]  # each line with its own sets
     names: frozenset[str]
     by_set: dict[tuple[str | None, frozenset[str] | None], list[MedicationOrder]]
     since: datetime
@@ -454,6 +455,7 @@ class _LiveContext(Context):
     ) -> None:
         super().__init__(record, as_of, sets, params)
         self._active = active.lines
+        self._line_sets = active.line_sets
         self._lines = active.by_set
         self._names = active.names
         self.evidence = state.evidence
@@ -464,6 +466,22 @@ class _LiveContext(Context):
 
 
 _EVENTS = -1  # the rule index of a patient's event entries in the timer queue
+_MEASURES = frozenset({"lab", "observation"})  # the kinds whose concept says which rules read
+_NONE: Mapping[int, LoadedRule] = {}
+
+
+def _dependents(
+    rules: Iterable[LoadedRule],
+) -> dict[tuple[str, str | None], dict[int, LoadedRule]]:
+    """The rules reading each (kind, concept) key (concept None but for labs and
+    observations), as ``LoadedRule.depends_on`` answers, indexed once."""
+    index: dict[tuple[str, str | None], dict[int, LoadedRule]] = {}
+    for rule in rules:
+        for kind in rule.kinds:
+            concepts = rule.concepts if kind in _MEASURES else (None,)
+            for concept in concepts:
+                index.setdefault((kind, concept), {})[rule.index] = rule
+    return index
 
 
 class LiveEvaluator:
@@ -485,7 +503,7 @@ class LiveEvaluator:
         self.now: datetime | None = normalise_time(now) if now else None
         self._patients: dict[str, _PatientState] = {}
         self._owner: dict[tuple[str, str], str] = {}  # (kind, fact id) → patient id
-        self._dependents: dict[tuple[str, str | None], dict[int, LoadedRule]] = {}
+        self._dependents = _dependents(self.selection.rules)
         self._by_index = {r.index: r for r in self.selection.rules}
         self._position = {r.id: i for i, r in enumerate(self.selection.rules)}
         self._timing: dict[int, RuleTiming] = {}
@@ -554,7 +572,7 @@ class LiveEvaluator:
         visible = _visible_from(fact)
         at = self._advance(now, visible)
         key = (fact.kind, _concept(fact))
-        readers = self._rules_for((key,))
+        readers = self._dependents.get(key if key[0] in _MEASURES else (key[0], None), _NONE)
         if not readers and not isinstance(fact, Stay) and (key[0], fact.fact_id) not in self._owner:
             return AlertDiff()  # no rule of the pack reads it (a stay moves alerts along)
         diff = AlertDiff()
@@ -704,14 +722,11 @@ class LiveEvaluator:
     def _rules_for(self, keys: Iterable[tuple[str, str | None]]) -> Mapping[int, LoadedRule]:
         """The selected rules that read facts of these (kind, concept) keys, by index."""
         found: Mapping[int, LoadedRule] = {}
-        for key in keys:
-            dependents = self._dependents.get(key)
-            if dependents is None:
-                kind, concept = key
-                dependents = self._dependents[key] = {
-                    r.index: r for r in self.selection.rules if r.depends_on(kind, concept)
-                }
-            found = dependents if not found else {**found, **dependents}
+        index = self._dependents
+        for kind, concept in keys:
+            dependents = index.get((kind, concept if kind in _MEASURES else None), _NONE)
+            if dependents:
+                found = dependents if not found else {**found, **dependents}
         return found
 
     def _rules_for_lines(self, lines: Iterable[MedicationOrder]) -> Mapping[int, LoadedRule]:
@@ -901,15 +916,16 @@ class LiveEvaluator:
             return active
         lines = sorted((o for o in state.record.orders if is_active(o, at)), key=_line_key)
         atc = self.selection.pack.sets.atc
+        line_sets = [(line, atc(line.atc, line.route)) for line in lines]
         names: set[str] = set()
-        for line in lines:
-            names.update(atc(line.atc, line.route))
+        for line, own in line_sets:
+            names.update(own)
             for ingredient in line.ingredients:  # `daily dose of` counts a set's ingredients
                 names.update(atc(ingredient.atc, line.route))
         moments = [m for o in state.record.orders for m in (o.start, o.end) if m is not None]
         since = max((m for m in moments if m <= at), default=datetime.min)
         until = min((m for m in moments if m > at), default=None)
-        state.active = _ActiveLines(lines, frozenset(names), {}, since, until)
+        state.active = _ActiveLines(lines, line_sets, frozenset(names), {}, since, until)
         return state.active
 
     def _set_timer(

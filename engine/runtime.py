@@ -17,6 +17,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, TypeVar, cast
 
 from vigie.engine.alerts import Evidence, Threshold
@@ -178,6 +179,7 @@ class Context:
 
     __slots__ = (
         "_active",
+        "_line_sets",
         "_lines",
         "alerting",
         "as_of",
@@ -205,6 +207,7 @@ class Context:
         self.values: dict[str, Any] = {}
         self.combo_values: dict[str, Any] = {}
         self._active: list[MedicationOrder] | None = None
+        self._line_sets: list[tuple[MedicationOrder, frozenset[str]]] | None = None
         self._lines: dict[tuple[str | None, frozenset[str] | None], list[MedicationOrder]] = {}
         self.evidence: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self.alerting: Container[int] = ()
@@ -219,16 +222,22 @@ class Context:
             )
         return self._active
 
+    def line_sets(self) -> list[tuple[MedicationOrder, frozenset[str]]]:
+        """The active lines with the sets each is in (by its ATC code and route)."""
+        if self._line_sets is None:
+            atc = self.sets.atc
+            self._line_sets = [(o, atc(o.atc, o.route)) for o in self.active_lines()]
+        return self._line_sets
+
     def lines(self, set_name: str | None, routes: frozenset[str] | None) -> list[MedicationOrder]:
         """Active lines whose ATC is in the set (any line: None) and route in ``routes``."""
         key = (set_name, routes)
         found = self._lines.get(key)
         if found is None:
-            atc = self.sets.atc
             found = [
                 o
-                for o in self.active_lines()
-                if (set_name is None or set_name in atc(o.atc, o.route))
+                for o, names in self.line_sets()
+                if (set_name is None or set_name in names)
                 and (routes is None or (o.route is not None and o.route in routes))
             ]
             self._lines[key] = found
@@ -237,8 +246,8 @@ class Context:
     def active_set_names(self) -> set[str]:
         names: set[str] = set()
         atc = self.sets.atc
-        for line in self.active_lines():
-            names.update(atc(line.atc, line.route))
+        for line, own in self.line_sets():
+            names.update(own)
             for ingredient in line.ingredients:  # `daily dose of` counts a set's ingredients
                 names.update(atc(ingredient.atc, line.route))
         return names
@@ -310,8 +319,7 @@ def line_label(line: MedicationOrder) -> str | None:
     return line.label or line.drug.display or line.drug.code
 
 
-def _time_of(fact: Measure) -> datetime:
-    return fact.time
+_time_of: Callable[[Measure], datetime] = attrgetter("time")  # bisection keys, in C
 
 
 # Evidence ----------------------------------------------------------------------------------------
@@ -487,8 +495,8 @@ def set_daily_dose(ctx: Context, set_name: str, name: str) -> Amount | None:
     amounts: list[tuple[float | None, str | None]] = []
     inputs: list[Evidence] = []
     tracing = ctx.trace is not None
-    for line in ctx.active_lines():
-        in_set = set_name in atc(line.atc, line.route)
+    for line, own in ctx.line_sets():
+        in_set = set_name in own
         if line.ingredients:
             doses = [
                 d
