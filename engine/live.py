@@ -452,8 +452,13 @@ class _LiveContext(Context):
         params: Mapping[str, float],
         active: _ActiveLines,
         state: _PatientState,
-    ) -> None:
-        super().__init__(record, as_of, sets, params)
+    ) -> None:  # every slot of ``Context`` set once (not built by it, then replaced)
+        self.record = record
+        self.as_of = as_of
+        self.sets = sets
+        self.params = params
+        self.trace = self.thresholds = None
+        self.bound, self.values, self.combo_values = {}, {}, {}
         self._active = active.lines
         self._line_sets = active.line_sets
         self._lines = active.by_set
@@ -850,9 +855,6 @@ class LiveEvaluator:
         """Evaluate ``rules`` (those some active line can trigger, or alerting), diff, and set
         their timers (``fact``: the one fact added since, ``full``: recompute them)."""
         active = self._active_lines(state, at)
-        ctx = _LiveContext(
-            state.record, at, self.selection.pack.sets, self.selection.params, active, state
-        )
         if state.latest is None or at > state.latest:
             state.latest = at
             if self._latest is None or at > self._latest:
@@ -862,6 +864,10 @@ class LiveEvaluator:
             del state.timers[index]  # not evaluated: its deadline no longer follows its facts
         stay = current_stay(state.record, at)
         diff = AlertDiff()
+        if chosen:  # a context only for rules to evaluate (most facts reach none)
+            ctx = _LiveContext(
+                state.record, at, self.selection.pack.sets, self.selection.params, active, state
+            )
         for index in sorted(chosen):
             rule = chosen[index]
             old = state.alerts.get(index)
