@@ -150,7 +150,12 @@ def require(*roles: str) -> Any:
     if not roles or unknown:
         raise ValueError(f"require() takes roles of {ROLES}, got {roles}")
 
-    async def check(request: Request, user: Annotated[User, Depends(current_user)]) -> Caller:
+    async def check(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Caller:
+        # current_user called, not declared: one dependency level less to solve per request
+        user = await current_user(request, credentials)
         caller = Caller(user, service_of(request), request.method, request.url.path)
         if not set(user.roles) & set(roles):
             await caller.audit_async("denied", detail={"required": list(roles)})
