@@ -14,7 +14,10 @@ Then, for comparison with earlier figures, one realistic inpatient (a dozen acti
 week of labs) receiving potassium results, normal then high (the hyperkalaemia alert re-explained
 on each add).
 
-    .venv/bin/python benchmarks/bench_live_eval.py [--beds 300] [--days 7] [--seed 3]
+    .venv/bin/python benchmarks/bench_live_eval.py [--beds 300] [--days 7] [--seed 3] [--closures]
+
+``--closures`` loads the packs as the closure builder's closures instead of generated Python
+(``load_pack(ir, codegen=False)``), for comparison (run both in turn: the machine is shared).
 """
 
 from __future__ import annotations
@@ -45,11 +48,11 @@ TARGET_MEDIAN_FIRING = 50e-6  # s, firing update
 SOURCE = FactSource(feed="hl7v2", document="bench.hl7", position="OBX[1]-5")
 
 
-def pack_file(name: str) -> LoadedPack:
+def pack_file(name: str, codegen: bool = True) -> LoadedPack:
     path = REPO / "rules" / "packs" / name
     ir, _ = compile_pack(path.read_text(encoding="utf-8"), str(path))
     assert ir is not None, f"{path} does not compile"
-    return load_pack(ir)
+    return load_pack(ir, codegen=codegen)
 
 
 def arrival(fact: AnyFact) -> datetime:
@@ -124,8 +127,8 @@ def replay(packs: Sequence[LoadedPack], facts: list[AnyFact], start: datetime) -
         ("firing", fired, TARGET_MEDIAN_FIRING),
     ):
         walls, cpus = [w for w, _ in samples], [c for _, c in samples]
-        built = f", {alerts_built / len(fired):.1f} alerts built each" if samples is fired else ""
-        print(f"  {label} updates ({len(samples)}{built}), wall clock:")
+        each = f", {alerts_built / len(fired):.1f} alerts built each" if samples is fired else ""
+        print(f"  {label} updates ({len(samples)}{each}), wall clock:")
         print(ratio_line("median", statistics.median(walls), target, "µs", 1e6))
         print(ratio_line("p99", quantile(walls, 0.99), TARGET_P99, "µs", 1e6))
         print(
@@ -230,8 +233,8 @@ def patient_facts() -> list[AnyFact]:
             )
         )  # fmt: skip
     for half_day in range(14):
-        for name, unit, value in LABS:
-            facts.append(lab(f"L{half_day}-{name}", name, unit, value,
+        for concept, lab_unit, lab_value in LABS:
+            facts.append(lab(f"L{half_day}-{concept}", concept, lab_unit, lab_value,
                              START + timedelta(hours=12 * half_day)))  # fmt: skip
     return facts
 
@@ -282,12 +285,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--adds", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--closures", action="store_true", help="packs as closures, no codegen")
     args = parser.parse_args()
-    packs = [pack_file("default.rules"), pack_file("ansm-interactions.rules")]
+    codegen = not args.closures
+    packs = [pack_file(name, codegen) for name in ("default.rules", "ansm-interactions.rules")]
     load = os.getloadavg()[0]
     print(f"machine: {os.cpu_count()} cores, load average {load:.1f} (p99 wall suffers above 1)")
     print(
-        f"packs: default ({len(packs[0].rules)} rules) + ANSM ({len(packs[1].rules)} rules); "
+        f"packs: default ({len(packs[0].rules)} rules) + ANSM ({len(packs[1].rules)} rules), "
+        f"{'generated Python' if codegen else 'closures'}; "
         f"hospital of {args.beds} beds over {args.days} days (seed {args.seed})"
     )
     rates = dict.fromkeys(covered_rules(), 0.02)
