@@ -13,9 +13,10 @@ The generated code keeps the closures' semantics exactly: ``None`` is *unknown*,
 evaluated in the same order and short-circuit at the same point (the evidence a traced
 evaluation records, and the order it records it in, do not change), a ``TypeError`` in a
 comparison is the same located ``RuleRuntimeError``. Each function's source is kept (its
-``source`` attribute) and registered with ``linecache``, so that a traceback shows the
-generated line; ``rule_source`` gives a loaded rule's whole generated form. A subtree nested
-deeper than ``MAX_DEPTH`` stays a closure call (Python limits the nesting of blocks).
+``source`` attribute) and registered with ``linecache`` while the function lives, so that a
+traceback shows the generated line; a loaded rule's ``source`` is the whole generated form of
+its parts. A subtree nested deeper than ``MAX_DEPTH`` stays a closure call (Python limits the
+nesting of blocks).
 
 >>> from vigie.engine.expressions import ClosureBuilder, Scope
 >>> from vigie.engine.runtime import CodeSets
@@ -34,6 +35,7 @@ from __future__ import annotations
 import functools
 import itertools
 import linecache
+import weakref
 from collections.abc import Callable, Mapping
 from types import CodeType
 from typing import Any
@@ -148,12 +150,13 @@ class _Writer:
         code = _compiled("\n".join(body) + "\n")
         namespace = dict(self.names)
         exec(code, namespace)  # our own generated source, from a checked IR
-        function = namespace[name]
+        function = namespace.pop(name)  # its globals need not hold it: no cycle
         source = "\n".join([f"{body[0]}  # {rule_id}", *body[1:]]) + "\n"
         filename = f"<vigie rule {rule_id} {name} #{next(_serial)}>"
         function.__code__ = function.__code__.replace(co_filename=filename)
         function.source = source
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        weakref.finalize(function, linecache.cache.pop, filename, None)  # no growth on reloads
         return function
 
     # Nodes

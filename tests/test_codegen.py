@@ -208,3 +208,16 @@ def test_rules_evaluate_the_same_on_a_day_of_a_generated_hospital() -> None:
     moment = max(f.time for f in facts if hasattr(f, "time")) - timedelta(hours=3)
     same_alerts(facts, moment, "default.rules")
     same_alerts(facts, moment, "ansm-interactions.rules")
+
+
+def test_sources_leave_linecache_with_their_pack() -> None:
+    import gc
+
+    ir, _ = compile_pack((PACKS / "default.rules").read_text("utf-8"), "default.rules")
+    before = {name for name in linecache.cache if name.startswith("<vigie rule")}
+    loaded = load_pack(ir or {})
+    added = {name for name in linecache.cache if name.startswith("<vigie rule")} - before
+    assert len(added) >= len(loaded.rules)  # a condition at least per rule, while loaded
+    del loaded
+    gc.collect()
+    assert not added & set(linecache.cache)  # a service reloading packs does not accumulate
