@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from tests.test_api import P1_ALERT, P2_ALERT, _second_patient
 from tests.test_evaluate import NOW, default_ir, hyperkalaemia_facts
 from vigie.api.app import create_app
 from vigie.api.cli import main
+from vigie.api.routes.worklist import WorklistPages
 from vigie.engine import FactSet, evaluate
 from vigie.store import AuditEntry, FactStore, ServiceStore
 from vigie.store.alerts import Dismissal
@@ -137,9 +139,9 @@ def test_a_revoked_token_is_refused_once_the_cache_delay_has_passed(
     store_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    client, _, token = served
+    client, service, token = served
     clock = [1000.0]
-    monkeypatch.setattr("vigie.store.service.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr(service, "clock", lambda: clock[0])
     assert client.get("/worklist").status_code == 200  # the token's user read and kept
     with FactStore(store_url) as other:
         assert ServiceStore(other).revoke_token(token)
@@ -295,3 +297,21 @@ def test_several_workers_serve_the_same_worklist_and_see_each_write(
     finally:
         server.terminate()
         assert server.wait(30) == 0
+
+
+def test_the_pages_kept_are_bounded_in_number_and_bytes(
+    served: tuple[TestClient, ServiceStore, str],
+) -> None:
+    _, service, _ = served
+    queries = [(None, None, None, None, limit, 0) for limit in (1, 2, 3)]
+
+    async def read(pages: WorklistPages) -> list[bytes]:
+        return [(await pages.page(query)).body for query in queries]
+
+    by_number = WorklistPages(service.alerts, max_pages=2)
+    bodies = asyncio.run(read(by_number))
+    assert [json.loads(body)["limit"] for body in bodies] == [1, 2, 3]
+    assert list(by_number._pages) == queries[1:]  # the oldest went first
+    by_bytes = WorklistPages(service.alerts, max_bytes=len(bodies[2]))
+    asyncio.run(read(by_bytes))
+    assert list(by_bytes._pages) == queries[2:]

@@ -28,7 +28,9 @@ __all__ = ["WorklistPage", "WorklistPages", "router"]
 
 router = APIRouter(tags=["worklist"])
 Severity = Literal["critical", "major", "moderate", "minor"]
-_MAX_PAGES: Final = 1024  # pages kept per generation (each query its own; the oldest go first)
+# What is kept per generation (each query its own page; the oldest go first past either bound)
+_MAX_PAGES: Final = 1024
+_MAX_BYTES: Final = 64 * 1024 * 1024
 
 # ward, severities, rule, patient, limit, offset
 PageQuery = tuple[str | None, tuple[str, ...] | None, str | None, str | None, int, int]
@@ -126,12 +128,16 @@ def _copy(done: asyncio.Future[int | None], into: asyncio.Future[int | None]) ->
 class WorklistPages:
     """The pages of one generation of the alerts (module docstring), in one process."""
 
-    def __init__(self, alerts: AlertStore, max_pages: int = _MAX_PAGES) -> None:
+    def __init__(
+        self, alerts: AlertStore, max_pages: int = _MAX_PAGES, max_bytes: int = _MAX_BYTES
+    ) -> None:
         self._alerts = alerts
         self._generations = GenerationReads(alerts)
         self._max_pages = max_pages
+        self._max_bytes = max_bytes
         self._generation: int | None = None
         self._pages: dict[PageQuery, RenderedPage] = {}
+        self._bytes = 0
         self._computing: dict[PageQuery, asyncio.Future[RenderedPage]] = {}
 
     async def page(self, query: PageQuery) -> RenderedPage:
@@ -142,6 +148,7 @@ class WorklistPages:
             return await run_in_threadpool(render, self._alerts, query)
         if generation != self._generation:
             self._generation, self._pages, self._computing = generation, {}, {}
+            self._bytes = 0
         kept = self._pages.get(query)
         if kept is not None:
             return kept
@@ -159,11 +166,19 @@ class WorklistPages:
         finally:
             if self._generation == generation:
                 self._computing.pop(query, None)
-        if self._generation == generation:
-            if len(self._pages) >= self._max_pages:
-                del self._pages[next(iter(self._pages))]
-            self._pages[query] = page
+        if self._generation == generation and query not in self._pages:
+            self._keep(query, page)
         return page
+
+    def _keep(self, query: PageQuery, page: RenderedPage) -> None:
+        while self._pages and (
+            len(self._pages) >= self._max_pages or self._bytes + len(page.body) > self._max_bytes
+        ):
+            oldest = next(iter(self._pages))
+            self._bytes -= len(self._pages.pop(oldest).body)
+        if len(page.body) <= self._max_bytes:
+            self._pages[query] = page
+            self._bytes += len(page.body)
 
 
 def pages_of(request: Request) -> WorklistPages:
