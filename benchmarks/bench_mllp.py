@@ -7,10 +7,12 @@ message, wait for its ACK, send the next. The messages are the HL7 v2 export of 
 hospital (ADT, ORU, RDE/OMP, RAS), in file order, dealt round-robin to the connections.
 
 Measured per case: messages ACKed per second (first send to last ACK), the median and p99 of
-the ACK latency (send to ACK received), and the time until every message is also parsed and
-its facts stored (``received`` none left). Every ACK is ``AA`` and comes after the message's
-raw bytes are committed, so the figure is durable throughput. Cases alternate (SQLite 1, PG 1,
-SQLite 8, PG 8), repeated ``--repeat`` times; the machine is shared, so compare within a run.
+the ACK latency (send to ACK received), the time until every message is also parsed and
+its facts stored (``received`` none left), and the listener's CPU time per message (from
+``/proc``: what a message costs, whatever else the machine runs). Every ACK is ``AA`` and comes
+after the message's raw bytes are committed, so the figure is durable throughput. Cases
+alternate (SQLite 1, PG 1, SQLite 8, PG 8), repeated ``--repeat`` times; the machine is
+shared, so compare within a run.
 
 Before each case, the floor: durable commits per second of the bare driver on the same
 database (one ~700-byte INSERT, then COMMIT, in a loop; SQLite in WAL mode with its default
@@ -99,6 +101,13 @@ def _sqlite_store(folder: Path) -> Iterator[str]:
     yield f"sqlite:///{folder / f'{uuid.uuid4().hex[:8]}.db'}"
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) process ``pid`` has used: less noisy than its rate on a
+    shared machine, it says what each message costs the listener."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _unfinished(url: str) -> int:
     from sqlalchemy import create_engine, text
 
@@ -175,6 +184,7 @@ def run_case(
         threading.Thread(target=_sender, args=(port, share, latencies[n], codes[n]))
         for n, share in enumerate(shares)
     ]
+    cpu_at_start = _cpu_seconds(child.pid)
     began = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -184,6 +194,7 @@ def run_case(
     while _unfinished(url):
         time.sleep(0.01)
     parsed = time.perf_counter() - began
+    cpu = _cpu_seconds(child.pid) - cpu_at_start
     child.terminate()
     child.wait(60)
     child.stdout.close()
@@ -196,6 +207,7 @@ def run_case(
         "p99_ms": every[int(0.99 * (len(every) - 1))] * 1000,
         "parsed_rate": len(messages) / parsed,
         "aa": all_codes.count("AA") / len(all_codes),
+        "cpu_ms": cpu * 1000 / len(messages),
     }
 
 
@@ -206,7 +218,8 @@ def _print(label: str, figures: dict[str, float], floor: float | None = None) ->
         f"{label:<37} {rate:7,.0f} msg/s ACKed (ratio to {TARGET_MESSAGES_PER_SECOND}/s: "
         f"{rate / TARGET_MESSAGES_PER_SECOND:4.2f}{to_floor}), ACK latency median "
         f"{figures['median_ms']:6.2f} ms, p99 {figures['p99_ms']:6.2f} ms; all parsed and "
-        f"stored at {figures['parsed_rate']:7,.0f} msg/s; AA {figures['aa']:.0%}",
+        f"stored at {figures['parsed_rate']:7,.0f} msg/s; listener CPU "
+        f"{figures['cpu_ms']:4.2f} ms/msg; AA {figures['aa']:.0%}",
         flush=True,
     )
 

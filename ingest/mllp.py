@@ -24,9 +24,12 @@ acknowledged and not yet parsed when the process dies is parsed at the next star
 (``recover``), from the stored bytes. A malformed message is kept and dead-lettered too.
 
 Throughput: the messages of every connection waiting at one moment are kept in one
-transaction (group commit), by one keeper thread; parsing and storing what they gave runs in a
-second thread, in order, while the next group is kept. An ACK is never sent before its
-message's transaction has committed.
+transaction (group commit), by one keeper thread, and their ACKs handed back to the loop at
+once; parsing and storing what they gave runs in a second thread, in order: each message
+parsed as it comes, what they gave stored in one transaction per ``PARSE_LINGER`` (group
+commit of the facts too), the facts' JSON made before that transaction takes the write lock
+the keeper waits for. An ACK is never sent before its message's transaction has committed;
+it never waits for a parse.
 
 Run it in an asyncio loop (``serve_mllp``), in a background thread (``start_mllp_thread``,
 for tests and for ``vigie serve --mllp-port``), or as a process (``run_mllp``).
@@ -53,7 +56,14 @@ from vigie.connectors.hl7v2.framing import msh_fields
 from vigie.connectors.registry import connector_for
 from vigie.facts import AnyFact
 from vigie.ingest.messages import MessageResult, result_of
-from vigie.ingest.pipeline import BATCH_BYTES, ParsedMessage, parse_message, recover, save_parsed
+from vigie.ingest.pipeline import (
+    BATCH_BYTES,
+    ParsedMessage,
+    parse_message,
+    parsed_payloads,
+    recover,
+    save_parsed,
+)
 from vigie.store import FactStore, RawRecord, StoreError
 from vigie.terminology import default_terminology
 
@@ -80,11 +90,13 @@ MAX_FRAME = 16 << 20
 GROUP_MESSAGES = 500
 """At most this many messages kept per transaction (and ``BATCH_BYTES`` raw bytes)."""
 
-PARSE_LINGER = 0.02
+PARSE_LINGER = 0.1
 """Seconds the parser waits for more kept messages before storing what they gave in one
 transaction: storing costs far more per transaction than per message, and while the parser
 waits, the keeper commits and acknowledges at full speed (facts reach ``on_facts`` this much
-later at most)."""
+later at most). Measured against 0.02 s, one connection: 1.3x the messages ACKed per second
+on PostgreSQL, about the same on SQLite (a save of 50 messages costs half as much per message
+as one of 10)."""
 
 _READ_BYTES = 1 << 16
 _DEFAULT_SEPARATORS = (b"|", b"^~\\&")
@@ -302,7 +314,7 @@ class _Message:
     """One message of a frame, on its way through the keeper and the parser threads."""
 
     raw: RawMessage
-    parsed: ParsedMessage | None = None  # parsed before its ACK (a suspicious header)
+    parsed: ParsedMessage | None = None  # before its ACK (a suspicious header), or by the parser
     record: RawRecord | None = None
     ack: Acknowledgement | None = None
 
@@ -319,17 +331,34 @@ class _Frame:
 
     def acknowledge(self) -> None:
         """Build the frame's ACK and hand it to its connection (from any thread)."""
+        _acknowledge_all([self])
+
+    def reply(self) -> tuple[str, bytes]:
+        """The frame's ACK: its code and its bytes."""
         ack = self.refused or _worst([m.ack for m in self.messages])
         if ack.code == "AR" and any(_header(m.raw.content) for m in self.messages):
             ack = dataclasses.replace(ack, code="AE")  # stray lines beside a real message
         encoding = self.messages[0].raw.encoding if self.messages else None
-        reply = build_ack(self.content, ack, encoding)
-        self.loop.call_soon_threadsafe(_settle, self.future, (ack.code, reply))
+        return ack.code, build_ack(self.content, ack, encoding)
 
 
-def _settle(future: asyncio.Future[tuple[str, bytes]], reply: tuple[str, bytes]) -> None:
-    if not future.done():  # the connection may be gone
-        future.set_result(reply)
+_Reply = tuple[asyncio.Future[tuple[str, bytes]], tuple[str, bytes]]
+
+
+def _acknowledge_all(frames: Sequence[_Frame]) -> None:
+    """Hand the ACKs of frames to their connections, one wake-up of each loop for all of them
+    (one per frame made the loop and the keeper take turns at the interpreter lock)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Reply]] = {}
+    for item in frames:
+        by_loop.setdefault(item.loop, []).append((item.future, item.reply()))
+    for loop, replies in by_loop.items():
+        loop.call_soon_threadsafe(_settle, replies)
+
+
+def _settle(replies: list[_Reply]) -> None:
+    for future, reply in replies:
+        if not future.done():  # the connection may be gone
+            future.set_result(reply)
 
 
 _RANK = {"AA": 0, "AE": 1, "AR": 2}
@@ -440,8 +469,7 @@ class _Ingestor:
                 for item in frames:
                     for message in item.messages:
                         message.ack = message.ack or _store_failure(error)
-            for item in frames:
-                item.acknowledge()
+            _acknowledge_all(frames)
             if stopping:
                 self._kept.put(None)
                 return
@@ -490,18 +518,7 @@ class _Ingestor:
             first = self._kept.get()
             if first is None:
                 return
-            messages = list(first)
-            stopping = False
-            deadline = time.monotonic() + PARSE_LINGER
-            while len(messages) < GROUP_MESSAGES:
-                try:
-                    more = self._kept.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                messages.extend(more)
+            messages, stopping = self._gather(first)
             try:
                 self._parse(messages)
             except Exception as error:  # logged; the messages stay ``received``: ``recover``
@@ -509,6 +526,36 @@ class _Ingestor:
                 self.stats.errors += 1
             if stopping:
                 return
+
+    def _gather(self, first: list[_Message]) -> tuple[list[_Message], bool]:
+        """The kept messages of one save: those kept within ``PARSE_LINGER`` of the first (at
+        most ``GROUP_MESSAGES``), each parsed as it comes; and whether the listener stops.
+
+        Parsing as they come spreads the parser's work: parsed all at once, a group held the
+        interpreter for tens of milliseconds while the keeper waited to commit and ACK.
+        """
+        messages: list[_Message] = []
+        kept: list[_Message] | None = first
+        deadline = time.monotonic() + PARSE_LINGER
+        while kept is not None:
+            self._parse_early(kept)
+            messages.extend(kept)
+            if len(messages) >= GROUP_MESSAGES:
+                return messages, False
+            try:
+                kept = self._kept.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return messages, False
+        return messages, True
+
+    def _parse_early(self, messages: list[_Message]) -> None:
+        for message in messages:
+            if message.parsed is None:
+                # A failure here (a ConfigurationError) is raised again by ``_store``, which
+                # leaves the messages ``received`` for ``recover``.
+                with contextlib.suppress(Exception):
+                    message.parsed = parse_message(self.connector, message.raw)
+            time.sleep(0)  # let the keeper in between messages
 
     def _parse(self, messages: list[_Message]) -> None:
         """Parse and store, in order; versions of one message id go to separate transactions,
@@ -526,8 +573,9 @@ class _Ingestor:
             assert message.record is not None
             result = message.parsed or parse_message(self.connector, message.raw)
             parsed.append((message.record.id, result, message.record.replaced))
+        payloads = parsed_payloads(result for _, result, _ in parsed)  # before the lock
         with self._lock:
-            stored = save_parsed(self.store, parsed)
+            stored = save_parsed(self.store, parsed, payloads)
             self._under_way.difference_update(raw_id for raw_id, _, _ in parsed)
         self.stats.parsed += len(stored)
         self._hooks([result_of(message) for message in stored])
@@ -618,7 +666,7 @@ class MllpServer:
         if recover_first:
             await loop.run_in_executor(None, recover, self.store)
         # The code tables, read once, now: not while the first message's ACK waits.
-        await loop.run_in_executor(None, default_terminology)
+        await loop.run_in_executor(None, _load_code_tables)
         self._ingestor.start()
         self._server = await asyncio.start_server(self._connection, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -698,6 +746,12 @@ class MllpServer:
             self.stats.acks[code] += 1
             replies.append(reply)
         return replies
+
+
+def _load_code_tables() -> None:
+    """The terminology and the tables it reads on first use (compositions of combination
+    products: 0.2 to 0.5 s, which the parser spent while the first messages came in)."""
+    default_terminology().drug_ingredients(None, "")
 
 
 def _numbered(raw: RawMessage, number: int) -> RawMessage:

@@ -35,6 +35,7 @@ from vigie.connectors.registry import (
 )
 from vigie.errors import ConfigurationError
 from vigie.store import FactStore, MessageOutcome, RawRecord
+from vigie.store.database import Payloads, fact_payloads
 
 __all__ = [
     "FileReport",
@@ -45,6 +46,7 @@ __all__ = [
     "finish_kept",
     "ingest",
     "parse_message",
+    "parsed_payloads",
     "read_feed",
     "recover",
     "save_parsed",
@@ -275,12 +277,15 @@ def parse_message(connector: Connector | None, raw: RawMessage) -> ParsedMessage
 
 
 def save_parsed(
-    store: FactStore, parsed: Sequence[tuple[int, ParsedMessage, bool]]
+    store: FactStore,
+    parsed: Sequence[tuple[int, ParsedMessage, bool]],
+    payloads: Payloads | None = None,
 ) -> list[StoredMessage]:
     """Store what kept messages gave, in one transaction: (raw id, parsed message, replaced)
-    each; what became of each, in the same order (see ``FactStore.save_outcomes``)."""
+    each; what became of each, in the same order (see ``FactStore.save_outcomes``, and
+    ``parsed_payloads`` for ``payloads``)."""
     outcomes = [_outcome(raw_id, message) for raw_id, message, _ in parsed]
-    saved = store.save_outcomes(outcomes)
+    saved = store.save_outcomes(outcomes, payloads)
     stored = []
     for raw_id, message, replaced in parsed:
         status = message.status
@@ -291,6 +296,13 @@ def save_parsed(
             status = "superseded"
         stored.append(StoredMessage(message.raw, raw_id, status, message, refused, replaced))
     return stored
+
+
+def parsed_payloads(parsed: Iterable[ParsedMessage]) -> Payloads:
+    """The JSON forms of the facts of parsed messages, made before ``save_parsed`` takes the
+    store's write lock (``vigie.store.database.fact_payloads``)."""
+    outcomes = (message.outcome for message in parsed if message.outcome is not None)
+    return fact_payloads(fact for outcome in outcomes for fact in outcome.facts)
 
 
 def store_messages(

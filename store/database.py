@@ -61,7 +61,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from platformdirs import user_data_dir
 from sqlalchemy import (
@@ -72,8 +72,10 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     delete,
     func,
@@ -104,6 +106,7 @@ __all__ = [
     "StoreError",
     "StoredRaw",
     "default_database_url",
+    "fact_payloads",
 ]
 
 log = logging.getLogger(__name__)
@@ -325,6 +328,46 @@ _STORED_RAW = select(
 ).order_by(RawMessageRow.id)
 
 
+_Executor = Session | Connection
+"""What the write steps run on: a writer's session, or a Core connection of the writer (the
+hot path of a keep, see ``keep_raws``)."""
+
+_RAW_TABLE = cast(Table, RawMessageRow.__table__)
+_RAW = _RAW_TABLE.c
+# A keep's two statements, built once (Core: the ORM's bulk insert costs more than the row).
+_KNOWN_RAWS = select(_RAW.message_id, _RAW.id, _RAW.sha256, _RAW.status, _RAW.ingest_run).where(
+    _RAW.feed == bindparam("feed"), _RAW.message_id.in_(bindparam("ids", expanding=True))
+)
+# One message's outcome, by id (an executemany; Core, so that a connection runs it too).
+_OUTCOME = (
+    update(_RAW_TABLE)
+    .where(_RAW.id == bindparam("raw_id"))
+    .values(
+        status=bindparam("status"),
+        fact_count=bindparam("fact_count"),
+        version_time=bindparam("version_time"),
+    )
+)
+_INSERT_RAW = insert(_RAW_TABLE).returning(_RAW.id, sort_by_parameter_order=True)
+
+
+Payloads = dict[int, dict[str, Any]]
+"""Facts' JSON forms by ``id(fact)`` (``fact_payloads``)."""
+
+
+def fact_payloads(facts: Iterable[Fact]) -> Payloads:
+    """The JSON forms facts are stored as, by ``id(fact)``, made before a write transaction
+    (``FactStore.save_outcomes(outcomes, payloads)``): the store's write lock, which every
+    keep of a raw message waits for, is not held while they are made. A patient record is
+    merged with the stored one inside the transaction, and made there."""
+    return {id(f): f.model_dump(mode="json") for f in facts if not isinstance(f, Patient)}
+
+
+def _payload(fact: Fact, payloads: Payloads | None) -> dict[str, Any]:
+    made = payloads.get(id(fact)) if payloads else None
+    return fact.model_dump(mode="json") if made is None else made
+
+
 def _key_problem(name: str, value: str, limit: int) -> str | None:
     """Why a key cannot be stored, naming its size, never its content (it may be patient data)."""
     if len(value) > limit:
@@ -509,7 +552,7 @@ class FactStore:
         return records
 
     def _record_raws(
-        self, session: Session, raws: Sequence[Any], wait: bool
+        self, session: _Executor, raws: Sequence[Any], wait: bool
     ) -> list[RawRecord] | None:
         """Record a batch of raw messages; ``None`` (nothing recorded) when ``wait`` and
         another live run has kept one of them and not finished it (see ``keep_raws``).
@@ -541,10 +584,8 @@ class FactStore:
                 self._retry_raw(session, found[0], raw)
                 records[index] = RawRecord(found[0], duplicate=False, replaced=len(versions) > 1)
         if inserts:
-            statement = insert(RawMessageRow).returning(
-                RawMessageRow.id, sort_by_parameter_order=True
-            )
-            ids = session.execute(statement, [row for _, row in inserts]).scalars().all()
+            rows = [row for _, row in inserts]
+            ids = session.execute(_INSERT_RAW, rows[0] if len(rows) == 1 else rows).scalars().all()
             for (index, _), raw_id in zip(inserts, ids, strict=True):
                 records[index] = RawRecord(raw_id, duplicate=False, replaced=keys[index] in known)
         done = [record for record in records if record is not None]
@@ -552,7 +593,7 @@ class FactStore:
 
     def _refuse_keys(
         self,
-        session: Session,
+        session: _Executor,
         raws: Sequence[Any],
         records: list[RawRecord],
         refusals: Sequence[str | None],
@@ -571,7 +612,7 @@ class FactStore:
         return records
 
     def _known_raws(
-        self, session: Session, keys: Sequence[tuple[str, str]]
+        self, session: _Executor, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], dict[str, tuple[int, str, int | None]]]:
         """The versions already stored, by (feed, message_id): {sha256: (id, status, run)}."""
         by_feed: dict[str, list[str]] = {}
@@ -580,22 +621,17 @@ class FactStore:
         known: dict[tuple[str, str], dict[str, tuple[int, str, int | None]]] = {}
         for feed, ids in by_feed.items():
             for start in range(0, len(ids), 500):
-                query = select(
-                    RawMessageRow.message_id,
-                    RawMessageRow.id,
-                    RawMessageRow.sha256,
-                    RawMessageRow.status,
-                    RawMessageRow.ingest_run,
-                ).where(
-                    RawMessageRow.feed == feed,
-                    RawMessageRow.message_id.in_(ids[start : start + 500]),
+                found = session.execute(
+                    _KNOWN_RAWS, {"feed": feed, "ids": ids[start : start + 500]}
                 )
-                for message_id, raw_id, sha, status, run in session.execute(query).all():
+                for message_id, raw_id, sha, status, run in found.all():
                     known.setdefault((feed, message_id), {})[sha] = (raw_id, status, run)
         return known
 
     def _kept_elsewhere(
-        self, session: Session, known: dict[tuple[str, str], dict[str, tuple[int, str, int | None]]]
+        self,
+        session: _Executor,
+        known: dict[tuple[str, str], dict[str, tuple[int, str, int | None]]],
     ) -> bool:
         """Whether another live run has kept one of these messages and not finished it."""
         owners = {
@@ -621,7 +657,7 @@ class FactStore:
             "ingest_run": self._run,  # the run that keeps it parses it
         }
 
-    def _retry_raw(self, session: Session, raw_id: int, raw: Any) -> None:
+    def _retry_raw(self, session: _Executor, raw_id: int, raw: Any) -> None:
         """A retry of a version never finished or dead-lettered: forget what it gave."""
         self._forget_outcome(session, raw_id)
         values = {"document": _text(raw.document), "position": raw.position and _text(raw.position)}
@@ -643,15 +679,19 @@ class FactStore:
         self._start_run()
         deadline = time.monotonic() + _WAIT_FOR_RUN
         while True:
-            with self.writing("keep the raw messages") as session:
+            # A Core connection, not a session: an MLLP sender waits for this commit before
+            # each message, and the ORM cost more than the statements.
+            with self._writing_connection("keep the raw messages") as connection:
                 wait = time.monotonic() <= deadline
-                records = self._record_raws(session, raws, wait)  # owned by this run
+                records = self._record_raws(connection, raws, wait)  # owned by this run
                 if records is not None:
-                    session.commit()
+                    connection.commit()
                     return records
             time.sleep(_POLL)
 
-    def save_outcomes(self, outcomes: Sequence[MessageOutcome]) -> SavedBatch:
+    def save_outcomes(
+        self, outcomes: Sequence[MessageOutcome], payloads: Payloads | None = None
+    ) -> SavedBatch:
         """Store what a batch of messages gave and their statuses, in one transaction.
 
         A message the store cannot hold is rejected alone: its facts are not written, it gets a
@@ -661,6 +701,9 @@ class FactStore:
         and PostgreSQL); any other database error makes the batch be written again message by
         message, each in a savepoint, so that only the culprit is refused. A message another
         ingest took over meanwhile (this one taken for killed) is left to it.
+
+        ``payloads`` are the facts' JSON forms made beforehand (``fact_payloads``), so that
+        the transaction does not make them while it holds the store's write lock.
         """
         refused = {
             outcome.raw_id: self._rejected(outcome, problem)
@@ -674,12 +717,12 @@ class FactStore:
             refused = {raw_id: out for raw_id, out in refused.items() if raw_id not in taken}
             try:
                 accepted, superseded = self._versions(session, accepted)
-                self._write_outcomes(session, [*accepted, *refused.values()])
+                self._write_outcomes(session, [*accepted, *refused.values()], payloads)
                 session.commit()
             except SQLAlchemyError:
                 session.rollback()
                 accepted, superseded = self._versions(session, accepted)
-                refused |= self._write_one_by_one(session, accepted)
+                refused |= self._write_one_by_one(session, accepted, payloads)
                 self._write_outcomes(session, list(refused.values()))
                 session.commit()
         texts = {raw_id: rejection.errors[0][0] for raw_id, rejection in refused.items()}
@@ -688,7 +731,7 @@ class FactStore:
         return SavedBatch(texts, frozenset(superseded - refused.keys()))
 
     def _versions(
-        self, session: Session, outcomes: Sequence[MessageOutcome]
+        self, session: _Executor, outcomes: Sequence[MessageOutcome]
     ) -> tuple[list[MessageOutcome], set[int]]:
         """Settle each outcome against the other versions of its message (see the module's
         docstring): the outcomes to write — an older version turned into a ``superseded`` one
@@ -741,21 +784,27 @@ class FactStore:
         return settled, older
 
     def _write_one_by_one(
-        self, session: Session, outcomes: Sequence[MessageOutcome]
+        self, session: _Executor, outcomes: Sequence[MessageOutcome], payloads: Payloads | None
     ) -> dict[int, MessageOutcome]:
         refused: dict[int, MessageOutcome] = {}
         for outcome in outcomes:
             try:
                 with session.begin_nested():
-                    self._write_outcomes(session, [outcome])
+                    self._write_outcomes(session, [outcome], payloads)
             except SQLAlchemyError as error:
                 if concurrency.is_transient(error):  # not the message's fault: stop, retry later
                     raise
                 refused[outcome.raw_id] = self._rejected(outcome, _database_problem(error))
         return refused
 
-    def _write_outcomes(self, session: Session, outcomes: Sequence[MessageOutcome]) -> None:
-        self.save_fact_rows(session, [(f, o.raw_id) for o in outcomes for f in o.facts])
+    def _write_outcomes(
+        self,
+        session: _Executor,
+        outcomes: Sequence[MessageOutcome],
+        payloads: Payloads | None = None,
+    ) -> None:
+        rows = [(f, o.raw_id) for o in outcomes for f in o.facts]
+        self.save_fact_rows(session, rows, payloads)
         self.retract(session, [(r, o.raw_id) for o in outcomes for r in o.retractions])
         self.record_dead_letters(
             session, [(o.raw_id, *error) for o in outcomes for error in o.errors]
@@ -784,6 +833,17 @@ class FactStore:
                 yield session
         except SQLAlchemyError as problem:
             raise (error or StoreError)(
+                f"cannot {what} in {self.safe_url}: {database_reason(problem)}"
+            ) from problem
+
+    @contextmanager
+    def _writing_connection(self, what: str) -> Iterator[Connection]:
+        """``writing`` on a Core connection (the same write lock, no ORM session)."""
+        try:
+            with self._writer.connect() as connection:
+                yield connection
+        except SQLAlchemyError as problem:
+            raise StoreError(
                 f"cannot {what} in {self.safe_url}: {database_reason(problem)}"
             ) from problem
 
@@ -867,7 +927,7 @@ class FactStore:
                 connection.invalidate()  # closed: PostgreSQL releases the run's lock
                 connection.close()
 
-    def _live_runs(self, session: Session, runs: Iterable[int]) -> set[int]:
+    def _live_runs(self, session: _Executor, runs: Iterable[int]) -> set[int]:
         """Of these runs, those whose process still runs (this store's own is)."""
         others = sorted(set(runs) - {self._run})
         live = {run for run in runs if run == self._run}
@@ -888,14 +948,14 @@ class FactStore:
         return live
 
     @staticmethod
-    def _own(session: Session, run: int, raw_ids: Sequence[int]) -> None:
+    def _own(session: _Executor, run: int, raw_ids: Sequence[int]) -> None:
         for start in range(0, len(raw_ids), 500):
             chunk = raw_ids[start : start + 500]
             session.execute(
                 update(RawMessageRow).where(RawMessageRow.id.in_(chunk)).values(ingest_run=run)
             )
 
-    def _taken_over(self, session: Session, raw_ids: Sequence[int]) -> set[int]:
+    def _taken_over(self, session: _Executor, raw_ids: Sequence[int]) -> set[int]:
         """Of these messages, those another run has taken over since this one kept them (it
         was taken for killed): what this run parsed is not to be stored."""
         if self._run is None:
@@ -913,7 +973,7 @@ class FactStore:
         return taken
 
     def record_outcomes(
-        self, session: Session, outcomes: Sequence[tuple[int, str, int, datetime | None]]
+        self, session: _Executor, outcomes: Sequence[tuple[int, str, int, datetime | None]]
     ) -> None:
         """Status, fact count and version time of raw messages: (raw id, status, facts, time).
 
@@ -927,7 +987,7 @@ class FactStore:
         for (status, count, version), ids in groups.items():
             if len(ids) < _GROUPED_UPDATE:
                 single += [
-                    {"id": i, "status": status, "fact_count": count, "version_time": version}
+                    {"raw_id": i, "status": status, "fact_count": count, "version_time": version}
                     for i in ids
                 ]
                 continue
@@ -938,20 +998,20 @@ class FactStore:
                     update(RawMessageRow).where(RawMessageRow.id.in_(chunk)).values(values)
                 )
         if single:
-            session.execute(update(RawMessageRow), single)
+            session.execute(_OUTCOME, single)
 
-    def _forget_outcome(self, session: Session, raw_id: int) -> None:
+    def _forget_outcome(self, session: _Executor, raw_id: int) -> None:
         session.execute(delete(FactRow).where(FactRow.raw_message_id == raw_id))
         session.execute(delete(DeadLetterRow).where(DeadLetterRow.raw_message_id == raw_id))
 
     def record_errors(
-        self, session: Session, raw_id: int, errors: Iterable[tuple[str, str | None, bool]]
+        self, session: _Executor, raw_id: int, errors: Iterable[tuple[str, str | None, bool]]
     ) -> None:
         """Dead-letter entries (message, position, fatal) for one raw message."""
         self.record_dead_letters(session, [(raw_id, *error) for error in errors])
 
     def record_dead_letters(
-        self, session: Session, letters: Sequence[tuple[int, str, str | None, bool]]
+        self, session: _Executor, letters: Sequence[tuple[int, str, str | None, bool]]
     ) -> None:
         """Dead-letter entries for many messages: (raw id, error, position, fatal)."""
         if letters:
@@ -970,16 +1030,21 @@ class FactStore:
                 ],
             )
 
-    def mark(self, session: Session, raw_id: int, status: str, fact_count: int) -> None:
+    def mark(self, session: _Executor, raw_id: int, status: str, fact_count: int) -> None:
         self.record_outcomes(session, [(raw_id, status, fact_count, None)])
 
     # Facts --------------------------------------------------------------------------------
 
-    def save_facts(self, session: Session, facts: Sequence[Fact], raw_id: int | None) -> None:
+    def save_facts(self, session: _Executor, facts: Sequence[Fact], raw_id: int | None) -> None:
         """Insert or replace facts by (kind, fact_id)."""
         self.save_fact_rows(session, [(fact, raw_id) for fact in facts])
 
-    def save_fact_rows(self, session: Session, rows: Sequence[tuple[Fact, int | None]]) -> None:
+    def save_fact_rows(
+        self,
+        session: _Executor,
+        rows: Sequence[tuple[Fact, int | None]],
+        payloads: Payloads | None = None,
+    ) -> None:
         """Insert or replace facts (each with the raw message it came from) in one statement.
 
         A stored fact with a later ``source.version_time`` is kept (see the module's
@@ -996,7 +1061,7 @@ class FactStore:
                 "fact_id": fact.fact_id,
                 "patient_id": fact.patient_id,
                 "raw_message_id": raw_id,
-                "payload": fact.model_dump(mode="json"),
+                "payload": _payload(fact, payloads),
                 "version_time": fact.source.version_time,
                 "retracted": False,
             }
@@ -1004,7 +1069,7 @@ class FactStore:
         )
         session.execute(self._upsert(("payload",)), _latest(values))
 
-    def retract(self, session: Session, rows: Sequence[tuple[Retraction, int | None]]) -> None:
+    def retract(self, session: _Executor, rows: Sequence[tuple[Retraction, int | None]]) -> None:
         """Mark facts retracted by their sender (each with the raw message that withdrew it),
         unless the store holds a later version; a fact not stored yet gets a tombstone, so that
         an older version arriving later stays withdrawn."""
@@ -1024,7 +1089,7 @@ class FactStore:
         )
         session.execute(self._upsert(()), _latest(values))
 
-    def _merge_patients(self, session: Session, facts: Sequence[Fact]) -> list[Fact]:
+    def _merge_patients(self, session: _Executor, facts: Sequence[Fact]) -> list[Fact]:
         """Complete sparse patient records with what the store already knows (see Patient)."""
         patients = {f.fact_id: f for f in facts if isinstance(f, Patient)}
         if not patients:

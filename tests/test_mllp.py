@@ -375,6 +375,12 @@ def test_killed_mid_stream_loses_no_acked_message_and_duplicates_none(
         assert {f"LAB^CHU|{i}" for i in acked} <= kept  # every ACKed message was committed
     child, port = _start_server(store_url)  # recovers what was kept and not parsed
     try:
+        # Before anything is sent again: the restart parsed what the killed listener had
+        # ACKed (parsing runs after the ACK) and not parsed; nothing is left unparsed.
+        with FactStore(store_url) as store:
+            statuses = _statuses(store)
+        assert "received" not in statuses.values()
+        assert {statuses[f"LAB^CHU|{i}"] for i in acked} == {"loaded"}
         sender = Client(port)
         sender.send(b"".join(frame(oru(i, f"P{i}")) for i in ids))  # everything again
         assert [ack["MSA"][1:3] for ack in sender.acks(len(ids))] == [["AA", i] for i in ids]
@@ -399,6 +405,12 @@ def _facts(store: FactStore) -> dict[tuple[str, str], dict[str, Any]]:
         del payload["source"]["document"]
         facts[(fact.kind, fact.fact_id)] = payload
     return facts
+
+
+def _statuses(store: FactStore) -> dict[str, str]:
+    query = select(RawMessageRow.message_id, RawMessageRow.status)
+    with store.session() as session:
+        return {message_id: status for message_id, status in session.execute(query)}
 
 
 def _raw_ids(store: FactStore) -> list[str]:
