@@ -386,6 +386,8 @@ def _unique(evidence: Iterable[Evidence]) -> tuple[Evidence, ...]:
 
 # Messages ----------------------------------------------------------------------------------------
 
+_MEASURES = (LabResult, Observation)
+_NUMBERS = (int, float)
 # Units the message templates already say in words ("à {age} ans", "{m.frequency} fois par jour").
 _SILENT_UNITS = frozenset({"1", "years", "/d"})
 
@@ -407,6 +409,8 @@ def format_value(value: Any, type_: str | None = None, unit: str | None = None) 
         if unit == "s":
             return format_duration(value)
         return _with_unit(format_number(value), None if unit in _SILENT_UNITS else unit)
+    if type(value) is str:  # a label, a route...
+        return value
     if isinstance(value, Amount):
         prefix = "≥ " if value.lower_bound else ""
         return prefix + _with_unit(format_number(value.value), value.unit)
@@ -416,9 +420,9 @@ def format_value(value: Any, type_: str | None = None, unit: str | None = None) 
         return format_time(value)
     if isinstance(value, MedicationOrder):
         return line_label(value) or value.order_id
-    if isinstance(value, LabResult | Observation):
+    if isinstance(value, _MEASURES):
         return _measure_text(value)
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBERS):
         if unit == "s":
             return format_duration(float(value))
         return _with_unit(format_number(float(value)), None if unit in _SILENT_UNITS else unit)
@@ -481,4 +485,7 @@ def format_time(moment: datetime) -> str:
 @functools.lru_cache(maxsize=8192)
 def _local_time(moment: datetime, zone: tzinfo) -> str:
     aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-    return aware.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+    local = aware.astimezone(zone)
+    if local.year >= 1000:  # ISO text up to the minute is that format, built faster
+        return local.isoformat(" ", "minutes")[:16]
+    return local.strftime("%Y-%m-%d %H:%M")
