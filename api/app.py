@@ -198,7 +198,8 @@ def create_app(
     )
     app.include_router(cds, dependencies=[require("feed", "pharmacist")])
     app.state.site_config = site
-    app.state.apply_site_config = _site_applier(app, cds.cds_hooks.evaluator, worklist)  # type: ignore[attr-defined]
+    hooks = cds.cds_hooks  # type: ignore[attr-defined]
+    app.state.apply_site_config = _site_applier(app, hooks.evaluator, worklist)
     _add_error_handlers(app)
     app.add_middleware(_AccessLog)
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)

@@ -1,9 +1,8 @@
 """The live worklist: the service's alerts kept current as facts arrive, without a batch refresh.
 
-``LiveWorklist`` holds one ``LiveEvaluator`` per pack the service runs (per pack and ward
-setting with a site configuration) (the shipped default and
-ANSM packs, as ``refresh_worklist`` compiles them) and the alerts it last wrote to the store's
-worklist (``AlertStore``):
+``LiveWorklist`` holds one ``LiveEvaluator`` per pack the service runs (the shipped default and
+ANSM packs, as ``refresh_worklist`` compiles them; per pack and ward setting with a site
+configuration) and the alerts it last wrote to the store's worklist (``AlertStore``):
 
 - ``start(as_of)`` loads every fact of the store into the evaluators, evaluates them as of
   ``as_of`` (default: the clock) and reconciles the worklist with the result, for every
@@ -194,8 +193,8 @@ class LiveWorklist:
                 return None
             try:
                 return self._load(site, self.now(), reuse=True)
-            except VigieError:
-                self._stale = True  # the next call reconciles every patient
+            except Exception:
+                self._stale = True  # the next call that writes reconciles every patient
                 raise
 
     def _evaluators_for(
@@ -237,16 +236,20 @@ class LiveWorklist:
         held = self._by_setting if reuse else {}
         built, routes = self._evaluators_for(site, at, held)
         fresh = [e for key, e in built.items() if held.get(key) is not e]
-        self._context.clear()
-        self._context_owner.clear()
+        before = (self._context, self._context_owner, self._versions)
+        self._context, self._context_owner = {}, {}
         patients: set[str] = set()
-        self._versions = self._tombstones()
-        for fact in self.store.iter_facts():
-            patients.add(fact.patient_id)
-            self._newer(fact.kind, fact.fact_id, fact.source.version_time)
-            for evaluator in fresh:
-                evaluator.add(fact, _AFTER_EVERYTHING)
-            self._remember(fact)
+        try:
+            self._versions = self._tombstones()
+            for fact in self.store.iter_facts():
+                patients.add(fact.patient_id)
+                self._newer(fact.kind, fact.fact_id, fact.source.version_time)
+                for evaluator in fresh:
+                    evaluator.add(fact, _AFTER_EVERYTHING)
+                self._remember(fact)
+        except Exception:  # the store unreadable: what was held stays as it was
+            self._context, self._context_owner, self._versions = before
+            raise
         evaluators = list(built.values())
         for evaluator in evaluators:
             evaluator.tick(at)

@@ -358,3 +358,30 @@ def test_a_patient_moving_ward_as_time_passes_runs_the_new_ward_settings(url: st
         assert _open(store) == set()
         live.tick(datetime(2024, 3, 6, 11, 30))  # the clock back: cardiology again
         assert [a.ward for a in live.worklist()] == ["CARDIO"]
+
+
+def test_a_version_the_live_worklist_cannot_apply_is_saved_and_said(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store unreadable while the live worklist reloads: the PUT answers 503 naming the
+    saved version, the worklist keeps the settings it had, and a restart applies the version."""
+    with Api(url) as api:
+        _admit(api, "N1", "NEPHRO", "5.8")
+        assert api.flagged() == {"N1"}
+
+        def unreadable(*_: object, **__: object) -> Any:
+            raise OSError("disk gone")
+
+        monkeypatch.setattr(api.app.state.live.store, "iter_facts", unreadable)
+        config = {"wards": {"NEPHRO": {"cursors": {"k_max": 6.0}}}}
+        answer = api.client.put(
+            "/config/cursors", json={"config": config}, headers=api.as_("rule_author")
+        )
+        assert answer.status_code == 503
+        assert "version 1 is saved" in answer.json()["detail"]
+        assert "disk gone" not in answer.text
+        assert api.flagged() == {"N1"}  # the packs' default still: 5.8 > 5.5
+        monkeypatch.undo()
+    with Api(url) as api:
+        assert api.flagged() == set()  # 5.8 is not above 6.0 in nephrology
+        assert api.status("N1") == "resolved_by_data"

@@ -23,6 +23,7 @@ the live worklist has evaluated every patient again with it (``LiveWorklist.conf
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 import tomllib
@@ -45,7 +46,6 @@ from vigie.api.routes.rules import (
     too_deep,
 )
 from vigie.engine.site_config import SiteConfig, SiteConfigError, WardSettings, parse_site_config
-from vigie.errors import VigieError
 from vigie.store import ServiceStore, UnknownResourceError
 from vigie.store.service import ConfigVersion
 
@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 router = APIRouter(prefix="/config", tags=["config"])
+log = logging.getLogger("vigie.api")
 
 ConfigReader = Annotated[Caller, require("rule_author", "pharmacist")]
 CONFIG_FILE = "site-config.toml"  # the file name the errors of a TOML text give
@@ -438,9 +439,10 @@ async def _apply(request: Request, site: SiteConfig, version: int) -> None:
         return
     try:
         await run_in_threadpool(apply, site)
-    except VigieError as error:
+    except Exception as error:  # logged by class only, answered without its text
+        log.error("the saved site configuration could not be applied: %s", type(error).__name__)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             detail=f"version {version} is saved but the live worklist could not apply it "
-            f"({error.__class__.__name__}); it applies when the service starts again",
+            f"({error.__class__.__name__}); it applies at the latest when the service starts again",
         ) from None
