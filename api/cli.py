@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from platformdirs import user_data_dir
 
@@ -232,10 +232,16 @@ def _serve_one(
     _log_requests()
     # The server's access log would print query strings (patient ids): the app logs each
     # request by its route's template instead.
-    where: dict[str, Any] = (
-        {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}
-    )
-    uvicorn.run(app, **where, access_log=False, log_level="info")
+    if args.fd is None:
+        uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
+        return ExitCode.OK
+    # A worker of --workers: the socket its parent bound, taken with its own family (uvicorn's
+    # fd= takes it for a Unix socket, and asyncio then leaves Nagle's algorithm on: 40 ms
+    # stalls on every answer).
+    import socket
+
+    server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="info"))
+    server.run(sockets=[socket.socket(fileno=args.fd)])
     return ExitCode.OK
 
 
