@@ -9,26 +9,31 @@ a few hundred open alerts), and a pharmacist user
 ``test`` on 127.0.0.1, dropped at the end; ``--no-postgres`` skips it).
 
 The server is the real one, as production runs it: ``vigie serve --no-live --no-refresh
---database URL --port P`` in a process of its own (one uvicorn worker, the CLI's default; the
-per-request log lines go to a file). The load generator is another process (so it does not
-take the server's GIL; it still shares the machine's cores with the server and, for
-PostgreSQL, the database): asyncio with one ``httpx.AsyncClient`` per client (keep-alive), each
-client looping ``GET /worklist?limit=50`` (or with ``&ward=`` the ward of most open alerts) for
-``--seconds`` after ``--warmup`` seconds. A request counts if it began and ended in the measured
-window; any answer but 200, or a transport error, is an error and is reported.
+--database URL --port P [--workers N]`` in a process of its own (one uvicorn worker, the CLI's
+default, then ``--workers 2``: the port bound once, two server processes accepting on it; the
+per-request log lines go to a file). The load generator is another process (so it does not take
+the server's GIL; it still shares the machine's cores with the server and, for PostgreSQL, the
+database): asyncio with one keep-alive connection per client and no HTTP library (the request's
+bytes built once, the answer's headers read and its body by ``Content-Length``; an HTTP
+library's own CPU would be taken from the server's cores), each client looping ``GET /worklist?limit=50`` (or with
+``&ward=`` the ward of most open alerts) for ``--seconds`` after ``--warmup`` seconds. A request
+counts if it began and ended in the measured window; any answer but 200 with a JSON object, or
+a transport error, is an error and is reported.
 
-Every read writes an audit row (its own transaction). To show what that costs, one more case
-per store runs a server started from a small ``python -c`` script in which
-``ServiceStore.audit`` does nothing: labelled "without audit (not a production setting)".
+Every read writes an audit row (group commit: ``vigie.store.service.AuditWriter``). To show what
+that costs, one more case per store runs a server started from a small ``python -c`` script in
+which the audit does nothing: labelled "without audit (not a production setting)".
 
 Printed per case: store, server, clients, query, req/s (ratio to 1,000), median, p99 (ratio
-to 50 ms), max, errors, the CPU share of a core the server and the load generator used (a
-server near 100% is bound by its one process's GIL); per server its peak RSS; the load
-average before and after. Cases alternate (16 then 64 clients, plain then ward), the machine is
-shared: compare within a run.
+to 50 ms), max, errors, the CPU share of a core the server (its processes) and the load
+generator used, and the server's CPU milliseconds per request answered (warm-up included: the
+figure least disturbed by other work on the machine); per server its peak RSS (the workers'
+sum); the load average before and after. Cases alternate (16 then 64 clients, plain then
+ward), the machine is shared: compare within a run.
 
     .venv/bin/python benchmarks/bench_worklist.py [--seconds 20] [--warmup 3]
-        [--clients 16,64] [--beds 1000] [--days 4] [--rate 0.3] [--no-postgres] [--no-unaudited]
+        [--clients 16,64] [--workers 1,2] [--beds 1000] [--days 4] [--rate 0.3] [--no-postgres]
+        [--no-unaudited]
 """
 
 from __future__ import annotations
