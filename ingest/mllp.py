@@ -102,11 +102,12 @@ keeper waits for: PostgreSQL, one connection, p99 34-36 ms at 0.1 s, 18-22 ms at
 
 SWITCH_INTERVAL = 0.001
 """Seconds between the interpreter's thread switches in a process that ``run_mllp`` runs
-(Python's default: 0.005). The keeper waits on the database and the socket, the parser
-computes: at each of the keeper's round trips (five a commit on PostgreSQL) it waited up to
-the interval for the interpreter lock. Measured against the default: 1.6-1.8x the messages
-ACKed per second on PostgreSQL with one connection, 1.3x with eight; about the same on
-SQLite."""
+(Python's default: 0.005). The keeper waits on the database and the socket while the parser
+computes, and after each of its round trips (five a commit on PostgreSQL) it may wait up to
+the interval for the interpreter lock. Measured against the default, A/B in one run, one
+connection, three rounds: SQLite 640/523, 531/394, 360/367 messages ACKed per second;
+PostgreSQL 158/183, 177/180, 179/140: no loss, a gain on SQLite that the noise of a shared
+machine leaves uncertain (a first run's 1.6x on PostgreSQL did not repeat)."""
 
 _READ_BYTES = 1 << 16
 _DEFAULT_SEPARATORS = (b"|", b"^~\\&")
