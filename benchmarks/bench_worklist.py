@@ -17,8 +17,8 @@ database): asyncio with one keep-alive connection per client and no HTTP library
 bytes built once, the answer's headers read and its body by ``Content-Length``; an HTTP
 library's own CPU would be taken from the server's cores), each client looping
 ``GET /worklist?limit=50`` (or with ``&ward=`` the ward of most open alerts) for ``--seconds``
-after ``--warmup`` seconds. A request counts if it began and ended in the measured window; any answer but 200 with a JSON object, or
-a transport error, is an error and is reported.
+after ``--warmup`` seconds. A request counts if it began and ended in the measured window;
+any answer but 200 with a JSON object, or a transport error, is an error and is reported.
 
 Every read writes an audit row (group commit: ``vigie.store.service.AuditWriter``). To show what
 that costs, one more case per store runs a server started from a small ``python -c`` script in
