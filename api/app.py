@@ -39,7 +39,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vigie.api import routes
 from vigie.api.auth import require
-from vigie.api.cds_hooks import CardFeedback, CdsHooksError, PackEvaluator, WardOf, cds_router
+from vigie.api.cds_hooks import (
+    CardFeedback,
+    CdsHooksError,
+    PackEvaluator,
+    StoredCards,
+    WardOf,
+    cds_router,
+)
 from vigie.engine.evaluate import current_stay
 from vigie.engine.factset import PatientRecord
 from vigie.engine.live import AlertDiff
@@ -195,6 +202,7 @@ def create_app(
         ward_of=_ward_in_store(store),
         record_feedback=_cds_feedback(app.state.service),
         clock=clock or (lambda: datetime.now(UTC)),
+        cards=StoredCards(app.state.service),
     )
     app.include_router(cds, dependencies=[require("feed", "pharmacist")])
     app.state.site_config = site

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar
 
 import orjson
 import pydantic
@@ -61,6 +61,7 @@ from vigie.engine.fhir_export import INTERVENTION_DISPLAYS, evidence_text, fhir_
 from vigie.engine.site_config import SiteConfig
 from vigie.errors import VigieError
 from vigie.facts import AnyFact, MedicationOrder
+from vigie.store.service import IssuedCard, ServiceError, ServiceStore
 from vigie.terminology.sfpc import PROBLEM_DISPLAYS
 
 if TYPE_CHECKING:
@@ -482,31 +483,98 @@ class CardFeedback:
 
 @dataclass(frozen=True)
 class _IssuedCard:
+    """A card answered: what feedback on it needs."""
+
+    uuid: str
     service_id: str
     hook_instance: str
     alert: Alert
     suggestions: Mapping[str, str]  # suggestion uuid → label
+    override_codes: tuple[str, ...]  # the override reasons the card offered
+    issued_at: datetime  # naive UTC
+
+
+class CardKeeper(Protocol):
+    """Where the cards answered are kept for their feedback: :class:`StoredCards` (the
+    service's store, shared by its processes and kept over a restart) or, without a store,
+    :class:`_CardMemory` (this process only)."""
+
+    def keep(self, cards: Sequence[_IssuedCard]) -> None: ...
+
+    def find(self, card: str, service_id: str) -> _IssuedCard | None: ...
 
 
 @dataclass
 class _CardMemory:
-    """The cards recently answered, by uuid, so that feedback can name its alert (bounded,
-    oldest forgotten first; thread-safe: endpoints run in a thread pool)."""
+    """The cards recently answered, by uuid, in this process only (bounded, oldest forgotten
+    first; thread-safe: endpoints run in a thread pool)."""
 
     size: int = REMEMBERED_CARDS
     cards: OrderedDict[str, _IssuedCard] = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def remember(self, card: str, issued: _IssuedCard) -> None:
+    def keep(self, cards: Sequence[_IssuedCard]) -> None:
         with self.lock:
-            self.cards[card] = issued
-            self.cards.move_to_end(card)
+            for issued in cards:
+                self.cards[issued.uuid] = issued
+                self.cards.move_to_end(issued.uuid)
             while len(self.cards) > self.size:
                 self.cards.popitem(last=False)
 
-    def get(self, card: str) -> _IssuedCard | None:
+    def find(self, card: str, service_id: str) -> _IssuedCard | None:
         with self.lock:
-            return self.cards.get(card)
+            issued = self.cards.get(card)
+        return issued if issued is not None and issued.service_id == service_id else None
+
+
+@dataclass
+class StoredCards:
+    """The cards answered, in the service's store (``ServiceStore.keep_cds_cards``: one
+    insert per answer, kept ``CDS_CARD_DAYS`` days): feedback reaches any of the service's
+    processes, before or after a restart. A store that cannot keep them does not stop the
+    answer (the prescriber sees the cards; feedback on them is then a 404), and is logged."""
+
+    service: ServiceStore
+
+    def keep(self, cards: Sequence[_IssuedCard]) -> None:
+        try:
+            self.service.keep_cds_cards([_stored(issued) for issued in cards])
+        except ServiceError as error:  # names the store, never the patient
+            log.warning("CDS Hooks: cards answered but not kept for feedback: %s", error)
+
+    def find(self, card: str, service_id: str) -> _IssuedCard | None:
+        try:
+            found = self.service.cds_card(card, service_id)
+        except ServiceError:
+            raise CdsHooksError(
+                503, "feedback: the store cannot be read (the cards answered)", "transient"
+            ) from None
+        if found is None:
+            return None
+        return _IssuedCard(
+            uuid=found.uuid,
+            service_id=found.service_id,
+            hook_instance=found.hook_instance,
+            alert=Alert.model_validate(found.alert),
+            suggestions=found.suggestions,
+            override_codes=found.override_codes,
+            issued_at=found.issued_at,
+        )
+
+
+def _stored(issued: _IssuedCard) -> IssuedCard:
+    return IssuedCard(
+        uuid=issued.uuid,
+        service_id=issued.service_id,
+        hook_instance=issued.hook_instance,
+        alert_id=issued.alert.id,
+        rule_id=issued.alert.rule_id,
+        patient_id=issued.alert.patient_id,
+        suggestions=issued.suggestions,
+        override_codes=issued.override_codes,
+        alert=issued.alert.model_dump(mode="json"),
+        issued_at=issued.issued_at,
+    )
 
 
 # Packs -------------------------------------------------------------------------------------------
@@ -619,6 +687,7 @@ class CdsHooks:
         fhir_servers: Iterable[str] | None = None,
         services: Sequence[CdsService] = SERVICES,
         validate_prefetch: bool = True,
+        cards: CardKeeper | None = None,
     ) -> None:
         self.evaluator = evaluator
         self.record_feedback = record_feedback
@@ -629,7 +698,7 @@ class CdsHooks:
             None if fhir_servers is None else tuple(_with_slash(url) for url in fhir_servers)
         )
         self.services = {service.id: service for service in services}
-        self.memory = _CardMemory()
+        self.cards: CardKeeper = _CardMemory() if cards is None else cards
         self.validate_prefetch = validate_prefetch
 
     # Discovery and lookup
@@ -660,7 +729,9 @@ class CdsHooks:
             involved = call.involved
             alerts = [a for a in alerts if any(d.order_id in involved for d in a.drugs)]
         alerts.sort(key=lambda a: (_SEVERITY_RANK[a.severity], a.rule_id, a.id))
-        return {"cards": [self._card(call, alert) for alert in alerts]}
+        answered = [self._card(call, alert) for alert in alerts]
+        self.cards.keep([issued for _, issued in answered])
+        return {"cards": [card for card, _ in answered]}
 
     def _call(self, service: CdsService, request: CdsRequest) -> _Call:
         if request.hook != service.hook:
@@ -676,12 +747,18 @@ class CdsHooks:
         now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
         return _Call(service, request, patient_id, now)
 
-    def _card(self, call: _Call, alert: Alert) -> dict[str, Any]:
+    def _card(self, call: _Call, alert: Alert) -> tuple[dict[str, Any], _IssuedCard]:
         card = alert_card(alert, call.request.hook_instance, call.drafts)
-        suggestions = {s["uuid"]: s["label"] for s in card.get("suggestions", [])}
-        issued = _IssuedCard(call.service.id, call.request.hook_instance, alert, suggestions)
-        self.memory.remember(card["uuid"], issued)
-        return card
+        issued = _IssuedCard(
+            uuid=card["uuid"],
+            service_id=call.service.id,
+            hook_instance=call.request.hook_instance,
+            alert=alert,
+            suggestions={s["uuid"]: s["label"] for s in card.get("suggestions", [])},
+            override_codes=tuple(reason["code"] for reason in card["overrideReasons"]),
+            issued_at=call.now,
+        )
+        return card, issued
 
     # Draft orders
 
@@ -792,8 +869,8 @@ class CdsHooks:
         return {}
 
     def _checked_feedback(self, service_id: str, item: _FeedbackItem) -> CardFeedback:
-        issued = self.memory.get(item.card)
-        if issued is None or issued.service_id != service_id:
+        issued = self.cards.find(item.card, service_id)
+        if issued is None:
             raise CdsHooksError(
                 404, f"feedback: no card {item.card!r} from {service_id}", "not-found"
             )
@@ -809,7 +886,7 @@ class CdsHooks:
         )
         if item.outcome == "accepted":
             return dataclasses.replace(base, accepted_suggestions=_accepted(item, issued))
-        reason = _override(item)
+        reason = _override(item, issued)
         return dataclasses.replace(
             base,
             override_code=reason.code if reason else None,
@@ -838,15 +915,16 @@ def _accepted(item: _FeedbackItem, issued: _IssuedCard) -> tuple[str, ...]:
     return tuple(labels)
 
 
-def _override(item: _FeedbackItem) -> OverrideReason | None:
+def _override(item: _FeedbackItem, issued: _IssuedCard) -> OverrideReason | None:
     if item.accepted_suggestions:
         raise CdsHooksError(400, "feedback: an overridden card has no acceptedSuggestions")
     coding = item.override_reason.reason if item.override_reason else None
     if coding is None:
         return None  # the spec lets the clinician override without a reason
     reason = _OVERRIDE_BY_CODE.get(coding.code)
-    if reason is None or coding.system not in (None, OVERRIDE_SYSTEM):
-        known = ", ".join(_OVERRIDE_BY_CODE)
+    offered = coding.code in issued.override_codes
+    if reason is None or not offered or coding.system not in (None, OVERRIDE_SYSTEM):
+        known = ", ".join(issued.override_codes)
         raise CdsHooksError(
             400, f"feedback: override reason {coding.code!r} is not one the card offered ({known})"
         )
@@ -1024,6 +1102,7 @@ def cds_router(
     tags: Sequence[str] = ("cds-hooks",),
     warm_up: bool = True,
     validate_prefetch: bool = True,
+    cards: CardKeeper | None = None,
 ) -> APIRouter:
     """The CDS Hooks routes, for ``app.include_router``.
 
@@ -1037,7 +1116,9 @@ def cds_router(
     UTC). ``validate_prefetch`` checks every prefetched resource against the FHIR R4 models
     (draft orders always are); off, the prefetch takes the connector's fast path (the same
     facts; a large prefetch read about twice as fast). ``warm_up`` reads and evaluates a small
-    record once, so that the first call is as fast as the others. The ``CdsHooks`` object is
+    record once, so that the first call is as fast as the others. ``cards`` keeps the cards
+    answered for their feedback (``StoredCards``: in the service's store; default: in this
+    process's memory only, the last ``REMEMBERED_CARDS``). The ``CdsHooks`` object is
     ``router.cds_hooks``.
     """
     if evaluator is None:
@@ -1049,6 +1130,7 @@ def cds_router(
         clock=clock,
         fhir_servers=fhir_servers,
         validate_prefetch=validate_prefetch,
+        cards=cards,
     )
     if warm_up:
         _warm_up(evaluator)

@@ -15,6 +15,9 @@ pack versions, and the append-only audit log; in the fact store's database, on i
   ``rule_pack_version``: every rule pack text an evaluation ran (name, version, hash, text),
   so that an alert shows the rule text of the pack that raised it.
 - ``audit_log``: who (user and roles), what (action, resource), which patient if any, when.
+- ``cds_card``: the CDS Hooks cards the service answered with (``vigie.api.cds_hooks``), so
+  that feedback on one finds its alert in any process, after a restart too; kept
+  :data:`CDS_CARD_DAYS` days.
 
 ``decision``, ``decision_outcome`` and ``audit_log`` are append-only: the database refuses
 ``UPDATE`` and ``DELETE`` (triggers on SQLite and PostgreSQL, ``TRUNCATE`` too on PostgreSQL),
@@ -39,7 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from sqlalchemy import (
@@ -52,6 +55,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    delete,
     event,
     exists,
     func,
@@ -73,6 +77,7 @@ from vigie.store.alerts import (
 from vigie.store.database import FactStore, StoreError, _Base
 
 __all__ = [
+    "CDS_CARD_DAYS",
     "OUTCOMES",
     "ROLES",
     "TOKEN_CACHE_SECONDS",
@@ -80,6 +85,7 @@ __all__ = [
     "AuditWriter",
     "ConfigVersion",
     "DecisionRecord",
+    "IssuedCard",
     "RulePackVersion",
     "ServiceError",
     "ServiceStore",
@@ -104,6 +110,11 @@ _NAME_MAX: Final = 128
 TOKEN_CACHE_SECONDS: Final = 1.0
 _TOKEN_CACHE_SIZE: Final = 4096
 _AUDIT_BATCH: Final = 512  # entries per audit transaction, at most
+# How long a CDS Hooks card is kept for feedback: an EHR sends feedback when the card is acted
+# on (seconds to hours later); a month bounds the table and covers an EHR that queues feedback
+# through a weekend or an outage.
+CDS_CARD_DAYS: Final = 30
+_CDS_CARD_PRUNE_SECONDS: Final = 600.0  # old cards deleted at most this often per process
 
 
 class ServiceError(StoreError):
@@ -234,6 +245,26 @@ class AuditRow(_Base):
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
+class CdsCardRow(_Base):
+    """A CDS Hooks card answered: what feedback on it needs (its alert, its suggestions and
+    the override reasons it offered). ``uuid`` is the card's (one alert in one hook instance),
+    ``alert`` the alert's JSON (``model_dump(mode="json")``); deleted after
+    :data:`CDS_CARD_DAYS` days."""
+
+    __tablename__ = "cds_card"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(64))
+    hook_instance: Mapped[str] = mapped_column(Text)
+    alert_id: Mapped[str] = mapped_column(String(64))
+    rule_id: Mapped[str] = mapped_column(String(128))
+    patient_id: Mapped[str] = mapped_column(String(128))
+    suggestions: Mapped[dict[str, str]] = mapped_column(JSON)  # suggestion uuid -> label
+    override_codes: Mapped[list[str]] = mapped_column(JSON)
+    alert: Mapped[dict[str, Any]] = mapped_column(JSON)
+    issued_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
 APPEND_ONLY_TABLES: Final = ("decision", "decision_outcome", "audit_log")
 
 
@@ -348,6 +379,22 @@ class RulePackVersion:
     text: str
 
 
+@dataclass(frozen=True)
+class IssuedCard:
+    """A CDS Hooks card the service answered with (``CdsCardRow``); ``issued_at`` naive UTC."""
+
+    uuid: str
+    service_id: str
+    hook_instance: str
+    alert_id: str
+    rule_id: str
+    patient_id: str
+    suggestions: Mapping[str, str]  # suggestion uuid -> label
+    override_codes: tuple[str, ...]
+    alert: Mapping[str, Any]  # the alert's JSON
+    issued_at: datetime
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -456,6 +503,7 @@ class ServiceStore:
         url = facts.engine.url
         in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
         self._audit_writer = None if in_memory else AuditWriter(self._write_audit)
+        self._cards_pruned_at: float | None = None  # monotonic time of the last prune
 
     def _writing(self, what: str) -> AbstractContextManager[Session]:
         """A session of the fact store's writer; a database error becomes an ``ServiceError``."""
@@ -774,6 +822,47 @@ class ServiceStore:
                 return None
             return RulePackVersion(row.name, row.version, row.sha256, row.source, row.text)
 
+    # CDS Hooks cards ---------------------------------------------------------------------
+
+    def keep_cds_cards(self, cards: Sequence[IssuedCard]) -> None:
+        """Keep the cards of one hook answer, in one transaction: a card answered again (the
+        same alert in the same hook instance) replaces the one kept. Cards issued over
+        :data:`CDS_CARD_DAYS` days before the latest of these are deleted, at most every
+        ten minutes per process."""
+        if not cards:
+            return
+        uuids = [card.uuid for card in cards]
+        rows = [_card_row(card) for card in cards]
+        with self._writing("keep the CDS Hooks cards") as session:
+            session.execute(delete(CdsCardRow).where(CdsCardRow.uuid.in_(uuids)))
+            session.execute(insert(CdsCardRow), rows)
+            pruned = self._prune_cards(session, max(card.issued_at for card in cards))
+            try:
+                session.commit()
+            except IntegrityError:  # another process kept the same card meanwhile: it stays
+                session.rollback()
+                return
+            if pruned:
+                self._cards_pruned_at = time.monotonic()
+
+    def _prune_cards(self, session: Session, latest: datetime) -> bool:
+        last = self._cards_pruned_at
+        if last is not None and time.monotonic() - last < _CDS_CARD_PRUNE_SECONDS:
+            return False
+        oldest = _naive(latest) - timedelta(days=CDS_CARD_DAYS)
+        session.execute(delete(CdsCardRow).where(CdsCardRow.issued_at < oldest))
+        return True
+
+    def cds_card(self, uuid: str, service_id: str) -> IssuedCard | None:
+        """The card ``uuid`` answered by the CDS service ``service_id``, or None (never
+        answered, by another service, or deleted after :data:`CDS_CARD_DAYS` days)."""
+        query = select(CdsCardRow).where(
+            CdsCardRow.uuid == uuid, CdsCardRow.service_id == service_id
+        )
+        with self._reading("the CDS Hooks cards") as session:
+            row = session.scalar(query)
+            return None if row is None else _issued_card(row)
+
     # Audit -------------------------------------------------------------------------------
 
     def audit(self, entry: AuditEntry) -> None:
@@ -845,6 +934,36 @@ class ServiceStore:
     def audit_size(self) -> int:
         with self._reading("the audit log") as session:
             return int(session.scalar(select(func.count()).select_from(AuditRow)) or 0)
+
+
+def _card_row(card: IssuedCard) -> dict[str, Any]:
+    return {
+        "uuid": card.uuid,
+        "service_id": card.service_id,
+        "hook_instance": card.hook_instance,
+        "alert_id": card.alert_id,
+        "rule_id": card.rule_id,
+        "patient_id": card.patient_id,
+        "suggestions": dict(card.suggestions),
+        "override_codes": list(card.override_codes),
+        "alert": dict(card.alert),
+        "issued_at": _naive(card.issued_at),
+    }
+
+
+def _issued_card(row: CdsCardRow) -> IssuedCard:
+    return IssuedCard(
+        uuid=row.uuid,
+        service_id=row.service_id,
+        hook_instance=row.hook_instance,
+        alert_id=row.alert_id,
+        rule_id=row.rule_id,
+        patient_id=row.patient_id,
+        suggestions=dict(row.suggestions),
+        override_codes=tuple(row.override_codes),
+        alert=row.alert,
+        issued_at=row.issued_at,
+    )
 
 
 def _audit_row(entry: AuditEntry) -> dict[str, Any]:

@@ -128,3 +128,66 @@ def test_an_override_becomes_a_dismissal_with_its_reason(
     assert decision.kind == "dismissal" and decision.dismiss_reason == "accepted_risk"
     assert decision.comment == "néphrologue prévenu"
     assert api.service.alerts.get(decision.alert_id).status == "dismissed"
+
+
+def _feedback(client: TestClient, token: str, items: list[dict[str, Any]]) -> Any:
+    url = "/cds-services/vigie-order-sign/feedback"
+    headers = {"Authorization": f"Bearer {token}"}
+    return client.post(url, json={"feedback": items}, headers=headers)
+
+
+def test_feedback_after_a_restart_is_recorded(
+    api: Service,
+    database_url: str,  # noqa: F811
+    coleman: list[dict[str, Any]],  # noqa: F811
+) -> None:
+    """The card is answered by one app, which stops; the app made again on the same store
+    (a restart) records the feedback on it."""
+    first = create_app(database_url, clock=lambda: NOW)
+    with TestClient(first) as client:
+        card = _card(Service(client, api.service, api.tokens), coleman, "app-3", "draft-3")
+    restarted = create_app(database_url, clock=lambda: NOW)
+    reason = next(r for r in card["overrideReasons"] if r["code"] == "not-applicable")
+    item = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {"reason": reason},
+        "outcomeTimestamp": "1980-07-16T21:04:00Z",
+    }
+    with TestClient(restarted) as client:
+        response = _feedback(client, api.tokens["feed"], [item])
+    assert response.status_code == 200, response.text
+    (decision,) = [d for d in api.service.decisions() if d.decided_at.minute == 4]
+    assert decision.kind == "dismissal" and decision.dismiss_reason == "not_relevant"
+    assert api.service.alerts.get(decision.alert_id).rule_id == "renal.metformin_egfr"
+
+
+def test_feedback_reaching_another_worker_is_recorded(
+    api: Service,
+    database_url: str,  # noqa: F811
+    coleman: list[dict[str, Any]],  # noqa: F811
+) -> None:
+    """Two apps on one store at once (``vigie serve --workers 2``): the card answered by one,
+    its feedback sent to the other; the other's checks are those of the card it never saw."""
+    card = _card(api, coleman, "app-4", "draft-4")
+    suggestion = card["suggestions"][0]["uuid"]
+    other = create_app(database_url, clock=lambda: NOW)
+    token = api.tokens["feed"]
+    item = {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": "1980-07-16T21:05:00Z"}
+    with TestClient(other) as client:
+        unknown = _feedback(client, token, [{**item, "card": "not-a-card"}])
+        assert unknown.status_code == 404, unknown.text
+        assert "no card 'not-a-card' from vigie-order-sign" in unknown.text
+        no_such = _feedback(client, token, [{**item, "acceptedSuggestions": [{"id": "x"}]}])
+        assert no_such.status_code == 400, no_such.text
+        assert "has no suggestion 'x'" in no_such.text
+        taken = _feedback(client, token, [{**item, "acceptedSuggestions": [{"id": suggestion}]}])
+    assert taken.status_code == 200, taken.text
+    (decision,) = [d for d in api.service.decisions() if d.decided_at.minute == 5]
+    assert decision.kind == "intervention" and decision.outcome == "accepted"
+    assert (decision.problem_code, decision.intervention_code) == ("1", "2")
+    # a card of one service is unknown to another
+    verify = "/cds-services/vigie-medication-verify/feedback"
+    headers = api.as_("feed")
+    elsewhere = api.client.post(verify, json={"feedback": [item]}, headers=headers)
+    assert elsewhere.status_code == 404, elsewhere.text

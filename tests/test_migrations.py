@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import DBAPIError
@@ -118,3 +119,30 @@ def test_reset_starts_again_from_the_first_revision(store_url: str) -> None:
         assert ServiceStore(facts).users() == []
         with facts.engine.begin() as connection:
             assert migrations.current(connection) == migrations.HEAD
+
+
+def test_a_store_at_0002_gets_the_cds_card_table_and_keeps_its_rows(store_url: str) -> None:
+    scripts = migrations.runner._scripts()
+
+    def to_0002(revision: object, _context: MigrationContext) -> object:
+        return scripts._upgrade_revs("0002", revision)
+
+    engine = create_engine(store_url)
+    with engine.begin() as connection:
+        context = MigrationContext.configure(connection, opts={"script": scripts, "fn": to_0002})
+        with Operations.context(context):
+            context.run_migrations()
+    with engine.begin() as connection:
+        assert migrations.current(connection) == "0002"
+        assert "cds_card" not in inspect(connection).get_table_names()
+        connection.exec_driver_sql(
+            "INSERT INTO service_user (name, active, created_at) "
+            "VALUES ('pharm.a', true, '2026-12-06 20:00:00')"
+        )
+    engine.dispose()
+    with FactStore(store_url) as facts:
+        with facts.engine.begin() as connection:
+            assert migrations.current(connection) == migrations.HEAD == "0003"
+            assert "cds_card" in inspect(connection).get_table_names()
+            assert _differences(connection) == []
+        assert [user.name for user in ServiceStore(facts).users()] == ["pharm.a"]

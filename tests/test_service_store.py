@@ -33,7 +33,13 @@ from vigie.store import (
     UnknownResourceError,
     Ward,
 )
-from vigie.store.service import DecisionRow, RulePackVersion, TokenRow
+from vigie.store.service import (
+    CDS_CARD_DAYS,
+    DecisionRow,
+    IssuedCard,
+    RulePackVersion,
+    TokenRow,
+)
 
 H = timedelta(hours=1)
 K_ALERT = alert_id("bio.hyperkalaemia", "p1", ["ORD1"])
@@ -252,3 +258,48 @@ def test_refresh_evaluates_the_stored_facts_into_the_worklist(service: ServiceSt
     _store_facts(service.facts, [stopped])
     assert refresh_worklist(service.facts, NOW + 2 * H, [DEFAULT_PACK]).resolved == [K_ALERT]
     assert service.alerts.worklist() == []
+
+
+def _issued(uuid: str, at: datetime, label: str = "Remove the draft order") -> IssuedCard:
+    return IssuedCard(
+        uuid=uuid,
+        service_id="vigie-order-sign",
+        hook_instance="hook-1",
+        alert_id="a" * 64,
+        rule_id="renal.metformin_egfr",
+        patient_id="p1",
+        suggestions={"s-1": label},
+        override_codes=("benefit-outweighs-risk", "data-error"),
+        alert={"id": "a" * 64, "evidence": [{"value": 25.0}]},
+        issued_at=at,
+    )
+
+
+def test_cds_cards_are_kept_replaced_and_found_by_uuid_and_service(
+    service: ServiceStore,
+) -> None:
+    first = _issued("00000000-0000-5000-8000-000000000001", NOW)
+    service.keep_cds_cards([first, _issued("00000000-0000-5000-8000-000000000002", NOW)])
+    assert service.cds_card(first.uuid, "vigie-order-sign") == first
+    assert service.cds_card(first.uuid, "vigie-medication-verify") is None  # another service
+    assert service.cds_card("00000000-0000-5000-8000-00000000000f", "vigie-order-sign") is None
+    # the same card answered again (same alert, same hook instance): the later one is kept
+    again = _issued(first.uuid, NOW + timedelta(minutes=1), label="Remove it")
+    service.keep_cds_cards([again])
+    assert service.cds_card(first.uuid, "vigie-order-sign") == again
+
+
+def test_cds_cards_older_than_the_kept_days_are_deleted(service: ServiceStore) -> None:
+    old = _issued("00000000-0000-5000-8000-000000000001", NOW)
+    recent = _issued("00000000-0000-5000-8000-000000000002", NOW + timedelta(days=2))
+    service.keep_cds_cards([old, recent])
+    later = NOW + timedelta(days=CDS_CARD_DAYS, hours=1)  # old is over the limit, recent not
+    # this process deleted old cards a moment ago: it does not look again for ten minutes
+    service.keep_cds_cards([_issued("00000000-0000-5000-8000-000000000003", later)])
+    assert service.cds_card(old.uuid, "vigie-order-sign") == old
+    # another process (or this one, later) deletes it
+    ServiceStore(service.facts).keep_cds_cards(
+        [_issued("00000000-0000-5000-8000-000000000004", later)]
+    )
+    assert service.cds_card(old.uuid, "vigie-order-sign") is None
+    assert service.cds_card(recent.uuid, "vigie-order-sign") == recent
