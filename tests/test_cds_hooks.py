@@ -26,10 +26,17 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vigie.api.cds_hooks import CardFeedback, alert_card, cds_router, default_packs
+from vigie.api.cds_hooks import (
+    CardFeedback,
+    StoredCards,
+    alert_card,
+    cds_router,
+    default_packs,
+)
 from vigie.engine import Alert, AlertDrug, Evidence
 from vigie.engine.alerts import CodedValue, RuleRef
 from vigie.facts import Source
+from vigie.store import FactStore, ServiceStore
 
 with warnings.catch_warnings():  # starlette asks for httpx2, which this environment lacks
     warnings.simplefilter("ignore")
@@ -568,6 +575,28 @@ def test_an_internal_error_does_not_leak_the_exception(
     message = _outcome(response, 500)
     assert "secret" not in response.text and "RuntimeError" not in response.text
     assert message
+
+
+def test_a_store_that_cannot_keep_the_cards_does_not_stop_the_answer(
+    coleman: list[dict[str, Any]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The prescriber still sees the card (safety first) and the failure is logged without the
+    patient; feedback while the store cannot be read is a 503."""
+    facts = FactStore(f"sqlite:///{tmp_path / 'vigie.db'}")
+    app = FastAPI()
+    cards = StoredCards(ServiceStore(facts))
+    app.include_router(cds_router(clock=lambda: NOW, warm_up=False, cards=cards))
+    client = TestClient(app)
+    with facts.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE cds_card")
+    card = _signed_card(client, coleman, "store-down")
+    assert card["summary"]
+    assert "cards answered but not kept" in caplog.text
+    assert _patient(coleman)["id"] not in caplog.text
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "1980-07-16T21:00Z"}
+    response = client.post("/cds-services/vigie-order-sign/feedback", json={"feedback": [item]})
+    assert "the store cannot be read" in _outcome(response, 503)
+    facts.close()
 
 
 # Any card meets the specification's constraints -----------------------------------------------
