@@ -63,6 +63,7 @@ from vigie.store import (
     UnknownResourceError,
 )
 from vigie.store.alerts import AlertTransitionError, Dismissal, Intervention, Reconciled
+from vigie.store.database import in_memory_url
 
 if TYPE_CHECKING:
     from vigie.api.live import LiveWorklist
@@ -132,7 +133,7 @@ def create_app(
     and applies to the live worklist and the CDS Hooks services, per ward; the route applies a
     new version at once (``app.state.apply_site_config``)."""
     if store is None:
-        if database_url is not None and _in_memory(database_url):
+        if database_url is not None and in_memory_url(database_url):
             raise StoreError("the service needs a database file or server, not in-memory SQLite")
         store = FactStore(database_url)
         owned = True
@@ -304,10 +305,6 @@ def saved_site_config(
     except SiteConfigError as error:
         log.error("the saved site configuration does not apply (the packs' defaults do): %s", error)
         return None
-
-
-def _in_memory(url: str) -> bool:
-    return url.startswith("sqlite") and (url.rstrip("/").endswith(":") or ":memory:" in url)
 
 
 def _version() -> str:

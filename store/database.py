@@ -107,6 +107,7 @@ __all__ = [
     "StoredRaw",
     "default_database_url",
     "fact_payloads",
+    "in_memory_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -451,6 +452,15 @@ def _stand_in_id(message_id: str) -> str:
     """The key a message whose own id cannot be stored is kept under (the same at every send)."""
     digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
     return f"unstorable-id:sha256:{digest}"
+
+
+def in_memory_url(url: str) -> bool:
+    """Whether ``url`` is an in-memory SQLite database (one per connection, so per thread)."""
+    try:
+        parsed = make_url(url)
+    except (SQLAlchemyError, ValueError):  # not a URL: FactStore says why
+        return False
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
 
 
 class FactStore:
@@ -824,26 +834,34 @@ class FactStore:
         return replace(outcome, status="rejected", facts=(), errors=errors, retractions=())
 
     @contextmanager
-    def writing(self, what: str, error: type[StoreError] | None = None) -> Iterator[Session]:
+    def writing(
+        self, what: str, error: type[StoreError] | None = None, *, locked: bool = True
+    ) -> Iterator[Session]:
         """A writer's session (``_write_session``: one write transaction at a time per store)
         whose database errors become one ``error`` (default ``StoreError``) naming what
-        failed and the store, never the data (the alert and service stores use it too)."""
-        try:
-            with self._write_session() as session:
-                yield session
-        except SQLAlchemyError as problem:
-            raise (error or StoreError)(
-                f"cannot {what} in {self.safe_url}: {database_reason(problem)}"
-            ) from problem
+        failed and the store, never the data (the alert and service stores use it too).
+        ``locked=False``: a plain session, for a write that reads nothing (an append), which
+        need not wait for the other writers on PostgreSQL."""
+        with (
+            self._failing(what, error),
+            self._write_session() if locked else self.session() as session,
+        ):
+            yield session
 
     @contextmanager
     def _writing_connection(self, what: str) -> Iterator[Connection]:
         """``writing`` on a Core connection (the same write lock, no ORM session)."""
+        with self._failing(what), self._writer.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def _failing(self, what: str, error: type[StoreError] | None = None) -> Iterator[None]:
+        """Database errors within become one ``error`` (default ``StoreError``) saying what
+        failed and in which store (``database_reason``: never the statement nor its data)."""
         try:
-            with self._writer.connect() as connection:
-                yield connection
+            yield
         except SQLAlchemyError as problem:
-            raise StoreError(
+            raise (error or StoreError)(
                 f"cannot {what} in {self.safe_url}: {database_reason(problem)}"
             ) from problem
 

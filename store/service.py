@@ -74,7 +74,7 @@ from vigie.store.alerts import (
     Intervention,
     StoredAlert,
 )
-from vigie.store.database import FactStore, StoreError, _Base
+from vigie.store.database import FactStore, StoreError, _Base, in_memory_url
 
 __all__ = [
     "CDS_CARD_DAYS",
@@ -500,8 +500,7 @@ class ServiceStore:
         self.clock: Callable[[], float] = time.monotonic  # the token cache's
         self._users_by_token: dict[str, tuple[float, User]] = {}
         # In-memory SQLite is one connection per thread: its audit is written by the caller.
-        url = facts.engine.url
-        in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+        in_memory = in_memory_url(facts.url)
         self._audit_writer = None if in_memory else AuditWriter(self._write_audit)
         self._cards_pruned_at: float | None = None  # monotonic time of the last prune
 
@@ -891,19 +890,10 @@ class ServiceStore:
         and an append reads nothing, so that the audit of reads in several server processes
         commits side by side instead of in turn. SQLite has one writer at a time anyway."""
         rows = [_audit_row(entry) for entry in entries]
-        if self.facts.engine.dialect.name != "postgresql":
-            with self._writing("write the audit log") as session:
-                session.execute(insert(AuditRow), rows)
-                session.commit()
-            return
-        try:
-            with self.facts.session() as session:
-                session.execute(insert(AuditRow), rows)
-                session.commit()
-        except SQLAlchemyError as error:
-            raise ServiceError(
-                f"cannot write the audit log in {self.facts.safe_url}: {error.__class__.__name__}"
-            ) from error
+        locked = self.facts.engine.dialect.name != "postgresql"
+        with self.facts.writing("write the audit log", ServiceError, locked=locked) as session:
+            session.execute(insert(AuditRow), rows)
+            session.commit()
 
     @staticmethod
     def _audit_in(session: Session, entry: AuditEntry | None) -> None:
