@@ -95,6 +95,11 @@ def _add_rules(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     mutate.add_argument(
         "--only", nargs="+", default=[], metavar="RULE", help="rules (or defines) to mutate"
     )
+    source = actions.add_parser(
+        "source", help="print the Python each rule of a pack is compiled to (what the engine runs)"
+    )
+    source.add_argument("pack", type=Path, metavar="PACK")
+    source.add_argument("--rule", nargs="+", default=[], metavar="RULE", help="these rules only")
     ansm = actions.add_parser("import-ansm", help="generate the ANSM interaction pack")
     ansm.add_argument(
         "--thesaurus",
@@ -500,6 +505,8 @@ def _cmd_rules(args: argparse.Namespace) -> int:
         from vigie.rules.packs.ansm import import_command
 
         return import_command(args.thesaurus, args.out, args.report)
+    if args.rules_command == "source":
+        return _rules_source(args.pack, args.rule)
     if args.rules_command == "mutate":
         from vigie.rules.testing.mutate import mutate_command
 
@@ -507,6 +514,29 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     from vigie.rules.testing.runner import test_command
 
     return test_command(args.paths)
+
+
+def _rules_source(pack: Path, only: Sequence[str]) -> int:
+    """``vigie rules source PACK [--rule ID...]``: each rule's generated Python, headed by its id,
+    version and source line; diagnostics on stderr as ``rules check`` prints them."""
+    from vigie.engine import load_pack
+    from vigie.rules import compile_files, render
+
+    (compiled,) = compile_files([pack])
+    for diagnostic in compiled.diagnostics:
+        print(render(diagnostic, compiled.source), file=sys.stderr)
+    if compiled.ir is None:
+        print(f"vigie rules source: {pack} does not compile", file=sys.stderr)
+        return ExitCode.PROBLEMS
+    rules = load_pack(compiled.ir).rules
+    unknown = sorted(set(only) - {rule.id for rule in rules})
+    if unknown:
+        print(f"vigie rules source: no rule {', '.join(unknown)} in {pack}", file=sys.stderr)
+        return ExitCode.USAGE
+    for rule in rules:
+        if not only or rule.id in only:
+            print(f"# rule {rule.id} v{rule.version} ({rule.file}:{rule.line})\n{rule.source}\n")
+    return ExitCode.OK
 
 
 def _epilog() -> str:

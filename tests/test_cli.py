@@ -286,3 +286,36 @@ def test_any_vigie_error_of_a_command_is_one_line_and_exit_1(
     monkeypatch.setattr(cli, "_cmd_quality", failing)
     assert main(["quality"]) == 1
     assert capsys.readouterr().err == ("vigie: the pack needs rule bio.k which it does not have\n")
+
+
+DEFAULT_PACK = Path(__file__).parents[1] / "rules" / "packs" / "default.rules"
+
+
+def test_rules_source_prints_the_python_a_rule_runs_as(capsys) -> None:
+    lines = DEFAULT_PACK.read_text(encoding="utf-8").splitlines()
+    declared = [
+        (number, line.split()[1])
+        for number, line in enumerate(lines, start=1)
+        if line.startswith("rule ")
+    ]
+    assert main(["rules", "source", str(DEFAULT_PACK), "--rule", "bio.hyperkalaemia"]) == 0
+    printed = capsys.readouterr().out
+    (line,) = [number for number, rule_id in declared if rule_id == "bio.hyperkalaemia"]
+    header, _, body = printed.partition("\n")
+    assert header.startswith("# rule bio.hyperkalaemia v") and header.endswith(f":{line})")
+    assert "def condition(ctx):  # bio.hyperkalaemia" in body
+    functions = body[body.index("def condition") :]
+    compile(functions, "<printed>", "exec")  # the functions shown are the Python that runs
+    assert main(["rules", "source", str(DEFAULT_PACK)]) == 0
+    headers = [h for h in capsys.readouterr().out.splitlines() if h.startswith("# rule ")]
+    assert [h.split()[2] for h in headers] == [rule_id for _, rule_id in declared]
+
+
+def test_rules_source_refuses_an_unknown_rule_and_a_broken_pack(tmp_path: Path, capsys) -> None:
+    assert main(["rules", "source", str(DEFAULT_PACK), "--rule", "bio.nope"]) == 2
+    assert "no rule bio.nope in" in capsys.readouterr().err
+    broken = tmp_path / "broken.rules"
+    broken.write_text('rule x.y "t"\n  when nonsense here\n', encoding="utf-8")
+    assert main(["rules", "source", str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert "broken.rules:" in err and "does not compile" in err
