@@ -192,7 +192,8 @@ class LiveWorklist:
                 self._site = site
                 return None
             try:
-                return self._load(site, self.now(), reuse=True)
+                why = f"under {site.file}" if site is not None else "under the packs' defaults"
+                return self._load(site, self.now(), reuse=True, why=why)
             except Exception:
                 self._stale = True  # the next call that writes reconciles every patient
                 raise
@@ -228,11 +229,14 @@ class LiveWorklist:
             routes[ward] = tuple(chosen)
         return built, routes
 
-    def _load(self, site: SiteConfig | None, at: datetime, reuse: bool = False) -> Reconciled:
+    def _load(
+        self, site: SiteConfig | None, at: datetime, reuse: bool = False, why: str | None = None
+    ) -> Reconciled:
         """Every fact of the store into new evaluators (``site``'s), evaluated as of ``at``;
         the worklist reconciled with the result for every patient of the store. ``reuse``:
         an evaluator of the same pack and selection as one held is kept (it holds the store's
-        facts already: a cursor moved in one ward rebuilds that ward's evaluator only)."""
+        facts already: a cursor moved in one ward rebuilds that ward's evaluator only). ``why``:
+        what prompted it, said by the events of the alerts it resolves."""
         held = self._by_setting if reuse else {}
         built, routes = self._evaluators_for(site, at, held)
         fresh = [e for key, e in built.items() if held.get(key) is not e]
@@ -263,7 +267,7 @@ class LiveWorklist:
         raised = [alert for shown in self._shown.values() for alert in shown.values()]
         scope = patients | set(self._shown)
         try:
-            done = self.alerts.reconcile(raised, at, scope=scope)
+            done = self.alerts.reconcile(raised, at, scope=scope, why=why)
         except VigieError:
             self._unreconciled = scope  # reconciled by the next call that writes
             raise

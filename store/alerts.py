@@ -586,6 +586,7 @@ class _Step:
     session: Session
     at: datetime
     result: Reconciled = field(default_factory=Reconciled)
+    missed_because: str = "no longer raised by the evaluation"  # the reason of a miss's event
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def raise_alert(self, row: AlertRow | None, payload: dict[str, Any]) -> None:
@@ -612,9 +613,8 @@ class _Step:
     def miss(self, row: AlertRow) -> None:
         row.raised = False
         if on_missing(row.status):
-            reason = "no longer raised by the evaluation"
             self.events.append(
-                _transition(row, "resolved_by_data", self.at, EVALUATION_ACTOR, reason)
+                _transition(row, "resolved_by_data", self.at, EVALUATION_ACTOR, self.missed_because)
             )
             self.result.resolved.append(row.id)
 
@@ -670,10 +670,13 @@ class AlertStore:
         alerts: Iterable[RaisedAlert],
         as_of: datetime,
         scope: Collection[str] | None = None,
+        why: str | None = None,
     ) -> Reconciled:
         """Apply one evaluation's full result for ``scope`` (patient ids; None: every patient):
         a new alert opens, one raised again is seen (and reopens when the lifecycle says so),
-        an open alert of the scope that is not raised becomes ``resolved_by_data``."""
+        an open alert of the scope that is not raised becomes ``resolved_by_data``. ``why``:
+        what prompted the evaluation (a new site configuration), said by the events of the
+        alerts it resolves."""
         at = _naive_utc(as_of)
         raised = _payloads(alerts)
         if scope is not None:
@@ -682,6 +685,8 @@ class AlertStore:
                 raise AlertError(f"alerts for patients outside the scope: {outside[:5]}")
         with self._writing("reconcile the alerts") as session:
             step = _Step(session, at)
+            if why is not None:
+                step.missed_because = f"no longer raised by the evaluation {why}"
             rows = _rows(session, list(raised))
             for alert_id, payload in raised.items():
                 step.raise_alert(rows.get(alert_id), payload)

@@ -168,6 +168,10 @@ def test_a_saved_configuration_applies_at_once_per_ward_and_after_a_restart(url:
         assert saved["wards"]["NEPHRO"]["cursors"] == {"k_max": 6.0}
         assert api.flagged() == {"C1", "M1"}
         assert api.status("N1") == "resolved_by_data"
+        (n1,) = [a for a in api.service.alerts.alerts() if a.patient_id == "N1"]
+        resolved = api.service.alerts.events(n1.id)[-1]
+        assert resolved.to_status == "resolved_by_data"  # the log says the configuration did it
+        assert resolved.reason.endswith(f"under site configuration version {saved['version']}")
         # CDS Hooks: the same draft and potassium, one patient in each ward (the store's stay).
         assert api.order_sign_rules("N1", 5.8) == []
         assert api.order_sign_rules("C1", 5.8) == [HYPERKALAEMIA]

@@ -22,6 +22,7 @@ the live worklist has evaluated every patient again with it (``LiveWorklist.conf
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -427,6 +428,7 @@ async def put_cursors(
         },
     )
     saved = service.save_site_config(text, caller.user.name, body.comment, audit=entry)
+    site = dataclasses.replace(site, file=f"site configuration version {saved.version}")
     await _apply(request, site, saved.version)
     return _public(request, saved)
 
