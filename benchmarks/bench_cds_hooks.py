@@ -15,7 +15,14 @@ alternated:
 Printed per case: the prefetch size, median and p99 wall time per call, against the target;
 the first call after start-up is printed separately (the router warms up when built).
 
+``--store URL`` keeps the cards answered in that store (``StoredCards``, as ``vigie serve``
+does: one insert per answer, so that feedback reaches any process) instead of in process
+memory; ``--store both`` runs three keepers, calls alternated so that noise hits all alike: in
+memory, a fresh SQLite file, and a fresh schema of the test PostgreSQL (dropped at the end), so
+that the cost of keeping the cards is measured in one run.
+
     .venv/bin/python benchmarks/bench_cds_hooks.py [--calls 200] [--ansm] [--fast-prefetch]
+        [--store URL|both]
 """
 
 from __future__ import annotations
@@ -25,16 +32,20 @@ import copy
 import json
 import os
 import statistics
+import tempfile
 import time
 import warnings
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench_ingest_store import postgres_schema
 from fastapi import FastAPI
 
 from vigie import settings
-from vigie.api.cds_hooks import cds_router, default_packs
+from vigie.api.cds_hooks import CardKeeper, StoredCards, cds_router, default_packs
+from vigie.store import FactStore, ServiceStore
 
 with warnings.catch_warnings():  # starlette asks for httpx2
     warnings.simplefilter("ignore")
@@ -123,6 +134,22 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def keepers(store: str | None, stack: ExitStack) -> dict[str, CardKeeper | None]:
+    """The card keepers to compare, by label (None: the router's own, in process memory)."""
+    if store is None:
+        return {"memory": None}
+    if store != "both":
+        return {"store": StoredCards(ServiceStore(stack.enter_context(FactStore(store))))}
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    sqlite = stack.enter_context(FactStore(f"sqlite:///{folder / 'cards.db'}"))
+    postgres = stack.enter_context(FactStore(stack.enter_context(postgres_schema())))
+    return {
+        "memory": None,
+        "SQLite": StoredCards(ServiceStore(sqlite)),
+        "PostgreSQL": StoredCards(ServiceStore(postgres)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200, help="calls per case")
@@ -130,39 +157,61 @@ def main() -> None:
     parser.add_argument(
         "--fast-prefetch", action="store_true", help="prefetch not validated (validate_prefetch)"
     )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep the cards in this store ('both': SQLite and PostgreSQL)",
+    )
     args = parser.parse_args()
     load = os.getloadavg()[0]
     print(f"machine: {os.cpu_count()} cores, load average {load:.1f}")
+    with ExitStack() as stack:
+        run(args, keepers(args.store, stack))
+
+
+def run(args: argparse.Namespace, kept_by: dict[str, CardKeeper | None]) -> None:
     started = time.perf_counter()
     packs = default_packs(ansm=args.ansm)
-    app = FastAPI()
     validated = not args.fast_prefetch
-    app.include_router(cds_router(packs, clock=lambda: NOW, validate_prefetch=validated))
-    client = TestClient(app)
+    clients = {}
+    for label, keeper in kept_by.items():
+        app = FastAPI()
+        router = cds_router(packs, clock=lambda: NOW, validate_prefetch=validated, cards=keeper)
+        app.include_router(router)
+        clients[label] = TestClient(app)
     names = " + ".join(pack.name for pack in packs)
     print(f"prefetch validated against the FHIR R4 models: {validated}")
-    print(f"router built ({names}, warm-up included) in {time.perf_counter() - started:.2f} s")
+    print(f"cards kept: {', '.join(kept_by)}")
+    print(f"routers built ({names}, warm-up included) in {time.perf_counter() - started:.2f} s")
     bodies = cases()
     headers = {"content-type": "application/json"}
-    times: dict[str, list[float]] = {name: [] for name in bodies}
+    times: dict[tuple[str, str], list[float]] = {
+        (name, label): [] for name in bodies for label in clients
+    }
     for index in range(args.calls + 1):
-        for name, body in bodies.items():  # alternated, so that noise hits both cases
-            began = time.perf_counter()
-            response = client.post("/cds-services/vigie-order-sign", content=body, headers=headers)
-            elapsed = time.perf_counter() - began
-            assert response.status_code == 200, response.text
-            assert response.json()["cards"], "the metformin card is missing"
-            if index == 0:
-                print(f"  {name}: first call {elapsed * 1e3:.1f} ms")
-            else:
-                times[name].append(elapsed)
-    for name, samples in times.items():
+        for name, body in bodies.items():  # alternated, so that noise hits every case
+            for label, client in clients.items():
+                began = time.perf_counter()
+                response = client.post(
+                    "/cds-services/vigie-order-sign", content=body, headers=headers
+                )
+                elapsed = time.perf_counter() - began
+                assert response.status_code == 200, response.text
+                assert response.json()["cards"], "the metformin card is missing"
+                if index == 0:
+                    print(f"  {name}, cards kept in {label}: first call {elapsed * 1e3:.1f} ms")
+                else:
+                    times[name, label].append(elapsed)
+    for (name, label), samples in times.items():
         size = len(bodies[name]) / 1024
         median, p99 = statistics.median(samples), quantile(samples, 0.99)
+        base = statistics.median(times[name, next(iter(clients))])
+        versus = f", {(median - base) * 1e3:+.1f} ms on the median" if label != "memory" else ""
         print(
-            f"{name} ({size:.0f} KB request, {len(samples)} calls): median {median * 1e3:.1f} ms, "
-            f"p99 {p99 * 1e3:.1f} ms; target {TARGET * 1e3:.0f} ms: "
-            f"{'met' if p99 <= TARGET else 'MISSED'} (p99 {p99 / TARGET:.0%} of it)"
+            f"{name}, cards kept in {label} ({size:.0f} KB request, {len(samples)} calls): "
+            f"median {median * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms{versus}; target "
+            f"{TARGET * 1e3:.0f} ms: {'met' if p99 <= TARGET else 'MISSED'} "
+            f"(p99 {p99 / TARGET:.0%} of it)"
         )
 
 
