@@ -86,6 +86,7 @@ def replay(packs: Sequence[LoadedPack], facts: list[AnyFact], start: datetime) -
     clock, cpu = time.perf_counter, time.thread_time
     alerts_built = 0
     by_kind: dict[str, list[tuple[float, int, int]]] = {}  # firing updates: (wall, rules, alerts)
+    by_rules: dict[tuple[bool, int], list[float]] = {}  # (firing, rules re-evaluated): wall
     next_tick = start + timedelta(hours=1)
     began = clock()
     for fact in facts:
@@ -105,8 +106,9 @@ def replay(packs: Sequence[LoadedPack], facts: list[AnyFact], start: datetime) -
         built = sum(live.explained for live in stores) - explained
         (fired if built else quiet).append(spent)
         alerts_built += built
+        evaluated = sum(live.evaluations for live in stores) - evaluations
+        by_rules.setdefault((bool(built), min(evaluated, 3)), []).append(spent[0])
         if built:
-            evaluated = sum(live.evaluations for live in stores) - evaluations
             by_kind.setdefault(_update_kind(fact), []).append((spent[0], evaluated, built))
     wall = clock() - began
     classify = sum(w for w, _ in quiet) + sum(w for w, _ in fired) + sum(ticks)
@@ -137,6 +139,7 @@ def replay(packs: Sequence[LoadedPack], facts: list[AnyFact], start: datetime) -
             f"p99 {quantile(cpus, 0.99) * 1e6:.0f} µs"
         )
     firing_breakdown(by_kind)
+    like_for_like(by_rules)
     tick_costs(stores, facts)
 
 
@@ -160,6 +163,20 @@ def firing_breakdown(by_kind: dict[str, list[tuple[float, int, int]]]) -> None:
             f"{statistics.mean(r[1] for r in rows):.1f} rules, "
             f"{statistics.mean(r[2] for r in rows):.1f} alerts"
         )
+
+
+def like_for_like(by_rules: dict[tuple[bool, int], list[float]]) -> None:
+    """Firing against non-firing updates that re-evaluate as many rules: what building the
+    alerts (evaluated traced, explained, diffed) adds to the evaluation itself."""
+    print("  updates by rules re-evaluated (both packs), median wall clock:")
+    for rules in (0, 1, 2, 3):
+        cells = []
+        for firing in (False, True):
+            samples = by_rules.get((firing, rules), [])
+            label = "firing" if firing else "non-firing"
+            median = f"{statistics.median(samples) * 1e6:.0f} µs" if samples else "-"
+            cells.append(f"{label} {median} ({len(samples)})")
+        print(f"    {rules if rules < 3 else '3 or more'} rules: {', '.join(cells)}")
 
 
 def tick_costs(stores: Sequence[LiveEvaluator], facts: Sequence[AnyFact]) -> None:
