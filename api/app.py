@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from contextlib import asynccontextmanager
@@ -32,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, FastAPI, Request, status
+from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -47,6 +48,7 @@ from vigie.api.cds_hooks import (
     WardOf,
     cds_router,
 )
+from vigie.api.routes.worklist import WorklistFastPath
 from vigie.engine.evaluate import current_stay
 from vigie.engine.factset import PatientRecord
 from vigie.engine.live import AlertDiff
@@ -64,6 +66,7 @@ from vigie.store import (
 )
 from vigie.store.alerts import AlertTransitionError, Dismissal, Intervention, Reconciled
 from vigie.store.database import in_memory_url
+from vigie.store.service import ConfigVersion
 
 if TYPE_CHECKING:
     from vigie.api.live import LiveWorklist
@@ -108,6 +111,7 @@ def create_app(
     cds_packs: Sequence[LoadedPack] | None = None,
     clock: Callable[[], datetime] | None = None,
     live: bool = False,
+    refresh: bool = False,
     as_of: datetime | None = None,
     tick_seconds: float | None = None,
     mllp: tuple[str, int] | None = None,
@@ -125,13 +129,17 @@ def create_app(
     the store evaluated, the worklist reconciled), as of ``as_of`` (a fixed time, for a store
     whose data lie in the past) or of ``clock()``; ``tick_seconds``: how often time passing is
     evaluated (default 30 s; 0: never). Without it the worklist is what the store holds
-    (``refresh_worklist``, or a caller's own alerts). ``mllp``: (host, port) of an HL7 v2 MLLP
+    (``refresh_worklist``, or a caller's own alerts); ``refresh`` (without ``live``): the app
+    evaluates the store's worklist again (``refresh_worklist``, as of ``as_of`` or now) when a
+    new site configuration is saved. ``mllp``: (host, port) of an HL7 v2 MLLP
     listener started with the app (``app.state.mllp``; port 0: a free one), its facts going to
     the live worklist.
 
     The site configuration is the latest saved (``PUT /config/cursors``; ``saved_site_config``)
     and applies to the live worklist and the CDS Hooks services, per ward; the route applies a
-    new version at once (``app.state.apply_site_config``)."""
+    new version at once (``app.state.apply_site_config``), and a version another process saved
+    (``vigie serve --workers``) reaches this one's CDS Hooks services within a second
+    (``SiteFollower``)."""
     if store is None:
         if database_url is not None and in_memory_url(database_url):
             raise StoreError("the service needs a database file or server, not in-memory SQLite")
@@ -140,7 +148,7 @@ def create_app(
     else:
         owned = False
 
-    site = saved_site_config(store)
+    version, site = _latest_site_config(store)
     worklist = None
     if live:
         from vigie.api.live import LiveWorklist
@@ -183,6 +191,9 @@ def create_app(
                 listener_store.close()
             if worklist is not None:
                 worklist.stop()
+            pages = getattr(app.state, "worklist_pages", None)
+            if pages is not None:
+                pages.close()
             if owned:
                 store.close()
 
@@ -205,11 +216,14 @@ def create_app(
         clock=clock or (lambda: datetime.now(UTC)),
         cards=StoredCards(app.state.service),
     )
-    app.include_router(cds, dependencies=[require("feed", "pharmacist")])
-    app.state.site_config = site
     hooks = cds.cds_hooks  # type: ignore[attr-defined]
-    app.state.apply_site_config = _site_applier(app, hooks.evaluator, worklist)
+    follower = SiteFollower(store, hooks.evaluator, version, site)
+    app.state.site_follower = follower
+    app.include_router(cds, dependencies=[require("feed", "pharmacist"), Depends(follower)])
+    again = (store, as_of) if refresh and worklist is None else None
+    app.state.apply_site_config = _site_applier(follower, worklist, again)
     _add_error_handlers(app)
+    app.add_middleware(WorklistFastPath)  # within the access log and the body limit
     app.add_middleware(_AccessLog)
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
     return app
@@ -251,18 +265,67 @@ def _cds_feedback(service: ServiceStore) -> Callable[[CardFeedback], None]:
     return record
 
 
+class SiteFollower:
+    """Keeps this process's CDS Hooks evaluator on the latest saved site configuration: a
+    FastAPI dependency of the CDS Hooks routes that reads the latest saved version from the
+    store at most every ``ttl`` seconds and, when it changed, checks it and applies it (a
+    version saved through another process of ``vigie serve --workers`` applies here within
+    ``ttl``). ``follow(force=True)`` reads at once (the process that saved it). Reads and
+    changes take one lock, so a version never replaces a later one. A store that cannot be
+    read leaves the configuration in force (the next call reads again)."""
+
+    def __init__(
+        self,
+        store: FactStore,
+        evaluator: object,
+        version: int | None,
+        site: SiteConfig | None,
+        ttl: float = 1.0,
+    ) -> None:
+        self.store, self.evaluator, self.ttl = store, evaluator, ttl
+        self.version, self.site = version, site
+        self._lock = threading.Lock()
+        self._next = time.monotonic() + ttl
+
+    def __call__(self) -> None:
+        if time.monotonic() >= self._next:
+            self.follow()
+
+    def follow(self, force: bool = False) -> SiteConfig | None:
+        """The configuration in force after reading the latest saved version."""
+        with self._lock:
+            if not force and time.monotonic() < self._next:
+                return self.site
+            self._next = time.monotonic() + self.ttl
+            try:
+                saved = ServiceStore(self.store).site_config()
+            except StoreError as error:
+                log.warning("the saved site configuration could not be read: %s", error)
+                return self.site
+            version = saved.version if saved is not None else None
+            if version != self.version:
+                self.version, self.site = version, _checked_site_config(saved)
+                if isinstance(self.evaluator, PackEvaluator):
+                    self.evaluator.site = self.site
+            return self.site
+
+
 def _site_applier(
-    app: FastAPI, cds: object, worklist: LiveWorklist | None
+    follower: SiteFollower,
+    worklist: LiveWorklist | None,
+    refresh: tuple[FactStore, datetime | None] | None,
 ) -> Callable[[SiteConfig | None], None]:
-    """What a new site configuration changes: the CDS Hooks evaluator's settings, then the live
-    worklist (every patient evaluated again: ``LiveWorklist.configure``)."""
+    """What a new saved site configuration changes: the CDS Hooks evaluator's settings, then
+    the live worklist (every patient evaluated again: ``LiveWorklist.configure``), or without
+    one, when ``refresh`` is (store, as of), the store's worklist (``refresh_worklist``)."""
 
     def apply(site: SiteConfig | None) -> None:
-        app.state.site_config = site
-        if isinstance(cds, PackEvaluator):
-            cds.site = site
+        follower.follow(force=True)
         if worklist is not None:
             worklist.configure(site)
+        elif refresh is not None:
+            why = f"under {site.file}" if site is not None else "under the packs' defaults"
+            refresh_worklist(refresh[0], refresh[1], why=why)
 
     return apply
 
@@ -293,7 +356,18 @@ def saved_site_config(
     packs (default: the shipped default and ANSM packs, as the route checks it); ``None`` when
     none is saved, or when the saved one no longer checks against the packs (logged, with why:
     the packs' defaults apply until a configuration that checks is saved)."""
+    return _checked_site_config(ServiceStore(store).site_config(), packs)
+
+
+def _latest_site_config(store: FactStore) -> tuple[int | None, SiteConfig | None]:
+    """The latest saved version's number and its configuration (``saved_site_config``)."""
     saved = ServiceStore(store).site_config()
+    return (saved.version if saved is not None else None), _checked_site_config(saved)
+
+
+def _checked_site_config(
+    saved: ConfigVersion | None, packs: Sequence[LoadedPack | Mapping[str, Any]] | None = None
+) -> SiteConfig | None:
     if saved is None:
         return None
     if packs is None:
@@ -488,10 +562,12 @@ def refresh_worklist(
     as_of: datetime | None = None,
     pack_paths: Sequence[Path] = (),
     scope: str = "inpatients",
+    why: str | None = None,
 ) -> Reconciled:
     """Evaluate the store's facts as of ``as_of`` (default: now) with the packs (default: the
     shipped default and ANSM packs) — the columnar evaluator of ``vigie batch --store`` — and
-    reconcile the alerts into the store's worklist.
+    reconcile the alerts into the store's worklist (``why``: what prompted it, said by the
+    events of the alerts it resolves).
 
     The evaluation covers the patients of ``scope`` (``inpatients``: in a stay at ``as_of``);
     it is complete for every patient of the store (one not in a stay raises nothing), so an
@@ -519,4 +595,4 @@ def refresh_worklist(
     alerts = run_packs(packs, frames, moment, patients, site, records=records)
     alerts = with_priorities(alerts, frames, moment, records)
     everyone = set(in_scope(frames, moment, "all")) | {a.patient_id for a in alerts}
-    return AlertStore(store).reconcile(alerts, moment, scope=everyone)
+    return AlertStore(store).reconcile(alerts, moment, scope=everyone, why=why)

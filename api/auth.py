@@ -19,6 +19,8 @@ A token's user is read from the store at most once per ``TOKEN_CACHE_SECONDS`` (
 process (``ServiceStore.remembered_user``): a revoked token, a deactivated user or a changed
 role counts from at most that later. The dependencies are async: a request whose token was
 seen within that second touches neither the database nor the thread pool to be authenticated.
+The reads are ``TokenReads``': one at a time per token, and ahead of the expiry while the token
+is in use, so that a busy client's requests do not all wait for the store when the second ends.
 """
 
 from __future__ import annotations
@@ -36,16 +38,19 @@ from vigie.store import AuditEntry, ServiceStore, User
 from vigie.store.service import ROLES, ServiceError
 
 __all__ = [
+    "AUDIT_REFUSED",
     "ROLES",
     "Admin",
     "Caller",
     "Feed",
     "Pharmacist",
     "RuleAuthor",
+    "TokenReads",
     "bearer",
     "current_user",
     "require",
     "service_of",
+    "token_reads_of",
 ]
 
 bearer = HTTPBearer(
@@ -54,12 +59,63 @@ bearer = HTTPBearer(
     description="A Vigie API token (`vigie users add NAME --role ROLE` prints one).",
 )
 _REALM = 'Bearer realm="vigie"'
+AUDIT_REFUSED = "the read could not be written to the audit log; try again"  # the 503's detail
 
 
 def service_of(request: Request) -> ServiceStore:
     """The service store of the app serving the request (``create_app``)."""
     service: ServiceStore = request.app.state.service
     return service
+
+
+class TokenReads:
+    """The users of tokens, as the store gives them (``ServiceStore.authenticate``, in a worker
+    thread) and the process remembers them (``remembered_user``). Requests that find a token's
+    user not remembered wait for one read together; a user remembered for less than half the
+    cache time more (``token_read_due``) is read again in the background while the requests go
+    on with it, so that, while a token is in use, its requests seldom wait for the store."""
+
+    def __init__(self, service: ServiceStore) -> None:
+        self._service = service
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading: dict[str, asyncio.Future[User | None]] = {}
+
+    async def user(self, token: str) -> User | None:
+        """The token's user (active, the token not revoked), or None."""
+        user = self._service.remembered_user(token)
+        if user is None:
+            return await asyncio.shield(self._read(token))
+        if self._service.token_read_due(token):
+            self._read(token)
+        return user
+
+    def _read(self, token: str) -> asyncio.Future[User | None]:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (a test client's): start afresh
+            self._loop, self._reading = loop, {}
+        reading = self._reading.get(token)
+        if reading is None:
+            reading = asyncio.ensure_future(run_in_threadpool(self._service.authenticate, token))
+            self._reading[token] = reading
+            reading.add_done_callback(lambda done: self._ended(token, done))
+        return reading
+
+    def _ended(self, token: str, done: asyncio.Future[User | None]) -> None:
+        if self._reading.get(token) is done:
+            del self._reading[token]
+        if not done.cancelled():
+            # A read ahead that failed is not an error yet: once the user is no longer
+            # remembered, the next request reads again and answers the failure (503).
+            done.exception()
+
+
+def token_reads_of(app: Any) -> TokenReads:
+    """The app's token reads (made with the first request)."""
+    state = app.state
+    reads: TokenReads | None = getattr(state, "token_reads", None)
+    if reads is None:
+        reads = state.token_reads = TokenReads(state.service)
+    return reads
 
 
 def _unauthorised(detail: str, challenge: str) -> HTTPException:
@@ -76,10 +132,7 @@ async def current_user(
     when the token was not seen in the last second)."""
     if credentials is None:
         raise _unauthorised("a bearer token is required (Authorization: Bearer <token>)", _REALM)
-    service = service_of(request)
-    user = service.remembered_user(credentials.credentials)
-    if user is None:
-        user = await run_in_threadpool(service.authenticate, credentials.credentials)
+    user = await token_reads_of(request.app).user(credentials.credentials)
     if user is None:
         raise _unauthorised(
             "the bearer token is not valid (unknown or revoked)",
@@ -139,8 +192,7 @@ class Caller:
             await asyncio.wrap_future(self.service.submit_audit(entry))
         except ServiceError as error:  # no read answered without its audit entry
             raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                detail="the read could not be written to the audit log; try again",
+                status.HTTP_503_SERVICE_UNAVAILABLE, detail=AUDIT_REFUSED
             ) from error
 
 

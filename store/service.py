@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -68,6 +68,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
 from vigie.store.alerts import (
+    AlertGenerationRow,
     AlertStore,
     AlertTransitionError,
     Dismissal,
@@ -85,6 +86,7 @@ __all__ = [
     "AuditWriter",
     "ConfigVersion",
     "DecisionRecord",
+    "GenerationReader",
     "IssuedCard",
     "RulePackVersion",
     "ServiceError",
@@ -110,6 +112,10 @@ _NAME_MAX: Final = 128
 TOKEN_CACHE_SECONDS: Final = 1.0
 _TOKEN_CACHE_SIZE: Final = 4096
 _AUDIT_BATCH: Final = 512  # entries per audit transaction, at most
+# How long a generation read on the event loop waits for a SQLite lock (WAL readers take none;
+# a database left in rollback-journal mode waits for a writer's commit) before it gives up and
+# the caller reads in a thread instead
+_LOCAL_READ_TIMEOUT_MS: Final = 50
 # How long a CDS Hooks card is kept for feedback: an EHR sends feedback when the card is acted
 # on (seconds to hours later); a month bounds the table and covers an EHR that queues feedback
 # through a weekend or an outage.
@@ -265,6 +271,7 @@ class CdsCardRow(_Base):
     issued_at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
+_AUDIT_TABLE: Final = _Base.metadata.tables[AuditRow.__tablename__]
 APPEND_ONLY_TABLES: Final = ("decision", "decision_outcome", "audit_log")
 
 
@@ -489,6 +496,63 @@ class AuditWriter:
             done.set_result(None)
 
 
+class GenerationReader:
+    """The alerts' generation (``AlertStore.generation``) read on one database connection held
+    for it, outside the pool, in autocommit: one statement a read, without a pool checkout nor a
+    transaction to end. On SQLite (``local``) a read takes a few microseconds, little enough to
+    be made on the event loop by every request; on PostgreSQL it is a round trip. A connection
+    that failed is closed, and the next read opens another. One caller at a time."""
+
+    _QUERY: Final = f"SELECT generation FROM {AlertGenerationRow.__tablename__} WHERE id = 1"
+
+    def __init__(self, alerts: AlertStore) -> None:
+        self._alerts = alerts
+        self._facts = facts = alerts.facts
+        self.local = facts.engine.dialect.name == "sqlite"
+        # in-memory SQLite: one database per connection of the pool, none to take out of it
+        self._pooled = in_memory_url(facts.url)
+        self._connection: Any = None  # the driver's (DB-API) connection
+        self._errors = (SQLAlchemyError, facts.engine.dialect.loaded_dbapi.Error)
+
+    def read(self) -> int | None:
+        """The generation, or None when the store has none (its row missing until the next
+        write); a ``StoreError`` when the database cannot be read."""
+        if self._pooled:
+            return self._alerts.generation()
+        try:
+            if self._connection is None:
+                self._connection = self._connect()
+            cursor = self._connection.cursor()
+            try:
+                cursor.execute(self._QUERY)
+                found = cursor.fetchone()
+            finally:
+                cursor.close()
+        except self._errors as error:
+            self.close()
+            raise ServiceError(
+                f"cannot read the alerts' generation in {self._facts.safe_url}: "
+                f"{error.__class__.__name__}"
+            ) from error
+        return None if found is None else int(found[0])
+
+    def _connect(self) -> Any:
+        pooled = self._facts.engine.raw_connection()  # with the store's connect settings
+        connection: Any = pooled.driver_connection
+        pooled.detach()  # its own: never handed back to the pool in autocommit
+        if self.local:
+            connection.execute(f"PRAGMA busy_timeout = {_LOCAL_READ_TIMEOUT_MS}")
+        else:
+            connection.autocommit = True
+        return connection
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with suppress(*self._errors):  # a connection already broken
+                connection.close()
+
+
 class ServiceStore:
     """Users, wards, decisions, versions and the audit log of one fact store's database
     (module docstring); ``alerts`` is the alert store of the same database."""
@@ -585,6 +649,14 @@ class ServiceStore:
         if found is None or found[0] <= self.clock():
             return None
         return found[1]
+
+    def token_read_due(self, token: str) -> bool:
+        """Whether the token's user is remembered for less than half of ``token_cache_seconds``
+        more, or not at all: time to read it again (``authenticate``), ahead of the expiry, so
+        that the requests of a busy client do not all find it expired and wait for the store
+        together."""
+        found = self._users_by_token.get(hash_token(token))
+        return found is None or found[0] - self.clock() < self.token_cache_seconds / 2
 
     def revoke_token(self, token: str, audit: AuditEntry | None = None) -> bool:
         """Revoke a token (it stays in the store, refused); whether it was valid."""
@@ -888,11 +960,13 @@ class ServiceStore:
         """Append entries to the audit log in one transaction. On PostgreSQL without the
         store's write lock: that lock serialises read-then-write steps (ingests, decisions),
         and an append reads nothing, so that the audit of reads in several server processes
-        commits side by side instead of in turn. SQLite has one writer at a time anyway."""
+        commits side by side instead of in turn. SQLite has one writer at a time anyway. The
+        rows go in as the table's (Core), not as the model's: the ORM's bulk insert was half of
+        the writer's time."""
         rows = [_audit_row(entry) for entry in entries]
         locked = self.facts.engine.dialect.name != "postgresql"
         with self.facts.writing("write the audit log", ServiceError, locked=locked) as session:
-            session.execute(insert(AuditRow), rows)
+            session.execute(insert(_AUDIT_TABLE), rows)
             session.commit()
 
     @staticmethod

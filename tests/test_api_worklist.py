@@ -310,8 +310,10 @@ def test_the_pages_kept_are_bounded_in_number_and_bytes(
 
     by_number = WorklistPages(service.alerts, max_pages=2)
     bodies = asyncio.run(read(by_number))
+    by_number.close()
     assert [json.loads(body)["limit"] for body in bodies] == [1, 2, 3]
     assert list(by_number._pages) == queries[1:]  # the oldest went first
     by_bytes = WorklistPages(service.alerts, max_bytes=len(bodies[2]))
     asyncio.run(read(by_bytes))
+    by_bytes.close()
     assert list(by_bytes._pages) == queries[2:]
