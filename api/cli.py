@@ -213,7 +213,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
     with FactStore(args.database or None) as store:
         print(f"Store: {store.safe_url}")
-        if not live and not args.no_refresh:
+        if not live and not args.no_refresh and not args.worker:  # the parent of workers did
             refreshed(refresh_worklist(store, args.as_of))
         if args.workers == 1:
             return _serve_one(args, store, live, refreshed)
@@ -232,7 +232,14 @@ def _serve_one(
     mllp = None
     if args.mllp_port is not None:
         mllp = (args.mllp_host or args.host, args.mllp_port)  # the app logs where it listens
-    app = create_app(store=store, live=live, as_of=args.as_of, tick_seconds=args.tick, mllp=mllp)
+    app = create_app(
+        store=store,
+        live=live,
+        refresh=not args.no_refresh,
+        as_of=args.as_of,
+        tick_seconds=args.tick,
+        mllp=mllp,
+    )
     if app.state.live is not None:  # started with the app: every stored fact evaluated
         app.state.live.on_start = lambda done, at: refreshed(
             done, f" (live worklist, as of {at:%Y-%m-%dT%H:%M}Z)"
@@ -280,9 +287,10 @@ def _reuse_port_socket(host: str, port: int, listen: bool) -> socket.socket:
 
 
 def _serve_workers(args: argparse.Namespace, url: str) -> int:
-    """``--workers N``: reserve the port here, then run N ``vigie serve --no-refresh`` processes
-    each listening on it (SO_REUSEPORT: the kernel spreads the connections evenly), until
-    interrupted or one stops.
+    """``--workers N``: reserve the port here, then run N ``vigie serve`` processes each
+    listening on it (SO_REUSEPORT: the kernel spreads the connections evenly), until
+    interrupted or one stops. The workers refresh nothing at start (done here); with
+    ``--no-live`` the one that saves a site configuration refreshes the store's worklist.
     Each worker has its own store connections, worklist pages and token cache (what they keep
     is checked against the store: ``vigie.api.routes.worklist``, ``vigie.api.auth``)."""
     import signal
@@ -293,8 +301,11 @@ def _serve_workers(args: argparse.Namespace, url: str) -> int:
     except OSError as error:
         raise SystemExit(f"vigie serve: cannot bind {args.host}:{args.port}: {error}") from None
     host, port = listener.getsockname()[:2]
-    command = [sys.executable, "-m", "vigie.api.cli", "serve", "--no-refresh", "--worker"]
+    mode = "--no-refresh" if args.no_refresh else "--no-live"
+    command = [sys.executable, "-m", "vigie.api.cli", "serve", mode, "--worker"]
     command += ["--database", url, "--host", host, "--port", str(port)]
+    if args.as_of is not None:
+        command += ["--as-of", args.as_of.isoformat()]
     workers = [subprocess.Popen(command) for _ in range(args.workers)]
     print(f"{args.workers} workers serving http://{args.host}:{port}", flush=True)
 

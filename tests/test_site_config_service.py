@@ -64,8 +64,10 @@ def _facts_into(store: FactStore, facts: list[AnyFact]) -> None:
 class Api:
     """A live service with a fixed clock, a rule author, a pharmacist and a feed."""
 
-    def __init__(self, url: str) -> None:
-        self.app = create_app(url, live=True, as_of=AS_OF, clock=lambda: AS_OF, tick_seconds=0)
+    def __init__(self, url: str, live: bool = True) -> None:
+        self.app = create_app(
+            url, live=live, refresh=not live, as_of=AS_OF, clock=lambda: AS_OF, tick_seconds=0
+        )
         self.service: ServiceStore = self.app.state.service
         known = {user.name for user in self.service.users()}
         self.tokens = {}
@@ -231,6 +233,60 @@ def test_refresh_worklist_applies_the_saved_configuration(url: str) -> None:
         _save(store, "[wards.NEPHRO.cursors]\nk_max = 6.0\n")
         refresh_worklist(store, AS_OF)
         assert _open(store) == {"C1", "N2"}
+
+
+def test_without_the_live_worklist_a_saved_configuration_refreshes_the_stored_one(
+    url: str,
+) -> None:
+    """``vigie serve --no-live``: the worklist is the store's; saving a configuration
+    evaluates it again at once, and the alerts it withdraws say which version did."""
+    with FactStore(url) as store:
+        _facts_into(store, [*_potassium_patient("N1", "NEPHRO", 5.8)])
+        refresh_worklist(store, AS_OF)  # what vigie serve --no-live does at start
+    with Api(url, live=False) as api:
+        assert api.flagged() == {"N1"}
+        saved = api.put({"wards": {"NEPHRO": {"cursors": {"k_max": 6.0}}}})
+        assert api.flagged() == set()  # 5.8 is under 6.0 in nephrology
+        (n1,) = [a for a in api.service.alerts.alerts() if a.patient_id == "N1"]
+        event = api.service.alerts.events(n1.id)[-1]
+        assert event.to_status == "resolved_by_data"
+        assert event.reason is not None
+        assert event.reason.endswith(f"under site configuration version {saved['version']}")
+
+
+def test_a_configuration_saved_by_one_worker_reaches_the_others_cds_hooks(url: str) -> None:
+    """Two processes of ``vigie serve --workers`` on one store: a version saved through one
+    applies to the other's CDS Hooks services within its follower's delay (here none)."""
+    with FactStore(url) as store:
+        _facts_into(store, [*_potassium_patient("N1", "NEPHRO", 5.8)])
+    with Api(url, live=False) as first, Api(url, live=False) as second:
+        second.app.state.site_follower.ttl = 0.0  # every call reads the latest version
+        assert second.order_sign_rules("N1", 5.8) == [HYPERKALAEMIA]
+        first.put({"wards": {"NEPHRO": {"cursors": {"k_max": 6.0}}}})
+        assert second.order_sign_rules("N1", 5.8) == []
+        assert second.order_sign_rules("N1", 6.2) == [HYPERKALAEMIA]
+        first.put({"wards": {"NEPHRO": {"cursors": {"k_max": 5.2}}}})
+        assert second.order_sign_rules("N1", 5.4) == [HYPERKALAEMIA]
+
+
+def test_the_follower_reads_the_store_at_most_once_per_delay(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Api(url, live=False) as api:
+        follower = api.app.state.site_follower
+        reads: list[int] = []
+        real = ServiceStore.site_config
+
+        def counted(self: ServiceStore, version: int | None = None) -> Any:
+            reads.append(1)
+            return real(self, version)
+
+        monkeypatch.setattr(ServiceStore, "site_config", counted)
+        follower.ttl = 3600.0
+        follower.follow(force=True)  # starts a delay of an hour
+        for _ in range(5):
+            api.order_sign_rules("N9", 5.8)
+        assert len(reads) == 1  # the forced read only
 
 
 def _potassium_patient(pid: str, ward: str, value: float) -> list[AnyFact]:
