@@ -20,6 +20,10 @@ library's own CPU would be taken from the server's cores), each client looping
 after ``--warmup`` seconds. A request counts if it began and ended in the measured window;
 any answer but 200 with a JSON object, or a transport error, is an error and is reported.
 
+``--baseline DIR`` also runs each server imported from another source tree (``git archive
+<commit> | tar -x -C DIR``), one after the other with the current one, the order alternating
+between servers and rounds (``--repeat``): an A/B in one run.
+
 Every read writes an audit row (group commit: ``vigie.store.service.AuditWriter``). To show what
 that costs, one more case per store runs a server started from a small ``python -c`` script in
 which the audit does nothing: labelled "without audit (not a production setting)".
@@ -33,7 +37,7 @@ ward), the machine is shared: compare within a run.
 
     .venv/bin/python benchmarks/bench_worklist.py [--seconds 20] [--warmup 3]
         [--clients 16,64] [--workers 1,2] [--beds 1000] [--days 4] [--rate 0.3] [--no-postgres]
-        [--no-unaudited]
+        [--no-unaudited] [--baseline DIR] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -101,9 +105,10 @@ def _free_port() -> int:
 
 
 def start_server(
-    url: str, audited: bool, log: Path, token: str, workers: int = 1
+    url: str, audited: bool, log: Path, token: str, workers: int = 1, source: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """The server (``vigie serve``, or the no-audit script) on a free port, once it answers."""
+    """The server (``vigie serve``, or the no-audit script) on a free port, once it answers;
+    imported from the source tree ``source`` when given."""
     port = _free_port()
     options = ["serve", "--no-live", "--no-refresh", "--database", url, "--port", str(port)]
     options += ["--workers", str(workers)]
@@ -112,6 +117,8 @@ def start_server(
     else:
         command = [sys.executable, "-c", UNAUDITED_SERVER, *options]
     env = {**os.environ, "VIGIE_TIMEZONE": "UTC"}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     with log.open("ab") as out:
         child = subprocess.Popen(command, stdout=out, stderr=out, env=env)
     import httpx
@@ -331,8 +338,17 @@ def bench_store(
     ]
     if not args.no_unaudited:
         servers.append(("without audit (not a production setting)", False, 1))
-    for label, audited, workers in servers:
-        child, port = start_server(url, audited, folder / "server.log", token, workers)
+    sources: list[tuple[str, Path | None]] = [("", None)]
+    if args.baseline is not None:
+        sources = [("current, ", None), ("baseline, ", args.baseline.resolve())]
+    runs = [
+        (f"{tag}{label}", audited, workers, source)
+        for round_number in range(args.repeat)
+        for number, (label, audited, workers) in enumerate(servers)
+        for tag, source in (sources if (round_number + number) % 2 == 0 else sources[::-1])
+    ]
+    for label, audited, workers, source in runs:
+        child, port = start_server(url, audited, folder / "server.log", token, workers, source)
         try:
             for clients in args.clients if audited else [TARGET_CLIENTS]:
                 for what, query in queries.items() if audited else [("limit=50", "limit=50")]:
@@ -358,6 +374,8 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=4)
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-unaudited", action="store_true", help="skip the no-audit case")
+    parser.add_argument("--baseline", type=Path, help="a source tree to compare with (A/B)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every server")
     parser.add_argument("--load", help=argparse.SUPPRESS)  # the load generator's process
     args = parser.parse_args()
     if args.load:

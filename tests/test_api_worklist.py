@@ -6,8 +6,11 @@ group-commit audit (vigie.api.routes.worklist, vigie.api.auth, vigie.store.servi
   store's worklist as read at that moment;
 - every write of the alerts (reconcile, apply_diff, decision) makes a new generation, a read
   does not, and a store made again does not give an old generation back;
+- the fast path (``WorklistFastPath``) answers what the route would, with the same audit
+  entry, for a pharmacist's valid request, and leaves every other request to the route;
 - a revoked token is refused once ``TOKEN_CACHE_SECONDS`` have passed since the revocation
-  committed (and not later);
+  committed (and not later); requests arriving together wait for one read of their token's
+  user, and a token in use is read again ahead of its expiry without holding its requests;
 - every read is audited with the alerts and patients it showed, concurrent reads included,
   and a read whose audit entry cannot be written is not answered with the page.
 
@@ -22,24 +25,28 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import HTTPException
 
 from tests.test_api import P1_ALERT, P2_ALERT, _second_patient
 from tests.test_evaluate import NOW, default_ir, hyperkalaemia_facts
 from vigie.api.app import create_app
+from vigie.api.auth import Pharmacist
 from vigie.api.cli import main
-from vigie.api.routes.worklist import WorklistPages
+from vigie.api.routes.worklist import WorklistFastPath, WorklistPages
 from vigie.engine import FactSet, evaluate
-from vigie.store import AuditEntry, FactStore, ServiceStore
+from vigie.store import AuditEntry, FactStore, ServiceStore, User
 from vigie.store.alerts import Dismissal
 from vigie.store.service import TOKEN_CACHE_SECONDS, AuditWriter, ServiceError
 
@@ -131,6 +138,104 @@ def test_every_write_of_the_alerts_makes_a_new_generation(store_url: str) -> Non
         assert service.alerts.generation() > seen[-1]  # made again: never an old number
 
 
+def test_a_broken_generation_connection_is_replaced_without_failing_a_read(
+    served: tuple[TestClient, ServiceStore, str],
+) -> None:
+    """The connection held for the generation's reads closed under it (a database restarted):
+    the read is answered all the same (SQLite: read in a thread; PostgreSQL: the route reads
+    again), and the next reads use a new connection."""
+    client, service, _ = served
+    first = _shown(client)
+    reader = client.app.state.worklist_pages._generations._reader  # type: ignore[attr-defined]
+    broken = reader._connection
+    broken.close()
+    service.decide(P2_ALERT, Dismissal("not_relevant", ""), actor="pharm.b")
+    after = _shown(client)
+    assert _ids(after) == _expected(service) != _ids(first)
+    assert _shown(client) == after
+    assert reader._connection is not None and reader._connection is not broken
+
+
+# The fast path ---------------------------------------------------------------------------------
+
+# Query strings: valid ones, values the route's validation refuses (422), and valid ones the fast
+# path leaves to the route's validation (a sign, spaces, underscores, a parameter given twice)
+QUERIES = [
+    "",
+    "limit=50",
+    "limit=1&offset=1",
+    "limit=500&offset=1000000000",
+    "limit=050",
+    "ward=NEPHRO&severity=major&severity=critical&rule=bio.hyperkalaemia&patient=p1",
+    "severity=major&severity=major",
+    "ward=",
+    "ward=" + "x" * 128,
+    "patient=%C3%A9%FF&unknown=1",
+    "limit=0",
+    "limit=501",
+    "offset=-1",
+    "offset=1000000001",
+    "ward=" + "x" * 129,
+    "severity=",
+    "severity=MAJOR",
+    "limit=%D9%A3",  # an Arabic-Indic digit
+    "limit=abc",
+    "limit=+5",
+    "limit=5_0",
+    "limit=%205",
+    "limit=1&limit=2",
+    "ward=a&ward=b",
+]
+
+
+def test_the_fast_path_answers_as_the_route_would_or_leaves_the_request_to_it(
+    served: tuple[TestClient, ServiceStore, str], store_url: str
+) -> None:
+    """The same store served twice: ``fast``, whose route is made to answer 418 (so that an
+    answer which is not 418 is the fast path's), and ``routed``, without the fast path. Every
+    answer of the fast path is the route's (status, body, type), with the same audit entry;
+    it answers the valid queries of a pharmacist's token and leaves the rest to the route."""
+    _, service, token = served
+    _, feed_token = service.add_user("feed.a", ["feed"])
+    fast, routed = create_app(store_url), create_app(store_url)
+    pharmacist = Pharmacist.__metadata__[0].dependency
+
+    def teapot() -> None:
+        raise HTTPException(418, "the route")
+
+    fast.dependency_overrides[pharmacist] = teapot
+    routed.user_middleware = [m for m in routed.user_middleware if m.cls is not WorklistFastPath]
+    authorisations = {
+        "pharmacist": f"Bearer {token}",
+        "scheme in lower case, spaces": f"bearer   {token}  ",
+        "no token": None,
+        "empty token": "Bearer ",
+        "another scheme": f"Basic {token}",
+        "unknown token": "Bearer vigie_unknown",
+        "feed": f"Bearer {feed_token}",
+    }
+    answered = set()
+    with TestClient(fast) as by_fast, TestClient(routed) as by_route:
+        for who, authorisation in authorisations.items():
+            headers = {} if authorisation is None else {"Authorization": authorisation}
+            for query in QUERIES:
+                expected = by_route.get(f"/worklist?{query}", headers=headers)
+                expected_entry = service.audit_log(limit=1)[0]
+                got = by_fast.get(f"/worklist?{query}", headers=headers)
+                if got.status_code == 418:
+                    continue
+                answered.add((who, query))
+                assert (got.status_code, got.content) == (expected.status_code, expected.content)
+                assert got.headers["content-type"] == expected.headers["content-type"]
+                entry = service.audit_log(limit=1)[0]
+                assert entry.seq != expected_entry.seq
+                assert replace(entry, at=None, seq=None) == replace(
+                    expected_entry, at=None, seq=None
+                )
+    valid = set(QUERIES[:10])
+    assert answered == {(who, q) for who in list(authorisations)[:2] for q in valid}
+
+
 # Tokens --------------------------------------------------------------------------------------
 
 
@@ -151,6 +256,52 @@ def test_a_revoked_token_is_refused_once_the_cache_delay_has_passed(
     refused = client.get("/worklist")
     assert refused.status_code == 401
     assert 'error="invalid_token"' in refused.headers["WWW-Authenticate"]
+
+
+def test_a_tokens_user_is_read_once_for_requests_together_and_ahead_of_its_expiry(
+    served: tuple[TestClient, ServiceStore, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, service, token = served
+    clock = [1000.0]
+    monkeypatch.setattr(service, "clock", lambda: clock[0])
+    reads: list[str] = []
+    read_ahead_may_end = threading.Event()
+    authenticate = service.authenticate
+
+    def counted(read_token: str) -> User | None:
+        reads.append(read_token)
+        if len(reads) > 1:
+            assert read_ahead_may_end.wait(10)
+        else:
+            time.sleep(0.1)  # the other requests arrive meanwhile
+        return authenticate(read_token)
+
+    monkeypatch.setattr(service, "authenticate", counted)
+
+    async def together(count: int) -> list[int]:
+        transport = httpx.ASGITransport(app=client.app)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://vigie", headers=headers
+        ) as reader:
+            answers = await asyncio.gather(*(reader.get("/worklist") for _ in range(count)))
+        return [answer.status_code for answer in answers]
+
+    assert asyncio.run(together(30)) == [200] * 30
+    assert len(reads) == 1  # a token the process did not know: one read for all
+    clock[0] += TOKEN_CACHE_SECONDS * 0.4
+    assert asyncio.run(together(10)) == [200] * 10
+    assert len(reads) == 1  # remembered
+    clock[0] += TOKEN_CACHE_SECONDS * 0.2  # less than half the delay left: a read ahead
+    assert asyncio.run(together(10)) == [200] * 10  # answered while the read is held
+    assert reads == [token, token]
+    read_ahead_may_end.set()
+    deadline = time.monotonic() + 10
+    while service.token_read_due(token) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    clock[0] += TOKEN_CACHE_SECONDS * 0.5  # past the first read's expiry, not the second's
+    assert asyncio.run(together(10)) == [200] * 10
+    assert len(reads) == 2
 
 
 def test_a_revoked_token_is_refused_after_the_delay_in_real_time(
