@@ -25,7 +25,7 @@ from vigie.api.live import LiveWorklist
 from vigie.connectors.base import FeedError
 from vigie.connectors.hl7v2 import connector as hl7_connector
 from vigie.ingest.messages import ingest_hl7
-from vigie.store import AlertStore, FactStore, ServiceStore
+from vigie.store import AlertStore, FactStore, ServiceError, ServiceStore
 from vigie.store.alerts import AlertError
 
 with warnings.catch_warnings():  # starlette asks for httpx2, which this environment lacks
@@ -155,13 +155,25 @@ def test_a_high_potassium_under_ramipril_raises_the_alert_live(api: Service) -> 
     (alert,) = api.worklist("K1")  # no batch refresh: the live worklist wrote it
     assert (alert["rule_id"], alert["ward"]) == ("bio.hyperkalaemia", "CARDIO")
     assert alert["priority"] > 300  # major, 84 years old: the score is computed
-    entry = api.service.audit_log(actor="feed.ingest", patient_id="K1", limit=1)[0]
-    assert (entry.action, entry.resource) == ("ingest", "POST /ingest/hl7")
+    entry, received = api.service.audit_log(actor="feed.ingest", limit=2)
+    assert (entry.action, entry.resource, entry.patient_id) == ("ingest", "POST /ingest/hl7", "K1")
     assert entry.detail == {
+        "stage": "stored",
         "messages": [{"id": "LAB^CHU|ORU-K1", "status": "loaded"}],
         "patients": ["K1"],
     }
     assert "6.4" not in str(entry.detail) and "DOE" not in str(entry.detail)
+    # Written before anything was stored: the request's size and type, no patient.
+    assert (received.action, received.resource, received.patient_id) == (
+        "ingest",
+        "POST /ingest/hl7",
+        None,
+    )
+    assert received.detail == {
+        "stage": "received",
+        "bytes": len(oru("K1").encode()),
+        "media_type": "application/hl7-v2",
+    }
     # A normal potassium later resolves it (a new result, not a retraction).
     later = oru("K1", "4.1", control="ORU-K1-2").replace("20240306074000", "20240306084000")
     assert api.hl7(later).status_code == 200
@@ -281,6 +293,25 @@ def test_a_version_older_than_the_retraction_stays_withdrawn_as_in_the_store(
     assert api.hl7(later).status_code == 200
     assert len(list(api.service.facts.iter_facts(kinds=["lab"], patient_id="V1"))) == 1
     assert _alert_rules(api.worklist("V1")) == ["bio.hyperkalaemia"]
+
+
+def test_an_ingest_whose_audit_entry_cannot_be_written_stores_nothing(
+    api: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry ``received`` goes first: without it, no message is kept (a 503 saying so),
+    and the same message sent again once the log is back loads as new."""
+    before = api.service.facts.raw_counts()
+
+    def refused(self: ServiceStore, entry: Any) -> None:
+        raise ServiceError("the audit log is not writable (test)")
+
+    monkeypatch.setattr(ServiceStore, "audit", refused)
+    answer = api.hl7(oru("AU1"))
+    assert answer.status_code == 503 and "nothing was stored" in answer.json()["detail"]
+    assert api.service.facts.raw_counts() == before
+    monkeypatch.undo()
+    again = api.hl7(oru("AU1"))
+    assert again.status_code == 200 and again.json()["messages"][0]["status"] == "loaded"
 
 
 def test_bad_bodies_are_refused_before_anything_is_stored(api: Service) -> None:

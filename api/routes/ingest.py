@@ -21,14 +21,19 @@ dead letters, replayed after a mapping fix); sending it again is harmless: inges
 on the message id (the same message is ``duplicate``, stored once). An empty body is a 400, a
 media type the route does not read a 415.
 
-The audit log gets one entry per request (action ``ingest`` or ``replay``) naming the message
-ids, their statuses and the patients touched, never the content.
+The audit log gets two entries per request (action ``ingest`` or ``replay``), never the content:
+one committed before anything is stored (``stage: received``: the body's size and media type, or
+the dead letter replayed), so that no write is ever without its entry, even when the process
+dies while ingesting; then one naming the message ids, their statuses and the patients touched
+(``stage: stored``). An entry ``received`` without its ``stored`` is a request cut short: the
+raw messages it kept are in the store, and parsed again at the next start. If the first entry
+cannot be written, nothing is stored and the answer is 503.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
@@ -46,12 +51,13 @@ from vigie.ingest.messages import (
     ingest_hl7,
     replay_dead_letter,
 )
-from vigie.store import FactStore
+from vigie.store import FactStore, ServiceError
 
 __all__ = ["router"]
 
 log = logging.getLogger("vigie.api")
 
+NOT_AUDITED = "the request could not be written to the audit log: nothing was stored; send it again"
 router = APIRouter(tags=["ingest"])
 
 FeedOrAdmin = Annotated[Caller, require("feed", "admin")]
@@ -193,6 +199,7 @@ def _audit(caller: Caller, action: str, results: Sequence[MessageResult]) -> Non
         action,
         patient_id=patients[0] if len(patients) == 1 else None,
         detail={
+            "stage": "stored",
             "messages": [{"id": r.message_id, "status": r.status} for r in results],
             "patients": patients,
         },
@@ -200,11 +207,21 @@ def _audit(caller: Caller, action: str, results: Sequence[MessageResult]) -> Non
 
 
 async def _ingest(
-    request: Request, caller: Caller, action: str, run: Callable[[FactStore], list[MessageResult]]
+    request: Request,
+    caller: Caller,
+    action: str,
+    run: Callable[[FactStore], list[MessageResult]],
+    received: Mapping[str, Any],
 ) -> JSONResponse:
+    """Run an ingest (``run``) between its two audit entries (module docstring); ``received``
+    describes the request before anything is read from it."""
     store = caller.service.facts
 
     def work() -> tuple[list[MessageResult], bool]:
+        try:
+            caller.audit(action, detail={"stage": "received", **received})
+        except ServiceError:  # nothing stored without its entry
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=NOT_AUDITED) from None
         results = run(store)
         updated = _to_live(request, results)
         _audit(caller, action, results)
@@ -238,7 +255,8 @@ async def post_hl7(request: Request, caller: Feed) -> JSONResponse:
     if media and media not in HL7_TYPES:
         raise _unsupported(media, HL7_TYPES)
     body = await _body(request)
-    return await _ingest(request, caller, "ingest", lambda store: ingest_hl7(store, body))
+    received = {"bytes": len(body), "media_type": media or None}
+    return await _ingest(request, caller, "ingest", lambda store: ingest_hl7(store, body), received)
 
 
 @router.post(
@@ -263,8 +281,9 @@ async def post_fhir(request: Request, caller: Feed) -> JSONResponse:
     else:
         raise _unsupported(media, (*FHIR_JSON_TYPES, *NDJSON_TYPES))
     body = await _body(request)
+    received = {"bytes": len(body), "media_type": media}
     return await _ingest(
-        request, caller, "ingest", lambda store: ingest_fhir(store, body, ndjson=ndjson)
+        request, caller, "ingest", lambda store: ingest_fhir(store, body, ndjson=ndjson), received
     )
 
 
@@ -317,4 +336,4 @@ async def post_replay(
         except ReplayError as error:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(error)) from None
 
-    return await _ingest(request, caller, "replay", run)
+    return await _ingest(request, caller, "replay", run, {"dead_letter": dead_letter_id})
