@@ -20,7 +20,9 @@ when in none, or in a ward the configuration does not name). There is one evalua
 distinct setting (wards whose settings select the same rules and parameter values for a pack
 share one), each holding every patient's facts, so that a patient changing ward — a new stay, or
 time passing into it — is shown the other evaluator's alerts at once, without re-reading facts.
-``configure`` evaluates every patient again with the new settings (from the store's facts).
+``configure`` evaluates every patient again with the new settings: the evaluators of settings
+that changed are loaded from the store's facts without holding the worklist (facts applied
+meanwhile reach the current evaluators and are logged for the new ones), then swapped in.
 
 The worklist is that of ``refresh_worklist`` at the same time: the alerts of the patients in a
 stay at the evaluation time (scope ``inpatients``; ``all``: every patient), each with its
@@ -132,6 +134,10 @@ class LiveWorklist:
         # The version time of each fact's current version, or of its retraction (a tombstone),
         # when known: as in the store, an older version arriving later changes nothing.
         self._versions: dict[tuple[str, str], datetime] = {}
+        # Logs of what ``apply`` took while ``configure`` loads new evaluators outside the lock:
+        # (facts, retractions) in order, given to them before they replace the current ones.
+        self._loading: list[list[tuple[list[AnyFact], list[Retraction]]]] = []
+        self._configuring = threading.Lock()  # one configuration applied at a time
         self._stale = False  # a write failed: reconcile everything at the next call
         self._unreconciled: set[str] = set()  # patients a failed reload left to reconcile
         self._started = False
@@ -184,19 +190,92 @@ class LiveWorklist:
         the worklist reconciled (an alert no longer raised — its rule turned off, a cursor
         moved past its value — is missed as by any evaluation: ``resolved_by_data`` when open,
         its decision kept otherwise). The evaluators of settings that did not change are kept
-        (they hold the facts already); the others are loaded from the store. Before ``start``,
-        only kept for it."""
-        with self._lock:
-            if not self._started:
-                self._evaluators_for(site, self.now())  # a configuration the packs refuse
-                self._site = site
-                return None
+        (they hold the facts already); the others are loaded from the store's facts without
+        holding the worklist: meanwhile ingested facts and ticks reach the worklist under the
+        current configuration, and the facts are given to the new evaluators too before they
+        replace the current ones (the worklist's lock is held for that and the reconciliation
+        only). Before ``start``, only kept for it."""
+        why = f"under {site.file}" if site is not None else "under the packs' defaults"
+        with self._configuring:
+            with self._lock:
+                if not self._started:
+                    self._evaluators_for(site, self.now())  # a configuration the packs refuse
+                    self._site = site
+                    return None
+                built, routes = self._evaluators_for(site, self.now(), self._by_setting)
+                fresh = [e for key, e in built.items() if self._by_setting.get(key) is not e]
+                log_: list[tuple[list[AnyFact], list[Retraction]]] = []
+                self._loading.append(log_)
             try:
-                why = f"under {site.file}" if site is not None else "under the packs' defaults"
-                return self._load(site, self.now(), reuse=True, why=why)
+                patients = self._fill(fresh)  # the store read outside the lock
             except Exception:
-                self._stale = True  # the next call that writes reconciles every patient
+                with self._lock:
+                    self._loading.remove(log_)
                 raise
+            with self._lock:
+                self._loading.remove(log_)
+                try:
+                    at = self.now()
+                    return self._swap(site, built, routes, fresh, log_, patients, at, why)
+                except Exception:
+                    self._stale = True  # the next call that writes reconciles every patient
+                    raise
+
+    def _fill(self, evaluators: Sequence[LiveEvaluator]) -> set[str]:
+        """Every fact of the store into ``evaluators`` (new, not yet read by anyone else);
+        the patients read."""
+        patients: set[str] = set()
+        if not evaluators:
+            return patients
+        for fact in self.store.iter_facts():
+            patients.add(fact.patient_id)
+            for evaluator in evaluators:
+                evaluator.add(fact, _AFTER_EVERYTHING)
+        return patients
+
+    def _swap(
+        self,
+        site: SiteConfig | None,
+        built: dict[_Setting, LiveEvaluator],
+        routes: dict[str | None, tuple[LiveEvaluator, ...]],
+        fresh: Sequence[LiveEvaluator],
+        applied: Sequence[tuple[list[AnyFact], list[Retraction]]],
+        patients: set[str],
+        at: datetime,
+        why: str | None = None,
+    ) -> Reconciled:
+        """(Under the lock.) The new evaluators given what ``apply`` took while they were
+        loaded, evaluated as of ``at``, then in force: every patient's alerts shown again and
+        the worklist reconciled for ``patients`` and every patient shown before or now
+        (``why``: said by the events of the alerts it resolves)."""
+        for facts, retractions in applied:
+            for evaluator in fresh:
+                evaluator.add_many(facts, _AFTER_EVERYTHING)
+                for retraction in retractions:
+                    evaluator.retract(retraction.kind, retraction.fact_id, _AFTER_EVERYTHING)
+            patients.update(f.patient_id for f in facts)
+            patients.update(r.patient_id for r in retractions)
+        for evaluator in fresh:
+            evaluator.tick(at)
+        shown_before = set(self._shown)
+        self._site, self._evaluators, self._routes = site, list(built.values()), routes
+        self._by_setting = built
+        self._shown = {}
+        for patient_id in {a.patient_id for e in self._evaluators for a in e.alerts()}:
+            shown = self._worklist_of(patient_id, at)
+            if shown:
+                self._shown[patient_id] = shown
+        raised = [alert for shown in self._shown.values() for alert in shown.values()]
+        scope = patients | shown_before | set(self._shown) | set(self._context)
+        try:
+            done = self.alerts.reconcile(raised, at, scope=scope, why=why)
+        except VigieError:
+            self._unreconciled = scope  # reconciled by the next call that writes
+            raise
+        self._stale = False
+        self._unreconciled = set()
+        self.last_tick = at
+        return done
 
     def _evaluators_for(
         self,
@@ -229,17 +308,11 @@ class LiveWorklist:
             routes[ward] = tuple(chosen)
         return built, routes
 
-    def _load(
-        self, site: SiteConfig | None, at: datetime, reuse: bool = False, why: str | None = None
-    ) -> Reconciled:
+    def _load(self, site: SiteConfig | None, at: datetime) -> Reconciled:
         """Every fact of the store into new evaluators (``site``'s), evaluated as of ``at``;
-        the worklist reconciled with the result for every patient of the store. ``reuse``:
-        an evaluator of the same pack and selection as one held is kept (it holds the store's
-        facts already: a cursor moved in one ward rebuilds that ward's evaluator only). ``why``:
-        what prompted it, said by the events of the alerts it resolves."""
-        held = self._by_setting if reuse else {}
-        built, routes = self._evaluators_for(site, at, held)
-        fresh = [e for key, e in built.items() if held.get(key) is not e]
+        the worklist reconciled with the result for every patient of the store."""
+        built, routes = self._evaluators_for(site, at)
+        fresh = list(built.values())
         before = (self._context, self._context_owner, self._versions)
         self._context, self._context_owner = {}, {}
         patients: set[str] = set()
@@ -254,27 +327,8 @@ class LiveWorklist:
         except Exception:  # the store unreadable: what was held stays as it was
             self._context, self._context_owner, self._versions = before
             raise
-        evaluators = list(built.values())
-        for evaluator in evaluators:
-            evaluator.tick(at)
-        self._site, self._evaluators, self._routes = site, evaluators, routes
-        self._by_setting = built
-        self._shown = {}
-        for patient_id in {a.patient_id for e in evaluators for a in e.alerts()}:
-            shown = self._worklist_of(patient_id, at)
-            if shown:
-                self._shown[patient_id] = shown
-        raised = [alert for shown in self._shown.values() for alert in shown.values()]
-        scope = patients | set(self._shown)
-        try:
-            done = self.alerts.reconcile(raised, at, scope=scope, why=why)
-        except VigieError:
-            self._unreconciled = scope  # reconciled by the next call that writes
-            raise
-        self._stale = False
-        self._unreconciled = set()
+        done = self._swap(site, built, routes, fresh, (), patients, at)
         self._started = True
-        self.last_tick = at
         return done
 
     def _record_packs(self) -> None:
@@ -306,6 +360,8 @@ class LiveWorklist:
                 return None
             at = self.now()
             touched = {f.patient_id for f in facts} | {r.patient_id for r in retractions}
+            for log_ in self._loading:  # evaluators being loaded get them before their swap
+                log_.append((facts, list(retractions)))
             for evaluator in self._evaluators:
                 diff = evaluator.add_many(facts, at)
                 for retraction in retractions:

@@ -11,6 +11,7 @@ The live worklist must equal ``vigie batch --config`` with the same file at the 
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ from vigie.api.app import create_app, refresh_worklist, saved_site_config
 from vigie.api.batch import batch
 from vigie.api.live import LiveWorklist
 from vigie.engine.alerts import Alert
+from vigie.engine.site_config import parse_site_config
 from vigie.facts import AnyFact, Stay
 from vigie.store import AlertStore, Dismissal, FactStore, ServiceStore
 
@@ -418,6 +420,40 @@ def test_a_patient_moving_ward_as_time_passes_runs_the_new_ward_settings(url: st
         assert _open(store) == set()
         live.tick(datetime(2024, 3, 6, 11, 30))  # the clock back: cardiology again
         assert [a.ward for a in live.worklist()] == ["CARDIO"]
+
+
+def test_facts_applied_while_a_configuration_loads_reach_it_without_waiting(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``configure`` reads the store for its new evaluators without holding the worklist: a
+    potassium applied meanwhile is taken at once (under the configuration in force: 5.3 is
+    under 5.5, no alert) and given to the new evaluators before they are swapped in (5.3 is
+    above nephrology's new 5.2: an alert)."""
+    with FactStore(url) as store:
+        _facts_into(store, [*_potassium_patient("N1", "NEPHRO", 5.4)])
+        _facts_into(store, [f for f in _potassium_patient("N2", "NEPHRO", 5.0) if f.kind != "lab"])
+        live = LiveWorklist(store, as_of=AS_OF)
+        live.start()
+        assert live.worklist() == []
+        late = lab("potassium", 5.3, datetime(2024, 3, 6, 8, 10), pid="N2", fid="LAB-N2")
+        taken: list[Any] = []
+        real = store.iter_facts
+
+        def iter_facts(*args: Any, **kwargs: Any) -> Iterator[AnyFact]:
+            for n, fact in enumerate(real(*args, **kwargs)):
+                if n == 1:  # half-way through the store: an ingest's facts arrive
+                    sender = threading.Thread(target=lambda: taken.append(live.apply([late])))
+                    sender.start()
+                    sender.join(timeout=10)
+                    assert not sender.is_alive(), "apply waited for the configuration"
+                    assert live.worklist() == []  # the configuration in force: 5.5
+                yield fact
+
+        monkeypatch.setattr(store, "iter_facts", iter_facts)
+        site = parse_site_config("[wards.NEPHRO.cursors]\nk_max = 5.2\n", "v", live.packs)
+        live.configure(site)
+        assert taken and {a.patient_id for a in live.worklist()} == {"N1", "N2"}
+        assert _open(store) == {"N1", "N2"}
 
 
 def test_a_version_the_live_worklist_cannot_apply_is_saved_and_said(
