@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -403,6 +405,26 @@ def test_the_audit_writer_commits_waiting_entries_together_and_fails_only_a_bad_
     # the three waited together, were refused together, then written one by one
     assert batches == [["first"], ["a"], ["b"]]
     assert all(f.done() for f in others)
+
+
+def test_the_audit_writers_of_a_sqlite_file_take_turns_through_its_lock_file(
+    tmp_path: Path,
+) -> None:
+    """Another process's audit writer holding the turn (its flock on ``<database>-audit.lock``):
+    this store's audit write waits for it, then commits once it is released."""
+    database = tmp_path / "vigie.db"
+    with FactStore(f"sqlite:///{database}") as store:
+        service = ServiceStore(store)
+        other = os.open(f"{database}-audit.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(other, fcntl.LOCK_EX)
+        entry = AuditEntry("pharm.a", ("pharmacist",), "read", "worklist")
+        written = threading.Thread(target=service.audit, args=(entry,))
+        written.start()
+        written.join(0.5)
+        assert written.is_alive() and service.audit_size() == 0  # waiting for its turn
+        os.close(other)
+        written.join(10)
+        assert not written.is_alive() and service.audit_size() == 1
 
 
 # vigie serve --workers -----------------------------------------------------------------------
