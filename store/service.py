@@ -570,7 +570,7 @@ def _audit_turn(facts: FactStore) -> Iterator[None]:
     SQLite, a system without ``flock`` or a lock file that cannot be made: SQLite's lock
     alone."""
     database = facts.engine.url.database
-    if facts.engine.dialect.name != "sqlite" or fcntl is None or in_memory_url(facts.url):
+    if facts.engine.dialect.name != "sqlite" or fcntl is None or database in (None, "", ":memory:"):
         yield
         return
     try:
