@@ -286,6 +286,7 @@ class SiteFollower:
         self.version, self.site = version, site
         self._lock = threading.Lock()
         self._next = time.monotonic() + ttl
+        self._packs: list[dict[str, Any]] | None = None  # what a version is checked against
 
     def __call__(self) -> None:
         if time.monotonic() >= self._next:
@@ -304,7 +305,11 @@ class SiteFollower:
                 return self.site
             version = saved.version if saved is not None else None
             if version != self.version:
-                self.version, self.site = version, _checked_site_config(saved)
+                if self._packs is None and saved is not None:  # compiled once, when needed
+                    from vigie.api.batch import compile_packs
+
+                    self._packs = compile_packs(())
+                self.version, self.site = version, _checked_site_config(saved, self._packs)
                 if isinstance(self.evaluator, PackEvaluator):
                     self.evaluator.site = self.site
             return self.site
