@@ -100,6 +100,17 @@ later at most). Tried at 0.05 and 0.1 s: the same messages ACKed per second with
 noise of a shared machine, a higher p99 ACK latency (a longer save holds the write lock the
 keeper waits for: PostgreSQL, one connection, p99 34-36 ms at 0.1 s, 18-22 ms at 0.02 s)."""
 
+PARSE_DEFER = 5.0
+"""Seconds a kept message may wait for its parse while frames keep coming (at most): during a
+burst the parser gives way to the keep, which then has the interpreter to itself and ACKs at
+its own speed; past this age, or once the burst is over, the parser works (and the ACKs of a
+longer burst come at what parsing leaves them). The raw message is committed before its
+ACK: a deferred parse delays its facts, never its safety."""
+
+_BUSY = 0.01
+"""The listener is in a burst while it has kept a frame within this many seconds (frames at
+more than ~100 a second; at 5 ms, a loaded machine's slower ACKs ended the bursts it made)."""
+
 SWITCH_INTERVAL = 0.001
 """Seconds between the interpreter's thread switches in a process that ``run_mllp`` runs
 (Python's default: 0.005). The keeper waits on the database and the socket while the parser
@@ -328,6 +339,7 @@ class _Message:
     parsed: ParsedMessage | None = None  # before its ACK (a suspicious header), or by the parser
     record: RawRecord | None = None
     ack: Acknowledgement | None = None
+    kept_at: float = 0.0  # ``time.monotonic()`` of its commit
 
 
 @dataclass
@@ -410,9 +422,14 @@ class _Ingestor:
     """The two threads behind a listener: the keeper commits the raw messages of every
     connection waiting, then lets their ACKs go; the parser parses and stores what they gave.
 
-    Keep and save transactions of this listener take ``_lock`` together with the bookkeeping of
-    the messages under way, so that a message sent again while its first copy is still being
-    parsed is answered as a duplicate, not parsed twice.
+    ``_lock`` guards the bookkeeping of the messages under way, so that a message sent again
+    while its first copy is still being parsed is answered as a duplicate, not parsed twice.
+    On SQLite it also makes a keep and a save of this listener take turns (SQLite has one
+    writer; a connection that finds the file locked sleeps 1, 2, 5 ms... before trying again,
+    where this lock wakes it at once). On PostgreSQL a keep of new messages takes no lock
+    (``FactStore.keep_raws``) and does not wait for the parser's save.
+
+    During a burst the parser gives way to the keeper (``PARSE_DEFER``).
     """
 
     def __init__(
@@ -430,7 +447,10 @@ class _Ingestor:
         self._frames: queue.Queue[_Frame | None] = queue.Queue()
         self._kept: queue.Queue[list[_Message] | None] = queue.Queue()
         self._lock = threading.Lock()
+        self._one_writer = store.engine.dialect.name == "sqlite"
         self._under_way: set[int] = set()  # raw ids kept, not yet stored by the parser
+        self._keeping = False  # the keeper has frames in hand (the keeper writes both)
+        self._last_keep = 0.0  # ``time.monotonic()`` when it last finished with its frames
         self.started = False
         self._keeper = threading.Thread(target=self._keep_loop, name="mllp-keeper", daemon=True)
         self._parser = threading.Thread(target=self._parse_loop, name="mllp-parser", daemon=True)
@@ -459,6 +479,7 @@ class _Ingestor:
             if first is None:
                 self._kept.put(None)
                 return
+            self._keeping = True
             frames = [first]
             count = len(first.messages)
             stopping = False
@@ -481,6 +502,7 @@ class _Ingestor:
                     for message in item.messages:
                         message.ack = message.ack or _store_failure(error)
             _acknowledge_all(frames)
+            self._keeping, self._last_keep = False, time.monotonic()
             if stopping:
                 self._kept.put(None)
                 return
@@ -493,10 +515,9 @@ class _Ingestor:
         to_parse: list[_Message] = []
         for group in _distinct(messages):
             try:
-                with self._lock:
-                    records = self.store.keep_raws([message.raw for message in group])
-                    for message, record in zip(group, records, strict=True):
-                        message.record = self._settled(record)
+                records = self._keep_group(group)
+                for message, record in zip(group, records, strict=True):
+                    message.record = record
                 self.stats.groups += 1
             except StoreError as error:
                 log.error("MLLP: messages not stored: %s", error.__class__.__name__)
@@ -510,17 +531,39 @@ class _Ingestor:
                 if kept is not None and not kept.duplicate and kept.refused is None:
                     to_parse.append(message)
         if to_parse:
+            kept_at = time.monotonic()
+            for message in to_parse:
+                message.kept_at = kept_at
             self._kept.put(to_parse)
 
-    def _settled(self, record: RawRecord) -> RawRecord:
-        """A kept message's record; one whose first copy is still under way is a duplicate
-        (that copy's parse stores it)."""
-        if record.duplicate or record.refused is not None:
-            return record
-        if record.id in self._under_way:
-            return dataclasses.replace(record, duplicate=True)
-        self._under_way.add(record.id)
-        return record
+    def _keep_group(self, group: list[_Message]) -> list[RawRecord]:
+        """Keep messages of distinct keys, committed; their records, settled (``_settled``)
+        against the messages under way when the keep began."""
+        raws = [message.raw for message in group]
+        if self._one_writer:
+            with self._lock:
+                return self._settled(set(self._under_way), self.store.keep_raws(raws))
+        with self._lock:
+            under_way = set(self._under_way)
+        records = self.store.keep_raws(raws)
+        with self._lock:
+            return self._settled(under_way, records)
+
+    def _settled(self, under_way: set[int], records: list[RawRecord]) -> list[RawRecord]:
+        """Kept messages' records, now under way; one whose first copy was under way is a
+        duplicate (that copy's parse stores it). The parser stops counting a message under
+        way only after its save has committed, so a copy kept before that commit finds its
+        first copy under way, and one kept after finds it stored (``keep_raws``)."""
+        settled = []
+        for record in records:
+            if record.duplicate or record.refused is not None:
+                settled.append(record)
+            elif record.id in under_way:
+                settled.append(dataclasses.replace(record, duplicate=True))
+            else:
+                self._under_way.add(record.id)
+                settled.append(record)
+        return settled
 
     # parser
 
@@ -529,6 +572,7 @@ class _Ingestor:
             first = self._kept.get()
             if first is None:
                 return
+            self._give_way(first[0].kept_at)
             messages, stopping = self._gather(first)
             try:
                 self._parse(messages)
@@ -578,6 +622,12 @@ class _Ingestor:
             with self._lock:
                 self._under_way.difference_update(m.record.id for m in messages if m.record)
 
+    def _give_way(self, kept_at: float) -> None:
+        """Wait while the listener is busy keeping frames, up to ``PARSE_DEFER`` after
+        ``kept_at`` (see ``PARSE_DEFER``)."""
+        while _defer_parse(time.monotonic(), self._keeping, self._last_keep, kept_at):
+            time.sleep(_BUSY)
+
     def _store(self, messages: list[_Message]) -> None:
         parsed = []
         for message in messages:
@@ -601,6 +651,21 @@ class _Ingestor:
         except Exception as error:  # a hook's failure must not stop the listener
             log.error("MLLP hook failed: %s", error.__class__.__name__)
             self.stats.errors += 1
+
+
+def _defer_parse(now: float, keeping: bool, last_keep: float, kept_at: float) -> bool:
+    """Whether the parse of a message kept at ``kept_at`` waits: the listener is keeping
+    frames or kept some within ``_BUSY`` seconds (a burst: a keep that waited for the parser's
+    save counts), and the message is younger than ``PARSE_DEFER``.
+
+    >>> _defer_parse(now=10.0, keeping=False, last_keep=9.995, kept_at=9.0)
+    True
+    >>> _defer_parse(now=10.0, keeping=True, last_keep=9.5, kept_at=9.0)
+    True
+    >>> _defer_parse(10.0, False, 9.9, kept_at=9.0), _defer_parse(10.0, True, 9.995, kept_at=4.0)
+    (False, False)
+    """
+    return (keeping or now - last_keep < _BUSY) and now - kept_at < PARSE_DEFER
 
 
 def _distinct(messages: list[_Message]) -> Iterator[list[_Message]]:

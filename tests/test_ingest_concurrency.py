@@ -234,3 +234,44 @@ def test_a_late_outcome_of_a_message_taken_over_is_not_stored(store_url: str) ->
         assert first.raw_counts() == {"received": 1} and first.dead_letters() == []
         second.save_outcomes([_outcome(kept, raw)])
         assert (claimed.id, second.raw_counts()) == (kept.id, {"ignored": 1})
+
+
+def test_a_batch_of_new_messages_is_kept_in_its_order(store_url: str) -> None:
+    """Messages the store does not know (on PostgreSQL, kept by one statement): each gets a
+    row of its own, numbered in the batch's order, the order a recovery parses them in."""
+    raws = [_message(f"M{number}") for number in (3, 1, 2)]
+    with FactStore(store_url) as store:
+        records = store.keep_raws(raws)
+        assert [(record.duplicate, record.replaced) for record in records] == [(False, False)] * 3
+        assert [record.id for record in records] == sorted(record.id for record in records)
+        assert [raw.message_id for raw in store.unfinished()] == ["M3", "M1", "M2"]
+
+
+def test_a_batch_mixing_new_and_known_messages_gives_each_its_record(store_url: str) -> None:
+    """One message of the batch is known and done: it is a duplicate under its first row, the
+    new ones are kept, each record in the batch's place (on PostgreSQL the batch leaves the
+    one-statement keep of new messages for the comparing one)."""
+    with FactStore(store_url) as store:
+        (first,) = store.keep_raws([_message("M1")])
+        store.save_outcomes([_outcome(first, _message("M1"))])
+        records = store.keep_raws([_message("M0"), _message("M1"), _message("M2")])
+        assert [(record.duplicate, record.replaced) for record in records] == [
+            (False, False),
+            (True, False),
+            (False, False),
+        ]
+        assert records[1].id == first.id
+        assert [raw.message_id for raw in store.unfinished()] == ["M0", "M2"]
+
+
+def test_a_new_version_beside_new_messages_is_kept_as_a_correction(store_url: str) -> None:
+    with FactStore(store_url) as store:
+        (first,) = store.keep_raws([_message("M1")])
+        store.save_outcomes([_outcome(first, _message("M1"))])
+        corrected = replace(_message("M1"), content=_message("M1").content + b"NTE|1||new\r")
+        records = store.keep_raws([_message("M2"), corrected])
+        assert [(record.duplicate, record.replaced) for record in records] == [
+            (False, False),
+            (False, True),
+        ]
+        assert len(store.raw_versions("hl7v2", "M1")) == 2

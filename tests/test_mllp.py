@@ -267,6 +267,31 @@ def test_concurrent_connections_keep_their_order_and_facts_reach_the_hook(
     assert listener.server.stats.groups < 150  # messages of several frames shared a commit
 
 
+def test_acks_do_not_wait_for_the_parse(
+    store: FactStore, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ACK says the raw message is committed, not parsed: with the parser held up, every
+    message is acknowledged (one at a time, as a sender waiting for each ACK does) and kept
+    ``received``; released, the parser stores what they gave."""
+    from vigie.ingest import mllp
+
+    released = threading.Event()
+    parse = mllp.parse_message
+
+    def held(*args: Any) -> Any:
+        assert released.wait(20), "the parser was never released"
+        return parse(*args)
+
+    monkeypatch.setattr(mllp, "parse_message", held)
+    for number in range(5):
+        client.send(frame(oru(f"M{number}")))
+        assert client.acks(1)[0]["MSA"][1:3] == ["AA", f"M{number}"]
+    assert store.raw_counts() == {"received": 5}
+    released.set()
+    _wait_parsed(store, 5)
+    assert store.raw_counts() == {"loaded": 5}
+
+
 def test_clean_shutdown_closes_idle_connections(store: FactStore) -> None:
     listener = start_mllp_thread(store)
     sender = Client(listener.port)
