@@ -369,6 +369,11 @@ _RAW_FIELDS = (
 )
 
 
+_NEW_RAWS_AT_ONCE = 500
+"""The most messages ``_insert_new_raws`` takes (11 parameters each; PostgreSQL takes 65,535 a
+statement); a larger batch is kept by the comparing path."""
+
+
 @lru_cache(maxsize=64)
 def _insert_new_raws(dialect: Dialect, count: int) -> str:
     """PostgreSQL: the statement inserting ``count`` raw messages if the store knows none of
@@ -721,7 +726,8 @@ class FactStore:
         those are kept again by ``keep_raws``'s comparing path, as duplicates of that copy.
         """
         refused = any(_key_problem("message id", r.message_id, _MESSAGE_ID_MAX) for r in raws)
-        if self.engine.dialect.name != "postgresql" or refused or not raws:
+        postgres = self.engine.dialect.name == "postgresql"
+        if not postgres or refused or not 0 < len(raws) <= _NEW_RAWS_AT_ONCE:
             return None
         parameters = {
             f"{name}_{n}": value

@@ -275,3 +275,14 @@ def test_a_new_version_beside_new_messages_is_kept_as_a_correction(store_url: st
             (False, True),
         ]
         assert len(store.raw_versions("hl7v2", "M1")) == 2
+
+
+def test_a_batch_larger_than_one_statement_takes_is_kept_whole(store_url: str) -> None:
+    """Past 500 messages (PostgreSQL takes 65,535 parameters a statement, a message 11) the
+    batch is kept by the comparing path: every message kept once, in order."""
+    raws = [_message(f"M{number}") for number in range(501)]
+    with FactStore(store_url) as store:
+        records = store.keep_raws(raws)
+        assert not any(record.duplicate for record in records)
+        assert [record.id for record in records] == sorted({record.id for record in records})
+        assert store.raw_counts() == {"received": 501}
