@@ -472,8 +472,11 @@ class AuditWriter:
             self._ready.notify()
         return done
 
-    def _next_batch(self) -> list[tuple[AuditEntry, Future[None]]]:
-        """What waits (at most a batch), or nothing after ``idle`` seconds (the thread ends)."""
+    def _next_batch(self) -> list[tuple[AuditEntry, Future[None] | None]]:
+        """What waits (at most a batch), or nothing after ``idle`` seconds (the thread ends).
+        Each future is set running, so that it can no longer be cancelled; one its caller
+        cancelled already (a request whose client went away) is None: its entry is written
+        all the same, and nobody is told."""
         with self._ready:
             if not self._waiting:
                 self._ready.wait(self._idle)
@@ -482,13 +485,15 @@ class AuditWriter:
                 return []
             batch = self._waiting[:_AUDIT_BATCH]
             del self._waiting[:_AUDIT_BATCH]
-            return batch
+        return [
+            (entry, done if done.set_running_or_notify_cancel() else None) for entry, done in batch
+        ]
 
     def _run(self) -> None:
         while batch := self._next_batch():
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[AuditEntry, Future[None]]]) -> None:
+    def _commit(self, batch: list[tuple[AuditEntry, Future[None] | None]]) -> None:
         try:
             self._write([entry for entry, _ in batch])
         except BaseException as error:  # given to its caller, who raises it
@@ -496,10 +501,12 @@ class AuditWriter:
                 for one in batch:
                     self._commit([one])
                 return
-            batch[0][1].set_exception(error)
+            if batch[0][1] is not None:
+                batch[0][1].set_exception(error)
             return
         for _, done in batch:
-            done.set_result(None)
+            if done is not None:
+                done.set_result(None)
 
 
 class GenerationReader:

@@ -8,6 +8,8 @@ Alerts come from real evaluations of the default pack (the facts of tests/test_e
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -35,6 +37,7 @@ from vigie.store import (
 )
 from vigie.store.service import (
     CDS_CARD_DAYS,
+    AuditWriter,
     DecisionRow,
     IssuedCard,
     RulePackVersion,
@@ -303,3 +306,30 @@ def test_cds_cards_older_than_the_kept_days_are_deleted(service: ServiceStore) -
     )
     assert service.cds_card(old.uuid, "vigie-order-sign") is None
     assert service.cds_card(recent.uuid, "vigie-order-sign") == recent
+
+
+def test_a_waiter_that_went_away_neither_stops_the_audit_writer_nor_loses_its_entry() -> None:
+    """A request cancelled while its audit entry waits (its client went away: the asyncio task
+    cancels the future it awaited) must not kill the writer's thread: the entries of the same
+    batch are still answered, later ones too, and the cancelled one's entry is written."""
+    written: list[str] = []
+    release = threading.Event()
+
+    def write(entries: list[AuditEntry]) -> None:
+        if entries[0].action == "first":
+            release.wait(10)  # hold the first commit: the next entries wait together
+        written.extend(entry.action for entry in entries)
+
+    writer = AuditWriter(write, idle=0.5)
+    first = writer.submit(AuditEntry("pharm.a", ("pharmacist",), "first", "worklist"))
+    time.sleep(0.05)  # the thread took the first entry alone
+    gone, kept = (
+        writer.submit(AuditEntry("pharm.a", ("pharmacist",), action, "worklist"))
+        for action in ("gone", "kept")
+    )
+    assert gone.cancel()
+    release.set()
+    assert first.result(10) is None and kept.result(10) is None
+    later = writer.submit(AuditEntry("pharm.a", ("pharmacist",), "later", "worklist"))
+    assert later.result(10) is None
+    assert written == ["first", "gone", "kept", "later"]
