@@ -55,6 +55,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from vigie.connectors.base import Connector, RawMessage
 from vigie.connectors.hl7v2.framing import msh_fields
@@ -69,7 +70,7 @@ from vigie.ingest.pipeline import (
     recover,
     save_parsed,
 )
-from vigie.store import FactStore, RawRecord, StoreError
+from vigie.store import AuditEntry, FactStore, RawRecord, ServiceStore, StoreError
 from vigie.terminology import default_terminology
 
 __all__ = [
@@ -735,6 +736,7 @@ class MllpServer:
         self.max_frame = max_frame
         self.stats = MllpStats()
         self._ingestor = _Ingestor(store, on_facts, on_results, self.stats)
+        self._service = ServiceStore(store)  # the audit log
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], bool] = {}  # task -> busy
         self._closing = False
@@ -767,14 +769,41 @@ class MllpServer:
             await self._server.wait_closed()
         await asyncio.get_running_loop().run_in_executor(None, self._ingestor.stop)
 
+    async def _audit(self, peer: str, stage: str, **detail: Any) -> bool:
+        """An entry of the audit log for a connection (actor ``mllp:<peer address>``): written
+        when it opens and when it closes, with what it sent; whether it was written."""
+        entry = AuditEntry(
+            actor=f"mllp:{peer}",
+            roles=("feed",),
+            action="ingest",
+            resource=f"MLLP {self.host}:{self.port}",
+            detail={"stage": stage, **detail},
+        )
+        try:
+            await asyncio.wrap_future(self._service.submit_audit(entry))
+        except StoreError as error:  # names the store, never a message
+            log.error(
+                "MLLP: the audit entry of a connection (%s) was not written: %s", stage, error
+            )
+            return False
+        return True
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._connections[task] = False
         self.stats.connections += 1
-        peer = writer.get_extra_info("peername")
-        document = f"mllp://{peer[0] if peer else 'unknown'}"
+        address = writer.get_extra_info("peername")
+        peer = str(address[0]) if address else "unknown"
+        document = f"mllp://{peer}"
+        if not await self._audit(peer, "connected"):  # nothing kept without its audit entry
+            del self._connections[task]
+            writer.close()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()
+            return
         frames = FrameReader(self.max_frame)
+        acks: dict[str, int] = {"AA": 0, "AE": 0, "AR": 0}
         try:
             while not self._closing:
                 data = await reader.read(_READ_BYTES)
@@ -784,7 +813,7 @@ class MllpServer:
                 if not found:
                     continue
                 self._connections[task] = True
-                replies = await self._acknowledge(document, found)
+                replies = await self._acknowledge(document, found, acks)
                 writer.write(b"".join(frame(reply) for reply in replies))
                 await writer.drain()
                 self._connections[task] = False
@@ -798,8 +827,18 @@ class MllpServer:
             writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
+            await self._audit(
+                peer,
+                "closed",
+                frames=sum(acks.values()),
+                acks=acks,
+                dropped_bytes=frames.dropped,
+                closed_inside_a_frame=frames.partial,
+            )
 
-    async def _acknowledge(self, document: str, found: list[bytes | Oversized]) -> list[bytes]:
+    async def _acknowledge(
+        self, document: str, found: list[bytes | Oversized], acks: dict[str, int]
+    ) -> list[bytes]:
         loop = asyncio.get_running_loop()
         futures = []
         for content in found:
@@ -824,6 +863,7 @@ class MllpServer:
         for future in futures:
             code, reply = await future
             self.stats.acks[code] += 1
+            acks[code] += 1
             replies.append(reply)
         return replies
 

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from vigie.ingest.mllp import (
     frame,
     start_mllp_thread,
 )
-from vigie.store import FactStore, StoreError
+from vigie.store import FactStore, ServiceError, ServiceStore, StoreError
 from vigie.store.database import RawMessageRow
 
 
@@ -301,6 +302,49 @@ def test_clean_shutdown_closes_idle_connections(store: FactStore) -> None:
     assert sender.socket.recv(10) == b""  # closed by the listener
     assert store.raw_counts() == {"loaded": 1}
     sender.close()
+
+
+def test_each_connection_is_in_the_audit_log_with_what_it_sent(store: FactStore) -> None:
+    """A feed writes patient data: its connection opens and closes in the audit log (actor
+    ``mllp:<address>``), the closing entry with the frames and ACK codes it got."""
+    listener = start_mllp_thread(store)
+    sender = Client(listener.port)
+    sender.send(frame(oru("M1")) + frame(b"not HL7 at all") + frame(oru("M2")))
+    assert [ack["MSA"][1] for ack in sender.acks(3)] == ["AA", "AR", "AA"]
+    sender.close()
+    deadline = time.monotonic() + 10
+    while len(ServiceStore(store).audit_log(actor="mllp:127.0.0.1")) < 2:
+        assert time.monotonic() < deadline, "the closing entry was not written"
+        time.sleep(0.02)
+    listener.stop()
+    closed, opened = ServiceStore(store).audit_log(actor="mllp:127.0.0.1")
+    assert (opened.action, opened.resource) == ("ingest", f"MLLP 127.0.0.1:{listener.port}")
+    assert opened.detail == {"stage": "connected"} and opened.patient_id is None
+    assert closed.detail == {
+        "stage": "closed",
+        "frames": 3,
+        "acks": {"AA": 2, "AE": 0, "AR": 1},
+        "dropped_bytes": 0,
+        "closed_inside_a_frame": False,
+    }
+
+
+def test_a_connection_whose_audit_entry_cannot_be_written_is_closed_unread(
+    store: FactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(self: ServiceStore, entry: Any) -> Future[None]:
+        done: Future[None] = Future()
+        done.set_exception(ServiceError("the audit log is not writable (test)"))
+        return done
+
+    monkeypatch.setattr(ServiceStore, "submit_audit", refused)
+    with start_mllp_thread(store) as listener:
+        sender = Client(listener.port)
+        sender.send(frame(oru("M1")))
+        with pytest.raises(ConnectionError):
+            sender.acks(1)  # closed without an ACK: the sender sends it again later
+        sender.close()
+    assert store.raw_counts() == {}
 
 
 def test_real_messages_give_the_facts_of_the_file_ingest(
