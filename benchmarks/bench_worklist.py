@@ -119,8 +119,11 @@ def start_server(
     env = {**os.environ, "VIGIE_TIMEZONE": "UTC"}
     if source is not None:
         env["PYTHONPATH"] = str(source)
+    # Run from the log's folder: ``python -c`` (the no-audit script) and ``python -m`` (the
+    # workers of --workers) put their working directory first on sys.path, and a checkout's
+    # own ``vigie`` folder there would be imported instead of ``source``.
     with log.open("ab") as out:
-        child = subprocess.Popen(command, stdout=out, stderr=out, env=env)
+        child = subprocess.Popen(command, stdout=out, stderr=out, env=env, cwd=log.parent)
     import httpx
 
     deadline = time.monotonic() + 60
