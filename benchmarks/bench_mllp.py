@@ -175,8 +175,15 @@ def run_case(
     env = {**os.environ, "VIGIE_TIMEZONE": "UTC"}
     if source is not None:
         env["PYTHONPATH"] = str(source)
+    # ``python -c`` puts its working directory first on the import path, before PYTHONPATH:
+    # run from the source tree, not from wherever the benchmark was started (a checkout's
+    # own code would shadow the baseline's).
     child = subprocess.Popen(
-        [sys.executable, "-c", SERVER, url], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", SERVER, url],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=source,
     )
     assert child.stdout is not None
     port = int(child.stdout.readline())
