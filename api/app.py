@@ -285,19 +285,19 @@ class SiteFollower:
         self.store, self.evaluator, self.ttl = store, evaluator, ttl
         self.version, self.site = version, site
         self._lock = threading.Lock()
-        self._next = time.monotonic() + ttl
+        self._read_at = time.monotonic()  # when the latest version was last read
         self._packs: list[dict[str, Any]] | None = None  # what a version is checked against
 
     def __call__(self) -> None:
-        if time.monotonic() >= self._next:
+        if time.monotonic() - self._read_at >= self.ttl:
             self.follow()
 
     def follow(self, force: bool = False) -> SiteConfig | None:
         """The configuration in force after reading the latest saved version."""
         with self._lock:
-            if not force and time.monotonic() < self._next:
+            if not force and time.monotonic() - self._read_at < self.ttl:
                 return self.site
-            self._next = time.monotonic() + self.ttl
+            self._read_at = time.monotonic()
             try:
                 saved = ServiceStore(self.store).site_config()
             except StoreError as error:
