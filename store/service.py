@@ -39,6 +39,7 @@ import os
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -526,6 +527,9 @@ class GenerationReader:
         self._pooled = in_memory_url(facts.url)
         self._connection: Any = None  # the driver's (DB-API) connection
         self._errors = (SQLAlchemyError, facts.engine.dialect.loaded_dbapi.Error)
+        # Closes the connection with the reader when nobody closed it (an app never shut down):
+        # else the driver warns when the connection is collected, open.
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     def read(self) -> int | None:
         """The generation, or None when the store has none (its row missing until the next
@@ -535,6 +539,9 @@ class GenerationReader:
         try:
             if self._connection is None:
                 self._connection = self._connect()
+                self._finalizer = weakref.finalize(
+                    self, _close_quietly, self._connection, self._errors
+                )
             cursor = self._connection.cursor()
             try:
                 cursor.execute(self._QUERY)
@@ -561,9 +568,16 @@ class GenerationReader:
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
+        finalizer, self._finalizer = self._finalizer, None
+        if finalizer is not None:
+            finalizer.detach()
         if connection is not None:
-            with suppress(*self._errors):  # a connection already broken
-                connection.close()
+            _close_quietly(connection, self._errors)
+
+
+def _close_quietly(connection: Any, errors: tuple[type[BaseException], ...]) -> None:
+    with suppress(*errors):  # a connection already broken
+        connection.close()
 
 
 @contextmanager

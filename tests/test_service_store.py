@@ -7,6 +7,7 @@ Alerts come from real evaluations of the default pack (the facts of tests/test_e
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import threading
 import time
@@ -24,6 +25,7 @@ from vigie.engine import FactSet, evaluate
 from vigie.engine.alerts import alert_id
 from vigie.facts import AnyFact
 from vigie.store import (
+    AlertStore,
     AlertTransitionError,
     AuditEntry,
     Dismissal,
@@ -39,6 +41,7 @@ from vigie.store.service import (
     CDS_CARD_DAYS,
     AuditWriter,
     DecisionRow,
+    GenerationReader,
     IssuedCard,
     RulePackVersion,
     TokenRow,
@@ -333,3 +336,16 @@ def test_a_waiter_that_went_away_neither_stops_the_audit_writer_nor_loses_its_en
     later = writer.submit(AuditEntry("pharm.a", ("pharmacist",), "later", "worklist"))
     assert later.result(10) is None
     assert written == ["first", "gone", "kept", "later"]
+
+
+def test_a_generation_reader_nobody_closed_closes_its_connection(store_url: str) -> None:
+    """An app never shut down leaves its worklist's generation reader to the collector: the
+    connection it holds outside the pool is closed with it (the driver warned otherwise)."""
+    with FactStore(store_url) as store:
+        reader = GenerationReader(AlertStore(store))
+        reader.read()
+        connection = reader._connection
+        del reader
+        gc.collect()
+        with pytest.raises(store.engine.dialect.loaded_dbapi.Error):
+            connection.cursor().execute("SELECT 1")
