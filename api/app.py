@@ -53,7 +53,7 @@ from vigie.engine.evaluate import current_stay
 from vigie.engine.factset import PatientRecord
 from vigie.engine.live import AlertDiff
 from vigie.engine.load import LoadedPack
-from vigie.engine.site_config import SiteConfig, SiteConfigError, parse_site_config
+from vigie.engine.site_config import SiteConfig, SiteConfigError, applied_under, parse_site_config
 from vigie.errors import VigieError
 from vigie.store import (
     AlertStore,
@@ -217,7 +217,7 @@ def create_app(
         cards=StoredCards(app.state.service),
     )
     hooks = cds.cds_hooks  # type: ignore[attr-defined]
-    follower = SiteFollower(store, hooks.evaluator, version, site)
+    follower = SiteFollower(app.state.service, hooks.evaluator, version, site)
     app.state.site_follower = follower
     app.include_router(cds, dependencies=[require("feed", "pharmacist"), Depends(follower)])
     again = (store, as_of) if refresh and worklist is None else None
@@ -276,13 +276,13 @@ class SiteFollower:
 
     def __init__(
         self,
-        store: FactStore,
+        service: ServiceStore,
         evaluator: object,
         version: int | None,
         site: SiteConfig | None,
         ttl: float = 1.0,
     ) -> None:
-        self.store, self.evaluator, self.ttl = store, evaluator, ttl
+        self.service, self.evaluator, self.ttl = service, evaluator, ttl
         self.version, self.site = version, site
         self._lock = threading.Lock()
         self._read_at = time.monotonic()  # when the latest version was last read
@@ -299,7 +299,7 @@ class SiteFollower:
                 return self.site
             self._read_at = time.monotonic()
             try:
-                saved = ServiceStore(self.store).site_config()
+                saved = self.service.site_config()
             except StoreError as error:
                 log.warning("the saved site configuration could not be read: %s", error)
                 return self.site
@@ -329,8 +329,7 @@ def _site_applier(
         if worklist is not None:
             worklist.configure(site)
         elif refresh is not None:
-            why = f"under {site.file}" if site is not None else "under the packs' defaults"
-            refresh_worklist(refresh[0], refresh[1], why=why)
+            refresh_worklist(refresh[0], refresh[1], why=applied_under(site))
 
     return apply
 

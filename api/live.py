@@ -53,7 +53,7 @@ from vigie.engine.factset import PatientRecord
 from vigie.engine.live import AlertDiff, LiveEvaluator, same_content
 from vigie.engine.load import LoadedPack
 from vigie.engine.priority import worklist
-from vigie.engine.site_config import SiteConfig
+from vigie.engine.site_config import SiteConfig, applied_under
 from vigie.errors import VigieError
 from vigie.facts import AnyFact, LabResult, Observation, Patient, Retraction, Stay
 from vigie.store import AlertStore, FactStore
@@ -195,7 +195,6 @@ class LiveWorklist:
         current configuration, and the facts are given to the new evaluators too before they
         replace the current ones (the worklist's lock is held for that and the reconciliation
         only). Before ``start``, only kept for it."""
-        why = f"under {site.file}" if site is not None else "under the packs' defaults"
         with self._configuring:
             with self._lock:
                 if not self._started:
@@ -204,19 +203,19 @@ class LiveWorklist:
                     return None
                 built, routes = self._evaluators_for(site, self.now(), self._by_setting)
                 fresh = [e for key, e in built.items() if self._by_setting.get(key) is not e]
-                log_: list[tuple[list[AnyFact], list[Retraction]]] = []
-                self._loading.append(log_)
+                meanwhile: list[tuple[list[AnyFact], list[Retraction]]] = []
+                self._loading.append(meanwhile)
             try:
                 patients = self._fill(fresh)  # the store read outside the lock
             except Exception:
                 with self._lock:
-                    self._loading.remove(log_)
+                    self._loading.remove(meanwhile)
                 raise
             with self._lock:
-                self._loading.remove(log_)
+                self._loading.remove(meanwhile)
                 try:
-                    at = self.now()
-                    return self._swap(site, built, routes, fresh, log_, patients, at, why)
+                    at, why = self.now(), applied_under(site)
+                    return self._swap(site, built, routes, fresh, meanwhile, patients, at, why)
                 except Exception:
                     self._stale = True  # the next call that writes reconciles every patient
                     raise
@@ -360,8 +359,8 @@ class LiveWorklist:
                 return None
             at = self.now()
             touched = {f.patient_id for f in facts} | {r.patient_id for r in retractions}
-            for log_ in self._loading:  # evaluators being loaded get them before their swap
-                log_.append((facts, list(retractions)))
+            for meanwhile in self._loading:  # evaluators being loaded get them before their swap
+                meanwhile.append((facts, list(retractions)))
             for evaluator in self._evaluators:
                 diff = evaluator.add_many(facts, at)
                 for retraction in retractions:

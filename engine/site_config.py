@@ -73,6 +73,7 @@ __all__ = [
     "SiteConfig",
     "SiteConfigError",
     "WardSettings",
+    "applied_under",
     "load_site_config",
     "parse_site_config",
 ]
@@ -255,6 +256,12 @@ class SiteConfig:
             "enabled": sorted(r for r in settings.enable if r in rules),
             "disabled": sorted(r for r in settings.disable if r in rules),
         }
+
+
+def applied_under(site: SiteConfig | None) -> str:
+    """What an evaluation ran under, as an alert's event says it: the configuration's file
+    (``site configuration version N`` for the service's saved ones), or the packs' defaults."""
+    return f"under {site.file}" if site is not None else "under the packs' defaults"
 
 
 # Loading -----------------------------------------------------------------------------------------

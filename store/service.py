@@ -567,12 +567,9 @@ class GenerationReader:
         return connection
 
     def close(self) -> None:
-        connection, self._connection = self._connection, None
-        finalizer, self._finalizer = self._finalizer, None
+        finalizer, self._connection, self._finalizer = self._finalizer, None, None
         if finalizer is not None:
-            finalizer.detach()
-        if connection is not None:
-            _close_quietly(connection, self._errors)
+            finalizer()  # closes the connection (once: the collector will not again)
 
 
 def _close_quietly(connection: Any, errors: tuple[type[BaseException], ...]) -> None:
