@@ -2,7 +2,8 @@
 
 The router (``vigie.api.cds_hooks.cds_router``) is mounted on a bare FastAPI app and called
 in-process through the test client (request JSON, routing, prefetch read by the FHIR
-connector with validation, evaluation, cards, response JSON: everything but the network).
+connector (fast path and element check, or validation), evaluation, cards, response JSON:
+everything but the network).
 The patient is Coleman Ortiz (Synthea R4, shared data) on 1980-07-16 21:00 UTC, signing a new
 metformin order while his eGFR is 5.3 (a card with a suggestion). Two prefetch sizes, calls
 alternated:
@@ -21,7 +22,7 @@ memory; ``--store both`` runs three keepers, calls alternated so that noise hits
 memory, a fresh SQLite file, and a fresh schema of the test PostgreSQL (dropped at the end), so
 that the cost of keeping the cards is measured in one run.
 
-    .venv/bin/python benchmarks/bench_cds_hooks.py [--calls 200] [--ansm] [--fast-prefetch]
+    .venv/bin/python benchmarks/bench_cds_hooks.py [--calls 200] [--ansm] [--validate-prefetch]
         [--store URL|both]
 """
 
@@ -155,7 +156,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="calls per case")
     parser.add_argument("--ansm", action="store_true", help="the ANSM pack too")
     parser.add_argument(
-        "--fast-prefetch", action="store_true", help="prefetch not validated (validate_prefetch)"
+        "--validate-prefetch",
+        action="store_true",
+        help="prefetch validated with the fhir.resources R4B models (validate_prefetch), "
+        "instead of the default fast path with its element check",
     )
     parser.add_argument(
         "--store",
@@ -172,7 +176,7 @@ def main() -> None:
 def run(args: argparse.Namespace, kept_by: dict[str, CardKeeper | None]) -> None:
     started = time.perf_counter()
     packs = default_packs(ansm=args.ansm)
-    validated = not args.fast_prefetch
+    validated = args.validate_prefetch
     clients = {}
     for label, keeper in kept_by.items():
         app = FastAPI()
@@ -180,7 +184,8 @@ def run(args: argparse.Namespace, kept_by: dict[str, CardKeeper | None]) -> None
         app.include_router(router)
         clients[label] = TestClient(app)
     names = " + ".join(pack.name for pack in packs)
-    print(f"prefetch validated against the FHIR R4 models: {validated}")
+    how = "validated with the R4B models" if validated else "fast path with the element check"
+    print(f"prefetch read: {how}")
     print(f"cards kept: {', '.join(kept_by)}")
     print(f"routers built ({names}, warm-up included) in {time.perf_counter() - started:.2f} s")
     bodies = cases()

@@ -12,6 +12,7 @@ Codings). The severity → indicator mapping is the one docs/cds-hooks.md docume
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import uuid
 import warnings
@@ -718,3 +719,131 @@ def test_a_fhir_server_outside_the_allowed_ones_is_not_called(
     response = TestClient(app).post("/cds-services/vigie-order-sign", json=body)
     assert SERVER in _outcome(response, 403)
     assert server.queries == []
+
+
+# The prefetch's fast path: the facts of full validation, the same errors located ------------
+
+
+def _served(path: Path) -> list[dict[str, Any]]:
+    """A Synthea bundle's resources as a FHIR server serves them (literal patient references)."""
+    resources = [e["resource"] for e in json.loads(path.read_text(encoding="utf-8"))["entry"]]
+    patient_id = resources[0]["id"]
+    for resource in resources:
+        for key in ("subject", "patient"):
+            if key in resource:
+                resource[key] = {"reference": f"Patient/{patient_id}"}
+        resource.pop("encounter", None)
+    return resources
+
+
+def _whole_record(resources: list[dict[str, Any]]) -> bytes:
+    """A medication-verify call whose prefetch is the patient's whole record, every key."""
+    body = _call("medication-verify", _patient(resources)["id"])
+    body["prefetch"] = {
+        "patient": _patient(resources),
+        **{
+            key: _searchset(_of_type(resources, kind))
+            for key, kind in (
+                ("medications", "MedicationRequest"),
+                ("observations", "Observation"),
+                ("allergies", "AllergyIntolerance"),
+                ("conditions", "Condition"),
+            )
+        },
+    }
+    return json.dumps(body).encode()
+
+
+def _bench_bodies(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
+    """The order-sign calls benchmarks/bench_cds_hooks.py times (outpatient, inpatient)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    bench = importlib.import_module("bench_cds_hooks")
+    bodies: dict[str, bytes] = bench.cases()
+    return bodies
+
+
+@pytest.mark.slow
+def test_the_prefetch_gives_the_facts_of_full_validation(
+    shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default prefetch reading (the connector's fast path with its element check) and
+    full validation give the same facts, field for field, on every Synthea record of the
+    shared data and on the benchmark's calls."""
+    validated = cds_router(clock=lambda: NOW, warm_up=False, validate_prefetch=True).cds_hooks  # type: ignore[attr-defined]
+    fast = cds_router(clock=lambda: NOW, warm_up=False).cds_hooks  # type: ignore[attr-defined]
+    calls = {
+        path.name: ("vigie-medication-verify", _whole_record(_served(path)))
+        for path in sorted((shared_data / "fhir" / "synthea-r4").glob("*_*.json"))
+    }
+    for name, body in _bench_bodies(monkeypatch).items():
+        calls[f"bench {name}"] = ("vigie-order-sign", body)
+    for name, (service, body) in calls.items():
+        expected = validated.facts(service, body)
+        read = fast.facts(service, body)
+        assert len(expected) > 10 and read == expected, name
+        for fact, reference in zip(read, expected, strict=True):
+            assert fact.model_dump_json() == reference.model_dump_json(), name
+            assert fact.model_fields_set == reference.model_fields_set, name
+
+
+_AT = "prefetch.observations: Bundle.entry[2].resource"
+
+
+@pytest.mark.parametrize("validate", [False, True], ids=["element-check", "validated"])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            lambda b: b["prefetch"]["patient"].update(
+                birthdate=b["prefetch"]["patient"].pop("birthDate")
+            ),
+            "prefetch.patient: Patient.birthdate: expected no such element in FHIR R4B",
+        ),
+        (
+            lambda b: b["prefetch"]["observations"]["entry"][2]["resource"].pop("status"),
+            f"{_AT}.status: expected ",
+        ),
+        (
+            lambda b: b["prefetch"]["observations"]["entry"][2]["resource"].update(
+                valueQuantity={"vlaue": 5.3, "unit": "mL/min"}
+            ),
+            f"{_AT}.valueQuantity.vlaue: expected no such element in FHIR R4B",
+        ),
+        (
+            lambda b: b["prefetch"]["observations"]["entry"][2]["resource"].update(
+                effectiveDateTime="16/07/1980"
+            ),
+            f"{_AT}.effectiveDateTime: expected ",
+        ),
+        (
+            lambda b: b["prefetch"]["medications"]["entry"][0]["resource"].pop("intent"),
+            "prefetch.medications: Bundle.entry[0].resource.intent: expected ",
+        ),
+        (
+            lambda b: b["prefetch"]["medications"].update(typ="searchset"),
+            "prefetch.medications: Bundle.typ: expected no such element in FHIR R4B",
+        ),
+    ],
+    ids=[
+        "patient-misspelt",
+        "status-missing",
+        "nested-misspelt",
+        "bad-date",
+        "intent-missing",
+        "bundle-misspelt",
+    ],
+)
+def test_a_bad_prefetch_is_400_naming_its_json_path(
+    coleman: list[dict[str, Any]], change: Any, expected: str, validate: bool
+) -> None:
+    """What is wrong in the prefetch, where, and what was expected there: with the default
+    element check as with full validation (the fast path alone read each of these without a
+    word, but for the date)."""
+    app = FastAPI()
+    app.include_router(
+        cds_router(default_packs(), clock=lambda: NOW, warm_up=False, validate_prefetch=validate)
+    )
+    body = copy.deepcopy(_order_sign(coleman))  # the fixture's resources stay as they are
+    change(body)
+    response = TestClient(app).post("/cds-services/vigie-order-sign", json=body)
+    assert expected in _outcome(response, 400)

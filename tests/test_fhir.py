@@ -810,3 +810,146 @@ def test_a_medication_states_its_ingredients_with_their_strength() -> None:
     del medication["ingredient"]
     (order,) = load_bytes("combo.json", json.dumps(request).encode()).of(MedicationOrder)
     assert {(i.name, i.amount, i.source) for i in order.ingredients} == bdpm
+
+
+# The element check (the fast path of the CDS Hooks prefetch) --------------------------------
+
+
+def load_checked(path: Path) -> Loaded:
+    """A document through the fast path with its element check (``parse_decoded``)."""
+    loaded = Loaded([], [])
+    for raw in fhir.split(path.name, path.read_bytes()):
+        document = orjson.loads(raw.content.removeprefix(b"\xef\xbb\xbf"))
+        try:
+            outcome = fhir.parse_decoded(document, raw, validate=False, elements=True)
+        except FeedError as error:
+            loaded.errors.append(error)
+            continue
+        loaded.facts.extend(outcome.facts)
+        loaded.errors.extend(outcome.errors)
+    return loaded
+
+
+@pytest.mark.slow
+def test_element_check_gives_the_validated_facts(
+    shared_data: Path, validated: dict[Path, Loaded]
+) -> None:
+    """Every reference file passes the check and gives exactly the validated path's facts."""
+    expected = {
+        **validated,
+        GOLDEN / "mixed-resources.ndjson": load(GOLDEN / "mixed-resources.ndjson"),
+    }
+    for path in fast_path_inputs(shared_data):
+        checked = load_checked(path)
+        assert checked.errors == expected[path].errors == [], path.name
+        assert checked.facts == expected[path].facts, path.name
+        for built, reference in zip(checked.facts, expected[path].facts, strict=True):
+            assert built.model_dump_json() == reference.model_dump_json(), path.name
+            assert built.model_fields_set == reference.model_fields_set, path.name
+
+
+ORDER = {
+    "resourceType": "MedicationRequest",
+    "id": "mr1",
+    "status": "active",
+    "intent": "order",
+    "medicationCodeableConcept": {"text": "paracetamol"},
+    "subject": {"reference": "Patient/p1"},
+}
+
+
+def _without(resource: dict[str, Any], key: str) -> dict[str, Any]:
+    return {name: value for name, value in resource.items() if name != key}
+
+
+def _nested(resource: dict[str, Any], key: str, **changes: Any) -> dict[str, Any]:
+    return {**resource, key: {**resource[key], **changes}}
+
+
+_QUANTITY = CREATININE["valueQuantity"]
+# (resource, where the element check finds the problem, what it expects there, where the
+# validated path finds it). The fast path without the check reads each of these without error:
+# a misspelt element is data silently lost, a missing required element goes unnoticed.
+ELEMENT_PROBLEMS = {
+    "status missing": (
+        _without(CREATININE, "status"), ".status", "a value (required field)", ".status"),
+    "code missing": (_without(CREATININE, "code"), ".code", "required", ".code"),
+    "element misspelt": (
+        {**_without(CREATININE, "valueQuantity"), "valueQuantitiy": _QUANTITY},
+        ".valueQuantitiy", "no such element in FHIR R4B", ".valueQuantitiy",
+    ),
+    "nested element misspelt": (
+        with_(CREATININE, valueQuantity={"vlaue": 1.2, "unit": "mg/dL"}),
+        ".valueQuantity.vlaue", "no such element in FHIR R4B", ".valueQuantity.vlaue",
+    ),
+    "empty string": (
+        _nested(CREATININE, "valueQuantity", unit=""), ".valueQuantity.unit",
+        "a non-empty string", ".valueQuantity.unit",
+    ),
+    "code with spaces": (
+        with_(CREATININE, code={"coding": [{"system": "http://loinc.org", "code": " 2160-0"}]}),
+        ".code.coding[0].code", "a FHIR code", ".code.coding[0].code",
+    ),
+    "bad id": (with_(CREATININE, id="o 1"), ".id", "a FHIR id", ".id"),
+    "choice given twice": (
+        with_(CREATININE, effectivePeriod={"start": "2024-01-02T08:00:00Z"}),
+        ".effectivePeriod", "only one of effective[x]", "",
+    ),
+    "unread element of the wrong shape": (
+        with_(PATIENT, name="Dupont"), ".name", "a JSON array", ".name"),
+    "patient element misspelt": (
+        {**_without(PATIENT, "birthDate"), "birthdate": "1960-01-01"}, ".birthdate",
+        "no such element in FHIR R4B", ".birthdate",
+    ),
+    "contained resource": (
+        with_(ORDER, contained=[{"resourceType": "Medication", "id": "m1", "cod": {}}]),
+        ".contained[0].cod", "no such element in FHIR R4B", ".contained[0].cod",
+    ),
+    "intent missing": (_without(ORDER, "intent"), ".intent", "required", ".intent"),
+    "null in an array of objects": (
+        with_(ORDER, note=[None]), ".note[0]", "a JSON object", ".note"),
+    "required element null": (
+        with_(ORDER, status=None), ".status", "a value (required field)", ".status"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("resource", "position", "expected", "validated_position"),
+    list(ELEMENT_PROBLEMS.values()),
+    ids=list(ELEMENT_PROBLEMS),
+)
+def test_element_check_locates_what_validation_finds(
+    resource: dict[str, Any], position: str, expected: str, validated_position: str
+) -> None:
+    (raw,) = fhir.split("b.json", bundle(PATIENT, resource))
+    document = orjson.loads(raw.content)
+    base = "Bundle.entry[1].resource"
+    checked = fhir.parse_decoded(document, raw, validate=False, elements=True)
+    (error,) = checked.errors
+    assert error.position == base + position and expected in error.expected
+    assert [f.kind for f in checked.facts] == ["patient"]  # the other entry still loads
+    (problem,) = fhir.parse(raw, validate=True).errors
+    assert problem.position == base + validated_position
+    assert fhir.parse(raw, validate=False).errors == []  # what the check adds to the fast path
+
+
+def test_element_check_of_the_bundle_itself() -> None:
+    document = orjson.loads(bundle(PATIENT))
+    document["entry"][0]["fullurl"] = document["entry"][0].pop("fullUrl")
+    raw = RawMessage("fhir", "b.json", b"", "b")
+    (error,) = fhir.parse_decoded(document, raw, validate=False, elements=True).errors
+    assert error.position == "Bundle.entry[0].fullurl"
+    assert "no such element" in error.expected
+    del document["type"]  # the Bundle's own elements come first; one problem is said
+    errors = fhir.parse_decoded(document, raw, validate=False, elements=True).errors
+    assert [(e.position, e.expected) for e in errors] == [
+        ("Bundle.type", "a value (required field)")
+    ]
+
+
+def test_element_check_reads_only_the_types_vigie_maps() -> None:
+    """A resource type that gives no fact is not checked: nothing of it reaches the rules."""
+    practitioner = {"resourceType": "Practitioner", "id": "pr1", "nmae": [{"family": "X"}]}
+    (raw,) = fhir.split("b.json", bundle(PATIENT, practitioner))
+    checked = fhir.parse_decoded(orjson.loads(raw.content), raw, validate=False, elements=True)
+    assert checked.errors == [] and [f.kind for f in checked.facts] == ["patient"]

@@ -6,6 +6,7 @@ The ``Connector`` protocol is implemented in ``vigie.connectors.fhir.connector``
 from vigie.connectors.fhir.connector import (
     feed,
     parse,
+    parse_decoded,
     resource_facts,
     sniff,
     split,
@@ -15,6 +16,7 @@ from vigie.connectors.fhir.connector import (
 __all__ = [
     "feed",
     "parse",
+    "parse_decoded",
     "resource_facts",
     "sniff",
     "split",

@@ -466,6 +466,7 @@ class MessageContext:
     index: ResourceIndex
     validated: bool = True
     version_time: datetime | None = None
+    elements_checked: bool = False  # the fast path's element check (connector.parse_decoded)
 
 
 @dataclass(slots=True)
