@@ -186,10 +186,11 @@ class Caller:
         detail: Mapping[str, Any] | None = None,
     ) -> None:
         """``audit`` for an async route: returns once the entry is committed, without holding
-        the event loop or a worker thread meanwhile (the store's group commit)."""
+        the event loop or a worker thread meanwhile (the store's group commit, which settles
+        the waiters of one commit by one callback on the loop)."""
         entry = self.entry(action, resource, patient_id, detail)
         try:
-            await asyncio.wrap_future(self.service.submit_audit(entry))
+            await self.service.submit_audit_async(entry)
         except ServiceError as error:  # no read answered without its audit entry
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE, detail=AUDIT_REFUSED

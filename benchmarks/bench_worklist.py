@@ -69,7 +69,11 @@ UNAUDITED_SERVER = (
     "from vigie.store.service import ServiceStore\n"
     "def unaudited(self, entry):\n"  # the benchmark's no-audit case only
     "    done = Future(); done.set_result(None); return done\n"
+    "def unaudited_async(self, entry):\n"
+    "    import asyncio; done = asyncio.get_running_loop().create_future()\n"
+    "    done.set_result(None); return done\n"
     "ServiceStore.submit_audit = unaudited; ServiceStore.audit = lambda self, entry: None\n"
+    "ServiceStore.submit_audit_async = unaudited_async\n"
     "from vigie.api.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 

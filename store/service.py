@@ -34,7 +34,9 @@ True
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import os
 import secrets
 import threading
@@ -43,7 +45,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
@@ -82,13 +84,20 @@ from vigie.store.alerts import (
     Intervention,
     StoredAlert,
 )
-from vigie.store.database import FactStore, StoreError, _Base, in_memory_url
+from vigie.store.database import (
+    FactStore,
+    StoreError,
+    _Base,
+    database_reason,
+    in_memory_url,
+)
 
 __all__ = [
     "CDS_CARD_DAYS",
     "OUTCOMES",
     "ROLES",
     "TOKEN_CACHE_SECONDS",
+    "AuditDetail",
     "AuditEntry",
     "AuditWriter",
     "ConfigVersion",
@@ -279,6 +288,7 @@ class CdsCardRow(_Base):
 
 
 _AUDIT_TABLE: Final = _Base.metadata.tables[AuditRow.__tablename__]
+_AUDIT_COLUMNS: Final = ("at", "actor", "roles", "action", "resource", "patient_id", "detail")
 APPEND_ONLY_TABLES: Final = ("decision", "decision_outcome", "audit_log")
 
 
@@ -441,60 +451,136 @@ def _check_name(what: str, value: str, limit: int) -> str:
     return value
 
 
+class AuditDetail(Mapping[str, Any]):
+    """An audit entry's detail whose JSON text is made once, at its first write, and reused by
+    every entry that names it: the reads of one worklist page name the same alerts and
+    patients, and their entries need not serialise them again each. Read-only."""
+
+    __slots__ = ("_items", "_text")
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        self._items = dict(items)
+        self._text: str | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def text(self) -> str:
+        """Its JSON (as the ``JSON`` column writes it: ``json.dumps``)."""
+        if self._text is None:  # two threads may both make it: the same text
+            self._text = json.dumps(self._items)
+        return self._text
+
+
+def _detail_text(detail: Mapping[str, Any] | None) -> str | None:
+    if detail is None:
+        return None
+    if isinstance(detail, AuditDetail):
+        return detail.text
+    return json.dumps(dict(detail))
+
+
+# Who waits for an entry: a thread (``submit``) or a coroutine on an event loop (``submit_async``)
+_Waiter = Future[None] | asyncio.Future[None]
+
+
 class AuditWriter:
     """Group commit of the audit log: a caller submits its entry and waits for the commit
     that holds it (the future); one thread writes what is waiting, all of it in one
     transaction, while the next entries queue. An entry is durable when its future is done,
     as with a transaction of its own, but a hundred concurrent reads cost one commit.
 
+    A coroutine submits with ``submit_async`` and awaits an asyncio future of its own loop:
+    the futures of one batch are all settled by one callback on that loop (one wake-up of the
+    loop a commit, not one per entry).
+
     A batch the database refuses is written again entry by entry, so that one bad entry fails
-    only its own caller. The thread ends after ``idle`` seconds without work and starts again
-    with the next entry.
+    only its own caller. The thread ends after ``idle`` seconds without work (``on_idle``
+    called, the store's connection closed) and starts again with the next entry.
     """
 
-    def __init__(self, write: Callable[[list[AuditEntry]], None], *, idle: float = 10.0) -> None:
+    def __init__(
+        self,
+        write: Callable[[list[AuditEntry]], None],
+        *,
+        idle: float = 10.0,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
         self._write = write
         self._idle = idle
-        self._ready = threading.Condition()
-        self._waiting: list[tuple[AuditEntry, Future[None]]] = []
+        self._on_idle = on_idle  # called by the thread as it ends (before another can start)
+        self._ready = threading.Condition(threading.Lock())
+        self._waiting: list[tuple[AuditEntry, _Waiter]] = []
         self._thread: threading.Thread | None = None
+        self._sleeping = False  # the thread waits for entries (it needs a notify)
 
     def submit(self, entry: AuditEntry) -> Future[None]:
         """Queue an entry (its time set now, if not given); done when committed."""
         done: Future[None] = Future()
-        stamped = entry if entry.at is not None else replace(entry, at=_now())
+        self._queue(entry, done)
+        return done
+
+    def submit_async(self, entry: AuditEntry) -> asyncio.Future[None]:
+        """``submit`` for a coroutine: a future of the running event loop, done when the entry
+        is committed. Cancelling it (a request whose client went away) does not withdraw the
+        entry: it is written all the same."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue(entry, done)
+        return done
+
+    def _queue(self, entry: AuditEntry, done: _Waiter) -> None:
+        if entry.at is None:
+            entry = AuditEntry(
+                entry.actor, entry.roles, entry.action, entry.resource, entry.patient_id,
+                entry.detail, _now(), entry.seq,
+            )  # fmt: skip
         with self._ready:
-            self._waiting.append((stamped, done))
+            self._waiting.append((entry, done))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="vigie-audit-writer", daemon=True
                 )
                 self._thread.start()
-            self._ready.notify()
-        return done
+            elif self._sleeping:
+                self._ready.notify()
 
-    def _next_batch(self) -> list[tuple[AuditEntry, Future[None] | None]]:
+    def _next_batch(self) -> list[tuple[AuditEntry, _Waiter | None]]:
         """What waits (at most a batch), or nothing after ``idle`` seconds (the thread ends).
-        Each future is set running, so that it can no longer be cancelled; one its caller
-        cancelled already (a request whose client went away) is None: its entry is written
-        all the same, and nobody is told."""
+        Each thread's future is set running, so that it can no longer be cancelled; one its
+        caller cancelled already is None: its entry is written all the same, and nobody is
+        told (an asyncio future cancelled meanwhile is skipped when settled)."""
         with self._ready:
             if not self._waiting:
+                self._sleeping = True
                 self._ready.wait(self._idle)
+                self._sleeping = False
             if not self._waiting:
+                if self._on_idle is not None:
+                    with suppress(Exception):  # releasing what the writes held
+                        self._on_idle()
                 self._thread = None
                 return []
             batch = self._waiting[:_AUDIT_BATCH]
             del self._waiting[:_AUDIT_BATCH]
         return [
-            (entry, done if done.set_running_or_notify_cancel() else None) for entry, done in batch
+            (entry, done)
+            if not isinstance(done, Future) or done.set_running_or_notify_cancel()
+            else (entry, None)
+            for entry, done in batch
         ]
 
     def _run(self) -> None:
         while batch := self._next_batch():
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[AuditEntry, Future[None] | None]]) -> None:
+    def _commit(self, batch: list[tuple[AuditEntry, _Waiter | None]]) -> None:
         try:
             self._write([entry for entry, _ in batch])
         except BaseException as error:  # given to its caller, who raises it
@@ -502,12 +588,38 @@ class AuditWriter:
                 for one in batch:
                     self._commit([one])
                 return
-            if batch[0][1] is not None:
-                batch[0][1].set_exception(error)
+            _settle([batch[0][1]], error)
             return
-        for _, done in batch:
-            if done is not None:
+        _settle([done for _, done in batch], None)
+
+
+def _settle(waiters: list[_Waiter | None], error: BaseException | None) -> None:
+    """Tell the waiters of entries their commit (``error`` None) or its failure: a thread's
+    future at once, the asyncio futures of each event loop by one callback on that loop."""
+    loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for done in waiters:
+        if done is None:
+            continue
+        if isinstance(done, Future):
+            if error is None:
                 done.set_result(None)
+            else:
+                done.set_exception(error)
+        else:
+            loops.setdefault(done.get_loop(), []).append(done)
+    for loop, futures in loops.items():
+        with suppress(RuntimeError):  # the loop closed meanwhile: nobody waits on it any more
+            loop.call_soon_threadsafe(_settle_on_loop, futures, error)
+
+
+def _settle_on_loop(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for done in futures:
+        if done.done():  # cancelled: its caller went away
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
 
 
 class GenerationReader:
@@ -603,6 +715,106 @@ def _audit_turn(facts: FactStore) -> Iterator[None]:
         os.close(turn)  # releases the lock
 
 
+class _AuditAppender:
+    """Appends audit rows for the ``AuditWriter``'s thread (its only user) on a database
+    connection held for it, outside the pool, without the ORM: the session, the statement's
+    compilation and the column types' processing per row were most of the writer's time, which
+    it spent holding the interpreter's lock away from the event loop.
+
+    - SQLite: ``BEGIN IMMEDIATE`` (the write lock, as the store's writers take it), one
+      ``executemany``, ``COMMIT`` (durable as any commit of the store), in the audit turn
+      (``_audit_turn``).
+    - PostgreSQL: in autocommit, one multi-row ``INSERT`` a batch: one statement, one round trip
+      and its own transaction (all of the batch or none), synchronous commit as configured.
+
+    A connection that failed is closed, and the next write opens another."""
+
+    def __init__(self, facts: FactStore) -> None:
+        self._facts = facts
+        dialect = facts.engine.dialect
+        self._local = dialect.name == "sqlite"
+        self._errors = (SQLAlchemyError, dialect.loaded_dbapi.Error)
+        # the column's text form on SQLite (as the ORM writes it); the driver's on PostgreSQL
+        self._at = _AUDIT_TABLE.c.at.type.dialect_impl(dialect).bind_processor(dialect)
+        self._columns = ", ".join(_AUDIT_COLUMNS)
+        self._statements: dict[int, str] = {}  # PostgreSQL: the INSERT of n rows
+        self._connection: Any = None  # the driver's (DB-API) connection
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def write(self, entries: list[AuditEntry]) -> None:
+        at = self._at
+        rows = [
+            (
+                at(moment) if at is not None else moment,
+                entry.actor,
+                ",".join(entry.roles),
+                entry.action,
+                entry.resource[:512],
+                entry.patient_id,
+                _detail_text(entry.detail),
+            )
+            for entry in entries
+            for moment in (_naive(entry.at),)
+        ]
+        try:
+            if self._connection is None:
+                self._connection = self._connect()
+                self._finalizer = weakref.finalize(
+                    self, _close_quietly, self._connection, self._errors
+                )
+            if self._local:
+                self._append_sqlite(rows)
+            else:
+                self._append_postgres(rows)
+        except self._errors as error:
+            self.close()
+            reason = database_reason(error)  # type: ignore[arg-type]  # a driver's error too
+            raise ServiceError(
+                f"cannot write the audit log in {self._facts.safe_url}: {reason}"
+            ) from error
+
+    def _append_sqlite(self, rows: list[tuple[Any, ...]]) -> None:
+        connection = self._connection
+        table = _AUDIT_TABLE.name
+        with _audit_turn(self._facts):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                connection.executemany(
+                    f"INSERT INTO {table} ({self._columns}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+                )
+                connection.execute("COMMIT")
+            except BaseException:
+                with suppress(*self._errors):
+                    connection.execute("ROLLBACK")
+                raise
+
+    def _append_postgres(self, rows: list[tuple[Any, ...]]) -> None:
+        statement = self._statements.get(len(rows))
+        if statement is None:
+            values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s::json)"] * len(rows))
+            statement = f"INSERT INTO {_AUDIT_TABLE.name} ({self._columns}) VALUES {values}"
+            if len(self._statements) < _AUDIT_BATCH:
+                self._statements[len(rows)] = statement
+        cursor = self._connection.cursor()
+        try:
+            cursor.execute(statement, [value for row in rows for value in row])
+        finally:
+            cursor.close()
+
+    def _connect(self) -> Any:
+        pooled = self._facts.engine.raw_connection()  # with the store's connect settings
+        connection: Any = pooled.driver_connection
+        pooled.detach()  # its own: never handed back to the pool in autocommit
+        if not self._local:
+            connection.autocommit = True
+        return connection
+
+    def close(self) -> None:
+        finalizer, self._connection, self._finalizer = self._finalizer, None, None
+        if finalizer is not None:
+            finalizer()  # closes the connection (once: the collector will not again)
+
+
 class ServiceStore:
     """Users, wards, decisions, versions and the audit log of one fact store's database
     (module docstring); ``alerts`` is the alert store of the same database."""
@@ -615,7 +827,12 @@ class ServiceStore:
         self._users_by_token: dict[str, tuple[float, User]] = {}
         # In-memory SQLite is one connection per thread: its audit is written by the caller.
         in_memory = in_memory_url(facts.url)
-        self._audit_writer = None if in_memory else AuditWriter(self._write_audit)
+        self._audit_appender = None if in_memory else _AuditAppender(facts)
+        self._audit_writer = (
+            None
+            if self._audit_appender is None
+            else AuditWriter(self._write_audit, on_idle=self._audit_appender.close)
+        )
         self._cards_pruned_at: float | None = None  # monotonic time of the last prune
 
     def _writing(self, what: str) -> AbstractContextManager[Session]:
@@ -1006,19 +1223,32 @@ class ServiceStore:
             done.set_result(None)
         return done
 
+    def submit_audit_async(self, entry: AuditEntry) -> asyncio.Future[None]:
+        """``submit_audit`` for a coroutine: a future of the running event loop (settled, with
+        the others of its commit, by one callback on the loop: ``AuditWriter.submit_async``)."""
+        if self._audit_writer is not None:
+            return self._audit_writer.submit_async(entry)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            self._write_audit([entry])
+        except ServiceError as error:
+            done.set_exception(error)
+        else:
+            done.set_result(None)
+        return done
+
     def _write_audit(self, entries: list[AuditEntry]) -> None:
-        """Append entries to the audit log in one transaction. On PostgreSQL without the
-        store's write lock: that lock serialises read-then-write steps (ingests, decisions),
-        and an append reads nothing, so that the audit of reads in several server processes
-        commits side by side instead of in turn. SQLite has one writer at a time anyway. The
-        rows go in as the table's (Core), not as the model's: the ORM's bulk insert was half of
-        the writer's time."""
+        """Append entries to the audit log in one transaction (``_AuditAppender``: on a
+        connection of the writer's thread; in-memory SQLite, one database per connection of
+        the pool, through a session). On PostgreSQL without the store's write lock: that lock
+        serialises read-then-write steps (ingests, decisions), and an append reads nothing, so
+        that the audit of reads in several server processes commits side by side instead of in
+        turn. SQLite has one writer at a time anyway."""
+        if self._audit_appender is not None:
+            self._audit_appender.write(entries)
+            return
         rows = [_audit_row(entry) for entry in entries]
-        locked = self.facts.engine.dialect.name != "postgresql"
-        with (
-            _audit_turn(self.facts),
-            self.facts.writing("write the audit log", ServiceError, locked=locked) as session,
-        ):
+        with self.facts.writing("write the audit log", ServiceError) as session:
             session.execute(insert(_AUDIT_TABLE), rows)
             session.commit()
 

@@ -7,6 +7,7 @@ Alerts come from real evaluations of the default pack (the facts of tests/test_e
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
 import threading
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -39,6 +41,7 @@ from vigie.store import (
 )
 from vigie.store.service import (
     CDS_CARD_DAYS,
+    AuditDetail,
     AuditWriter,
     DecisionRow,
     GenerationReader,
@@ -336,6 +339,83 @@ def test_a_waiter_that_went_away_neither_stops_the_audit_writer_nor_loses_its_en
     later = writer.submit(AuditEntry("pharm.a", ("pharmacist",), "later", "worklist"))
     assert later.result(10) is None
     assert written == ["first", "gone", "kept", "later"]
+
+
+def test_audit_entries_of_one_batch_are_written_as_given(service: ServiceStore) -> None:
+    """The writer's own connection (no ORM) writes what the ORM reads back: the time, the
+    roles, a detail given as a mapping, as an ``AuditDetail`` (its JSON made once for all the
+    entries naming it) or none."""
+    shared = AuditDetail({"alerts": ["a1", "a2"], "patients": ["p1"], "filters": {}})
+    at = datetime(2026, 12, 6, 10, 30, 15, 123456)
+    entries = [
+        AuditEntry("pharm.a", ("pharmacist", "admin"), "read", "worklist", "p1", shared, at),
+        AuditEntry("pharm.b", ("pharmacist",), "read", "worklist", None, shared),
+        AuditEntry("pharm.c", ("pharmacist",), "denied", "GET /x", None, {"required": ["a"]}),
+        AuditEntry("pharm.d", ("pharmacist",), "read", "x" * 600),
+    ]
+    for done in [service.submit_audit(entry) for entry in entries]:
+        assert done.result(10) is None
+    logged = {entry.actor: entry for entry in service.audit_log(limit=10)}
+    first = logged["pharm.a"]
+    assert (first.at, first.roles, first.patient_id) == (at, ("pharmacist", "admin"), "p1")
+    assert first.detail == dict(shared) == logged["pharm.b"].detail
+    assert logged["pharm.c"].detail == {"required": ["a"]}
+    assert logged["pharm.d"].detail is None and logged["pharm.d"].resource == "x" * 512
+    assert logged["pharm.b"].at is not None and logged["pharm.b"].at >= at
+
+
+def test_an_audit_entry_the_database_refuses_fails_alone_and_the_writer_goes_on(
+    service: ServiceStore,
+) -> None:
+    bad = AuditEntry(None, ("pharmacist",), "read", "worklist")  # type: ignore[arg-type]
+    good = AuditEntry("pharm.a", ("pharmacist",), "read", "worklist")
+    waits = [service.submit_audit(entry) for entry in (good, bad, good)]
+    assert waits[0].result(10) is None and waits[2].result(10) is None
+    with pytest.raises(ServiceError, match="cannot write the audit log in") as refused:
+        waits[1].result(10)
+    assert "pharm" not in str(refused.value)
+    service.audit(good)  # on a new connection
+    assert service.audit_size() == 3
+
+
+def test_the_async_waiters_of_one_commit_are_settled_by_one_callback_on_their_loop() -> None:
+    """Each commit wakes an event loop once for all its waiters there (the loop was woken once
+    per entry: a write to its self-pipe and a callback each); a waiter cancelled meanwhile is
+    skipped and its entry written all the same."""
+    written: list[str] = []
+    release = threading.Event()
+
+    def write(entries: list[AuditEntry]) -> None:
+        if entries[0].action == "first":
+            release.wait(10)  # hold the first commit: the next entries wait together
+        written.extend(entry.action for entry in entries)
+
+    writer = AuditWriter(write, idle=0.5)
+
+    async def submit_all() -> int:
+        loop = asyncio.get_running_loop()
+        wakes: list[object] = []
+        call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counted(callback: Any, *args: Any, **options: Any) -> asyncio.Handle:
+            wakes.append(callback)
+            return call_soon_threadsafe(callback, *args, **options)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        first = writer.submit_async(AuditEntry("pharm.a", ("pharmacist",), "first", "worklist"))
+        await asyncio.sleep(0.05)  # the thread took the first entry alone
+        together = [
+            writer.submit_async(AuditEntry("pharm.a", ("pharmacist",), action, "worklist"))
+            for action in ("a", "gone", "b", "c")
+        ]
+        together[1].cancel()
+        release.set()
+        assert await first is None
+        assert await asyncio.gather(together[0], *together[2:]) == [None, None, None]
+        return len(wakes)
+
+    assert asyncio.run(submit_all()) == 2  # one per commit
+    assert written == ["first", "a", "gone", "b", "c"]
 
 
 def test_a_generation_reader_nobody_closed_closes_its_connection(store_url: str) -> None:

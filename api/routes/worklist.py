@@ -35,7 +35,7 @@ from vigie.api.auth import Caller, Pharmacist, token_reads_of
 from vigie.api.routes.schemas import AlertSummary
 from vigie.errors import VigieError
 from vigie.store import AlertStore, StoreError
-from vigie.store.service import GenerationReader
+from vigie.store.service import AuditDetail, GenerationReader
 
 __all__ = ["WorklistFastPath", "WorklistPage", "WorklistPages", "router"]
 
@@ -65,11 +65,14 @@ class WorklistPage(BaseModel):
 
 @dataclass(frozen=True)
 class RenderedPage:
-    """A worklist page as answered (its JSON), with what its read's audit entry names."""
+    """A worklist page as answered (its JSON), with what its read's audit entry names: the
+    alerts and patients shown, and the entry's detail (``AuditDetail``: its JSON made once for
+    every read of the page)."""
 
     body: bytes
     alerts: list[str]
     patients: list[str]
+    audit_detail: AuditDetail
 
 
 def render(alerts: AlertStore, query: PageQuery) -> RenderedPage:
@@ -86,10 +89,13 @@ def render(alerts: AlertStore, query: PageQuery) -> RenderedPage:
     page = WorklistPage(
         total=total, offset=offset, limit=limit, items=[AlertSummary.of(a) for a in items]
     )
+    shown = [item.id for item in items]
+    patients = sorted({item.patient_id for item in items})
     return RenderedPage(
         page.model_dump_json().encode("utf-8"),
-        [item.id for item in items],
-        sorted({item.patient_id for item in items}),
+        shown,
+        patients,
+        AuditDetail(_read_detail(query, shown, patients)),
     )
 
 
@@ -225,7 +231,7 @@ def pages_of(app: Any) -> WorklistPages:
     return pages
 
 
-def _read_detail(query: PageQuery, page: RenderedPage) -> dict[str, Any]:
+def _read_detail(query: PageQuery, alerts: list[str], patients: list[str]) -> dict[str, Any]:
     """What the audit entry of a read names: its filters, the alerts and patients shown."""
     ward, severities, rule, patient, _, _ = query
     filters = {
@@ -236,17 +242,15 @@ def _read_detail(query: PageQuery, page: RenderedPage) -> dict[str, Any]:
     }
     return {
         "filters": {k: v for k, v in filters.items() if v is not None},
-        "alerts": page.alerts,
-        "patients": page.patients,
+        "alerts": alerts,
+        "patients": patients,
     }
 
 
 async def _read_audited(caller: Caller, query: PageQuery, app: Any) -> RenderedPage:
     """The page, once the read's audit entry is committed (503 if it cannot be)."""
     page = await pages_of(app).page(query)
-    await caller.audit_async(
-        "read", "worklist", patient_id=query[3], detail=_read_detail(query, page)
-    )
+    await caller.audit_async("read", "worklist", patient_id=query[3], detail=page.audit_detail)
     return page
 
 
