@@ -88,6 +88,13 @@ class _Element:
     shape: str
     many: bool
     model: Any = None  # the fhir.resources model class of a complex element
+    layout: _Layout | None = None  # the model's, once met
+
+    def model_layout(self) -> _Layout:
+        layout = self.layout
+        if layout is None:
+            layout = self.layout = _layout(self.model)
+        return layout
 
 
 @dataclass(slots=True)
@@ -115,7 +122,7 @@ def check_bundle(bundle: dict[str, Any]) -> None:
     _check({key: value for key, value in bundle.items() if key != "entry"}, layout)
     if not isinstance(entries, list):
         return  # the connector says what an entry list must be
-    entry_layout = _layout(layout.elements["entry"].model)
+    entry_layout = layout.elements["entry"].model_layout()
     for index, entry in enumerate(entries):
         if isinstance(entry, dict):
             shell = {key: value for key, value in entry.items() if key != "resource"}
@@ -150,6 +157,8 @@ def _check(node: dict[str, Any], layout: _Layout) -> None:
             if key == "resourceType" and layout.resource:
                 continue
             raise EntryProblem(key, "no such element in FHIR R4B", value)
+        if element.shape is _STRING and type(value) is str and value.strip():
+            continue  # the most common element: a plain string
         try:
             if not element.many:
                 _value(value, element)
@@ -196,7 +205,7 @@ def _value(value: Any, element: _Element) -> None:
     if shape is _OBJECT:
         if type(value) is not dict:
             raise EntryProblem("", "a JSON object", value)
-        _check(value, _layout(element.model))
+        _check(value, element.model_layout())
     elif shape in _STRINGS:
         if type(value) is not str:
             raise EntryProblem("", "a string", value)
