@@ -28,7 +28,7 @@ moves with it.
 (``git archive <commit> | tar -x -C DIR``), interleaved with the current one: an A/B in one run.
 
     .venv/bin/python benchmarks/bench_mllp.py [--messages 3000] [--connections 1,8]
-        [--repeat 2] [--no-postgres] [--baseline DIR]
+        [--repeat 2] [--no-postgres | --no-sqlite] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -259,6 +259,7 @@ def main() -> int:
     parser.add_argument("--connections", default="1,8")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--baseline", type=Path, help="a source tree to compare with (A/B)")
     args = parser.parse_args()
     os.environ.setdefault("VIGIE_TIMEZONE", "UTC")
@@ -273,8 +274,9 @@ def main() -> int:
         for round_number in range(1, args.repeat + 1):
             order = sources if round_number % 2 else sources[::-1]  # neither always first
             for connections in map(int, args.connections.split(",")):
-                label = f"SQLite, {connections} conn. (run {round_number})"
-                _case(label, partial(_sqlite_store, folder), messages, connections, order)
+                if not args.no_sqlite:
+                    label = f"SQLite, {connections} conn. (run {round_number})"
+                    _case(label, partial(_sqlite_store, folder), messages, connections, order)
                 if not args.no_postgres:
                     label = f"PostgreSQL, {connections} conn. (run {round_number})"
                     _case(label, postgres_schema, messages, connections, order)

@@ -53,6 +53,7 @@ enforce column sizes, so that a message is refused alike on both.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -89,6 +90,7 @@ from sqlalchemy import (
     update,
     values,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -400,6 +402,96 @@ def _insert_new_raws(dialect: Dialect, count: int) -> str:
         .returning(_RAW.feed, _RAW.message_id, _RAW.id)
     )
     return str(statement.compile(dialect=dialect))
+
+
+_FACT_TABLE = cast(Table, FactRow.__table__)
+_FACT = _FACT_TABLE.c
+_FACT_FIELDS = (
+    "kind",
+    "fact_id",
+    "patient_id",
+    "raw_message_id",
+    "payload",
+    "version_time",
+    "retracted",
+)
+_OUTCOME_FIELDS = ("id", "status", "fact_count", "version_time")
+
+
+def _arrays(table: Table, names: Sequence[str]) -> Any:
+    """PostgreSQL: rows of the columns ``names`` of ``table`` given as one array parameter
+    per column (``unnest``): a batch of rows in one statement of fixed text. Strings are cast
+    to unbounded ``VARCHAR`` arrays, so that a value too long for its column fails on the
+    column, as a row inserted otherwise does, and is never cut."""
+    arrays = [
+        sql_cast(
+            bindparam(name),
+            postgresql.ARRAY(
+                String() if isinstance(table.c[name].type, String) else table.c[name].type
+            ),
+        )
+        for name in names
+    ]
+    return func.unnest(*arrays).table_valued(*names, name="given").render_derived()
+
+
+def _binary(sql: str, names: Sequence[str]) -> str:
+    """``sql`` with the parameters ``names`` sent in binary (psycopg's ``%(name)b``): an array
+    in text is escaped element by element in Python (the quotes of every JSON payload), in
+    binary it is copied."""
+    for name in names:
+        sql = sql.replace(f"%({name})s", f"%({name})b")
+    return sql
+
+
+def _on_conflict(statement: Any, replaced: Sequence[str]) -> Any:
+    """A fact insert that updates a stored fact unless it holds a later version time (see
+    ``FactStore._upsert``)."""
+    excluded, stored = statement.excluded, _FACT
+    columns = ("patient_id", "raw_message_id", "version_time", "retracted", *replaced)
+    return statement.on_conflict_do_update(
+        index_elements=["kind", "fact_id"],
+        set_={column: excluded[column] for column in columns},
+        where=(
+            stored.version_time.is_(None)
+            | excluded.version_time.is_(None)
+            | (excluded.version_time >= stored.version_time)
+        ),
+    )
+
+
+@lru_cache(maxsize=8)
+def _upsert_arrays(dialect: Dialect, replaced: tuple[str, ...]) -> str:
+    """PostgreSQL (psycopg): ``FactStore._upsert`` for a batch of facts in one statement, each
+    column an array (``_arrays``), in ``dialect``'s SQL, compiled once. psycopg runs an
+    executemany as one statement per row, each parsed and planned by the server: the facts
+    of a batch of messages cost that many statements."""
+    given = _arrays(_FACT_TABLE, _FACT_FIELDS)
+    rows = select(*(given.c[name] for name in _FACT_FIELDS))
+    statement = postgresql.insert(_FACT_TABLE).from_select(list(_FACT_FIELDS), rows)
+    return _binary(str(_on_conflict(statement, replaced).compile(dialect=dialect)), _FACT_FIELDS)
+
+
+@lru_cache(maxsize=8)
+def _outcomes_arrays(dialect: Dialect) -> str:
+    """PostgreSQL (psycopg): the outcomes of many raw messages (status, fact count, version
+    time by id) in one statement, each column an array (``_arrays``)."""
+    given = _arrays(_RAW_TABLE, _OUTCOME_FIELDS)
+    statement = (
+        update(_RAW_TABLE)
+        .where(_RAW.id == given.c.id)
+        .values(
+            status=given.c.status,
+            fact_count=given.c.fact_count,
+            version_time=given.c.version_time,
+        )
+    )
+    return _binary(str(statement.compile(dialect=dialect)), _OUTCOME_FIELDS)
+
+
+def _connection(session: _Executor) -> Connection:
+    """The connection a write step runs on (a session's, in its transaction)."""
+    return session if isinstance(session, Connection) else session.connection()
 
 
 Payloads = dict[int, dict[str, Any]]
@@ -814,20 +906,21 @@ class FactStore:
             if (problem := _fact_problem(outcome.facts))
         }
         accepted = [outcome for outcome in outcomes if outcome.raw_id not in refused]
-        with self.writing("store the facts") as session:
-            taken = self._taken_over(session, [outcome.raw_id for outcome in outcomes])
+        # A Core connection, not a session: the ORM's bulk paths cost more than the rows.
+        with self._writing_connection("store the facts") as connection:
+            taken = self._taken_over(connection, [outcome.raw_id for outcome in outcomes])
             accepted = [outcome for outcome in accepted if outcome.raw_id not in taken]
             refused = {raw_id: out for raw_id, out in refused.items() if raw_id not in taken}
             try:
-                accepted, superseded = self._versions(session, accepted)
-                self._write_outcomes(session, [*accepted, *refused.values()], payloads)
-                session.commit()
+                accepted, superseded = self._versions(connection, accepted)
+                self._write_outcomes(connection, [*accepted, *refused.values()], payloads)
+                connection.commit()
             except SQLAlchemyError:
-                session.rollback()
-                accepted, superseded = self._versions(session, accepted)
-                refused |= self._write_one_by_one(session, accepted, payloads)
-                self._write_outcomes(session, list(refused.values()))
-                session.commit()
+                connection.rollback()
+                accepted, superseded = self._versions(connection, accepted)
+                refused |= self._write_one_by_one(connection, accepted, payloads)
+                self._write_outcomes(connection, list(refused.values()))
+                connection.commit()
         texts = {raw_id: rejection.errors[0][0] for raw_id, rejection in refused.items()}
         for text in texts.values():
             log.warning("%s", text)
@@ -1105,10 +1198,16 @@ class FactStore:
             values = {"status": status, "fact_count": count, "version_time": version}
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
-                session.execute(
-                    update(RawMessageRow).where(RawMessageRow.id.in_(chunk)).values(values)
-                )
-        if single:
+                session.execute(update(_RAW_TABLE).where(_RAW.id.in_(chunk)).values(values))
+        if not single:
+            return
+        if self._arrays() and len({row["raw_id"] for row in single}) == len(single):
+            parameters = {
+                name: [row[key] for row in single]
+                for name, key in zip(_OUTCOME_FIELDS, ("raw_id", *_OUTCOME_FIELDS[1:]), strict=True)
+            }
+            _connection(session).exec_driver_sql(_outcomes_arrays(self.engine.dialect), parameters)
+        else:
             session.execute(_OUTCOME, single)
 
     def _forget_outcome(self, session: _Executor, raw_id: int) -> None:
@@ -1128,7 +1227,7 @@ class FactStore:
         if letters:
             now = _now()
             session.execute(
-                insert(DeadLetterRow),
+                insert(DeadLetterRow.__table__),
                 [
                     {
                         "raw_message_id": raw_id,
@@ -1178,7 +1277,7 @@ class FactStore:
             }
             for fact, (_, raw_id) in zip(merged, rows, strict=True)
         )
-        session.execute(self._upsert(("payload",)), _latest(values))
+        self._write_facts(session, ("payload",), _latest(values))
 
     def retract(self, session: _Executor, rows: Sequence[tuple[Retraction, int | None]]) -> None:
         """Mark facts retracted by their sender (each with the raw message that withdrew it),
@@ -1198,7 +1297,7 @@ class FactStore:
             }
             for retraction, raw_id in rows
         )
-        session.execute(self._upsert(()), _latest(values))
+        self._write_facts(session, (), _latest(values))
 
     def _merge_patients(self, session: _Executor, facts: Sequence[Fact]) -> list[Fact]:
         """Complete sparse patient records with what the store already knows (see Patient)."""
@@ -1224,20 +1323,29 @@ class FactStore:
     def _upsert(self, replaced: Sequence[str]) -> Any:
         """Insert, or update a stored fact unless it holds a later version time; ``replaced``
         names the columns updated beside the key, owner, version and retraction (a retraction
-        keeps the payload of the fact it withdraws)."""
+        keeps the payload of the fact it withdraws). Core, on the table: run by a session, an
+        ORM insert took the ORM's bulk path, which cost more than the rows."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        statement = dialect.insert(FactRow)
-        excluded, stored = statement.excluded, FactRow.__table__.c
-        columns = ("patient_id", "raw_message_id", "version_time", "retracted", *replaced)
-        return statement.on_conflict_do_update(
-            index_elements=["kind", "fact_id"],
-            set_={column: excluded[column] for column in columns},
-            where=(
-                stored.version_time.is_(None)
-                | excluded.version_time.is_(None)
-                | (excluded.version_time >= stored.version_time)
-            ),
-        )
+        return _on_conflict(dialect.insert(_FACT_TABLE), replaced)
+
+    def _arrays(self) -> bool:
+        """Whether batches are written as arrays (``_upsert_arrays``): PostgreSQL by psycopg."""
+        return self.engine.dialect.name == "postgresql" and self.engine.dialect.driver == "psycopg"
+
+    def _write_facts(
+        self, session: _Executor, replaced: tuple[str, ...], rows: list[dict[str, Any]]
+    ) -> None:
+        """``_upsert`` of fact rows (distinct keys): one statement of arrays on PostgreSQL, an
+        executemany elsewhere (SQLite runs it in the driver, at a small cost per row)."""
+        if not self._arrays():
+            session.execute(self._upsert(replaced), rows)
+            return
+        parameters = {name: [row[name] for row in rows] for name in _FACT_FIELDS}
+        # The text psycopg's JSON dumper makes of a payload SQLAlchemy binds (``json.dumps``),
+        # as text cast to JSON by the statement.
+        parameters["payload"] = [json.dumps(payload) for payload in parameters["payload"]]
+        sql = _upsert_arrays(self.engine.dialect, replaced)
+        _connection(session).exec_driver_sql(sql, parameters)
 
     def iter_facts(
         self, kinds: Iterable[str] | None = None, patient_id: str | None = None

@@ -223,3 +223,65 @@ def test_many_messages_with_one_outcome_all_get_it(store: FactStore) -> None:
     assert {statuses[n].version_time for n in range(40)} == {at}
     assert {statuses[n].version_time for n in range(40, 45)} == {None}
     assert store.raw_counts() == {"loaded": 44, "partial": 1}
+
+
+@pytest.mark.postgres
+def test_a_batch_written_as_arrays_gives_the_rows_written_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On PostgreSQL a batch's facts and statuses are written as one statement of arrays each
+    (``_upsert_arrays``, ``_outcomes_arrays``): the rows, to the payloads' text, are those the
+    statement per row writes; quotes, backslashes, non-ASCII text, unknown times, a
+    retraction and a dead letter included."""
+    from tests.conftest import postgres_schema
+
+    def batch(store: FactStore) -> tuple[object, ...]:
+        records = store.keep_raws([_raw(f"N{n}", f"MSH|{n}".encode()) for n in range(4)])
+        at = T0 + timedelta(days=1)
+        odd = lab('p"1\\', "potassium", 5.0, unit='mmol"\\/L é', fid='k"\\1')
+        withdrawn = Retraction(
+            kind="lab", fact_id="k2", patient_id="p1", source=_version(5.1, at).source
+        )
+        outcomes = [
+            MessageOutcome(
+                records[0].id,
+                "a.hl7",
+                "N0",
+                None,
+                "loaded",
+                [patient("p1"), odd, _version(5.1, at, "k2")],
+                version_time=at,
+            ),
+            MessageOutcome(records[1].id, "a.hl7", "N1", None, "loaded", [_version(5.2, None)]),
+            MessageOutcome(
+                records[2].id,
+                "a.hl7",
+                "N2",
+                None,
+                "partial",
+                [_version(5.3, at, "k4")],
+                [("bad OBX", "OBX[2]-5", False)],
+            ),
+            MessageOutcome(records[3].id, "a.hl7", "N3", None, "loaded", retractions=[withdrawn]),
+        ]
+        store.save_outcomes(outcomes)
+        with store.engine.connect() as connection:
+            facts = connection.exec_driver_sql(
+                "SELECT kind, fact_id, patient_id, raw_message_id, payload::text, version_time, "
+                "retracted FROM fact ORDER BY kind, fact_id"
+            ).all()
+            raws = connection.exec_driver_sql(
+                "SELECT id, status, fact_count, version_time FROM raw_message ORDER BY id"
+            ).all()
+        return facts, raws, store.dead_letters()
+
+    with postgres_schema() as arrays_url, postgres_schema() as rows_url:
+        with FactStore(arrays_url) as store:
+            as_arrays = batch(store)
+        monkeypatch.setattr(FactStore, "_arrays", lambda self: False)
+        with FactStore(rows_url) as store:
+            one_by_one = batch(store)
+    assert as_arrays == one_by_one
+    facts, raws, letters = as_arrays
+    assert len(facts) == 5 and [row[1] for row in raws] == ["loaded", "loaded", "partial", "loaded"]
+    assert [letter.position for letter in letters] == ["OBX[2]-5"]
