@@ -933,6 +933,29 @@ def test_element_check_locates_what_validation_finds(
     assert fhir.parse(raw, validate=False).errors == []  # what the check adds to the fast path
 
 
+def test_element_check_of_odd_structures() -> None:
+    """A contained 'resource' of a type that is no resource, and extensions nested 400 deep
+    (within the 1,024 levels orjson decodes, past Python's recursion limit): located errors,
+    no crash."""
+    deep: dict[str, Any] = {"url": "urn:x", "valueString": "x"}
+    for _ in range(400):
+        deep = {"url": "urn:x", "extension": [deep]}
+    cases = {
+        ".contained[0].resourceType": with_(ORDER, contained=[{"resourceType": "Element"}]),
+        "": with_(PATIENT, extension=[deep]),
+    }
+    raw = RawMessage("fhir", "b.json", b"", "b")
+    for position, resource in cases.items():
+        document = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": resource}],
+        }
+        checked = fhir.parse_decoded(document, raw, validate=False, elements=True)
+        (error,) = checked.errors
+        assert error.position == "Bundle.entry[0].resource" + position, error
+
+
 def test_element_check_of_the_bundle_itself() -> None:
     document = orjson.loads(bundle(PATIENT))
     document["entry"][0]["fullurl"] = document["entry"][0].pop("fullUrl")
@@ -953,3 +976,41 @@ def test_element_check_reads_only_the_types_vigie_maps() -> None:
     (raw,) = fhir.split("b.json", bundle(PATIENT, practitioner))
     checked = fhir.parse_decoded(orjson.loads(raw.content), raw, validate=False, elements=True)
     assert checked.errors == [] and [f.kind for f in checked.facts] == ["patient"]
+
+
+def _read(raw: RawMessage, document: Any, validate: bool, elements: bool) -> Loaded:
+    try:
+        outcome = fhir.parse_decoded(document, raw, validate=validate, elements=elements)
+    except FeedError as error:
+        return Loaded([], [error])
+    return Loaded(outcome.facts, outcome.errors)
+
+
+# What the element check refuses that validation (pydantic's lax mode) coerces: a number or a
+# boolean given as a string, as the fast path's readers refuse it where they read.
+_STRICTER = ("an integer", "a number", "true or false")
+
+
+@pytest.mark.property
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_element_check_refuses_nothing_that_validation_and_the_fast_path_accept(
+    data: st.DataObject,
+) -> None:
+    """A reference resource, one subtree replaced by random JSON: what both validation and
+    the fast path read without error, the element check reads too, into the same facts."""
+    lines = [
+        orjson.loads(line) for line in (GOLDEN / "mixed-resources.ndjson").read_bytes().splitlines()
+    ]
+    mutated = mutate(data.draw(st.sampled_from(lines)), data)
+    (raw,) = fhir.split("mutated.json", orjson.dumps(mutated))
+    validated = _read(raw, orjson.loads(raw.content), validate=True, elements=False)
+    fast = _read(raw, orjson.loads(raw.content), validate=False, elements=False)
+    checked = _read(raw, orjson.loads(raw.content), validate=False, elements=True)
+    assert all(error.position for error in checked.errors)
+    if validated.errors or fast.errors:
+        return
+    if checked.errors:
+        assert checked.errors[0].expected in _STRICTER, checked.errors[0]
+        return
+    assert checked.facts == validated.facts

@@ -13,8 +13,10 @@ raises ``EntryProblem`` (path relative to the resource, what was expected, what 
   depth, through complex types, backbone elements and contained resources;
 - a value of the wrong JSON shape: an object, an array, a string, a number, an integer, true
   or false (a null is read as absent, as validation reads it; not inside an array of objects);
-- an empty string, a code or an id that does not match its R4B pattern, a date, dateTime or
-  instant that is not one;
+  stricter than validation here, as the fast path's readers are: a number or a boolean given
+  as a string ("5", "true"), which pydantic's lax mode coerces, is refused;
+- a string, a code or an id that does not match its R4B pattern, a date, dateTime or instant
+  that is not one (as the fast path reads them: a leap second is refused);
 - a required element missing (``Observation.status``, ``MedicationRequest.intent``...), a
   required choice with none of its types (``medication[x]``), or a choice given twice.
 
@@ -31,7 +33,12 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Final
 
-from vigie.connectors.fhir.fast import EntryProblem, parse_fhir_datetime, parse_fhir_instant
+from vigie.connectors.fhir.fast import (
+    RESOURCE_TYPES,
+    EntryProblem,
+    parse_fhir_datetime,
+    parse_fhir_instant,
+)
 
 __all__ = ["check_bundle", "check_elements"]
 
@@ -63,13 +70,17 @@ _PRIMITIVES: Final = {
     "Integer64": _INTEGER,
     "Decimal": _DECIMAL,
 }
-_CODE_PATTERN: Final = re.compile(r"[^\s]+(?:\s[^\s]+)*")
-_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+# R4B's patterns as fhir.resources applies them (Rust regex: its \s is Unicode White_Space,
+# which Python's \s exceeds by \x1c-\x1f; a string's pattern is searched, not matched whole).
+_STRING_PATTERN: Final = re.compile(r"[ \r\n\t\S\x1c-\x1f]")
+_CODE_PATTERN: Final = re.compile(r"[\S\x1c-\x1f]+(?:[^\S\x1c-\x1f][\S\x1c-\x1f]+)*")
+_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9\-.]+")
 _TIME_PATTERN: Final = re.compile(r"([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?")
+_TOO_DEEP: Final = "a resource nested less deeply (extensions within extensions...)"
 _EXPECTED: Final = {
     _STRING: "a non-empty string",
     _CODE: "a FHIR code (a string without leading, trailing or double whitespace)",
-    _ID: "a FHIR id (1 to 64 letters, digits, '-' or '.')",
+    _ID: "a FHIR id (letters, digits, '-' or '.')",
     _DATE: "a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)",
     _DATETIME: "a FHIR dateTime (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss+hh:mm)",
     _INSTANT: "a FHIR instant (YYYY-MM-DDThh:mm:ss[.sss]+hh:mm, or Z)",
@@ -111,7 +122,10 @@ class _Layout:
 def check_elements(resource: dict[str, Any], kind: str) -> None:
     """Raise ``EntryProblem`` on the first element of ``resource`` (a ``kind``, an R4B
     resource type) that R4B does not allow there (see the module docstring)."""
-    _check(resource, _resource_layout(kind))
+    try:
+        _check(resource, _resource_layout(kind))
+    except RecursionError:
+        raise EntryProblem("", _TOO_DEEP) from None
 
 
 def check_bundle(bundle: dict[str, Any]) -> None:
@@ -119,7 +133,10 @@ def check_bundle(bundle: dict[str, Any]) -> None:
     resource of its own type, where its facts are read)."""
     layout = _resource_layout("Bundle")
     entries = bundle.get("entry")
-    _check({key: value for key, value in bundle.items() if key != "entry"}, layout)
+    try:
+        _check({key: value for key, value in bundle.items() if key != "entry"}, layout)
+    except RecursionError:
+        raise EntryProblem("", _TOO_DEEP) from None
     if not isinstance(entries, list):
         return  # the connector says what an entry list must be
     entry_layout = layout.elements["entry"].model_layout()
@@ -130,6 +147,8 @@ def check_bundle(bundle: dict[str, Any]) -> None:
                 _check(shell, entry_layout)
             except EntryProblem as problem:
                 raise _within(problem, f"entry[{index}]") from None
+            except RecursionError:
+                raise EntryProblem(f"entry[{index}]", _TOO_DEEP) from None
 
 
 # Paths are spelled out only when a problem is found: the walk itself builds no strings.
@@ -172,6 +191,8 @@ def _check(node: dict[str, Any], layout: _Layout) -> None:
         _check_choices(node, layout.choices)
     for name in layout.required:
         if node.get(name) is None and node.get("_" + name) is None:
+            if name in node and layout.elements[name].shape is _OBJECT:
+                continue  # a complex element given as null: validation lets it pass
             raise EntryProblem(name, "a value (required field)")
     for choice, names in layout.required_choices:
         if all(node.get(name) is None and node.get("_" + name) is None for name in names):
@@ -222,14 +243,14 @@ def _value(value: Any, element: _Element) -> None:
     elif shape is _RESOURCE:
         if type(value) is not dict:
             raise EntryProblem("", "a FHIR resource", value)
-        kind = value.get("resourceType")
-        if not isinstance(kind, str) or _resource_class(kind) is None:
+        kind = value.get("resourceType", "Resource")  # none: read as a bare Resource
+        if (kind != "Resource" and kind not in RESOURCE_TYPES) or _resource_class(kind) is None:
             raise EntryProblem("resourceType", "a FHIR R4B resource type", kind)
         _check(value, _resource_layout(kind))
 
 
 def _is_string(value: str) -> bool:
-    return bool(value.strip())
+    return _STRING_PATTERN.search(value) is not None
 
 
 def _is_date(value: str) -> bool:
