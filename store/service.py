@@ -520,29 +520,51 @@ class AuditWriter:
         self._waiting: list[tuple[AuditEntry, _Waiter]] = []
         self._thread: threading.Thread | None = None
         self._sleeping = False  # the thread waits for entries (it needs a notify)
+        # per event loop, the entries its current turn submitted (touched on that loop only)
+        self._turns: dict[asyncio.AbstractEventLoop, list[tuple[AuditEntry, _Waiter]]] = {}
 
     def submit(self, entry: AuditEntry) -> Future[None]:
         """Queue an entry (its time set now, if not given); done when committed."""
         done: Future[None] = Future()
-        self._queue(entry, done)
+        self._queue([(entry, done)])
         return done
 
     def submit_async(self, entry: AuditEntry) -> asyncio.Future[None]:
         """``submit`` for a coroutine: a future of the running event loop, done when the entry
         is committed. Cancelling it (a request whose client went away) does not withdraw the
-        entry: it is written all the same."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue(entry, done)
+        entry: it is written all the same.
+
+        The entries submitted during one turn of the loop are handed to the writer together,
+        at the loop's next turn (one time stamp, one lock and at most one wake-up of the
+        writer's thread for them all, instead of one each)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        turn = self._turns.get(loop)
+        if turn is None:
+            turn = self._turns[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        turn.append((entry, done))
         return done
 
-    def _queue(self, entry: AuditEntry, done: _Waiter) -> None:
-        if entry.at is None:
-            entry = AuditEntry(
-                entry.actor, entry.roles, entry.action, entry.resource, entry.patient_id,
-                entry.detail, _now(), entry.seq,
-            )  # fmt: skip
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue the entries a turn of ``loop`` submitted (on that loop)."""
+        turn = self._turns.pop(loop, None)
+        if turn:
+            self._queue(turn)
+
+    def _queue(self, entries: list[tuple[AuditEntry, _Waiter]]) -> None:
+        now: datetime | None = None
+        stamped: list[tuple[AuditEntry, _Waiter]] = []
+        for entry, done in entries:
+            if entry.at is None:
+                now = now or _now()
+                entry = AuditEntry(
+                    entry.actor, entry.roles, entry.action, entry.resource, entry.patient_id,
+                    entry.detail, now, entry.seq,
+                )  # fmt: skip
+            stamped.append((entry, done))
         with self._ready:
-            self._waiting.append((entry, done))
+            self._waiting += stamped
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="vigie-audit-writer", daemon=True
