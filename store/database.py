@@ -489,6 +489,12 @@ def _outcomes_arrays(dialect: Dialect) -> str:
     return _binary(str(statement.compile(dialect=dialect)), _OUTCOME_FIELDS)
 
 
+def _naive(times: Iterable[datetime | None]) -> bool:
+    """Whether no time carries an offset: psycopg dumps a list of times by one dumper, which
+    fails on naive and aware times mixed (a statement per row converts each alone)."""
+    return all(moment is None or moment.tzinfo is None for moment in times)
+
+
 def _connection(session: _Executor) -> Connection:
     """The connection a write step runs on (a session's, in its transaction)."""
     return session if isinstance(session, Connection) else session.connection()
@@ -1201,7 +1207,8 @@ class FactStore:
                 session.execute(update(_RAW_TABLE).where(_RAW.id.in_(chunk)).values(values))
         if not single:
             return
-        if self._arrays() and len({row["raw_id"] for row in single}) == len(single):
+        distinct = len({row["raw_id"] for row in single}) == len(single)
+        if self._arrays() and distinct and _naive(row["version_time"] for row in single):
             parameters = {
                 name: [row[key] for row in single]
                 for name, key in zip(_OUTCOME_FIELDS, ("raw_id", *_OUTCOME_FIELDS[1:]), strict=True)
@@ -1337,7 +1344,7 @@ class FactStore:
     ) -> None:
         """``_upsert`` of fact rows (distinct keys): one statement of arrays on PostgreSQL, an
         executemany elsewhere (SQLite runs it in the driver, at a small cost per row)."""
-        if not self._arrays():
+        if not self._arrays() or not _naive(row["version_time"] for row in rows):
             session.execute(self._upsert(replaced), rows)
             return
         parameters = {name: [row[name] for row in rows] for name in _FACT_FIELDS}

@@ -1,7 +1,7 @@
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -285,3 +285,27 @@ def test_a_batch_written_as_arrays_gives_the_rows_written_one_by_one(
     facts, raws, letters = as_arrays
     assert len(facts) == 5 and [row[1] for row in raws] == ["loaded", "loaded", "partial", "loaded"]
     assert [letter.position for letter in letters] == ["OBX[2]-5"]
+
+
+def test_a_batch_mixing_sender_times_with_and_without_offset_is_stored(store: FactStore) -> None:
+    """A batch whose facts and messages carry times with and without an offset is stored (on
+    PostgreSQL a list of both could not be sent as one array: written row by row)."""
+    records = store.keep_raws([_raw(f"T{n}", f"MSH|{n}".encode()) for n in range(2)])
+    aware = datetime(2024, 1, 1, 10, tzinfo=UTC)
+    outcomes = [
+        MessageOutcome(
+            record.id,
+            "a.hl7",
+            f"T{n}",
+            None,
+            "loaded",
+            [_version(5.0 + n, at, f"t{n}")],
+            [],
+            (),
+            at,
+        )
+        for n, (record, at) in enumerate(zip(records, [T0, aware], strict=True))
+    ]
+    assert store.save_outcomes(outcomes) == SavedBatch()
+    assert sorted(f.fact_id for f in store.iter_facts()) == ["t0", "t1"]
+    assert store.raw_counts() == {"loaded": 2}
