@@ -22,7 +22,10 @@ any answer but 200 with a JSON object, or a transport error, is an error and is 
 
 ``--baseline DIR`` also runs each server imported from another source tree (``git archive
 <commit> | tar -x -C DIR``), one after the other with the current one, the order alternating
-between servers and rounds (``--repeat``): an A/B in one run.
+between servers and rounds (``--repeat``): an A/B in one run. uvicorn parses HTTP with
+httptools when it is installed (a dependency since 2026-12-07), with h11 otherwise;
+``--baseline-h11`` hides httptools from the baseline's servers (a stub package first on their
+path), so that a baseline from before that dependency serves as it did.
 
 Every read writes an audit row (group commit: ``vigie.store.service.AuditWriter``). To show what
 that costs, one more case per store runs a server started from a small ``python -c`` script in
@@ -37,7 +40,7 @@ ward), the machine is shared: compare within a run.
 
     .venv/bin/python benchmarks/bench_worklist.py [--seconds 20] [--warmup 3]
         [--clients 16,64] [--workers 1,2] [--beds 1000] [--days 4] [--rate 0.3] [--no-postgres]
-        [--no-unaudited] [--baseline DIR] [--repeat 1]
+        [--no-unaudited] [--baseline DIR] [--baseline-h11] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -109,10 +112,17 @@ def _free_port() -> int:
 
 
 def start_server(
-    url: str, audited: bool, log: Path, token: str, workers: int = 1, source: Path | None = None
+    url: str,
+    audited: bool,
+    log: Path,
+    token: str,
+    workers: int = 1,
+    source: Path | None = None,
+    h11: bool = False,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """The server (``vigie serve``, or the no-audit script) on a free port, once it answers;
-    imported from the source tree ``source`` when given."""
+    imported from the source tree ``source`` when given; with uvicorn's h11 parser when
+    ``h11`` (httptools hidden)."""
     port = _free_port()
     options = ["serve", "--no-live", "--no-refresh", "--database", url, "--port", str(port)]
     options += ["--workers", str(workers)]
@@ -121,8 +131,14 @@ def start_server(
     else:
         command = [sys.executable, "-c", UNAUDITED_SERVER, *options]
     env = {**os.environ, "VIGIE_TIMEZONE": "UTC"}
-    if source is not None:
-        env["PYTHONPATH"] = str(source)
+    path = [str(source)] if source is not None else []
+    if h11:  # uvicorn takes httptools if it imports: a package that does not, first
+        hidden = log.parent / "without-httptools"
+        (hidden / "httptools").mkdir(parents=True, exist_ok=True)
+        (hidden / "httptools" / "__init__.py").write_text("raise ImportError('hidden')\n")
+        path.insert(0, str(hidden))
+    if path:
+        env["PYTHONPATH"] = os.pathsep.join(path)
     # Run from the log's folder: ``python -c`` (the no-audit script) and ``python -m`` (the
     # workers of --workers) put their working directory first on sys.path, and a checkout's
     # own ``vigie`` folder there would be imported instead of ``source``.
@@ -347,7 +363,8 @@ def bench_store(
         servers.append(("without audit (not a production setting)", False, 1))
     sources: list[tuple[str, Path | None]] = [("", None)]
     if args.baseline is not None:
-        sources = [("current, ", None), ("baseline, ", args.baseline.resolve())]
+        tag = "baseline (h11), " if args.baseline_h11 else "baseline, "
+        sources = [("current, ", None), (tag, args.baseline.resolve())]
     runs = [
         (f"{tag}{label}", audited, workers, source)
         for round_number in range(args.repeat)
@@ -355,7 +372,9 @@ def bench_store(
         for tag, source in (sources if (round_number + number) % 2 == 0 else sources[::-1])
     ]
     for label, audited, workers, source in runs:
-        child, port = start_server(url, audited, folder / "server.log", token, workers, source)
+        h11 = args.baseline_h11 and source is not None
+        log = folder / "server.log"
+        child, port = start_server(url, audited, log, token, workers, source, h11)
         try:
             for clients in args.clients if audited else [TARGET_CLIENTS]:
                 for what, query in queries.items() if audited else [("limit=50", "limit=50")]:
@@ -382,6 +401,9 @@ def main() -> int:
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-unaudited", action="store_true", help="skip the no-audit case")
     parser.add_argument("--baseline", type=Path, help="a source tree to compare with (A/B)")
+    parser.add_argument(
+        "--baseline-h11", action="store_true", help="the baseline's servers parse with h11"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every server")
     parser.add_argument("--load", help=argparse.SUPPRESS)  # the load generator's process
     args = parser.parse_args()
@@ -399,6 +421,13 @@ def main() -> int:
         f"process) and PostgreSQL; load average {os.getloadavg()[0]:.1f}"
     )
     print(f"each case: {args.warmup:.0f} s warm-up, then {args.seconds:.0f} s measured")
+    try:
+        import httptools  # noqa: F401
+
+        parser_name = "httptools"
+    except ImportError:
+        parser_name = "h11"
+    print(f"uvicorn's HTTP parser: {parser_name}" + (" (h11 for the baseline)" * args.baseline_h11))
     with tempfile.TemporaryDirectory(prefix="vigie-bench-worklist-") as name:
         folder = Path(name)
         rates = dict.fromkeys(covered_rules(), args.rate)
