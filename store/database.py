@@ -405,6 +405,7 @@ def _insert_new_raws(dialect: Dialect, count: int) -> str:
 
 
 _FACT_TABLE = cast(Table, FactRow.__table__)
+_DEAD_LETTER_TABLE = cast(Table, DeadLetterRow.__table__)
 _FACT = _FACT_TABLE.c
 _FACT_FIELDS = (
     "kind",
@@ -1234,7 +1235,7 @@ class FactStore:
         if letters:
             now = _now()
             session.execute(
-                insert(DeadLetterRow.__table__),
+                insert(_DEAD_LETTER_TABLE),
                 [
                     {
                         "raw_message_id": raw_id,
