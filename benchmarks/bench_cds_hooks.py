@@ -16,11 +16,11 @@ alternated:
 Printed per case: the prefetch size, median and p99 wall time per call, against the target;
 the first call after start-up is printed separately (the router warms up when built).
 
-``--gc-freeze`` moves every object alive once the routers are built (modules, FHIR models, rule
-packs, terminology tables: about 230,000) out of the garbage collector's reach, as a server could
-after start-up: a full collection then walks only what calls made since. Without it, a full
-collection (every few inpatient calls) walks them all: 100-180 ms on this machine, most of the
-inpatient p99.
+Every object alive once the routers are built (modules, FHIR models, rule packs, terminology
+tables: about 230,000) is moved out of the garbage collector's reach (``gc.freeze()``), as
+``vigie serve`` does after start-up: a full collection then walks only what calls made since.
+``--no-gc-freeze`` shows the cost without it: a full collection (every few inpatient calls)
+walks them all, 100-180 ms on this machine, most of the inpatient p99.
 
 ``--store URL`` keeps the cards answered in that store (``StoredCards``, as ``vigie serve``
 does: one insert per answer, so that feedback reaches any process) instead of in process
@@ -29,7 +29,7 @@ memory, a fresh SQLite file, and a fresh schema of the test PostgreSQL (dropped 
 that the cost of keeping the cards is measured in one run.
 
     .venv/bin/python benchmarks/bench_cds_hooks.py [--calls 200] [--ansm] [--validate-prefetch]
-        [--gc-freeze] [--store URL|both]
+        [--no-gc-freeze] [--store URL|both]
 """
 
 from __future__ import annotations
@@ -170,8 +170,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--gc-freeze",
-        action="store_true",
-        help="gc.freeze() once the routers are built, as a server could after start-up",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gc.freeze() once the routers are built, as vigie serve does after start-up "
+        "(default; --no-gc-freeze to see what full collections cost without it)",
     )
     parser.add_argument(
         "--store",

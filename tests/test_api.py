@@ -8,6 +8,7 @@ tests/test_evaluate.py).
 
 from __future__ import annotations
 
+import gc
 import logging
 import warnings
 from collections.abc import Iterator
@@ -450,8 +451,9 @@ def test_serve_refreshes_the_worklist_then_runs_the_app(
     served: dict[str, Any] = {}
 
     def run(app: Any, **options: Any) -> None:
-        served.update(options, app=app)
-        with TestClient(app) as client:
+        served.update(options, app=app, frozen=gc.get_freeze_count())
+        with TestClient(app) as client:  # the live worklist starts: the store's facts loaded
+            served["frozen after start"] = gc.get_freeze_count()
             served["status"] = client.get("/worklist").status_code
 
     monkeypatch.setattr(uvicorn, "run", run)
@@ -462,6 +464,11 @@ def test_serve_refreshes_the_worklist_then_runs_the_app(
         assert main(["serve", "--database", url, "--as-of", as_of, "--port", "8123"]) == 0
     finally:  # serve's log handler writes to this test's captured stderr: not to keep
         logger.handlers, logger.level = handlers, level
+        gc.unfreeze()  # serve froze this process's objects: the other tests' to collect
+    # What the app holds for its life is out of the collector's generations before serving,
+    # and what the live worklist loaded at start joins it (full collections walked it all).
+    assert served["frozen"] > 0
+    assert served["frozen after start"] > served["frozen"]
     printed = capsys.readouterr()
     assert "Worklist refreshed: 1 new" in printed.out
     assert "vigie.api: GET /worklist 401" in printed.err
