@@ -644,7 +644,43 @@ def _settle_on_loop(futures: list[asyncio.Future[None]], error: BaseException | 
             done.set_exception(error)
 
 
-class GenerationReader:
+class _HeldConnection:
+    """A database connection of the store's engine held by one owner, outside the pool (the
+    driver's DB-API connection, in autocommit on PostgreSQL): opened at first use
+    (``_held``), closed by ``close`` — after a failure, so that the next use opens another —
+    or when the owner is collected unclosed (an app never shut down), else the driver warns
+    when the connection is collected, open."""
+
+    def __init__(self, facts: FactStore) -> None:
+        self._facts = facts
+        dialect = facts.engine.dialect
+        self._local = dialect.name == "sqlite"
+        self._errors = (SQLAlchemyError, dialect.loaded_dbapi.Error)
+        self._connection: Any = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def _held(self) -> Any:
+        if self._connection is None:
+            pooled = self._facts.engine.raw_connection()  # with the store's connect settings
+            connection: Any = pooled.driver_connection
+            pooled.detach()  # its own: never handed back to the pool in autocommit
+            if not self._local:
+                connection.autocommit = True
+            self._prepare(connection)
+            self._connection = connection
+            self._finalizer = weakref.finalize(self, _close_quietly, connection, self._errors)
+        return self._connection
+
+    def _prepare(self, connection: Any) -> None:
+        """Settings of a connection just opened."""
+
+    def close(self) -> None:
+        finalizer, self._connection, self._finalizer = self._finalizer, None, None
+        if finalizer is not None:
+            finalizer()  # closes the connection (once: the collector will not again)
+
+
+class GenerationReader(_HeldConnection):
     """The alerts' generation (``AlertStore.generation``) read on one database connection held
     for it, outside the pool, in autocommit: one statement a read, without a pool checkout nor a
     transaction to end. On SQLite (``local``) a read takes a few microseconds, little enough to
@@ -654,16 +690,11 @@ class GenerationReader:
     _QUERY: Final = f"SELECT generation FROM {AlertGenerationRow.__tablename__} WHERE id = 1"
 
     def __init__(self, alerts: AlertStore) -> None:
+        super().__init__(alerts.facts)
         self._alerts = alerts
-        self._facts = facts = alerts.facts
-        self.local = facts.engine.dialect.name == "sqlite"
+        self.local = self._local
         # in-memory SQLite: one database per connection of the pool, none to take out of it
-        self._pooled = in_memory_url(facts.url)
-        self._connection: Any = None  # the driver's (DB-API) connection
-        self._errors = (SQLAlchemyError, facts.engine.dialect.loaded_dbapi.Error)
-        # Closes the connection with the reader when nobody closed it (an app never shut down):
-        # else the driver warns when the connection is collected, open.
-        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._pooled = in_memory_url(alerts.facts.url)
 
     def read(self) -> int | None:
         """The generation, or None when the store has none (its row missing until the next
@@ -671,12 +702,7 @@ class GenerationReader:
         if self._pooled:
             return self._alerts.generation()
         try:
-            if self._connection is None:
-                self._connection = self._connect()
-                self._finalizer = weakref.finalize(
-                    self, _close_quietly, self._connection, self._errors
-                )
-            cursor = self._connection.cursor()
+            cursor = self._held().cursor()
             try:
                 cursor.execute(self._QUERY)
                 found = cursor.fetchone()
@@ -690,20 +716,9 @@ class GenerationReader:
             ) from error
         return None if found is None else int(found[0])
 
-    def _connect(self) -> Any:
-        pooled = self._facts.engine.raw_connection()  # with the store's connect settings
-        connection: Any = pooled.driver_connection
-        pooled.detach()  # its own: never handed back to the pool in autocommit
-        if self.local:
+    def _prepare(self, connection: Any) -> None:
+        if self._local:
             connection.execute(f"PRAGMA busy_timeout = {_LOCAL_READ_TIMEOUT_MS}")
-        else:
-            connection.autocommit = True
-        return connection
-
-    def close(self) -> None:
-        finalizer, self._connection, self._finalizer = self._finalizer, None, None
-        if finalizer is not None:
-            finalizer()  # closes the connection (once: the collector will not again)
 
 
 def _close_quietly(connection: Any, errors: tuple[type[BaseException], ...]) -> None:
@@ -737,7 +752,7 @@ def _audit_turn(facts: FactStore) -> Iterator[None]:
         os.close(turn)  # releases the lock
 
 
-class _AuditAppender:
+class _AuditAppender(_HeldConnection):
     """Appends audit rows for the ``AuditWriter``'s thread (its only user) on a database
     connection held for it, outside the pool, without the ORM: the session, the statement's
     compilation and the column types' processing per row were most of the writer's time, which
@@ -752,16 +767,12 @@ class _AuditAppender:
     A connection that failed is closed, and the next write opens another."""
 
     def __init__(self, facts: FactStore) -> None:
-        self._facts = facts
+        super().__init__(facts)
         dialect = facts.engine.dialect
-        self._local = dialect.name == "sqlite"
-        self._errors = (SQLAlchemyError, dialect.loaded_dbapi.Error)
         # the column's text form on SQLite (as the ORM writes it); the driver's on PostgreSQL
         self._at = _AUDIT_TABLE.c.at.type.dialect_impl(dialect).bind_processor(dialect)
         self._columns = ", ".join(_AUDIT_COLUMNS)
         self._statements: dict[int, str] = {}  # PostgreSQL: the INSERT of n rows
-        self._connection: Any = None  # the driver's (DB-API) connection
-        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     def write(self, entries: list[AuditEntry]) -> None:
         at = self._at
@@ -779,11 +790,7 @@ class _AuditAppender:
             for moment in (_naive(entry.at),)
         ]
         try:
-            if self._connection is None:
-                self._connection = self._connect()
-                self._finalizer = weakref.finalize(
-                    self, _close_quietly, self._connection, self._errors
-                )
+            self._held()
             if self._local:
                 self._append_sqlite(rows)
             else:
@@ -822,19 +829,6 @@ class _AuditAppender:
             cursor.execute(statement, [value for row in rows for value in row])
         finally:
             cursor.close()
-
-    def _connect(self) -> Any:
-        pooled = self._facts.engine.raw_connection()  # with the store's connect settings
-        connection: Any = pooled.driver_connection
-        pooled.detach()  # its own: never handed back to the pool in autocommit
-        if not self._local:
-            connection.autocommit = True
-        return connection
-
-    def close(self) -> None:
-        finalizer, self._connection, self._finalizer = self._finalizer, None, None
-        if finalizer is not None:
-            finalizer()  # closes the connection (once: the collector will not again)
 
 
 class ServiceStore:
