@@ -1231,12 +1231,7 @@ class ServiceStore:
         if self._audit_writer is not None:
             return self._audit_writer.submit(entry)
         done: Future[None] = Future()
-        try:
-            self._write_audit([entry])
-        except ServiceError as error:
-            done.set_exception(error)
-        else:
-            done.set_result(None)
+        self._write_now(entry, done)
         return done
 
     def submit_audit_async(self, entry: AuditEntry) -> asyncio.Future[None]:
@@ -1245,13 +1240,18 @@ class ServiceStore:
         if self._audit_writer is not None:
             return self._audit_writer.submit_async(entry)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._write_now(entry, done)
+        return done
+
+    def _write_now(self, entry: AuditEntry, done: Future[None] | asyncio.Future[None]) -> None:
+        """Without a writer thread (in-memory SQLite): the entry written at once, ``done``
+        settled with the outcome."""
         try:
             self._write_audit([entry])
         except ServiceError as error:
             done.set_exception(error)
         else:
             done.set_result(None)
-        return done
 
     def _write_audit(self, entries: list[AuditEntry]) -> None:
         """Append entries to the audit log in one transaction (``_AuditAppender``: on a

@@ -381,12 +381,7 @@ def _bundle(
         try:
             check_bundle(bundle)
         except EntryProblem as problem:
-            outcome.errors.append(
-                FeedError(
-                    raw.document, Where.alone("Bundle").at(problem.path), problem.expected,
-                    message_id=raw.message_id, found=problem.found,
-                )
-            )  # fmt: skip
+            outcome.errors.append(_bundle_error(raw, problem))
     readable = []
     for index, entry in enumerate(entries):
         try:
@@ -432,12 +427,15 @@ def _read_message_time(
     try:
         context.version_time = _instant(bundle, "timestamp", "") or version_time(bundle)
     except EntryProblem as problem:
-        outcome.errors.append(
-            FeedError(
-                raw.document, Where.alone("Bundle").at(problem.path), problem.expected,
-                message_id=raw.message_id, found=problem.found,
-            )
-        )  # fmt: skip
+        outcome.errors.append(_bundle_error(raw, problem))
+
+
+def _bundle_error(raw: RawMessage, problem: EntryProblem) -> FeedError:
+    """A problem in the Bundle's own elements, located from the Bundle."""
+    return FeedError(
+        raw.document, Where.alone("Bundle").at(problem.path), problem.expected,
+        message_id=raw.message_id, found=problem.found,
+    )  # fmt: skip
 
 
 def _positions(errors: list[FeedError]) -> set[str | None]:
