@@ -309,3 +309,28 @@ def test_a_batch_mixing_sender_times_with_and_without_offset_is_stored(store: Fa
     assert store.save_outcomes(outcomes) == SavedBatch()
     assert sorted(f.fact_id for f in store.iter_facts()) == ["t0", "t1"]
     assert store.raw_counts() == {"loaded": 2}
+
+
+@pytest.mark.postgres
+def test_new_messages_are_kept_on_a_held_connection_reopened_after_a_failure() -> None:
+    """On PostgreSQL new raw messages are kept on one driver connection held for it (an MLLP
+    sender waits for each such commit): the same connection from one keep to the next; one
+    that broke is a ``StoreError`` naming what failed, nothing kept, and the next keep opens
+    another; closing the store closes it."""
+    from tests.conftest import postgres_schema
+
+    with postgres_schema() as url, FactStore(url) as store:
+        (first,) = store.keep_raws([_raw("M1")])
+        held = store._keeper
+        assert held is not None and not held.closed
+        (second,) = store.keep_raws([_raw("M2")])
+        assert store._keeper is held and second.id != first.id
+        held.close()  # the server went away, say
+        with pytest.raises(StoreError, match=r"cannot keep the raw messages in .*: "):
+            store.keep_raws([_raw("M3")])
+        assert store.raw_counts() == {"received": 2}
+        (third,) = store.keep_raws([_raw("M3")])
+        assert not third.duplicate and store._keeper is not None and store._keeper is not held
+        assert store.raw_counts() == {"received": 3}
+        reopened = store._keeper
+    assert reopened.closed
