@@ -60,7 +60,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -492,7 +492,7 @@ def _outcomes_arrays(dialect: Dialect) -> str:
     return _binary(str(statement.compile(dialect=dialect)), _OUTCOME_FIELDS)
 
 
-def _naive(times: Iterable[datetime | None]) -> bool:
+def _all_naive(times: Iterable[datetime | None]) -> bool:
     """Whether no time carries an offset: psycopg dumps a list of times by one dumper, which
     fails on naive and aware times mixed (a statement per row converts each alone)."""
     return all(moment is None or moment.tzinfo is None for moment in times)
@@ -556,14 +556,6 @@ def _refusal(document: str, message_id: str, position: str | None, expected: str
     return f"{': '.join(where)}: expected {expected}"
 
 
-def _close_driver(connection: Any) -> None:
-    """Close a driver connection held outside the pool, whatever state it is in."""
-    try:
-        connection.close()
-    except Exception:  # a connection already broken: nothing left to release
-        log.debug("closing a held connection failed")
-
-
 def database_reason(error: SQLAlchemyError) -> str:
     """The database's own reason (its error class and first line), without the statement nor
     its parameters (patient data)."""
@@ -622,6 +614,48 @@ def in_memory_url(url: str) -> bool:
     return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
 
 
+class _HeldConnection:
+    """A database connection of a store's engine held by one owner, outside the pool (the
+    driver's DB-API connection, in autocommit on PostgreSQL): opened at first use
+    (``held``), closed by ``close`` — after a failure, so that the next use opens another —
+    or when the owner is collected unclosed (an app never shut down), else the driver warns
+    when the connection is collected, open. One user at a time."""
+
+    def __init__(self, facts: FactStore) -> None:
+        self._facts = facts
+        dialect = facts.engine.dialect
+        self._local = dialect.name == "sqlite"
+        self.errors = (SQLAlchemyError, dialect.loaded_dbapi.Error)
+        self._connection: Any = None  # the driver's connection, while one is held
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def held(self) -> Any:
+        """The connection, opened if none is held."""
+        if self._connection is None:
+            pooled = self._facts.engine.raw_connection()  # with the store's connect settings
+            connection: Any = pooled.driver_connection
+            pooled.detach()  # its own: never handed back to the pool in autocommit
+            if not self._local:
+                connection.autocommit = True
+            self._prepare(connection)
+            self._connection = connection
+            self._finalizer = weakref.finalize(self, _close_quietly, connection, self.errors)
+        return self._connection
+
+    def _prepare(self, connection: Any) -> None:
+        """Settings of a connection just opened."""
+
+    def close(self) -> None:
+        finalizer, self._connection, self._finalizer = self._finalizer, None, None
+        if finalizer is not None:
+            finalizer()  # closes the connection (once: the collector will not again)
+
+
+def _close_quietly(connection: Any, errors: tuple[type[BaseException], ...]) -> None:
+    with suppress(*errors):  # a connection already broken
+        connection.close()
+
+
 class FactStore:
     """Facts and raw messages in one SQL database (SQLite file or PostgreSQL)."""
 
@@ -639,11 +673,10 @@ class FactStore:
         self._writer = self.engine.execution_options(**concurrency.WRITE)
         self._run: int | None = None  # this store's ingest run, once it keeps or claims
         self._run_connection: Connection | None = None  # PostgreSQL: holds the run's lock
-        # PostgreSQL: the driver connection new raw messages are kept on (``_insert_held``),
-        # outside the pool, taken by one thread at a time (the MLLP keeper, mostly).
+        # PostgreSQL: the connection new raw messages are kept on (``_insert_held``), taken by
+        # one thread at a time (the MLLP keeper, mostly).
         self._keeper_lock = threading.Lock()
-        self._keeper: Any = None
-        self._keeper_finalizer: weakref.finalize[Any, Any] | None = None
+        self._kept_on = _HeldConnection(self)
         try:
             self._create_tables()
             found = self._schema_version()
@@ -692,7 +725,7 @@ class FactStore:
         release the connection pool."""
         self._end_run()
         with self._keeper_lock:
-            self._drop_keeper()
+            self._kept_on.close()
         self.engine.dispose()
 
     def __enter__(self) -> FactStore:
@@ -878,23 +911,16 @@ class FactStore:
         connection that failed is closed; the next keep opens another."""
         if not self._keeper_lock.acquire(blocking=False):
             return None
+        held = self._kept_on
         try:
-            if self._keeper is None:
-                pooled = self.engine.raw_connection()  # with the store's connect settings
-                connection: Any = pooled.driver_connection
-                pooled.detach()  # its own: never handed back to the pool in autocommit
-                connection.autocommit = True
-                self._keeper = connection
-                # closed with the store when nobody closed it (else the driver warns)
-                self._keeper_finalizer = weakref.finalize(self, _close_driver, connection)
-            cursor = self._keeper.cursor()
+            cursor = held.held().cursor()
             try:
                 cursor.execute(statement, parameters)
                 return list(cursor.fetchall())
             finally:
                 cursor.close()
-        except (SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error) as error:
-            self._drop_keeper()
+        except held.errors as error:
+            held.close()
             reason = database_reason(error)  # type: ignore[arg-type]  # a driver's error too
             raise StoreError(
                 f"cannot keep the raw messages in {self.safe_url}: {reason}"
@@ -902,10 +928,10 @@ class FactStore:
         finally:
             self._keeper_lock.release()
 
-    def _drop_keeper(self) -> None:
-        finalizer, self._keeper, self._keeper_finalizer = self._keeper_finalizer, None, None
-        if finalizer is not None:
-            finalizer()  # closes the connection (once: the collector will not again)
+    @property
+    def _keeper(self) -> Any:
+        """The driver connection new raw messages are kept on, while one is held."""
+        return self._kept_on._connection
 
     def _retry_raw(self, session: _Executor, raw_id: int, raw: Any) -> None:
         """A retry of a version never finished or dead-lettered: forget what it gave."""
@@ -1265,7 +1291,7 @@ class FactStore:
         if not single:
             return
         distinct = len({row["raw_id"] for row in single}) == len(single)
-        if self._arrays() and distinct and _naive(row["version_time"] for row in single):
+        if self._arrays() and distinct and _all_naive(row["version_time"] for row in single):
             parameters = {
                 name: [row[key] for row in single]
                 for name, key in zip(_OUTCOME_FIELDS, ("raw_id", *_OUTCOME_FIELDS[1:]), strict=True)
@@ -1401,7 +1427,7 @@ class FactStore:
     ) -> None:
         """``_upsert`` of fact rows (distinct keys): one statement of arrays on PostgreSQL, an
         executemany elsewhere (SQLite runs it in the driver, at a small cost per row)."""
-        if not self._arrays() or not _naive(row["version_time"] for row in rows):
+        if not self._arrays() or not _all_naive(row["version_time"] for row in rows):
             session.execute(self._upsert(replaced), rows)
             return
         parameters = {name: [row[name] for row in rows] for name in _FACT_FIELDS}

@@ -41,7 +41,6 @@ import os
 import secrets
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -88,6 +87,7 @@ from vigie.store.database import (
     FactStore,
     StoreError,
     _Base,
+    _HeldConnection,
     database_reason,
     in_memory_url,
 )
@@ -644,42 +644,6 @@ def _settle_on_loop(futures: list[asyncio.Future[None]], error: BaseException | 
             done.set_exception(error)
 
 
-class _HeldConnection:
-    """A database connection of the store's engine held by one owner, outside the pool (the
-    driver's DB-API connection, in autocommit on PostgreSQL): opened at first use
-    (``_held``), closed by ``close`` — after a failure, so that the next use opens another —
-    or when the owner is collected unclosed (an app never shut down), else the driver warns
-    when the connection is collected, open."""
-
-    def __init__(self, facts: FactStore) -> None:
-        self._facts = facts
-        dialect = facts.engine.dialect
-        self._local = dialect.name == "sqlite"
-        self._errors = (SQLAlchemyError, dialect.loaded_dbapi.Error)
-        self._connection: Any = None
-        self._finalizer: weakref.finalize[Any, Any] | None = None
-
-    def _held(self) -> Any:
-        if self._connection is None:
-            pooled = self._facts.engine.raw_connection()  # with the store's connect settings
-            connection: Any = pooled.driver_connection
-            pooled.detach()  # its own: never handed back to the pool in autocommit
-            if not self._local:
-                connection.autocommit = True
-            self._prepare(connection)
-            self._connection = connection
-            self._finalizer = weakref.finalize(self, _close_quietly, connection, self._errors)
-        return self._connection
-
-    def _prepare(self, connection: Any) -> None:
-        """Settings of a connection just opened."""
-
-    def close(self) -> None:
-        finalizer, self._connection, self._finalizer = self._finalizer, None, None
-        if finalizer is not None:
-            finalizer()  # closes the connection (once: the collector will not again)
-
-
 class GenerationReader(_HeldConnection):
     """The alerts' generation (``AlertStore.generation``) read on one database connection held
     for it, outside the pool, in autocommit: one statement a read, without a pool checkout nor a
@@ -702,13 +666,13 @@ class GenerationReader(_HeldConnection):
         if self._pooled:
             return self._alerts.generation()
         try:
-            cursor = self._held().cursor()
+            cursor = self.held().cursor()
             try:
                 cursor.execute(self._QUERY)
                 found = cursor.fetchone()
             finally:
                 cursor.close()
-        except self._errors as error:
+        except self.errors as error:
             self.close()
             raise ServiceError(
                 f"cannot read the alerts' generation in {self._facts.safe_url}: "
@@ -719,11 +683,6 @@ class GenerationReader(_HeldConnection):
     def _prepare(self, connection: Any) -> None:
         if self._local:
             connection.execute(f"PRAGMA busy_timeout = {_LOCAL_READ_TIMEOUT_MS}")
-
-
-def _close_quietly(connection: Any, errors: tuple[type[BaseException], ...]) -> None:
-    with suppress(*errors):  # a connection already broken
-        connection.close()
 
 
 @contextmanager
@@ -790,12 +749,12 @@ class _AuditAppender(_HeldConnection):
             for moment in (_naive(entry.at),)
         ]
         try:
-            self._held()
+            self.held()
             if self._local:
                 self._append_sqlite(rows)
             else:
                 self._append_postgres(rows)
-        except self._errors as error:
+        except self.errors as error:
             self.close()
             reason = database_reason(error)  # type: ignore[arg-type]  # a driver's error too
             raise ServiceError(
@@ -813,7 +772,7 @@ class _AuditAppender(_HeldConnection):
                 )
                 connection.execute("COMMIT")
             except BaseException:
-                with suppress(*self._errors):
+                with suppress(*self.errors):
                     connection.execute("ROLLBACK")
                 raise
 
