@@ -45,6 +45,7 @@ __all__ = [
     "process_alive",
     "process_start",
     "run_lock",
+    "run_unlock",
     "serialise_writes",
 ]
 
@@ -113,6 +114,13 @@ def run_lock(run: int, *, hold: bool) -> Any:
     if hold:
         return select(func.pg_advisory_lock(_schema_key(), run))
     return select(func.pg_try_advisory_xact_lock(_schema_key(), run))
+
+
+def run_unlock(run: int) -> Any:
+    """PostgreSQL: the statement by which run ``run`` releases its lock when it ends. Closing
+    the connection releases it too, but only once the server has seen the connection go, a
+    moment after the client closed it: another store looking then would still find it alive."""
+    return select(func.pg_advisory_unlock(_schema_key(), run))
 
 
 def is_transient(error: SQLAlchemyError) -> bool:

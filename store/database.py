@@ -1217,7 +1217,10 @@ class FactStore:
             log.warning("ingest run %s not closed in %s: %s", run, self.safe_url, error.code)
         finally:
             if connection is not None:
-                connection.invalidate()  # closed: PostgreSQL releases the run's lock
+                if run is not None:
+                    with suppress(SQLAlchemyError):  # broken: released once the server sees
+                        connection.execute(concurrency.run_unlock(run))
+                connection.invalidate()  # closed: PostgreSQL releases whatever it still held
                 connection.close()
 
     def _live_runs(self, session: _Executor, runs: Iterable[int]) -> set[int]:

@@ -197,6 +197,25 @@ def test_recovery_leaves_a_live_ingest_its_messages(store_url: str) -> None:
         assert [raw.message_id for raw in second.claim_unfinished()] == ["M1", "M2"]
 
 
+@pytest.mark.postgres
+def test_a_closed_run_is_over_before_the_server_sees_its_connection_go(postgres_url: str) -> None:
+    # PostgreSQL releases a session's locks when its backend ends, a moment after the client
+    # closed the connection (longer on a loaded server): the run must release its own lock,
+    # not leave another store to find it alive meanwhile. Here the connection stays open.
+    with FactStore(postgres_url) as first, FactStore(postgres_url) as second:
+        first.keep_raws([_message("M1")])
+        connection = first._run_connection
+        assert connection is not None
+        invalidate, close = connection.invalidate, connection.close  # closed at the end
+        connection.invalidate = connection.close = lambda *args: None  # type: ignore[method-assign,assignment]
+        try:
+            first.close()
+            assert [raw.message_id for raw in second.claim_unfinished()] == ["M1"]
+        finally:
+            invalidate()
+            close()
+
+
 def test_a_message_another_ingest_is_parsing_is_waited_for_then_a_duplicate(
     store_url: str,
 ) -> None:
