@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".vigie-installed"
+# Test workers at most: every one opens PostgreSQL connections, and some tests start processes
+# of their own (two ingests at once, Spark, a browser).
+MAX_WORKERS = 4
 
 
 def _run(*command: str | Path, **kwargs: object) -> int:
@@ -105,7 +108,15 @@ def main(argv: list[str]) -> int:
     ensure_postgres()
     ensure_browser()
     env = dict(os.environ, PYTHONHASHSEED="0")
-    return _run(BIN / "python", "-m", "pytest", "-m", "", *argv[1:], env=env)
+    return _run(BIN / "python", "-m", "pytest", "-m", "", *_workers(), *argv[1:], env=env)
+
+
+def _workers() -> list[str]:
+    """pytest-xdist's options: one worker per core, at most ``MAX_WORKERS`` (each test file on
+    one worker, so that a module's fixtures are built once). Arguments given after ``test``
+    come later and win (``-n 0``: in one process)."""
+    workers = min(os.cpu_count() or 1, MAX_WORKERS)
+    return ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
 
 
 if __name__ == "__main__":
