@@ -227,7 +227,10 @@ def _freeze() -> None:
     live worklist loaded at start. A full collection walked them all every few thousand
     requests, stalling every request meanwhile (100 ms and more: the p99 of ``GET
     /worklist`` and of CDS Hooks calls). Objects freed later by reference counting are freed
-    as before; only cycles among frozen objects are never collected."""
+    as before; only cycles among frozen objects are never collected (the evaluators a new
+    site configuration replaces are freed by reference counting: checked with weak references).
+    Called again after a configuration built new evaluators: one collection of what is not
+    frozen yet, instead of the periodic full ones walking them."""
     gc.collect()
     gc.freeze()
 
@@ -258,6 +261,8 @@ def _serve_one(
             _freeze()  # the facts the live worklist holds from now on, likewise
 
         app.state.live.on_start = started
+        # the new evaluators of a site configuration saved later hold the facts again
+        app.state.live.on_configured = _freeze
     _log_requests()
     _freeze()
     # The server's access log would print query strings (patient ids): the app logs each

@@ -146,6 +146,9 @@ class LiveWorklist:
         self.last_tick: datetime | None = None
         # Told what ``start`` did (``vigie serve`` prints it).
         self.on_start: Callable[[Reconciled, datetime], None] | None = None
+        # Told when a configuration built evaluators, once they serve and the worklist's lock
+        # is released (``vigie serve`` moves what they hold out of the collector's way).
+        self.on_configured: Callable[[], None] | None = None
 
     # The clock -----------------------------------------------------------------------------
 
@@ -215,10 +218,13 @@ class LiveWorklist:
                 self._loading.remove(meanwhile)
                 try:
                     at, why = self.now(), applied_under(site)
-                    return self._swap(site, built, routes, fresh, meanwhile, patients, at, why)
+                    done = self._swap(site, built, routes, fresh, meanwhile, patients, at, why)
                 except Exception:
                     self._stale = True  # the next call that writes reconciles every patient
                     raise
+            if fresh and self.on_configured is not None:
+                self.on_configured()
+            return done
 
     def _fill(self, evaluators: Sequence[LiveEvaluator]) -> set[str]:
         """Every fact of the store into ``evaluators`` (new, not yet read by anyone else);

@@ -456,6 +456,29 @@ def test_facts_applied_while_a_configuration_loads_reach_it_without_waiting(
         assert _open(store) == {"N1", "N2"}
 
 
+def test_vigie_serve_is_told_when_a_configuration_built_evaluators(url: str) -> None:
+    """``on_configured`` (``vigie serve`` freezes what new evaluators hold, out of the garbage
+    collector's full passes) follows a configuration that built evaluators, once they serve;
+    one that changes no setting builds none and is not told."""
+    with FactStore(url) as store:
+        _facts_into(store, _potassium_patient("N1", "NEPHRO", 5.4))
+        live = LiveWorklist(store, as_of=AS_OF)
+        told: list[bool] = []
+        live.on_configured = lambda: told.append(live.worklist() != [])
+        site = parse_site_config("[wards.NEPHRO.cursors]\nk_max = 5.2\n", "v", live.packs)
+        live.start()
+        live.configure(site)  # nephrology's k_max: an evaluator of its own
+        assert told == [True]  # told after the swap: 5.4 is above nephrology's 5.2
+        live.configure(site)  # the same settings: the evaluators are kept
+        live.configure(parse_site_config("", "v2", live.packs))  # the hospital's, kept too
+        assert told == [True] and live.worklist() == []
+        before = LiveWorklist(store, as_of=AS_OF)
+        before.on_configured = lambda: told.append(False)
+        before.configure(site)  # before start: kept for it, nothing built
+        before.start()
+        assert told == [True] and before.worklist() != []
+
+
 def test_a_version_the_live_worklist_cannot_apply_is_saved_and_said(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
