@@ -15,7 +15,8 @@ For each message, in the order of its connection:
    separators, no message type or control id — the connector's located error, e.g.
    ``MSH-9: expected a message type``), ``AR`` when it is not HL7 v2 at all (no MSH);
 3. then it is parsed by the HL7 v2 connector and what it gave is stored (facts, or dead letters
-   with located errors), and the facts go to the ``on_facts`` hook (a live evaluator).
+   with located errors), in a worker process by default, and the facts go to the
+   ``on_facts`` hook (a live evaluator) in the listener's process.
 
 So ``AA`` means "durably stored", not "mapped without error": a message whose header is readable
 but whose content fails (a bad PID, a bad OBX-5) is acknowledged, then dead-lettered with its
@@ -25,15 +26,37 @@ acknowledged and not yet parsed when the process dies is parsed at the next star
 
 Throughput: the messages of every connection waiting at one moment are kept in one
 transaction (group commit), by one keeper thread, and their ACKs handed back to the loop at
-once; parsing and storing what they gave runs in a second thread, in order: each message
-parsed as it comes, what they gave stored in one transaction per ``PARSE_LINGER`` (group
-commit of the facts too), the facts' JSON made before that transaction takes the write lock
-the keeper waits for on SQLite (on PostgreSQL a keep of new messages takes no lock, see
-``FactStore.keep_raws``). During a burst the parser gives way to the keeper (``PARSE_DEFER``).
-An ACK is never sent before its message's transaction has committed; it never waits for a
-parse. The keep stays in a thread of its own: done in the loop's thread (tried), it spared
+once. An ACK is never sent before its message's transaction has committed; it never waits for
+a parse. The keep stays in a thread of its own: done in the loop's thread (tried), it spared
 two hand-offs per ACK but the loop could not read the next frames while a commit waited on
 the disk, and with 8 connections fewer messages were acknowledged per second.
+
+Parsing and storing what the messages gave runs, in order, in a **worker process**
+(``parser="process"``, what ``"auto"`` takes unless the store is an in-memory SQLite
+database; see ``vigie.ingest.mllp_worker``): a thread hands it what the keeper kept (those of
+``HAND_LINGER`` at once); the worker parses each message as it comes, stores what they gave
+in one transaction per ``WORKER_LINGER``, for the listener's ingest run (another process
+never takes over a message it is parsing, and it stores nothing another process took over),
+and answers once that transaction has committed; another thread of the listener reads the
+answers, takes the messages off those under way (``_Ingestor._settled``) and calls the hooks
+with the results, in order (the worker pickles them only when there are hooks: 0.08 ms a
+message to pickle, 0.18 ms for the listener to read back, facts included). So the listener's
+interpreter is left to the event loop and the keeper, and the parse runs on another core
+(``benchmarks/bench_mllp.py``, one sender waiting for each ACK: the listener spends 0.55-1.06
+ms of CPU a message on PostgreSQL and 1.23-2.1 on SQLite, against 1.48-3.23 ms with the parse
+in its interpreter; the worker 0.75-1.6 ms). A worker that dies leaves what it had not stored
+``received`` (``recover`` at the next start, or a new send, parses it) and a new one is
+started; if none can start, the listener parses in a thread. A script that starts a
+listener must do so under ``if __name__ == "__main__":`` (a ``forkserver`` worker imports the
+script's main module, as every ``spawn``/``forkserver`` process of ``multiprocessing`` does).
+
+With ``parser="thread"`` a second thread parses, each message as it comes, what they gave
+stored in one transaction per ``PARSE_LINGER``, the facts' JSON made before that transaction
+takes the write lock the keeper waits for on SQLite (on PostgreSQL a keep of new messages
+takes no lock, see ``FactStore.keep_raws``); during a burst it gives way to the keeper
+(``PARSE_DEFER``). The worker does not (see ``_Ingestor``): on SQLite its saves, which the
+keep waits for, run during a burst, and a short burst on one connection is acknowledged more
+slowly than with the parse in a thread (3,000 messages: 475-513 a second against 547-737).
 
 Run it in an asyncio loop (``serve_mllp``), in a background thread (``start_mllp_thread``,
 for tests and for ``vigie serve --mllp-port``), or as a process (``run_mllp``).
@@ -52,18 +75,25 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from vigie.connectors.base import Connector, RawMessage
 from vigie.connectors.hl7v2.framing import msh_fields
 from vigie.connectors.registry import connector_for
 from vigie.facts import AnyFact
 from vigie.ingest.messages import MessageResult, result_of
+from vigie.ingest.mllp_worker import (
+    GROUP_MESSAGES,
+    KeptMessage,
+    ParseReply,
+    ParseWorker,
+    distinct,
+    load_code_tables,
+)
 from vigie.ingest.pipeline import (
-    BATCH_BYTES,
     ParsedMessage,
     parse_message,
     parsed_payloads,
@@ -71,7 +101,7 @@ from vigie.ingest.pipeline import (
     save_parsed,
 )
 from vigie.store import AuditEntry, FactStore, RawRecord, ServiceStore, StoreError
-from vigie.terminology import default_terminology
+from vigie.store.database import in_memory_url
 
 __all__ = [
     "MAX_FRAME",
@@ -81,6 +111,7 @@ __all__ = [
     "MllpServer",
     "MllpStats",
     "MllpThread",
+    "ParserPlace",
     "build_ack",
     "frame",
     "run_mllp",
@@ -94,16 +125,14 @@ START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
 MAX_FRAME = 16 << 20
 """The largest message accepted (16 MiB); a longer frame is refused with ``AR``."""
-GROUP_MESSAGES = 500
-"""At most this many messages kept per transaction (and ``BATCH_BYTES`` raw bytes)."""
-
 PARSE_LINGER = 0.02
-"""Seconds the parser waits for more kept messages before storing what they gave in one
-transaction: storing costs far more per transaction than per message, and while the parser
+"""Seconds a parser in a thread waits for more kept messages before storing what they gave in
+one transaction: storing costs far more per transaction than per message, and while the parser
 waits, the keeper commits and acknowledges at full speed (facts reach ``on_facts`` this much
 later at most). Tried at 0.05 and 0.1 s: the same messages ACKed per second within the
 noise of a shared machine, a higher p99 ACK latency (a longer save holds the write lock the
-keeper waits for: PostgreSQL, one connection, p99 34-36 ms at 0.1 s, 18-22 ms at 0.02 s)."""
+keeper waits for: PostgreSQL, one connection, p99 34-36 ms at 0.1 s, 18-22 ms at 0.02 s).
+A worker process waits longer (``vigie.ingest.mllp_worker.WORKER_LINGER``)."""
 
 PARSE_DEFER = 5.0
 """Seconds a kept message may wait for its parse while frames keep coming (at most): during a
@@ -111,6 +140,11 @@ burst the parser gives way to the keep, which then has the interpreter to itself
 its own speed; past this age, or once the burst is over, the parser works (and the ACKs of a
 longer burst come at what parsing leaves them). The raw message is committed before its
 ACK: a deferred parse delays its facts, never its safety."""
+
+HAND_LINGER = 0.01
+"""Seconds the listener waits for more kept messages before it sends them to its parse worker
+at once: a thread of the listener woken for each message took the interpreter from the keeper
+and the event loop just as an ACK was on its way."""
 
 _BUSY = 0.01
 """The listener is in a burst while it has kept a frame within this many seconds (frames at
@@ -345,6 +379,7 @@ class _Message:
     record: RawRecord | None = None
     ack: Acknowledgement | None = None
     kept_at: float = 0.0  # ``time.monotonic()`` of its commit
+    run: int = 0  # the ingest run that kept it (``FactStore.ingest_run``)
 
 
 @dataclass
@@ -423,18 +458,54 @@ def _suspicious(content: bytes) -> bool:
     return not _field(fields, 9).strip() or not _field(fields, 10).strip()
 
 
+ParserPlace = Literal["auto", "process", "thread"]
+"""Where a listener parses what it kept: ``process``, a worker process
+(``vigie.ingest.mllp_worker``); ``thread``, a thread of the listener's process; ``auto``, a
+process unless the store is an in-memory SQLite database (one per connection: a worker would
+not see the listener's)."""
+
+
+def _parses_in_process(place: ParserPlace, url: str) -> bool:
+    """Whether a listener on the store of ``url`` parses in a worker process (``ParserPlace``).
+
+    >>> _parses_in_process("auto", "sqlite://"), _parses_in_process("auto", "sqlite:///v.db")
+    (False, True)
+    """
+    if place not in ("auto", "process", "thread"):
+        raise ValueError(f"parser: expected 'auto', 'process' or 'thread', got {place!r}")
+    if in_memory_url(url):
+        if place == "process":
+            raise ValueError(
+                "parser='process': a worker process cannot open an in-memory SQLite store "
+                "(one per connection): parser='thread'"
+            )
+        return False
+    return place != "thread"
+
+
 class _Ingestor:
-    """The two threads behind a listener: the keeper commits the raw messages of every
-    connection waiting, then lets their ACKs go; the parser parses and stores what they gave.
+    """The threads behind a listener: the keeper commits the raw messages of every connection
+    waiting, then lets their ACKs go; the parser parses and stores what they gave — in a thread
+    of its own, or in a worker process, to which a thread hands what the keeper kept and whose
+    replies another thread reads (``vigie.ingest.mllp_worker.ParseWorker``).
 
     ``_lock`` guards the bookkeeping of the messages under way, so that a message sent again
-    while its first copy is still being parsed is answered as a duplicate, not parsed twice.
-    On SQLite it also makes a keep and a save of this listener take turns (SQLite has one
-    writer; a connection that finds the file locked sleeps 1, 2, 5 ms... before trying again,
-    where this lock wakes it at once). On PostgreSQL a keep of new messages takes no lock
+    while its first copy is still being parsed is answered as a duplicate, not parsed twice
+    (the worker's reply that a save has committed takes them off). With the parser in a
+    thread, on SQLite, it also makes a keep and a save of this listener take turns (SQLite
+    has one writer; a connection that finds the file locked sleeps 1, 2, 5 ms... before trying
+    again, where this lock wakes it at once); a worker process's save and a keep wait for each
+    other as two processes do (tried: a lock file taken by both, which woke the keep as soon
+    as a save ended, made the keep wait for every save and acknowledged fewer messages). On
+    PostgreSQL a keep of new messages takes no lock
     (``FactStore.keep_raws``) and does not wait for the parser's save.
 
-    During a burst the parser gives way to the keeper (``PARSE_DEFER``).
+    During a burst the parser in a thread gives way to the keeper (``PARSE_DEFER``); the
+    worker does not: it has its own interpreter. Tried: messages handed to the worker only
+    once the burst was over or they were ``PARSE_DEFER`` old: the worker then took them 5 s
+    at a time and stored them 500 a transaction, which SQLite's keep waits for (12,000
+    messages, one connection, SQLite: 179 ACKed a second, p99 49 ms; one run, the code
+    before 134 a second on the machine of that moment).
     """
 
     def __init__(
@@ -443,6 +514,7 @@ class _Ingestor:
         on_facts: FactsHook | None,
         on_results: ResultsHook | None,
         stats: MllpStats,
+        parser: ParserPlace = "auto",
     ) -> None:
         self.store = store
         self.connector: Connector = connector_for("hl7")
@@ -452,16 +524,24 @@ class _Ingestor:
         self._frames: queue.Queue[_Frame | None] = queue.Queue()
         self._kept: queue.Queue[list[_Message] | None] = queue.Queue()
         self._lock = threading.Lock()
-        self._one_writer = store.engine.dialect.name == "sqlite"
         self._under_way: set[int] = set()  # raw ids kept, not yet stored by the parser
         self._keeping = False  # the keeper has frames in hand (the keeper writes both)
         self._last_keep = 0.0  # ``time.monotonic()`` when it last finished with its frames
         self.started = False
+        self.worker: ParseWorker | None = None
+        if _parses_in_process(parser, store.url):
+            hooked = on_results is not None or on_facts is not None
+            self.worker = ParseWorker(store.url, hooked, self._finished, self._lost)
+        # The keep and the save of this process take turns on SQLite (see above).
+        self._one_writer = store.engine.dialect.name == "sqlite" and self.worker is None
         self._keeper = threading.Thread(target=self._keep_loop, name="mllp-keeper", daemon=True)
-        self._parser = threading.Thread(target=self._parse_loop, name="mllp-parser", daemon=True)
+        hand = self._parse_loop if self.worker is None else self._hand_loop
+        self._parser = threading.Thread(target=hand, name="mllp-parser", daemon=True)
 
     def start(self) -> None:
         self._keeper.start()
+        if self.worker is not None:
+            self.worker.start()  # in the background: ACKs do not wait for it
         self._parser.start()
         self.started = True
 
@@ -469,12 +549,15 @@ class _Ingestor:
         self._frames.put(item)
 
     def stop(self) -> None:
-        """Finish every frame submitted, then stop both threads (blocking)."""
+        """Finish every frame submitted and parse what they gave, then stop the threads and
+        the worker (blocking)."""
         if not self.started:
             return
         self._frames.put(None)
         self._keeper.join()
         self._parser.join()
+        if self.worker is not None:
+            self.worker.stop()
 
     # keeper
 
@@ -518,7 +601,7 @@ class _Ingestor:
             if _suspicious(message.raw.content):
                 message.parsed = parse_message(self.connector, message.raw)
         to_parse: list[_Message] = []
-        for group in _distinct(messages):
+        for group in distinct(messages):
             try:
                 records = self._keep_group(group)
                 for message, record in zip(group, records, strict=True):
@@ -536,9 +619,9 @@ class _Ingestor:
                 if kept is not None and not kept.duplicate and kept.refused is None:
                     to_parse.append(message)
         if to_parse:
-            kept_at = time.monotonic()
+            kept_at, run = time.monotonic(), self.store.ingest_run or 0
             for message in to_parse:
-                message.kept_at = kept_at
+                message.kept_at, message.run = kept_at, run
             self._kept.put(to_parse)
 
     def _keep_group(self, group: list[_Message]) -> list[RawRecord]:
@@ -573,19 +656,82 @@ class _Ingestor:
     # parser
 
     def _parse_loop(self) -> None:
-        while True:
-            first = self._kept.get()
-            if first is None:
+        while (first := self._kept.get()) is not None:
+            if self._parse_here(first):
                 return
-            self._give_way(first[0].kept_at)
-            messages, stopping = self._gather(first)
-            try:
-                self._parse(messages)
-            except Exception as error:  # logged; the messages stay ``received``: ``recover``
-                log.error("MLLP parse/store failed: %s", error.__class__.__name__)
-                self.stats.errors += 1
+
+    def _parse_here(self, first: list[_Message]) -> bool:
+        """Parse and store kept messages in this thread, ``first`` and those that follow
+        within ``PARSE_LINGER``; whether the listener stops."""
+        self._give_way(first[0].kept_at)
+        messages, stopping = self._gather(first)
+        self._parse_safely(messages)
+        return stopping
+
+    def _parse_safely(self, messages: list[_Message]) -> None:
+        try:
+            self._parse(messages)
+        except Exception as error:  # logged; the messages stay ``received``: ``recover``
+            log.error("MLLP parse/store failed: %s", error.__class__.__name__)
+            self.stats.errors += 1
+
+    # hand-off to the worker process
+
+    def _hand_loop(self) -> None:
+        """Hand kept messages to the worker, in order, those kept within ``HAND_LINGER`` of
+        the first at once; parse them here when there is no worker."""
+        assert self.worker is not None
+        while (first := self._kept.get()) is not None:
+            time.sleep(HAND_LINGER)
+            kept, stopping = [first], False
+            while not stopping:
+                try:
+                    more = self._kept.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                elif more[0].run != first[0].run:  # rare: the store began a new run
+                    self._hand(kept)
+                    kept, first = [more], more
+                else:
+                    kept.append(more)
+            self._hand(kept)
             if stopping:
                 return
+
+    def _hand(self, kept: list[list[_Message]]) -> None:
+        """Send kept messages of one run to the worker, or parse them here when there is
+        none."""
+        assert self.worker is not None
+        messages = [message for group in kept for message in group]
+        batch = [KeptMessage(m.record.id, m.record.replaced, m.raw) for m in messages if m.record]
+        if not self.worker.send(messages[0].run, batch):
+            self._parse_safely(messages)
+
+    def _finished(self, raw_ids: list[int], reply: ParseReply) -> None:
+        """The worker finished these messages (its reply: what it stored, committed)."""
+        with self._lock:
+            self._under_way.difference_update(raw_ids)
+        self.stats.parsed += reply.stored
+        if reply.failure is not None:  # the rest stay ``received``: ``recover``
+            log.error("MLLP parse/store failed: %s", reply.failure)
+            self.stats.errors += 1
+        if reply.results:
+            self._hooks(list(reply.results))
+
+    def _lost(self, raw_ids: list[int], exit_code: int | None) -> None:
+        """The worker ended before it finished these messages: they stay ``received``, parsed
+        at the next start (``recover``) or when sent again; a new worker takes the next."""
+        with self._lock:
+            self._under_way.difference_update(raw_ids)
+        log.error(
+            "MLLP: the parse worker ended (exit code %s) before it stored %d messages, left "
+            "for the next start (recover) or a new send",
+            exit_code,
+            len(raw_ids),
+        )
+        self.stats.errors += 1
 
     def _gather(self, first: list[_Message]) -> tuple[list[_Message], bool]:
         """The kept messages of one save: those kept within ``PARSE_LINGER`` of the first (at
@@ -621,7 +767,7 @@ class _Ingestor:
         """Parse and store, in order; versions of one message id go to separate transactions,
         so that each is settled against the one before (``FactStore.save_outcomes``)."""
         try:
-            for group in _distinct(messages):
+            for group in distinct(messages):
                 self._store(group)
         finally:  # a failure leaves them ``received``, for ``recover``; never "under way"
             with self._lock:
@@ -673,24 +819,6 @@ def _defer_parse(now: float, keeping: bool, last_keep: float, kept_at: float) ->
     return (keeping or now - last_keep < _BUSY) and now - kept_at < PARSE_DEFER
 
 
-def _distinct(messages: list[_Message]) -> Iterator[list[_Message]]:
-    """Messages in order, cut where a (feed, message id) repeats or the bounds are reached
-    (``FactStore.keep_raws`` takes distinct keys)."""
-    group: list[_Message] = []
-    keys: set[str] = set()
-    size = 0
-    for message in messages:
-        key, length = message.raw.message_id, len(message.raw.content)
-        if group and (key in keys or size + length > BATCH_BYTES):
-            yield group
-            group, keys, size = [], set(), 0
-        group.append(message)
-        keys.add(key)
-        size += length
-    if group:
-        yield group
-
-
 def _store_failure(error: Exception) -> Acknowledgement:
     reason = str(error) if isinstance(error, StoreError) else error.__class__.__name__
     return Acknowledgement("AE", f"message not stored, send it again: {reason}")
@@ -729,17 +857,24 @@ class MllpServer:
         on_facts: FactsHook | None = None,
         on_results: ResultsHook | None = None,
         max_frame: int = MAX_FRAME,
+        parser: ParserPlace = "auto",
     ) -> None:
         self.store = store
         self.host = host
         self.port = port
         self.max_frame = max_frame
         self.stats = MllpStats()
-        self._ingestor = _Ingestor(store, on_facts, on_results, self.stats)
+        self._ingestor = _Ingestor(store, on_facts, on_results, self.stats, parser)
         self._service = ServiceStore(store)  # the audit log
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], bool] = {}  # task -> busy
         self._closing = False
+
+    @property
+    def parse_worker(self) -> int | None:
+        """The process id of the parse worker, while one takes messages (``ParserPlace``)."""
+        worker = self._ingestor.worker
+        return None if worker is None else worker.pid
 
     async def start(self, recover_first: bool = True) -> None:
         """Parse what a killed process left unfinished (``recover``), load the code tables,
@@ -748,7 +883,7 @@ class MllpServer:
         if recover_first:
             await loop.run_in_executor(None, recover, self.store)
         # The code tables, read once, now: not while the first message's ACK waits.
-        await loop.run_in_executor(None, _load_code_tables)
+        await loop.run_in_executor(None, load_code_tables)
         self._ingestor.start()
         self._server = await asyncio.start_server(self._connection, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -868,12 +1003,6 @@ class MllpServer:
         return replies
 
 
-def _load_code_tables() -> None:
-    """The terminology and the tables it reads on first use (compositions of combination
-    products: 0.2 to 0.5 s, which the parser spent while the first messages came in)."""
-    default_terminology().drug_ingredients(None, "")
-
-
 def _numbered(raw: RawMessage, number: int) -> RawMessage:
     """A frame's message located by the frame's rank on the listener."""
     position = f"message {number}"
@@ -891,15 +1020,23 @@ async def serve_mllp(
     on_results: ResultsHook | None = None,
     max_frame: int = MAX_FRAME,
     recover_first: bool = True,
+    parser: ParserPlace = "auto",
 ) -> MllpServer:
     """Start an MLLP listener on the running loop; ``await server.close()`` stops it.
 
     ``port`` 0 picks a free port (``server.port``). ``on_facts`` receives the facts of each
     group of messages stored (in arrival order), ``on_results`` their ``MessageResult``s;
-    both are called from the listener's parser thread.
+    both are called from a thread of the listener (the parser, or the one that reads the
+    parse worker's replies). ``parser``: where the messages are parsed (``ParserPlace``).
     """
     server = MllpServer(
-        store, host, port, on_facts=on_facts, on_results=on_results, max_frame=max_frame
+        store,
+        host,
+        port,
+        on_facts=on_facts,
+        on_results=on_results,
+        max_frame=max_frame,
+        parser=parser,
     )
     await server.start(recover_first)
     return server
@@ -968,8 +1105,10 @@ def start_mllp_thread(
     on_results: ResultsHook | None = None,
     max_frame: int = MAX_FRAME,
     recover_first: bool = True,
+    parser: ParserPlace = "auto",
 ) -> MllpThread:
-    """An MLLP listener in a background thread, started (``.port`` is its port)."""
+    """An MLLP listener in a background thread, started (``.port`` is its port); ``parser``:
+    where it parses (``ParserPlace``)."""
     return MllpThread(
         store=store,
         host=host,
@@ -978,6 +1117,7 @@ def start_mllp_thread(
         on_results=on_results,
         max_frame=max_frame,
         recover_first=recover_first,
+        parser=parser,
     ).start()
 
 
@@ -990,7 +1130,8 @@ def run_mllp(
     **options: object,
 ) -> None:
     """Serve MLLP in this process until SIGINT or SIGTERM, then shut down cleanly.
-    ``on_listening`` is told the port once listening. The process's thread switch interval
+    ``on_listening`` is told the port once listening; ``options`` are ``serve_mllp``'s
+    (``parser``: where it parses, ``ParserPlace``). The process's thread switch interval
     is set to ``SWITCH_INTERVAL`` (a process that runs the listener beside other work may set
     it too)."""
     sys.setswitchinterval(SWITCH_INTERVAL)

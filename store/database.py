@@ -672,6 +672,7 @@ class FactStore:
         concurrency.serialise_writes(self.engine)
         self._writer = self.engine.execution_options(**concurrency.WRITE)
         self._run: int | None = None  # this store's ingest run, once it keeps or claims
+        self._run_lent = False  # ``_run`` is another store's (``store_for_run``)
         self._run_connection: Connection | None = None  # PostgreSQL: holds the run's lock
         # PostgreSQL: the connection new raw messages are kept on (``_insert_held``), taken by
         # one thread at a time (the MLLP keeper, mostly).
@@ -1206,7 +1207,26 @@ class FactStore:
         self._run = run
         return run
 
+    @property
+    def ingest_run(self) -> int | None:
+        """This store's ingest run: the one the messages it keeps belong to (``None`` before
+        its first keep or claim)."""
+        return self._run
+
+    def store_for_run(self, run: int) -> None:
+        """Store outcomes on behalf of ``run``, another store's live ingest run (the MLLP
+        listener's, whose parse worker process stores what its messages gave): a message
+        another run has taken over is left to that one (``save_outcomes``), as it would be by
+        the store that owns ``run``. This store registers no run of its own, and ``close``
+        leaves ``run`` to its owner."""
+        if self._run is not None and not self._run_lent:
+            raise StoreError(f"this store of {self.safe_url} has an ingest run of its own")
+        self._run, self._run_lent = run, True
+
     def _end_run(self) -> None:
+        if self._run_lent:  # another store's run: that store ends it
+            self._run, self._run_lent = None, False
+            return
         run, connection = self._run, self._run_connection
         self._run, self._run_connection = None, None
         try:

@@ -1,5 +1,7 @@
 """The MLLP listener over real TCP sockets: ACK after the raw message is committed, AE/AR with
-the reason, framing across reads, duplicates stored once, and a listener killed mid-stream."""
+the reason, framing across reads, duplicates stored once, and a listener killed mid-stream;
+with the parse in a worker process and in a thread of the listener (``ParserPlace``), and the
+worker's own life: killed, stopped, left by a killed listener."""
 
 from __future__ import annotations
 
@@ -18,18 +20,21 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from vigie.ingest import ingest
+from vigie.ingest import ingest, recover
 from vigie.ingest.messages import dead_letters, ingest_hl7
 from vigie.ingest.mllp import (
     Acknowledgement,
     FrameReader,
+    MllpServer,
     MllpThread,
     Oversized,
+    ParserPlace,
     build_ack,
     frame,
     start_mllp_thread,
 )
 from vigie.store import FactStore, ServiceError, ServiceStore, StoreError
+from vigie.store.concurrency import process_start
 from vigie.store.database import RawMessageRow
 
 
@@ -77,9 +82,16 @@ def store(store_url: str) -> Iterator[FactStore]:
         yield opened
 
 
+@pytest.fixture(params=["process", "thread"])
+def parser(request: pytest.FixtureRequest) -> ParserPlace:
+    """Where the listener parses: each test that parses runs with both."""
+    place: ParserPlace = request.param
+    return place
+
+
 @pytest.fixture
-def listener(store: FactStore) -> Iterator[MllpThread]:
-    with start_mllp_thread(store) as running:
+def listener(store: FactStore, parser: ParserPlace) -> Iterator[MllpThread]:
+    with start_mllp_thread(store, parser=parser) as running:
         yield running
 
 
@@ -235,7 +247,7 @@ def test_a_message_that_cannot_be_stored_gets_ae_and_is_not_lost_on_resend(
 
 
 def test_concurrent_connections_keep_their_order_and_facts_reach_the_hook(
-    store: FactStore,
+    store: FactStore, parser: ParserPlace
 ) -> None:
     seen: list[Any] = []
     lock = threading.Lock()
@@ -244,7 +256,7 @@ def test_concurrent_connections_keep_their_order_and_facts_reach_the_hook(
         with lock:
             seen.extend(facts)
 
-    with start_mllp_thread(store, on_facts=on_facts) as listener:
+    with start_mllp_thread(store, on_facts=on_facts, parser=parser) as listener:
         orders: dict[int, list[str]] = {}
 
         def send(number: int) -> None:
@@ -268,13 +280,14 @@ def test_concurrent_connections_keep_their_order_and_facts_reach_the_hook(
     assert listener.server.stats.groups < 150  # messages of several frames shared a commit
 
 
-def test_acks_do_not_wait_for_the_parse(
-    store: FactStore, client: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_acks_do_not_wait_for_the_parse(store: FactStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """The ACK says the raw message is committed, not parsed: with the parser held up, every
     message is acknowledged (one at a time, as a sender waiting for each ACK does) and kept
     ``received``; released, the parser stores what they gave."""
     from vigie.ingest import mllp
+
+    listener = start_mllp_thread(store, parser="thread")
+    client = Client(listener.port)
 
     released = threading.Event()
     parse = mllp.parse_message
@@ -291,10 +304,12 @@ def test_acks_do_not_wait_for_the_parse(
     released.set()
     _wait_parsed(store, 5)
     assert store.raw_counts() == {"loaded": 5}
+    client.close()
+    listener.stop()
 
 
-def test_clean_shutdown_closes_idle_connections(store: FactStore) -> None:
-    listener = start_mllp_thread(store)
+def test_clean_shutdown_closes_idle_connections(store: FactStore, parser: ParserPlace) -> None:
+    listener = start_mllp_thread(store, parser=parser)
     sender = Client(listener.port)
     sender.send(frame(oru("M1")))
     sender.acks(1)
@@ -369,19 +384,164 @@ def test_real_messages_give_the_facts_of_the_file_ingest(
         assert store.raw_counts() == reference.raw_counts()
 
 
+# The parse worker ------------------------------------------------------------------------------
+
+
+def _worker(listener: MllpThread, other_than: int | None = None) -> int:
+    """The process id of the listener's parse worker, once one is ready (another than
+    ``other_than``)."""
+    assert listener.server is not None
+    deadline = time.monotonic() + 30
+    while (pid := listener.server.parse_worker) in (None, other_than):
+        assert time.monotonic() < deadline, "no parse worker"
+        time.sleep(0.02)
+    assert pid is not None
+    return pid
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether process ``pid`` has ended (gone, or a zombie not reaped yet) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while process_start(pid) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_versions_of_one_message_are_settled_in_the_order_they_came(
+    store: FactStore, client: Client
+) -> None:
+    """Three versions of each of 20 messages, one header time, sent over several writes that
+    the parser takes in several saves: each message's last version is the one applied."""
+    frames = [
+        frame(oru(f"M{number}", f"P{number}", value=f"{version}.{number}"))
+        for version in (1, 2, 3)
+        for number in range(20)
+    ]
+    for start in range(0, len(frames), 7):
+        client.send(b"".join(frames[start : start + 7]))
+        time.sleep(0.005)
+    assert {ack["MSA"][1] for ack in client.acks(len(frames))} == {"AA"}
+    _wait_parsed(store, len(frames))
+    assert store.raw_counts() == {"loaded": 20, "superseded": 40}
+    values = {lab.patient_id: lab.value for lab in store.iter_facts(["lab"])}  # type: ignore[union-attr]
+    assert len(values) == 20 and set(values.values()) == {float(f"3.{n}") for n in range(20)}
+
+
+def test_the_hooks_get_each_message_with_its_facts_in_order(
+    store: FactStore, parser: ParserPlace
+) -> None:
+    seen: list[Any] = []
+    with start_mllp_thread(store, on_results=seen.extend, parser=parser) as listener:
+        sender = Client(listener.port)
+        for number in range(12):
+            sender.send(frame(oru(f"M{number}", f"P{number}")))
+            sender.acks(1)
+        sender.send(frame(oru("M0", "P0")))  # a duplicate: nothing to report
+        sender.acks(1)
+        sender.close()
+    assert [result.message_id for result in seen] == [f"LAB^CHU|M{n}" for n in range(12)]
+    assert {result.status for result in seen} == {"loaded"}
+    assert [len(result.facts) for result in seen] == [len(seen[0].facts)] * 12
+    assert {fact.kind for result in seen for fact in result.facts} >= {"lab", "patient"}
+
+
+def test_an_in_memory_store_is_parsed_in_a_thread() -> None:
+    """A worker process would open an empty database of its own: ``auto`` parses in a thread,
+    ``process`` is refused."""
+    with FactStore("sqlite://") as store:
+        with pytest.raises(ValueError, match="in-memory SQLite"):
+            MllpServer(store, parser="process")
+        assert MllpServer(store)._ingestor.worker is None
+        assert MllpServer(store, parser="thread")._ingestor.worker is None
+
+
+def test_stop_ends_the_worker(store: FactStore) -> None:
+    listener = start_mllp_thread(store, parser="process")
+    pid = _worker(listener)
+    sender = Client(listener.port)
+    sender.send(frame(oru("M1")))
+    sender.acks(1)
+    listener.stop()
+    assert store.raw_counts() == {"loaded": 1}  # parsed before the worker stopped
+    assert _gone(pid, timeout=1.0)
+    sender.close()
+
+
+def test_acks_go_on_while_the_worker_is_held_and_no_other_store_takes_its_messages(
+    store: FactStore, store_url: str
+) -> None:
+    """The worker stores for the listener's ingest run: a ``recover`` by another store finds
+    that run alive and takes none of the messages under way; the worker, let go, stores them
+    (its outcomes are not refused as those of a run taken over)."""
+    with start_mllp_thread(store, parser="process") as listener:
+        pid = _worker(listener)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            sender = Client(listener.port)
+            for number in range(5):  # one at a time, each ACK awaited
+                sender.send(frame(oru(f"M{number}")))
+                assert sender.acks(1)[0]["MSA"][1:3] == ["AA", f"M{number}"]
+            with FactStore(store_url) as other:
+                assert recover(other).files == []
+            assert store.raw_counts() == {"received": 5}
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        _wait_parsed(store, 5)
+        assert store.raw_counts() == {"loaded": 5}
+        sender.close()
+
+
+def test_a_killed_worker_leaves_its_messages_received_and_a_new_one_takes_the_next(
+    store: FactStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a killed worker had in hand stays ``received`` (the next start's ``recover``, or a
+    new send, parses it); the listener goes on acknowledging, and a new worker parses what
+    comes next."""
+    with start_mllp_thread(store, parser="process") as listener:
+        first = _worker(listener)
+        os.kill(first, signal.SIGSTOP)
+        sender = Client(listener.port)
+        sender.send(b"".join(frame(oru(f"A{n}", f"P{n}")) for n in range(5)))
+        assert {ack["MSA"][1] for ack in sender.acks(5)} == {"AA"}
+        time.sleep(0.2)  # handed to the worker (``HAND_LINGER``)
+        os.kill(first, signal.SIGKILL)
+        second = _worker(listener, other_than=first)
+        sender.send(b"".join(frame(oru(f"B{n}", f"P{n}")) for n in range(5)))
+        assert {ack["MSA"][1] for ack in sender.acks(5)} == {"AA"}
+        deadline = time.monotonic() + 20
+        while store.raw_counts().get("loaded", 0) < 5:
+            assert time.monotonic() < deadline, store.raw_counts()
+            time.sleep(0.02)
+        assert _statuses(store) == {
+            **{f"LAB^CHU|A{n}": "received" for n in range(5)},
+            **{f"LAB^CHU|B{n}": "loaded" for n in range(5)},
+        }
+        sender.send(frame(oru("A0", "P0")))  # sent again: parsed now
+        assert sender.acks(1)[0]["MSA"][1] == "AA"
+        sender.close()
+        assert listener.server is not None and listener.server.stats.errors == 1
+    assert _gone(first) and _gone(second)
+    assert "the parse worker ended (exit code -9) before it stored 5 messages" in caplog.text
+    assert _statuses(store)["LAB^CHU|A0"] == "loaded"
+    recover(store)  # what a restart does
+    assert store.raw_counts() == {"loaded": 10}
+
+
 # Killed mid-stream ----------------------------------------------------------------------------
 
 SERVER = (
     "import sys; from vigie.store import FactStore; from vigie.ingest.mllp import run_mllp; "
-    "run_mllp(FactStore(sys.argv[1]), port=0, "
+    "run_mllp(FactStore(sys.argv[1]), port=0, parser=sys.argv[2], "
     "on_listening=lambda port: print(port, flush=True))"
 )
 
 
-def _start_server(url: str) -> tuple[subprocess.Popen[str], int]:
+def _start_server(url: str, parser: ParserPlace) -> tuple[subprocess.Popen[str], int]:
     env = {**os.environ, "VIGIE_TIMEZONE": "UTC"}
     child = subprocess.Popen(
-        [sys.executable, "-c", SERVER, url], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", SERVER, url, parser], stdout=subprocess.PIPE, text=True, env=env
     )
     assert child.stdout is not None
     line = child.stdout.readline()
@@ -391,9 +551,25 @@ def _start_server(url: str) -> tuple[subprocess.Popen[str], int]:
     return child, int(line)
 
 
-def _send_until_killed(port: int, child: subprocess.Popen[str], ids: list[str]) -> set[str]:
-    """Send every message pipelined; kill the listener (SIGKILL) once a third are ACKed;
-    the control ids ACKed (AA) before the connection dropped."""
+def _grandchildren(pid: int) -> set[int]:
+    """The processes whose parent is a child of ``pid`` (a listener's parse worker is forked
+    from its forkserver)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+    children = {child for child, parent in parents.items() if parent == pid}
+    return {process for process, parent in parents.items() if parent in children}
+
+
+def _send_until_killed(
+    port: int, child: subprocess.Popen[str], ids: list[str], workers: set[int]
+) -> set[str]:
+    """Send every message pipelined; kill the listener (SIGKILL) once a third are ACKed,
+    noting its parse workers in ``workers``; the control ids ACKed (AA) before the connection
+    dropped."""
     sender = Client(port)
     acked: set[str] = set()
 
@@ -413,6 +589,7 @@ def _send_until_killed(port: int, child: subprocess.Popen[str], ids: list[str]) 
             assert ack["MSA"][1] == "AA"
             acked.add(ack["MSA"][2])
             if len(acked) == len(ids) // 3:
+                workers.update(_grandchildren(child.pid))
                 child.send_signal(signal.SIGKILL)
     except (ConnectionError, OSError):
         pass
@@ -431,18 +608,27 @@ def _ended(child: subprocess.Popen[str], timeout: float) -> int:
 
 @pytest.mark.slow
 def test_killed_mid_stream_loses_no_acked_message_and_duplicates_none(
-    store_url: str, tmp_path: Path
+    store_url: str, parser: ParserPlace, tmp_path: Path
 ) -> None:
+    """The listener killed (SIGKILL) while messages stream in: its parse worker ends too (its
+    pipe closes), and the restart parses what was ACKed and not parsed."""
     ids = [f"K{i}" for i in range(1500)]
     FactStore(store_url).close()  # the tables, before the listener
-    child, port = _start_server(store_url)
-    acked = _send_until_killed(port, child, ids)
+    child, port = _start_server(store_url, parser)
+    deadline = time.monotonic() + 30
+    while parser == "process" and not _grandchildren(child.pid):  # started in the background
+        assert time.monotonic() < deadline, "no parse worker"
+        time.sleep(0.05)
+    workers: set[int] = set()
+    acked = _send_until_killed(port, child, ids, workers)
     assert child.returncode == -signal.SIGKILL
+    assert len(workers) == (1 if parser == "process" else 0)
+    assert all(_gone(worker) for worker in workers)
     assert len(ids) // 3 <= len(acked) < len(ids)
     with FactStore(store_url) as store:
         kept = set(_raw_ids(store))
         assert {f"LAB^CHU|{i}" for i in acked} <= kept  # every ACKed message was committed
-    child, port = _start_server(store_url)  # recovers what was kept and not parsed
+    child, port = _start_server(store_url, parser)  # recovers what was kept and not parsed
     try:
         # Before anything is sent again: the restart parsed what the killed listener had
         # ACKed (parsing runs after the ACK) and not parsed; nothing is left unparsed.
