@@ -54,9 +54,8 @@ With ``parser="thread"`` a second thread parses, each message as it comes, what 
 stored in one transaction per ``PARSE_LINGER``, the facts' JSON made before that transaction
 takes the write lock the keeper waits for on SQLite (on PostgreSQL a keep of new messages
 takes no lock, see ``FactStore.keep_raws``); during a burst it gives way to the keeper
-(``PARSE_DEFER``). The worker does not (see ``_Ingestor``): on SQLite its saves, which the
-keep waits for, run during a burst, and a short burst on one connection is acknowledged more
-slowly than with the parse in a thread (3,000 messages: 475-513 a second against 547-737).
+(``PARSE_DEFER``). So does the hand-off to a worker on SQLite, whose keep waits for the
+worker's saves; on PostgreSQL the worker parses during a burst (see ``_Ingestor``).
 
 Run it in an asyncio loop (``serve_mllp``), in a background thread (``start_mllp_thread``,
 for tests and for ``vigie serve --mllp-port``), or as a process (``run_mllp``).
@@ -75,7 +74,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -500,12 +500,16 @@ class _Ingestor:
     PostgreSQL a keep of new messages takes no lock
     (``FactStore.keep_raws``) and does not wait for the parser's save.
 
-    During a burst the parser in a thread gives way to the keeper (``PARSE_DEFER``); the
-    worker does not: it has its own interpreter. Tried: messages handed to the worker only
-    once the burst was over or they were ``PARSE_DEFER`` old: the worker then took them 5 s
-    at a time and stored them 500 a transaction, which SQLite's keep waits for (12,000
-    messages, one connection, SQLite: 179 ACKed a second, p99 49 ms; one run, the code
-    before 134 a second on the machine of that moment).
+    During a burst the parser in a thread gives way to the keeper (``PARSE_DEFER``). On SQLite
+    the hand-off to a worker does too: the worker's saves hold the store's write lock, which
+    the keep waits for (3,000 messages on one connection, A/B against the parse in a thread:
+    475-513 ACKed a second against 547-737 with the worker parsing during the burst; with the
+    hand-off deferred, 109/106, 406/143, 356/354 on a noisier machine). On PostgreSQL a keep
+    does not wait for a save, and the worker parses during a burst. Tried: handing over all
+    that was kept once the first message was ``PARSE_DEFER`` old: the worker then took 5 s of
+    messages at a time and stored them 500 a transaction, which SQLite's keep waited for
+    (12,000 messages: 179 ACKed a second, p99 49 ms; one run, the code before 134 a second on
+    the machine of that moment); the messages are handed over as they come of age instead.
     """
 
     def __init__(
@@ -534,6 +538,7 @@ class _Ingestor:
             self.worker = ParseWorker(store.url, hooked, self._finished, self._lost)
         # The keep and the save of this process take turns on SQLite (see above).
         self._one_writer = store.engine.dialect.name == "sqlite" and self.worker is None
+        self._defers = store.engine.dialect.name == "sqlite"  # the hand-off (see above)
         self._keeper = threading.Thread(target=self._keep_loop, name="mllp-keeper", daemon=True)
         hand = self._parse_loop if self.worker is None else self._hand_loop
         self._parser = threading.Thread(target=hand, name="mllp-parser", daemon=True)
@@ -679,26 +684,44 @@ class _Ingestor:
 
     def _hand_loop(self) -> None:
         """Hand kept messages to the worker, in order, those kept within ``HAND_LINGER`` of
-        the first at once; parse them here when there is no worker."""
-        assert self.worker is not None
-        while (first := self._kept.get()) is not None:
+        each other at once (on SQLite, during a burst, only those ``PARSE_DEFER`` old: see
+        ``_Ingestor``); parse them here when there is no worker."""
+        pending: deque[list[_Message]] = deque()
+        stopping = False
+        while not stopping or pending:
+            if not pending:
+                first = self._kept.get()
+                if first is None:
+                    return
+                pending.append(first)
             time.sleep(HAND_LINGER)
-            kept, stopping = [first], False
-            while not stopping:
-                try:
-                    more = self._kept.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                elif more[0].run != first[0].run:  # rare: the store began a new run
-                    self._hand(kept)
-                    kept, first = [more], more
-                else:
-                    kept.append(more)
-            self._hand(kept)
-            if stopping:
-                return
+            stopping = self._drain(pending) or stopping
+            for kept in _by_run(self._due(pending, stopping)):
+                self._hand(kept)
+
+    def _drain(self, pending: deque[list[_Message]]) -> bool:
+        """Move what the keeper kept meanwhile to ``pending``; whether the listener stops."""
+        while True:
+            try:
+                kept = self._kept.get_nowait()
+            except queue.Empty:
+                return False
+            if kept is None:
+                return True
+            pending.append(kept)
+
+    def _due(self, pending: deque[list[_Message]], stopping: bool) -> list[list[_Message]]:
+        """The kept messages to hand over now, taken off ``pending``: all of them, but on
+        SQLite during a burst, those ``PARSE_DEFER`` old (``_defer_parse``)."""
+        due = []
+        now = time.monotonic()
+        while pending and (
+            stopping
+            or not self._defers
+            or not _defer_parse(now, self._keeping, self._last_keep, pending[0][0].kept_at)
+        ):
+            due.append(pending.popleft())
+        return due
 
     def _hand(self, kept: list[list[_Message]]) -> None:
         """Send kept messages of one run to the worker, or parse them here when there is
@@ -802,6 +825,19 @@ class _Ingestor:
         except Exception as error:  # a hook's failure must not stop the listener
             log.error("MLLP hook failed: %s", error.__class__.__name__)
             self.stats.errors += 1
+
+
+def _by_run(kept: list[list[_Message]]) -> Iterator[list[list[_Message]]]:
+    """Groups of kept messages in order, cut where the ingest run changes (rare: the store
+    began a new one)."""
+    batch: list[list[_Message]] = []
+    for group in kept:
+        if batch and group[0].run != batch[0][0].run:
+            yield batch
+            batch = []
+        batch.append(group)
+    if batch:
+        yield batch
 
 
 def _defer_parse(now: float, keeping: bool, last_keep: float, kept_at: float) -> bool:
