@@ -90,13 +90,13 @@ from vigie.ingest.mllp_worker import (
     KeptMessage,
     ParseReply,
     ParseWorker,
-    distinct,
     load_code_tables,
 )
 from vigie.ingest.pipeline import (
     ParsedMessage,
     parse_message,
     parsed_payloads,
+    raw_batches,
     recover,
     save_parsed,
 )
@@ -606,7 +606,7 @@ class _Ingestor:
             if _suspicious(message.raw.content):
                 message.parsed = parse_message(self.connector, message.raw)
         to_parse: list[_Message] = []
-        for group in distinct(messages):
+        for group in raw_batches(messages):
             try:
                 records = self._keep_group(group)
                 for message, record in zip(group, records, strict=True):
@@ -790,7 +790,7 @@ class _Ingestor:
         """Parse and store, in order; versions of one message id go to separate transactions,
         so that each is settled against the one before (``FactStore.save_outcomes``)."""
         try:
-            for group in distinct(messages):
+            for group in raw_batches(messages):
                 self._store(group)
         finally:  # a failure leaves them ``received``, for ``recover``; never "under way"
             with self._lock:

@@ -35,22 +35,21 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import Protocol, TypeVar
 
 from vigie import settings
 from vigie.connectors.base import Connector, RawMessage
 from vigie.connectors.registry import connector_for
 from vigie.ingest.messages import MessageResult, result_of
 from vigie.ingest.pipeline import (
-    BATCH_BYTES,
     ParsedMessage,
     parse_message,
     parsed_payloads,
+    raw_batches,
     save_parsed,
 )
 from vigie.store import FactStore
@@ -65,7 +64,6 @@ __all__ = [
     "ParseWorker",
     "Ready",
     "Surroundings",
-    "distinct",
     "load_code_tables",
     "serve_parses",
     "worker_context",
@@ -125,32 +123,6 @@ class ParseReply:
     stored: int
     results: tuple[MessageResult, ...] | None = None
     failure: str | None = None
-
-
-class _HasRaw(Protocol):
-    @property
-    def raw(self) -> RawMessage: ...
-
-
-_M = TypeVar("_M", bound=_HasRaw)
-
-
-def distinct(messages: Sequence[_M]) -> Iterator[list[_M]]:
-    """Messages in order, cut where a message id repeats or the bounds are reached (the keep
-    takes distinct keys; a save settles each version against the one before)."""
-    group: list[_M] = []
-    keys: set[str] = set()
-    size = 0
-    for message in messages:
-        key, length = message.raw.message_id, len(message.raw.content)
-        if group and (key in keys or size + length > BATCH_BYTES):
-            yield group
-            group, keys, size = [], set(), 0
-        group.append(message)
-        keys.add(key)
-        size += length
-    if group:
-        yield group
 
 
 def load_code_tables() -> None:
@@ -297,7 +269,7 @@ def _store(store: FactStore, connector: Connector, save: _Save, with_results: bo
     stored = 0
     failure: str | None = None
     try:
-        for group in distinct(save.messages):
+        for group in raw_batches(save.messages):
             parsed = [
                 (m.kept.raw_id, m.parsed or parse_message(connector, m.raw), m.kept.replaced)
                 for m in group

@@ -20,10 +20,12 @@ it stops the ingest.
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from vigie.connectors.base import Connector, FeedError, ParseOutcome, RawMessage, iter_files
 from vigie.connectors.registry import (
@@ -47,6 +49,7 @@ __all__ = [
     "ingest",
     "parse_message",
     "parsed_payloads",
+    "raw_batches",
     "read_feed",
     "recover",
     "save_parsed",
@@ -455,16 +458,27 @@ def ingest(
     exactly as if messages were stored one by one.
     """
     report = recover(store, batch_size, batch_bytes)
-    for batch in _batches(_iter_raw(paths, fmt, report.files), batch_size, batch_bytes):
+    for batch in raw_batches(_iter_raw(paths, fmt, report.files), batch_size, batch_bytes):
         _store_batch(store, batch)
     return report
 
 
-def _batches(
-    pending: Iterable[_Pending], batch_size: int, batch_bytes: int
-) -> Iterator[list[_Pending]]:
-    """Messages in file order, cut into batches (see ``ingest``)."""
-    batch: list[_Pending] = []
+class _HasRaw(Protocol):
+    @property
+    def raw(self) -> RawMessage: ...
+
+
+_M = TypeVar("_M", bound=_HasRaw)
+
+
+def raw_batches(
+    pending: Iterable[_M], batch_size: int = sys.maxsize, batch_bytes: int = BATCH_BYTES
+) -> Iterator[list[_M]]:
+    """Messages (anything with its ``raw`` message) in order, cut into batches of distinct
+    (feed, message id) keys — a keep takes distinct keys, and a save settles each version of a
+    message against the one before — of at most ``batch_size`` messages and ``batch_bytes`` raw
+    bytes (the first message of a batch whatever its size)."""
+    batch: list[_M] = []
     keys: set[tuple[str, str]] = set()
     size = 0
     for message in pending:
