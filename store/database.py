@@ -65,7 +65,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from platformdirs import user_data_dir
 from sqlalchemy import (
@@ -614,6 +614,9 @@ def in_memory_url(url: str) -> bool:
     return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
 
 
+E = TypeVar("E", bound=Exception)
+
+
 class _HeldConnection:
     """A database connection of a store's engine held by one owner, outside the pool (the
     driver's DB-API connection, in autocommit on PostgreSQL): opened at first use
@@ -644,6 +647,13 @@ class _HeldConnection:
 
     def _prepare(self, connection: Any) -> None:
         """Settings of a connection just opened."""
+
+    def failed(self, error: Exception, kind: type[E], what: str) -> E:
+        """After a use failed: the connection closed (the next use opens another), and the
+        error to raise, naming the database and its reason (never the statement's values)."""
+        self.close()
+        reason = database_reason(error)  # type: ignore[arg-type]  # a driver's error too
+        return kind(f"cannot {what} in {self._facts.safe_url}: {reason}")
 
     def close(self) -> None:
         finalizer, self._connection, self._finalizer = self._finalizer, None, None
@@ -921,11 +931,7 @@ class FactStore:
             finally:
                 cursor.close()
         except held.errors as error:
-            held.close()
-            reason = database_reason(error)  # type: ignore[arg-type]  # a driver's error too
-            raise StoreError(
-                f"cannot keep the raw messages in {self.safe_url}: {reason}"
-            ) from error
+            raise held.failed(error, StoreError, "keep the raw messages") from error
         finally:
             self._keeper_lock.release()
 

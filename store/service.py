@@ -88,7 +88,6 @@ from vigie.store.database import (
     StoreError,
     _Base,
     _HeldConnection,
-    database_reason,
     in_memory_url,
 )
 
@@ -755,11 +754,7 @@ class _AuditAppender(_HeldConnection):
             else:
                 self._append_postgres(rows)
         except self.errors as error:
-            self.close()
-            reason = database_reason(error)  # type: ignore[arg-type]  # a driver's error too
-            raise ServiceError(
-                f"cannot write the audit log in {self._facts.safe_url}: {reason}"
-            ) from error
+            raise self.failed(error, ServiceError, "write the audit log") from error
 
     def _append_sqlite(self, rows: list[tuple[Any, ...]]) -> None:
         connection = self._connection
