@@ -194,6 +194,8 @@ def create_app(
             pages = getattr(app.state, "worklist_pages", None)
             if pages is not None:
                 pages.close()
+            if not app.state.service.flush_audit():
+                log.error("audit entries still unwritten at shutdown")
             if owned:
                 store.close()
 

@@ -502,7 +502,9 @@ class AuditWriter:
 
     A batch the database refuses is written again entry by entry, so that one bad entry fails
     only its own caller. The thread ends after ``idle`` seconds without work (``on_idle``
-    called, the store's connection closed) and starts again with the next entry.
+    called, the store's connection closed) and starts again with the next entry. ``flush``
+    (the service's shutdown) writes what is left, including the entries of a loop's turn
+    that ended before handing them over.
     """
 
     def __init__(
@@ -515,8 +517,11 @@ class AuditWriter:
         self._write = write
         self._idle = idle
         self._on_idle = on_idle  # called by the thread as it ends (before another can start)
-        self._ready = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._ready = threading.Condition(lock)
+        self._drained = threading.Condition(lock)  # nothing waits nor is being written
         self._waiting: list[tuple[AuditEntry, _Waiter]] = []
+        self._writing = False  # the thread holds a batch not yet committed
         self._thread: threading.Thread | None = None
         self._sleeping = False  # the thread waits for entries (it needs a notify)
         # per event loop, the entries its current turn submitted (touched on that loop only)
@@ -544,6 +549,17 @@ class AuditWriter:
             loop.call_soon(self._hand_over, loop)
         turn.append((entry, done))
         return done
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Write every entry submitted so far and wait for its commit (at most ``timeout``
+        seconds; False if some were still unwritten then). The entries of an event loop's turn
+        that ended without handing them over (the loop stopped in that turn: a server shutting
+        down) are queued too, so that a cancelled request's entry is not lost with the
+        process. Call it once the loops are stopped (a turn is touched only by its loop)."""
+        for loop in list(self._turns):
+            self._hand_over(loop)
+        with self._ready:
+            return self._drained.wait_for(lambda: not self._waiting and not self._writing, timeout)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """Queue the entries a turn of ``loop`` submitted (on that loop)."""
@@ -590,6 +606,7 @@ class AuditWriter:
                 return []
             batch = self._waiting[:_AUDIT_BATCH]
             del self._waiting[:_AUDIT_BATCH]
+            self._writing = True
         return [
             (entry, done)
             if not isinstance(done, Future) or done.set_running_or_notify_cancel()
@@ -599,7 +616,13 @@ class AuditWriter:
 
     def _run(self) -> None:
         while batch := self._next_batch():
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            finally:
+                with self._ready:
+                    self._writing = False
+                    if not self._waiting:
+                        self._drained.notify_all()
 
     def _commit(self, batch: list[tuple[AuditEntry, _Waiter | None]]) -> None:
         try:
@@ -1196,6 +1219,12 @@ class ServiceStore:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._write_now(entry, done)
         return done
+
+    def flush_audit(self, timeout: float = 30.0) -> bool:
+        """Commit every audit entry submitted so far (``AuditWriter.flush``): the service's
+        shutdown, before its store is closed. False if some were not written within
+        ``timeout`` seconds."""
+        return True if self._audit_writer is None else self._audit_writer.flush(timeout)
 
     def _write_now(self, entry: AuditEntry, done: Future[None] | asyncio.Future[None]) -> None:
         """Without a writer thread (in-memory SQLite): the entry written at once, ``done``

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from vigie.engine import FactSet, evaluate
 from vigie.engine.alerts import alert_id
 from vigie.facts import AnyFact, Stay
 from vigie.store import FactStore, ServiceStore, StoreError
+from vigie.store.service import AuditEntry
 
 with warnings.catch_warnings():  # starlette asks for httpx2, which this environment lacks
     warnings.simplefilter("ignore")
@@ -327,6 +329,30 @@ def test_malformed_json_unknown_alert_and_bad_query(api: Service) -> None:
     assert answer.status_code == 422 and "query.limit" in answer.json()["detail"]
     answer = api.client.post("/wards", json={**WARD, "beds": -1}, headers=api.as_("admin"))
     assert answer.status_code == 422 and "body.beds" in answer.json()["detail"]
+
+
+def test_the_audit_entries_still_queued_are_written_before_the_app_shuts_down(
+    store_url: str,
+) -> None:
+    """The writer's thread is a daemon: entries still queued when the process ends would be
+    lost. The app's shutdown commits them before closing its store."""
+    with FactStore(store_url) as store:
+        app = create_app(store=store)
+        service: ServiceStore = app.state.service
+        writer = service._audit_writer
+        assert writer is not None
+        write = writer._write
+
+        def slow(entries: list[AuditEntry]) -> None:
+            time.sleep(0.3)
+            write(entries)
+
+        writer._write = slow
+        before = service.audit_size()
+        with TestClient(app):
+            for n in range(3):
+                service.submit_audit(AuditEntry("pharm.a", ("pharmacist",), f"r{n}", "worklist"))
+        assert service.audit_size() == before + 3  # at once: the shutdown waited for them
 
 
 def test_a_body_over_the_limit_is_a_413(api: Service) -> None:

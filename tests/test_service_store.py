@@ -341,6 +341,59 @@ def test_a_waiter_that_went_away_neither_stops_the_audit_writer_nor_loses_its_en
     assert written == ["first", "gone", "kept", "later"]
 
 
+def test_flush_writes_the_entries_of_a_loop_turn_that_ended_before_handing_them_over() -> None:
+    """``submit_async`` hands a turn's entries to the writer at the loop's next turn; a loop
+    stopped in the turn that submitted (a server shutting down, a cancelled request) never
+    runs it. ``flush`` queues them and waits for their commit."""
+    written: list[str] = []
+    writer = AuditWriter(lambda entries: written.extend(e.action for e in entries), idle=0.5)
+
+    loop = asyncio.new_event_loop()
+
+    def submit_and_stop() -> None:
+        writer.submit_async(AuditEntry("pharm.a", ("pharmacist",), "left", "worklist"))
+        loop.stop()  # in the turn that submitted
+
+    loop.call_soon(submit_and_stop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+    time.sleep(0.1)
+    assert written == []  # nothing handed over: the entry would be lost with the process
+    assert writer.flush(10) is True
+    assert written == ["left"]
+
+
+def test_flush_waits_for_the_batch_being_written_and_says_when_it_could_not() -> None:
+    written: list[str] = []
+    release = threading.Event()
+
+    def write(entries: list[AuditEntry]) -> None:
+        release.wait(10)
+        written.extend(entry.action for entry in entries)
+
+    writer = AuditWriter(write, idle=0.5)
+    for action in ("a", "b"):
+        writer.submit(AuditEntry("pharm.a", ("pharmacist",), action, "worklist"))
+    time.sleep(0.05)  # the thread holds the first batch
+    assert writer.flush(0.2) is False  # held: not written within the time given
+    release.set()
+    assert writer.flush(10) is True
+    assert sorted(written) == ["a", "b"]
+    assert writer.flush(0.01) is True  # nothing left: at once
+
+
+def test_the_service_flushes_its_audit_entries_into_the_database(service: ServiceStore) -> None:
+    """Entries nobody waited for are in the log once ``flush_audit`` returns (the app calls
+    it at shutdown, before closing its store)."""
+    before = service.audit_size()
+    for n in range(5):
+        service.submit_audit(_entry(f"read-{n}"))
+    assert service.flush_audit(10) is True
+    assert service.audit_size() == before + 5
+
+
 def test_audit_entries_of_one_batch_are_written_as_given(service: ServiceStore) -> None:
     """The writer's own connection (no ORM) writes what the ORM reads back: the time, the
     roles, a detail given as a mapping, as an ``AuditDetail`` (its JSON made once for all the
