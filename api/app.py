@@ -37,6 +37,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from vigie.api import routes
 from vigie.api.auth import require
@@ -419,10 +420,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
         # The input is not echoed back (it may be patient data the client already has).
-        errors = [
-            {"field": _field(item.get("loc", ())), "message": _message(item)}
-            for item in error.errors()
-        ]
+        errors = [_invalid_item(item, error.body) for item in error.errors()]
         text = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return JSONResponse(
             {"detail": f"invalid request: {text}", "errors": errors},
@@ -442,6 +440,25 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
 
 
+def _invalid_item(item: Any, body: Any) -> dict[str, str]:
+    if item.get("type") == "json_invalid":
+        return {"field": "body", "message": _json_message(item, body)}
+    return {"field": _field(item.get("loc", ())), "message": _message(item)}
+
+
+def _json_message(item: Any, body: Any) -> str:
+    """A body that is not JSON, located by line and column (FastAPI gives the character
+    offset as the location's second part) with what the decoder expected there."""
+    location = item.get("loc", ())
+    offset = location[1] if len(location) > 1 and isinstance(location[1], int) else None
+    reason = str((item.get("ctx") or {}).get("error", "not valid JSON"))
+    if offset is None or not isinstance(body, str):
+        return f"JSON decode error: {reason}"
+    line = body.count("\n", 0, offset) + 1
+    column = offset - (body.rfind("\n", 0, offset) + 1) + 1
+    return f"JSON decode error at line {line}, column {column}: {reason}"
+
+
 def _message(item: Any) -> str:
     message = str(item.get("msg", "invalid"))
     return message.removeprefix("Value error, ")
@@ -458,6 +475,9 @@ def _route(scope: Scope) -> str:
     """The route's template (``/alerts/{alert_id}``), never the path with its ids."""
     route = scope.get("route")
     return getattr(route, "path", None) or "(no route)"
+
+
+_CLIENT_CLOSED = 499
 
 
 class _AccessLog:
@@ -482,6 +502,11 @@ class _AccessLog:
 
         try:
             await self.app(scope, receive, sending)
+        except ClientDisconnect:
+            # The client went away before its body was read: nobody to answer, and no bug.
+            # 499 is the status proxies log for it (nginx).
+            answered.setdefault("status", _CLIENT_CLOSED)
+            log.info("%s %s: the client disconnected", scope["method"], _route(scope))
         except Exception as error:
             log.error("%s %s: unexpected %s", scope["method"], _route(scope), type(error).__name__)
             if "status" in answered:

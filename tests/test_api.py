@@ -8,6 +8,7 @@ tests/test_evaluate.py).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.requests import Request
+from starlette.types import Message, Receive, Scope, Send
 
 from tests.conftest import postgres_schema
 from tests.test_evaluate import NOW, default_ir, drug, hyperkalaemia_facts, lab, patient, src
-from vigie.api.app import create_app
+from vigie.api.app import _AccessLog, create_app
 from vigie.api.cli import main
 from vigie.engine import FactSet, evaluate
 from vigie.engine.alerts import alert_id
@@ -260,8 +263,13 @@ def test_a_dismissal_needs_a_reason_from_the_list(api: Service) -> None:
     )
     assert answer.status_code == 422 and "body.dismissal.reason" in answer.json()["detail"]
     other = {"kind": "dismissal", "reason": "other"}
-    answer = api.client.post(path, json=other, headers=pharmacist)
-    assert answer.status_code == 409 and "needs its text" in answer.json()["detail"]
+    for body in (other, {**other, "comment": "  "}):  # a bad request, not a lifecycle refusal
+        answer = api.client.post(path, json=body, headers=pharmacist)
+        assert answer.status_code == 422
+        assert answer.json()["detail"] == (
+            "invalid request: body.dismissal.comment: "
+            "a dismissal with reason 'other' needs a comment saying why"
+        )
     stale = {**DISMISSAL, "evidence_key": "0" * 32}
     answer = api.client.post(path, json=stale, headers=pharmacist)
     assert answer.status_code == 409 and "evidence changed" in answer.json()["detail"]
@@ -291,6 +299,7 @@ def test_a_dismissal_needs_a_reason_from_the_list(api: Service) -> None:
             "of 1, 2, 3, 4, 5, 6, 7",
         ),
         ({"comment": ""}, "body.intervention.comment: String should have at least 1 character"),
+        ({"comment": " \n"}, "body.intervention.comment: expected what was done, got only blanks"),
         ({"kind": "advice"}, "body: Input tag 'advice' found using 'kind' does not match"),
         ({"extra": 1}, "body.intervention.extra: Extra inputs are not permitted"),
     ],
@@ -320,7 +329,22 @@ def test_malformed_json_unknown_alert_and_bad_query(api: Service) -> None:
         content=b'{"kind": "intervention",',
         headers={**pharmacist, "Content-Type": "application/json"},
     )
-    assert answer.status_code == 422 and "JSON decode error" in answer.json()["detail"]
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == (
+        "invalid request: body: JSON decode error at line 1, column 25: "
+        "Expecting property name enclosed in double quotes"
+    )
+    answer = api.client.post(
+        f"/alerts/{P1_ALERT}/decision",
+        content=b'{"kind": "dismissal",\n "reason" "other"}',
+        headers={**pharmacist, "Content-Type": "application/json"},
+    )
+    assert answer.json()["errors"] == [
+        {
+            "field": "body",
+            "message": "JSON decode error at line 2, column 11: Expecting ':' delimiter",
+        }
+    ]
     answer = api.client.get("/alerts/nope", headers=pharmacist)
     assert (answer.status_code, answer.json()) == (404, {"detail": "no alert 'nope'"})
     answer = api.client.get("/alerts/bad id!", headers=pharmacist)
@@ -395,6 +419,31 @@ def test_a_bug_is_a_500_without_its_message_nor_patient_data_in_the_log(
     assert "RuntimeError" in logged and "/worklist" in logged
     # the error's text stays out (not "6.4" alone: a request's time, "16.4 ms", may hold it)
     assert "p1" not in logged and "kaliemie" not in logged and "mmol" not in logged
+
+
+def test_a_client_gone_before_its_body_is_read_is_no_bug(caplog: pytest.LogCaptureFixture) -> None:
+    """A sender that closes its connection mid-body (a cut network, a timeout) is logged as
+    such (499, INFO), not as an unexpected error answered 500."""
+
+    async def reads_the_body(scope: Scope, receive: Receive, send: Send) -> None:
+        await Request(scope, receive).body()
+
+    async def disconnected() -> Message:
+        return {"type": "http.disconnect"}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {"type": "http", "method": "POST", "path": "/ingest/hl7", "headers": []}
+    with caplog.at_level(logging.DEBUG, logger="vigie"):
+        asyncio.run(_AccessLog(reads_the_body)(scope, disconnected, send))
+    assert sent == []
+    records = [r for r in caplog.records if r.name.startswith("vigie")]
+    assert [r.levelname for r in records] == ["INFO", "INFO"]
+    assert records[0].getMessage() == "POST (no route): the client disconnected"
+    assert records[1].getMessage().startswith("POST (no route) 499 ")
 
 
 def test_the_application_log_names_routes_not_patients(

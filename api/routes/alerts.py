@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, status
 from fastapi import Path as PathParam
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from vigie import rules
 from vigie.api.auth import Pharmacist
@@ -153,6 +153,15 @@ class InterventionCreate(BaseModel):
     def _intervention(cls, value: str) -> str:
         return _known(INTERVENTION_CODES, "intervention", value)
 
+    @field_validator("comment")
+    @classmethod
+    def _comment(cls, value: str) -> str:
+        # Checked here, not only by the store: a blank text is a bad request (422), not a
+        # decision the lifecycle refuses (409).
+        if not value.strip():
+            raise ValueError("expected what was done, got only blanks")
+        return value
+
 
 class OutcomeCreate(BaseModel):
     """The prescriber's answer to the intervention recorded on the alert."""
@@ -175,8 +184,15 @@ class DismissalCreate(BaseModel):
     reason: Literal[
         "not_relevant", "already_handled", "accepted_risk", "data_error", "duplicate", "other"
     ] = Field(description="; ".join(f"{k}: {v}" for k, v in DISMISS_REASONS.items()))
-    comment: str = Field(default="", max_length=4000)
+    comment: str = Field(default="", max_length=4000, validate_default=True)
     evidence_key: str | None = Field(default=None, max_length=64)
+
+    @field_validator("comment")
+    @classmethod
+    def _comment(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("reason") == "other" and not value.strip():
+            raise ValueError("a dismissal with reason 'other' needs a comment saying why")
+        return value
 
 
 DecisionCreate = Annotated[
