@@ -583,6 +583,21 @@ def test_message_id_falls_back_to_a_content_hash_and_duplicates_are_kept_apart()
     assert [control_id(r.message_id) for r in hl7v2.split("d.hl7", twice)] == ["M1", "M1#2"]
 
 
+def test_a_malformed_message_time_is_reported_once_and_the_facts_load() -> None:
+    """MSH-7 (else EVN-2) is the message's version time, which settles corrections: a bad one
+    is a located, non-fatal error, even where no fact time falls back on it (an ORU)."""
+    bad = MSH_ORU.replace("20240306081200", "2024-13-45")
+    outcome = only("t.hl7", hl7_text(bad, PID, OBX_K))
+    assert outcome.version_time is None and len(facts_of(outcome, LabResult)) == 1
+    assert [(e.position, e.found) for e in outcome.errors] == [("MSH-7", "2024-13-45")]
+    adt = bad.replace("ORU^R01", "ADT^A01")  # also the stay's event time: reported there only
+    outcome = only("t.hl7", hl7_text(adt, "EVN|A01", PID, "PV1|1|I|CARDIO^001^1"))
+    assert [e.position for e in outcome.errors] == ["MSH-7"]
+    evn = only("t.hl7", hl7_text(MSH_ORU, "EVN|R01|20241399", PID, OBX_K))
+    assert [e.position for e in evn.errors] == ["EVN-2"]
+    assert not only("t.hl7", hl7_text(MSH_ORU.replace("20240306081200", ""), PID, OBX_K)).errors
+
+
 def test_results_of_several_patients_in_one_oru_go_to_their_own_patient() -> None:
     other = "PID|1||IPP2^^^CHU^PI||ROE^Al||19600101|M"
     outcome = only("two.hl7", hl7_text(MSH_ORU, PID, OBX_K, other, OBX_NA, PID, OBX_NA))

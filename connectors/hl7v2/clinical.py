@@ -341,8 +341,8 @@ def _event_time(ctx: Context) -> datetime | None:
 
 def version_time(message: Hl7Message) -> datetime | None:
     """When the sender recorded this message's content: EVN-2 (recorded date/time), else MSH-7
-    (the message's date/time). A malformed one is None here: where it serves as a fact time
-    it is reported there."""
+    (the message's date/time). A malformed one is None here; ``connector.parse`` reports it,
+    once (where it also serves as a fact time, there)."""
     for segment, field in ((message.first("EVN"), 2), (message.msh, 7)):
         try:
             moment = message.dtm(segment, field)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 
-from vigie.connectors.base import RawMessage
+from vigie.connectors.base import FeedError, RawMessage
 from vigie.connectors.hl7v2.clinical import (
     FEED,
     Context,
@@ -135,7 +135,20 @@ def parse(raw: RawMessage, terminology: Terminology | None = None) -> Hl7Outcome
     load_patients(ctx)
     loader(ctx)
     load_history(ctx)
+    _check_version_time(message, outcome)
     return outcome
+
+
+def _check_version_time(message: Hl7Message, outcome: Hl7Outcome) -> None:
+    """A malformed EVN-2 or MSH-7 is reported (non-fatal) unless a fact time already did:
+    it is the message's version time, which settles corrections (``version_time``), and
+    without it the order of arrival decides in silence."""
+    for segment, field in ((message.first("EVN"), 2), (message.msh, 7)):
+        try:
+            message.dtm(segment, field)
+        except FeedError as error:
+            if all(known.position != error.position for known in outcome.errors):
+                outcome.errors.append(error)
 
 
 def _loader(message: Hl7Message) -> Callable[[Context], None] | None:
