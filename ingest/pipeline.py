@@ -130,10 +130,11 @@ def _parse(connector: Connector, raw: RawMessage) -> ParsedMessage:
         raise
     except Exception as error:  # a connector bug must not stop the batch nor lose the message
         # No traceback in the log: exception texts may quote patient data.
+        # Nor the message id: it may be a patient's (a FHIR ``Patient/<id>``, a PN13 IPP).
         log.error(
-            "connector %s failed on message %s: %s",
+            "connector %s failed on a message (%s): %s",
             raw.feed,
-            raw.message_id,
+            raw.position or "the whole document",
             error.__class__.__name__,
         )
         internal = FeedError(

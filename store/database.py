@@ -996,10 +996,15 @@ class FactStore:
         ``payloads`` are the facts' JSON forms made beforehand (``fact_payloads``), so that
         the transaction does not make them while it holds the store's write lock.
         """
-        refused = {
-            outcome.raw_id: self._rejected(outcome, problem)
+        problems = {
+            outcome.raw_id: problem
             for outcome in outcomes
             if (problem := _fact_problem(outcome.facts))
+        }
+        refused = {
+            outcome.raw_id: self._rejected(outcome, problems[outcome.raw_id])
+            for outcome in outcomes
+            if outcome.raw_id in problems
         }
         accepted = [outcome for outcome in outcomes if outcome.raw_id not in refused]
         # A Core connection, not a session: the ORM's bulk paths cost more than the rows.
@@ -1014,12 +1019,14 @@ class FactStore:
             except SQLAlchemyError:
                 connection.rollback()
                 accepted, superseded = self._versions(connection, accepted)
-                refused |= self._write_one_by_one(connection, accepted, payloads)
+                refused |= self._write_one_by_one(connection, accepted, payloads, problems)
                 self._write_outcomes(connection, list(refused.values()))
                 connection.commit()
         texts = {raw_id: rejection.errors[0][0] for raw_id, rejection in refused.items()}
-        for text in texts.values():
-            log.warning("%s", text)
+        for raw_id in texts:
+            # The reason only: the dead letter's text names the message, whose id may be a
+            # patient's (a FHIR ``Patient/<id>``, a PN13 IPP), and the log holds no patient data.
+            log.warning("raw message %d refused by the store: %s", raw_id, problems[raw_id])
         return SavedBatch(texts, frozenset(superseded - refused.keys()))
 
     def _versions(
@@ -1076,8 +1083,14 @@ class FactStore:
         return settled, older
 
     def _write_one_by_one(
-        self, session: _Executor, outcomes: Sequence[MessageOutcome], payloads: Payloads | None
+        self,
+        session: _Executor,
+        outcomes: Sequence[MessageOutcome],
+        payloads: Payloads | None,
+        problems: dict[int, str],
     ) -> dict[int, MessageOutcome]:
+        """Write each outcome on its own; those the database refuses are returned rejected,
+        and why is added to ``problems``."""
         refused: dict[int, MessageOutcome] = {}
         for outcome in outcomes:
             try:
@@ -1086,7 +1099,8 @@ class FactStore:
             except SQLAlchemyError as error:
                 if concurrency.is_transient(error):  # not the message's fault: stop, retry later
                     raise
-                refused[outcome.raw_id] = self._rejected(outcome, _database_problem(error))
+                problems[outcome.raw_id] = _database_problem(error)
+                refused[outcome.raw_id] = self._rejected(outcome, problems[outcome.raw_id])
         return refused
 
     def _write_outcomes(

@@ -153,3 +153,26 @@ def test_a_refused_whole_document_message_is_located_at_the_document(
     (letter,) = store.dead_letters()
     assert letter.position == "whole document"
     assert letter.error.startswith("poison.json: message ") and "whole document" in letter.error
+
+
+def test_the_log_gives_why_a_message_was_refused_never_its_id(
+    tmp_path: Path, store: FactStore, store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message id may be a patient's (FHIR ``Patient/<id>``, a PN13 IPP): the log names the
+    raw message's row and the reason, the dead letter (in the store) names the message."""
+    caplog.set_level(logging.DEBUG)
+    _refuse_poison(store_url)
+    long_id = "SECRET-IPP-" + "7" * 190  # over 128 characters: refused by the store's check
+    documents = tmp_path / "fhir"
+    documents.mkdir()
+    for name, patient_id in (("long.json", long_id), ("poison.json", "poison")):
+        patient = {"resourceType": "Patient", "id": patient_id, "gender": "female"}
+        (documents / name).write_text(json.dumps(patient))
+    report = ingest([documents], store, fmt="fhir")
+    assert report.total_messages() == {"rejected": 2}
+    assert any("Patient/SECRET-IPP-" in d.error for d in store.dead_letters())
+    logged = [r.getMessage() for r in caplog.records if "refused by the store" in r.getMessage()]
+    assert len(logged) == 2, caplog.text
+    assert any("a patient id of at most 128 characters, got 201" in line for line in logged)
+    assert any("the store refused the message" in line for line in logged)
+    assert "SECRET-IPP" not in caplog.text and "Patient/poison" not in caplog.text
