@@ -8,6 +8,7 @@ app per module and backend, each test on patients of its own).
 
 from __future__ import annotations
 
+import gzip
 import socket
 import time
 import warnings
@@ -325,6 +326,19 @@ def test_bad_bodies_are_refused_before_anything_is_stored(api: Service) -> None:
         "/ingest/fhir", content=b"<x/>", headers=api.as_("feed", **{"Content-Type": "text/xml"})
     )
     assert xml.status_code == 415
+    for route, media in (
+        ("/ingest/hl7", "application/hl7-v2"),
+        ("/ingest/fhir", "application/json"),
+    ):
+        gzipped = api.client.post(  # a content coding the routes do not decode
+            route,
+            content=gzip.compress(oru("GZ1").encode()),
+            headers=api.as_("feed", **{"Content-Type": media, "Content-Encoding": "gzip"}),
+        )
+        assert gzipped.status_code == 415
+        assert gzipped.json() == {
+            "detail": "send the body uncompressed (Content-Encoding identity); not gzip"
+        }
     assert api.service.facts.raw_counts() == before
     not_hl7 = api.hl7(b"hello")  # kept and rejected, with its error
     assert not_hl7.status_code == 422

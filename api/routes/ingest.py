@@ -19,7 +19,7 @@ field such as ``OBX[2]-5``, JSON path, line; what was expected; what was found).
 Every message is stored in each case: the sender need not send a failed one again (it is in the
 dead letters, replayed after a mapping fix); sending it again is harmless: ingest is idempotent
 on the message id (the same message is ``duplicate``, stored once). An empty body is a 400, a
-media type the route does not read a 415.
+media type or a content coding (gzip...) the route does not read a 415.
 
 The audit log gets two entries per request (action ``ingest`` or ``replay``), never the content:
 one committed before anything is stored (``stage: received``: the body's size and media type, or
@@ -168,6 +168,14 @@ def _unsupported(media: str, accepted: Sequence[str]) -> HTTPException:
 
 
 async def _body(request: Request) -> bytes:
+    coding = request.headers.get("content-encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        # Not decoded: its bytes would be kept and parsed as text, and rejected with a
+        # misleading error (a gzip body reads as "UTF-16 or UTF-32 bytes").
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            detail=f"send the body uncompressed (Content-Encoding identity); not {coding}",
+        )
     body = await request.body()
     if not body.strip():
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="the body holds no message")
