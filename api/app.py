@@ -259,7 +259,11 @@ def _cds_feedback(service: ServiceStore) -> Callable[[CardFeedback], None]:
                 service.decide(alert.id, decision, actor=actor, at=at)
                 service.record_outcome(alert.id, "accepted", actor=actor, at=at)
                 return
-            text = feedback.user_comment or f"overridden: {feedback.override_code}"
+            text = feedback.user_comment or (
+                f"overridden: {feedback.override_code}"
+                if feedback.override_code
+                else "overridden in the prescribing software, no reason given"
+            )
             decision = Dismissal(reason_code=feedback.dismiss_reason or "other", text=text)
             service.decide(alert.id, decision, actor=actor, at=at)
         except AlertTransitionError as error:  # already decided, by a pharmacist or a card

@@ -130,6 +130,26 @@ def test_an_override_becomes_a_dismissal_with_its_reason(
     assert api.service.alerts.get(decision.alert_id).status == "dismissed"
 
 
+def test_an_override_without_a_reason_says_so(
+    api: Service,
+    coleman: list[dict[str, Any]],  # noqa: F811
+) -> None:
+    """``overrideReason`` is optional in CDS Hooks: the dismissal says none was given (its
+    text read "overridden: None")."""
+    card = _card(api, coleman, "app-7", draft="draft-7")
+    feedback = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "outcomeTimestamp": "1980-07-16T21:07:00Z",
+    }
+    url = "/cds-services/vigie-order-sign/feedback"
+    response = api.client.post(url, json={"feedback": [feedback]}, headers=api.as_("feed"))
+    assert response.status_code == 200, response.text
+    (decision,) = [d for d in api.service.decisions() if d.decided_at.minute == 7]
+    assert decision.kind == "dismissal" and decision.dismiss_reason == "other"
+    assert decision.comment == "overridden in the prescribing software, no reason given"
+
+
 def _feedback(client: TestClient, token: str, items: list[dict[str, Any]]) -> Any:
     url = "/cds-services/vigie-order-sign/feedback"
     headers = {"Authorization": f"Bearer {token}"}
