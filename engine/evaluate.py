@@ -238,13 +238,7 @@ def _fire(
     alerts: list[Alert] = []
     fired: set[tuple[str, ...]] = set()
     bound = ctx.bound
-    for combo in itertools.product(*pools):
-        if len(combo) == 1:  # most rules bind one line
-            identity: tuple[str, ...] = (combo[0].order_id,)
-        else:
-            if len({id(line) for line in combo}) < len(combo):
-                continue  # two bindings never bind the same line
-            identity = tuple(sorted([line.order_id for line in combo]))
+    for combo, identity in _combinations(pools):
         if identity in fired:
             continue  # the same lines in another binding order are the same alert
         for name, line in zip(names, combo, strict=True):
@@ -261,6 +255,34 @@ def _fire(
             fired.add(identity)
             alerts.append(_explain(rule, ctx, combo, identity, stay))
     return alerts
+
+
+Combination = tuple[tuple[MedicationOrder, ...], tuple[str, ...]]  # lines, identity
+
+
+def _combinations(pools: list[list[MedicationOrder]]) -> Iterable[Combination]:
+    """The combinations of lines of the bindings' pools, in ``itertools.product`` order, each
+    with its identity (its sorted order ids); two bindings never bind the same line."""
+    if len(pools) == 1:  # most rules bind one line
+        return [((line,), (line.order_id,)) for line in pools[0]]
+    if len(pools) == 2:  # interactions: a pair
+        return _pairs(*pools)
+    return _product(pools)
+
+
+def _pairs(first: list[MedicationOrder], second: list[MedicationOrder]) -> Iterable[Combination]:
+    for a in first:
+        one = a.order_id
+        for b in second:
+            if b is not a:
+                other = b.order_id
+                yield (a, b), (one, other) if one <= other else (other, one)
+
+
+def _product(pools: list[list[MedicationOrder]]) -> Iterable[Combination]:
+    for combo in itertools.product(*pools):
+        if len({id(line) for line in combo}) == len(combo):
+            yield combo, tuple(sorted([line.order_id for line in combo]))
 
 
 def _explain(

@@ -597,14 +597,15 @@ def _record_threshold(ctx: Context, shape: _ThresholdShape, x: Any, y: Any) -> N
     """Add the comparison to ``ctx.thresholds`` (once; the model built once per context)."""
     name, op, flipped, unit, param = shape
     value, threshold = (y, x) if flipped else (x, y)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if type(value) is not float and not _plain_number(value):
         return
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+    if type(threshold) is not float and not _plain_number(threshold):
         return
     key = ("threshold", name, op, float(value), float(threshold), unit, param)
     hit = ctx.evidence.get(key)
+    item: Threshold
     if hit is not None:
-        item = cast(Threshold, hit[1])
+        item = hit[1]
     else:
         item = Threshold.model_construct(
             name=name,
@@ -618,6 +619,10 @@ def _record_threshold(ctx: Context, shape: _ThresholdShape, x: Any, y: Any) -> N
     found = ctx.thresholds
     if found is not None and item not in found:
         found.append(item)
+
+
+def _plain_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _value(fact: Measure) -> float | None:

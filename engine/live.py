@@ -29,8 +29,9 @@ Diffs combine: an alert that appears then resolves within one batch is no change
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from operator import attrgetter
@@ -129,6 +130,9 @@ def same_content(a: Alert, b: Alert) -> bool:
     )
 
 
+_MEASURE_TYPES = (LabResult, Observation)  # a tuple: ``isinstance`` without a union per call
+
+
 # When a fact becomes visible to rules (facts dated after the evaluation time are never read).
 def _visible_from(fact: AnyFact) -> datetime | None:
     match fact:
@@ -142,7 +146,7 @@ def _visible_from(fact: AnyFact) -> datetime | None:
 
 
 def _concept(fact: AnyFact) -> str | None:
-    return fact.concept if isinstance(fact, LabResult | Observation) else None
+    return fact.concept if isinstance(fact, _MEASURE_TYPES) else None
 
 
 # Timers ------------------------------------------------------------------------------------------
@@ -384,7 +388,7 @@ def _offer_fact(deadline: _Deadline, fact: AnyFact, timing: RuleTiming) -> None:
 
 def _fact_deadline(fact: AnyFact, timing: RuleTiming, at: datetime) -> datetime | None:
     """The earliest moment after ``at`` where this one fact may change the rule's result."""
-    if isinstance(fact, LabResult | Observation):  # the common case, without the helpers
+    if isinstance(fact, _MEASURE_TYPES):  # the common case, without the helpers
         best = None
         for offset in timing.offsets:
             moment = fact.time + offset
@@ -420,7 +424,7 @@ class _PatientState:
     timers: dict[int, tuple[datetime, datetime]] = field(default_factory=dict)  # deadline, base
     latest: datetime | None = None  # the latest evaluation time of any of its rules
     stay: tuple[str | None, str | None] = (None, None)
-    active: _ActiveLines | None = None  # active lines, while no line starts, ends or arrives
+    active: _ActiveLines | None = None  # active lines, while no line starts or ends
     # The evidence built while explaining its alerts (``Context.evidence``): an alert explained
     # again on a later update reuses the descriptions of the facts it already quoted.
     evidence: dict[tuple[Any, ...], tuple[Any, Any]] = field(default_factory=dict)
@@ -473,6 +477,7 @@ class _LiveContext(Context):
 _EVENTS = -1  # the rule index of a patient's event entries in the timer queue
 _MEASURES = frozenset({"lab", "observation"})  # the kinds whose concept says which rules read
 _NONE: Mapping[int, LoadedRule] = {}
+_NO_KEYS: AbstractSet[tuple[str, str | None]] = frozenset()
 
 
 def _dependents(
@@ -580,8 +585,7 @@ class LiveEvaluator:
         readers = self._dependents.get(key if key[0] in _MEASURES else (key[0], None), _NONE)
         if not readers and not isinstance(fact, Stay) and (key[0], fact.fact_id) not in self._owner:
             return AlertDiff()  # no rule of the pack reads it (a stay moves alerts along)
-        diff = AlertDiff()
-        previous, moved = self._remove_previous(fact, at, diff)
+        previous, moved, elsewhere = self._remove_previous(fact, at)
         if isinstance(fact, Patient) and isinstance(previous, Patient):
             fact = fact.merged_over(previous)  # a sparse record keeps what an earlier one gave
         state = self._patients.get(fact.patient_id)
@@ -600,11 +604,11 @@ class LiveEvaluator:
             lines = [fact, previous] if isinstance(previous, MedicationOrder) else [fact]
             rules = self._rules_for_lines(lines)
         else:
-            rules = self._rules_for(moved | {key}) if moved - {key} else readers
+            rules = self._rules_for(moved | {key}) if moved and moved - {key} else readers
         if not rules and not isinstance(fact, Stay):
-            return diff  # nothing reads it (a stay may move the alerts along)
+            return elsewhere or AlertDiff()  # nothing reads it (a stay may move the alerts along)
         changed = self._reevaluate(state, rules, at, fact=fact, full=fresh)
-        return changed if not diff else diff.merge(changed)
+        return elsewhere.merge(changed) if elsewhere else changed
 
     def add_many(self, facts: Iterable[AnyFact], now: datetime | None = None) -> AlertDiff:
         diff = AlertDiff()
@@ -682,29 +686,28 @@ class LiveEvaluator:
         return at
 
     def _remove_previous(
-        self, fact: AnyFact, at: datetime, diff: AlertDiff
-    ) -> tuple[AnyFact | None, set[tuple[str, str | None]]]:
+        self, fact: AnyFact, at: datetime
+    ) -> tuple[AnyFact | None, AbstractSet[tuple[str, str | None]], AlertDiff | None]:
         """Forget an earlier version of the same fact (same kind and id): the version and the
-        dependency keys it touched. A fact that moved to another patient re-evaluates that one."""
+        dependency keys it touched. A fact that moved to another patient re-evaluates that one:
+        what changed there comes third (None when it did not move)."""
         key = (fact.kind, fact.fact_id)
         owner = self._owner.get(key)
         self._owner[key] = fact.patient_id
         if owner is None:
-            return None, set()
+            return None, _NO_KEYS, None
         state = self._patients[owner]
         old = state.facts.pop(key, None)
         if old is None:
-            return None, set()
+            return None, _NO_KEYS, None
         _discard(state.record, old)
         if isinstance(old, MedicationOrder):
             state.active = None
         touched = {(old.kind, _concept(old))}
         if owner != fact.patient_id:
             self._rewind_events(state, at)
-            moved = self._reevaluate(state, self._rules_for(touched), at)
-            diff.new, diff.updated, diff.resolved = moved.new, moved.updated, moved.resolved
-            return None, set()
-        return old, touched
+            return None, _NO_KEYS, self._reevaluate(state, self._rules_for(touched), at)
+        return old, touched, None
 
     def _insert(
         self,
@@ -716,8 +719,9 @@ class LiveEvaluator:
     ) -> None:
         state.facts[(fact.kind, fact.fact_id)] = fact
         if isinstance(fact, MedicationOrder):
-            state.active = None
             _place(state.record, fact)
+            if state.active is not None:
+                state.active = self._with_line(state.active, fact, at)
         elif read or isinstance(fact, Stay | Patient):
             _place(state.record, fact)  # a fact no rule of the pack reads is not kept
         if visible is not None and visible > at:
@@ -868,20 +872,23 @@ class LiveEvaluator:
             ctx = _LiveContext(
                 state.record, at, self.selection.pack.sets, self.selection.params, active, state
             )
+            alerts, timings = state.alerts, self._timing
         for index in sorted(chosen):
             rule = chosen[index]
-            old = state.alerts.get(index)
-            fresh = {a.id: a for a in evaluate_rule(rule, ctx, stay)}
-            self.explained += len(fresh)
+            found = evaluate_rule(rule, ctx, stay)
             self.evaluations += 1
-            _diff_rule(old or {}, fresh, diff)
-            if fresh:
-                state.alerts[rule.index] = fresh
-            else:
-                state.alerts.pop(rule.index, None)
-            timing = self._timing.get(rule.index)
+            old = alerts.get(index)
+            if found:
+                fresh = {a.id: a for a in found}
+                self.explained += len(fresh)
+                _diff_rule(old or {}, fresh, diff)
+                alerts[index] = fresh
+            elif old is not None:  # resolved by data
+                diff.resolved.extend(old.values())
+                del alerts[index]
+            timing = timings.get(index)
             if timing is not None:
-                self._set_timer(state, rule, timing, at, fact, full, bool(fresh))
+                self._set_timer(state, rule, timing, at, fact, full, bool(found))
         stay_key = (stay.stay_id, stay.ward) if stay else (None, None)
         if restay or stay_key != state.stay:
             state.stay = stay_key
@@ -912,7 +919,8 @@ class LiveEvaluator:
 
     def _active_lines(self, state: _PatientState, at: datetime) -> _ActiveLines:
         """The patient's active lines at ``at`` and their sets, kept while no line starts or
-        ends and no order arrives."""
+        ends (a new line is added to them: ``_with_line``; a new version of a line, or a
+        retracted one, has them computed again)."""
         active = state.active
         if (
             active is not None
@@ -933,6 +941,38 @@ class LiveEvaluator:
         until = min((m for m in moments if m > at), default=None)
         state.active = _ActiveLines(lines, line_sets, frozenset(names), {}, since, until)
         return state.active
+
+    def _with_line(
+        self, active: _ActiveLines, line: MedicationOrder, at: datetime
+    ) -> _ActiveLines | None:
+        """The active lines once a new line arrived (no earlier version), from those kept
+        before it when they hold at ``at`` (None otherwise: ``_active_lines`` starts again)."""
+        since, until = active.since, active.until
+        if not (since <= at and (until is None or at < until)):
+            return None
+        for moment in (line.start, line.end):
+            if moment is None:
+                continue
+            if moment <= at:
+                since = max(since, moment)
+            elif until is None or moment < until:
+                until = moment
+        if not is_active(line, at):
+            return _ActiveLines(
+                active.lines, active.line_sets, active.names, active.by_set, since, until
+            )
+        atc = self.selection.pack.sets.atc
+        own = atc(line.atc, line.route)
+        names = set(active.names)
+        names.update(own)
+        for ingredient in line.ingredients:  # as ``_active_lines``
+            names.update(atc(ingredient.atc, line.route))
+        position = bisect_right(active.lines, _line_key(line), key=_line_key)
+        lines = list(active.lines)
+        lines.insert(position, line)
+        line_sets = list(active.line_sets)
+        line_sets.insert(position, (line, own))
+        return _ActiveLines(lines, line_sets, frozenset(names), {}, since, until)
 
     def _set_timer(
         self,

@@ -18,7 +18,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from datetime import datetime
 from operator import attrgetter
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from vigie.engine.alerts import Evidence, Threshold
 from vigie.engine.derived import (
@@ -264,7 +264,8 @@ class Context:
         key = (build, name, id(fact))
         hit = cache.get(key)
         if hit is not None and hit[0] is fact:
-            return cast(_B, hit[1])
+            kept: _B = hit[1]  # (an annotation, not ``cast``: no call on this path)
+            return kept
         made = build(name, fact)
         self.keep(key, fact, made)
         return made
@@ -284,7 +285,8 @@ class Context:
         key = ("derived", name, code, value, unit, time, *map(id, inputs))
         hit = cache.get(key)
         if hit is not None:
-            return cast(Evidence, hit[1])
+            kept: Evidence = hit[1]
+            return kept
         made = derived_evidence(name, code, value, unit, inputs, time)
         self.keep(key, None, made)
         return made
