@@ -543,6 +543,19 @@ def test_utf16_file_is_rejected() -> None:
     assert results and all(isinstance(outcome, FeedError) for _, outcome in results)
 
 
+def test_a_stray_nul_byte_is_located_not_taken_for_utf16() -> None:
+    content = hl7_text(MSH_ORU, PID.replace("IPP1", "IPP\x001"), OBX_K)
+    ((_, error),) = messages("nul.hl7", content)
+    assert isinstance(error, FeedError)
+    offset = content.index(b"\x00")
+    assert error.position == f"PID-3 (byte {offset})"
+    assert error.expected == "text without NUL byte (0x00)"
+    for codec in ("utf-16-le", "utf-32-le"):  # without a byte order mark: NULs everywhere
+        ((_, error),) = messages("wide.hl7", "\r".join([MSH_ORU, PID]).encode(codec))
+        assert isinstance(error, FeedError) and error.position == "byte 0"
+        assert "UTF-16 or UTF-32" in str(error.expected)
+
+
 def test_unknown_charset_is_reported_and_guessed() -> None:
     content = hl7_text(MSH_ORU + "|||||FRA|KLINGON", PID, OBX_K)
     outcome = only("x.hl7", content)

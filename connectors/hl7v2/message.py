@@ -173,9 +173,14 @@ class Hl7Message:
                 "the MLLP end block (0x1c) after the message: the message is truncated",
                 found=body[-40:].decode("latin-1"),
             )
-        if body[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in body[:200]:
+        head = body[:200]
+        if head[:2] in (b"\xff\xfe", b"\xfe\xff") or head.count(0) * 4 >= len(head) > 0:
             raise self.error("byte 0", "text in UTF-8 or ISO 8859-1 (found UTF-16 or UTF-32 bytes)")
-        return body.replace(bytes([MLLP_START]), b"").replace(bytes([MLLP_END]), b"")
+        body = body.replace(bytes([MLLP_START]), b"").replace(bytes([MLLP_END]), b"")
+        nul = body.find(0)
+        if nul >= 0:  # a stray NUL (UTF-16 text has one every other byte): no store holds it
+            raise self.error(locate_byte(body, nul), "text without NUL byte (0x00)")
+        return body
 
     def _decode(self, content: bytes) -> str:
         try:
