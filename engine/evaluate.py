@@ -46,8 +46,9 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
+from operator import attrgetter
 from typing import Any, cast
 
 from vigie.engine.alerts import Alert, AlertDrug, Evidence, Severity, Threshold, alert_id
@@ -185,17 +186,20 @@ def evaluate_patient(
 
 
 def current_stay(record: PatientRecord, as_of: datetime) -> Stay | None:
-    """The stay the patient is in at ``as_of`` (the latest admitted one if several)."""
-    current = [
-        s
-        for s in record.stays
-        if s.status != "cancelled"
-        and (s.admit_time is None or s.admit_time <= as_of)
-        and (s.discharge_time is None or s.discharge_time > as_of)
-    ]
-    if not current:
-        return None
-    return max(current, key=lambda s: (s.admit_time or datetime.min, s.stay_id))
+    """The stay the patient is in at ``as_of`` (the latest admitted one if several; the first
+    of those, as ``max``, on a tie). Evaluated on every live update: a loop, no key function."""
+    found: Stay | None = None
+    found_key: tuple[datetime, str] = (datetime.min, "")
+    for s in record.stays:
+        if (
+            s.status != "cancelled"
+            and (s.admit_time is None or s.admit_time <= as_of)
+            and (s.discharge_time is None or s.discharge_time > as_of)
+        ):
+            key = (s.admit_time or datetime.min, s.stay_id)
+            if found is None or key > found_key:
+                found, found_key = s, key
+    return found
 
 
 def evaluate_rule(rule: LoadedRule, ctx: Context, stay: Stay | None) -> list[Alert]:
@@ -234,7 +238,7 @@ def _fire(
     stay: Stay | None,
     traced: bool,
 ) -> list[Alert]:
-    names = [binding.name for binding in rule.drug_bindings]
+    names = rule.drug_names
     alerts: list[Alert] = []
     fired: set[tuple[str, ...]] = set()
     bound = ctx.bound
@@ -351,7 +355,7 @@ def _traced(
         severity=cast(Severity, severity),
         level=rule.level,
         priority=None,
-        drugs=tuple(ctx.cached(_alert_drug, "", line) for line in lines),
+        drugs=tuple([ctx.cached(_alert_drug, "", line) for line in lines]),
         evidence=_unique([*bindings, *trace]),
         thresholds=tuple(thresholds),
         message=message,
@@ -395,11 +399,17 @@ def _alert_lines(
     return lines
 
 
+# What makes two pieces of evidence the same for an alert (read in C).
+_evidence_key: Callable[[Evidence], tuple[Any, ...]] = attrgetter(
+    "name", "kind", "code", "fact_id", "value", "time"
+)
+
+
 def _unique(evidence: Iterable[Evidence]) -> tuple[Evidence, ...]:
     seen: set[tuple[Any, ...]] = set()
     kept: list[Evidence] = []
     for item in evidence:
-        key = (item.name, item.kind, item.code, item.fact_id, item.value, item.time)
+        key = _evidence_key(item)
         if key not in seen:
             seen.add(key)
             kept.append(item)

@@ -124,6 +124,7 @@ class LoadedRule:
     problem: CodedValue
     intervention: CodedValue
     drug_bindings: tuple[DrugBinding, ...]
+    drug_names: tuple[str, ...]  # the bindings' names, in order (bound on every combination)
     condition: Closure
     escalations: tuple[tuple[str, Closure], ...]
     message: tuple[MessagePart, ...]
@@ -291,6 +292,7 @@ def _load_rule(
         problem=CodedValue(**rule["problem"]),
         intervention=CodedValue(**rule["intervention"]),
         drug_bindings=drug_bindings,
+        drug_names=tuple(b.name for b in drug_bindings),
         condition=condition,
         escalations=escalations,
         message=message,

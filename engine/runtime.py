@@ -593,15 +593,18 @@ def lab_select(
     """latest / first result with a value (a number, or a qualitative positive or negative),
     min / max numeric result, in the window (None when there is none)."""
     pick = _PICKERS[select]
+    measures = attrgetter("labs" if fact_kind == "lab" else "observations")  # as ``_series``
 
-    def lab(ctx: Context) -> Measure | None:
-        series = _series(ctx, fact_kind, concept)
+    def lab(ctx: Context) -> Measure | None:  # ``_series`` and ``_slice`` inlined: a hot path
+        series = measures(ctx.record).get(concept)
         if not series:
             return None
         bounds = window(ctx)
         if bounds is None:
             return None
-        lo, hi = _slice(series, bounds)
+        start, end, inclusive = bounds
+        hi = (bisect_right if inclusive else bisect_left)(series, end, key=_time_of)
+        lo = 0 if start is None else bisect_left(series, start, 0, hi, key=_time_of)
         found = pick(series, lo, hi)
         if found is not None and label is not None and ctx.trace is not None:
             ctx.trace.append(ctx.cached(measure_evidence, label, found))
