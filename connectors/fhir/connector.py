@@ -293,7 +293,9 @@ def parse_decoded(
         where = Where.on_line(raw.position, kind)
     else:
         where = Where.alone(kind)
-    return _resource(document, where, context, validate)
+    read = _resource(document, where, context, validate)
+    _check_keys(read, where, raw)  # located here, with what was expected and found
+    return read
 
 
 def _root(raw: RawMessage) -> str:
