@@ -165,6 +165,7 @@ _MAX_REASON = 400  # characters of an error text sent back in MSA-3 / ERR-8
 # HL7 table 0357 (message error condition codes) as sent in ERR-3.
 _NOT_HL7 = "100^Segment sequence error^HL70357"
 _MALFORMED = "102^Data type error^HL70357"
+_MISSING = "101^Required field missing^HL70357"  # an empty MSH-9 (no message type)
 _LOCATION = re.compile(r"\b([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)")
 
 FactsHook = Callable[[list[AnyFact]], None]
@@ -871,10 +872,9 @@ def _acknowledgement(message: _Message) -> Acknowledgement:
         return Acknowledgement("AA")
     fatal = parsed.fatal
     if _header(message.raw.content) is None and b"MSH" not in message.raw.content[:8]:
-        return Acknowledgement(
-            "AR", str(fatal), fatal.position, "100^Segment sequence error^HL70357"
-        )
-    return Acknowledgement("AE", str(fatal), fatal.position, "102^Data type error^HL70357")
+        return Acknowledgement("AR", str(fatal), fatal.position, _NOT_HL7)
+    code = _MISSING if fatal.found == "" else _MALFORMED
+    return Acknowledgement("AE", str(fatal), fatal.position, code)
 
 
 # The listener ------------------------------------------------------------------------------

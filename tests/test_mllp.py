@@ -190,7 +190,8 @@ def test_broken_messages_get_ae_or_ar_and_the_rest_goes_on(
     acks = client.acks(5)
     assert [ack["MSA"][1] for ack in acks] == ["AA", "AE", "AR", "AA", "AA"]
     assert acks[1]["MSA"][2] == "M2" and "MSH-9: expected a message type" in acks[1]["MSA"][3]
-    assert acks[1]["ERR"][2] == "MSH^1^9" and acks[1]["ERR"][3].startswith("102^")
+    # HL7 table 0357: an empty MSH-9 is a required field missing (101), not a data type error
+    assert acks[1]["ERR"][2] == "MSH^1^9" and acks[1]["ERR"][3].startswith("101^")
     assert "expected an HL7 v2 message starting with an MSH segment" in acks[2]["ERR"][8]
     _wait_parsed(store, 5)
     # A bad OBX-5 in a readable message: acknowledged (stored), then dead-lettered, located.
