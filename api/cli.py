@@ -32,7 +32,7 @@ from vigie.engine.factset import FactSet
 from vigie.engine.quality import QualityTally, quality_report, render_text
 from vigie.errors import ConfigurationError, VigieError
 from vigie.ingest import FileReport, IngestReport, ingest, read_feed
-from vigie.store import FactStore, ServiceError, StoreError
+from vigie.store import AuditEntry, FactStore, ServiceError, StoreError
 
 if TYPE_CHECKING:
     from vigie.store.alerts import Reconciled
@@ -182,6 +182,26 @@ def _add_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     actions.add_parser("list", help="the users and their roles").add_argument(
         "--database", metavar="URL"
     )
+    token = actions.add_parser(
+        "token", help="issue a new token for an existing user; print it (once)"
+    )
+    token.add_argument("name", metavar="NAME")
+    token.add_argument(
+        "--replace",
+        action="store_true",
+        help="revoke the user's other tokens in the same transaction (a lost or leaked token)",
+    )
+    token.add_argument("--database", metavar="URL", help="the store (default: as vigie serve)")
+    for action, what in (
+        ("revoke", "revoke every token of a user (the user stays: `token` gives a new one)"),
+        ("disable", "disable a user: their tokens are refused (kept, for `enable`)"),
+        ("enable", "enable a disabled user again (their tokens not revoked work again)"),
+    ):
+        command = actions.add_parser(action, help=what)
+        command.add_argument("name", metavar="NAME")
+        command.add_argument(
+            "--database", metavar="URL", help="the store (default: as vigie serve)"
+        )
     metrics = sub.add_parser(
         "metrics", help="the quality figures of GET /metrics (IP per 100 beds, funnel, PPV...)"
     )
@@ -355,19 +375,57 @@ def _log_requests() -> None:
 
 
 def _cmd_users(args: argparse.Namespace) -> int:
+    """``vigie users``: add, list, token, revoke, disable, enable. Every change is written to
+    the audit log (actor ``cli:<login>``, action ``user:<command>``) in its transaction."""
     from vigie.store import ServiceStore
 
     with FactStore(args.database or None) as store:
         service = ServiceStore(store)
-        if args.users_command == "list":
+        command = args.users_command
+        if command == "list":
             for user in service.users():
-                print(f"{user.name}\t{','.join(user.roles)}")
+                state = "" if user.active else "\tdisabled"
+                print(f"{user.name}\t{','.join(user.roles)}{state}")
             return ExitCode.OK
-        user, token = service.add_user(args.name, args.roles)
-        print(f"User {user.name} ({', '.join(user.roles)}) added to {store.safe_url}.")
+        name = args.name
+        if command == "add":
+            entry = _user_audit("add", name, roles=sorted(set(args.roles)))
+            user, token = service.add_user(name, args.roles, entry)
+            print(f"User {user.name} ({', '.join(user.roles)}) added to {store.safe_url}.")
+        elif command == "token":
+            entry = _user_audit("token", name, replace=args.replace)
+            token = service.new_token(name, entry, replace=args.replace)
+            others = "revoked" if args.replace else "still valid (vigie users revoke)"
+            print(
+                f"A new token for {name} in {store.safe_url}; the user's other tokens are {others}."
+            )
+            if not any(user.name == name and user.active for user in service.users()):
+                print(f"{name} is disabled: the token works once enabled (vigie users enable).")
+        elif command == "revoke":
+            count = service.revoke_tokens(name, _user_audit("revoke", name))
+            print(f"{count} token(s) of {name} revoked in {store.safe_url}; the user stays.")
+            return ExitCode.OK
+        else:
+            active = command == "enable"
+            changed = service.set_active(name, active, _user_audit(command, name, active=active))
+            was = "" if changed else " (it was already)"
+            print(f"User {name} {command}d{was} in {store.safe_url}.")
+            return ExitCode.OK
         print("Token (shown once; only its hash is kept):")
         print(token)
     return ExitCode.OK
+
+
+def _user_audit(command: str, name: str, **detail: object) -> AuditEntry:
+    """The audit entry of a ``vigie users`` change: the actor is the operating-system login
+    that ran it (the command line has no Vigie user), with no role."""
+    import getpass
+
+    try:
+        login = getpass.getuser()
+    except (OSError, KeyError):  # no login name in the environment nor the password database
+        login = "unknown"
+    return AuditEntry(f"cli:{login}", (), f"user:{command}", f"user {name}", detail=detail)
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:

@@ -862,19 +862,73 @@ class ServiceStore:
             session.commit()
             return User(row.id, name, chosen), token
 
-    def new_token(self, name: str, audit: AuditEntry | None = None) -> str:
-        """Another token for a user (the older ones stay valid until revoked)."""
+    def new_token(self, name: str, audit: AuditEntry | None = None, replace: bool = False) -> str:
+        """Another token for a user, given back once (only its hash is kept). The older ones
+        stay valid until revoked; with ``replace`` they are revoked in the same transaction (a
+        lost or leaked token)."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self._writing("make a token") as session:
-            user_id = session.scalar(select(UserRow.id).where(UserRow.name == name))
-            if user_id is None:
-                raise UnknownResourceError(f"no user {name!r}")
+            user_id = self._user_id(session, name)
+            if replace:
+                session.execute(self._revoking(user_id))
             session.add(
                 TokenRow(user_id=user_id, token_sha256=hash_token(token), created_at=_now())
             )
             self._audit_in(session, audit)
             session.commit()
+        if replace:
+            self._forget(user_id)
         return token
+
+    def revoke_tokens(self, name: str, audit: AuditEntry | None = None) -> int:
+        """Revoke every valid token of a user, who stays (``new_token`` gives another); how
+        many were valid. Refused in this process at once, in others within
+        :data:`TOKEN_CACHE_SECONDS`."""
+        with self._writing("revoke the tokens") as session:
+            user_id = self._user_id(session, name)
+            done = session.execute(self._revoking(user_id))
+            self._audit_in(session, audit)
+            session.commit()
+        self._forget(user_id)
+        return int(getattr(done, "rowcount", 0) or 0)
+
+    def set_active(self, name: str, active: bool, audit: AuditEntry | None = None) -> bool:
+        """Disable a user (``active=False``: every token of theirs refused, kept) or enable
+        them again (their tokens not revoked work again); whether it changed anything. A
+        disabled user is refused in this process at once, in others within
+        :data:`TOKEN_CACHE_SECONDS`."""
+        with self._writing("change the user") as session:
+            user_id = self._user_id(session, name)
+            done = session.execute(
+                update(UserRow)
+                .where(UserRow.id == user_id, UserRow.active.is_not(active))
+                .values(active=active)
+            )
+            self._audit_in(session, audit)
+            session.commit()
+        self._forget(user_id)
+        return bool(getattr(done, "rowcount", 0))
+
+    @staticmethod
+    def _user_id(session: Session, name: str) -> int:
+        user_id = session.scalar(select(UserRow.id).where(UserRow.name == name))
+        if user_id is None:
+            raise UnknownResourceError(f"no user {name!r}")
+        return user_id
+
+    @staticmethod
+    def _revoking(user_id: int) -> Any:
+        return (
+            update(TokenRow)
+            .where(TokenRow.user_id == user_id, TokenRow.revoked_at.is_(None))
+            .values(revoked_at=_now())
+        )
+
+    def _forget(self, user_id: int) -> None:
+        """Drop the remembered tokens of a user (this process's token cache)."""
+        for digest, (_, user) in list(self._users_by_token.items()):
+            if user.id == user_id:
+                self._users_by_token.pop(digest, None)
 
     def authenticate(self, token: str) -> User | None:
         """The active user a token (not revoked) belongs to, or None; read from the store,
@@ -928,6 +982,7 @@ class ServiceStore:
             )
             self._audit_in(session, audit)
             session.commit()
+        self._users_by_token.pop(hash_token(token), None)
         return bool(getattr(done, "rowcount", 0))
 
     @staticmethod

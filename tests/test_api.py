@@ -31,7 +31,7 @@ from vigie.engine import FactSet, evaluate
 from vigie.engine.alerts import alert_id
 from vigie.facts import AnyFact, Stay
 from vigie.store import FactStore, ServiceStore, StoreError
-from vigie.store.service import AuditEntry
+from vigie.store.service import TOKEN_CACHE_SECONDS, AuditEntry
 
 with warnings.catch_warnings():  # starlette asks for httpx2, which this environment lacks
     warnings.simplefilter("ignore")
@@ -512,6 +512,65 @@ def test_users_add_prints_a_token_once(tmp_path: Path, capsys: pytest.CaptureFix
     assert "exists already" in capsys.readouterr().err
     assert main(["users", "list", "--database", url]) == 0
     assert capsys.readouterr().out == "pharm.b\tadmin,pharmacist\n"
+
+
+def test_users_token_revoke_disable_and_enable_each_audited(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def users(*argv: str) -> tuple[int, str]:
+        code = main(["users", *argv, "--database", store_url])
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    code, out = users("add", "pharm.b", "--role", "pharmacist")
+    old = out.strip().splitlines()[-1]
+    assert code == 0
+    with FactStore(store_url) as facts:
+        service = ServiceStore(facts)
+        code, out = users("token", "pharm.b")
+        new = out.strip().splitlines()[-1]
+        assert code == 0 and new.startswith("vigie_") and "still valid" in out
+        assert service.authenticate(old) is not None and service.authenticate(new) is not None
+        code, out = users("revoke", "pharm.b")
+        assert code == 0 and "2 token(s) of pharm.b revoked" in out
+        assert service.authenticate(old) is None and service.authenticate(new) is None
+        assert users("list")[1] == "pharm.b\tpharmacist\n"  # the user stays
+        code, out = users("token", "pharm.b", "--replace")
+        first = out.strip().splitlines()[-1]
+        assert service.authenticate(first) is not None  # remembered by this process
+        code, out = users("token", "pharm.b", "--replace")
+        second = out.strip().splitlines()[-1]
+        assert service.remembered_user(first) is not None  # another process revoked it:
+        service.clock = lambda: time.monotonic() + TOKEN_CACHE_SECONDS  # refused after 1 s
+        assert service.remembered_user(first) is None and service.authenticate(first) is None
+        assert service.authenticate(second) is not None
+        service.token_cache_seconds = 0.0  # from now on each check reads the store
+        assert users("disable", "pharm.b") == (0, f"User pharm.b disabled in {facts.safe_url}.\n")
+        assert service.authenticate(second) is None
+        assert users("list")[1] == "pharm.b\tpharmacist\tdisabled\n"
+        code, out = users("token", "pharm.b")
+        assert "pharm.b is disabled" in out and service.authenticate(out.split()[-1]) is None
+        assert users("enable", "pharm.b")[0] == 0
+        assert service.authenticate(second) is not None
+        assert users("enable", "pharm.b")[1].endswith(
+            "(it was already) in " + facts.safe_url + ".\n"
+        )
+        for command in ("token", "revoke", "disable", "enable"):
+            code, out = users(command, "nobody")
+            assert code == 2 and "no user 'nobody'" in out
+        log = service.audit_log(limit=20)
+    assert [(e.action, e.resource, dict(e.detail or {})) for e in reversed(log)] == [
+        ("user:add", "user pharm.b", {"roles": ["pharmacist"]}),
+        ("user:token", "user pharm.b", {"replace": False}),
+        ("user:revoke", "user pharm.b", {}),
+        ("user:token", "user pharm.b", {"replace": True}),
+        ("user:token", "user pharm.b", {"replace": True}),
+        ("user:disable", "user pharm.b", {"active": False}),
+        ("user:token", "user pharm.b", {"replace": False}),
+        ("user:enable", "user pharm.b", {"active": True}),
+        ("user:enable", "user pharm.b", {"active": True}),
+    ]
+    assert all(e.actor.startswith("cli:") and e.roles == () for e in log)
 
 
 def test_serve_refreshes_the_worklist_then_runs_the_app(

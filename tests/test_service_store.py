@@ -101,6 +101,40 @@ def test_users_are_refused_with_a_reason(service: ServiceStore) -> None:
         service.new_token("nobody")
 
 
+def test_tokens_are_replaced_revoked_and_users_disabled_at_once_in_the_process(
+    service: ServiceStore,
+) -> None:
+    user, first = service.add_user("pharm.a", ["pharmacist"])
+    service.add_user("pharm.b", ["pharmacist"])
+    second = service.new_token("pharm.a")
+    assert service.authenticate(first) == user == service.remembered_user(first)
+    third = service.new_token("pharm.a", _entry("user:token"), replace=True)
+    # Revoked, and forgotten by this process's token cache at once (not TOKEN_CACHE_SECONDS later)
+    assert service.remembered_user(first) is None and service.authenticate(first) is None
+    assert service.authenticate(second) is None and service.authenticate(third) == user
+    assert service.revoke_tokens("pharm.a", _entry("user:revoke")) == 1
+    assert service.remembered_user(third) is None and service.authenticate(third) is None
+    assert service.revoke_tokens("pharm.a") == 0
+    assert [u.name for u in service.users()] == ["pharm.a", "pharm.b"]  # the user stays
+    fourth = service.new_token("pharm.a")
+    assert service.authenticate(fourth) == user
+    assert service.set_active("pharm.a", False, _entry("user:disable"))
+    assert not service.set_active("pharm.a", False)
+    assert service.remembered_user(fourth) is None and service.authenticate(fourth) is None
+    assert [u.active for u in service.users()] == [False, True]
+    assert service.set_active("pharm.a", True, _entry("user:enable"))
+    assert service.authenticate(fourth) is not None  # not revoked: works again
+    actions = [entry.action for entry in service.audit_log()]
+    assert actions == ["user:enable", "user:disable", "user:revoke", "user:token"]
+    for change in (
+        lambda: service.revoke_tokens("nobody"),
+        lambda: service.set_active("nobody", False),
+        lambda: service.new_token("nobody", replace=True),
+    ):
+        with pytest.raises(UnknownResourceError, match="no user 'nobody'"):
+            change()
+
+
 # Wards ------------------------------------------------------------------------------------------
 
 
