@@ -898,19 +898,26 @@ class LiveEvaluator:
     def _evaluable(
         self, state: _PatientState, rules: Mapping[int, LoadedRule], names: frozenset[str]
     ) -> dict[int, LoadedRule]:
-        """Those of ``rules`` that an active line can trigger (or that bind no line), and those
-        with alerts to resolve: a pack of a thousand interactions costs its active classes."""
+        """Those of ``rules`` that the active lines can trigger (some line in each of the
+        rule's ``required_sets``: an interaction needs both its classes), and those with alerts
+        to resolve: a pack of a thousand interactions costs its active classes. Another rule
+        could not fire (a drug binding's pool would be empty) and needs no timer: a line
+        starting or arriving evaluates it again."""
         chosen: dict[int, LoadedRule] = {}
         if len(rules) <= 2 * len(names):
             for index, rule in rules.items():
-                if rule.trigger_set is None or rule.trigger_set in names:
+                if rule.required_sets <= names:
                     chosen[index] = rule
         else:
             selection = self.selection
-            chosen.update((r.index, r) for r in selection.always if r.index in rules)
+            chosen.update(
+                (r.index, r)
+                for r in selection.always
+                if r.index in rules and r.required_sets <= names
+            )
             for name in names:
                 for rule in selection.by_trigger.get(name, ()):
-                    if rule.index in rules:
+                    if rule.index in rules and rule.required_sets <= names:
                         chosen[rule.index] = rule
         for index in state.alerts:
             if index in rules:

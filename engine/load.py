@@ -134,6 +134,9 @@ class LoadedRule:
     # A set some active line must be in for the rule to fire: its first drug binding's, or for a
     # rule that binds no line, the set whose daily dose its condition needs above 0.
     trigger_set: str | None
+    # The sets each of which some active line must be in for the rule to fire: its trigger set
+    # and every drug binding's set (a binding's pool is empty otherwise).
+    required_sets: frozenset[str]
     # The rule's IR, for analyses of the compiled form (the live evaluator's timers).
     ir: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # The Python source generated for its condition, escalations, values and message
@@ -271,6 +274,7 @@ def _load_rule(
         for i, part in enumerate(rule["message"])
     )
     depends = rule.get("depends_on") or {}
+    trigger = next((b.set for b in drug_bindings if b.set is not None), _required_set(rule, params))
     return LoadedRule(
         index=index,
         id=rule["id"],
@@ -299,9 +303,9 @@ def _load_rule(
         kinds=frozenset(depends.get("kinds", ())),
         concepts=frozenset(depends.get("concepts", ())),
         clock_dependent=_clock_dependent(rule),
-        trigger_set=next(
-            (b.set for b in drug_bindings if b.set is not None), _required_set(rule, params)
-        ),
+        trigger_set=trigger,
+        required_sets=frozenset({b.set for b in drug_bindings if b.set is not None})
+        | frozenset(() if trigger is None else (trigger,)),
         ir=rule,
         source=parts.source(),
     )
