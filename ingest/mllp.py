@@ -13,7 +13,9 @@ For each message, in the order of its connection:
    ERR segment and the reason when the message cannot be stored (database error, an id the
    store cannot hold) or is malformed beyond recognition (its MSH header cannot be read: no
    separators, no message type or control id — the connector's located error, e.g.
-   ``MSH-9: expected a message type``), ``AR`` when it is not HL7 v2 at all (no MSH);
+   ``MSH-9: expected a message type``; an empty MSH-9 or MSH-10 is ERR-3 101, required field
+   missing, ERR-2 ``MSH^1^9`` or ``MSH^1^10``: ``parse_received``; the same message sent again
+   is refused again), ``AR`` when it is not HL7 v2 at all (no MSH);
 3. then it is parsed by the HL7 v2 connector and what it gave is stored (facts, or dead letters
    with located errors), in a worker process by default, and the facts go to the
    ``on_facts`` hook (a live evaluator) in the listener's process.
@@ -91,10 +93,10 @@ from vigie.ingest.mllp_worker import (
     ParseReply,
     ParseWorker,
     load_code_tables,
+    parse_received,
 )
 from vigie.ingest.pipeline import (
     ParsedMessage,
-    parse_message,
     parsed_payloads,
     raw_batches,
     recover,
@@ -165,7 +167,7 @@ _MAX_REASON = 400  # characters of an error text sent back in MSA-3 / ERR-8
 # HL7 table 0357 (message error condition codes) as sent in ERR-3.
 _NOT_HL7 = "100^Segment sequence error^HL70357"
 _MALFORMED = "102^Data type error^HL70357"
-_MISSING = "101^Required field missing^HL70357"  # an empty MSH-9 (no message type)
+_MISSING = "101^Required field missing^HL70357"  # an empty MSH-9 or MSH-10
 _LOCATION = re.compile(r"\b([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)")
 
 FactsHook = Callable[[list[AnyFact]], None]
@@ -605,7 +607,7 @@ class _Ingestor:
         messages = [message for item in frames for message in item.messages]
         for message in messages:
             if _suspicious(message.raw.content):
-                message.parsed = parse_message(self.connector, message.raw)
+                message.parsed = parse_received(self.connector, message.raw)
         to_parse: list[_Message] = []
         for group in raw_batches(messages):
             try:
@@ -784,7 +786,7 @@ class _Ingestor:
                 # A failure here (a ConfigurationError) is raised again by ``_store``, which
                 # leaves the messages ``received`` for ``recover``.
                 with contextlib.suppress(Exception):
-                    message.parsed = parse_message(self.connector, message.raw)
+                    message.parsed = parse_received(self.connector, message.raw)
             time.sleep(0)  # let the keeper in between messages
 
     def _parse(self, messages: list[_Message]) -> None:
@@ -807,7 +809,7 @@ class _Ingestor:
         parsed = []
         for message in messages:
             assert message.record is not None
-            result = message.parsed or parse_message(self.connector, message.raw)
+            result = message.parsed or parse_received(self.connector, message.raw)
             parsed.append((message.record.id, result, message.record.replaced))
         payloads = parsed_payloads(result for _, result, _ in parsed)  # before the lock
         with self._lock:
@@ -868,7 +870,7 @@ def _acknowledgement(message: _Message) -> Acknowledgement:
     if record.refused is not None:
         return Acknowledgement("AE", record.refused, "MSH-10")
     parsed = message.parsed
-    if parsed is None or parsed.fatal is None or record.duplicate:
+    if parsed is None or parsed.fatal is None:  # a duplicate of a refused one is refused again
         return Acknowledgement("AA")
     fatal = parsed.fatal
     if _header(message.raw.content) is None and b"MSH" not in message.raw.content[:8]:

@@ -203,6 +203,28 @@ def test_broken_messages_get_ae_or_ar_and_the_rest_goes_on(
     ]
 
 
+def test_a_message_without_a_control_id_gets_ae_and_is_dead_lettered(
+    store: FactStore, client: Client
+) -> None:
+    no_control_id = (
+        b"MSH|^~\\&|LAB|CHU|VIGIE|PHARMA|20261205103000||ORU^R01||P|2.5\r"
+        b"PID|1||P9^^^H^PI||DOE^JO||19500101|F\r"
+        b"OBR|1||LAB9|2823-3^Potassium^LN|||202612051000\r"
+        b"OBX|1|NM|2823-3^Potassium^LN||5.9|mmol/L|3.5-5.1|H|||F|||202612051000\r"
+    )
+    # Sent twice (the second a duplicate of the first: refused again, stored once), then M3
+    client.send(frame(no_control_id) + frame(no_control_id) + frame(oru("M3")))
+    acks = client.acks(3)
+    assert [ack["MSA"][1] for ack in acks] == ["AE", "AE", "AA"]
+    for ack in acks[:2]:
+        assert ack["MSA"][2] == "" and "MSH-10: expected a message control id" in ack["MSA"][3]
+        # HL7 table 0357: 101 Required field missing, at MSH-10
+        assert ack["ERR"][2] == "MSH^1^10" and ack["ERR"][3].startswith("101^Required field")
+    _wait_parsed(store, 2)
+    assert store.raw_counts() == {"rejected": 1, "loaded": 1}  # kept, no fact from it
+    assert [(d.position, d.fatal) for d in dead_letters(store)] == [("MSH-10", True)]
+
+
 def test_a_duplicate_is_acknowledged_and_stored_once(store: FactStore, client: Client) -> None:
     client.send(frame(oru("M1")) + frame(oru("M1")))
     assert [ack["MSA"][1:3] for ack in client.acks(2)] == [["AA", "M1"], ["AA", "M1"]]
@@ -291,13 +313,13 @@ def test_acks_do_not_wait_for_the_parse(store: FactStore, monkeypatch: pytest.Mo
     client = Client(listener.port)
 
     released = threading.Event()
-    parse = mllp.parse_message
+    parse = mllp.parse_received
 
     def held(*args: Any) -> Any:
         assert released.wait(20), "the parser was never released"
         return parse(*args)
 
-    monkeypatch.setattr(mllp, "parse_message", held)
+    monkeypatch.setattr(mllp, "parse_received", held)
     for number in range(5):
         client.send(frame(oru(f"M{number}")))
         assert client.acks(1)[0]["MSA"][1:3] == ["AA", f"M{number}"]
@@ -367,22 +389,29 @@ def test_real_messages_give_the_facts_of_the_file_ingest(
     shared_data: Path, store: FactStore, client: Client, tmp_path: Path
 ) -> None:
     """Every HL7 v2 sample of the reference data sent over MLLP, one frame per message,
-    gives the facts the file ingest gives; each ACK carries its message's control id."""
+    gives the facts the file ingest gives; each ACK carries its message's control id. A
+    sample without one (MSH-10, which a file may lack) is refused over MLLP: AE, kept and
+    dead-lettered."""
     from vigie.connectors.hl7v2.framing import cut_messages, read_header
 
     files = sorted((shared_data / "hl7v2").rglob("*.hl7"))
-    messages = [piece.content for path in files for piece in cut_messages(path.read_bytes())]
+    by_file = {path: [piece.content for piece in cut_messages(path.read_bytes())] for path in files}
+    messages = [message for path in files for message in by_file[path]]
+    ids = [read_header(message).control_id or "" for message in messages]
+    with_ids = [path for path in files if all(read_header(m).control_id for m in by_file[path])]
+    without = len(messages) - sum(len(by_file[path]) for path in with_ids)
+    assert without == ids.count("") > 0  # files of one message each
     client.send(b"".join(frame(message) for message in messages))
     acks = client.acks(len(messages))
-    assert [ack["MSA"][2] for ack in acks] == [
-        read_header(message).control_id or "" for message in messages
-    ]
-    assert {ack["MSA"][1] for ack in acks} == {"AA"}
-    _wait_parsed(store, len({read_header(m).control_id for m in messages}))
+    assert [ack["MSA"][2] for ack in acks] == ids
+    assert [ack["MSA"][1] for ack in acks] == ["AA" if id_ else "AE" for id_ in ids]
+    _wait_parsed(store, len(set(ids)))
     with FactStore(f"sqlite:///{tmp_path / 'files.db'}") as reference:
-        ingest(files, reference, fmt="hl7")
+        ingest(with_ids, reference, fmt="hl7")
         assert _facts(store) == _facts(reference)
-        assert store.raw_counts() == reference.raw_counts()
+        expected = reference.raw_counts()
+        expected["rejected"] = expected.get("rejected", 0) + without
+        assert store.raw_counts() == expected
 
 
 # The parse worker ------------------------------------------------------------------------------
