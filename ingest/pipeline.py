@@ -61,7 +61,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ParsedMessage:
-    """One raw message and its outcome: facts and non-fatal errors, or a fatal error."""
+    """One raw message and its outcome: facts and non-fatal errors, or a fatal error.
+
+    Its ``status``: ``rejected`` with a fatal error, or when every part of it failed (errors,
+    and no fact nor retraction: a Bundle whose every entry was refused), as a message that
+    yields nothing; ``partial`` when some parts gave facts and others failed; ``loaded``;
+    ``ignored`` (nothing to take, no error). A ``rejected`` version of a message supersedes no
+    other version (``FactStore.save_outcomes``)."""
 
     raw: RawMessage
     outcome: ParseOutcome | None
@@ -72,9 +78,10 @@ class ParsedMessage:
         if self.fatal is not None:
             return "rejected"
         assert self.outcome is not None
-        if self.outcome.errors:
-            return "partial"
-        return "loaded" if self.outcome.facts or self.outcome.retractions else "ignored"
+        gave = bool(self.outcome.facts or self.outcome.retractions)
+        if self.outcome.errors:  # every part failed: rejected, as a message that yields nothing
+            return "partial" if gave else "rejected"
+        return "loaded" if gave else "ignored"
 
 
 @dataclass

@@ -440,6 +440,42 @@ def test_ndjson_lines_are_messages_each(api: Service) -> None:
     assert again.status_code == 200 and again.json()["duplicates"] == 4
 
 
+def test_a_message_whose_every_part_failed_is_rejected_and_one_with_facts_partial(
+    api: Service,
+) -> None:
+    all_failed = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": "oops"}, {"fullUrl": "x"}],
+    }
+    answer = _fhir(api, orjson.dumps(all_failed), "application/fhir+json")
+    assert answer.status_code == 422, answer.text  # as a message that yields nothing
+    body = answer.json()
+    (message,) = body["messages"]
+    assert (message["status"], message["facts"], body["loaded"], body["failed"]) == (
+        "rejected",
+        {},
+        0,
+        1,
+    )
+    assert [(e["position"], e["fatal"]) for e in message["errors"]] == [
+        ("Bundle.entry[0].resource", False),
+        ("Bundle.entry[1].resource", False),
+    ]
+    letters = api.client.get("/deadletters", headers=api.as_("admin")).json()["items"]
+    mine = [d for d in letters if d["message_id"] == message["message_id"]]
+    assert [d["message_status"] for d in mine] == ["rejected", "rejected"]
+    # Some entries loaded, some failed: partial (207)
+    some = {**all_failed, "entry": [{"resource": _fhir_patient("R1")[0]}, {"resource": "oops"}]}
+    answer = _fhir(api, orjson.dumps(some), "application/fhir+json")
+    assert answer.status_code == 207 and answer.json()["messages"][0]["status"] == "partial"
+    # NDJSON: a line whose every part failed is rejected; the body, with a line loaded, is 207
+    lines = [_fhir_patient("R2")[0], {**all_failed, "entry": [{"resource": 1}]}]
+    answer = _fhir(api, b"\n".join(map(orjson.dumps, lines)), "application/fhir+ndjson")
+    assert answer.status_code == 207, answer.text
+    assert [m["status"] for m in answer.json()["messages"]] == ["loaded", "rejected"]
+
+
 # The worklist at start ---------------------------------------------------------------------------
 
 

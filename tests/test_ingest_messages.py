@@ -133,6 +133,32 @@ def test_fhir_bundle_and_ndjson(store: FactStore) -> None:
     assert store.counts()["lab"] == 2
 
 
+def test_a_message_whose_every_part_failed_is_rejected_and_supersedes_nothing(
+    store: FactStore,
+) -> None:
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01", "gender": "male"}
+    first = {
+        "resourceType": "Bundle",
+        "identifier": {"system": "urn:lab", "value": "b2"},
+        "type": "collection",
+        "meta": {"lastUpdated": "2024-01-02T08:00:00Z"},
+        "entry": [{"resource": patient}],
+    }
+    assert ingest_fhir(store, first)[0].status == "loaded"
+    # A later version of the same message whose every entry fails: rejected, like a message
+    # that yields nothing (was partial), and the facts of the version before stay.
+    broken = {
+        **first,
+        "meta": {"lastUpdated": "2024-01-03T08:00:00Z"},
+        "entry": [{"resource": "oops"}, {"fullUrl": "x"}],
+    }
+    (result,) = ingest_fhir(store, broken)
+    assert (result.status, result.facts, len(result.errors)) == ("rejected", (), 2)
+    assert not any(error.fatal for error in result.errors)  # each entry located, not fatal
+    assert store.raw_counts() == {"loaded": 1, "rejected": 1}
+    assert store.counts()["patient"] == 1
+
+
 def test_fhir_errors_are_located_by_json_path(store: FactStore) -> None:
     (not_json,) = ingest_fhir(store, b'{"resourceType": "Bundle", ')
     assert not_json.status == "rejected" and not_json.errors[0].fatal
