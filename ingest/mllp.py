@@ -168,6 +168,10 @@ _MAX_REASON = 400  # characters of an error text sent back in MSA-3 / ERR-8
 _NOT_HL7 = "100^Segment sequence error^HL70357"
 _MALFORMED = "102^Data type error^HL70357"
 _MISSING = "101^Required field missing^HL70357"  # an empty MSH-9 or MSH-10
+# A frame over ``max_frame``: 104 is the table's code for a value longer than the receiver
+# takes (added to table 0357 after v2.5: a v2.5 sender still reads ERR-3's text). None of the
+# v2.5 codes fits: 100 says segments out of order or missing, 207 a failure of the receiver.
+_TOO_LONG = "104^Value too long^HL70357"
 _LOCATION = re.compile(r"\b([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)")
 
 FactsHook = Callable[[list[AnyFact]], None]
@@ -1022,7 +1026,7 @@ class MllpServer:
                 refused = Acknowledgement(
                     "AR",
                     f"a message of at most {self.max_frame} bytes, got {content.size}",
-                    error_code=_NOT_HL7,
+                    error_code=_TOO_LONG,
                 )
                 _Frame(b"", [], future, loop, refused).acknowledge()
                 continue

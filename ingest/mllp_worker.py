@@ -60,6 +60,7 @@ __all__ = [
     "GROUP_MESSAGES",
     "WORKER_LINGER",
     "KeptMessage",
+    "LogFormat",
     "ParseBatch",
     "ParseReply",
     "ParseWorker",
@@ -190,22 +191,72 @@ class _Save:
 
 
 @dataclass(frozen=True)
+class LogFormat:
+    """How the listener's process writes the log lines of ``vigie.ingest.mllp_worker``: the
+    format of the first handler they reach (``vigie serve``: time, level, logger name) and the
+    level of the ``vigie`` logger."""
+
+    fmt: str | None
+    datefmt: str | None
+    style: str
+    level: int
+
+    @classmethod
+    def here(cls) -> LogFormat | None:
+        """This process's, or None when no handler would take the lines (logging's last
+        resort prints the bare message, in the worker as here)."""
+        logger: logging.Logger | None = log
+        while logger is not None:
+            for handler in logger.handlers:
+                formatter = handler.formatter or logging.Formatter()
+                style = _STYLES.get(type(formatter._style), "%")
+                level = logging.getLogger("vigie").getEffectiveLevel()
+                return cls(formatter._fmt, formatter.datefmt, style, level)
+            logger = logger.parent if logger.propagate else None
+        return None
+
+    def take(self) -> None:
+        """Write this process's ``vigie`` log lines to stderr in this format (a worker's, at
+        its start: the forkserver it is forked from has no logging set up)."""
+        vigie = logging.getLogger("vigie")
+        for handler in [h for h in vigie.handlers if h.get_name() == _WORKER_HANDLER]:
+            vigie.removeHandler(handler)
+        handler = logging.StreamHandler()
+        handler.set_name(_WORKER_HANDLER)
+        handler.setFormatter(logging.Formatter(self.fmt, self.datefmt, self.style))  # type: ignore[arg-type]
+        vigie.addHandler(handler)
+        vigie.setLevel(self.level)
+        vigie.propagate = False  # its lines once, whatever the root logger has
+
+
+_STYLES = {
+    logging.PercentStyle: "%",
+    logging.StrFormatStyle: "{",
+    logging.StringTemplateStyle: "$",
+}
+_WORKER_HANDLER = "vigie-mllp-parser"
+
+
+@dataclass(frozen=True)
 class Surroundings:
     """What a worker takes from the listener's process: its working directory (a SQLite file
-    given by a relative path) and its ``VIGIE_*`` settings. A worker is forked from the
-    forkserver, which has those of the moment it started."""
+    given by a relative path), its ``VIGIE_*`` settings and its log format. A worker is forked
+    from the forkserver, which has those of the moment it started."""
 
     directory: str
     settings: dict[str, str]
+    log_format: LogFormat | None = None
 
     @classmethod
     def here(cls) -> Surroundings:
         variables = {k: v for k, v in os.environ.items() if k.startswith(settings.ENV_PREFIX)}
-        return cls(os.getcwd(), variables)
+        return cls(os.getcwd(), variables, LogFormat.here())
 
     def take(self) -> None:
         """Make them this process's (a worker's, at its start)."""
         os.chdir(self.directory)
+        if self.log_format is not None:
+            self.log_format.take()
         if self.settings == Surroundings.here().settings:
             return
         for name in [name for name in os.environ if name.startswith(settings.ENV_PREFIX)]:

@@ -6,6 +6,7 @@ worker's own life: killed, stopped, left by a killed listener."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -223,6 +224,59 @@ def test_a_message_without_a_control_id_gets_ae_and_is_dead_lettered(
     _wait_parsed(store, 2)
     assert store.raw_counts() == {"rejected": 1, "loaded": 1}  # kept, no fact from it
     assert [(d.position, d.fatal) for d in dead_letters(store)] == [("MSH-10", True)]
+
+
+def test_an_oversized_frame_gets_ar_with_value_too_long_and_the_next_goes_on(
+    store: FactStore,
+) -> None:
+    with start_mllp_thread(store, max_frame=1000, parser="thread") as listener:
+        sender = Client(listener.port)
+        sender.send(frame(oru("M1").replace(b"DOE^JO", b"DOE^" + b"J" * 2000)) + frame(oru("M2")))
+        too_long, accepted = sender.acks(2)
+        sender.close()
+    assert too_long["MSA"][1] == "AR" and "at most 1000 bytes" in too_long["MSA"][3]
+    # HL7 table 0357: 104 Value too long (not 100 Segment sequence error)
+    assert too_long["ERR"][3] == "104^Value too long^HL70357"
+    assert accepted["MSA"][1:3] == ["AA", "M2"]
+
+
+def _log_in_worker(surroundings: Any) -> None:
+    """A parse worker's start (``Surroundings.take``), then a line of its log."""
+    import logging
+
+    surroundings.take()
+    logging.getLogger("vigie.ingest.mllp_worker").warning("a worker line")
+
+
+def test_the_parse_worker_logs_in_the_listeners_format() -> None:
+    """Under ``vigie serve`` (its logging set up), a line of the worker process has the time,
+    level and logger name as a line of the listener's process."""
+    script = (
+        "import logging\n"
+        "from vigie.api.cli import _log_requests\n"
+        "from vigie.ingest.mllp_worker import Surroundings, worker_context\n"
+        "from tests.test_mllp import _log_in_worker\n"
+        "if __name__ == '__main__':\n"
+        "    _log_requests()\n"
+        "    logging.getLogger('vigie.ingest.mllp').warning('a listener line')\n"
+        "    here = Surroundings.here()\n"
+        "    worker = worker_context().Process(target=_log_in_worker, args=(here,))\n"
+        "    worker.start()\n"
+        "    worker.join(60)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert re.fullmatch(rf"{stamp} WARNING vigie\.ingest\.mllp: a listener line", lines[0])
+    assert re.fullmatch(rf"{stamp} WARNING vigie\.ingest\.mllp_worker: a worker line", lines[1])
+    assert len(lines) == 2
 
 
 def test_a_duplicate_is_acknowledged_and_stored_once(store: FactStore, client: Client) -> None:
