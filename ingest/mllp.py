@@ -93,10 +93,11 @@ from vigie.ingest.mllp_worker import (
     ParseReply,
     ParseWorker,
     load_code_tables,
-    parse_received,
 )
 from vigie.ingest.pipeline import (
+    MLLP_DOCUMENT,
     ParsedMessage,
+    parse_received,
     parsed_payloads,
     raw_batches,
     recover,
@@ -972,7 +973,7 @@ class MllpServer:
         self.stats.connections += 1
         address = writer.get_extra_info("peername")
         peer = str(address[0]) if address else "unknown"
-        document = f"mllp://{peer}"
+        document = f"{MLLP_DOCUMENT}{peer}"
         if not await self._audit(peer, "connected"):  # nothing kept without its audit entry
             del self._connections[task]
             writer.close()

@@ -42,13 +42,12 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
 from vigie import settings
-from vigie.connectors.base import Connector, FeedError, RawMessage
-from vigie.connectors.hl7v2.framing import msh_fields
+from vigie.connectors.base import Connector, RawMessage
 from vigie.connectors.registry import connector_for
 from vigie.ingest.messages import MessageResult, result_of
 from vigie.ingest.pipeline import (
     ParsedMessage,
-    parse_message,
+    parse_received,
     parsed_payloads,
     raw_batches,
     save_parsed,
@@ -67,7 +66,6 @@ __all__ = [
     "Ready",
     "Surroundings",
     "load_code_tables",
-    "parse_received",
     "serve_parses",
     "worker_context",
 ]
@@ -126,28 +124,6 @@ class ParseReply:
     stored: int
     results: tuple[MessageResult, ...] | None = None
     failure: str | None = None
-
-
-def parse_received(connector: Connector | None, raw: RawMessage) -> ParsedMessage:
-    """What a message received over MLLP gives: the connector's parse (``parse_message``),
-    but a message whose header is readable and has no MSH-10 (message control id) is refused,
-    a fatal error located at MSH-10: HL7 v2 requires it, and the sender matches its ACK by it.
-    (A file may lack it: ``vigie ingest`` names such a message by a hash of its bytes.) The
-    listener acknowledges it ``AE``, keeps its bytes and dead-letters it, no fact stored."""
-    parsed = parse_message(connector, raw)
-    if parsed.fatal is not None or not raw.message_id.startswith("sha256:"):
-        return parsed  # the HL7 v2 connector names by a hash only a message without MSH-10
-    fields = msh_fields(raw.content)
-    if fields is None or (len(fields) > 9 and fields[9].strip()):
-        return parsed
-    missing = FeedError(
-        raw.document,
-        "MSH-10",
-        "a message control id (required: the sender matches its ACK by it)",
-        message_id=raw.message_id,
-        found="",
-    )
-    return ParsedMessage(raw, None, missing)
 
 
 def load_code_tables() -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from vigie.connectors.base import Connector, FeedError, ParseOutcome, RawMessage, iter_files
+from vigie.connectors.hl7v2.framing import msh_fields
 from vigie.connectors.registry import (
     FORMATS,
     UnknownFormat,
@@ -40,6 +41,7 @@ from vigie.store import FactStore, MessageOutcome, RawRecord
 from vigie.store.database import Payloads, fact_payloads
 
 __all__ = [
+    "MLLP_DOCUMENT",
     "FileReport",
     "IngestReport",
     "ParsedMessage",
@@ -48,6 +50,7 @@ __all__ = [
     "finish_kept",
     "ingest",
     "parse_message",
+    "parse_received",
     "parsed_payloads",
     "raw_batches",
     "read_feed",
@@ -57,6 +60,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+MLLP_DOCUMENT = "mllp://"
+"""How the document of a message received over MLLP begins (``mllp://<sender address>``)."""
 
 
 @dataclass
@@ -287,6 +293,28 @@ def parse_message(connector: Connector | None, raw: RawMessage) -> ParsedMessage
     return _recovered(connector, raw)
 
 
+def parse_received(connector: Connector | None, raw: RawMessage) -> ParsedMessage:
+    """What a message received over MLLP gives: the connector's parse (``parse_message``),
+    but a message whose header is readable and has no MSH-10 (message control id) is refused,
+    a fatal error located at MSH-10: HL7 v2 requires it, and the sender matches its ACK by it.
+    (A file may lack it: ``vigie ingest`` names such a message by a hash of its bytes.) The
+    listener acknowledges it ``AE``, keeps its bytes and dead-letters it, no fact stored."""
+    parsed = parse_message(connector, raw)
+    if parsed.fatal is not None or not raw.message_id.startswith("sha256:"):
+        return parsed  # the HL7 v2 connector names by a hash only a message without MSH-10
+    fields = msh_fields(raw.content)
+    if fields is None or (len(fields) > 9 and fields[9].strip()):
+        return parsed
+    missing = FeedError(
+        raw.document,
+        "MSH-10",
+        "a message control id (required: the sender matches its ACK by it)",
+        message_id=raw.message_id,
+        found="",
+    )
+    return ParsedMessage(raw, None, missing)
+
+
 def save_parsed(
     store: FactStore,
     parsed: Sequence[tuple[int, ParsedMessage, bool]],
@@ -423,7 +451,8 @@ def recover(
                 stored.encoding,
             )
             files.append(file)
-            parsed.append((stored.id, parse_message(connectors.get(stored.feed), raw), False))
+            parse = parse_received if raw.document.startswith(MLLP_DOCUMENT) else parse_message
+            parsed.append((stored.id, parse(connectors.get(stored.feed), raw), False))
         for file, message in zip(files, save_parsed(store, parsed), strict=True):
             _tally_stored(file, message)
     return report

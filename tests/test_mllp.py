@@ -204,15 +204,19 @@ def test_broken_messages_get_ae_or_ar_and_the_rest_goes_on(
     ]
 
 
-def test_a_message_without_a_control_id_gets_ae_and_is_dead_lettered(
-    store: FactStore, client: Client
-) -> None:
-    no_control_id = (
+def _no_control_id(patient: str) -> bytes:
+    return (
         b"MSH|^~\\&|LAB|CHU|VIGIE|PHARMA|20261205103000||ORU^R01||P|2.5\r"
-        b"PID|1||P9^^^H^PI||DOE^JO||19500101|F\r"
+        b"PID|1||" + patient.encode() + b"^^^H^PI||DOE^JO||19500101|F\r"
         b"OBR|1||LAB9|2823-3^Potassium^LN|||202612051000\r"
         b"OBX|1|NM|2823-3^Potassium^LN||5.9|mmol/L|3.5-5.1|H|||F|||202612051000\r"
     )
+
+
+def test_a_message_without_a_control_id_gets_ae_and_is_dead_lettered(
+    store: FactStore, client: Client
+) -> None:
+    no_control_id = _no_control_id("P9")
     # Sent twice (the second a duplicate of the first: refused again, stored once), then M3
     client.send(frame(no_control_id) + frame(no_control_id) + frame(oru("M3")))
     acks = client.acks(3)
@@ -277,6 +281,31 @@ def test_the_parse_worker_logs_in_the_listeners_format() -> None:
     assert re.fullmatch(rf"{stamp} WARNING vigie\.ingest\.mllp: a listener line", lines[0])
     assert re.fullmatch(rf"{stamp} WARNING vigie\.ingest\.mllp_worker: a worker line", lines[1])
     assert len(lines) == 2
+
+
+def test_a_message_without_a_control_id_left_unparsed_is_refused_at_recovery(
+    store_url: str,
+) -> None:
+    """Kept over MLLP, the process gone before its parse: ``recover`` at the next start
+    refuses it as the listener would have; one from a file without MSH-10 loads."""
+    from vigie.connectors.registry import connector_for
+
+    hl7 = connector_for("hl7")
+    raws = [
+        *hl7.split("mllp://127.0.0.1", _no_control_id("P8")),
+        *hl7.split("lab.hl7", _no_control_id("P7")),
+    ]
+    with FactStore(store_url) as gone:
+        gone.keep_raws(raws)
+    with FactStore(store_url) as store:
+        recover(store)
+        assert store.raw_counts() == {"rejected": 1, "loaded": 1}
+        (letter,) = dead_letters(store)
+        assert (letter.document, letter.position, letter.fatal) == (
+            "mllp://127.0.0.1",
+            "MSH-10",
+            True,
+        )
 
 
 def test_a_duplicate_is_acknowledged_and_stored_once(store: FactStore, client: Client) -> None:
