@@ -422,6 +422,9 @@ _MEASURES = (LabResult, Observation)
 _NUMBERS = (int, float)
 # Units the message templates already say in words ("à {age} ans", "{m.frequency} fois par jour").
 _SILENT_UNITS = frozenset({"1", "years", "/d"})
+# Units that French messages write otherwise: a day is "j" (jour), a week "sem." (a cursor
+# declared as "7 d" reads "7 j", like format_duration and the packs' "mg/j").
+_DISPLAY_UNITS = {"d": "j", "w": "sem."}
 
 
 def format_value(value: Any, type_: str | None = None, unit: str | None = None) -> str:
@@ -433,14 +436,18 @@ def format_value(value: Any, type_: str | None = None, unit: str | None = None) 
     >>> format_value(Amount(1500.0, "mg", lower_bound=True)), format_value(None)
     ('≥ 1500 mg', '?')
     >>> format_value(7 * 86400.0, "number", "s"), format_value(82.0, "number", "years")
-    ('7 d', '82')
+    ('7 j', '82')
+    >>> format_value(7.0, "duration", "d"), format_value(2.0, "duration", "w")
+    ('7 j', '2 sem.')
     """
     if value is None:
         return "?"
     if type(value) is float:  # the common case first
         if unit == "s":
             return format_duration(value)
-        return _with_unit(format_number(value), None if unit in _SILENT_UNITS else unit)
+        if unit in _SILENT_UNITS:
+            return format_number(value)
+        return _with_unit(format_number(value), _DISPLAY_UNITS.get(unit, unit) if unit else unit)
     if type(value) is str:  # a label, a route...
         return value
     if isinstance(value, Amount):
@@ -457,7 +464,11 @@ def format_value(value: Any, type_: str | None = None, unit: str | None = None) 
     if isinstance(value, _NUMBERS):
         if unit == "s":
             return format_duration(float(value))
-        return _with_unit(format_number(float(value)), None if unit in _SILENT_UNITS else unit)
+        if unit in _SILENT_UNITS:
+            return format_number(float(value))
+        return _with_unit(
+            format_number(float(value)), _DISPLAY_UNITS.get(unit, unit) if unit else unit
+        )
     return str(value)
 
 
@@ -498,8 +509,9 @@ def format_number(value: float | None) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """A duration in the largest whole unit: ``7 d``, ``48 h``, ``90 min``."""
-    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+    """A duration in the largest whole unit, as French messages write it: ``7 j`` (jours,
+    like the packs' ``mg/j``), ``48 h``, ``90 min``."""
+    for unit, size in (("j", 86400.0), ("h", 3600.0), ("min", 60.0)):
         if abs(seconds) >= size and (
             seconds % size == 0 or unit == "min" or abs(seconds) >= 10 * size
         ):
