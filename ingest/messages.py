@@ -15,7 +15,9 @@ message that was dead-lettered is parsed again when it is sent again (or replaye
 
 Each returns ``MessageResult`` values: the message id, its status, the facts it gave (for a
 caller to apply to a live evaluator), and its errors, each located (HL7 segment and field, JSON
-path) with what was expected.
+path) with what was expected; ``unmapped`` lists the codes and units of its facts the engine
+could not map (stored, but invisible to the rules: see ``vigie.ingest.unmapped``), which leave
+its status as it is.
 
 >>> from vigie.store import FactStore
 >>> store = FactStore("sqlite://")
@@ -49,6 +51,7 @@ from vigie.ingest.pipeline import (
     feed_connectors,
     store_messages,
 )
+from vigie.ingest.unmapped import Unmapped, unmapped_in
 from vigie.store import FactStore
 from vigie.store.database import DeadLetterRow, RawMessageRow
 
@@ -103,7 +106,9 @@ class MessageResult:
     older version than the one the store holds: kept as history, without effect).
     ``facts`` and ``retractions`` are what the message gave to the store, empty unless it was
     ``loaded`` or ``partial``: what a live evaluator should take in. ``correction`` says it is a
-    new version of a message the store knew.
+    new version of a message the store knew. ``unmapped``: the distinct codes and units of
+    its facts that the engine could not map (``vigie.ingest.unmapped``); a warning, not an
+    error: the message is still ``loaded``.
     """
 
     message_id: str
@@ -115,6 +120,10 @@ class MessageResult:
     retractions: tuple[Retraction, ...] = ()
     errors: tuple[MessageError, ...] = ()
     correction: bool = False
+
+    @property
+    def unmapped(self) -> list[Unmapped]:
+        return unmapped_in(self.facts)
 
     @property
     def failed(self) -> bool:
@@ -134,6 +143,7 @@ class MessageResult:
             "retractions": len(self.retractions),
             "correction": self.correction,
             "errors": [error.as_dict() for error in self.errors],
+            "unmapped": [found.as_dict() for found in self.unmapped],
         }
 
 

@@ -611,3 +611,55 @@ def test_after_a_restart_a_retraction_still_outranks_an_older_version(tmp_path: 
         delayed = oru("W1", control="ORU-W1-OLD").replace("20240306081200", "20240306083000")
         _send(store, live, delayed)
         assert live.worklist("W1") == [] and AlertStore(store).worklist(patient_id="W1") == []
+
+
+# Unmapped codes and units ------------------------------------------------------------------------
+
+
+def test_unmapped_codes_and_units_are_listed_in_the_answer_of_a_loaded_message(
+    api: Service,
+) -> None:
+    """A potassium under a made-up code is stored but no rule sees it: the answer says so per
+    message (code, system, position, count), and the message is loaded all the same (200)."""
+    body = (
+        adt("UM1")
+        + rde("UM1")
+        + _segments(
+            "MSH|^~\\&|LAB|CHU|VIGIE|PHARMA|20240306081200||ORU^R01|ORU-UM1|P|2.5",
+            "PID|1||UM1^^^CHU^PI||DOE^Jo||19400517|F",
+            "OBX|1|NM|99999-9^Made up^LN||6.4|mmol/L|3.5-5.1|H|||F|||20240306074000",
+            "OBX|2|NM|2823-3^Potassium^LN||6.4|furlong|3.5-5.1|H|||F|||20240306074000",
+        )
+    )
+    answer = api.hl7(body)
+    assert answer.status_code == 200, answer.text
+    messages = answer.json()["messages"]
+    assert [(m["status"], m["errors"], m["unmapped"]) for m in messages[:2]] == [
+        ("loaded", [], []),
+        ("loaded", [], []),
+    ]
+    lab = messages[2]
+    assert (lab["status"], lab["errors"]) == ("loaded", [])
+    assert [
+        (u["type"], u["kind"], u["system"], u["code"], u["unit"], u["position"], u["count"])
+        for u in lab["unmapped"]
+    ] == [
+        ("unmapped_code", "lab", "LN", "99999-9", None, "OBX[1]-3", 1),
+        ("unknown_unit", "lab", "LN", "2823-3", "furlong", "OBX[2]-6", 1),
+    ]
+    assert api.worklist("UM1") == []  # neither result is seen by the hyperkalaemia rule
+
+
+def test_the_openapi_answer_declares_the_unmapped_list(api: Service) -> None:
+    schemas = api.client.get("/openapi.json").json()["components"]["schemas"]
+    assert "unmapped" in schemas["MessageOut"]["required"]
+    assert set(schemas["UnmappedOut"]["properties"]) == {
+        "type",
+        "kind",
+        "system",
+        "code",
+        "unit",
+        "position",
+        "text",
+        "count",
+    }

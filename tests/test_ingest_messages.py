@@ -240,3 +240,83 @@ def test_real_messages_load_as_the_file_ingest_loads_them(
         assert _facts(store) == _facts(reference)
         assert store.raw_counts() == reference.raw_counts()
     assert statuses.get("loaded", 0) > 50
+
+
+# Unmapped codes and units ----------------------------------------------------------------
+
+
+def _unmapped_oru(control_id: str) -> bytes:
+    segments = [
+        f"MSH|^~\\&|LAB|CHU|VIGIE|PHARMA|20240102080000||ORU^R01|{control_id}|P|2.5",
+        "PID|1||P1^^^H^PI||DOE^JO||19500101|F",
+        "OBX|1|NM|99999-9^Made up^LN||6.4|mmol/L|3.5-5.1|H|||F|||202401020800",
+        "OBX|2|NM|99999-9^Made up^LN||6.5|mmol/L|3.5-5.1|H|||F|||202401020900",
+        "OBX|3|NM|2823-3^Potassium^LN||6.4|furlong|3.5-5.1|H|||F|||202401020800",
+    ]
+    return ("\r".join(segments) + "\r").encode()
+
+
+def test_unmapped_codes_and_units_are_warnings_of_a_loaded_message(store: FactStore) -> None:
+    """A code no table maps and a unit with no conversion are listed, located, distinct and
+    counted; the message stays ``loaded``, without errors."""
+    (result,) = ingest_hl7(store, _unmapped_oru("U1"))
+    assert (result.status, result.errors) == ("loaded", ())
+    summary = result.summary()
+    assert summary["unmapped"] == [
+        {
+            "type": "unmapped_code",
+            "kind": "lab",
+            "system": "LN",
+            "code": "99999-9",
+            "unit": None,
+            "position": "OBX[1]-3",
+            "text": "OBX[1]-3: code '99999-9' is not mapped to a lab or observation concept",
+            "count": 2,
+        },
+        {
+            "type": "unknown_unit",
+            "kind": "lab",
+            "system": "LN",
+            "code": "2823-3",
+            "unit": "furlong",
+            "position": "OBX[3]-6",
+            "text": "OBX[3]-6: unit 'furlong' cannot be converted to mmol/L for potassium",
+            "count": 1,
+        },
+    ]
+    # a duplicate gives nothing again; a mapped message lists nothing
+    (again,) = ingest_hl7(store, _unmapped_oru("U1"))
+    assert (again.status, again.summary()["unmapped"]) == ("duplicate", [])
+    assert ingest_hl7(store, oru("U2").encode())[0].summary()["unmapped"] == []
+
+
+def test_an_unmapped_fhir_code_is_located_by_its_resource(store: FactStore) -> None:
+    lab = {
+        "resourceType": "Observation",
+        "id": "o9",
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "99999-9"}]},
+        "subject": {"reference": "Patient/p9"},
+        "effectiveDateTime": "2024-01-02T08:00:00Z",
+        "valueQuantity": {"value": 5.9, "unit": "mmol/L"},
+    }
+    (result,) = ingest_fhir(store, lab)
+    assert result.status == "loaded"
+    (found,) = result.summary()["unmapped"]
+    assert (found["type"], found["kind"], found["code"], found["count"]) == (
+        "unmapped_code",
+        "lab",
+        "99999-9",
+        1,
+    )
+    assert (found["system"], found["position"]) == ("http://loinc.org", "Observation.valueQuantity")

@@ -9,7 +9,11 @@ fails is kept and dead-lettered with its located error, the others go on.
 
 The answer lists every message of the body in order: its id, status, position in the body,
 facts stored (counted by kind), retractions, and errors (each with its position: HL7 segment and
-field such as ``OBX[2]-5``, JSON path, line; what was expected; what was found). Status:
+field such as ``OBX[2]-5``, JSON path, line; what was expected; what was found), and the codes
+and units of the facts stored that the engine could not map (``unmapped``: a lab code no table
+maps, a drug without ATC, a unit with no conversion; each with its system, the position first
+seen and a count). Those are warnings: the message is loaded, its status unchanged, but the
+rules cannot see such facts. Status:
 
 - ``200`` when no message failed (each ``loaded``, ``duplicate``, ``ignored`` or ``superseded``);
 - ``207`` (multi-status) when some failed (``partial``: loaded with errors, or ``rejected``) and
@@ -85,6 +89,28 @@ class MessageErrorOut(BaseModel):
     fatal: bool = Field(description="true: nothing of the message loaded")
 
 
+class UnmappedOut(BaseModel):
+    """A code or unit of the message the engine could not map: the fact is stored, but no rule
+    that looks for its concept or ATC sees it. A warning: the status is unchanged."""
+
+    type: Literal["unmapped_code", "unknown_unit"] = Field(
+        description="unmapped_code: no table maps the code; unknown_unit: the result's "
+        "concept has no conversion from the unit"
+    )
+    kind: str = Field(description="the fact's kind: lab, observation, medication_order...")
+    system: str | None = Field(description="the code's system as sent (LN, WHOATC, a URI)")
+    code: str | None = Field(
+        description="the code as sent (for unknown_unit: the result's code); null when the "
+        "remark is about another field (a route): see text"
+    )
+    unit: str | None = Field(description="unknown_unit: the unit as sent")
+    position: str | None = Field(
+        description="where first seen: HL7 segment and field (OBX[2]-3), JSON path, line"
+    )
+    text: str = Field(description="the connector's remark, located")
+    count: int = Field(description="facts of the message carrying it")
+
+
 class MessageOut(BaseModel):
     message_id: str = Field(description="HL7: MSH-3^MSH-4|MSH-10; FHIR: Bundle id, Type/id")
     status: Literal["loaded", "partial", "rejected", "ignored", "duplicate", "superseded"]
@@ -93,6 +119,10 @@ class MessageOut(BaseModel):
     retractions: int = Field(description="facts withdrawn by the message")
     correction: bool = Field(description="a new version of a message the store held")
     errors: list[MessageErrorOut]
+    unmapped: list[UnmappedOut] = Field(
+        description="codes and units of the facts stored that the engine could not map "
+        "(distinct, in the order first seen); warnings: the message is loaded all the same"
+    )
 
 
 class IngestAnswer(BaseModel):
