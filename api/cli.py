@@ -32,6 +32,7 @@ from vigie.engine.factset import FactSet
 from vigie.engine.quality import QualityTally, quality_report, render_text
 from vigie.errors import ConfigurationError, VigieError
 from vigie.ingest import FileReport, IngestReport, ingest, read_feed
+from vigie.ingest.unmapped import Unmapped
 from vigie.store import AuditEntry, FactStore, ServiceError, StoreError
 
 if TYPE_CHECKING:
@@ -730,6 +731,24 @@ def _print_ingest(report: IngestReport, max_errors: int = 20) -> None:
             print(f"  {error}")
         if len(errors) > max_errors:
             print(f"  ... {len(errors) - max_errors:,} more")
+    _print_unmapped(report.unmapped(), max_errors)
+
+
+def _print_unmapped(found: list[Unmapped], limit: int) -> None:
+    """The codes and units no table maps: loaded, but invisible to the rules (warnings)."""
+    if not found:
+        return
+    facts = sum(u.count for u in found)
+    print(
+        f"Unmapped codes and units ({len(found):,} distinct, on {facts:,} facts stored but "
+        "invisible to the rules; `vigie quality` lists them all):"
+    )
+    for u in found[:limit]:
+        code = f"{u.system or 'LOCAL'}|{u.code}" if u.code is not None else u.text
+        unit = f" unit {u.unit!r}" if u.unit is not None else ""
+        print(f"  {u.type} {u.kind} {code}{unit}: {u.count:,}x, first at {u.position}")
+    if len(found) > limit:
+        print(f"  ... {len(found) - limit:,} more")
 
 
 def _configure_mapping(args: argparse.Namespace) -> None:

@@ -37,6 +37,7 @@ from vigie.connectors.registry import (
     is_metadata,
 )
 from vigie.errors import ConfigurationError
+from vigie.ingest.unmapped import Unmapped, tally_unmapped, unmapped_in
 from vigie.store import FactStore, MessageOutcome, RawRecord
 from vigie.store.database import Payloads, fact_payloads
 
@@ -102,6 +103,8 @@ class FileReport:
     skipped: str | None = None  # why a file met in a folder is not a feed (README, truth.json)
     rejected: str | None = None  # located error: a feed candidate no connector recognises
     unreadable: str | None = None  # the file could not be opened (missing, no permission)
+    # codes and units of the facts stored that the engine could not map, distinct, counted
+    unmapped: dict[tuple[str | None, ...], Unmapped] = field(default_factory=dict)
 
 
 @dataclass
@@ -122,6 +125,14 @@ class IngestReport:
 
     def errors(self) -> list[str]:
         return [error for f in self.files for error in f.errors]
+
+    def unmapped(self) -> list[Unmapped]:
+        """The distinct codes and units no table maps, over every file, in the order first
+        seen (each with the file, message and field where first seen, and a count)."""
+        tally: dict[tuple[str | None, ...], Unmapped] = {}
+        for f in self.files:
+            tally_unmapped(tally, f.unmapped.values(), f.path)
+        return list(tally.values())
 
     def skipped(self) -> list[str]:
         return [f.skipped for f in self.files if f.skipped]
@@ -228,6 +239,9 @@ def _tally(report: FileReport, parsed: ParsedMessage) -> None:
         report.errors.append(str(parsed.fatal))
     if parsed.outcome is not None:
         report.facts.update(fact.kind for fact in parsed.outcome.facts)
+        found = unmapped_in(parsed.outcome.facts)
+        if found:
+            tally_unmapped(report.unmapped, found, parsed.raw.position)
         report.retractions.update(retraction.kind for retraction in parsed.outcome.retractions)
         report.errors.extend(str(error) for error in parsed.outcome.errors)
 

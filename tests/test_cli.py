@@ -75,6 +75,33 @@ def test_ingest_a_mix_of_every_feed_keeps_bad_messages(
         assert raw.get("loaded", 0) > raw.get("rejected", 0)
 
 
+def test_ingest_names_the_codes_and_units_it_could_not_map(
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Loaded all the same (exit 0), but the summary says which codes and units the rules
+    cannot see: counted, distinct, with the file, message and field where first seen."""
+    monkeypatch.setenv("VIGIE_DATABASE_URL", store_url)
+    messages = [
+        [
+            f"MSH|^~\\&|LAB|CHU|VIGIE|PHARMA|20240102080000||ORU^R01|CLI-U{n}|P|2.5",
+            f"PID|1||CLIU{n}^^^H^PI||DOE^JO||19500101|F",
+            "OBX|1|NM|99999-9^Made up^LN||6.4|mmol/L|3.5-5.1|H|||F|||202401020800",
+            f"OBX|2|NM|2823-3^Potassium^LN||6.4|{unit}|3.5-5.1|H|||F|||202401020800",
+        ]
+        for n, unit in ((1, "mmol/L"), (2, "furlong"))
+    ]
+    feed = tmp_path / "lab.hl7"
+    feed.write_text("".join("\r".join(m) + "\r" for m in messages), encoding="utf-8")
+    assert main(["ingest", str(feed)]) == 0
+    out = capsys.readouterr().out
+    assert "Unmapped codes and units (2 distinct, on 3 facts" in out
+    assert f"  unmapped_code lab LN|99999-9: 2x, first at {feed}, message 1, OBX[1]-3" in out
+    assert (
+        f"  unknown_unit lab LN|2823-3 unit 'furlong': 1x, first at {feed}, message 2, OBX[2]-6"
+        in out
+    )
+
+
 def test_quality_json_on_files(shared_data: Path, capsys) -> None:
     folder = shared_data / "fhir" / "synthea-r4"
     assert main(["quality", "--json", "--input", str(folder)]) == 0
