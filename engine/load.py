@@ -76,6 +76,7 @@ class ParamSpec:
     min: float
     max: float
     label: str | None
+    source: str | None = field(default=None, compare=False)  # "file:line" of the declaration
 
     def checked(self, value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -508,4 +509,12 @@ def param_spec(name: str, spec: Mapping[str, Any]) -> ParamSpec:
         min=float(spec["min"]),
         max=float(spec["max"]),
         label=spec.get("label"),
+        source=_param_source(spec.get("source")),
     )
+
+
+def _param_source(source: Any) -> str | None:
+    """The IR's ``{"file": ..., "line": ...}`` of a parameter as ``file:line``."""
+    if not isinstance(source, Mapping) or not source.get("file"):
+        return None
+    return f"{source['file']}:{source.get('line', '?')}"

@@ -132,6 +132,9 @@ class PackInfo:
                 pack.name,
                 MappingProxyType({r.id: r.level for r in pack.rules}),
                 MappingProxyType(dict(pack.params)),
+                MappingProxyType(
+                    {name: spec.source for name, spec in pack.params.items() if spec.source}
+                ),
             )
         ir = getattr(pack, "ir", pack)
         if not isinstance(ir, Mapping):

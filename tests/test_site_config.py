@@ -263,6 +263,27 @@ def test_cursor_out_of_range_names_the_range_and_unit() -> None:
     assert "default.rules:" in str(error)  # where the parameter is declared
 
 
+def test_cursor_out_of_range_checked_against_loaded_packs_names_the_declaration(
+    tmp_path: Path,
+) -> None:
+    # `vigie batch --config` checks the file against loaded packs, not IR dicts: the error
+    # still names where the cursor is declared (README, "Site configuration").
+    path = tmp_path / "site.toml"
+    path.write_text("[wards.NEPHRO-1.cursors]\nk_max = 7.0\n", encoding="utf-8")
+    with pytest.raises(SiteConfigError) as caught:
+        load_site_config(path, [default_pack()])
+    declared = next(
+        number
+        for number, line in enumerate(
+            (REPO / "rules/packs/default.rules").read_text(encoding="utf-8").splitlines(), 1
+        )
+        if line.startswith("param k_max ")
+    )
+    message = str(caught.value)
+    assert "of cursor k_max (Seuil d'hyperkaliémie, " in message
+    assert message.endswith(f"default.rules:{declared})")
+
+
 def test_cursor_in_an_inline_table_points_at_its_key() -> None:
     error = error_of("[wards.CARDIO-1]\ncursors = { k_max = 4.0 }\n")
     assert (error.line, error.path) == (2, "wards.CARDIO-1.cursors.k_max")
