@@ -248,7 +248,8 @@ def _reserved_word(token: Token, accepts: Iterable[str], text: str, file: str) -
     names_only = "NAME" in set(accepts) and "NUMBER" not in set(accepts)  # not an expression
     if names_only and word in keywords() and token.type != "NAME":
         span = _token_span(token, file)
-        return error("R001", f"`{word}` is a reserved word; expected a name", span, _rename(word))
+        hint = _trailing_comma_hint(token, text) or _rename(word)
+        return error("R001", f"`{word}` is a reserved word; expected a name", span, hint)
     line_text = source_lines(text)[(token.line or 1) - 1]
     match = _BINDING_START.match(line_text)
     if word == "=" and match and match.group(1) in keywords():
@@ -256,6 +257,25 @@ def _reserved_word(token: Token, accepts: Iterable[str], text: str, file: str) -
         span = n.Span(file, line, column, line, match.end(1) + 1)
         message = f"`{match.group(1)}` is a reserved word; it cannot name a binding"
         return error("R001", message, span, _rename(match.group(1)))
+    return None
+
+
+def _trailing_comma_hint(token: Token, text: str) -> str | None:
+    """A keyword starting a line after a line that ends with a comma: the list before (a set's
+    codes) was left open, so the keyword was read as its next item (`set a = atc C09A,`)."""
+    lines = source_lines(text)
+    number = token.line or 1
+    if lines[number - 1][: (token.column or 1) - 1].strip():
+        return None
+    for previous in range(number - 2, -1, -1):
+        content = lines[previous].split("#", 1)[0].rstrip()
+        if content:
+            if content.endswith(","):
+                return (
+                    f"line {previous + 1} ends with `,`, so its list goes on to this line: "
+                    "remove the comma"
+                )
+            return None
     return None
 
 

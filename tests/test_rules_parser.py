@@ -373,3 +373,16 @@ def test_minutes_are_not_a_unit() -> None:
         diagnostic.hint
         == "there is no minute unit: durations are in ms, s, h, d, w (30 min = 0.5 h)"
     )
+
+
+@pytest.mark.parametrize("next_line", ['param k = 5 mmol/L in 4 .. 6 "k"', 'rule t.r "T"'])
+def test_a_set_left_open_by_a_trailing_comma_says_so(next_line: str) -> None:
+    # `set acei = atc C09A,` then a declaration: the keyword is read as the set's next code;
+    # the author must be told about the comma on line 2, not only that the keyword is reserved.
+    text = 'pack "p" version "1.0.0"\nset acei = atc C09A,\n\n# a comment\n' + next_line + "\n"
+    (diagnostic,) = syntax_errors(text)
+    assert (diagnostic.span.line, diagnostic.span.column) == (5, 1)
+    assert (
+        diagnostic.hint
+        == "line 2 ends with `,`, so its list goes on to this line: remove the comma"
+    )
