@@ -29,6 +29,7 @@ from typing import Any
 
 from vigie.engine.derived import is_combination_code
 from vigie.facts import (
+    CODED_FIELDS,
     FACT_KINDS,
     AnyFact,
     Coding,
@@ -47,15 +48,6 @@ _FORM_UNITS = frozenset(
     {"tablet", "capsule", "sachet", "suppository", "ampoule", "vial", "syringe", "patch", "bag",
      "bottle"}
 )  # fmt: skip
-
-_CODED_KINDS = {
-    "lab": "code",
-    "observation": "code",
-    "medication_order": "drug",
-    "medication_administration": "drug",
-    "condition": "code",
-    "allergy": "substance",
-}
 
 
 def _load_plausibility(path: Path) -> dict[str, tuple[float, float]]:
@@ -229,7 +221,7 @@ def _patient(contribution: _Contribution) -> str:
 
 
 def _note_code(noted: _Noted, fact: AnyFact) -> None:
-    field_name = _CODED_KINDS.get(fact.kind)
+    field_name = CODED_FIELDS.get(fact.kind)
     if field_name is None or not _flagged(fact, FlagCode.UNMAPPED_CODE):
         return
     coding: Coding | None = getattr(fact, field_name)
@@ -286,7 +278,7 @@ def _unmapped_codes(noted: dict[str, list[_Noted]], limit: int) -> list[dict[str
     """Unmapped codes by kind, system and code, most frequent first, with the first label."""
     counts: Counter[tuple[str, str | None, str | None]] = Counter()
     labels: dict[tuple[str, str | None, str | None], str | None] = {}
-    for kind in _CODED_KINDS:
+    for kind in CODED_FIELDS:
         for contribution in noted[kind]:
             if contribution.unmapped is not None:
                 system, code, display = contribution.unmapped

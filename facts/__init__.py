@@ -5,6 +5,7 @@ all depend on it without loading one another.
 """
 
 from vigie.facts.model import (
+    CODED_FIELDS,
     FACT_KINDS,
     Allergy,
     AnyFact,
@@ -26,6 +27,7 @@ from vigie.facts.model import (
 )
 
 __all__ = [
+    "CODED_FIELDS",
     "FACT_KINDS",
     "Allergy",
     "AnyFact",

@@ -360,3 +360,14 @@ FACT_KINDS: dict[str, type[Fact]] = {
         Pregnancy,
     )
 }
+
+CODED_FIELDS: dict[str, str] = {
+    "lab": "code",
+    "observation": "code",
+    "medication_order": "drug",
+    "medication_administration": "drug",
+    "condition": "code",
+    "allergy": "substance",
+}
+"""The field holding the code of each coded fact kind (a ``Coding``): what an unmapped code
+is reported from (``vigie quality``, the ingest answers' ``unmapped``)."""

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from vigie.facts import AnyFact, Coding, FlagCode
+from vigie.facts import CODED_FIELDS, AnyFact, Coding, FlagCode
 
 __all__ = ["UNMAPPED_FLAGS", "Unmapped", "tally_unmapped", "unmapped_in"]
 
@@ -38,15 +38,6 @@ UNMAPPED_FLAGS = frozenset({FlagCode.UNMAPPED_CODE, FlagCode.UNKNOWN_UNIT})
 """The flags an ingest answer reports (the others, a missing dose or frequency, an ATC found
 from the drug's name, leave the fact visible to the rules)."""
 
-# The field holding the code of each coded kind (what ``vigie quality`` reads too).
-_CODED = {
-    "lab": "code",
-    "observation": "code",
-    "medication_order": "drug",
-    "medication_administration": "drug",
-    "condition": "code",
-    "allergy": "substance",
-}
 # A connector's detail starting with the HL7 field it names: ``OBX[1]-3: code ...``.
 _HL7_FIELD = re.compile(r"^([A-Z][A-Z0-9]{2}(?:\[\d+\])?-\d+(?:\.\d+)*): ")
 
@@ -78,7 +69,7 @@ class Unmapped:
 
 
 def _coding(fact: AnyFact) -> Coding | None:
-    field_name = _CODED.get(fact.kind)
+    field_name = CODED_FIELDS.get(fact.kind)
     found = getattr(fact, field_name, None) if field_name else None
     return found if isinstance(found, Coding) else None
 
