@@ -406,26 +406,33 @@ def alert_rows(alerts: Iterable[Alert]) -> list[dict[str, Any]]:
 
 
 def write_output(out: Path, result: BatchResult, summary: dict[str, Any]) -> None:
+    """Write the alerts to ``out`` atomically: into a temporary file beside it, then renamed
+    over it, so that a run that fails or is killed while writing leaves the previous night's
+    file whole (never a truncated one for the worklist to read)."""
     rows = alert_rows(result.alerts)
-    if out.suffix.lower() == ".parquet":
-        import polars as pl
-
-        flat = [
-            {k: json.dumps(v, ensure_ascii=False) if k in NESTED else v for k, v in row.items()}
-            for row in rows
-        ]
-        schema: dict[str, Any] = {name: pl.String for name in Alert.model_fields}
-        schema.update({"level": pl.Int64, "priority": pl.Float64})
-        frame = pl.DataFrame(flat, schema=schema, orient="row")
-        frame.write_parquet(out)
-        return
-    document = {
-        "as_of": result.as_of.isoformat() + "Z",
-        **pack_header(result.packs),
-        "alerts": rows,
-        "summary": summary,
-    }
-    out.write_text(json.dumps(document, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        if out.suffix.lower() == ".parquet":
+            flat = [
+                {k: json.dumps(v, ensure_ascii=False) if k in NESTED else v for k, v in row.items()}
+                for row in rows
+            ]
+            schema: dict[str, Any] = {name: pl.String for name in Alert.model_fields}
+            schema.update({"level": pl.Int64, "priority": pl.Float64})
+            frame = pl.DataFrame(flat, schema=schema, orient="row")
+            frame.write_parquet(partial)
+        else:
+            document = {
+                "as_of": result.as_of.isoformat() + "Z",
+                **pack_header(result.packs),
+                "alerts": rows,
+                "summary": summary,
+            }
+            text = json.dumps(document, ensure_ascii=False, indent=1) + "\n"
+            partial.write_text(text, encoding="utf-8")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def read_parquet_alerts(path: Path) -> list[dict[str, Any]]:

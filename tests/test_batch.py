@@ -377,3 +377,33 @@ def test_compiled_packs_are_cached_by_text_and_compiler(
     pack.write_text(pack.read_text(encoding="utf-8").replace("5.5", "5.0"), encoding="utf-8")
     with pytest.raises(AssertionError, match="compiled again"):
         batch_module.compile_packs([pack])
+
+
+@pytest.mark.parametrize("name", ["alerts.json", "alerts.parquet"])
+def test_a_write_that_fails_leaves_the_previous_output_whole(
+    hospital: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # The nightly file is read by the worklist: a run that dies while writing (disk full,
+    # killed) must not leave it truncated, nor destroy the previous night's.
+    import polars as pl
+
+    out = tmp_path / name
+    _batch([hospital], out, "--scope", "all")
+    before = out.read_bytes()
+
+    def half_written(self: Any, path: Any, *args: Any, **kwargs: Any) -> None:
+        Path(path).write_bytes(b"PAR1 cut")
+        raise OSError(28, "No space left on device")
+
+    original = Path.write_text
+
+    def half_written_text(self: Path, data: str, *args: Any, **kwargs: Any) -> int:
+        original(self, data[:100], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", half_written)
+    monkeypatch.setattr(Path, "write_text", half_written_text)
+    code = _run("--input", str(hospital), "--as-of", AS_OF.isoformat() + "Z", "--out", str(out))
+    assert code != 0
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
