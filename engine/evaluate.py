@@ -423,8 +423,16 @@ _NUMBERS = (int, float)
 # Units the message templates already say in words ("à {age} ans", "{m.frequency} fois par jour").
 _SILENT_UNITS = frozenset({"1", "years", "/d"})
 # Units that French messages write otherwise: a day is "j" (jour), a week "sem." (a cursor
-# declared as "7 d" reads "7 j", like format_duration and the packs' "mg/j").
-_DISPLAY_UNITS = {"d": "j", "w": "sem."}
+# declared as "7 d" reads "7 j", like format_duration and the packs' "mg/j"); international
+# units are "UI" (unités internationales).
+_DISPLAY_UNITS = {
+    "d": "j",
+    "w": "sem.",
+    "IU": "UI",
+    "MIU": "MUI",
+    "IU/L": "UI/L",
+    "mIU/mL": "mUI/mL",
+}
 
 
 def format_value(value: Any, type_: str | None = None, unit: str | None = None) -> str:
@@ -439,6 +447,8 @@ def format_value(value: Any, type_: str | None = None, unit: str | None = None) 
     ('7 j', '82')
     >>> format_value(7.0, "duration", "d"), format_value(2.0, "duration", "w")
     ('7 j', '2 sem.')
+    >>> format_value(Amount(18000.0, "IU"))
+    '18000 UI'
     """
     if value is None:
         return "?"
@@ -447,7 +457,7 @@ def format_value(value: Any, type_: str | None = None, unit: str | None = None) 
             return format_duration(value)
         if unit in _SILENT_UNITS:
             return format_number(value)
-        return _with_unit(format_number(value), _DISPLAY_UNITS.get(unit, unit) if unit else unit)
+        return _with_unit(format_number(value), unit)
     if type(value) is str:  # a label, a route...
         return value
     if isinstance(value, Amount):
@@ -466,9 +476,7 @@ def format_value(value: Any, type_: str | None = None, unit: str | None = None) 
             return format_duration(float(value))
         if unit in _SILENT_UNITS:
             return format_number(float(value))
-        return _with_unit(
-            format_number(float(value)), _DISPLAY_UNITS.get(unit, unit) if unit else unit
-        )
+        return _with_unit(format_number(float(value)), unit)
     return str(value)
 
 
@@ -482,7 +490,7 @@ def _measure_text(fact: LabResult | Observation) -> str:
 
 
 def _with_unit(number: str, unit: str | None) -> str:
-    return f"{number} {unit}" if unit else number
+    return f"{number} {_DISPLAY_UNITS.get(unit, unit)}" if unit else number
 
 
 @functools.lru_cache(maxsize=8192)
