@@ -22,6 +22,7 @@ JSON file, so both read back to the same alerts.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -445,7 +446,28 @@ def read_parquet_alerts(path: Path) -> list[dict[str, Any]]:
     ]
 
 
-def summary_of(result: BatchResult, notes: FeedNotes) -> dict[str, Any]:
+def site_wards_not_in_input(
+    site: SiteConfig | None, frames: Mapping[str, pl.DataFrame]
+) -> list[str]:
+    """The ward sections of the site file that no stay of the input names. A ward code the
+    feeds do not send (a typo: ``NEPRHO-1``) is no error, since a ward may be empty tonight,
+    but its patients silently run the hospital's settings: the run says so."""
+    if site is None or not site.wards:
+        return []
+    stays = frames.get("stay")
+    seen: set[str] = set()
+    if stays is not None and "ward" in stays.columns:
+        seen = {str(w) for w in stays.get_column("ward").drop_nulls().unique().to_list()}
+    return [
+        ward + (f" (did you mean {close[0]}?)" if close else "")
+        for ward in sorted(set(site.wards) - seen)
+        for close in [difflib.get_close_matches(ward, sorted(seen), n=1, cutoff=0.75)]
+    ]
+
+
+def summary_of(
+    result: BatchResult, notes: FeedNotes, site_wards_missing: Sequence[str] = ()
+) -> dict[str, Any]:
     severity: Counter[str] = Counter(a.severity for a in result.alerts)
     return {
         "patients_in_input": result.patients_in_input,
@@ -458,6 +480,7 @@ def summary_of(result: BatchResult, notes: FeedNotes) -> dict[str, Any]:
         "message_errors": len(notes.errors),
         "files_not_read": notes.unread(),
         "units_accepted_from_feeds_only": notes.relabelled_rows(),
+        "site_wards_not_in_input": list(site_wards_missing),
         "seconds": round(result.seconds, 3),
     }
 
@@ -481,6 +504,11 @@ def render_summary(
             f"Unit note: {row['results']:,} {row['concept']} results sent in {row['unit_sent']} "
             f"read as {row['read_as']} (a label accepted from feeds only, same quantity; "
             f"first at {row['first']})"
+        )
+    for ward in summary.get("site_wards_not_in_input", ()):
+        lines.append(
+            f"Site file: no stay of the input is in ward {ward}; "
+            "its section was not applied to anyone"
         )
     for line in summary["files_not_read"]:
         lines.append(f"Not read: {line}")
@@ -543,6 +571,6 @@ def batch(
     everyone = len(in_scope(frames, as_of, "all"))
     result = BatchResult(normalise_time(as_of), list(packs), everyone, len(patients), alerts)
     result.seconds = time.perf_counter() - started
-    summary = summary_of(result, notes)
+    summary = summary_of(result, notes, site_wards_not_in_input(site, frames))
     write_output(out, result, summary)
     return result, notes, summary

@@ -407,3 +407,22 @@ def test_a_write_that_fails_leaves_the_previous_output_whole(
     assert code != 0
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_a_site_ward_no_stay_names_is_reported(
+    hospital: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A ward code misspelt in the site file is not an error (a ward may be empty tonight),
+    # but the run must say that its section applied to no one rather than stay silent.
+    wards = [w["code"] for w in json.loads((hospital / "hospital.json").read_text())["wards"]]
+    typo = wards[0][:2] + wards[0][3] + wards[0][2] + wards[0][4:]  # two letters swapped
+    assert typo not in wards
+    config = tmp_path / "site.toml"
+    config.write_text(
+        f'[wards."{typo}".cursors]\nk_max = 6.0\n[wards."{wards[1]}".cursors]\nk_max = 6.0\n',
+        encoding="utf-8",
+    )
+    document = _batch([hospital], tmp_path / "x.json", "--config", str(config))
+    assert document["summary"]["site_wards_not_in_input"] == [f"{typo} (did you mean {wards[0]}?)"]
+    printed = capsys.readouterr().out
+    assert f"no stay of the input is in ward {typo} (did you mean {wards[0]}?)" in printed
