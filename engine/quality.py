@@ -1,6 +1,7 @@
 """The data-quality report a pharmacist and an interface engineer read before trusting alerts.
 
-Counts per fact kind, unmapped codes with their frequency, unknown units, implausible values
+Counts per fact kind, unmapped codes with their frequency, unknown units (of results and
+measurements, and of drug lines' doses: a dose rule cannot read those), implausible values
 (limits in ``plausibility.csv``), orders without dose or frequency, combination products whose
 composition is unknown (their dose is credited to no substance: daily doses and MME are lower
 bounds), orders whose dose was read through the product's strength (a ``dose_from_strength``
@@ -159,6 +160,7 @@ class QualityTally:
             )
         if isinstance(fact, MedicationOrder | MedicationAdministration):
             self._note_drug_mapping(noted, fact)
+            _note_dose_unit(noted, fact)
         plain = noted == _Noted(patient_id)
         self._facts[fact.kind][fact.fact_id] = patient_id if plain else noted
 
@@ -228,6 +230,13 @@ def _note_code(noted: _Noted, fact: AnyFact) -> None:
     noted.unmapped = (
         (None, None, None) if coding is None else (coding.system, coding.code, coding.display)
     )
+
+
+def _note_dose_unit(noted: _Noted, fact: MedicationOrder | MedicationAdministration) -> None:
+    """A dose in a unit no table knows: listed by the drug's ATC code and the unit as sent."""
+    if _flagged(fact, FlagCode.UNKNOWN_UNIT):
+        sent = getattr(fact, "original_dose_unit", None) or fact.dose_unit
+        noted.unknown_unit = (fact.atc, sent)
 
 
 def _note_measurement(noted: _Noted, fact: LabResult | Observation) -> None:
@@ -354,9 +363,10 @@ def _mapped_by_name(noted: dict[str, list[_Noted]], limit: int) -> list[dict[str
 
 
 def _unknown_units(noted: dict[str, list[_Noted]], limit: int) -> list[dict[str, Any]]:
-    """Unknown units by kind, concept and unit as sent, most frequent first."""
+    """Unknown units by kind, concept (a drug line's: its ATC code) and unit as sent, most
+    frequent first."""
     counts: Counter[tuple[str, str | None, str | None]] = Counter()
-    for kind in ("lab", "observation"):
+    for kind in ("lab", "observation", "medication_order", "medication_administration"):
         counts.update((kind, *c.unknown_unit) for c in noted[kind] if c.unknown_unit)
     ranked = sorted(
         counts.items(),

@@ -102,8 +102,10 @@ def unmapped_in(facts: Iterable[AnyFact]) -> list[Unmapped]:
 
 
 def _unit(fact: AnyFact) -> str | None:
-    """The unit as sent: a result's, else a dose's."""
+    """The unit as sent: a result's, else an order's dose's, else an administration's (which
+    keeps an unknown dose unit as sent in ``dose_unit``)."""
     unit = getattr(fact, "original_unit", None) or getattr(fact, "original_dose_unit", None)
+    unit = unit or getattr(fact, "dose_unit", None)
     return unit if isinstance(unit, str) else None
 
 
