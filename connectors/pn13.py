@@ -69,6 +69,7 @@ from vigie.connectors.base import (
 )
 from vigie.connectors.compositions import code_ingredients
 from vigie.connectors.dose_strength import dose_by_strength, label_strength
+from vigie.connectors.dose_units import unknown_dose_unit
 from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.labs import Reading, decimal_point_or_comma, match_code, normalise
 from vigie.facts import (
@@ -533,6 +534,7 @@ def _read_measure(
 class _Quantity:
     value: float
     unit: str
+    where: str = field(default="", compare=False)  # the element the unit was read from
 
 
 @dataclass(frozen=True)
@@ -695,6 +697,7 @@ def _order(
     dose = _component_dose(context, component, posology, applies)
     if dose.value is None and dose.daily is None:
         flags.append(Flag(code=FlagCode.MISSING_DOSE, detail="no usable dose in the posology"))
+    flags.extend(dose.flags)
     if dose.per_day is None:
         flags.append(
             Flag(
@@ -831,7 +834,8 @@ def _rate_intake(context: _Context, element: Element, rate: _Quantity) -> _Intak
     if not match or per_hour is None:
         context.problem(element, "a rate unit such as mg/h or mL/min", rate.unit)
         return _Intake(None, None, False, text)
-    return _Intake(_Quantity(rate.value * per_hour, match.group("unit")), 24.0, False, text)
+    amount = _Quantity(rate.value * per_hour, match.group("unit"), rate.where)
+    return _Intake(amount, 24.0, False, text)
 
 
 def _frequency(context: _Context, element: Element) -> tuple[float | None, str]:
@@ -900,6 +904,7 @@ class _Dose:
     daily: float | None
     as_needed: bool
     text: str
+    flags: tuple[Flag, ...] = ()  # an unknown dose unit
 
 
 def _component_dose(
@@ -920,6 +925,10 @@ def _component_dose(
     dose = next(iter(values)) if whole and len(values) == 1 else None
     daily = _daily(intakes, context.terminology, unit, posology.max_per_day) if whole else None
     originals = [i.quantity for i in intakes if i.quantity]
+    terminology = context.terminology
+    unknown = (
+        unknown_dose_unit(q.unit, terminology.canonical_unit(q.unit), q.where) for q in originals
+    )
     return _Dose(
         value=dose,
         unit=unit,
@@ -929,6 +938,7 @@ def _component_dose(
         daily=daily,
         as_needed=bool(intakes) and all(i.as_needed for i in intakes),
         text=_describe(intakes, posology),
+        flags=tuple(dict.fromkeys(f for f in unknown if f is not None)),
     )
 
 
@@ -938,7 +948,11 @@ def _scaled(intake: _Intake, per_unit: _Quantity | None, applies: bool) -> _Inta
     if quantity is None:
         return intake
     if quantity.unit.lower() == "dose":
-        scaled = _Quantity(quantity.value * per_unit.value, per_unit.unit) if per_unit else None
+        scaled = (
+            _Quantity(quantity.value * per_unit.value, per_unit.unit, per_unit.where)
+            if per_unit
+            else None
+        )
         return _Intake(scaled, intake.per_day, intake.as_needed, intake.text)
     return intake if applies else _Intake(None, intake.per_day, intake.as_needed, intake.text)
 
@@ -978,7 +992,9 @@ def _quantity(context: _Context, element: Element | None) -> _Quantity | None:
     if element is None or element.child("Nombre") is None:
         return None
     number = _number(context, element.child("Nombre"))
-    return None if number is None else _Quantity(number, element.value("Unité"))
+    if number is None:
+        return None
+    return _Quantity(number, element.value("Unité"), f"{element.path}/Unité")
 
 
 def _number(context: _Context, element: Element | None) -> float | None:

@@ -165,8 +165,12 @@ def test_french_orders(french: TabularConnector) -> None:
     assert by_id["100231-4"].as_needed is True and by_id["100231-4"].route == "iv"
     magistral = by_id["100232-4"]
     assert magistral.atc is None and magistral.route is None
-    assert [f.code for f in magistral.flags] == [FlagCode.UNMAPPED_CODE] * 2
+    unmapped, unknown = FlagCode.UNMAPPED_CODE, FlagCode.UNKNOWN_UNIT
+    assert [f.code for f in magistral.flags] == [unmapped, unknown, unmapped]
     assert "LIV9999" in magistral.flags[0].detail
+    # "supp" is neither in unit_aliases.csv nor in the mapping's [dose_units]: no dose rule
+    # can read the dose, which the flag says with the column it was read from
+    assert magistral.flags[1].detail.startswith("column UNITE_DOSE: unit 'supp' ")
 
 
 def test_french_export_other_kinds(french: TabularConnector) -> None:

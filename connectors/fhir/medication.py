@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 from vigie.connectors.compositions import code_ingredients
 from vigie.connectors.dose_strength import dose_by_strength, is_plain_strength, label_strength
+from vigie.connectors.dose_units import unknown_dose_unit
 from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.fhir.fast import (
     EntryProblem,
@@ -327,13 +328,30 @@ class _Dosing(NamedTuple):
 
 def _dose_unit(quantity: dict[str, Any], path: str, terminology: TerminologyMemo) -> str | None:
     """The dose unit in one spelling: UCUM/EDQM code or label through the unit aliases."""
+    return _sent_dose_unit(quantity, path, terminology)[1]
+
+
+def _sent_dose_unit(
+    quantity: dict[str, Any], path: str, terminology: TerminologyMemo
+) -> tuple[str, str | None]:
+    """(the key read, ``code`` or ``unit``; the dose unit in one spelling)."""
     code, unit = _text(quantity, "code", path), _text(quantity, "unit", path)
-    for candidate in (code, unit):
+    for key, candidate in (("code", code), ("unit", unit)):
         if candidate and terminology.canonical_unit(candidate) != candidate.strip():
-            return terminology.canonical_unit(candidate)
+            return key, terminology.canonical_unit(candidate)
     if code and _text(quantity, "system", path) == _UCUM:
-        return code
-    return unit or code
+        return "code", code
+    return ("unit", unit) if unit else ("code", code)
+
+
+def _checked_dose_unit(
+    quantity: dict[str, Any], path: str, terminology: TerminologyMemo
+) -> tuple[str | None, tuple[Flag, ...]]:
+    """The dose unit of a doseQuantity (or dosage.dose), flagged when no dose unit is known."""
+    key, unit = _sent_dose_unit(quantity, path, terminology)
+    sent = _text(quantity, key, path)
+    unknown = unknown_dose_unit(sent, unit, _join(path, key))
+    return unit, (flag(unknown.code, unknown.detail),) if unknown is not None else ()
 
 
 def _chosen_dose_and_rate(dosage: dict[str, Any], path: str) -> tuple[str, dict[str, Any]] | None:
@@ -456,7 +474,8 @@ def _dosing(dosage: dict[str, Any], path: str, terminology: TerminologyMemo) -> 
     if quantity is not None:
         quantity_path, node = quantity
         dose = _number(node, "value", quantity_path)
-        dose_unit = _dose_unit(node, quantity_path, terminology)
+        dose_unit, unit_flags = _checked_dose_unit(node, quantity_path, terminology)
+        flags += unit_flags
         original_dose = _number_text(node) if dose is not None else None
         original_unit = _text(node, "unit", quantity_path) or _text(node, "code", quantity_path)
         if dose is not None and frequency is not None:
@@ -645,6 +664,9 @@ def _medication_administration(entry: ResourceEntry) -> list[AnyFact]:
     dosage = _obj(resource, "dosage", "") or {}
     quantity = _obj(dosage, "dose", "dosage")
     route, _, route_flags = _route(dosage, "dosage", entry.terminology)
+    dose_unit, unit_flags = (
+        _checked_dose_unit(quantity, "dosage.dose", entry.terminology) if quantity else (None, ())
+    )
     common = {
         "patient_id": entry.patient_id("subject"),
         "order_id": entry.referenced_id("request"),
@@ -652,14 +674,14 @@ def _medication_administration(entry: ResourceEntry) -> list[AnyFact]:
         "status": _coded(resource, "status", "", _ADMINISTRATION_STATUS, "unknown"),
         "route": route,
         "dose": _number(quantity, "value", "dosage.dose") if quantity else None,
-        "dose_unit": _dose_unit(quantity, "dosage.dose", entry.terminology) if quantity else None,
+        "dose_unit": dose_unit,
     }
     return [
         entry.fact(
             MedicationAdministration,
             fact_id=entry.fact_id(drug.suffix),
             source=entry.source(),
-            flags=drug.flags + route_flags,
+            flags=drug.flags + route_flags + unit_flags,
             administration_id=entry.resource_id + drug.suffix,
             drug=drug.coding,
             atc=drug.atc,

@@ -23,6 +23,7 @@ from typing import Any
 from vigie.connectors.base import FeedError
 from vigie.connectors.compositions import code_ingredients
 from vigie.connectors.dose_strength import dose_by_strength, label_strength
+from vigie.connectors.dose_units import unknown_dose_unit
 from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.hl7v2.clinical import Context, visit_number
 from vigie.connectors.hl7v2.message import NUMBER_FORMAT, SegmentRef, parse_number
@@ -213,7 +214,7 @@ def _load_order(ctx: Context, group: _OrderGroup, encoded: SegmentRef, used: set
     if not ingredients:  # a combination's text (RXE-2.2) names its substances and strengths
         label = label_drug(ctx.terminology, [drug.display], atc=atc, codes="")
         ingredients = label.ingredients if label is not None else ()
-    dose_unit = ctx.terminology.canonical_unit(unit_text) if unit_text else None
+    dose_unit = _dose_unit(ctx, encoded, unit_field, unit_text, flags)
     daily = dose * timing.per_day if dose is not None and timing.per_day else None
     if not ingredients:  # one substance: a count of tablets (or mL) is read as its amount
         texts = [drug.display, message.value(encoded, code_field, 5)]
@@ -311,6 +312,20 @@ def _dose(
             Flag(code=FlagCode.MISSING_DOSE, detail=f"{segment.position(field_number)}: {text!r}")
         )
         return None, text
+
+
+def _dose_unit(
+    ctx: Context, segment: SegmentRef, field_number: int, text: str, flags: list[Flag]
+) -> str | None:
+    """The canonical dose unit of RXE-5, RXO-4 or RXA-7 (give, requested give, administered
+    units: CE, identifier else text); an unknown one is kept as sent and flagged."""
+    if not text:
+        return None
+    unit = ctx.terminology.canonical_unit(text)
+    unknown = unknown_dose_unit(text, unit, segment.position(field_number))
+    if unknown is not None:
+        flags.append(unknown)
+    return unit
 
 
 def _timing(ctx: Context, group: _OrderGroup, encoded: SegmentRef) -> _Timing:
@@ -415,6 +430,7 @@ def _load_administration(ctx: Context, group: _OrderGroup, rxa: SegmentRef) -> N
     atc = _atc(ctx, rxa, 5, drug, flags)
     dose, _ = _dose(ctx, rxa, 6, flags)
     unit_text = message.value(rxa, 7, 1) or message.value(rxa, 7, 2)
+    dose_unit = _dose_unit(ctx, rxa, 7, unit_text, flags)
     route, _ = _route(ctx, group.first("RXR", after=rxa), flags)
     order_id = message.value(group.orc, 2) or message.value(group.orc, 3) or None
     administration_id = f"{order_id or message.message_id}:{rxa.label}"
@@ -427,7 +443,7 @@ def _load_administration(ctx: Context, group: _OrderGroup, rxa: SegmentRef) -> N
         "atc": atc,
         "label": drug.display,
         "dose": dose,
-        "dose_unit": ctx.terminology.canonical_unit(unit_text) if unit_text else None,
+        "dose_unit": dose_unit,
         "route": route,
         "time": time,
         "status": _ADMINISTRATION_STATUS.get(message.value(rxa, 20).upper(), "completed"),

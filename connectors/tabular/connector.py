@@ -117,6 +117,7 @@ from vigie.connectors.base import (
 )
 from vigie.connectors.compositions import code_ingredients
 from vigie.connectors.dose_strength import dose_by_strength, label_strength
+from vigie.connectors.dose_units import unknown_dose_unit
 from vigie.connectors.drug_labels import label_drug
 from vigie.connectors.labs import CodeMatch, Reading, ReferenceRange, match_code, normalise
 from vigie.connectors.tabular.canonical import CANONICAL_FILES, write_canonical_csv
@@ -636,10 +637,14 @@ def _route(row: _Row) -> tuple[str | None, str | None, list[Flag]]:
 
 
 def _dose(row: _Row) -> tuple[float | None, str | None, list[Flag]]:
-    dose, unit = row.number("dose"), row.text("dose_unit")
-    unit = row.spec.dose_units.get(unit) or unit
+    dose, sent = row.number("dose"), row.text("dose_unit")
+    unit = row.spec.dose_units.get(sent) or sent
     flags = [] if dose is not None else [_flag(FlagCode.MISSING_DOSE, "no dose in the row")]
-    return dose, unit, flags
+    columns = "-".join(row.spec.columns.get("dose_unit", ()))
+    where = f"column {columns}" if columns else f"[{row.spec.key}] dose_unit"
+    canonical = row.terminology.canonical_unit(unit) if unit else None
+    unknown = unknown_dose_unit(sent, canonical, where)
+    return dose, unit, flags if unknown is None else [*flags, unknown]
 
 
 def _frequency(row: _Row) -> tuple[float | None, list[Flag]]:
@@ -704,7 +709,9 @@ def _order(row: _Row) -> MedicationOrder:
 def _administration(row: _Row) -> MedicationAdministration:
     admin_id = row.text("administration_id") or row.content_id("administration")
     drug, atc, drug_flags = _drug(row)
-    dose, dose_unit, _ = _dose(row)  # an administration's dose is optional, not a defect
+    dose, dose_unit, dose_flags = _dose(row)
+    # an administration's dose is optional, not a defect; a dose in an unknown unit is one
+    unit_flags = [f for f in dose_flags if f.code is FlagCode.UNKNOWN_UNIT]
     route, _, route_flags = _route(row)
     fields = _given(
         order_id=row.text("order_id"),
@@ -719,7 +726,7 @@ def _administration(row: _Row) -> MedicationAdministration:
         fact_id=admin_id,
         patient_id=row.required("patient_id"),
         source=row.source,
-        flags=(*drug_flags, *route_flags),
+        flags=(*drug_flags, *unit_flags, *route_flags),
         administration_id=admin_id,
         drug=drug,
         time=row.required_when("time"),
