@@ -194,15 +194,15 @@ class LogFormat:
     def take(self) -> None:
         """Write this process's ``vigie`` log lines to stderr in this format (a worker's, at
         its start: the forkserver it is forked from has no logging set up)."""
-        vigie = logging.getLogger("vigie")
-        for handler in [h for h in vigie.handlers if h.get_name() == _WORKER_HANDLER]:
-            vigie.removeHandler(handler)
+        package = logging.getLogger("vigie")
+        for handler in [h for h in package.handlers if h.get_name() == _WORKER_HANDLER]:
+            package.removeHandler(handler)
         handler = logging.StreamHandler()
         handler.set_name(_WORKER_HANDLER)
         handler.setFormatter(logging.Formatter(self.fmt, self.datefmt, self.style))  # type: ignore[arg-type]
-        vigie.addHandler(handler)
-        vigie.setLevel(self.level)
-        vigie.propagate = False  # its lines once, whatever the root logger has
+        package.addHandler(handler)
+        package.setLevel(self.level)
+        package.propagate = False  # its lines once, whatever the root logger has
 
 
 _STYLES = {
