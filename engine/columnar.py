@@ -1634,10 +1634,12 @@ class _RuleQuery:
         )
 
     def _op_egfr(self, node: Mapping[str, Any]) -> _Val:
-        """The latest eGFR reported in the window, else CKD-EPI 2021 from the creatinine."""
+        """The latest eGFR reported in the window, unless a later creatinine gives a CKD-EPI
+        2021 value (``expressions._op_egfr``); else CKD-EPI 2021 from the creatinine."""
         window = node.get("window")
         reported = self._lab("lab", "egfr", "latest", window)
-        creatinine = self._lab("lab", "creatinine", "latest", window).col("value")
+        latest_creatinine = self._lab("lab", "creatinine", "latest", window)
+        creatinine = latest_creatinine.col("value")
         age, sex, female = self._renal_inputs()
         kappa = pl.when(female).then(pl.lit(0.7)).otherwise(pl.lit(0.9))
         alpha = pl.when(female).then(pl.lit(-0.241)).otherwise(pl.lit(-0.302))
@@ -1655,8 +1657,9 @@ class _RuleQuery:
             .then(egfr * 1.012)
             .otherwise(egfr)
         )
+        later = computed.is_not_null() & (latest_creatinine.col("time") > reported.col("time"))
         return _scalar(
-            pl.when(reported.col("fact_id").is_not_null())
+            pl.when(reported.col("fact_id").is_not_null() & ~later.fill_null(False))
             .then(reported.col("value"))
             .otherwise(computed)
         )

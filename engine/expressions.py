@@ -51,6 +51,7 @@ from vigie.engine.runtime import (
     lab_count,
     lab_select,
     line_evidence,
+    measure_evidence,
     opioid_mme,
     patient_input,
     set_daily_dose,
@@ -512,14 +513,24 @@ class ClosureBuilder:
         return clearance
 
     def _op_egfr(self, node: Mapping[str, Any], label: str | None) -> Closure:
+        """The latest eGFR in the window, reported or CKD-EPI 2021 (rule-catalogue.md): the
+        reported one, unless a creatinine taken after it gives a computable CKD-EPI value (an
+        eGFR reported with the creatinine it came from wins over recomputing it)."""
         window = self._window(node.get("window"))
-        reported = lab_select("lab", "egfr", "latest", window, label or "egfr")
+        reported = lab_select("lab", "egfr", "latest", window)
         creatinine = lab_select("lab", "creatinine", "latest", window)
         name = label or "egfr"
 
         def egfr(ctx: Context) -> float | None:
             result = reported(ctx)
             if result is not None:
+                later = creatinine(ctx)
+                if later is not None and later.value is not None and later.time > result.time:
+                    computed = egfr_computed(ctx, creatinine, name)
+                    if computed is not None:
+                        return computed
+                if ctx.trace is not None:
+                    ctx.trace.append(ctx.cached(measure_evidence, name, result))
                 return result.value
             return egfr_computed(ctx, creatinine, name)
 

@@ -128,6 +128,26 @@ def test_window_edges_to_the_microsecond() -> None:
     assert same([rami, lab("potassium", 5.9, older, "K1", unit="mmol/L")], AT, default()) == []
 
 
+def test_a_creatinine_after_the_reported_egfr_gives_the_latest_egfr() -> None:
+    # Catalogue renal.metformin_egfr: "latest eGFR (reported or CKD-EPI) within 7 days" < 30.
+    # A reported eGFR of 45 six days ago, then a creatinine of 300 µmol/L (3.39 mg/dL) for a
+    # woman of 82: CKD-EPI 2021 142 x (3.39/0.7)^-1.200 x 0.9938^82 x 1.012 = 13.0.
+    woman = Patient(
+        fact_id="P1", patient_id="p1", source=SRC, birth_date=date(1942, 3, 1), sex=Sex.FEMALE
+    )
+    metformin = order("MET", "A10BA02", dose=500.0, dose_unit="mg", frequency_per_day=2.0)
+    reported = lab("egfr", 45.0, AT - timedelta(days=6), "G1", unit="mL/min/1.73m2")
+    creatinine = lab("creatinine", 300.0, AT - timedelta(hours=2), "C1", unit="µmol/L")
+    alerts = same([woman, metformin, reported, creatinine], AT, default())
+    (alert,) = [a for a in alerts if a.rule_id == "renal.metformin_egfr"]
+    (g,) = [e for e in alert.evidence if e.name == "g"]
+    assert g.value == pytest.approx(13.0, abs=0.05)
+    # the same creatinine taken before the reported eGFR: the eGFR of 45 is the latest
+    earlier = lab("creatinine", 300.0, AT - timedelta(days=6, hours=1), "C1", unit="µmol/L")
+    alerts = same([woman, metformin, reported, earlier], AT, default())
+    assert "renal.metformin_egfr" not in {a.rule_id for a in alerts}
+
+
 def test_a_combination_product_counts_its_paracetamol() -> None:
     # dose.paracetamol_max: > 4 g a day. Two tablets of codeine 30 mg / paracetamol 500 mg five
     # times a day (5 g of paracetamol) with 1 g × 1 of plain paracetamol.
