@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import socket
 import sys
 import tempfile
@@ -997,6 +998,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VigieError as error:
         print(_describe(error), file=sys.stderr)
         return _exit_code(error)
+    except BrokenPipeError:
+        # The reader went away (`vigie rules source PACK | head`): no traceback. Point stdout
+        # at /dev/null so that flushing it at exit does not fail again (Python's documented
+        # way, "Note on SIGPIPE"); the output was cut, hence not success.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return ExitCode.PROBLEMS
 
 
 if __name__ == "__main__":

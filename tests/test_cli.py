@@ -346,3 +346,24 @@ def test_rules_source_refuses_an_unknown_rule_and_a_broken_pack(tmp_path: Path, 
     assert main(["rules", "source", str(broken)]) == 1
     err = capsys.readouterr().err
     assert "broken.rules:" in err and "does not compile" in err
+
+
+def test_a_reader_that_closes_the_pipe_gets_no_traceback() -> None:
+    # `vigie rules source PACK | head`: the reader closes the pipe early; the command stops
+    # quietly (exit 1: the output was cut) instead of printing a BrokenPipeError traceback.
+    import subprocess
+    import sys
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "vigie.api.cli", "rules", "source", "rules/packs/default.rules"],
+        cwd=Path(__file__).parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.read(100)
+        process.stdout.close()
+        error = process.stderr.read().decode()
+        code = process.wait(timeout=120)
+    assert "Traceback" not in error and "BrokenPipeError" not in error
+    assert code == 1
