@@ -748,6 +748,8 @@ class LiveEvaluator:
         return found
 
     def _line_names(self, line: MedicationOrder) -> frozenset[str]:
+        """The sets a line is in, with those of its ingredients (`daily dose of` counts a set's
+        ingredients)."""
         atc = self.selection.pack.sets.atc
         names = atc(line.atc, line.route)
         for ingredient in line.ingredients:
@@ -938,15 +940,11 @@ class LiveEvaluator:
         lines = sorted((o for o in state.record.orders if is_active(o, at)), key=_line_key)
         atc = self.selection.pack.sets.atc
         line_sets = [(line, atc(line.atc, line.route)) for line in lines]
-        names: set[str] = set()
-        for line, own in line_sets:
-            names.update(own)
-            for ingredient in line.ingredients:  # `daily dose of` counts a set's ingredients
-                names.update(atc(ingredient.atc, line.route))
+        names = frozenset[str]().union(*(self._line_names(line) for line in lines))
         moments = [m for o in state.record.orders for m in (o.start, o.end) if m is not None]
         since = max((m for m in moments if m <= at), default=datetime.min)
         until = min((m for m in moments if m > at), default=None)
-        state.active = _ActiveLines(lines, line_sets, frozenset(names), {}, since, until)
+        state.active = _ActiveLines(lines, line_sets, names, {}, since, until)
         return state.active
 
     def _with_line(
@@ -968,18 +966,14 @@ class LiveEvaluator:
             return _ActiveLines(
                 active.lines, active.line_sets, active.names, active.by_set, since, until
             )
-        atc = self.selection.pack.sets.atc
-        own = atc(line.atc, line.route)
-        names = set(active.names)
-        names.update(own)
-        for ingredient in line.ingredients:  # as ``_active_lines``
-            names.update(atc(ingredient.atc, line.route))
+        own = self.selection.pack.sets.atc(line.atc, line.route)
         position = bisect_right(active.lines, _line_key(line), key=_line_key)
         lines = list(active.lines)
         lines.insert(position, line)
         line_sets = list(active.line_sets)
         line_sets.insert(position, (line, own))
-        return _ActiveLines(lines, line_sets, frozenset(names), {}, since, until)
+        names = active.names | self._line_names(line)
+        return _ActiveLines(lines, line_sets, names, {}, since, until)
 
     def _set_timer(
         self,
