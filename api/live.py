@@ -561,4 +561,4 @@ class LiveWorklist:
 
 
 def _patients(diff: AlertDiff) -> set[str]:
-    return {a.patient_id for part in (diff.new, diff.updated, diff.resolved) for a in part}
+    return diff.patients()  # not explained here: ``_write`` reads the patients' alerts

@@ -18,9 +18,9 @@ as (value, unit, lower bound), windows (start inclusive, end, end inclusive), ti
 and a property test (tests/test_columnar.py) holds the two evaluators to the same alerts.
 
 Detection is columnar; explanation is not: a firing row (rule, patient, bound lines) is then
-explained by the same tracer the live evaluator uses (``evaluate._explain``), on that patient's
-facts rebuilt from the frames, so that evidence, message and thresholds are identical by
-construction. That is one Python step per *alert*, the output, not per patient or fact.
+explained by the same tracer the live evaluator uses (``evaluate.explain_combination``), on
+that patient's facts rebuilt from the frames, so that evidence, message and thresholds are
+identical by construction. That is one Python step per *alert*, the output, not per patient or fact.
 
 >>> from datetime import datetime
 >>> from vigie.engine.evaluate import evaluate
@@ -70,7 +70,7 @@ from vigie.engine.derived import (
     order_mme,
 )
 from vigie.engine.errors import PackError
-from vigie.engine.evaluate import _explain, current_stay, normalise_time, select
+from vigie.engine.evaluate import current_stay, explain_combination, normalise_time, select
 from vigie.engine.expressions import expand_routes
 from vigie.engine.factset import PatientRecord, fact_columns
 from vigie.engine.load import LoadedPack, LoadedRule, Selection
@@ -275,10 +275,8 @@ def explain(
             contexts[patient_id] = (ctx, lines, current_stay(record, at))
         ctx, lines, stay = contexts[patient_id]
         combo = [lines[f] for f in fact_ids]
-        ctx.bound = {b.name: line for b, line in zip(rule.drug_bindings, combo, strict=True)}
-        ctx.values, ctx.combo_values = {}, {}
         identity = tuple(sorted(line.order_id for line in combo))
-        alerts.append(_explain(rule, ctx, combo, identity, stay))
+        alerts.append(explain_combination(rule, ctx, combo, identity, stay))
     return alerts
 
 

@@ -74,10 +74,15 @@ from vigie.facts import LabResult, MedicationOrder, Observation, Stay
 from vigie.settings import site_timezone
 
 __all__ = [
+    "Combination",
     "Context",
+    "combination_alert_id",
     "current_stay",
     "evaluate",
     "evaluate_patient",
+    "evaluate_rule",
+    "explain_combination",
+    "firing_combinations",
     "format_value",
     "is_active",
     "normalise_time",
@@ -203,11 +208,18 @@ def current_stay(record: PatientRecord, as_of: datetime) -> Stay | None:
 
 
 def evaluate_rule(rule: LoadedRule, ctx: Context, stay: Stay | None) -> list[Alert]:
-    """Every alert of one rule for the context's patient (wrapped errors, never raw ones).
+    """Every alert of one rule for the context's patient, explained (wrapped errors, never raw
+    ones)."""
+    return [
+        explain_combination(rule, ctx, combo, identity, stay)
+        for combo, identity in firing_combinations(rule, ctx)
+    ]
 
-    A rule expected to fire (``Context.alerting``: the live store's rules with alerts for the
-    patient) has its first combination evaluated with tracing on, which spares evaluating it
-    again to explain it (the alerts are the same either way)."""
+
+def firing_combinations(rule: LoadedRule, ctx: Context) -> list[Combination]:
+    """The combinations of drug lines for which the rule fires, each with its identity (its
+    sorted order ids), not explained: the live store explains an alert when it is read
+    (``explain_combination``)."""
     pools: list[list[MedicationOrder]] = []
     for binding in rule.drug_bindings:
         lines = ctx.lines(binding.set, binding.routes)
@@ -216,32 +228,48 @@ def evaluate_rule(rule: LoadedRule, ctx: Context, stay: Stay | None) -> list[Ale
         pools.append(lines)
     ctx.bound, ctx.values, ctx.combo_values = {}, {}, {}
     try:
-        return _fire(rule, ctx, pools, stay, rule.index in ctx.alerting)
-    except RuleRuntimeError as error:
-        raise error.located(
-            rule_id=rule.id, file=rule.file, line=rule.line, patient_id=ctx.record.patient_id
-        ) from error
+        return _fire(rule, ctx, pools)
     except Exception as error:  # a rule must never surface a raw exception
-        raise RuleRuntimeError(
-            f"{type(error).__name__}: {error}",
-            rule_id=rule.id,
-            file=rule.file,
-            line=rule.line,
-            patient_id=ctx.record.patient_id,
-        ) from error
+        raise _located(error, rule, ctx) from error
 
 
-def _fire(
+def explain_combination(
     rule: LoadedRule,
     ctx: Context,
-    pools: list[list[MedicationOrder]],
+    combo: Sequence[MedicationOrder],
+    identity: tuple[str, ...],
     stay: Stay | None,
-    traced: bool,
-) -> list[Alert]:
+) -> Alert:
+    """The alert of one firing combination, explained: the combination evaluated again with
+    tracing on (evidence, thresholds, severity after escalations, message)."""
+    ctx.bound = dict(zip(rule.drug_names, combo, strict=True))
+    try:
+        return _explain(rule, ctx, combo, identity, stay)
+    except Exception as error:  # a rule must never surface a raw exception
+        raise _located(error, rule, ctx) from error
+
+
+def _located(error: Exception, rule: LoadedRule, ctx: Context) -> RuleRuntimeError:
+    """A rule's runtime error, with the rule and patient it happened on."""
+    if isinstance(error, RuleRuntimeError):
+        return error.located(
+            rule_id=rule.id, file=rule.file, line=rule.line, patient_id=ctx.record.patient_id
+        )
+    return RuleRuntimeError(
+        f"{type(error).__name__}: {error}",
+        rule_id=rule.id,
+        file=rule.file,
+        line=rule.line,
+        patient_id=ctx.record.patient_id,
+    )
+
+
+def _fire(rule: LoadedRule, ctx: Context, pools: list[list[MedicationOrder]]) -> list[Combination]:
     names = rule.drug_names
-    alerts: list[Alert] = []
+    found: list[Combination] = []
     fired: set[tuple[str, ...]] = set()
     bound = ctx.bound
+    condition = rule.condition
     for combo, identity in _combinations(pools):
         if identity in fired:
             continue  # the same lines in another binding order are the same alert
@@ -249,16 +277,10 @@ def _fire(
             bound[name] = line
         if ctx.combo_values:
             ctx.combo_values = {}
-        if traced:  # the first combination evaluated: nothing cached yet, as _explain starts
-            traced = False
-            alert = _traced(rule, ctx, combo, identity, stay, check=True)
-            if alert is not None:
-                fired.add(identity)
-                alerts.append(alert)
-        elif rule.condition(ctx) is True:
+        if condition(ctx) is True:
             fired.add(identity)
-            alerts.append(_explain(rule, ctx, combo, identity, stay))
-    return alerts
+            found.append((combo, identity))
+    return found
 
 
 Combination = tuple[tuple[MedicationOrder, ...], tuple[str, ...]]  # lines, identity
@@ -296,32 +318,14 @@ def _explain(
     identity: tuple[str, ...],
     stay: Stay | None,
 ) -> Alert:
-    """Re-run a firing combination with tracing on: evidence, severity and message."""
+    """Evaluate the bound combination again with tracing on and explain it: evidence,
+    thresholds, severity and message (built whatever the condition gives: it fired)."""
     shared = ctx.values
-    ctx.values, ctx.combo_values = {}, {}
-    try:
-        alert = _traced(rule, ctx, combo, identity, stay, check=False)
-    finally:
-        ctx.values, ctx.combo_values = shared, {}
-    assert alert is not None  # not checked: built whatever the condition gives
-    return alert
-
-
-def _traced(
-    rule: LoadedRule,
-    ctx: Context,
-    combo: Sequence[MedicationOrder],
-    identity: tuple[str, ...],
-    stay: Stay | None,
-    check: bool,
-) -> Alert | None:
-    """Evaluate the bound combination with tracing on and explain it (``check``: only if the
-    condition holds; None otherwise)."""
     thresholds: list[Threshold] = []
+    ctx.values, ctx.combo_values = {}, {}
     ctx.trace, ctx.thresholds = [], thresholds
     try:
-        if rule.condition(ctx) is not True and check:
-            return None
+        rule.condition(ctx)
         ctx.thresholds = None  # the condition's thresholds; escalations already set severity
         severity = rule.severity
         for escalated, condition in rule.escalations:
@@ -337,13 +341,14 @@ def _traced(
         trace = ctx.trace
     finally:
         ctx.trace = ctx.thresholds = None
+        ctx.values, ctx.combo_values = shared, {}
     bindings = [
         ctx.cached(line_evidence, b.name, line)
         for b, line in zip(rule.drug_bindings, combo, strict=True)
     ]
     lines = _alert_lines(ctx.record.orders, combo, trace)
     return Alert.model_construct(
-        id=_alert_id(rule.id, ctx.record.patient_id, identity),
+        id=combination_alert_id(rule.id, ctx.record.patient_id, identity),
         patient_id=ctx.record.patient_id,
         stay_id=stay.stay_id if stay else None,
         ward=stay.ward if stay else None,
@@ -365,8 +370,9 @@ def _traced(
 
 
 @functools.lru_cache(maxsize=65536)
-def _alert_id(rule_id: str, patient_id: str, identity: tuple[str, ...]) -> str:
-    """``alert_id``, hashed once per alert (a live alert is explained again on every update)."""
+def combination_alert_id(rule_id: str, patient_id: str, identity: tuple[str, ...]) -> str:
+    """``alert_id`` of a firing combination, hashed once per alert (the live store computes it
+    on every update where the alert still fires)."""
     return alert_id(rule_id, patient_id, list(identity))
 
 

@@ -8,6 +8,15 @@ for labs and observations, its concept; for an order line, the rules reading a s
 changed as an ``AlertDiff`` (new, updated, resolved alerts by alert id). A fact no rule reads
 costs a dictionary lookup.
 
+An alert is explained when it is read, not when it is found. An update keeps what fired (the
+rule, the drug lines, the evaluation time and stay: ``_Entry``); ``alerts()`` and a diff's lists
+explain it (the combination evaluated again with tracing on: evidence, thresholds, severity
+after escalations, message), once. That gives the alert an immediate explanation would have
+given: until the rule is evaluated again, none of the facts it reads changes (a change of one
+re-evaluates it, which makes a new entry), and a diff still held when more facts come is
+explained before they are taken in. So a firing update costs its evaluation; its explanation
+is paid by whoever reads it (the service's live worklist, before writing the alerts).
+
 Time is a timer queue, not a poll. Each evaluation of a rule for a patient computes the next
 moment its result could change by time passing alone (a fact leaving a ``within`` window, an
 order line's duration reaching its threshold, a birthday for age, clearance and eGFR: see
@@ -29,19 +38,22 @@ Diffs combine: an alert that appears then resolves within one batch is no change
 from __future__ import annotations
 
 import heapq
+import weakref
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from vigie.engine.alerts import Alert
 from vigie.engine.evaluate import (
     Context,
+    combination_alert_id,
     current_stay,
-    evaluate_rule,
+    explain_combination,
+    firing_combinations,
     is_active,
     normalise_time,
     select,
@@ -71,29 +83,131 @@ __all__ = [
 ]
 
 
-@dataclass(init=False, slots=True)
-class AlertDiff:
-    """What changed: alerts that appeared, changed (same id, other content) or stopped."""
+# A pending change of a live evaluation, by alert id: the alert's content before (its last
+# explanation, None if it had none), its entry after (None: it stopped), the rule id and patient.
+_Change = tuple[Alert | None, "_Entry | None", str, str]
 
-    new: list[Alert]
-    updated: list[Alert]
-    resolved: list[Alert]
+
+class AlertDiff:
+    """What changed: alerts that appeared, changed (same id, other content) or stopped.
+
+    The live evaluator's diffs are explained when first read (``new``, ``updated``,
+    ``resolved``, comparison, ``bool``): until then they hold the changes by alert id, the
+    content each alert had before (its last explanation) and its entry after. An alert that
+    nobody could have read yet (never explained) and that stopped is no change; one that fired
+    again is ``updated`` only when its explanation differs from the last one. A diff still held
+    when its evaluator is given more facts is explained first, as the update left it."""
+
+    __slots__ = ("__weakref__", "_changes", "_explain", "_new", "_resolved", "_updated")
 
     def __init__(
         self,
         new: list[Alert] | None = None,
         updated: list[Alert] | None = None,
         resolved: list[Alert] | None = None,
-    ) -> None:  # without dataclass default factories: built on every update, so kept cheap
-        self.new = [] if new is None else new
-        self.updated = [] if updated is None else updated
-        self.resolved = [] if resolved is None else resolved
+    ) -> None:  # no dataclass default factories: built on every update, so kept cheap
+        self._new = [] if new is None else new
+        self._updated = [] if updated is None else updated
+        self._resolved = [] if resolved is None else resolved
+        self._changes: dict[str, _Change] | None = None
+        self._explain: Callable[[_Entry], Alert] | None = None
+
+    @classmethod
+    def _pending(cls, changes: dict[str, _Change], explain: Callable[[_Entry], Alert]) -> AlertDiff:
+        diff = cls()
+        diff._changes, diff._explain = changes, explain
+        return diff
+
+    def _settle(self) -> None:
+        """Explain the pending changes into the three lists (once)."""
+        changes, explain = self._changes, self._explain
+        if not changes or explain is None:
+            return
+        new: list[Alert] = []
+        updated: list[Alert] = []
+        resolved: list[Alert] = []
+        for before, after, _, _ in changes.values():
+            if after is None:
+                if before is not None:
+                    resolved.append(before)
+                continue
+            alert = explain(after)  # may raise (a rule's error): the changes are kept
+            if before is None:
+                new.append(alert)
+            elif not same_content(before, alert):
+                updated.append(alert)
+        self._changes = None
+        self._new.extend(new)
+        self._updated.extend(updated)
+        self._resolved.extend(resolved)
+
+    @property
+    def new(self) -> list[Alert]:
+        self._settle()
+        return self._new
+
+    @new.setter
+    def new(self, alerts: list[Alert]) -> None:
+        self._settle()
+        self._new = alerts
+
+    @property
+    def updated(self) -> list[Alert]:
+        self._settle()
+        return self._updated
+
+    @updated.setter
+    def updated(self, alerts: list[Alert]) -> None:
+        self._settle()
+        self._updated = alerts
+
+    @property
+    def resolved(self) -> list[Alert]:
+        self._settle()
+        return self._resolved
+
+    @resolved.setter
+    def resolved(self, alerts: list[Alert]) -> None:
+        self._settle()
+        self._resolved = alerts
+
+    def patients(self) -> set[str]:
+        """The patients with a change, unexplained changes included (that may turn out to be
+        none: an alert fired again unchanged)."""
+        found = {a.patient_id for part in (self._new, self._updated, self._resolved) for a in part}
+        found.update(change[3] for change in (self._changes or {}).values())
+        return found
 
     def __bool__(self) -> bool:
-        return bool(self.new or self.updated or self.resolved)
+        if self._new or self._updated or self._resolved:
+            return True
+        changes = self._changes
+        if not changes:
+            return False
+        for before, after, _, _ in changes.values():
+            if (before is None) != (after is None):
+                return True  # new, or resolved after being explained
+        self._settle()
+        return bool(self._new or self._updated or self._resolved)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AlertDiff):
+            return NotImplemented
+        return (self.new, self.updated, self.resolved) == (other.new, other.updated, other.resolved)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by content
+
+    def __repr__(self) -> str:
+        return f"AlertDiff(new={self.new!r}, updated={self.updated!r}, resolved={self.resolved!r})"
 
     def merge(self, later: AlertDiff) -> AlertDiff:
         """This diff followed by ``later``, as one diff (new then resolved cancel out...)."""
+        if self._explain is not None or later._explain is not None:
+            explained = self._new or self._updated or self._resolved
+            if not (explained or later._new or later._updated or later._resolved):
+                changes = dict(self._changes or {})
+                _merge_changes(changes, later._changes or {})
+                return AlertDiff._pending(changes, self._explain or later._explain)  # type: ignore[arg-type]
         state: dict[str, tuple[str, Alert]] = {}
         for status, alerts in (("new", self.new), ("updated", self.updated)):
             state.update((a.id, (status, a)) for a in alerts)
@@ -114,6 +228,42 @@ class AlertDiff:
         for status, alert in state.values():
             getattr(merged, status).append(alert)
         return merged
+
+
+def _merge_changes(changes: dict[str, _Change], later: Mapping[str, _Change]) -> None:
+    """``later``'s changes after ``changes``' (in place): each alert from its content before the
+    first to its entry after the last; one that appeared and stopped in between is none."""
+    for alert_id, change in later.items():
+        earlier = changes.get(alert_id)
+        if earlier is None:
+            changes[alert_id] = change
+        elif earlier[0] is None and change[1] is None:
+            del changes[alert_id]
+        else:
+            changes[alert_id] = (earlier[0], change[1], change[2], change[3])
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    """An alert of the live state: found (rule, patient, drug lines, evaluation time and stay)
+    on an update, explained when read (``alert``, then kept). ``seen`` is the last explanation
+    of the same alert before this evaluation (None if there was none): what the next diff
+    compares with."""
+
+    id: str
+    patient_id: str
+    rule: LoadedRule
+    combo: tuple[MedicationOrder, ...]
+    identity: tuple[str, ...]
+    stay: Stay | None
+    as_of: datetime
+    seen: Alert | None
+    alert: Alert | None = None
+
+    @property
+    def shown(self) -> Alert | None:
+        """Its latest explanation: its own, or the one before it."""
+        return self.alert if self.alert is not None else self.seen
 
 
 def same_content(a: Alert, b: Alert) -> bool:
@@ -415,7 +565,7 @@ def _event_moments(fact: object) -> tuple[datetime | None, ...]:
 @dataclass
 class _PatientState:
     record: PatientRecord
-    alerts: dict[int, dict[str, Alert]] = field(default_factory=dict)  # rule index → id → alert
+    alerts: dict[int, dict[str, _Entry]] = field(default_factory=dict)  # rule index → id → alert
     facts: dict[tuple[str, str], AnyFact] = field(default_factory=dict)
     # Facts dated later than when they arrived: (visible from, sequence, kind, concept), a heap.
     pending: list[tuple[datetime, int, str, str | None]] = field(default_factory=list)
@@ -468,7 +618,6 @@ class _LiveContext(Context):
         self._lines = active.by_set
         self._names = active.names
         self.evidence = state.evidence
-        self.alerting = state.alerts  # rule indices with alerts: explained as evaluated
 
     def active_set_names(self) -> set[str]:
         return set(self._names)
@@ -533,8 +682,12 @@ class LiveEvaluator:
         self._queue: list[tuple[datetime, int, str, int]] = []
         self._latest: datetime | None = None  # the latest evaluation time of any patient
         self._sequence = 0
-        self.explained = 0  # alerts built (each one explained) so far: firing evaluations
+        self.fired = 0  # alerts found so far (a rule firing for a combination of lines)
+        self.explained = 0  # alerts explained so far (when read)
         self.evaluations = 0  # rule evaluations for one patient so far (firing or not)
+        # The diffs returned and maybe still held, explained before the next update changes
+        # what they would be explained from.
+        self._held: list[weakref.ref[AlertDiff]] = []
 
     # Reading
 
@@ -548,13 +701,13 @@ class LiveEvaluator:
             else list(self._patients.values())
         )
         found = [
-            (index, alert)
+            (index, entry.patient_id, entry.id, entry)
             for state in states
-            for index, alerts in state.alerts.items()
-            for alert in alerts.values()
+            for index, entries in state.alerts.items()
+            for entry in entries.values()
         ]
-        found.sort(key=lambda item: (item[0], item[1].patient_id, item[1].id))
-        return [alert for _, alert in found]
+        found.sort(key=_first_three)
+        return [self._explained(item[3]) for item in found]
 
     def record(self, patient_id: str) -> PatientRecord | None:
         """The patient's facts as the pack's rules see them (those no rule reads are left
@@ -579,12 +732,27 @@ class LiveEvaluator:
 
     def add(self, fact: AnyFact, now: datetime | None = None) -> AlertDiff:
         """Take one fact in and re-evaluate what depends on it, for its patient only."""
+        if self._held:
+            self._settle_held()
+        return self._diff(self._add(fact, now))
+
+    def add_many(self, facts: Iterable[AnyFact], now: datetime | None = None) -> AlertDiff:
+        if self._held:
+            self._settle_held()
+        changes: dict[str, _Change] = {}
+        for fact in facts:
+            more = self._add(fact, now)
+            if more:
+                _merge_changes(changes, more)
+        return self._diff(changes, sort=True)
+
+    def _add(self, fact: AnyFact, now: datetime | None) -> dict[str, _Change] | None:
         visible = _visible_from(fact)
         at = self._advance(now, visible)
         key = (fact.kind, _concept(fact))
         readers = self._dependents.get(key if key[0] in _MEASURES else (key[0], None), _NONE)
         if not readers and not isinstance(fact, Stay) and (key[0], fact.fact_id) not in self._owner:
-            return AlertDiff()  # no rule of the pack reads it (a stay moves alerts along)
+            return None  # no rule of the pack reads it (a stay moves alerts along)
         previous, moved, elsewhere = self._remove_previous(fact, at)
         if isinstance(fact, Patient) and isinstance(previous, Patient):
             fact = fact.merged_over(previous)  # a sparse record keeps what an earlier one gave
@@ -606,15 +774,11 @@ class LiveEvaluator:
         else:
             rules = self._rules_for(moved | {key}) if moved and moved - {key} else readers
         if not rules and not isinstance(fact, Stay):
-            return elsewhere or AlertDiff()  # nothing reads it (a stay may move the alerts along)
+            return elsewhere  # nothing reads it (a stay may move the alerts along)
         changed = self._reevaluate(state, rules, at, fact=fact, full=fresh)
-        return elsewhere.merge(changed) if elsewhere else changed
-
-    def add_many(self, facts: Iterable[AnyFact], now: datetime | None = None) -> AlertDiff:
-        diff = AlertDiff()
-        for fact in facts:
-            diff = diff.merge(self.add(fact, now))
-        return self._sorted(diff)
+        if elsewhere:  # another patient's alerts: no id in common
+            changed.update(elsewhere)
+        return changed
 
     def retract(self, kind: str, fact_id: str, now: datetime | None = None) -> AlertDiff:
         """Withdraw a fact its sender retracted (HL7 OBX-11 ``D``/``W``, FHIR
@@ -622,6 +786,8 @@ class LiveEvaluator:
         evaluated again, as when an earlier version is replaced (after it, the alerts are those
         of ``evaluate`` on the remaining facts). A fact the evaluator does not hold (never
         received, retracted already, or of a kind no rule reads) changes nothing."""
+        if self._held:
+            self._settle_held()
         key = (kind, fact_id)
         owner = self._owner.get(key)
         state = self._patients.get(owner) if owner is not None else None
@@ -639,18 +805,20 @@ class LiveEvaluator:
             rules = self._rules_for_lines([old])
         else:
             rules = self._rules_for({(old.kind, _concept(old))})
-        diff = self._reevaluate(state, rules, at, restay=isinstance(old, Stay), full=True)
-        return self._sorted(diff)
+        changes = self._reevaluate(state, rules, at, restay=isinstance(old, Stay), full=True)
+        return self._diff(changes, sort=True)
 
     def tick(self, now: datetime) -> AlertDiff:
         """Re-evaluate what time passing until ``now`` may have changed: the rules whose next
         deadline has come, of those patients only (any patient evaluated later than ``now`` —
         the clock went back — is evaluated again in full)."""
+        if self._held:
+            self._settle_held()
         at = normalise_time(now)
         self.now = at if self.now is None or at > self.now else self.now
-        diff = AlertDiff()
+        changes: dict[str, _Change] = {}
         if self._latest is not None and at < self._latest:
-            diff = self._rewind(at)
+            changes = self._rewind(at)
         due: dict[str, set[int]] = {}
         queue = self._queue
         while queue and queue[0][0] <= at:
@@ -667,8 +835,50 @@ class LiveEvaluator:
                     due.setdefault(patient_id, set()).add(index)
         for patient_id in sorted(due):
             changed = self._tick_patient(self._patients[patient_id], due[patient_id], at)
-            _extend(diff, changed)
-        return self._sorted(diff)
+            _merge_changes(changes, changed)
+        return self._diff(changes, sort=True)
+
+    # Explaining
+
+    def _diff(self, changes: dict[str, _Change] | None, sort: bool = False) -> AlertDiff:
+        """The diff of these changes, explained when read (held until then: ``_settle_held``)."""
+        if not changes:
+            return AlertDiff()
+        if sort and len(changes) > 1:
+            position = self._position
+            ordered = sorted(
+                changes.items(),
+                key=lambda item: (position.get(item[1][2], -1), item[1][3], item[0]),
+            )
+            changes = dict(ordered)
+        diff = AlertDiff._pending(changes, self._explained)
+        self._held.append(weakref.ref(diff))
+        return diff
+
+    def _settle_held(self) -> None:
+        """Explain the diffs still held before facts change: as the update that made them left
+        them (a diff no longer held costs nothing)."""
+        held, self._held = self._held, []
+        for ref in held:
+            diff = ref()
+            if diff is not None:
+                diff._settle()
+
+    def _explained(self, entry: _Entry) -> Alert:
+        """The entry's alert, explained on the patient's facts as of its evaluation (once)."""
+        alert = entry.alert
+        if alert is None:
+            state = self._patients[entry.patient_id]
+            active = self._active_lines(state, entry.as_of, keep=False)
+            ctx = _LiveContext(
+                state.record, entry.as_of, self.selection.pack.sets, self.selection.params,
+                active, state,
+            )  # fmt: skip
+            alert = entry.alert = explain_combination(
+                entry.rule, ctx, entry.combo, entry.identity, entry.stay
+            )
+            self.explained += 1
+        return alert
 
     # Internals
 
@@ -687,7 +897,7 @@ class LiveEvaluator:
 
     def _remove_previous(
         self, fact: AnyFact, at: datetime
-    ) -> tuple[AnyFact | None, AbstractSet[tuple[str, str | None]], AlertDiff | None]:
+    ) -> tuple[AnyFact | None, AbstractSet[tuple[str, str | None]], dict[str, _Change] | None]:
         """Forget an earlier version of the same fact (same kind and id): the version and the
         dependency keys it touched. A fact that moved to another patient re-evaluates that one:
         what changed there comes third (None when it did not move)."""
@@ -810,7 +1020,9 @@ class LiveEvaluator:
         rules = self._rules_for(keys)
         return {**rules, **self._rules_for_lines(lines)} if lines else rules
 
-    def _tick_patient(self, state: _PatientState, due: set[int], at: datetime) -> AlertDiff:
+    def _tick_patient(
+        self, state: _PatientState, due: set[int], at: datetime
+    ) -> dict[str, _Change]:
         chosen: dict[int, LoadedRule] = {}
         events = _EVENTS in due
         if events:
@@ -820,9 +1032,9 @@ class LiveEvaluator:
         chosen.update((i, self._by_index[i]) for i in due if i != _EVENTS)
         return self._reevaluate(state, chosen, at, restay=events)
 
-    def _rewind(self, at: datetime) -> AlertDiff:
+    def _rewind(self, at: datetime) -> dict[str, _Change]:
         """The clock went back: patients evaluated later than ``at`` start again from facts."""
-        diff = AlertDiff()
+        changes: dict[str, _Change] = {}
         for patient_id in sorted(self._patients):
             state = self._patients[patient_id]
             if state.latest is None or state.latest <= at:
@@ -831,9 +1043,9 @@ class LiveEvaluator:
             state.event_due, state.events_until, state.latest = None, at, None
             self._requeue(state, at)
             self._queue_events(state, self._next_event(state, at))
-            _extend(diff, self._reevaluate(state, self._by_index, at, restay=True, full=True))
+            changes.update(self._reevaluate(state, self._by_index, at, restay=True, full=True))
         self._latest = max((s.latest for s in self._patients.values() if s.latest), default=None)
-        return diff
+        return changes
 
     def _requeue(self, state: _PatientState, at: datetime) -> None:
         """After going back in time, facts dated later become events again."""
@@ -857,9 +1069,10 @@ class LiveEvaluator:
         restay: bool = False,
         fact: AnyFact | None = None,
         full: bool = False,
-    ) -> AlertDiff:
-        """Evaluate ``rules`` (those some active line can trigger, or alerting), diff, and set
-        their timers (``fact``: the one fact added since, ``full``: recompute them)."""
+    ) -> dict[str, _Change]:
+        """Evaluate ``rules`` (those some active line can trigger, or alerting), keep their
+        alerts (unexplained entries), set their timers (``fact``: the one fact added since,
+        ``full``: recompute them) and say what changed."""
         active = self._active_lines(state, at)
         if state.latest is None or at > state.latest:
             state.latest = at
@@ -869,33 +1082,47 @@ class LiveEvaluator:
         for index in [i for i in state.timers if i in rules and i not in chosen]:
             del state.timers[index]  # not evaluated: its deadline no longer follows its facts
         stay = current_stay(state.record, at)
-        diff = AlertDiff()
+        changes: dict[str, _Change] = {}
         if chosen:  # a context only for rules to evaluate (most facts reach none)
             ctx = _LiveContext(
                 state.record, at, self.selection.pack.sets, self.selection.params, active, state
             )
             alerts, timings = state.alerts, self._timing
+            patient_id = state.record.patient_id
         for index in sorted(chosen):
             rule = chosen[index]
-            found = evaluate_rule(rule, ctx, stay)
+            found = firing_combinations(rule, ctx)
             self.evaluations += 1
             old = alerts.get(index)
             if found:
-                fresh = {a.id: a for a in found}
-                self.explained += len(fresh)
-                _diff_rule(old or {}, fresh, diff)
+                self.fired += len(found)
+                fresh: dict[str, _Entry] = {}
+                rule_id = rule.id
+                for combo, identity in found:
+                    alert_id = combination_alert_id(rule_id, patient_id, identity)
+                    before = old.get(alert_id) if old else None
+                    seen = None if before is None else before.shown
+                    fresh[alert_id] = entry = _Entry(
+                        alert_id, patient_id, rule, combo, identity, stay, at, seen
+                    )
+                    changes[alert_id] = (seen, entry, rule_id, patient_id)
+                if old:
+                    for alert_id, entry in old.items():
+                        if alert_id not in fresh:
+                            changes[alert_id] = (entry.shown, None, rule_id, patient_id)
                 alerts[index] = fresh
             elif old is not None:  # resolved by data
-                diff.resolved.extend(old.values())
+                for alert_id, entry in old.items():
+                    changes[alert_id] = (entry.shown, None, rule.id, patient_id)
                 del alerts[index]
             timing = timings.get(index)
             if timing is not None:
                 self._set_timer(state, rule, timing, at, fact, full, bool(found))
-        stay_key = (stay.stay_id, stay.ward) if stay else (None, None)
+        stay_key = _stay_key(stay)
         if restay or stay_key != state.stay:
             state.stay = stay_key
-            self._restay(state, stay_key, diff)
-        return diff
+            self._restay(state, stay, changes)
+        return changes
 
     def _evaluable(
         self, state: _PatientState, rules: Mapping[int, LoadedRule], names: frozenset[str]
@@ -926,10 +1153,11 @@ class LiveEvaluator:
                 chosen[index] = rules[index]
         return chosen
 
-    def _active_lines(self, state: _PatientState, at: datetime) -> _ActiveLines:
+    def _active_lines(self, state: _PatientState, at: datetime, keep: bool = True) -> _ActiveLines:
         """The patient's active lines at ``at`` and their sets, kept while no line starts or
         ends (a new line is added to them: ``_with_line``; a new version of a line, or a
-        retracted one, has them computed again)."""
+        retracted one, has them computed again). ``keep=False``: not kept (explaining an alert
+        evaluated earlier than the latest evaluation)."""
         active = state.active
         if (
             active is not None
@@ -944,8 +1172,10 @@ class LiveEvaluator:
         moments = [m for o in state.record.orders for m in (o.start, o.end) if m is not None]
         since = max((m for m in moments if m <= at), default=datetime.min)
         until = min((m for m in moments if m > at), default=None)
-        state.active = _ActiveLines(lines, line_sets, names, {}, since, until)
-        return state.active
+        active = _ActiveLines(lines, line_sets, names, {}, since, until)
+        if keep:
+            state.active = active
+        return active
 
     def _with_line(
         self, active: _ActiveLines, line: MedicationOrder, at: datetime
@@ -1008,39 +1238,30 @@ class LiveEvaluator:
         if timer is None or timer[0] != deadline:
             self._push(deadline, state.record.patient_id, rule.index)
 
-    def _restay(
-        self, state: _PatientState, stay: tuple[str | None, str | None], diff: AlertDiff
-    ) -> None:
+    def _restay(self, state: _PatientState, stay: Stay | None, changes: dict[str, _Change]) -> None:
         """Alerts carry the stay current when they were last evaluated: move them along."""
-        updated = {a.id for a in diff.updated}
-        for alerts in state.alerts.values():
-            for alert_id, alert in list(alerts.items()):
-                if (alert.stay_id, alert.ward) != stay:
-                    moved = alert.model_copy(update={"stay_id": stay[0], "ward": stay[1]})
-                    alerts[alert_id] = moved
-                    if alert_id in updated:
-                        diff.updated = [moved if a.id == alert_id else a for a in diff.updated]
-                    elif alert_id in {a.id for a in diff.new}:
-                        diff.new = [moved if a.id == alert_id else a for a in diff.new]
-                    else:
-                        diff.updated.append(moved)
-
-    def _sorted(self, diff: AlertDiff) -> AlertDiff:
-        position = self._position
-
-        def key(alert: Alert) -> tuple[int, str, str]:
-            return (position.get(alert.rule_id, -1), alert.patient_id, alert.id)
-
-        return AlertDiff(
-            sorted(diff.new, key=key), sorted(diff.updated, key=key), sorted(diff.resolved, key=key)
-        )
+        key = _stay_key(stay)
+        for entries in state.alerts.values():
+            for alert_id, entry in list(entries.items()):
+                if _stay_key(entry.stay) == key:
+                    continue
+                moved = _Entry(
+                    alert_id, entry.patient_id, entry.rule, entry.combo, entry.identity, stay,
+                    entry.as_of, entry.shown,
+                )  # fmt: skip
+                if entry.alert is not None:  # explained already: the same with the new stay
+                    moved.alert = entry.alert.model_copy(update={"stay_id": key[0], "ward": key[1]})
+                entries[alert_id] = moved
+                earlier = changes.get(alert_id)
+                before = entry.shown if earlier is None else earlier[0]
+                changes[alert_id] = (before, moved, entry.rule.id, entry.patient_id)
 
 
-def _extend(diff: AlertDiff, more: AlertDiff) -> None:
-    """Add the changes of other patients (alert ids never overlap)."""
-    diff.new.extend(more.new)
-    diff.updated.extend(more.updated)
-    diff.resolved.extend(more.resolved)
+def _stay_key(stay: Stay | None) -> tuple[str | None, str | None]:
+    return (stay.stay_id, stay.ward) if stay else (None, None)
+
+
+_first_three = itemgetter(0, 1, 2)
 
 
 def _line_key(line: MedicationOrder) -> tuple[str, str]:
@@ -1049,16 +1270,6 @@ def _line_key(line: MedicationOrder) -> tuple[str, str]:
 
 def _crosses(moment: datetime | None, since: datetime, until: datetime) -> bool:
     return moment is not None and since < moment <= until
-
-
-def _diff_rule(old: Mapping[str, Alert], fresh: Mapping[str, Alert], diff: AlertDiff) -> None:
-    for alert_id, alert in fresh.items():
-        before = old.get(alert_id)
-        if before is None:
-            diff.new.append(alert)
-        elif not same_content(before, alert):
-            diff.updated.append(alert)
-    diff.resolved.extend(alert for alert_id, alert in old.items() if alert_id not in fresh)
 
 
 def _measure_key(fact: LabResult | Observation) -> tuple[datetime, str]:

@@ -15,7 +15,7 @@ closures over these; the driver (``vigie.engine.evaluate``) creates the context 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from operator import attrgetter
 from typing import Any, TypeVar
@@ -170,18 +170,15 @@ class Context:
     not depend on it (kept across combinations), ``combo_values`` those that do. ``trace``, when
     not None, collects the evidence each query reads (only while explaining a firing rule), and
     ``thresholds`` the numeric comparisons against a parameter or constant that held.
-    ``alerting`` holds the indices of the rules expected to fire (the live store: those with
-    alerts for the patient; explained in the same pass). ``evidence`` keeps the evidence (and
-    thresholds) built while explaining, by what they were built from (``cached``,
-    ``derived``): a fact read by several alerts, or by the same alert explained again, is
-    described once (the live store keeps it with the patient).
+    ``evidence`` keeps the evidence (and thresholds) built while explaining, by what they were
+    built from (``cached``, ``derived``): a fact read by several alerts, or by the same alert
+    explained again, is described once (the live store keeps it with the patient).
     """
 
     __slots__ = (
         "_active",
         "_line_sets",
         "_lines",
-        "alerting",
         "as_of",
         "bound",
         "combo_values",
@@ -210,7 +207,6 @@ class Context:
         self._line_sets: list[tuple[MedicationOrder, frozenset[str]]] | None = None
         self._lines: dict[tuple[str | None, frozenset[str] | None], list[MedicationOrder]] = {}
         self.evidence: dict[tuple[Any, ...], tuple[Any, Any]] = {}
-        self.alerting: Container[int] = ()
 
     def active_lines(self) -> list[MedicationOrder]:
         """Active order lines, in a stable order (order id) so that results never depend on

@@ -130,13 +130,13 @@ def test_add_reevaluates_only_dependent_rules(monkeypatch: pytest.MonkeyPatch) -
     for oid, atc in [("o1", "C09AA05"), ("o2", "B01AA03"), ("o3", "N06AB04"), ("o4", "A10BA02")]:
         live.add(order(oid, atc))
     seen: list[str] = []
-    real = live_module.evaluate_rule
+    real = live_module.firing_combinations
 
-    def spy(rule: Any, ctx: Any, stay: Any) -> list[Alert]:
+    def spy(rule: Any, ctx: Any) -> list[Any]:
         seen.append(rule.id)
-        return real(rule, ctx, stay)
+        return real(rule, ctx)
 
-    monkeypatch.setattr(live_module, "evaluate_rule", spy)
+    monkeypatch.setattr(live_module, "firing_combinations", spy)
     live.add(lab("potassium", 4.0, T0 + timedelta(days=1, hours=1), "K1"))
     assert seen and set(seen) <= {"bio.hyperkalaemia", "bio.hypokalaemia_qt", "bio.digoxin"}
     seen.clear()
@@ -168,12 +168,68 @@ def test_tick_follows_order_ends_and_future_facts() -> None:
 def test_stay_changes_move_alerts() -> None:
     live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
     live.add(order("o", "C09AA05"))
-    live.add(lab("potassium", 6.0, T0 + timedelta(days=1), "K1"))
+    assert live.add(lab("potassium", 6.0, T0 + timedelta(days=1), "K1")).new
     stay = Stay(
         fact_id="S1", patient_id="p1", source=SRC, stay_id="S1", ward="NEPHRO", admit_time=T0
     )
     diff = live.add(stay)
     assert [(a.stay_id, a.ward) for a in diff.updated] == [("S1", "NEPHRO")]
+    assert [(a.stay_id, a.ward) for a in live.alerts()] == [("S1", "NEPHRO")]
+
+
+# Explained when read -----------------------------------------------------------------------
+
+
+def test_alerts_are_explained_when_read_not_when_found() -> None:
+    live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
+    live.add(order("o", "C09AA05"))
+    live.add(lab("potassium", 5.9, T0 + timedelta(days=1, hours=1), "K1"))
+    live.add(lab("potassium", 6.2, T0 + timedelta(days=1, hours=2), "K2"))
+    assert (live.fired, live.explained) == (2, 0)  # found twice, read by nobody
+    [alert] = live.alerts()
+    assert live.explained == 1 and alert.message.startswith("K+ 6.2")
+    assert live.alerts() == [alert] and live.explained == 1  # kept once explained
+
+
+def test_a_held_diff_is_explained_as_its_update_left_it() -> None:
+    """A diff read after later facts came shows the alert as of its own update: the evaluator
+    explains the diffs still held before a fact changes what they would be explained from."""
+    live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
+    live.add(order("o", "C09AA05"))
+    first = live.add(lab("potassium", 5.9, T0 + timedelta(days=1, hours=1), "K1"))
+    # The same result corrected (same id): the alert stops. ``first`` was not read yet.
+    second = live.add(lab("potassium", 4.1, T0 + timedelta(days=1, hours=1), "K1"))
+    [alert] = first.new
+    assert alert.message.startswith("K+ 5.9") and alert.severity == "major"
+    assert [a.id for a in second.resolved] == [alert.id] and second.resolved[0] == alert
+    assert not second.new and not second.updated and live.alerts() == []
+
+
+def test_a_dropped_diff_is_no_change_to_those_who_never_read_it() -> None:
+    """Diffs nobody read (dropped) merge into the next one read: an alert nobody could have
+    seen shows up as new, and one that stopped before anyone read it is no change."""
+    live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
+    live.add(order("o", "C09AA05"))
+    live.add(lab("potassium", 5.9, T0 + timedelta(days=1, hours=1), "K1"))  # dropped
+    diff = live.add(lab("potassium", 6.2, T0 + timedelta(days=1, hours=2), "K2"))
+    assert [a.severity for a in diff.new] == ["critical"] and not diff.updated
+    live.add(lab("potassium", 6.4, T0 + timedelta(days=1, hours=3), "K3"))  # dropped
+    diff = live.add(lab("potassium", 4.0, T0 + timedelta(days=1, hours=4), "K4"))
+    # The alert was last read at 6.2: it stops as it was read.
+    [gone] = diff.resolved
+    assert gone.message.startswith("K+ 6.2") and not diff.new and not diff.updated
+    live.add(lab("potassium", 6.0, T0 + timedelta(days=1, hours=5), "K5"))  # dropped
+    assert not live.add(lab("potassium", 4.2, T0 + timedelta(days=1, hours=6), "K6"))
+    assert live.fired == 4 and live.explained == 1
+
+
+def test_an_alert_found_again_unchanged_is_no_update() -> None:
+    live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
+    live.add(order("o", "C09AA05"))
+    assert live.add(lab("potassium", 5.9, T0 + timedelta(days=1, hours=1), "K1")).new
+    # A result no rule reads differently: the alert is evaluated again, and is the same.
+    diff = live.add(lab("potassium", 5.9, T0 + timedelta(days=1, hours=1), "K1"))
+    assert live.fired == 2 and not diff and diff == AlertDiff()
 
 
 def test_diff_merge() -> None:
@@ -284,13 +340,13 @@ def test_tick_touches_only_what_is_due(monkeypatch: pytest.MonkeyPatch) -> None:
         live.add(order(f"AVK{i}", "B01AA03", start=T0 - timedelta(days=10), patient_id=pid))
         live.add(lab("inr", 2.5, T0 + timedelta(hours=i), f"I{i}", pid))
     seen: list[tuple[str, str]] = []
-    real = live_module.evaluate_rule
+    real = live_module.firing_combinations
 
-    def spy(rule: Any, ctx: Any, stay: Any) -> list[Alert]:
+    def spy(rule: Any, ctx: Any) -> list[Any]:
         seen.append((ctx.record.patient_id, rule.id))
-        return real(rule, ctx, stay)
+        return real(rule, ctx)
 
-    monkeypatch.setattr(live_module, "evaluate_rule", spy)
+    monkeypatch.setattr(live_module, "firing_combinations", spy)
     assert not live.tick(T0 + timedelta(hours=50))  # no window or threshold reached: no work
     assert seen == []
     # Patient P00's INR (T0) leaves the 72 h window of vka_inr_high/vka_relay at T0 + 72 h;
@@ -322,13 +378,13 @@ def test_a_new_line_reevaluates_the_rules_reading_its_sets(monkeypatch: pytest.M
     live.add(order("RAMI", "C09AA05"))  # ramipril: potassium raising
     live.add(lab("potassium", 4.5, T0 + timedelta(hours=20), "K1"))
     seen: list[str] = []
-    real = live_module.evaluate_rule
+    real = live_module.firing_combinations
 
-    def spy(rule: Any, ctx: Any, stay: Any) -> list[Alert]:
+    def spy(rule: Any, ctx: Any) -> list[Any]:
         seen.append(rule.id)
-        return real(rule, ctx, stay)
+        return real(rule, ctx)
 
-    monkeypatch.setattr(live_module, "evaluate_rule", spy)
+    monkeypatch.setattr(live_module, "firing_combinations", spy)
     live.add(order("PARA", "N02BE01", dose=1000.0, daily_dose=3000.0))  # paracetamol
     # "daily dose of paracetamol" reads it; "d = active drug" (allergy) and "mme" read any
     # line; hyperkalaemia reads potassium-raising lines and binders only.
