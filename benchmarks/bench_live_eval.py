@@ -107,7 +107,8 @@ def replay(
             next_tick += timedelta(hours=1)
         fired = sum(live.fired for live in stores)
         evaluations = sum(live.evaluations for live in stores)
-        t0, c0 = clock(), cpu()
+        c0 = cpu()  # a system call: outside the wall-clock window
+        t0 = clock()
         if read:
             for live in stores:
                 diff = live.add(fact, now=at)
@@ -116,7 +117,8 @@ def replay(
         else:
             for live in stores:
                 live.add(fact, now=at)  # the diff not held: explained by nobody
-        spent = (clock() - t0, cpu() - c0)
+        t1 = clock()
+        spent = (t1 - t0, cpu() - c0)
         built = sum(live.fired for live in stores) - fired
         (firing if built else quiet).append(spent)
         alerts_built += built

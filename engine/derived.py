@@ -47,6 +47,7 @@ __all__ = [
     "ckd_epi_2021",
     "cockcroft_gault",
     "compare_amounts",
+    "counts_for_mme",
     "ingredient_doses",
     "ingredient_mme_factor",
     "is_combination_code",
@@ -448,6 +449,19 @@ _RATE_UNITS = {entry.per: _rate_spellings(entry.per) for entry in _MME.values()}
 def is_opioid_line(atc: str | None) -> bool:
     """Lines that count towards MME: the N02A opioids and the factor table's other codes."""
     return atc is not None and (atc.startswith("N02A") or atc in _MME)
+
+
+def counts_for_mme(atc: str | None, ingredients: Sequence[Ingredient] = ()) -> bool:
+    """Whether a line may count towards MME (``order_mme`` says it is an opioid line only for
+    such a line): an opioid code, or an ingredient with a factor. A line for which this is false
+    cannot change a patient's MME.
+
+    >>> counts_for_mme("N02BE01"), counts_for_mme("N02AA01")
+    (False, True)
+    >>> counts_for_mme("N02BE51", [Ingredient(name="PHOSPHATE DE CODÉINE HÉMIHYDRATÉ")])
+    True
+    """
+    return is_opioid_line(atc) or any(ingredient_mme_factor(i) is not None for i in ingredients)
 
 
 def mme_factor(atc: str | None, route: str | None) -> float | None:

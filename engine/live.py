@@ -48,6 +48,7 @@ from operator import attrgetter, itemgetter
 from typing import Any
 
 from vigie.engine.alerts import Alert
+from vigie.engine.derived import counts_for_mme
 from vigie.engine.evaluate import (
     Context,
     combination_alert_id,
@@ -407,15 +408,40 @@ class _TimingReader:
 
 
 _LINE_QUERIES = frozenset({"any_drug", "count_drugs", "daily_dose", "in_set"})
+OPIOID_LINES = "<opioid lines>"
+"""The lines ``mme`` sums (``derived.counts_for_mme``), as a set name no pack can declare."""
+
+
+def _required_ops(rule: Mapping[str, Any]) -> set[str]:
+    """The operators every firing of the rule evaluates to true: the condition's, through
+    ``and`` only (``has_allergy`` there: no alert without an allergy on record).
+
+    >>> sorted(_required_ops({"condition": {"op": "and", "args": [
+    ...     {"op": "has_allergy", "args": []}, {"op": "or", "args": [
+    ...         {"op": "has_condition", "args": []}]}]}}))
+    ['and', 'has_allergy', 'or']
+    """
+    found: set[str] = set()
+    stack = [rule.get("condition")]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            found.add(node.get("op", ""))
+            if node.get("op") == "and":
+                stack.extend(node.get("args") or ())
+    return found
 
 
 def line_sets(rule: Mapping[str, Any]) -> frozenset[str] | None:
-    """The sets whose lines a rule can read (bound, tested, counted or summed), ``None`` when
-    any line can matter (a binding without a set, ``mme``, a query without a set).
+    """The sets whose lines a rule can read (bound, tested, counted or summed; ``mme``: the
+    opioid lines, ``OPIOID_LINES``), ``None`` when any line can matter (a binding without a
+    set, a query without a set).
 
     >>> sorted(line_sets({"bindings": [{"kind": "drug", "set": "vka"}],
     ...                   "condition": {"op": "any_drug", "set": "nsaids", "args": []}}) or ())
     ['nsaids', 'vka']
+    >>> line_sets({"bindings": [], "condition": {"op": "mme", "args": []}})
+    frozenset({'<opioid lines>'})
     """
     names: set[str] = set()
     for binding in rule.get("bindings") or ():
@@ -430,9 +456,11 @@ def line_sets(rule: Mapping[str, Any]) -> frozenset[str] | None:
             stack.extend(node)
         elif isinstance(node, dict):
             op = node.get("op")
-            if op == "mme" or (op in _LINE_QUERIES and node.get("set") is None):
+            if op == "mme":
+                names.add(OPIOID_LINES)
+            elif op in _LINE_QUERIES and node.get("set") is None:
                 return None
-            if op in _LINE_QUERIES:
+            elif op in _LINE_QUERIES:
                 names.add(node["set"])
             stack.extend(v for v in node.values() if isinstance(v, dict | list))
     return frozenset(names)
@@ -627,6 +655,7 @@ _EVENTS = -1  # the rule index of a patient's event entries in the timer queue
 _MEASURES = frozenset({"lab", "observation"})  # the kinds whose concept says which rules read
 _NONE: Mapping[int, LoadedRule] = {}
 _NO_KEYS: AbstractSet[tuple[str, str | None]] = frozenset()
+_OPIOID_NAMES = frozenset({OPIOID_LINES})
 
 
 def _dependents(
@@ -678,6 +707,12 @@ class LiveEvaluator:
                 self._any_line[index] = rule
             for name in names or ():
                 self._line_readers.setdefault(name, {})[index] = rule
+        self._reads_mme = OPIOID_LINES in self._line_readers
+        # Rules that cannot hold without an allergy on record (``has allergy to d`` among the
+        # conditions all required): not evaluated for a patient with none, when a line comes.
+        self._needs_allergy = frozenset(
+            r.index for r in self.selection.rules if "has_allergy" in _required_ops(r.ir)
+        )
         # One queue for every patient: (deadline, sequence, patient id, rule index or _EVENTS).
         self._queue: list[tuple[datetime, int, str, int]] = []
         self._latest: datetime | None = None  # the latest evaluation time of any patient
@@ -964,6 +999,8 @@ class LiveEvaluator:
         names = atc(line.atc, line.route)
         for ingredient in line.ingredients:
             names = names | atc(ingredient.atc, line.route)
+        if self._reads_mme and counts_for_mme(line.atc, line.ingredients):
+            names = names | _OPIOID_NAMES
         return names
 
     # Patient events: order lines and stays starting or ending, facts dated in the future.
@@ -1131,7 +1168,8 @@ class LiveEvaluator:
         rule's ``required_sets``: an interaction needs both its classes), and those with alerts
         to resolve: a pack of a thousand interactions costs its active classes. Another rule
         could not fire (a drug binding's pool would be empty) and needs no timer: a line
-        starting or arriving evaluates it again."""
+        starting or arriving evaluates it again. A rule that needs an allergy on record is not
+        evaluated for a patient with none (an allergy arriving evaluates it)."""
         chosen: dict[int, LoadedRule] = {}
         if len(rules) <= 2 * len(names):
             for index, rule in rules.items():
@@ -1148,6 +1186,9 @@ class LiveEvaluator:
                 for rule in selection.by_trigger.get(name, ()):
                     if rule.index in rules and rule.required_sets <= names:
                         chosen[rule.index] = rule
+        if self._needs_allergy and not state.record.allergies:
+            for index in self._needs_allergy:
+                chosen.pop(index, None)
         for index in state.alerts:
             if index in rules:
                 chosen[index] = rules[index]

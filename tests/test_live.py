@@ -31,6 +31,7 @@ from vigie.facts import (
     Source,
     Stay,
 )
+from vigie.facts.model import Ingredient
 from vigie.rules import compile_pack
 
 REPO = Path(__file__).parents[1]
@@ -143,6 +144,73 @@ def test_add_reevaluates_only_dependent_rules(monkeypatch: pytest.MonkeyPatch) -
     live.add(lab("inr", 2.5, T0 + timedelta(days=1, hours=2), "I1"))
     assert set(seen) <= {"coag.vka_inr_high", "coag.vka_no_inr", "coag.vka_relay"}
     assert "coag.vka_inr_high" in seen
+
+
+def _evaluated(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the rules evaluated from now on (each evaluation)."""
+    seen: list[str] = []
+    real = live_module.firing_combinations
+
+    def spy(rule: Any, ctx: Any) -> list[Any]:
+        seen.append(rule.id)
+        return real(rule, ctx)
+
+    monkeypatch.setattr(live_module, "firing_combinations", spy)
+    return seen
+
+
+def test_mme_is_evaluated_again_when_an_opioid_line_comes_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MME sums the opioid lines (catalogue: CDC 2022 factors, morphine 1, oxycodone 1.5,
+    codeine 0.15): another line cannot change it, so it does not evaluate the MME rule."""
+    live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
+    live.add(order("MOR", "N02AA01", dose=30.0, frequency_per_day=2.0, daily_dose=60.0))  # 60
+    seen = _evaluated(monkeypatch)
+    live.add(order("PARA", "N02BE01", dose=1000.0, frequency_per_day=3.0, daily_dose=3000.0))
+    assert "dose.opioid_mme" not in seen
+    diff = live.add(order("OXY", "N02AA05", dose=20.0, frequency_per_day=2.0, daily_dose=40.0))
+    assert "dose.opioid_mme" in seen  # 60 + 40 × 1.5 = 120 MME: ≥ 90, and major from 120
+    assert [(a.rule_id, a.severity) for a in diff.new] == [("dose.opioid_mme", "major")]
+    seen.clear()
+    # Codeine in a product coded as paracetamol (N02BE51: not an opioid code) counts by its
+    # composition: 4 × 30 mg × 0.15 = 18 MME, 138 in all.
+    codeine = Ingredient(name="PHOSPHATE DE CODÉINE HÉMIHYDRATÉ", amount=30.0, unit="mg")
+    paracetamol = Ingredient(name="PARACÉTAMOL", atc="N02BE01", amount=500.0, unit="mg")
+    diff = live.add(
+        order(
+            "CODO", "N02BE51", dose=1.0, dose_unit="tablet", frequency_per_day=4.0,
+            daily_dose=4.0, ingredients=(codeine, paracetamol),
+        )
+    )  # fmt: skip
+    assert "dose.opioid_mme" in seen
+    [alert] = [a for a in live.alerts() if a.rule_id == "dose.opioid_mme"]
+    assert alert.message.startswith("Opioïdes : 138 MME")
+    # Stopping the paracetamol (a new version of a non-opioid line) leaves MME alone.
+    seen.clear()
+    live.add(order("PARA", "N02BE01", end=T0 + timedelta(hours=12)))
+    assert "dose.opioid_mme" not in seen
+
+
+def test_the_allergy_rule_needs_an_allergy_on_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """combo.allergy (catalogue: an active drug whose ATC class matches a recorded allergy)
+    cannot fire without an allergy: a line coming for a patient with none does not evaluate it;
+    an allergy coming does, and so does a line once there is one."""
+    live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
+    seen = _evaluated(monkeypatch)
+    live.add(order("AMOX", "J01CA04", dose=1000.0, frequency_per_day=3.0, daily_dose=3000.0))
+    live.add(order("PARA", "N02BE01", dose=1000.0, frequency_per_day=3.0, daily_dose=3000.0))
+    assert "combo.allergy" not in seen and live.alerts() == []
+    allergy = Allergy(
+        fact_id="A1", patient_id="p1", source=SRC, substance=Coding(code="penicillins"),
+        atc=("J01C",), recorded=T0,
+    )  # fmt: skip
+    diff = live.add(allergy)
+    assert [(a.rule_id, a.severity) for a in diff.new] == [("combo.allergy", "critical")]
+    seen.clear()
+    live.add(order("CLOXA", "J01CF02", dose=1000.0, frequency_per_day=4.0, daily_dose=4000.0))
+    assert "combo.allergy" in seen
+    assert sorted(a.drugs[0].order_id for a in live.alerts()) == ["AMOX", "CLOXA"]
 
 
 def test_tick_fires_and_resolves_time_based_rules() -> None:
@@ -386,10 +454,12 @@ def test_a_new_line_reevaluates_the_rules_reading_its_sets(monkeypatch: pytest.M
 
     monkeypatch.setattr(live_module, "firing_combinations", spy)
     live.add(order("PARA", "N02BE01", dose=1000.0, daily_dose=3000.0))  # paracetamol
-    # "daily dose of paracetamol" reads it; "d = active drug" (allergy) and "mme" read any
-    # line; hyperkalaemia reads potassium-raising lines and binders only.
-    assert "dose.paracetamol_max" in seen and "combo.allergy" in seen
-    assert "bio.hyperkalaemia" not in seen
+    # "daily dose of paracetamol" reads it; "d = active drug" (allergy) reads any line, but
+    # needs an allergy on record (none here); "mme" reads opioid lines; hyperkalaemia reads
+    # potassium-raising lines and binders only.
+    assert "dose.paracetamol_max" in seen
+    assert not {"combo.allergy", "dose.opioid_mme", "bio.hyperkalaemia"} & set(seen)
+    assert live_module.line_sets(default_pack().rule("combo.allergy").ir) is None
     assert live_module.line_sets(default_pack().rule("bio.hyperkalaemia").ir) == {
         "potassium_raising",
         "potassium_binders",
