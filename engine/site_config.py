@@ -25,11 +25,12 @@ overrides the hospital's cursors one by one. A ward the file does not name gets 
 section.
 
 ``load_site_config(path, packs)`` checks the file against the packs it will run with (their
-names, rule ids, levels and parameters): every problem is a ``SiteConfigError`` naming the
-file, the line and column, the TOML path (``wards.CARDIO-1.cursors.k_max``) and what was
-expected. ``SiteConfig.for_ward(ward)`` resolves the settings of one ward;
-``vigie.engine.evaluate(pack, facts, as_of, site=config)`` applies them per patient, by the
-ward of the stay the patient is in at the evaluation time.
+names, rule ids, levels and parameters) and reports every problem it finds in one
+``SiteConfigErrors`` (a ``SiteConfigError``): its ``errors`` each name the file, the line and
+column, the TOML path (``wards.CARDIO-1.cursors.k_max``) and what was expected, in file order;
+the error's own attributes are the first problem's. ``SiteConfig.for_ward(ward)`` resolves
+the settings of one ward; ``vigie.engine.evaluate(pack, facts, as_of, site=config)``
+applies them per patient, by the ward of the stay the patient is in at the evaluation time.
 
 >>> import tempfile, pathlib
 >>> ir = {"ir_version": 1, "pack": {"name": "demo", "version": "1"}, "sets": {},
@@ -58,11 +59,12 @@ import difflib
 import math
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from vigie.engine.errors import EngineError
 from vigie.engine.load import LoadedPack, ParamSpec, Selection, param_spec
@@ -72,6 +74,7 @@ __all__ = [
     "Section",
     "SiteConfig",
     "SiteConfigError",
+    "SiteConfigErrors",
     "WardSettings",
     "applied_under",
     "load_site_config",
@@ -85,6 +88,7 @@ WARD_KEYS = ("name", "packs", "level", "enable", "disable", "cursors")
 _DURATIONS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _QUANTITY = re.compile(r"^\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*?)\s*$")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_T = TypeVar("_T")
 
 
 class SiteConfigError(EngineError):
@@ -110,6 +114,24 @@ class SiteConfigError(EngineError):
             where += f":{line}" + (f":{column}" if column is not None else "")
         prefix = f"{path}: " if path else ""
         super().__init__(f"{where}: {prefix}{detail}")
+
+
+class SiteConfigErrors(SiteConfigError):
+    """Every problem found in one site file, in file order: ``errors`` holds each one (a
+    ``SiteConfigError`` with its own line, column, path and detail); the attributes of the
+    error itself are the first problem's, so a caller reading one problem still can."""
+
+    def __init__(self, errors: Sequence[SiteConfigError]) -> None:
+        if not errors:
+            raise ValueError("SiteConfigErrors needs at least one error")
+        self.errors = tuple(errors)
+        first = self.errors[0]
+        super().__init__(
+            first.detail, file=first.file, path=first.path, line=first.line, column=first.column
+        )
+        if len(self.errors) > 1:
+            listed = "\n".join(f"  {error}" for error in self.errors)
+            self.args = (f"{first.file}: {len(self.errors)} errors\n{listed}",)
 
 
 # What the file is checked against ----------------------------------------------------------------
@@ -279,7 +301,8 @@ def load_site_config(
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise SiteConfigError(f"cannot read the file: {error}", file=file) from None
+        unreadable = SiteConfigError(f"cannot read the file: {error}", file=file)
+        raise SiteConfigErrors([unreadable]) from None
     return parse_site_config(text, file, packs)
 
 
@@ -297,14 +320,17 @@ def parse_site_config(
             line, column = int(found.group(1)), int(found.group(2))
         else:
             line, column = len(text.splitlines()) or 1, None
-        raise SiteConfigError(
-            f"not valid TOML: {detail}", file=file, line=line, column=column
-        ) from None
+        syntax = SiteConfigError(f"not valid TOML: {detail}", file=file, line=line, column=column)
+        raise SiteConfigErrors([syntax]) from None
     catalogue = {info.name: info for info in map(PackInfo.of, packs)}
     return _Reader(file, text, catalogue).read(data)
 
 
 class _Reader:
+    """Reads a parsed site file and collects every problem in it: a check that fails records
+    a located error and the reading goes on (a bad list item, cursor or key is left out, a
+    section that is not a table is read as empty); ``read`` raises them all at the end."""
+
     def __init__(self, file: str, text: str, catalogue: Mapping[str, PackInfo]) -> None:
         self.file = file
         self.text = text
@@ -314,6 +340,7 @@ class _Reader:
         self.max_level = max(
             (level for info in catalogue.values() for level in info.rules.values()), default=None
         )
+        self.errors: list[SiteConfigError] = []
 
     def error(
         self, path: Sequence[str | int], detail: str, value: object = None
@@ -323,36 +350,48 @@ class _Reader:
             detail, file=self.file, path=_show_path(path), line=line, column=column
         )
 
+    def report(self, path: Sequence[str | int], detail: str, value: object = None) -> None:
+        self.errors.append(self.error(path, detail, value))
+
+    def attempt(self, check: Callable[[], _T]) -> _T | None:
+        """A check that stops at its own first problem: recorded, and the reading goes on."""
+        try:
+            return check()
+        except SiteConfigError as error:
+            self.errors.append(error)
+            return None
+
     def read(self, data: Mapping[str, Any]) -> SiteConfig:
         self.check_keys((), data, ("hospital", "wards"))
-        hospital_data = data.get("hospital", {})
-        if not isinstance(hospital_data, Mapping):
-            raise self.error(("hospital",), f"expected a table, got {_kind(hospital_data)}")
+        hospital_data = self.table(("hospital",), data.get("hospital", {}), "a table") or {}
         hospital = self.section(("hospital",), hospital_data, HOSPITAL_KEYS)
-        wards_data = data.get("wards", {})
-        if not isinstance(wards_data, Mapping):
-            raise self.error(("wards",), f"expected a table of wards, got {_kind(wards_data)}")
+        wards_data = self.table(("wards",), data.get("wards", {}), "a table of wards") or {}
         wards: dict[str, Section] = {}
         for ward, body in wards_data.items():
-            if not isinstance(body, Mapping):
-                raise self.error(
-                    ("wards", ward), f"expected a table (a ward's section), got {_kind(body)}"
-                )
-            wards[ward] = self.section(("wards", ward), body, WARD_KEYS)
-        names = {}
-        for key in ("id", "name"):
-            value = hospital_data.get(key)
-            if value is not None and not isinstance(value, str):
-                raise self.error(("hospital", key), f"expected a string, got {_kind(value)}")
-            names[key] = value
+            table = self.table(("wards", ward), body, "a table (a ward's section)")
+            if table is not None:
+                wards[ward] = self.section(("wards", ward), table, WARD_KEYS)
+        hospital_id = hospital_data.get("id")
+        if hospital_id is not None and not isinstance(hospital_id, str):
+            self.report(("hospital", "id"), f"expected a string, got {_kind(hospital_id)}")
+        if self.errors:
+            # file order by line; within a line, the order read (a list's items in order)
+            located = sorted(self.errors, key=lambda e: (e.line is None, e.line or 0))
+            raise SiteConfigErrors(located)
         return SiteConfig(
             file=self.file,
-            hospital_id=names["id"],
-            name=names["name"],
+            hospital_id=hospital_id,
+            name=hospital_data.get("name"),
             hospital=hospital,
             wards=MappingProxyType(wards),
             catalogue=MappingProxyType(dict(self.catalogue)),
         )
+
+    def table(self, path: tuple[str, ...], value: object, what: str) -> Mapping[str, Any] | None:
+        if isinstance(value, Mapping):
+            return value
+        self.report(path, f"expected {what}, got {_kind(value)}")
+        return None
 
     def check_keys(
         self, where: tuple[str, ...], table: Mapping[str, Any], allowed: Sequence[str]
@@ -360,9 +399,12 @@ class _Reader:
         for key in table:
             if key not in allowed:
                 section = _show_path(where) if where else "the top level"
-                raise self.error(
+                close = _close_to(key, allowed)
+                hint = f" (did you mean {close!r}?)" if close else ""
+                self.report(
                     (*where, key),
-                    f"unknown key {key!r} in {section}; expected one of: {', '.join(allowed)}",
+                    f"unknown key {key!r} in {section}; expected one of: {', '.join(allowed)}"
+                    + hint,
                 )
 
     def section(
@@ -370,66 +412,77 @@ class _Reader:
     ) -> Section:
         self.check_keys(where, body, allowed)
         if "name" in body and not isinstance(body["name"], str):
-            raise self.error((*where, "name"), f"expected a string, got {_kind(body['name'])}")
+            self.report((*where, "name"), f"expected a string, got {_kind(body['name'])}")
         packs = self.packs((*where, "packs"), body["packs"]) if "packs" in body else None
-        level = self.level((*where, "level"), body["level"]) if "level" in body else None
+        level = self.attempt(partial(self.level, (*where, "level"), body.get("level")))
         enable = self.rule_ids((*where, "enable"), body.get("enable", []))
         disable = self.rule_ids((*where, "disable"), body.get("disable", []))
-        both = sorted(enable & disable)
-        if both:
-            raise self.error(
+        for rule in sorted(enable & disable):
+            self.report(
                 (*where, "disable"),
-                f"rule {both[0]!r} is both enabled and disabled in this section; "
+                f"rule {rule!r} is both enabled and disabled in this section; "
                 "expected each rule in at most one of enable, disable",
-                both[0],
+                rule,
             )
         cursors_data = body.get("cursors", {})
-        if not isinstance(cursors_data, Mapping):
-            raise self.error(
-                (*where, "cursors"), f"expected a table of cursors, got {_kind(cursors_data)}"
-            )
-        cursors = {
-            name: self.cursor((*where, "cursors", name), name, value)
-            for name, value in cursors_data.items()
-        }
+        cursors_data = self.table((*where, "cursors"), cursors_data, "a table of cursors") or {}
+        cursors: dict[str, float] = {}
+        for name, value in cursors_data.items():
+            path = (*where, "cursors", name)
+            cursor = self.attempt(partial(self.cursor, path, name, value))
+            if cursor is not None:
+                cursors[name] = cursor
         return Section(packs, level, enable, disable, MappingProxyType(cursors))
 
-    def strings(self, path: tuple[str, ...], value: object, what: str) -> list[str]:
+    def strings(
+        self,
+        path: tuple[str, ...],
+        value: object,
+        what: str,
+        check: Callable[[tuple[str | int, ...], str], None],
+    ) -> list[str]:
+        """The list's strings, each checked in turn; a value that is not a list, or an item
+        not a string, is reported and left out."""
         if not isinstance(value, list):
-            raise self.error(path, f"expected a list of {what}, got {_kind(value)}")
+            self.report(path, f"expected a list of {what}, got {_kind(value)}")
+            return []
         for index, item in enumerate(value):
-            if not isinstance(item, str):
-                raise self.error((*path, index), f"expected {what[:-1]} (a string), got {item!r}")
-        return list(value)
+            if isinstance(item, str):
+                check((*path, index), item)
+            else:
+                self.report((*path, index), f"expected {what[:-1]} (a string), got {item!r}")
+        return [item for item in value if isinstance(item, str)]
 
     def packs(self, path: tuple[str, ...], value: object) -> tuple[str, ...]:
-        names = self.strings(path, value, "pack names")
-        for index, name in enumerate(names):
+        seen: set[str] = set()
+
+        def check(at: tuple[str | int, ...], name: str) -> None:
             if self.catalogue and name not in self.catalogue:
-                raise self.error(
-                    (*path, index),
-                    f"unknown pack {name!r}; expected one of: {', '.join(sorted(self.catalogue))}",
-                    name,
-                )
-            if name in names[:index]:
-                raise self.error((*path, index), f"pack {name!r} is listed twice", name)
-        return tuple(names)
+                known = ", ".join(sorted(self.catalogue))
+                self.report(at, f"unknown pack {name!r}; expected one of: {known}", name)
+            elif name in seen:
+                self.report(at, f"pack {name!r} is listed twice", name)
+            seen.add(name)
+
+        return tuple(dict.fromkeys(self.strings(path, value, "pack names", check)))
 
     def rule_ids(self, path: tuple[str, ...], value: object) -> frozenset[str]:
-        ids = self.strings(path, value, "rule ids")
-        for index, rule in enumerate(ids):
+        def check(at: tuple[str | int, ...], rule: str) -> None:
             if self.catalogue and rule not in self.rules:
                 close = _close_to(rule, self.rules)
                 hint = f" (did you mean {close!r}?)" if close else ""
-                raise self.error(
-                    (*path, index),
+                self.report(
+                    at,
                     f"unknown rule id {rule!r}{hint}; expected a rule of the packs "
                     f"{', '.join(sorted(self.catalogue))}",
                     rule,
                 )
-        return frozenset(ids)
 
-    def level(self, path: tuple[str, ...], value: object) -> int:
+        return frozenset(self.strings(path, value, "rule ids", check))
+
+    def level(self, path: tuple[str, ...], value: object) -> int | None:
+        if value is None:
+            return None
         top = f" and <= {self.max_level}, the highest level of the packs" if self.max_level else ""
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise self.error(path, f"bad level {value!r}: expected a whole number >= 1{top}")

@@ -511,6 +511,34 @@ def test_a_cursor_out_of_its_range_is_a_422_naming_it(api: Service) -> None:
     assert len(api.service.audit_log(action="write", limit=1000)) == writes
 
 
+def test_every_error_of_a_configuration_is_in_the_422(api: Service) -> None:
+    # three independent mistakes in the example: a misspelt key, a cursor outside the
+    # catalogue's range (k_max in 5.0 .. 6.5 mmol/L), a rule id not in the catalogue
+    text = (
+        EXAMPLE.read_text(encoding="utf-8")
+        .replace("level = 2\n", "levle = 2\n")
+        .replace("k_max = 6.0", "k_max = 9")
+        .replace('"combo.opioid_benzo"', '"combo.opioid_benzos"')
+    )
+    refused = api.client.put(
+        "/config/cursors",
+        content=text.encode("utf-8"),
+        headers={**api.as_("rule_author"), "Content-Type": "application/toml"},
+    )
+    assert refused.status_code == 422
+    errors = refused.json()["errors"]
+    found = [(e["field"], e["line"], e["column"]) for e in errors]
+    assert found == [
+        ("body.wards.NEPHRO-1.cursors.k_max", *_position(text, "k_max = 9")),
+        ("body.wards.GER-1.levle", *_position(text, "levle = 2")),
+        ("body.wards.REA-1.disable[0]", *_position(text, '"combo.opioid_benzos"')),
+    ]
+    assert "outside the declared range 5.0 .. 6.5 mmol/L" in errors[0]["message"]
+    assert "unknown key 'levle'" in errors[1]["message"]
+    assert "unknown rule id 'combo.opioid_benzos'" in errors[2]["message"]
+    assert refused.json()["detail"].endswith("(and 2 more)")
+
+
 @pytest.mark.parametrize(
     ("body", "field", "message"),
     [

@@ -24,6 +24,7 @@ from vigie.engine.load import LoadedPack
 from vigie.engine.site_config import (
     SiteConfig,
     SiteConfigError,
+    SiteConfigErrors,
     load_site_config,
     parse_site_config,
 )
@@ -337,6 +338,89 @@ def test_errors_are_engine_and_vigie_errors_and_unreadable_files_say_so(tmp_path
     missing = tmp_path / "nope.toml"
     with pytest.raises(SiteConfigError, match=r"nope\.toml: cannot read the file"):
         load_site_config(missing, [default_pack()])
+
+
+# Every problem of a file at once ------------------------------------------------------------------
+
+# Three independent mistakes: a misspelt key (line 3), a cursor outside the catalogue's range
+# (k_max 5.5 in [5.0, 6.5], line 6) and a rule id that is not in the catalogue (line 9, its
+# string at column 12).
+THREE_MISTAKES = """\
+[hospital]
+id = "CHU-TEST"
+levle = 1
+
+[wards.CARDIO-1.cursors]
+k_max = 7.0
+
+[wards.GER-1]
+disable = ["bio.hyperkalemia"]
+"""
+THREE_POSITIONS = [
+    (3, 1, "hospital.levle", "unknown key 'levle' in hospital;"),
+    (6, 1, "wards.CARDIO-1.cursors.k_max", "7.0 mmol/L is outside the declared range 5.0 .."),
+    (9, 12, "wards.GER-1.disable[0]", "unknown rule id 'bio.hyperkalemia'"),
+]
+
+
+def test_every_mistake_of_a_file_is_reported_with_its_position(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(THREE_MISTAKES, encoding="utf-8")
+    with pytest.raises(SiteConfigErrors) as caught:
+        load_site_config(path, [default_pack()])
+    error = caught.value
+    assert isinstance(error, SiteConfigError)  # existing callers catch the one error type
+    found = [(e.line, e.column, e.path) for e in error.errors]
+    assert found == [(line, column, key) for line, column, key, _ in THREE_POSITIONS]
+    for problem, (line, column, key, detail) in zip(error.errors, THREE_POSITIONS, strict=True):
+        assert str(problem).startswith(f"{path}:{line}:{column}: {key}: {detail}")
+        assert str(problem) in str(error)
+    assert str(error).startswith(f"{path}: 3 errors\n")
+    assert "(did you mean 'level'?)" in str(error.errors[0])
+    assert "(did you mean 'bio.hyperkalaemia'?)" in str(error.errors[2])
+    assert (error.line, error.path) == (3, "hospital.levle")  # the first one's, as before
+
+
+def test_every_bad_item_of_a_section_is_reported() -> None:
+    error = error_of(
+        """
+        [hospital]
+        packs = ["vigie-defualt", 3]
+        level = 0
+        enable = ["bio.digoxine", "bio.hyperkalaemia", "bio.hyperkalemia"]
+        [hospital.cursors]
+        k_max = 9
+        k_min = 1
+        """
+    )
+    assert isinstance(error, SiteConfigErrors)
+    assert [(e.line, e.path) for e in error.errors] == [
+        (3, "hospital.packs[0]"),
+        (3, "hospital.packs[1]"),
+        (4, "hospital.level"),
+        (5, "hospital.enable[0]"),
+        (5, "hospital.enable[2]"),
+        (7, "hospital.cursors.k_max"),
+        (8, "hospital.cursors.k_min"),
+    ]
+
+
+def test_vigie_batch_config_prints_every_mistake(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vigie.api.cli import main
+
+    config = tmp_path / "site.toml"
+    config.write_text(THREE_MISTAKES, encoding="utf-8")
+    out = tmp_path / "alerts.json"
+    args = ["--input", str(tmp_path), "--as-of", "2025-01-10T12:00Z", "--out", str(out)]
+    code = main(["batch", *args, "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(f"vigie batch: configuration error: {config}: 3 errors\n")
+    for line, column, key, detail in THREE_POSITIONS:
+        assert f"{config}:{line}:{column}: {key}: {detail}" in err
+    assert not out.exists()
 
 
 # Hypothesis: inside the declared range loads, outside fails ---------------------------------------

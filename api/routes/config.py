@@ -46,7 +46,13 @@ from vigie.api.routes.rules import (
     service_packs,
     too_deep,
 )
-from vigie.engine.site_config import SiteConfig, SiteConfigError, WardSettings, parse_site_config
+from vigie.engine.site_config import (
+    SiteConfig,
+    SiteConfigError,
+    SiteConfigErrors,
+    WardSettings,
+    parse_site_config,
+)
 from vigie.store import ServiceStore, UnknownResourceError
 from vigie.store.service import ConfigVersion
 
@@ -309,12 +315,28 @@ def _field(prefix: str, path: Sequence[str | int] | str | None) -> str:
     return prefix + shown
 
 
-def _refusal(detail: str, field: str, line: int | None = None, column: int | None = None) -> Any:
+def _problem(
+    detail: str, field: str, line: int | None = None, column: int | None = None
+) -> dict[str, Any]:
     error: dict[str, Any] = {"field": field, "message": detail}
     if line is not None:
         error.update(line=line, column=column)
+    return error
+
+
+def _refusal(detail: str, field: str, line: int | None = None, column: int | None = None) -> Any:
+    return _refused([_problem(detail, field, line, column)])
+
+
+def _refused(errors: Sequence[dict[str, Any]]) -> Any:
+    """A 422 listing every problem; its ``detail`` names the first."""
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return JSONResponse(
-        {"detail": f"invalid site configuration: {field}: {detail}", "errors": [error]},
+        {
+            "detail": f"invalid site configuration: {first['field']}: {first['message']}{more}",
+            "errors": list(errors),
+        },
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
     )
 
@@ -401,9 +423,16 @@ async def put_cursors(
     except RecursionError:
         raise too_deep(prefix) from None
     except SiteConfigError as error:
-        if body.config is not None:
-            return _refusal(error.detail, _field(prefix, error.path))
-        return _refusal(error.detail, _field(prefix, error.path), error.line, error.column)
+        # every problem of the file; lines and columns only where the caller wrote the text
+        problems = error.errors if isinstance(error, SiteConfigErrors) else (error,)
+        return _refused(
+            [
+                _problem(p.detail, _field(prefix, p.path))
+                if body.config is not None
+                else _problem(p.detail, _field(prefix, p.path), p.line, p.column)
+                for p in problems
+            ]
+        )
     service: ServiceStore = caller.service
     latest = service.site_config()
     if body.base_version is not None and (latest is None or latest.version != body.base_version):
