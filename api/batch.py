@@ -67,6 +67,8 @@ __all__ = [
     "load_packs",
     "pack_texts",
     "parse_time",
+    "read_parquet_alerts",
+    "read_parquet_header",
     "record_packs",
     "run_packs",
     "write_output",
@@ -402,8 +404,40 @@ def pack_header(packs: Sequence[LoadedPack]) -> dict[str, Any]:
     return {"rule_pack": joined, "rule_packs": each}
 
 
+def utc_text(moment: datetime) -> str:
+    """An ISO 8601 UTC time with ``Z`` (times are naive UTC inside; an aware one converts)."""
+    return normalise_time(moment).isoformat() + "Z"
+
+
 def alert_rows(alerts: Iterable[Alert]) -> list[dict[str, Any]]:
-    return [alert.model_dump(mode="json") for alert in alerts]
+    """The alerts as JSON values, every time in them (the alert's ``as_of``, each evidence's
+    ``time`` and its source's ``version_time``, the inputs of derived values) written as the
+    run's ``as_of`` is: ISO 8601 UTC with ``Z``."""
+    return [_with_utc_times(alert.model_dump()) for alert in alerts]
+
+
+def _with_utc_times(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return utc_text(value)
+    if isinstance(value, dict):
+        return {key: _with_utc_times(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_with_utc_times(item) for item in value]
+    return value
+
+
+def run_header(result: BatchResult, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """What the output says of the run besides its alerts: the JSON document's keys, and the
+    Parquet file's key-value metadata."""
+    return {"as_of": utc_text(result.as_of), **pack_header(result.packs), "summary": summary}
+
+
+def parquet_metadata(header: Mapping[str, Any]) -> dict[str, str]:
+    """The run header as Parquet key-value metadata: ``as_of`` as text, the rest JSON."""
+    return {
+        key: value if key == "as_of" else json.dumps(value, ensure_ascii=False)
+        for key, value in header.items()
+    }
 
 
 def write_output(out: Path, result: BatchResult, summary: dict[str, Any]) -> None:
@@ -421,19 +455,39 @@ def write_output(out: Path, result: BatchResult, summary: dict[str, Any]) -> Non
             schema: dict[str, Any] = {name: pl.String for name in Alert.model_fields}
             schema.update({"level": pl.Int64, "priority": pl.Float64})
             frame = pl.DataFrame(flat, schema=schema, orient="row")
-            frame.write_parquet(partial)
+            import pyarrow.parquet as pq
+
+            metadata = parquet_metadata(run_header(result, summary))
+            pq.write_table(frame.to_arrow().replace_schema_metadata(metadata), partial)
         else:
+            header = run_header(result, summary)
             document = {
-                "as_of": result.as_of.isoformat() + "Z",
-                **pack_header(result.packs),
+                "as_of": header["as_of"],
+                "rule_pack": header["rule_pack"],
+                "rule_packs": header["rule_packs"],
                 "alerts": rows,
-                "summary": summary,
+                "summary": header["summary"],
             }
             text = json.dumps(document, ensure_ascii=False, indent=1) + "\n"
             partial.write_text(text, encoding="utf-8")
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def read_parquet_header(path: Path) -> dict[str, Any]:
+    """The run header of a Parquet output (its key-value metadata): ``as_of``, ``rule_pack``,
+    ``rule_packs`` and ``summary``, as in the JSON file."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(path).metadata or {}
+    header: dict[str, Any] = {}
+    for key in ("as_of", "rule_pack", "rule_packs", "summary"):
+        value = metadata.get(key.encode())
+        if value is not None:
+            text = value.decode("utf-8")
+            header[key] = text if key == "as_of" else json.loads(text)
+    return header
 
 
 def read_parquet_alerts(path: Path) -> list[dict[str, Any]]:

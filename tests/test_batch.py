@@ -9,6 +9,8 @@ in which ward, how old).
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.truth_scoring import TruthRow, read_truth_json
-from vigie.api.batch import read_parquet_alerts
+from vigie.api.batch import read_parquet_alerts, read_parquet_header
 from vigie.api.cli import main
 from vigie.synthetic import generate
 
@@ -203,6 +205,62 @@ def test_parquet_reads_back_equal_to_json(hospital: Path, tmp_path: Path) -> Non
     assert document["alerts"]
     _batch([hospital], tmp_path / "x.parquet", "--scope", "all")
     assert read_parquet_alerts(tmp_path / "x.parquet") == document["alerts"]
+    # the run itself is in the file's key-value metadata: its time, packs and counts
+    header = read_parquet_header(tmp_path / "x.parquet")
+    assert header["as_of"] == "2025-01-10T12:00:00Z"  # the --as-of given
+    assert header["rule_pack"] == document["rule_pack"]
+    assert header["rule_packs"] == document["rule_packs"]
+    assert [p["name"] for p in header["rule_packs"]] == ["vigie-default", "ansm-interactions"]
+    assert all(len(p["sha256"]) == 64 for p in header["rule_packs"])
+    summary = header["summary"]
+    assert summary["alerts"] == len(document["alerts"])
+    assert summary["patients_with_alerts"] == len({a["patient_id"] for a in document["alerts"]})
+    assert {k: v for k, v in summary.items() if k != "seconds"} == {
+        k: v for k, v in document["summary"].items() if k != "seconds"
+    }
+
+
+_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:?\d\d)?")
+
+
+def _strings(value: Any) -> Iterator[tuple[str, str]]:
+    """(key, string) for every string value at any depth."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, str):
+                yield key, item
+            else:
+                yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def test_every_time_of_the_json_output_is_utc_with_z(hospital: Path, tmp_path: Path) -> None:
+    """The contract's times (the run's and each alert's ``as_of``, the evidence's ``time``
+    and its source's ``version_time``) are ISO 8601 UTC with ``Z``, as the run's ``as_of``."""
+    document = _batch([hospital], tmp_path / "x.json", "--scope", "all")
+    assert document["as_of"] == "2025-01-10T12:00:00Z"
+    assert {a["as_of"] for a in document["alerts"]} == {document["as_of"]}
+    times = [(k, v) for k, v in _strings(document) if _ISO_TIME.fullmatch(v)]
+    keys = {k for k, _ in times}
+    assert {"as_of", "time"} <= keys, keys
+    assert [(k, v) for k, v in times if not v.endswith("Z")] == []
+    # and they are the source data's times: a lab's evidence time is its Observation's
+    observed = {
+        f"Observation/{o['id']}": _time(o["effectiveDateTime"])
+        for o in _ndjson(hospital / "Observation.ndjson")
+        if "effectiveDateTime" in o
+    }
+    labs = [
+        e
+        for a in document["alerts"]
+        for e in a["evidence"]
+        if e["kind"] == "lab" and e["source"]["message_id"] in observed
+    ]
+    assert labs
+    for evidence in labs:
+        assert _time(evidence["time"]) == observed[evidence["source"]["message_id"]]
 
 
 def test_a_ward_cursor_changes_an_alert(hospital: Path, tmp_path: Path) -> None:
@@ -386,6 +444,7 @@ def test_a_write_that_fails_leaves_the_previous_output_whole(
     # The nightly file is read by the worklist: a run that dies while writing (disk full,
     # killed) must not leave it truncated, nor destroy the previous night's.
     import polars as pl
+    import pyarrow.parquet as pq
 
     out = tmp_path / name
     _batch([hospital], out, "--scope", "all")
@@ -402,6 +461,7 @@ def test_a_write_that_fails_leaves_the_previous_output_whole(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pl.DataFrame, "write_parquet", half_written)
+    monkeypatch.setattr(pq, "write_table", lambda table, path, *a, **k: half_written(table, path))
     monkeypatch.setattr(Path, "write_text", half_written_text)
     code = _run("--input", str(hospital), "--as-of", AS_OF.isoformat() + "Z", "--out", str(out))
     assert code != 0
