@@ -270,6 +270,21 @@ def _fire(rule: LoadedRule, ctx: Context, pools: list[list[MedicationOrder]]) ->
     fired: set[tuple[str, ...]] = set()
     bound = ctx.bound
     condition = rule.condition
+    if len(pools) <= 1:  # most rules bind one line or none: no combinations to build
+        if not pools:
+            return [((), ())] if condition(ctx) is True else found
+        name = names[0]
+        for line in pools[0]:
+            one: tuple[str, ...] = (line.order_id,)
+            if one in fired:
+                continue  # another line of the same order: the same alert
+            bound[name] = line
+            if ctx.combo_values:
+                ctx.combo_values = {}
+            if condition(ctx) is True:
+                fired.add(one)
+                found.append(((line,), one))
+        return found
     for combo, identity in _combinations(pools):
         if identity in fired:
             continue  # the same lines in another binding order are the same alert

@@ -18,8 +18,9 @@ None
 
 from __future__ import annotations
 
+import json
 import operator
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -444,6 +445,7 @@ class ClosureBuilder:
             node["select"],
             self._window(node.get("window")),
             label or node["concept"],
+            share=window_key(node.get("window")),
         )
 
     def _op_lab_count(self, node: Mapping[str, Any], label: str | None) -> Closure:
@@ -503,8 +505,12 @@ class ClosureBuilder:
         return lambda ctx: _none_or(select(ctx), _value)
 
     def _op_clearance(self, node: Mapping[str, Any], label: str | None) -> Closure:
-        creatinine = lab_select("lab", "creatinine", "latest", self._window(node.get("window")))
-        weight = lab_select("observation", "weight", "latest", _build_window(None, self))
+        share = window_key(node.get("window"))
+        window = self._window(node.get("window"))
+        creatinine = lab_select("lab", "creatinine", "latest", window, share=share)
+        weight = lab_select(
+            "observation", "weight", "latest", _build_window(None, self), share=window_key(None)
+        )
         name = label or "clearance"
 
         def clearance(ctx: Context) -> float | None:
@@ -517,8 +523,9 @@ class ClosureBuilder:
         reported one, unless a creatinine taken after it gives a computable CKD-EPI value (an
         eGFR reported with the creatinine it came from wins over recomputing it)."""
         window = self._window(node.get("window"))
-        reported = lab_select("lab", "egfr", "latest", window)
-        creatinine = lab_select("lab", "creatinine", "latest", window)
+        share = window_key(node.get("window"))
+        reported = lab_select("lab", "egfr", "latest", window, share=share)
+        creatinine = lab_select("lab", "creatinine", "latest", window, share=share)
         name = label or "egfr"
 
         def egfr(ctx: Context) -> float | None:
@@ -717,6 +724,44 @@ def _bounds(window: Mapping[str, Any]) -> list[str]:
     return [k for k in ("within", "since", "before") if window.get(k)]
 
 
+_PARAMETRIC = frozenset({"const", "param", "convert", "mul", "sub"})
+
+
+def _parametric(node: Any) -> bool:
+    """Whether an expression depends on the pack's parameters and constants only (the same
+    value for every patient and time of one selection)."""
+    if not isinstance(node, Mapping):
+        return True
+    return node.get("op") in _PARAMETRIC and all(_parametric(a) for a in node.get("args") or ())
+
+
+def window_key(window: Mapping[str, Any] | None) -> Hashable | None:
+    """What makes two windows the same for every patient and time of one selection: no window,
+    or ``within`` a constant or parameter (None for one read from the patient's facts, e.g.
+    ``since d.start``). Results selected in the same window can be shared between the rules of
+    one evaluation (``Context.shared``).
+
+    >>> window_key({"within": {"op": "param", "name": "w", "args": [], "span": [1, 2]}})
+    ('within', '{"args":[],"name":"w","op":"param"}')
+    >>> window_key({"since": {"op": "attr", "name": "start", "args": []}}) is None
+    True
+    """
+    if window is None:
+        return ("always",)
+    within = window.get("within")
+    if _bounds(window) != ["within"] or not _parametric(within):
+        return None
+    return ("within", json.dumps(_without_spans(within), sort_keys=True, separators=(",", ":")))
+
+
+def _without_spans(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return {k: _without_spans(v) for k, v in node.items() if k != "span"}
+    if isinstance(node, list):
+        return [_without_spans(v) for v in node]
+    return node
+
+
 def _constant_seconds(node: Mapping[str, Any] | None) -> float | None:
     """The seconds of a constant duration (a number, converted), as its closures compute
     them; None when it is not one."""
@@ -730,6 +775,25 @@ def _constant_seconds(node: Mapping[str, Any] | None) -> float | None:
         seconds = _constant_seconds(inner)
         return None if seconds is None else seconds * float(node["factor"])
     return None
+
+
+def _parametric_window(within: Closure) -> WindowFn:
+    """``within p``, p a parameter: its length computed once per parameter set (a selection's
+    parameters do not change; a context carries its selection's)."""
+    # The parameters last seen with the length they gave, replaced as one (threads may share
+    # a loaded pack with different parameters: a ward's cursors).
+    last: list[tuple[Any, timedelta | None]] = [(None, None)]
+
+    def bounds(ctx: Context) -> WindowBounds | None:
+        params = ctx.params
+        seen, length = last[0]
+        if seen is not params:
+            w = within(ctx)
+            length = None if w is None else timedelta(seconds=float(w))
+            last[0] = (params, length)
+        return None if length is None else (ctx.as_of - length, ctx.as_of, True)
+
+    return bounds
 
 
 def _build_window(window: Mapping[str, Any] | None, builder: ClosureBuilder) -> WindowFn:
@@ -747,6 +811,8 @@ def _build_window(window: Mapping[str, Any] | None, builder: ClosureBuilder) -> 
         return lambda ctx: (ctx.as_of - length, ctx.as_of, True)
     parts = {k: builder.build(window[k]) if window.get(k) else None for k in window}
     within, since, before = parts.get("within"), parts.get("since"), parts.get("before")
+    if within is not None and window_key(window) is not None:  # ``within`` a parameter
+        return _parametric_window(within)
 
     def bounds(ctx: Context) -> WindowBounds | None:
         end, inclusive = ctx.as_of, True

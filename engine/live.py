@@ -593,7 +593,8 @@ def _event_moments(fact: object) -> tuple[datetime | None, ...]:
 @dataclass
 class _PatientState:
     record: PatientRecord
-    alerts: dict[int, dict[str, _Entry]] = field(default_factory=dict)  # rule index → id → alert
+    # rule index → identity (sorted order ids of the drug lines) → alert
+    alerts: dict[int, dict[tuple[str, ...], _Entry]] = field(default_factory=dict)
     facts: dict[tuple[str, str], AnyFact] = field(default_factory=dict)
     # Facts dated later than when they arrived: (visible from, sequence, kind, concept), a heap.
     pending: list[tuple[datetime, int, str, str | None]] = field(default_factory=list)
@@ -603,6 +604,8 @@ class _PatientState:
     latest: datetime | None = None  # the latest evaluation time of any of its rules
     stay: tuple[str | None, str | None] = (None, None)
     active: _ActiveLines | None = None  # active lines, while no line starts or ends
+    # The current stay over [since, until): (stay, since, until), while no stay comes or goes.
+    stay_at: tuple[Stay | None, datetime, datetime | None] | None = None
     # The evidence built while explaining its alerts (``Context.evidence``): an alert explained
     # again on a later update reuses the descriptions of the facts it already quoted.
     evidence: dict[tuple[Any, ...], tuple[Any, Any]] = field(default_factory=dict)
@@ -646,6 +649,7 @@ class _LiveContext(Context):
         self._lines = active.by_set
         self._names = active.names
         self.evidence = state.evidence
+        self.shared = {}
 
     def active_set_names(self) -> set[str]:
         return set(self._names)
@@ -656,6 +660,7 @@ _MEASURES = frozenset({"lab", "observation"})  # the kinds whose concept says wh
 _NONE: Mapping[int, LoadedRule] = {}
 _NO_KEYS: AbstractSet[tuple[str, str | None]] = frozenset()
 _OPIOID_NAMES = frozenset({OPIOID_LINES})
+_ALWAYS_KEPT = (Stay, Patient)  # kept whether a rule reads them or not
 
 
 def _dependents(
@@ -835,6 +840,8 @@ class LiveEvaluator:
         self._rewind_events(state, at)
         _discard(state.record, old)
         rules: Mapping[int, LoadedRule]
+        if isinstance(old, Stay):
+            state.stay_at = None
         if isinstance(old, MedicationOrder):
             state.active = None
             rules = self._rules_for_lines([old])
@@ -948,6 +955,8 @@ class LiveEvaluator:
         _discard(state.record, old)
         if isinstance(old, MedicationOrder):
             state.active = None
+        elif isinstance(old, Stay):
+            state.stay_at = None
         touched = {(old.kind, _concept(old))}
         if owner != fact.patient_id:
             self._rewind_events(state, at)
@@ -963,12 +972,20 @@ class LiveEvaluator:
         read: bool,
     ) -> None:
         state.facts[(fact.kind, fact.fact_id)] = fact
-        if isinstance(fact, MedicationOrder):
+        if type(fact) is LabResult and read and fact.concept is not None:  # most facts: inline
+            series = state.record.labs.get(fact.concept)
+            if series is None:
+                state.record.labs[fact.concept] = [fact]
+            else:
+                _insort_measure(series, fact)
+        elif isinstance(fact, MedicationOrder):
             _place(state.record, fact)
             if state.active is not None:
                 state.active = self._with_line(state.active, fact, at)
-        elif read or isinstance(fact, Stay | Patient):
+        elif read or isinstance(fact, _ALWAYS_KEPT):
             _place(state.record, fact)  # a fact no rule of the pack reads is not kept
+            if isinstance(fact, Stay):
+                state.stay_at = None
         if visible is not None and visible > at:
             self._sequence += 1
             heapq.heappush(state.pending, (visible, self._sequence, fact.kind, _concept(fact)))
@@ -1118,7 +1135,7 @@ class LiveEvaluator:
         chosen = self._evaluable(state, rules, active.names)
         for index in [i for i in state.timers if i in rules and i not in chosen]:
             del state.timers[index]  # not evaluated: its deadline no longer follows its facts
-        stay = current_stay(state.record, at)
+        stay = self._stay_at(state, at)
         changes: dict[str, _Change] = {}
         if chosen:  # a context only for rules to evaluate (most facts reach none)
             ctx = _LiveContext(
@@ -1126,31 +1143,33 @@ class LiveEvaluator:
             )
             alerts, timings = state.alerts, self._timing
             patient_id = state.record.patient_id
-        for index in sorted(chosen):
+        for index in sorted(chosen) if len(chosen) > 1 else chosen:
             rule = chosen[index]
             found = firing_combinations(rule, ctx)
             self.evaluations += 1
             old = alerts.get(index)
             if found:
                 self.fired += len(found)
-                fresh: dict[str, _Entry] = {}
+                fresh: dict[tuple[str, ...], _Entry] = {}
                 rule_id = rule.id
                 for combo, identity in found:
-                    alert_id = combination_alert_id(rule_id, patient_id, identity)
-                    before = old.get(alert_id) if old else None
-                    seen = None if before is None else before.shown
-                    fresh[alert_id] = entry = _Entry(
+                    before = old.get(identity) if old else None
+                    if before is None:
+                        alert_id, seen = combination_alert_id(rule_id, patient_id, identity), None
+                    else:  # found again: its id and its last explanation
+                        alert_id, seen = before.id, before.shown
+                    fresh[identity] = entry = _Entry(
                         alert_id, patient_id, rule, combo, identity, stay, at, seen
                     )
                     changes[alert_id] = (seen, entry, rule_id, patient_id)
                 if old:
-                    for alert_id, entry in old.items():
-                        if alert_id not in fresh:
-                            changes[alert_id] = (entry.shown, None, rule_id, patient_id)
+                    for identity, entry in old.items():
+                        if identity not in fresh:
+                            changes[entry.id] = (entry.shown, None, rule_id, patient_id)
                 alerts[index] = fresh
             elif old is not None:  # resolved by data
-                for alert_id, entry in old.items():
-                    changes[alert_id] = (entry.shown, None, rule.id, patient_id)
+                for entry in old.values():
+                    changes[entry.id] = (entry.shown, None, rule.id, patient_id)
                 del alerts[index]
             timing = timings.get(index)
             if timing is not None:
@@ -1160,6 +1179,25 @@ class LiveEvaluator:
             state.stay = stay_key
             self._restay(state, stay, changes)
         return changes
+
+    def _stay_at(self, state: _PatientState, at: datetime) -> Stay | None:
+        """``current_stay`` at ``at``, kept over the interval where it cannot change (no stay
+        admitted or discharged in it)."""
+        kept = state.stay_at
+        if kept is not None and kept[1] <= at and (kept[2] is None or at < kept[2]):
+            return kept[0]
+        stay = current_stay(state.record, at)
+        moments = [
+            m
+            for s in state.record.stays
+            if s.status != "cancelled"
+            for m in (s.admit_time, s.discharge_time)
+            if m is not None
+        ]
+        since = max((m for m in moments if m <= at), default=datetime.min)
+        until = min((m for m in moments if m > at), default=None)
+        state.stay_at = (stay, since, until)
+        return stay
 
     def _evaluable(
         self, state: _PatientState, rules: Mapping[int, LoadedRule], names: frozenset[str]
@@ -1283,16 +1321,17 @@ class LiveEvaluator:
         """Alerts carry the stay current when they were last evaluated: move them along."""
         key = _stay_key(stay)
         for entries in state.alerts.values():
-            for alert_id, entry in list(entries.items()):
+            for identity, entry in list(entries.items()):
                 if _stay_key(entry.stay) == key:
                     continue
+                alert_id = entry.id
                 moved = _Entry(
-                    alert_id, entry.patient_id, entry.rule, entry.combo, entry.identity, stay,
+                    alert_id, entry.patient_id, entry.rule, entry.combo, identity, stay,
                     entry.as_of, entry.shown,
                 )  # fmt: skip
                 if entry.alert is not None:  # explained already: the same with the new stay
                     moved.alert = entry.alert.model_copy(update={"stay_id": key[0], "ward": key[1]})
-                entries[alert_id] = moved
+                entries[identity] = moved
                 earlier = changes.get(alert_id)
                 before = entry.shown if earlier is None else earlier[0]
                 changes[alert_id] = (before, moved, entry.rule.id, entry.patient_id)
@@ -1319,7 +1358,12 @@ def _measure_key(fact: LabResult | Observation) -> tuple[datetime, str]:
 
 def _insort_measure(series: list[Any], fact: LabResult | Observation) -> None:
     """Keep a series sorted by (time, fact id); results mostly arrive latest last."""
-    if not series or _measure_key(series[-1]) < _measure_key(fact):
+    last = series[-1] if series else None
+    if (
+        last is None
+        or last.time < fact.time
+        or (last.time == fact.time and last.fact_id < fact.fact_id)
+    ):
         series.append(fact)
     else:
         insort(series, fact, key=_measure_key)

@@ -15,7 +15,7 @@ closures over these; the driver (``vigie.engine.evaluate``) creates the context 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime
 from operator import attrgetter
 from typing import Any, TypeVar
@@ -172,7 +172,9 @@ class Context:
     ``thresholds`` the numeric comparisons against a parameter or constant that held.
     ``evidence`` keeps the evidence (and thresholds) built while explaining, by what they were
     built from (``cached``, ``derived``): a fact read by several alerts, or by the same alert
-    explained again, is described once (the live store keeps it with the patient).
+    explained again, is described once (the live store keeps it with the patient). ``shared``
+    keeps what every rule selects alike (the latest creatinine within 48 h...), for the rules
+    evaluated on this context.
     """
 
     __slots__ = (
@@ -186,6 +188,7 @@ class Context:
         "params",
         "record",
         "sets",
+        "shared",
         "thresholds",
         "trace",
         "values",
@@ -207,6 +210,7 @@ class Context:
         self._line_sets: list[tuple[MedicationOrder, frozenset[str]]] | None = None
         self._lines: dict[tuple[str | None, frozenset[str] | None], list[MedicationOrder]] = {}
         self.evidence: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self.shared: dict[Hashable, Any] = {}
 
     def active_lines(self) -> list[MedicationOrder]:
         """Active order lines, in a stable order (order id) so that results never depend on
@@ -583,18 +587,34 @@ def _slice(series: Sequence[Measure], bounds: WindowBounds) -> tuple[int, int]:
     return lo, hi
 
 
+_UNSET: Any = object()  # not in ``Context.shared`` (None is a result: no lab in the window)
+
+
 def lab_select(
-    fact_kind: str, concept: str, select: str, window: WindowFn, label: str | None = None
+    fact_kind: str,
+    concept: str,
+    select: str,
+    window: WindowFn,
+    label: str | None = None,
+    share: Hashable | None = None,
 ) -> Callable[[Context], Measure | None]:
     """latest / first result with a value (a number, or a qualitative positive or negative),
-    min / max numeric result, in the window (None when there is none)."""
+    min / max numeric result, in the window (None when there is none). ``share``: what makes
+    the window the same for every rule (``expressions.window_key``), so that the rules of one
+    evaluation select it once (``Context.shared``; not while explaining, which traces it)."""
     pick = _PICKERS[select]
     measures = attrgetter("labs" if fact_kind == "lab" else "observations")  # as ``_series``
+    key = None if share is None else (fact_kind, concept, select, share)
 
     def lab(ctx: Context) -> Measure | None:  # ``_series`` and ``_slice`` inlined: a hot path
         series = measures(ctx.record).get(concept)
         if not series:
             return None
+        if key is not None and ctx.trace is None:
+            hit = ctx.shared.get(key, _UNSET)
+            if hit is not _UNSET:
+                shared: Measure | None = hit
+                return shared
         bounds = window(ctx)
         if bounds is None:
             return None
@@ -602,8 +622,11 @@ def lab_select(
         hi = (bisect_right if inclusive else bisect_left)(series, end, key=_time_of)
         lo = 0 if start is None else bisect_left(series, start, 0, hi, key=_time_of)
         found = pick(series, lo, hi)
-        if found is not None and label is not None and ctx.trace is not None:
-            ctx.trace.append(ctx.cached(measure_evidence, label, found))
+        if ctx.trace is not None:
+            if found is not None and label is not None:
+                ctx.trace.append(ctx.cached(measure_evidence, label, found))
+        elif key is not None:
+            ctx.shared[key] = found
         return found
 
     return lab
