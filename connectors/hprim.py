@@ -249,12 +249,12 @@ class _Message:
     def problem(self, where: str | None, expected: str, found: str | None = None) -> None:
         self.outcome.errors.append(self.error(where, expected, found))
 
-    def source(self, record: Record) -> Source:
+    def source(self, record: Record, number: int | None = None) -> Source:
         return Source(
             feed=feed,
             document=self.raw.document,
             message_id=self.raw.message_id,
-            position=record.where(),
+            position=record.where(number),
             version_time=self.outcome.version_time,
         )
 
@@ -459,7 +459,7 @@ def _read_patient(message: _Message, record: Record) -> None:
     message.patient = Patient(
         fact_id=f"hprim:patient:{patient_id}",
         patient_id=patient_id,
-        source=message.source(record),
+        source=message.source(record, 8),  # the birth date, what age evidence comes from
         birth_date=born.date() if born else None,
         sex=sex,
     )

@@ -469,7 +469,8 @@ def _read_patient(context: _Context, element: Element) -> Patient:
     patient = Patient(
         fact_id=f"pn13:patient:{ipp}",
         patient_id=ipp,
-        source=context.source(element),
+        # the birth date's element, what an alert's age evidence comes from
+        source=context.source(element.child("Date_naissance") or element),
         birth_date=born.date() if born else None,
         sex=_SEXES.get(sex_text, Sex.UNKNOWN),
     )

@@ -463,7 +463,7 @@ def test_ndjson_bad_line_does_not_stop_the_others() -> None:
     (error,) = loaded.errors
     assert error.position.startswith("line 2, column")
     assert [fact.source.position for fact in loaded.facts] == [
-        "line 1",
+        "line 1: Patient.birthDate",  # a Patient's evidence is its birth date
         "line 3: Observation.valueQuantity",
     ]
 

@@ -595,7 +595,7 @@ def _patient(entry: ResourceEntry) -> list[AnyFact]:
             Patient,
             fact_id=entry.fact_id(),
             patient_id=entry.resource_id,
-            source=entry.source(),
+            source=entry.source("birthDate"),  # what an alert's age evidence comes from
             birth_date=_date(resource, "birthDate", ""),
             sex=Sex(sex),
         )

@@ -6,6 +6,8 @@ Choices, so that the same message always gives the same facts:
   (MR, PI, SS...); PID-2 (the v2.3 external id) is used only when PID-3 is empty. A message
   with several PIDs (an ORU_R01 may report on several patients) gives each fact to the last
   PID before its segment. Every message with a PID gives a Patient (fact id per patient id).
+  Its source position is PID-7, the birth date: the one value of a Patient an alert quotes
+  as evidence (the input of age, clearance and eGFR); the identifier PID-3 is its key.
 - Times: HL7 DTM parsed strictly, then made naive UTC like every fact time: a UTC offset is
   applied, a time without one is read in the site's zone (``vigie.connectors.base.as_utc``). Birth
   dates are kept as written.
@@ -258,7 +260,7 @@ def _load_patient(ctx: Context, pid: SegmentRef, patient_id: str) -> None:
     ctx.add(
         Patient,
         pid,
-        pid.position(3),
+        pid.position(7),  # the birth date, what an alert's age evidence comes from
         fact_id=ctx.fact_id("patient", patient_id),
         birth_date=birth_date,
         sex=_sex(ctx, pid),
