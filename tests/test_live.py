@@ -126,26 +126,6 @@ def test_a_corrected_result_replaces_the_previous_one() -> None:
     assert record is not None and [f.value for f in record.labs["potassium"]] == [4.0]
 
 
-def test_add_reevaluates_only_dependent_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
-    for oid, atc in [("o1", "C09AA05"), ("o2", "B01AA03"), ("o3", "N06AB04"), ("o4", "A10BA02")]:
-        live.add(order(oid, atc))
-    seen: list[str] = []
-    real = live_module.firing_combinations
-
-    def spy(rule: Any, ctx: Any) -> list[Any]:
-        seen.append(rule.id)
-        return real(rule, ctx)
-
-    monkeypatch.setattr(live_module, "firing_combinations", spy)
-    live.add(lab("potassium", 4.0, T0 + timedelta(days=1, hours=1), "K1"))
-    assert seen and set(seen) <= {"bio.hyperkalaemia", "bio.hypokalaemia_qt", "bio.digoxin"}
-    seen.clear()
-    live.add(lab("inr", 2.5, T0 + timedelta(days=1, hours=2), "I1"))
-    assert set(seen) <= {"coag.vka_inr_high", "coag.vka_no_inr", "coag.vka_relay"}
-    assert "coag.vka_inr_high" in seen
-
-
 def _evaluated(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ids of the rules evaluated from now on (each evaluation)."""
     seen: list[str] = []
@@ -157,6 +137,19 @@ def _evaluated(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(live_module, "firing_combinations", spy)
     return seen
+
+
+def test_add_reevaluates_only_dependent_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
+    for oid, atc in [("o1", "C09AA05"), ("o2", "B01AA03"), ("o3", "N06AB04"), ("o4", "A10BA02")]:
+        live.add(order(oid, atc))
+    seen = _evaluated(monkeypatch)
+    live.add(lab("potassium", 4.0, T0 + timedelta(days=1, hours=1), "K1"))
+    assert seen and set(seen) <= {"bio.hyperkalaemia", "bio.hypokalaemia_qt", "bio.digoxin"}
+    seen.clear()
+    live.add(lab("inr", 2.5, T0 + timedelta(days=1, hours=2), "I1"))
+    assert set(seen) <= {"coag.vka_inr_high", "coag.vka_no_inr", "coag.vka_relay"}
+    assert "coag.vka_inr_high" in seen
 
 
 def test_mme_is_evaluated_again_when_an_opioid_line_comes_only(
@@ -445,14 +438,7 @@ def test_a_new_line_reevaluates_the_rules_reading_its_sets(monkeypatch: pytest.M
     live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
     live.add(order("RAMI", "C09AA05"))  # ramipril: potassium raising
     live.add(lab("potassium", 4.5, T0 + timedelta(hours=20), "K1"))
-    seen: list[str] = []
-    real = live_module.firing_combinations
-
-    def spy(rule: Any, ctx: Any) -> list[Any]:
-        seen.append(rule.id)
-        return real(rule, ctx)
-
-    monkeypatch.setattr(live_module, "firing_combinations", spy)
+    seen = _evaluated(monkeypatch)
     live.add(order("PARA", "N02BE01", dose=1000.0, daily_dose=3000.0))  # paracetamol
     # "daily dose of paracetamol" reads it; "d = active drug" (allergy) reads any line, but
     # needs an allergy on record (none here); "mme" reads opioid lines; hyperkalaemia reads
