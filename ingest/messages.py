@@ -325,7 +325,11 @@ def replay_dead_letter(store: FactStore, dead_letter_id: int) -> MessageResult:
     """Parse the message of a dead letter again, from the bytes the store kept, and store what
     it gives: after a mapping or terminology fix, the message loads (its dead letters are
     replaced by the new errors, if any). The same steps as a message sent again: the kept
-    version is retried (``FactStore.keep_raws``), parsed by its feed's connector, saved.
+    version is retried (``FactStore.keep_raws``), parsed by its feed's connector under the
+    policy of the transport it came by, saved. A message received over MLLP (its document
+    ``mllp://peer``) is held to the listener's rules (``pipeline.parse_kept``): one without
+    MSH-10, which the listener refused (AE), is refused again, ``rejected`` with its error at
+    MSH-10, and stays dead-lettered; the same bytes read from a file would load.
 
     ``ReplayError`` when the dead letter is unknown (replayed already: a replay forgets the
     message's dead letters) or its message was kept under a stand-in id (its own id could

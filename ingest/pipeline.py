@@ -50,6 +50,7 @@ __all__ = [
     "feed_connectors",
     "finish_kept",
     "ingest",
+    "parse_kept",
     "parse_message",
     "parse_received",
     "parsed_payloads",
@@ -329,6 +330,15 @@ def parse_received(connector: Connector | None, raw: RawMessage) -> ParsedMessag
     return ParsedMessage(raw, None, missing)
 
 
+def parse_kept(connector: Connector | None, raw: RawMessage) -> ParsedMessage:
+    """A kept message parsed under the policy of the transport it came by, which its document
+    says: received over MLLP (``mllp://peer``) as the listener parses it (``parse_received``:
+    no MSH-10, refused), any other as ``parse_message``. A message kept before it was parsed
+    (``recover``) and a dead letter replayed (``store_messages``) get what the listener gave."""
+    parse = parse_received if raw.document.startswith(MLLP_DOCUMENT) else parse_message
+    return parse(connector, raw)
+
+
 def save_parsed(
     store: FactStore,
     parsed: Sequence[tuple[int, ParsedMessage, bool]],
@@ -362,7 +372,8 @@ def store_messages(
     store: FactStore, messages: Sequence[tuple[Connector | None, RawMessage]]
 ) -> list[StoredMessage]:
     """Keep raw messages (committed first), then parse and store what they gave: the one
-    sequence of steps of every ingest (files, HTTP bodies, replays of dead letters).
+    sequence of steps of every ingest (files, HTTP bodies, replays of dead letters), each
+    message parsed under its transport's policy (``parse_kept``).
 
     The (feed, message id) keys must be distinct (``ingest`` cuts its batches where one
     repeats). What became of each message, in order.
@@ -382,7 +393,7 @@ def finish_kept(
     duplicates nor refused (``records``, from ``FactStore.keep_raws``) and store what they
     gave; what became of each message, in order."""
     to_parse = [
-        (record.id, parse_message(connector, raw), record.replaced)
+        (record.id, parse_kept(connector, raw), record.replaced)
         for (connector, raw), record in zip(messages, records, strict=True)
         if not record.duplicate and record.refused is None
     ]
@@ -465,8 +476,7 @@ def recover(
                 stored.encoding,
             )
             files.append(file)
-            parse = parse_received if raw.document.startswith(MLLP_DOCUMENT) else parse_message
-            parsed.append((stored.id, parse(connectors.get(stored.feed), raw), False))
+            parsed.append((stored.id, parse_kept(connectors.get(stored.feed), raw), False))
         for file, message in zip(files, save_parsed(store, parsed), strict=True):
             _tally_stored(file, message)
     return report

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import func, select
 
 from vigie.ingest import ingest, recover
-from vigie.ingest.messages import dead_letters, ingest_hl7
+from vigie.ingest.messages import dead_letters, ingest_hl7, replay_dead_letter
 from vigie.ingest.mllp import (
     Acknowledgement,
     FrameReader,
@@ -228,6 +228,30 @@ def test_a_message_without_a_control_id_gets_ae_and_is_dead_lettered(
     _wait_parsed(store, 2)
     assert store.raw_counts() == {"rejected": 1, "loaded": 1}  # kept, no fact from it
     assert [(d.position, d.fatal) for d in dead_letters(store)] == [("MSH-10", True)]
+
+
+def test_replaying_a_message_without_a_control_id_refuses_it_again(
+    store: FactStore, client: Client, tmp_path: Path
+) -> None:
+    """A dead letter remembers its transport (its document ``mllp://peer``): replayed, a
+    message the listener refused for want of MSH-10 is refused again, not loaded."""
+    client.send(frame(_no_control_id("P9")))
+    assert client.acks(1)[0]["MSA"][1] == "AE"
+    _wait_parsed(store, 1)
+    (letter,) = dead_letters(store)
+    assert letter.document.startswith("mllp://") and letter.position == "MSH-10"
+    replayed = replay_dead_letter(store, letter.id)
+    assert (replayed.status, replayed.facts) == ("rejected", ())
+    (error,) = replayed.errors
+    assert error.position == "MSH-10" and "expected a message control id" in error.text
+    assert store.raw_counts() == {"rejected": 1}  # nothing loaded from it
+    (again,) = dead_letters(store)
+    assert (again.document, again.position, again.fatal) == (letter.document, "MSH-10", True)
+    # such a message from a file loads: the policy is the transport's, not the message's
+    path = tmp_path / "lab.hl7"
+    path.write_bytes(_no_control_id("P7"))
+    ingest([path], store)
+    assert store.raw_counts() == {"rejected": 1, "loaded": 1}
 
 
 def test_an_oversized_frame_gets_ar_with_value_too_long_and_the_next_goes_on(
