@@ -777,16 +777,60 @@ class LiveEvaluator:
         return self._diff(self._add(fact, now))
 
     def add_many(self, facts: Iterable[AnyFact], now: datetime | None = None) -> AlertDiff:
+        """Take several facts in (a message's), as one diff. With ``now`` given, each patient's
+        rules that the facts reach are evaluated once, after all of them are in: the alerts and
+        their timers are those of adding the facts one by one at ``now``, without evaluating
+        the same rules again for each result of a message. Without it, each fact is evaluated
+        as ``add`` does, at its own time."""
         if self._held:
             self._settle_held()
         changes: dict[str, _Change] = {}
+        if now is None:
+            for fact in facts:
+                more = self._add(fact, now)
+                if more:
+                    _merge_changes(changes, more)
+            return self._diff(changes, sort=True)
+        waiting: dict[str, tuple[_PatientState, list[Mapping[int, LoadedRule]]]] = {}
+        at = normalise_time(now)
         for fact in facts:
-            more = self._add(fact, now)
-            if more:
-                _merge_changes(changes, more)
+            taken = self._take(fact, now)
+            if taken is None:
+                continue
+            state, rules, at, elsewhere = taken
+            if elsewhere:  # a fact that moved to another patient: the first one, evaluated
+                _merge_changes(changes, elsewhere)
+            if state is not None:
+                waiting.setdefault(state.record.patient_id, (state, []))[1].append(rules)
+        for state, reached in waiting.values():
+            rules = (
+                reached[0] if len(reached) == 1 else {k: r for m in reached for k, r in m.items()}
+            )
+            _merge_changes(changes, self._reevaluate(state, rules, at, full=True))
         return self._diff(changes, sort=True)
 
     def _add(self, fact: AnyFact, now: datetime | None) -> dict[str, _Change] | None:
+        taken = self._take(fact, now)
+        if taken is None:
+            return None
+        state, rules, at, elsewhere = taken
+        if state is None:
+            return elsewhere
+        fresh = rules is self._by_index  # a new patient: every rule, timers computed in full
+        changed = self._reevaluate(state, rules, at, fact=fact, full=fresh)
+        if elsewhere:  # another patient's alerts: no id in common
+            changed.update(elsewhere)
+        return changed
+
+    def _take(
+        self, fact: AnyFact, now: datetime | None
+    ) -> (
+        tuple[_PatientState | None, Mapping[int, LoadedRule], datetime, dict[str, _Change] | None]
+        | None
+    ):
+        """Put a fact in its patient's record (its earlier version out): the patient's state
+        and the rules to evaluate again (state None: none), the evaluation time, and what
+        changed for another patient the fact moved from. None: no rule reads the fact."""
         visible = _visible_from(fact)
         at = self._advance(now, visible)
         key = (fact.kind, _concept(fact))
@@ -814,11 +858,8 @@ class LiveEvaluator:
         else:
             rules = self._rules_for(moved | {key}) if moved and moved - {key} else readers
         if not rules and not isinstance(fact, Stay):
-            return elsewhere  # nothing reads it (a stay may move the alerts along)
-        changed = self._reevaluate(state, rules, at, fact=fact, full=fresh)
-        if elsewhere:  # another patient's alerts: no id in common
-            changed.update(elsewhere)
-        return changed
+            return None, rules, at, elsewhere  # nothing reads it (a stay may move alerts along)
+        return state, rules, at, elsewhere
 
     def retract(self, kind: str, fact_id: str, now: datetime | None = None) -> AlertDiff:
         """Withdraw a fact its sender retracted (HL7 OBX-11 ``D``/``W``, FHIR

@@ -694,6 +694,64 @@ def test_incremental_equals_batch(
     assert [content(a) for a in live.alerts()] == [content(a) for a in batch]
 
 
+def _shown(diff: AlertDiff) -> tuple[list[Any], ...]:
+    return tuple(
+        sorted((a.id, content(a)) for a in part) for part in (diff.new, diff.updated, diff.resolved)
+    )
+
+
+@pytest.mark.property
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    facts=st.lists(facts_strategy(), min_size=10, max_size=80),
+    messages=st.lists(st.tuples(st.integers(1, 8), st.integers(0, 2 * 24 * 60)), min_size=1),
+    edges=st.lists(st.tuples(st.sampled_from(EDGES), st.sampled_from(NUDGES)), max_size=3),
+)
+def test_a_message_evaluated_once_equals_its_facts_one_by_one(
+    facts: list[AnyFact],
+    messages: list[tuple[int, int]],
+    edges: list[tuple[timedelta, timedelta]],
+) -> None:
+    """``add_many(facts, now)`` evaluates each patient's rules once after the message's facts
+    are in: the same diff, the same alerts and the same timers as adding them one by one at
+    that time (their diffs merged), checked by ticks at window edges of the message's facts
+    (a microsecond either side) before the next message."""
+    pack = default_pack()
+    one_by_one, batched = LiveEvaluator(pack, now=T0), LiveEvaluator(pack, now=T0)
+    clock, start = T0, 0
+    for size, minutes in messages * (len(facts) // len(messages) + 1):
+        message = facts[start : start + size]
+        if not message:
+            break
+        start += size
+        clock += timedelta(minutes=minutes)
+        merged = AlertDiff()
+        for fact in message:
+            merged = merged.merge(one_by_one.add(fact, clock))
+        assert _shown(batched.add_many(message, clock)) == _shown(merged)
+        assert [content(a) for a in batched.alerts()] == [content(a) for a in one_by_one.alerts()]
+        moments = [t for f in message if (t := _time_of(f)) is not None]
+        ticks = sorted(t + edge + nudge for t in moments[:2] for edge, nudge in edges)
+        for moment in [t for t in ticks if t > clock] + [clock + timedelta(hours=8)]:
+            assert _shown(batched.tick(moment)) == _shown(one_by_one.tick(moment))
+            assert [content(a) for a in batched.alerts()] == [
+                content(a) for a in one_by_one.alerts()
+            ]
+            clock = moment
+
+
+def test_a_message_of_results_evaluates_the_rules_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
+    live.add(order("RAMI", "C09AA05"))  # ramipril: hyperkalaemia reads it
+    seen = _evaluated(monkeypatch)
+    at = T0 + timedelta(days=1, hours=2)
+    results = [lab("potassium", 5.8 + i / 10, at - timedelta(minutes=i), f"K{i}") for i in range(5)]
+    diff = live.add_many(results, at)
+    assert seen.count("bio.hyperkalaemia") == 1  # not once per result
+    [alert] = diff.new
+    assert alert.rule_id == "bio.hyperkalaemia" and alert.message.startswith("K+ 5.8 mmol/L")
+
+
 # Retractions -------------------------------------------------------------------------------------
 
 
