@@ -75,6 +75,7 @@ from vigie.facts import (
 )
 
 __all__ = [
+    "OPIOID_LINES",
     "AlertDiff",
     "LiveEvaluator",
     "RuleTiming",
@@ -1165,7 +1166,7 @@ class LiveEvaluator:
         fact: AnyFact | None = None,
         full: bool = False,
     ) -> dict[str, _Change]:
-        """Evaluate ``rules`` (those some active line can trigger, or alerting), keep their
+        """Evaluate ``rules`` (those some active line can trigger, or with alerts), keep their
         alerts (unexplained entries), set their timers (``fact``: the one fact added since,
         ``full``: recompute them) and say what changed."""
         active = self._active_lines(state, at)
