@@ -14,9 +14,11 @@ evaluated in the same order and short-circuit at the same point (the evidence a 
 evaluation records, and the order it records it in, do not change), a ``TypeError`` in a
 comparison is the same located ``RuleRuntimeError``. Each function's source is kept (its
 ``source`` attribute) and registered with ``linecache`` while the function lives, so that a
-traceback shows the generated line; a loaded rule's ``source`` is the whole generated form of
-its parts. A subtree nested deeper than ``MAX_DEPTH`` stays a closure call (Python limits the
-nesting of blocks).
+traceback shows the generated line (a collected function's entry is removed at the next
+registration, ``release_sources``: not by the collector, which may run while
+``linecache.checkcache`` iterates the cache); a loaded rule's ``source`` is the whole generated
+form of its parts. A subtree nested deeper than ``MAX_DEPTH`` stays a closure call (Python
+limits the nesting of blocks).
 
 >>> from vigie.engine.expressions import ClosureBuilder, Scope
 >>> from vigie.engine.runtime import CodeSets
@@ -52,7 +54,13 @@ from vigie.engine.expressions import (
 )
 from vigie.engine.runtime import MEASURE_ATTRS, ORDER_ATTRS, QUALITATIVE_TEXT
 
-__all__ = ["MAX_DEPTH", "compile_function", "compile_message", "function_source"]
+__all__ = [
+    "MAX_DEPTH",
+    "compile_function",
+    "compile_message",
+    "function_source",
+    "release_sources",
+]
 
 MAX_DEPTH = 40  # indentation levels of generated code before a subtree stays a closure
 
@@ -74,6 +82,17 @@ _SHARED: dict[str, Any] = {
     "_record_threshold": _record_threshold,
 }
 _serial = itertools.count()  # distinct file names for linecache
+# The linecache entries of generated functions since collected, removed at the next
+# registration: the collector may run inside ``linecache.checkcache``, which reads every key it
+# listed before and fails on one removed meanwhile.
+_released: list[str] = []
+
+
+def release_sources() -> None:
+    """Remove the linecache entries of the generated functions collected since (done at each
+    registration: a service reloading packs does not accumulate sources)."""
+    while _released:
+        linecache.cache.pop(_released.pop(), None)
 
 
 def compile_function(
@@ -155,8 +174,9 @@ class _Writer:
         filename = f"<vigie rule {rule_id} {name} #{next(_serial)}>"
         function.__code__ = function.__code__.replace(co_filename=filename)
         function.source = source
+        release_sources()
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        weakref.finalize(function, linecache.cache.pop, filename, None)  # no growth on reloads
+        weakref.finalize(function, _released.append, filename)  # removed at the next one
         return function
 
     # Nodes

@@ -220,4 +220,23 @@ def test_sources_leave_linecache_with_their_pack() -> None:
     assert len(added) >= len(loaded.rules)  # a condition at least per rule, while loaded
     del loaded
     gc.collect()
-    assert not added & set(linecache.cache)  # a service reloading packs does not accumulate
+    assert added <= set(linecache.cache)  # not removed by the collector (checkcache may run)
+    load_pack(ir or {})  # the next pack loaded removes them: reloading does not accumulate
+    assert not added & set(linecache.cache)
+
+
+def test_checkcache_while_generated_functions_are_collected() -> None:
+    """The collector running inside ``linecache.checkcache`` (it lists the keys, then reads
+    each) must not remove an entry meanwhile: it failed with a KeyError in a doctest run."""
+    import gc
+
+    ir, _ = compile_pack((PACKS / "default.rules").read_text("utf-8"), "default.rules")
+    loaded = load_pack(ir or {})
+    names = [name for name in linecache.cache if name.startswith("<vigie rule")]
+    listed = list(linecache.cache.keys())
+    del loaded
+    gc.collect()  # as if it ran between checkcache's listing and its reads
+    assert all(name in linecache.cache for name in names)
+    for name in listed:
+        linecache.cache[name]  # what checkcache reads: no KeyError
+    linecache.checkcache()
