@@ -371,7 +371,7 @@ class LiveWorklist:
                 diff = evaluator.add_many(facts, at)
                 for retraction in retractions:
                     diff = diff.merge(evaluator.retract(retraction.kind, retraction.fact_id, at))
-                touched |= _patients(diff)
+                touched |= diff.patients()  # explained by _write
             for fact in facts:
                 moved_from = self._remember(fact)
                 if moved_from is not None:
@@ -400,7 +400,7 @@ class LiveWorklist:
             at = normalise_time(now) if now is not None else self.now()
             touched = set(self._shown)
             for evaluator in self._evaluators:
-                touched |= _patients(evaluator.tick(at))
+                touched |= evaluator.tick(at).patients()
             self.last_tick = at
             return self._write(touched, at)
 
@@ -558,7 +558,3 @@ class LiveWorklist:
         if owner is not None:
             self._context.get(owner, {}).pop((kind, fact_id), None)
             touched.add(owner)
-
-
-def _patients(diff: AlertDiff) -> set[str]:
-    return diff.patients()  # not explained here: ``_write`` reads the patients' alerts

@@ -148,30 +148,15 @@ class AlertDiff:
         self._settle()
         return self._new
 
-    @new.setter
-    def new(self, alerts: list[Alert]) -> None:
-        self._settle()
-        self._new = alerts
-
     @property
     def updated(self) -> list[Alert]:
         self._settle()
         return self._updated
 
-    @updated.setter
-    def updated(self, alerts: list[Alert]) -> None:
-        self._settle()
-        self._updated = alerts
-
     @property
     def resolved(self) -> list[Alert]:
         self._settle()
         return self._resolved
-
-    @resolved.setter
-    def resolved(self, alerts: list[Alert]) -> None:
-        self._settle()
-        self._resolved = alerts
 
     def patients(self) -> set[str]:
         """The patients with a change, unexplained changes included (that may turn out to be

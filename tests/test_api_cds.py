@@ -91,8 +91,7 @@ def test_feedback_becomes_decisions_on_the_alerts(
         "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
         "outcomeTimestamp": "1980-07-16T21:02:00Z",
     }
-    url = "/cds-services/vigie-order-sign/feedback"
-    response = api.client.post(url, json={"feedback": [feedback]}, headers=api.as_("feed"))
+    response = _feedback(api.client, api.tokens["feed"], [feedback])
     assert response.status_code == 200, response.text
     decided = [d for d in api.service.decisions() if d.actor == "cds-hooks:vigie-order-sign"]
     (decision,) = decided
@@ -103,7 +102,7 @@ def test_feedback_becomes_decisions_on_the_alerts(
     assert decision.outcome == "accepted"
     assert decision.decided_at == datetime(1980, 7, 16, 21, 2)
     # the same card again: the alert is decided already, a 409 saying so, nothing recorded
-    again = api.client.post(url, json={"feedback": [feedback]}, headers=api.as_("feed"))
+    again = _feedback(api.client, api.tokens["feed"], [feedback])
     assert again.status_code == 409, again.text
     assert "decided" in again.text or "cannot" in again.text
     assert len([d for d in api.service.decisions() if d.alert_id == alert.id]) == 1
@@ -121,8 +120,7 @@ def test_an_override_becomes_a_dismissal_with_its_reason(
         "overrideReason": {"reason": reason, "userComment": "néphrologue prévenu"},
         "outcomeTimestamp": "1980-07-16T21:03:00Z",
     }
-    url = "/cds-services/vigie-order-sign/feedback"
-    response = api.client.post(url, json={"feedback": [feedback]}, headers=api.as_("feed"))
+    response = _feedback(api.client, api.tokens["feed"], [feedback])
     assert response.status_code == 200, response.text
     (decision,) = [d for d in api.service.decisions() if d.decided_at.minute == 3]
     assert decision.kind == "dismissal" and decision.dismiss_reason == "accepted_risk"
@@ -142,8 +140,7 @@ def test_an_override_without_a_reason_says_so(
         "outcome": "overridden",
         "outcomeTimestamp": "1980-07-16T21:07:00Z",
     }
-    url = "/cds-services/vigie-order-sign/feedback"
-    response = api.client.post(url, json={"feedback": [feedback]}, headers=api.as_("feed"))
+    response = _feedback(api.client, api.tokens["feed"], [feedback])
     assert response.status_code == 200, response.text
     (decision,) = [d for d in api.service.decisions() if d.decided_at.minute == 7]
     assert decision.kind == "dismissal" and decision.dismiss_reason == "other"
