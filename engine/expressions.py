@@ -777,6 +777,19 @@ def _constant_seconds(node: Mapping[str, Any] | None) -> float | None:
     return None
 
 
+def _fixed_window(length: timedelta | None) -> WindowFn:
+    """A window ending at the evaluation time (inclusive) and starting ``length`` before it (no
+    start: None). Its length is kept on it (``length``, with ``fixed``) for a query to compute
+    the bounds in place (``runtime.lab_select``)."""
+
+    def bounds(ctx: Context) -> WindowBounds:
+        return (None if length is None else ctx.as_of - length, ctx.as_of, True)
+
+    bounds.fixed = True  # type: ignore[attr-defined]
+    bounds.length = length  # type: ignore[attr-defined]
+    return bounds
+
+
 def _parametric_window(within: Closure) -> WindowFn:
     """``within p``, p a parameter: its length computed once per parameter set (a selection's
     parameters do not change; a context carries its selection's)."""
@@ -784,15 +797,20 @@ def _parametric_window(within: Closure) -> WindowFn:
     # a loaded pack with different parameters: a ward's cursors).
     last: list[tuple[Any, timedelta | None]] = [(None, None)]
 
-    def bounds(ctx: Context) -> WindowBounds | None:
+    def length_of(ctx: Context) -> timedelta | None:
         params = ctx.params
         seen, length = last[0]
         if seen is not params:
             w = within(ctx)
             length = None if w is None else timedelta(seconds=float(w))
             last[0] = (params, length)
+        return length
+
+    def bounds(ctx: Context) -> WindowBounds | None:
+        length = length_of(ctx)
         return None if length is None else (ctx.as_of - length, ctx.as_of, True)
 
+    bounds.length_of = length_of  # type: ignore[attr-defined]  # for a query to use in place
     return bounds
 
 
@@ -804,11 +822,10 @@ def _build_window(window: Mapping[str, Any] | None, builder: ClosureBuilder) -> 
     ``within``, or ``since``.
     """
     if window is None:
-        return lambda ctx: (None, ctx.as_of, True)
+        return _fixed_window(None)
     fixed = _constant_seconds(window.get("within")) if set(_bounds(window)) == {"within"} else None
     if fixed is not None:  # ``within 48 h``: the same length at every evaluation
-        length = timedelta(seconds=fixed)
-        return lambda ctx: (ctx.as_of - length, ctx.as_of, True)
+        return _fixed_window(timedelta(seconds=fixed))
     parts = {k: builder.build(window[k]) if window.get(k) else None for k in window}
     within, since, before = parts.get("within"), parts.get("since"), parts.get("before")
     if within is not None and window_key(window) is not None:  # ``within`` a parameter

@@ -564,12 +564,12 @@ def _offer_fact(deadline: _Deadline, fact: AnyFact, timing: RuleTiming) -> None:
 def _fact_deadline(fact: AnyFact, timing: RuleTiming, at: datetime) -> datetime | None:
     """The earliest moment after ``at`` where this one fact may change the rule's result."""
     if isinstance(fact, _MEASURE_TYPES):  # the common case, without the helpers
-        best = None
-        for offset in timing.offsets:
-            moment = fact.time + offset
-            if moment >= at and (best is None or moment < best):
-                best = moment
-        return at + _MICROSECOND if best == at else best
+        moment = fact.time
+        for offset in timing.offsets:  # sorted: the first reaching ``at`` is the earliest
+            if moment + offset >= at:
+                moment += offset
+                return at + _MICROSECOND if moment == at else moment
+        return None
     deadline = _Deadline(at)
     _offer_fact(deadline, fact, timing)
     if timing.age and isinstance(fact, Patient) and fact.birth_date is not None:
@@ -619,6 +619,12 @@ class _ActiveLines:
     by_set: dict[tuple[str | None, frozenset[str] | None], list[MedicationOrder]]
     since: datetime
     until: datetime | None
+    # The rules they can trigger among the readers of a (kind, concept) key, by the id of the
+    # readers' mapping (``LiveEvaluator._dependents``' values, which live as long as the
+    # evaluator): with and without the rules needing an allergy on record.
+    evaluable: dict[int, tuple[dict[int, LoadedRule], dict[int, LoadedRule]]] = field(
+        default_factory=dict
+    )
 
 
 class _LiveContext(Context):
@@ -694,6 +700,7 @@ class LiveEvaluator:
         self._patients: dict[str, _PatientState] = {}
         self._owner: dict[tuple[str, str], str] = {}  # (kind, fact id) → patient id
         self._dependents = _dependents(self.selection.rules)
+        self._kept_readers = frozenset(id(readers) for readers in self._dependents.values())
         self._by_index = {r.index: r for r in self.selection.rules}
         self._position = {r.id: i for i, r in enumerate(self.selection.rules)}
         self._timing: dict[int, RuleTiming] = {}
@@ -771,8 +778,42 @@ class LiveEvaluator:
         """Take one fact in and re-evaluate what depends on it, for its patient only."""
         if self._held:
             self._settle_held()
-        changes = self._add(fact, now)
+        changes = self._add_measure(fact, now) if isinstance(fact, _MEASURE_TYPES) else None
+        if changes is None:
+            changes = self._add(fact, now)
         return self._diff(changes) if changes else AlertDiff()
+
+    def _add_measure(
+        self, fact: LabResult | Observation, now: datetime | None
+    ) -> dict[str, _Change] | None:
+        """``_add`` for the most common fact: a new result of a known patient, dated no later
+        than ``now``, that some rule reads (its concept's readers evaluated). None: not that
+        case, ``_add`` takes it (what is done here before saying so, ``_advance``, it redoes
+        alike)."""
+        if now is None:
+            return None
+        at = now if now.tzinfo is None else normalise_time(now)
+        if self.now is None or at > self.now:
+            self.now = at
+        readers = self._dependents.get((fact.kind, fact.concept))
+        if not readers and (fact.kind, fact.fact_id) not in self._owner:
+            return {}  # no rule reads it (nor an earlier version of it)
+        state = self._patients.get(fact.patient_id)
+        if (
+            not readers
+            or state is None
+            or fact.time > at  # visible later: an event to queue
+            or (state.events_until is not None and at < state.events_until)  # a rewind
+        ):
+            return None
+        key = (fact.kind, fact.fact_id)
+        owners = self._owner
+        if key in owners:  # a new version of a fact: its earlier one goes
+            return None
+        owners[key] = fact.patient_id
+        state.facts[key] = fact
+        _add_to_series(state.record, fact)
+        return self._reevaluate(state, readers, at, fact=fact)
 
     def add_many(self, facts: Iterable[AnyFact], now: datetime | None = None) -> AlertDiff:
         """Take several facts in (a message's), as one diff. With ``now`` given, each patient's
@@ -1012,12 +1053,8 @@ class LiveEvaluator:
         read: bool,
     ) -> None:
         state.facts[(fact.kind, fact.fact_id)] = fact
-        if type(fact) is LabResult and read and fact.concept is not None:  # most facts: inline
-            series = state.record.labs.get(fact.concept)
-            if series is None:
-                state.record.labs[fact.concept] = [fact]
-            else:
-                _insort_measure(series, fact)
+        if type(fact) is LabResult and read and fact.concept is not None:  # most facts
+            _add_to_series(state.record, fact)
         elif isinstance(fact, MedicationOrder):
             _place(state.record, fact)
             if state.active is not None:
@@ -1167,15 +1204,26 @@ class LiveEvaluator:
         """Evaluate ``rules`` (those some active line can trigger, or with alerts), keep their
         alerts (unexplained entries), set their timers (``fact``: the one fact added since,
         ``full``: recompute them) and say what changed."""
-        active = self._active_lines(state, at)
+        active = state.active  # ``_active_lines``' and ``_stay_at``'s kept answers, read here
+        if active is None or not (
+            active.since <= at and (active.until is None or at < active.until)
+        ):
+            active = self._active_lines(state, at)
         if state.latest is None or at > state.latest:
             state.latest = at
             if self._latest is None or at > self._latest:
                 self._latest = at
-        chosen = self._evaluable(state, rules, active.names)
-        for index in [i for i in state.timers if i in rules and i not in chosen]:
-            del state.timers[index]  # not evaluated: its deadline no longer follows its facts
-        stay = self._stay_at(state, at)
+        chosen = self._evaluable(state, rules, active)
+        timers = state.timers
+        if timers and len(chosen) < len(rules):
+            for index in [i for i in (rules if len(rules) < len(timers) else timers)
+                          if i in timers and i in rules and i not in chosen]:  # fmt: skip
+                del timers[index]  # not evaluated: its deadline no longer follows its facts
+        kept = state.stay_at
+        if kept is not None and kept[1] <= at and (kept[2] is None or at < kept[2]):
+            stay = kept[0]
+        else:
+            stay = self._stay_at(state, at)
         changes: dict[str, _Change] = {}
         if chosen:  # a context only for rules to evaluate (most facts reach none)
             ctx = _LiveContext(
@@ -1196,8 +1244,8 @@ class LiveEvaluator:
                     before = old.get(identity) if old else None
                     if before is None:
                         alert_id, seen = combination_alert_id(rule_id, patient_id, identity), None
-                    else:  # found again: its id and its last explanation
-                        alert_id, seen = before.id, before.shown
+                    else:  # found again: its id and its last explanation (``shown``)
+                        alert_id, seen = before.id, before.alert or before.seen
                     fresh[identity] = entry = _Entry(
                         alert_id, patient_id, rule, combo, identity, stay, at, seen
                     )
@@ -1240,14 +1288,33 @@ class LiveEvaluator:
         return stay
 
     def _evaluable(
-        self, state: _PatientState, rules: Mapping[int, LoadedRule], names: frozenset[str]
-    ) -> dict[int, LoadedRule]:
+        self, state: _PatientState, rules: Mapping[int, LoadedRule], active: _ActiveLines
+    ) -> Mapping[int, LoadedRule]:
         """Those of ``rules`` that the active lines can trigger (some line in each of the
         rule's ``required_sets``: an interaction needs both its classes), and those with alerts
         to resolve: a pack of a thousand interactions costs its active classes. Another rule
         could not fire (a drug binding's pool would be empty) and needs no timer: a line
         starting or arriving evaluates it again. A rule that needs an allergy on record is not
-        evaluated for a patient with none (an allergy arriving evaluates it)."""
+        evaluated for a patient with none (an allergy arriving evaluates it). The readers of a
+        lab or any fact kind are chosen once per set of active lines (kept with them)."""
+        key = id(rules)
+        kept = active.evaluable.get(key) if key in self._kept_readers else None
+        if kept is None:
+            triggered = self._triggered(rules, active.names)
+            without = {i: r for i, r in triggered.items() if i not in self._needs_allergy}
+            kept = (triggered, without if len(without) < len(triggered) else triggered)
+            if key in self._kept_readers:
+                active.evaluable[key] = kept
+        chosen = kept[0] if state.record.allergies else kept[1]
+        extra = [i for i in state.alerts if i in rules and i not in chosen]
+        if extra:
+            chosen = {**chosen, **{i: rules[i] for i in extra}}
+        return chosen
+
+    def _triggered(
+        self, rules: Mapping[int, LoadedRule], names: frozenset[str]
+    ) -> dict[int, LoadedRule]:
+        """Those of ``rules`` whose ``required_sets`` the active lines' sets cover."""
         chosen: dict[int, LoadedRule] = {}
         if len(rules) <= 2 * len(names):
             for index, rule in rules.items():
@@ -1264,12 +1331,6 @@ class LiveEvaluator:
                 for rule in selection.by_trigger.get(name, ()):
                     if rule.index in rules and rule.required_sets <= names:
                         chosen[rule.index] = rule
-        if self._needs_allergy and not state.record.allergies:
-            for index in self._needs_allergy:
-                chosen.pop(index, None)
-        for index in state.alerts:
-            if index in rules:
-                chosen[index] = rules[index]
         return chosen
 
     def _active_lines(self, state: _PatientState, at: datetime, keep: bool = True) -> _ActiveLines:
@@ -1313,7 +1374,13 @@ class LiveEvaluator:
                 until = moment
         if not is_active(line, at):
             return _ActiveLines(
-                active.lines, active.line_sets, active.names, active.by_set, since, until
+                active.lines,
+                active.line_sets,
+                active.names,
+                active.by_set,
+                since,
+                until,
+                active.evaluable,  # the same lines: the same rules
             )
         own = self.selection.pack.sets.atc(line.atc, line.route)
         position = bisect_right(active.lines, _line_key(line), key=_line_key)
@@ -1407,6 +1474,22 @@ def _insort_measure(series: list[Any], fact: LabResult | Observation) -> None:
         series.append(fact)
     else:
         insort(series, fact, key=_measure_key)
+
+
+def _add_to_series(record: PatientRecord, fact: LabResult | Observation) -> None:
+    """A result with a concept into its series (kept sorted)."""
+    if isinstance(fact, LabResult):
+        labs = record.labs.get(fact.concept)  # type: ignore[arg-type]  # a concept: read by a rule
+        if labs is None:
+            record.labs[fact.concept] = [fact]  # type: ignore[index]
+        else:
+            _insort_measure(labs, fact)
+    else:
+        observations = record.observations.get(fact.concept)  # type: ignore[arg-type]
+        if observations is None:
+            record.observations[fact.concept] = [fact]  # type: ignore[index]
+        else:
+            _insort_measure(observations, fact)
 
 
 def _place(record: PatientRecord, fact: AnyFact) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Any, TypeVar
 
@@ -605,6 +605,8 @@ def lab_select(
     pick = _PICKERS[select]
     measures = attrgetter("labs" if fact_kind == "lab" else "observations")  # as ``_series``
     key = None if share is None else (fact_kind, concept, select, share)
+    if getattr(window, "fixed", False) or hasattr(window, "length_of"):
+        return _select_in_length(measures, concept, select, window, label, key)
 
     def lab(ctx: Context) -> Measure | None:  # ``_series`` and ``_slice`` inlined: a hot path
         series = measures(ctx.record).get(concept)
@@ -630,6 +632,58 @@ def lab_select(
         return found
 
     return lab
+
+
+def _select_in_length(
+    measures: Callable[[PatientRecord], Mapping[str, list[Measure]]],
+    concept: str,
+    select: str,
+    window: WindowFn,
+    label: str | None,
+    key: Hashable | None,
+) -> Callable[[Context], Measure | None]:
+    """``lab_select`` in a window ending at the evaluation time (inclusive) with a length: a
+    constant (``window.length``, None: since ever) or a parameter's (``window.length_of``, None:
+    unknown), computed in place, and ``latest`` picked in place: the most common queries, one
+    call each."""
+    pick, latest = _PICKERS[select], select == "latest"
+    length_of: Callable[[Context], timedelta | None] | None = getattr(window, "length_of", None)
+    length: timedelta | None = getattr(window, "length", None)
+
+    def select_in_length(ctx: Context) -> Measure | None:
+        series = measures(ctx.record).get(concept)
+        if not series:
+            return None
+        if key is not None and ctx.trace is None:
+            hit = ctx.shared.get(key, _UNSET)
+            if hit is not _UNSET:
+                shared: Measure | None = hit
+                return shared
+        span = length
+        if length_of is not None:
+            span = length_of(ctx)
+            if span is None:
+                return None
+        end = ctx.as_of
+        hi = bisect_right(series, end, key=_time_of)
+        lo = 0 if span is None else bisect_left(series, end - span, 0, hi, key=_time_of)
+        found = None
+        if latest:
+            for i in range(hi - 1, lo - 1, -1):
+                fact = series[i]
+                if fact.value is not None or getattr(fact, "qualitative", None) is not None:
+                    found = fact
+                    break
+        else:
+            found = pick(series, lo, hi)
+        if ctx.trace is not None:
+            if found is not None and label is not None:
+                ctx.trace.append(ctx.cached(measure_evidence, label, found))
+        elif key is not None:
+            ctx.shared[key] = found
+        return found
+
+    return select_in_length
 
 
 def _has_value(fact: Measure) -> bool:

@@ -206,6 +206,30 @@ def test_the_allergy_rule_needs_an_allergy_on_record(monkeypatch: pytest.MonkeyP
     assert sorted(a.drugs[0].order_id for a in live.alerts()) == ["AMOX", "CLOXA"]
 
 
+def test_an_allergy_retracted_resolves_its_alert_and_another_keeps_it() -> None:
+    """The rules an allergy reaches are chosen once per set of active lines (kept with them),
+    with and without those needing an allergy on record: one with an alert is evaluated
+    either way, so the alert resolves when the last allergy is withdrawn (catalogue:
+    combo.allergy, an active drug of the class of a recorded allergy)."""
+    live = LiveEvaluator(default_pack(), now=T0 + timedelta(days=1))
+    live.add(order("AMOX", "J01CA04", dose=1000.0, frequency_per_day=3.0, daily_dose=3000.0))
+    allergies = [
+        Allergy(
+            fact_id=f"A{i}", patient_id="p1", source=SRC, substance=Coding(code="penicillins"),
+            atc=("J01C",), recorded=T0,
+        )  # fmt: skip
+        for i in (1, 2)
+    ]
+    assert [a.rule_id for a in live.add(allergies[0]).new] == ["combo.allergy"]
+    assert not live.add(allergies[1]).resolved  # the same alert (its evidence may grow)
+    diff = live.retract("allergy", "A1")
+    assert not diff.resolved and not diff.new  # the other allergy still makes it
+    assert [a.rule_id for a in live.alerts()] == ["combo.allergy"]
+    assert [a.rule_id for a in live.retract("allergy", "A2").resolved] == ["combo.allergy"]
+    assert live.alerts() == []
+    assert [a.rule_id for a in live.add(allergies[0]).new] == ["combo.allergy"]
+
+
 def test_tick_fires_and_resolves_time_based_rules() -> None:
     live = LiveEvaluator(default_pack(), now=T0)
     live.add(order("AVK", "B01AA03", start=T0))
