@@ -128,7 +128,7 @@ def fact_row(fact: Fact) -> dict[str, Any]:
     return row
 
 
-@dataclass
+@dataclass(slots=True)
 class PatientRecord:
     """Everything known about one patient, sorted by time where facts have one."""
 

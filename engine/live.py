@@ -107,10 +107,10 @@ class AlertDiff:
         new: list[Alert] | None = None,
         updated: list[Alert] | None = None,
         resolved: list[Alert] | None = None,
-    ) -> None:  # no dataclass default factories: built on every update, so kept cheap
-        self._new = [] if new is None else new
-        self._updated = [] if updated is None else updated
-        self._resolved = [] if resolved is None else resolved
+    ) -> None:  # built on every update, so kept cheap: a list is made when first read
+        self._new = new
+        self._updated = updated
+        self._resolved = resolved
         self._changes: dict[str, _Change] | None = None
         self._explain: Callable[[_Entry], Alert] | None = None
 
@@ -139,29 +139,36 @@ class AlertDiff:
             elif not same_content(before, alert):
                 updated.append(alert)
         self._changes = None
-        self._new.extend(new)
-        self._updated.extend(updated)
-        self._resolved.extend(resolved)
+        self._new = (self._new or []) + new
+        self._updated = (self._updated or []) + updated
+        self._resolved = (self._resolved or []) + resolved
 
     @property
     def new(self) -> list[Alert]:
         self._settle()
+        if self._new is None:
+            self._new = []
         return self._new
 
     @property
     def updated(self) -> list[Alert]:
         self._settle()
+        if self._updated is None:
+            self._updated = []
         return self._updated
 
     @property
     def resolved(self) -> list[Alert]:
         self._settle()
+        if self._resolved is None:
+            self._resolved = []
         return self._resolved
 
     def patients(self) -> set[str]:
         """The patients with a change, unexplained changes included (that may turn out to be
         none: an alert fired again unchanged)."""
-        found = {a.patient_id for part in (self._new, self._updated, self._resolved) for a in part}
+        parts = (self._new, self._updated, self._resolved)
+        found = {a.patient_id for part in parts if part for a in part}
         found.update(change[3] for change in (self._changes or {}).values())
         return found
 
@@ -587,7 +594,7 @@ def _event_moments(fact: object) -> tuple[datetime | None, ...]:
     return ()
 
 
-@dataclass
+@dataclass(slots=True)
 class _PatientState:
     record: PatientRecord
     # rule index → identity (sorted order ids of the drug lines) → alert
@@ -647,6 +654,20 @@ class _LiveContext(Context):
         self.params = params
         self.trace = self.thresholds = None
         self.bound, self.values, self.combo_values = {}, {}, {}
+        self._active = active.lines
+        self._line_sets = active.line_sets
+        self._lines = active.by_set
+        self._names = active.names
+        self.evidence = state.evidence
+        self.shared = {}
+
+    def renew(
+        self, record: PatientRecord, as_of: datetime, active: _ActiveLines, state: _PatientState
+    ) -> None:
+        """The same context for another evaluation (the evaluator keeps one: ``bound``,
+        ``values`` and ``combo_values`` are reset by ``firing_combinations``)."""
+        self.record = record
+        self.as_of = as_of
         self._active = active.lines
         self._line_sets = active.line_sets
         self._lines = active.by_set
@@ -732,6 +753,7 @@ class LiveEvaluator:
         # The diffs returned and maybe still held, explained before the next update changes
         # what they would be explained from.
         self._held: list[weakref.ref[AlertDiff]] = []
+        self._context: _LiveContext | None = None  # renewed for each evaluation
 
     # Reading
 
@@ -1213,12 +1235,7 @@ class LiveEvaluator:
             state.latest = at
             if self._latest is None or at > self._latest:
                 self._latest = at
-        chosen = self._evaluable(state, rules, active)
-        timers = state.timers
-        if timers and len(chosen) < len(rules):
-            for index in [i for i in (rules if len(rules) < len(timers) else timers)
-                          if i in timers and i in rules and i not in chosen]:  # fmt: skip
-                del timers[index]  # not evaluated: its deadline no longer follows its facts
+        chosen = self._evaluable(state, rules, active)  # the others' timers dropped
         kept = state.stay_at
         if kept is not None and kept[1] <= at and (kept[2] is None or at < kept[2]):
             stay = kept[0]
@@ -1226,9 +1243,15 @@ class LiveEvaluator:
             stay = self._stay_at(state, at)
         changes: dict[str, _Change] = {}
         if chosen:  # a context only for rules to evaluate (most facts reach none)
-            ctx = _LiveContext(
-                state.record, at, self.selection.pack.sets, self.selection.params, active, state
-            )
+            kept_ctx = self._context
+            if kept_ctx is None:
+                kept_ctx = self._context = _LiveContext(
+                    state.record, at, self.selection.pack.sets, self.selection.params, active,
+                    state,
+                )  # fmt: skip
+            else:
+                kept_ctx.renew(state.record, at, active, state)
+            ctx = kept_ctx
             alerts, timings = state.alerts, self._timing
             patient_id = state.record.patient_id
         for index in sorted(chosen) if len(chosen) > 1 else chosen:
@@ -1309,6 +1332,11 @@ class LiveEvaluator:
         extra = [i for i in state.alerts if i in rules and i not in chosen]
         if extra:
             chosen = {**chosen, **{i: rules[i] for i in extra}}
+        timers = state.timers
+        if timers and len(chosen) < len(rules):  # not evaluated: a timer no longer follows its
+            for index in [i for i in (rules if len(rules) < len(timers) else timers)
+                          if i in timers and i in rules and i not in chosen]:  # fmt: skip
+                del timers[index]  # facts (a new version of one would not be offered to it)
         return chosen
 
     def _triggered(
@@ -1352,7 +1380,9 @@ class LiveEvaluator:
         moments = [m for o in state.record.orders for m in (o.start, o.end) if m is not None]
         since = max((m for m in moments if m <= at), default=datetime.min)
         until = min((m for m in moments if m > at), default=None)
-        active = _ActiveLines(lines, line_sets, names, {}, since, until)
+        before = state.active  # the rules chosen for the same sets hold for these lines too
+        evaluable = before.evaluable if before is not None and before.names == names else {}
+        active = _ActiveLines(lines, line_sets, names, {}, since, until, evaluable)
         if keep:
             state.active = active
         return active
@@ -1389,7 +1419,8 @@ class LiveEvaluator:
         line_sets = list(active.line_sets)
         line_sets.insert(position, (line, own))
         names = active.names | self._line_names(line)
-        return _ActiveLines(lines, line_sets, names, {}, since, until)
+        evaluable = active.evaluable if names == active.names else {}
+        return _ActiveLines(lines, line_sets, names, {}, since, until, evaluable)
 
     def _set_timer(
         self,

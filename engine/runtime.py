@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from operator import attrgetter
 from typing import Any, TypeVar
 
@@ -42,6 +42,7 @@ from vigie.facts import (
     Observation,
     Patient,
     Pregnancy,
+    Sex,
 )
 
 __all__ = [
@@ -665,17 +666,21 @@ def _select_in_length(
             if span is None:
                 return None
         end = ctx.as_of
-        hi = bisect_right(series, end, key=_time_of)
-        lo = 0 if span is None else bisect_left(series, end - span, 0, hi, key=_time_of)
-        found = None
-        if latest:
-            for i in range(hi - 1, lo - 1, -1):
-                fact = series[i]
-                if fact.value is not None or getattr(fact, "qualitative", None) is not None:
-                    found = fact
-                    break
+        last = series[-1]  # the newest first: usually the answer, without reading the others
+        if latest and last.time <= end and last.value is not None:
+            found = last if span is None or last.time >= end - span else None
         else:
-            found = pick(series, lo, hi)
+            hi = bisect_right(series, end, key=_time_of)
+            lo = 0 if span is None else bisect_left(series, end - span, 0, hi, key=_time_of)
+            found = None
+            if latest:
+                for i in range(hi - 1, lo - 1, -1):
+                    fact = series[i]
+                    if fact.value is not None or getattr(fact, "qualitative", None) is not None:
+                        found = fact
+                        break
+            else:
+                found = pick(series, lo, hi)
         if ctx.trace is not None:
             if found is not None and label is not None:
                 ctx.trace.append(ctx.cached(measure_evidence, label, found))
@@ -842,7 +847,7 @@ def age_value(ctx: Context, name: str) -> float | None:
     patient = ctx.record.patient
     if patient is None or patient.birth_date is None:
         return None
-    years = float(age_in_years(patient.birth_date, ctx.as_of))
+    years = float(_age(ctx, patient.birth_date))
     if ctx.trace is not None:
         ctx.trace.append(ctx.derived(name, "age", years, "years", [patient_input(ctx, patient)]))
     return years
@@ -850,8 +855,19 @@ def age_value(ctx: Context, name: str) -> float | None:
 
 def _sex_fm(ctx: Context) -> str | None:
     patient = ctx.record.patient
-    sex = None if patient is None else patient.sex.value
-    return sex if sex in ("F", "M") else None
+    sex = None if patient is None else patient.sex
+    return "F" if sex is Sex.FEMALE else "M" if sex is Sex.MALE else None
+
+
+_AGE = ("age",)  # ``Context.shared``'s key of the patient's age at the evaluation time
+
+
+def _age(ctx: Context, birth_date: date) -> int:
+    """``age_in_years`` at the evaluation time, computed once per context."""
+    age: int | None = ctx.shared.get(_AGE)
+    if age is None:
+        age = ctx.shared[_AGE] = age_in_years(birth_date, ctx.as_of)
+    return age
 
 
 def clearance_value(
@@ -866,7 +882,7 @@ def clearance_value(
     creatinine, weight = creatinine_fn(ctx), weight_fn(ctx)
     if creatinine is None or weight is None or creatinine.value is None or weight.value is None:
         return None
-    age = age_in_years(patient.birth_date, ctx.as_of)
+    age = _age(ctx, patient.birth_date)
     value = cockcroft_gault(
         age=age, weight_kg=weight.value, creatinine_umol_l=creatinine.value, sex=sex
     )
@@ -889,7 +905,7 @@ def egfr_computed(
     creatinine = creatinine_fn(ctx)
     if creatinine is None or creatinine.value is None:
         return None
-    age = age_in_years(patient.birth_date, ctx.as_of)
+    age = _age(ctx, patient.birth_date)
     value = ckd_epi_2021(creatinine_umol_l=creatinine.value, age=age, sex=sex)
     if value is not None and ctx.trace is not None:
         inputs = [
