@@ -512,9 +512,15 @@ class ClosureBuilder:
             "observation", "weight", "latest", _build_window(None, self), share=window_key(None)
         )
         name = label or "clearance"
+        key = None if share is None else ("clearance", share)  # the same for every rule
 
         def clearance(ctx: Context) -> float | None:
-            return clearance_value(ctx, creatinine, weight, name)
+            if key is None or ctx.trace is not None:  # explaining: traced, not shared
+                return clearance_value(ctx, creatinine, weight, name)
+            value: float | None = ctx.shared.get(key, _MISSING)
+            if value is _MISSING:
+                value = ctx.shared[key] = clearance_value(ctx, creatinine, weight, name)
+            return value
 
         return clearance
 
@@ -527,8 +533,17 @@ class ClosureBuilder:
         reported = lab_select("lab", "egfr", "latest", window, share=share)
         creatinine = lab_select("lab", "creatinine", "latest", window, share=share)
         name = label or "egfr"
+        key = None if share is None else ("egfr", share)  # the same for every rule
 
         def egfr(ctx: Context) -> float | None:
+            if key is None or ctx.trace is not None:  # explaining: traced, not shared
+                return latest_egfr(ctx)
+            value: float | None = ctx.shared.get(key, _MISSING)
+            if value is _MISSING:
+                value = ctx.shared[key] = latest_egfr(ctx)
+            return value
+
+        def latest_egfr(ctx: Context) -> float | None:
             result = reported(ctx)
             if result is not None:
                 later = creatinine(ctx)
