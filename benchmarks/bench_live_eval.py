@@ -23,10 +23,16 @@ week of labs) receiving potassium results, normal then high (the hyperkalaemia a
 on each add).
 
     .venv/bin/python benchmarks/bench_live_eval.py [--beds 300] [--days 7] [--seed 3] [--rounds 3]
-        [--closures]
+        [--closures] [--opcodes]
 
 ``--closures`` loads the packs as the closure builder's closures instead of generated Python
 (``load_pack(ir, codegen=False)``), for comparison (run both in turn: the machine is shared).
+
+``--opcodes`` counts instead of timing: the Python bytecode instructions and calls each update
+executes (``sys.settrace`` with opcode events), for the firing updates and every tenth
+non-firing one, by kind of fact. The count does not depend on the machine's load, so it tells
+apart two versions of the code whose timings differ by less than the noise (it says nothing of
+the memory each update touches, which the wall clock does).
 """
 
 from __future__ import annotations
@@ -35,10 +41,12 @@ import argparse
 import os
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from vigie.engine import LiveEvaluator, load_pack
 from vigie.engine.load import LoadedPack
@@ -185,6 +193,74 @@ def replay(
     firing_breakdown(by_kind)
     like_for_like(by_rules)
     tick_costs(stores, facts)
+
+
+def opcode_counts(packs: Sequence[LoadedPack], facts: list[AnyFact], start: datetime) -> None:
+    """Replay once to find the firing updates, then again counting the opcodes and Python
+    calls of those and of every tenth non-firing update (``--opcodes``)."""
+    facts.sort(key=lambda f: (arrival(f), f.kind, f.fact_id))
+
+    def run(counted: set[int] | None) -> tuple[set[int], dict[str, list[tuple[int, int]]]]:
+        stores = [LiveEvaluator(pack, now=start) for pack in packs]
+        firing: set[int] = set()
+        counts: dict[str, list[tuple[int, int]]] = {}
+        next_tick = start + timedelta(hours=1)
+        for i, fact in enumerate(facts):
+            at = max(arrival(fact), start)
+            while at >= next_tick:
+                for live in stores:
+                    live.tick(next_tick)
+                next_tick += timedelta(hours=1)
+            fired = sum(live.fired for live in stores)
+            counting = counted is not None and (i in counted or i % 10 == 0)
+            if counting:
+                tally[:] = [0, 0]
+                sys.settrace(_trace_call)
+            for live in stores:
+                live.add(fact, now=at)
+            if counting:
+                sys.settrace(None)
+                label = _update_kind(fact) if counted and i in counted else "non-firing"
+                counts.setdefault(label, []).append((tally[0], tally[1]))
+            if sum(live.fired for live in stores) > fired:
+                firing.add(i)
+        return firing, counts
+
+    firing, _ = run(None)
+    _, counts = run(firing)
+    fired = [c for label, rows in counts.items() if label != "non-firing" for c in rows]
+    quiet = counts.get("non-firing", [])
+    print("Python opcodes and calls per update (deterministic; both packs):")
+    for label, rows in (("firing", fired), ("non-firing (every tenth)", quiet)):
+        print(
+            f"  {label} ({len(rows)}): opcodes median {statistics.median(r[0] for r in rows):.0f},"
+            f" mean {statistics.mean(r[0] for r in rows):.0f}; calls mean "
+            f"{statistics.mean(r[1] for r in rows):.1f}"
+        )
+    ranked = sorted(
+        ((k, v) for k, v in counts.items() if k != "non-firing"), key=lambda kv: -len(kv[1])
+    )
+    for kind, rows in ranked[:5]:
+        opcodes, calls = (statistics.mean(r[i] for r in rows) for i in (0, 1))
+        print(f"    firing, {kind} ({len(rows)}): opcodes mean {opcodes:.0f}, calls {calls:.1f}")
+
+
+tally = [0, 0]  # opcodes, Python calls of the update being counted
+
+
+def _trace_call(frame: Any, event: str, arg: Any) -> Any:
+    if event == "call":
+        tally[1] += 1
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        return _trace_opcode
+    return None
+
+
+def _trace_opcode(frame: Any, event: str, arg: Any) -> Any:
+    if event == "opcode":
+        tally[0] += 1
+    return _trace_opcode
 
 
 def _update_kind(fact: AnyFact) -> str:
@@ -359,6 +435,9 @@ def main() -> None:
         "--rounds", type=int, default=3, help="replays of the hospital (the first in detail)"
     )
     parser.add_argument("--closures", action="store_true", help="packs as closures, no codegen")
+    parser.add_argument(
+        "--opcodes", action="store_true", help="count Python opcodes per update, no timing"
+    )
     args = parser.parse_args()
     codegen = not args.closures
     packs = [pack_file(name, codegen) for name in ("default.rules", "ansm-interactions.rules")]
@@ -371,6 +450,9 @@ def main() -> None:
     )
     rates = dict.fromkeys(covered_rules(), 0.02)
     facts, _ = canonical_hospital(args.beds, args.days, args.seed, rates=rates, min_cases=1)
+    if args.opcodes:
+        opcode_counts(packs, facts, DEFAULT_START)
+        return
     replay(packs, facts, DEFAULT_START)
     if args.rounds > 1:
         print(f"the same replay again ({args.rounds - 1} more rounds: how much the figures vary):")

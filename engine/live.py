@@ -629,9 +629,7 @@ class _ActiveLines:
     # The rules they can trigger among the readers of a (kind, concept) key, by the id of the
     # readers' mapping (``LiveEvaluator._dependents``' values, which live as long as the
     # evaluator): with and without the rules needing an allergy on record.
-    evaluable: dict[int, tuple[dict[int, LoadedRule], dict[int, LoadedRule]]] = field(
-        default_factory=dict
-    )
+    evaluable: dict[int, tuple[dict[int, LoadedRule], dict[int, LoadedRule]]]
 
 
 class _LiveContext(Context):
@@ -1321,14 +1319,18 @@ class LiveEvaluator:
         evaluated for a patient with none (an allergy arriving evaluates it). The readers of a
         lab or any fact kind are chosen once per set of active lines (kept with them)."""
         key = id(rules)
-        kept = active.evaluable.get(key) if key in self._kept_readers else None
-        if kept is None:
-            triggered = self._triggered(rules, active.names)
-            without = {i: r for i, r in triggered.items() if i not in self._needs_allergy}
-            kept = (triggered, without if len(without) < len(triggered) else triggered)
-            if key in self._kept_readers:
-                active.evaluable[key] = kept
-        chosen = kept[0] if state.record.allergies else kept[1]
+        keep = key in self._kept_readers
+        kept = active.evaluable.get(key) if keep else None
+        allergies = bool(state.record.allergies)
+        if kept is not None:
+            chosen: Mapping[int, LoadedRule] = kept[0] if allergies else kept[1]
+        else:
+            triggered = without = self._triggered(rules, active.names)
+            if (keep or not allergies) and not self._needs_allergy.isdisjoint(triggered):
+                without = {i: r for i, r in triggered.items() if i not in self._needs_allergy}
+            if keep:
+                active.evaluable[key] = (triggered, without)
+            chosen = triggered if allergies else without
         extra = [i for i in state.alerts if i in rules and i not in chosen]
         if extra:
             chosen = {**chosen, **{i: rules[i] for i in extra}}

@@ -234,6 +234,23 @@ def test_latest_skips_non_numeric_results_and_ties_take_largest_id() -> None:
     assert alert.message == "4.2 mmol/L"
 
 
+def test_latest_within_a_window_reads_the_newest_result_dated_in_it() -> None:
+    """``latest x within w``: the newest result dated in [as of - w, as of] with a value; one
+    dated later than the evaluation time is not read yet, one older than the window is not
+    in it."""
+    ir = one_rule("k = latest potassium within 48 h\nk > 5.5 mmol/L", say="{k}")
+    old = lab("potassium", 6.0, NOW - timedelta(hours=72), fid="old")
+    assert not fired(ir, [old])  # older than the window: none
+    recent = lab("potassium", 5.9, NOW - timedelta(hours=47), fid="recent")
+    assert [a.message for a in evaluate(ir, FactSet([old, recent]), NOW)] == ["5.9 mmol/L"]
+    later = lab("potassium", 4.0, NOW + timedelta(hours=1), fid="later")
+    assert [a.message for a in evaluate(ir, FactSet([old, recent, later]), NOW)] == ["5.9 mmol/L"]
+    assert not fired(ir, [old, recent, later], NOW + timedelta(hours=1))
+    at_the_edge = NOW - timedelta(hours=48)  # the window's start is included
+    edge = lab("potassium", 5.8, at_the_edge, fid="edge")
+    assert [a.message for a in evaluate(ir, FactSet([old, edge]), NOW)] == ["5.8 mmol/L"]
+
+
 def test_count_and_none_include_non_numeric_results() -> None:
     t = NOW - timedelta(hours=1)
     facts: list[AnyFact] = [lab("inr", None, t, unit="1")]

@@ -215,9 +215,13 @@ def test_an_allergy_retracted_resolves_its_alert_and_another_keeps_it() -> None:
     live.add(order("AMOX", "J01CA04", dose=1000.0, frequency_per_day=3.0, daily_dose=3000.0))
     allergies = [
         Allergy(
-            fact_id=f"A{i}", patient_id="p1", source=SRC, substance=Coding(code="penicillins"),
-            atc=("J01C",), recorded=T0,
-        )  # fmt: skip
+            fact_id=f"A{i}",
+            patient_id="p1",
+            source=SRC,
+            substance=Coding(code="penicillins"),
+            atc=("J01C",),
+            recorded=T0,
+        )
         for i in (1, 2)
     ]
     assert [a.rule_id for a in live.add(allergies[0]).new] == ["combo.allergy"]
