@@ -626,6 +626,7 @@ class _ActiveLines:
     by_set: dict[tuple[str | None, frozenset[str] | None], list[MedicationOrder]]
     since: datetime
     until: datetime | None
+    amounts: dict[Any, Any]  # what only the lines decide (``Context.amounts``)
     # The rules they can trigger among the readers of a (kind, concept) key, by the id of the
     # readers' mapping (``LiveEvaluator._dependents``' values, which live as long as the
     # evaluator): with and without the rules needing an allergy on record.
@@ -655,6 +656,7 @@ class _LiveContext(Context):
         self._active = active.lines
         self._line_sets = active.line_sets
         self._lines = active.by_set
+        self.amounts = active.amounts
         self._names = active.names
         self.evidence = state.evidence
         self.shared = {}
@@ -669,6 +671,7 @@ class _LiveContext(Context):
         self._active = active.lines
         self._line_sets = active.line_sets
         self._lines = active.by_set
+        self.amounts = active.amounts
         self._names = active.names
         self.evidence = state.evidence
         self.shared = {}
@@ -1384,7 +1387,7 @@ class LiveEvaluator:
         until = min((m for m in moments if m > at), default=None)
         before = state.active  # the rules chosen for the same sets hold for these lines too
         evaluable = before.evaluable if before is not None and before.names == names else {}
-        active = _ActiveLines(lines, line_sets, names, {}, since, until, evaluable)
+        active = _ActiveLines(lines, line_sets, names, {}, since, until, {}, evaluable)
         if keep:
             state.active = active
         return active
@@ -1412,7 +1415,8 @@ class LiveEvaluator:
                 active.by_set,
                 since,
                 until,
-                active.evaluable,  # the same lines: the same rules
+                active.amounts,  # the same lines: the same amounts and rules
+                active.evaluable,
             )
         own = self.selection.pack.sets.atc(line.atc, line.route)
         position = bisect_right(active.lines, _line_key(line), key=_line_key)
@@ -1422,7 +1426,7 @@ class LiveEvaluator:
         line_sets.insert(position, (line, own))
         names = active.names | self._line_names(line)
         evaluable = active.evaluable if names == active.names else {}
-        return _ActiveLines(lines, line_sets, names, {}, since, until, evaluable)
+        return _ActiveLines(lines, line_sets, names, {}, since, until, {}, evaluable)
 
     def _set_timer(
         self,

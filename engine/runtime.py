@@ -80,6 +80,7 @@ __all__ = [
 
 Closure = Callable[["Context"], Any]
 Measure = LabResult | Observation
+_UNSET: Any = object()  # not in a context's caches (None is a result: no lab in the window)
 WindowBounds = tuple[datetime | None, datetime, bool]  # start (incl.), end, end inclusive?
 WindowFn = Callable[["Context"], WindowBounds | None]
 
@@ -171,6 +172,8 @@ class Context:
     not depend on it (kept across combinations), ``combo_values`` those that do. ``trace``, when
     not None, collects the evidence each query reads (only while explaining a firing rule), and
     ``thresholds`` the numeric comparisons against a parameter or constant that held.
+    ``amounts`` keeps what only the active lines decide (a set's daily dose, the MME), for as
+    long as they are the same (the live store keeps it with them).
     ``evidence`` keeps the evidence (and thresholds) built while explaining, by what they were
     built from (``cached``, ``derived``): a fact read by several alerts, or by the same alert
     explained again, is described once (the live store keeps it with the patient). ``shared``
@@ -182,6 +185,7 @@ class Context:
         "_active",
         "_line_sets",
         "_lines",
+        "amounts",
         "as_of",
         "bound",
         "combo_values",
@@ -210,6 +214,7 @@ class Context:
         self._active: list[MedicationOrder] | None = None
         self._line_sets: list[tuple[MedicationOrder, frozenset[str]]] | None = None
         self._lines: dict[tuple[str | None, frozenset[str] | None], list[MedicationOrder]] = {}
+        self.amounts: dict[Hashable, Any] = {}
         self.evidence: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self.shared: dict[Hashable, Any] = {}
 
@@ -494,10 +499,14 @@ def set_daily_dose(ctx: Context, set_name: str, name: str) -> Amount | None:
     none is, or its composition is unknown (a combination code without ingredients), the line
     makes the sum a lower bound and the evidence says so.
     """
+    tracing = ctx.trace is not None
+    if not tracing:
+        kept: Amount | None = ctx.amounts.get(set_name, _UNSET)
+        if kept is not _UNSET:
+            return kept
     atc = ctx.sets.atc
     amounts: list[tuple[float | None, str | None]] = []
     inputs: list[Evidence] = []
-    tracing = ctx.trace is not None
     for line, own in ctx.line_sets():
         in_set = set_name in own
         if line.ingredients:
@@ -529,12 +538,21 @@ def set_daily_dose(ctx: Context, set_name: str, name: str) -> Amount | None:
     total = total_daily_dose(amounts)
     if ctx.trace is not None:
         ctx.trace.append(_total_evidence(ctx, name, "daily_dose", total, inputs))
+    else:
+        ctx.amounts[set_name] = total
     return total
+
+
+_MME = ("mme",)  # ``Context.amounts``' key of the MME (a set's daily dose: its name)
 
 
 def opioid_mme(ctx: Context, name: str) -> Amount:
     """``mme``: Σ MME per day over the active opioid lines, a combination's opioid ingredients
     counted by their own amounts (``order_mme``)."""
+    if ctx.trace is None:
+        kept: Amount | None = ctx.amounts.get(_MME, _UNSET)
+        if kept is not _UNSET:
+            return kept  # type: ignore[return-value]  # an Amount, kept by this function
     total = 0.0
     lower_bound = False
     inputs: list[Evidence] = []
@@ -563,6 +581,8 @@ def opioid_mme(ctx: Context, name: str) -> Amount:
     amount = Amount(total, "MME", lower_bound)
     if ctx.trace is not None:
         ctx.trace.append(_total_evidence(ctx, name, "mme", amount, inputs))
+    else:
+        ctx.amounts[_MME] = amount
     return amount
 
 
@@ -586,9 +606,6 @@ def _slice(series: Sequence[Measure], bounds: WindowBounds) -> tuple[int, int]:
     hi = (bisect_right if inclusive else bisect_left)(series, end, key=_time_of)
     lo = 0 if start is None else bisect_left(series, start, 0, hi, key=_time_of)
     return lo, hi
-
-
-_UNSET: Any = object()  # not in ``Context.shared`` (None is a result: no lab in the window)
 
 
 def lab_select(

@@ -234,6 +234,31 @@ def test_an_allergy_retracted_resolves_its_alert_and_another_keeps_it() -> None:
     assert [a.rule_id for a in live.add(allergies[0]).new] == ["combo.allergy"]
 
 
+def test_a_daily_dose_kept_with_the_lines_follows_them() -> None:
+    """A set's daily dose is summed once per set of active lines and kept with them: a result
+    coming reads it as it was; another line, a new version of one or one stopping sums it
+    again (catalogue: renal.metformin_dose, metformin > 1000 mg/day with an eGFR of 30-45)."""
+    live = LiveEvaluator(default_pack(), now=T0 + timedelta(hours=1))
+    day_1000 = {"dose": 500.0, "frequency_per_day": 2.0, "daily_dose": 1000.0}
+    day_500 = {"dose": 500.0, "frequency_per_day": 1.0, "daily_dose": 500.0}
+    live.add(order("MET", "A10BA02", **day_1000))
+    live.add(lab("egfr", 38.0, T0 + timedelta(hours=1), "G1"))
+    live.add(lab("egfr", 36.0, T0 + timedelta(hours=2), "G2"))
+    assert live.alerts() == []  # 1000 mg/day: not above 1000
+    diff = live.add(order("MET2", "A10BA02", **day_500), T0 + timedelta(hours=3))
+    assert [a.rule_id for a in diff.new] == ["renal.metformin_dose"]  # 1500 mg/day
+    live.add(lab("egfr", 37.0, T0 + timedelta(hours=4), "G3"))
+    assert [a.message[:25] for a in live.alerts()] == ["Metformine 1500 mg par jo"]
+    live.add(order("MET", "A10BA02", **day_500), T0 + timedelta(hours=5))  # a new version
+    live.add(lab("egfr", 37.5, T0 + timedelta(hours=6), "G4"))
+    assert live.alerts() == []  # 500 + 500 mg/day
+    live.add(order("MET3", "A10BA02", **day_500), T0 + timedelta(hours=7))
+    assert len(live.alerts()) == 1  # 1500 mg/day again
+    live.add(order("MET3", "A10BA02", end=T0 + timedelta(hours=8), **day_500))
+    live.add(lab("egfr", 37.0, T0 + timedelta(hours=9), "G5"), T0 + timedelta(hours=9))
+    assert live.alerts() == []  # stopped: 1000 mg/day
+
+
 def test_tick_fires_and_resolves_time_based_rules() -> None:
     live = LiveEvaluator(default_pack(), now=T0)
     live.add(order("AVK", "B01AA03", start=T0))
