@@ -23,10 +23,15 @@ week of labs) receiving potassium results, normal then high (the hyperkalaemia a
 on each add).
 
     .venv/bin/python benchmarks/bench_live_eval.py [--beds 300] [--days 7] [--seed 3] [--rounds 3]
-        [--closures] [--opcodes]
+        [--closures] [--opcodes] [--no-gc-freeze]
 
 ``--closures`` loads the packs as the closure builder's closures instead of generated Python
 (``load_pack(ir, codegen=False)``), for comparison (run both in turn: the machine is shared).
+
+What the process loads before the replay (packs, hospital) is frozen out of the garbage
+collector's generations (``gc.freeze()``), as ``vigie serve`` does after start-up: otherwise
+each full collection walks it (over 100 ms, once every few thousand updates: the maximum of the
+non-firing updates). ``--no-gc-freeze`` leaves it in.
 
 ``--opcodes`` counts instead of timing: the Python bytecode instructions and calls each update
 executes (``sys.settrace`` with opcode events), for the firing updates and every tenth
@@ -38,6 +43,7 @@ the memory each update touches, which the wall clock does).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import statistics
@@ -438,6 +444,12 @@ def main() -> None:
     parser.add_argument(
         "--opcodes", action="store_true", help="count Python opcodes per update, no timing"
     )
+    parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave the packs and the hospital in the garbage collector's generations "
+        "(vigie serve freezes what it loads at start-up)",
+    )
     args = parser.parse_args()
     codegen = not args.closures
     packs = [pack_file(name, codegen) for name in ("default.rules", "ansm-interactions.rules")]
@@ -450,6 +462,15 @@ def main() -> None:
     )
     rates = dict.fromkeys(covered_rules(), 0.02)
     facts, _ = canonical_hospital(args.beds, args.days, args.seed, rates=rates, min_cases=1)
+    if not args.no_gc_freeze:  # as ``vigie serve`` does once started (api/cli.py, _freeze)
+        gc.collect()
+        gc.freeze()
+    print(
+        "garbage collector: "
+        + ("packs and hospital left in its generations" if args.no_gc_freeze else
+           f"{gc.get_freeze_count():,} objects loaded before the replay frozen, as vigie serve "
+           "does after start-up")
+    )  # fmt: skip
     if args.opcodes:
         opcode_counts(packs, facts, DEFAULT_START)
         return
