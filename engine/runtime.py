@@ -623,8 +623,14 @@ def lab_select(
     pick = _PICKERS[select]
     measures = attrgetter("labs" if fact_kind == "lab" else "observations")  # as ``_series``
     key = None if share is None else (fact_kind, concept, select, share)
-    if getattr(window, "fixed", False) or hasattr(window, "length_of"):
-        return _select_in_length(measures, concept, select, window, label, key)
+    latest = select == "latest"
+    # A window ending at the evaluation time with a length (a constant: ``window.length``,
+    # None for since ever; a parameter's: ``window.length_of``, None when unknown) is computed
+    # in place, without calling it: the most common queries.
+    fixed: bool = getattr(window, "fixed", False)
+    length: timedelta | None = getattr(window, "length", None)
+    length_of: Callable[[Context], timedelta | None] | None = getattr(window, "length_of", None)
+    in_place = fixed or length_of is not None
 
     def lab(ctx: Context) -> Measure | None:  # ``_series`` and ``_slice`` inlined: a hot path
         series = measures(ctx.record).get(concept)
@@ -635,13 +641,29 @@ def lab_select(
             if hit is not _UNSET:
                 shared: Measure | None = hit
                 return shared
-        bounds = window(ctx)
-        if bounds is None:
-            return None
-        start, end, inclusive = bounds
-        hi = (bisect_right if inclusive else bisect_left)(series, end, key=_time_of)
-        lo = 0 if start is None else bisect_left(series, start, 0, hi, key=_time_of)
-        found = pick(series, lo, hi)
+        start: datetime | None
+        if in_place:
+            span = length if length_of is None else length_of(ctx)
+            if span is None and not fixed:
+                return None  # the parameter is unknown
+            end, inclusive = ctx.as_of, True
+            start = None if span is None else end - span
+        else:
+            bounds = window(ctx)
+            if bounds is None:
+                return None
+            start, end, inclusive = bounds
+        last = series[-1]  # the newest first: usually ``latest``'s answer, the others unread
+        if (
+            latest
+            and last.value is not None
+            and (last.time <= end if inclusive else last.time < end)
+        ):
+            found = last if start is None or last.time >= start else None
+        else:
+            hi = (bisect_right if inclusive else bisect_left)(series, end, key=_time_of)
+            lo = 0 if start is None else bisect_left(series, start, 0, hi, key=_time_of)
+            found = pick(series, lo, hi)
         if ctx.trace is not None:
             if found is not None and label is not None:
                 ctx.trace.append(ctx.cached(measure_evidence, label, found))
@@ -650,62 +672,6 @@ def lab_select(
         return found
 
     return lab
-
-
-def _select_in_length(
-    measures: Callable[[PatientRecord], Mapping[str, list[Measure]]],
-    concept: str,
-    select: str,
-    window: WindowFn,
-    label: str | None,
-    key: Hashable | None,
-) -> Callable[[Context], Measure | None]:
-    """``lab_select`` in a window ending at the evaluation time (inclusive) with a length: a
-    constant (``window.length``, None: since ever) or a parameter's (``window.length_of``, None:
-    unknown), computed in place, and ``latest`` picked in place: the most common queries, one
-    call each."""
-    pick, latest = _PICKERS[select], select == "latest"
-    length_of: Callable[[Context], timedelta | None] | None = getattr(window, "length_of", None)
-    length: timedelta | None = getattr(window, "length", None)
-
-    def select_in_length(ctx: Context) -> Measure | None:
-        series = measures(ctx.record).get(concept)
-        if not series:
-            return None
-        if key is not None and ctx.trace is None:
-            hit = ctx.shared.get(key, _UNSET)
-            if hit is not _UNSET:
-                shared: Measure | None = hit
-                return shared
-        span = length
-        if length_of is not None:
-            span = length_of(ctx)
-            if span is None:
-                return None
-        end = ctx.as_of
-        last = series[-1]  # the newest first: usually the answer, without reading the others
-        if latest and last.time <= end and last.value is not None:
-            found = last if span is None or last.time >= end - span else None
-        else:
-            hi = bisect_right(series, end, key=_time_of)
-            lo = 0 if span is None else bisect_left(series, end - span, 0, hi, key=_time_of)
-            found = None
-            if latest:
-                for i in range(hi - 1, lo - 1, -1):
-                    fact = series[i]
-                    if fact.value is not None or getattr(fact, "qualitative", None) is not None:
-                        found = fact
-                        break
-            else:
-                found = pick(series, lo, hi)
-        if ctx.trace is not None:
-            if found is not None and label is not None:
-                ctx.trace.append(ctx.cached(measure_evidence, label, found))
-        elif key is not None:
-            ctx.shared[key] = found
-        return found
-
-    return select_in_length
 
 
 def _has_value(fact: Measure) -> bool:
