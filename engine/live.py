@@ -1269,7 +1269,8 @@ class LiveEvaluator:
                     if before is None:
                         alert_id, seen = combination_alert_id(rule_id, patient_id, identity), None
                     else:  # found again: its id and its last explanation (``shown``)
-                        alert_id, seen = before.id, before.alert or before.seen
+                        alert_id = before.id
+                        seen = before.alert if before.alert is not None else before.seen
                     fresh[identity] = entry = _Entry(
                         alert_id, patient_id, rule, combo, identity, stay, at, seen
                     )
