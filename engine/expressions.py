@@ -794,13 +794,12 @@ def _constant_seconds(node: Mapping[str, Any] | None) -> float | None:
 
 def _fixed_window(length: timedelta | None) -> WindowFn:
     """A window ending at the evaluation time (inclusive) and starting ``length`` before it (no
-    start: None). Its length is kept on it (``length``, with ``fixed``) for a query to compute
-    the bounds in place (``runtime.lab_select``)."""
+    start: None). Its length is kept on it (``length``) for a query to compute the bounds in
+    place (``runtime.lab_select``)."""
 
     def bounds(ctx: Context) -> WindowBounds:
         return (None if length is None else ctx.as_of - length, ctx.as_of, True)
 
-    bounds.fixed = True  # type: ignore[attr-defined]
     bounds.length = length  # type: ignore[attr-defined]
     return bounds
 

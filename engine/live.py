@@ -143,26 +143,25 @@ class AlertDiff:
         self._updated = (self._updated or []) + updated
         self._resolved = (self._resolved or []) + resolved
 
+    def _lists(self) -> tuple[list[Alert], list[Alert], list[Alert]]:
+        """New, updated and resolved, explained (the lists made when first read)."""
+        self._settle()
+        if self._new is None or self._updated is None or self._resolved is None:
+            self._new, self._updated = self._new or [], self._updated or []
+            self._resolved = self._resolved or []
+        return self._new, self._updated, self._resolved
+
     @property
     def new(self) -> list[Alert]:
-        self._settle()
-        if self._new is None:
-            self._new = []
-        return self._new
+        return self._lists()[0]
 
     @property
     def updated(self) -> list[Alert]:
-        self._settle()
-        if self._updated is None:
-            self._updated = []
-        return self._updated
+        return self._lists()[1]
 
     @property
     def resolved(self) -> list[Alert]:
-        self._settle()
-        if self._resolved is None:
-            self._resolved = []
-        return self._resolved
+        return self._lists()[2]
 
     def patients(self) -> set[str]:
         """The patients with a change, unexplained changes included (that may turn out to be
@@ -647,19 +646,11 @@ class _LiveContext(Context):
         active: _ActiveLines,
         state: _PatientState,
     ) -> None:  # every slot of ``Context`` set once (not built by it, then replaced)
-        self.record = record
-        self.as_of = as_of
         self.sets = sets
         self.params = params
         self.trace = self.thresholds = None
         self.bound, self.values, self.combo_values = {}, {}, {}
-        self._active = active.lines
-        self._line_sets = active.line_sets
-        self._lines = active.by_set
-        self.amounts = active.amounts
-        self._names = active.names
-        self.evidence = state.evidence
-        self.shared = {}
+        self.renew(record, as_of, active, state)
 
     def renew(
         self, record: PatientRecord, as_of: datetime, active: _ActiveLines, state: _PatientState
@@ -818,12 +809,14 @@ class LiveEvaluator:
         at = now if now.tzinfo is None else normalise_time(now)
         if self.now is None or at > self.now:
             self.now = at
-        readers = self._dependents.get((fact.kind, fact.concept))
+        concept = fact.concept
+        readers = self._dependents.get((fact.kind, concept))
         if not readers and (fact.kind, fact.fact_id) not in self._owner:
             return {}  # no rule reads it (nor an earlier version of it)
         state = self._patients.get(fact.patient_id)
         if (
             not readers
+            or concept is None
             or state is None
             or fact.time > at  # visible later: an event to queue
             or (state.events_until is not None and at < state.events_until)  # a rewind
@@ -835,7 +828,7 @@ class LiveEvaluator:
             return None
         owners[key] = fact.patient_id
         state.facts[key] = fact
-        _add_to_series(state.record, fact)
+        _add_to_series(state.record, fact, concept)
         return self._reevaluate(state, readers, at, fact=fact)
 
     def add_many(self, facts: Iterable[AnyFact], now: datetime | None = None) -> AlertDiff:
@@ -1077,7 +1070,7 @@ class LiveEvaluator:
     ) -> None:
         state.facts[(fact.kind, fact.fact_id)] = fact
         if type(fact) is LabResult and read and fact.concept is not None:  # most facts
-            _add_to_series(state.record, fact)
+            _add_to_series(state.record, fact, fact.concept)
         elif isinstance(fact, MedicationOrder):
             _place(state.record, fact)
             if state.active is not None:
@@ -1514,29 +1507,19 @@ def _insort_measure(series: list[Any], fact: LabResult | Observation) -> None:
         insort(series, fact, key=_measure_key)
 
 
-def _add_to_series(record: PatientRecord, fact: LabResult | Observation) -> None:
-    """A result with a concept into its series (kept sorted)."""
-    if isinstance(fact, LabResult):
-        labs = record.labs.get(fact.concept)  # type: ignore[arg-type]  # a concept: read by a rule
-        if labs is None:
-            record.labs[fact.concept] = [fact]  # type: ignore[index]
-        else:
-            _insort_measure(labs, fact)
-    else:
-        observations = record.observations.get(fact.concept)  # type: ignore[arg-type]
-        if observations is None:
-            record.observations[fact.concept] = [fact]  # type: ignore[index]
-        else:
-            _insort_measure(observations, fact)
+def _add_to_series(record: PatientRecord, fact: LabResult | Observation, concept: str) -> None:
+    """A result into its concept's series, kept sorted as ``PatientRecord.sort`` would."""
+    series: dict[str, list[Any]] = (
+        record.labs if isinstance(fact, LabResult) else record.observations
+    )
+    _insort_measure(series.setdefault(concept, []), fact)
 
 
 def _place(record: PatientRecord, fact: AnyFact) -> None:
     """Add a fact to a record, keeping series sorted as ``PatientRecord.sort`` would."""
     match fact:
-        case LabResult(concept=str(concept)):
-            _insort_measure(record.labs.setdefault(concept, []), fact)
-        case Observation(concept=str(concept)):
-            _insort_measure(record.observations.setdefault(concept, []), fact)
+        case LabResult(concept=str(concept)) | Observation(concept=str(concept)):
+            _add_to_series(record, fact, concept)
         case Stay():
             record.stays.append(fact)
             record.stays.sort(key=lambda s: (s.admit_time or datetime.min, s.stay_id))

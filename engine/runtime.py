@@ -627,7 +627,7 @@ def lab_select(
     # A window ending at the evaluation time with a length (a constant: ``window.length``,
     # None for since ever; a parameter's: ``window.length_of``, None when unknown) is computed
     # in place, without calling it: the most common queries.
-    fixed: bool = getattr(window, "fixed", False)
+    fixed = hasattr(window, "length")
     length: timedelta | None = getattr(window, "length", None)
     length_of: Callable[[Context], timedelta | None] | None = getattr(window, "length_of", None)
     in_place = fixed or length_of is not None
